@@ -1,0 +1,79 @@
+"""The health model: what one probe round observed about a cluster, and what follows from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """An active etcd alarm (``NOSPACE`` or ``CORRUPT``) raised by one member."""
+
+    member_id: int
+    alarm: str
+
+
+@dataclass(frozen=True)
+class MemberHealth:
+    """One member as the probe saw it. Status fields are ``None`` when the member did not answer."""
+
+    id: int
+    name: str
+    client_urls: tuple[str, ...]
+    peer_urls: tuple[str, ...]
+    is_learner: bool
+    healthy: bool
+    error: str | None = None
+    db_size: int | None = None
+    db_size_in_use: int | None = None
+    raft_index: int | None = None
+    raft_term: int | None = None
+    version: str | None = None
+    leader: int | None = None  # the leader this member reports, 0/None when it sees none
+
+
+@dataclass(frozen=True)
+class ClusterHealth:
+    """One probe round over every member of a cluster."""
+
+    cluster_id: int | None
+    leader: int | None
+    members: tuple[MemberHealth, ...]
+    alarms: tuple[Alarm, ...] = ()
+    observed_at: datetime | None = None
+    errors: tuple[str, ...] = field(default=())  # round-level problems, e.g. membership unknown
+
+    @property
+    def voters(self) -> tuple[MemberHealth, ...]:
+        return tuple(m for m in self.members if not m.is_learner)
+
+    @property
+    def learners(self) -> tuple[MemberHealth, ...]:
+        return tuple(m for m in self.members if m.is_learner)
+
+    @property
+    def healthy_voters(self) -> tuple[MemberHealth, ...]:
+        return tuple(m for m in self.voters if m.healthy)
+
+    @property
+    def quorum(self) -> int:
+        """Votes needed for a majority of the voting members."""
+        return quorum_of(len(self.voters))
+
+    @property
+    def has_quorum(self) -> bool:
+        return self.leader is not None and len(self.healthy_voters) >= self.quorum
+
+    @property
+    def quorum_margin(self) -> int:
+        """Healthy voters minus the quorum: how many more voters the cluster can lose."""
+        return len(self.healthy_voters) - self.quorum
+
+    def member(self, member_id: int) -> MemberHealth | None:
+        return next((m for m in self.members if m.id == member_id), None)
+
+
+def quorum_of(voters: int) -> int:
+    """The majority of ``voters`` voting members."""
+    return voters // 2 + 1
