@@ -95,3 +95,10 @@ class SnapshotStreamError(SnapshotError):
     """The snapshot stream from a member broke off; another member may serve it."""
 
     retryable = True
+
+
+# ---- certificates -------------------------------------------------------------------------
+
+
+class PkiError(EtcdopsError):
+    """A certificate or key could not be created, read, written or checked; the message says which."""

@@ -1,0 +1,273 @@
+"""The ``etcdops`` command line.
+
+Every command prints for people by default and exact JSON with ``--json``, and fails with one
+line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from etcdops.config import ClusterConfig, load_config
+from etcdops.errors import ConfigError, EtcdopsError, UsageError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# ---- shared plumbing ----------------------------------------------------------------------
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir or os.environ.get("ETCDOPS_STATE_DIR") or ".etcdops")
+
+
+def resolve_config(args: argparse.Namespace) -> ClusterConfig:
+    """--config, else the local stack's config, else $ETCDOPS_CONFIG."""
+    if args.config:
+        return load_config(Path(args.config))
+    local = _state_dir(args) / "cluster.yaml"
+    if local.exists():
+        return load_config(local)
+    if os.environ.get("ETCDOPS_CONFIG"):
+        return load_config(Path(os.environ["ETCDOPS_CONFIG"]))
+    raise ConfigError(
+        "no cluster configuration: pass --config PATH, set ETCDOPS_CONFIG, or start one with: etcdops local up"
+    )
+
+
+def emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        text = human()
+        if text:
+            print(text)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+# ---- local ---------------------------------------------------------------------------------
+
+
+def _local(args: argparse.Namespace) -> Any:
+    from etcdops.local import LocalCluster
+
+    return LocalCluster(_state_dir(args))
+
+
+def cmd_local_up(args: argparse.Namespace) -> int:
+    from etcdops.local import EtcdBinaries
+
+    cluster = _local(args)
+    started = cluster.up(
+        args.members,
+        binaries=None if cluster.exists() else EtcdBinaries.locate(os.environ.get("ETCD_BIN_DIR")),
+        extra_args=args.etcd_arg or (),
+    )
+    processes = cluster.ps()
+    data = {
+        "started": started,
+        "state_dir": str(cluster.state_dir),
+        "config": str(cluster.config_file),
+        "version": cluster.state().version,
+        "members": [asdict(p) for p in processes],
+    }
+    verb = "started" if started else "already running"
+    emit(
+        args,
+        data,
+        lambda: f"local cluster {verb}: {len(processes)} members, etcd {data['version']}, state in {data['state_dir']}",
+    )
+    return 0
+
+
+def cmd_local_ps(args: argparse.Namespace) -> int:
+    processes = _local(args).ps()
+    emit(
+        args,
+        [asdict(p) for p in processes],
+        lambda: table(
+            ["NAME", "STATE", "PID", "CLIENT", "PEER", "DATA"],
+            [
+                [p.name, p.state, p.pid, ",".join(p.client_urls), ",".join(p.peer_urls), p.data_dir]
+                for p in processes
+            ],
+        ),
+    )
+    return 0
+
+
+def _local_signal(action: str) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        process = getattr(_local(args), action)(args.member)
+        emit(args, asdict(process), lambda: f"{process.name}: {process.state}")
+        return 0
+
+    return run
+
+
+def cmd_local_down(args: argparse.Namespace) -> int:
+    cluster = _local(args)
+    cluster.down(purge=args.purge)
+    what = "stopped and purged (backups kept)" if args.purge else "stopped"
+    emit(args, {"stopped": True, "purged": args.purge}, lambda: f"local cluster {what}")
+    return 0
+
+
+def cmd_local_env(args: argparse.Namespace) -> int:
+    env = _local(args).env()
+    emit(args, env, lambda: "\n".join(f"export {k}={v}" for k, v in env.items()))
+    return 0
+
+
+# ---- status --------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from etcdops.connect import client_for
+    from etcdops.probe import health_to_dict, probe_cluster
+
+    config = resolve_config(args)
+    deadline = args.deadline or config.health.probe_deadline_seconds
+    with client_for(config, timeout=deadline) as client:
+        health = probe_cluster(client, deadline=deadline)
+    data = health_to_dict(health)
+    emit(args, data, lambda: render_status(config.name, data))
+    return 0 if health.has_quorum else 1
+
+
+def render_status(name: str, data: dict[str, Any]) -> str:
+    members = data["members"]
+    healthy = sum(1 for m in members if m["healthy"] and not m["is_learner"])
+    voters = sum(1 for m in members if not m["is_learner"])
+    quorum = "QUORUM" if data["has_quorum"] else "NO QUORUM"
+    lines = [
+        f"cluster {name} ({data['cluster_id'] or 'unknown id'}): {quorum}, leader {data['leader'] or 'none'}, "
+        f"{healthy}/{voters} voters healthy, quorum margin {data['quorum_margin']}",
+        "",
+        table(
+            ["NAME", "ID", "ROLE", "HEALTH", "VERSION", "DB SIZE", "IN USE", "RAFT INDEX", "TERM", "ENDPOINT", "ERROR"],
+            [
+                [
+                    m["name"] or "?",
+                    m["id"],
+                    "leader" if m["is_leader"] else "learner" if m["is_learner"] else "follower",
+                    "healthy" if m["healthy"] else "UNHEALTHY",
+                    m["version"],
+                    human_bytes(m["db_size"]),
+                    human_bytes(m["db_size_in_use"]),
+                    m["raft_index"],
+                    m["raft_term"],
+                    ",".join(m["client_urls"]),
+                    m["error"],
+                ]
+                for m in members
+            ],
+        ),
+    ]
+    if data["alarms"]:
+        lines += ["", "alarms: " + ", ".join(f"{a['alarm']} on {a['member_id']}" for a in data["alarms"])]
+    if data["errors"]:
+        lines += ["", *("note: " + e for e in data["errors"])]
+    return "\n".join(lines)
+
+
+# ---- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="cluster configuration (default: the local stack's)")
+    common.add_argument("--state-dir", metavar="DIR", help="local stack state directory (default: ./.etcdops)")
+    common.add_argument("--json", action="store_true", help="print exact JSON instead of text")
+
+    parser = argparse.ArgumentParser(
+        prog="etcdops",
+        description="An autopilot for self-managed etcd clusters: health, backups, member replacement, restore.",
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    local = commands.add_parser("local", help="the embedded local stack", parents=[common])
+    local_cmds = local.add_subparsers(dest="local_command", metavar="ACTION", required=True)
+    up = local_cmds.add_parser("up", help="start a local TLS cluster (idempotent)", parents=[common])
+    up.add_argument("--members", type=int, default=3, help="number of members (default 3)")
+    up.add_argument(
+        "--etcd-arg",
+        action="append",
+        metavar="FLAG",
+        help="extra etcd flag, e.g. --etcd-arg=--quota-backend-bytes=1000000",
+    )
+    up.set_defaults(handler=cmd_local_up)
+    ps = local_cmds.add_parser("ps", help="list member processes", parents=[common])
+    ps.set_defaults(handler=cmd_local_ps)
+    for action, help_text in (
+        ("kill", "SIGKILL a member, like a lost host"),
+        ("pause", "SIGSTOP a member, like a hung host"),
+        ("resume", "SIGCONT a paused member"),
+    ):
+        sub = local_cmds.add_parser(action, help=help_text, parents=[common])
+        sub.add_argument("member", metavar="MEMBER")
+        sub.set_defaults(handler=_local_signal(action))
+    down = local_cmds.add_parser("down", help="stop every member", parents=[common])
+    down.add_argument("--purge", action="store_true", help="also delete data and certificates (backups are kept)")
+    down.set_defaults(handler=cmd_local_down)
+    env = local_cmds.add_parser("env", help="print etcdctl exports for the local cluster", parents=[common])
+    env.set_defaults(handler=cmd_local_env)
+
+    status = commands.add_parser("status", help="probe every member and show the cluster's health", parents=[common])
+    status.add_argument("--deadline", type=float, help="probe deadline in seconds (default: from the config, 2 s)")
+    status.set_defaults(handler=cmd_status)
+
+    _register_more(commands, common)
+    return parser
+
+
+def _register_more(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Commands that live in their own modules register here."""
+    from etcdops import cli_snapshot
+
+    cli_snapshot.register(commands, common)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        handler: Handler = args.handler
+        return handler(args)
+    except UsageError as exc:
+        print(f"etcdops: {exc}", file=sys.stderr)
+        return 2
+    except EtcdopsError as exc:
+        print(f"etcdops: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("etcdops: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

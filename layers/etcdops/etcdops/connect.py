@@ -1,0 +1,33 @@
+"""Build an etcd client from a cluster configuration: the one factory for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from etcdops.config import ClusterConfig
+from etcdops.errors import ConfigError
+from etcdops.etcd import DEFAULT_TIMEOUT, EtcdClient, TlsFiles
+
+
+def tls_files(config: ClusterConfig) -> TlsFiles | None:
+    """Local TLS paths of a configuration (Secrets Manager ARNs are fetched by the AWS side first)."""
+    if config.plaintext or config.tls is None:
+        return None
+    entries = {"ca": config.tls.ca, "cert": config.tls.cert, "key": config.tls.key}
+    for field, value in entries.items():
+        if value and value.startswith("arn:"):
+            raise ConfigError(f"tls.{field}: {value} is a Secrets Manager ARN; resolve it before connecting")
+    return TlsFiles(
+        ca=Path(config.tls.ca),
+        cert=Path(config.tls.cert) if config.tls.cert else None,
+        key=Path(config.tls.key) if config.tls.key else None,
+    )
+
+
+def client_for(
+    config: ClusterConfig, *, endpoints: list[str] | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> EtcdClient:
+    chosen = endpoints or config.endpoints
+    if not chosen:
+        raise ConfigError("endpoints: none configured and none discovered")
+    return EtcdClient(chosen, tls=tls_files(config), plaintext=config.plaintext, timeout=timeout)

@@ -1,0 +1,185 @@
+"""The foundation against real etcd: health probes, failures, TLS, membership, snapshots."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import pytest
+from etcdops.errors import EtcdAuthError, EtcdError, EtcdUnavailableError, EtcdUnhealthyClusterError
+from etcdops.etcd import EtcdClient, TlsFiles
+from etcdops.health import ClusterHealth
+from etcdops.local import LocalCluster, free_ports
+from etcdops.probe import probe_cluster
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+
+def probe(cluster: LocalCluster, deadline: float = 2.0) -> ClusterHealth:
+    with cluster.client(timeout=deadline) as client:
+        return probe_cluster(client, deadline=deadline)
+
+
+def retry(what: Callable[[], T], *, retry_on: tuple[type[Exception], ...], timeout: float = 20.0) -> T:
+    """etcd needs a moment after some membership changes; retry those, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return what()
+        except retry_on:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def test_all_members_healthy_with_one_leader(shared_cluster: LocalCluster) -> None:
+    health = probe(shared_cluster)
+
+    assert health.has_quorum
+    assert len(health.members) == 3 and all(m.healthy for m in health.members)
+    assert health.leader in {m.id for m in health.members}
+    assert len({m.leader for m in health.members}) == 1
+    assert health.cluster_id
+    assert all(m.version and m.db_size and m.raft_index for m in health.members)
+    assert health.quorum_margin == 1
+
+
+def a_follower(cluster: LocalCluster) -> str:
+    health = probe(cluster)
+    return next(m.name for m in health.members if m.id != health.leader)
+
+
+def test_killed_member_is_unhealthy_and_quorum_holds(cluster: LocalCluster) -> None:
+    # Given a healthy cluster, When a follower is killed
+    victim = a_follower(cluster)
+    cluster.kill(victim)
+
+    # Then only that member is reported unhealthy, with an error, and the cluster keeps quorum
+    health = probe(cluster)
+    assert [(m.name, bool(m.error)) for m in health.members if not m.healthy] == [(victim, True)]
+    assert health.has_quorum and health.quorum_margin == 0
+
+
+def test_killed_leader_is_replaced_by_an_election(cluster: LocalCluster) -> None:
+    health = probe(cluster)
+    leader = next(m.name for m in health.members if m.id == health.leader)
+    cluster.kill(leader)
+
+    # during the election the survivors see no leader; within a few election timeouts they do
+    health = retry(lambda: _with_quorum(probe(cluster)), retry_on=(AssertionError,), timeout=15)
+    assert [m.name for m in health.members if not m.healthy] == [leader]
+    assert health.leader not in (None, next(m.id for m in health.members if m.name == leader))
+
+
+def _with_quorum(health: ClusterHealth) -> ClusterHealth:
+    assert health.has_quorum
+    return health
+
+
+def test_paused_member_cannot_stall_the_probe(cluster: LocalCluster) -> None:
+    victim = a_follower(cluster)
+    cluster.pause(victim)
+    try:
+        started = time.monotonic()
+        health = probe(cluster, deadline=2.0)
+        elapsed = time.monotonic() - started
+
+        assert [(m.name, bool(m.error)) for m in health.members if not m.healthy] == [(victim, True)]
+        assert health.has_quorum
+        # the round is bounded by its deadline, not by the frozen member (generous slack for slow machines)
+        assert elapsed < 2.0 + 3.0, elapsed
+    finally:
+        cluster.resume(victim)
+
+
+def test_two_of_three_killed_loses_quorum(cluster: LocalCluster) -> None:
+    cluster.kill("m1")
+    cluster.kill("m2")
+
+    health = probe(cluster)
+
+    assert not health.has_quorum
+    assert health.leader is None
+    assert [m.name for m in health.members if m.healthy] == []
+
+
+def test_client_without_certificate_is_refused(shared_cluster: LocalCluster) -> None:
+    endpoint = shared_cluster.ps()[0].client_urls[0]
+    with (
+        EtcdClient([endpoint], tls=TlsFiles(ca=shared_cluster.tls.ca), timeout=2.0) as client,
+        pytest.raises((EtcdAuthError, EtcdUnavailableError)),
+    ):
+        client.status(endpoint)
+
+
+def test_plain_http_is_refused_without_explicit_plaintext(shared_cluster: LocalCluster) -> None:
+    from etcdops.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="plaintext"):
+        EtcdClient(["http://127.0.0.1:2379"], tls=shared_cluster.tls)
+    with pytest.raises(ConfigError, match="tls"):
+        EtcdClient(["https://127.0.0.1:2379"])
+
+
+def test_learner_add_promote_remove_round_trip(cluster: LocalCluster) -> None:
+    with cluster.client() as client:
+        (peer_port,) = free_ports(1)
+        # a cluster younger than ~5 s refuses membership changes as "unhealthy cluster": retry by design
+        learner = retry(
+            lambda: client.member_add([f"https://127.0.0.1:{peer_port}"], learner=True),
+            retry_on=(EtcdUnhealthyClusterError,),
+        )
+        assert learner.is_learner and not learner.started
+
+        # an added learner that never started cannot be promoted: etcd says it is not in sync
+        with pytest.raises(EtcdError):
+            client.member_promote(learner.id)
+        client.member_remove(learner.id)
+
+        # now a learner that really runs: add it, start its process, promote once it is in sync
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in cluster.state().members)
+        (port,) = free_ports(1)
+        # re-adding right after a remove can fail for about a second
+        added = retry(lambda: client.member_add([f"https://127.0.0.1:{port}"], learner=True), retry_on=(EtcdError,))
+        member = cluster.start_member("m4", peer_port=port, initial_cluster=f"{initial},m4={added.peer_urls[0]}")
+        promoted = retry(lambda: client.member_promote(added.id), retry_on=(EtcdError,), timeout=30)
+        assert not next(m for m in promoted if m.id == added.id).is_learner
+
+        # right after a promotion etcd may refuse a remove as "unhealthy cluster" for a few seconds
+        retry(lambda: client.member_remove(added.id), retry_on=(EtcdUnhealthyClusterError, EtcdUnavailableError))
+        assert added.id not in {m.id for m in client.member_list()}
+        cluster.stop_member(member.name)
+
+
+def test_snapshot_stream_passes_its_integrity_check(shared_cluster: LocalCluster) -> None:
+    with shared_cluster.client() as client:
+        for i in range(50):
+            client.put(f"/snap/{i}", "v" * 100)
+        endpoint = shared_cluster.ps()[1].client_urls[0]
+        stream = client.snapshot_stream(endpoint)
+        data = b"".join(stream.chunks())
+
+    assert stream.sha256 == hashlib.sha256(data).digest()
+    assert len(data) == stream.db_bytes and len(data) % 4096 == 0
+
+
+def test_etcdctl_uses_the_local_env(shared_cluster: LocalCluster) -> None:
+    env = shared_cluster.env()
+    etcdctl = str(shared_cluster.binaries().etcdctl)
+
+    ok = subprocess.run([etcdctl, "endpoint", "health"], env=env, capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+
+    without_cert = {k: v for k, v in env.items() if k not in ("ETCDCTL_CERT", "ETCDCTL_KEY")}
+    refused = subprocess.run(
+        [etcdctl, "--dial-timeout=2s", "--command-timeout=3s", "endpoint", "health"],
+        env=without_cert,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode != 0
