@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from etcdops.errors import ConfigError
 from etcdops.local import EtcdBinaries, LocalCluster
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
+
 from etcdops.errors import EtcdAuthError, EtcdError, EtcdUnavailableError, EtcdUnhealthyClusterError
 from etcdops.etcd import EtcdClient, TlsFiles
 from etcdops.health import ClusterHealth

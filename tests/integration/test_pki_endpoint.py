@@ -19,6 +19,7 @@ from types import TracebackType
 import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
+
 from etcdops import pki
 from etcdops.errors import PkiError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from etcdops.config import dump_config, load_config, loads_config, parse_config
 from etcdops.errors import ConfigError
 

@@ -1,0 +1,123 @@
+"""The ``etcdops`` command as an operator runs it: local stack, status, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from etcdops.local import EtcdBinaries
+
+pytestmark = pytest.mark.integration
+
+
+def etcdops(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "etcdops.cli", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def stack(tmp_path: Path, etcd_binaries: EtcdBinaries):  # type: ignore[no-untyped-def]
+    env = {"ETCD_BIN_DIR": str(etcd_binaries.bin_dir)}
+    yield tmp_path, env
+    etcdops(tmp_path, "local", "down", check=False)
+
+
+def test_local_up_is_idempotent_and_status_reports_failures(stack: tuple[Path, dict[str, str]]) -> None:
+    cwd, env = stack
+    # Given a local stack started twice
+    first = as_json(etcdops(cwd, "local", "up", "--json", env=env))
+    second = as_json(etcdops(cwd, "local", "up", "--json", env=env))
+    assert first["started"] is True and second["started"] is False
+    assert [m["pid"] for m in first["members"]] == [m["pid"] for m in second["members"]]
+    assert (cwd / ".etcdops" / "cluster.yaml").exists()
+
+    ps = as_json(etcdops(cwd, "local", "ps", "--json"))
+    assert [(p["name"], p["state"]) for p in ps] == [("m1", "running"), ("m2", "running"), ("m3", "running")]
+    assert all(p["client_urls"][0].startswith("https://127.0.0.1:") for p in ps)
+
+    status = as_json(etcdops(cwd, "status", "--json"))
+    assert status["has_quorum"] and status["leader"]
+    assert {"cluster_id", "leader", "has_quorum", "members", "alarms"} <= status.keys()
+    member_fields = {"id", "name", "client_urls", "peer_urls", "is_learner", "healthy", "error", "db_size",
+                     "db_size_in_use", "raft_index", "raft_term", "version"}
+    assert all(member_fields <= m.keys() for m in status["members"])
+    follower = next(m["name"] for m in status["members"] if m["id"] != status["leader"])
+    other = next(m["name"] for m in status["members"] if m["id"] != status["leader"] and m["name"] != follower)
+
+    # When one follower is killed
+    etcdops(cwd, "local", "kill", follower)
+    started = time.monotonic()
+    killed = etcdops(cwd, "status", "--json")
+    elapsed_killed = time.monotonic() - started
+
+    # Then only it is reported unhealthy, with an error, and the cluster keeps quorum
+    report = as_json(killed)
+    assert [(m["name"], bool(m["error"])) for m in report["members"] if not m["healthy"]] == [(follower, True)]
+    assert report["has_quorum"] and report["quorum_margin"] == 0
+
+    # When another is paused as well (quorum lost: the survivor cannot serve linearizable reads)
+    etcdops(cwd, "local", "pause", other)
+    try:
+        started = time.monotonic()
+        paused = etcdops(cwd, "status", "--json", check=False)
+        elapsed_paused = time.monotonic() - started
+    finally:
+        etcdops(cwd, "local", "resume", other)
+
+    # Then the status says so, exits 1, and still answers within the probe deadline
+    report = as_json(paused)
+    by_name = {m["name"]: m for m in report["members"]}
+    assert not by_name[other]["healthy"] and "deadline" in by_name[other]["error"]
+    assert paused.returncode == 1 and not report["has_quorum"]
+    # the contract is 3 s wall time; slack for a loaded CI machine
+    assert max(elapsed_killed, elapsed_paused) < 3.0 + 3.0, (elapsed_killed, elapsed_paused)
+
+    states = {p["name"]: p["state"] for p in as_json(etcdops(cwd, "local", "ps", "--json"))}
+    assert states[follower] == "stopped" and states[other] == "running"
+
+
+def test_local_env_prints_etcdctl_exports(stack: tuple[Path, dict[str, str]]) -> None:
+    cwd, env = stack
+    etcdops(cwd, "local", "up", env=env)
+
+    text = etcdops(cwd, "local", "env").stdout
+    exported = as_json(etcdops(cwd, "local", "env", "--json"))
+
+    assert exported["ETCDCTL_API"] == "3"
+    for name in ("ETCDCTL_ENDPOINTS", "ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY"):
+        assert f"export {name}={exported[name]}" in text
+
+
+def test_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
+    no_config = etcdops(tmp_path, "status", check=False, env={"ETCDOPS_CONFIG": ""})
+    assert no_config.returncode == 1
+    assert no_config.stderr.count("\n") == 1 and "etcdops local up" in no_config.stderr
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nendpoints: ['http://127.0.0.1:1']\n")
+    invalid = etcdops(tmp_path, "status", "--config", str(bad), check=False)
+    assert invalid.returncode == 1
+    assert invalid.stderr.strip() == f"etcdops: ConfigError: {bad}: endpoints: http:// endpoints need plaintext: true (TLS is the default)"
+
+    unknown = etcdops(tmp_path, "local", "kill", "m9", check=False)
+    assert unknown.returncode == 1 and "no local cluster" in unknown.stderr
