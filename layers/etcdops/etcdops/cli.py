@@ -247,9 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_more(commands: Any, common: argparse.ArgumentParser) -> None:
     """Commands that live in their own modules register here."""
-    from etcdops import cli_snapshot
+    from etcdops import cli_backup, cli_snapshot
 
     cli_snapshot.register(commands, common)
+    cli_backup.register(commands, common)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,7 +30,7 @@ def cmd_snapshot_save(args: argparse.Namespace) -> int:
         "member_id": f"{saved.source.member_id:x}",
         "member": saved.source.name,
         "etcd_version": saved.source.version,
-        "revision": saved.revision,
+        "cluster_revision": saved.revision,  # the cluster's revision as the stream began
         "attempts": saved.attempts,
     }
     emit(

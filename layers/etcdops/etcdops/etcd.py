@@ -335,8 +335,8 @@ class EtcdClient:
         """Stream a snapshot of ``endpoint``'s backend: the database bytes, chunk by chunk.
 
         etcd appends the sha256 of the database to the stream; it is checked here and held
-        back, so the chunks are exactly the database. The trailer is available afterwards via
-        :attr:`SnapshotStream.sha256` when using :meth:`snapshot_stream`.
+        back, so the chunks are exactly the database. Use :meth:`snapshot_stream` to get at the
+        trailer (:attr:`SnapshotStream.sha256`) once the chunks are consumed.
         """
         return self.snapshot_stream(endpoint, timeout=timeout).chunks()
 
@@ -436,9 +436,6 @@ class SnapshotStream:
         self.endpoint = endpoint
         self.sha256: bytes | None = None
         self.db_bytes = 0
-        self.revision: int | None = None
-        self.member_id: int | None = None
-        self.cluster_id: int | None = None
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -447,11 +444,7 @@ class SnapshotStream:
         digest = hashlib.sha256()
         held = b""  # the last bytes seen: they may be the sha256 trailer
         try:
-            for response in self._call:
-                if self.revision is None and response.HasField("header"):
-                    self.revision = response.header.revision
-                    self.member_id = response.header.member_id
-                    self.cluster_id = response.header.cluster_id
+            for response in self._call:  # etcd sends no response header on this stream
                 blob = response.blob
                 if not blob:
                     continue

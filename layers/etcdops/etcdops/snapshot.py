@@ -37,7 +37,7 @@ class SavedSnapshot:
     db_bytes: int
     sha256: str
     source: SnapshotSource
-    revision: int | None
+    revision: int | None  # the cluster's revision just before the stream: the snapshot holds at least this
     attempts: int
 
 
@@ -56,6 +56,14 @@ def snapshot_sources(health: ClusterHealth) -> list[SnapshotSource]:
         SnapshotSource(m.id, m.name, m.client_urls[0], m.version, m.db_size)
         for m in sorted(candidates, key=rank)
     ]
+
+
+def current_revision(client: EtcdClient) -> int | None:
+    """The cluster's current revision (a floor for a snapshot taken right after), or None."""
+    try:
+        return client.range(b"health", count_only=True, timeout=2.0).revision
+    except EtcdError:
+        return None
 
 
 def with_snapshot_stream(
@@ -121,10 +129,11 @@ def save_snapshot(
             db_bytes=written,
             sha256=stream.sha256.hex(),
             source=source,
-            revision=stream.revision,
+            revision=revision,
             attempts=0,
         )
 
+    revision = current_revision(client)
     saved, attempts = with_snapshot_stream(client, snapshot_sources(health), consume, log=log)
     return SavedSnapshot(**{**saved.__dict__, "attempts": attempts})
 

@@ -1,0 +1,340 @@
+"""The backup job and the catalogue: run, list, verify, fetch, prune.
+
+One pass over the snapshot stream, in constant memory::
+
+    etcd ──chunks──► sha256 + bbolt summary ──► [zstd] ──► envelope encryption ──► store
+
+The decrypted object is exactly what ``etcdctl snapshot save`` writes (the database followed by
+its sha256), so ``backup fetch`` hands operators a file that ``etcdutl snapshot restore`` takes.
+A manifest is written only after the stream's sha256 and the database's structure were checked;
+the snapshot object is never overwritten, and a failed check removes the object it just wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from etcdops.backup.crypto import (
+    DEFAULT_FRAME_LENGTH,
+    KeyProvider,
+    compress_stream,
+    decompress_stream,
+    decrypt_stream,
+    encrypt_stream,
+)
+from etcdops.backup.errors import BackupIntegrityError, BackupNotFoundError, ManifestMismatchError
+from etcdops.backup.manifest import (
+    Manifest,
+    backup_id_from_manifest_key,
+    check_backup_id,
+    manifest_key,
+    new_backup_id,
+    object_key,
+)
+from etcdops.backup.retention import BackupRef, RetentionPlan, RetentionPolicy, plan_retention
+from etcdops.backup.store import BackupStore
+from etcdops.bbolt import SnapshotSummarizer, SnapshotSummary
+from etcdops.config import ClusterConfig
+from etcdops.errors import SnapshotIntegrityError
+from etcdops.etcd import SHA256_SIZE, EtcdClient, SnapshotStream
+from etcdops.health import ClusterHealth
+from etcdops.snapshot import (
+    Progress,
+    SnapshotSource,
+    current_revision,
+    snapshot_sources,
+    with_snapshot_stream,
+)
+
+CONTEXT_CLUSTER = "etcdops:cluster"
+CONTEXT_CLUSTER_ID = "etcdops:cluster-id"
+CONTEXT_BACKUP_ID = "etcdops:backup-id"
+CONTEXT_REVISION = "etcdops:revision-floor"
+
+
+class MetricsSink(Protocol):
+    """What the jobs need of a metrics object (Powertools ``Metrics`` is one)."""
+
+    def add_metric(self, name: str, unit: Any, value: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    manifest: Manifest
+    attempts: int
+    seconds: float
+    pruned: list[str]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    manifest: Manifest
+    summary: SnapshotSummary
+    sha256: str
+    seconds: float
+
+
+def encryption_context(cluster: str, cluster_id: str, backup_id: str, revision_floor: int) -> dict[str, str]:
+    return {
+        CONTEXT_CLUSTER: cluster,
+        CONTEXT_CLUSTER_ID: cluster_id,
+        CONTEXT_BACKUP_ID: backup_id,
+        CONTEXT_REVISION: str(revision_floor),
+    }
+
+
+class _Tap:
+    """Counts, hashes and summarizes the database bytes flowing past, then appends the trailer."""
+
+    def __init__(self, progress: Progress | None, expected: int | None) -> None:
+        self.sha256 = hashlib.sha256()
+        self.summarizer = SnapshotSummarizer()
+        self.db_bytes = 0
+        self.progress = progress
+        self.expected = expected
+
+    def plaintext(self, chunks: Iterable[bytes], stream: SnapshotStream) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.sha256.update(chunk)
+            self.summarizer.update(chunk)
+            self.db_bytes += len(chunk)
+            if self.progress:
+                self.progress(self.db_bytes, self.expected)
+            yield chunk
+        # the stream checked etcd's trailer when it ended; store it too, as etcdctl does
+        assert stream.sha256 is not None
+        yield stream.sha256
+
+
+def run_backup(
+    config: ClusterConfig,
+    client: EtcdClient,
+    health: ClusterHealth,
+    store: BackupStore,
+    keyring: KeyProvider,
+    *,
+    now: datetime | None = None,
+    frame_length: int = DEFAULT_FRAME_LENGTH,
+    progress: Progress | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> BackupResult:
+    """Take, check, encrypt and store one backup; write its manifest; apply retention."""
+    started = time.monotonic()
+    created_at = now or datetime.now(UTC)
+    backup_id = new_backup_id(created_at)
+    compression = config.backup.compression if config.backup else "none"
+    cluster_id = f"{health.cluster_id:x}" if health.cluster_id else "0"
+    revision_floor = current_revision(client) or 0
+    context = encryption_context(config.name, cluster_id, backup_id, revision_floor)
+    key = object_key(backup_id)
+
+    def consume(
+        chunks: Iterator[bytes], stream: SnapshotStream, source: SnapshotSource
+    ) -> tuple[_Tap, int, SnapshotSource]:
+        tap = _Tap(progress, source.db_size)
+        plain: Iterable[bytes] = tap.plaintext(chunks, stream)
+        if compression == "zstd":
+            plain = compress_stream(plain)
+        stored = store.put_stream(key, encrypt_stream(plain, keyring, context, frame_length))
+        return tap, stored, source
+
+    (tap, stored, source), attempts = with_snapshot_stream(client, snapshot_sources(health), consume, log=log)
+    try:
+        summary = tap.summarizer.finish()
+    except SnapshotIntegrityError:
+        store.delete(key)  # our own object, written moments ago: it must not look like a backup
+        raise
+    manifest = Manifest(
+        id=backup_id,
+        uri=store.uri_for(key),
+        cluster_id=cluster_id,
+        cluster_name=config.name,
+        member_id=f"{source.member_id:x}",
+        etcd_version=source.version or "unknown",
+        revision=summary.revision,
+        snapshot_hash=summary.hash,
+        total_keys=summary.total_keys,
+        sha256=tap.sha256.hexdigest(),
+        size_plain=tap.db_bytes + SHA256_SIZE,
+        size_stored=stored,
+        created_at=created_at,
+        key_id=keyring.key_id,
+        compression=compression,
+        frame_length=frame_length,
+        verified=True,
+        verified_at=datetime.now(UTC),
+    )
+    store.put_bytes(manifest_key(backup_id), manifest.to_json())
+    pruned = apply_retention(store, _policy(config), created_at, log=log).delete
+    return BackupResult(manifest, attempts, time.monotonic() - started, pruned)
+
+
+def _policy(config: ClusterConfig) -> RetentionPolicy:
+    retention = config.backup.retention if config.backup else None
+    if retention is None:
+        return RetentionPolicy()
+    return RetentionPolicy(
+        keep_all_within=timedelta(hours=retention.keep_all_hours),
+        daily_days=retention.daily_days,
+        weekly_weeks=retention.weekly_weeks,
+        min_age=timedelta(minutes=retention.min_age_minutes),
+    )
+
+
+# ---- catalogue ------------------------------------------------------------------------------
+
+
+def list_backups(store: BackupStore) -> list[Manifest]:
+    """Every backup with a readable manifest, oldest first."""
+    manifests = []
+    for key in store.list():
+        backup_id = backup_id_from_manifest_key(key)
+        if backup_id is None:
+            continue
+        manifests.append(load_manifest(store, backup_id))
+    return sorted(manifests, key=lambda m: (m.created_at, m.id))
+
+
+def load_manifest(store: BackupStore, backup_id: str) -> Manifest:
+    check_backup_id(backup_id)
+    key = manifest_key(backup_id)
+    if not store.exists(key):
+        raise BackupNotFoundError(f"no backup {backup_id} in {store.uri}")
+    manifest = Manifest.from_json(store.get_bytes(key), source=store.uri_for(key))
+    if manifest.id != backup_id:
+        raise ManifestMismatchError(f"manifest {key} describes backup {manifest.id}, not {backup_id}")
+    return manifest
+
+
+def newest_verified(store: BackupStore) -> Manifest | None:
+    verified = [m for m in list_backups(store) if m.verified]
+    return verified[-1] if verified else None
+
+
+def apply_retention(
+    store: BackupStore, policy: RetentionPolicy, now: datetime, *, log: Callable[[str], None] = lambda _: None
+) -> RetentionPlan:
+    manifests = list_backups(store)
+    plan = plan_retention([BackupRef(m.id, m.created_at, m.verified) for m in manifests], now, policy)
+    for backup_id in plan.delete:
+        log(f"retention: deleting {backup_id} ({plan.reasons.get(backup_id, 'not needed')})")
+        # the object first: a manifest without its object would be a backup that cannot restore
+        store.delete(object_key(backup_id))
+        store.delete(manifest_key(backup_id))
+    return plan
+
+
+# ---- verify and fetch -----------------------------------------------------------------------
+
+
+def _plaintext(store: BackupStore, keyring: KeyProvider, manifest: Manifest, cluster: str | None) -> Iterator[bytes]:
+    key = object_key(manifest.id)
+    if not store.exists(key):
+        raise BackupNotFoundError(f"backup {manifest.id}: its snapshot object {store.uri_for(key)} is missing")
+    expected = {CONTEXT_BACKUP_ID: manifest.id, CONTEXT_CLUSTER: cluster or manifest.cluster_name}
+    plain = decrypt_stream(store.open_read(key), keyring, expected)
+    return decompress_stream(plain) if manifest.compression == "zstd" else plain
+
+
+def _checked(
+    chunks: Iterable[bytes], manifest: Manifest, sink: Callable[[bytes], None] | None = None
+) -> tuple[SnapshotSummary, str]:
+    """Hash and summarize a decrypted snapshot (db + trailer); compare everything with the manifest."""
+    sha = hashlib.sha256()
+    summarizer = SnapshotSummarizer()
+    held = b""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if sink:
+            sink(chunk)
+        data = held + chunk if held else chunk
+        body, held = data[:-SHA256_SIZE], data[-SHA256_SIZE:]
+        if body:
+            sha.update(body)
+            summarizer.update(body)
+    digest = sha.hexdigest()
+    problems = []
+    if total != manifest.size_plain:
+        problems.append(f"size {total} != manifest {manifest.size_plain}")
+    if held.hex() != digest:
+        problems.append("the snapshot's sha256 trailer does not match its content")
+    if digest != manifest.sha256:
+        problems.append(f"sha256 {digest} != manifest {manifest.sha256}")
+    if problems:
+        raise BackupIntegrityError(f"backup {manifest.id}: " + "; ".join(problems))
+    try:
+        summary = summarizer.finish()
+    except SnapshotIntegrityError as exc:
+        raise BackupIntegrityError(f"backup {manifest.id}: {exc}") from exc
+    mismatched = [
+        f"{name} {actual} != manifest {expected}"
+        for name, actual, expected in (
+            ("revision", summary.revision, manifest.revision),
+            ("hash", summary.hash, manifest.snapshot_hash),
+            ("total_keys", summary.total_keys, manifest.total_keys),
+        )
+        if actual != expected
+    ]
+    if mismatched:
+        raise ManifestMismatchError(f"backup {manifest.id}: " + "; ".join(mismatched))
+    return summary, digest
+
+
+def verify_backup(
+    store: BackupStore, keyring: KeyProvider, backup_id: str, *, cluster: str | None = None
+) -> VerifyResult:
+    """Fetch, decrypt, hash and inspect a backup and compare all of it with its manifest."""
+    started = time.monotonic()
+    manifest = load_manifest(store, backup_id)
+    summary, digest = _checked(_plaintext(store, keyring, manifest, cluster), manifest)
+    return VerifyResult(manifest, summary, digest, time.monotonic() - started)
+
+
+def fetch_backup(
+    store: BackupStore,
+    keyring: KeyProvider,
+    backup_id: str,
+    path: Path,
+    *,
+    cluster: str | None = None,
+    progress: Progress | None = None,
+) -> VerifyResult:
+    """Write the decrypted snapshot to ``path``, only if all of it verifies (else nothing is left)."""
+    started = time.monotonic()
+    manifest = load_manifest(store, backup_id)
+    path = path.absolute()
+    tmp = path.with_name(f".{path.name}.part")
+    written = 0
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+
+            def sink(chunk: bytes) -> None:
+                nonlocal written
+                out.write(chunk)
+                written += len(chunk)
+                if progress:
+                    progress(written, manifest.size_plain)
+
+            summary, digest = _checked(_plaintext(store, keyring, manifest, cluster), manifest, sink)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return VerifyResult(manifest, summary, digest, time.monotonic() - started)
+
+
+def newest_verified_age(store: BackupStore, now: datetime) -> float | None:
+    """Seconds since the newest verified backup was taken, or None when there is none."""
+    newest = newest_verified(store)
+    return None if newest is None else (now - newest.created_at).total_seconds()

@@ -1,0 +1,144 @@
+"""``etcdops backup run|list|verify|fetch``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from etcdops.cli import emit, human_bytes, resolve_config, table
+
+
+def _manifest_dict(manifest: Any) -> dict[str, Any]:
+    data: dict[str, Any] = manifest.model_dump(mode="json")
+    return data
+
+
+def cmd_backup_run(args: argparse.Namespace) -> int:
+    from etcdops.backup.job import run_backup
+    from etcdops.backup.target import open_backup_target
+    from etcdops.connect import client_for
+    from etcdops.probe import probe_cluster
+    from etcdops.snapshot import TerminalProgress
+
+    config = resolve_config(args)
+    # a local key file is created on first use; a KMS key must already exist
+    store, keyring = open_backup_target(config, create_local_key=True)
+    progress = TerminalProgress(sys.stderr, "backup")
+    with client_for(config) as client:
+        health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
+        result = run_backup(
+            config, client, health, store, keyring, progress=progress, log=lambda m: print(m, file=sys.stderr)
+        )
+    progress.done()
+    m = result.manifest
+    data = {**_manifest_dict(m), "attempts": result.attempts, "seconds": round(result.seconds, 3),
+            "pruned": result.pruned}
+    emit(
+        args,
+        data,
+        lambda: f"backup {m.id}: revision {m.revision}, {m.total_keys} keys, {human_bytes(m.size_plain)} "
+        f"-> {human_bytes(m.size_stored)} encrypted at {m.uri} in {result.seconds:.1f}s"
+        + (f"; pruned {len(result.pruned)}" if result.pruned else ""),
+    )
+    return 0
+
+
+def cmd_backup_list(args: argparse.Namespace) -> int:
+    from etcdops.backup.job import list_backups
+    from etcdops.backup.target import open_backup_target
+
+    store, _ = open_backup_target(resolve_config(args))
+    manifests = list_backups(store)
+    emit(
+        args,
+        [_manifest_dict(m) for m in manifests],
+        lambda: table(
+            ["ID", "CREATED", "REVISION", "KEYS", "SIZE", "STORED", "MEMBER", "VERSION", "VERIFIED"],
+            [
+                [
+                    m.id,
+                    m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    m.revision,
+                    m.total_keys,
+                    human_bytes(m.size_plain),
+                    human_bytes(m.size_stored),
+                    m.member_id,
+                    m.etcd_version,
+                    "yes" if m.verified else "NO",
+                ]
+                for m in manifests
+            ],
+        )
+        if manifests
+        else f"no backups in {store.uri}",
+    )
+    return 0
+
+
+def _verify_dict(result: Any) -> dict[str, Any]:
+    return {
+        "id": result.manifest.id,
+        "ok": True,
+        "sha256": result.sha256,
+        "hash": result.summary.hash,
+        "revision": result.summary.revision,
+        "total_keys": result.summary.total_keys,
+        "total_size": result.summary.total_size,
+        "seconds": round(result.seconds, 3),
+    }
+
+
+def cmd_backup_verify(args: argparse.Namespace) -> int:
+    from etcdops.backup.job import verify_backup
+    from etcdops.backup.target import open_backup_target
+
+    config = resolve_config(args)
+    store, keyring = open_backup_target(config)
+    result = verify_backup(store, keyring, args.id, cluster=config.name)
+    data = _verify_dict(result)
+    emit(
+        args,
+        data,
+        lambda: f"backup {args.id} verified: decrypts, sha256 matches, revision {data['revision']}, "
+        f"{data['total_keys']} keys, hash {data['hash']:x}",
+    )
+    return 0
+
+
+def cmd_backup_fetch(args: argparse.Namespace) -> int:
+    from etcdops.backup.job import fetch_backup
+    from etcdops.backup.target import open_backup_target
+    from etcdops.snapshot import TerminalProgress
+
+    config = resolve_config(args)
+    store, keyring = open_backup_target(config)
+    progress = TerminalProgress(sys.stderr, f"fetch {args.id}")
+    result = fetch_backup(store, keyring, args.id, Path(args.file), cluster=config.name, progress=progress)
+    progress.done()
+    data = {**_verify_dict(result), "path": str(Path(args.file).absolute())}
+    emit(args, data, lambda: f"wrote verified snapshot of backup {args.id} to {data['path']}")
+    return 0
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    backup = commands.add_parser("backup", help="encrypted, verified backups and their catalogue", parents=[common])
+    actions = backup.add_subparsers(dest="backup_command", metavar="ACTION", required=True)
+    run = actions.add_parser(
+        "run", help="take a snapshot, check it, encrypt and store it, write its manifest, prune", parents=[common]
+    )
+    run.set_defaults(handler=cmd_backup_run)
+    listing = actions.add_parser("list", help="list backups (the fields of their manifests)", parents=[common])
+    listing.set_defaults(handler=cmd_backup_list)
+    verify = actions.add_parser(
+        "verify", help="fetch, decrypt, hash and inspect a backup; compare with its manifest", parents=[common]
+    )
+    verify.add_argument("id", metavar="ID")
+    verify.set_defaults(handler=cmd_backup_verify)
+    fetch = actions.add_parser(
+        "fetch", help="write the decrypted snapshot of backup ID to FILE, only if it verifies", parents=[common]
+    )
+    fetch.add_argument("id", metavar="ID")
+    fetch.add_argument("file", metavar="FILE")
+    fetch.set_defaults(handler=cmd_backup_fetch)
