@@ -17,7 +17,9 @@ from etcdops.local import EtcdBinaries
 pytestmark = pytest.mark.integration
 
 
-def etcdops(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def etcdops(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "etcdops.cli", *args],
         cwd=cwd,
@@ -58,8 +60,20 @@ def test_local_up_is_idempotent_and_status_reports_failures(stack: tuple[Path, d
     status = as_json(etcdops(cwd, "status", "--json"))
     assert status["has_quorum"] and status["leader"]
     assert {"cluster_id", "leader", "has_quorum", "members", "alarms"} <= status.keys()
-    member_fields = {"id", "name", "client_urls", "peer_urls", "is_learner", "healthy", "error", "db_size",
-                     "db_size_in_use", "raft_index", "raft_term", "version"}
+    member_fields = {
+        "id",
+        "name",
+        "client_urls",
+        "peer_urls",
+        "is_learner",
+        "healthy",
+        "error",
+        "db_size",
+        "db_size_in_use",
+        "raft_index",
+        "raft_term",
+        "version",
+    }
     assert all(member_fields <= m.keys() for m in status["members"])
     follower = next(m["name"] for m in status["members"] if m["id"] != status["leader"])
     other = next(m["name"] for m in status["members"] if m["id"] != status["leader"] and m["name"] != follower)
@@ -117,7 +131,67 @@ def test_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
     bad.write_text("name: x\nendpoints: ['http://127.0.0.1:1']\n")
     invalid = etcdops(tmp_path, "status", "--config", str(bad), check=False)
     assert invalid.returncode == 1
-    assert invalid.stderr.strip() == f"etcdops: ConfigError: {bad}: endpoints: http:// endpoints need plaintext: true (TLS is the default)"
+    assert (
+        invalid.stderr.strip()
+        == f"etcdops: ConfigError: {bad}: endpoints: http:// endpoints need plaintext: true (TLS is the default)"
+    )
 
     unknown = etcdops(tmp_path, "local", "kill", "m9", check=False)
     assert unknown.returncode == 1 and "no local cluster" in unknown.stderr
+
+
+def test_snapshot_save_and_inspect_agree_with_etcds_tool(
+    stack: tuple[Path, dict[str, str]], etcd_binaries: EtcdBinaries
+) -> None:
+    cwd, env = stack
+    etcdops(cwd, "local", "up", env=env)
+    saved = as_json(etcdops(cwd, "snapshot", "save", "snap.db", "--json"))
+    assert saved["size"] == (cwd / "snap.db").stat().st_size and not list(cwd.glob(".snap.db*"))
+
+    ours = as_json(etcdops(cwd, "snapshot", "inspect", "snap.db", "--json"))
+    tool = [str(etcd_binaries.etcdutl)] if etcd_binaries.etcdutl else [str(etcd_binaries.etcdctl)]
+    theirs = json.loads(
+        subprocess.run(
+            [*tool, "snapshot", "status", "snap.db", "-w", "json"],
+            cwd=cwd,
+            check=True,
+            capture_output=True,
+            text=True,
+            env={"ETCDCTL_API": "3"},
+        ).stdout
+    )
+    assert (ours["hash"], ours["revision"], ours["total_keys"], ours["total_size"]) == (
+        theirs["hash"],
+        theirs["revision"],
+        theirs["totalKey"],
+        theirs["totalSize"],
+    )
+
+    # a truncated copy gets one clear line and a non-zero exit
+    data = (cwd / "snap.db").read_bytes()
+    (cwd / "cut.db").write_bytes(data[: len(data) // 2])
+    cut = etcdops(cwd, "snapshot", "inspect", "cut.db", check=False)
+    assert cut.returncode == 1 and cut.stderr.count("\n") == 1 and "SnapshotIntegrityError" in cut.stderr
+
+
+def test_backup_commands_round_trip(stack: tuple[Path, dict[str, str]]) -> None:
+    cwd, env = stack
+    etcdops(cwd, "local", "up", env=env)
+    made = as_json(etcdops(cwd, "backup", "run", "--json"))
+    listed = as_json(etcdops(cwd, "backup", "list", "--json"))
+    assert [b["id"] for b in listed] == [made["id"]] and listed[0]["verified"] is True
+    assert (cwd / ".etcdops" / "backup.key").stat().st_mode & 0o777 == 0o600
+
+    verified = as_json(etcdops(cwd, "backup", "verify", made["id"], "--json"))
+    assert verified["ok"] and verified["revision"] == made["revision"]
+    fetched = as_json(etcdops(cwd, "backup", "fetch", made["id"], "f.db", "--json"))
+    assert Path(fetched["path"]).stat().st_size == made["size_plain"]
+
+    unknown = etcdops(cwd, "backup", "verify", "20200101T000000Z-abcdef", check=False)
+    assert unknown.returncode == 1 and "BackupNotFoundError" in unknown.stderr
+    malformed = etcdops(cwd, "backup", "verify", "nope", check=False)
+    assert malformed.returncode == 2 and "not a backup id" in malformed.stderr
+
+    # backups survive local down
+    etcdops(cwd, "local", "down", "--purge")
+    assert list((cwd / ".etcdops" / "backups").glob("*.manifest.json"))

@@ -82,6 +82,7 @@ def with_snapshot_stream(
         raise SnapshotError("no healthy member to take a snapshot from")
     last: Exception | None = None
     for attempt, source in enumerate(sources, start=1):
+        log(f"streaming snapshot from {source.name} at {source.endpoint}")
         stream = client.snapshot_stream(source.endpoint)
         try:
             return consume(stream.chunks(), stream, source), attempt
