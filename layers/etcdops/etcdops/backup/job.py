@@ -64,6 +64,8 @@ class MetricsSink(Protocol):
 
     def add_metric(self, name: str, unit: Any, value: float) -> None: ...
 
+    def add_dimension(self, name: str, value: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class BackupResult:

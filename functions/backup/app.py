@@ -1,0 +1,30 @@
+"""Backup: on an EventBridge schedule, take, check, encrypt, store and catalogue one backup."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from etcdops.aws import JobSettings, SnsNotifier
+from etcdops.events import parse_event
+from etcdops.jobs import AwsClients, backup_job
+
+logger = Logger(service="etcdops-backup")
+metrics = Metrics(namespace="etcdops", service="backup")
+
+
+@logger.inject_lambda_context(log_event=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    parse_event(event, EventBridgeModel)  # anything but a scheduled event is refused here
+    settings = JobSettings.from_env(os.environ)
+    session = boto3.session.Session()
+    notifier = SnsNotifier(session.client("sns"), settings.topic_arn) if settings.topic_arn else None
+    result = backup_job(settings, AwsClients.from_session(session), metrics, notifier)
+    logger.info("backup stored", extra=result)
+    return result

@@ -1,0 +1,29 @@
+"""BackupVerify: daily, fetch, decrypt and check the newest backup (or the one named in the event)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from etcdops.aws import JobSettings, SnsNotifier
+from etcdops.events import VerifyEvent, parse_event
+from etcdops.jobs import AwsClients, verify_job
+
+logger = Logger(service="etcdops-backup-verify")
+metrics = Metrics(namespace="etcdops", service="backup-verify")
+
+
+@logger.inject_lambda_context(log_event=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    parsed = parse_event(event, VerifyEvent)
+    settings = JobSettings.from_env(os.environ)
+    session = boto3.session.Session()
+    notifier = SnsNotifier(session.client("sns"), settings.topic_arn) if settings.topic_arn else None
+    result = verify_job(settings, AwsClients.from_session(session), metrics, notifier, parsed.detail.backup_id)
+    logger.info("backup verified", extra=result)
+    return result

@@ -1,0 +1,116 @@
+"""The AWS side of a cluster: its configuration in SSM, TLS material in Secrets Manager, SNS.
+
+Every function takes its boto3 clients as arguments; nothing here creates one at import.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from etcdops.config import ClusterConfig, loads_config
+from etcdops.errors import ConfigError, EtcdopsError
+
+
+class AwsError(EtcdopsError):
+    """An AWS call failed; ``retryable`` when it was throttling or a service fault."""
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What every job function needs from its environment, validated at the start of an invocation."""
+
+    config_parameter: str
+    topic_arn: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> JobSettings:
+        parameter = env.get("CLUSTER_CONFIG_PARAMETER", "").strip()
+        if not parameter:
+            raise ConfigError("CLUSTER_CONFIG_PARAMETER: not set (the SSM parameter holding the cluster config)")
+        return cls(config_parameter=parameter, topic_arn=env.get("TOPIC_ARN") or None)
+
+
+def _aws(what: str, exc: Exception) -> AwsError:
+    code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+    retryable = code in {"ThrottlingException", "Throttling", "ServiceUnavailable", "InternalServerError"}
+    return AwsError(f"{what}: {code or type(exc).__name__}: {exc}", retryable=retryable or not code)
+
+
+def load_cluster_config(ssm: Any, parameter: str) -> ClusterConfig:
+    try:
+        value = ssm.get_parameter(Name=parameter, WithDecryption=True)["Parameter"]["Value"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ParameterNotFound":
+            raise ConfigError(f"CLUSTER_CONFIG_PARAMETER: SSM parameter {parameter} does not exist") from None
+        raise _aws(f"reading SSM parameter {parameter}", exc) from exc
+    except BotoCoreError as exc:
+        raise _aws(f"reading SSM parameter {parameter}", exc) from exc
+    return loads_config(value, f"ssm:{parameter}")
+
+
+def materialize_tls(config: ClusterConfig, secrets: Any, directory: Path) -> ClusterConfig:
+    """Fetch Secrets Manager TLS entries into files (0600) under ``directory``; paths stay paths."""
+    if config.tls is None:
+        return config
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    resolved: dict[str, str | None] = {}
+    for field in ("ca", "cert", "key"):
+        value: str | None = getattr(config.tls, field)
+        if value and value.startswith("arn:aws:secretsmanager:"):
+            try:
+                secret = secrets.get_secret_value(SecretId=value)["SecretString"]
+            except (ClientError, BotoCoreError) as exc:
+                raise _aws(f"tls.{field}: reading secret {value}", exc) from exc
+            path = directory / f"{config.name}-{field}.pem"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secret)
+            value = str(path)
+        resolved[field] = value
+    return config.model_copy(update={"tls": config.tls.model_copy(update=resolved)})
+
+
+class Notifier:
+    """Publishes operator messages; :class:`SnsNotifier` in AWS, a list in the local stack."""
+
+    def publish(self, subject: str, message: str, attributes: Mapping[str, str] | None = None) -> None:
+        raise NotImplementedError
+
+
+class SnsNotifier(Notifier):
+    def __init__(self, sns: Any, topic_arn: str) -> None:
+        self.sns = sns
+        self.topic_arn = topic_arn
+
+    def publish(self, subject: str, message: str, attributes: Mapping[str, str] | None = None) -> None:
+        try:
+            self.sns.publish(
+                TopicArn=self.topic_arn,
+                Subject=subject[:100],
+                Message=message,
+                MessageAttributes={
+                    k: {"DataType": "String", "StringValue": v} for k, v in (attributes or {}).items()
+                },
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _aws(f"publishing to {self.topic_arn}", exc) from exc
+
+
+class MemoryNotifier(Notifier):
+    """Keeps messages in memory (the local stack shows them; tests read them)."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str, dict[str, str]]] = []
+
+    def publish(self, subject: str, message: str, attributes: Mapping[str, str] | None = None) -> None:
+        self.messages.append((subject, message, dict(attributes or {})))

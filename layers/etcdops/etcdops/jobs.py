@@ -1,0 +1,112 @@
+"""Scheduled jobs as the Lambda functions run them: backup and backup verification.
+
+A job loads the cluster's configuration, does its work through the domain modules, records
+metrics, and on failure publishes one SNS message and raises, so the invocation fails visibly.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from etcdops.aws import JobSettings, Notifier, load_cluster_config, materialize_tls
+from etcdops.backup.job import MetricsSink, list_backups, newest_verified_age, run_backup, verify_backup
+from etcdops.backup.target import open_backup_target
+from etcdops.connect import client_for
+from etcdops.errors import EtcdopsError
+from etcdops.probe import probe_cluster
+
+COUNT, BYTES, SECONDS = "Count", "Bytes", "Seconds"
+
+
+@dataclass(frozen=True)
+class AwsClients:
+    ssm: Any
+    secrets: Any
+    s3: Any
+    kms: Any
+
+    @classmethod
+    def from_session(cls, session: Any) -> AwsClients:
+        return cls(
+            ssm=session.client("ssm"),
+            secrets=session.client("secretsmanager"),
+            s3=session.client("s3"),
+            kms=session.client("kms"),
+        )
+
+
+def _fail(notifier: Notifier | None, cluster: str, what: str, exc: Exception) -> None:
+    if notifier is not None:
+        notifier.publish(
+            f"etcdops: {what} FAILED for cluster {cluster}",
+            f"{what} of etcd cluster {cluster} failed at {datetime.now(UTC).isoformat()}:\n"
+            f"{type(exc).__name__}: {exc}\n\nThe previous verified backups are untouched.",
+            {"cluster": cluster, "kind": f"{what.lower().replace(' ', '-')}-failed"},
+        )
+
+
+def backup_job(
+    settings: JobSettings, aws: AwsClients, metrics: MetricsSink, notifier: Notifier | None
+) -> dict[str, Any]:
+    config = load_cluster_config(aws.ssm, settings.config_parameter)
+    metrics.add_dimension("cluster", config.name)
+    try:
+        with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
+            config = materialize_tls(config, aws.secrets, Path(tls_dir))
+            store, keyring = open_backup_target(config, s3_client=aws.s3, kms_client=aws.kms)
+            with client_for(config) as client:
+                health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
+                result = run_backup(config, client, health, store, keyring)
+    except EtcdopsError as exc:
+        metrics.add_metric("BackupFailed", COUNT, 1)
+        _fail(notifier, config.name, "Backup", exc)
+        raise
+    manifest = result.manifest
+    metrics.add_metric("BackupSucceeded", COUNT, 1)
+    metrics.add_metric("BackupFailed", COUNT, 0)
+    metrics.add_metric("BackupBytes", BYTES, manifest.size_stored)
+    metrics.add_metric("BackupDuration", SECONDS, result.seconds)
+    metrics.add_metric("NewestVerifiedBackupAge", SECONDS, 0)
+    return {
+        "backup_id": manifest.id,
+        "uri": manifest.uri,
+        "revision": manifest.revision,
+        "total_keys": manifest.total_keys,
+        "size_stored": manifest.size_stored,
+        "pruned": result.pruned,
+    }
+
+
+def verify_job(
+    settings: JobSettings, aws: AwsClients, metrics: MetricsSink, notifier: Notifier | None, backup_id: str | None
+) -> dict[str, Any]:
+    """Verify ``backup_id``, or the newest backup when none is given."""
+    config = load_cluster_config(aws.ssm, settings.config_parameter)
+    metrics.add_dimension("cluster", config.name)
+    try:
+        store, keyring = open_backup_target(config, s3_client=aws.s3, kms_client=aws.kms)
+        if backup_id is None:
+            backups = list_backups(store)
+            if not backups:
+                raise EtcdopsError(f"no backups in {store.uri} to verify")
+            backup_id = backups[-1].id
+        result = verify_backup(store, keyring, backup_id, cluster=config.name)
+    except EtcdopsError as exc:
+        metrics.add_metric("BackupVerifyFailed", COUNT, 1)
+        _fail(notifier, config.name, "Backup verification", exc)
+        raise
+    metrics.add_metric("BackupVerifyFailed", COUNT, 0)
+    age = newest_verified_age(store, datetime.now(UTC))
+    if age is not None:
+        metrics.add_metric("NewestVerifiedBackupAge", SECONDS, age)
+    return {
+        "backup_id": backup_id,
+        "ok": True,
+        "revision": result.summary.revision,
+        "total_keys": result.summary.total_keys,
+        "seconds": round(result.seconds, 3),
+    }

@@ -1,0 +1,156 @@
+"""The Backup and BackupVerify Lambda handlers against a real cluster, with AWS emulated by moto."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from etcdops.events import InvalidEventError
+from etcdops.local import LocalCluster
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+REGION = "us-east-1"
+
+
+def load_handler(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"function_{name}", ROOT / "functions" / name / "app.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def event(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((ROOT / "events" / f"{name}.json").read_text())
+    return loaded
+
+
+def context() -> Any:
+    return SimpleNamespace(
+        function_name="etcdops-test",
+        memory_limit_in_mb=512,
+        invoked_function_arn=f"arn:aws:lambda:{REGION}:123456789012:function:etcdops-test",
+        aws_request_id="req-1",
+    )
+
+
+def emitted_metrics(output: str) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for line in output.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            document = json.loads(line)
+            for definition in document["_aws"]["CloudWatchMetrics"]:
+                for metric in definition["Metrics"]:
+                    value = document[metric["Name"]]
+                    values[metric["Name"]] = value[-1] if isinstance(value, list) else value
+                assert ["cluster"] in [d[:1] for d in definition["Dimensions"]] or any(
+                    "cluster" in d for d in definition["Dimensions"]
+                )
+    return values
+
+
+@pytest.fixture
+def aws(shared_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        s3, kms, ssm, secrets, sns, sqs = (
+            boto3.client(n, region_name=REGION) for n in ("s3", "kms", "ssm", "secretsmanager", "sns", "sqs")
+        )
+        s3.create_bucket(Bucket="backups")
+        key_arn = kms.create_key()["KeyMetadata"]["Arn"]
+        tls = shared_cluster.tls
+        arns = {
+            field: secrets.create_secret(Name=f"etcdops/local/{field}", SecretString=path.read_text())["ARN"]
+            for field, path in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key))
+            if path
+        }
+        local = shared_cluster.config()
+        document = {
+            "name": "local",
+            "endpoints": local.endpoints,
+            "tls": arns,
+            "backup": {"destination": "s3://backups/etcd/local", "encryption_key": key_arn},
+        }
+        ssm.put_parameter(Name="/etcdops/local/config", Type="SecureString", Value=json.dumps(document))
+        topic = sns.create_topic(Name="etcdops")["TopicArn"]
+        queue = sqs.create_queue(QueueName="inbox")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+        monkeypatch.setenv("CLUSTER_CONFIG_PARAMETER", "/etcdops/local/config")
+        monkeypatch.setenv("TOPIC_ARN", topic)
+
+        def inbox() -> list[str]:
+            messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+            return [json.loads(m["Body"])["Subject"] for m in messages]
+
+        yield SimpleNamespace(s3=s3, ssm=ssm, inbox=inbox)
+
+
+def test_backup_then_verify_through_the_handlers(aws: SimpleNamespace, capsys: pytest.CaptureFixture[str]) -> None:
+    backup = load_handler("backup").handler(event("backup_schedule"), context())
+    metrics = emitted_metrics(capsys.readouterr().out)
+    assert metrics["BackupSucceeded"] == 1 and metrics["BackupBytes"] > 0
+
+    keys = [o["Key"] for o in aws.s3.list_objects_v2(Bucket="backups")["Contents"]]
+    assert f"etcd/local/{backup['backup_id']}.manifest.json" in keys
+
+    verified = load_handler("backup_verify").handler(event("backup_verify_schedule"), context())
+    assert verified["ok"] and verified["backup_id"] == backup["backup_id"]
+    assert emitted_metrics(capsys.readouterr().out)["BackupVerifyFailed"] == 0
+    assert aws.inbox() == []
+
+
+def test_malformed_event_is_refused_and_changes_nothing(aws: SimpleNamespace) -> None:
+    with pytest.raises(InvalidEventError, match=r"^EventBridgeModel: version: Field required"):
+        load_handler("backup").handler({"source": "aws.events"}, context())
+    assert aws.s3.list_objects_v2(Bucket="backups").get("KeyCount") == 0
+
+
+def test_tampered_backup_fails_verification_with_metric_and_sns(
+    aws: SimpleNamespace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from etcdops.backup.errors import DecryptionError
+
+    backup = load_handler("backup").handler(event("backup_schedule"), context())
+    key = f"etcd/local/{backup['backup_id']}.snapshot.enc"
+    data = bytearray(aws.s3.get_object(Bucket="backups", Key=key)["Body"].read())
+    data[-100] ^= 0xFF
+    aws.s3.put_object(Bucket="backups", Key=key, Body=bytes(data))
+    capsys.readouterr()
+
+    with pytest.raises(DecryptionError):
+        load_handler("backup_verify").handler(event("backup_verify_schedule"), context())
+
+    assert emitted_metrics(capsys.readouterr().out)["BackupVerifyFailed"] == 1
+    assert aws.inbox() == ["etcdops: Backup verification FAILED for cluster local"]
+
+
+def test_backup_of_an_unreachable_cluster_fails_loudly(
+    aws: SimpleNamespace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = json.loads(
+        aws.ssm.get_parameter(Name="/etcdops/local/config", WithDecryption=True)["Parameter"]["Value"]
+    )
+    document["endpoints"] = ["https://127.0.0.1:1"]
+    aws.ssm.put_parameter(Name="/etcdops/local/config", Type="SecureString", Value=json.dumps(document), Overwrite=True)
+
+    with pytest.raises(Exception) as failure:
+        load_handler("backup").handler(event("backup_schedule"), context())
+
+    assert type(failure.value).__name__.endswith("Error")
+    assert emitted_metrics(capsys.readouterr().out)["BackupFailed"] == 1
+    assert aws.inbox() == ["etcdops: Backup FAILED for cluster local"]
+    assert aws.s3.list_objects_v2(Bucket="backups").get("KeyCount") == 0
