@@ -63,7 +63,7 @@ class ClusterHealth:
 
     @property
     def has_quorum(self) -> bool:
-        return self.leader is not None and len(self.healthy_voters) >= self.quorum
+        return bool(self.leader) and len(self.healthy_voters) >= self.quorum
 
     @property
     def quorum_margin(self) -> int:

@@ -1,0 +1,636 @@
+"""The autopilot's state behind one small interface: failure streaks, the operation lock, incidents.
+
+:class:`StateStore` is the interface; :class:`InMemoryStateStore` backs unit tests and the local
+stack, :class:`DynamoStateStore` a DynamoDB table (client passed in). Both behave the same and
+are tested by the same suite.
+
+Every time is an argument (``now``); nothing here reads the clock. DynamoDB TTL attributes
+(``ttl``, epoch seconds) are derived from ``now``.
+
+Single-table design (:data:`TABLE_KEY_SCHEMA`), one partition per cluster, ``pk = "cluster#<name>"``:
+
+=====================  ==========================================================================
+``sk``                 item
+=====================  ==========================================================================
+``streaks``            all failure streaks of the cluster in one item (``members`` map, optional
+                       ``quorum_loss``), a ``version`` number checked on every write, ``ttl``
+``lock``               the operation lock: ``owner``, ``acquired_at``, ``expires_at``,
+                       ``expires_at_us`` (epoch microseconds, compared in conditions), ``ttl``
+``incident#<id>``      one incident or notification already announced: ``kind``, ``recorded_at``,
+                       ``ttl``
+``lastdecision``       the last policy decision as JSON, ``decided_at``
+=====================  ==========================================================================
+
+The streaks of a cluster live in one item, not one item per member, so a probe round is saved
+with one conditional write: it either lands whole or raises :class:`ConflictError` and the caller
+reloads, folds its observation in again and retries. (Per-member items would need a transaction;
+a partly written round retried on top of itself would count probes twice.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+from botocore.exceptions import ClientError
+
+from etcdops.errors import EtcdopsError, UsageError
+from etcdops.policy import Decision, Streak
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+else:
+    DynamoDBClient = Any
+
+__all__ = [
+    "DEFAULT_INCIDENT_TTL_SECONDS",
+    "DEFAULT_STREAK_TTL_SECONDS",
+    "TABLE_ATTRIBUTE_DEFINITIONS",
+    "TABLE_KEY_SCHEMA",
+    "TTL_ATTRIBUTE",
+    "ConflictError",
+    "DynamoStateStore",
+    "InMemoryStateStore",
+    "LastDecision",
+    "Lock",
+    "LockHeldError",
+    "LockLostError",
+    "StateStore",
+    "StreakState",
+    "table_definition",
+]
+
+TABLE_KEY_SCHEMA: Final[tuple[dict[str, str], ...]] = (
+    {"AttributeName": "pk", "KeyType": "HASH"},
+    {"AttributeName": "sk", "KeyType": "RANGE"},
+)
+TABLE_ATTRIBUTE_DEFINITIONS: Final[tuple[dict[str, str], ...]] = (
+    {"AttributeName": "pk", "AttributeType": "S"},
+    {"AttributeName": "sk", "AttributeType": "S"},
+)
+TTL_ATTRIBUTE: Final = "ttl"
+"""DynamoDB TimeToLiveSpecification.AttributeName (epoch seconds)."""
+
+DEFAULT_STREAK_TTL_SECONDS: Final = 7 * 24 * 3600
+DEFAULT_INCIDENT_TTL_SECONDS: Final = 7 * 24 * 3600
+LOCK_TTL_GRACE_SECONDS: Final = 24 * 3600
+"""An expired lock item stays this long after its lease (for post-mortems) before TTL removes it."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def table_definition(table_name: str) -> dict[str, Any]:
+    """``create_table`` keyword arguments for the state table (template.yaml mirrors these)."""
+    return {
+        "TableName": table_name,
+        "KeySchema": [dict(k) for k in TABLE_KEY_SCHEMA],
+        "AttributeDefinitions": [dict(a) for a in TABLE_ATTRIBUTE_DEFINITIONS],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
+# ---- errors -------------------------------------------------------------------------------
+
+
+class ConflictError(EtcdopsError):
+    """Someone else saved the streaks since they were loaded: reload, reapply, retry."""
+
+    retryable = True
+
+    def __init__(self, cluster: str, expected_version: int) -> None:
+        super().__init__(f"failure streaks of cluster {cluster} changed since version {expected_version} was loaded")
+        self.cluster = cluster
+        self.expected_version = expected_version
+
+
+class LockHeldError(EtcdopsError):
+    """The cluster's operation lock is held by another owner whose lease has not expired."""
+
+    retryable = True
+
+    def __init__(self, cluster: str, holder: str, expires_at: datetime) -> None:
+        super().__init__(f"the operation lock of cluster {cluster} is held by {holder} until {expires_at.isoformat()}")
+        self.cluster = cluster
+        self.holder = holder
+        self.expires_at = expires_at
+
+
+class LockLostError(EtcdopsError):
+    """A lease cannot be renewed: the lock is gone or now belongs to another owner."""
+
+    def __init__(self, cluster: str, owner: str, holder: str | None) -> None:
+        now_held = f"it is held by {holder}" if holder else "it is not held"
+        super().__init__(f"{owner} no longer holds the operation lock of cluster {cluster}: {now_held}")
+        self.cluster = cluster
+        self.owner = owner
+        self.holder = holder
+
+
+# ---- records ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lock:
+    """The per-cluster operation lock (invariant 2). Fits ``policy.LockLike``."""
+
+    cluster: str
+    owner: str
+    acquired_at: datetime  # when this lease was (re-)acquired
+    expires_at: datetime
+
+    def is_active(self, now: datetime) -> bool:
+        return _utc(now) < self.expires_at
+
+
+@dataclass(frozen=True)
+class StreakState:
+    """The failure streaks of a cluster as stored; ``version`` 0 means never saved."""
+
+    streaks: Mapping[int, Streak] = field(default_factory=dict)
+    quorum_loss: Streak | None = None
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class LastDecision:
+    decision: Decision
+    decided_at: datetime
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def _utc(when: datetime) -> datetime:
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _epoch_us(when: datetime) -> int:
+    return (_utc(when) - _EPOCH) // timedelta(microseconds=1)
+
+
+def _epoch_s_ceil(when: datetime) -> int:
+    return math.ceil(_epoch_us(when) / 1_000_000)
+
+
+def _pk(cluster: str) -> str:
+    if not cluster:
+        raise UsageError("cluster name must not be empty")
+    return f"cluster#{cluster}"
+
+
+def _check_lease(lease_seconds: float) -> timedelta:
+    if not lease_seconds > 0:
+        raise UsageError(f"lease_seconds must be positive, got {lease_seconds}")
+    return timedelta(seconds=lease_seconds)
+
+
+def _check_owner(owner: str) -> None:
+    if not owner:
+        raise UsageError("lock owner must not be empty")
+
+
+# ---- the interface ------------------------------------------------------------------------
+
+
+class StateStore(ABC):
+    """Where the autopilot keeps what it must remember between invocations."""
+
+    def __init__(
+        self,
+        *,
+        streak_ttl_seconds: int = DEFAULT_STREAK_TTL_SECONDS,
+        incident_ttl_seconds: int = DEFAULT_INCIDENT_TTL_SECONDS,
+    ) -> None:
+        self.streak_ttl_seconds = streak_ttl_seconds
+        self.incident_ttl_seconds = incident_ttl_seconds
+
+    # streaks
+    @abstractmethod
+    def load_streaks(self, cluster: str) -> StreakState:
+        """The cluster's streaks and their version (an empty state with version 0 if none)."""
+
+    @abstractmethod
+    def save_streaks(
+        self,
+        cluster: str,
+        streaks: Mapping[int, Streak],
+        quorum_loss: Streak | None,
+        *,
+        expected_version: int,
+        now: datetime,
+    ) -> StreakState:
+        """Replace the cluster's streaks if their version is still ``expected_version``.
+
+        Returns the saved state (version ``expected_version + 1``); raises :class:`ConflictError`
+        when another writer got there first.
+        """
+
+    # lock
+    @abstractmethod
+    def acquire_lock(self, cluster: str, owner: str, lease_seconds: float, now: datetime) -> Lock:
+        """Take the lock if it is free, expired, or already ``owner``'s (which re-acquires it and
+        extends the lease); otherwise raise :class:`LockHeldError` naming the holder and expiry."""
+
+    @abstractmethod
+    def renew_lock(self, cluster: str, owner: str, lease_seconds: float, now: datetime) -> Lock:
+        """Extend ``owner``'s lease to ``now + lease_seconds``; :class:`LockLostError` if the lock
+        is gone or belongs to someone else."""
+
+    @abstractmethod
+    def release_lock(self, cluster: str, owner: str) -> bool:
+        """Release ``owner``'s lock; False (not an error) when ``owner`` does not hold it."""
+
+    @abstractmethod
+    def get_lock(self, cluster: str) -> Lock | None:
+        """The lock record, expired or not (use :meth:`Lock.is_active`); None if there is none."""
+
+    # incidents
+    @abstractmethod
+    def record_incident(
+        self, cluster: str, incident_id: str, kind: str, now: datetime, *, ttl_seconds: int | None = None
+    ) -> bool:
+        """True the first time ``incident_id`` is recorded (announce it), False after that, until
+        the record's TTL (default ``incident_ttl_seconds``) has passed."""
+
+    # last decision
+    @abstractmethod
+    def save_last_decision(self, cluster: str, decision: Decision, now: datetime) -> None: ...
+
+    @abstractmethod
+    def load_last_decision(self, cluster: str) -> LastDecision | None: ...
+
+
+# ---- in memory ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Incident:
+    kind: str
+    recorded_at: datetime
+    expires_at: datetime
+
+
+class InMemoryStateStore(StateStore):
+    """A process-local store with the same semantics, safe to use from several threads."""
+
+    def __init__(
+        self,
+        *,
+        streak_ttl_seconds: int = DEFAULT_STREAK_TTL_SECONDS,
+        incident_ttl_seconds: int = DEFAULT_INCIDENT_TTL_SECONDS,
+    ) -> None:
+        super().__init__(streak_ttl_seconds=streak_ttl_seconds, incident_ttl_seconds=incident_ttl_seconds)
+        self._mutex = threading.Lock()
+        self._streaks: dict[str, StreakState] = {}
+        self._locks: dict[str, Lock] = {}
+        self._incidents: dict[tuple[str, str], _Incident] = {}
+        self._decisions: dict[str, LastDecision] = {}
+
+    def load_streaks(self, cluster: str) -> StreakState:
+        _pk(cluster)
+        with self._mutex:
+            return self._streaks.get(cluster, StreakState())
+
+    def save_streaks(
+        self,
+        cluster: str,
+        streaks: Mapping[int, Streak],
+        quorum_loss: Streak | None,
+        *,
+        expected_version: int,
+        now: datetime,
+    ) -> StreakState:
+        _pk(cluster)
+        with self._mutex:
+            current = self._streaks.get(cluster, StreakState()).version
+            if current != expected_version:
+                raise ConflictError(cluster, expected_version)
+            saved = StreakState(dict(streaks), quorum_loss, expected_version + 1)
+            self._streaks[cluster] = saved
+            return saved
+
+    def acquire_lock(self, cluster: str, owner: str, lease_seconds: float, now: datetime) -> Lock:
+        _pk(cluster)
+        _check_owner(owner)
+        lease = _check_lease(lease_seconds)
+        now = _utc(now)
+        with self._mutex:
+            held = self._locks.get(cluster)
+            if held is not None and held.owner != owner and held.is_active(now):
+                raise LockHeldError(cluster, held.owner, held.expires_at)
+            lock = Lock(cluster, owner, now, now + lease)
+            self._locks[cluster] = lock
+            return lock
+
+    def renew_lock(self, cluster: str, owner: str, lease_seconds: float, now: datetime) -> Lock:
+        _pk(cluster)
+        _check_owner(owner)
+        lease = _check_lease(lease_seconds)
+        now = _utc(now)
+        with self._mutex:
+            held = self._locks.get(cluster)
+            if held is None or held.owner != owner:
+                raise LockLostError(cluster, owner, held.owner if held else None)
+            lock = Lock(cluster, owner, held.acquired_at, now + lease)
+            self._locks[cluster] = lock
+            return lock
+
+    def release_lock(self, cluster: str, owner: str) -> bool:
+        _pk(cluster)
+        with self._mutex:
+            held = self._locks.get(cluster)
+            if held is None or held.owner != owner:
+                return False
+            del self._locks[cluster]
+            return True
+
+    def get_lock(self, cluster: str) -> Lock | None:
+        _pk(cluster)
+        with self._mutex:
+            return self._locks.get(cluster)
+
+    def record_incident(
+        self, cluster: str, incident_id: str, kind: str, now: datetime, *, ttl_seconds: int | None = None
+    ) -> bool:
+        _pk(cluster)
+        now = _utc(now)
+        ttl = self.incident_ttl_seconds if ttl_seconds is None else ttl_seconds
+        with self._mutex:
+            existing = self._incidents.get((cluster, incident_id))
+            if existing is not None and existing.expires_at > now:
+                return False
+            self._incidents[(cluster, incident_id)] = _Incident(kind, now, now + timedelta(seconds=ttl))
+            return True
+
+    def save_last_decision(self, cluster: str, decision: Decision, now: datetime) -> None:
+        _pk(cluster)
+        with self._mutex:
+            self._decisions[cluster] = LastDecision(decision, _utc(now))
+
+    def load_last_decision(self, cluster: str) -> LastDecision | None:
+        _pk(cluster)
+        with self._mutex:
+            return self._decisions.get(cluster)
+
+
+# ---- DynamoDB -----------------------------------------------------------------------------
+
+
+def _is_condition_failure(exc: ClientError) -> bool:
+    code: object = exc.response.get("Error", {}).get("Code")
+    return code == "ConditionalCheckFailedException"
+
+
+def _streak_to_item(streak: Streak) -> dict[str, Any]:
+    return {
+        "M": {
+            "first": {"S": _utc(streak.first_failed_at).isoformat()},
+            "last": {"S": _utc(streak.last_failed_at).isoformat()},
+            "count": {"N": str(streak.count)},
+        }
+    }
+
+
+def _streak_from_item(attr: Mapping[str, Any]) -> Streak:
+    m = attr["M"]
+    return Streak(
+        datetime.fromisoformat(m["first"]["S"]),
+        datetime.fromisoformat(m["last"]["S"]),
+        int(m["count"]["N"]),
+    )
+
+
+def _lock_from_item(cluster: str, item: Mapping[str, Any]) -> Lock:
+    return Lock(
+        cluster=cluster,
+        owner=item["owner"]["S"],
+        acquired_at=datetime.fromisoformat(item["acquired_at"]["S"]),
+        expires_at=datetime.fromisoformat(item["expires_at"]["S"]),
+    )
+
+
+class DynamoStateStore(StateStore):
+    """The state in a DynamoDB table with the key schema :data:`TABLE_KEY_SCHEMA`.
+
+    ``dynamodb_client`` is a boto3 DynamoDB client made by the caller.
+    """
+
+    _ACQUIRE_ATTEMPTS = 3
+
+    def __init__(
+        self,
+        table_name: str,
+        dynamodb_client: DynamoDBClient,
+        *,
+        streak_ttl_seconds: int = DEFAULT_STREAK_TTL_SECONDS,
+        incident_ttl_seconds: int = DEFAULT_INCIDENT_TTL_SECONDS,
+    ) -> None:
+        super().__init__(streak_ttl_seconds=streak_ttl_seconds, incident_ttl_seconds=incident_ttl_seconds)
+        if not table_name:
+            raise UsageError("table_name must not be empty")
+        self.table_name = table_name
+        self._client = dynamodb_client
+
+    def _key(self, cluster: str, sk: str) -> dict[str, Any]:
+        return {"pk": {"S": _pk(cluster)}, "sk": {"S": sk}}
+
+    def _get(self, cluster: str, sk: str) -> dict[str, Any] | None:
+        response = self._client.get_item(TableName=self.table_name, Key=self._key(cluster, sk), ConsistentRead=True)
+        item: dict[str, Any] | None = response.get("Item")
+        return item
+
+    # streaks
+
+    def load_streaks(self, cluster: str) -> StreakState:
+        item = self._get(cluster, "streaks")
+        if item is None:
+            return StreakState()
+        members = {int(k): _streak_from_item(v) for k, v in item.get("members", {"M": {}})["M"].items()}
+        quorum_loss = _streak_from_item(item["quorum_loss"]) if "quorum_loss" in item else None
+        return StreakState(members, quorum_loss, int(item["version"]["N"]))
+
+    def save_streaks(
+        self,
+        cluster: str,
+        streaks: Mapping[int, Streak],
+        quorum_loss: Streak | None,
+        *,
+        expected_version: int,
+        now: datetime,
+    ) -> StreakState:
+        new_version = expected_version + 1
+        item: dict[str, Any] = {
+            **self._key(cluster, "streaks"),
+            "version": {"N": str(new_version)},
+            "members": {"M": {str(member_id): _streak_to_item(s) for member_id, s in streaks.items()}},
+            "updated_at": {"S": _utc(now).isoformat()},
+            TTL_ATTRIBUTE: {"N": str(_epoch_s_ceil(now) + self.streak_ttl_seconds)},
+        }
+        if quorum_loss is not None:
+            item["quorum_loss"] = _streak_to_item(quorum_loss)
+        if expected_version == 0:
+            condition = "attribute_not_exists(pk)"
+            values: dict[str, Any] = {}
+        else:
+            condition = "#version = :expected"
+            values = {":expected": {"N": str(expected_version)}}
+        try:
+            self._client.put_item(
+                TableName=self.table_name,
+                Item=item,
+                ConditionExpression=condition,
+                **({"ExpressionAttributeNames": {"#version": "version"}} if values else {}),
+                **({"ExpressionAttributeValues": values} if values else {}),
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                raise ConflictError(cluster, expected_version) from exc
+            raise
+        return StreakState(dict(streaks), quorum_loss, new_version)
+
+    # lock
+
+    def _lock_item(self, cluster: str, owner: str, acquired_at: datetime, expires_at: datetime) -> dict[str, Any]:
+        return {
+            **self._key(cluster, "lock"),
+            "owner": {"S": owner},
+            "acquired_at": {"S": acquired_at.isoformat()},
+            "expires_at": {"S": expires_at.isoformat()},
+            "expires_at_us": {"N": str(_epoch_us(expires_at))},
+            TTL_ATTRIBUTE: {"N": str(_epoch_s_ceil(expires_at) + LOCK_TTL_GRACE_SECONDS)},
+        }
+
+    def acquire_lock(self, cluster: str, owner: str, lease_seconds: float, now: datetime) -> Lock:
+        _check_owner(owner)
+        lease = _check_lease(lease_seconds)
+        now = _utc(now)
+        lock = Lock(cluster, owner, now, now + lease)
+        for _ in range(self._ACQUIRE_ATTEMPTS):
+            try:
+                self._client.put_item(
+                    TableName=self.table_name,
+                    Item=self._lock_item(cluster, owner, lock.acquired_at, lock.expires_at),
+                    ConditionExpression="attribute_not_exists(pk) OR #exp <= :now OR #owner = :owner",
+                    ExpressionAttributeNames={"#exp": "expires_at_us", "#owner": "owner"},
+                    ExpressionAttributeValues={
+                        ":now": {"N": str(_epoch_us(now))},
+                        ":owner": {"S": owner},
+                    },
+                )
+                return lock
+            except ClientError as exc:
+                if not _is_condition_failure(exc):
+                    raise
+            held = self.get_lock(cluster)
+            if held is not None and held.is_active(now):
+                raise LockHeldError(cluster, held.owner, held.expires_at)
+            # released or expired between our write and our read: try again
+        held = self.get_lock(cluster)
+        raise LockHeldError(cluster, held.owner if held else "another owner", held.expires_at if held else now)
+
+    def renew_lock(self, cluster: str, owner: str, lease_seconds: float, now: datetime) -> Lock:
+        _check_owner(owner)
+        lease = _check_lease(lease_seconds)
+        now = _utc(now)
+        expires_at = now + lease
+        try:
+            response = self._client.update_item(
+                TableName=self.table_name,
+                Key=self._key(cluster, "lock"),
+                UpdateExpression="SET #expiry = :expiry, #exp = :exp, #ttl = :ttl",
+                ConditionExpression="#owner = :owner",
+                ExpressionAttributeNames={
+                    "#expiry": "expires_at",
+                    "#exp": "expires_at_us",
+                    "#ttl": TTL_ATTRIBUTE,
+                    "#owner": "owner",
+                },
+                ExpressionAttributeValues={
+                    ":expiry": {"S": expires_at.isoformat()},
+                    ":exp": {"N": str(_epoch_us(expires_at))},
+                    ":ttl": {"N": str(_epoch_s_ceil(expires_at) + LOCK_TTL_GRACE_SECONDS)},
+                    ":owner": {"S": owner},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if not _is_condition_failure(exc):
+                raise
+            held = self.get_lock(cluster)
+            raise LockLostError(cluster, owner, held.owner if held else None) from exc
+        return _lock_from_item(cluster, response["Attributes"])
+
+    def release_lock(self, cluster: str, owner: str) -> bool:
+        try:
+            self._client.delete_item(
+                TableName=self.table_name,
+                Key=self._key(cluster, "lock"),
+                ConditionExpression="#owner = :owner",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":owner": {"S": owner}},
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def get_lock(self, cluster: str) -> Lock | None:
+        item = self._get(cluster, "lock")
+        return _lock_from_item(cluster, item) if item is not None else None
+
+    # incidents
+
+    def record_incident(
+        self, cluster: str, incident_id: str, kind: str, now: datetime, *, ttl_seconds: int | None = None
+    ) -> bool:
+        ttl = self.incident_ttl_seconds if ttl_seconds is None else ttl_seconds
+        now = _utc(now)
+        expires = now + timedelta(seconds=ttl)
+        try:
+            self._client.put_item(
+                TableName=self.table_name,
+                Item={
+                    **self._key(cluster, f"incident#{incident_id}"),
+                    "kind": {"S": kind},
+                    "recorded_at": {"S": now.isoformat()},
+                    "expires_at_us": {"N": str(_epoch_us(expires))},
+                    TTL_ATTRIBUTE: {"N": str(_epoch_s_ceil(expires))},
+                },
+                # DynamoDB deletes expired items lazily: an expired record counts as absent.
+                ConditionExpression="attribute_not_exists(pk) OR #exp <= :now",
+                ExpressionAttributeNames={"#exp": "expires_at_us"},
+                ExpressionAttributeValues={":now": {"N": str(_epoch_us(now))}},
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    # last decision
+
+    def save_last_decision(self, cluster: str, decision: Decision, now: datetime) -> None:
+        self._client.put_item(
+            TableName=self.table_name,
+            Item={
+                **self._key(cluster, "lastdecision"),
+                "decision": {"S": json.dumps(decision.to_dict(), sort_keys=True)},
+                "decided_at": {"S": _utc(now).isoformat()},
+            },
+        )
+
+    def load_last_decision(self, cluster: str) -> LastDecision | None:
+        item = self._get(cluster, "lastdecision")
+        if item is None:
+            return None
+        return LastDecision(
+            Decision.from_dict(json.loads(item["decision"]["S"])),
+            datetime.fromisoformat(item["decided_at"]["S"]),
+        )
