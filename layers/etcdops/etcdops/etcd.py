@@ -7,6 +7,7 @@ to the named errors of :mod:`etcdops.errors` in exactly one place (:func:`_map_r
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -429,46 +430,83 @@ class EtcdClient:
 
 
 class SnapshotStream:
-    """A snapshot being received: iterate :meth:`chunks`; the sha256 is checked at the end."""
+    """A snapshot being received: iterate :meth:`chunks`; the sha256 is checked at the end.
 
-    def __init__(self, call: Any, endpoint: str) -> None:
+    A reader thread pulls etcd's small (32 KiB) messages off the wire and joins them into
+    ``chunk_size`` pieces in a bounded queue, so receiving overlaps with whatever the consumer
+    does with a piece (hashing, encrypting, writing) while memory stays within
+    ``(prefetch + 2) * chunk_size``.
+    """
+
+    def __init__(self, call: Any, endpoint: str, *, chunk_size: int = 1 << 20, prefetch: int = 8) -> None:
         self._call = call
         self.endpoint = endpoint
+        self.chunk_size = chunk_size
+        self.prefetch = prefetch
         self.sha256: bytes | None = None
         self.db_bytes = 0
 
     def cancel(self) -> None:
         self._call.cancel()
 
-    def chunks(self) -> Iterator[bytes]:
-        digest = hashlib.sha256()
-        held = b""  # the last bytes seen: they may be the sha256 trailer
+    def _read(self, out: queue.Queue[tuple[str, Any]]) -> None:
+        buffer = bytearray()
         try:
             for response in self._call:  # etcd sends no response header on this stream
-                blob = response.blob
-                if not blob:
-                    continue
-                if len(blob) >= SHA256_SIZE:
-                    out = held + blob[:-SHA256_SIZE] if held else blob[:-SHA256_SIZE]
-                    held = blob[-SHA256_SIZE:]
-                else:
-                    joined = held + blob
-                    out, held = joined[:-SHA256_SIZE], joined[-SHA256_SIZE:]
-                if out:
-                    digest.update(out)
-                    self.db_bytes += len(out)
-                    yield out
+                buffer += response.blob
+                if len(buffer) >= self.chunk_size + SHA256_SIZE:
+                    # keep the last 32 bytes back: at the end of the stream they are the trailer
+                    with memoryview(buffer) as view:
+                        piece = bytes(view[:-SHA256_SIZE])
+                    del buffer[:-SHA256_SIZE]
+                    out.put(("data", piece))
+            out.put(("end", bytes(buffer)))
         except grpc.RpcError as exc:
-            error = _map_rpc_error(exc, self.endpoint)
-            raise SnapshotStreamError(f"snapshot stream from {self.endpoint} broke off: {error}") from exc
-        if len(held) != SHA256_SIZE:
-            raise SnapshotIntegrityError(f"snapshot from {self.endpoint} ended without its sha256 trailer")
-        if digest.digest() != held:
-            raise SnapshotIntegrityError(
-                f"snapshot from {self.endpoint} does not match its sha256 trailer "
-                f"({digest.hexdigest()} != {held.hex()})"
-            )
-        self.sha256 = held
+            out.put(("error", exc))
+        except BaseException as exc:  # a reader must always say how it ended
+            out.put(("error", exc))
+
+    def chunks(self) -> Iterator[bytes]:
+        digest = hashlib.sha256()
+        pieces: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=self.prefetch)
+        reader = threading.Thread(target=self._read, args=(pieces,), name="snapshot-reader", daemon=True)
+        reader.start()
+        try:
+            while True:
+                kind, value = pieces.get()
+                if kind == "error":
+                    if isinstance(value, grpc.RpcError):
+                        error = _map_rpc_error(value, self.endpoint)
+                        raise SnapshotStreamError(f"snapshot stream from {self.endpoint} broke off: {error}") from value
+                    raise value
+                if kind == "end":
+                    tail: bytes = value
+                    break
+                digest.update(value)
+                self.db_bytes += len(value)
+                yield value
+            body, held = tail[:-SHA256_SIZE], tail[-SHA256_SIZE:]
+            if len(held) != SHA256_SIZE:
+                raise SnapshotIntegrityError(f"snapshot from {self.endpoint} ended without its sha256 trailer")
+            if body:
+                digest.update(body)
+                self.db_bytes += len(body)
+            if digest.digest() != held:
+                raise SnapshotIntegrityError(
+                    f"snapshot from {self.endpoint} does not match its sha256 trailer "
+                    f"({digest.hexdigest()} != {held.hex()})"
+                )
+            if body:
+                yield body
+            self.sha256 = held
+        finally:
+            if reader.is_alive():
+                self._call.cancel()  # the consumer stopped early: end the stream, unblock the reader
+                while reader.is_alive():
+                    try:
+                        pieces.get(timeout=0.1)
+                    except queue.Empty:
+                        pass
 
 
 def _member(m: Any) -> Member:
