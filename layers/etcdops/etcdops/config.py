@@ -73,9 +73,10 @@ class BackupConfig(_Model):
     @field_validator("encryption_key")
     @classmethod
     def _key(cls, value: str) -> str:
-        if value.startswith("arn:aws:kms:") or value.startswith("file:///") or value.startswith("alias/"):
+        # a key ARN, not an alias: decryption in strict mode must name the exact key
+        if (value.startswith("arn:aws:kms:") and ":key/" in value) or value.startswith("file:///"):
             return value
-        raise ValueError("must be a KMS key ARN, a KMS alias/..., or file:///path/to/local.key")
+        raise ValueError("must be a KMS key ARN (arn:aws:kms:...:key/...) or file:///path/to/local.key")
 
     @field_validator("schedule")
     @classmethod
