@@ -65,7 +65,8 @@ def main() -> int:
                     i += 1
             db_size = client.status(cluster.ps()[0].client_urls[0]).db_size
         print(
-            f"database: {db_size / MiB:.0f} MiB in {i} keys (filled in {time.monotonic() - started:.0f}s), etcd {binaries.version}"
+            f"database: {db_size / MiB:.0f} MiB in {i} keys "
+            f"(filled in {time.monotonic() - started:.0f}s), etcd {binaries.version}"
         )
 
         env = {**os.environ, **cluster.env(), "ETCDOPS_STATE_DIR": str(cluster.state_dir)}

@@ -6,6 +6,7 @@ to the named errors of :mod:`etcdops.errors` in exactly one place (:func:`_map_r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import threading
@@ -503,10 +504,8 @@ class SnapshotStream:
             if reader.is_alive():
                 self._call.cancel()  # the consumer stopped early: end the stream, unblock the reader
                 while reader.is_alive():
-                    try:
+                    with contextlib.suppress(queue.Empty):
                         pieces.get(timeout=0.1)
-                    except queue.Empty:
-                        pass
 
 
 def _member(m: Any) -> Member:
