@@ -93,18 +93,16 @@ def encryption_context(cluster: str, cluster_id: str, backup_id: str, revision_f
 
 
 class _Tap:
-    """Counts, hashes and summarizes the database bytes flowing past, then appends the trailer."""
+    """Counts and summarizes the database bytes flowing past, then appends the checked trailer."""
 
     def __init__(self, progress: Progress | None, expected: int | None) -> None:
-        self.sha256 = hashlib.sha256()
         self.summarizer = SnapshotSummarizer()
         self.db_bytes = 0
         self.progress = progress
         self.expected = expected
 
     def plaintext(self, chunks: Iterable[bytes], stream: SnapshotStream) -> Iterator[bytes]:
-        for chunk in chunks:
-            self.sha256.update(chunk)
+        for chunk in chunks:  # the stream itself hashes the bytes and checks etcd's sha256
             self.summarizer.update(chunk)
             self.db_bytes += len(chunk)
             if self.progress:
@@ -139,15 +137,16 @@ def run_backup(
 
     def consume(
         chunks: Iterator[bytes], stream: SnapshotStream, source: SnapshotSource
-    ) -> tuple[_Tap, int, SnapshotSource]:
+    ) -> tuple[_Tap, int, SnapshotSource, str]:
         tap = _Tap(progress, source.db_size)
         plain: Iterable[bytes] = tap.plaintext(chunks, stream)
         if compression == "zstd":
             plain = compress_stream(plain)
         stored = store.put_stream(key, encrypt_stream(plain, keyring, context, frame_length))
-        return tap, stored, source
+        assert stream.sha256 is not None  # set once the stream ended with a matching trailer
+        return tap, stored, source, stream.sha256.hex()
 
-    (tap, stored, source), attempts = with_snapshot_stream(client, snapshot_sources(health), consume, log=log)
+    (tap, stored, source, sha256), attempts = with_snapshot_stream(client, snapshot_sources(health), consume, log=log)
     try:
         summary = tap.summarizer.finish()
     except SnapshotIntegrityError:
@@ -163,7 +162,7 @@ def run_backup(
         revision=summary.revision,
         snapshot_hash=summary.hash,
         total_keys=summary.total_keys,
-        sha256=tap.sha256.hexdigest(),
+        sha256=sha256,
         size_plain=tap.db_bytes + SHA256_SIZE,
         size_stored=stored,
         created_at=created_at,
