@@ -334,6 +334,33 @@ def _quorum_lost(observation: ClusterHealth, ec2_failures: frozenset[int]) -> bo
     return not _has_leader(observation) or len(_healthy_voters(observation, ec2_failures)) < observation.quorum
 
 
+@dataclass(frozen=True)
+class Safety:
+    """Whether removing or replacing ``target`` keeps invariant 1, and the numbers behind it."""
+
+    safe: bool
+    others_healthy: int
+    needed: int
+    leader_ok: bool
+
+
+def change_safety(
+    observation: ClusterHealth, target_id: int | None, ec2_failures: frozenset[int] = frozenset()
+) -> Safety:
+    """Invariant 1 for a change of ``target_id`` (None: adding a member).
+
+    The cluster must have a leader that is a healthy voter other than the target, and the healthy
+    voters other than the target must reach both the current quorum (so the change can commit)
+    and the quorum of the cluster after the target's removal.
+    """
+    n = len(observation.voters)
+    healthy = _healthy_voters(observation, ec2_failures)
+    others_healthy = [m for m in healthy if m.id != target_id]
+    needed = max(quorum_of(n), quorum_of(n - 1)) if target_id is not None else quorum_of(n)
+    leader_ok = _has_leader(observation) and any(m.id == observation.leader for m in others_healthy)
+    return Safety(leader_ok and len(others_healthy) >= needed, len(others_healthy), needed, leader_ok)
+
+
 def update_history(
     history: History,
     observation: ClusterHealth,
@@ -598,17 +625,15 @@ def _decide_unlocked(
 
     if failed_voters:
         target = failed_voters[0]
-        others_healthy = [m for m in healthy if m.id != target.member.id]
-        needed = max(quorum_of(n), quorum_of(n - 1))
-        leader = observation.leader
-        leader_ok = any(m.id == leader for m in others_healthy)
-        if not leader_ok or len(others_healthy) < needed:
+        safety = change_safety(observation, target.member.id, ec2_failures)
+        needed, leader_ok = safety.needed, safety.leader_ok
+        if not safety.safe:
             # Unreachable when quorum holds and the target is failed; kept as a guard (invariant 1).
             return Decision(
                 action=Action.WAIT,
                 reason=(
                     f"Member {_describe(target.member)} of cluster {cluster} has failed ({target.why}), "
-                    f"but replacing it is not safe now: {len(others_healthy)} healthy voters besides it, "
+                    f"but replacing it is not safe now: {safety.others_healthy} healthy voters besides it, "
                     f"{needed} needed"
                     + ("" if leader_ok else ", and the leader is not a healthy voter other than it")
                     + "."
@@ -624,7 +649,7 @@ def _decide_unlocked(
             action=Action.REPLACE_MEMBER,
             reason=(
                 f"Replace member {_describe(target.member)} of cluster {cluster}: {target.why}. "
-                f"It is safe: the leader is up and {len(others_healthy)} other voters are healthy, "
+                f"It is safe: the leader is up and {safety.others_healthy} other voters are healthy, "
                 f"at least the quorum {needed} of the {n}-voter cluster during the change."
                 + more
                 + (" Waiting for a human approval (approval: always)." if approval else "")
