@@ -45,6 +45,7 @@ from etcdops.config import ClusterConfig
 from etcdops.errors import SnapshotIntegrityError
 from etcdops.etcd import SHA256_SIZE, EtcdClient, SnapshotStream
 from etcdops.health import ClusterHealth
+from etcdops.probe import probe_cluster
 from etcdops.snapshot import (
     Progress,
     SnapshotSource,
@@ -339,3 +340,21 @@ def newest_verified_age(store: BackupStore, now: datetime) -> float | None:
     """Seconds since the newest verified backup was taken, or None when there is none."""
     newest = newest_verified(store)
     return None if newest is None else (now - newest.created_at).total_seconds()
+
+
+def ensure_fresh_backup(
+    config: ClusterConfig,
+    client: EtcdClient,
+    store: BackupStore,
+    keyring: KeyProvider,
+    max_age: timedelta,
+    *,
+    now: datetime | None = None,
+) -> Manifest:
+    """A verified backup younger than ``max_age`` (invariant 5): the newest one, or a new one."""
+    moment = now or datetime.now(UTC)
+    newest = newest_verified(store)
+    if newest is not None and moment - newest.created_at <= max_age:
+        return newest
+    health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
+    return run_backup(config, client, health, store, keyring, now=moment).manifest
