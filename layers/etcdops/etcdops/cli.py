@@ -247,10 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_more(commands: Any, common: argparse.ArgumentParser) -> None:
     """Commands that live in their own modules register here."""
-    from etcdops import cli_backup, cli_snapshot
+    from etcdops import cli_approval, cli_backup, cli_snapshot
 
     cli_snapshot.register(commands, common)
     cli_backup.register(commands, common)
+    cli_approval.register(commands, common)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

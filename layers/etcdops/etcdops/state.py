@@ -21,6 +21,12 @@ Single-table design (:data:`TABLE_KEY_SCHEMA`), one partition per cluster, ``pk 
 ``lastdecision``       the last policy decision as JSON, ``decided_at``
 =====================  ==========================================================================
 
+Approvals are found by execution alone (``etcdops approve EXECUTION``, a signed link), so they
+live in their own partition, ``pk = "approval#<execution name>"``, ``sk = "approval"``: the
+:class:`Approval` (task token, request id, what and why, ``expires_at``), and once decided its
+``decision``, ``decided_by``, ``decided_at``. ``ttl`` is the expiry plus
+:data:`APPROVAL_TTL_GRACE_SECONDS`. Execution names must therefore be unique across runbooks.
+
 The streaks of a cluster live in one item, not one item per member, so a probe round is saved
 with one conditional write: it either lands whole or raises :class:`ConflictError` and the caller
 reloads, folds its observation in again and retries. (Per-member items would need a transaction;
@@ -34,7 +40,7 @@ import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -49,11 +55,13 @@ else:
     DynamoDBClient = Any
 
 __all__ = [
+    "APPROVAL_TTL_GRACE_SECONDS",
     "DEFAULT_INCIDENT_TTL_SECONDS",
     "DEFAULT_STREAK_TTL_SECONDS",
     "TABLE_ATTRIBUTE_DEFINITIONS",
     "TABLE_KEY_SCHEMA",
     "TTL_ATTRIBUTE",
+    "Approval",
     "ConflictError",
     "DynamoStateStore",
     "InMemoryStateStore",
@@ -81,6 +89,8 @@ DEFAULT_STREAK_TTL_SECONDS: Final = 7 * 24 * 3600
 DEFAULT_INCIDENT_TTL_SECONDS: Final = 7 * 24 * 3600
 LOCK_TTL_GRACE_SECONDS: Final = 24 * 3600
 """An expired lock item stays this long after its lease (for post-mortems) before TTL removes it."""
+APPROVAL_TTL_GRACE_SECONDS: Final = 7 * 24 * 3600
+"""An approval record stays this long after it expires (who decided what, for post-mortems)."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -163,6 +173,34 @@ class LastDecision:
     decided_at: datetime
 
 
+@dataclass(frozen=True)
+class Approval:
+    """One runbook execution waiting for (or given) a human decision (invariant 8).
+
+    ``request_id`` names this request: a retried approval step stores a new request with a new
+    task token, and links signed for the old one stop working. ``task_token`` is left out of
+    ``repr`` so the record can be logged.
+    """
+
+    execution: str
+    cluster: str
+    runbook: str
+    request_id: str
+    task_token: str = field(repr=False)
+    summary: str
+    reason: str
+    requested_at: datetime
+    expires_at: datetime
+    execution_arn: str | None = None
+    decision: str | None = None  # "approve" | "reject"
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decision_reason: str | None = None
+
+    def is_expired(self, now: datetime) -> bool:
+        return _utc(now) >= _utc(self.expires_at)
+
+
 # ---- helpers ------------------------------------------------------------------------------
 
 
@@ -182,6 +220,12 @@ def _pk(cluster: str) -> str:
     if not cluster:
         raise UsageError("cluster name must not be empty")
     return f"cluster#{cluster}"
+
+
+def _approval_pk(execution: str) -> str:
+    if not execution:
+        raise UsageError("execution name must not be empty")
+    return f"approval#{execution}"
 
 
 def _check_lease(lease_seconds: float) -> timedelta:
@@ -265,6 +309,28 @@ class StateStore(ABC):
     @abstractmethod
     def load_last_decision(self, cluster: str) -> LastDecision | None: ...
 
+    # approvals
+    @abstractmethod
+    def save_approval(self, approval: Approval) -> None:
+        """Store a new approval request for ``approval.execution``, replacing any earlier one
+        (a retried approval step asks again with a new task token and request id)."""
+
+    @abstractmethod
+    def load_approval(self, execution: str) -> Approval | None:
+        """The execution's approval request, decided or not; None if there is none."""
+
+    @abstractmethod
+    def consume_approval(
+        self, execution: str, request_id: str, decision: str, by: str, reason: str | None, now: datetime
+    ) -> bool:
+        """Record the decision if request ``request_id`` is the execution's current request and
+        is not decided yet: True for the first use, False for every later one (atomic)."""
+
+    @abstractmethod
+    def release_approval(self, execution: str, request_id: str, decided_at: datetime) -> bool:
+        """Undo the decision recorded at ``decided_at`` (its delivery to Step Functions failed
+        in a way worth retrying); False if the record no longer carries that decision."""
+
 
 # ---- in memory ----------------------------------------------------------------------------
 
@@ -291,6 +357,7 @@ class InMemoryStateStore(StateStore):
         self._locks: dict[str, Lock] = {}
         self._incidents: dict[tuple[str, str], _Incident] = {}
         self._decisions: dict[str, LastDecision] = {}
+        self._approvals: dict[str, Approval] = {}
 
     def load_streaks(self, cluster: str) -> StreakState:
         _pk(cluster)
@@ -378,6 +445,41 @@ class InMemoryStateStore(StateStore):
         with self._mutex:
             return self._decisions.get(cluster)
 
+    def save_approval(self, approval: Approval) -> None:
+        _approval_pk(approval.execution)
+        _pk(approval.cluster)
+        with self._mutex:
+            self._approvals[approval.execution] = approval
+
+    def load_approval(self, execution: str) -> Approval | None:
+        _approval_pk(execution)
+        with self._mutex:
+            return self._approvals.get(execution)
+
+    def consume_approval(
+        self, execution: str, request_id: str, decision: str, by: str, reason: str | None, now: datetime
+    ) -> bool:
+        _approval_pk(execution)
+        with self._mutex:
+            current = self._approvals.get(execution)
+            if current is None or current.request_id != request_id or current.decision is not None:
+                return False
+            self._approvals[execution] = replace(
+                current, decision=decision, decided_by=by, decided_at=_utc(now), decision_reason=reason
+            )
+            return True
+
+    def release_approval(self, execution: str, request_id: str, decided_at: datetime) -> bool:
+        _approval_pk(execution)
+        with self._mutex:
+            current = self._approvals.get(execution)
+            if current is None or current.request_id != request_id or current.decided_at != _utc(decided_at):
+                return False
+            self._approvals[execution] = replace(
+                current, decision=None, decided_by=None, decided_at=None, decision_reason=None
+            )
+            return True
+
 
 # ---- DynamoDB -----------------------------------------------------------------------------
 
@@ -412,6 +514,29 @@ def _lock_from_item(cluster: str, item: Mapping[str, Any]) -> Lock:
         owner=item["owner"]["S"],
         acquired_at=datetime.fromisoformat(item["acquired_at"]["S"]),
         expires_at=datetime.fromisoformat(item["expires_at"]["S"]),
+    )
+
+
+def _approval_from_item(item: Mapping[str, Any]) -> Approval:
+    def text(name: str) -> str | None:
+        return item[name]["S"] if name in item else None
+
+    decided_at = text("decided_at")
+    return Approval(
+        execution=item["execution"]["S"],
+        cluster=item["cluster"]["S"],
+        runbook=item["runbook"]["S"],
+        request_id=item["request_id"]["S"],
+        task_token=item["task_token"]["S"],
+        summary=item["summary"]["S"],
+        reason=item["reason"]["S"],
+        requested_at=datetime.fromisoformat(item["requested_at"]["S"]),
+        expires_at=datetime.fromisoformat(item["expires_at"]["S"]),
+        execution_arn=text("execution_arn"),
+        decision=text("decision"),
+        decided_by=text("decided_by"),
+        decided_at=datetime.fromisoformat(decided_at) if decided_at else None,
+        decision_reason=text("decision_reason"),
     )
 
 
@@ -634,3 +759,79 @@ class DynamoStateStore(StateStore):
             Decision.from_dict(json.loads(item["decision"]["S"])),
             datetime.fromisoformat(item["decided_at"]["S"]),
         )
+
+    # approvals
+
+    def _approval_key(self, execution: str) -> dict[str, Any]:
+        return {"pk": {"S": _approval_pk(execution)}, "sk": {"S": "approval"}}
+
+    def save_approval(self, approval: Approval) -> None:
+        _pk(approval.cluster)
+        item: dict[str, Any] = {
+            **self._approval_key(approval.execution),
+            "execution": {"S": approval.execution},
+            "cluster": {"S": approval.cluster},
+            "runbook": {"S": approval.runbook},
+            "request_id": {"S": approval.request_id},
+            "task_token": {"S": approval.task_token},
+            "summary": {"S": approval.summary},
+            "reason": {"S": approval.reason},
+            "requested_at": {"S": _utc(approval.requested_at).isoformat()},
+            "expires_at": {"S": _utc(approval.expires_at).isoformat()},
+            TTL_ATTRIBUTE: {"N": str(_epoch_s_ceil(approval.expires_at) + APPROVAL_TTL_GRACE_SECONDS)},
+        }
+        if approval.execution_arn:
+            item["execution_arn"] = {"S": approval.execution_arn}
+        # a new request is never stored decided: the decision fields are written by consume only
+        self._client.put_item(TableName=self.table_name, Item=item)
+
+    def load_approval(self, execution: str) -> Approval | None:
+        response = self._client.get_item(
+            TableName=self.table_name, Key=self._approval_key(execution), ConsistentRead=True
+        )
+        item: dict[str, Any] | None = response.get("Item")
+        return _approval_from_item(item) if item is not None else None
+
+    def consume_approval(
+        self, execution: str, request_id: str, decision: str, by: str, reason: str | None, now: datetime
+    ) -> bool:
+        values: dict[str, Any] = {
+            ":rid": {"S": request_id},
+            ":decision": {"S": decision},
+            ":by": {"S": by},
+            ":at": {"S": _utc(now).isoformat()},
+        }
+        update = "SET #decision = :decision, decided_by = :by, decided_at = :at"
+        if reason is not None:
+            update += ", decision_reason = :reason"
+            values[":reason"] = {"S": reason}
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=self._approval_key(execution),
+                UpdateExpression=update,
+                ConditionExpression="attribute_exists(pk) AND request_id = :rid AND attribute_not_exists(#decision)",
+                ExpressionAttributeNames={"#decision": "decision"},
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def release_approval(self, execution: str, request_id: str, decided_at: datetime) -> bool:
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=self._approval_key(execution),
+                UpdateExpression="REMOVE #decision, decided_by, decided_at, decision_reason",
+                ConditionExpression="request_id = :rid AND decided_at = :at",
+                ExpressionAttributeNames={"#decision": "decision"},
+                ExpressionAttributeValues={":rid": {"S": request_id}, ":at": {"S": _utc(decided_at).isoformat()}},
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True

@@ -1,0 +1,50 @@
+"""RequestApproval: the ``lambda:invoke.waitForTaskToken`` task of a runbook's approval step.
+
+Stores the task token under the execution and publishes one SNS message with what will happen,
+why, the expiry, signed approve/reject links and the send-task-success fallback.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from etcdops.approval import (
+    ApprovalRequest,
+    ApprovalRequestEvent,
+    LinkSigner,
+    RequestApprovalSettings,
+    SigningSecretCache,
+    request_approval,
+)
+from etcdops.aws import SnsNotifier
+from etcdops.events import parse_event
+from etcdops.state import DynamoStateStore
+
+logger = Logger(service="etcdops-request-approval")
+signing_secret = SigningSecretCache()  # filled on the first invocation, kept for the container's life
+
+
+@logger.inject_lambda_context(clear_state=True)  # never log_event: the event holds the task token
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    parsed = parse_event(event, ApprovalRequestEvent)
+    settings = RequestApprovalSettings.from_env(os.environ)
+    logger.append_keys(cluster=parsed.cluster, execution=parsed.execution, runbook=parsed.runbook)
+    session = boto3.session.Session()
+    now = datetime.now(UTC)
+    result = request_approval(
+        ApprovalRequest.from_event(parsed, now, settings.ttl_seconds),
+        parsed.task_token,
+        store=DynamoStateStore(settings.table_name, session.client("dynamodb")),
+        notifier=SnsNotifier(session.client("sns"), settings.topic_arn),
+        signer=LinkSigner(signing_secret.get(session.client("secretsmanager"), settings.secret_arn)),
+        base_url=settings.base_url,
+        now=now,
+    )
+    logger.info("approval requested", extra=result)
+    return result

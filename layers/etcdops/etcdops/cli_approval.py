@@ -1,0 +1,145 @@
+"""``etcdops approve EXECUTION``, ``etcdops reject EXECUTION --reason TEXT``, ``etcdops approval show EXECUTION``.
+
+These decide with AWS credentials instead of a signed link: the state table (DynamoDB) and Step
+Functions, from the default boto3 session. :func:`register` takes the factory that makes those
+clients, so the local stack (or a test) can point it at emulated AWS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from etcdops.cli import emit
+from etcdops.errors import ConfigError
+from etcdops.state import StateStore
+
+
+@dataclass(frozen=True)
+class ApprovalClients:
+    store: StateStore
+    sfn: Any
+
+
+ClientFactory = Callable[[argparse.Namespace], ApprovalClients]
+
+
+def aws_clients(args: argparse.Namespace) -> ApprovalClients:
+    """The state table from ``--table`` or ``$ETCDOPS_TABLE`` and Step Functions, default session."""
+    import boto3
+
+    from etcdops.state import DynamoStateStore
+
+    table = args.table or os.environ.get("ETCDOPS_TABLE", "").strip()
+    if not table:
+        raise ConfigError("--table: not given and ETCDOPS_TABLE is not set (the etcdops state table)")
+    session = boto3.session.Session()
+    return ApprovalClients(DynamoStateStore(table, session.client("dynamodb")), session.client("stepfunctions"))
+
+
+def _operator() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _decide(action: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from etcdops.approval import decide_approval
+
+        clients: ApprovalClients = args.approval_clients(args)
+        result = decide_approval(
+            args.execution,
+            "approve" if action == "approve" else "reject",
+            getattr(args, "reason", None),
+            store=clients.store,
+            sfn=clients.sfn,
+            now=datetime.now(UTC),
+            by=_operator(),
+        )
+        emit(
+            args,
+            result,
+            lambda: f"execution {result['execution']} ({result['runbook']} on {result['cluster']}) "
+            f"{result['decision']} by {result['by']}",
+        )
+        return 0
+
+    return run
+
+
+def cmd_approval_show(args: argparse.Namespace) -> int:
+    from etcdops.approval import ApprovalNotFoundError, execution_name, send_task_commands
+
+    clients: ApprovalClients = args.approval_clients(args)
+    name = execution_name(args.execution)
+    approval = clients.store.load_approval(name)
+    if approval is None:
+        raise ApprovalNotFoundError(f"no approval request for execution {name}")
+    now = datetime.now(UTC)
+    state = approval.decision or ("expired" if approval.is_expired(now) else "pending")
+    approve_cmd, reject_cmd = send_task_commands(approval.task_token)
+    data = {
+        "execution": approval.execution,
+        "execution_arn": approval.execution_arn,
+        "cluster": approval.cluster,
+        "runbook": approval.runbook,
+        "summary": approval.summary,
+        "reason": approval.reason,
+        "requested_at": approval.requested_at.isoformat(),
+        "expires_at": approval.expires_at.isoformat(),
+        "state": state,
+        "decided_by": approval.decided_by,
+        "decided_at": approval.decided_at.isoformat() if approval.decided_at else None,
+        "decision_reason": approval.decision_reason,
+        "task_token": approval.task_token,
+        "send_task_success": approve_cmd,
+        "send_task_failure": reject_cmd,
+    }
+    emit(
+        args,
+        data,
+        lambda: "\n".join(
+            [
+                f"execution {approval.execution}: {approval.runbook} on {approval.cluster}, {state}",
+                f"what: {approval.summary}",
+                f"why: {approval.reason}",
+                f"expires: {data['expires_at']}",
+                *([f"decided by {approval.decided_by} at {data['decided_at']}"] if approval.decision else []),
+                "",
+                "with Step Functions directly:",
+                f"  {approve_cmd}",
+                f"  {reject_cmd}",
+            ]
+        ),
+    )
+    return 0
+
+
+def register(commands: Any, common: argparse.ArgumentParser, factory: ClientFactory = aws_clients) -> None:
+    tables = argparse.ArgumentParser(add_help=False)
+    tables.add_argument("--table", metavar="NAME", help="the etcdops state table (default: $ETCDOPS_TABLE)")
+    parents = [common, tables]
+
+    approve = commands.add_parser("approve", help="approve a runbook execution waiting for a human", parents=parents)
+    approve.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")
+    approve.set_defaults(handler=_decide("approve"), approval_clients=factory)
+
+    reject = commands.add_parser("reject", help="reject a runbook execution waiting for a human", parents=parents)
+    reject.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")
+    reject.add_argument("--reason", required=True, metavar="TEXT", help="why (the runbook fails with it)")
+    reject.set_defaults(handler=_decide("reject"), approval_clients=factory)
+
+    approval = commands.add_parser("approval", help="approval requests", parents=[common])
+    approval_cmds = approval.add_subparsers(dest="approval_command", metavar="ACTION", required=True)
+    show = approval_cmds.add_parser(
+        "show", help="an execution's approval request and its send-task-success command", parents=parents
+    )
+    show.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")
+    show.set_defaults(handler=cmd_approval_show, approval_clients=factory)
