@@ -1,0 +1,54 @@
+"""A test-only Lambda handler for the local AWS stack's tests (never deployed).
+
+Scheduled events (``source: aws.events``) are recorded, and held while ``<ATTEMPTS_DIR>/hold`` exists.
+Other events pick a behaviour by ``mode``: ok, flaky (fails with FlakyError on the first attempt of an
+execution), fatal (FatalError), broken (BrokenError).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+class FlakyError(Exception):
+    pass
+
+
+class FatalError(Exception):
+    pass
+
+
+class BrokenError(Exception):
+    pass
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    attempts = Path(os.environ["ATTEMPTS_DIR"])
+    if event.get("source") == "aws.events":
+        while (attempts / "hold").exists():
+            time.sleep(0.05)
+        with (attempts / "scheduled.jsonl").open("a") as out:
+            out.write(json.dumps(event) + "\n")
+        return {"scheduled": event["time"]}
+    mode = event.get("mode")
+    if mode == "flaky":
+        counter = attempts / f"{event['execution']}.count"
+        count = int(counter.read_text()) + 1 if counter.exists() else 1
+        counter.write_text(str(count))
+        if count == 1:
+            raise FlakyError(f"attempt {count} of {event['execution']} fails")
+    elif mode == "fatal":
+        raise FatalError("this cannot work")
+    elif mode == "broken":
+        raise BrokenError("nobody catches this")
+    return {
+        "mode": mode,
+        "execution": event.get("execution"),
+        "greeting": event.get("greeting"),
+        "function_name": context.function_name,
+        "env": {k: os.environ.get(k) for k in ("CLUSTER_CONFIG_PARAMETER", "TOPIC_ARN", "ATTEMPTS_DIR", "AWS_REGION")},
+    }

@@ -1,0 +1,353 @@
+"""The AWS side of the local stack: template.yaml created in moto, our handlers invoked in-process.
+
+Given the real template (or a temporary copy with a test-only function and state machine), when it is
+built with :mod:`etcdops.localaws`, then Lambda invocations, Step Functions executions and the local
+timer run our real code, and another process reaches it all through the server endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from etcdops.local import LocalCluster
+from etcdops.localaws import (
+    LocalAws,
+    LocalStack,
+    execution_history,
+    load_local_stack,
+    read_template,
+    start_execution,
+    wait_for_execution,
+)
+from etcdops.localschedule import LocalScheduler
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parent / "data" / "localaws"
+TEMPLATE = ROOT / "template.yaml"
+
+
+def event(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((ROOT / "events" / f"{name}.json").read_text())
+    return loaded
+
+
+def invoke(aws: LocalAws, function: str, payload: Any) -> tuple[str | None, Any]:
+    response = aws.client("lambda").invoke(FunctionName=function, Payload=json.dumps(payload))
+    return response.get("FunctionError"), json.loads(response["Payload"].read())
+
+
+def template_with_extras(tmp_path: Path) -> Path:
+    """template.yaml copied to ``tmp_path`` (local paths made absolute), plus a test-only function with a
+    schedule and a test-only state machine that invokes it (DefinitionUri + DefinitionSubstitutions)."""
+    template = read_template(TEMPLATE)
+    for resource in [*template["Resources"].values(), {"Properties": template.get("Globals", {}).get("Function", {})}]:
+        props = resource.get("Properties") or {}
+        for key in ("CodeUri", "ContentUri", "DefinitionUri"):
+            if isinstance(props.get(key), str) and not props[key].startswith("s3://"):
+                props[key] = str((ROOT / props[key]).resolve())
+    attempts = tmp_path / "attempts"
+    attempts.mkdir()
+    template["Parameters"]["TestSchedule"] = {"Type": "String", "Default": "rate(1 hour)"}
+    template["Resources"]["TestFunction"] = {
+        "Type": "AWS::Serverless::Function",
+        "Properties": {
+            "CodeUri": str(DATA / "test_function"),
+            "Handler": "app.handler",
+            "Timeout": 30,
+            "Environment": {"Variables": {"ATTEMPTS_DIR": str(attempts)}},
+            "Events": {"Tick": {"Type": "Schedule", "Properties": {"Schedule": {"Ref": "TestSchedule"}}}},
+        },
+    }
+    template["Resources"]["TestMachine"] = {
+        "Type": "AWS::Serverless::StateMachine",
+        "Properties": {
+            "DefinitionUri": str(DATA / "test_machine.asl.json"),
+            "DefinitionSubstitutions": {"FunctionArn": {"Fn::GetAtt": ["TestFunction", "Arn"]}, "Greeting": "hello"},
+            "Policies": [{"LambdaInvokePolicy": {"FunctionName": {"Ref": "TestFunction"}}}],
+        },
+    }
+    template["Resources"]["TestInbox"] = {"Type": "AWS::SQS::Queue"}
+    template["Resources"]["TestInboxSubscription"] = {
+        "Type": "AWS::SNS::Subscription",
+        "Properties": {
+            "TopicArn": {"Ref": "NotificationTopic"},
+            "Protocol": "sqs",
+            "Endpoint": {"Fn::GetAtt": ["TestInbox", "Arn"]},
+            "RawMessageDelivery": True,
+        },
+    }
+    template["Resources"]["TestFunctionErrorsAlarm"] = {
+        "Type": "AWS::CloudWatch::Alarm",
+        "Properties": {
+            "AlarmDescription": {"Fn::Sub": "errors of ${TestFunction}"},
+            "Namespace": "AWS/Lambda",
+            "MetricName": "Errors",
+            "Dimensions": [{"Name": "FunctionName", "Value": {"Ref": "TestFunction"}}],
+            "Statistic": "Sum",
+            "Period": 60,
+            "EvaluationPeriods": "1",
+            "Threshold": 0,
+            "ComparisonOperator": "GreaterThanThreshold",
+            "TreatMissingData": "notBreaching",
+            "AlarmActions": [{"Ref": "NotificationTopic"}],
+        },
+    }
+    template["Resources"]["TestUnusedAlarm"] = {  # a false Condition: not created, as in CloudFormation
+        "Type": "AWS::CloudWatch::Alarm",
+        "Condition": "UseVpc",
+        "Properties": {
+            "AlarmName": "never",
+            "Namespace": "etcdops",
+            "MetricName": "Nothing",
+            "Statistic": "Sum",
+            "Period": 60,
+            "EvaluationPeriods": 1,
+            "Threshold": 1,
+            "ComparisonOperator": "GreaterThanThreshold",
+        },
+    }
+    path = tmp_path / "template.yaml"
+    path.write_text(json.dumps(template, indent=1))  # JSON is YAML
+    return path
+
+
+
+
+@pytest.fixture
+def aws() -> Iterator[LocalAws]:
+    with LocalAws() as local:
+        yield local
+
+
+@pytest.fixture
+def test_stack(aws: LocalAws, tmp_path: Path) -> LocalStack:
+    return aws.build_stack(template_with_extras(tmp_path))
+
+
+# ---- the real template ------------------------------------------------------------------------------
+
+
+def test_the_real_template_builds_with_every_resource_accounted_for(aws: LocalAws) -> None:
+    stack = aws.build_stack(TEMPLATE)
+
+    sam = read_template(TEMPLATE)
+    functions = [lid for lid, r in sam["Resources"].items() if r["Type"] == "AWS::Serverless::Function"]
+    machines = [lid for lid, r in sam["Resources"].items() if r["Type"] == "AWS::Serverless::StateMachine"]
+    assert sorted(stack.functions) == sorted(functions)
+    assert sorted(stack.state_machines) == sorted(machines)
+    assert stack.unhandled == [], "template.yaml has resources the local stack does not create"
+    assert stack.bucket in [b["Name"] for b in aws.client("s3").list_buckets()["Buckets"]]
+    assert stack.topic_arn in [t["TopicArn"] for t in aws.client("sns").list_topics()["Topics"]]
+    assert aws.client("kms").describe_key(KeyId=stack.key_id)["KeyMetadata"]["Arn"] == stack.key_arn
+    assert all(not value.startswith("<") for value in stack.outputs.values())
+    configuration = aws.client("lambda").get_function_configuration(FunctionName=stack.functions[functions[0]])
+    assert configuration["Environment"]["Variables"]["TOPIC_ARN"] == stack.topic_arn
+
+    sfn = aws.client("stepfunctions")
+    for lid in machines:  # the runbooks as deployed: every substitution made, JSONPaths intact
+        props = sam["Resources"][lid]["Properties"]
+        source = (ROOT / props["DefinitionUri"]).read_text()
+        deployed = sfn.describe_state_machine(stateMachineArn=stack.state_machines[lid])["definition"]
+        for key in props.get("DefinitionSubstitutions", {}):
+            assert f"${{{key}}}" not in deployed
+        assert json.dumps(json.loads(deployed)).count("$$.") == json.dumps(json.loads(source)).count("$$.")
+
+
+def test_a_handler_failure_comes_back_as_lambda_reports_it(aws: LocalAws) -> None:
+    stack = aws.build_stack(TEMPLATE)
+
+    error, payload = invoke(aws, stack.functions["BackupFunction"], {"source": "aws.events"})
+
+    assert error == "Unhandled"
+    assert payload["errorType"] == "InvalidEventError"
+    assert payload["errorMessage"].startswith("EventBridgeModel: version: Field required")
+
+
+def test_backup_function_runs_our_handler_against_a_real_cluster(aws: LocalAws, shared_cluster: LocalCluster) -> None:
+    # Given the stack and the cluster's configuration where the template says it lives
+    stack = aws.build_stack(TEMPLATE)
+    tls = shared_cluster.tls
+    document = {
+        "name": "local",
+        "endpoints": shared_cluster.config().endpoints,
+        "tls": {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)},  # paths: local files
+        "backup": {"destination": f"s3://{stack.bucket}/etcd/local", "encryption_key": stack.key_arn},
+    }
+    aws.client("ssm").put_parameter(
+        Name=stack.parameters["ClusterConfigParameter"], Type="SecureString", Value=json.dumps(document)
+    )
+
+    # When the Backup function is invoked as EventBridge would, then BackupVerify
+    error, backup = invoke(aws, stack.functions["BackupFunction"], event("backup_schedule"))
+    assert error is None, backup
+    error, verified = invoke(aws, stack.functions["BackupVerifyFunction"], event("backup_verify_schedule"))
+
+    # Then the backup is in the stack's bucket, catalogued and verified
+    assert error is None, verified
+    assert verified["ok"] and verified["backup_id"] == backup["backup_id"]
+    keys = [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=stack.bucket)["Contents"]]
+    assert f"etcd/local/{backup['backup_id']}.manifest.json" in keys
+
+
+def test_alarms_and_subscriptions_that_moto_skips_are_created(aws: LocalAws, test_stack: LocalStack) -> None:
+    [alarm] = aws.client("cloudwatch").describe_alarms()["MetricAlarms"]
+
+    assert test_stack.alarms == {"TestFunctionErrorsAlarm": alarm["AlarmName"]}
+    assert alarm["AlarmActions"] == [test_stack.topic_arn]
+    assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": test_stack.functions["TestFunction"]}]
+    assert alarm["AlarmDescription"] == f"errors of {test_stack.functions['TestFunction']}"
+    assert (alarm["EvaluationPeriods"], alarm["Threshold"]) == (1, 0.0)
+    assert test_stack.unhandled == []
+
+    sqs = aws.client("sqs")
+    queue = sqs.get_queue_url(QueueName=test_stack.physical("TestInbox").rsplit("/", 1)[-1])["QueueUrl"]
+    aws.client("sns").publish(TopicArn=test_stack.topic_arn, Message="hello")
+    assert [m["Body"] for m in sqs.receive_message(QueueUrl=queue)["Messages"]] == ["hello"]
+
+
+# ---- a test-only state machine ----------------------------------------------------------------------
+
+
+def run(aws: LocalAws, stack: LocalStack, mode: str) -> tuple[dict[str, Any], str]:
+    sfn = aws.client("stepfunctions")
+    arn = start_execution(sfn, stack.state_machines["TestMachine"], {"mode": mode}, name=f"test-{mode}")
+    return wait_for_execution(sfn, arn, timeout=120), arn
+
+
+def test_environment_and_substitutions_reach_the_handler(aws: LocalAws, test_stack: LocalStack) -> None:
+    described, _ = run(aws, test_stack, "ok")
+
+    assert described["status"] == "SUCCEEDED"
+    output = json.loads(described["output"])
+    assert output["execution"] == "test-ok"  # "$$.Execution.Name" survived the substitution
+    assert output["greeting"] == "hello"  # a literal DefinitionSubstitution
+    assert output["function_name"] == test_stack.functions["TestFunction"]
+    assert output["env"]["TOPIC_ARN"] == test_stack.topic_arn  # Globals, Ref resolved
+    assert output["env"]["CLUSTER_CONFIG_PARAMETER"] == test_stack.parameters["ClusterConfigParameter"]
+    assert output["env"]["ATTEMPTS_DIR"] and output["env"]["AWS_REGION"] == test_stack.region
+    assert "ATTEMPTS_DIR" not in os.environ  # only for the length of the invocation
+
+
+def test_retry_by_our_error_name_then_success(aws: LocalAws, test_stack: LocalStack) -> None:
+    described, arn = run(aws, test_stack, "flaky")
+
+    assert described["status"] == "SUCCEEDED"
+    [step] = execution_history(aws.client("stepfunctions"), arn)
+    assert (step.name, step.status, step.attempts) == ("Call the function", "succeeded", 2)
+
+
+def test_catch_by_our_error_name(aws: LocalAws, test_stack: LocalStack) -> None:
+    described, arn = run(aws, test_stack, "fatal")
+
+    assert described["status"] == "SUCCEEDED"
+    assert json.loads(described["output"]) == {"handled": "FatalError"}
+    steps = execution_history(aws.client("stepfunctions"), arn)
+    assert [(s.name, s.status, s.error) for s in steps] == [
+        ("Call the function", "caught", "FatalError"),
+        ("Handle the failure", "succeeded", None),
+    ]
+
+
+def test_an_uncaught_error_fails_the_execution_with_its_name(aws: LocalAws, test_stack: LocalStack) -> None:
+    described, arn = run(aws, test_stack, "broken")
+
+    assert described["status"] == "FAILED"
+    assert described["error"] == "BrokenError"
+    assert "nobody catches this" in described["cause"]
+    [step] = execution_history(aws.client("stepfunctions"), arn)
+    assert (step.status, step.error, step.attempts) == ("failed", "BrokenError", 1)
+    assert step.ended is not None and step.ended >= step.started
+
+
+# ---- the local timer ----------------------------------------------------------------------------------
+
+
+def test_the_timer_fires_scheduled_events_one_run_at_a_time(test_stack: LocalStack, tmp_path: Path) -> None:
+    hold = tmp_path / "attempts" / "hold"
+    hold.touch()  # the first run waits until released
+    scheduler = LocalScheduler.for_stack(test_stack, {"TestSchedule": "rate(1 second)"})
+    [schedule] = [s for s in scheduler.schedules if s.function == "TestFunction"]
+    assert (schedule.function, schedule.expression) == ("TestFunction", "rate(1 second)")
+
+    with scheduler:
+        deadline = time.monotonic() + 60
+        while scheduler.skipped.get("TestFunction", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # firings come while the first run is held: they are skipped
+        hold.unlink()
+        runs = scheduler.wait_for("TestFunction", 2, timeout=60)
+
+    assert scheduler.skipped["TestFunction"] >= 1
+    assert len(runs) >= 2 and all(r.ok for r in runs), [(r.error, r.result) for r in runs]
+    spans = sorted((r.started, r.ended or 0.0) for r in scheduler.runs)
+    assert all(end <= next_start for (_, end), (next_start, _) in pairwise(spans))
+    sent = runs[0].event
+    assert sent["detail-type"] == "Scheduled Event" and sent["source"] == "aws.events" and sent["detail"] == {}
+    assert sent["resources"] == [
+        f"arn:aws:events:{test_stack.region}:{test_stack.account_id}:rule/{test_stack.resources['TestFunctionTick']}"
+    ]
+    assert set(sent) == set(event("backup_schedule"))
+    received = [json.loads(line) for line in (tmp_path / "attempts" / "scheduled.jsonl").read_text().splitlines()]
+    assert [e["id"] for e in received] == [r.event["id"] for r in runs]
+
+
+# ---- another process ----------------------------------------------------------------------------------
+
+OTHER_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from etcdops.localaws import load_local_stack, local_boto3_session, start_execution, wait_for_execution
+
+    state_dir = Path(sys.argv[1])
+    stack = load_local_stack(state_dir)
+    session = local_boto3_session(state_dir)
+    sfn = session.client("stepfunctions")
+    invoked = session.client("lambda").invoke(FunctionName=stack.functions["TestFunction"], Payload='{"mode": "ok"}')
+    execution = start_execution(sfn, stack.state_machines["TestMachine"], {"mode": "fatal"})
+    print(json.dumps({
+        "buckets": [b["Name"] for b in session.client("s3").list_buckets()["Buckets"]],
+        "machines": [m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]],
+        "invoked": json.loads(invoked["Payload"].read()),
+        "execution": json.loads(wait_for_execution(sfn, execution, timeout=120)["output"]),
+    }))
+    """
+)
+
+
+def test_another_process_reaches_the_stack_through_the_server(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    with LocalAws(server=True, state_dir=state_dir) as aws:
+        stack = aws.build_stack(template_with_extras(tmp_path))
+        assert aws.endpoint and aws.endpoint.startswith("http://127.0.0.1:")
+        assert os.environ["MOTO_PORT"] == aws.endpoint.rsplit(":", 1)[1]
+        assert load_local_stack(state_dir) == stack
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        done = subprocess.run(
+            [sys.executable, "-c", OTHER_PROCESS, str(state_dir)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+            check=False,
+        )
+
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert stack.bucket in seen["buckets"]
+    assert stack.state_machines["TestMachine"] in seen["machines"]
+    assert seen["invoked"]["function_name"] == stack.functions["TestFunction"]  # ran in the server's process
+    assert seen["execution"] == {"handled": "FatalError"}
+    assert not (state_dir / "aws.json").exists()  # stopping removes the endpoint record
