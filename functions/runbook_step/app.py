@@ -1,0 +1,22 @@
+"""RunbookStep: one step of a runbook state machine (the step's name is in the event)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from etcdops.events import parse_event
+from etcdops.runbook.handler import RunbookSettings, RunbookStepEvent, run_runbook_step
+
+logger = Logger(service="etcdops-runbook")
+
+
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    step = parse_event(event, RunbookStepEvent)
+    logger.append_keys(cluster=step.document.get("cluster"), execution=step.document.get("execution"), step=step.step)
+    return run_runbook_step(step, RunbookSettings.from_env(os.environ), boto3.session.Session())

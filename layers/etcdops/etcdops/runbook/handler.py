@@ -1,0 +1,76 @@
+"""Running one runbook step as the RunbookStep function does: build the context, run, return."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from etcdops.aws import SnsNotifier, load_cluster_config, materialize_tls
+from etcdops.backup.job import ensure_fresh_backup
+from etcdops.backup.manifest import Manifest
+from etcdops.backup.target import open_backup_target
+from etcdops.compute.factory import open_compute
+from etcdops.connect import client_for
+from etcdops.errors import ConfigError
+from etcdops.etcd import EtcdClient
+from etcdops.runbook import replace
+from etcdops.state import DynamoStateStore
+
+
+class RunbookStepEvent(BaseModel):
+    """The Payload every runbook Task sends: which runbook, which step, the execution's document."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runbook: Literal["replace"]
+    step: str
+    execution: str
+    document: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunbookSettings:
+    config_parameter: str
+    table_name: str
+    topic_arn: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RunbookSettings:
+        values = {name: env.get(name, "").strip() for name in ("CLUSTER_CONFIG_PARAMETER", "TABLE_NAME", "TOPIC_ARN")}
+        missing = [name for name, value in values.items() if not value]
+        if missing:
+            raise ConfigError(f"{', '.join(missing)}: not set in the function's environment")
+        return cls(values["CLUSTER_CONFIG_PARAMETER"], values["TABLE_NAME"], values["TOPIC_ARN"])
+
+
+def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session: Any) -> dict[str, Any]:
+    """One step, with clients from ``session`` (a boto3 session) and TLS files for this call only."""
+    config = load_cluster_config(session.client("ssm"), settings.config_parameter)
+    with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
+        config = materialize_tls(config, session.client("secretsmanager"), Path(tls_dir))
+
+        def client() -> EtcdClient:
+            return client_for(config)
+
+        def ensure_backup(max_age: timedelta) -> Manifest:
+            store, keyring = open_backup_target(
+                config, s3_client=session.client("s3"), kms_client=session.client("kms")
+            )
+            with client() as etcd:
+                return ensure_fresh_backup(config, etcd, store, keyring, max_age)
+
+        context = replace.ReplaceContext(
+            config=config,
+            client=client,
+            compute=open_compute(config, session=session),
+            state=DynamoStateStore(settings.table_name, session.client("dynamodb")),
+            notifier=SnsNotifier(session.client("sns"), settings.topic_arn),
+            ensure_backup=ensure_backup,
+        )
+        return replace.run_step(context, event.step, {**event.document, "execution": event.execution})

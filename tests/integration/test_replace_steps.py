@@ -1,0 +1,174 @@
+"""The ReplaceMember steps on a real cluster, driven in runbook order, including retries and crashes.
+
+The state machine itself runs in the e2e tests; here each step is called directly so that the
+convergence of every step (invariant 7) and the safety re-checks can be exercised one by one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from etcdops.aws import MemoryNotifier
+from etcdops.backup.job import ensure_fresh_backup
+from etcdops.backup.manifest import Manifest
+from etcdops.backup.target import open_backup_target
+from etcdops.compute.factory import open_compute
+from etcdops.connect import client_for
+from etcdops.errors import EtcdopsError
+from etcdops.etcd import EtcdClient
+from etcdops.local import LocalCluster
+from etcdops.probe import probe_cluster
+from etcdops.runbook import replace
+from etcdops.state import InMemoryStateStore
+
+pytestmark = pytest.mark.integration
+
+
+def context_for(cluster: LocalCluster) -> replace.ReplaceContext:
+    config = cluster.config()
+
+    def client() -> EtcdClient:
+        return client_for(config)
+
+    def ensure_backup(max_age: timedelta) -> Manifest:
+        store, keyring = open_backup_target(config, create_local_key=True)
+        with client() as etcd:
+            return ensure_fresh_backup(config, etcd, store, keyring, max_age)
+
+    return replace.ReplaceContext(
+        config=config,
+        client=client,
+        compute=open_compute(config),
+        state=InMemoryStateStore(),
+        notifier=MemoryNotifier(),
+        ensure_backup=ensure_backup,
+    )
+
+
+def with_retries(step: Callable[[], dict[str, Any]], timeout: float = 90.0) -> dict[str, Any]:
+    """What the state machine's Retry does for retryable named errors."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return step()
+        except EtcdopsError as exc:
+            if not exc.retryable or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def failed_follower(cluster: LocalCluster) -> dict[str, Any]:
+    with cluster.client() as client:
+        health = probe_cluster(client)
+    victim = next(m for m in health.members if m.id != health.leader)
+    cluster.kill(victim.name)
+    return {
+        "cluster": "local",
+        "member_id": f"{victim.id:x}",
+        "member_name": victim.name,
+        "incident_id": "local-replace-test-0001",
+        "reason": "test",
+        "requires_approval": False,
+        "execution": "replace-test-1",
+    }
+
+
+ORDER = [
+    "AcquireLock",
+    "CheckMemberStillFailed",
+    "EnsureBackup",
+    "RemoveFailedMember",
+    "LaunchReplacement",
+    "AddLearner",
+    "StartReplacement",
+    "PromoteLearner",
+    "WaitUntilHealthy",
+    "RepointClients",
+    "RetireOldHost",
+    "ReleaseLock",
+    "NotifySuccess",
+]
+
+
+def test_each_step_twice_still_replaces_exactly_once(cluster: LocalCluster) -> None:
+    # Given a killed follower
+    ctx = context_for(cluster)
+    doc = failed_follower(cluster)
+    before = {m.id for m in cluster.client().member_list()}
+
+    # When every step runs twice, as after a crash right after it finished
+    for step in ORDER:
+        doc = with_retries(lambda step=step, doc=doc: replace.run_step(ctx, step, doc))  # type: ignore[misc]
+        doc = with_retries(lambda step=step, doc=doc: replace.run_step(ctx, step, doc))  # type: ignore[misc]
+
+    # Then the cluster has 3 healthy voters, the old member is gone and exactly one new one joined
+    with cluster.client() as client:
+        health = probe_cluster(client)
+        members = client.member_list()
+    assert health.has_quorum and len(health.healthy_voters) == 3 and not health.learners
+    after = {m.id for m in members}
+    assert int(doc["member_id"], 16) not in after
+    assert len(after - before) == 1 and f"{next(iter(after - before)):x}" == doc["new_member"]["id"]
+    assert ctx.state.get_lock("local") is None or not ctx.state.get_lock("local").is_active(ctx.now())  # type: ignore[union-attr]
+    assert [s for s, _, _ in ctx.notifier.messages] == [  # type: ignore[attr-defined]
+        f"etcdops: replaced member {doc['member_name']} of local"
+    ]
+    assert doc["backup_id"]
+
+
+def test_a_second_failure_stops_the_runbook_before_the_next_change(cluster: LocalCluster) -> None:
+    ctx = context_for(cluster)
+    doc = failed_follower(cluster)
+    for step in ORDER[:3]:
+        doc = with_retries(lambda step=step, doc=doc: replace.run_step(ctx, step, doc))  # type: ignore[misc]
+
+    # When a second member dies before the removal
+    with cluster.client() as client:
+        health = probe_cluster(client)
+    survivor_to_kill = next(m.name for m in health.members if m.healthy and m.id != health.leader)
+    cluster.kill(survivor_to_kill)
+
+    # Then the removal refuses, and nothing changed in the membership
+    members_before = {m.id for m in cluster.client().member_list()}
+    with pytest.raises(replace.UnsafeChangeError):
+        replace.run_step(ctx, "RemoveFailedMember", doc)
+    assert {m.id for m in cluster.client().member_list()} == members_before
+
+    # and the failure path notifies and releases the lock
+    replace.run_step(ctx, "NotifyFailure", {**doc, "error": {"Error": "UnsafeChangeError", "Cause": "test"}})
+    assert ctx.state.get_lock("local") is None
+    assert "FAILED" in ctx.notifier.messages[-1][0]  # type: ignore[attr-defined]
+
+
+def test_a_recovered_member_is_left_alone(cluster: LocalCluster) -> None:
+    ctx = context_for(cluster)
+    with cluster.client() as client:
+        health = probe_cluster(client)
+    member = next(m for m in health.members if m.id != health.leader)
+    doc = {
+        "cluster": "local",
+        "member_id": f"{member.id:x}",
+        "member_name": member.name,
+        "incident_id": "x",
+        "execution": "replace-test-2",
+    }
+
+    doc = replace.run_step(ctx, "AcquireLock", doc)
+    doc = replace.run_step(ctx, "CheckMemberStillFailed", doc)
+
+    assert doc["recovered"] is True
+
+
+def test_bad_input_is_refused_by_name(cluster: LocalCluster) -> None:
+    ctx = context_for(cluster)
+    with pytest.raises(replace.InvalidRunbookInputError, match="member_id"):
+        replace.run_step(ctx, "AcquireLock", {"cluster": "local", "execution": "e"})
+    with pytest.raises(replace.InvalidRunbookInputError, match="unknown runbook step"):
+        replace.run_step(ctx, "DropTables", {})
+    with pytest.raises(replace.InvalidRunbookInputError, match="hex id"):
+        replace.run_step(ctx, "CheckMemberStillFailed", {"cluster": "local", "member_id": "zz", "execution": "e"})
