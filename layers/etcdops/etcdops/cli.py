@@ -15,6 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from etcdops.config import ClusterConfig, load_config
 from etcdops.errors import ConfigError, EtcdopsError, UsageError
 
@@ -247,11 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_more(commands: Any, common: argparse.ArgumentParser) -> None:
     """Commands that live in their own modules register here."""
-    from etcdops import cli_approval, cli_backup, cli_snapshot
+    from etcdops import cli_approval, cli_backup, cli_runbook, cli_snapshot
 
     cli_snapshot.register(commands, common)
     cli_backup.register(commands, common)
     cli_approval.register(commands, common)
+    cli_runbook.register(commands, common)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -265,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except EtcdopsError as exc:
         print(f"etcdops: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except (BotoCoreError, ClientError) as exc:
+        print(f"etcdops: AWS: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("etcdops: interrupted", file=sys.stderr)
