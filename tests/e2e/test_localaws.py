@@ -271,6 +271,16 @@ def test_an_uncaught_error_fails_the_execution_with_its_name(aws: LocalAws, test
     assert step.ended is not None and step.ended >= step.started
 
 
+def test_stopping_the_local_aws_aborts_running_executions(aws: LocalAws, test_stack: LocalStack) -> None:
+    sfn = aws.client("stepfunctions")
+    arn = start_execution(sfn, test_stack.state_machines["TestMachine"], {"mode": "flaky"})  # retries after 1 s
+
+    aws._abort_executions(wait=60)
+
+    # moto reports ABORTED, or FAILED when the stop lands while the task is being invoked
+    assert sfn.describe_execution(executionArn=arn)["status"] in {"ABORTED", "FAILED"}
+
+
 # ---- the local timer ----------------------------------------------------------------------------------
 
 

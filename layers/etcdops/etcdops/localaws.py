@@ -603,6 +603,8 @@ class LocalAws:
         self._set_env("MOTO_PORT", str(port))
 
     def stop(self) -> None:
+        if self._undo:
+            self._abort_executions()
         while self._undo:
             undo = self._undo.pop()
             try:
@@ -613,6 +615,26 @@ class LocalAws:
             (self.state_dir / STATE_FILE).unlink(missing_ok=True)
         if LocalAws._running is self:
             LocalAws._running = None
+
+    def _abort_executions(self, wait: float = 5.0) -> None:
+        """Stop running executions first, so none carries on against a torn-down emulation.
+
+        moto's stop is asynchronous (the execution ends when its current step or Wait/Retry sleep
+        does); wait up to ``wait`` seconds for that.
+        """
+        try:
+            sfn = self.client("stepfunctions")
+            stopping = []
+            for machine in sfn.list_state_machines()["stateMachines"]:
+                arn = machine["stateMachineArn"]
+                for execution in sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING")["executions"]:
+                    sfn.stop_execution(executionArn=execution["executionArn"], error="LocalStackStopped")
+                    stopping.append(execution["executionArn"])
+            deadline = time.monotonic() + wait
+            for arn in stopping:
+                wait_for_execution(sfn, arn, timeout=max(0.0, deadline - time.monotonic()))
+        except Exception as exc:  # best effort: the teardown goes on regardless
+            log.warning("local AWS teardown: stopping executions: %s: %s", type(exc).__name__, exc)
 
     # clients
 
@@ -953,6 +975,8 @@ def execution_history(sfn: Any, execution_arn: str) -> list[Step]:
         kind: str = event["type"]
         stamp: datetime = event["timestamp"]
         if kind.endswith("StateEntered"):
+            if open_step is not None and open_step.status == "failed":  # a Catch moved on without an exit event
+                open_step.status, open_step.ended = "caught", stamp
             details = event.get("stateEnteredEventDetails") or {}
             open_step = Step(details.get("name", "?"), kind[: -len("StateEntered")], "running", stamp)
             steps.append(open_step)
