@@ -202,9 +202,11 @@ def test_backup_function_runs_our_handler_against_a_real_cluster(aws: LocalAws, 
 
 
 def test_alarms_and_subscriptions_that_moto_skips_are_created(aws: LocalAws, test_stack: LocalStack) -> None:
-    [alarm] = aws.client("cloudwatch").describe_alarms()["MetricAlarms"]
+    alarms = {a["AlarmName"]: a for a in aws.client("cloudwatch").describe_alarms()["MetricAlarms"]}
+    alarm = alarms[test_stack.alarms["TestFunctionErrorsAlarm"]]
 
-    assert test_stack.alarms == {"TestFunctionErrorsAlarm": alarm["AlarmName"]}
+    assert "TestUnusedAlarm" not in test_stack.alarms and "never" not in alarms
+    assert sorted(alarms) == sorted(test_stack.alarms.values())  # and the template's own, if it has any
     assert alarm["AlarmActions"] == [test_stack.topic_arn]
     assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": test_stack.functions["TestFunction"]}]
     assert alarm["AlarmDescription"] == f"errors of {test_stack.functions['TestFunction']}"
