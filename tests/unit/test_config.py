@@ -29,6 +29,13 @@ def test_a_valid_document_loads_with_defaults() -> None:
     assert config.compute is not None and config.compute.provider == "ec2"
 
 
+def test_member_instances_map_names_to_instance_ids() -> None:
+    config = parse_config({**VALID, "health": {"member_instances": {"m1": "i-0123456789abcdef0", "m2": "i-0abcdef12"}}})
+
+    assert config.health.member_instances == {"m1": "i-0123456789abcdef0", "m2": "i-0abcdef12"}
+    assert parse_config(VALID).health.member_instances == {}
+
+
 def test_yaml_and_json_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "cluster.yaml"
     path.write_text(dump_config(parse_config(VALID)))
@@ -54,6 +61,11 @@ def test_yaml_and_json_round_trip(tmp_path: Path) -> None:
         ),
         ({"approval": "sometimes"}, "approval"),
         ({"health": {"failure_threshold": 0}}, "health.failure_threshold"),
+        ({"health": {"member_instances": {"m1": "vm-1"}}}, "health.member_instances"),
+        (
+            {"health": {"member_instances": {"m1": "i-0123456789abcdef0", "m2": "i-0123456789abcdef0"}}},
+            "health.member_instances",
+        ),
         ({"compute": {"provider": "gce"}}, "compute"),
         ({"compute": {"provider": "ec2", "launch_template": "lt", "subnets": []}}, "compute.subnets"),
         ({"colour": "blue"}, "colour"),

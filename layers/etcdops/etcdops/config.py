@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from etcdops.errors import ConfigError
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+_INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
 _SCHEDULE = re.compile(r"^(rate\(\d+ (minute|minutes|hour|hours|day|days)\)|cron\(.+\))$")
 
 
@@ -91,11 +92,28 @@ class HealthConfig(_Model):
     failure_window_seconds: Annotated[int, Field(ge=0)] = 60
     quota_backend_bytes: Annotated[int, Field(gt=0)] = 2 * 1024**3
     certificate_warn_days: Annotated[int, Field(ge=1)] = 30
+    # member name -> EC2 instance id, for EC2 events; members not listed are looked up by their
+    # instance's tags (etcdops:member=<name>)
+    member_instances: dict[str, str] = {}
 
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, value: str) -> str:
         return _check_schedule(value)
+
+    @field_validator("member_instances")
+    @classmethod
+    def _member_instances(cls, value: dict[str, str]) -> dict[str, str]:
+        owners: dict[str, str] = {}
+        for name, instance in value.items():
+            if not name:
+                raise ValueError("member names must not be empty")
+            if not _INSTANCE_ID.match(instance):
+                raise ValueError(f"{name}: {instance!r} is not an EC2 instance id such as i-0123456789abcdef0")
+            if instance in owners:
+                raise ValueError(f"{name}: instance {instance} is already given for member {owners[instance]}")
+            owners[instance] = name
+        return value
 
 
 class LocalCompute(_Model):

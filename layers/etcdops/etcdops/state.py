@@ -19,6 +19,7 @@ Single-table design (:data:`TABLE_KEY_SCHEMA`), one partition per cluster, ``pk 
 ``incident#<id>``      one incident or notification already announced: ``kind``, ``recorded_at``,
                        ``ttl``
 ``lastdecision``       the last policy decision as JSON, ``decided_at``
+``raftterm``           the highest raft term seen (``term``), ``updated_at``: counts leader changes
 =====================  ==========================================================================
 
 Approvals are found by execution alone (``etcdops approve EXECUTION``, a signed link), so they
@@ -309,6 +310,13 @@ class StateStore(ABC):
     @abstractmethod
     def load_last_decision(self, cluster: str) -> LastDecision | None: ...
 
+    # raft term
+    @abstractmethod
+    def advance_raft_term(self, cluster: str, term: int, now: datetime) -> int:
+        """Record ``term`` if it is higher than the highest term recorded; return by how much it
+        moved (0 the first time, and 0 when it did not move). Atomic: concurrent callers that saw
+        the same move count it once between them."""
+
     # approvals
     @abstractmethod
     def save_approval(self, approval: Approval) -> None:
@@ -357,6 +365,7 @@ class InMemoryStateStore(StateStore):
         self._locks: dict[str, Lock] = {}
         self._incidents: dict[tuple[str, str], _Incident] = {}
         self._decisions: dict[str, LastDecision] = {}
+        self._terms: dict[str, int] = {}
         self._approvals: dict[str, Approval] = {}
 
     def load_streaks(self, cluster: str) -> StreakState:
@@ -444,6 +453,15 @@ class InMemoryStateStore(StateStore):
         _pk(cluster)
         with self._mutex:
             return self._decisions.get(cluster)
+
+    def advance_raft_term(self, cluster: str, term: int, now: datetime) -> int:
+        _pk(cluster)
+        with self._mutex:
+            previous = self._terms.get(cluster)
+            if previous is not None and term <= previous:
+                return 0
+            self._terms[cluster] = term
+            return 0 if previous is None else term - previous
 
     def save_approval(self, approval: Approval) -> None:
         _approval_pk(approval.execution)
@@ -759,6 +777,26 @@ class DynamoStateStore(StateStore):
             Decision.from_dict(json.loads(item["decision"]["S"])),
             datetime.fromisoformat(item["decided_at"]["S"]),
         )
+
+    # raft term
+
+    def advance_raft_term(self, cluster: str, term: int, now: datetime) -> int:
+        try:
+            response = self._client.update_item(
+                TableName=self.table_name,
+                Key=self._key(cluster, "raftterm"),
+                UpdateExpression="SET #term = :term, updated_at = :now",
+                ConditionExpression="attribute_not_exists(#term) OR #term < :term",
+                ExpressionAttributeNames={"#term": "term"},
+                ExpressionAttributeValues={":term": {"N": str(term)}, ":now": {"S": _utc(now).isoformat()}},
+                ReturnValues="UPDATED_OLD",
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return 0
+            raise
+        previous = response.get("Attributes", {}).get("term")
+        return 0 if previous is None else term - int(previous["N"])
 
     # approvals
 

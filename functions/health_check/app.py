@@ -1,0 +1,35 @@
+"""HealthCheck: on the schedule, on our alarms and on EC2 events of member instances, probe every
+member, record the round, publish metrics, and act on the policy's decision."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from etcdops.aws import SnsNotifier
+from etcdops.events import HealthCheckEvent, parse_event
+from etcdops.healthcheck import HealthAwsClients, HealthSettings, Trigger, health_job
+from etcdops.healthmetrics import EmfHealthMetrics
+from etcdops.state import DynamoStateStore
+
+logger = Logger(service="etcdops-health-check")
+metrics = Metrics(namespace="etcdops", service="health-check")
+
+
+@logger.inject_lambda_context(log_event=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    trigger = Trigger.from_event(parse_event(event, HealthCheckEvent))  # malformed events are refused here
+    settings = HealthSettings.from_env(os.environ)
+    session = boto3.session.Session()
+    notifier = SnsNotifier(session.client("sns"), settings.topic_arn) if settings.topic_arn else None
+    state = DynamoStateStore(settings.table_name, session.client("dynamodb"))
+    result = health_job(
+        settings, HealthAwsClients.from_session(session), EmfHealthMetrics(metrics), notifier, state, trigger
+    )
+    logger.info("health round", extra={k: result[k] for k in ("cluster", "trigger", "skipped", "actions")})
+    return result

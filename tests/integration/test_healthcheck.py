@@ -1,0 +1,343 @@
+"""HealthCheck rounds on real 3-member TLS clusters (etcd 3.5.1 and 3.4.23).
+
+Each scenario reads like the runbook it automates: break the cluster the way hosts break, run
+health rounds at injected times (K=3 probes spanning T=2 s), and check what etcdops decided and
+did: one ReplaceMember run per failure, an escalation naming the backup and the RestoreCluster
+input when quorum is gone, one message per incident.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from etcdops.aws import MemoryNotifier
+from etcdops.backup.job import run_backup
+from etcdops.backup.store import open_store
+from etcdops.backup.target import open_backup_target
+from etcdops.config import ClusterConfig
+from etcdops.connect import client_for
+from etcdops.errors import EtcdNoSpaceError
+from etcdops.events import HealthCheckEvent, parse_event
+from etcdops.healthcheck import (
+    HealthContext,
+    HealthRoundResult,
+    InstanceDirectory,
+    RecordingReplaceStarter,
+    ReplaceStarter,
+    StepFunctionsReplaceStarter,
+    Trigger,
+    run_health_round,
+)
+from etcdops.healthmetrics import RecordingMetrics
+from etcdops.local import EtcdBinaries, LocalCluster
+from etcdops.policy import Action
+from etcdops.probe import probe_cluster
+from etcdops.state import InMemoryStateStore, StateStore
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)
+K, T = 3, 2  # failure threshold and window of these tests
+INSTANCES = {"m1": "i-0a1b2c3d4e5f60001", "m2": "i-0a1b2c3d4e5f60002", "m3": "i-0a1b2c3d4e5f60003"}
+EVENTS = os.path.join(os.path.dirname(__file__), "..", "..", "events")
+
+
+def with_health(config: ClusterConfig, **health: Any) -> ClusterConfig:
+    settings = {"failure_threshold": K, "failure_window_seconds": T, "member_instances": INSTANCES, **health}
+    return config.model_copy(update={"health": config.health.model_copy(update=settings)})
+
+
+@dataclass
+class Autopilot:
+    """The HealthCheck of one cluster, with everything it remembers and everything it did."""
+
+    config: ClusterConfig
+    state: StateStore = field(default_factory=InMemoryStateStore)
+    notifier: MemoryNotifier = field(default_factory=MemoryNotifier)
+    replace: ReplaceStarter = field(default_factory=RecordingReplaceStarter)
+    metrics: RecordingMetrics = field(default_factory=RecordingMetrics)
+
+    def round(self, seconds: float, trigger: Trigger | None = None) -> HealthRoundResult:
+        """One round at T0 + ``seconds`` (the probe itself runs now, against the real cluster)."""
+        store = open_store(self.config.backup.destination) if self.config.backup else None
+        with client_for(self.config, timeout=self.config.health.probe_deadline_seconds) as client:
+            ctx = HealthContext(
+                config=self.config,
+                client=client,
+                state=self.state,
+                metrics=self.metrics,
+                notifier=self.notifier,
+                replace=self.replace,
+                instances=InstanceDirectory(self.config),
+                backups=store,
+            )
+            return run_health_round(ctx, trigger or Trigger.manual(), T0 + timedelta(seconds=seconds))
+
+    def subjects(self) -> list[str]:
+        return [subject for subject, _, _ in self.notifier.messages]
+
+
+def member_id(cluster: LocalCluster, name: str) -> int:
+    with cluster.client() as client:
+        return next(m.id for m in client.member_list() if m.name == name)
+
+
+def event(name: str, **detail: Any) -> Trigger:
+    with open(os.path.join(EVENTS, f"health_{name}.json")) as f:
+        loaded: dict[str, Any] = json.load(f)
+    loaded["detail"].update(detail)
+    return Trigger.from_event(parse_event(loaded, HealthCheckEvent))
+
+
+def wait_for_new_leader(cluster: LocalCluster, timeout: float = 30.0) -> None:
+    """After a member is lost (perhaps the leader), wait until the others have elected a leader."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with cluster.client() as client:
+            if probe_cluster(client).leader:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"no leader within {timeout} s")
+
+
+def take_verified_backup(cluster: LocalCluster) -> str:
+    config = cluster.config()
+    store, keyring = open_backup_target(config, create_local_key=True)
+    with client_for(config) as client:
+        result = run_backup(config, client, probe_cluster(client), store, keyring)
+    assert result.manifest.verified
+    return result.manifest.id
+
+
+@pytest.fixture
+def resume_paused(cluster: LocalCluster) -> Iterator[Callable[[str], None]]:
+    paused: list[str] = []
+
+    def pause(name: str) -> None:
+        cluster.pause(name)
+        paused.append(name)
+
+    yield pause
+    for name in paused:
+        cluster.resume(name)
+
+
+# ---- one member lost -------------------------------------------------------------------------------------
+
+
+def test_a_killed_member_is_replaced_after_k_probes_spanning_t(cluster: LocalCluster) -> None:
+    # Given a healthy cluster watched by the autopilot
+    autopilot = Autopilot(with_health(cluster.config()))
+    assert autopilot.round(-10).decision is not None
+    target = member_id(cluster, "m2")
+
+    # When m2's host is lost and the rounds go on
+    cluster.kill("m2")
+    wait_for_new_leader(cluster)
+    first, second, third = autopilot.round(0), autopilot.round(1), autopilot.round(2)
+
+    # Then the first K-1 rounds wait, the K-th (spanning T) decides to replace m2, once
+    assert first.decision and first.decision.action is Action.WAIT and "1 of 3 failed probes" in first.decision.reason
+    assert second.decision and second.decision.action is Action.WAIT
+    assert third.decision and third.decision.action is Action.REPLACE_MEMBER
+    assert third.decision.target_member_id == target and third.decision.target_member_name == "m2"
+    assert isinstance(autopilot.replace, RecordingReplaceStarter)
+    [(name, document)] = autopilot.replace.started.items()
+    assert name == third.decision.incident_id
+    assert document["member_id"] == f"{target:x}" and document["member_name"] == "m2"
+    assert document["requires_approval"] is False and document["ec2_failed"] is False
+    assert autopilot.subjects().count(f"etcdops: replacing member m2 of {autopilot.config.name}") == 1
+    assert autopilot.metrics.values["QuorumMargin"] == 0 and autopilot.metrics.values["HasLeader"] == 1
+    # and the health check itself changed no membership
+    with cluster.client() as client:
+        assert sorted(m.name for m in client.member_list()) == ["m1", "m2", "m3"]
+
+
+def test_a_paused_member_is_treated_as_killed_and_does_not_stall_the_round(
+    cluster: LocalCluster, resume_paused: Callable[[str], None]
+) -> None:
+    autopilot = Autopilot(with_health(cluster.config(), approval="always"))
+    target = member_id(cluster, "m3")
+
+    resume_paused("m3")
+    wait_for_new_leader(cluster)
+    timings, results = [], []
+    for seconds in (0, 1, 2):
+        started = time.monotonic()
+        results.append(autopilot.round(seconds))
+        timings.append(time.monotonic() - started)
+
+    decision = results[-1].decision
+    assert decision is not None and decision.action is Action.REPLACE_MEMBER
+    assert decision.target_member_id == target
+    assert isinstance(autopilot.replace, RecordingReplaceStarter)
+    assert [d["member_name"] for d in autopilot.replace.started.values()] == ["m3"]
+    # a frozen member can only cost the probe deadline (2 s), not hang the round (generous bound)
+    assert max(timings) < 20
+
+
+def test_three_triggers_at_once_start_exactly_one_execution(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        sfn = boto3.client("stepfunctions", region_name="us-east-1")
+        machine = sfn.create_state_machine(
+            name="etcdops-replace-member",
+            definition=json.dumps({"StartAt": "Placeholder", "States": {"Placeholder": {"Type": "Pass", "End": True}}}),
+            roleArn="arn:aws:iam::123456789012:role/etcdops-sfn",
+        )["stateMachineArn"]
+        autopilot = Autopilot(with_health(cluster.config()), replace=StepFunctionsReplaceStarter(sfn, machine))
+
+        # Given m2 lost and K-1 failed probes already counted
+        cluster.kill("m2")
+        wait_for_new_leader(cluster)
+        autopilot.round(0)
+        autopilot.round(1)
+
+        # When the schedule, our quorum alarm and the EC2 status-check alarm of m2 arrive together
+        triggers = [
+            event("schedule"),
+            event("alarm"),
+            event(
+                "ec2_status_check",
+                configuration={
+                    "metrics": [
+                        {
+                            "id": "m",
+                            "metricStat": {
+                                "metric": {
+                                    "namespace": "AWS/EC2",
+                                    "name": "StatusCheckFailed",
+                                    "dimensions": {"InstanceId": INSTANCES["m2"]},
+                                }
+                            },
+                        }
+                    ]
+                },
+            ),
+        ]
+        results: list[HealthRoundResult] = []
+        barrier = threading.Barrier(len(triggers))
+
+        def run(trigger: Trigger) -> None:
+            barrier.wait()
+            results.append(autopilot.round(2, trigger))
+
+        threads = [threading.Thread(target=run, args=(t,)) for t in triggers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+
+        # Then all three decide to replace m2 under the same incident id, and one execution runs
+        assert len(results) == 3
+        decisions = [r.decision for r in results]
+        assert all(d is not None and d.action is Action.REPLACE_MEMBER for d in decisions)
+        assert len({d.incident_id for d in decisions if d}) == 1
+        executions = sfn.list_executions(stateMachineArn=machine)["executions"]
+        assert [e["name"] for e in executions] == [decisions[0].incident_id if decisions[0] else None]
+        started = sum(1 for r in results for a in r.actions if a.startswith("started ReplaceMember"))
+        assert started == 1
+        assert autopilot.subjects().count(f"etcdops: replacing member m2 of {autopilot.config.name}") == 1
+        document = json.loads(sfn.describe_execution(executionArn=executions[0]["executionArn"])["input"])
+        assert document["member_name"] == "m2" and document["cluster"] == autopilot.config.name
+
+
+def test_an_ec2_stopped_event_fails_the_member_at_once(cluster: LocalCluster) -> None:
+    autopilot = Autopilot(with_health(cluster.config()))
+    cluster.kill("m3")
+    wait_for_new_leader(cluster)
+
+    result = autopilot.round(0, event("ec2_state_change", **{"instance-id": INSTANCES["m3"], "state": "stopped"}))
+
+    assert result.decision is not None and result.decision.action is Action.REPLACE_MEMBER
+    assert result.decision.target_member_name == "m3"
+    assert isinstance(autopilot.replace, RecordingReplaceStarter)
+    assert [d["ec2_failed"] for d in autopilot.replace.started.values()] == [True]
+
+
+def test_events_about_other_instances_and_clusters_change_nothing(cluster: LocalCluster) -> None:
+    autopilot = Autopilot(with_health(cluster.config()))
+    stranger = event("ec2_state_change", **{"instance-id": "i-0fffffffffffffff0", "state": "terminated"})
+    other = event("alarm")  # names cluster "local"; this config's cluster is renamed below
+    autopilot.config = autopilot.config.model_copy(update={"name": "prod-eu"})
+
+    for trigger in (stranger, other):
+        result = autopilot.round(0, trigger)
+        assert result.decision is None and result.skipped
+        assert result.health is None  # not even probed
+
+    assert autopilot.state.load_streaks("prod-eu").version == 0
+    assert autopilot.notifier.messages == [] and autopilot.state.load_last_decision("prod-eu") is None
+
+
+# ---- quorum lost -----------------------------------------------------------------------------------------
+
+
+def test_two_members_killed_escalate_with_the_backup_and_the_restore_input(cluster: LocalCluster) -> None:
+    # Given a verified backup and a healthy cluster
+    backup_id = take_verified_backup(cluster)
+    autopilot = Autopilot(with_health(cluster.config()))
+
+    # When two of three members are lost
+    cluster.kill("m2")
+    cluster.kill("m3")
+    results = [autopilot.round(s) for s in (0, 1, 2, 3, 60)]
+
+    # Then it escalates (once confirmed), names the backup and the exact RestoreCluster input, once
+    actions = [r.decision.action for r in results if r.decision]
+    assert Action.ESCALATE_QUORUM_LOSS in actions and Action.REPLACE_MEMBER not in actions
+    escalation = next(r.decision for r in results if r.decision and r.decision.action is Action.ESCALATE_QUORUM_LOSS)
+    assert escalation.backup_id == backup_id
+    restore = {"cluster": autopilot.config.name, "backup_id": backup_id, "mode": "in-place"}
+    assert escalation.restore_input == restore
+    [(subject, message, _)] = [m for m in autopilot.notifier.messages if "QUORUM LOST" in m[0]]
+    assert subject == f"etcdops: QUORUM LOST on cluster {autopilot.config.name} - a restore needs a human"
+    assert f"Latest verified backup: {backup_id}" in message
+    assert f"RestoreCluster input: {json.dumps(restore, sort_keys=True)}" in message
+    assert isinstance(autopilot.replace, RecordingReplaceStarter) and autopilot.replace.started == {}
+    # the survivor sees no leader, so it does not serve either: 0 healthy voters, quorum 2
+    assert autopilot.metrics.values["HasLeader"] == 0 and autopilot.metrics.values["QuorumMargin"] == -2
+    # and no membership change was made: the survivor still lists all three
+    last = results[-1].health
+    assert last is not None and sorted(m.name for m in last.members) == ["m1", "m2", "m3"]
+
+
+# ---- etcd alarms -----------------------------------------------------------------------------------------
+
+
+def test_a_nospace_alarm_is_notified_exactly_once(
+    start_cluster: Callable[..., LocalCluster], etcd_binaries: EtcdBinaries
+) -> None:
+    quota = 2_000_000
+    cluster = start_cluster(etcd_binaries, extra=(f"--quota-backend-bytes={quota}",))
+    with cluster.client() as client:
+        value = os.urandom(100_000)
+        with pytest.raises(EtcdNoSpaceError):
+            for i in range(1000):
+                client.put(f"fill/{i}", value)
+    autopilot = Autopilot(with_health(cluster.config(), quota_backend_bytes=quota))
+
+    results = [autopilot.round(s) for s in (0, 1, 2, 3, 120)]
+
+    nospace = [s for s in autopilot.subjects() if "alarm-nospace" in s]
+    assert nospace == [f"etcdops: alarm-nospace on cluster {autopilot.config.name}"]
+    for result in results:
+        assert result.decision is not None
+        assert result.decision.action not in (Action.REPLACE_MEMBER, Action.ESCALATE_QUORUM_LOSS)
+    assert autopilot.metrics.values["NoSpaceAlarm"] >= 1 and autopilot.metrics.values["HasLeader"] == 1
+    assert autopilot.metrics.values["DbSizeQuotaRatio"] > 0.8
+    assert isinstance(autopilot.replace, RecordingReplaceStarter) and autopilot.replace.started == {}

@@ -1,0 +1,451 @@
+"""HealthCheck without a cluster: metric computations, the alarm-report rule, acting on decisions
+(one execution per incident, one message per incident), instance lookup, settings, leader changes,
+and the local loop's schedule."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from etcdops.aws import AwsError, MemoryNotifier
+from etcdops.config import parse_config
+from etcdops.errors import ConfigError
+from etcdops.etcd import EtcdClient
+from etcdops.health import Alarm, ClusterHealth, MemberHealth
+from etcdops.healthcheck import (
+    HealthContext,
+    HealthSettings,
+    InstanceDirectory,
+    RecordingReplaceStarter,
+    StepFunctionsReplaceStarter,
+    act,
+    discount_alarm_reports,
+    replace_input,
+)
+from etcdops.healthmetrics import RecordingMetrics, compute_health_metrics, publish_health_metrics
+from etcdops.localhealth import local_health_schedule, schedule_seconds, template_health_schedule
+from etcdops.policy import Action, Decision, Notification, NotificationKind
+from etcdops.state import DynamoStateStore, InMemoryStateStore, StateStore, table_definition
+
+NOW = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)
+REGION = "us-east-1"
+CONFIG = parse_config(
+    {
+        "name": "prod",
+        "endpoints": ["http://10.0.0.1:2379"],
+        "plaintext": True,
+        "health": {"member_instances": {"m1": "i-00000000000000001"}},
+    }
+)
+
+
+def member(
+    id: int,
+    name: str,
+    *,
+    healthy: bool = True,
+    learner: bool = False,
+    size: int | None = 1000,
+    in_use: int | None = 800,
+    index: int | None = 100,
+    term: int | None = 2,
+    leader: int | None = 1,
+    error: str | None = None,
+) -> MemberHealth:
+    return MemberHealth(
+        id=id,
+        name=name,
+        client_urls=(f"https://10.0.0.{id}:2379",),
+        peer_urls=(f"https://10.0.0.{id}:2380",),
+        is_learner=learner,
+        healthy=healthy,
+        error=error,
+        db_size=size,
+        db_size_in_use=in_use,
+        raft_index=index,
+        raft_term=term,
+        leader=leader,
+    )
+
+
+def cluster(*members: MemberHealth, leader: int | None = 1, alarms: tuple[Alarm, ...] = ()) -> ClusterHealth:
+    return ClusterHealth(cluster_id=7, leader=leader, members=members, alarms=alarms, observed_at=NOW)
+
+
+# ---- metrics --------------------------------------------------------------------------------------------
+
+
+def test_a_healthy_cluster_has_a_leader_and_a_quorum_margin_of_one() -> None:
+    health = cluster(member(1, "m1"), member(2, "m2", index=97), member(3, "m3", index=100))
+
+    metrics = compute_health_metrics(health, now=NOW, quota_bytes=10_000)
+
+    assert metrics.has_leader and metrics.healthy_members == 3 and metrics.voting_members == 3
+    assert metrics.quorum_margin == 1
+    assert metrics.raft_index_lag == {"m1": 0, "m2": 3, "m3": 0}
+    assert metrics.max_raft_index_lag == 3
+
+
+def test_db_size_ratio_and_fragmentation_take_the_worst_member() -> None:
+    health = cluster(
+        member(1, "m1", size=4000, in_use=3000),  # 25 % fragmented
+        member(2, "m2", size=8000, in_use=2000),  # 75 % fragmented, the largest
+        member(3, "m3", healthy=False, size=None, in_use=None, index=None, term=None),
+    )
+
+    metrics = compute_health_metrics(health, now=NOW, quota_bytes=10_000)
+
+    assert metrics.db_size == 8000
+    assert metrics.db_size_quota_ratio == 0.8
+    assert metrics.fragmentation == 0.75
+    assert "m3" not in metrics.raft_index_lag  # no status, no lag to report
+
+
+def test_a_dead_and_an_ec2_failed_member_leave_a_margin_of_minus_one() -> None:
+    health = cluster(member(1, "m1"), member(2, "m2"), member(3, "m3", healthy=False, size=None))
+
+    metrics = compute_health_metrics(health, now=NOW, quota_bytes=10_000, ec2_failures=[2])
+
+    assert metrics.healthy_members == 1
+    assert metrics.quorum_margin == -1
+
+
+def test_no_leader_when_the_reported_leader_is_not_a_healthy_voter() -> None:
+    assert not compute_health_metrics(cluster(member(1, "m1"), leader=None), now=NOW, quota_bytes=1).has_leader
+    failed_leader = cluster(member(1, "m1", healthy=False), member(2, "m2"), member(3, "m3"))
+    assert not compute_health_metrics(failed_leader, now=NOW, quota_bytes=1).has_leader
+
+
+def test_alarms_are_counted_by_kind_once_per_member() -> None:
+    alarms = (Alarm(1, "NOSPACE"), Alarm(2, "NOSPACE"), Alarm(2, "NOSPACE"), Alarm(3, "CORRUPT"))
+    health = cluster(member(1, "m1"), member(2, "m2"), member(3, "m3"), alarms=alarms)
+
+    metrics = compute_health_metrics(health, now=NOW, quota_bytes=1)
+
+    assert (metrics.nospace_alarms, metrics.corrupt_alarms, metrics.active_alarms) == (2, 1, 3)
+
+
+def test_certificate_days_and_backup_age() -> None:
+    health = cluster(member(1, "m1"))
+    served = {"m1": NOW + timedelta(days=40), "m2": NOW + timedelta(days=12, hours=12)}
+
+    metrics = compute_health_metrics(
+        health,
+        now=NOW,
+        quota_bytes=1,
+        served_certificates=served,
+        newest_verified_backup_at=NOW - timedelta(minutes=90),
+    )
+
+    assert metrics.certificate_expiry_days == 12.5
+    assert metrics.newest_verified_backup_age == 5400.0
+
+
+def test_unknown_values_are_left_out_not_published_as_zero() -> None:
+    health = cluster(member(1, "m1", size=None, in_use=None, index=None, term=None), leader=None)
+    sink = RecordingMetrics()
+
+    publish_health_metrics(compute_health_metrics(health, now=NOW, quota_bytes=1, leader_changes=2), sink)
+
+    for absent in ("DbSize", "DbSizeQuotaRatio", "Fragmentation", "CertificateExpiryDays", "NewestVerifiedBackupAge"):
+        assert absent not in sink.values
+    assert sink.values["HasLeader"] == 0 and sink.values["LeaderChanges"] == 2
+    assert sink.member_values == {}
+
+
+def test_member_lag_is_published_per_member() -> None:
+    sink = RecordingMetrics()
+    health = cluster(member(1, "m1", index=50), member(2, "m2", index=45))
+
+    publish_health_metrics(compute_health_metrics(health, now=NOW, quota_bytes=1), sink)
+
+    assert sink.member_values == {("m1", "RaftIndexLag"): 0, ("m2", "RaftIndexLag"): 5}
+    assert sink.values["MaxRaftIndexLag"] == 5
+
+
+def test_emf_output_carries_the_cluster_and_member_dimensions(capsys: pytest.CaptureFixture[str]) -> None:
+    from aws_lambda_powertools import Metrics
+
+    from etcdops.healthmetrics import EmfHealthMetrics
+
+    powertools = Metrics(namespace="etcdops", service="test")
+    sink = EmfHealthMetrics(powertools)
+    sink.add_dimension("cluster", "prod")
+    publish_health_metrics(compute_health_metrics(cluster(member(1, "m1")), now=NOW, quota_bytes=10), sink)
+    powertools.flush_metrics()
+
+    documents = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    lag = next(d for d in documents if "RaftIndexLag" in d)
+    assert (lag["cluster"], lag["member"], lag["RaftIndexLag"]) == ("prod", "m1", [0.0])
+    assert sorted(lag["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]) == ["cluster", "member"]
+    cluster_level = next(d for d in documents if "QuorumMargin" in d)
+    assert cluster_level["cluster"] == "prod" and cluster_level["HasLeader"] == [1.0]
+    assert "member" not in cluster_level
+
+
+# ---- alarms reported in Status.errors -------------------------------------------------------------------
+
+
+def test_members_marked_unhealthy_only_by_alarm_reports_count_as_serving() -> None:
+    nospace = "memberID:5462195499683183827 alarm:NOSPACE "
+    health = cluster(
+        member(1, "m1", healthy=False, error=nospace),
+        member(2, "m2", healthy=False, error=f"{nospace}; memberID:1 alarm:CORRUPT "),
+        member(3, "m3", healthy=False, error="read failed: deadline exceeded"),
+        leader=None,
+        alarms=(Alarm(1, "NOSPACE"),),
+    )
+
+    seen = discount_alarm_reports(health)
+
+    assert [m.healthy for m in seen.members] == [True, True, False]
+    assert seen.leader == 1 and seen.alarms == health.alarms
+
+
+def test_a_member_that_sees_no_leader_stays_unhealthy_despite_alarm_reports() -> None:
+    health = cluster(member(1, "m1", healthy=False, leader=None, error="memberID:1 alarm:NOSPACE"), leader=None)
+
+    assert discount_alarm_reports(health) == health
+
+
+# ---- acting ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "dynamodb"])
+def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
+    if request.param == "memory":
+        yield InMemoryStateStore()
+        return
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name=REGION)
+        client.create_table(**table_definition("state"))
+        yield DynamoStateStore("state", client)
+
+
+def context(store: StateStore, starter: Any, notifier: MemoryNotifier | None) -> HealthContext:
+    return HealthContext(
+        config=CONFIG,
+        client=cast(EtcdClient, None),  # acting does not talk to etcd
+        state=store,
+        metrics=RecordingMetrics(),
+        notifier=notifier,
+        replace=starter,
+        instances=InstanceDirectory(CONFIG),
+        backups=None,
+    )
+
+
+REPLACE = Decision(
+    action=Action.REPLACE_MEMBER,
+    reason="Replace member m3 (3): it failed 3 consecutive probes over 2 s.",
+    cluster="prod",
+    target_member_id=0xAB,
+    target_member_name="m3",
+    incident_id="prod-replace-ab-20261125T203000Z-0123456789",
+)
+
+
+def test_a_replace_decision_starts_one_run_and_sends_one_message_however_often_it_repeats(store: StateStore) -> None:
+    starter, notifier = RecordingReplaceStarter(), MemoryNotifier()
+    ctx = context(store, starter, notifier)
+
+    first = act(ctx, REPLACE, frozenset(), NOW)
+    again = act(
+        ctx, replace(REPLACE, reason="the same failure, one probe later"), frozenset(), NOW + timedelta(minutes=1)
+    )
+
+    assert first[0] == f"started ReplaceMember {REPLACE.incident_id}"
+    assert again == [f"ReplaceMember {REPLACE.incident_id} already started"]
+    assert starter.started == {
+        REPLACE.incident_id: {
+            "cluster": "prod",
+            "member_id": "ab",
+            "member_name": "m3",
+            "incident_id": REPLACE.incident_id,
+            "reason": REPLACE.reason,
+            "requires_approval": False,
+            "ec2_failed": False,
+        }
+    }
+    assert [subject for subject, _, _ in notifier.messages] == ["etcdops: replacing member m3 of prod"]
+
+
+def test_without_a_runbook_the_replacement_is_announced_with_its_input() -> None:
+    notifier = MemoryNotifier()
+
+    act(context(InMemoryStateStore(), None, notifier), REPLACE, frozenset({0xAB}), NOW)
+
+    [(subject, message, attributes)] = notifier.messages
+    assert subject == "etcdops: member m3 of prod must be replaced (no runbook configured)"
+    assert '"ec2_failed": true' in message and REPLACE.incident_id in message
+    assert attributes == {"cluster": "prod", "kind": "replace-needed", "incident": REPLACE.incident_id}
+
+
+def test_an_escalation_is_sent_once_with_the_backup_and_the_restore_input(store: StateStore) -> None:
+    notifier = MemoryNotifier()
+    decision = Decision(
+        action=Action.ESCALATE_QUORUM_LOSS,
+        reason="Quorum lost on cluster prod: no leader.",
+        cluster="prod",
+        incident_id="prod-quorum-loss-cluster-20261125T203000Z-0123456789",
+        backup_id="20261125T200000Z-ab12",
+        restore_input={"cluster": "prod", "backup_id": "20261125T200000Z-ab12", "mode": "in-place"},
+    )
+    ctx = context(store, RecordingReplaceStarter(), notifier)
+
+    for minute in range(3):
+        act(ctx, decision, frozenset(), NOW + timedelta(minutes=minute))
+
+    [(subject, message, _)] = notifier.messages
+    assert subject == "etcdops: QUORUM LOST on cluster prod - a restore needs a human"
+    assert "Latest verified backup: 20261125T200000Z-ab12" in message
+    assert (
+        'RestoreCluster input: {"backup_id": "20261125T200000Z-ab12", "cluster": "prod", "mode": "in-place"}' in message
+    )
+    assert cast(RecordingReplaceStarter, ctx.replace).started == {}
+
+
+def test_each_notification_is_sent_once_per_key(store: StateStore) -> None:
+    notifier = MemoryNotifier()
+    nospace = Notification(NotificationKind.ALARM_NOSPACE, "etcd alarm NOSPACE ...", "prod-alarm-nospace-1-abc")
+    stale = Notification(NotificationKind.BACKUP_STALE, "The latest verified backup ...", "prod-backup-stale-x-def")
+    ctx = context(store, None, notifier)
+
+    for minute in range(3):
+        decision = Decision(Action.NOTIFY, "things", "prod", notifications=(nospace, stale))
+        act(ctx, decision, frozenset(), NOW + timedelta(minutes=minute))
+
+    assert [s for s, _, _ in notifier.messages] == [
+        "etcdops: alarm-nospace on cluster prod",
+        "etcdops: backup-stale on cluster prod",
+    ]
+
+
+def test_without_a_topic_nothing_is_recorded_as_sent() -> None:
+    store, notifier = InMemoryStateStore(), MemoryNotifier()
+    nospace = Notification(NotificationKind.ALARM_NOSPACE, "NOSPACE", "prod-alarm-nospace-1-abc")
+    decision = Decision(Action.NOTIFY, "things", "prod", notifications=(nospace,))
+
+    assert act(context(store, None, None), decision, frozenset(), NOW) == []
+    act(context(store, None, notifier), decision, frozenset(), NOW)  # a topic configured later still hears it
+
+    assert len(notifier.messages) == 1
+
+
+def test_replace_input_refuses_other_decisions() -> None:
+    with pytest.raises(ValueError, match="not a replacement decision"):
+        replace_input(Decision(Action.NONE, "fine", "prod"), frozenset())
+
+
+# ---- Step Functions and EC2 (moto) ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        yield
+
+
+def test_the_execution_name_makes_a_second_start_a_no_op(aws: None) -> None:
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    machine = sfn.create_state_machine(
+        name="replace-member",
+        definition=json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}),
+        roleArn="arn:aws:iam::123456789012:role/sfn",
+    )["stateMachineArn"]
+    starter = StepFunctionsReplaceStarter(sfn, machine)
+
+    first = starter.start("incident-1", {"reason": "first"})
+    second = starter.start("incident-1", {"reason": "a later round says it differently"})
+
+    assert first.started and not second.started
+    assert first.execution_arn == second.execution_arn
+    assert len(sfn.list_executions(stateMachineArn=machine)["executions"]) == 1
+
+
+def test_other_step_functions_errors_are_named(aws: None) -> None:
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    starter = StepFunctionsReplaceStarter(sfn, "arn:aws:states:us-east-1:123456789012:stateMachine:missing")
+
+    with pytest.raises(AwsError, match="StateMachineDoesNotExist"):
+        starter.start("incident-1", {})
+
+
+def test_instances_map_to_members_by_config_then_by_tags(aws: None) -> None:
+    ec2 = boto3.client("ec2", region_name=REGION)
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+
+    def launch(tags: dict[str, str]) -> str:
+        spec = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
+        instance: str = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, TagSpecifications=spec)["Instances"][
+            0
+        ]["InstanceId"]
+        return instance
+
+    ours = launch({"etcdops:cluster": "prod", "etcdops:member": "m2"})
+    theirs = launch({"etcdops:cluster": "staging", "etcdops:member": "m2"})
+    untagged = launch({"Name": "bastion"})
+    directory = InstanceDirectory(CONFIG, ec2)
+
+    assert directory.member_of("i-00000000000000001") == "m1"  # health.member_instances
+    assert directory.member_of(ours) == "m2"
+    assert directory.member_of(theirs) is None  # another cluster's m2
+    assert directory.member_of(untagged) is None
+    assert directory.member_of("i-0fffffffffffffff0") is None  # unknown instance
+    assert InstanceDirectory(CONFIG).member_of(ours) is None  # no EC2 client: config only
+
+
+# ---- settings, leader changes, the local schedule -------------------------------------------------------
+
+
+def test_settings_name_what_is_missing() -> None:
+    with pytest.raises(ConfigError, match=r"^CLUSTER_CONFIG_PARAMETER: not set"):
+        HealthSettings.from_env({"TABLE_NAME": "t"})
+    with pytest.raises(ConfigError, match=r"^TABLE_NAME: not set"):
+        HealthSettings.from_env({"CLUSTER_CONFIG_PARAMETER": "/c"})
+    with pytest.raises(ConfigError, match=r"^REPLACE_STATE_MACHINE_ARN: 'replace' is not"):
+        HealthSettings.from_env(
+            {"CLUSTER_CONFIG_PARAMETER": "/c", "TABLE_NAME": "t", "REPLACE_STATE_MACHINE_ARN": "replace"}
+        )
+    settings = HealthSettings.from_env(
+        {"CLUSTER_CONFIG_PARAMETER": "/c", "TABLE_NAME": "t", "REPLACE_STATE_MACHINE_ARN": ""}
+    )
+    assert (settings.topic_arn, settings.replace_state_machine_arn) == (None, None)
+
+
+def test_leader_changes_count_each_term_move_once(store: StateStore) -> None:
+    assert store.advance_raft_term("prod", 5, NOW) == 0  # first sight: nothing to compare with
+    assert store.advance_raft_term("prod", 5, NOW) == 0
+    assert store.advance_raft_term("prod", 7, NOW) == 2
+    assert store.advance_raft_term("prod", 7, NOW) == 0  # a concurrent round saw the same move
+    assert store.advance_raft_term("prod", 6, NOW) == 0  # a stale member's term never counts back
+    assert store.advance_raft_term("other", 9, NOW) == 0
+
+
+def test_the_local_schedule_defaults_to_ten_seconds_and_reads_the_template(tmp_path: Path) -> None:
+    template = tmp_path / "template.yaml"
+    template.write_text(
+        "Parameters:\n  HealthCheckSchedule: {Type: String, Default: rate(2 minutes)}\n"
+        "Resources:\n  T: {Type: AWS::SNS::Topic, Properties: {DisplayName: !Ref AWS::StackName}}\n"
+    )
+
+    assert local_health_schedule(template_path=template) == ("rate(10 seconds)", 10.0)
+    assert local_health_schedule(None, template) == ("rate(2 minutes)", 120.0)
+    assert local_health_schedule(0.5, template) == ("every 0.5 s", 0.5)
+    assert template_health_schedule() == "rate(1 minute)"  # the repository's template.yaml
+    assert schedule_seconds("rate(1 hour)") == 3600.0
+    with pytest.raises(ConfigError, match="rate\\(N seconds"):
+        schedule_seconds("cron(0 * * * ? *)")
+    with pytest.raises(ConfigError, match="no HealthCheckSchedule parameter"):
+        (tmp_path / "empty.yaml").write_text("Resources: {}\n")
+        template_health_schedule(tmp_path / "empty.yaml")
