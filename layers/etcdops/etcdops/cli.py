@@ -153,11 +153,53 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = resolve_config(args)
     deadline = args.deadline or config.health.probe_deadline_seconds
+    if args.watch:
+        return watch_status(args, config, deadline)
     with client_for(config, timeout=deadline) as client:
         health = probe_cluster(client, deadline=deadline)
     data = health_to_dict(health)
     emit(args, data, lambda: render_status(config.name, data))
     return 0 if health.has_quorum else 1
+
+
+def watch_status(args: argparse.Namespace, config: ClusterConfig, deadline: float) -> int:
+    """Probe and show the cluster every ``--interval`` seconds, with the last health decision the
+    local health loop wrote (``<state dir>/health/last_round.json``), until Ctrl-C."""
+    import time
+
+    from etcdops.connect import client_for
+    from etcdops.localhealth import read_last_round
+    from etcdops.probe import health_to_dict, probe_cluster
+
+    if args.interval <= 0:
+        raise UsageError(f"--interval must be positive, got {args.interval}")
+    clear = sys.stdout.isatty() and not args.json
+    try:
+        with client_for(config, timeout=deadline) as client:
+            while True:
+                started = time.monotonic()
+                data = health_to_dict(probe_cluster(client, deadline=deadline))
+                last = read_last_round(_state_dir(args))
+                if args.json:
+                    print(json.dumps({"status": data, "last_round": last}, default=str), flush=True)
+                else:
+                    screen = render_status(config.name, data) + "\n\n" + render_last_round(last)
+                    print(("\x1b[2J\x1b[H" if clear else "") + screen + "\n", flush=True)
+                time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        return 0
+
+
+def render_last_round(last: dict[str, Any] | None) -> str:
+    if last is None:
+        return "last decision: none yet (start the local health loop: python -m etcdops.localhealth)"
+    decision = last.get("decision")
+    if not decision:
+        return f"last round ({last.get('decided_at', '?')}): skipped: {last.get('skipped')}"
+    lines = [f"last decision ({last.get('decided_at', '?')}, {last['trigger']['description']}): {decision['action']}"]
+    lines.append(f"  reason: {decision['reason']}")
+    lines += [f"  done: {action}" for action in last.get("actions", [])]
+    return "\n".join(lines)
 
 
 def render_status(name: str, data: dict[str, Any]) -> str:
@@ -241,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="probe every member and show the cluster's health", parents=[common])
     status.add_argument("--deadline", type=float, help="probe deadline in seconds (default: from the config, 2 s)")
+    status.add_argument(
+        "--watch", action="store_true", help="refresh until Ctrl-C, with the local health loop's last decision"
+    )
+    status.add_argument("--interval", type=float, default=3.0, help="seconds between refreshes (default 3)")
     status.set_defaults(handler=cmd_status)
 
     _register_more(commands, common)

@@ -1,0 +1,157 @@
+"""The HealthCheck Lambda handler against a real cluster, with AWS (SSM, Secrets Manager, DynamoDB,
+SNS, Step Functions, EC2) emulated by moto."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from etcdops.errors import ConfigError
+from etcdops.events import InvalidEventError
+from etcdops.local import LocalCluster
+from etcdops.state import TTL_ATTRIBUTE, table_definition
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+REGION = "us-east-1"
+
+
+def load_handler() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("function_health_check", ROOT / "functions/health_check/app.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def event(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((ROOT / "events" / f"health_{name}.json").read_text())
+    return loaded
+
+
+def context() -> Any:
+    return SimpleNamespace(
+        function_name="etcdops-health-check",
+        memory_limit_in_mb=512,
+        invoked_function_arn=f"arn:aws:lambda:{REGION}:123456789012:function:etcdops-health-check",
+        aws_request_id="req-1",
+    )
+
+
+def emf_documents(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{") and '"_aws"' in line]
+
+
+@pytest.fixture
+def aws(shared_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        ssm, secrets, sns, sqs, dynamodb, sfn = (
+            boto3.client(n, region_name=REGION)
+            for n in ("ssm", "secretsmanager", "sns", "sqs", "dynamodb", "stepfunctions")
+        )
+        tls = shared_cluster.tls
+        arns = {
+            field: secrets.create_secret(Name=f"etcdops/local/{field}", SecretString=path.read_text())["ARN"]
+            for field, path in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key))
+            if path
+        }
+        document = {"name": "local", "endpoints": shared_cluster.config().endpoints, "tls": arns}
+        ssm.put_parameter(Name="/etcdops/local/config", Type="SecureString", Value=json.dumps(document))
+        dynamodb.create_table(**table_definition("etcdops-state"))
+        dynamodb.update_time_to_live(
+            TableName="etcdops-state", TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE}
+        )
+        topic = sns.create_topic(Name="etcdops")["TopicArn"]
+        queue = sqs.create_queue(QueueName="inbox")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+        machine = sfn.create_state_machine(
+            name="replace-member",
+            definition=json.dumps({"StartAt": "Placeholder", "States": {"Placeholder": {"Type": "Pass", "End": True}}}),
+            roleArn="arn:aws:iam::123456789012:role/sfn",
+        )["stateMachineArn"]
+        monkeypatch.setenv("CLUSTER_CONFIG_PARAMETER", "/etcdops/local/config")
+        monkeypatch.setenv("TABLE_NAME", "etcdops-state")
+        monkeypatch.setenv("TOPIC_ARN", topic)
+        monkeypatch.setenv("REPLACE_STATE_MACHINE_ARN", machine)
+
+        def inbox() -> list[str]:
+            messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+            return [json.loads(m["Body"])["Subject"] for m in messages]
+
+        def items() -> list[dict[str, Any]]:
+            scanned: list[dict[str, Any]] = dynamodb.scan(TableName="etcdops-state")["Items"]
+            return scanned
+
+        yield SimpleNamespace(ssm=ssm, sfn=sfn, machine=machine, inbox=inbox, items=items)
+
+
+def test_a_scheduled_round_records_its_decision_and_publishes_metrics(
+    aws: SimpleNamespace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = load_handler().handler(event("schedule"), context())
+
+    assert result["skipped"] is None and result["cluster"] == "local"
+    assert result["decision"]["action"] in ("NONE", "NOTIFY")
+    assert result["health"]["has_quorum"] is True
+    documents = emf_documents(capsys.readouterr().out)
+    cluster_level = next(d for d in documents if "QuorumMargin" in d)
+    assert cluster_level["cluster"] == "local"
+    assert cluster_level["HasLeader"] == [1.0] and cluster_level["QuorumMargin"] == [1.0]
+    assert cluster_level["VotingMembers"] == [3.0] and 0 < cluster_level["CertificateExpiryDays"][0] < 3660
+    lags = {d["member"] for d in documents if "RaftIndexLag" in d}
+    assert lags == {"m1", "m2", "m3"}
+    assert {i["sk"]["S"] for i in aws.items()} >= {"streaks", "lastdecision", "raftterm"}
+    assert aws.sfn.list_executions(stateMachineArn=aws.machine)["executions"] == []
+
+
+def test_repeated_rounds_send_each_notification_once(aws: SimpleNamespace) -> None:
+    handler = load_handler().handler
+    for _ in range(3):
+        handler(event("schedule"), context())
+
+    subjects = aws.inbox()
+    assert len(subjects) == len(set(subjects))  # e.g. the missing backup: once, not once a round
+
+
+def test_malformed_event_is_refused_and_nothing_is_recorded(aws: SimpleNamespace) -> None:
+    with pytest.raises(InvalidEventError, match=r"^HealthCheckEvent: "):
+        load_handler().handler({"source": "aws.cloudwatch", "detail": {}}, context())
+
+    assert aws.items() == [] and aws.inbox() == []
+
+
+def test_an_unreadable_config_is_a_named_error(aws: SimpleNamespace) -> None:
+    aws.ssm.put_parameter(Name="/etcdops/local/config", Type="SecureString", Value="name: [", Overwrite=True)
+
+    with pytest.raises(ConfigError, match=r"^ssm:/etcdops/local/config: not valid YAML/JSON"):
+        load_handler().handler(event("schedule"), context())
+
+    assert aws.items() == []
+
+
+def test_alarms_of_other_clusters_and_events_of_strangers_are_skipped(aws: SimpleNamespace) -> None:
+    handler = load_handler().handler
+    alarm = event("alarm")
+    alarm["detail"]["configuration"]["metrics"][0]["metricStat"]["metric"]["dimensions"] = {"cluster": "prod"}
+
+    skipped = [handler(alarm, context()), handler(event("ec2_state_change"), context())]
+
+    assert "cluster 'prod'" in skipped[0]["skipped"]
+    assert "is not a member of cluster local" in skipped[1]["skipped"]
+    assert all(r["decision"] is None and r["actions"] == [] for r in skipped)
+    assert aws.items() == [] and aws.inbox() == []
+    assert aws.sfn.list_executions(stateMachineArn=aws.machine)["executions"] == []
