@@ -1,0 +1,90 @@
+"""One HealthCheck probe round on a 5-member TLS cluster with one member paused (SIGSTOP).
+
+A paused member accepts TCP connections and then says nothing, the worst case for a probe. The
+round (``probe_cluster``: member list, status and a read of every member, the alarm list) must come
+back within the probe deadline + 0.5 s; the full HealthCheck round (probe, served certificates,
+policy, state, metrics) is timed too. Runs ``--rounds`` rounds and prints each and the worst.
+
+    python bench/bench_probe.py [--rounds 5] [--deadline 2.0] [--etcd-bin-dir /usr/bin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from etcdops.aws import MemoryNotifier
+from etcdops.connect import client_for
+from etcdops.healthcheck import HealthContext, InstanceDirectory, RecordingReplaceStarter, Trigger, run_health_round
+from etcdops.healthmetrics import RecordingMetrics
+from etcdops.local import EtcdBinaries, LocalCluster
+from etcdops.probe import probe_cluster
+from etcdops.state import InMemoryStateStore
+
+SLACK = 0.5
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--deadline", type=float, default=2.0)
+    parser.add_argument("--members", type=int, default=5)
+    parser.add_argument("--etcd-bin-dir", default=os.environ.get("ETCD_BIN_DIR"))
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="etcdops-bench-probe-") as tmp:
+        cluster = LocalCluster(Path(tmp) / "stack")
+        binaries = EtcdBinaries.locate(args.etcd_bin_dir)
+        cluster.up(args.members, binaries=binaries)
+        paused = f"m{args.members}"
+        try:
+            config = cluster.config()
+            config = config.model_copy(
+                update={"health": config.health.model_copy(update={"probe_deadline_seconds": args.deadline})}
+            )
+            cluster.pause(paused)
+            state = InMemoryStateStore()
+            probes: list[float] = []
+            rounds: list[float] = []
+            with client_for(config, timeout=args.deadline) as client:
+                for _ in range(args.rounds):
+                    started = time.monotonic()
+                    health = probe_cluster(client, deadline=args.deadline)
+                    probes.append(time.monotonic() - started)
+                    assert not next(m for m in health.members if m.name == paused).healthy
+                    ctx = HealthContext(
+                        config=config,
+                        client=client,
+                        state=state,
+                        metrics=RecordingMetrics(),
+                        notifier=MemoryNotifier(),
+                        replace=RecordingReplaceStarter(),
+                        instances=InstanceDirectory(config),
+                        backups=None,
+                    )
+                    started = time.monotonic()
+                    run_health_round(ctx, Trigger.manual("bench"), datetime.now(UTC))
+                    rounds.append(time.monotonic() - started)
+        finally:
+            try:
+                cluster.resume(paused)
+            finally:
+                cluster.down()
+
+    budget = args.deadline + SLACK
+    print(f"etcd {binaries.version}")
+    print(f"{args.members} members, {paused} paused, probe deadline {args.deadline:.1f} s, budget {budget:.1f} s")
+    print("probe rounds (s):      " + " ".join(f"{t:.2f}" for t in probes) + f"   worst {max(probes):.2f}")
+    print("HealthCheck rounds (s): " + " ".join(f"{t:.2f}" for t in rounds) + f"   worst {max(rounds):.2f}")
+    ok = max(probes) <= budget and max(rounds) <= budget
+    print("within budget" if ok else "OVER BUDGET")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
