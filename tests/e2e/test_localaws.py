@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -26,6 +27,7 @@ from etcdops.localaws import (
     LocalStack,
     execution_history,
     load_local_stack,
+    local_boto3_session,
     read_template,
     start_execution,
     wait_for_execution,
@@ -363,3 +365,34 @@ def test_another_process_reaches_the_stack_through_the_server(tmp_path: Path) ->
     assert seen["invoked"]["function_name"] == stack.functions["TestFunction"]  # ran in the server's process
     assert seen["execution"] == {"handled": "FatalError"}
     assert not (state_dir / "aws.json").exists()  # stopping removes the endpoint record
+
+
+def test_the_serve_process_runs_the_stack_and_the_timer_until_sigterm(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    template = template_with_extras(tmp_path)
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "etcdops.localaws", "--state-dir", str(state_dir), "--template", str(template),
+         "--schedule", "TestSchedule=rate(1 second)"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (state_dir / "aws.json").exists() and serving.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (state_dir / "aws.json").exists(), serving.stderr.read() if serving.poll() is not None else "timeout"
+        stack = load_local_stack(state_dir)
+        session = local_boto3_session(state_dir)
+
+        function = stack.functions["TestFunction"]
+        invoked = session.client("lambda").invoke(FunctionName=function, Payload='{"mode": "ok"}')
+        assert json.loads(invoked["Payload"].read())["mode"] == "ok"
+        scheduled = tmp_path / "attempts" / "scheduled.jsonl"
+        while not scheduled.exists() and time.monotonic() < deadline + 60:
+            time.sleep(0.1)
+        assert scheduled.exists()  # the timer fired in the serving process
+    finally:
+        serving.send_signal(signal.SIGTERM)
+        assert serving.wait(timeout=120) == 0
+    assert not (state_dir / "aws.json").exists()

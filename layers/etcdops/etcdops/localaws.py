@@ -1006,3 +1006,77 @@ def execution_history(sfn: Any, execution_arn: str) -> list[Step]:
             open_step.cause = ending.get("cause") or open_step.cause
             open_step = None
     return steps
+
+
+# ---- a long-running process for `etcdops local up` ---------------------------------------------------
+
+
+def serve(
+    state_dir: Path,
+    template_path: Path,
+    *,
+    parameters: Mapping[str, str] | None = None,
+    schedule_overrides: Mapping[str, str] | None = None,
+    config_document: str | None = None,
+    region: str = DEFAULT_REGION,
+) -> None:
+    """Run the AWS side of the local stack until SIGTERM or SIGINT: the server, the stack, the timer.
+
+    ``config_document`` (the cluster configuration) is put into the template's ClusterConfigParameter.
+    ``<state_dir>/aws.json`` appears once everything is ready and is removed on the way out.
+    """
+    import signal
+
+    from etcdops.localschedule import LocalScheduler
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with LocalAws(region=region, server=True, state_dir=state_dir) as aws:
+        stack = build_stack(template_path, parameters, region=region)
+        stack.endpoint = aws.endpoint
+        if config_document is not None and "ClusterConfigParameter" in stack.parameters:
+            name = stack.parameters["ClusterConfigParameter"]
+            aws.client("ssm").put_parameter(Name=name, Type="SecureString", Value=config_document, Overwrite=True)
+        with LocalScheduler.for_stack(stack, schedule_overrides):
+            stack.save(state_dir)
+            stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m etcdops.localaws --state-dir DIR [--template T] [--parameter K=V] [--schedule K=EXPR]
+    [--config F]``: :func:`serve` as a process of its own."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m etcdops.localaws", description=serve.__doc__)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--template", type=Path, default=Path("template.yaml"))
+    parser.add_argument("--parameter", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--schedule", action="append", default=[], metavar="NAME=EXPRESSION")
+    parser.add_argument("--config", type=Path, help="the cluster configuration document to put into SSM")
+    parser.add_argument("--region", default=DEFAULT_REGION)
+    args = parser.parse_args(argv)
+
+    def pairs(items: list[str], what: str) -> dict[str, str]:
+        if any("=" not in item for item in items):
+            parser.error(f"--{what}: expected NAME=VALUE")
+        return dict(item.split("=", 1) for item in items)
+
+    serve(
+        args.state_dir,
+        args.template,
+        parameters=pairs(args.parameter, "parameter"),
+        schedule_overrides=pairs(args.schedule, "schedule"),
+        config_document=args.config.read_text() if args.config else None,
+        region=args.region,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Run the imported module, not this __main__ copy: localschedule imports etcdops.localaws, and the
+    # registry of local functions must be one.
+    from etcdops import localaws
+
+    sys.exit(localaws.main())
