@@ -156,6 +156,30 @@ def cmd_runbook_start(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runbook_start_restore(args: argparse.Namespace) -> int:
+    """RestoreCluster: the backup is checked by the runbook itself, and it always waits for an approval."""
+    from etcdops.backup.manifest import check_backup_id
+    from etcdops.cli import resolve_config
+    from etcdops.localaws import execution_name, start_execution
+
+    session, arns = operator_session(args)
+    config = resolve_config(args)
+    document: dict[str, Any] = {
+        "cluster": config.name,
+        "backup_id": check_backup_id(args.backup) if args.backup else None,
+        "mode": args.mode,
+        "reason": args.reason or f"requested by an operator: restore {config.name}",
+    }
+    name = execution_name(f"restore-{config.name}")
+    arn = start_execution(session.client("stepfunctions"), _arn(arns, "restore"), document, name=name)
+    emit(
+        args,
+        {"name": name, "arn": arn, "input": document},
+        lambda: f"started {name}; it waits for your approval before anything is stopped",
+    )
+    return 0
+
+
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     runbook = commands.add_parser("runbook", help="runbook executions (Step Functions)", parents=[common])
     actions = runbook.add_subparsers(dest="runbook_command", metavar="ACTION", required=True)
@@ -171,3 +195,15 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     replace.add_argument("--approval", action="store_true", help="wait for a human approval first")
     replace.add_argument("--reason", help="why (goes into the notifications)")
     replace.set_defaults(handler=cmd_runbook_start)
+    restore = kinds.add_parser(
+        "restore", help="restore the whole cluster from a backup (always waits for an approval)", parents=[common]
+    )
+    restore.add_argument("--backup", metavar="ID", help="backup id (default: the newest verified backup)")
+    restore.add_argument(
+        "--mode",
+        choices=("in-place", "new-hosts"),
+        default="in-place",
+        help="restore on the existing hosts, or launch fresh ones (when the old hosts are gone)",
+    )
+    restore.add_argument("--reason", help="why (goes into the approval message and notifications)")
+    restore.set_defaults(handler=cmd_runbook_start_restore)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -12,14 +12,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from etcdops.aws import SnsNotifier, load_cluster_config, materialize_tls
+from etcdops.backup.crypto import KeyProvider
 from etcdops.backup.job import ensure_fresh_backup
 from etcdops.backup.manifest import Manifest
+from etcdops.backup.store import BackupStore
 from etcdops.backup.target import open_backup_target
 from etcdops.compute.factory import open_compute
 from etcdops.connect import client_for
 from etcdops.errors import ConfigError
 from etcdops.etcd import EtcdClient
-from etcdops.runbook import replace
+from etcdops.runbook import replace, restore
 from etcdops.state import DynamoStateStore
 
 
@@ -28,7 +30,7 @@ class RunbookStepEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    runbook: Literal["replace"]
+    runbook: Literal["replace", "restore"]
     step: str
     execution: str
     document: dict[str, Any]
@@ -58,12 +60,29 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
         def client() -> EtcdClient:
             return client_for(config)
 
+        def backup_target() -> tuple[BackupStore, KeyProvider]:
+            return open_backup_target(config, s3_client=session.client("s3"), kms_client=session.client("kms"))
+
         def ensure_backup(max_age: timedelta) -> Manifest:
-            store, keyring = open_backup_target(
-                config, s3_client=session.client("s3"), kms_client=session.client("kms")
-            )
+            store, keyring = backup_target()
             with client() as etcd:
                 return ensure_fresh_backup(config, etcd, store, keyring, max_age)
+
+        document = {**event.document, "execution": event.execution}
+        if event.runbook == "restore":
+
+            def client_at(endpoints: Sequence[str]) -> EtcdClient:
+                return client_for(config, endpoints=list(endpoints))
+
+            restore_context = restore.RestoreContext(
+                config=config,
+                client=client_at,
+                compute=open_compute(config, session=session),
+                state=DynamoStateStore(settings.table_name, session.client("dynamodb")),
+                notifier=SnsNotifier(session.client("sns"), settings.topic_arn),
+                backup_target=backup_target,
+            )
+            return restore.run_step(restore_context, event.step, document)
 
         context = replace.ReplaceContext(
             config=config,
@@ -73,4 +92,4 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
             notifier=SnsNotifier(session.client("sns"), settings.topic_arn),
             ensure_backup=ensure_backup,
         )
-        return replace.run_step(context, event.step, {**event.document, "execution": event.execution})
+        return replace.run_step(context, event.step, document)

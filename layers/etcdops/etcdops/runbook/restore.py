@@ -1,0 +1,630 @@
+"""The steps of the RestoreCluster runbook, one function each, run by the state machine.
+
+Like :mod:`etcdops.runbook.replace`, every step takes the execution's document (the input plus what
+earlier steps recorded) and returns it extended, and every step converges when retried.
+
+The order, and why:
+
+1. ``AcquireLock`` — invariant 2: one restoring or membership-changing operation per cluster.
+2. ``ValidateBackup`` — before anything is stopped: the backup exists, is verified, decrypts with
+   this cluster's encryption context (the context binds the cluster name, so a backup of another
+   cluster or under another key is refused with ``DecryptionError``), and its sha256, revision, hash
+   and bbolt key count agree with the manifest. Records the backup's time, revision and key counts,
+   the hosts that will be stopped, the new cluster token and the name the old data directories will
+   be kept under, and the summary the approval message shows.
+3. Approval (an ASL task on RequestApprovalFunction, invariant 8), then ``NotifyStart``.
+4. ``StopApiServers``, ``StopEtcd`` (every member host), in new-hosts mode ``LaunchHosts``.
+5. ``RestoreMembers`` — the snapshot is fetched and verified once (the fetch checks while writing),
+   staged in the backup store under ``restore/<execution>.snapshot`` (the hosts download it; it is
+   deleted when the runbook succeeds), then the host action ``restore-data-dir`` runs on each member
+   with its own name and peer URL, a new cluster token derived from the execution, the revision bump
+   and the suffix the old data directory is kept under (renamed, never deleted).
+6. ``StartMembers`` (with a restored data directory etcd ignores the initial-cluster flags),
+   ``VerifyRestore``, ``RepointClients``, ``StartApiServers``, ``RestartControlPlane``,
+   ``ReleaseLock``, ``NotifySuccess``. ``NotifyFailure`` is the Catch path of every state.
+
+Revisions. etcd clients (Kubernetes informers, watchers) assume revisions never go backwards. Where
+the host's ``etcdutl``/``etcdctl snapshot restore --help`` lists ``--bump-revision`` and
+``--mark-compacted`` (etcd 3.6, and 3.5.10 and later), the restore adds both, with ``bump_revision``
+(default 1,000,000,000, as the Kubernetes documentation suggests), so the restored revision is
+higher than any revision the lost cluster can have served and every old watch is cancelled as
+compacted. Older tools (etcd 3.4, 3.5 before 3.5.10) restore at the backup's revision: clients that
+saw later revisions may miss changes or see stale caches until they re-list, which is why the
+runbook restarts the control plane after the restore and the approval message says so.
+``VerifyRestore`` records whether the bump took effect (the revision is then at least the backup's
+plus the bump).
+
+Key equality. The manifest's ``total_keys`` is what ``etcdutl snapshot status`` reports: the bbolt
+entries of *all* buckets, i.e. every stored revision plus the members, meta and other bookkeeping
+buckets. A restore rewrites the members and meta buckets (and a revision bump adds an entry and a
+compaction mark), so no count taken from the restored cluster can equal it. The sound check is on
+what clients see: ``ValidateBackup`` reads the verified snapshot (whose ``total_keys``, revision,
+hash and sha256 were just checked against the manifest) and replays its "key" bucket in revision
+order to count the live keys (puts minus tombstones); ``VerifyRestore`` then counts the keys on the
+restored cluster with a linearizable count-only range over the whole key space and demands the same
+number, on a cluster where nothing has written yet (the API servers are still stopped), with each
+member's revision at least the backup's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import re
+import struct
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from etcdops.aws import Notifier
+from etcdops.backup.crypto import KeyProvider
+from etcdops.backup.errors import BackupNotFoundError, DecryptionError
+from etcdops.backup.job import fetch_backup, load_manifest, newest_verified
+from etcdops.backup.manifest import Manifest
+from etcdops.backup.store import BackupStore
+from etcdops.compute.base import ComputeProvider, Host
+from etcdops.config import ClusterConfig
+from etcdops.etcd import EtcdClient
+from etcdops.pb import etcd_pb2 as pb
+from etcdops.probe import probe_cluster
+from etcdops.runbook.replace import ClusterNotReadyError, InvalidRunbookInputError, RunbookError
+from etcdops.state import StateStore
+
+LOCK_LEASE_SECONDS = 7200  # taken again (extended) once the approval arrived
+DEFAULT_BUMP_REVISION = 1_000_000_000
+MODES = ("in-place", "new-hosts")
+STAGING_PREFIX = "restore"
+Document = dict[str, Any]
+
+
+class BackupNotVerifiedError(RunbookError):
+    """The backup's manifest does not say it was verified; a restore needs a verified backup."""
+
+
+class RestoreVerificationError(RunbookError):
+    """The restored cluster runs but does not hold the backup's data (key count or revision differ)."""
+
+
+@dataclass
+class RestoreContext:
+    """What the steps need, passed in by the handler (AWS) or the local stack."""
+
+    config: ClusterConfig
+    client: Callable[[Sequence[str]], EtcdClient]  # a client for these client URLs (TLS from the config)
+    compute: ComputeProvider
+    state: StateStore
+    notifier: Notifier
+    backup_target: Callable[[], tuple[BackupStore, KeyProvider]]
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    work_dir: Path | None = field(default=None)  # where snapshots are fetched (default: the temp dir)
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def _require(doc: Document, *fields: str) -> None:
+    missing = [f for f in fields if doc.get(f) in (None, "")]
+    if missing:
+        raise InvalidRunbookInputError(f"runbook input: missing {', '.join(missing)}")
+
+
+def _timed(doc: Document, step: str, started: float) -> Document:
+    timings = dict(doc.get("timings") or {})
+    timings[step] = round(time.monotonic() - started, 3)
+    return {**doc, "timings": timings}
+
+
+def _tail(doc: Document) -> str:
+    """A short, name-safe id of this execution (tokens, suffixes, host names, staging keys)."""
+    cleaned = re.sub(r"[^A-Za-z0-9]", "", str(doc["execution"])).lower()
+    digest = hashlib.sha256(str(doc["execution"]).encode()).hexdigest()[:6]
+    return f"{cleaned[-10:]}{digest}"
+
+
+def _host_doc(host: Host) -> dict[str, str]:
+    return {"name": host.name, "host_id": host.host_id, "peer_url": host.peer_url, "client_url": host.client_url}
+
+
+def _targets(doc: Document) -> list[dict[str, str]]:
+    return list(doc.get("targets") or [])
+
+
+def _live_host(ctx: RestoreContext, name: str) -> Host:
+    host = ctx.compute.find(name)
+    if host is None:
+        raise ClusterNotReadyError(f"host {name} is not there (yet)")
+    return host
+
+
+def _initial_cluster(doc: Document) -> str:
+    return ",".join(f"{t['name']}={t['peer_url']}" for t in _targets(doc))
+
+
+def _work_dir(ctx: RestoreContext) -> str | None:
+    if ctx.work_dir is None:
+        return None
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    return str(ctx.work_dir)
+
+
+def _fetch(ctx: RestoreContext, store: BackupStore, keyring: KeyProvider, manifest: Manifest, path: Path) -> None:
+    """Decrypt and verify into ``path``; a backup of another cluster fails to decrypt (by design)."""
+    try:
+        fetch_backup(store, keyring, manifest.id, path, cluster=ctx.config.name)
+    except DecryptionError as exc:
+        if manifest.cluster_name != ctx.config.name:
+            raise DecryptionError(
+                f"backup {manifest.id} was taken of cluster {manifest.cluster_name!r}, not {ctx.config.name!r}: "
+                f"it does not decrypt in this cluster's encryption context ({exc})"
+            ) from exc
+        raise
+
+
+# ---- the live keys of a snapshot ----------------------------------------------------------------
+
+_PAGE = struct.Struct("<QHHI")
+_BRANCH_ELEMENT = struct.Struct("<IIQ")
+_LEAF_ELEMENT = struct.Struct("<IIII")
+_META = struct.Struct("<IIIIQQQQQ")  # magic, version, page size, flags, root, sequence, freelist, pgid, txid
+_MAGIC = 0xED0CDAED
+
+
+def _elements(buf: Any, base: int, page_size: int) -> Iterator[tuple[int, bytes, bytes]]:
+    """(flags, key, value) of every leaf element under the page at ``buf[base:]``, in key order."""
+    _id, flags, count, _overflow = _PAGE.unpack_from(buf, base)
+    for i in range(count):
+        at = base + _PAGE.size + i * 16
+        if flags & 0x01:  # branch: children are pages of the file
+            _pos, _ksize, child = _BRANCH_ELEMENT.unpack_from(buf, at)
+            yield from _elements(buf, child * page_size, page_size)
+        elif flags & 0x02:
+            eflags, pos, ksize, vsize = _LEAF_ELEMENT.unpack_from(buf, at)
+            yield (
+                eflags,
+                bytes(buf[at + pos : at + pos + ksize]),
+                bytes(buf[at + pos + ksize : at + pos + ksize + vsize]),
+            )
+
+
+def count_live_keys(path: Path) -> int:
+    """The number of keys a client sees at the snapshot's revision: the "key" bucket replayed.
+
+    Call only on a snapshot that was verified (its structure is trusted here). Each entry of the
+    bucket is one revision (8-byte main, '_', 8-byte sub, 't' for a deletion) holding an mvcc
+    KeyValue; replaying them in key order (revision order) leaves the live key set.
+    """
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        metas = []
+        page_size = _META.unpack_from(buf, _PAGE.size)[2]
+        for page in (0, 1):
+            magic, _v, size, _f, root, _s, _fl, _pgid, txid = _META.unpack_from(buf, page * page_size + _PAGE.size)
+            if magic == _MAGIC and size == page_size:
+                metas.append((txid, root))
+        if not metas:
+            raise RestoreVerificationError(f"{path}: no bbolt meta page")
+        root = max(metas)[1]
+        bucket = next((v for fl, k, v in _elements(buf, root * page_size, page_size) if fl & 1 and k == b"key"), None)
+        if bucket is None:
+            return 0
+        bucket_root = struct.unpack_from("<Q", bucket, 0)[0]
+        entries = (
+            _elements(bucket, 16, page_size) if bucket_root == 0 else _elements(buf, bucket_root * page_size, page_size)
+        )
+        live: set[bytes] = set()
+        for _flags, revision, value in entries:
+            kv = pb.KeyValue.FromString(value) if value else pb.KeyValue()
+            if not kv.key:
+                continue  # the entry a revision bump writes
+            if len(revision) > 17 and revision[17:18] == b"t":
+                live.discard(kv.key)
+            else:
+                live.add(kv.key)
+        return len(live)
+
+
+# ---- the steps, in runbook order --------------------------------------------------------------
+
+
+def acquire_lock(ctx: RestoreContext, doc: Document) -> Document:
+    _require(doc, "cluster", "execution")
+    mode = doc.get("mode") or "in-place"
+    if mode not in MODES:
+        raise InvalidRunbookInputError(f"runbook input: mode {mode!r} is not one of {', '.join(MODES)}")
+    if doc["cluster"] != ctx.config.name:
+        raise InvalidRunbookInputError(f"runbook input: cluster {doc['cluster']!r} is not {ctx.config.name!r}")
+    bump = doc.get("bump_revision", DEFAULT_BUMP_REVISION)
+    if not isinstance(bump, int) or isinstance(bump, bool) or not 0 <= bump < 10**12:
+        raise InvalidRunbookInputError(f"runbook input: bump_revision {bump!r} is not a whole number below 10^12")
+    started = time.monotonic()
+    lock = ctx.state.acquire_lock(doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
+    tail = _tail(doc)
+    return _timed(
+        {
+            **doc,
+            "mode": mode,
+            "bump_revision": bump,
+            "lock_owner": lock.owner,
+            "started_at": doc.get("started_at") or ctx.now().isoformat(),
+            "cluster_token": f"restore-{tail}",
+            "old_data_suffix": f"before-restore-{tail}",
+        },
+        "acquire_lock",
+        started,
+    )
+
+
+def validate_backup(ctx: RestoreContext, doc: Document) -> Document:
+    """Everything about the backup is checked before anything is stopped; nothing is changed here."""
+    started = time.monotonic()
+    store, keyring = ctx.backup_target()
+    backup_id = doc.get("backup_id")
+    if not backup_id:
+        newest = newest_verified(store)
+        if newest is None:
+            raise BackupNotFoundError(f"no verified backup in {store.uri} to restore from")
+        backup_id = newest.id
+    manifest = load_manifest(store, str(backup_id))
+    if not manifest.verified:
+        raise BackupNotVerifiedError(f"backup {manifest.id} is not verified; run `etcdops backup verify {manifest.id}`")
+    with tempfile.TemporaryDirectory(prefix="etcdops-restore-", dir=_work_dir(ctx)) as tmp:
+        path = Path(tmp) / "snapshot.db"
+        _fetch(ctx, store, keyring, manifest, path)
+        live_keys = count_live_keys(path)
+    hosts = ctx.compute.hosts()
+    if doc["mode"] == "in-place" and not hosts:
+        raise InvalidRunbookInputError("in-place restore: the cluster has no hosts; use mode new-hosts")
+    out = {
+        **doc,
+        "backup_id": manifest.id,
+        "backup_created_at": manifest.created_at.isoformat(),
+        "backup_revision": manifest.revision,
+        "backup_total_keys": manifest.total_keys,
+        "backup_keys": live_keys,
+        "backup_etcd_version": manifest.etcd_version,
+        "old_hosts": [_host_doc(h) for h in hosts],
+        "reason": doc.get("reason") or "requested by an operator",
+    }
+    return _timed({**out, "approval_summary": approval_summary(out)}, "validate_backup", started)
+
+
+def approval_summary(doc: Document) -> str:
+    """What the approver reads: the backup, what will be stopped, and what happens to revisions."""
+    names = ", ".join(h["name"] for h in doc.get("old_hosts") or []) or "none"
+    bump = int(doc.get("bump_revision") or 0)
+    where = (
+        "on the existing hosts"
+        if doc.get("mode") == "in-place"
+        else "onto freshly launched hosts (the load balancer is repointed to them)"
+    )
+    revision_note = (
+        f"Revisions: where the hosts' etcdutl supports --bump-revision and --mark-compacted (etcd 3.6, 3.5.10+) "
+        f"the revision is raised by {bump:,} and old watches are cancelled as compacted. With older etcd "
+        f"(3.4, 3.5 before 3.5.10) the cluster restarts at revision {doc.get('backup_revision')}, lower than "
+        "clients may have seen: watchers and caches (Kubernetes informers) can miss changes until they re-list; "
+        "the runbook restarts the API servers, scheduler, controller manager and kubelets for that reason, "
+        "and other etcd clients must be restarted by hand."
+        if bump
+        else f"Revisions: not bumped (bump_revision 0): the cluster restarts at revision {doc.get('backup_revision')}; "
+        "restart every etcd client that watches."
+    )
+    return (
+        f"Restore cluster {doc.get('cluster')} from backup {doc.get('backup_id')} taken {doc.get('backup_created_at')} "
+        f"(revision {doc.get('backup_revision')}, {doc.get('backup_keys')} keys, "
+        f"etcd {doc.get('backup_etcd_version')}), "
+        f"{where}. Will stop: the Kubernetes API servers, then etcd on {names}. The restored cluster has "
+        f"{len(doc.get('old_hosts') or [])} members. Every member's data directory is "
+        f"replaced by the snapshot; the old ones are kept (suffix .{doc.get('old_data_suffix')}). "
+        f"Everything written after the backup is lost. {revision_note}"
+    )
+
+
+def _first_time(ctx: RestoreContext, doc: Document, kind: str) -> bool:
+    """Notifications are sent once per execution, however often the step is retried."""
+    return ctx.state.record_incident(str(doc.get("cluster")), f"{doc.get('execution')}-{kind}", kind, ctx.now())
+
+
+def notify_start(ctx: RestoreContext, doc: Document) -> Document:
+    """After the approval: extend our lock's lease (the wait may have been long), then announce."""
+    ctx.state.acquire_lock(doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
+    if _first_time(ctx, doc, "restore-started"):
+        ctx.notifier.publish(
+            f"etcdops: restoring cluster {doc['cluster']} from backup {doc['backup_id']}",
+            f"Runbook {doc['execution']} was approved and starts now.\n{doc.get('approval_summary', '')}",
+            {"cluster": doc["cluster"], "kind": "restore-started"},
+        )
+    return doc
+
+
+def stop_api_servers(ctx: RestoreContext, doc: Document) -> Document:
+    started = time.monotonic()
+    ctx.compute.run_action("stop-apiserver")
+    return _timed({**doc, "apiservers_stopped": True}, "stop_api_servers", started)
+
+
+def stop_etcd(ctx: RestoreContext, doc: Document) -> Document:
+    """Stop etcd on every member host still there; in-place, those hosts are the restore targets."""
+    started = time.monotonic()
+    stopped = []
+    for old in doc.get("old_hosts") or []:
+        host = ctx.compute.find(old["name"])
+        if host is None:
+            continue  # gone (new-hosts mode is for that)
+        ctx.compute.stop_etcd(host)
+        stopped.append(host.name)
+    out = {**doc, "etcd_stopped": stopped}
+    if doc["mode"] == "in-place":
+        missing = [h["name"] for h in doc.get("old_hosts") or [] if h["name"] not in stopped]
+        if missing:
+            raise InvalidRunbookInputError(
+                f"in-place restore: hosts {', '.join(missing)} are gone since the approval; use mode new-hosts"
+            )
+        out["targets"] = list(doc.get("old_hosts") or [])
+    return _timed(out, "stop_etcd", started)
+
+
+def new_host_name(old: str, doc: Document) -> str:
+    """A deterministic name for the fresh host replacing ``old``: its stem and the execution's tail."""
+    stem = old.split("-s")[0][:40]
+    return f"{stem}-s{_tail(doc)[-8:]}"
+
+
+def launch_hosts(ctx: RestoreContext, doc: Document) -> Document:
+    """new-hosts mode: one fresh host per old member (found again by name on a retry)."""
+    started = time.monotonic()
+    targets = []
+    for old in doc.get("old_hosts") or []:
+        name = new_host_name(old["name"], doc)
+        ctx.compute.issue_certificates(name)
+        targets.append(_host_doc(ctx.compute.launch(name)))
+    if not targets:
+        raise InvalidRunbookInputError("new-hosts restore: no member hosts are known to replace")
+    return _timed({**doc, "targets": targets, "launched": [t["name"] for t in targets]}, "launch_hosts", started)
+
+
+def _stage_snapshot(ctx: RestoreContext, doc: Document) -> dict[str, str]:
+    """The verified plain snapshot in the store for the hosts to download (once per execution)."""
+    store, keyring = ctx.backup_target()
+    key = f"{STAGING_PREFIX}/{_tail(doc)}.snapshot"
+    staged = doc.get("staged") or {}
+    if staged.get("key") == key and store.exists(key):
+        return dict(staged)
+    if store.exists(key):
+        store.delete(key)  # an earlier try wrote it but did not record its sha256
+    manifest = load_manifest(store, doc["backup_id"])
+    with tempfile.TemporaryDirectory(prefix="etcdops-restore-", dir=_work_dir(ctx)) as tmp:
+        path = Path(tmp) / "snapshot.db"
+        _fetch(ctx, store, keyring, manifest, path)
+        sha = hashlib.sha256()
+
+        def chunks() -> Iterator[bytes]:
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    sha.update(block)
+                    yield block
+
+        store.put_stream(key, chunks())
+    return {"key": key, "uri": store.uri_for(key), "sha256": sha.hexdigest()}
+
+
+def restore_members(ctx: RestoreContext, doc: Document) -> Document:
+    started = time.monotonic()
+    targets = _targets(doc)
+    if not targets:
+        raise InvalidRunbookInputError("restore: no target hosts recorded (StopEtcd or LaunchHosts first)")
+    staged = _stage_snapshot(ctx, doc)
+    doc = {**doc, "staged": staged}
+    restored = dict(doc.get("restored") or {})
+    for target in targets:
+        if target["name"] in restored:
+            continue  # done earlier in this execution
+        host = _live_host(ctx, target["name"])
+        if host.state not in ("stopped", "running", "pending"):
+            raise ClusterNotReadyError(f"host {host.name} is {host.state}")
+        ctx.compute.run_action(
+            "restore-data-dir",
+            [host],
+            {
+                "snapshot_uri": staged["uri"],
+                "sha256": staged["sha256"],
+                "initial_cluster": _initial_cluster(doc),
+                "initial_cluster_token": doc["cluster_token"],
+                "bump_revision": str(int(doc.get("bump_revision") or 0)),
+                "old_data_suffix": doc["old_data_suffix"],
+            },
+        )
+        restored[target["name"]] = ctx.now().isoformat()
+    return _timed({**doc, "restored": restored}, "restore_members", started)
+
+
+def start_members(ctx: RestoreContext, doc: Document) -> Document:
+    started = time.monotonic()
+    initial = _initial_cluster(doc)
+    for target in _targets(doc):
+        ctx.compute.start_etcd(_live_host(ctx, target["name"]), initial, "new")
+    return _timed({**doc, "members_started": [t["name"] for t in _targets(doc)]}, "start_members", started)
+
+
+def verify_restore(ctx: RestoreContext, doc: Document) -> Document:
+    """A leader, every member healthy, revisions not below the backup's, the backup's live key count."""
+    started = time.monotonic()
+    targets = _targets(doc)
+    urls = [t["client_url"] for t in targets]
+    with ctx.client(urls) as client:
+        health = probe_cluster(client, deadline=ctx.config.health.probe_deadline_seconds)
+        healthy = {m.name for m in health.healthy_voters}
+        if health.leader is None or not health.has_quorum or {t["name"] for t in targets} - healthy:
+            raise ClusterNotReadyError(
+                f"restored cluster not healthy yet: {len(healthy)}/{len(targets)} members healthy, "
+                f"leader {'yes' if health.leader else 'no'}"
+            )
+        if len(health.members) != len(targets):
+            raise RestoreVerificationError(
+                f"the restored cluster has {len(health.members)} members, expected {len(targets)}"
+            )
+        revisions = {t["name"]: client.status(t["client_url"]).revision for t in targets}
+        count = client.range(b"\0", b"\0", count_only=True).count
+    backup_revision = int(doc["backup_revision"])
+    low = {name: r for name, r in revisions.items() if r < backup_revision}
+    if low:
+        raise RestoreVerificationError(f"revisions below the backup's {backup_revision}: {low}")
+    if count != int(doc["backup_keys"]):
+        raise RestoreVerificationError(
+            f"the restored cluster holds {count} keys, the backup {doc['backup_keys']}: not the backup's data"
+        )
+    bump = int(doc.get("bump_revision") or 0)
+    bumped = bump > 0 and min(revisions.values()) >= backup_revision + bump
+    return _timed(
+        {**doc, "verified": {"revision": max(revisions.values()), "keys": count, "revision_bumped": bumped}},
+        "verify_restore",
+        started,
+    )
+
+
+def repoint_clients(ctx: RestoreContext, doc: Document) -> Document:
+    """Clients (the load balancer) go to the restored members only; a no-op in place."""
+    started = time.monotonic()
+    names = {t["name"] for t in _targets(doc)}
+    for target in _targets(doc):
+        ctx.compute.register_target(_live_host(ctx, target["name"]))
+    for old in doc.get("old_hosts") or []:
+        host = ctx.compute.find(old["name"]) if old["name"] not in names else None
+        if host is not None:
+            ctx.compute.deregister_target(host)
+    return _timed({**doc, "repointed": True}, "repoint_clients", started)
+
+
+def start_api_servers(ctx: RestoreContext, doc: Document) -> Document:
+    started = time.monotonic()
+    ctx.compute.run_action("start-apiserver")
+    return _timed({**doc, "apiservers_started": True}, "start_api_servers", started)
+
+
+def restart_control_plane(ctx: RestoreContext, doc: Document) -> Document:
+    started = time.monotonic()
+    ctx.compute.run_action("restart-control-plane")
+    return _timed({**doc, "control_plane_restarted": True}, "restart_control_plane", started)
+
+
+def release_lock(ctx: RestoreContext, doc: Document) -> Document:
+    if doc.get("cluster") and doc.get("execution"):
+        ctx.state.release_lock(doc["cluster"], doc["execution"])
+    return doc
+
+
+def notify_success(ctx: RestoreContext, doc: Document) -> Document:
+    staged = doc.get("staged") or {}
+    if staged.get("key"):
+        store, _ = ctx.backup_target()
+        if store.exists(staged["key"]):
+            store.delete(staged["key"])  # the plain snapshot copy is not kept
+    if not _first_time(ctx, doc, "restore-succeeded"):
+        return doc
+    verified = doc.get("verified") or {}
+    timings = ", ".join(f"{k} {v}s" for k, v in (doc.get("timings") or {}).items())
+    revisions = (
+        f"revision raised to {verified.get('revision')} (bumped by {doc.get('bump_revision'):,}, "
+        "old revisions marked compacted)"
+        if verified.get("revision_bumped")
+        else f"revision {verified.get('revision')} (not bumped: the hosts' etcd restore tool has no --bump-revision; "
+        "restart every etcd client that watches)"
+    )
+    ctx.notifier.publish(
+        f"etcdops: restored cluster {doc['cluster']} from backup {doc['backup_id']}",
+        f"Runbook {doc['execution']} restored {doc['cluster']} ({doc['mode']}) from backup {doc['backup_id']} taken "
+        f"{doc.get('backup_created_at')}.\nMembers: {', '.join(t['name'] for t in _targets(doc))}, all healthy with "
+        f"a leader; {verified.get('keys')} keys, as in the backup; {revisions}.\n"
+        f"The old data directories are kept (suffix .{doc.get('old_data_suffix')}); "
+        "delete them once you are satisfied.\n"
+        f"API servers started and scheduler, controller manager and kubelets restarted.\nStep durations: {timings}",
+        {"cluster": doc["cluster"], "kind": "restore-succeeded"},
+    )
+    return {**doc, "finished_at": ctx.now().isoformat()}
+
+
+def failure_report(doc: Document) -> str:
+    """The exact state the cluster was left in and the manual next step, from what the steps recorded."""
+    error = doc.get("error") or {}
+    lines = [f"Runbook {doc.get('execution')} stopped: {error.get('Error')}: {error.get('Cause')}"]
+    suffix = doc.get("old_data_suffix")
+    targets = [t["name"] for t in _targets(doc)]
+    if not doc.get("apiservers_stopped") and not doc.get("etcd_stopped"):
+        lines.append("Nothing was stopped or changed: etcd and the API servers run as before.")
+        return "\n".join(lines)
+    lines.append(
+        f"API servers: {'stopped' if doc.get('apiservers_stopped') else 'possibly stopped'}; "
+        f"{'started again' if doc.get('apiservers_started') else 'NOT started again'}."
+    )
+    lines.append(f"etcd stopped on: {', '.join(doc.get('etcd_stopped') or []) or 'possibly some members'}.")
+    if doc.get("launched"):
+        lines.append(f"Fresh hosts launched: {', '.join(doc['launched'])}.")
+    restored = list((doc.get("restored") or {}).keys())
+    lines.append(
+        f"Data directories restored from {doc.get('backup_id')}: {', '.join(restored) or 'none confirmed'}"
+        + ("" if doc.get("restored") else f" (a restore of {', '.join(targets)} may have been under way)")
+        + "."
+    )
+    lines.append(f"Members started: {', '.join(doc.get('members_started') or []) or 'none'}.")
+    lines.append(
+        f"Old data directories are kept, never deleted: each restored member's data directory was renamed with "
+        f"the suffix .{suffix} (AWS: <data-dir>/member.{suffix}; local stack: members/<name>/data.{suffix})."
+    )
+    if doc.get("mode") == "new-hosts":
+        lines.append(
+            "Roll back: stop etcd on the fresh hosts; the old hosts' data directories were not touched: start etcd on "
+            f"the old hosts that remain ({', '.join(doc.get('etcd_stopped') or []) or 'none'}) "
+            "and start the API servers."
+        )
+    else:
+        lines.append(
+            f"Roll back on each member: stop etcd; move the restored data directory away and the one with suffix "
+            f".{suffix} back to its place; start etcd (with the old cluster token); then start the API servers "
+            "(StartApiServer) and restart the control plane. Or fix the cause and start RestoreCluster again."
+        )
+    lines.append("Check `etcdops status` before acting.")
+    return "\n".join(lines)
+
+
+def notify_failure(ctx: RestoreContext, doc: Document) -> Document:
+    """The Catch path: say the exact state the cluster was left in and how to roll back; release the lock."""
+    error = doc.get("error") or {}
+    if error.get("Error") != "LockHeldError":
+        release_lock(ctx, doc)
+    if not _first_time(ctx, doc, "restore-failed"):
+        return doc
+    ctx.notifier.publish(
+        f"etcdops: RestoreCluster FAILED for {doc.get('cluster')}",
+        failure_report(doc),
+        {"cluster": str(doc.get("cluster")), "kind": "restore-failed"},
+    )
+    return doc
+
+
+STEPS: dict[str, Callable[[RestoreContext, Document], Document]] = {
+    "AcquireLock": acquire_lock,
+    "ValidateBackup": validate_backup,
+    "NotifyStart": notify_start,
+    "StopApiServers": stop_api_servers,
+    "StopEtcd": stop_etcd,
+    "LaunchHosts": launch_hosts,
+    "RestoreMembers": restore_members,
+    "StartMembers": start_members,
+    "VerifyRestore": verify_restore,
+    "RepointClients": repoint_clients,
+    "StartApiServers": start_api_servers,
+    "RestartControlPlane": restart_control_plane,
+    "ReleaseLock": release_lock,
+    "NotifySuccess": notify_success,
+    "NotifyFailure": notify_failure,
+}
+
+
+def run_step(ctx: RestoreContext, step: str, doc: Document) -> Document:
+    try:
+        function = STEPS[step]
+    except KeyError:
+        raise InvalidRunbookInputError(f"unknown runbook step {step!r}") from None
+    return function(ctx, doc)

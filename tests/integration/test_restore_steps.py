@@ -1,0 +1,384 @@
+"""The RestoreCluster steps on real 3-member clusters, driven in runbook order, with retries and crashes.
+
+The approval is a state machine task (RequestApprovalFunction) and is not a step here; the tests
+start where the runbook continues after an approval.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from etcdops.aws import MemoryNotifier
+from etcdops.backup.crypto import KeyProvider
+from etcdops.backup.errors import BackupNotFoundError, DecryptionError
+from etcdops.backup.job import run_backup
+from etcdops.backup.manifest import Manifest, manifest_key, object_key
+from etcdops.backup.store import BackupStore
+from etcdops.backup.target import open_backup_target
+from etcdops.compute.base import ActionResult, Host
+from etcdops.compute.errors import HostCommandFailedError
+from etcdops.compute.factory import open_compute
+from etcdops.connect import client_for
+from etcdops.errors import EtcdopsError
+from etcdops.etcd import EtcdClient
+from etcdops.local import LocalCluster
+from etcdops.probe import probe_cluster
+from etcdops.runbook import restore
+from etcdops.state import InMemoryStateStore
+
+pytestmark = pytest.mark.integration
+
+PREFIX = b"/registry/"
+
+IN_PLACE = [
+    "AcquireLock",
+    "ValidateBackup",
+    "NotifyStart",
+    "StopApiServers",
+    "StopEtcd",
+    "RestoreMembers",
+    "StartMembers",
+    "VerifyRestore",
+    "RepointClients",
+    "StartApiServers",
+    "RestartControlPlane",
+    "ReleaseLock",
+    "NotifySuccess",
+]
+NEW_HOSTS = [*IN_PLACE[:5], "LaunchHosts", *IN_PLACE[5:]]
+
+
+def context_for(cluster: LocalCluster, work: Path) -> restore.RestoreContext:
+    config = cluster.config()
+
+    def client(endpoints: Sequence[str]) -> EtcdClient:
+        return client_for(config, endpoints=list(endpoints))
+
+    def target() -> tuple[BackupStore, KeyProvider]:
+        return open_backup_target(config, create_local_key=True)
+
+    return restore.RestoreContext(
+        config=config,
+        client=client,
+        compute=open_compute(config),
+        state=InMemoryStateStore(),
+        notifier=MemoryNotifier(),
+        backup_target=target,
+        work_dir=work,
+    )
+
+
+def with_retries(step: Callable[[], dict[str, Any]], timeout: float = 90.0) -> dict[str, Any]:
+    """What the state machine's Retry does for retryable named errors."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return step()
+        except EtcdopsError as exc:
+            if not exc.retryable or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def run(
+    ctx: restore.RestoreContext, steps: Sequence[str], doc: dict[str, Any], *, twice: bool = False
+) -> dict[str, Any]:
+    for step in steps:
+        for _ in range(2 if twice else 1):
+            doc = with_retries(lambda step=step, doc=doc: restore.run_step(ctx, step, doc))  # type: ignore[misc]
+    return doc
+
+
+def kv(cluster: LocalCluster, endpoints: Sequence[str] | None = None) -> dict[bytes, bytes]:
+    urls = list(endpoints or cluster.config().endpoints)
+    with client_for(cluster.config(), endpoints=urls) as client:
+        return {k.key: k.value for k in client.range(PREFIX, prefix=True).kvs}
+
+
+def write_keys(cluster: LocalCluster, count: int = 30) -> dict[bytes, bytes]:
+    with cluster.client() as client:
+        for i in range(count):
+            client.put(PREFIX + f"pods/p{i:03d}".encode(), f"value-{i}".encode() * 3)
+    return kv(cluster)
+
+
+def take_backup(cluster: LocalCluster, name: str | None = None) -> Manifest:
+    config = cluster.config()
+    if name:
+        config = config.model_copy(update={"name": name})
+    store, keyring = open_backup_target(config, create_local_key=True)
+    with cluster.client() as client:
+        health = probe_cluster(client)
+        return run_backup(config, client, health, store, keyring).manifest
+
+
+def damage_after_backup(cluster: LocalCluster) -> None:
+    """Delete, overwrite and add keys: none of it may survive the restore."""
+    with cluster.client() as client:
+        for i in range(0, 10):
+            client.delete(PREFIX + f"pods/p{i:03d}".encode())
+        for i in range(10, 20):
+            client.put(PREFIX + f"pods/p{i:03d}".encode(), b"overwritten")
+        client.put(PREFIX + b"pods/new-after-backup", b"x")
+        client.put(b"/outside/prefix", b"also lost")
+
+
+def states(cluster: LocalCluster) -> dict[str, str]:
+    return {p.name: p.state for p in cluster.ps()}
+
+
+def wal_and_db(cluster: LocalCluster, name: str) -> list[str]:
+    """The data directory's files, without the preallocated WAL file etcd removes when it stops."""
+    return sorted(
+        str(p.relative_to(cluster.data_dir(name))) for p in cluster.data_dir(name).rglob("*") if p.suffix != ".tmp"
+    )
+
+
+def start_doc(mode: str = "in-place", backup_id: str | None = None) -> dict[str, Any]:
+    return {"cluster": "local", "mode": mode, "backup_id": backup_id, "execution": f"restore-test-{mode}"}
+
+
+def assert_healthy(cluster: LocalCluster, endpoints: Sequence[str]) -> None:
+    with client_for(cluster.config(), endpoints=list(endpoints)) as client:
+        health = probe_cluster(client)
+    assert health.leader is not None and health.has_quorum
+    assert len(health.healthy_voters) == 3 and len(health.members) == 3
+
+
+def old_data_dirs(cluster: LocalCluster, names: Sequence[str], suffix: str) -> list[Path]:
+    return [cluster.member_dir(n) / f"data.{suffix}" for n in names]
+
+
+# ---- the scenarios -------------------------------------------------------------------------------
+
+
+def test_restore_in_place_brings_back_exactly_the_backup_each_step_twice(cluster: LocalCluster, tmp_path: Path) -> None:
+    # Given keys, a backup, then deleted, overwritten and new keys
+    expected = write_keys(cluster)
+    manifest = take_backup(cluster)
+    damage_after_backup(cluster)
+    assert kv(cluster) != expected
+    ctx = context_for(cluster, tmp_path / "work")
+
+    # When every step runs twice, as after a crash right after it finished
+    doc = run(ctx, IN_PLACE, start_doc(backup_id=None), twice=True)
+
+    # Then the data equals the backup exactly, on a healthy cluster with a leader
+    assert doc["backup_id"] == manifest.id  # the newest verified backup by default
+    urls = [t["client_url"] for t in doc["targets"]]
+    assert kv(cluster, urls) == expected
+    with client_for(cluster.config(), endpoints=urls) as client:
+        assert client.get(b"/outside/prefix") is None
+    assert_healthy(cluster, urls)
+    assert doc["verified"]["keys"] == doc["backup_keys"] == len(expected)
+    assert doc["verified"]["revision"] >= manifest.revision
+    # the old data directories are kept, each holding the member's data from before
+    names = [t["name"] for t in doc["targets"]]
+    for path in old_data_dirs(cluster, names, doc["old_data_suffix"]):
+        assert (path / "member" / "snap" / "db").is_file()
+    assert sorted(p.name for p in cluster.member_dir(names[0]).iterdir() if p.name.startswith("data.")) == [
+        f"data.{doc['old_data_suffix']}"
+    ]  # one restore per member, however often the step ran
+    # the lock is released, one start and one success message, the staged plain snapshot removed
+    assert ctx.state.get_lock("local") is None
+    subjects = [s for s, _, _ in ctx.notifier.messages]  # type: ignore[attr-defined]
+    assert subjects == [
+        f"etcdops: restoring cluster local from backup {manifest.id}",
+        f"etcdops: restored cluster local from backup {manifest.id}",
+    ]
+    store, _ = ctx.backup_target()
+    assert not store.exists(doc["staged"]["key"])
+    assert "not bumped" in ctx.notifier.messages[-1][1]  # type: ignore[attr-defined]  # 3.4 and 3.5.1
+
+
+def test_quorum_lost_restore_in_place(cluster: LocalCluster, tmp_path: Path) -> None:
+    # Given a backup, later writes, and two of three members killed (quorum lost)
+    expected = write_keys(cluster)
+    take_backup(cluster)
+    damage_after_backup(cluster)
+    victims = sorted(states(cluster))[:2]
+    for name in victims:
+        cluster.kill(name)
+    ctx = context_for(cluster, tmp_path / "work")
+
+    # When the runbook restores in place
+    doc = run(ctx, IN_PLACE, start_doc())
+
+    # Then all three members run again with the backup's data
+    assert set(states(cluster).values()) == {"running"}
+    assert_healthy(cluster, cluster.config().endpoints)
+    assert kv(cluster) == expected
+    assert doc["etcd_stopped"] == sorted(states(cluster))
+
+
+def test_quorum_lost_restore_onto_new_hosts(cluster: LocalCluster, tmp_path: Path) -> None:
+    # Given a backup and two of three members killed
+    expected = write_keys(cluster)
+    take_backup(cluster)
+    damage_after_backup(cluster)
+    old = sorted(states(cluster))
+    for name in old[:2]:
+        cluster.kill(name)
+    old_endpoints = list(cluster.config().endpoints)
+    old_data = {name: wal_and_db(cluster, name) for name in old}
+    ctx = context_for(cluster, tmp_path / "work")
+
+    # When the runbook restores onto fresh hosts
+    doc = run(ctx, NEW_HOSTS, start_doc("new-hosts"))
+
+    # Then three fresh members serve the backup's data and the "load balancer" points at them only
+    fresh = [t["name"] for t in doc["targets"]]
+    assert len(fresh) == 3 and not set(fresh) & set(old)
+    endpoints = list(cluster.config().endpoints)
+    assert sorted(endpoints) == sorted(t["client_url"] for t in doc["targets"])
+    assert not set(endpoints) & set(old_endpoints)
+    assert_healthy(cluster, endpoints)
+    assert kv(cluster, endpoints) == expected
+    # and the old hosts are stopped with their data untouched
+    assert all(states(cluster)[name] == "stopped" for name in old)
+    assert {name: wal_and_db(cluster, name) for name in old} == old_data
+    assert not any(p.name.startswith("data.") for n in old for p in cluster.member_dir(n).iterdir())
+
+
+def refuse(ctx: restore.RestoreContext, doc: dict[str, Any], error: type[Exception]) -> dict[str, Any]:
+    doc = restore.run_step(ctx, "AcquireLock", doc)
+    with pytest.raises(error) as raised:
+        restore.run_step(ctx, "ValidateBackup", doc)
+    return restore.run_step(
+        ctx, "NotifyFailure", {**doc, "error": {"Error": type(raised.value).__name__, "Cause": str(raised.value)}}
+    )
+
+
+def test_bad_backups_are_refused_before_anything_is_stopped(cluster: LocalCluster, tmp_path: Path) -> None:
+    write_keys(cluster)
+    good = take_backup(cluster)
+    other = take_backup(cluster, name="another-cluster")  # same store and key, other cluster's context
+    ctx = context_for(cluster, tmp_path / "work")
+    store, _ = ctx.backup_target()
+    before_kv, before_states = kv(cluster), states(cluster)
+
+    # an unknown backup id
+    refuse(ctx, {**start_doc(backup_id="20200101T000000Z-abcdef"), "execution": "r1"}, BackupNotFoundError)
+    # a backup of another cluster
+    refuse(ctx, {**start_doc(backup_id=other.id), "execution": "r2"}, DecryptionError)
+    # a manifest that is not verified
+    unverified = take_backup(cluster)
+    path = Path(store.uri_for(manifest_key(unverified.id)).removeprefix("file://"))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "verified": False, "verified_at": None}))
+    refuse(ctx, {**start_doc(backup_id=unverified.id), "execution": "r3"}, restore.BackupNotVerifiedError)
+    # a tampered backup (one flipped byte in the encrypted object)
+    tampered = take_backup(cluster)
+    blob = Path(store.uri_for(object_key(tampered.id)).removeprefix("file://"))
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+    refuse(ctx, {**start_doc(backup_id=tampered.id), "execution": "r4"}, DecryptionError)
+
+    # Then nothing was stopped or changed, the lock is free, and each failure says so
+    assert states(cluster) == before_states and set(before_states.values()) == {"running"}
+    assert kv(cluster) == before_kv
+    assert ctx.state.get_lock("local") is None
+    messages = ctx.notifier.messages  # type: ignore[attr-defined]
+    assert len(messages) == 4 and all("Nothing was stopped or changed" in body for _, body, _ in messages)
+    assert not any(p.name.startswith("data.") for n in before_states for p in cluster.member_dir(n).iterdir())
+    # and the good backup is still accepted
+    assert restore.run_step(ctx, "ValidateBackup", restore.run_step(ctx, "AcquireLock", start_doc(backup_id=good.id)))
+
+
+class CrashingCompute:
+    """The local provider, but the second restore-data-dir call fails once (a crash halfway)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.restores = 0
+        self.crashed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def run_action(
+        self, action: str, hosts: Sequence[Host] | None = None, parameters: Mapping[str, str] | None = None
+    ) -> ActionResult:
+        if action == "restore-data-dir":
+            self.restores += 1
+            if self.restores == 2 and not self.crashed:
+                self.crashed = True
+                raise HostCommandFailedError("simulated crash of the host command")
+        result: ActionResult = self.inner.run_action(action, hosts, parameters)
+        return result
+
+
+def test_a_crash_halfway_through_the_restore_converges_on_retry(cluster: LocalCluster, tmp_path: Path) -> None:
+    expected = write_keys(cluster)
+    take_backup(cluster)
+    damage_after_backup(cluster)
+    ctx = context_for(cluster, tmp_path / "work")
+    ctx.compute = CrashingCompute(ctx.compute)  # type: ignore[assignment]
+    doc = run(ctx, IN_PLACE[:5], start_doc())
+
+    # When the restore crashes after the first member
+    with pytest.raises(HostCommandFailedError):
+        restore.run_step(ctx, "RestoreMembers", doc)
+    names = [t["name"] for t in doc["targets"]]
+    report = restore.failure_report({**doc, "error": {"Error": "HostCommandFailedError", "Cause": "crash"}})
+    assert f"data.{doc['old_data_suffix']}" in report and "Roll back" in report
+
+    # Then the retry (same input document) converges: one restore per member, the old data kept
+    doc = run(ctx, IN_PLACE[5:], doc)
+    assert kv(cluster) == expected
+    assert_healthy(cluster, cluster.config().endpoints)
+    for name in names:
+        kept = [p.name for p in cluster.member_dir(name).iterdir() if p.name.startswith("data.")]
+        assert kept == [f"data.{doc['old_data_suffix']}"]
+        assert (cluster.member_dir(name) / kept[0] / "member" / "snap" / "db").is_file()
+
+
+def test_a_member_that_does_not_come_back_stops_the_runbook_with_a_rollback(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    write_keys(cluster)
+    take_backup(cluster)
+    ctx = context_for(cluster, tmp_path / "work")
+    doc = run(ctx, IN_PLACE[:7], start_doc())
+    victims = sorted(states(cluster))[:2]
+    for name in victims:  # two restored members die again before the cluster could form
+        cluster.stop_member(name)
+
+    with pytest.raises(restore.ClusterNotReadyError):
+        restore.run_step(ctx, "VerifyRestore", doc)
+    restore.run_step(ctx, "NotifyFailure", {**doc, "error": {"Error": "ClusterNotReadyError", "Cause": "no leader"}})
+
+    body = ctx.notifier.messages[-1][1]  # type: ignore[attr-defined]
+    assert "API servers: stopped; NOT started again" in body
+    assert f".{doc['old_data_suffix']}" in body and "Roll back on each member" in body
+    assert ctx.state.get_lock("local") is None
+    for path in old_data_dirs(cluster, victims, doc["old_data_suffix"]):
+        assert (path / "member").is_dir()
+
+
+def test_the_state_machine_runs_exactly_these_steps() -> None:
+    """Every Task of restore_cluster.asl.json calls a restore step (or the approval), and all steps are used."""
+    from etcdops.runbook.handler import RunbookStepEvent
+
+    machine = json.loads(
+        (Path(__file__).resolve().parents[2] / "statemachines" / "restore_cluster.asl.json").read_text()
+    )
+    used = set()
+    for name, state in machine["States"].items():
+        if state["Type"] != "Task":
+            continue
+        payload = state["Parameters"]["Payload"]
+        assert any(c["ErrorEquals"] == ["States.ALL"] for c in state.get("Catch", [])) or name == "Notify failure"
+        if state["Resource"].endswith("waitForTaskToken"):
+            assert payload["runbook"] == "RestoreCluster" and "summary.$" in payload
+            continue
+        assert payload["runbook"] == "restore"
+        RunbookStepEvent(runbook="restore", step=payload["step"], execution="x", document={})
+        used.add(payload["step"])
+    assert used == set(restore.STEPS)
