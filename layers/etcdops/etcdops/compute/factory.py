@@ -1,0 +1,53 @@
+"""The one place that chooses the compute backend for a cluster configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from etcdops.compute.base import ComputeProvider
+from etcdops.compute.ec2 import Ec2ComputeProvider
+from etcdops.compute.errors import ComputeConfigError
+from etcdops.compute.local import LocalComputeProvider
+from etcdops.config import ClusterConfig, Ec2Compute, LocalCompute
+from etcdops.local import LocalCluster
+
+
+def open_compute(
+    config: ClusterConfig,
+    *,
+    ec2: Any = None,
+    elbv2: Any = None,
+    ssm: Any = None,
+    secretsmanager: Any = None,
+    session: Any = None,
+    local_hooks: Mapping[str, Sequence[str]] | None = None,
+) -> ComputeProvider:
+    """The provider named by ``config.compute``.
+
+    For ``ec2`` the AWS clients are passed in, one by one or as a boto3 ``session`` that makes the
+    ones not given. For ``local`` no client is needed; ``local_hooks`` maps control-plane actions to
+    commands to run instead of the Kubernetes hooks.
+    """
+    compute = config.compute
+    if isinstance(compute, LocalCompute):
+        return LocalComputeProvider(LocalCluster(Path(compute.state_dir)), hooks=local_hooks)
+    if isinstance(compute, Ec2Compute):
+        given = {"ec2": ec2, "elbv2": elbv2, "ssm": ssm, "secretsmanager": secretsmanager}
+        clients: dict[str, Any] = {
+            name: client if client is not None else session.client(name) if session is not None else None
+            for name, client in given.items()
+        }
+        missing = [name for name, client in clients.items() if client is None]
+        if missing:
+            raise ComputeConfigError(f"compute: the ec2 provider needs AWS clients: {', '.join(missing)} not given")
+        return Ec2ComputeProvider(
+            config.name,
+            compute,
+            ec2=clients["ec2"],
+            elbv2=clients["elbv2"],
+            ssm=clients["ssm"],
+            secretsmanager=clients["secretsmanager"],
+        )
+    raise ComputeConfigError("compute: not configured (provider: ec2 or local)")

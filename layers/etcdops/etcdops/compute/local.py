@@ -1,0 +1,218 @@
+"""The local compute provider: hosts are etcd processes of a :class:`~etcdops.local.LocalCluster`.
+
+- a host is a member record in ``local.json``; ``launch`` reserves its ports and issues its
+  certificate (``pki/<name>.crt``/``.key``) without starting etcd;
+- the "load balancer" is the ``endpoints`` list of ``cluster.yaml`` in the state directory:
+  ``register_target`` adds the host's client URL, ``deregister_target`` removes it;
+- ``terminate`` stops the process, forgets the record and deletes the data directory (its log stays);
+- host actions: ``restore-data-dir`` restores a snapshot file (``file:///...``) with etcdutl/etcdctl;
+  the Kubernetes hooks run the commands given in ``hooks`` (there is no control plane locally), and
+  succeed doing nothing without one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from etcdops import pki
+from etcdops.compute.base import (
+    ActionResult,
+    ActionStatus,
+    ComputeProvider,
+    Host,
+    HostActionResult,
+    InitialState,
+    action_spec,
+    check_host_name,
+    check_initial_cluster,
+)
+from etcdops.compute.errors import (
+    ActionParameterError,
+    ComputeConfigError,
+    HostCommandFailedError,
+    HostNotFoundError,
+)
+from etcdops.config import dump_config, load_config, parse_config
+from etcdops.errors import EtcdopsError, PkiError
+from etcdops.local import LocalCluster, LocalMember
+
+LOCAL_HOST_ID_PREFIX = "local:"
+_HOOK_TIMEOUT = 300.0
+
+
+class LocalComputeProvider(ComputeProvider):
+    """Hosts as processes on 127.0.0.1, managed through ``cluster`` (a LocalCluster)."""
+
+    def __init__(self, cluster: LocalCluster, *, hooks: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.cluster = cluster
+        self.hooks = {action: list(argv) for action, argv in (hooks or {}).items()}
+        for action in self.hooks:
+            if action_spec(action).group != "control-plane":
+                raise ComputeConfigError(f"hooks: {action} is not a control-plane action")
+
+    # ---- hosts ---------------------------------------------------------------------------
+
+    def _host(self, member: LocalMember) -> Host:
+        process = next(p for p in self.cluster.ps() if p.name == member.name)
+        return Host(
+            host_id=f"{LOCAL_HOST_ID_PREFIX}{member.name}",
+            name=member.name,
+            address="127.0.0.1",
+            peer_url=member.peer_url,
+            client_url=member.client_url,
+            state=process.state,
+        )
+
+    def find(self, name: str) -> Host | None:
+        member = next((m for m in self.cluster.state().members if m.name == name), None)
+        return self._host(member) if member else None
+
+    def hosts(self) -> list[Host]:
+        return sorted((self._host(m) for m in self.cluster.state().members), key=lambda h: h.name)
+
+    def _require(self, host: Host) -> Host:
+        current = self.find(host.name)
+        if current is None:
+            raise HostNotFoundError(f"no local host named {host.name!r}")
+        return current
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def issue_certificates(self, name: str, address_sans: Sequence[str] = ()) -> str:
+        """``pki/<name>.crt`` (and ``.key``); kept when it is still valid and signed by our CA.
+
+        Local hosts all live on 127.0.0.1, which the certificate always covers, so other
+        ``address_sans`` are refused rather than silently left out.
+        """
+        check_host_name(name)
+        extra = [a for a in address_sans if a not in ("127.0.0.1", "localhost", name)]
+        if extra:
+            raise ActionParameterError(f"address_sans: local hosts are 127.0.0.1 only, not {', '.join(extra)}")
+        pki_dir = self.cluster.pki_dir
+        cert, key = pki_dir / f"{name}.crt", pki_dir / f"{name}.key"
+        try:
+            pki.verify_chain(pki.load_pem(pki_dir / "ca.crt", pki_dir / "ca.key"), pki.load_pem(cert, key))
+        except PkiError:
+            self.cluster.issue_member_certificate(name)
+        return str(cert)
+
+    def launch(self, name: str) -> Host:
+        check_host_name(name)
+        member = self.cluster.reserve_member(name)
+        return self._host(member)
+
+    def start_etcd(self, host: Host, initial_cluster: str, initial_state: InitialState) -> None:
+        current = self._require(host)
+        check_initial_cluster(current, initial_cluster, initial_state)
+        self.cluster.spawn_member(host.name, initial_cluster=initial_cluster, initial_state=initial_state)
+
+    def stop_etcd(self, host: Host) -> None:
+        self.cluster.stop_member(self._require(host).name)
+
+    def terminate(self, host: Host) -> None:
+        if self.find(host.name) is None:
+            return
+        self.cluster.stop_member(host.name)
+        self.cluster.remove_member_record(host.name)
+        shutil.rmtree(self.cluster.data_dir(host.name), ignore_errors=True)
+
+    # ---- the "load balancer": endpoints in cluster.yaml ----------------------------------------
+
+    def targets(self) -> list[str]:
+        return list(load_config(self.cluster.config_file).endpoints)
+
+    def _write_targets(self, endpoints: list[str]) -> None:
+        path = self.cluster.config_file
+        document = load_config(path).model_dump(mode="json", exclude_none=True)
+        document["endpoints"] = endpoints
+        config = parse_config(document, f"{path}")  # refuses e.g. an empty endpoint list, by name
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(dump_config(config))
+        tmp.replace(path)
+
+    def register_target(self, host: Host) -> None:
+        endpoints = self.targets()
+        if host.client_url not in endpoints:
+            self._write_targets([*endpoints, host.client_url])
+
+    def deregister_target(self, host: Host) -> None:
+        endpoints = self.targets()
+        if host.client_url in endpoints:
+            self._write_targets([e for e in endpoints if e != host.client_url])
+
+    # ---- host actions --------------------------------------------------------------------
+
+    def run_action(
+        self, action: str, hosts: Sequence[Host] | None = None, parameters: Mapping[str, str] | None = None
+    ) -> ActionResult:
+        spec = action_spec(action)
+        values = dict(parameters or {})
+        spec.ssm_parameters(values)  # the same checks as in AWS
+        if action == "restore-data-dir":
+            targets = [self._require(h) for h in hosts] if hosts is not None else self.hosts()
+            results = [self._restore(host, values) for host in targets]
+        else:
+            targets = list(hosts) if hosts is not None else [Host("local", "localhost", "127.0.0.1", "", "", "running")]
+            results = [self._hook(action, host, values) for host in targets]
+        result = ActionResult(action, None, tuple(results))
+        if not result.ok:
+            failed = "; ".join(
+                f"{h.name}: {(h.output.strip().splitlines() or [h.status])[-1]}"
+                for h in result.hosts
+                if h.status != "Success"
+            )
+            raise HostCommandFailedError(f"{action} failed on {failed}", result)
+        return result
+
+    def _restore(self, host: Host, values: Mapping[str, str]) -> HostActionResult:
+        uri = urlsplit(values["snapshot_uri"])
+        if uri.scheme != "file":
+            raise ActionParameterError(f"snapshot_uri: the local stack reads file:/// URIs only, not {uri.scheme}://")
+        snapshot = Path(unquote(uri.path))
+        if not snapshot.is_file():
+            return HostActionResult(host.host_id, host.name, "Failed", f"snapshot {snapshot} does not exist")
+        expected = values.get("sha256")
+        if expected:
+            digest = hashlib.sha256()
+            with snapshot.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != expected:
+                return HostActionResult(host.host_id, host.name, "Failed", f"{snapshot}: sha256 does not match")
+        try:
+            aside = self.cluster.restore_member_data(
+                host.name,
+                snapshot,
+                initial_cluster=values["initial_cluster"],
+                token=values.get("initial_cluster_token"),
+            )
+        except EtcdopsError as exc:
+            return HostActionResult(host.host_id, host.name, "Failed", str(exc))
+        return HostActionResult(host.host_id, host.name, "Success", f"restored {snapshot}; old data in {aside}")
+
+    def _hook(self, action: str, host: Host, values: Mapping[str, str]) -> HostActionResult:
+        argv = self.hooks.get(action)
+        if not argv:
+            return HostActionResult(
+                host.host_id, host.name, "Success", "no Kubernetes control plane in the local stack: nothing to do"
+            )
+        env = {
+            **os.environ,
+            "ETCDOPS_ACTION": action,
+            "ETCDOPS_HOST": host.name,
+            **{f"ETCDOPS_{k.upper()}": v for k, v in values.items()},
+        }
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=_HOOK_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            return HostActionResult(host.host_id, host.name, "TimedOut", f"{argv[0]} ran over {_HOOK_TIMEOUT:.0f}s")
+        except OSError as exc:
+            return HostActionResult(host.host_id, host.name, "Failed", f"{argv[0]}: {exc.strerror or exc}")
+        status: ActionStatus = "Success" if done.returncode == 0 else "Failed"
+        return HostActionResult(host.host_id, host.name, status, (done.stdout + done.stderr).strip())

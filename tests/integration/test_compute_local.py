@@ -1,0 +1,154 @@
+"""The local compute provider on real etcd: the replacement flow, stop/start, restore, targets."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from etcdops.compute.base import Host
+from etcdops.compute.errors import ActionParameterError, HostNotFoundError
+from etcdops.compute.local import LocalComputeProvider
+from etcdops.config import load_config
+from etcdops.errors import (
+    EtcdError,
+    EtcdLearnerNotReadyError,
+    EtcdUnavailableError,
+    EtcdUnhealthyClusterError,
+)
+from etcdops.etcd import EtcdClient
+from etcdops.local import LocalCluster
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+
+def retry(what: Callable[[], T], *, retry_on: tuple[type[Exception], ...], timeout: float = 30.0) -> T:
+    """etcd needs a moment after membership changes and restarts; retry those, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return what()
+        except retry_on:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def add_learner(client: EtcdClient, host: Host) -> tuple[int, str]:
+    """member add --learner for ``host``; returns its id and the initial-cluster string it starts with."""
+    # a cluster younger than a few seconds refuses membership changes as "unhealthy": retry by design
+    added = retry(
+        lambda: client.member_add([host.peer_url], learner=True), retry_on=(EtcdUnhealthyClusterError,)
+    )
+    members = client.member_list()
+    initial = ",".join(
+        f"{host.name if m.id == added.id else m.name}={m.peer_urls[0]}" for m in members if m.peer_urls
+    )
+    return added.id, initial
+
+
+def answers(client: EtcdClient, host: Host) -> None:
+    status = client.status(host.client_url, timeout=2.0)
+    assert status.leader
+
+
+def test_a_launched_host_joins_as_learner_is_promoted_and_retired(cluster: LocalCluster) -> None:
+    compute = LocalComputeProvider(cluster)
+
+    # Given a launched host: ports and certificate reserved, etcd not started; launching again is a no-op
+    host = compute.launch("m4")
+    assert host.state == "stopped" and host.peer_url.startswith("https://127.0.0.1:")
+    assert compute.launch("m4") == host
+    assert Path(compute.issue_certificates("m4")).is_file()
+
+    with cluster.client() as client:
+        # When it is added as a learner and started with --initial-cluster-state existing
+        member_id, initial = add_learner(client, host)
+        compute.start_etcd(host, initial, "existing")
+        compute.start_etcd(host, initial, "existing")  # already running: a no-op
+
+        # Then it catches up and can be promoted
+        promoted = retry(
+            lambda: client.member_promote(member_id),
+            retry_on=(EtcdLearnerNotReadyError, EtcdUnavailableError),
+            timeout=60,
+        )
+        assert not next(m for m in promoted if m.id == member_id).is_learner
+        assert compute.find("m4") == Host(host.host_id, "m4", "127.0.0.1", host.peer_url, host.client_url, "running")
+
+        # stop and start again: the member comes back with its data
+        client.put("/compute/key", "before-stop")
+        compute.stop_etcd(host)
+        assert compute.find("m4").state == "stopped"  # type: ignore[union-attr]
+        compute.start_etcd(host, initial, "existing")
+        retry(lambda: answers(client, host), retry_on=(EtcdError, AssertionError))
+        assert client.get("/compute/key") == b"before-stop"
+
+    # clients are repointed through cluster.yaml's endpoints
+    old = compute.find("m1")
+    assert old is not None
+    compute.register_target(host)
+    compute.register_target(host)
+    compute.deregister_target(old)
+    endpoints = load_config(cluster.config_file).endpoints
+    assert host.client_url in endpoints and old.client_url not in endpoints
+    assert endpoints.count(host.client_url) == 1
+
+    # terminate: the process stops, the host and its data are gone; a second terminate is a no-op
+    compute.terminate(host)
+    compute.terminate(host)
+    assert compute.find("m4") is None
+    assert "m4" not in {p.name for p in cluster.ps()}
+    assert not cluster.data_dir("m4").exists()
+    with pytest.raises(HostNotFoundError):
+        compute.stop_etcd(host)
+
+
+def test_start_refuses_an_initial_cluster_without_the_host(cluster: LocalCluster) -> None:
+    compute = LocalComputeProvider(cluster)
+    host = compute.launch("m4")
+
+    with pytest.raises(ActionParameterError, match="m4="):
+        compute.start_etcd(host, "m1=https://127.0.0.1:1", "existing")
+    assert compute.find("m4").state == "stopped"  # type: ignore[union-attr]
+
+
+def test_restore_data_dir_on_every_host_brings_back_the_snapshot(cluster: LocalCluster, tmp_path: Path) -> None:
+    compute = LocalComputeProvider(cluster)
+    snapshot = tmp_path / "snap.db"
+    with cluster.client() as client:
+        client.put("/restore/kept", "yes")
+        endpoint = cluster.ps()[0].client_urls[0]
+        stream = client.snapshot_stream(endpoint)
+        data = b"".join(stream.chunks())
+        assert stream.sha256 is not None
+        snapshot.write_bytes(data + stream.sha256)  # what `etcdctl snapshot save` writes
+        client.put("/restore/lost", "written after the snapshot")
+
+    hosts = compute.hosts()
+    initial = ",".join(f"{h.name}={h.peer_url}" for h in hosts)
+    for host in hosts:
+        compute.stop_etcd(host)
+    result = compute.run_action(
+        "restore-data-dir",
+        None,
+        {
+            "snapshot_uri": snapshot.as_uri(),
+            "sha256": hashlib.sha256(snapshot.read_bytes()).hexdigest(),
+            "initial_cluster": initial,
+            "initial_cluster_token": "restored-1",
+        },
+    )
+    assert result.ok and [h.name for h in result.hosts] == ["m1", "m2", "m3"]
+    for host in hosts:
+        compute.start_etcd(host, initial, "new")
+
+    cluster.wait_ready(30)
+    with cluster.client() as client:
+        assert retry(lambda: client.get("/restore/kept"), retry_on=(EtcdError,)) == b"yes"
+        assert client.get("/restore/lost") is None

@@ -1,0 +1,125 @@
+"""The host bootstrap contract: the documented SSM documents match the code, and the scripts parse."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from etcdops.compute.base import ACTIONS, DOCUMENTS, DocumentSpec
+from etcdops.compute.bootstrap import _FETCH_CERTS, BootstrapSettings, user_data
+from etcdops.compute.errors import ActionParameterError, ComputeConfigError, HostCommandFailedError
+from etcdops.compute.local import LocalComputeProvider
+from etcdops.local import LocalCluster
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "host-bootstrap.md"
+SAMPLES = {
+    "MemberName": "m4",
+    "PeerUrl": "https://10.0.1.4:2380",
+    "ClientUrl": "https://10.0.1.4:2379",
+    "InitialCluster": "m1=https://10.0.1.1:2380,m4=https://10.0.1.4:2380",
+    "InitialClusterState": "existing",
+    "InitialClusterToken": "etcd-cluster",
+    "SnapshotUri": "s3://bucket/restore/snap.db",
+    "SnapshotSha256": "",
+    "ManifestDir": "/etc/kubernetes/manifests",
+    "ParkedDir": "/etc/kubernetes/etcdops-parked",
+    "Components": "kube-scheduler,kube-controller-manager",
+    "RestartKubelet": "true",
+}
+
+
+def documented() -> dict[str, dict[str, Any]]:
+    text = DOC.read_text()
+    section = text[text.index("### As CloudFormation") :]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block, "no yaml block after '### As CloudFormation'"
+    resources = yaml.safe_load(block.group(1))
+    return {r["Properties"]["Name"]: r for r in resources.values()}
+
+
+@pytest.mark.parametrize("spec", DOCUMENTS.values(), ids=lambda s: s.key)
+def test_documented_ssm_document_matches_the_code(spec: DocumentSpec) -> None:
+    resource = documented()[spec.default_name]
+    assert resource["Type"] == "AWS::SSM::Document"
+    assert resource["Properties"]["DocumentType"] == "Command"
+    content = resource["Properties"]["Content"]
+    assert content["schemaVersion"] == "2.2"
+    assert content["description"] == spec.description
+    parameters = content.get("parameters", {})
+    assert list(parameters) == [p.ssm_name for p in spec.parameters]
+    for p in spec.parameters:
+        declared = parameters[p.ssm_name]
+        assert declared["type"] == "String"
+        assert declared["allowedPattern"] == p.pattern, p.ssm_name
+        assert declared.get("default") == p.default, p.ssm_name
+        assert ("default" not in declared) == p.required, p.ssm_name
+        if p.default is not None:
+            assert re.fullmatch(p.pattern, p.default)
+    (step,) = content["mainSteps"]
+    assert step["action"] == "aws:runShellScript"
+    assert step["inputs"]["timeoutSeconds"] == str(spec.timeout_seconds)
+    script = "\n".join(step["inputs"]["runCommand"])
+    used = set(re.findall(r"\{\{ (\w+) \}\}", script))
+    assert used == set(parameters), "every parameter is used, and only declared ones"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+@pytest.mark.parametrize("key", sorted(DOCUMENTS))
+def test_documented_scripts_are_valid_bash(key: str) -> None:
+    (step,) = documented()[DOCUMENTS[key].default_name]["Properties"]["Content"]["mainSteps"]
+    script = re.sub(r"\{\{ (\w+) \}\}", lambda m: SAMPLES[m.group(1)], "\n".join(step["inputs"]["runCommand"]))
+    checked = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_every_action_has_a_document() -> None:
+    assert set(ACTIONS.values()) <= set(DOCUMENTS)
+    assert {"StartEtcd", "StopEtcd"} <= set(DOCUMENTS)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_user_data_is_valid_bash_and_installs_a_valid_fetcher() -> None:
+    script = user_data(BootstrapSettings("prod", "m4", "etcdops/prod/members/m4", "eu-west-1"))
+
+    checked = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stderr
+    compile(_FETCH_CERTS, "etcdops-fetch-certs", "exec")
+    assert _FETCH_CERTS in script
+
+
+def test_user_data_refuses_values_a_host_file_cannot_take() -> None:
+    with pytest.raises(ActionParameterError, match="ETCDOPS_SECRET_ID"):
+        user_data(BootstrapSettings("prod", "m4", "etcdops/prod/members/m4\nrm -rf /", "eu-west-1"))
+
+
+# ---- local control-plane hooks (no Kubernetes in the local stack) --------------------------------
+
+
+def test_local_hooks_run_their_command_with_the_parameters(tmp_path: Path) -> None:
+    out = tmp_path / "hook.out"
+    hook = [sys.executable, "-c", f"import os; open({str(out)!r}, 'w').write(os.environ['ETCDOPS_MANIFEST_DIR'])"]
+    compute = LocalComputeProvider(LocalCluster(tmp_path), hooks={"stop-apiserver": hook})
+
+    result = compute.run_action("stop-apiserver", None, {"manifest_dir": "/tmp/manifests"})
+
+    assert result.ok and out.read_text() == "/tmp/manifests"
+    assert compute.run_action("start-apiserver").ok  # no hook: nothing to do, successfully
+
+
+def test_local_hooks_fail_by_name(tmp_path: Path) -> None:
+    failing = LocalComputeProvider(
+        LocalCluster(tmp_path), hooks={"restart-control-plane": [sys.executable, "-c", "raise SystemExit('no')"]}
+    )
+    with pytest.raises(HostCommandFailedError, match="no") as failed:
+        failing.run_action("restart-control-plane")
+    assert failed.value.result is not None and failed.value.result.hosts[0].status == "Failed"
+
+    with pytest.raises(ComputeConfigError, match="restore-data-dir"):
+        LocalComputeProvider(LocalCluster(tmp_path), hooks={"restore-data-dir": ["true"]})

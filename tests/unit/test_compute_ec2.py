@@ -1,0 +1,467 @@
+"""The EC2 compute provider against moto: launch, certificates, target group, SSM commands."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from etcdops import pki
+from etcdops.compute.base import Host
+from etcdops.compute.ec2 import Ec2ComputeProvider
+from etcdops.compute.errors import (
+    ActionParameterError,
+    CertificateAuthorityError,
+    ComputeConfigError,
+    HostCommandFailedError,
+    HostCommandTimeoutError,
+    HostNotFoundError,
+    UnknownActionError,
+)
+from etcdops.compute.factory import open_compute
+from etcdops.compute.local import LocalComputeProvider
+from etcdops.config import Ec2Compute, parse_config
+from etcdops.errors import EtcdopsError
+
+REGION = "eu-west-1"
+CLUSTER = "prod"
+
+
+@dataclass
+class Aws:
+    ec2: Any
+    elbv2: Any
+    ssm: Any
+    secrets: Any
+    subnets: list[str]
+    vpc: str
+    template: str
+    target_group: str
+    ca: pki.KeyPair
+
+    def provider(self, **settings: Any) -> Ec2ComputeProvider:
+        settings = {"launch_template": self.template, "subnets": self.subnets,
+                    "target_group_arn": self.target_group, **settings}  # fmt: skip
+        config = Ec2Compute(**settings)
+        return Ec2ComputeProvider(
+            CLUSTER, config, ec2=self.ec2, elbv2=self.elbv2, ssm=self.ssm, secretsmanager=self.secrets
+        )
+
+    def user_data(self, instance_id: str) -> str:
+        attribute = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+        return base64.b64decode(attribute["UserData"]["Value"]).decode()
+
+    def instance(self, instance_id: str) -> dict[str, Any]:
+        return self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+
+    def member_secret(self, name: str) -> dict[str, str]:
+        value = self.secrets.get_secret_value(SecretId=f"etcdops/{CLUSTER}/members/{name}")["SecretString"]
+        return dict(json.loads(value))
+
+    def commands(self) -> list[dict[str, Any]]:
+        return list(self.ssm.list_commands()["Commands"])
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    for variable, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(variable, value)
+    with mock_aws():
+        ec2 = boto3.client("ec2", region_name=REGION)
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnets = [
+            ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{REGION}{zone}")["Subnet"][
+                "SubnetId"
+            ]
+            for i, zone in ((1, "a"), (2, "b"))
+        ]
+        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        template = ec2.create_launch_template(
+            LaunchTemplateName="etcd-host", LaunchTemplateData={"ImageId": image, "InstanceType": "t3.small"}
+        )["LaunchTemplate"]["LaunchTemplateId"]
+        elbv2 = boto3.client("elbv2", region_name=REGION)
+        target_group = elbv2.create_target_group(
+            Name="etcd-clients", Protocol="TCP", Port=2379, VpcId=vpc, TargetType="instance"
+        )["TargetGroups"][0]["TargetGroupArn"]
+        secrets = boto3.client("secretsmanager", region_name=REGION)
+        ca = pki.create_ca("prod etcd CA")
+        secrets.create_secret(
+            Name=f"etcdops/{CLUSTER}/ca",
+            SecretString=json.dumps({"certificate": ca.cert_pem.decode(), "private_key": ca.key_pem.decode()}),
+        )
+        yield Aws(
+            ec2, elbv2, boto3.client("ssm", region_name=REGION), secrets, subnets, vpc, template, target_group, ca
+        )
+
+
+def _launch_plain_instance(aws: Aws, tags: dict[str, str]) -> str:
+    image = aws.ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    return str(
+        aws.ec2.run_instances(
+            ImageId=image,
+            MinCount=1,
+            MaxCount=1,
+            SubnetId=aws.subnets[0],
+            TagSpecifications=[
+                {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+            ],
+        )["Instances"][0]["InstanceId"]
+    )
+
+
+# ---- launch ------------------------------------------------------------------------------------
+
+
+def test_launch_uses_the_template_tags_and_bootstrap_user_data(aws: Aws) -> None:
+    compute = aws.provider()
+
+    host = compute.launch("m4")
+
+    instance = aws.instance(host.host_id)
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags["etcdops:cluster"] == CLUSTER and tags["etcdops:member"] == "m4"
+    assert host.name == "m4" and host.address == instance["PrivateIpAddress"]
+    assert host.peer_url == f"https://{host.address}:2380" and host.client_url == f"https://{host.address}:2379"
+    assert instance["SubnetId"] in aws.subnets
+
+    script = aws.user_data(host.host_id)
+    assert script.startswith("#!/bin/bash\n")
+    for line in (
+        f"ETCDOPS_CLUSTER={CLUSTER}",
+        "ETCDOPS_MEMBER=m4",
+        f"ETCDOPS_SECRET_ID=etcdops/{CLUSTER}/members/m4",
+        f"ETCDOPS_REGION={REGION}",
+        "ETCDOPS_PEER_PORT=2380",
+        "ETCDOPS_CLIENT_PORT=2379",
+    ):
+        assert f"\n{line}\n" in script
+    assert "/etc/systemd/system/etcd.service" in script and "/usr/local/sbin/etcdops-fetch-certs" in script
+    # etcd is not started at boot: the runbook adds the member first, then sends StartEtcd
+    assert "systemctl start" not in script and "systemctl enable" not in script
+
+
+def test_launch_is_idempotent_and_spreads_over_subnets(aws: Aws) -> None:
+    compute = aws.provider()
+
+    first = compute.launch("m4")
+    again = compute.launch("m4")
+    other = compute.launch("m5")
+
+    assert (again.host_id, again.peer_url) == (first.host_id, first.peer_url)
+    assert [h.name for h in compute.hosts()] == ["m4", "m5"]
+    subnets = {aws.instance(h.host_id)["SubnetId"] for h in (first, other)}
+    assert subnets == set(aws.subnets)
+
+
+def test_find_ignores_terminated_instances_and_other_clusters(aws: Aws) -> None:
+    compute = aws.provider()
+    _launch_plain_instance(aws, {"etcdops:cluster": "staging", "etcdops:member": "m4"})
+    assert compute.find("m4") is None
+
+    host = compute.launch("m4")
+    compute.terminate(host)
+
+    assert compute.find("m4") is None
+    relaunched = compute.launch("m4")
+    assert relaunched.host_id != host.host_id
+
+
+# ---- certificates ------------------------------------------------------------------------------
+
+
+def test_launch_stores_a_certificate_chaining_to_the_ca_for_the_host_only(aws: Aws) -> None:
+    compute = aws.provider()
+
+    host = compute.launch("m4")
+
+    secret = aws.member_secret("m4")
+    pair = pki.KeyPair(secret["certificate"].encode(), secret["private_key"].encode())
+    pki.verify_chain(aws.ca, pair)
+    assert secret["ca"] == aws.ca.cert_pem.decode() and secret["member"] == "m4"
+    assert "PRIVATE KEY" not in secret["ca"]
+    san = pair.certificate.extensions.get_extension_for_class(pki.x509.SubjectAlternativeName).value
+    assert host.address in {str(ip) for ip in san.get_values_for_type(pki.x509.IPAddress)}
+    assert "m4" in san.get_values_for_type(pki.x509.DNSName)
+    # the instance role's IAM condition matches this tag against ec2:SourceInstanceARN
+    tags = {t["Key"]: t["Value"] for t in aws.secrets.describe_secret(SecretId=f"etcdops/{CLUSTER}/members/m4")["Tags"]}
+    assert tags["etcdops:instance-arn"].endswith(f":instance/{host.host_id}")
+    assert tags["etcdops:instance-arn"].startswith(f"arn:aws:ec2:{REGION}:")
+
+
+def test_certificates_issued_before_launch_gain_the_address_and_keep_extra_names(aws: Aws) -> None:
+    compute = aws.provider()
+
+    secret_id = compute.issue_certificates("m4", ["etcd-m4.internal", "10.9.9.9"])
+    before = aws.member_secret("m4")["certificate"]
+    assert secret_id == f"etcdops/{CLUSTER}/members/m4"
+    assert compute.issue_certificates("m4", ["etcd-m4.internal"]) == secret_id
+    assert aws.member_secret("m4")["certificate"] == before  # still good: not issued again
+
+    host = compute.launch("m4")
+
+    pair = pki.KeyPair(aws.member_secret("m4")["certificate"].encode(), b"")
+    san = pair.certificate.extensions.get_extension_for_class(pki.x509.SubjectAlternativeName).value
+    assert {host.address, "10.9.9.9"} <= {str(ip) for ip in san.get_values_for_type(pki.x509.IPAddress)}
+    assert "etcd-m4.internal" in san.get_values_for_type(pki.x509.DNSName)
+
+
+def test_missing_ca_secret_is_a_named_error(aws: Aws) -> None:
+    aws.secrets.delete_secret(SecretId=f"etcdops/{CLUSTER}/ca", ForceDeleteWithoutRecovery=True)
+
+    with pytest.raises(CertificateAuthorityError, match=f"etcdops/{CLUSTER}/ca"):
+        aws.provider().issue_certificates("m4")
+
+
+def test_ca_secret_may_be_both_pem_blocks(aws: Aws) -> None:
+    aws.secrets.put_secret_value(
+        SecretId=f"etcdops/{CLUSTER}/ca", SecretString=(aws.ca.cert_pem + aws.ca.key_pem).decode()
+    )
+    aws.provider().issue_certificates("m4")
+    secret = aws.member_secret("m4")
+    pki.verify_chain(aws.ca, pki.KeyPair(secret["certificate"].encode(), secret["private_key"].encode()))
+
+
+# ---- terminate ---------------------------------------------------------------------------------
+
+
+def test_terminate_is_idempotent_and_retires_the_secret(aws: Aws) -> None:
+    compute = aws.provider()
+    host = compute.launch("m4")
+
+    compute.terminate(host)
+    compute.terminate(host)
+
+    assert aws.instance(host.host_id)["State"]["Name"] in ("shutting-down", "terminated")
+    assert compute.find("m4") is None
+    assert "DeletedDate" in aws.secrets.describe_secret(SecretId=f"etcdops/{CLUSTER}/members/m4")
+    # a later host of the same name gets its certificate secret back
+    compute.launch("m4")
+    assert "DeletedDate" not in aws.secrets.describe_secret(SecretId=f"etcdops/{CLUSTER}/members/m4")
+
+
+def test_terminate_leaves_instances_of_other_clusters_alone(aws: Aws) -> None:
+    foreign = _launch_plain_instance(aws, {"etcdops:cluster": "staging", "etcdops:member": "m4"})
+
+    aws.provider().terminate(Host(foreign, "m4", "10.0.1.9", "", "", "running"))
+
+    assert aws.instance(foreign)["State"]["Name"] == "running"
+
+
+# ---- target group ------------------------------------------------------------------------------
+
+
+def _targets(aws: Aws) -> set[tuple[str, int]]:
+    health = aws.elbv2.describe_target_health(TargetGroupArn=aws.target_group)["TargetHealthDescriptions"]
+    return {(t["Target"]["Id"], t["Target"]["Port"]) for t in health}
+
+
+def test_register_and_deregister_swap_the_target_group(aws: Aws) -> None:
+    compute = aws.provider()
+    old, new = compute.launch("m1"), compute.launch("m4")
+    compute.register_target(old)
+
+    compute.register_target(new)
+    compute.register_target(new)
+    compute.deregister_target(old)
+    compute.deregister_target(old)
+
+    assert _targets(aws) == {(new.host_id, 2379)}
+
+
+def test_without_a_target_group_registration_is_a_no_op(aws: Aws) -> None:
+    compute = aws.provider(target_group_arn=None)
+    host = compute.launch("m4")
+
+    compute.register_target(host)
+    compute.deregister_target(host)
+
+    assert _targets(aws) == set()
+
+
+# ---- SSM commands ------------------------------------------------------------------------------
+
+
+def test_start_and_stop_etcd_send_the_documents_with_their_parameters(aws: Aws) -> None:
+    compute = aws.provider()
+    host = compute.launch("m4")
+    initial = f"m1=https://10.0.1.10:2380,m2=https://10.0.2.10:2380,m4={host.peer_url}"
+
+    compute.start_etcd(host, initial, "existing")
+    compute.stop_etcd(host)
+
+    start, stop = sorted(aws.commands(), key=lambda c: c["RequestedDateTime"])
+    assert start["DocumentName"] == "etcdops-StartEtcd" and start["InstanceIds"] == [host.host_id]
+    assert start["Parameters"] == {
+        "MemberName": ["m4"],
+        "PeerUrl": [host.peer_url],
+        "ClientUrl": [host.client_url],
+        "InitialCluster": [initial],
+        "InitialClusterState": ["existing"],
+    }
+    assert stop["DocumentName"] == "etcdops-StopEtcd" and stop["Parameters"] == {}
+
+
+def test_document_names_come_from_the_config(aws: Aws) -> None:
+    compute = aws.provider(ssm_documents={"StartEtcd": "prod-StartEtcd"})
+    host = compute.launch("m4")
+
+    compute.start_etcd(host, f"m4={host.peer_url}", "new")
+
+    assert [c["DocumentName"] for c in aws.commands()] == ["prod-StartEtcd"]
+
+
+def test_unknown_document_key_in_config_is_refused_by_name(aws: Aws) -> None:
+    with pytest.raises(ComputeConfigError, match=r"compute\.ssm_documents\.StartEcd"):
+        aws.provider(ssm_documents={"StartEcd": "x"})
+
+
+def test_start_etcd_refuses_an_initial_cluster_without_the_host(aws: Aws) -> None:
+    compute = aws.provider()
+    host = compute.launch("m4")
+
+    with pytest.raises(ActionParameterError, match="m4="):
+        compute.start_etcd(host, "m1=https://10.0.1.10:2380", "existing")
+    with pytest.raises(ActionParameterError, match="initial_state"):
+        compute.start_etcd(host, f"m4={host.peer_url}", "maybe")  # type: ignore[arg-type]
+    assert aws.commands() == []
+
+
+def test_actions_run_their_documents_on_their_host_group(aws: Aws) -> None:
+    compute = aws.provider()
+    etcd_hosts = [compute.launch("m1"), compute.launch("m2")]
+    control_plane = _launch_plain_instance(aws, {"etcdops:control-plane": CLUSTER, "Name": "cp-1"})
+
+    stopped = compute.run_action("stop-apiserver")
+    restored = compute.run_action(
+        "restore-data-dir",
+        None,
+        {"snapshot_uri": "s3://backups/prod/snap.db", "initial_cluster": "m1=https://10.0.1.10:2380"},
+    )
+
+    assert stopped.ok and [h.host_id for h in stopped.hosts] == [control_plane]
+    assert {h.host_id for h in restored.hosts} == {h.host_id for h in etcd_hosts}
+    by_document = {c["DocumentName"]: c for c in aws.commands()}
+    assert by_document["etcdops-StopApiServer"]["Parameters"] == {}
+    assert by_document["etcdops-RestoreDataDir"]["Parameters"] == {
+        "SnapshotUri": ["s3://backups/prod/snap.db"],
+        "InitialCluster": ["m1=https://10.0.1.10:2380"],
+    }
+
+
+def test_unknown_action_and_bad_parameters_are_named_errors(aws: Aws) -> None:
+    compute = aws.provider()
+    host = compute.launch("m4")
+
+    with pytest.raises(UnknownActionError, match="reboot-everything") as unknown:
+        compute.run_action("reboot-everything", [host], {})
+    assert isinstance(unknown.value, EtcdopsError) and not unknown.value.retryable
+    with pytest.raises(ActionParameterError, match="'force'"):
+        compute.run_action("start-apiserver", [host], {"force": "true"})
+    with pytest.raises(ActionParameterError, match="'snapshot_uri'"):
+        compute.run_action("restore-data-dir", [host], {"initial_cluster": f"m4={host.peer_url}"})
+    with pytest.raises(ActionParameterError, match="manifest_dir"):
+        compute.run_action("stop-apiserver", [host], {"manifest_dir": "/etc; rm -rf /"})
+    with pytest.raises(HostNotFoundError, match="control-plane"):
+        compute.run_action("restart-control-plane")
+    assert aws.commands() == []
+
+
+# ---- waiting for commands (a scripted SSM: moto's commands always succeed at once) --------------------
+
+
+class ScriptedSsm:
+    """Answers get_command_invocation from a script of statuses; records what was sent."""
+
+    def __init__(self, statuses: list[str], in_flight: list[dict[str, Any]] | None = None) -> None:
+        self.statuses = statuses
+        self.in_flight = in_flight or []
+        self.sent: list[dict[str, Any]] = []
+
+    def list_commands(self, InstanceId: str) -> dict[str, Any]:
+        return {"Commands": self.in_flight}
+
+    def send_command(self, **request: Any) -> dict[str, Any]:
+        self.sent.append(request)
+        return {"Command": {"CommandId": "c-1"}}
+
+    def get_command_invocation(self, CommandId: str, InstanceId: str) -> dict[str, Any]:
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        return {"Status": status, "StandardOutputContent": "", "StandardErrorContent": "etcd.service failed\n"}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _scripted(aws: Aws, ssm: ScriptedSsm, clock: FakeClock) -> tuple[Ec2ComputeProvider, Host]:
+    host = aws.provider().launch("m4")
+    config = Ec2Compute(launch_template=aws.template, subnets=aws.subnets)
+    compute = Ec2ComputeProvider(
+        CLUSTER, config, ec2=aws.ec2, elbv2=aws.elbv2, ssm=ssm, secretsmanager=aws.secrets,
+        sleep=clock.sleep, clock=clock, max_wait_seconds=60, poll_seconds=5,
+    )  # fmt: skip
+    return compute, host
+
+
+def test_a_failed_command_raises_with_every_hosts_result(aws: Aws) -> None:
+    clock = FakeClock()
+    compute, host = _scripted(aws, ScriptedSsm(["Pending", "InProgress", "Failed"]), clock)
+
+    with pytest.raises(HostCommandFailedError, match=r"etcd\.service failed") as failed:
+        compute.stop_etcd(host)
+
+    assert failed.value.result is not None and failed.value.result.hosts[0].status == "Failed"
+    assert clock.now == 10.0  # polled three times, slept twice
+
+
+def test_a_command_running_past_the_deadline_is_retryable_and_the_retry_joins_it(aws: Aws) -> None:
+    clock = FakeClock()
+    ssm = ScriptedSsm(["InProgress"])
+    compute, host = _scripted(aws, ssm, clock)
+
+    with pytest.raises(HostCommandTimeoutError) as timeout:
+        compute.stop_etcd(host)
+    assert timeout.value.retryable and timeout.value.command_id == "c-1"
+    assert len(ssm.sent) == 1
+
+    # the retry finds the same command still in flight and waits for it instead of sending again
+    ssm.in_flight = [{**ssm.sent[0], "CommandId": "c-1", "Status": "InProgress"}]
+    ssm.statuses = ["Success"]
+    result = compute.stop_etcd(host)
+    assert result is None and len(ssm.sent) == 1
+
+
+# ---- the factory -------------------------------------------------------------------------------
+
+
+def test_factory_chooses_the_backend_from_the_config(aws: Aws, tmp_path: Any) -> None:
+    base = {"name": CLUSTER, "endpoints": ["https://10.0.1.10:2379"], "tls": {"ca": "/ca.crt"}}
+    ec2_config = parse_config(
+        {**base, "compute": {"provider": "ec2", "launch_template": aws.template, "subnets": aws.subnets}}
+    )
+    local_config = parse_config({**base, "compute": {"provider": "local", "state_dir": str(tmp_path)}})
+
+    session = boto3.Session(region_name=REGION)
+    assert isinstance(open_compute(ec2_config, session=session), Ec2ComputeProvider)
+    assert isinstance(open_compute(local_config), LocalComputeProvider)
+    with pytest.raises(ComputeConfigError, match="ssm"):
+        open_compute(ec2_config, ec2=aws.ec2, elbv2=aws.elbv2, secretsmanager=aws.secrets)
+    with pytest.raises(ComputeConfigError, match="compute"):
+        open_compute(parse_config(base))
