@@ -17,7 +17,8 @@ from etcdops.healthmetrics import EmfHealthMetrics
 from etcdops.state import DynamoStateStore
 
 logger = Logger(service="etcdops-health-check")
-metrics = Metrics(namespace="etcdops", service="health-check")
+# no service dimension: the metrics' only dimension is cluster (plus member), which the alarms match exactly
+metrics = Metrics(namespace="etcdops")
 
 
 @logger.inject_lambda_context(log_event=True)

@@ -109,11 +109,14 @@ def test_a_scheduled_round_records_its_decision_and_publishes_metrics(
     assert result["health"]["has_quorum"] is True
     documents = emf_documents(capsys.readouterr().out)
     cluster_level = next(d for d in documents if "QuorumMargin" in d)
+    # exactly the dimensions the template's alarms and dashboard use
+    assert [m["Dimensions"] for m in cluster_level["_aws"]["CloudWatchMetrics"]] == [[["cluster"]]]
     assert cluster_level["cluster"] == "local"
     assert cluster_level["HasLeader"] == [1.0] and cluster_level["QuorumMargin"] == [1.0]
     assert cluster_level["VotingMembers"] == [3.0] and 0 < cluster_level["CertificateExpiryDays"][0] < 3660
-    lags = {d["member"] for d in documents if "RaftIndexLag" in d}
-    assert lags == {"m1", "m2", "m3"}
+    lags = [d for d in documents if "RaftIndexLag" in d]
+    assert {d["member"] for d in lags} == {"m1", "m2", "m3"}
+    assert all(sorted(d["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]) == ["cluster", "member"] for d in lags)
     assert {i["sk"]["S"] for i in aws.items()} >= {"streaks", "lastdecision", "raftterm"}
     assert aws.sfn.list_executions(stateMachineArn=aws.machine)["executions"] == []
 
