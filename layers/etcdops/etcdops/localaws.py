@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import sys
 import threading
 import time
@@ -795,6 +796,8 @@ _NOT_EMULATED = {
     # a Deny: the template's deny-non-TLS policy would refuse every request. Locally there is no TLS
     # to enforce, so the policy is left out.
     "AWS::S3::BucketPolicy": "not applied: moto would deny every request on its aws:SecureTransport condition",
+    "AWS::ApiGatewayV2::Api": "no API Gateway locally: approve with `etcdops approve EXECUTION`",
+    "AWS::ApiGatewayV2::Stage": "no API Gateway locally: approve with `etcdops approve EXECUTION`",
 }
 _INTS = {"Period", "EvaluationPeriods", "DatapointsToAlarm"}
 _FLOATS = {"Threshold"}
@@ -858,6 +861,14 @@ def _apply_skipped(stack: LocalStack, cfn: Mapping[str, Any], session: boto3.ses
                 Attributes=attributes,
             )
             stack.resources[lid] = subscribed["SubscriptionArn"]
+        elif kind == "AWS::SecretsManager::Secret":
+            # moto's CloudFormation skips secrets; GenerateSecretString becomes a random value here
+            created = session.client("secretsmanager").create_secret(
+                Name=props.get("Name") or f"{stack.stack_name}-{lid}",
+                Description=props.get("Description", ""),
+                SecretString=props.get("SecretString") or secrets.token_urlsafe(48),
+            )
+            stack.resources[lid] = created["ARN"]
         elif kind in _NOT_EMULATED:
             stack.skipped[lid] = f"{kind}: {_NOT_EMULATED[kind]}"
         elif lid not in stack.resources:
