@@ -89,18 +89,29 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         extra_args=args.etcd_arg or (),
     )
     processes = cluster.ps()
+    autopilot = None
+    if not args.no_autopilot:
+        from etcdops.localaws import server_pid, spawn_server
+        from etcdops.localhealth import DEFAULT_TEMPLATE
+
+        autopilot = server_pid(cluster.state_dir) or spawn_server(
+            cluster.state_dir, DEFAULT_TEMPLATE, cluster.config_file
+        )
     data = {
         "started": started,
+        "autopilot_pid": autopilot,
         "state_dir": str(cluster.state_dir),
         "config": str(cluster.config_file),
         "version": cluster.state().version,
         "members": [asdict(p) for p in processes],
     }
     verb = "started" if started else "already running"
+    pilot = f"; autopilot (emulated AWS) pid {autopilot}" if autopilot else "; autopilot off"
     emit(
         args,
         data,
-        lambda: f"local cluster {verb}: {len(processes)} members, etcd {data['version']}, state in {data['state_dir']}",
+        lambda: f"local cluster {verb}: {len(processes)} members, etcd {data['version']}, "
+        f"state in {data['state_dir']}{pilot}",
     )
     return 0
 
@@ -131,7 +142,10 @@ def _local_signal(action: str) -> Handler:
 
 
 def cmd_local_down(args: argparse.Namespace) -> int:
+    from etcdops.localaws import stop_server
+
     cluster = _local(args)
+    stop_server(cluster.state_dir)
     cluster.down(purge=args.purge)
     what = "stopped and purged (backups kept)" if args.purge else "stopped"
     emit(args, {"stopped": True, "purged": args.purge}, lambda: f"local cluster {what}")
@@ -258,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     local_cmds = local.add_subparsers(dest="local_command", metavar="ACTION", required=True)
     up = local_cmds.add_parser("up", help="start a local TLS cluster (idempotent)", parents=[common])
     up.add_argument("--members", type=int, default=3, help="number of members (default 3)")
+    up.add_argument(
+        "--no-autopilot",
+        action="store_true",
+        help="only the etcd members: no emulated AWS side (HealthCheck, runbooks, schedules)",
+    )
     up.add_argument(
         "--etcd-arg",
         action="append",

@@ -120,13 +120,23 @@ def cmd_runbook_show(args: argparse.Namespace) -> int:
         for s in steps:
             offset = (s.started - started).total_seconds()
             took = f"{(s.ended - s.started).total_seconds():.1f}s" if s.ended else "..."
-            note = f"{s.error}: {s.cause}" if s.error else ""
+            note = f"{s.error}: {_message(s.cause)}" if s.error else ""
             rows.append([f"+{offset:6.1f}s", s.name, s.status, took, s.attempts or "", note[:100]])
         lines.append(table(["AT", "STEP", "STATUS", "TOOK", "TRIES", "NOTE"], rows))
         return "\n".join(lines)
 
     emit(args, data, human)
     return 0
+
+
+def _message(cause: str | None) -> str:
+    """A Lambda error's cause is its error document: show the message, not the JSON."""
+    import json
+
+    try:
+        return str(json.loads(cause or "")["errorMessage"])
+    except (ValueError, KeyError, TypeError):
+        return cause or ""
 
 
 def cmd_runbook_start(args: argparse.Namespace) -> int:

@@ -1091,3 +1091,72 @@ if __name__ == "__main__":
     from etcdops import localaws
 
     sys.exit(localaws.main())
+
+
+# ---- the AWS side as a background process of the local stack ----------------------------------------
+
+SERVER_PID_FILE = "aws.pid"
+LOCAL_SCHEDULES = {"HealthCheckSchedule": "rate(10 seconds)"}
+
+
+def spawn_server(
+    state_dir: Path,
+    template_path: Path,
+    config_path: Path,
+    *,
+    schedules: Mapping[str, str] = LOCAL_SCHEDULES,
+    timeout: float = 90.0,
+) -> int:
+    """Start :func:`serve` as a process of its own session (it outlives the command that starts it),
+    wait until its ``aws.json`` is written, and return its pid. Its output goes to ``aws.log``."""
+    import subprocess
+
+    if server_pid(state_dir):
+        raise LocalAwsError(f"the local AWS side already runs (pid {server_pid(state_dir)})")
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    command = [
+        sys.executable, "-m", "etcdops.localaws", "--state-dir", str(state_dir), "--template", str(template_path),
+        "--config", str(config_path),
+        *(f"--schedule={name}={expression}" for name, expression in schedules.items()),
+    ]  # fmt: skip
+    with open(state_dir / "aws.log", "ab") as log_file:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
+        )
+    (state_dir / SERVER_PID_FILE).write_text(f"{process.pid}\n")
+    deadline = time.monotonic() + timeout
+    while not (state_dir / STATE_FILE).exists():
+        if process.poll() is not None:
+            raise LocalAwsError(f"the local AWS side exited during start-up; see {state_dir / 'aws.log'}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise LocalAwsError(f"the local AWS side was not ready after {timeout:.0f} s; see {state_dir / 'aws.log'}")
+        time.sleep(0.2)
+    return process.pid
+
+
+def server_pid(state_dir: Path) -> int | None:
+    """The pid of this state dir's AWS side when it runs, else None."""
+    try:
+        pid = int((state_dir / SERVER_PID_FILE).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"etcdops.localaws" in cmdline and str(state_dir).encode() in cmdline else None
+
+
+def stop_server(state_dir: Path, timeout: float = 15.0) -> bool:
+    """SIGTERM the AWS side and wait for it; True when one was running."""
+    import signal
+
+    pid = server_pid(state_dir)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while server_pid(state_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if server_pid(state_dir) is not None:
+        os.kill(pid, signal.SIGKILL)
+    (state_dir / SERVER_PID_FILE).unlink(missing_ok=True)
+    return True

@@ -61,7 +61,10 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
             return client_for(config)
 
         def backup_target() -> tuple[BackupStore, KeyProvider]:
-            return open_backup_target(config, s3_client=session.client("s3"), kms_client=session.client("kms"))
+            # a local key file is made on first use (the local stack); a KMS key must already exist
+            return open_backup_target(
+                config, s3_client=session.client("s3"), kms_client=session.client("kms"), create_local_key=True
+            )
 
         def ensure_backup(max_age: timedelta) -> Manifest:
             store, keyring = backup_target()
