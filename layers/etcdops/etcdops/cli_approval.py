@@ -30,11 +30,22 @@ ClientFactory = Callable[[argparse.Namespace], ApprovalClients]
 
 
 def aws_clients(args: argparse.Namespace) -> ApprovalClients:
-    """The state table from ``--table`` or ``$ETCDOPS_TABLE`` and Step Functions, default session."""
+    """The local stack's emulated AWS when it runs; else the state table from ``--table`` or
+    ``$ETCDOPS_TABLE`` and Step Functions, from the default session."""
     import boto3
 
+    from etcdops.cli import _state_dir
     from etcdops.state import DynamoStateStore
 
+    state_dir = _state_dir(args)
+    if (state_dir / "aws.json").exists() and not args.table:
+        from etcdops.localaws import load_local_stack, local_boto3_session
+
+        stack = load_local_stack(state_dir)
+        local = local_boto3_session(state_dir)
+        if stack.table is None:
+            raise ConfigError(f"the local stack in {state_dir} has no state table")
+        return ApprovalClients(DynamoStateStore(stack.table, local.client("dynamodb")), local.client("stepfunctions"))
     table = args.table or os.environ.get("ETCDOPS_TABLE", "").strip()
     if not table:
         raise ConfigError("--table: not given and ETCDOPS_TABLE is not set (the etcdops state table)")
