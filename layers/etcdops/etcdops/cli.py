@@ -193,7 +193,7 @@ def watch_status(args: argparse.Namespace, config: ClusterConfig, deadline: floa
             while True:
                 started = time.monotonic()
                 data = health_to_dict(probe_cluster(client, deadline=deadline))
-                last = read_last_round(_state_dir(args))
+                last = autopilot_last_round(_state_dir(args), config.name) or read_last_round(_state_dir(args))
                 if args.json:
                     print(json.dumps({"status": data, "last_round": last}, default=str), flush=True)
                 else:
@@ -202,6 +202,32 @@ def watch_status(args: argparse.Namespace, config: ClusterConfig, deadline: floa
                 time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
     except KeyboardInterrupt:
         return 0
+
+
+def autopilot_last_round(state_dir: Path, cluster: str) -> dict[str, Any] | None:
+    """The HealthCheck function's last decision and the newest runbook, when the autopilot runs here."""
+    if not (state_dir / "aws.json").exists():
+        return None
+    from etcdops.localaws import load_local_stack, local_boto3_session
+    from etcdops.state import DynamoStateStore
+
+    stack = load_local_stack(state_dir)
+    session = local_boto3_session(state_dir)
+    last = DynamoStateStore(stack.table or "", session.client("dynamodb")).load_last_decision(cluster)
+    actions = []
+    machine = stack.state_machines.get("ReplaceMemberStateMachine")
+    if machine:
+        runs = session.client("stepfunctions").list_executions(stateMachineArn=machine, maxResults=1)["executions"]
+        actions = [f"newest runbook: {r['name']} {r['status']}" for r in runs]
+    if last is None:
+        return {"decided_at": "-", "trigger": {"description": "autopilot"}, "decision": None,
+                "skipped": "no health round yet", "actions": actions}  # fmt: skip
+    return {
+        "decided_at": last.decided_at.isoformat(timespec="seconds"),
+        "trigger": {"description": "autopilot HealthCheck"},
+        "decision": last.decision.to_dict(),
+        "actions": actions,
+    }
 
 
 def render_last_round(last: dict[str, Any] | None) -> str:
