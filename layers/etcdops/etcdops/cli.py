@@ -346,6 +346,27 @@ def _register_more(commands: Any, common: argparse.ArgumentParser) -> None:
     cli_backup.register(commands, common)
     cli_approval.register(commands, common)
     cli_runbook.register(commands, common)
+    demo = commands.add_parser(
+        "demo",
+        help="a scripted tour on the local stack: backup, kill a member, watch it replaced, check the data",
+        parents=[common],
+    )
+    demo.set_defaults(handler=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from etcdops.demo import run_demo
+    from etcdops.local import EtcdBinaries
+    from etcdops.localhealth import DEFAULT_TEMPLATE
+
+    lines: list[str] = []
+    binaries = EtcdBinaries.locate(os.environ.get("ETCD_BIN_DIR"))
+    timeline = run_demo(
+        _state_dir(args), DEFAULT_TEMPLATE, binaries=binaries, out=(lines.append if args.json else print)
+    )
+    if args.json:
+        print(json.dumps([{"at": round(at, 1), "event": text} for at, text in timeline.events], indent=2))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
