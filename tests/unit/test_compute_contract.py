@@ -28,6 +28,8 @@ SAMPLES = {
     "InitialClusterToken": "etcd-cluster",
     "SnapshotUri": "s3://bucket/restore/snap.db",
     "SnapshotSha256": "",
+    "BumpRevision": "1000000000",
+    "OldDataSuffix": "before-restore-x1",
     "ManifestDir": "/etc/kubernetes/manifests",
     "ParkedDir": "/etc/kubernetes/etcdops-parked",
     "Components": "kube-scheduler,kube-controller-manager",

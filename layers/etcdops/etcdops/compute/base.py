@@ -172,6 +172,10 @@ DOCUMENTS: dict[str, DocumentSpec] = {
                 Parameter("initial_cluster", "InitialCluster", PATTERNS["initial_cluster"], required=True),
                 Parameter("initial_cluster_token", "InitialClusterToken", PATTERNS["token"],
                           default="etcd-cluster"),
+                Parameter("bump_revision", "BumpRevision", "^[0-9]{1,12}$", default="0",
+                          description="add --bump-revision N --mark-compacted where the host's tool has both"),
+                Parameter("old_data_suffix", "OldDataSuffix", "^([A-Za-z0-9._-]{1,64})?$", default="",
+                          description="keep the old data dir as <data-dir>.<suffix> (empty means a time-stamped name)"),
             ),
         ),
         DocumentSpec(

@@ -191,6 +191,8 @@ class LocalComputeProvider(ComputeProvider):
                 snapshot,
                 initial_cluster=values["initial_cluster"],
                 token=values.get("initial_cluster_token"),
+                bump_revision=int(values.get("bump_revision") or 0),
+                old_data_suffix=values.get("old_data_suffix") or None,
             )
         except EtcdopsError as exc:
             return HostActionResult(host.host_id, host.name, "Failed", str(exc))

@@ -551,8 +551,31 @@ def failure_report(doc: Document) -> str:
     lines = [f"Runbook {doc.get('execution')} stopped: {error.get('Error')}: {error.get('Cause')}"]
     suffix = doc.get("old_data_suffix")
     targets = [t["name"] for t in _targets(doc)]
-    if not doc.get("apiservers_stopped") and not doc.get("etcd_stopped"):
+    if doc.get("apiservers_started"):
+        lines.append(
+            f"The restore from {doc.get('backup_id')} was verified and the API servers run again. "
+            + (
+                "Only the final bookkeeping failed."
+                if doc.get("control_plane_restarted")
+                else "Restart kube-scheduler, kube-controller-manager and the kubelets by hand (RestartControlPlane)."
+            )
+            + f" The old data directories are kept (suffix .{suffix}); delete them once you are satisfied."
+        )
+        return "\n".join(lines)
+    if not doc.get("apiservers_stopped") and not doc.get("approval"):
         lines.append("Nothing was stopped or changed: etcd and the API servers run as before.")
+        return "\n".join(lines)
+    if not doc.get("apiservers_stopped"):
+        lines.append(
+            "The runbook failed while stopping the API servers: some of them may be stopped. etcd was not stopped "
+            "and no data changed. Next: start the API servers again (StartApiServer), then find the cause."
+        )
+        return "\n".join(lines)
+    if not doc.get("etcd_stopped") and not doc.get("restored"):
+        lines.append(
+            "API servers: stopped. The runbook failed while stopping etcd: some members may be stopped; no data "
+            "changed. Next: start etcd again on the stopped members (StartEtcd with existing), then the API servers."
+        )
         return "\n".join(lines)
     lines.append(
         f"API servers: {'stopped' if doc.get('apiservers_stopped') else 'possibly stopped'}; "
