@@ -239,8 +239,12 @@ def acquire_lock(ctx: RestoreContext, doc: Document) -> Document:
     bump = doc.get("bump_revision", DEFAULT_BUMP_REVISION)
     if not isinstance(bump, int) or isinstance(bump, bool) or not 0 <= bump < 10**12:
         raise InvalidRunbookInputError(f"runbook input: bump_revision {bump!r} is not a whole number below 10^12")
+    wait = doc.get("approval_timeout_seconds") or 0
+    if not isinstance(wait, int) or isinstance(wait, bool) or wait < 0:
+        raise InvalidRunbookInputError(f"runbook input: approval_timeout_seconds {wait!r} is not a whole number")
     started = time.monotonic()
-    lock = ctx.state.acquire_lock(doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
+    lease = max(LOCK_LEASE_SECONDS, wait + 3600)  # outlasts the approval wait; extended again after it
+    lock = ctx.state.acquire_lock(doc["cluster"], doc["execution"], lease, ctx.now())
     tail = _tail(doc)
     return _timed(
         {
@@ -248,6 +252,7 @@ def acquire_lock(ctx: RestoreContext, doc: Document) -> Document:
             "mode": mode,
             "bump_revision": bump,
             "lock_owner": lock.owner,
+            "lock_lease_seconds": lease,
             "started_at": doc.get("started_at") or ctx.now().isoformat(),
             "cluster_token": f"restore-{tail}",
             "old_data_suffix": f"before-restore-{tail}",
