@@ -125,3 +125,15 @@ def test_local_hooks_fail_by_name(tmp_path: Path) -> None:
 
     with pytest.raises(ComputeConfigError, match="restore-data-dir"):
         LocalComputeProvider(LocalCluster(tmp_path), hooks={"restore-data-dir": ["true"]})
+
+
+def test_template_defines_exactly_the_documented_ssm_documents() -> None:
+    from etcdops.localaws import read_template
+
+    template = read_template(Path(__file__).resolve().parents[2] / "template.yaml")
+    in_template = {
+        resource["Properties"]["Name"]: resource
+        for resource in template["Resources"].values()
+        if resource["Type"] == "AWS::SSM::Document"
+    }
+    assert in_template == documented()
