@@ -200,3 +200,55 @@ def test_with_approval_always_a_human_decides(autopilot: SimpleNamespace, cluste
         assert done[0]["status"] == "FAILED"
         assert {m.id for m in cluster.client().member_list()} == members_before
         assert autopilot.state.get_lock("local") is None
+
+
+def test_quorum_loss_is_escalated_and_the_named_restore_brings_the_data_back(
+    autopilot: SimpleNamespace, cluster: LocalCluster
+) -> None:
+    # Given keys and a verified backup
+    from etcdops.backup.job import run_backup
+    from etcdops.backup.target import open_backup_target
+
+    with cluster.client() as client:
+        for i in range(50):
+            client.put(f"/restore/{i:03d}", f"v{i}")
+        config = cluster.config()
+        store, keyring = open_backup_target(config, create_local_key=True)
+        backup = run_backup(config, client, probe_cluster(client), store, keyring).manifest
+        expected = {kv.key: kv.value for kv in client.range(b"/restore/", prefix=True).kvs}
+        client.delete(b"/restore/000")  # a change after the backup, which the restore must undo
+
+    # When two of three members are lost
+    health = healthy(cluster)
+    for member in [m for m in health.members if m.id != health.leader]:
+        cluster.kill(member.name)
+
+    # Then HealthCheck escalates, naming the backup and the exact RestoreCluster input, and changes nothing
+    subjects = wait_for("the escalation", lambda: [s for s in autopilot.inbox() if "QUORUM LOST" in s])
+    assert subjects and not executions(autopilot)
+
+    # When the operator starts the restore it names and approves it
+    restore_machine = autopilot.stack.state_machines["RestoreClusterStateMachine"]
+    name = "restore-local-e2e"
+    autopilot.sfn.start_execution(
+        stateMachineArn=restore_machine,
+        name=name,
+        input=json.dumps({"cluster": "local", "backup_id": backup.id, "mode": "in-place"}),
+    )
+    wait_for("the approval request", lambda: autopilot.state.load_approval(name), timeout=120)
+    decide_approval(name, "approve", None, store=autopilot.state, sfn=autopilot.sfn, now=datetime.now(UTC), by="test")
+
+    # Then the cluster is healthy again with exactly the backed-up data
+    def ended() -> dict[str, Any] | None:
+        described: dict[str, Any] = autopilot.sfn.describe_execution(
+            executionArn=f"{restore_machine.replace(':stateMachine:', ':execution:')}:{name}"
+        )
+        return described if described["status"] != "RUNNING" else None
+
+    described = wait_for("the restore to finish", ended, timeout=300)
+    assert described["status"] == "SUCCEEDED", described
+    health = wait_for(
+        "a healthy cluster", lambda: (h := healthy(cluster)).has_quorum and len(h.healthy_voters) == 3 and h
+    )
+    with cluster.client() as client:
+        assert {kv.key: kv.value for kv in client.range(b"/restore/", prefix=True).kvs} == expected
