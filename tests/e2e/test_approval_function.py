@@ -7,23 +7,22 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import io
 import json
-import sys
 import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import redirect_stdout
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
 import moto.awslambda.models
 import pytest
+from lambda_handlers import lambda_context, load_handler
 from moto import mock_aws
 
 from etcdops import cli
@@ -65,24 +64,6 @@ MACHINE = {
         "Replace the member": {"Type": "Pass", "End": True},
     },
 }
-
-
-def load_handler(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"function_{name}", ROOT / "functions" / name / "app.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def context() -> Any:
-    return SimpleNamespace(
-        function_name="etcdops-test",
-        memory_limit_in_mb=256,
-        invoked_function_arn=f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:etcdops-test",
-        aws_request_id="req-1",
-    )
 
 
 def api_event(url: str, method: str = "GET", form: str | None = None) -> dict[str, Any]:
@@ -153,7 +134,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
         def invoke(self: Any, body: str, request_headers: Any, response_headers: Any) -> bytes:
             event = json.loads(body) if body else {}
             invocations.append(event)
-            return json.dumps(request_handler(event, context())).encode()
+            return json.dumps(request_handler(event, lambda_context(memory_mb=256))).encode()
 
         monkeypatch.setattr(moto.awslambda.models.LambdaFunction, "invoke", invoke)
         role = iam.create_role(RoleName="etcdops", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
@@ -257,7 +238,7 @@ def call_api(aws: SimpleNamespace, url: str, method: str = "GET", form: str | No
 
     aws.api.boto3.session.Session = Session
     try:
-        response: dict[str, Any] = aws.api.handler(api_event(url, method, form), context())
+        response: dict[str, Any] = aws.api.handler(api_event(url, method, form), lambda_context(memory_mb=256))
     finally:
         aws.api.boto3.session.Session = original
     return response
@@ -381,8 +362,9 @@ def run_cli(*argv: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-def test_cli_approve_and_second_approve(aws: SimpleNamespace, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_approve_and_second_approve(
+    aws: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("ETCDOPS_TABLE", TABLE)
     arn, _ = wait_for_request(aws, "replace-prod-9")
     # the operator may name the execution by its ARN
@@ -405,9 +387,7 @@ def test_cli_reject_with_injected_clients(aws: SimpleNamespace) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
-    cli_approval.register(
-        commands, common, factory=lambda args: cli_approval.ApprovalClients(aws.store, aws.counting)
-    )
+    cli_approval.register(commands, common, factory=lambda args: cli_approval.ApprovalClients(aws.store, aws.counting))
     args = parser.parse_args(["reject", "replace-prod-10", "--reason", "wrong member", "--json"])
     with redirect_stdout(io.StringIO()):
         assert args.handler(args) == 0
@@ -435,8 +415,9 @@ def test_token_step_functions_no_longer_accepts_is_a_named_error(aws: SimpleName
     # When it is approved
     # Then Step Functions' InvalidToken becomes TaskTokenRejectedError, and the decision stays spent
     with pytest.raises(TaskTokenRejectedError, match="InvalidToken"):
-        decide_approval("replace-prod-11", "approve", None, store=aws.store, sfn=aws.counting,
-                        now=datetime.now(UTC), by="test")
+        decide_approval(
+            "replace-prod-11", "approve", None, store=aws.store, sfn=aws.counting, now=datetime.now(UTC), by="test"
+        )
     spent = aws.store.load_approval("replace-prod-11")
     assert spent is not None and spent.decision == "approve"
     assert aws.counting.sent == ["success"]

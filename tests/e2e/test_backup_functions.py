@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
 import pytest
+from lambda_handlers import lambda_context, load_handler
 from moto import mock_aws
 
 from etcdops.events import InvalidEventError
@@ -22,27 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
 
 
-def load_handler(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"function_{name}", ROOT / "functions" / name / "app.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def event(name: str) -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads((ROOT / "events" / f"{name}.json").read_text())
     return loaded
-
-
-def context() -> Any:
-    return SimpleNamespace(
-        function_name="etcdops-test",
-        memory_limit_in_mb=512,
-        invoked_function_arn=f"arn:aws:lambda:{REGION}:123456789012:function:etcdops-test",
-        aws_request_id="req-1",
-    )
 
 
 def emitted_metrics(output: str) -> dict[str, float]:
@@ -100,14 +81,14 @@ def aws(shared_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 
 def test_backup_then_verify_through_the_handlers(aws: SimpleNamespace, capsys: pytest.CaptureFixture[str]) -> None:
-    backup = load_handler("backup").handler(event("backup_schedule"), context())
+    backup = load_handler("backup").handler(event("backup_schedule"), lambda_context())
     metrics = emitted_metrics(capsys.readouterr().out)
     assert metrics["BackupSucceeded"] == 1 and metrics["BackupBytes"] > 0
 
     keys = [o["Key"] for o in aws.s3.list_objects_v2(Bucket="backups")["Contents"]]
     assert f"etcd/local/{backup['backup_id']}.manifest.json" in keys
 
-    verified = load_handler("backup_verify").handler(event("backup_verify_schedule"), context())
+    verified = load_handler("backup_verify").handler(event("backup_verify_schedule"), lambda_context())
     assert verified["ok"] and verified["backup_id"] == backup["backup_id"]
     assert emitted_metrics(capsys.readouterr().out)["BackupVerifyFailed"] == 0
     assert aws.inbox() == []
@@ -115,7 +96,7 @@ def test_backup_then_verify_through_the_handlers(aws: SimpleNamespace, capsys: p
 
 def test_malformed_event_is_refused_and_changes_nothing(aws: SimpleNamespace) -> None:
     with pytest.raises(InvalidEventError, match=r"^EventBridgeModel: version: Field required"):
-        load_handler("backup").handler({"source": "aws.events"}, context())
+        load_handler("backup").handler({"source": "aws.events"}, lambda_context())
     assert aws.s3.list_objects_v2(Bucket="backups").get("KeyCount") == 0
 
 
@@ -124,7 +105,7 @@ def test_tampered_backup_fails_verification_with_metric_and_sns(
 ) -> None:
     from etcdops.backup.errors import DecryptionError
 
-    backup = load_handler("backup").handler(event("backup_schedule"), context())
+    backup = load_handler("backup").handler(event("backup_schedule"), lambda_context())
     key = f"etcd/local/{backup['backup_id']}.snapshot.enc"
     data = bytearray(aws.s3.get_object(Bucket="backups", Key=key)["Body"].read())
     data[-100] ^= 0xFF
@@ -132,7 +113,7 @@ def test_tampered_backup_fails_verification_with_metric_and_sns(
     capsys.readouterr()
 
     with pytest.raises(DecryptionError):
-        load_handler("backup_verify").handler(event("backup_verify_schedule"), context())
+        load_handler("backup_verify").handler(event("backup_verify_schedule"), lambda_context())
 
     assert emitted_metrics(capsys.readouterr().out)["BackupVerifyFailed"] == 1
     assert aws.inbox() == ["etcdops: Backup verification FAILED for cluster local"]
@@ -148,7 +129,7 @@ def test_backup_of_an_unreachable_cluster_fails_loudly(
     aws.ssm.put_parameter(Name="/etcdops/local/config", Type="SecureString", Value=json.dumps(document), Overwrite=True)
 
     with pytest.raises(Exception) as failure:
-        load_handler("backup").handler(event("backup_schedule"), context())
+        load_handler("backup").handler(event("backup_schedule"), lambda_context())
 
     assert type(failure.value).__name__.endswith("Error")
     assert emitted_metrics(capsys.readouterr().out)["BackupFailed"] == 1

@@ -3,16 +3,15 @@ SNS, Step Functions, EC2) emulated by moto."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
 import pytest
+from lambda_handlers import lambda_context, load_handler
 from moto import mock_aws
 
 from etcdops.errors import ConfigError
@@ -25,27 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
 
 
-def load_handler() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("function_health_check", ROOT / "functions/health_check/app.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def event(name: str) -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads((ROOT / "events" / f"health_{name}.json").read_text())
     return loaded
-
-
-def context() -> Any:
-    return SimpleNamespace(
-        function_name="etcdops-health-check",
-        memory_limit_in_mb=512,
-        invoked_function_arn=f"arn:aws:lambda:{REGION}:123456789012:function:etcdops-health-check",
-        aws_request_id="req-1",
-    )
 
 
 def emf_documents(output: str) -> list[dict[str, Any]]:
@@ -102,7 +83,7 @@ def aws(shared_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterat
 def test_a_scheduled_round_records_its_decision_and_publishes_metrics(
     aws: SimpleNamespace, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = load_handler().handler(event("schedule"), context())
+    result = load_handler("health_check").handler(event("schedule"), lambda_context("etcdops-health-check"))
 
     assert result["skipped"] is None and result["cluster"] == "local"
     assert result["decision"]["action"] in ("NONE", "NOTIFY")
@@ -122,9 +103,9 @@ def test_a_scheduled_round_records_its_decision_and_publishes_metrics(
 
 
 def test_repeated_rounds_send_each_notification_once(aws: SimpleNamespace) -> None:
-    handler = load_handler().handler
+    handler = load_handler("health_check").handler
     for _ in range(3):
-        handler(event("schedule"), context())
+        handler(event("schedule"), lambda_context("etcdops-health-check"))
 
     subjects = aws.inbox()
     assert len(subjects) == len(set(subjects))  # e.g. the missing backup: once, not once a round
@@ -132,7 +113,9 @@ def test_repeated_rounds_send_each_notification_once(aws: SimpleNamespace) -> No
 
 def test_malformed_event_is_refused_and_nothing_is_recorded(aws: SimpleNamespace) -> None:
     with pytest.raises(InvalidEventError, match=r"^HealthCheckEvent: "):
-        load_handler().handler({"source": "aws.cloudwatch", "detail": {}}, context())
+        load_handler("health_check").handler(
+            {"source": "aws.cloudwatch", "detail": {}}, lambda_context("etcdops-health-check")
+        )
 
     assert aws.items() == [] and aws.inbox() == []
 
@@ -141,17 +124,20 @@ def test_an_unreadable_config_is_a_named_error(aws: SimpleNamespace) -> None:
     aws.ssm.put_parameter(Name="/etcdops/local/config", Type="SecureString", Value="name: [", Overwrite=True)
 
     with pytest.raises(ConfigError, match=r"^ssm:/etcdops/local/config: not valid YAML/JSON"):
-        load_handler().handler(event("schedule"), context())
+        load_handler("health_check").handler(event("schedule"), lambda_context("etcdops-health-check"))
 
     assert aws.items() == []
 
 
 def test_alarms_of_other_clusters_and_events_of_strangers_are_skipped(aws: SimpleNamespace) -> None:
-    handler = load_handler().handler
+    handler = load_handler("health_check").handler
     alarm = event("alarm")
     alarm["detail"]["configuration"]["metrics"][0]["metricStat"]["metric"]["dimensions"] = {"cluster": "prod"}
 
-    skipped = [handler(alarm, context()), handler(event("ec2_state_change"), context())]
+    skipped = [
+        handler(alarm, lambda_context("etcdops-health-check")),
+        handler(event("ec2_state_change"), lambda_context("etcdops-health-check")),
+    ]
 
     assert "cluster 'prod'" in skipped[0]["skipped"]
     assert "is not a member of cluster local" in skipped[1]["skipped"]
