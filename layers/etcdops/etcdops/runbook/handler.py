@@ -7,22 +7,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from etcdops.aws import SnsNotifier, load_cluster_config, materialize_tls
-from etcdops.backup.crypto import KeyProvider
-from etcdops.backup.job import ensure_fresh_backup
 from etcdops.backup.manifest import Manifest
-from etcdops.backup.store import BackupStore
-from etcdops.backup.target import open_backup_target
 from etcdops.compute.factory import open_compute
 from etcdops.connect import client_for
 from etcdops.errors import ConfigError
 from etcdops.etcd import EtcdClient
-from etcdops.runbook import replace, restore
+from etcdops.runbook import replace
 from etcdops.state import DynamoStateStore
+
+if TYPE_CHECKING:
+    from etcdops.backup.crypto import KeyProvider
+    from etcdops.backup.store import BackupStore
+
+# The backup modules (the AWS Encryption SDK among them) are imported when a step needs them:
+# most steps do not, and a cold start pays for every import (the budget is 500 ms per handler).
 
 
 class RunbookStepEvent(BaseModel):
@@ -61,18 +64,23 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
             return client_for(config)
 
         def backup_target() -> tuple[BackupStore, KeyProvider]:
+            from etcdops.backup.target import open_backup_target
+
             # a local key file is made on first use (the local stack); a KMS key must already exist
             return open_backup_target(
                 config, s3_client=session.client("s3"), kms_client=session.client("kms"), create_local_key=True
             )
 
         def ensure_backup(max_age: timedelta) -> Manifest:
+            from etcdops.backup.job import ensure_fresh_backup
+
             store, keyring = backup_target()
             with client() as etcd:
                 return ensure_fresh_backup(config, etcd, store, keyring, max_age)
 
         document = {**event.document, "execution": event.execution}
         if event.runbook == "restore":
+            from etcdops.runbook import restore
 
             def client_at(endpoints: Sequence[str]) -> EtcdClient:
                 return client_for(config, endpoints=list(endpoints))
