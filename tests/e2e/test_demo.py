@@ -28,6 +28,8 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path, etcd35: EtcdBinaries) ->
     assert result.returncode == 0, result.stderr
     events = [e["event"] for e in json.loads(result.stdout)]
     milestones = ["healthy cluster", "wrote 100 keys", "backup ", "killed member", "autopilot started ReplaceMember",
-                  "ReplaceMember SUCCEEDED", "healthy again: 3/3 voters healthy", "all 100 keys read back"]  # fmt: skip
+                  "ReplaceMember SUCCEEDED", "healthy again: 3/3 voters healthy", "all 100 keys read back",
+                  "chapter 2", "two of three members killed", "escalation names backup", "RestoreCluster restore-demo",
+                  "RestoreCluster SUCCEEDED", "restored: 3/3 voters healthy"]  # fmt: skip
     found = [next((i for i, e in enumerate(events) if e.startswith(m)), -1) for m in milestones]
     assert -1 not in found and found == sorted(found), events

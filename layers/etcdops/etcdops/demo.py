@@ -1,15 +1,19 @@
 """``etcdops demo``: a scripted tour of the autopilot on the local stack, with a timeline.
 
-healthy cluster → data written → backup → a member is killed → detected → replaced → healthy again,
-with the data checked at the end. Every step uses the real pieces: etcd processes, our client, the
-backup job, and the autopilot (HealthCheck and ReplaceMember in the emulated AWS).
+Chapter 1: healthy cluster → data written → backup → a member is killed → detected → replaced →
+healthy again, with the data checked. Chapter 2: the data is deleted by mistake and two members are
+lost → escalation naming a backup → RestoreCluster, approved → exactly the backed-up data.
+Every step uses the real pieces: etcd processes, our client, the backup job, and the autopilot
+(HealthCheck and the runbooks in the emulated AWS).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -129,4 +133,56 @@ def run_demo(
     if lost:
         raise DemoError(f"demo: {len(lost)} keys lost, e.g. {lost[0]!r}")
     timeline(f"all {len(written)} keys read back; the story: etcdops runbook show {run['name']}")
+    _restore_chapter(cluster, timeline, backup.id, written, timeout)
     return timeline
+
+
+def _restore_chapter(
+    cluster: LocalCluster, timeline: Timeline, backup_id: str, written: dict[bytes, bytes], timeout: float
+) -> None:
+    """Disaster: the data is damaged and two of three members are lost; the restore the escalation
+    names, approved by the operator, brings back exactly the backed-up data."""
+    from etcdops.approval import decide_approval
+    from etcdops.state import DynamoStateStore
+
+    with cluster.client() as client:
+        client.delete(b"/demo/", prefix=True)
+    timeline("chapter 2: every key under /demo/ deleted by mistake")
+    health = _probe(cluster)
+    for member in [m for m in health.members if m.id != health.leader]:
+        cluster.kill(member.name)
+    timeline("two of three members killed: quorum lost; the autopilot escalates and changes nothing")
+
+    stack = load_local_stack(cluster.state_dir)
+    session = local_boto3_session(cluster.state_dir)
+    sfn = session.client("stepfunctions")
+    state = DynamoStateStore(stack.table or "", session.client("dynamodb"))
+    decided = _wait(
+        "the escalation", lambda: (d := state.load_last_decision("local")) and d.decision.restore_input and d, 120
+    )
+    restore_input = dict(decided.decision.restore_input or {})
+    restore_input["backup_id"] = backup_id  # the backup taken at the start of the tour
+    timeline(f"escalation names backup {decided.decision.backup_id}; starting RestoreCluster with backup {backup_id}")
+    name = f"restore-demo-{backup_id[-6:]}"
+    arn = sfn.start_execution(
+        stateMachineArn=stack.state_machines["RestoreClusterStateMachine"], name=name, input=json.dumps(restore_input)
+    )["executionArn"]
+    _wait("the approval request", lambda: state.load_approval(name), 120)
+    timeline(f"RestoreCluster {name} waits for approval; approving as the operator (etcdops approve {name})")
+    decide_approval(name, "approve", None, store=state, sfn=sfn, now=datetime.now(UTC), by="demo")
+    result = _wait(
+        "RestoreCluster to finish",
+        lambda: (d := sfn.describe_execution(executionArn=arn))["status"] != "RUNNING" and d,
+        timeout,
+    )
+    timeline(f"RestoreCluster {result['status']}")
+    if result["status"] != "SUCCEEDED":
+        raise DemoError(f"demo: RestoreCluster ended {result['status']}; see: etcdops runbook show {name}")
+    health = _wait(
+        "3 healthy voters", lambda: (h := _probe(cluster)).has_quorum and len(h.healthy_voters) == 3 and h, 60
+    )
+    with cluster.client() as client:
+        stored = {kv.key: kv.value for kv in client.range(b"/demo/", prefix=True).kvs}
+    if stored != written:
+        raise DemoError(f"demo: the restored keys differ from the backup ({len(stored)} != {len(written)})")
+    timeline(f"restored: {_summary(health)}; all {len(written)} keys back exactly as backed up")
