@@ -252,3 +252,35 @@ def test_quorum_loss_is_escalated_and_the_named_restore_brings_the_data_back(
     )
     with cluster.client() as client:
         assert {kv.key: kv.value for kv in client.range(b"/restore/", prefix=True).kvs} == expected
+
+
+def test_a_rejected_restore_touches_nothing(autopilot: SimpleNamespace, cluster: LocalCluster) -> None:
+    from etcdops.backup.job import run_backup
+    from etcdops.backup.target import open_backup_target
+
+    config = cluster.config()
+    store, keyring = open_backup_target(config, create_local_key=True)
+    with cluster.client() as client:
+        backup = run_backup(config, client, probe_cluster(client), store, keyring).manifest
+        client.put(b"/after-backup", b"kept")
+    processes = [(p.name, p.pid, p.state) for p in cluster.ps()]
+
+    # When a restore is started and the operator rejects it
+    machine = autopilot.stack.state_machines["RestoreClusterStateMachine"]
+    name = "restore-local-rejected"
+    arn = autopilot.sfn.start_execution(
+        stateMachineArn=machine, name=name, input=json.dumps({"cluster": "local", "backup_id": backup.id})
+    )["executionArn"]
+    wait_for("the approval request", lambda: autopilot.state.load_approval(name), timeout=120)
+    decide_approval(name, "reject", "not now", store=autopilot.state, sfn=autopilot.sfn, now=datetime.now(UTC), by="t")
+
+    # Then the execution fails, nothing was stopped or restored, and the lock is free again
+    described = wait_for(
+        "the restore to end",
+        lambda: (d := autopilot.sfn.describe_execution(executionArn=arn))["status"] != "RUNNING" and d,
+    )
+    assert described["status"] == "FAILED"
+    assert [(p.name, p.pid, p.state) for p in cluster.ps()] == processes
+    with cluster.client() as client:
+        assert client.get(b"/after-backup") == b"kept"
+    assert autopilot.state.get_lock("local") is None
