@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 import threading
 from collections.abc import Callable
@@ -53,9 +52,6 @@ TEMPLATE_PARAMETER = "HealthCheckSchedule"
 LAST_ROUND = Path("health") / "last_round.json"
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "template.yaml"
 
-_RATE = re.compile(r"^rate\(\s*(\d+)\s+(second|seconds|minute|minutes|hour|hours|day|days)\s*\)$")
-_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-
 
 class _TemplateLoader(yaml.SafeLoader):
     """Reads CloudFormation short-form tags (``!Ref``, ``!Sub`` ...) as plain values."""
@@ -86,12 +82,12 @@ def template_health_schedule(template_path: Path = DEFAULT_TEMPLATE) -> str:
 
 def schedule_seconds(expression: str) -> float:
     """Seconds between firings of ``rate(N unit)``; locally ``seconds`` are allowed (AWS refuses them)."""
-    match = _RATE.match(expression.strip())
-    if not match or int(match.group(1)) <= 0:
-        raise ConfigError(
-            f"schedule: {expression!r}: the local health loop takes rate(N seconds|minutes|hours|days), N > 0"
-        )
-    return float(int(match.group(1)) * _UNIT_SECONDS[match.group(2).rstrip("s")])
+    from etcdops.localschedule import Rate, parse_schedule
+
+    timing = parse_schedule(expression)
+    if not isinstance(timing, Rate):
+        raise ConfigError(f"schedule: {expression!r}: the local health loop takes rate(N seconds|minutes|hours|days)")
+    return float(timing.seconds)
 
 
 def local_health_schedule(
