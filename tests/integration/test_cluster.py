@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import pytest
+from retries import retry
 
 from etcdops.errors import EtcdAuthError, EtcdError, EtcdUnavailableError, EtcdUnhealthyClusterError
 from etcdops.etcd import EtcdClient, TlsFiles
@@ -17,24 +16,11 @@ from etcdops.local import LocalCluster, free_ports
 from etcdops.probe import probe_cluster
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 
 
 def probe(cluster: LocalCluster, deadline: float = 2.0) -> ClusterHealth:
     with cluster.client(timeout=deadline) as client:
         return probe_cluster(client, deadline=deadline)
-
-
-def retry(what: Callable[[], T], *, retry_on: tuple[type[Exception], ...], timeout: float = 20.0) -> T:
-    """etcd needs a moment after some membership changes; retry those, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return what()
-        except retry_on:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
 
 
 def test_all_members_healthy_with_one_leader(shared_cluster: LocalCluster) -> None:

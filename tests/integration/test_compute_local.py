@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
+from retries import retry
 
 from etcdops.compute.base import Host
 from etcdops.compute.errors import ActionParameterError, HostNotFoundError
@@ -24,31 +22,14 @@ from etcdops.etcd import EtcdClient
 from etcdops.local import LocalCluster
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
-
-
-def retry(what: Callable[[], T], *, retry_on: tuple[type[Exception], ...], timeout: float = 30.0) -> T:
-    """etcd needs a moment after membership changes and restarts; retry those, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return what()
-        except retry_on:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
 
 
 def add_learner(client: EtcdClient, host: Host) -> tuple[int, str]:
     """member add --learner for ``host``; returns its id and the initial-cluster string it starts with."""
     # a cluster younger than a few seconds refuses membership changes as "unhealthy": retry by design
-    added = retry(
-        lambda: client.member_add([host.peer_url], learner=True), retry_on=(EtcdUnhealthyClusterError,)
-    )
+    added = retry(lambda: client.member_add([host.peer_url], learner=True), retry_on=(EtcdUnhealthyClusterError,))
     members = client.member_list()
-    initial = ",".join(
-        f"{host.name if m.id == added.id else m.name}={m.peer_urls[0]}" for m in members if m.peer_urls
-    )
+    initial = ",".join(f"{host.name if m.id == added.id else m.name}={m.peer_urls[0]}" for m in members if m.peer_urls)
     return added.id, initial
 
 

@@ -6,12 +6,11 @@ convergence of every step (invariant 7) and the safety re-checks can be exercise
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from retries import with_retries
 
 from etcdops.aws import MemoryNotifier
 from etcdops.backup.job import ensure_fresh_backup
@@ -19,7 +18,6 @@ from etcdops.backup.manifest import Manifest
 from etcdops.backup.target import open_backup_target
 from etcdops.compute.factory import open_compute
 from etcdops.connect import client_for
-from etcdops.errors import EtcdopsError
 from etcdops.etcd import EtcdClient
 from etcdops.local import LocalCluster
 from etcdops.probe import probe_cluster
@@ -48,18 +46,6 @@ def context_for(cluster: LocalCluster) -> replace.ReplaceContext:
         notifier=MemoryNotifier(),
         ensure_backup=ensure_backup,
     )
-
-
-def with_retries(step: Callable[[], dict[str, Any]], timeout: float = 90.0) -> dict[str, Any]:
-    """What the state machine's Retry does for retryable named errors."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return step()
-        except EtcdopsError as exc:
-            if not exc.retryable or time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
 
 
 def failed_follower(cluster: LocalCluster) -> dict[str, Any]:

@@ -7,12 +7,12 @@ start where the runbook continues after an approval.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from retries import with_retries
 
 from etcdops.aws import MemoryNotifier
 from etcdops.backup.crypto import KeyProvider
@@ -25,7 +25,6 @@ from etcdops.compute.base import ActionResult, Host
 from etcdops.compute.errors import HostCommandFailedError
 from etcdops.compute.factory import open_compute
 from etcdops.connect import client_for
-from etcdops.errors import EtcdopsError
 from etcdops.etcd import EtcdClient
 from etcdops.local import EtcdBinaries, LocalCluster
 from etcdops.probe import probe_cluster
@@ -72,18 +71,6 @@ def context_for(cluster: LocalCluster, work: Path) -> restore.RestoreContext:
         backup_target=target,
         work_dir=work,
     )
-
-
-def with_retries(step: Callable[[], dict[str, Any]], timeout: float = 90.0) -> dict[str, Any]:
-    """What the state machine's Retry does for retryable named errors."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return step()
-        except EtcdopsError as exc:
-            if not exc.retryable or time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
 
 
 def run(
