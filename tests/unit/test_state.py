@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import pytest
 from moto import mock_aws
+from moto_dynamodb import state_table
 
 from etcdops.policy import Action, Decision, Notification, NotificationKind, Streak
 from etcdops.state import (
@@ -34,12 +35,7 @@ def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
     if request.param == "memory":
         yield InMemoryStateStore()
         return
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(**table_definition(TABLE))
-        client.update_time_to_live(
-            TableName=TABLE, TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE}
-        )
+    with state_table(TABLE) as client:
         yield DynamoStateStore(TABLE, client)
 
 

@@ -7,12 +7,11 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-import boto3
 import pytest
-from moto import mock_aws
+from moto_dynamodb import state_table
 
 from etcdops.errors import UsageError
-from etcdops.state import Approval, DynamoStateStore, InMemoryStateStore, StateStore, table_definition
+from etcdops.state import Approval, DynamoStateStore, InMemoryStateStore, StateStore
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 TABLE = "etcdops-state"
@@ -23,9 +22,7 @@ def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
     if request.param == "memory":
         yield InMemoryStateStore()
         return
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(**table_definition(TABLE))
+    with state_table(TABLE) as client:
         yield DynamoStateStore(TABLE, client)
 
 
