@@ -450,13 +450,30 @@ def _notifications(
     cert_not_after: Mapping[str, datetime],
 ) -> tuple[Notification, ...]:
     out: list[Notification] = []
-    for alarm in sorted(set(observation.alarms), key=lambda a: (a.alarm, a.member_id)):
+    alarms = sorted(set(observation.alarms), key=lambda a: (a.alarm, a.member_id))
+    nospace = [a for a in alarms if a.alarm.upper() == "NOSPACE"]
+    for alarm in alarms:
+        if alarm.alarm.upper() == "NOSPACE":
+            if alarm is not nospace[0]:
+                continue
+            # NOSPACE is the cluster's condition (members raise it one by one as each hits the quota):
+            # one incident per cluster, not one per member that reports it
+            members = ", ".join(f"{a.member_id:x}" for a in nospace)
+            out.append(
+                Notification(
+                    NotificationKind.ALARM_NOSPACE,
+                    f"etcd alarm NOSPACE raised by member(s) {members} on cluster {cluster}: the cluster refuses "
+                    "writes until space is freed (compact, defragment, disarm).",
+                    _notification_key(cluster, NotificationKind.ALARM_NOSPACE, "NOSPACE"),
+                    alarm.member_id,
+                )
+            )
+            continue
         name = alarm.alarm.upper()
         kind = {"NOSPACE": NotificationKind.ALARM_NOSPACE, "CORRUPT": NotificationKind.ALARM_CORRUPT}.get(
             name, NotificationKind.ALARM_OTHER
         )
         detail = {
-            "NOSPACE": "the cluster refuses writes until space is freed (compact, defragment, disarm)",
             "CORRUPT": "its data differs from the other members; it needs a human and likely a replace",
         }.get(name, "check the member")
         out.append(
