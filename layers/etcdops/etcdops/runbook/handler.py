@@ -79,6 +79,10 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
                 return ensure_fresh_backup(config, etcd, store, keyring, max_age)
 
         document = {**event.document, "execution": event.execution}
+        # what every runbook's context holds, built once here
+        compute = open_compute(config, session=session)
+        state = DynamoStateStore(settings.table_name, session.client("dynamodb"))
+        notifier = SnsNotifier(session.client("sns"), settings.topic_arn)
         if event.runbook == "restore":
             from etcdops.runbook import restore
 
@@ -88,9 +92,9 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
             restore_context = restore.RestoreContext(
                 config=config,
                 client=client_at,
-                compute=open_compute(config, session=session),
-                state=DynamoStateStore(settings.table_name, session.client("dynamodb")),
-                notifier=SnsNotifier(session.client("sns"), settings.topic_arn),
+                compute=compute,
+                state=state,
+                notifier=notifier,
                 backup_target=backup_target,
             )
             return restore.run_step(restore_context, event.step, document)
@@ -98,9 +102,9 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
         context = replace.ReplaceContext(
             config=config,
             client=client,
-            compute=open_compute(config, session=session),
-            state=DynamoStateStore(settings.table_name, session.client("dynamodb")),
-            notifier=SnsNotifier(session.client("sns"), settings.topic_arn),
+            compute=compute,
+            state=state,
+            notifier=notifier,
             ensure_backup=ensure_backup,
         )
         return replace.run_step(context, event.step, document)
