@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from samtranslator.yaml_helper import yaml_parse
 
 from etcdops.compute.base import ACTIONS, DOCUMENTS, DocumentSpec
 from etcdops.compute.bootstrap import _FETCH_CERTS, BootstrapSettings, user_data
@@ -38,17 +38,29 @@ SAMPLES = {
 
 
 def documented() -> dict[str, dict[str, Any]]:
+    """The documented SSM documents by key (``StartEtcd``...), CloudFormation tags in long form."""
     text = DOC.read_text()
     section = text[text.index("### As CloudFormation") :]
     block = re.search(r"```yaml\n(.*?)```", section, re.S)
     assert block, "no yaml block after '### As CloudFormation'"
-    resources = yaml.safe_load(block.group(1))
-    return {r["Properties"]["Name"]: r for r in resources.values()}
+    resources = yaml_parse(block.group(1))
+    by_key: dict[str, dict[str, Any]] = {}
+    for resource in resources.values():
+        name = resource["Properties"]["Name"]
+        assert set(name) == {"Fn::Sub"} and name["Fn::Sub"].startswith("${AWS::StackName}-"), name
+        by_key[name["Fn::Sub"].removeprefix("${AWS::StackName}-")] = resource
+    return by_key
+
+
+def test_document_names_derive_from_the_stack() -> None:
+    # two stacks in one account and region each have their own documents
+    assert DOCUMENTS["StartEtcd"].default_name("etcdops-a") == "etcdops-a-StartEtcd"
+    assert set(documented()) == set(DOCUMENTS)
 
 
 @pytest.mark.parametrize("spec", DOCUMENTS.values(), ids=lambda s: s.key)
 def test_documented_ssm_document_matches_the_code(spec: DocumentSpec) -> None:
-    resource = documented()[spec.default_name]
+    resource = documented()[spec.key]
     assert resource["Type"] == "AWS::SSM::Document"
     assert resource["Properties"]["DocumentType"] == "Command"
     content = resource["Properties"]["Content"]
@@ -75,7 +87,7 @@ def test_documented_ssm_document_matches_the_code(spec: DocumentSpec) -> None:
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
 @pytest.mark.parametrize("key", sorted(DOCUMENTS))
 def test_documented_scripts_are_valid_bash(key: str) -> None:
-    (step,) = documented()[DOCUMENTS[key].default_name]["Properties"]["Content"]["mainSteps"]
+    (step,) = documented()[key]["Properties"]["Content"]["mainSteps"]
     script = re.sub(r"\{\{ (\w+) \}\}", lambda m: SAMPLES[m.group(1)], "\n".join(step["inputs"]["runCommand"]))
     checked = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stderr
@@ -132,7 +144,7 @@ def test_template_defines_exactly_the_documented_ssm_documents() -> None:
 
     template = read_template(Path(__file__).resolve().parents[2] / "template.yaml")
     in_template = {
-        resource["Properties"]["Name"]: resource
+        resource["Properties"]["Name"]["Fn::Sub"].removeprefix("${AWS::StackName}-"): resource
         for resource in template["Resources"].values()
         if resource["Type"] == "AWS::SSM::Document"
     }

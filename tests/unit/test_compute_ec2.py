@@ -31,6 +31,7 @@ from etcdops.errors import EtcdopsError
 
 REGION = "eu-west-1"
 CLUSTER = "prod"
+STACK = "etcdops-prod"
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Aws:
                     "target_group_arn": self.target_group, **settings}  # fmt: skip
         config = Ec2Compute(**settings)
         return Ec2ComputeProvider(
-            CLUSTER, config, ec2=self.ec2, elbv2=self.elbv2, ssm=self.ssm, secretsmanager=self.secrets
+            CLUSTER, config, stack_name=STACK, ec2=self.ec2, elbv2=self.elbv2, ssm=self.ssm, secretsmanager=self.secrets
         )
 
     def user_data(self, instance_id: str) -> str:
@@ -300,7 +301,7 @@ def test_start_and_stop_etcd_send_the_documents_with_their_parameters(aws: Aws) 
     compute.stop_etcd(host)
 
     start, stop = sorted(aws.commands(), key=lambda c: c["RequestedDateTime"])
-    assert start["DocumentName"] == "etcdops-StartEtcd" and start["InstanceIds"] == [host.host_id]
+    assert start["DocumentName"] == f"{STACK}-StartEtcd" and start["InstanceIds"] == [host.host_id]
     assert start["Parameters"] == {
         "MemberName": ["m4"],
         "PeerUrl": [host.peer_url],
@@ -308,16 +309,17 @@ def test_start_and_stop_etcd_send_the_documents_with_their_parameters(aws: Aws) 
         "InitialCluster": [initial],
         "InitialClusterState": ["existing"],
     }
-    assert stop["DocumentName"] == "etcdops-StopEtcd" and stop["Parameters"] == {}
+    assert stop["DocumentName"] == f"{STACK}-StopEtcd" and stop["Parameters"] == {}
 
 
 def test_document_names_come_from_the_config(aws: Aws) -> None:
-    compute = aws.provider(ssm_documents={"StartEtcd": "prod-StartEtcd"})
+    compute = aws.provider(ssm_documents={"StartEtcd": "systemd-StartEtcd"})
     host = compute.launch("m4")
 
     compute.start_etcd(host, f"m4={host.peer_url}", "new")
+    compute.stop_etcd(host)
 
-    assert [c["DocumentName"] for c in aws.commands()] == ["prod-StartEtcd"]
+    assert [c["DocumentName"] for c in aws.commands()] == ["systemd-StartEtcd", f"{STACK}-StopEtcd"]
 
 
 def test_unknown_document_key_in_config_is_refused_by_name(aws: Aws) -> None:
@@ -351,8 +353,8 @@ def test_actions_run_their_documents_on_their_host_group(aws: Aws) -> None:
     assert stopped.ok and [h.host_id for h in stopped.hosts] == [control_plane]
     assert {h.host_id for h in restored.hosts} == {h.host_id for h in etcd_hosts}
     by_document = {c["DocumentName"]: c for c in aws.commands()}
-    assert by_document["etcdops-StopApiServer"]["Parameters"] == {}
-    assert by_document["etcdops-RestoreDataDir"]["Parameters"] == {
+    assert by_document[f"{STACK}-StopApiServer"]["Parameters"] == {}
+    assert by_document[f"{STACK}-RestoreDataDir"]["Parameters"] == {
         "SnapshotUri": ["s3://backups/prod/snap.db"],
         "InitialCluster": ["m1=https://10.0.1.10:2380"],
     }
@@ -414,7 +416,7 @@ def _scripted(aws: Aws, ssm: ScriptedSsm, clock: FakeClock) -> tuple[Ec2ComputeP
     host = aws.provider().launch("m4")
     config = Ec2Compute(launch_template=aws.template, subnets=aws.subnets)
     compute = Ec2ComputeProvider(
-        CLUSTER, config, ec2=aws.ec2, elbv2=aws.elbv2, ssm=ssm, secretsmanager=aws.secrets,
+        CLUSTER, config, stack_name=STACK, ec2=aws.ec2, elbv2=aws.elbv2, ssm=ssm, secretsmanager=aws.secrets,
         sleep=clock.sleep, clock=clock, max_wait_seconds=60, poll_seconds=5,
     )  # fmt: skip
     return compute, host
@@ -459,9 +461,11 @@ def test_factory_chooses_the_backend_from_the_config(aws: Aws, tmp_path: Any) ->
     local_config = parse_config({**base, "compute": {"provider": "local", "state_dir": str(tmp_path)}})
 
     session = boto3.Session(region_name=REGION)
-    assert isinstance(open_compute(ec2_config, session=session), Ec2ComputeProvider)
+    assert isinstance(open_compute(ec2_config, session=session, stack_name=STACK), Ec2ComputeProvider)
     assert isinstance(open_compute(local_config), LocalComputeProvider)
     with pytest.raises(ComputeConfigError, match="ssm"):
-        open_compute(ec2_config, ec2=aws.ec2, elbv2=aws.elbv2, secretsmanager=aws.secrets)
+        open_compute(ec2_config, ec2=aws.ec2, elbv2=aws.elbv2, secretsmanager=aws.secrets, stack_name=STACK)
+    with pytest.raises(ComputeConfigError, match="STACK_NAME"):  # whose documents would it send?
+        open_compute(ec2_config, session=session)
     with pytest.raises(ComputeConfigError, match="compute"):
         open_compute(parse_config(base))

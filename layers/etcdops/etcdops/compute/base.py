@@ -95,7 +95,7 @@ class Parameter:
 
 @dataclass(frozen=True)
 class DocumentSpec:
-    """A host command: an SSM document in AWS (``etcdops-<key>`` unless configured otherwise)."""
+    """A host command: an SSM document in AWS (``<stack>-<key>`` unless configured otherwise)."""
 
     key: str
     description: str
@@ -103,9 +103,9 @@ class DocumentSpec:
     timeout_seconds: int
     parameters: tuple[Parameter, ...] = field(default=())
 
-    @property
-    def default_name(self) -> str:
-        return f"etcdops-{self.key}"
+    def default_name(self, stack_name: str) -> str:
+        """The document's name in the stack ``stack_name`` (template.yaml names it so)."""
+        return f"{stack_name}-{self.key}"
 
     def ssm_parameters(self, values: Mapping[str, str]) -> dict[str, str]:
         """Check ``values`` (Python keys) and return them by SSM name; names the bad parameter."""

@@ -11,7 +11,8 @@
   one secret only (the IAM condition is in docs/host-bootstrap.md);
 - ``register_target``/``deregister_target``: the instance id and the client port in the target group;
 - etcd start/stop and host actions: ``ssm.send_command`` with the documents named in
-  ``compute.ssm_documents`` (default ``etcdops-<Key>``), waiting for every invocation under a deadline.
+  ``compute.ssm_documents`` (default ``<stack>-<Key>``, the documents of the etcdops stack that runs
+  this provider), waiting for every invocation under a deadline.
 """
 
 from __future__ import annotations
@@ -97,13 +98,17 @@ def _partition(region: str) -> str:
 
 
 class Ec2ComputeProvider(ComputeProvider):
-    """The hosts of cluster ``cluster`` in EC2; every AWS client is passed in."""
+    """The hosts of cluster ``cluster`` in EC2; every AWS client is passed in.
+
+    ``stack_name`` is the etcdops stack whose SSM documents run the host commands.
+    """
 
     def __init__(
         self,
         cluster: str,
         settings: Ec2Compute,
         *,
+        stack_name: str,
         ec2: Any,
         elbv2: Any,
         ssm: Any,
@@ -123,7 +128,10 @@ class Ec2ComputeProvider(ComputeProvider):
                 raise ComputeConfigError(
                     f"compute.ssm_documents.{key}: unknown document (known: {', '.join(sorted(DOCUMENTS))})"
                 )
+        if not stack_name:
+            raise ComputeConfigError("the ec2 provider needs the etcdops stack's name (STACK_NAME)")
         self.cluster = cluster
+        self.stack_name = stack_name
         self.settings = settings
         self.ec2, self.elbv2, self.ssm, self.secrets = ec2, elbv2, ssm, secretsmanager
         self.region = region or str(ec2.meta.region_name)
@@ -143,7 +151,7 @@ class Ec2ComputeProvider(ComputeProvider):
         return f"etcdops/{self.cluster}/members/{check_host_name(name)}"
 
     def document_name(self, key: str) -> str:
-        return self.settings.ssm_documents.get(key) or DOCUMENTS[key].default_name
+        return self.settings.ssm_documents.get(key) or DOCUMENTS[key].default_name(self.stack_name)
 
     # ---- hosts ---------------------------------------------------------------------------
 

@@ -22,13 +22,15 @@ def open_compute(
     ssm: Any = None,
     secretsmanager: Any = None,
     session: Any = None,
+    stack_name: str | None = None,
     local_hooks: Mapping[str, Sequence[str]] | None = None,
 ) -> ComputeProvider:
     """The provider named by ``config.compute``.
 
     For ``ec2`` the AWS clients are passed in, one by one or as a boto3 ``session`` that makes the
-    ones not given. For ``local`` no client is needed; ``local_hooks`` maps control-plane actions to
-    commands to run instead of the Kubernetes hooks.
+    ones not given, and ``stack_name`` names the etcdops stack whose SSM documents it sends. For
+    ``local`` no client is needed; ``local_hooks`` maps control-plane actions to commands to run
+    instead of the Kubernetes hooks.
     """
     compute = config.compute
     if isinstance(compute, LocalCompute):
@@ -42,9 +44,12 @@ def open_compute(
         missing = [name for name, client in clients.items() if client is None]
         if missing:
             raise ComputeConfigError(f"compute: the ec2 provider needs AWS clients: {', '.join(missing)} not given")
+        if not stack_name:
+            raise ComputeConfigError("compute: the ec2 provider needs the etcdops stack's name (STACK_NAME)")
         return Ec2ComputeProvider(
             config.name,
             compute,
+            stack_name=stack_name,
             ec2=clients["ec2"],
             elbv2=clients["elbv2"],
             ssm=clients["ssm"],

@@ -44,14 +44,16 @@ class RunbookSettings:
     config_parameter: str
     table_name: str
     topic_arn: str
+    stack_name: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RunbookSettings:
-        values = {name: env.get(name, "").strip() for name in ("CLUSTER_CONFIG_PARAMETER", "TABLE_NAME", "TOPIC_ARN")}
+        names = ("CLUSTER_CONFIG_PARAMETER", "TABLE_NAME", "TOPIC_ARN", "STACK_NAME")
+        values = {name: env.get(name, "").strip() for name in names}
         missing = [name for name, value in values.items() if not value]
         if missing:
             raise ConfigError(f"{', '.join(missing)}: not set in the function's environment")
-        return cls(values["CLUSTER_CONFIG_PARAMETER"], values["TABLE_NAME"], values["TOPIC_ARN"])
+        return cls(*(values[name] for name in names))
 
 
 def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session: Any) -> dict[str, Any]:
@@ -80,7 +82,7 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
 
         document = {**event.document, "execution": event.execution}
         # what every runbook's context holds, built once here
-        compute = open_compute(config, session=session)
+        compute = open_compute(config, session=session, stack_name=settings.stack_name)
         state = DynamoStateStore(settings.table_name, session.client("dynamodb"))
         notifier = SnsNotifier(session.client("sns"), settings.topic_arn)
         if event.runbook == "restore":
