@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from etcdops.backup.target import open_backup_target
 from etcdops.config import parse_config
 from etcdops.local import EtcdBinaries, LocalCluster
 from etcdops.probe import probe_cluster
+from etcdops.snapshot import save_snapshot
 
 pytestmark = pytest.mark.integration
 MARKER = "plaintext-marker-7f3a"
@@ -161,6 +164,103 @@ def test_member_killed_mid_stream_is_retried_on_another(cluster: LocalCluster) -
     assert result.manifest.member_id != ""
     verify_backup(store, keyring, result.manifest.id)
     assert store.list() == sorted([object_key(result.manifest.id), f"{result.manifest.id}.manifest.json"])
+
+
+class Freezer:
+    """Pauses (SIGSTOP) the member serving a snapshot once ``after`` bytes arrived, and always
+    resumes it: at the end of the test, or after ``thaw_after`` seconds when nothing abandoned it
+    (then the stream goes on from the same member and the test fails on its assertions instead
+    of hanging)."""
+
+    def __init__(self, cluster: LocalCluster, after: int = 1_000_000, thaw_after: float = 90.0) -> None:
+        self.cluster = cluster
+        self.after = after
+        self.names = {m.client_urls[0]: m.name for m in cluster.ps()}
+        self.log: list[str] = []
+        self.paused: str | None = None
+        self.watchdog = threading.Timer(thaw_after, self.resume)
+
+    def serving(self) -> str:
+        line = next(line for line in reversed(self.log) if line.startswith("streaming snapshot from"))
+        return self.names[line.rsplit(" at ", 1)[-1]]
+
+    def progress(self, done: int, total: int | None) -> None:
+        if self.paused is None and done > self.after:
+            self.paused = self.serving()
+            self.cluster.pause(self.paused)
+            self.watchdog.start()
+
+    def resume(self) -> None:
+        if self.paused and self.cluster.member(self.paused).pid and self.cluster.ps():
+            state = next(p.state for p in self.cluster.ps() if p.name == self.paused)
+            if state == "paused":
+                self.cluster.resume(self.paused)
+
+    def __enter__(self) -> Freezer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.watchdog.cancel()
+        self.resume()
+
+
+def write_big(cluster: LocalCluster, count: int = 80, size: int = 500_000) -> None:
+    """A database of ~40 MB: far more than the stream's prefetch and gRPC's window hold."""
+    with cluster.client() as client:
+        for i in range(count):
+            client.put(f"/big/{i}", os.urandom(size))
+
+
+def test_a_member_frozen_mid_backup_is_abandoned_for_the_next(cluster: LocalCluster) -> None:
+    # Given a big database
+    write_big(cluster)
+
+    # When the member serving the backup's snapshot is frozen (SIGSTOP) mid-stream
+    with Freezer(cluster) as freezer:
+        result, store, keyring = backup(cluster, progress=freezer.progress, log=freezer.log.append)
+        paused = freezer.paused
+
+    # Then the stream from it was abandoned at the idle deadline (the probe deadline) and the next
+    # member served the whole backup, which verifies
+    deadline = cluster.config().health.probe_deadline_seconds
+    assert paused is not None and result.attempts == 2
+    assert any("stalled: no data for" in line and f"idle deadline {deadline:g}s" in line for line in freezer.log)
+    assert freezer.serving() != paused
+    assert result.manifest.member_id == f"{member_ids(cluster)[freezer.serving()]:x}"
+    verify_backup(store, keyring, result.manifest.id)
+    # and only the complete backup is in the store
+    assert store.list() == sorted([object_key(result.manifest.id), f"{result.manifest.id}.manifest.json"])
+
+
+def test_a_member_frozen_mid_snapshot_save_is_abandoned_for_the_next(
+    cluster: LocalCluster, etcd_binaries: EtcdBinaries, tmp_path: Path
+) -> None:
+    write_big(cluster)
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "snap.db"
+
+    with Freezer(cluster) as freezer, cluster.client() as client:
+        saved = save_snapshot(
+            client,
+            probe_cluster(client),
+            target,
+            progress=freezer.progress,
+            idle_timeout=cluster.config().health.probe_deadline_seconds,
+            log=freezer.log.append,
+        )
+        paused = freezer.paused
+
+    assert paused is not None and saved.attempts == 2 and saved.source.name != paused
+    assert any("stalled: no data for" in line for line in freezer.log)
+    # the file is whole and etcd's own tool accepts it; no partial file is left beside it
+    status = snapshot_status(etcd_binaries, target)
+    assert status["revision"] > 0 and status["totalKey"] >= 80
+    assert sorted(p.name for p in target.parent.iterdir()) == ["snap.db"]
+
+
+def member_ids(cluster: LocalCluster) -> dict[str, int]:
+    with cluster.client() as client:
+        return {m.name: m.id for m in client.member_list()}
 
 
 def test_tampered_object_wrong_key_and_swapped_objects_are_refused(

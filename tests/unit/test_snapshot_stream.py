@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -83,3 +85,53 @@ def test_a_consumer_that_stops_early_cancels_the_stream() -> None:
     chunks.close()
 
     assert call.cancelled and s.sha256 is None
+
+
+class FrozenCall(Call):
+    """A member that sends some messages, then nothing (SIGSTOP), until the call is cancelled."""
+
+    def __init__(self, blobs: list[bytes], freeze_after: int) -> None:
+        super().__init__(blobs)
+        self.freeze_after = freeze_after
+        self.thawed = threading.Event()
+
+    def __iter__(self) -> Iterator[SimpleNamespace]:
+        for i, blob in enumerate(self.blobs):
+            if i == self.freeze_after:
+                self.thawed.wait()  # cancel() thaws it, as gRPC ends a cancelled call
+                raise Cancelled()
+            yield SimpleNamespace(blob=blob)
+
+    def cancel(self) -> None:
+        super().cancel()
+        self.thawed.set()
+
+
+class Cancelled(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.CANCELLED
+
+    def details(self) -> str:
+        return "Locally cancelled by application!"
+
+
+def test_a_stream_that_goes_silent_is_abandoned_after_the_idle_deadline() -> None:
+    call = FrozenCall(etcd_like(b"s" * 400_000), freeze_after=4)
+    s = SnapshotStream(call, "https://m1:2379", chunk_size=64 * 1024, prefetch=2, idle_timeout=0.3)  # type: ignore[arg-type]
+
+    with pytest.raises(SnapshotStreamError, match=r"m1:2379 stalled: no data for .* \(idle deadline 0.3s") as error:
+        b"".join(s.chunks())
+
+    assert call.cancelled and error.value.retryable and s.sha256 is None
+
+
+def test_a_slow_consumer_never_trips_the_idle_deadline() -> None:
+    db = bytes(range(256)) * 2000
+    s = SnapshotStream(Call(etcd_like(db)), "https://m1:2379", chunk_size=64 * 1024, prefetch=1, idle_timeout=0.2)  # type: ignore[arg-type]
+
+    received = bytearray()
+    for chunk in s.chunks():
+        time.sleep(0.3)  # each piece takes the consumer longer than the idle deadline
+        received += chunk
+
+    assert bytes(received) == db and s.sha256 == hashlib.sha256(db).digest()

@@ -20,7 +20,12 @@ def cmd_snapshot_save(args: argparse.Namespace) -> int:
     with client_for(config) as client:
         health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
         saved = save_snapshot(
-            client, health, Path(args.file), progress=progress, log=lambda m: print(m, file=sys.stderr)
+            client,
+            health,
+            Path(args.file),
+            progress=progress,
+            idle_timeout=config.health.probe_deadline_seconds,
+            log=lambda m: print(m, file=sys.stderr),
         )
     progress.done()
     data = {

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,13 @@ from etcdops.pb import etcd_pb2_grpc as rpc
 
 DEFAULT_TIMEOUT = 5.0
 SNAPSHOT_TIMEOUT = 3600.0
+#: A snapshot stream that brings no message for this long is abandoned (a frozen or overloaded
+#: member); callers with a configuration pass its probe deadline instead.
+SNAPSHOT_IDLE_TIMEOUT = 10.0
+#: HTTP/2 keepalive on every channel: a ping after this much silence on a call...
+KEEPALIVE_TIME_MS = 10_000  # etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time)
+#: ...that must be answered within this, else the connection is closed and its calls fail.
+KEEPALIVE_TIMEOUT_MS = 5_000
 SHA256_SIZE = 32
 _MAX_MESSAGE = 256 * 1024 * 1024
 _ALARM_NAMES = {pb.NOSPACE: "NOSPACE", pb.CORRUPT: "CORRUPT"}
@@ -185,6 +193,12 @@ class _Channel:
             # fail fast on a dead peer instead of waiting for exponential reconnect backoff
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
+            # a peer that stops answering (SIGSTOP, a dead host behind a live route) is noticed on
+            # an open call even when no data flows our way: a server stream sends us nothing to ack
+            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.http2.max_pings_without_data", 0),
         ]
         target = _target(endpoint)
         if credentials is None:
@@ -333,18 +347,24 @@ class EtcdClient:
                 return member.client_urls[0]
         raise EtcdUnavailableError("no reachable leader")
 
-    def snapshot(self, endpoint: str, *, timeout: float = SNAPSHOT_TIMEOUT) -> Iterator[bytes]:
+    def snapshot(
+        self, endpoint: str, *, timeout: float = SNAPSHOT_TIMEOUT, idle_timeout: float = SNAPSHOT_IDLE_TIMEOUT
+    ) -> Iterator[bytes]:
         """Stream a snapshot of ``endpoint``'s backend: the database bytes, chunk by chunk.
 
         etcd appends the sha256 of the database to the stream; it is checked here and held
         back, so the chunks are exactly the database. Use :meth:`snapshot_stream` to get at the
         trailer (:attr:`SnapshotStream.sha256`) once the chunks are consumed.
         """
-        return self.snapshot_stream(endpoint, timeout=timeout).chunks()
+        return self.snapshot_stream(endpoint, timeout=timeout, idle_timeout=idle_timeout).chunks()
 
-    def snapshot_stream(self, endpoint: str, *, timeout: float = SNAPSHOT_TIMEOUT) -> SnapshotStream:
+    def snapshot_stream(
+        self, endpoint: str, *, timeout: float = SNAPSHOT_TIMEOUT, idle_timeout: float = SNAPSHOT_IDLE_TIMEOUT
+    ) -> SnapshotStream:
+        """A snapshot stream of ``endpoint``: ``timeout`` bounds the whole stream, ``idle_timeout``
+        the silence between two messages (then :class:`SnapshotStreamError`, and the call is cancelled)."""
         call = self._channel(endpoint).maintenance.Snapshot(pb.SnapshotRequest(), timeout=timeout)
-        return SnapshotStream(call, endpoint)
+        return SnapshotStream(call, endpoint, idle_timeout=idle_timeout)
 
     # ---- cluster -------------------------------------------------------------------------
 
@@ -437,15 +457,35 @@ class SnapshotStream:
     ``chunk_size`` pieces in a bounded queue, so receiving overlaps with whatever the consumer
     does with a piece (hashing, encrypting, writing) while memory stays within
     ``(prefetch + 2) * chunk_size``.
+
+    Idle deadline: when the consumer waits for data and the reader has made no progress (no
+    message received, no piece handed over) for ``idle_timeout`` seconds, the call is cancelled
+    and :class:`SnapshotStreamError` is raised, so a frozen member is abandoned instead of holding
+    the backup until the stream's total timeout. A slow consumer never trips it: while the queue
+    is full the consumer does not wait, and each piece it takes lets the reader progress again.
     """
 
-    def __init__(self, call: Any, endpoint: str, *, chunk_size: int = 1 << 20, prefetch: int = 8) -> None:
+    _POLL = 0.1  # seconds between two looks at the reader's progress while waiting for data
+
+    def __init__(
+        self,
+        call: Any,
+        endpoint: str,
+        *,
+        chunk_size: int = 1 << 20,
+        prefetch: int = 8,
+        idle_timeout: float = SNAPSHOT_IDLE_TIMEOUT,
+    ) -> None:
+        if idle_timeout <= 0:
+            raise ConfigError(f"snapshot idle timeout must be positive, not {idle_timeout}")
         self._call = call
         self.endpoint = endpoint
         self.chunk_size = chunk_size
         self.prefetch = prefetch
+        self.idle_timeout = idle_timeout
         self.sha256: bytes | None = None
         self.db_bytes = 0
+        self._progress_at = time.monotonic()  # written by the reader thread, read by the consumer
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -454,6 +494,7 @@ class SnapshotStream:
         buffer = bytearray()
         try:
             for response in self._call:  # etcd sends no response header on this stream
+                self._progress_at = time.monotonic()
                 buffer += response.blob
                 if len(buffer) >= self.chunk_size + SHA256_SIZE:
                     # keep the last 32 bytes back: at the end of the stream they are the trailer
@@ -461,20 +502,36 @@ class SnapshotStream:
                         piece = bytes(view[:-SHA256_SIZE])
                     del buffer[:-SHA256_SIZE]
                     out.put(("data", piece))
+                    self._progress_at = time.monotonic()
             out.put(("end", bytes(buffer)))
         except grpc.RpcError as exc:
             out.put(("error", exc))
         except BaseException as exc:  # a reader must always say how it ended
             out.put(("error", exc))
 
+    def _next(self, pieces: queue.Queue[tuple[str, Any]]) -> tuple[str, Any]:
+        """The reader's next item, or :class:`SnapshotStreamError` once it made no progress for too long."""
+        while True:
+            try:
+                return pieces.get(timeout=self._POLL)
+            except queue.Empty:
+                silent = time.monotonic() - self._progress_at
+                if silent > self.idle_timeout:
+                    self._call.cancel()
+                    raise SnapshotStreamError(
+                        f"snapshot stream from {self.endpoint} stalled: no data for {silent:.1f}s "
+                        f"(idle deadline {self.idle_timeout:g}s; the member may be frozen or overloaded)"
+                    ) from None
+
     def chunks(self) -> Iterator[bytes]:
         digest = hashlib.sha256()
         pieces: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=self.prefetch)
+        self._progress_at = time.monotonic()
         reader = threading.Thread(target=self._read, args=(pieces,), name="snapshot-reader", daemon=True)
         reader.start()
         try:
             while True:
-                kind, value = pieces.get()
+                kind, value = self._next(pieces)
                 if kind == "error":
                     if isinstance(value, grpc.RpcError):
                         error = _map_rpc_error(value, self.endpoint)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from etcdops.errors import EtcdError, SnapshotError, SnapshotStreamError
-from etcdops.etcd import EtcdClient, SnapshotStream
+from etcdops.etcd import SNAPSHOT_IDLE_TIMEOUT, EtcdClient, SnapshotStream
 from etcdops.health import ClusterHealth, MemberHealth
 
 T = TypeVar("T")
@@ -71,19 +71,22 @@ def with_snapshot_stream(
     sources: list[SnapshotSource],
     consume: Callable[[Iterator[bytes], SnapshotStream, SnapshotSource], T],
     *,
+    idle_timeout: float = SNAPSHOT_IDLE_TIMEOUT,
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[T, int]:
     """Run ``consume`` on a snapshot stream, moving on to the next member when a stream breaks.
 
-    ``consume`` must leave nothing behind when the stream raises (it is called again from the
-    start with the next member). Returns its result and the number of attempts.
+    A stream breaks when its member fails, and also when it sends nothing for ``idle_timeout``
+    seconds (a frozen member; pass the configuration's probe deadline). ``consume`` must leave
+    nothing behind when the stream raises (it is called again from the start with the next
+    member). Returns its result and the number of attempts.
     """
     if not sources:
         raise SnapshotError("no healthy member to take a snapshot from")
     last: Exception | None = None
     for attempt, source in enumerate(sources, start=1):
         log(f"streaming snapshot from {source.name} at {source.endpoint}")
-        stream = client.snapshot_stream(source.endpoint)
+        stream = client.snapshot_stream(source.endpoint, idle_timeout=idle_timeout)
         try:
             return consume(stream.chunks(), stream, source), attempt
         except (SnapshotStreamError, EtcdError) as exc:
@@ -99,6 +102,7 @@ def save_snapshot(
     path: Path,
     *,
     progress: Progress | None = None,
+    idle_timeout: float = SNAPSHOT_IDLE_TIMEOUT,
     log: Callable[[str], None] = lambda _: None,
 ) -> SavedSnapshot:
     """Write a snapshot to ``path`` atomically: a temporary file, fsync, then rename."""
@@ -135,7 +139,9 @@ def save_snapshot(
         )
 
     revision = current_revision(client)
-    saved, attempts = with_snapshot_stream(client, snapshot_sources(health), consume, log=log)
+    saved, attempts = with_snapshot_stream(
+        client, snapshot_sources(health), consume, idle_timeout=idle_timeout, log=log
+    )
     return SavedSnapshot(**{**saved.__dict__, "attempts": attempts})
 
 

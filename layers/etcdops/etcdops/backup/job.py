@@ -147,7 +147,13 @@ def run_backup(
         assert stream.sha256 is not None  # set once the stream ended with a matching trailer
         return tap, stored, source, stream.sha256.hex()
 
-    (tap, stored, source, sha256), attempts = with_snapshot_stream(client, snapshot_sources(health), consume, log=log)
+    (tap, stored, source, sha256), attempts = with_snapshot_stream(
+        client,
+        snapshot_sources(health),
+        consume,
+        idle_timeout=config.health.probe_deadline_seconds,  # a frozen member is left for the next one
+        log=log,
+    )
     try:
         summary = tap.summarizer.finish()
     except SnapshotIntegrityError:
