@@ -43,7 +43,7 @@ from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from etcdops.aws import AwsError, Notifier
+from etcdops.aws import AwsError, AwsUnavailableError, Notifier, aws_error
 from etcdops.errors import ConfigError, EtcdopsError, NotFoundError
 from etcdops.events import InvalidEventError
 from etcdops.state import Approval, StateStore
@@ -197,9 +197,9 @@ class SigningSecretCache:
                 code = exc.response.get("Error", {}).get("Code", "")
                 if code == "ResourceNotFoundException":
                     raise ConfigError(f"APPROVAL_SECRET_ARN: secret {secret_arn} does not exist") from None
-                raise AwsError(f"reading the approval secret: {code}", retryable=True) from None
+                raise aws_error("reading the approval secret", exc) from None
             except BotoCoreError as exc:
-                raise AwsError(f"reading the approval secret: {type(exc).__name__}", retryable=True) from None
+                raise aws_error("reading the approval secret", exc) from None
             secret = value.encode()
             if len(secret) < MIN_SECRET_BYTES:
                 raise ConfigError(f"APPROVAL_SECRET_ARN: the secret must be at least {MIN_SECRET_BYTES} bytes")
@@ -485,7 +485,7 @@ def decide_approval(
 
     ``request_id`` (from a link) must be the current request's. The decision is recorded with a
     conditional write before Step Functions is called, so two clicks make one call. When the call
-    fails in a way worth retrying the record is released again (:class:`AwsError`, retryable);
+    fails in a way worth retrying the record is released again (:class:`AwsUnavailableError`);
     when Step Functions no longer knows the token, the decision stays recorded and
     :class:`TaskTokenRejectedError` is raised."""
     if action not in ACTIONS:
@@ -524,10 +524,10 @@ def decide_approval(
                 f"Step Functions no longer waits for execution {name}'s approval ({code}); nothing changed"
             ) from None
         store.release_approval(name, approval.request_id, decided_at)
-        raise AwsError(f"sending the decision to Step Functions: {code or 'error'}", retryable=True) from None
+        raise AwsUnavailableError(f"sending the decision to Step Functions: {code or 'error'}") from None
     except BotoCoreError as exc:
         store.release_approval(name, approval.request_id, decided_at)
-        raise AwsError(f"sending the decision to Step Functions: {type(exc).__name__}", retryable=True) from None
+        raise AwsUnavailableError(f"sending the decision to Step Functions: {type(exc).__name__}") from None
     return {
         "execution": name,
         "cluster": approval.cluster,

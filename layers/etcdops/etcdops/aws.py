@@ -18,11 +18,32 @@ from etcdops.errors import ConfigError, EtcdopsError
 
 
 class AwsError(EtcdopsError):
-    """An AWS call failed; ``retryable`` when it was throttling or a service fault."""
+    """An AWS call was refused (permissions, a missing resource, a bad request): not transient."""
 
-    def __init__(self, message: str, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
+
+class AwsUnavailableError(AwsError):
+    """An AWS call failed in a way that passes (throttling, a service fault, the network)."""
+
+    retryable = True
+
+
+TRANSIENT_AWS_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ProvisionedThroughputExceededException",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalError",
+        "InternalFailure",
+        "InternalServerError",
+        "InternalServiceError",
+        "InternalServerErrorException",
+    }
+)
+"""AWS error codes that say "not now" rather than "no"."""
 
 
 @dataclass(frozen=True)
@@ -40,10 +61,19 @@ class JobSettings:
         return cls(config_parameter=parameter, topic_arn=env.get("TOPIC_ARN") or None)
 
 
-def _aws(what: str, exc: Exception) -> AwsError:
-    code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
-    retryable = code in {"ThrottlingException", "Throttling", "ServiceUnavailable", "InternalServerError"}
-    return AwsError(f"{what}: {code or type(exc).__name__}: {exc}", retryable=retryable or not code)
+def aws_error_code(exc: Exception) -> str:
+    """The error code of a botocore ``ClientError`` ("" for anything else)."""
+    code: object = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+    return str(code)
+
+
+def aws_error(what: str, exc: Exception) -> AwsError:
+    """The named error for a failed AWS call: transient for throttling, service faults and the
+    network (a ``BotoCoreError`` has no code), permanent for everything else."""
+    code = aws_error_code(exc)
+    transient = code in TRANSIENT_AWS_CODES or not code
+    kind = AwsUnavailableError if transient else AwsError
+    return kind(f"{what}: {code or type(exc).__name__}: {exc}")
 
 
 def load_cluster_config(ssm: Any, parameter: str) -> ClusterConfig:
@@ -52,9 +82,9 @@ def load_cluster_config(ssm: Any, parameter: str) -> ClusterConfig:
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") == "ParameterNotFound":
             raise ConfigError(f"CLUSTER_CONFIG_PARAMETER: SSM parameter {parameter} does not exist") from None
-        raise _aws(f"reading SSM parameter {parameter}", exc) from exc
+        raise aws_error(f"reading SSM parameter {parameter}", exc) from exc
     except BotoCoreError as exc:
-        raise _aws(f"reading SSM parameter {parameter}", exc) from exc
+        raise aws_error(f"reading SSM parameter {parameter}", exc) from exc
     return loads_config(value, f"ssm:{parameter}")
 
 
@@ -70,7 +100,7 @@ def materialize_tls(config: ClusterConfig, secrets: Any, directory: Path) -> Clu
             try:
                 secret = secrets.get_secret_value(SecretId=value)["SecretString"]
             except (ClientError, BotoCoreError) as exc:
-                raise _aws(f"tls.{field}: reading secret {value}", exc) from exc
+                raise aws_error(f"tls.{field}: reading secret {value}", exc) from exc
             path = directory / f"{config.name}-{field}.pem"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
@@ -98,12 +128,10 @@ class SnsNotifier(Notifier):
                 TopicArn=self.topic_arn,
                 Subject=subject[:100],
                 Message=message,
-                MessageAttributes={
-                    k: {"DataType": "String", "StringValue": v} for k, v in (attributes or {}).items()
-                },
+                MessageAttributes={k: {"DataType": "String", "StringValue": v} for k, v in (attributes or {}).items()},
             )
         except (ClientError, BotoCoreError) as exc:
-            raise _aws(f"publishing to {self.topic_arn}", exc) from exc
+            raise aws_error(f"publishing to {self.topic_arn}", exc) from exc
 
 
 class MemoryNotifier(Notifier):

@@ -2,17 +2,46 @@
 
 Every error a caller may want to handle has its own class ending in ``Error``. The state machines
 retry or catch these by class name (``Retry``/``Catch`` ``ErrorEquals``), the CLI prints their
-message as one line, and the approval API maps them to HTTP status codes in one place. The
-``retryable`` flag says whether trying the same call again later can succeed.
+message as one line, and the approval API maps them to HTTP status codes in one place.
+
+The retry contract is declared here, on the classes, and nowhere else: ``retryable`` says the
+error is transient (the same call, tried again in a moment, can succeed) and ``backoff`` how
+patiently a state machine retries it in place. Both are class attributes, never set per instance:
+Step Functions matches errors by class name only, so an error whose transience depends on the case
+is two classes (``AwsError`` and ``AwsUnavailableError``). :mod:`etcdops.retries` collects them and
+generates every state machine's ``Retry`` lists from them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How a state machine retries a transient error in place: ASL ``IntervalSeconds``,
+    ``MaxAttempts`` and ``BackoffRate``."""
+
+    interval_seconds: int
+    max_attempts: int
+    rate: float
+
+    @property
+    def budget_seconds(self) -> float:
+        """The longest the retries wait in total (what the step gives the cause to go away)."""
+        return sum(self.interval_seconds * self.rate**i for i in range(self.max_attempts))
+
+
+DEFAULT_BACKOFF = Backoff(interval_seconds=2, max_attempts=5, rate=1.5)
+"""About 26 s over five tries: a network blip, an election, a throttled API."""
 
 
 class EtcdopsError(Exception):
     """Base of every error etcdops raises on purpose."""
 
-    retryable: bool = False
+    retryable: ClassVar[bool] = False
+    backoff: ClassVar[Backoff] = DEFAULT_BACKOFF
 
 
 class ConfigError(EtcdopsError):

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from etcdops.aws import AwsError, Notifier, load_cluster_config, materialize_tls
+from etcdops.aws import Notifier, aws_error, aws_error_code, load_cluster_config, materialize_tls
 from etcdops.backup.manifest import Manifest, backup_id_from_manifest_key, manifest_key
 from etcdops.backup.store import BackupStore, open_store
 from etcdops.config import ClusterConfig
@@ -107,11 +107,6 @@ class HealthAwsClients:
             ec2=session.client("ec2"),
             stepfunctions=session.client("stepfunctions"),
         )
-
-
-def _error_code(exc: Exception) -> str:
-    code: object = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
-    return str(code)
 
 
 # ---- triggers -----------------------------------------------------------------------------------------
@@ -208,11 +203,11 @@ class InstanceDirectory:
         try:
             response = self.ec2.describe_instances(InstanceIds=[instance_id])
         except ClientError as exc:
-            if _error_code(exc).startswith("InvalidInstanceID"):
+            if aws_error_code(exc).startswith("InvalidInstanceID"):
                 return None
-            raise AwsError(f"describing instance {instance_id}: {_error_code(exc)}: {exc}", retryable=True) from exc
+            raise aws_error(f"describing instance {instance_id}", exc) from exc
         except BotoCoreError as exc:
-            raise AwsError(f"describing instance {instance_id}: {exc}", retryable=True) from exc
+            raise aws_error(f"describing instance {instance_id}", exc) from exc
         tags = {
             tag["Key"]: tag["Value"]
             for reservation in response.get("Reservations", [])
@@ -256,11 +251,11 @@ class StepFunctionsReplaceStarter:
                 stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(dict(document), sort_keys=True)
             )
         except ClientError as exc:
-            if _error_code(exc) == "ExecutionAlreadyExists":
+            if aws_error_code(exc) == "ExecutionAlreadyExists":
                 return StartOutcome(name, False, self._execution_arn(name))
-            raise AwsError(f"starting {name} of {self.state_machine_arn}: {_error_code(exc)}: {exc}") from exc
+            raise aws_error(f"starting {name} of {self.state_machine_arn}", exc) from exc
         except BotoCoreError as exc:
-            raise AwsError(f"starting {name} of {self.state_machine_arn}: {exc}", retryable=True) from exc
+            raise aws_error(f"starting {name} of {self.state_machine_arn}", exc) from exc
         return StartOutcome(name, True, response["executionArn"])
 
 

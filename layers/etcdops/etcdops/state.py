@@ -121,9 +121,11 @@ class ConflictError(EtcdopsError):
 
 
 class LockHeldError(EtcdopsError):
-    """The cluster's operation lock is held by another owner whose lease has not expired."""
+    """The cluster's operation lock is held by another owner whose lease has not expired.
 
-    retryable = True
+    Not transient: the holder may run for half an hour, so a runbook does not retry in place; it
+    stops and says who holds the lock (the autopilot's next round, or the operator, tries again).
+    """
 
     def __init__(self, cluster: str, holder: str, expires_at: datetime) -> None:
         super().__init__(f"the operation lock of cluster {cluster} is held by {holder} until {expires_at.isoformat()}")

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError
 
 from etcdops import pki
+from etcdops.aws import TRANSIENT_AWS_CODES
 from etcdops.compute.base import (
     DOCUMENTS,
     ActionResult,
@@ -43,6 +44,7 @@ from etcdops.compute.errors import (
     ActionParameterError,
     CertificateAuthorityError,
     ComputeApiError,
+    ComputeApiUnavailableError,
     ComputeConfigError,
     HostCommandFailedError,
     HostCommandTimeoutError,
@@ -61,17 +63,7 @@ LIVE_STATES = ("pending", "running", "stopping", "stopped")
 SecretState = Literal["missing", "deleted", "present"]
 _TERMINAL: tuple[ActionStatus, ...] = ("Success", "Failed", "Cancelled", "TimedOut")
 _IN_FLIGHT = ("Pending", "InProgress", "Delayed")
-_RETRYABLE_CODES = {
-    "Throttling",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "ServiceUnavailable",
-    "InternalError",
-    "InternalFailure",
-    "InternalServerError",
-    "InternalServiceError",
-    "InsufficientInstanceCapacity",
-}
+_RETRYABLE_CODES = TRANSIENT_AWS_CODES | {"InsufficientInstanceCapacity"}  # capacity comes back
 
 
 def _code(exc: ClientError) -> str:
@@ -81,8 +73,9 @@ def _code(exc: ClientError) -> str:
 def _api_error(what: str, exc: Exception) -> ComputeApiError:
     if isinstance(exc, ClientError):
         code = _code(exc)
-        return ComputeApiError(f"{what}: {code}: {exc}", retryable=code in _RETRYABLE_CODES)
-    return ComputeApiError(f"{what}: {type(exc).__name__}: {exc}", retryable=True)  # network, timeouts
+        kind = ComputeApiUnavailableError if code in _RETRYABLE_CODES else ComputeApiError
+        return kind(f"{what}: {code}: {exc}")
+    return ComputeApiUnavailableError(f"{what}: {type(exc).__name__}: {exc}")  # network, timeouts
 
 
 def _tags(resource: Mapping[str, Any]) -> dict[str, str]:

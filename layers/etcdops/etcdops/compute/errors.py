@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from etcdops.errors import ConfigError, EtcdopsError, NotFoundError, UsageError
+from etcdops.errors import Backoff, ConfigError, EtcdopsError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
     from etcdops.compute.base import ActionResult
@@ -19,11 +19,13 @@ class ComputeConfigError(ComputeError, ConfigError):
 
 
 class ComputeApiError(ComputeError):
-    """A cloud API call failed; ``retryable`` when it was throttling or a service-side fault."""
+    """A cloud API call was refused (permissions, a bad request, a missing resource): not transient."""
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
+
+class ComputeApiUnavailableError(ComputeApiError):
+    """A cloud API call failed in a way that passes (throttling, a service fault, no capacity now, the network)."""
+
+    retryable = True
 
 
 class InvalidHostNameError(ComputeError, UsageError):
@@ -42,6 +44,8 @@ class HostNotReadyError(ComputeError):
     """The host exists but cannot take commands yet (booting, SSM agent not online)."""
 
     retryable = True
+    # a fresh EC2 instance's SSM agent registers within a minute or two: wait up to 3 minutes
+    backoff = Backoff(interval_seconds=5, max_attempts=36, rate=1.0)
 
 
 class UnknownActionError(ComputeError, UsageError):

@@ -19,7 +19,7 @@ from etcdops.aws import Notifier
 from etcdops.backup.manifest import Manifest
 from etcdops.compute.base import ComputeProvider, Host
 from etcdops.config import ClusterConfig
-from etcdops.errors import EtcdopsError
+from etcdops.errors import Backoff, EtcdLearnerNotReadyError, EtcdopsError
 from etcdops.etcd import EtcdClient, Member
 from etcdops.health import ClusterHealth
 from etcdops.policy import change_safety
@@ -50,6 +50,16 @@ class ClusterNotReadyError(RunbookError):
 
 class LearnerNotCaughtUpError(RunbookError):
     """The new learner did not catch up in time; it was removed again (invariant 6)."""
+
+
+_CATCH_UP = Backoff(interval_seconds=2, max_attempts=45, rate=1.0)
+STEP_RETRY: dict[str, dict[type[EtcdopsError], Backoff]] = {
+    # etcd refuses the promotion until the learner is in sync: about 90 s, then it is removed again
+    "PromoteLearner": {EtcdLearnerNotReadyError: _CATCH_UP, ClusterNotReadyError: _CATCH_UP},
+    "WaitUntilHealthy": {ClusterNotReadyError: Backoff(interval_seconds=2, max_attempts=30, rate=1.0)},
+}
+"""Steps that wait longer than the default for an error (the state machine's Retry lists come from
+this and the errors' own declarations: :mod:`etcdops.retries`)."""
 
 
 @dataclass

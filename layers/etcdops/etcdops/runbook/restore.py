@@ -68,6 +68,7 @@ from etcdops.backup.manifest import Manifest
 from etcdops.backup.store import BackupStore
 from etcdops.compute.base import ComputeProvider, Host
 from etcdops.config import ClusterConfig
+from etcdops.errors import Backoff, EtcdopsError
 from etcdops.etcd import EtcdClient
 from etcdops.pb import etcd_pb2 as pb
 from etcdops.probe import probe_cluster
@@ -87,6 +88,19 @@ class BackupNotVerifiedError(RunbookError):
 
 class RestoreVerificationError(RunbookError):
     """The restored cluster runs but does not hold the backup's data (key count or revision differ)."""
+
+
+_HOSTS_COMING: dict[type[EtcdopsError], Backoff] = {
+    ClusterNotReadyError: Backoff(interval_seconds=2, max_attempts=30, rate=1.0)
+}
+STEP_RETRY: dict[str, dict[type[EtcdopsError], Backoff]] = {
+    "LaunchHosts": _HOSTS_COMING,
+    "RestoreMembers": _HOSTS_COMING,
+    "StartMembers": _HOSTS_COMING,
+    "VerifyRestore": {ClusterNotReadyError: Backoff(interval_seconds=2, max_attempts=45, rate=1.0)},
+    "RepointClients": {ClusterNotReadyError: Backoff(interval_seconds=2, max_attempts=10, rate=1.0)},
+}
+"""Steps that wait longer than the default for an error (see :mod:`etcdops.retries`)."""
 
 
 @dataclass
