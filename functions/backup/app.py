@@ -15,7 +15,8 @@ from etcdops.events import parse_event
 from etcdops.jobs import AwsClients, backup_job
 
 logger = Logger(service="etcdops-backup")
-metrics = Metrics(namespace="etcdops", service="backup")
+# no service dimension: cluster is the only one, as in HealthCheck, so the alarms match every publisher
+metrics = Metrics(namespace="etcdops")
 
 
 @logger.inject_lambda_context(log_event=True)

@@ -14,7 +14,8 @@ from etcdops.events import VerifyEvent, parse_event
 from etcdops.jobs import AwsClients, verify_job
 
 logger = Logger(service="etcdops-backup-verify")
-metrics = Metrics(namespace="etcdops", service="backup-verify")
+# no service dimension: cluster is the only one, as in HealthCheck, so the alarms match every publisher
+metrics = Metrics(namespace="etcdops")
 
 
 @logger.inject_lambda_context(log_event=True)

@@ -35,9 +35,9 @@ def emitted_metrics(output: str) -> dict[str, float]:
                 for metric in definition["Metrics"]:
                     value = document[metric["Name"]]
                     values[metric["Name"]] = value[-1] if isinstance(value, list) else value
-                assert ["cluster"] in [d[:1] for d in definition["Dimensions"]] or any(
-                    "cluster" in d for d in definition["Dimensions"]
-                )
+                # exactly the dimension set of the template's alarms (BackupTooOld matches cluster only)
+                assert definition["Dimensions"] == [["cluster"]]
+                assert document["cluster"] == "local"
     return values
 
 
@@ -84,13 +84,15 @@ def test_backup_then_verify_through_the_handlers(aws: SimpleNamespace, capsys: p
     backup = load_handler("backup").handler(event("backup_schedule"), lambda_context())
     metrics = emitted_metrics(capsys.readouterr().out)
     assert metrics["BackupSucceeded"] == 1 and metrics["BackupBytes"] > 0
+    assert metrics["NewestVerifiedBackupAge"] == 0
 
     keys = [o["Key"] for o in aws.s3.list_objects_v2(Bucket="backups")["Contents"]]
     assert f"etcd/local/{backup['backup_id']}.manifest.json" in keys
 
     verified = load_handler("backup_verify").handler(event("backup_verify_schedule"), lambda_context())
     assert verified["ok"] and verified["backup_id"] == backup["backup_id"]
-    assert emitted_metrics(capsys.readouterr().out)["BackupVerifyFailed"] == 0
+    metrics = emitted_metrics(capsys.readouterr().out)
+    assert metrics["BackupVerifyFailed"] == 0 and metrics["NewestVerifiedBackupAge"] >= 0
     assert aws.inbox() == []
 
 

@@ -15,15 +15,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import pytest
 from moto import mock_aws
 
 from etcdops.aws import MemoryNotifier
+from etcdops.backup.errors import StorePermissionError
 from etcdops.backup.job import run_backup
-from etcdops.backup.store import open_store
+from etcdops.backup.store import BackupStore, open_store
 from etcdops.backup.target import open_backup_target
 from etcdops.config import ClusterConfig
 from etcdops.connect import client_for
@@ -67,10 +68,11 @@ class Autopilot:
     notifier: MemoryNotifier = field(default_factory=MemoryNotifier)
     replace: ReplaceStarter = field(default_factory=RecordingReplaceStarter)
     metrics: RecordingMetrics = field(default_factory=RecordingMetrics)
+    store: BackupStore | None = None  # the config's backup destination unless given
 
     def round(self, seconds: float, trigger: Trigger | None = None) -> HealthRoundResult:
         """One round at T0 + ``seconds`` (the probe itself runs now, against the real cluster)."""
-        store = open_store(self.config.backup.destination) if self.config.backup else None
+        store = self.store or (open_store(self.config.backup.destination) if self.config.backup else None)
         with client_for(self.config, timeout=self.config.health.probe_deadline_seconds) as client:
             ctx = HealthContext(
                 config=self.config,
@@ -314,6 +316,39 @@ def test_two_members_killed_escalate_with_the_backup_and_the_restore_input(clust
     # and no membership change was made: the survivor still lists all three
     last = results[-1].health
     assert last is not None and sorted(m.name for m in last.members) == ["m1", "m2", "m3"]
+
+
+class DeniedStore:
+    """A backup store whose reads are refused, as S3 refuses SSE-KMS objects without kms:Decrypt."""
+
+    def __init__(self, store: BackupStore) -> None:
+        self.uri = store.uri
+
+    def list(self, prefix: str = "") -> list[str]:
+        raise StorePermissionError(f"listing {self.uri}: AccessDenied: not authorized to perform kms:Decrypt")
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"HealthCheck only reads the catalogue, it called {name}")
+
+
+def test_an_unreadable_backup_catalogue_is_said_once_and_no_backup_age_is_made_up(cluster: LocalCluster) -> None:
+    # Given a verified backup that HealthCheck may not read
+    take_verified_backup(cluster)
+    config = with_health(cluster.config())
+    assert config.backup is not None
+    autopilot = Autopilot(config, store=cast(BackupStore, DeniedStore(open_store(config.backup.destination))))
+
+    # When rounds run
+    results = [autopilot.round(s) for s in (0, 60, 120)]
+
+    # Then failure detection goes on, people hear once that the catalogue is unreadable (not "no backup"),
+    # and the age metric is left out rather than published as if there were none
+    assert [r.decision.action for r in results if r.decision] == [Action.NOTIFY] * 3
+    assert autopilot.subjects() == [f"etcdops: backup-unreadable on cluster {config.name}"]
+    (_, message, _) = autopilot.notifier.messages[0]
+    assert "AccessDenied" in message and "kms:Decrypt" in message
+    assert "NewestVerifiedBackupAge" not in autopilot.metrics.values
+    assert autopilot.metrics.values["HasLeader"] == 1
 
 
 # ---- etcd alarms -----------------------------------------------------------------------------------------

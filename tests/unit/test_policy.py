@@ -356,6 +356,30 @@ def test_missing_backup_and_expired_cert_are_notified() -> None:
     assert {n.kind for n in decision.notifications} == {NotificationKind.CERT_EXPIRED, NotificationKind.BACKUP_MISSING}
 
 
+def test_an_unreadable_backup_catalogue_is_notified_as_such_not_as_a_missing_backup() -> None:
+    # Given HealthCheck could not read the manifests (e.g. no kms:Decrypt on the bucket's key)
+    obs = cluster(member(1), member(2), member(3))
+    unknown = replace(history(backup=None), backup_unknown="StorePermissionError: AccessDenied")
+    # When the policy decides
+    decision = decide(obs, unknown, CONFIG, cluster=CLUSTER, now=T0)
+    # Then people hear that the catalogue is unreadable (once per key), not that there is no backup
+    (notification,) = decision.notifications
+    assert notification.kind is NotificationKind.BACKUP_UNREADABLE
+    assert "AccessDenied" in notification.message and "KMS" in notification.message
+    assert EXECUTION_NAME.match(notification.key)
+    again = decide(obs, unknown, CONFIG, cluster=CLUSTER, now=T0 + timedelta(minutes=5))
+    assert [n.key for n in again.notifications] == [notification.key]
+
+
+def test_escalation_with_an_unreadable_catalogue_does_not_claim_there_is_no_backup() -> None:
+    obs = cluster(member(1), member(2, healthy=False), member(3, healthy=False))
+    unknown = replace(history({2: CONFIRMED, 3: CONFIRMED}, backup=None), backup_unknown="StorePermissionError: x")
+    decision = decide(obs, unknown, CONFIG, cluster=CLUSTER, now=T0)
+    assert decision.action is Action.ESCALATE_QUORUM_LOSS
+    assert decision.restore_input == {"cluster": CLUSTER, "backup_id": None, "mode": "in-place"}
+    assert "UNKNOWN" in decision.reason and "NO verified backup" not in decision.reason
+
+
 def test_notifications_ride_along_with_a_replacement() -> None:
     obs = cluster(member(1), member(2), member(3, healthy=False), alarms=(Alarm(1, "NOSPACE"),))
     decision = decide(obs, history({3: CONFIRMED}), CONFIG, cluster=CLUSTER, now=T0)

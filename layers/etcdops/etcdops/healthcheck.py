@@ -477,16 +477,21 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
             ec2_failures = frozenset({member.id})
 
     newest: Manifest | None = None
+    backup_unknown: str | None = None
     if ctx.backups is not None:
         try:
             newest = newest_verified_backup(ctx.backups)
-        except EtcdopsError as exc:  # the catalogue must not stop failure detection
-            log.warning("newest verified backup unknown: %s: %s", type(exc).__name__, exc)
+        except EtcdopsError as exc:
+            # the catalogue must not stop failure detection; the policy says it is unreadable (once, by SNS),
+            # and the age metric is left out rather than reported as "no backup"
+            backup_unknown = f"{type(exc).__name__}: {exc}"
+            log.error("newest verified backup unknown: %s", backup_unknown)
 
     history = _fold(ctx.state, cluster, health, now, ec2_failures)
     history = replace(
         history,
         latest_backup=BackupRef(newest.id, newest.created_at) if newest else None,
+        backup_unknown=backup_unknown,
         lock=ctx.state.get_lock(cluster),
     )
     certificates = dict(served)

@@ -170,8 +170,10 @@ class History:
     """What the policy remembers between probe rounds of one cluster.
 
     ``streaks`` maps member id to its failure streak; ``quorum_loss`` is the streak of rounds that
-    observed quorum lost; ``latest_backup`` the newest verified backup (or None); ``lock`` the
-    cluster's operation lock as last read (an expired lease does not count as held).
+    observed quorum lost; ``latest_backup`` the newest verified backup (or None); ``backup_unknown``
+    why the backup catalogue could not be read (then ``latest_backup`` is None because it is unknown,
+    not because there is none); ``lock`` the cluster's operation lock as last read (an expired lease
+    does not count as held).
     Treat instances as immutable: :func:`update_history` returns a new one.
     """
 
@@ -179,6 +181,7 @@ class History:
     quorum_loss: Streak | None = None
     latest_backup: BackupRef | None = None
     lock: LockLike | None = None
+    backup_unknown: str | None = None
 
 
 # ---- outputs ------------------------------------------------------------------------------
@@ -200,6 +203,7 @@ class NotificationKind(StrEnum):
     CERT_EXPIRED = "cert-expired"
     BACKUP_MISSING = "backup-missing"
     BACKUP_STALE = "backup-stale"
+    BACKUP_UNREADABLE = "backup-unreadable"
     DB_SIZE_HIGH = "db-size-high"
     LEARNER_FAILED = "learner-failed"
 
@@ -529,7 +533,17 @@ def _notifications(
             )
         )
     backup = history.latest_backup
-    if backup is None:
+    if history.backup_unknown is not None:
+        out.append(
+            Notification(
+                NotificationKind.BACKUP_UNREADABLE,
+                f"The backup catalogue of cluster {cluster} cannot be read ({history.backup_unknown}), so the "
+                "newest verified backup and its age are unknown; check the HealthCheck function's S3 and KMS "
+                "permissions on the backup destination.",
+                _notification_key(cluster, NotificationKind.BACKUP_UNREADABLE, "catalogue"),
+            )
+        )
+    elif backup is None:
         out.append(
             Notification(
                 NotificationKind.BACKUP_MISSING,
@@ -577,6 +591,11 @@ def _escalation(
     if backup is not None:
         backup_text = (
             f"Restore from the latest verified backup {backup.id} (created {_utc(backup.created_at).isoformat()})"
+        )
+    elif history.backup_unknown is not None:
+        backup_text = (
+            f"The latest verified backup is UNKNOWN (the backup catalogue cannot be read: {history.backup_unknown}); "
+            "find it with `etcdops backup list`. Restore"
         )
     else:
         backup_text = "There is NO verified backup to restore from; a restore needs one first. Restore"
