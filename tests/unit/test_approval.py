@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from etcdops import approval as approval_module
@@ -120,7 +120,6 @@ NAME_CHARS = string.ascii_letters + string.digits + "-_.+=@!'()"
 UNRESERVED = string.ascii_letters + string.digits + "-_."
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     execution=st.text(NAME_CHARS, min_size=1, max_size=80),
     action=st.sampled_from(["approve", "reject"]),
@@ -148,7 +147,6 @@ def test_any_single_character_change_to_the_query_is_rejected(
         verify_link(SECRET, decoded, T0)
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     execution=st.text(UNRESERVED, min_size=1, max_size=80),
     position=st.integers(min_value=0),

@@ -127,7 +127,7 @@ def test_round_trip(key: KeyProvider, size: int) -> None:
     assert decrypt(encrypt(data, key), key) == data
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     data=st.binary(max_size=20_000),
     chunk=st.integers(min_value=1, max_value=5000),
@@ -198,7 +198,7 @@ def test_any_flipped_byte_is_a_decryption_error(key: KeyProvider, position: int)
         decrypt(bytes(ciphertext), key)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(position=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
 def test_every_single_bit_flip_is_detected(key: KeyProvider, position: int, bit: int) -> None:
     ciphertext = bytearray(encrypt(b"0123456789abcdef" * 700, key, frame_length=1024))

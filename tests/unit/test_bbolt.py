@@ -14,7 +14,7 @@ from pathlib import Path
 
 import crc32c as crc32c_mod
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from etcdops.bbolt import (
@@ -81,7 +81,6 @@ def _meta_field(db: bytes, page: int, name: str) -> int:
 # ---- CRC-32C combine ---------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=3000), st.binary(max_size=40000))
 def test_combine_matches_crc_of_concatenation(a: bytes, b: bytes) -> None:
     expected = crc32c_mod.crc32c(a + b)
@@ -89,14 +88,12 @@ def test_combine_matches_crc_of_concatenation(a: bytes, b: bytes) -> None:
     assert _combine(crc32c(a), crc32c(b), len(b)) == expected
 
 
-@settings(max_examples=100, deadline=None)
 @given(st.integers(0, 0xFFFFFFFF), st.integers(0, 70000))
 def test_shift_matches_crc_over_zeros(crc: int, n: int) -> None:
     zeros = bytes(n)
     assert crc32c_shift(crc, n) == crc32c_mod.crc32c(zeros, crc) ^ crc32c_mod.crc32c(zeros)
 
 
-@settings(max_examples=200, deadline=None)
 @given(
     st.integers(0, 0xFFFFFFFF),
     st.integers(0, 0xFFFFFFFF),

@@ -643,7 +643,7 @@ def check_invariants(
         assert decision.restore_input is None
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_no_decision_breaks_the_safety_invariants(
     scenario: tuple[ClusterHealth, History, PolicyConfig, datetime, frozenset[int], bool, str],
@@ -655,7 +655,7 @@ def test_no_decision_breaks_the_safety_invariants(
     assert decide(obs, hist, config, cluster=name, now=now, ec2_failures=ec2, lock_held=lock_held) == decision
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(), st.integers(min_value=1, max_value=120))
 def test_invariants_hold_after_update_and_duplicate_triggers_share_the_incident(
     scenario: tuple[ClusterHealth, History, PolicyConfig, datetime, frozenset[int], bool, str],
@@ -678,7 +678,7 @@ def test_invariants_hold_after_update_and_duplicate_triggers_share_the_incident(
         assert first.incident_id == second.incident_id
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_update_history_follows_the_probes(
     scenario: tuple[ClusterHealth, History, PolicyConfig, datetime, frozenset[int], bool, str],
@@ -699,7 +699,7 @@ def test_update_history_follows_the_probes(
     assert after.latest_backup == prior.latest_backup and after.lock == prior.lock
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_lock_never_lets_a_change_or_page_through(
     scenario: tuple[ClusterHealth, History, PolicyConfig, datetime, frozenset[int], bool, str],

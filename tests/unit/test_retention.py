@@ -6,7 +6,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -149,7 +149,6 @@ def _newest(backups: list[BackupRef]) -> BackupRef:
     return max(backups, key=lambda b: (b.created_at, b.id))
 
 
-@settings(max_examples=300, deadline=None)
 @given(backups=backup_lists, policy=policies)
 def test_plan_partitions_the_input_and_explains_everything(backups: list[BackupRef], policy: RetentionPolicy) -> None:
     plan = plan_retention(backups, NOW, policy)
@@ -160,7 +159,6 @@ def test_plan_partitions_the_input_and_explains_everything(backups: list[BackupR
     assert set(plan.reasons) == ids
 
 
-@settings(max_examples=300, deadline=None)
 @given(backups=backup_lists, policy=policies)
 def test_newest_verified_is_always_kept(backups: list[BackupRef], policy: RetentionPolicy) -> None:
     plan = plan_retention(backups, NOW, policy)
@@ -171,7 +169,6 @@ def test_newest_verified_is_always_kept(backups: list[BackupRef], policy: Retent
         assert _newest(backups).id in plan.keep
 
 
-@settings(max_examples=300, deadline=None)
 @given(backups=backup_lists, policy=policies)
 def test_nothing_young_is_deleted(backups: list[BackupRef], policy: RetentionPolicy) -> None:
     plan = plan_retention(backups, NOW, policy)
@@ -182,7 +179,6 @@ def test_nothing_young_is_deleted(backups: list[BackupRef], policy: RetentionPol
         assert age >= policy.keep_all_within
 
 
-@settings(max_examples=300, deadline=None)
 @given(backups=backup_lists, policy=policies)
 def test_every_recent_day_and_week_keeps_a_backup(backups: list[BackupRef], policy: RetentionPolicy) -> None:
     plan = plan_retention(backups, NOW, policy)
@@ -202,7 +198,6 @@ def test_every_recent_day_and_week_keeps_a_backup(backups: list[BackupRef], poli
             assert any(k.created_at.date() == day and k.verified for k in kept)
 
 
-@settings(max_examples=200, deadline=None)
 @given(backups=backup_lists, policy=policies, seed=st.integers())
 def test_plan_is_deterministic_and_independent_of_input_order(
     backups: list[BackupRef], policy: RetentionPolicy, seed: int
@@ -212,7 +207,6 @@ def test_plan_is_deterministic_and_independent_of_input_order(
     assert plan_retention(shuffled, NOW, policy) == plan_retention(backups, NOW, policy)
 
 
-@settings(max_examples=300, deadline=None)
 @given(backups=backup_lists, policy=policies, now=nows)
 def test_applying_a_plan_is_a_fixed_point(backups: list[BackupRef], policy: RetentionPolicy, now: datetime) -> None:
     """Idempotency as it really holds: at the same time, planning again over what was kept
@@ -224,7 +218,6 @@ def test_applying_a_plan_is_a_fixed_point(backups: list[BackupRef], policy: Rete
     assert again.keep == plan.keep
 
 
-@settings(max_examples=300, deadline=None)
 @given(backups=backup_lists, policy=policies, now=nows, later=st.integers(0, 30 * 24 * 60))
 def test_a_deleted_backup_is_never_wanted_later(
     backups: list[BackupRef], policy: RetentionPolicy, now: datetime, later: int
@@ -237,7 +230,6 @@ def test_a_deleted_backup_is_never_wanted_later(
     assert set(afterwards.keep) <= set(earlier.keep)
 
 
-@settings(max_examples=100, deadline=None)
 @given(backups=backup_lists, policy=policies)
 def test_new_backups_never_resurrect_the_need_for_deleted_ones(
     backups: list[BackupRef], policy: RetentionPolicy
