@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from etcdops.health import ClusterHealth, MemberHealth, quorum_of
+from builders import member
 
-
-def member(i: int, healthy: bool = True, learner: bool = False) -> MemberHealth:
-    return MemberHealth(
-        id=i, name=f"m{i}", client_urls=(f"https://h{i}:2379",), peer_urls=(), is_learner=learner, healthy=healthy
-    )
+from etcdops.health import ClusterHealth, quorum_of
 
 
 def test_quorum_of_sizes() -> None:

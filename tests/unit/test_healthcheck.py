@@ -8,10 +8,12 @@ import json
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 import boto3
+import builders
 import pytest
 from moto import mock_aws
 
@@ -19,7 +21,7 @@ from etcdops.aws import AwsError, MemoryNotifier
 from etcdops.config import parse_config
 from etcdops.errors import ConfigError
 from etcdops.etcd import EtcdClient
-from etcdops.health import Alarm, ClusterHealth, MemberHealth
+from etcdops.health import Alarm
 from etcdops.healthcheck import (
     HealthContext,
     HealthSettings,
@@ -47,44 +49,16 @@ CONFIG = parse_config(
 )
 
 
-def member(
-    id: int,
-    name: str,
-    *,
-    healthy: bool = True,
-    learner: bool = False,
-    size: int | None = 1000,
-    in_use: int | None = 800,
-    index: int | None = 100,
-    term: int | None = 2,
-    leader: int | None = 1,
-    error: str | None = None,
-) -> MemberHealth:
-    return MemberHealth(
-        id=id,
-        name=name,
-        client_urls=(f"https://10.0.0.{id}:2379",),
-        peer_urls=(f"https://10.0.0.{id}:2380",),
-        is_learner=learner,
-        healthy=healthy,
-        error=error,
-        db_size=size,
-        db_size_in_use=in_use,
-        raft_index=index,
-        raft_term=term,
-        leader=leader,
-    )
-
-
-def cluster(*members: MemberHealth, leader: int | None = 1, alarms: tuple[Alarm, ...] = ()) -> ClusterHealth:
-    return ClusterHealth(cluster_id=7, leader=leader, members=members, alarms=alarms, observed_at=NOW)
+# a member as a probe that got its status reports it
+member = partial(builders.member, db_size=1000, db_size_in_use=800, raft_index=100, raft_term=2, leader=1)
+cluster = partial(builders.cluster, cluster_id=7, observed_at=NOW)
 
 
 # ---- metrics --------------------------------------------------------------------------------------------
 
 
 def test_a_healthy_cluster_has_a_leader_and_a_quorum_margin_of_one() -> None:
-    health = cluster(member(1, "m1"), member(2, "m2", index=97), member(3, "m3", index=100))
+    health = cluster(member(1, "m1"), member(2, "m2", raft_index=97), member(3, "m3", raft_index=100))
 
     metrics = compute_health_metrics(health, now=NOW, quota_bytes=10_000)
 
@@ -96,9 +70,9 @@ def test_a_healthy_cluster_has_a_leader_and_a_quorum_margin_of_one() -> None:
 
 def test_db_size_ratio_and_fragmentation_take_the_worst_member() -> None:
     health = cluster(
-        member(1, "m1", size=4000, in_use=3000),  # 25 % fragmented
-        member(2, "m2", size=8000, in_use=2000),  # 75 % fragmented, the largest
-        member(3, "m3", healthy=False, size=None, in_use=None, index=None, term=None),
+        member(1, "m1", db_size=4000, db_size_in_use=3000),  # 25 % fragmented
+        member(2, "m2", db_size=8000, db_size_in_use=2000),  # 75 % fragmented, the largest
+        member(3, "m3", healthy=False, db_size=None, db_size_in_use=None, raft_index=None, raft_term=None),
     )
 
     metrics = compute_health_metrics(health, now=NOW, quota_bytes=10_000)
@@ -110,7 +84,7 @@ def test_db_size_ratio_and_fragmentation_take_the_worst_member() -> None:
 
 
 def test_a_dead_and_an_ec2_failed_member_leave_a_margin_of_minus_one() -> None:
-    health = cluster(member(1, "m1"), member(2, "m2"), member(3, "m3", healthy=False, size=None))
+    health = cluster(member(1, "m1"), member(2, "m2"), member(3, "m3", healthy=False, db_size=None))
 
     metrics = compute_health_metrics(health, now=NOW, quota_bytes=10_000, ec2_failures=[2])
 
@@ -150,7 +124,7 @@ def test_certificate_days_and_backup_age() -> None:
 
 
 def test_unknown_values_are_left_out_not_published_as_zero() -> None:
-    health = cluster(member(1, "m1", size=None, in_use=None, index=None, term=None), leader=None)
+    health = cluster(member(1, "m1", db_size=None, db_size_in_use=None, raft_index=None, raft_term=None), leader=None)
     sink = RecordingMetrics()
 
     publish_health_metrics(compute_health_metrics(health, now=NOW, quota_bytes=1, leader_changes=2), sink)
@@ -163,7 +137,7 @@ def test_unknown_values_are_left_out_not_published_as_zero() -> None:
 
 def test_member_lag_is_published_per_member() -> None:
     sink = RecordingMetrics()
-    health = cluster(member(1, "m1", index=50), member(2, "m2", index=45))
+    health = cluster(member(1, "m1", raft_index=50), member(2, "m2", raft_index=45))
 
     publish_health_metrics(compute_health_metrics(health, now=NOW, quota_bytes=1), sink)
 

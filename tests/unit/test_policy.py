@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from builders import cluster, member
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,30 +35,6 @@ FRESH_BACKUP = BackupRef("bk-20240501T1130Z", T0 - timedelta(minutes=30))
 
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
-
-
-def member(
-    member_id: int,
-    *,
-    healthy: bool = True,
-    learner: bool = False,
-    db_size: int | None = None,
-    error: str | None = None,
-) -> MemberHealth:
-    return MemberHealth(
-        id=member_id,
-        name=f"etcd-{member_id}",
-        client_urls=(f"https://10.0.0.{member_id}:2379",),
-        peer_urls=(f"https://10.0.0.{member_id}:2380",),
-        is_learner=learner,
-        healthy=healthy,
-        error=error if error is not None else (None if healthy else "context deadline exceeded"),
-        db_size=db_size,
-    )
-
-
-def cluster(*members: MemberHealth, leader: int | None = 1, alarms: tuple[Alarm, ...] = ()) -> ClusterHealth:
-    return ClusterHealth(cluster_id=0xC1, leader=leader, members=members, alarms=alarms)
 
 
 def history(

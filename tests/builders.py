@@ -1,0 +1,54 @@
+"""Builders for what a probe round observes (the health model), shared by every test tier.
+
+``member(3)`` is a healthy voter named ``etcd-3`` at 10.0.0.3; an unhealthy one carries the error
+a probe gives a member that does not answer, unless the test names another. Fields a test does
+not set stay unknown (``None``), as they are for a member that did not answer status.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from etcdops.health import Alarm, ClusterHealth, MemberHealth
+
+CLUSTER_ID = 0xC1
+NO_ANSWER = "context deadline exceeded"
+
+
+def member(
+    member_id: int,
+    name: str | None = None,
+    *,
+    healthy: bool = True,
+    learner: bool = False,
+    error: str | None = None,
+    db_size: int | None = None,
+    db_size_in_use: int | None = None,
+    raft_index: int | None = None,
+    raft_term: int | None = None,
+    leader: int | None = None,
+) -> MemberHealth:
+    return MemberHealth(
+        id=member_id,
+        name=name if name is not None else f"etcd-{member_id}",
+        client_urls=(f"https://10.0.0.{member_id}:2379",),
+        peer_urls=(f"https://10.0.0.{member_id}:2380",),
+        is_learner=learner,
+        healthy=healthy,
+        error=error if error is not None or healthy else NO_ANSWER,
+        db_size=db_size,
+        db_size_in_use=db_size_in_use,
+        raft_index=raft_index,
+        raft_term=raft_term,
+        leader=leader,
+    )
+
+
+def cluster(
+    *members: MemberHealth,
+    leader: int | None = 1,
+    alarms: tuple[Alarm, ...] = (),
+    cluster_id: int = CLUSTER_ID,
+    observed_at: datetime | None = None,
+) -> ClusterHealth:
+    return ClusterHealth(cluster_id=cluster_id, leader=leader, members=members, alarms=alarms, observed_at=observed_at)
