@@ -8,7 +8,7 @@ logs, ``etcdops status``). :func:`update_history` folds one probe round into the
 Nothing here does I/O or reads the clock: ``now`` is an argument, and the same inputs always give
 the same decision (and the same incident id).
 
-The rules, in the words of the safety invariants (DESIGN.md):
+The rules, in the words of the safety invariants (docs/design.md):
 
 * **Failed member (invariant 3).** A member counts as failed only when its current probe is
   unhealthy and its failure streak has at least ``failure_threshold`` (K) consecutive failed
