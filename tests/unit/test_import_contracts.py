@@ -1,0 +1,121 @@
+"""The import contracts (.importlinter): they hold on the tree, and they catch a wrong-way import.
+
+The checker (import-linter) runs on a copy of the package with one import added against the
+direction of the layers; it must fail and name the contract and the import. The contracts also stay
+honest about the Lambda handlers: every etcdops module a handler imports is a source of the contract
+that keeps the local stack out of the Lambda layer. Each known wrong-way arrow the contracts ignore
+is listed in docs/design.md, where the mover of issue 12 finds it.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / ".importlinter"
+PACKAGE = ROOT / "layers" / "etcdops" / "etcdops"
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lint_imports(package_parent: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if package_parent is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(package_parent), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(CONFIG), "--no-cache", "--no-logo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def contracts() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser()
+    parser.read(CONFIG)
+    return parser
+
+
+def lines(value: str) -> list[str]:
+    return [line.strip() for line in value.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def test_the_contracts_hold_on_the_tree() -> None:
+    result = lint_imports()
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "wrong_way_import", "contract"),
+    [
+        # the domain reaching up into the local stack
+        ("policy.py", "import etcdops.localaws", "Layers point one way"),
+        # the domain doing I/O
+        ("health.py", "import boto3", "The domain does no I/O"),
+        # a use case loading the dev cluster into every Lambda cold start
+        ("healthcheck.py", "import etcdops.local", "What the Lambda handlers load"),
+        # an adapter calling up into a use case
+        ("state.py", "import etcdops.runbook.replace", "Layers point one way"),
+    ],
+)
+def test_a_wrong_way_import_fails_the_check(tmp_path: Path, module: str, wrong_way_import: str, contract: str) -> None:
+    # Given a copy of the package with one import against the direction of the layers
+    copy = tmp_path / "etcdops"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / module
+    target.write_text(target.read_text() + f"\n{wrong_way_import}  # noqa: E402\n")
+
+    # When the contracts are checked against the copy
+    result = lint_imports(package_parent=tmp_path)
+
+    # Then the check fails and names the broken contract and the import
+    assert result.returncode != 0, result.stdout
+    broken = result.stdout.split("Broken contracts", 1)[-1]
+    assert contract in broken, result.stdout
+    importer = "etcdops." + module.removesuffix(".py")
+    assert importer in broken, result.stdout
+
+
+def _etcdops_imports(path: Path) -> set[str]:
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("etcdops"):
+            modules.add(node.module)
+        elif isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names if alias.name.startswith("etcdops"))
+    return modules
+
+
+def test_every_module_a_handler_imports_is_checked_for_the_lambda_layer() -> None:
+    handlers = sorted((ROOT / "functions").glob("*/app.py"))
+    imported = set().union(*(_etcdops_imports(handler) for handler in handlers))
+    sources = set(lines(contracts()["importlinter:contract:lambda-closure"]["source_modules"]))
+
+    assert handlers and imported
+    assert imported <= sources, f"add to the lambda-closure contract's source_modules: {sorted(imported - sources)}"
+
+
+def test_every_ignored_wrong_way_import_is_listed_in_the_design() -> None:
+    design = (ROOT / "docs" / "design.md").read_text()
+    parser = contracts()
+    ignored = {
+        line
+        for section in parser.sections()
+        if section.startswith("importlinter:contract:")
+        for line in lines(parser[section].get("ignore_imports", ""))
+    }
+
+    missing = sorted(line for line in ignored if f"`{line}`" not in design)
+    assert not missing, f"docs/design.md does not list these known wrong-way arrows: {missing}"
