@@ -1,7 +1,7 @@
 """RequestApproval: the ``lambda:invoke.waitForTaskToken`` task of a runbook's approval step.
 
 Stores the task token under the execution and publishes one SNS message with what will happen,
-why, the expiry, signed approve/reject links and the send-task-success fallback.
+why, the expiry, signed approve/reject links and the CLI fallback (never the token itself).
 """
 
 from __future__ import annotations

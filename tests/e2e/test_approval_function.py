@@ -261,7 +261,7 @@ def test_request_publishes_one_message_with_what_why_expiry_links_and_the_cli_fa
     assert found["reject"].startswith(f"{BASE_URL}/reject?execution=replace-prod-1&action=reject&expires=")
     approval = aws.store.load_approval("replace-prod-1")
     assert approval is not None and approval.execution_arn == arn and approval.decision is None
-    assert f"aws stepfunctions send-task-success --task-token {approval.task_token} " in text
+    assert approval.task_token not in text and "etcdops approval show replace-prod-1" in text
     assert approval.task_token not in repr(approval)
     assert len(aws.invocations) == 1 and aws.invocations[0]["task_token"] == approval.task_token
 

@@ -3,7 +3,8 @@
 A runbook's approval step is a Lambda task invoked with ``lambda:invoke.waitForTaskToken``.
 :func:`request_approval` stores the task token under the execution's name and publishes one SNS
 message saying what will happen, why, until when, with an approve link, a reject link and the
-plain ``aws stepfunctions send-task-success`` command as a fallback.
+``etcdops approve``/``reject`` commands as a fallback; never the task token itself (``etcdops approval
+show`` prints the ``aws stepfunctions send-task-success`` commands with it, for those with credentials).
 
 A link is ``<base>/<action>?execution=..&action=..&expires=..&request=..&sig=..`` where ``sig`` is
 HMAC-SHA256 (secret from Secrets Manager) over a canonical string of the four other values, checked
@@ -427,7 +428,6 @@ def request_approval(
     )
     approve_url = signer.url(base_url, request.execution, "approve", request.expires_at, request_id)
     reject_url = signer.url(base_url, request.execution, "reject", request.expires_at, request_id)
-    approve_cmd, reject_cmd = send_task_commands(task_token)
     minutes = max(1, round((request.expires_at - now).total_seconds() / 60))
     message = "\n".join(
         [
@@ -447,9 +447,9 @@ def request_approval(
             "Or with AWS credentials, from a shell:",
             f"  etcdops approve {shlex.quote(request.execution)}",
             f"  etcdops reject {shlex.quote(request.execution)} --reason 'WHY'",
-            "or with Step Functions directly:",
-            f"  {approve_cmd}",
-            f"  {reject_cmd}",
+            f"or with Step Functions directly: `etcdops approval show {shlex.quote(request.execution)}` prints "
+            "the send-task-success and send-task-failure commands (the task token is in the execution's history, "
+            "in the input of the \"Wait for approval\" step; this message never carries it).",
         ]
     )
     notifier.publish(

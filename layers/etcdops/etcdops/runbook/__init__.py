@@ -1,0 +1,29 @@
+"""The runbooks' steps (``replace``, ``restore``) and what they share."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+_CAUSE_LIMIT = 1000
+
+
+def caught_error(error: Mapping[str, Any] | None) -> str:
+    """``Error: message`` of a Catch's ``{"Error", "Cause"}``, for people.
+
+    A Lambda task's Cause is the function's error document (``errorMessage``, ``errorType``,
+    ``stackTrace``); only the message is kept: stack traces belong in the function's log, not in mail.
+    """
+    error = error or {}
+    cause = error.get("Cause")
+    text = "" if cause is None else str(cause)
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and "errorMessage" in document:
+        text = str(document["errorMessage"])
+    if len(text) > _CAUSE_LIMIT:
+        text = text[: _CAUSE_LIMIT - 1] + "…"
+    return f"{error.get('Error')}: {text}"

@@ -24,6 +24,7 @@ from etcdops.etcd import EtcdClient, Member
 from etcdops.health import ClusterHealth
 from etcdops.policy import change_safety
 from etcdops.probe import probe_cluster
+from etcdops.runbook import caught_error
 from etcdops.state import StateStore
 
 LOCK_LEASE_SECONDS = 1800
@@ -328,7 +329,7 @@ def notify_failure(ctx: ReplaceContext, doc: Document) -> Document:
         return doc
     ctx.notifier.publish(
         f"etcdops: ReplaceMember FAILED for {doc.get('cluster')}",
-        f"Runbook {doc.get('execution')} stopped: {error.get('Error')}: {error.get('Cause')}\n"
+        f"Runbook {doc.get('execution')} stopped: {caught_error(error)}\n"
         f"Member being replaced: {doc.get('member_name')} ({doc.get('member_id')}); "
         f"removed from the cluster: {bool(doc.get('removed'))}; new member: {doc.get('new_member')}.\n"
         "No further membership change was made. Check `etcdops status` before acting.",

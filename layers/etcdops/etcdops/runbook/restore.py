@@ -72,6 +72,7 @@ from etcdops.errors import Backoff, EtcdopsError
 from etcdops.etcd import EtcdClient
 from etcdops.pb import etcd_pb2 as pb
 from etcdops.probe import probe_cluster
+from etcdops.runbook import caught_error
 from etcdops.runbook.replace import ClusterNotReadyError, InvalidRunbookInputError, RunbookError
 from etcdops.state import StateStore
 
@@ -567,7 +568,7 @@ def notify_success(ctx: RestoreContext, doc: Document) -> Document:
 def failure_report(doc: Document) -> str:
     """The exact state the cluster was left in and the manual next step, from what the steps recorded."""
     error = doc.get("error") or {}
-    lines = [f"Runbook {doc.get('execution')} stopped: {error.get('Error')}: {error.get('Cause')}"]
+    lines = [f"Runbook {doc.get('execution')} stopped: {caught_error(error)}"]
     suffix = doc.get("old_data_suffix")
     targets = [t["name"] for t in _targets(doc)]
     if doc.get("apiservers_started"):

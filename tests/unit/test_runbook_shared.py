@@ -1,0 +1,55 @@
+"""What the runbooks share: the RunbookStep environment, and how a caught error reads in a mail."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from etcdops.errors import ConfigError
+from etcdops.runbook import caught_error
+from etcdops.runbook.handler import RunbookSettings
+
+ENV = {"CLUSTER_CONFIG_PARAMETER": "/etcdops/prod", "TABLE_NAME": "t", "TOPIC_ARN": "arn:t", "STACK_NAME": "prod"}
+
+
+def test_settings_come_from_the_environment() -> None:
+    settings = RunbookSettings.from_env(ENV)
+
+    assert (settings.config_parameter, settings.table_name, settings.topic_arn, settings.stack_name) == (
+        "/etcdops/prod", "t", "arn:t", "prod",
+    )  # fmt: skip
+
+
+def test_a_missing_stack_name_is_named() -> None:
+    # the stack name says whose SSM documents the EC2 provider sends
+    with pytest.raises(ConfigError, match=r"^STACK_NAME: not set"):
+        RunbookSettings.from_env({**ENV, "STACK_NAME": " "})
+
+
+# ---- what a failure mail says ----------------------------------------------------------------------
+
+
+def test_a_lambda_error_document_is_reduced_to_its_message() -> None:
+    cause = json.dumps(
+        {
+            "errorMessage": "etcdops-StartEtcd (command c-1) failed: m4 Failed: no space left",
+            "errorType": "HostCommandFailedError",
+            "requestId": "r-1",
+            "stackTrace": ['  File "/var/task/app.py", line 20, in handler\n', "    raise\n"],
+        }
+    )
+
+    text = caught_error({"Error": "HostCommandFailedError", "Cause": cause})
+
+    assert text == "HostCommandFailedError: etcdops-StartEtcd (command c-1) failed: m4 Failed: no space left"
+
+
+def test_other_causes_are_kept_but_bounded() -> None:
+    assert caught_error({"Error": "States.Timeout", "Cause": "the wait timed out"}) == (
+        "States.Timeout: the wait timed out"
+    )
+    assert caught_error({"Error": "X", "Cause": '["not", "a", "lambda", "error"]'}).endswith('"error"]')
+    long = caught_error({"Error": "X", "Cause": "y" * 5000})
+    assert len(long) < 1100 and long.endswith("…")
+    assert caught_error(None) == "None: "
