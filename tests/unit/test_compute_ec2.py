@@ -11,6 +11,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from moto_ec2 import register_host_image, without_public_images
 
 from etcdops import pki
 from etcdops.compute.base import Host
@@ -45,6 +46,7 @@ class Aws:
     template: str
     target_group: str
     ca: pki.KeyPair
+    image: str
 
     def provider(self, **settings: Any) -> Ec2ComputeProvider:
         settings = {"launch_template": self.template, "subnets": self.subnets,
@@ -69,8 +71,15 @@ class Aws:
         return list(self.ssm.list_commands()["Commands"])
 
 
+@pytest.fixture(scope="session")
+def ca() -> pki.KeyPair:
+    """The cluster's CA: made once, stored in each test's own emulated Secrets Manager."""
+    return pki.create_ca("prod etcd CA")
+
+
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+def aws(monkeypatch: pytest.MonkeyPatch, ca: pki.KeyPair) -> Iterator[Aws]:
+    without_public_images(monkeypatch)
     for variable, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -86,7 +95,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
             ]
             for i, zone in ((1, "a"), (2, "b"))
         ]
-        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        image = register_host_image(ec2)
         template = ec2.create_launch_template(
             LaunchTemplateName="etcd-host", LaunchTemplateData={"ImageId": image, "InstanceType": "t3.small"}
         )["LaunchTemplate"]["LaunchTemplateId"]
@@ -95,21 +104,18 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
             Name="etcd-clients", Protocol="TCP", Port=2379, VpcId=vpc, TargetType="instance"
         )["TargetGroups"][0]["TargetGroupArn"]
         secrets = boto3.client("secretsmanager", region_name=REGION)
-        ca = pki.create_ca("prod etcd CA")
         secrets.create_secret(
             Name=f"etcdops/{CLUSTER}/ca",
             SecretString=json.dumps({"certificate": ca.cert_pem.decode(), "private_key": ca.key_pem.decode()}),
         )
-        yield Aws(
-            ec2, elbv2, boto3.client("ssm", region_name=REGION), secrets, subnets, vpc, template, target_group, ca
-        )
+        ssm = boto3.client("ssm", region_name=REGION)
+        yield Aws(ec2, elbv2, ssm, secrets, subnets, vpc, template, target_group, ca, image)
 
 
 def _launch_plain_instance(aws: Aws, tags: dict[str, str]) -> str:
-    image = aws.ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     return str(
         aws.ec2.run_instances(
-            ImageId=image,
+            ImageId=aws.image,
             MinCount=1,
             MaxCount=1,
             SubnetId=aws.subnets[0],

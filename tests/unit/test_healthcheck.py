@@ -16,6 +16,7 @@ import boto3
 import builders
 import pytest
 from moto import mock_aws
+from moto_ec2 import register_host_image, without_public_images
 
 from etcdops.aws import AwsError, MemoryNotifier
 from etcdops.config import parse_config
@@ -326,6 +327,7 @@ def test_replace_input_refuses_other_decisions() -> None:
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    without_public_images(monkeypatch)
     with mock_aws():
         yield
 
@@ -357,7 +359,7 @@ def test_other_step_functions_errors_are_named(aws: None) -> None:
 
 def test_instances_map_to_members_by_config_then_by_tags(aws: None) -> None:
     ec2 = boto3.client("ec2", region_name=REGION)
-    image = ec2.describe_images()["Images"][0]["ImageId"]
+    image = register_host_image(ec2)
 
     def launch(tags: dict[str, str]) -> str:
         spec = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
