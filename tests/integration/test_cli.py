@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +79,7 @@ def test_local_up_is_idempotent_and_status_reports_failures(stack: tuple[Path, d
 
     # When one follower is killed
     etcdops(cwd, "local", "kill", follower)
-    started = time.monotonic()
     killed = etcdops(cwd, "status", "--json")
-    elapsed_killed = time.monotonic() - started
 
     # Then only it is reported unhealthy, with an error, and the cluster keeps quorum
     report = as_json(killed)
@@ -92,19 +89,16 @@ def test_local_up_is_idempotent_and_status_reports_failures(stack: tuple[Path, d
     # When another is paused as well (quorum lost: the survivor cannot serve linearizable reads)
     etcdops(cwd, "local", "pause", other)
     try:
-        started = time.monotonic()
         paused = etcdops(cwd, "status", "--json", check=False)
-        elapsed_paused = time.monotonic() - started
     finally:
         etcdops(cwd, "local", "resume", other)
 
-    # Then the status says so, exits 1, and still answers within the probe deadline
+    # Then the status says so and exits 1; the paused member was cut off by the probe deadline
+    # (how long the answer takes is measured by bench/bench_probe.py, not asserted here)
     report = as_json(paused)
     by_name = {m["name"]: m for m in report["members"]}
     assert not by_name[other]["healthy"] and "deadline" in by_name[other]["error"]
     assert paused.returncode == 1 and not report["has_quorum"]
-    # the contract is 3 s wall time; slack for a loaded CI machine
-    assert max(elapsed_killed, elapsed_paused) < 3.0 + 3.0, (elapsed_killed, elapsed_paused)
 
     states = {p["name"]: p["state"] for p in as_json(etcdops(cwd, "local", "ps", "--json"))}
     assert states[follower] == "stopped" and states[other] == "running"

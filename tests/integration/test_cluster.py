@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import time
 
 import pytest
 from retries import retry
@@ -71,14 +70,14 @@ def test_paused_member_cannot_stall_the_probe(cluster: LocalCluster) -> None:
     victim = a_follower(cluster)
     cluster.pause(victim)
     try:
-        started = time.monotonic()
         health = probe(cluster, deadline=2.0)
-        elapsed = time.monotonic() - started
 
-        assert [(m.name, bool(m.error)) for m in health.members if not m.healthy] == [(victim, True)]
+        # the frozen member is cut off by the round's deadline and the others are answered
+        # (how long a round takes is measured by bench/bench_probe.py, not asserted here)
+        unhealthy = [m for m in health.members if not m.healthy]
+        assert [m.name for m in unhealthy] == [victim]
+        assert unhealthy[0].error and "deadline" in unhealthy[0].error
         assert health.has_quorum
-        # the round is bounded by its deadline, not by the frozen member (generous slack for slow machines)
-        assert elapsed < 2.0 + 3.0, elapsed
     finally:
         cluster.resume(victim)
 

@@ -179,10 +179,8 @@ def test_connection_refused_names_the_endpoint() -> None:
 def test_a_silent_server_times_out(material: Material) -> None:
     with Server(behaviour="silent") as server:
         endpoint = f"127.0.0.1:{server.port}"
-        started = time.monotonic()
         with pytest.raises(PkiError, match=f"^{endpoint}: TLS handshake timed out"):
             pki.served_certificate_expiry(endpoint, timeout=0.5)
-        assert time.monotonic() - started < 3
 
 
 def test_a_server_hanging_up_names_the_endpoint() -> None:
