@@ -356,28 +356,6 @@ def test_a_member_that_does_not_come_back_stops_the_runbook_with_a_rollback(
         assert (path / "member").is_dir()
 
 
-def test_the_state_machine_runs_exactly_these_steps() -> None:
-    """Every Task of restore_cluster.asl.json calls a restore step (or the approval), and all steps are used."""
-    from etcdops.runbook.handler import RunbookStepEvent
-
-    machine = json.loads(
-        (Path(__file__).resolve().parents[2] / "statemachines" / "restore_cluster.asl.json").read_text()
-    )
-    used = set()
-    for name, state in machine["States"].items():
-        if state["Type"] != "Task":
-            continue
-        payload = state["Parameters"]["Payload"]
-        assert any(c["ErrorEquals"] == ["States.ALL"] for c in state.get("Catch", [])) or name == "Notify failure"
-        if state["Resource"].endswith("waitForTaskToken"):
-            assert payload["runbook"] == "RestoreCluster" and "summary.$" in payload
-            continue
-        assert payload["runbook"] == "restore"
-        RunbookStepEvent(runbook="restore", step=payload["step"], execution="x", document={})
-        used.add(payload["step"])
-    assert used == set(restore.STEPS)
-
-
 def test_the_revision_bump_is_asked_for_where_the_restore_tool_has_it(
     start_cluster: Callable[..., LocalCluster], etcd35: EtcdBinaries, tmp_path: Path
 ) -> None:
@@ -411,28 +389,3 @@ def test_the_revision_bump_is_asked_for_where_the_restore_tool_has_it(
     assert len(lines) == 3 and all("--bump-revision=1000000000 --mark-compacted" in line for line in lines)
     assert kv(cluster) == expected
     assert doc["verified"]["revision_bumped"] is False  # the wrapper dropped the flags again
-
-
-@pytest.mark.parametrize(
-    ("recorded", "says"),
-    [
-        ({}, "Nothing was stopped or changed"),
-        ({"approval": {"approved": True}}, "some of them may be stopped. etcd was not stopped"),
-        ({"approval": {}, "apiservers_stopped": True}, "failed while stopping etcd"),
-        (
-            {"approval": {}, "apiservers_stopped": True, "etcd_stopped": ["m1", "m2", "m3"]},
-            "may have been under way",
-        ),
-        ({"apiservers_stopped": True, "verified": {}, "apiservers_started": True}, "RestartControlPlane"),
-    ],
-)
-def test_the_failure_message_says_where_the_cluster_was_left(recorded: dict[str, Any], says: str) -> None:
-    doc = {
-        **start_doc(),
-        "old_data_suffix": "before-restore-x",
-        "targets": [{"name": "m1"}, {"name": "m2"}, {"name": "m3"}],
-        "error": {"Error": "HostCommandFailedError", "Cause": "boom"},
-        **recorded,
-    }
-    report = restore.failure_report(doc)
-    assert "HostCommandFailedError: boom" in report and says in report

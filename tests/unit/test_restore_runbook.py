@@ -1,0 +1,59 @@
+"""RestoreCluster without a cluster: its state machine calls exactly its steps, and a failure says
+where the cluster was left."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from etcdops.runbook import restore
+from etcdops.runbook.handler import RunbookStepEvent
+
+ROOT = Path(__file__).resolve().parents[2]
+START = {"cluster": "local", "mode": "in-place", "backup_id": None, "execution": "restore-test-in-place"}
+
+
+def test_the_state_machine_runs_exactly_these_steps() -> None:
+    """Every Task of restore_cluster.asl.json calls a restore step (or the approval), and all steps are used."""
+    machine = json.loads((ROOT / "statemachines" / "restore_cluster.asl.json").read_text())
+    used = set()
+    for name, state in machine["States"].items():
+        if state["Type"] != "Task":
+            continue
+        payload = state["Parameters"]["Payload"]
+        assert any(c["ErrorEquals"] == ["States.ALL"] for c in state.get("Catch", [])) or name == "Notify failure"
+        if state["Resource"].endswith("waitForTaskToken"):
+            assert payload["runbook"] == "RestoreCluster" and "summary.$" in payload
+            continue
+        assert payload["runbook"] == "restore"
+        RunbookStepEvent(runbook="restore", step=payload["step"], execution="x", document={})
+        used.add(payload["step"])
+    assert used == set(restore.STEPS)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "says"),
+    [
+        ({}, "Nothing was stopped or changed"),
+        ({"approval": {"approved": True}}, "some of them may be stopped. etcd was not stopped"),
+        ({"approval": {}, "apiservers_stopped": True}, "failed while stopping etcd"),
+        (
+            {"approval": {}, "apiservers_stopped": True, "etcd_stopped": ["m1", "m2", "m3"]},
+            "may have been under way",
+        ),
+        ({"apiservers_stopped": True, "verified": {}, "apiservers_started": True}, "RestartControlPlane"),
+    ],
+)
+def test_the_failure_message_says_where_the_cluster_was_left(recorded: dict[str, Any], says: str) -> None:
+    doc = {
+        **START,
+        "old_data_suffix": "before-restore-x",
+        "targets": [{"name": "m1"}, {"name": "m2"}, {"name": "m3"}],
+        "error": {"Error": "HostCommandFailedError", "Cause": "boom"},
+        **recorded,
+    }
+    report = restore.failure_report(doc)
+    assert "HostCommandFailedError: boom" in report and says in report
