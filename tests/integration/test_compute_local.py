@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,48 @@ def test_restore_data_dir_on_every_host_brings_back_the_snapshot(cluster: LocalC
     with cluster.client() as client:
         assert retry(lambda: client.get("/restore/kept"), retry_on=(EtcdError,)) == b"yes"
         assert client.get("/restore/lost") is None
+
+
+def test_preflight_finds_what_the_local_stack_lacks_and_changes_nothing(cluster: LocalCluster) -> None:
+    """The local provider's preflight on a real stack: the CA files, the etcd binaries (run), the members,
+    the hooks' programs; every finding at once."""
+    from etcdops.compute.base import DOCUMENTS, PreflightPlan
+    from etcdops.findings import describe_findings
+
+    replace = PreflightPlan(launch=("m2-r1",), documents=("StartEtcd",), repoint=True, retire=("m2",))
+    restore = PreflightPlan(documents=tuple(DOCUMENTS), commanded=("m1", "m2", "m3"), control_plane=True, repoint=True)
+    hooks = {"stop-apiserver": ["true"], "start-apiserver": ["true"], "restart-control-plane": ["true"]}
+
+    # Given a healthy stack, nothing is found
+    assert LocalComputeProvider(cluster, hooks=hooks).preflight(replace) == []
+    assert LocalComputeProvider(cluster, hooks=hooks).preflight(restore) == []
+
+    # When the CA key is gone, the etcd binaries moved away, a member is unknown and a hook's program is missing
+    state_before = cluster.state_file.read_text()
+    (cluster.pki_dir / "ca.key").rename(cluster.pki_dir / "ca.key.moved")
+    state = json.loads(state_before)
+    state["bin_dir"] = str(cluster.state_dir / "no-etcd-here")
+    cluster.state_file.write_text(json.dumps(state))
+    broken_hooks = {**hooks, "stop-apiserver": ["/nonexistent/crictl-wrapper"]}
+    try:
+        compute = LocalComputeProvider(cluster, hooks=broken_hooks)
+        members_before = {p.name: p.pid for p in cluster.ps()}
+        launch = compute.preflight(replace)
+        restoring = compute.preflight(
+            PreflightPlan(documents=tuple(DOCUMENTS), commanded=("m1", "m9"), control_plane=True)
+        )
+    finally:
+        (cluster.pki_dir / "ca.key.moved").rename(cluster.pki_dir / "ca.key")
+        cluster.state_file.write_text(state_before)
+
+    # Then each is named, with its fix, and nothing changed
+    assert [f.check for f in launch] == ["ca", "host-command"], describe_findings(launch)
+    assert "ca.key" in launch[0].problem and "no-etcd-here" in launch[1].problem
+    assert [(f.check, f.subject) for f in restoring] == [
+        ("host-command", f"etcd binaries of {cluster.state_dir}"),
+        ("host", "member host m9"),
+        ("control-plane", "hook stop-apiserver"),
+    ]
+    assert all(f.fix for f in (*launch, *restoring))
+    assert {p.name: p.pid for p in cluster.ps()} == members_before
+    assert not list(cluster.state_dir.glob(".etcdops-preflight-*")) and compute.find("m2-r1") is None

@@ -21,7 +21,8 @@ that need them, so the Lambda layer imports this module without them. Both are p
   bucket policies are left out (moto denies every request on a Condition it cannot evaluate, such
   as aws:SecureTransport);
 * a KMS key's policy from CloudFormation is stored as JSON text (moto keeps a dict and then fails);
-* ``LambdaFunction.invoke`` is replaced so stack functions run in-process (others keep moto's).
+* ``LambdaFunction.invoke`` is replaced so stack functions run in-process (others keep moto's);
+* EC2 launches and SSM host commands are refused where AWS refuses them (:mod:`etcdops.localec2`).
 
 Two ways to run it: in-process (``LocalAws()``: moto's mock of botocore, for tests and one-process
 tools), or as a server (``LocalAws(server=True, state_dir=...)``: also a ``ThreadedMotoServer`` on
@@ -566,6 +567,9 @@ class LocalAws:
             executing: Any = stepfunctions_parser_backends
             sfn_models.stepfunctions_backends = executing
             self._undo.append(lambda: setattr(sfn_models, "stepfunctions_backends", original_backends))
+            from etcdops.localec2 import patch_compute
+
+            self._undo.append(patch_compute())  # launches and host commands refused where AWS refuses them
             original_invoke = LambdaFunction.invoke
             LambdaFunction.invoke = _patched_invoke(original_invoke)  # type: ignore[method-assign]
             self._undo.append(lambda: setattr(LambdaFunction, "invoke", original_invoke))

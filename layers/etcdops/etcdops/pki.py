@@ -218,6 +218,19 @@ def certificate_expiry(cert_path: Path) -> datetime:
 # ---- checks -------------------------------------------------------------------------------
 
 
+def check_ca(ca: KeyPair) -> None:
+    """Raise PkiError unless ``ca`` can issue certificates now: a CA certificate, valid today, and its own
+    key, of a type that signs."""
+    cert = ca.certificate
+    _check_is_ca(cert)
+    _issuer_key(ca)
+    now = _now()
+    if cert.not_valid_after_utc <= now:
+        raise PkiError(f"ca: the CA certificate {_subject(cert)!r} expired on {cert.not_valid_after_utc.isoformat()}")
+    if cert.not_valid_before_utc > now:
+        raise PkiError(f"ca: the CA certificate {_subject(cert)!r} is not valid before {cert.not_valid_before_utc}")
+
+
 def verify_chain(ca: KeyPair, leaf: KeyPair) -> None:
     """Raise PkiError unless ``leaf`` is signed by ``ca``, both are valid now, and the leaf key fits."""
     ca_cert, leaf_cert = ca.certificate, leaf.certificate

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from etcdops.compute.errors import ActionParameterError, InvalidHostNameError, UnknownActionError
+from etcdops.findings import Finding
 
 InitialState = Literal["new", "existing"]
 ActionStatus = Literal["Success", "Failed", "Cancelled", "TimedOut"]
@@ -217,6 +218,29 @@ ACTIONS: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True)
+class PreflightPlan:
+    """What a runbook will ask of its hosts after the preflight, so the preflight can check exactly that.
+
+    ``documents`` are keys of :data:`DOCUMENTS` (the host commands the runbook's steps send);
+    ``commanded`` and ``retire`` name existing member hosts; ``launch`` names hosts that do not exist yet.
+    """
+
+    launch: tuple[str, ...] = ()  # hosts it will launch (member names)
+    documents: tuple[str, ...] = ()  # host commands it will send
+    commanded: tuple[str, ...] = ()  # existing member hosts it will send them to
+    control_plane: bool = False  # whether it runs the Kubernetes hooks on the control-plane hosts
+    repoint: bool = False  # whether it registers and deregisters load balancer targets
+    retire: tuple[str, ...] = ()  # existing hosts it will terminate
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.documents) - set(DOCUMENTS))
+        if unknown:
+            raise ActionParameterError(f"preflight: unknown host command {unknown[0]!r}")
+        for name in (*self.launch, *self.commanded, *self.retire):
+            check_host_name(name)
+
+
 def action_spec(action: str) -> DocumentSpec:
     """The document behind a named action, or UnknownActionError naming the known ones."""
     try:
@@ -300,6 +324,14 @@ class ComputeProvider(ABC):
     @abstractmethod
     def deregister_target(self, host: Host) -> None:
         """Stop sending clients to ``host``. A no-op when it is not registered."""
+
+    @abstractmethod
+    def preflight(self, plan: PreflightPlan) -> list[Finding]:
+        """Everything ``plan`` will need that is missing or refused, as findings; [] when it can finish.
+
+        Changes nothing (read-only calls, dry runs). Raises the provider's retryable error when a check
+        could not be made for a passing reason (throttling, network), so the caller asks again.
+        """
 
     @abstractmethod
     def run_action(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -35,6 +36,7 @@ from etcdops.compute.base import (
     Host,
     HostActionResult,
     InitialState,
+    PreflightPlan,
     action_spec,
     check_host_name,
     check_initial_cluster,
@@ -54,6 +56,7 @@ from etcdops.compute.errors import (
 )
 from etcdops.config import Ec2Compute
 from etcdops.errors import PkiError
+from etcdops.findings import Finding
 
 CLUSTER_TAG = "etcdops:cluster"
 MEMBER_TAG = "etcdops:member"
@@ -64,6 +67,7 @@ SecretState = Literal["missing", "deleted", "present"]
 _TERMINAL: tuple[ActionStatus, ...] = ("Success", "Failed", "Cancelled", "TimedOut")
 _IN_FLIGHT = ("Pending", "InProgress", "Delayed")
 _RETRYABLE_CODES = TRANSIENT_AWS_CODES | {"InsufficientInstanceCapacity"}  # capacity comes back
+_DENIED_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedAccess"}
 
 
 def _code(exc: ClientError) -> str:
@@ -223,7 +227,8 @@ class Ec2ComputeProvider(ComputeProvider):
         digest = hashlib.sha256(f"{self.cluster}/{name}/{previous}".encode()).hexdigest()
         return f"etcdops-{digest[:48]}"
 
-    def _run_instance(self, name: str) -> dict[str, Any]:
+    def launch_request(self, name: str) -> dict[str, Any]:
+        """The RunInstances request that launches member ``name`` (the preflight dry-runs exactly this)."""
         tags = [
             {"Key": CLUSTER_TAG, "Value": self.cluster},
             {"Key": MEMBER_TAG, "Value": name},
@@ -239,7 +244,7 @@ class Ec2ComputeProvider(ComputeProvider):
                 peer_port=self.peer_port,
             )
         )
-        request: dict[str, Any] = {
+        return {
             "LaunchTemplate": self._launch_template(),
             "MinCount": 1,
             "MaxCount": 1,
@@ -251,6 +256,9 @@ class Ec2ComputeProvider(ComputeProvider):
                 {"ResourceType": "volume", "Tags": tags},
             ],
         }
+
+    def _run_instance(self, name: str) -> dict[str, Any]:
+        request = self.launch_request(name)
         try:
             response = self.ec2.run_instances(**request)
             instance = response["Instances"][0]
@@ -285,19 +293,38 @@ class Ec2ComputeProvider(ComputeProvider):
 
     def _ca(self) -> pki.KeyPair:
         if self._ca_pair is None:
-            try:
-                text = self.secrets.get_secret_value(SecretId=self.ca_secret_id)["SecretString"]
-            except ClientError as exc:
-                if _code(exc) == "ResourceNotFoundException":
-                    raise CertificateAuthorityError(
-                        f"secret {self.ca_secret_id} does not exist: store the cluster CA there "
-                        '({"certificate": PEM, "private_key": PEM}) before etcdops issues member certificates'
-                    ) from None
-                raise _api_error(f"reading {self.ca_secret_id}", exc) from exc
-            except BotoCoreError as exc:
-                raise _api_error(f"reading {self.ca_secret_id}", exc) from exc
-            self._ca_pair = _parse_ca(self.ca_secret_id, text)
+            self._ca_pair = self.read_ca()
         return self._ca_pair
+
+    def read_ca(self) -> pki.KeyPair:
+        """The cluster CA from its secret, checked: CertificateAuthorityError says what is wrong and the fix."""
+        subject = f"secret {self.ca_secret_id}"
+        try:
+            secret = self.secrets.get_secret_value(SecretId=self.ca_secret_id)
+        except ClientError as exc:
+            code = _code(exc)
+            if code in _RETRYABLE_CODES:
+                raise _api_error(f"reading {self.ca_secret_id}", exc) from exc
+            if code == "ResourceNotFoundException":
+                problem = "does not exist."
+            elif code in _DENIED_CODES:
+                problem = f"the RunbookStep role may not read it ({code})."
+                fix = (
+                    f"allow secretsmanager:GetSecretValue on {self.ca_secret_id} (and kms:Decrypt on the secret's "
+                    "KMS key if it has its own) to the RunbookStep role only."
+                )
+                raise CertificateAuthorityError(Finding("ca", subject, problem, fix)) from None
+            elif code == "DecryptionFailure":
+                problem = "Secrets Manager could not decrypt it with its KMS key (DecryptionFailure)."
+            else:
+                problem = f"reading it failed: {code}: {exc}."
+            raise CertificateAuthorityError(Finding("ca", subject, problem, CA_SECRET_FIX)) from None
+        except BotoCoreError as exc:
+            raise _api_error(f"reading {self.ca_secret_id}", exc) from exc
+        text = secret.get("SecretString")
+        if not isinstance(text, str):
+            raise CertificateAuthorityError(Finding("ca", subject, "holds binary data, not text.", CA_SECRET_FIX))
+        return parse_ca(subject, text)
 
     def _read_member(self, secret_id: str) -> tuple[pki.KeyPair | None, SecretState]:
         """The member's key pair (None if missing or unreadable) and whether its secret exists."""
@@ -421,6 +448,13 @@ class Ec2ComputeProvider(ComputeProvider):
         except BotoCoreError as exc:
             raise _api_error(f"deregistering {host.host_id}", exc) from exc
 
+    # ---- preflight -----------------------------------------------------------------------
+
+    def preflight(self, plan: PreflightPlan) -> list[Finding]:
+        from etcdops.compute.ec2_preflight import preflight
+
+        return preflight(self, plan)
+
     # ---- commands ------------------------------------------------------------------------
 
     def start_etcd(self, host: Host, initial_cluster: str, initial_state: InitialState) -> None:
@@ -452,6 +486,10 @@ class Ec2ComputeProvider(ComputeProvider):
     def _group(self, group: str) -> list[Host]:
         if group == "etcd":
             return [h for h in self.hosts() if h.state == "running"]
+        return self.control_plane_hosts()
+
+    def control_plane_hosts(self) -> list[Host]:
+        """The running instances tagged ``etcdops:control-plane=<cluster>`` (where the Kubernetes hooks run)."""
         found = self._instances(
             [
                 {"Name": f"tag:{CONTROL_PLANE_TAG}", "Values": [self.cluster]},
@@ -558,24 +596,46 @@ class Ec2ComputeProvider(ComputeProvider):
         return None
 
 
-def _parse_ca(secret_id: str, text: str) -> pki.KeyPair:
-    """``{"certificate": PEM, "private_key": PEM}``, or one PEM text holding both blocks."""
-    try:
-        if text.lstrip().startswith("{"):
+CA_SECRET_FIX = (
+    'store the cluster CA\'s certificate and key as JSON {"certificate": "<ca.crt PEM>", '
+    '"private_key": "<ca.key PEM>"} (or both PEM blocks in one text); see README "Deploying to AWS".'
+)
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
+
+
+def parse_ca(subject: str, text: str) -> pki.KeyPair:
+    """``{"certificate": PEM, "private_key": PEM}``, or one PEM text holding both blocks; a CA valid now."""
+
+    def refuse(problem: str) -> CertificateAuthorityError:
+        return CertificateAuthorityError(Finding("ca", subject, problem, CA_SECRET_FIX))
+
+    if text.lstrip().startswith("{"):
+        try:
             data = json.loads(text)
-            pair = pki.KeyPair(data["certificate"].encode(), data["private_key"].encode())
-        else:
-            cert = text[text.index("-----BEGIN CERTIFICATE-----") : text.index("-----END CERTIFICATE-----") + 25]
-            start = text.index("-----BEGIN", text.index("-----END CERTIFICATE-----"))
-            pair = pki.KeyPair(cert.encode() + b"\n", text[start:].encode())
-        pair.certificate  # noqa: B018 - parse both now, to fail here and by name
-        pair.private_key  # noqa: B018
-    except (ValueError, KeyError, TypeError, AttributeError, PkiError) as exc:
-        raise CertificateAuthorityError(
-            f"secret {secret_id}: not a CA certificate and key "
-            '({"certificate": PEM, "private_key": PEM}, or both PEM blocks)'
-            f": {type(exc).__name__}"
-        ) from None
+        except ValueError:
+            raise refuse("is not valid JSON.") from None
+        if not isinstance(data, dict):
+            raise refuse("is JSON but not an object.")
+        missing = [f for f in ("certificate", "private_key") if not isinstance(data.get(f), str) or not data[f].strip()]
+        if missing:
+            raise refuse(f"has no {' and no '.join(missing)} field.")
+        cert_pem, key_pem = data["certificate"], data["private_key"]
+    else:
+        blocks = list(_PEM_BLOCK.finditer(text))
+        cert = next((b for b in blocks if b.group(1) == "CERTIFICATE"), None)
+        key = next((b for b in blocks if b.group(1).endswith("PRIVATE KEY")), None)
+        if cert is None:
+            raise refuse("holds no PEM certificate.")
+        if key is None:
+            raise refuse("holds a certificate but no private key (was only ca.crt stored?).")
+        if key.group(1) == "ENCRYPTED PRIVATE KEY":
+            raise refuse("holds an encrypted private key; etcdops needs it unencrypted (Secrets Manager encrypts it).")
+        cert_pem, key_pem = cert.group(0) + "\n", key.group(0) + "\n"
+    pair = pki.KeyPair(cert_pem.encode(), key_pem.encode())
+    try:
+        pki.check_ca(pair)
+    except PkiError as exc:
+        raise refuse(f"is not a usable CA: {str(exc).removeprefix('ca: ')}.") from None
     return pair
 
 

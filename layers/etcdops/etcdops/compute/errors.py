@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from etcdops.errors import Backoff, ConfigError, EtcdopsError, NotFoundError, UsageError
+from etcdops.findings import Finding
 
 if TYPE_CHECKING:
     from etcdops.compute.base import ActionResult
@@ -75,4 +76,11 @@ class HostCommandTimeoutError(ComputeError):
 
 
 class CertificateAuthorityError(ComputeError):
-    """The cluster's CA (key and certificate) cannot be read; no member certificate can be issued."""
+    """The cluster's CA (key and certificate) cannot be read; no member certificate can be issued.
+
+    ``finding`` says what is wrong with it and how to fix it (the preflight reports it as it is).
+    """
+
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(str(finding))
+        self.finding = finding

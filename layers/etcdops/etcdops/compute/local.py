@@ -7,7 +7,10 @@
 - ``terminate`` stops the process, forgets the record and deletes the data directory (its log stays);
 - host actions: ``restore-data-dir`` restores a snapshot file (``file:///...``) with etcdutl/etcdctl;
   the Kubernetes hooks run the commands given in ``hooks`` (there is no control plane locally), and
-  succeed doing nothing without one.
+  succeed doing nothing without one;
+- ``preflight``: the CA files sign (``pki/ca.crt`` and ``ca.key``), the etcd binaries run
+  (``etcd --version``), the state directory and ``cluster.yaml`` can be written, the commanded
+  members exist and the hooks' programs are there.
 """
 
 from __future__ import annotations
@@ -16,18 +19,22 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from etcdops import pki
 from etcdops.compute.base import (
+    ACTIONS,
+    DOCUMENTS,
     ActionResult,
     ActionStatus,
     ComputeProvider,
     Host,
     HostActionResult,
     InitialState,
+    PreflightPlan,
     action_spec,
     check_host_name,
     check_initial_cluster,
@@ -40,7 +47,8 @@ from etcdops.compute.errors import (
 )
 from etcdops.config import dump_config, load_config, parse_config
 from etcdops.errors import EtcdopsError, PkiError
-from etcdops.local import LocalCluster, LocalMember
+from etcdops.findings import Check, Finding
+from etcdops.local import EtcdBinaries, LocalCluster, LocalMember
 
 LOCAL_HOST_ID_PREFIX = "local:"
 _HOOK_TIMEOUT = 300.0
@@ -146,6 +154,63 @@ class LocalComputeProvider(ComputeProvider):
         if host.client_url in endpoints:
             self._write_targets([e for e in endpoints if e != host.client_url])
 
+    # ---- preflight -----------------------------------------------------------------------
+
+    def preflight(self, plan: PreflightPlan) -> list[Finding]:
+        findings: list[Finding] = []
+        cluster = self.cluster
+        etcd_commands = [k for k in plan.documents if DOCUMENTS[k].group == "etcd"]
+        if plan.launch:
+            try:
+                pki.check_ca(pki.load_pem(cluster.pki_dir / "ca.crt", cluster.pki_dir / "ca.key"))
+            except PkiError as exc:
+                findings.append(
+                    Finding(
+                        "ca",
+                        f"CA {cluster.pki_dir / 'ca.crt'}",
+                        f"cannot issue member certificates: {str(exc).removeprefix('ca: ')}.",
+                        "restore pki/ca.crt and pki/ca.key of this local stack (or recreate it: etcdops local up).",
+                    )
+                )
+            findings += _writable("launch", cluster.pki_dir, "new members' certificates are written there")
+            findings += _writable("launch", cluster.state_dir, "new members are recorded in local.json there")
+        if plan.launch or etcd_commands:
+            try:
+                EtcdBinaries.locate(cluster.state().bin_dir)  # runs etcd --version
+            except EtcdopsError as exc:
+                findings.append(
+                    Finding(
+                        "host-command",
+                        f"etcd binaries of {cluster.state_dir}",
+                        f"cannot run: {exc}.",
+                        "install etcd where local.json's bin_dir points (or set ETCD_BIN_DIR and recreate the stack).",
+                    )
+                )
+        for name in plan.commanded:
+            if self.find(name) is None:
+                findings.append(
+                    Finding(
+                        "host",
+                        f"member host {name}",
+                        "has no record in the local stack, but the runbook will send it host commands.",
+                        "restore onto new hosts (mode new-hosts), or start the runbook with the current members.",
+                    )
+                )
+        for action, argv in self.hooks.items():
+            used = plan.control_plane and ACTIONS[action] in plan.documents
+            if used and argv and shutil.which(argv[0]) is None:
+                findings.append(
+                    Finding(
+                        "control-plane",
+                        f"hook {action}",
+                        f"its program {argv[0]} is not an executable file.",
+                        f"install {argv[0]}, or change the {action} hook.",
+                    )
+                )
+        if plan.repoint:
+            findings += _writable("target-group", cluster.config_file.parent, "clients are repointed in cluster.yaml")
+        return findings
+
     # ---- host actions --------------------------------------------------------------------
 
     def run_action(
@@ -218,3 +283,20 @@ class LocalComputeProvider(ComputeProvider):
             return HostActionResult(host.host_id, host.name, "Failed", f"{argv[0]}: {exc.strerror or exc}")
         status: ActionStatus = "Success" if done.returncode == 0 else "Failed"
         return HostActionResult(host.host_id, host.name, status, (done.stdout + done.stderr).strip())
+
+
+def _writable(check: Check, directory: Path, why: str) -> list[Finding]:
+    """[] when a file can be created in ``directory`` (a real write, removed at once), else a finding."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".etcdops-preflight-"):
+            pass
+    except OSError as exc:
+        return [
+            Finding(
+                check,
+                f"directory {directory}",
+                f"cannot be written ({exc.strerror or exc}), but {why}.",
+                "give the etcdops user write access to it (and free space).",
+            )
+        ]
+    return []
