@@ -6,6 +6,7 @@ convergence of every step (invariant 7) and the safety re-checks can be exercise
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -13,8 +14,10 @@ import pytest
 from retries import with_retries
 
 from etcdops.aws import MemoryNotifier
+from etcdops.backup.crypto import KeyProvider
 from etcdops.backup.job import ensure_fresh_backup
-from etcdops.backup.manifest import Manifest
+from etcdops.backup.manifest import Manifest, object_key
+from etcdops.backup.store import BackupStore
 from etcdops.backup.target import open_backup_target
 from etcdops.compute.factory import open_compute
 from etcdops.connect import client_for
@@ -33,8 +36,11 @@ def context_for(cluster: LocalCluster) -> replace.ReplaceContext:
     def client() -> EtcdClient:
         return client_for(config)
 
+    def backup_target() -> tuple[BackupStore, KeyProvider]:
+        return open_backup_target(config, create_local_key=True)
+
     def ensure_backup(max_age: timedelta) -> Manifest:
-        store, keyring = open_backup_target(config, create_local_key=True)
+        store, keyring = backup_target()
         with client() as etcd:
             return ensure_fresh_backup(config, etcd, store, keyring, max_age)
 
@@ -45,6 +51,7 @@ def context_for(cluster: LocalCluster) -> replace.ReplaceContext:
         state=InMemoryStateStore(),
         notifier=MemoryNotifier(),
         ensure_backup=ensure_backup,
+        backup_target=backup_target,
     )
 
 
@@ -68,6 +75,7 @@ ORDER = [
     "AcquireLock",
     "CheckMemberStillFailed",
     "EnsureBackup",
+    "Preflight",
     "RemoveFailedMember",
     "LaunchReplacement",
     "AddLearner",
@@ -158,3 +166,41 @@ def test_bad_input_is_refused_by_name(cluster: LocalCluster) -> None:
         replace.run_step(ctx, "DropTables", {})
     with pytest.raises(replace.InvalidRunbookInputError, match="hex id"):
         replace.run_step(ctx, "CheckMemberStillFailed", {"cluster": "local", "member_id": "zz", "execution": "e"})
+
+
+def test_a_replacement_that_could_not_finish_stops_in_preflight_with_nothing_changed(cluster: LocalCluster) -> None:
+    """Invariant 13 on a real cluster: the CA key is gone (a launch would fail after the removal) and the
+    backup the runbook relies on no longer opens; the preflight names both and nothing changes."""
+    ctx = context_for(cluster)
+    doc = failed_follower(cluster)
+    for step in ORDER[: ORDER.index("Preflight")]:
+        doc = with_retries(lambda step=step, doc=doc: replace.run_step(ctx, step, doc))  # type: ignore[misc]
+    members_before = {(m.id, m.name) for m in cluster.client().member_list()}
+    processes_before = {p.name: p.pid for p in cluster.ps()}
+    (cluster.pki_dir / "ca.key").unlink()
+    store, _ = ctx.backup_target()
+    store.delete(object_key(doc["backup_id"]))
+
+    # When the preflight runs (and again, as a retry would)
+    for _ in range(2):
+        with pytest.raises(replace.PreflightFailedError) as failed:
+            replace.run_step(ctx, "Preflight", doc)
+
+    # Then it lists every problem, each with its fix, and not one thing changed
+    assert [f.check for f in failed.value.findings] == ["ca", "backup"]
+    message = str(failed.value)
+    assert "nothing was changed" in message and "1. [ca]" in message and "2. [backup]" in message
+    assert message.count("Fix: ") == 2 and "etcdops backup list" in message
+    assert {(m.id, m.name) for m in cluster.client().member_list()} == members_before
+    assert {p.name: p.pid for p in cluster.ps()} == processes_before
+
+    # and the failure path releases the lock and sends one message with the findings
+    error = {"Error": "PreflightFailedError", "Cause": json.dumps({"errorMessage": message, "stackTrace": ["x"]})}
+    for _ in range(2):
+        replace.run_step(ctx, "NotifyFailure", {**doc, "error": error})
+    assert ctx.state.get_lock("local") is None
+    failures = [m for m in ctx.notifier.messages if "FAILED" in m[0]]  # type: ignore[attr-defined]
+    assert len(failures) == 1
+    body = failures[0][1]
+    assert "1. [ca]" in body and "2. [backup]" in body and "same members as before" in body
+    assert "stackTrace" not in body

@@ -38,6 +38,7 @@ PREFIX = b"/registry/"
 IN_PLACE = [
     "AcquireLock",
     "ValidateBackup",
+    "Preflight",
     "NotifyStart",
     "StopApiServers",
     "StopEtcd",
@@ -50,7 +51,7 @@ IN_PLACE = [
     "ReleaseLock",
     "NotifySuccess",
 ]
-NEW_HOSTS = [*IN_PLACE[:5], "LaunchHosts", *IN_PLACE[5:]]
+NEW_HOSTS = [*IN_PLACE[:6], "LaunchHosts", *IN_PLACE[6:]]
 
 
 def context_for(cluster: LocalCluster, work: Path) -> restore.RestoreContext:
@@ -314,7 +315,7 @@ def test_a_crash_halfway_through_the_restore_converges_on_retry(cluster: LocalCl
     damage_after_backup(cluster)
     ctx = context_for(cluster, tmp_path / "work")
     ctx.compute = CrashingCompute(ctx.compute)  # type: ignore[assignment]
-    doc = run(ctx, IN_PLACE[:5], start_doc())
+    doc = run(ctx, IN_PLACE[:6], start_doc())
 
     # When the restore crashes after the first member
     with pytest.raises(HostCommandFailedError):
@@ -324,7 +325,7 @@ def test_a_crash_halfway_through_the_restore_converges_on_retry(cluster: LocalCl
     assert f"data.{doc['old_data_suffix']}" in report and "Roll back" in report
 
     # Then the retry (same input document) converges: one restore per member, the old data kept
-    doc = run(ctx, IN_PLACE[5:], doc)
+    doc = run(ctx, IN_PLACE[6:], doc)
     assert kv(cluster) == expected
     assert_healthy(cluster, cluster.config().endpoints)
     for name in names:
@@ -339,7 +340,7 @@ def test_a_member_that_does_not_come_back_stops_the_runbook_with_a_rollback(
     write_keys(cluster)
     take_backup(cluster)
     ctx = context_for(cluster, tmp_path / "work")
-    doc = run(ctx, IN_PLACE[:7], start_doc())
+    doc = run(ctx, IN_PLACE[:8], start_doc())
     victims = sorted(states(cluster))[:2]
     for name in victims:  # two restored members die again before the cluster could form
         cluster.stop_member(name)
@@ -389,3 +390,35 @@ def test_the_revision_bump_is_asked_for_where_the_restore_tool_has_it(
     assert len(lines) == 3 and all("--bump-revision=1000000000 --mark-compacted" in line for line in lines)
     assert kv(cluster) == expected
     assert doc["verified"]["revision_bumped"] is False  # the wrapper dropped the flags again
+
+
+def test_a_restore_that_could_not_finish_stops_in_preflight_with_nothing_stopped(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Invariant 13: during the approval wait the backup's object went away and a member's record was
+    lost; after the approval the preflight names both, and nothing is stopped."""
+    write_keys(cluster)
+    manifest = take_backup(cluster)
+    ctx = context_for(cluster, tmp_path / "work")
+    doc = run(ctx, IN_PLACE[:2], start_doc(backup_id=manifest.id))
+    doc = {**doc, "approval": {"approved": True}}
+    store, _ = ctx.backup_target()
+    store.delete(object_key(manifest.id))
+    doc = {**doc, "old_hosts": [*doc["old_hosts"], {**doc["old_hosts"][0], "name": "m9"}]}
+    before_kv, before_states = kv(cluster), states(cluster)
+
+    with pytest.raises(restore.PreflightFailedError) as failed:
+        restore.run_step(ctx, "Preflight", doc)
+    restore.run_step(
+        ctx, "NotifyFailure", {**doc, "error": {"Error": "PreflightFailedError", "Cause": str(failed.value)}}
+    )
+
+    assert [(f.check, f.subject) for f in failed.value.findings] == [
+        ("host", "member host m9"),
+        ("backup", f"backup {manifest.id} in {store.uri}"),
+    ]
+    assert states(cluster) == before_states and kv(cluster) == before_kv
+    assert not store.list("restore/")  # the write probe left nothing behind
+    body = ctx.notifier.messages[-1][1]  # type: ignore[attr-defined]
+    assert "Nothing was stopped or changed" in body and "2. [backup]" in body
+    assert ctx.state.get_lock("local") is None

@@ -15,6 +15,7 @@ from etcdops.backup.crypto import (
     DEFAULT_FRAME_LENGTH,
     MAX_FRAME_LENGTH,
     KeyProvider,
+    check_header,
     compress_stream,
     decompress_stream,
     decrypt_stream,
@@ -183,6 +184,28 @@ def test_wrong_expected_context_is_a_decryption_error(key: KeyProvider, expected
     stream = decrypt_stream([ciphertext], key, expected)
     with pytest.raises(DecryptionError, match="encryption context"):
         next(stream)  # refused before any plaintext
+
+
+def test_the_header_check_opens_the_data_key_and_reads_only_the_beginning(
+    key: KeyProvider, other_key: KeyProvider
+) -> None:
+    """What a runbook's preflight asks of a backup: the key opens it, the context fits; nothing else is read."""
+    ciphertext = encrypt(os.urandom(200_000), key)
+    read: list[int] = []
+
+    def source() -> Iterator[bytes]:
+        for chunk in chunked(ciphertext, 4096):
+            read.append(len(chunk))
+            yield chunk
+
+    check_header(source(), key, CONTEXT)
+    assert sum(read) < len(ciphertext) // 10
+    with pytest.raises(DecryptionError, match=other_key.key_id):
+        check_header(source(), other_key, CONTEXT)
+    with pytest.raises(DecryptionError, match="encryption context"):
+        check_header(source(), key, {"cluster": "staging"})
+    with pytest.raises(DecryptionError):
+        check_header([b"not an encrypted message"], key, CONTEXT)
 
 
 def test_subset_of_the_context_is_enough(key: KeyProvider) -> None:

@@ -38,7 +38,11 @@ def test_the_state_machine_runs_exactly_these_steps() -> None:
     ("recorded", "says"),
     [
         ({}, "Nothing was stopped or changed"),
-        ({"approval": {"approved": True}}, "some of them may be stopped. etcd was not stopped"),
+        ({"approval": {"approved": True}}, "Nothing was stopped or changed"),  # the preflight had not passed
+        (
+            {"approval": {"approved": True}, "preflight": {"passed_at": "t"}},
+            "some of them may be stopped. etcd was not stopped",
+        ),
         ({"approval": {}, "apiservers_stopped": True}, "failed while stopping etcd"),
         (
             {"approval": {}, "apiservers_stopped": True, "etcd_stopped": ["m1", "m2", "m3"]},

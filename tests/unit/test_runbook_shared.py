@@ -53,3 +53,7 @@ def test_other_causes_are_kept_but_bounded() -> None:
     long = caught_error({"Error": "X", "Cause": "y" * 5000})
     assert len(long) < 1100 and long.endswith("…")
     assert caught_error(None) == "None: "
+    # a Lambda error's own message is kept longer: a failed preflight lists every finding
+    findings = "\n".join(f"{i}. [host] instance i-{i:017x}: is not online in SSM. Fix: start it." for i in range(1, 30))
+    listed = caught_error({"Error": "PreflightFailedError", "Cause": json.dumps({"errorMessage": findings})})
+    assert listed == f"PreflightFailedError: {findings}" and len(findings) > 1100

@@ -20,7 +20,8 @@ that need them, so the Lambda layer imports this module without them. Both are p
 * CloudWatch alarms and SNS subscriptions, which moto's CloudFormation skips, are created here;
   bucket policies are left out (moto denies every request on a Condition it cannot evaluate, such
   as aws:SecureTransport);
-* a KMS key's policy from CloudFormation is stored as JSON text (moto keeps a dict and then fails);
+* a KMS key's policy and an SSM document's content from CloudFormation are stored as JSON text
+  (moto keeps a dict and then fails);
 * ``LambdaFunction.invoke`` is replaced so stack functions run in-process (others keep moto's);
 * EC2 launches and SSM host commands are refused where AWS refuses them (:mod:`etcdops.localec2`).
 
@@ -883,6 +884,13 @@ def _apply_skipped(stack: LocalStack, cfn: Mapping[str, Any], session: boto3.ses
         key = kms_backends[stack.account_id][stack.region].keys.get(key_id)  # then every KMS call fails on it
         if key is not None and isinstance(key.policy, dict):
             key.policy = json.dumps(key.policy)
+    from moto.ssm.models import ssm_backends
+
+    documents = ssm_backends[stack.account_id][stack.region]._documents
+    for name in stack.of_type("AWS::SSM::Document").values():  # the same for an SSM document's Content:
+        for version in getattr(documents.get(name), "versions", {}).values():  # DescribeDocument fails on it
+            if isinstance(version.content, dict):
+                version.content = json.dumps(version.content)
     for key, output in (cfn.get("Outputs") or {}).items():
         if key in stack.outputs and stack.outputs[key].startswith("<moto."):  # a Ref moto did not turn into an id
             value = clean_json(output.get("Value"), resource_map)

@@ -424,22 +424,28 @@ def decrypt_stream(
     return _decrypt(chunks, keyring, expected)
 
 
+def _open_message(source: _ChunkReader, keyring: KeyProvider, expected: dict[str, str]) -> tuple[Any, Any]:
+    """The SDK's decryptor with the header read and authenticated, its data key unwrapped, its context checked."""
+    decryptor = _sdk_client().stream(
+        mode="d",
+        source=source,
+        key_provider=keyring.master_key_provider,
+        max_body_length=MAX_FRAME_LENGTH,
+    )
+    header = decryptor.header  # reads the header, unwraps the data key, checks the header tag
+    actual = dict(header.encryption_context)
+    for key, value in expected.items():
+        if key not in actual:
+            raise DecryptionError(f"encryption context has no {key!r} (expected {value!r})")
+        if actual[key] != value:
+            raise DecryptionError(f"encryption context {key!r} is {actual[key]!r}, expected {value!r}")
+    return decryptor, header
+
+
 def _decrypt(chunks: Iterable[bytes], keyring: KeyProvider, expected: dict[str, str]) -> Iterator[bytes]:
     source = _ChunkReader(chunks)
     try:
-        decryptor = _sdk_client().stream(
-            mode="d",
-            source=source,
-            key_provider=keyring.master_key_provider,
-            max_body_length=MAX_FRAME_LENGTH,
-        )
-        header = decryptor.header  # reads the header, unwraps the data key, checks the header tag
-        actual = dict(header.encryption_context)
-        for key, value in expected.items():
-            if key not in actual:
-                raise DecryptionError(f"encryption context has no {key!r} (expected {value!r})")
-            if actual[key] != value:
-                raise DecryptionError(f"encryption context {key!r} is {actual[key]!r}, expected {value!r}")
+        decryptor, header = _open_message(source, keyring, expected)
         read_size = _read_size(min(header.frame_length or MiB, MAX_FRAME_LENGTH))
         while True:
             piece = decryptor.read(read_size)
@@ -450,6 +456,22 @@ def _decrypt(chunks: Iterable[bytes], keyring: KeyProvider, expected: dict[str, 
             raise DecryptionError("the encrypted message ended before its final frame")
         if source.read(1):
             raise DecryptionError("unexpected bytes after the end of the encrypted message")
+    except DecryptionError:
+        raise
+    except Exception as exc:
+        if source.error is not None:
+            raise source.error from None
+        raise DecryptionError(_decryption_message(exc, keyring)) from exc
+
+
+def check_header(chunks: Iterable[bytes], keyring: KeyProvider, expected_context: Mapping[str, str]) -> None:
+    """Prove ``keyring`` opens the message: authenticate its header and unwrap its data key (the key
+    service is asked, so a missing permission shows), check the encryption context; no content is
+    decrypted. Raises like :func:`decrypt_stream`; reads only the first chunk(s) of ``chunks``."""
+    expected = _check_context(expected_context, "expected encryption context")
+    source = _ChunkReader(chunks)
+    try:
+        _open_message(source, keyring, expected)
     except DecryptionError:
         raise
     except Exception as exc:

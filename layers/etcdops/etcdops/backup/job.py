@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from etcdops.backup.crypto import (
     DEFAULT_FRAME_LENGTH,
     KeyProvider,
+    check_header,
     compress_stream,
     decompress_stream,
     decrypt_stream,
@@ -242,13 +243,33 @@ def apply_retention(
 # ---- verify and fetch -----------------------------------------------------------------------
 
 
-def _plaintext(store: BackupStore, keyring: KeyProvider, manifest: Manifest, cluster: str | None) -> Iterator[bytes]:
+def _ciphertext(store: BackupStore, manifest: Manifest, cluster: str | None) -> tuple[Iterator[bytes], dict[str, str]]:
+    """The encrypted object's chunks and the encryption context it must carry."""
     key = object_key(manifest.id)
     if not store.exists(key):
         raise BackupNotFoundError(f"backup {manifest.id}: its snapshot object {store.uri_for(key)} is missing")
     expected = {CONTEXT_BACKUP_ID: manifest.id, CONTEXT_CLUSTER: cluster or manifest.cluster_name}
-    plain = decrypt_stream(store.open_read(key), keyring, expected)
+    return store.open_read(key), expected
+
+
+def _plaintext(store: BackupStore, keyring: KeyProvider, manifest: Manifest, cluster: str | None) -> Iterator[bytes]:
+    chunks, expected = _ciphertext(store, manifest, cluster)
+    plain = decrypt_stream(chunks, keyring, expected)
     return decompress_stream(plain) if manifest.compression == "zstd" else plain
+
+
+def check_readable(store: BackupStore, keyring: KeyProvider, backup_id: str, *, cluster: str | None = None) -> Manifest:
+    """The backup's manifest, once its object was found and its header opened with ``keyring`` (no
+    content decrypted): what a runbook that will need the backup checks first."""
+    manifest = load_manifest(store, backup_id)
+    chunks, expected = _ciphertext(store, manifest, cluster)
+    try:
+        check_header(chunks, keyring, expected)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()  # the rest of the object is not read
+    return manifest
 
 
 def _checked(

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 _CAUSE_LIMIT = 1000
+_MESSAGE_LIMIT = 8000  # our own error messages: a failed preflight lists every finding, one a line
 
 
 def caught_error(error: Mapping[str, Any] | None) -> str:
@@ -22,8 +23,9 @@ def caught_error(error: Mapping[str, Any] | None) -> str:
         document = json.loads(text)
     except ValueError:
         document = None
+    limit = _CAUSE_LIMIT
     if isinstance(document, dict) and "errorMessage" in document:
-        text = str(document["errorMessage"])
-    if len(text) > _CAUSE_LIMIT:
-        text = text[: _CAUSE_LIMIT - 1] + "…"
+        text, limit = str(document["errorMessage"]), _MESSAGE_LIMIT
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
     return f"{error.get('Error')}: {text}"

@@ -108,5 +108,6 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
             state=state,
             notifier=notifier,
             ensure_backup=ensure_backup,
+            backup_target=backup_target,
         )
         return replace.run_step(context, event.step, document)

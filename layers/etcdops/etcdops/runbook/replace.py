@@ -10,22 +10,28 @@ fresh probe, so a second failure during the runbook stops it before any further 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from etcdops.aws import Notifier
 from etcdops.backup.manifest import Manifest
-from etcdops.compute.base import ComputeProvider, Host
+from etcdops.compute.base import ComputeProvider, Host, PreflightPlan, check_host_name
 from etcdops.config import ClusterConfig
-from etcdops.errors import Backoff, EtcdLearnerNotReadyError, EtcdopsError
+from etcdops.errors import Backoff, ConfigError, EtcdLearnerNotReadyError, EtcdopsError
 from etcdops.etcd import EtcdClient, Member
+from etcdops.findings import Finding, describe_findings
 from etcdops.health import ClusterHealth
 from etcdops.policy import change_safety
 from etcdops.probe import probe_cluster
 from etcdops.runbook import caught_error
+from etcdops.runbook import preflight as checks
 from etcdops.state import StateStore
+
+if TYPE_CHECKING:
+    from etcdops.backup.crypto import KeyProvider
+    from etcdops.backup.store import BackupStore
 
 LOCK_LEASE_SECONDS = 1800
 Document = dict[str, Any]
@@ -53,6 +59,19 @@ class LearnerNotCaughtUpError(RunbookError):
     """The new learner did not catch up in time; it was removed again (invariant 6)."""
 
 
+class PreflightFailedError(RunbookError):
+    """The runbook would need something it cannot have (invariant 13); it changed nothing. Not transient:
+    fix what the findings say, then start the runbook again. The message lists every finding, one a line."""
+
+    def __init__(self, runbook: str, findings: Sequence[Finding]) -> None:
+        self.findings = tuple(findings)
+        count = f"{len(self.findings)} problem{'s' if len(self.findings) != 1 else ''}"
+        super().__init__(
+            f"{runbook} stopped before its first change, so nothing was changed; the preflight found {count}:\n"
+            + describe_findings(self.findings)
+        )
+
+
 _CATCH_UP = Backoff(interval_seconds=2, max_attempts=45, rate=1.0)
 STEP_RETRY: dict[str, dict[type[EtcdopsError], Backoff]] = {
     # etcd refuses the promotion until the learner is in sync: about 90 s, then it is removed again
@@ -73,6 +92,7 @@ class ReplaceContext:
     state: StateStore
     notifier: Notifier
     ensure_backup: Callable[[timedelta], Manifest]  # a verified backup younger than the age, or a new one
+    backup_target: Callable[[], tuple[BackupStore, KeyProvider]]  # where backups are, and their key
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
@@ -154,6 +174,45 @@ def ensure_backup(ctx: ReplaceContext, doc: Document) -> Document:
     max_age = timedelta(minutes=ctx.config.backup.max_age_minutes if ctx.config.backup else 120)
     manifest = ctx.ensure_backup(max_age)
     return _timed({**doc, "backup_id": manifest.id, "backup_revision": manifest.revision}, "ensure_backup", started)
+
+
+def preflight(ctx: ReplaceContext, doc: Document) -> Document:
+    """Invariant 13: everything the rest of the runbook needs is there and allowed, or nothing changes.
+
+    It runs right before the first destructive step (the removal): after the lock, the re-check, the
+    approval and the backup, so that what it proves is as fresh as it can be (an approval can wait an
+    hour) and the backup it checks is the one this runbook relies on.
+    """
+    started = time.monotonic()
+    _require(doc, "cluster", "execution", "backup_id")
+    old = str(doc.get("member_name") or "")
+    plan = PreflightPlan(
+        launch=(new_member_name(doc),),
+        documents=("StartEtcd",),
+        repoint=True,
+        retire=(old,) if old and _host_name(old) else (),
+    )
+    findings = ctx.compute.preflight(plan)
+    try:
+        store, keyring = ctx.backup_target()
+    except ConfigError as exc:
+        findings.append(checks.config_finding(exc))
+    else:
+        findings += checks.backup_findings(
+            store, keyring, str(doc["backup_id"]), ctx.config.name, why="relies on it to undo a failed replacement"
+        )
+    findings += checks.lock_findings(ctx.state, doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
+    if findings:
+        raise PreflightFailedError("ReplaceMember", findings)
+    return _timed({**doc, "preflight": {"passed_at": ctx.now().isoformat()}}, "preflight", started)
+
+
+def _host_name(name: str) -> bool:
+    try:
+        check_host_name(name)
+    except EtcdopsError:
+        return False
+    return True
 
 
 def remove_failed_member(ctx: ReplaceContext, doc: Document) -> Document:
@@ -327,12 +386,20 @@ def notify_failure(ctx: ReplaceContext, doc: Document) -> Document:
         release_lock(ctx, doc)
     if not _first_time(ctx, doc, "replace-failed"):
         return doc
+    if error.get("Error") == "PreflightFailedError":
+        where = (
+            f"Member to replace: {doc.get('member_name')} ({doc.get('member_id')}); nothing was changed: the cluster "
+            "has the same members as before. Fix what the preflight found, then start ReplaceMember again."
+        )
+    else:
+        where = (
+            f"Member being replaced: {doc.get('member_name')} ({doc.get('member_id')}); "
+            f"removed from the cluster: {bool(doc.get('removed'))}; new member: {doc.get('new_member')}.\n"
+            "No further membership change was made. Check `etcdops status` before acting."
+        )
     ctx.notifier.publish(
         f"etcdops: ReplaceMember FAILED for {doc.get('cluster')}",
-        f"Runbook {doc.get('execution')} stopped: {caught_error(error)}\n"
-        f"Member being replaced: {doc.get('member_name')} ({doc.get('member_id')}); "
-        f"removed from the cluster: {bool(doc.get('removed'))}; new member: {doc.get('new_member')}.\n"
-        "No further membership change was made. Check `etcdops status` before acting.",
+        f"Runbook {doc.get('execution')} stopped: {caught_error(error)}\n{where}",
         {"cluster": str(doc.get("cluster")), "kind": "replace-failed"},
     )
     return doc
@@ -342,6 +409,7 @@ STEPS: dict[str, Callable[[ReplaceContext, Document], Document]] = {
     "AcquireLock": acquire_lock,
     "CheckMemberStillFailed": check_member_still_failed,
     "EnsureBackup": ensure_backup,
+    "Preflight": preflight,
     "RemoveFailedMember": remove_failed_member,
     "LaunchReplacement": launch_replacement,
     "AddLearner": add_learner,

@@ -12,7 +12,12 @@ The order, and why:
    and bbolt key count agree with the manifest. Records the backup's time, revision and key counts,
    the hosts that will be stopped, the new cluster token and the name the old data directories will
    be kept under, and the summary the approval message shows.
-3. Approval (an ASL task on RequestApprovalFunction, invariant 8), then ``NotifyStart``.
+3. Approval (an ASL task on RequestApprovalFunction, invariant 8).
+3a. ``Preflight`` — invariant 13, after the approval (which can wait for an hour) and before anything
+   is stopped: the control-plane and member hosts will take the host commands, the documents exist,
+   new hosts can be launched (new-hosts mode), the load balancer is there, the backup still opens
+   with the key, the staging object can be written, and the lock is still ours. A finding stops the
+   runbook with nothing stopped; then ``NotifyStart``.
 4. ``StopApiServers``, ``StopEtcd`` (every member host), in new-hosts mode ``LaunchHosts``.
 5. ``RestoreMembers`` — the snapshot is fetched and verified once (the fetch checks while writing),
    staged in the backup store under ``restore/<execution>.snapshot`` (the hosts download it; it is
@@ -66,14 +71,20 @@ from etcdops.backup.errors import BackupNotFoundError, DecryptionError
 from etcdops.backup.job import fetch_backup, load_manifest, newest_verified
 from etcdops.backup.manifest import Manifest
 from etcdops.backup.store import BackupStore
-from etcdops.compute.base import ComputeProvider, Host
+from etcdops.compute.base import DOCUMENTS, ComputeProvider, Host, PreflightPlan
 from etcdops.config import ClusterConfig
-from etcdops.errors import Backoff, EtcdopsError
+from etcdops.errors import Backoff, ConfigError, EtcdopsError
 from etcdops.etcd import EtcdClient
 from etcdops.pb import etcd_pb2 as pb
 from etcdops.probe import probe_cluster
 from etcdops.runbook import caught_error
-from etcdops.runbook.replace import ClusterNotReadyError, InvalidRunbookInputError, RunbookError
+from etcdops.runbook import preflight as checks
+from etcdops.runbook.replace import (
+    ClusterNotReadyError,
+    InvalidRunbookInputError,
+    PreflightFailedError,
+    RunbookError,
+)
 from etcdops.state import StateStore
 
 LOCK_LEASE_SECONDS = 7200  # taken again (extended) once the approval arrived
@@ -347,6 +358,37 @@ def _first_time(ctx: RestoreContext, doc: Document, kind: str) -> bool:
     return ctx.state.record_incident(str(doc.get("cluster")), f"{doc.get('execution')}-{kind}", kind, ctx.now())
 
 
+def preflight(ctx: RestoreContext, doc: Document) -> Document:
+    """Invariant 13: everything the restore needs from here on is there and allowed, or nothing is stopped."""
+    started = time.monotonic()
+    _require(doc, "cluster", "execution", "backup_id")
+    old = [h["name"] for h in doc.get("old_hosts") or []]
+    if doc["mode"] == "in-place":
+        plan = PreflightPlan(documents=tuple(DOCUMENTS), commanded=tuple(old), control_plane=True, repoint=True)
+    else:  # the old hosts still there are stopped; fresh ones are launched and restored
+        present = tuple(n for n in old if ctx.compute.find(n) is not None)
+        launch = tuple(new_host_name(n, doc) for n in old)
+        plan = PreflightPlan(
+            launch=launch, documents=tuple(DOCUMENTS), commanded=present, control_plane=True, repoint=True
+        )
+    findings = ctx.compute.preflight(plan)
+    try:
+        store, keyring = ctx.backup_target()
+    except ConfigError as exc:
+        findings.append(checks.config_finding(exc))
+    else:
+        findings += checks.backup_findings(
+            store, keyring, str(doc["backup_id"]), ctx.config.name, why="restores every member from it"
+        )
+        findings += checks.store_write_findings(
+            store, f"{STAGING_PREFIX}/{_tail(doc)}.preflight", why="stages the snapshot there for the hosts"
+        )
+    findings += checks.lock_findings(ctx.state, doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
+    if findings:
+        raise PreflightFailedError("RestoreCluster", findings)
+    return _timed({**doc, "preflight": {"passed_at": ctx.now().isoformat()}}, "preflight", started)
+
+
 def notify_start(ctx: RestoreContext, doc: Document) -> Document:
     """After the approval: extend our lock's lease (the wait may have been long), then announce."""
     ctx.state.acquire_lock(doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
@@ -582,8 +624,11 @@ def failure_report(doc: Document) -> str:
             + f" The old data directories are kept (suffix .{suffix}); delete them once you are satisfied."
         )
         return "\n".join(lines)
-    if not doc.get("apiservers_stopped") and not doc.get("approval"):
+    if not doc.get("apiservers_stopped") and not doc.get("preflight"):
+        # before the preflight passed nothing is stopped (the first stop comes after it)
         lines.append("Nothing was stopped or changed: etcd and the API servers run as before.")
+        if error.get("Error") == "PreflightFailedError":
+            lines.append("Fix what the preflight found, then start RestoreCluster again.")
         return "\n".join(lines)
     if not doc.get("apiservers_stopped"):
         lines.append(
@@ -649,6 +694,7 @@ def notify_failure(ctx: RestoreContext, doc: Document) -> Document:
 STEPS: dict[str, Callable[[RestoreContext, Document], Document]] = {
     "AcquireLock": acquire_lock,
     "ValidateBackup": validate_backup,
+    "Preflight": preflight,
     "NotifyStart": notify_start,
     "StopApiServers": stop_api_servers,
     "StopEtcd": stop_etcd,

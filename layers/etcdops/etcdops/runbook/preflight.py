@@ -1,0 +1,126 @@
+"""Invariant 13: a runbook proves it can finish before its first destructive step.
+
+The preflight step of each runbook asks everything it will need later, with the parameters it will
+use: the compute provider (launch, host commands, hosts, load balancer, retiring; see
+:meth:`ComputeProvider.preflight`), the backup store (the backup it relies on opens with the key; a
+restore can also write its staging object), and the state table (the operation lock is still this
+runbook's, and its lease is extended). Every problem found is a :class:`~etcdops.findings.Finding`;
+if there is any, the step raises :class:`~etcdops.runbook.replace.PreflightFailedError` listing all
+of them, having changed nothing, and the runbook's failure path releases the lock and sends one
+message with the list.
+
+Trouble that may pass (throttling, a network error, a key service that is unavailable right now) is
+not a finding: it is raised as its retryable error and the state machine asks again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import ClientError
+
+from etcdops.errors import ConfigError
+from etcdops.findings import Finding
+from etcdops.state import LockLostError, StateStore
+
+if TYPE_CHECKING:
+    from etcdops.backup.crypto import KeyProvider
+    from etcdops.backup.store import BackupStore
+
+_DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
+
+
+def lock_findings(state: StateStore, cluster: str, owner: str, lease_seconds: float, now: datetime) -> list[Finding]:
+    """The operation lock is still ``owner``'s: its lease is extended (a write to the state table)."""
+    subject = f"operation lock of cluster {cluster}"
+    try:
+        state.renew_lock(cluster, owner, lease_seconds, now)
+    except LockLostError as exc:
+        return [
+            Finding(
+                "state",
+                subject,
+                f"is no longer this runbook's ({exc}); another operation may be changing the cluster.",
+                "let the other operation finish (etcdops runbook list), then start this runbook again.",
+            )
+        ]
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code not in _DENIED:
+            raise
+        return [
+            Finding(
+                "state",
+                subject,
+                f"cannot be written: the state table refused it ({code}).",
+                "allow dynamodb:UpdateItem on the state table to the RunbookStep role.",
+            )
+        ]
+    return []
+
+
+def backup_findings(
+    store: BackupStore, keyring: KeyProvider, backup_id: str, cluster: str, *, why: str
+) -> list[Finding]:
+    """The backup ``backup_id`` is there and its header opens with ``keyring`` (no content is decrypted)."""
+    from etcdops.backup.errors import (
+        BackupError,
+        BackupNotFoundError,
+        DecryptionError,
+        StorePermissionError,
+    )
+    from etcdops.backup.job import check_readable
+
+    subject = f"backup {backup_id} in {store.uri}"
+    try:
+        check_readable(store, keyring, backup_id, cluster=cluster)
+    except BackupError as exc:
+        if exc.retryable:
+            raise
+        if isinstance(exc, BackupNotFoundError):
+            fix = "choose a backup that exists (etcdops backup list)."
+        elif isinstance(exc, DecryptionError):
+            fix = (
+                f"allow kms:Decrypt on {keyring.key_id} to the RunbookStep role, or set backup.encryption_key to "
+                "the key the backup was made with."
+            )
+        elif isinstance(exc, StorePermissionError):
+            fix = f"allow s3:GetObject on {store.uri}/* to the RunbookStep role."
+        else:
+            fix = "choose another backup (etcdops backup list), or verify this one: etcdops backup verify ID."
+        return [Finding("backup", subject, f"cannot be read, but the runbook {why}: {exc}.", fix)]
+    return []
+
+
+def store_write_findings(store: BackupStore, key: str, *, why: str) -> list[Finding]:
+    """An object can be written and deleted under ``key`` (a small probe, removed at once)."""
+    from etcdops.backup.errors import BackupError
+
+    try:
+        store.delete(key)  # a probe left by an earlier try
+        store.put_bytes(key, b"etcdops preflight: this object is deleted at once\n")
+        store.delete(key)
+    except BackupError as exc:
+        if exc.retryable:
+            raise
+        return [
+            Finding(
+                "backup",
+                f"backup destination {store.uri}",
+                f"cannot be written, but the runbook {why}: {exc}.",
+                f"allow s3:PutObject and s3:DeleteObject on {store.uri}/restore/* to the RunbookStep role "
+                "(and kms:GenerateDataKey on the bucket's key).",
+            )
+        ]
+    return []
+
+
+def config_finding(exc: ConfigError) -> Finding:
+    """Opening the backup store and key failed by configuration (a key file missing, a bad destination)."""
+    return Finding(
+        "backup",
+        "backup configuration",
+        f"cannot be opened: {exc}.",
+        "correct the backup section of the cluster configuration.",
+    )
