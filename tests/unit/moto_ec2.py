@@ -13,6 +13,17 @@ from typing import Any
 import pytest
 
 
+def emulated_account(monkeypatch: pytest.MonkeyPatch, region: str) -> None:
+    """Dummy credentials and ``region`` for moto, and no public images (call before the mock starts)."""
+    for variable, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": region,
+    }.items():
+        monkeypatch.setenv(variable, value)
+    without_public_images(monkeypatch)
+
+
 def without_public_images(monkeypatch: pytest.MonkeyPatch) -> None:
     """Call before the first EC2 call of a moto mock: its backend then starts with no AMIs."""
     monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")

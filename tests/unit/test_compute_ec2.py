@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
-from moto_ec2 import register_host_image, without_public_images
+from moto_ec2 import emulated_account, register_host_image
 
 from etcdops import pki
 from etcdops.compute.base import Host
@@ -79,13 +79,7 @@ def ca() -> pki.KeyPair:
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch, ca: pki.KeyPair) -> Iterator[Aws]:
-    without_public_images(monkeypatch)
-    for variable, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(variable, value)
+    emulated_account(monkeypatch, REGION)
     with mock_aws():
         ec2 = boto3.client("ec2", region_name=REGION)
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]

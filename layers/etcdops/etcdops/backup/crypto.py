@@ -28,7 +28,7 @@ import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 from urllib.parse import unquote, urlsplit
 
 import aws_encryption_sdk
@@ -459,9 +459,7 @@ def _decrypt(chunks: Iterable[bytes], keyring: KeyProvider, expected: dict[str, 
     except DecryptionError:
         raise
     except Exception as exc:
-        if source.error is not None:
-            raise source.error from None
-        raise DecryptionError(_decryption_message(exc, keyring)) from exc
+        _raise_failure(exc, source, keyring)
 
 
 def check_header(chunks: Iterable[bytes], keyring: KeyProvider, expected_context: Mapping[str, str]) -> None:
@@ -475,9 +473,14 @@ def check_header(chunks: Iterable[bytes], keyring: KeyProvider, expected_context
     except DecryptionError:
         raise
     except Exception as exc:
-        if source.error is not None:
-            raise source.error from None
-        raise DecryptionError(_decryption_message(exc, keyring)) from exc
+        _raise_failure(exc, source, keyring)
+
+
+def _raise_failure(exc: Exception, source: _ChunkReader, keyring: KeyProvider) -> NoReturn:
+    """The chunks' own error unchanged (a store read error), else a one-line DecryptionError."""
+    if source.error is not None:
+        raise source.error from None
+    raise DecryptionError(_decryption_message(exc, keyring)) from exc
 
 
 def _decryption_message(exc: BaseException, keyring: KeyProvider) -> str:

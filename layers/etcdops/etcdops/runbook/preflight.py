@@ -15,11 +15,13 @@ not a finding: it is raised as its retryable error and the state machine asks ag
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
+from etcdops.compute.base import ComputeProvider, PreflightPlan
 from etcdops.errors import ConfigError
 from etcdops.findings import Finding
 from etcdops.state import LockLostError, StateStore
@@ -29,6 +31,42 @@ if TYPE_CHECKING:
     from etcdops.backup.store import BackupStore
 
 _DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
+
+
+def runbook_findings(
+    compute: ComputeProvider,
+    plan: PreflightPlan,
+    backup_target: Callable[[], tuple[BackupStore, KeyProvider]],
+    backup_id: str,
+    state: StateStore,
+    *,
+    cluster: str,
+    execution: str,
+    lease_seconds: float,
+    now: datetime,
+    why: str,
+    staging_key: str | None = None,
+) -> list[Finding]:
+    """Every finding of a runbook's preflight: its hosts (``plan``), the backup ``backup_id`` it relies on
+    (``why``), the staging object it will write (``staging_key``, if any) and its lock."""
+    findings = compute.preflight(plan)
+    try:
+        store, keyring = backup_target()
+    except ConfigError as exc:
+        findings.append(
+            Finding(
+                "backup",
+                "backup configuration",
+                f"cannot be opened: {exc}.",
+                "correct the backup section of the cluster configuration.",
+            )
+        )
+    else:
+        findings += backup_findings(store, keyring, backup_id, cluster, why=why)
+        if staging_key is not None:
+            findings += store_write_findings(store, staging_key, why="stages the snapshot there for the hosts")
+    findings += lock_findings(state, cluster, execution, lease_seconds, now)
+    return findings
 
 
 def lock_findings(state: StateStore, cluster: str, owner: str, lease_seconds: float, now: datetime) -> list[Finding]:
@@ -114,13 +152,3 @@ def store_write_findings(store: BackupStore, key: str, *, why: str) -> list[Find
             )
         ]
     return []
-
-
-def config_finding(exc: ConfigError) -> Finding:
-    """Opening the backup store and key failed by configuration (a key file missing, a bad destination)."""
-    return Finding(
-        "backup",
-        "backup configuration",
-        f"cannot be opened: {exc}.",
-        "correct the backup section of the cluster configuration.",
-    )

@@ -19,7 +19,7 @@ from etcdops.aws import Notifier
 from etcdops.backup.manifest import Manifest
 from etcdops.compute.base import ComputeProvider, Host, PreflightPlan, check_host_name
 from etcdops.config import ClusterConfig
-from etcdops.errors import Backoff, ConfigError, EtcdLearnerNotReadyError, EtcdopsError
+from etcdops.errors import Backoff, EtcdLearnerNotReadyError, EtcdopsError
 from etcdops.etcd import EtcdClient, Member
 from etcdops.findings import Finding, describe_findings
 from etcdops.health import ClusterHealth
@@ -192,16 +192,18 @@ def preflight(ctx: ReplaceContext, doc: Document) -> Document:
         repoint=True,
         retire=(old,) if old and _host_name(old) else (),
     )
-    findings = ctx.compute.preflight(plan)
-    try:
-        store, keyring = ctx.backup_target()
-    except ConfigError as exc:
-        findings.append(checks.config_finding(exc))
-    else:
-        findings += checks.backup_findings(
-            store, keyring, str(doc["backup_id"]), ctx.config.name, why="relies on it to undo a failed replacement"
-        )
-    findings += checks.lock_findings(ctx.state, doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
+    findings = checks.runbook_findings(
+        ctx.compute,
+        plan,
+        ctx.backup_target,
+        str(doc["backup_id"]),
+        ctx.state,
+        cluster=doc["cluster"],
+        execution=doc["execution"],
+        lease_seconds=LOCK_LEASE_SECONDS,
+        now=ctx.now(),
+        why="relies on it to undo a failed replacement",
+    )
     if findings:
         raise PreflightFailedError("ReplaceMember", findings)
     return _timed({**doc, "preflight": {"passed_at": ctx.now().isoformat()}}, "preflight", started)

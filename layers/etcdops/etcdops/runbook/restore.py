@@ -73,7 +73,7 @@ from etcdops.backup.manifest import Manifest
 from etcdops.backup.store import BackupStore
 from etcdops.compute.base import DOCUMENTS, ComputeProvider, Host, PreflightPlan
 from etcdops.config import ClusterConfig
-from etcdops.errors import Backoff, ConfigError, EtcdopsError
+from etcdops.errors import Backoff, EtcdopsError
 from etcdops.etcd import EtcdClient
 from etcdops.pb import etcd_pb2 as pb
 from etcdops.probe import probe_cluster
@@ -371,19 +371,19 @@ def preflight(ctx: RestoreContext, doc: Document) -> Document:
         plan = PreflightPlan(
             launch=launch, documents=tuple(DOCUMENTS), commanded=present, control_plane=True, repoint=True
         )
-    findings = ctx.compute.preflight(plan)
-    try:
-        store, keyring = ctx.backup_target()
-    except ConfigError as exc:
-        findings.append(checks.config_finding(exc))
-    else:
-        findings += checks.backup_findings(
-            store, keyring, str(doc["backup_id"]), ctx.config.name, why="restores every member from it"
-        )
-        findings += checks.store_write_findings(
-            store, f"{STAGING_PREFIX}/{_tail(doc)}.preflight", why="stages the snapshot there for the hosts"
-        )
-    findings += checks.lock_findings(ctx.state, doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
+    findings = checks.runbook_findings(
+        ctx.compute,
+        plan,
+        ctx.backup_target,
+        str(doc["backup_id"]),
+        ctx.state,
+        cluster=doc["cluster"],
+        execution=doc["execution"],
+        lease_seconds=LOCK_LEASE_SECONDS,
+        now=ctx.now(),
+        why="restores every member from it",
+        staging_key=f"{STAGING_PREFIX}/{_tail(doc)}.preflight",
+    )
     if findings:
         raise PreflightFailedError("RestoreCluster", findings)
     return _timed({**doc, "preflight": {"passed_at": ctx.now().isoformat()}}, "preflight", started)
