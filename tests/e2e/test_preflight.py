@@ -1,21 +1,25 @@
-"""Invariant 13 through the real ReplaceMember state machine: a replacement whose launch would fail stops
-in preflight, before "Remove the failed member", with the cluster untouched.
+"""Invariant 13 through the real state machines: a ReplaceMember whose launch would fail stops in
+preflight, before "Remove the failed member", with the cluster untouched; an approved RestoreCluster
+whose hosts cannot take commands stops in preflight with nothing stopped.
 
-A real etcd cluster with a killed member; template.yaml in the emulated AWS, whose EC2 and SSM say no
-where AWS does (etcdops.localec2); the cluster's compute is the EC2 provider. The execution is started
-as HealthCheck would start it.
+A real etcd cluster; template.yaml in the emulated AWS, whose EC2 and SSM say no where AWS does
+(etcdops.localec2); the cluster's compute is the EC2 provider (its hosts are emulated instances, etcd
+runs locally). ReplaceMember is started as HealthCheck would start it.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from etcdops.approval import decide_approval
 from etcdops.compute.base import DOCUMENTS
 from etcdops.config import Ec2Compute, dump_config
 from etcdops.local import LocalCluster
@@ -37,9 +41,13 @@ def account(cluster: LocalCluster) -> Iterator[SimpleNamespace]:
         iam.create_role(RoleName="etcdops-host", AssumeRolePolicyDocument=json.dumps({"Statement": []}))
         iam.create_instance_profile(InstanceProfileName="etcdops-host")
         iam.add_role_to_instance_profile(InstanceProfileName="etcdops-host", RoleName="etcdops-host")
+        target_group = aws.client("elbv2").create_target_group(
+            Name="etcd-clients", Protocol="TCP", Port=2379, VpcId=vpc, TargetType="instance"
+        )["TargetGroups"][0]["TargetGroupArn"]
         compute = Ec2Compute(
             launch_template="etcd-host",
             subnets=[subnet],
+            target_group_arn=target_group,
             ssm_documents={key: stack.physical(f"{key}Document") for key in DOCUMENTS},
         )
         config = cluster.config().model_copy(update={"compute": compute})
@@ -73,6 +81,15 @@ def account(cluster: LocalCluster) -> Iterator[SimpleNamespace]:
         )
 
 
+def members(cluster: LocalCluster) -> list[tuple[int, str, tuple[str, ...]]]:
+    with cluster.client() as client:
+        return sorted((m.id, m.name, tuple(m.peer_urls)) for m in client.member_list())
+
+
+def failure_messages(account: SimpleNamespace) -> list[str]:
+    return [m["Message"] for m in account.inbox() if "FAILED" in m["Subject"]]
+
+
 def replace(account: SimpleNamespace, cluster: LocalCluster, victim: Any) -> dict[str, Any]:
     """A ReplaceMember execution as HealthCheck starts it, run to its end."""
     document = {
@@ -104,8 +121,7 @@ def test_a_replacement_whose_launch_would_fail_stops_in_preflight_with_the_clust
         health = probe_cluster(client)
     victim = next(m for m in health.members if m.id != health.leader)
     cluster.kill(victim.name)
-    with cluster.client() as client:
-        members_before = sorted((m.id, m.name, tuple(m.peer_urls)) for m in client.member_list())
+    members_before = members(cluster)
 
     # When ReplaceMember runs
     first = replace(account, cluster, victim)
@@ -118,15 +134,12 @@ def test_a_replacement_whose_launch_would_fail_stops_in_preflight_with_the_clust
     assert entered[-2:] == ["Notify failure", "Replacement failed"]
 
     # and the cluster is untouched: the same members with the same ids, no instance, no lock
-    with cluster.client() as client:
-        assert sorted((m.id, m.name, tuple(m.peer_urls)) for m in client.member_list()) == members_before
+    assert members(cluster) == members_before
     assert account.ec2.describe_instances()["Reservations"] == []
     assert account.state.get_lock("local") is None
 
     # and one failure message lists every finding with its fix
-    failures = [m for m in account.inbox() if "FAILED" in m["Subject"]]
-    assert len(failures) == 1
-    body = failures[0]["Message"]
+    (body,) = failure_messages(account)
     assert "PreflightFailedError" in body and "nothing was changed" in body
     assert f"1. [ca] secret {ca_secret}: holds a certificate but no private key" in body
     assert "2. [launch-template] launch template etcd-host: does not exist" in body
@@ -146,10 +159,65 @@ def test_a_replacement_whose_launch_would_fail_stops_in_preflight_with_the_clust
 
     assert second["status"] == "FAILED"
     assert "Remove the failed member" not in states_entered(account, second["executionArn"])
-    failures = [m for m in account.inbox() if "FAILED" in m["Subject"]]
+    failures = failure_messages(account)
     assert len(failures) == 2
-    assert "1. [launch] launching member" in failures[1]["Message"]
-    assert "InvalidAMIID.NotFound" in failures[1]["Message"]
-    with cluster.client() as client:
-        assert sorted((m.id, m.name, tuple(m.peer_urls)) for m in client.member_list()) == members_before
+    assert "1. [launch] launching member" in failures[1] and "InvalidAMIID.NotFound" in failures[1]
+    assert members(cluster) == members_before
     assert account.ec2.describe_instances()["Reservations"] == []
+
+
+def test_an_approved_restore_whose_hosts_cannot_take_commands_stops_in_preflight_with_nothing_stopped(
+    account: SimpleNamespace, cluster: LocalCluster
+) -> None:
+    from etcdops.backup.job import run_backup
+    from etcdops.backup.target import open_backup_target
+
+    # Given a verified backup, and member instances whose SSM agent never registered (no instance
+    # profile) and no instance tagged as the Kubernetes control plane
+    config = cluster.config()
+    with cluster.client() as client:
+        store, keyring = open_backup_target(config, create_local_key=True)
+        backup = run_backup(config, client, probe_cluster(client), store, keyring).manifest
+    image = account.ec2.register_image(Name="etcd-host", RootDeviceName="/dev/xvda", VirtualizationType="hvm")
+    names = sorted(p.name for p in cluster.ps())
+    for name in names:
+        tags = [{"Key": "etcdops:cluster", "Value": config.name}, {"Key": "etcdops:member", "Value": name}]
+        account.ec2.run_instances(
+            ImageId=image["ImageId"],
+            MinCount=1,
+            MaxCount=1,
+            SubnetId=account.subnet,
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+        )
+    members_before, processes_before = members(cluster), {p.name: (p.pid, p.state) for p in cluster.ps()}
+
+    # When the operator starts RestoreCluster and approves it
+    machine = account.stack.state_machines["RestoreClusterStateMachine"]
+    name = execution_name("restore-preflight")
+    arn = start_execution(
+        account.sfn, machine, {"cluster": config.name, "backup_id": backup.id, "mode": "in-place"}, name=name
+    )
+    deadline = time.monotonic() + 120
+    while account.state.load_approval(name) is None:
+        assert time.monotonic() < deadline, "no approval request"
+        time.sleep(0.5)
+    decide_approval(name, "approve", None, store=account.state, sfn=account.sfn, now=datetime.now(UTC), by="test")
+    ended = wait_for_execution(account.sfn, arn, timeout=240.0)
+
+    # Then it stops in the preflight: nothing stopped, no data changed, the lock released
+    assert ended["status"] == "FAILED", ended
+    entered = states_entered(account, arn)
+    assert "Check we can finish before changing anything" in entered
+    assert "Notify that the restore starts" not in entered and "Stop the API servers" not in entered
+    assert members(cluster) == members_before
+    assert {p.name: (p.pid, p.state) for p in cluster.ps()} == processes_before
+    assert account.state.get_lock(config.name) is None
+    assert not store.list("restore/")
+
+    # and one message lists every host that cannot take the commands, and the missing control plane
+    (body,) = failure_messages(account)
+    assert "PreflightFailedError" in body and "Nothing was stopped or changed" in body
+    for name in names:
+        assert f"({name}): is not registered with SSM" in body
+    assert "[control-plane] control-plane instances of local: none is running" in body
+    assert body.count("Fix: ") == len(names) + 1
