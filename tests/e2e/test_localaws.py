@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stack_templates import ROOT, TEMPLATE, template_with_extras
 
 from etcdops.local import LocalCluster
 from etcdops.localaws import (
@@ -35,9 +36,6 @@ from etcdops.localaws import (
 from etcdops.localschedule import LocalScheduler
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
-DATA = Path(__file__).resolve().parent / "data" / "localaws"
-TEMPLATE = ROOT / "template.yaml"
 
 
 def event(name: str) -> dict[str, Any]:
@@ -48,83 +46,6 @@ def event(name: str) -> dict[str, Any]:
 def invoke(aws: LocalAws, function: str, payload: Any) -> tuple[str | None, Any]:
     response = aws.client("lambda").invoke(FunctionName=function, Payload=json.dumps(payload))
     return response.get("FunctionError"), json.loads(response["Payload"].read())
-
-
-def template_with_extras(tmp_path: Path) -> Path:
-    """template.yaml copied to ``tmp_path`` (local paths made absolute), plus a test-only function with a
-    schedule and a test-only state machine that invokes it (DefinitionUri + DefinitionSubstitutions)."""
-    template = read_template(TEMPLATE)
-    for resource in [*template["Resources"].values(), {"Properties": template.get("Globals", {}).get("Function", {})}]:
-        props = resource.get("Properties") or {}
-        for key in ("CodeUri", "ContentUri", "DefinitionUri"):
-            if isinstance(props.get(key), str) and not props[key].startswith("s3://"):
-                props[key] = str((ROOT / props[key]).resolve())
-    attempts = tmp_path / "attempts"
-    attempts.mkdir()
-    template["Parameters"]["TestSchedule"] = {"Type": "String", "Default": "rate(1 hour)"}
-    template["Resources"]["TestFunction"] = {
-        "Type": "AWS::Serverless::Function",
-        "Properties": {
-            "CodeUri": str(DATA / "test_function"),
-            "Handler": "app.handler",
-            "Timeout": 30,
-            "Environment": {"Variables": {"ATTEMPTS_DIR": str(attempts)}},
-            "Events": {"Tick": {"Type": "Schedule", "Properties": {"Schedule": {"Ref": "TestSchedule"}}}},
-        },
-    }
-    template["Resources"]["TestMachine"] = {
-        "Type": "AWS::Serverless::StateMachine",
-        "Properties": {
-            "DefinitionUri": str(DATA / "test_machine.asl.json"),
-            "DefinitionSubstitutions": {"FunctionArn": {"Fn::GetAtt": ["TestFunction", "Arn"]}, "Greeting": "hello"},
-            "Policies": [{"LambdaInvokePolicy": {"FunctionName": {"Ref": "TestFunction"}}}],
-        },
-    }
-    template["Resources"]["TestInbox"] = {"Type": "AWS::SQS::Queue"}
-    template["Resources"]["TestInboxSubscription"] = {
-        "Type": "AWS::SNS::Subscription",
-        "Properties": {
-            "TopicArn": {"Ref": "NotificationTopic"},
-            "Protocol": "sqs",
-            "Endpoint": {"Fn::GetAtt": ["TestInbox", "Arn"]},
-            "RawMessageDelivery": True,
-        },
-    }
-    template["Resources"]["TestFunctionErrorsAlarm"] = {
-        "Type": "AWS::CloudWatch::Alarm",
-        "Properties": {
-            "AlarmDescription": {"Fn::Sub": "errors of ${TestFunction}"},
-            "Namespace": "AWS/Lambda",
-            "MetricName": "Errors",
-            "Dimensions": [{"Name": "FunctionName", "Value": {"Ref": "TestFunction"}}],
-            "Statistic": "Sum",
-            "Period": 60,
-            "EvaluationPeriods": "1",
-            "Threshold": 0,
-            "ComparisonOperator": "GreaterThanThreshold",
-            "TreatMissingData": "notBreaching",
-            "AlarmActions": [{"Ref": "NotificationTopic"}],
-        },
-    }
-    template["Resources"]["TestUnusedAlarm"] = {  # a false Condition: not created, as in CloudFormation
-        "Type": "AWS::CloudWatch::Alarm",
-        "Condition": "UseVpc",
-        "Properties": {
-            "AlarmName": "never",
-            "Namespace": "etcdops",
-            "MetricName": "Nothing",
-            "Statistic": "Sum",
-            "Period": 60,
-            "EvaluationPeriods": 1,
-            "Threshold": 1,
-            "ComparisonOperator": "GreaterThanThreshold",
-        },
-    }
-    path = tmp_path / "template.yaml"
-    path.write_text(json.dumps(template, indent=1))  # JSON is YAML
-    return path
-
-
 
 
 @pytest.fixture

@@ -58,6 +58,7 @@ from typing import Any
 
 import boto3
 
+from etcdops import localiam, localsandbox
 from etcdops.errors import ConfigError, EtcdopsError, NotFoundError
 
 log = logging.getLogger("etcdops.localaws")
@@ -67,7 +68,9 @@ DEFAULT_STACK_NAME = "etcdops"
 ACCOUNT_ID = "123456789012"  # moto's default account
 CODE_BUCKET = "etcdops-local-code"  # holds the dummy code objects CloudFormation's Lambda needs
 STATE_FILE = "aws.json"
-DUMMY_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+DUMMY_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}  # no identity: offline only
+DEFAULT_EPHEMERAL_MB = 512  # Lambda's default EphemeralStorage
+REQUIRE_EPHEMERAL_LIMIT_ENV = "ETCDOPS_REQUIRE_EPHEMERAL_LIMIT"  # "1": a /tmp limit that cannot be enforced fails
 # Not lambda.use_docker=False: that swaps in a backend whose invoke echoes the payload, past our patch.
 SFN_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}}
 
@@ -98,6 +101,8 @@ class LocalStack:
     unhandled: list[str] = field(default_factory=list)  # "LogicalId (Type)" neither moto nor we create
     skipped: dict[str, str] = field(default_factory=dict)  # logical id -> why it is left out locally
     endpoint: str | None = None  # the moto server's URL in server mode
+    roles: dict[str, str] = field(default_factory=dict)  # function or state machine logical id -> its role ARN
+    credentials: dict[str, str] = field(default_factory=dict)  # the harness's (administrator's) keys
 
     def physical(self, logical_id: str) -> str:
         try:
@@ -160,10 +165,11 @@ def load_local_stack(state_dir: Path) -> LocalStack:
 
 
 class LocalSession(boto3.session.Session):
-    """A boto3 session whose clients and resources go to the local moto server by default."""
+    """A boto3 session whose clients and resources go to the local moto server by default, acting as
+    the harness's administrator (the keys the serving process recorded)."""
 
-    def __init__(self, endpoint: str, region: str) -> None:
-        super().__init__(region_name=region, **DUMMY_CREDENTIALS)
+    def __init__(self, endpoint: str, region: str, credentials: Mapping[str, str] | None = None) -> None:
+        super().__init__(region_name=region, **(credentials or DUMMY_CREDENTIALS))
         self.endpoint = endpoint
 
     def client(self, *args: Any, **kwargs: Any) -> Any:
@@ -180,7 +186,7 @@ def local_boto3_session(state_dir: Path) -> LocalSession:
     stack = load_local_stack(state_dir)
     if not stack.endpoint:
         raise LocalAwsError(f"the local AWS stack in {state_dir} runs in-process only (no server endpoint)")
-    return LocalSession(stack.endpoint, stack.region)
+    return LocalSession(stack.endpoint, stack.region, stack.credentials)
 
 
 def client(service: str, state_dir: Path) -> Any:
@@ -346,8 +352,11 @@ class LocalFunction:
     region: str
     timeout: int
     memory_size: int
-    _idle: list[ModuleType] = field(default_factory=list, repr=False)
+    ephemeral_mb: int = DEFAULT_EPHEMERAL_MB  # EphemeralStorage.Size: each sandbox's /tmp
+    sandbox_root: Path | None = None  # where the sandboxes' /tmp directories are made (None: the process's)
+    _idle: list[tuple[ModuleType, Path | None]] = field(default_factory=list, repr=False)
     _created: int = field(default=0, repr=False)
+    _mounts: list[Path] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def handler_file(self) -> tuple[Path, str]:
@@ -371,21 +380,48 @@ class LocalFunction:
             raise
         return module
 
-    @contextmanager
-    def sandbox(self) -> Iterator[ModuleType]:
-        """A loaded copy of the handler module no other invocation is using (a warm sandbox, or a new one)."""
+    def _new_tmp(self, index: int) -> Path | None:
+        """The new sandbox's /tmp: a tmpfs of ``ephemeral_mb`` where this process may mount one."""
+        if self.sandbox_root is None:
+            return None
+        directory = self.sandbox_root / f"{self.function_name}.s{index}"
+        try:
+            localsandbox.mount_tmpfs(directory, self.ephemeral_mb)
+        except localsandbox.SandboxError:
+            if os.environ.get(REQUIRE_EPHEMERAL_LIMIT_ENV) == "1":
+                raise  # CI: an unenforced limit is a failure, never a silent pass
+            log.warning("%s: /tmp is not limited to %d MB (cannot mount a tmpfs)", self.logical_id, self.ephemeral_mb)
+            return directory
         with self._lock:
-            module = self._idle.pop() if self._idle else None
-            if module is None:
+            self._mounts.append(directory)
+        return directory
+
+    @contextmanager
+    def sandbox(self, credentials: localsandbox.Credentials | None = None) -> Iterator[ModuleType]:
+        """A loaded copy of the handler module, with its own /tmp, that no other invocation is using (a
+        warm sandbox, or a new one), bound to this thread with ``credentials`` for the block."""
+        with self._lock:
+            idle = self._idle.pop() if self._idle else None
+            if idle is None:
                 self._created += 1
                 index = self._created
-        if module is None:
-            module = self._new_sandbox(index)
+        tmp = idle[1] if idle is not None else self._new_tmp(index)
         try:
-            yield module
+            with localsandbox.bound(localsandbox.Sandbox(self.function_name, credentials, tmp)):
+                if idle is None:
+                    idle = (self._new_sandbox(index), tmp)  # a cold start: the init code runs in the sandbox too
+                yield idle[0]
         finally:
-            with self._lock:
-                self._idle.append(module)
+            if idle is not None:
+                with self._lock:
+                    self._idle.append(idle)
+
+    def close(self) -> None:
+        """Unmount the sandboxes' /tmp (when the local AWS stops)."""
+        with self._lock:
+            mounts, self._mounts = self._mounts, []
+        for directory in mounts:
+            localsandbox.unmount(directory)
 
 
 class LambdaContext:
@@ -462,12 +498,21 @@ def _function_environment(function: LocalFunction, moto_function: Any) -> dict[s
     return variables
 
 
+def _role_credentials(moto_function: Any, function: LocalFunction) -> localsandbox.Credentials | None:
+    running = LocalAws._running
+    role = getattr(moto_function, "role", None)
+    if running is None or not running.enforce_iam or not role:
+        return None
+    return running.authorizer.role_credentials(role, function.function_name)
+
+
 def run_handler(function: LocalFunction, moto_function: Any, event: Any) -> tuple[Any, bool]:
-    """Run the handler as Lambda would: (result, False), or (Lambda's error document, True)."""
+    """Run the handler as Lambda would, in a sandbox acting with the function's role and its own /tmp:
+    (result, False), or (Lambda's error document, True)."""
     request_id = str(uuid.uuid4())
     with _ENVIRONMENT.applied(_function_environment(function, moto_function)):
         try:
-            with function.sandbox() as module:
+            with function.sandbox(_role_credentials(moto_function, function)) as module:
                 _, attribute = function.handler_file()
                 handler = getattr(module, attribute, None)
                 if not callable(handler):
@@ -516,6 +561,49 @@ def _patched_invoke(original: Any) -> Any:
     return invoke
 
 
+def _patch_state_machine_clients(authorizer: localiam.Authorizer) -> Any:
+    """A state machine's service calls (its ``lambda:invoke`` tasks) act with the state machine's role,
+    so its policy is enforced as in AWS (moto signs them with a fixed dummy key). Returns the undo."""
+    from botocore.config import Config
+    from moto.core.models import botocore_stubber
+    from moto.settings import moto_server_port
+    from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import TimeoutSeconds
+    from moto.stepfunctions.parser.asl.utils import boto_client
+
+    original = boto_client.boto_client_for
+
+    def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+        role = getattr(state_credentials, "role_arn", None)
+        keys: dict[str, Any] = {"aws_access_key_id": "ak", "aws_secret_access_key": "sk"}
+        if role:
+            c = authorizer.role_credentials(role, "states")
+            keys = {"aws_access_key_id": c.access_key_id, "aws_secret_access_key": c.secret_access_key,
+                    "aws_session_token": c.session_token}  # fmt: skip
+        if not botocore_stubber.enabled:
+            keys["endpoint_url"] = f"http://localhost:{moto_server_port()}"
+        config = Config(
+            parameter_validation=False,
+            retries={"max_attempts": 0, "total_max_attempts": 1},
+            connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
+            read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
+        )
+        return boto3.client(service, region_name=region, config=config, **keys)
+
+    patched = [boto_client] + [
+        module
+        for name, module in list(sys.modules.items())
+        if name.startswith("moto.stepfunctions.parser") and getattr(module, "boto_client_for", None) is original
+    ]
+    for module in patched:
+        module.boto_client_for = boto_client_for  # type: ignore[attr-defined]
+
+    def undo() -> None:
+        for module in patched:
+            module.boto_client_for = original  # type: ignore[attr-defined]
+
+    return undo
+
+
 # ---- the emulated AWS ---------------------------------------------------------------------------
 
 
@@ -529,15 +617,23 @@ class LocalAws:
     _running: LocalAws | None = None
 
     def __init__(
-        self, *, region: str = DEFAULT_REGION, server: bool = False, state_dir: Path | None = None
+        self,
+        *,
+        region: str = DEFAULT_REGION,
+        server: bool = False,
+        state_dir: Path | None = None,
+        enforce_iam: bool = True,
     ) -> None:
         if server and state_dir is None:
             raise ConfigError("state_dir: the server mode records its endpoint there")
         self.region = region
         self.server = server
         self.state_dir = state_dir
+        self.enforce_iam = enforce_iam
+        self.authorizer = localiam.Authorizer(ACCOUNT_ID, region)
         self.endpoint: str | None = None
         self.stacks: list[LocalStack] = []
+        self.sandbox_root: Path | None = None
         self._undo: list[Any] = []
 
     # lifecycle
@@ -574,13 +670,50 @@ class LocalAws:
             original_invoke = LambdaFunction.invoke
             LambdaFunction.invoke = _patched_invoke(original_invoke)  # type: ignore[method-assign]
             self._undo.append(lambda: setattr(LambdaFunction, "invoke", original_invoke))
-            self._undo.append(_REGISTRY.clear)
+            self._start_sandboxes()
             self._set_env("AWS_DEFAULT_REGION", self.region)
+            self._start_identities()
             if self.server:
                 self._start_server()
         except BaseException:
             self.stop()
             raise
+
+    def _start_sandboxes(self) -> None:
+        """Handlers act with their sandbox's credentials and /tmp; each sandbox's /tmp lives under one root."""
+        import shutil
+        import tempfile
+
+        self._undo.append(localsandbox.install())
+        self.sandbox_root = Path(tempfile.mkdtemp(prefix="etcdops-lambda-"))
+        root = self.sandbox_root
+
+        def close() -> None:
+            with _REGISTRY_LOCK:
+                functions = list(_REGISTRY.values())
+                _REGISTRY.clear()
+            for function in functions:
+                function.close()
+            shutil.rmtree(root, ignore_errors=True)
+
+        self._undo.append(close)
+
+    def _start_identities(self) -> None:
+        """The harness acts as an administrator; with ``enforce_iam`` every other request is authorized
+        as AWS would (functions and state machines with their own roles: :mod:`etcdops.localiam`).
+        Clients made without keys outside a sandbox carry no identity (``InvalidClientTokenId``)."""
+        self.authorizer.create_admin()
+        for name, value in DUMMY_CREDENTIALS.items():
+            self._set_env(name.upper(), value)
+        saved_default = boto3.DEFAULT_SESSION
+        boto3.DEFAULT_SESSION = None  # a default session made before would keep its old credentials
+        self._undo.append(lambda: setattr(boto3, "DEFAULT_SESSION", saved_default))
+        if self.enforce_iam:
+            self._undo.append(localiam.install(self.authorizer))
+            self._undo.append(_patch_state_machine_clients(self.authorizer))
+        records = os.environ.get(localiam.RECORDS_ENV)
+        if records:
+            self._undo.append(lambda: self.authorizer.recorder.write(Path(records)))
 
     def _set_env(self, name: str, value: str) -> None:
         saved = os.environ.get(name)
@@ -645,8 +778,29 @@ class LocalAws:
     # clients
 
     def session(self) -> boto3.session.Session:
-        """A session for this process (intercepted by moto, so it needs no endpoint)."""
-        return boto3.session.Session(region_name=self.region, **DUMMY_CREDENTIALS)
+        """The harness's session in this process, as the administrator (intercepted by moto, so it needs
+        no endpoint)."""
+        return boto3.session.Session(region_name=self.region, **self.admin_credentials)
+
+    @property
+    def admin_credentials(self) -> dict[str, str]:
+        admin = self.authorizer.admin
+        if admin is None:
+            raise LocalAwsError("the local AWS is not running")
+        return {"aws_access_key_id": admin.access_key_id, "aws_secret_access_key": admin.secret_access_key}
+
+    def function_session(self, stack: LocalStack, logical_id: str) -> boto3.session.Session:
+        """A session acting as a stack function's role (what its handler's calls carry)."""
+        role = stack.roles.get(logical_id)
+        if role is None:
+            raise NotFoundError(f"stack {stack.stack_name} has no function or state machine {logical_id}")
+        c = self.authorizer.role_credentials(role, stack.functions.get(logical_id, logical_id))
+        return boto3.session.Session(
+            region_name=self.region,
+            aws_access_key_id=c.access_key_id,
+            aws_secret_access_key=c.secret_access_key,
+            aws_session_token=c.session_token,
+        )
 
     def client(self, service: str) -> Any:
         return self.session().client(service)
@@ -727,7 +881,10 @@ def build_stack(
         # moto warns about each type it cannot create; _apply_skipped creates or lists them instead
         warnings.filterwarnings("ignore", message=r"Tried to parse .* but it's not supported")
         stack = _create(running.session(), cfn, template_path, values, parameters, region, stack_name)
-    _register_functions(stack, sam, template_path.parent, cfn)
+    _register_functions(stack, sam, template_path.parent, cfn, running.sandbox_root)
+    stack.credentials = running.admin_credentials
+    for lid, role in stack.roles.items():
+        running.authorizer.register(localiam.principal_for(stack, lid, role))
     return stack
 
 
@@ -772,10 +929,14 @@ def _create(
                 stack.resources[summary["LogicalResourceId"]] = summary["PhysicalResourceId"]
 
     _apply_skipped(stack, cfn, session)
+    lambda_client, sfn = session.client("lambda"), session.client("stepfunctions")
     for lid, name in stack.of_type("AWS::Lambda::Function").items():
         stack.functions[lid] = name
         stack.function_arns[lid] = f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{name}"
+        stack.roles[lid] = lambda_client.get_function_configuration(FunctionName=name)["Role"]
     stack.state_machines = stack.of_type("AWS::StepFunctions::StateMachine")
+    for lid, arn in stack.state_machines.items():
+        stack.roles[lid] = sfn.describe_state_machine(stateMachineArn=arn)["roleArn"]
     return stack
 
 
@@ -874,6 +1035,7 @@ def _apply_skipped(stack: LocalStack, cfn: Mapping[str, Any], session: boto3.ses
                 SecretString=props.get("SecretString") or secrets.token_urlsafe(48),
             )
             stack.resources[lid] = created["ARN"]
+            resource_map._parsed_resources[lid] = _Made(created["ARN"])  # so that Ref resolves in policies
         elif kind in _NOT_EMULATED:
             stack.skipped[lid] = f"{kind}: {_NOT_EMULATED[kind]}"
         elif lid not in stack.resources:
@@ -895,9 +1057,59 @@ def _apply_skipped(stack: LocalStack, cfn: Mapping[str, Any], session: boto3.ses
         if key in stack.outputs and stack.outputs[key].startswith("<moto."):  # a Ref moto did not turn into an id
             value = clean_json(output.get("Value"), resource_map)
             stack.outputs[key] = str(getattr(value, "arn", value))
+    _install_role_policies(stack, cfn, resource_map)
 
 
-def _register_functions(stack: LocalStack, sam: Mapping[str, Any], template_dir: Path, cfn: Mapping[str, Any]) -> None:
+@dataclass(frozen=True)
+class _Made:
+    """A resource created here (not by moto's CloudFormation), as ``Ref`` resolves it."""
+
+    physical_resource_id: str
+
+    def get_cfn_attribute(self, name: str) -> Any:
+        if name == "Arn" and self.physical_resource_id.startswith("arn:"):
+            return self.physical_resource_id
+        raise NotImplementedError(name)
+
+
+def _install_role_policies(stack: LocalStack, cfn: Mapping[str, Any], resource_map: Any) -> None:
+    """Each role's inline policies exactly as the transformed template says, as JSON documents.
+
+    moto's CloudFormation stores them as Python reprs and resolves a Ref to a resource it skipped to
+    None; the role policies are what the local IAM enforces, so they are written again here, resolved
+    against every resource of the stack (a reference that still resolves to nothing is an error).
+    """
+    from moto.cloudformation.parsing import clean_json
+    from moto.iam.models import iam_backends
+
+    from etcdops.iampolicy import read_policy
+
+    iam = iam_backends[stack.account_id]["aws"]
+    for lid, resource in cfn["Resources"].items():
+        if resource.get("Type") != "AWS::IAM::Role" or lid not in stack.resources:
+            continue
+        role_name = stack.resources[lid]
+        for policy in (resource.get("Properties") or {}).get("Policies") or []:
+            name = str(clean_json(policy["PolicyName"], resource_map))
+            document = clean_json(policy["PolicyDocument"], resource_map)
+            text = json.dumps(document)
+            if _strings_in(document) or "<moto." in text:
+                raise LocalAwsError(f"{lid}: policy {name} refers to something the local stack did not create: {text}")
+            read_policy(f"{lid}.{name}", document)  # a policy the local evaluator cannot read fails the build
+            iam.get_role(role_name).put_policy(name, text)  # as CloudFormation puts it (no Version required)
+
+
+def _strings_in(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings_in(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings_in(v)]
+    return [value] if value is None or value == "None" else []
+
+
+def _register_functions(
+    stack: LocalStack, sam: Mapping[str, Any], template_dir: Path, cfn: Mapping[str, Any], sandbox_root: Path | None
+) -> None:
     for lid, resource in sam["Resources"].items():
         if resource.get("Type") != "AWS::Serverless::Function" or lid not in stack.functions:
             continue
@@ -915,6 +1127,8 @@ def _register_functions(stack: LocalStack, sam: Mapping[str, Any], template_dir:
             region=stack.region,
             timeout=int(props.get("Timeout", 3)),
             memory_size=int(props.get("MemorySize", 128)),
+            ephemeral_mb=int((props.get("EphemeralStorage") or {}).get("Size", DEFAULT_EPHEMERAL_MB)),
+            sandbox_root=sandbox_root,
         )
         function.handler_file()  # a malformed Handler is refused now, by name
         with _REGISTRY_LOCK:

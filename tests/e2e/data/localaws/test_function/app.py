@@ -2,16 +2,22 @@
 
 Scheduled events (``source: aws.events``) are recorded, and held while ``<ATTEMPTS_DIR>/hold`` exists.
 Other events pick a behaviour by ``mode``: ok, flaky (fails with FlakyError on the first attempt of an
-execution), fatal (FatalError), broken (BrokenError).
+execution), fatal (FatalError), broken (BrokenError); whoami (the caller's ARN, as STS sees it, from
+the handler's thread and from a thread it starts), read-parameter (SSM ``name``), write-tmp (``mb``
+MiB into a temporary file, ``keep`` to leave it there), respond (a result of ``bytes`` bytes).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import boto3
 
 
 class FlakyError(Exception):
@@ -45,6 +51,30 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         raise FatalError("this cannot work")
     elif mode == "broken":
         raise BrokenError("nobody catches this")
+    elif mode == "whoami":
+        seen: dict[str, str] = {}
+
+        def ask(where: str) -> None:
+            seen[where] = boto3.session.Session().client("sts").get_caller_identity()["Arn"]
+
+        ask("handler")
+        worker = threading.Thread(target=ask, args=("thread",))
+        worker.start()
+        worker.join()
+        return seen
+    elif mode == "read-parameter":
+        ssm = boto3.session.Session().client("ssm")
+        return {"value": ssm.get_parameter(Name=event["name"])["Parameter"]["Value"]}
+    elif mode == "write-tmp":
+        block = b"x" * (1 << 20)
+        with tempfile.NamedTemporaryFile(delete=not event.get("keep")) as out:
+            for _ in range(int(event["mb"])):
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+            return {"tmp": tempfile.gettempdir(), "file": out.name, "written_mb": int(event["mb"])}
+    elif mode == "respond":
+        return {"data": "x" * int(event["bytes"])}
     return {
         "mode": mode,
         "execution": event.get("execution"),

@@ -1,0 +1,203 @@
+"""The emulated AWS says no where AWS says no: every function and state machine acts with its own role.
+
+Given the real template (or a copy with a permission taken away, or with a test-only function), when
+its functions and state machines run in the local stack, then each acts with the credentials of the
+role CloudFormation made for it, each request is authorized against that role's policies as AWS would
+(including AWS's implicit checks: kms:Decrypt to read an SSE-KMS object), a permission the role lacks
+fails the call, and the IAM-coverage check sees every decision.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from stack_templates import ROOT, TEMPLATE, template_with_extras, without_policy, write_template
+
+from etcdops.local import LocalCluster
+from etcdops.localaws import ACCOUNT_ID, LocalAws, LocalStack, start_execution, wait_for_execution
+from etcdops.localiam import coverage
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def aws() -> Iterator[LocalAws]:
+    with LocalAws() as local:
+        yield local
+
+
+def invoke(aws: LocalAws, stack: LocalStack, function: str, payload: Any) -> tuple[str | None, Any]:
+    response = aws.client("lambda").invoke(FunctionName=stack.functions[function], Payload=json.dumps(payload))
+    return response.get("FunctionError"), json.loads(response["Payload"].read())
+
+
+def event(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((ROOT / "events" / f"{name}.json").read_text())
+    return loaded
+
+
+def grant_test_parameter(template: dict[str, Any]) -> None:
+    template["Resources"]["TestFunction"]["Properties"]["Policies"] = [
+        {
+            "Statement": [
+                {
+                    "Sid": "OneParameter",
+                    "Effect": "Allow",
+                    "Action": "ssm:GetParameter",
+                    "Resource": {
+                        "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/test/granted"
+                    },
+                }
+            ]
+        }
+    ]
+
+
+# ---- who acts ---------------------------------------------------------------------------------------------
+
+
+def test_a_function_acts_with_its_own_role_in_every_thread_it_starts(aws: LocalAws, tmp_path: Path) -> None:
+    stack = aws.build_stack(template_with_extras(tmp_path))
+
+    error, seen = invoke(aws, stack, "TestFunction", {"mode": "whoami"})
+
+    assert error is None, seen
+    role = stack.roles["TestFunction"].rsplit("/", 1)[-1]
+    expected = f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/{role}/{stack.functions['TestFunction']}"
+    assert seen == {"handler": expected, "thread": expected}
+
+
+def test_the_harness_is_an_administrator_and_a_client_without_keys_is_nobody(aws: LocalAws) -> None:
+    assert aws.client("sts").get_caller_identity()["Arn"].endswith(":user/etcdops-local-admin")
+
+    with pytest.raises(ClientError) as refused:
+        boto3.session.Session(region_name=aws.region).client("sts").get_caller_identity()
+
+    assert refused.value.response["Error"]["Code"] == "InvalidClientTokenId"
+
+
+# ---- what a role may do --------------------------------------------------------------------------------------
+
+
+def test_a_permission_the_role_lacks_fails_the_invocation_as_in_aws(aws: LocalAws, tmp_path: Path) -> None:
+    stack = aws.build_stack(template_with_extras(tmp_path))  # TestFunction's role grants nothing
+    aws.client("ssm").put_parameter(Name="/test/granted", Value="v", Type="String")
+
+    error, payload = invoke(aws, stack, "TestFunction", {"mode": "read-parameter", "name": "/test/granted"})
+
+    assert error == "Unhandled"
+    assert payload["errorType"] == "ClientError"
+    assert "AccessDenied" in payload["errorMessage"] and "ssm:GetParameter" in payload["errorMessage"]
+
+
+def test_a_grant_allows_exactly_its_resource(aws: LocalAws, tmp_path: Path) -> None:
+    stack = aws.build_stack(template_with_extras(tmp_path, grant_test_parameter))
+    ssm = aws.client("ssm")
+    ssm.put_parameter(Name="/test/granted", Value="yes", Type="String")
+    ssm.put_parameter(Name="/test/other", Value="no", Type="String")
+
+    granted = invoke(aws, stack, "TestFunction", {"mode": "read-parameter", "name": "/test/granted"})
+    other = invoke(aws, stack, "TestFunction", {"mode": "read-parameter", "name": "/test/other"})
+
+    assert granted == (None, {"value": "yes"})
+    assert other[0] == "Unhandled" and "AccessDenied" in other[1]["errorMessage"]
+    decided = {(r.resource.rsplit(":", 1)[-1], r.allowed) for r in aws.authorizer.recorder.records}
+    assert decided >= {("parameter/test/granted", True), ("parameter/test/other", False)}
+
+
+def test_a_real_function_without_its_statement_fails_by_name(aws: LocalAws, tmp_path: Path) -> None:
+    template = write_template(tmp_path, lambda t: without_policy(t, "BackupFunction", sid="ReadClusterConfig"))
+    stack = aws.build_stack(template)
+    aws.client("ssm").put_parameter(
+        Name=stack.parameters["ClusterConfigParameter"], Type="SecureString", Value=json.dumps({"name": "x"})
+    )
+
+    error, payload = invoke(aws, stack, "BackupFunction", event("backup_schedule"))
+
+    assert error == "Unhandled"
+    assert payload["errorType"] == "AwsError"
+    assert "AccessDenied" in payload["errorMessage"] and "ssm:GetParameter" in payload["errorMessage"]
+
+
+def test_a_state_machine_acts_with_its_own_role(aws: LocalAws, tmp_path: Path) -> None:
+    def no_invoke_permission(template: dict[str, Any]) -> None:
+        template["Resources"]["TestMachine"]["Properties"]["Policies"] = []
+
+    stack = aws.build_stack(template_with_extras(tmp_path, no_invoke_permission))
+    sfn = aws.client("stepfunctions")
+
+    arn = start_execution(sfn, stack.state_machines["TestMachine"], {"mode": "ok"}, name="denied")
+    described = wait_for_execution(sfn, arn, timeout=120)
+
+    assert described["status"] == "FAILED"
+    assert "AccessDenied" in (described.get("error", "") + described.get("cause", ""))
+    [record] = [r for r in aws.authorizer.recorder.records if r.principal == "TestMachine"]
+    assert (record.action, record.allowed) == ("lambda:InvokeFunction", False)
+
+
+# ---- AWS's implicit checks: an SSE-KMS object needs kms:Decrypt -----------------------------------------------
+
+
+def backed_up_stack(aws: LocalAws, template: Path, cluster: LocalCluster) -> LocalStack:
+    """The stack with the cluster's config, one backup taken and verified by the stack's own functions."""
+    stack = aws.build_stack(template)
+    tls = cluster.tls
+    document = {
+        "name": "local",
+        "endpoints": cluster.config().endpoints,
+        "tls": {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)},
+        "backup": {"destination": f"s3://{stack.bucket}/etcd/local", "encryption_key": stack.key_arn},
+    }
+    aws.client("ssm").put_parameter(
+        Name=stack.parameters["ClusterConfigParameter"], Type="SecureString", Value=json.dumps(document)
+    )
+    for function, name in (("BackupFunction", "backup_schedule"), ("BackupVerifyFunction", "backup_verify_schedule")):
+        error, result = invoke(aws, stack, function, event(name))
+        assert error is None, result
+    return stack
+
+
+def test_health_check_reads_the_sse_kms_manifests_with_its_own_kms_permission(
+    aws: LocalAws, shared_cluster: LocalCluster
+) -> None:
+    stack = backed_up_stack(aws, TEMPLATE, shared_cluster)
+
+    error, result = invoke(aws, stack, "HealthCheckFunction", event("health_schedule"))
+
+    assert error is None, result
+    assert result["metrics"]["NewestVerifiedBackupAge"] is not None  # the catalogue was read
+    reads = [r for r in aws.authorizer.recorder.records if r.principal == "HealthCheckFunction" and r.because]
+    assert {(r.action, r.because, r.allowed) for r in reads} == {
+        ("kms:Decrypt", "s3:GetObject of an SSE-KMS object", True)
+    }
+
+
+def test_without_kms_decrypt_health_check_is_refused_and_the_coverage_check_says_what_is_missing(
+    aws: LocalAws, shared_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    # Given the template as it was before the fix: HealthCheck may read the bucket but not decrypt
+    template = write_template(
+        tmp_path, lambda t: without_policy(t, "HealthCheckFunction", template_name="KMSDecryptPolicy")
+    )
+    stack = backed_up_stack(aws, template, shared_cluster)
+
+    # When HealthCheck runs: AWS refuses the manifest reads, and HealthCheck (which must keep detecting
+    # failures) carries on without the catalogue, so nothing but the records shows it
+    error, result = invoke(aws, stack, "HealthCheckFunction", event("health_schedule"))
+    assert error is None, result
+    assert result["metrics"].get("NewestVerifiedBackupAge") is None
+
+    # Then the coverage check names the missing permission, and why it is needed
+    found = coverage({}, aws.authorizer.recorder.records)
+    assert not found.ok
+    assert [r.describe() for r in found.denied] == [
+        f"HealthCheckFunction: kms:Decrypt on arn:aws:kms:{stack.region}:{ACCOUNT_ID}:key/${{BackupKey}}"
+        " (needed by s3:GetObject of an SSE-KMS object)"
+    ]
+    assert "MISSING  HealthCheckFunction: kms:Decrypt" in found.report()
