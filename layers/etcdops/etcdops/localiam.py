@@ -49,10 +49,6 @@ _AWS_MANAGED_KEY_ALIASES = {"alias/aws/s3", "alias/aws/ssm", "alias/aws/sns", "a
 _SIGNING_NAME_TO_PREFIX = {"monitoring": "cloudwatch", "elasticloadbalancingv2": "elasticloadbalancing"}
 
 
-class AccessError(EtcdopsError):
-    """The local IAM cannot be set up (for example: a role of the stack was not created)."""
-
-
 # ---- principals -------------------------------------------------------------------------------------
 
 

@@ -42,6 +42,8 @@ ERROR_MODULES: tuple[str, ...] = (
     "etcdops.runbook.restore",
     "etcdops.local",
     "etcdops.localaws",
+    "etcdops.localsandbox",
+    "etcdops.iampolicy",
     "etcdops.demo",
 )
 """Every module that defines an error class (a unit test keeps this list complete)."""
