@@ -58,7 +58,7 @@ from typing import Any
 
 import boto3
 
-from etcdops import localiam, localsandbox
+from etcdops import localiam, locallimits, localsandbox
 from etcdops.errors import ConfigError, EtcdopsError, NotFoundError
 
 log = logging.getLogger("etcdops.localaws")
@@ -541,10 +541,14 @@ def _patched_invoke(original: Any) -> Any:
             function = _REGISTRY.get((self.region, self.function_name))
         if function is None:
             return original(self, body, request_headers, response_headers)
-        event = json.loads(body) if body else {}
         invocation_type = request_headers.get("x-amz-invocation-type") or request_headers.get(
             "X-Amz-Invocation-Type", "RequestResponse"
         )
+        size = len(body.encode() if isinstance(body, str) else body or b"")
+        too_large = locallimits.invoke_payload_problem(size, invocation_type)
+        if too_large is not None:
+            raise locallimits.payload_too_large(too_large)
+        event = json.loads(body) if body else {}
         if invocation_type == "DryRun":
             return b""
         if invocation_type == "Event":
@@ -671,6 +675,7 @@ class LocalAws:
             LambdaFunction.invoke = _patched_invoke(original_invoke)  # type: ignore[method-assign]
             self._undo.append(lambda: setattr(LambdaFunction, "invoke", original_invoke))
             self._start_sandboxes()
+            self._undo.append(locallimits.install())
             self._set_env("AWS_DEFAULT_REGION", self.region)
             self._start_identities()
             if self.server:
@@ -898,6 +903,7 @@ def _create(
     stack_name: str,
 ) -> LocalStack:
     _put_dummy_code(session.client("s3"), cfn, region)
+    in_use = _names_in_use(session)
     cloudformation = session.client("cloudformation")
     try:
         cloudformation.create_stack(
@@ -927,6 +933,13 @@ def _create(
         for summary in page["StackResourceSummaries"]:
             if summary.get("PhysicalResourceId"):
                 stack.resources[summary["LogicalResourceId"]] = summary["PhysicalResourceId"]
+    taken = [f"{stack.types[lid]} {name}" for lid, name in stack.resources.items()
+             if name in in_use.get(stack.types.get(lid, ""), set())]  # fmt: skip
+    if taken:
+        raise LocalAwsError(
+            f"stack {stack_name}: {', '.join(sorted(taken))} already exist(s) in this account and region "
+            "(names are unique per account and region: CloudFormation fails the stack; derive the name from the stack)"
+        )
 
     _apply_skipped(stack, cfn, session)
     lambda_client, sfn = session.client("lambda"), session.client("stepfunctions")
@@ -938,6 +951,25 @@ def _create(
     for lid, arn in stack.state_machines.items():
         stack.roles[lid] = sfn.describe_state_machine(stateMachineArn=arn)["roleArn"]
     return stack
+
+
+def _names_in_use(session: boto3.session.Session) -> dict[str, set[str]]:
+    """Physical names that the emulated services would silently reuse (their create calls overwrite or
+    return the existing resource) where CloudFormation fails a stack instead. The services that refuse
+    a duplicate themselves (SSM documents, secrets, buckets, tables, roles, log groups) need no list."""
+    def names(service: str, operation: str, key: str, field: str) -> set[str]:
+        pages = session.client(service).get_paginator(operation).paginate()
+        return {item[field] for page in pages for item in page[key]}
+
+    return {
+        "AWS::CloudWatch::Dashboard": names("cloudwatch", "list_dashboards", "DashboardEntries", "DashboardName"),
+        "AWS::SNS::Topic": names("sns", "list_topics", "Topics", "TopicArn"),
+        "AWS::StepFunctions::StateMachine": names(
+            "stepfunctions", "list_state_machines", "stateMachines", "stateMachineArn"
+        ),
+        "AWS::Events::Rule": names("events", "list_rules", "Rules", "Name"),
+        "AWS::Lambda::Function": names("lambda", "list_functions", "Functions", "FunctionName"),
+    }
 
 
 def _put_dummy_code(s3: Any, cfn: Mapping[str, Any], region: str) -> None:
@@ -1012,6 +1044,11 @@ def _apply_skipped(stack: LocalStack, cfn: Mapping[str, Any], session: boto3.ses
         props = _api_types(clean_json(resource.get("Properties") or {}, resource_map))
         if kind == "AWS::CloudWatch::Alarm":
             props.setdefault("AlarmName", f"{stack.stack_name}-{lid}")
+            if cloudwatch.describe_alarms(AlarmNames=[props["AlarmName"]])["MetricAlarms"]:
+                raise LocalAwsError(
+                    f"stack {stack.stack_name}: AWS::CloudWatch::Alarm {props['AlarmName']} already exists in this "
+                    "account and region (CloudFormation fails the stack; derive the name from the stack)"
+                )
             cloudwatch.put_metric_alarm(**props)
             stack.alarms[lid] = stack.resources[lid] = props["AlarmName"]
         elif kind == "AWS::SNS::Subscription":

@@ -4,7 +4,8 @@ Scheduled events (``source: aws.events``) are recorded, and held while ``<ATTEMP
 Other events pick a behaviour by ``mode``: ok, flaky (fails with FlakyError on the first attempt of an
 execution), fatal (FatalError), broken (BrokenError); whoami (the caller's ARN, as STS sees it, from
 the handler's thread and from a thread it starts), read-parameter (SSM ``name``), write-tmp (``mb``
-MiB into a temporary file, ``keep`` to leave it there), respond (a result of ``bytes`` bytes).
+MiB into a temporary file, ``keep`` to leave it there), respond (a result of ``bytes`` bytes), large
+(a result of 300,000 bytes: more than a Step Functions state may carry).
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             out.flush()
             os.fsync(out.fileno())
             return {"tmp": tempfile.gettempdir(), "file": out.name, "written_mb": int(event["mb"])}
-    elif mode == "respond":
-        return {"data": "x" * int(event["bytes"])}
+    elif mode in ("respond", "large"):
+        return {"data": "x" * int(event.get("bytes", 300_000))}
     return {
         "mode": mode,
         "execution": event.get("execution"),

@@ -1,0 +1,127 @@
+"""The autopilot on real clusters, as the e2e tests drive it: a cluster's configuration at test speed,
+the stack built from template.yaml in the local AWS with the cluster's configuration where the stack
+reads it, HealthCheck on a one-second timer, an operators' inbox on the topic, and helpers that read
+like the runbooks they wait for."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+from stack_templates import TEMPLATE
+
+from etcdops.config import dump_config
+from etcdops.etcd import EtcdClient
+from etcdops.local import LocalCluster
+from etcdops.localaws import DEFAULT_STACK_NAME, LocalAws
+from etcdops.localschedule import LocalScheduler
+from etcdops.probe import probe_cluster
+from etcdops.state import DynamoStateStore
+
+
+@contextmanager
+def running_autopilot(
+    aws: LocalAws,
+    cluster: LocalCluster,
+    *,
+    stack_name: str = DEFAULT_STACK_NAME,
+    parameters: Mapping[str, str] | None = None,
+    **changes: Any,
+) -> Iterator[SimpleNamespace]:
+    """A stack of template.yaml running the autopilot for ``cluster`` (config ``changes`` applied)."""
+    document = configure(cluster, **changes)
+    stack = aws.build_stack(TEMPLATE, parameters or {}, stack_name=stack_name)
+    aws.client("ssm").put_parameter(
+        Name=stack.parameters["ClusterConfigParameter"], Type="SecureString", Value=document, Overwrite=True
+    )
+    sqs, sns = aws.client("sqs"), aws.client("sns")
+    queue = sqs.create_queue(QueueName=f"{stack_name}-operators")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=stack.topic_arn, Protocol="sqs", Endpoint=queue_arn)
+    subjects: list[str] = []
+
+    def inbox() -> list[str]:
+        while True:
+            messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+            if not messages:
+                return subjects
+            subjects.extend(json.loads(m["Body"])["Subject"] for m in messages)
+
+    with LocalScheduler.for_stack(stack, {"HealthCheckSchedule": "rate(1 second)"}):
+        yield SimpleNamespace(
+            aws=aws,
+            stack=stack,
+            cluster=cluster,
+            sfn=aws.client("stepfunctions"),
+            state=DynamoStateStore(stack.table or "", aws.client("dynamodb")),
+            machine=stack.state_machines["ReplaceMemberStateMachine"],
+            inbox=inbox,
+        )
+
+
+def configure(cluster: LocalCluster, **changes: Any) -> str:
+    """The local stack's config with test-speed failure detection (K=3 rounds over 2 s)."""
+    config = cluster.config()
+    health = config.health.model_copy(update={"failure_threshold": 3, "failure_window_seconds": 2})
+    config = config.model_copy(update={"health": health, **changes})
+    document = dump_config(config)
+    cluster.config_file.write_text(document)
+    return document
+
+
+def executions(pilot: SimpleNamespace) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = pilot.sfn.list_executions(stateMachineArn=pilot.machine)["executions"]
+    return found
+
+
+def wait_for(what: str, predicate: Any, timeout: float = 150.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finished(pilot: SimpleNamespace) -> list[dict[str, Any]]:
+    return [e for e in executions(pilot) if e["status"] != "RUNNING"]
+
+
+class Writer:
+    """Writes keys continuously and remembers every write etcd acknowledged."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.acked: dict[bytes, bytes] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        with self.cluster.client(timeout=2.0) as client:
+            i = 0
+            while not self.stop.is_set():
+                key, value = f"/writer/{i:06d}".encode(), f"v{i}".encode()
+                try:
+                    client.put(key, value)
+                    self.acked[key] = value
+                except Exception:  # a write that was not acknowledged is not promised
+                    time.sleep(0.1)
+                i += 1
+                time.sleep(0.02)
+
+
+def follower(cluster: LocalCluster) -> Any:
+    with cluster.client() as client:
+        health = probe_cluster(client)
+    return next(m for m in health.members if m.id != health.leader)
+
+
+def healthy(cluster: LocalCluster) -> Any:
+    with EtcdClient([m.client_urls[0] for m in cluster.ps() if m.state == "running"], tls=cluster.tls) as client:
+        return probe_cluster(client)
