@@ -277,10 +277,10 @@ def _ssm(request: Request) -> Asked:
             if params.get("WithDecryption"):
                 calls += _secure_string_key(request, name, action)
         return Asked(tuple(calls))
+    if op in ("DescribeDocument", "GetDocument"):
+        return Asked((Call.of(action, _document_arn(request, params.get("Name", ""))),))
     if op == "SendCommand":
-        document = params.get("DocumentName", "")
-        owned = document.startswith("AWS-")
-        calls = [Call.of(action, request.arn("ssm", f"document/{document}", account=not owned))]
+        calls = [Call.of(action, _document_arn(request, params.get("DocumentName", "")))]
         ec2 = _backend("ec2", request.account, request.region)
         for instance_id in params.get("InstanceIds") or []:
             tags = _instance_tags(ec2, instance_id)
@@ -289,6 +289,10 @@ def _ssm(request: Request) -> Asked:
     if op in ("ListCommands", "ListCommandInvocations", "GetCommandInvocation", "DescribeInstanceInformation"):
         return Asked((Call.of(action, "*"),))
     return Asked((Call.of(action, "*"),), modelled=False)
+
+
+def _document_arn(request: Request, name: str) -> str:
+    return request.arn("ssm", f"document/{name}", account=not name.startswith("AWS-"))  # AWS's own: no account
 
 
 def _secure_string_key(request: Request, name: str, action: str) -> list[Call]:
@@ -510,17 +514,9 @@ def _launch_template_data(ec2: Any, spec: Mapping[str, Any]) -> dict[str, Any]:
     if not spec:
         return {}
     try:
-        if spec.get("LaunchTemplateId"):
-            template = ec2.get_launch_template(spec["LaunchTemplateId"])
-        else:
-            template = ec2.get_launch_template_by_name(spec["LaunchTemplateName"])
-        version = str(spec.get("Version") or "$Default")
-        if version == "$Latest":
-            chosen = template.latest_version()
-        elif version == "$Default":
-            chosen = template.default_version()
-        else:
-            chosen = template.get_version(version)
+        template_id = spec.get("LaunchTemplateId") or ec2.launch_template_name_to_ids[spec["LaunchTemplateName"]]
+        template = ec2.launch_templates[template_id]
+        chosen = template.get_version(spec.get("Version") or template.default_version_number)
         return {**dict(chosen.data), "_id": template.id}
     except Exception:  # an unknown template: EC2 refuses the launch itself
         return {}
@@ -767,6 +763,11 @@ def _policy(name: str, document: Any) -> Policy:
 _ACTIVE: Authorizer | None = None
 
 
+def active() -> bool:
+    """True while a local AWS authorizes every request here (moto's own access control is then not used)."""
+    return _ACTIVE is not None
+
+
 def install(authorizer: Authorizer) -> Any:
     """Make ``authorizer`` decide every request moto serves (in-process and server); returns the undo."""
     global _ACTIVE
@@ -843,10 +844,21 @@ def _authorize(authorizer: Authorizer, response: Any, iam_request_cls: type, res
             bucket, _, key = bucket_and_key.partition("/")
             request.bucket, request.key = bucket, (key if "/" in bucket_and_key else None)
     denied = authorizer.decide(access_key._owner_role_name, request)
-    if denied is not None:
-        if is_s3:
-            iam_request._raise_access_denied()
-        raise AccessDeniedError(user_arn=access_key.arn, action=f"{denied[0].action} on resource: {denied[0].resource}")
+    if denied is None:
+        return
+    call = denied[0]
+    if is_s3:
+        iam_request._raise_access_denied()
+    if request.prefix == "ec2":  # EC2 says it its own way
+        from moto.ec2.exceptions import EC2ClientError
+
+        raise EC2ClientError(
+            "UnauthorizedOperation",
+            f"You are not authorized to perform this operation. User: {access_key.arn} is not authorized to "
+            f"perform: {call.action} on resource: {call.resource} because no identity-based policy allows the "
+            f"{call.action} action",
+        )
+    raise AccessDeniedError(user_arn=access_key.arn, action=f"{call.action} on resource: {call.resource}")
 
 
 def _check_signature(iam_request: Any, body: bytes | None) -> None:
