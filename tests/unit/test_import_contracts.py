@@ -107,6 +107,21 @@ def test_every_module_a_handler_imports_is_checked_for_the_lambda_layer() -> Non
     assert imported <= sources, f"add to the lambda-closure contract's source_modules: {sorted(imported - sources)}"
 
 
+def test_every_module_has_its_place_in_the_layers() -> None:
+    # a module no layer names would escape the direction check
+    layers = contracts()["importlinter:contract:one-direction"]["layers"]
+    placed = {name.strip() for line in lines(layers) for name in line.replace("|", ":").split(":")}
+    modules = sorted(
+        ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "__init__.py"
+    )
+    unplaced = [m for m in modules if not any(m == p or m.startswith(p + ".") for p in placed)]
+
+    assert modules
+    assert not unplaced, f"name these in .importlinter's layers (docs/design.md says which layer): {unplaced}"
+
+
 def test_every_ignored_wrong_way_import_is_listed_in_the_design() -> None:
     design = (ROOT / "docs" / "design.md").read_text()
     parser = contracts()
