@@ -73,6 +73,7 @@ def account(cluster: LocalCluster) -> Iterator[SimpleNamespace]:
             aws=aws,
             stack=stack,
             ec2=ec2,
+            iam=iam,
             secrets=aws.client("secretsmanager"),
             sfn=aws.client("stepfunctions"),
             state=DynamoStateStore(stack.table or "", aws.client("dynamodb")),
@@ -162,6 +163,29 @@ def test_a_replacement_whose_launch_would_fail_stops_in_preflight_with_the_clust
     failures = failure_messages(account)
     assert len(failures) == 2
     assert "1. [launch] launching member" in failures[1] and "InvalidAMIID.NotFound" in failures[1]
+    assert members(cluster) == members_before
+    assert account.ec2.describe_instances()["Reservations"] == []
+
+    # When the template gets a real AMI but an instance profile whose role is outside RunbookStep's
+    # iam:PassRole scope (role/etcdops-*): the emulated IAM refuses the dry run as AWS would
+    image = account.ec2.register_image(Name="etcd-host", RootDeviceName="/dev/xvda", VirtualizationType="hvm")
+    account.iam.create_role(RoleName="etcd-host", AssumeRolePolicyDocument=json.dumps({"Statement": []}))
+    account.iam.create_instance_profile(InstanceProfileName="etcd-host")
+    account.iam.add_role_to_instance_profile(InstanceProfileName="etcd-host", RoleName="etcd-host")
+    account.ec2.delete_launch_template(LaunchTemplateName="etcd-host")
+    account.ec2.create_launch_template(
+        LaunchTemplateName="etcd-host",
+        LaunchTemplateData={"ImageId": image["ImageId"], "IamInstanceProfile": {"Name": "etcd-host"}},
+    )
+    third = replace(account, cluster, victim)
+
+    assert third["status"] == "FAILED"
+    assert "Remove the failed member" not in states_entered(account, third["executionArn"])
+    failures = failure_messages(account)
+    assert len(failures) == 3
+    assert "1. [launch] launching member" in failures[2] and "UnauthorizedOperation" in failures[2]
+    assert "iam:PassRole" in failures[2] and "role/etcd-host" in failures[2]
+    assert "name the host role etcdops-<something>" in failures[2]
     assert members(cluster) == members_before
     assert account.ec2.describe_instances()["Reservations"] == []
 

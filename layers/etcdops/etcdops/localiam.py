@@ -850,15 +850,22 @@ def _authorize(authorizer: Authorizer, response: Any, iam_request_cls: type, res
     if is_s3:
         iam_request._raise_access_denied()
     if request.prefix == "ec2":  # EC2 says it its own way
-        from moto.ec2.exceptions import EC2ClientError
-
-        raise EC2ClientError(
-            "UnauthorizedOperation",
+        raise _ec2_refusal(
             f"You are not authorized to perform this operation. User: {access_key.arn} is not authorized to "
             f"perform: {call.action} on resource: {call.resource} because no identity-based policy allows the "
             f"{call.action} action",
         )
     raise AccessDeniedError(user_arn=access_key.arn, action=f"{call.action} on resource: {call.resource}")
+
+
+def _ec2_refusal(message: str) -> Exception:
+    """EC2's ``UnauthorizedOperation`` as an HTTP error, which moto's request handling answers as EC2 does (a
+    ServiceException raised while authorizing would reach the caller as a Python exception, not a ClientError)."""
+    from moto.core.exceptions import _RESTError
+
+    error = _RESTError("UnauthorizedOperation", message)
+    error.code = 403
+    return error
 
 
 def _check_signature(iam_request: Any, body: bytes | None) -> None:
