@@ -61,14 +61,20 @@ def running_autopilot(
             state=DynamoStateStore(stack.table or "", aws.client("dynamodb")),
             machine=stack.state_machines["ReplaceMemberStateMachine"],
             inbox=inbox,
+            parameter=stack.parameters["ClusterConfigParameter"],
         )
 
 
-def configure(cluster: LocalCluster, **changes: Any) -> str:
-    """The local stack's config with test-speed failure detection (K=3 rounds over 2 s)."""
+def configure(
+    cluster: LocalCluster, health: dict[str, Any] | None = None, compute: dict[str, Any] | None = None, **changes: Any
+) -> str:
+    """The local stack's config with test-speed failure detection (K=3 rounds over 2 s) and repairs
+    (a short re-check, a 1 s backoff), plus ``health`` and ``compute`` settings and top-level ``changes``."""
     config = cluster.config()
-    health = config.health.model_copy(update={"failure_threshold": 3, "failure_window_seconds": 2})
-    config = config.model_copy(update={"health": health, **changes})
+    speed = {"failure_threshold": 3, "failure_window_seconds": 2, "recheck_seconds": 1, "repair_backoff_seconds": 1}
+    settings = config.health.model_copy(update={**speed, **(health or {})})
+    hosts = config.compute.model_copy(update=compute or {}) if config.compute else None
+    config = config.model_copy(update={"health": settings, "compute": hosts, **changes})
     document = dump_config(config)
     cluster.config_file.write_text(document)
     return document
@@ -103,8 +109,9 @@ class Writer:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
-        with self.cluster.client(timeout=2.0) as client:
-            i = 0
+        i = 0
+        client = self.cluster.client(timeout=2.0)
+        try:
             while not self.stop.is_set():
                 key, value = f"/writer/{i:06d}".encode(), f"v{i}".encode()
                 try:
@@ -112,8 +119,12 @@ class Writer:
                     self.acked[key] = value
                 except Exception:  # a write that was not acknowledged is not promised
                     time.sleep(0.1)
+                    client.close()
+                    client = self.cluster.client(timeout=2.0)  # the members may have changed
                 i += 1
                 time.sleep(0.02)
+        finally:
+            client.close()
 
 
 def follower(cluster: LocalCluster) -> Any:

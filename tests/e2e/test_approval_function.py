@@ -349,6 +349,39 @@ def test_expired_link_is_403_and_changes_nothing(aws: SimpleNamespace) -> None:
     assert aws.status(arn, timeout=0.5)["status"] == "RUNNING"
 
 
+@pytest.mark.parametrize(
+    "form",
+    [
+        "reason=a&b=1&c=2&d=3&e=4",  # five fields
+        "reason=a&reason=b",  # a repeated field
+        "why=because",  # an unknown field
+        "reason",  # a field without a value
+        "reason=%FF%FE",  # not UTF-8
+        "&".join(f"reason{i}=x" for i in range(50)),  # too many fields
+    ],
+    ids=["five-fields", "repeated", "unknown", "no-value", "bad-encoding", "many-fields"],
+)
+def test_a_malformed_form_is_400_and_changes_nothing(aws: SimpleNamespace, form: str) -> None:
+    arn, message = wait_for_request(aws, "replace-prod-9")
+    for action in ("approve", "reject"):
+        response = call_api(aws, links(message)[action], "POST", form)
+        assert response["statusCode"] == 400, response["body"]
+        assert "Traceback" not in response["body"] and "Bad request" in response["body"]
+    assert aws.counting.sent == []
+    assert aws.status(arn, timeout=0.5)["status"] == "RUNNING"
+    approval = aws.store.load_approval("replace-prod-9")
+    assert approval is not None and approval.decision is None
+
+
+def test_a_form_body_that_is_not_base64_is_400(aws: SimpleNamespace) -> None:
+    arn, message = wait_for_request(aws, "replace-prod-10")
+    event = api_event(links(message)["reject"], "POST")
+    event["body"], event["isBase64Encoded"] = "%%% not base64 %%%", True
+    response = aws.api.handler(event, lambda_context(memory_mb=256))
+    assert response["statusCode"] == 400 and "base64" in response["body"]
+    assert aws.status(arn, timeout=0.5)["status"] == "RUNNING"
+
+
 def test_unknown_path_is_404(aws: SimpleNamespace) -> None:
     _, message = wait_for_request(aws, "replace-prod-8")
     response = call_api(aws, links(message)["approve"].replace("/approve?", "/launch?"))

@@ -10,9 +10,8 @@ import pytest
 from retries import retry
 
 from etcdops.compute.base import Host
-from etcdops.compute.errors import ActionParameterError, HostNotFoundError
+from etcdops.compute.errors import ActionParameterError, HostNotFoundError, HostNotReadyError
 from etcdops.compute.local import LocalComputeProvider
-from etcdops.config import load_config
 from etcdops.errors import (
     EtcdError,
     EtcdLearnerNotReadyError,
@@ -71,15 +70,18 @@ def test_a_launched_host_joins_as_learner_is_promoted_and_retired(cluster: Local
         retry(lambda: answers(client, host), retry_on=(EtcdError, AssertionError))
         assert client.get("/compute/key") == b"before-stop"
 
-    # clients are repointed through cluster.yaml's endpoints
+    # clients are repointed through the local "load balancer" (local.json's targets), not the config
     old = compute.find("m1")
     assert old is not None
+    configured = cluster.config_file.read_text()
     compute.register_target(host)
     compute.register_target(host)
     compute.deregister_target(old)
-    endpoints = load_config(cluster.config_file).endpoints
+    endpoints = compute.targets()
     assert host.client_url in endpoints and old.client_url not in endpoints
     assert endpoints.count(host.client_url) == 1
+    assert LocalComputeProvider(cluster).targets() == endpoints  # kept in local.json
+    assert cluster.config_file.read_text() == configured
 
     # terminate: the process stops, the host and its data are gone; a second terminate is a no-op
     compute.terminate(host)
@@ -98,6 +100,27 @@ def test_start_refuses_an_initial_cluster_without_the_host(cluster: LocalCluster
     with pytest.raises(ActionParameterError, match="m4="):
         compute.start_etcd(host, "m1=https://127.0.0.1:1", "existing")
     assert compute.find("m4").state == "stopped"  # type: ignore[union-attr]
+
+
+def test_a_host_slow_to_come_online_refuses_commands_until_it_is_online(cluster: LocalCluster) -> None:
+    # Given a provider whose hosts take a while to come online, like fresh EC2 instances
+    compute = LocalComputeProvider(cluster, boot_seconds=1.5)
+    host = compute.launch("m4")
+    assert compute.launch("m4") == host  # launching again finds it; it does not boot again
+    initial = ",".join([*(f"{h.name}={h.peer_url}" for h in compute.hosts() if h.name != "m4"), f"m4={host.peer_url}"])
+
+    # When etcd is started on it at once, Then it is not ready (a transient error), and nothing ran
+    with pytest.raises(HostNotReadyError, match="not online yet") as refused:
+        compute.start_etcd(host, initial, "existing")
+    assert refused.value.retryable
+    with pytest.raises(HostNotReadyError):
+        compute.stop_etcd(host)
+    assert compute.find("m4").state == "stopped"  # type: ignore[union-attr]
+
+    # and once it is online, the same call goes through (a state machine's retry)
+    retry(lambda: compute.start_etcd(host, initial, "existing"), retry_on=(HostNotReadyError,), timeout=10)
+    assert compute.find("m4").state == "running"  # type: ignore[union-attr]
+    compute.terminate(host)
 
 
 def test_restore_data_dir_on_every_host_brings_back_the_snapshot(cluster: LocalCluster, tmp_path: Path) -> None:

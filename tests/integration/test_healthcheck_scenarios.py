@@ -38,10 +38,11 @@ from etcdops.healthcheck import (
     ReplaceStarter,
     StepFunctionsReplaceStarter,
     Trigger,
+    round_seeds,
     run_health_round,
 )
 from etcdops.healthmetrics import RecordingMetrics
-from etcdops.local import EtcdBinaries, LocalCluster
+from etcdops.local import EtcdBinaries, LocalCluster, free_ports
 from etcdops.policy import Action
 from etcdops.probe import probe_cluster
 from etcdops.state import InMemoryStateStore, StateStore
@@ -73,7 +74,8 @@ class Autopilot:
     def round(self, seconds: float, trigger: Trigger | None = None) -> HealthRoundResult:
         """One round at T0 + ``seconds`` (the probe itself runs now, against the real cluster)."""
         store = self.store or (open_store(self.config.backup.destination) if self.config.backup else None)
-        with client_for(self.config, timeout=self.config.health.probe_deadline_seconds) as client:
+        seeds = round_seeds(self.config, self.state)
+        with client_for(self.config, endpoints=seeds, timeout=self.config.health.probe_deadline_seconds) as client:
             ctx = HealthContext(
                 config=self.config,
                 client=client,
@@ -156,7 +158,7 @@ def test_a_killed_member_is_replaced_after_k_probes_spanning_t(cluster: LocalClu
     assert third.decision.target_member_id == target and third.decision.target_member_name == "m2"
     assert isinstance(autopilot.replace, RecordingReplaceStarter)
     [(name, document)] = autopilot.replace.started.items()
-    assert name == third.decision.incident_id
+    assert name == f"{third.decision.incident_id}-a1"  # attempt 1 of the incident
     assert document["member_id"] == f"{target:x}" and document["member_name"] == "m2"
     assert document["requires_approval"] is False and document["ec2_failed"] is False
     assert autopilot.subjects().count(f"etcdops: replacing member m2 of {autopilot.config.name}") == 1
@@ -245,12 +247,69 @@ def test_three_triggers_at_once_start_exactly_one_execution(
         assert all(d is not None and d.action is Action.REPLACE_MEMBER for d in decisions)
         assert len({d.incident_id for d in decisions if d}) == 1
         executions = sfn.list_executions(stateMachineArn=machine)["executions"]
-        assert [e["name"] for e in executions] == [decisions[0].incident_id if decisions[0] else None]
+        assert [e["name"] for e in executions] == [f"{decisions[0].incident_id if decisions[0] else None}-a1"]
         started = sum(1 for r in results for a in r.actions if a.startswith("started ReplaceMember"))
         assert started == 1
         assert autopilot.subjects().count(f"etcdops: replacing member m2 of {autopilot.config.name}") == 1
         document = json.loads(sfn.describe_execution(executionArn=executions[0]["executionArn"])["input"])
         assert document["member_name"] == "m2" and document["cluster"] == autopilot.config.name
+
+
+# ---- the live membership, not the configuration, is the truth ----------------------------------------------
+
+
+def test_seeds_that_are_gone_or_frozen_neither_stall_nor_blind_the_round(
+    cluster: LocalCluster, resume_paused: Callable[[str], None]
+) -> None:
+    # Given a configuration whose endpoints are a member that is gone, a frozen one, then a live one
+    gone = f"https://127.0.0.1:{free_ports(1)[0]}"
+    live = [p.client_urls[0] for p in cluster.ps()]
+    resume_paused("m1")
+    config = with_health(cluster.config()).model_copy(update={"endpoints": [gone, live[0], live[2]]})
+    autopilot = Autopilot(config)
+
+    # When a round runs
+    started = time.monotonic()
+    result = autopilot.round(0)
+    took = time.monotonic() - started
+
+    # Then it sees all three members, by name, with m1 failing and the others healthy
+    assert result.health is not None
+    assert sorted(m.name for m in result.health.members) == ["m1", "m2", "m3"]
+    assert {m.name for m in result.health.members if not m.healthy} == {"m1"}
+    assert result.decision is not None and "m1 (" in result.decision.reason and "unnamed" not in result.decision.reason
+    # and it remembered the live members as the next round's seeds
+    assert sorted(autopilot.state.load_endpoints(config.name)) == sorted(live)
+    assert took < 20  # the frozen seed costs at most the probe deadline (generous bound)
+
+
+def test_a_configuration_that_went_stale_does_not_blind_the_autopilot(cluster: LocalCluster) -> None:
+    # Given a round that saw the members
+    autopilot = Autopilot(with_health(cluster.config()))
+    assert autopilot.round(0).health.has_quorum  # type: ignore[union-attr]
+
+    # When every configured endpoint is stale (the members behind them were all replaced long ago)
+    stale = [f"https://127.0.0.1:{port}" for port in free_ports(3)]
+    autopilot.config = autopilot.config.model_copy(update={"endpoints": stale})
+    result = autopilot.round(1)
+
+    # Then the members seen last are asked, and the cluster is healthy, not "QUORUM LOST"
+    assert result.health is not None and result.health.has_quorum and len(result.health.healthy_voters) == 3
+    assert result.decision is not None and result.decision.action in (Action.NONE, Action.NOTIFY), result.decision
+    assert all("QUORUM" not in s for s in autopilot.subjects())
+
+
+def test_when_nothing_answers_the_members_are_named_by_their_endpoints(cluster: LocalCluster) -> None:
+    stale = [f"https://127.0.0.1:{port}" for port in free_ports(3)]
+    autopilot = Autopilot(with_health(cluster.config()).model_copy(update={"endpoints": stale}))
+
+    results = [autopilot.round(s) for s in (0, 1, 2)]
+
+    escalation = results[-1].decision
+    assert escalation is not None and escalation.action is Action.ESCALATE_QUORUM_LOSS
+    assert "unnamed" not in escalation.reason and "(0)" not in escalation.reason
+    assert all(f"the member at {url}" in escalation.reason for url in stale)
+    assert "every stored endpoint is stale" in escalation.reason
 
 
 def test_an_ec2_stopped_event_fails_the_member_at_once(cluster: LocalCluster) -> None:

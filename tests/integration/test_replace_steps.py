@@ -7,6 +7,8 @@ convergence of every step (invariant 7) and the safety re-checks can be exercise
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +22,8 @@ from etcdops.backup.manifest import Manifest, object_key
 from etcdops.backup.store import BackupStore
 from etcdops.backup.target import open_backup_target
 from etcdops.compute.factory import open_compute
-from etcdops.connect import client_for
+from etcdops.config import ConfigFile
+from etcdops.connect import live_client
 from etcdops.etcd import EtcdClient
 from etcdops.local import LocalCluster
 from etcdops.probe import probe_cluster
@@ -30,11 +33,12 @@ from etcdops.state import InMemoryStateStore
 pytestmark = pytest.mark.integration
 
 
-def context_for(cluster: LocalCluster) -> replace.ReplaceContext:
+def context_for(cluster: LocalCluster, **health: Any) -> replace.ReplaceContext:
     config = cluster.config()
+    config = config.model_copy(update={"health": config.health.model_copy(update=health)})
 
     def client() -> EtcdClient:
-        return client_for(config)
+        return live_client(config)
 
     def backup_target() -> tuple[BackupStore, KeyProvider]:
         return open_backup_target(config, create_local_key=True)
@@ -52,6 +56,7 @@ def context_for(cluster: LocalCluster) -> replace.ReplaceContext:
         notifier=MemoryNotifier(),
         ensure_backup=ensure_backup,
         backup_target=backup_target,
+        config_stores=[ConfigFile(cluster.config_file)],
     )
 
 
@@ -156,6 +161,62 @@ def test_a_recovered_member_is_left_alone(cluster: LocalCluster) -> None:
     doc = replace.run_step(ctx, "CheckMemberStillFailed", doc)
 
     assert doc["recovered"] is True
+
+
+def test_a_member_resumed_just_after_the_decision_is_given_a_fair_chance_and_left_alone(
+    cluster: LocalCluster,
+) -> None:
+    # Given a follower frozen (SIGSTOP) long enough to be declared failed, and a replacement started
+    ctx = context_for(cluster, recheck_seconds=20)
+    with cluster.client() as client:
+        health = probe_cluster(client)
+    victim = next(m for m in health.members if m.id != health.leader)
+    members_before = {m.id for m in cluster.client().member_list()}
+    cluster.pause(victim.name)
+    with cluster.client(timeout=2.0) as client:  # the others move on while it is frozen: it must catch up
+        for i in range(150):
+            client.put(f"/while-frozen/{i:03d}", "x")
+            time.sleep(0.1)
+    doc = replace.run_step(
+        ctx,
+        "AcquireLock",
+        {"cluster": "local", "member_id": f"{victim.id:x}", "member_name": victim.name, "execution": "resumed-1"},
+    )
+
+    # When it is resumed while the runbook re-checks it (SIGCONT ~2 s into the check)
+    resume = threading.Timer(2.0, cluster.resume, args=(victim.name,))
+    resume.start()
+    try:
+        doc = replace.run_step(ctx, "CheckMemberStillFailed", doc)
+    finally:
+        resume.join()
+
+    # Then the re-check sees it answer again: nothing is removed
+    assert doc["recovered"] is True
+    assert doc["timings"]["check_member_still_failed"] >= 2.0  # it did wait for the member
+    assert {m.id for m in cluster.client().member_list()} == members_before
+
+
+def test_a_member_that_stays_frozen_is_still_failed_after_the_re_check(cluster: LocalCluster) -> None:
+    ctx = context_for(cluster, recheck_seconds=3)
+    with cluster.client() as client:
+        health = probe_cluster(client)
+    victim = next(m for m in health.members if m.id != health.leader)
+    cluster.pause(victim.name)
+    try:
+        doc = {"cluster": "local", "member_id": f"{victim.id:x}", "member_name": victim.name, "execution": "frozen-1"}
+        doc = replace.run_step(ctx, "CheckMemberStillFailed", replace.run_step(ctx, "AcquireLock", doc))
+    finally:
+        cluster.resume(victim.name)
+    assert doc["recovered"] is False and doc["original_voters"] == 3
+    assert doc["timings"]["check_member_still_failed"] >= 3.0
+
+
+def test_an_input_for_another_cluster_is_refused_by_name_and_takes_no_lock(cluster: LocalCluster) -> None:
+    ctx = context_for(cluster)
+    with pytest.raises(replace.InvalidRunbookInputError, match="cluster 'prod' is not 'local'"):
+        replace.run_step(ctx, "AcquireLock", {"cluster": "prod", "member_id": "ab", "execution": "e"})
+    assert ctx.state.get_lock("prod") is None and ctx.state.get_lock("local") is None
 
 
 def test_bad_input_is_refused_by_name(cluster: LocalCluster) -> None:

@@ -24,6 +24,8 @@ from etcdops.backup.target import open_backup_target
 from etcdops.compute.base import ActionResult, Host
 from etcdops.compute.errors import HostCommandFailedError
 from etcdops.compute.factory import open_compute
+from etcdops.compute.local import LocalComputeProvider
+from etcdops.config import ConfigFile
 from etcdops.connect import client_for
 from etcdops.etcd import EtcdClient
 from etcdops.local import EtcdBinaries, LocalCluster
@@ -70,6 +72,7 @@ def context_for(cluster: LocalCluster, work: Path) -> restore.RestoreContext:
         state=InMemoryStateStore(),
         notifier=MemoryNotifier(),
         backup_target=target,
+        config_stores=[ConfigFile(cluster.config_file)],
         work_dir=work,
     )
 
@@ -227,11 +230,13 @@ def test_quorum_lost_restore_onto_new_hosts(cluster: LocalCluster, tmp_path: Pat
     # When the runbook restores onto fresh hosts
     doc = run(ctx, NEW_HOSTS, start_doc("new-hosts"))
 
-    # Then three fresh members serve the backup's data and the "load balancer" points at them only
+    # Then three fresh members serve the backup's data, the "load balancer" points at them only, and
+    # the stored configuration names them (invariant 10)
     fresh = [t["name"] for t in doc["targets"]]
     assert len(fresh) == 3 and not set(fresh) & set(old)
     endpoints = list(cluster.config().endpoints)
-    assert sorted(endpoints) == sorted(t["client_url"] for t in doc["targets"])
+    assert sorted(endpoints) == sorted(t["client_url"] for t in doc["targets"]) == sorted(doc["stored_endpoints"])
+    assert sorted(LocalComputeProvider(cluster).targets()) == sorted(endpoints)
     assert not set(endpoints) & set(old_endpoints)
     assert_healthy(cluster, endpoints)
     assert kv(cluster, endpoints) == expected

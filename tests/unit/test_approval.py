@@ -353,3 +353,24 @@ def test_sample_events_parse() -> None:
         # the samples carry a placeholder signature: verifying them is refused, as it should be
         with pytest.raises(InvalidLinkError):
             verify_link(SECRET, link_params(api.rawQueryString), T0)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [("", None), ("reason=", None), ("reason=not+now", "not now"), ("reason=%C3%A9t%C3%A9", "été"),
+     ("reason=" + "x" * 2000, "x" * 1000)],
+)  # fmt: skip
+def test_a_well_formed_form_gives_its_reason(body: str, reason: str | None) -> None:
+    from etcdops.approval import form_reason
+
+    assert form_reason(body) == reason
+
+
+@pytest.mark.parametrize("body", ["reason=a&b=1&c=2&d=3&e=4", "reason=a&reason=b", "x=1", "reason", "reason=%FF"])
+def test_a_malformed_form_is_a_named_error(body: str) -> None:
+    from etcdops.approval import form_reason, http_status
+    from etcdops.events import InvalidEventError
+
+    with pytest.raises(InvalidEventError) as refused:
+        form_reason(body)
+    assert http_status(refused.value) == 400

@@ -36,7 +36,7 @@ from etcdops.healthcheck import (
 from etcdops.healthmetrics import RecordingMetrics, compute_health_metrics, publish_health_metrics
 from etcdops.localhealth import local_health_schedule, schedule_seconds, template_health_schedule
 from etcdops.policy import Action, Decision, Notification, NotificationKind
-from etcdops.state import DynamoStateStore, InMemoryStateStore, StateStore, table_definition
+from etcdops.state import InMemoryStateStore, StateStore
 
 NOW = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)
 REGION = "us-east-1"
@@ -194,17 +194,6 @@ def test_a_member_that_sees_no_leader_stays_unhealthy_despite_alarm_reports() ->
 # ---- acting ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "dynamodb"])
-def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
-    if request.param == "memory":
-        yield InMemoryStateStore()
-        return
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name=REGION)
-        client.create_table(**table_definition("state"))
-        yield DynamoStateStore("state", client)
-
-
 def context(store: StateStore, starter: Any, notifier: MemoryNotifier | None) -> HealthContext:
     return HealthContext(
         config=CONFIG,
@@ -237,14 +226,18 @@ def test_a_replace_decision_starts_one_run_and_sends_one_message_however_often_i
         ctx, replace(REPLACE, reason="the same failure, one probe later"), frozenset(), NOW + timedelta(minutes=1)
     )
 
-    assert first[0] == f"started ReplaceMember {REPLACE.incident_id}"
-    assert again == [f"ReplaceMember {REPLACE.incident_id} already started"]
+    execution = f"{REPLACE.incident_id}-a1"  # attempts, not incidents, name executions
+    assert first[0] == f"started ReplaceMember {execution}"
+    assert again == [f"Attempt 1 of {REPLACE.incident_id} ({execution}) is running."]
     assert starter.started == {
-        REPLACE.incident_id: {
+        execution: {
             "cluster": "prod",
             "member_id": "ab",
             "member_name": "m3",
+            "member_label": "ab",
             "incident_id": REPLACE.incident_id,
+            "attempt": 1,
+            "max_attempts": 3,
             "reason": REPLACE.reason,
             "requires_approval": False,
             "ec2_failed": False,

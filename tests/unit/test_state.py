@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
 from moto import mock_aws
-from moto_dynamodb import state_table
 
 from etcdops.policy import Action, Decision, Notification, NotificationKind, Streak
 from etcdops.state import (
@@ -18,7 +16,6 @@ from etcdops.state import (
     TTL_ATTRIBUTE,
     ConflictError,
     DynamoStateStore,
-    InMemoryStateStore,
     LockHeldError,
     LockLostError,
     StateStore,
@@ -28,15 +25,6 @@ from etcdops.state import (
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 TABLE = "etcdops-state"
 CLUSTER = "prod-etcd"
-
-
-@pytest.fixture(params=["memory", "dynamodb"])
-def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
-    if request.param == "memory":
-        yield InMemoryStateStore()
-        return
-    with state_table(TABLE) as client:
-        yield DynamoStateStore(TABLE, client)
 
 
 def at(seconds: float) -> datetime:

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from moto_dynamodb import state_table
 
 from etcdops.errors import UsageError
-from etcdops.state import Approval, DynamoStateStore, InMemoryStateStore, StateStore
+from etcdops.state import Approval, StateStore
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 TABLE = "etcdops-state"
-
-
-@pytest.fixture(params=["memory", "dynamodb"])
-def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
-    if request.param == "memory":
-        yield InMemoryStateStore()
-        return
-    with state_table(TABLE) as client:
-        yield DynamoStateStore(TABLE, client)
 
 
 def approval(execution: str = "replace-1", request_id: str = "a" * 32, **changes: object) -> Approval:

@@ -38,14 +38,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any, Final, Literal, NamedTuple, cast
-from urllib.parse import parse_qs, parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2Model
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
 from etcdops.aws import AwsError, AwsUnavailableError, Notifier, aws_error
-from etcdops.errors import ConfigError, EtcdopsError, NotFoundError
+from etcdops.errors import APPROVAL_REJECTED, ConfigError, EtcdopsError, NotFoundError
 from etcdops.events import InvalidEventError
 from etcdops.state import Approval, StateStore
 
@@ -80,7 +80,7 @@ __all__ = [
 
 Action = Literal["approve", "reject"]
 ACTIONS: Final[tuple[Action, ...]] = ("approve", "reject")
-REJECTED_ERROR: Final = "ApprovalRejected"
+REJECTED_ERROR: Final = APPROVAL_REJECTED
 """The ``error`` of SendTaskFailure on a rejection: the runbooks ``Catch`` it by this name."""
 DEFAULT_APPROVAL_TTL_SECONDS: Final = 3600
 MIN_SECRET_BYTES: Final = 32
@@ -615,6 +615,29 @@ def link_params(raw_query: str) -> dict[str, str]:
     return params
 
 
+FORM_FIELDS: Final = frozenset({"reason"})
+"""What the confirm form posts (a reject form's reason; an approve form posts nothing)."""
+_MAX_FORM_FIELDS: Final = 8
+
+
+def form_reason(body: str) -> str | None:
+    """The ``reason`` of a posted form, checked like a link: known fields only, each once, valid
+    percent-encoded UTF-8. Anything else is refused (400), never half-read."""
+    try:
+        pairs = parse_qsl(
+            body, keep_blank_values=True, strict_parsing=bool(body), max_num_fields=_MAX_FORM_FIELDS, errors="strict"
+        )
+    except ValueError:  # too many fields, a field without '=', bad percent-encoding or UTF-8
+        raise InvalidEventError("the form is malformed (expected at most a 'reason' field)") from None
+    names = [name for name, _ in pairs]
+    unknown = sorted(set(names) - FORM_FIELDS)
+    if unknown:
+        raise InvalidEventError(f"the form has unknown field(s): {', '.join(unknown[:3])} (only 'reason' is accepted)")
+    if len(names) != len(set(names)):
+        raise InvalidEventError("the form repeats a field")
+    return (dict(pairs).get("reason") or "").strip()[:1000] or None
+
+
 def _form_body(request: APIGatewayProxyEventV2Model) -> str:
     body = request.body if isinstance(request.body, str) else ""
     if request.isBase64Encoded and body:
@@ -654,8 +677,7 @@ def handle_api_request(
             return _confirm_page(link, store=store, now=now)
         if http.method != "POST":
             raise InvalidEventError(f"method {http.method} is not allowed")
-        form = parse_qs(_form_body(request), max_num_fields=4)
-        reason = (form.get("reason") or [""])[0].strip()[:1000] or None
+        reason = form_reason(_form_body(request))
         result = decide_approval(
             link.execution,
             link.action,

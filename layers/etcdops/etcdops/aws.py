@@ -77,15 +77,68 @@ def aws_error(what: str, exc: Exception) -> AwsError:
 
 
 def load_cluster_config(ssm: Any, parameter: str) -> ClusterConfig:
-    try:
-        value = ssm.get_parameter(Name=parameter, WithDecryption=True)["Parameter"]["Value"]
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ParameterNotFound":
-            raise ConfigError(f"CLUSTER_CONFIG_PARAMETER: SSM parameter {parameter} does not exist") from None
-        raise aws_error(f"reading SSM parameter {parameter}", exc) from exc
-    except BotoCoreError as exc:
-        raise aws_error(f"reading SSM parameter {parameter}", exc) from exc
-    return loads_config(value, f"ssm:{parameter}")
+    return loads_config(SsmConfigParameter(ssm, parameter).read(), f"ssm:{parameter}")
+
+
+class SsmConfigParameter:
+    """The cluster configuration document in an SSM parameter (a :class:`etcdops.membership.ConfigStore`).
+
+    A write keeps what the operator chose for the parameter: its type (a SecureString stays a
+    SecureString, under the same KMS key), tier and data type; only the value changes. It needs
+    ``ssm:PutParameter`` on the parameter and ``ssm:DescribeParameters`` (which has no resource-level
+    permissions) to read the tier and key.
+    """
+
+    def __init__(self, ssm: Any, name: str) -> None:
+        self.ssm = ssm
+        self.name = name
+
+    @property
+    def where(self) -> str:
+        return f"ssm:{self.name}"
+
+    def read(self) -> str:
+        try:
+            value: str = self.ssm.get_parameter(Name=self.name, WithDecryption=True)["Parameter"]["Value"]
+        except ClientError as exc:
+            if aws_error_code(exc) == "ParameterNotFound":
+                raise ConfigError(f"CLUSTER_CONFIG_PARAMETER: SSM parameter {self.name} does not exist") from None
+            raise aws_error(f"reading SSM parameter {self.name}", exc) from exc
+        except BotoCoreError as exc:
+            raise aws_error(f"reading SSM parameter {self.name}", exc) from exc
+        return value
+
+    def _metadata(self) -> dict[str, Any]:
+        try:
+            found = self.ssm.describe_parameters(ParameterFilters=[{"Key": "Name", "Values": [self.name]}])
+        except (ClientError, BotoCoreError) as exc:
+            raise aws_error(f"describing SSM parameter {self.name}", exc) from exc
+        for parameter in found.get("Parameters", []):
+            if parameter.get("Name") == self.name:
+                metadata: dict[str, Any] = parameter
+                return metadata
+        raise ConfigError(f"CLUSTER_CONFIG_PARAMETER: SSM parameter {self.name} does not exist")
+
+    def write(self, text: str) -> None:
+        """One PutParameter (atomic: readers get the old or the new version) with the same type,
+        tier, key and data type."""
+        metadata = self._metadata()
+        request: dict[str, Any] = {
+            "Name": self.name,
+            "Value": text,
+            "Type": metadata.get("Type", "String"),
+            "Overwrite": True,
+        }
+        if metadata.get("Tier"):
+            request["Tier"] = metadata["Tier"]
+        if metadata.get("DataType"):
+            request["DataType"] = metadata["DataType"]
+        if request["Type"] == "SecureString" and metadata.get("KeyId"):
+            request["KeyId"] = metadata["KeyId"]
+        try:
+            self.ssm.put_parameter(**request)
+        except (ClientError, BotoCoreError) as exc:
+            raise aws_error(f"writing SSM parameter {self.name}", exc) from exc
 
 
 def materialize_tls(config: ClusterConfig, secrets: Any, directory: Path) -> ClusterConfig:

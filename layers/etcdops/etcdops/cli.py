@@ -183,23 +183,27 @@ def watch_status(args: argparse.Namespace, config: ClusterConfig, deadline: floa
 
     from etcdops.connect import client_for
     from etcdops.localhealth import read_last_round
+    from etcdops.membership import merge_endpoints
     from etcdops.probe import health_to_dict, probe_cluster
 
     if args.interval <= 0:
         raise UsageError(f"--interval must be positive, got {args.interval}")
     clear = sys.stdout.isatty() and not args.json
+    seen: list[str] = []  # the members seen last: seeds besides the configured endpoints (invariant 10)
     try:
-        with client_for(config, timeout=deadline) as client:
-            while True:
-                started = time.monotonic()
-                data = health_to_dict(probe_cluster(client, deadline=deadline))
-                last = autopilot_last_round(_state_dir(args), config.name) or read_last_round(_state_dir(args))
-                if args.json:
-                    print(json.dumps({"status": data, "last_round": last}, default=str), flush=True)
-                else:
-                    screen = render_status(config.name, data) + "\n\n" + render_last_round(last)
-                    print(("\x1b[2J\x1b[H" if clear else "") + screen + "\n", flush=True)
-                time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+        while True:
+            started = time.monotonic()
+            with client_for(config, endpoints=merge_endpoints(seen, config.endpoints), timeout=deadline) as client:
+                health = probe_cluster(client, deadline=deadline)
+            seen = merge_endpoints(*(m.client_urls for m in health.members if m.id)) or seen
+            data = health_to_dict(health)
+            last = autopilot_last_round(_state_dir(args), config.name) or read_last_round(_state_dir(args))
+            if args.json:
+                print(json.dumps({"status": data, "last_round": last}, default=str), flush=True)
+            else:
+                screen = render_status(config.name, data) + "\n\n" + render_last_round(last)
+                print(("\x1b[2J\x1b[H" if clear else "") + screen + "\n", flush=True)
+            time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
     except KeyboardInterrupt:
         return 0
 

@@ -7,7 +7,10 @@ whose TLS entries are paths. Every validation error names the field it is about.
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -95,6 +98,13 @@ class HealthConfig(_Model):
     # member name -> EC2 instance id, for EC2 events; members not listed are looked up by their
     # instance's tags (etcdops:member=<name>)
     member_instances: dict[str, str] = {}
+    # a failed repair is tried again by later rounds, backoff doubling from repair_backoff_seconds,
+    # up to max_repair_attempts attempts; then one escalation (invariant 12)
+    max_repair_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    repair_backoff_seconds: Annotated[float, Field(ge=0, le=86400)] = 60.0
+    # "Check the member is still failed" probes for up to this long before it concludes, so a member
+    # that was just resumed (a paused VM, a long GC pause) gets a fair chance to answer again
+    recheck_seconds: Annotated[float, Field(ge=0, le=120)] = 8.0
 
     @field_validator("schedule")
     @classmethod
@@ -116,9 +126,16 @@ class HealthConfig(_Model):
         return value
 
 
+LOCAL_CONFIG_FILE = "cluster.yaml"
+"""The local stack keeps its cluster configuration in this file of its state directory."""
+
+
 class LocalCompute(_Model):
     provider: Literal["local"] = "local"
     state_dir: str
+    # a launched host comes online this long after its launch and refuses commands with
+    # HostNotReadyError until then, as a fresh EC2 instance does until its SSM agent registers
+    boot_seconds: Annotated[float, Field(ge=0, le=600)] = 0.0
 
 
 class Ec2Compute(_Model):
@@ -213,13 +230,75 @@ def load_config(path: Path) -> ClusterConfig:
     return loads_config(text, str(path))
 
 
-def loads_config(text: str, source: str = "config") -> ClusterConfig:
+def _is_json(text: str) -> bool:
+    return text.lstrip().startswith("{")
+
+
+def _document(text: str, source: str) -> Any:
     try:
-        document = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+        return json.loads(text) if _is_json(text) else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{source}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
-    return parse_config(document, source)
+
+
+def loads_config(text: str, source: str = "config") -> ClusterConfig:
+    return parse_config(_document(text, source), source)
 
 
 def dump_config(config: ClusterConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def rewrite_endpoints(
+    text: str, update: Callable[[list[str]], list[str]], *, source: str = "config"
+) -> tuple[str, list[str]]:
+    """The document ``text`` with its ``endpoints`` replaced by ``update(endpoints)``, and the new list.
+
+    Only the endpoints change: every other field stays as the operator wrote it, and the document
+    keeps its format (JSON stays JSON, YAML stays YAML; YAML comments are not kept). The result is
+    validated like any document; when the endpoints do not change, ``text`` itself is returned.
+    """
+    document = _document(text, source)
+    parse_config(document, source)
+    current = [str(e) for e in document.get("endpoints") or []]
+    endpoints = update(current)
+    if endpoints == current:
+        return text, current
+    document["endpoints"] = list(endpoints)
+    parse_config(document, source)
+    rendered = json.dumps(document, indent=2) + "\n" if _is_json(text) else yaml.safe_dump(document, sort_keys=False)
+    return rendered, list(endpoints)
+
+
+class ConfigFile:
+    """A configuration document in a local file (the local stack's ``cluster.yaml``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    def read(self) -> str:
+        try:
+            return self.path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot read: {exc.strerror}") from None
+
+    def write(self, text: str) -> None:
+        """Atomically: a temporary file beside it, then a rename (readers see the old or the new document)."""
+        write_text_atomically(self.path, text)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace ``path``'s content in one step: write a temporary file beside it, then rename it over."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        temporary.write_text(text)
+        if path.exists():
+            os.chmod(temporary, path.stat().st_mode & 0o777)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from etcdops.config import ClusterConfig
 from etcdops.errors import ConfigError
 from etcdops.etcd import DEFAULT_TIMEOUT, EtcdClient, TlsFiles
+from etcdops.membership import merge_endpoints, read_membership
 
 
 def tls_files(config: ClusterConfig) -> TlsFiles | None:
@@ -27,7 +29,18 @@ def tls_files(config: ClusterConfig) -> TlsFiles | None:
 def client_for(
     config: ClusterConfig, *, endpoints: list[str] | None = None, timeout: float = DEFAULT_TIMEOUT
 ) -> EtcdClient:
+    """A client on exactly ``endpoints`` (default: the configured ones)."""
     chosen = endpoints or config.endpoints
     if not chosen:
         raise ConfigError("endpoints: none configured and none discovered")
     return EtcdClient(chosen, tls=tls_files(config), plaintext=config.plaintext, timeout=timeout)
+
+
+def live_client(config: ClusterConfig, *, seeds: Sequence[str] = (), timeout: float = DEFAULT_TIMEOUT) -> EtcdClient:
+    """A client on the live membership (invariant 10): the member list is read from the configured
+    endpoints and ``seeds`` (all at once, the first answer wins, within the probe deadline); the
+    client then talks to the member that answered first, then every member, then the seeds."""
+    endpoints = merge_endpoints(config.endpoints, seeds)
+    with client_for(config, endpoints=endpoints, timeout=timeout) as seed:
+        membership = read_membership(seed, config.health.probe_deadline_seconds)
+    return client_for(config, endpoints=membership.endpoints(endpoints), timeout=timeout)

@@ -37,6 +37,10 @@ DEFAULT_BACKOFF = Backoff(interval_seconds=2, max_attempts=5, rate=1.5)
 """About 26 s over five tries: a network blip, an election, a throttled API."""
 
 
+APPROVAL_REJECTED = "ApprovalRejected"
+"""The error a rejected approval fails its execution with (sent with SendTaskFailure; not a class)."""
+
+
 class EtcdopsError(Exception):
     """Base of every error etcdops raises on purpose."""
 

@@ -32,6 +32,18 @@ class MemberHealth:
     version: str | None = None
     leader: int | None = None  # the leader this member reports, 0/None when it sees none
 
+    @property
+    def label(self) -> str:
+        """How messages name the member, always with something a person can find it by: its name and
+        id; a member added but not started yet (no name) by its id and peer URL; a member whose
+        identity is unknown (the member list could not be read: id 0) by the endpoint that was tried."""
+        if self.name:
+            return f"{self.name} ({self.id:x})" if self.id else self.name
+        if self.id == 0:
+            return f"the member at {self.client_urls[0]}" if self.client_urls else "an unknown member"
+        peer = f", peer {self.peer_urls[0]}" if self.peer_urls else ""
+        return f"not-yet-started member {self.id:x}{peer}"
+
 
 @dataclass(frozen=True)
 class ClusterHealth:

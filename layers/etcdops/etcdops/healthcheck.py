@@ -27,6 +27,7 @@ import json
 import logging
 import re
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -37,6 +38,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from etcdops import repair_messages
 from etcdops.aws import Notifier, aws_error, aws_error_code, load_cluster_config, materialize_tls
 from etcdops.backup.manifest import Manifest, backup_id_from_manifest_key, manifest_key
 from etcdops.backup.store import BackupStore, open_store
@@ -47,9 +49,11 @@ from etcdops.etcd import EtcdClient
 from etcdops.events import AlarmStateChangeEvent, Ec2StateChangeEvent, HealthCheckEvent, ScheduledEvent
 from etcdops.health import ClusterHealth, MemberHealth
 from etcdops.healthmetrics import HealthMetrics, HealthMetricsSink, compute_health_metrics, publish_health_metrics
+from etcdops.membership import merge_endpoints, read_membership
 from etcdops.policy import Action, BackupRef, Decision, History, PolicyConfig, decide, update_history
 from etcdops.probe import probe_cluster
-from etcdops.state import ConflictError, StateStore
+from etcdops.repair import Attempt, AttemptStatus, RepairAction, attempt_execution, decide_repair
+from etcdops.state import ConflictError, Lock, Repair, RepairRecord, StateStore
 
 log = logging.getLogger("etcdops.healthcheck")
 
@@ -231,8 +235,32 @@ class StartOutcome:
     execution_arn: str | None = None
 
 
+@dataclass(frozen=True)
+class ExecutionState:
+    """A ReplaceMember execution as Step Functions reports it."""
+
+    status: AttemptStatus
+    ended_at: datetime | None = None
+    error: str | None = None
+    cause: str | None = None
+
+
 class ReplaceStarter(Protocol):
     def start(self, name: str, document: Mapping[str, Any]) -> StartOutcome: ...
+
+    def describe(self, name: str) -> ExecutionState | None:
+        """The execution named ``name`` (None: there is none)."""
+        ...
+
+
+_SFN_STATUS = {
+    "RUNNING": AttemptStatus.RUNNING,
+    "PENDING_REDRIVE": AttemptStatus.RUNNING,
+    "SUCCEEDED": AttemptStatus.SUCCEEDED,
+    "FAILED": AttemptStatus.FAILED,
+    "TIMED_OUT": AttemptStatus.TIMED_OUT,
+    "ABORTED": AttemptStatus.ABORTED,
+}
 
 
 class StepFunctionsReplaceStarter:
@@ -244,6 +272,21 @@ class StepFunctionsReplaceStarter:
 
     def _execution_arn(self, name: str) -> str:
         return f"{self.state_machine_arn.replace(':stateMachine:', ':execution:', 1)}:{name}"
+
+    def describe(self, name: str) -> ExecutionState | None:
+        """DescribeExecution: the real status of an attempt (one that crashed never ran its failure step)."""
+        try:
+            found = self.sfn.describe_execution(executionArn=self._execution_arn(name))
+        except ClientError as exc:
+            if aws_error_code(exc) == "ExecutionDoesNotExist":
+                return None
+            raise aws_error(f"describing execution {name}", exc) from exc
+        except BotoCoreError as exc:
+            raise aws_error(f"describing execution {name}", exc) from exc
+        status = _SFN_STATUS.get(str(found.get("status")), AttemptStatus.FAILED)
+        stopped = found.get("stopDate")
+        ended = stopped if isinstance(stopped, datetime) else None
+        return ExecutionState(status, ended, found.get("error"), found.get("cause"))
 
     def start(self, name: str, document: Mapping[str, Any]) -> StartOutcome:
         try:
@@ -260,10 +303,12 @@ class StepFunctionsReplaceStarter:
 
 
 class RecordingReplaceStarter:
-    """Remembers what it was asked to start, once per name (the local health loop, tests)."""
+    """Remembers what it was asked to start, once per name (the local health loop, tests); what
+    happened to an execution is what ``outcomes`` says (RUNNING once started, by default)."""
 
     def __init__(self) -> None:
         self.started: dict[str, dict[str, Any]] = {}
+        self.outcomes: dict[str, ExecutionState] = {}
 
     def start(self, name: str, document: Mapping[str, Any]) -> StartOutcome:
         if name in self.started:
@@ -271,20 +316,38 @@ class RecordingReplaceStarter:
         self.started[name] = dict(document)
         return StartOutcome(name, True)
 
+    def describe(self, name: str) -> ExecutionState | None:
+        if name not in self.started:
+            return None
+        return self.outcomes.get(name, ExecutionState(AttemptStatus.RUNNING))
 
-def replace_input(decision: Decision, ec2_failures: frozenset[int]) -> dict[str, Any]:
-    """The ReplaceMember execution input for a REPLACE_MEMBER decision."""
+
+def replace_input(
+    decision: Decision,
+    ec2_failures: frozenset[int],
+    *,
+    attempt: int = 1,
+    max_attempts: int = 1,
+    original_voters: int | None = None,
+) -> dict[str, Any]:
+    """The ReplaceMember execution input for attempt ``attempt`` of a REPLACE_MEMBER decision."""
     if decision.action is not Action.REPLACE_MEMBER or decision.target_member_id is None:
         raise ValueError(f"not a replacement decision: {decision.action}")
-    return {
+    document: dict[str, Any] = {
         "cluster": decision.cluster,
         "member_id": f"{decision.target_member_id:x}",
         "member_name": decision.target_member_name or "",
+        "member_label": decision.target_member_label or f"{decision.target_member_id:x}",
         "incident_id": decision.incident_id,
+        "attempt": attempt,
+        "max_attempts": max_attempts,
         "reason": decision.reason,
         "requires_approval": decision.requires_approval,
         "ec2_failed": decision.target_member_id in ec2_failures,
     }
+    if original_voters:
+        document["original_voters"] = original_voters  # a retry restores the full size, not the size it finds
+    return document
 
 
 # ---- what a round needs and returns -------------------------------------------------------------------
@@ -328,6 +391,12 @@ class HealthRoundResult:
             "actions": list(self.actions),
             "health": health_to_dict(self.health) if self.health else None,
         }
+
+
+def round_seeds(config: ClusterConfig, state: StateStore) -> list[str]:
+    """Where a round looks for the member list: the configured endpoints, then the members the last
+    round saw (so a configuration that went stale cannot blind the autopilot)."""
+    return merge_endpoints(config.endpoints, state.load_endpoints(config.name))
 
 
 def trigger_skip(trigger: Trigger, config: ClusterConfig) -> str | None:
@@ -455,14 +524,21 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
             return HealthRoundResult(cluster, trigger, skipped=skip)
 
     deadline = config.health.probe_deadline_seconds
-    pool = ThreadPoolExecutor(max_workers=max(1, len(ctx.client.endpoints)), thread_name_prefix="cert")
+    started = time.monotonic()
+    # invariant 10: the members come from the member list (the seeds only have to reach one of them)
+    membership = read_membership(ctx.client, deadline / 2)
+    urls = membership.client_urls or list(ctx.client.endpoints)
+    pool = ThreadPoolExecutor(max_workers=max(1, len(urls)), thread_name_prefix="cert")
     try:
-        collect = _served_certificates(ctx.client.endpoints, config, ctx.certificate_timeout or deadline, pool)
-        health = discount_alarm_reports(probe_cluster(ctx.client, deadline=deadline))
+        collect = _served_certificates(urls, config, ctx.certificate_timeout or deadline, pool)
+        remaining = max(0.05, deadline - (time.monotonic() - started))
+        health = discount_alarm_reports(probe_cluster(ctx.client, deadline=remaining, membership=membership))
         served = _certificate_names(collect(), health)
     finally:
         # a frozen member's handshake ends by its own timeout; do not wait for it here
         pool.shutdown(wait=False, cancel_futures=True)
+    if membership.members is not None and membership.client_urls != ctx.state.load_endpoints(cluster):
+        ctx.state.save_endpoints(cluster, membership.client_urls, now)  # the next round's seeds
 
     ec2_failures: frozenset[int] = frozenset()
     if member_name is not None:
@@ -488,11 +564,12 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
             log.error("newest verified backup unknown: %s", backup_unknown)
 
     history = _fold(ctx.state, cluster, health, now, ec2_failures)
+    lock, released = release_abandoned_lock(ctx, now)
     history = replace(
         history,
         latest_backup=BackupRef(newest.id, newest.created_at) if newest else None,
         backup_unknown=backup_unknown,
-        lock=ctx.state.get_lock(cluster),
+        lock=lock,
     )
     certificates = dict(served)
     if config.tls is not None and config.tls.cert and not config.plaintext:
@@ -527,8 +604,25 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
     )
     publish_health_metrics(metrics, ctx.metrics)
 
-    actions = act(ctx, decision, ec2_failures, now)
+    actions = [*released, *act(ctx, decision, ec2_failures, now, health)]
     return HealthRoundResult(cluster, trigger, None, health, decision, metrics, tuple(actions), ec2_failures)
+
+
+def release_abandoned_lock(ctx: HealthContext, now: datetime) -> tuple[Lock | None, list[str]]:
+    """The cluster's lock, released first when its holder is a ReplaceMember execution that ended
+    without releasing it (aborted, timed out, crashed: its failure step never ran). The lock is
+    released only on the word of Step Functions that nothing runs under it (invariant 2 holds)."""
+    lock = ctx.state.get_lock(ctx.config.name)
+    if lock is None or not lock.is_active(now) or ctx.replace is None:
+        return lock, []
+    execution = ctx.replace.describe(lock.owner)
+    if execution is None or not execution.status.ended:
+        return lock, []  # running, or not a ReplaceMember execution (RestoreCluster, ...): its lease rules
+    if not ctx.state.release_lock(ctx.config.name, lock.owner):
+        return ctx.state.get_lock(ctx.config.name), []
+    note = f"released the lock of {lock.owner}: the execution ended {execution.status} without releasing it"
+    log.warning(note)
+    return None, [note]
 
 
 # ---- acting -------------------------------------------------------------------------------------------
@@ -545,43 +639,48 @@ def _announce(ctx: HealthContext, key: str, kind: str, subject: str, message: st
     return f"notified {kind} {key}"
 
 
-def act(ctx: HealthContext, decision: Decision, ec2_failures: frozenset[int], now: datetime) -> list[str]:
+def act(
+    ctx: HealthContext,
+    decision: Decision,
+    ec2_failures: frozenset[int],
+    now: datetime,
+    health: ClusterHealth | None = None,
+) -> list[str]:
     """Carry out ``decision``; the list says what was done this time."""
     cluster = decision.cluster
     done: list[str] = []
+    health_settings = ctx.config.health
     if decision.action is Action.REPLACE_MEMBER and decision.incident_id:
-        document = replace_input(decision, ec2_failures)
-        member = decision.target_member_name or document["member_id"]
+        member = decision.target_member_name or decision.target_member_label or f"{decision.target_member_id:x}"
         if ctx.replace is None:
+            document = replace_input(decision, ec2_failures)
+            name = attempt_execution(decision.incident_id, 1)
             note = _announce(
                 ctx,
                 decision.incident_id,
                 "replace-needed",
                 f"etcdops: member {member} of {cluster} must be replaced (no runbook configured)",
                 f"{decision.reason}\n\nREPLACE_STATE_MACHINE_ARN is not set, so nothing was started. "
-                f"Start ReplaceMember by hand with the execution name {decision.incident_id} and this input:\n"
+                f"Start ReplaceMember by hand with the execution name {name} and this input:\n"
                 f"{json.dumps(document, indent=2, sort_keys=True)}\n",
                 now,
             )
             done += [note] if note else []
         else:
-            outcome = ctx.replace.start(decision.incident_id, document)
-            done.append(
-                f"started ReplaceMember {outcome.name}"
-                if outcome.started
-                else f"ReplaceMember {outcome.name} already started"
-            )
-            approval = " (waiting for approval)" if decision.requires_approval else ""
-            note = _announce(
-                ctx,
-                decision.incident_id,
-                "replace",
-                f"etcdops: replacing member {member} of {cluster}{approval}",
-                f"{decision.reason}\n\nReplaceMember execution: {outcome.execution_arn or outcome.name}\n"
-                f"Input:\n{json.dumps(document, indent=2, sort_keys=True)}\n",
-                now,
-            )
-            done += [note] if note else []
+            voters = len(health.voters) if health is not None else None
+
+            def document_for(number: int) -> dict[str, Any]:
+                return replace_input(
+                    decision,
+                    ec2_failures,
+                    attempt=number,
+                    max_attempts=health_settings.max_repair_attempts,
+                    original_voters=voters,
+                )
+
+            done += _repair(ctx, decision.incident_id, member, decision, document_for, health, now)
+    elif decision.action in (Action.NONE, Action.NOTIFY) and ctx.replace is not None and health is not None:
+        done += _continue_repairs(ctx, health, now)
     elif decision.action is Action.ESCALATE_QUORUM_LOSS and decision.incident_id:
         restore = json.dumps(dict(decision.restore_input or {}), sort_keys=True)
         backup = decision.backup_id or "NONE (there is no verified backup)"
@@ -606,6 +705,162 @@ def act(ctx: HealthContext, decision: Decision, ec2_failures: frozenset[int], no
             now,
         )
         done += [note] if note else []
+    return done
+
+
+# ---- repair attempts (invariant 12) ----------------------------------------------------------------
+
+
+def _attempts(ctx: HealthContext, repair: Repair) -> list[Attempt]:
+    """The recorded attempts with their real status: as the attempt itself recorded it when it
+    ended, else as Step Functions reports it (and then recorded, so it is asked once)."""
+    cluster = ctx.config.name
+    attempts: list[Attempt] = []
+    for record in repair.attempts:
+        if record.outcome is not None:
+            status = AttemptStatus(record.outcome)
+            attempts.append(_attempt(record, status, record.ended_at, record.error, record.cause))
+            continue
+        execution = ctx.replace.describe(record.execution) if ctx.replace is not None else None
+        if execution is None:
+            attempts.append(_attempt(record, AttemptStatus.NOT_STARTED))
+        elif execution.status.ended:
+            ended = execution.ended_at or record.recorded_at
+            error, cause = execution.error, execution.cause
+            ctx.state.finish_repair_attempt(
+                cluster, repair.incident, record.number, record.execution, str(execution.status), error, cause, ended
+            )
+            attempts.append(_attempt(record, execution.status, ended, error, cause))
+        else:
+            attempts.append(_attempt(record, execution.status))
+    return attempts
+
+
+def _attempt(
+    record: RepairRecord,
+    status: AttemptStatus,
+    ended_at: datetime | None = None,
+    error: str | None = None,
+    cause: str | None = None,
+) -> Attempt:
+    return Attempt(record.number, record.execution, record.recorded_at, status, ended_at, error, cause)
+
+
+def _repair(
+    ctx: HealthContext,
+    incident: str,
+    member: str,
+    decision: Decision,
+    document_for: Callable[[int], dict[str, Any]],
+    health: ClusterHealth | None,
+    now: datetime,
+) -> list[str]:
+    """Start, resume, wait for or escalate the repair of ``incident``, as :func:`decide_repair` says.
+
+    Exactly one execution per attempt: the attempt is recorded with a conditional write first, and
+    only the round that recorded it starts it (a round that dies in between leaves it to the next
+    round, which starts it under the same name)."""
+    assert ctx.replace is not None
+    cluster = ctx.config.name
+    settings = ctx.config.health
+    repair = ctx.state.load_repair(cluster, incident)
+    attempts = _attempts(ctx, repair)
+    plan = decide_repair(
+        incident,
+        attempts,
+        now=now,
+        max_attempts=settings.max_repair_attempts,
+        backoff_seconds=settings.repair_backoff_seconds,
+        escalated=repair.escalated_at is not None,
+    )
+    log.info("repair %s: %s", plan.action, plan.reason)
+    done: list[str] = []
+    if plan.action is RepairAction.START and plan.attempt is not None and plan.execution is not None:
+        document = document_for(plan.attempt)
+        record = RepairRecord(incident, plan.attempt, plan.execution, now, json.dumps(document, sort_keys=True))
+        if not ctx.state.record_repair_attempt(cluster, record):
+            return [f"attempt {plan.attempt} of {incident} was recorded by a concurrent round"]
+        outcome = ctx.replace.start(plan.execution, document)
+        done.append(_started(outcome))
+        subject, body = repair_messages.attempt_started(
+            cluster,
+            member,
+            plan.attempt,
+            settings.max_repair_attempts,
+            approval=decision.requires_approval,
+            why=plan.reason if plan.attempt > 1 else decision.reason,
+            execution=outcome.execution_arn or outcome.name,
+            document=document,
+        )
+        note = _announce(ctx, plan.execution, "replace", subject, body, now)
+        done += [note] if note else []
+    elif plan.action is RepairAction.RESUME and plan.execution is not None:
+        document = json.loads(repair.attempts[-1].document)
+        done.append(_started(ctx.replace.start(plan.execution, document)))
+    elif plan.action is RepairAction.ESCALATE:
+        if ctx.state.escalate_repair(cluster, incident, now):
+            ref = decision.target_member_name or (f"{decision.target_member_id:x}" if decision.target_member_id else "")
+            subject, body = repair_messages.escalation(
+                cluster, member, ref or member, incident, attempts, health, decision.reason
+            )
+            if ctx.notifier is None:
+                log.warning("no notification topic configured; not sending: %s", subject)
+            else:
+                attributes = {"cluster": cluster, "kind": "repair-escalated", "incident": incident}
+                ctx.notifier.publish(subject, body, attributes)
+            done.append(f"escalated the repair of {incident} after {len(attempts)} attempts")
+    elif plan.action is RepairAction.WAIT:
+        done.append(plan.reason)
+    return done
+
+
+def _started(outcome: StartOutcome) -> str:
+    if outcome.started:
+        return f"started ReplaceMember {outcome.name}"
+    return f"ReplaceMember {outcome.name} already started"
+
+
+def _continue_repairs(ctx: HealthContext, health: ClusterHealth, now: datetime) -> list[str]:
+    """A repair that failed after it removed the member leaves a healthy but smaller cluster, which
+    no failure streak points at any more: it is carried on here (retried with backoff, then
+    escalated) until the cluster has its original number of voters again."""
+    if not health.has_quorum:
+        return []
+    done: list[str] = []
+    for repair in ctx.state.load_repairs(ctx.config.name):
+        if repair.escalated_at is not None or not repair.attempts:
+            continue
+        last = repair.attempts[-1]
+        document = json.loads(last.document)
+        try:
+            target = int(str(document.get("member_id")), 16)
+        except ValueError:
+            continue
+        wanted = int(document.get("original_voters") or 0)
+        if last.outcome == str(AttemptStatus.SUCCEEDED) or health.member(target) is not None:
+            continue  # done, or the member is back in the membership (its own streak rules it)
+        if len(health.voters) >= wanted:
+            continue  # the cluster is whole again (someone else added a member)
+        member = str(document.get("member_label") or document.get("member_name") or document.get("member_id"))
+        why = (
+            f"The repair of member {member} of cluster {ctx.config.name} removed it but did not finish: "
+            f"{len(health.voters)} of {wanted} voting members. {document.get('reason', '')}"
+        )
+        decision = Decision(
+            action=Action.REPLACE_MEMBER,
+            reason=why,
+            cluster=ctx.config.name,
+            target_member_id=target,
+            target_member_name=str(document.get("member_name") or ""),
+            target_member_label=member,
+            incident_id=repair.incident,
+            requires_approval=bool(document.get("requires_approval")),
+        )
+
+        def document_for(number: int, document: dict[str, Any] = document, why: str = why) -> dict[str, Any]:
+            return {**document, "attempt": number, "reason": why}
+
+        done += _repair(ctx, repair.incident, member, decision, document_for, health, now)
     return done
 
 
@@ -639,7 +894,7 @@ def health_job(
     with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
         config = materialize_tls(config, aws.secrets, Path(tls_dir))
         deadline = config.health.probe_deadline_seconds
-        with client_for(config, timeout=deadline) as client:
+        with client_for(config, endpoints=round_seeds(config, state_store), timeout=deadline) as client:
             ctx = HealthContext(
                 config=config,
                 client=client,
@@ -655,6 +910,7 @@ def health_job(
 
 
 __all__ = [
+    "ExecutionState",
     "HealthAwsClients",
     "HealthContext",
     "HealthRoundResult",
@@ -670,7 +926,9 @@ __all__ = [
     "discount_alarm_reports",
     "health_job",
     "newest_verified_backup",
+    "release_abandoned_lock",
     "replace_input",
+    "round_seeds",
     "run_health_round",
     "trigger_skip",
 ]

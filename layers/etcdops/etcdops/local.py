@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from etcdops import pki
-from etcdops.config import ClusterConfig, dump_config, parse_config
+from etcdops.config import LOCAL_CONFIG_FILE, ClusterConfig, dump_config, parse_config
 from etcdops.errors import ConfigError, EtcdError, EtcdopsError, NotFoundError, UsageError
 from etcdops.etcd import EtcdClient, TlsFiles
 
@@ -84,6 +84,7 @@ class LocalMember:
     client_port: int
     peer_port: int
     pid: int | None = None
+    online_at: float | None = None  # a launched host takes commands from this time on (epoch seconds)
 
     @property
     def client_url(self) -> str:
@@ -101,11 +102,13 @@ class LocalState:
     version: str
     members: list[LocalMember]
     extra_args: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)  # the "load balancer": client URLs clients are sent to
 
     @classmethod
     def load(cls, path: Path) -> LocalState:
         data = json.loads(path.read_text())
         data["members"] = [LocalMember(**m) for m in data["members"]]
+        data.setdefault("targets", [m.client_url for m in data["members"]])  # written before targets existed
         return cls(**data)
 
     def save(self, path: Path) -> None:
@@ -161,7 +164,7 @@ class LocalCluster:
     def __init__(self, state_dir: Path = DEFAULT_STATE_DIR) -> None:
         self.state_dir = state_dir.absolute()
         self.state_file = self.state_dir / "local.json"
-        self.config_file = self.state_dir / "cluster.yaml"
+        self.config_file = self.state_dir / LOCAL_CONFIG_FILE
         self.pki_dir = self.state_dir / "pki"
         self.backup_dir = self.state_dir / "backups"
 
@@ -222,6 +225,7 @@ class LocalCluster:
             members=[LocalMember(f"m{i + 1}", ports[2 * i], ports[2 * i + 1]) for i in range(members)],
             extra_args=list(extra_args),
         )
+        state.targets = [m.client_url for m in state.members]
         self._write_pki(state.members)
         self._write_config(state)
         for member in state.members:
@@ -326,8 +330,9 @@ class LocalCluster:
         state.save(self.state_file)
         return member
 
-    def reserve_member(self, name: str) -> LocalMember:
-        """A member record with its ports and certificate, without a process (a launched host).
+    def reserve_member(self, name: str, *, online_at: float | None = None) -> LocalMember:
+        """A member record with its ports and certificate, without a process (a launched host),
+        that takes commands from ``online_at`` (epoch seconds; None: at once).
 
         Idempotent: an existing record (started or not) is returned as it is. Start it with
         :meth:`spawn_member` once it was added to the cluster.
@@ -337,7 +342,7 @@ class LocalCluster:
             if member.name == name:
                 return member
         client_port, peer_port = free_ports(2)
-        member = LocalMember(name, client_port, peer_port)
+        member = LocalMember(name, client_port, peer_port, online_at=online_at)
         if not (self.pki_dir / f"{name}.crt").exists() or not (self.pki_dir / f"{name}.key").exists():
             self.issue_member_certificate(name)
         self.member_dir(name).mkdir(parents=True, exist_ok=True)
@@ -509,6 +514,12 @@ class LocalCluster:
         if not _wait_for(lambda: self._state_of(member) == "stopped", timeout):
             os.kill(member.pid, signal.SIGKILL)
             _wait_for(lambda: self._state_of(member) == "stopped", 5.0)
+
+    def set_targets(self, targets: Sequence[str]) -> None:
+        """Replace the "load balancer" targets (client URLs)."""
+        state = self.state()
+        state.targets = list(targets)
+        state.save(self.state_file)
 
     def remove_member_record(self, name: str) -> None:
         state = self.state()

@@ -30,7 +30,7 @@ import yaml
 
 from etcdops.aws import MemoryNotifier
 from etcdops.backup.store import open_store
-from etcdops.config import ClusterConfig, load_config
+from etcdops.config import ClusterConfig, load_config, write_text_atomically
 from etcdops.connect import client_for
 from etcdops.errors import ConfigError, EtcdopsError
 from etcdops.healthcheck import (
@@ -40,6 +40,7 @@ from etcdops.healthcheck import (
     RecordingReplaceStarter,
     Trigger,
     TriggerKind,
+    round_seeds,
     run_health_round,
 )
 from etcdops.healthmetrics import RecordingMetrics
@@ -119,9 +120,7 @@ def read_last_round(state_dir: Path) -> dict[str, Any] | None:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(temporary, path)
+    write_text_atomically(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 @dataclass
@@ -142,9 +141,14 @@ class LocalHealthLoop:
         """One round now, as the timer fires it; writes ``last_round.json``."""
         moment = now or datetime.now(UTC)
         sent_before = len(self.notifier.messages)
+        try:  # the runbooks rewrite the endpoints after every membership change
+            self.config = load_config(self.state_dir / "cluster.yaml")
+        except ConfigError as exc:
+            log.warning("cluster.yaml unreadable, using the configuration read before: %s", exc)
         backups = open_store(self.config.backup.destination) if self.config.backup else None
         deadline = self.config.health.probe_deadline_seconds
-        with client_for(self.config, timeout=deadline) as client:
+        seeds = round_seeds(self.config, self.state)
+        with client_for(self.config, endpoints=seeds, timeout=deadline) as client:
             ctx = HealthContext(
                 config=self.config,
                 client=client,

@@ -51,6 +51,8 @@ from etcdops.errors import ConfigError
 from etcdops.health import ClusterHealth, MemberHealth, quorum_of
 
 __all__ = [
+    "MAX_ATTEMPT_SUFFIX_LENGTH",
+    "MAX_EXECUTION_NAME_LENGTH",
     "MAX_INCIDENT_ID_LENGTH",
     "Action",
     "BackupRef",
@@ -67,8 +69,11 @@ __all__ = [
     "update_history",
 ]
 
-MAX_INCIDENT_ID_LENGTH = 80
+MAX_EXECUTION_NAME_LENGTH = 80
 """Step Functions execution names are 1-80 characters of ``[A-Za-z0-9_-]``."""
+MAX_ATTEMPT_SUFFIX_LENGTH = 4
+"""Room for ``-a<N>`` (N up to 99): each repair attempt's execution is ``<incident>-a<N>``."""
+MAX_INCIDENT_ID_LENGTH = MAX_EXECUTION_NAME_LENGTH - MAX_ATTEMPT_SUFFIX_LENGTH
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -234,9 +239,11 @@ class Decision:
     """What to do, and why.
 
     * ``target_member_id``/``target_member_name``: the member to replace (REPLACE_MEMBER), or the
-      member being watched (WAIT on an unconfirmed failure).
+      member being watched (WAIT on an unconfirmed failure); ``target_member_label`` how messages
+      name it (never "unnamed": see :attr:`MemberHealth.label`).
     * ``incident_id``: set for REPLACE_MEMBER and ESCALATE_QUORUM_LOSS (and a WAIT that defers
-      one); the Step Functions execution name, the same for every trigger of the same failure.
+      one); the same for every trigger of the same failure. Each repair attempt's execution is
+      named after it (``<incident>-a<N>``, see :mod:`etcdops.repair`).
     * ``requires_approval``: a REPLACE_MEMBER that must wait for a human (``approval: always``).
     * ``backup_id``/``restore_input``: for ESCALATE_QUORUM_LOSS, the latest verified backup
       (None when there is none, and the reason says so) and the RestoreCluster input to use.
@@ -247,6 +254,7 @@ class Decision:
     cluster: str
     target_member_id: int | None = None
     target_member_name: str | None = None
+    target_member_label: str | None = None
     incident_id: str | None = None
     requires_approval: bool = False
     notifications: tuple[Notification, ...] = ()
@@ -261,6 +269,7 @@ class Decision:
             "cluster": self.cluster,
             "target_member_id": self.target_member_id,
             "target_member_name": self.target_member_name,
+            "target_member_label": self.target_member_label,
             "incident_id": self.incident_id,
             "requires_approval": self.requires_approval,
             "notifications": [n.to_dict() for n in self.notifications],
@@ -277,6 +286,7 @@ class Decision:
             cluster=data["cluster"],
             target_member_id=data.get("target_member_id"),
             target_member_name=data.get("target_member_name"),
+            target_member_label=data.get("target_member_label"),
             incident_id=data.get("incident_id"),
             requires_approval=bool(data.get("requires_approval", False)),
             notifications=tuple(Notification.from_dict(n) for n in data.get("notifications", ())),
@@ -298,7 +308,8 @@ def _slug(text: str) -> str:
 
 
 def _make_id(parts: Iterable[str], identity: str) -> str:
-    """Join slugged ``parts`` and a digest of ``identity`` into a valid execution name (<= 80)."""
+    """Join slugged ``parts`` and a digest of ``identity`` into an id that, with an attempt suffix,
+    is a valid execution name (<= 76 characters)."""
     digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
     head = "-".join(_slug(p) for p in parts)
     head = head[: MAX_INCIDENT_ID_LENGTH - len(digest) - 1].rstrip("-_")
@@ -307,7 +318,8 @@ def _make_id(parts: Iterable[str], identity: str) -> str:
 
 def incident_id(cluster: str, kind: str, first_failed_at: datetime, member_id: int | None = None) -> str:
     """The deterministic id of one incident: the same cluster, kind, member and streak start give
-    the same id (so duplicate triggers start one execution); at most 80 chars of ``[A-Za-z0-9_-]``.
+    the same id (so duplicate triggers start one execution per attempt); at most 76 chars of
+    ``[A-Za-z0-9_-]``, so ``<id>-a<N>`` is a valid execution name.
     """
     start = _utc(first_failed_at)
     subject = f"{member_id:x}" if member_id is not None else "cluster"
@@ -406,10 +418,6 @@ class _Failure:
     why: str
 
 
-def _describe(member: MemberHealth) -> str:
-    return f"{member.name or 'unnamed'} ({member.id:x})"
-
-
 def _progress(streak: Streak | None, config: PolicyConfig) -> str:
     count = streak.count if streak else 0
     span = int(streak.span.total_seconds()) if streak else 0
@@ -495,7 +503,7 @@ def _notifications(
             out.append(
                 Notification(
                     NotificationKind.DB_SIZE_HIGH,
-                    f"Member {_describe(member)} of cluster {cluster} has a {member.db_size}-byte database, "
+                    f"Member {member.label} of cluster {cluster} has a {member.db_size}-byte database, "
                     f"{share:.0f} % of the {config.db_quota_bytes}-byte quota (warning at "
                     f"{100 * config.db_size_warn_ratio:.0f} %); compact and defragment before NOSPACE.",
                     _notification_key(cluster, NotificationKind.DB_SIZE_HIGH, f"{member.id:x}"),
@@ -506,7 +514,7 @@ def _notifications(
         out.append(
             Notification(
                 NotificationKind.LEARNER_FAILED,
-                f"Learner {_describe(failure.member)} of cluster {cluster} has failed: {failure.why}. "
+                f"Learner {failure.member.label} of cluster {cluster} has failed: {failure.why}. "
                 "Learners are not replaced automatically; the runbook that added it should remove it.",
                 _notification_key(cluster, NotificationKind.LEARNER_FAILED, f"{failure.member.id:x}"),
                 failure.member.id,
@@ -587,7 +595,12 @@ def _escalation(
     backup_id = backup.id if backup is not None else None
     restore_input: dict[str, str | None] = {"cluster": cluster, "backup_id": backup_id, "mode": mode}
     why = "no leader" if not _has_leader(observation) else "a leader is reported"
-    down = [_describe(m) for m in voters if m not in healthy]
+    down = [m.label for m in voters if m not in healthy]
+    if voters and all(m.id == 0 for m in voters):
+        why = (
+            "no leader, and no known endpoint answered the member list (every member is down, or every "
+            "stored endpoint is stale)"
+        )
     if backup is not None:
         backup_text = (
             f"Restore from the latest verified backup {backup.id} (created {_utc(backup.created_at).isoformat()})"
@@ -668,7 +681,7 @@ def _decide_unlocked(
             return Decision(
                 action=Action.WAIT,
                 reason=(
-                    f"Member {_describe(target.member)} of cluster {cluster} has failed ({target.why}), "
+                    f"Member {target.member.label} of cluster {cluster} has failed ({target.why}), "
                     f"but replacing it is not safe now: {safety.others_healthy} healthy voters besides it, "
                     f"{needed} needed"
                     + ("" if leader_ok else ", and the leader is not a healthy voter other than it")
@@ -677,6 +690,7 @@ def _decide_unlocked(
                 cluster=cluster,
                 target_member_id=target.member.id,
                 target_member_name=target.member.name,
+                target_member_label=target.member.label,
                 notifications=notes,
             )
         approval = config.approval == "always"
@@ -684,7 +698,7 @@ def _decide_unlocked(
         return Decision(
             action=Action.REPLACE_MEMBER,
             reason=(
-                f"Replace member {_describe(target.member)} of cluster {cluster}: {target.why}. "
+                f"Replace member {target.member.label} of cluster {cluster}: {target.why}. "
                 f"It is safe: the leader is up and {safety.others_healthy} other voters are healthy, "
                 f"at least the quorum {needed} of the {n}-voter cluster during the change."
                 + more
@@ -693,6 +707,7 @@ def _decide_unlocked(
             cluster=cluster,
             target_member_id=target.member.id,
             target_member_name=target.member.name,
+            target_member_label=target.member.label,
             incident_id=incident_id(cluster, "replace", target.first_failed_at, target.member.id),
             requires_approval=approval,
             notifications=notes,
@@ -707,12 +722,13 @@ def _decide_unlocked(
         return Decision(
             action=Action.WAIT,
             reason=(
-                f"Member {_describe(watched)} of cluster {cluster} is failing "
+                f"Member {watched.label} of cluster {cluster} is failing "
                 f"({_progress(history.streaks.get(watched.id), config)}); not yet declared failed."
             ),
             cluster=cluster,
             target_member_id=watched.id,
             target_member_name=watched.name,
+            target_member_label=watched.label,
             notifications=notes,
         )
 

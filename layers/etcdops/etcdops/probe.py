@@ -1,4 +1,4 @@
-"""One probe round: every member in parallel, under one overall deadline.
+"""One probe round: every member of the live membership in parallel, under one overall deadline.
 
 A dead member refuses connections at once; a frozen one (SIGSTOP, a hung host) accepts the TCP
 connection and then says nothing. Each call's deadline is what is left of the round's, so neither
@@ -10,31 +10,39 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
-from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
 from etcdops.errors import EtcdError
 from etcdops.etcd import EtcdClient, Member
 from etcdops.health import Alarm, ClusterHealth, MemberHealth
+from etcdops.membership import Membership, read_membership
 
 DEFAULT_DEADLINE = 2.0
 HEALTH_KEY = b"health"
 
 
-def probe_cluster(client: EtcdClient, *, deadline: float = DEFAULT_DEADLINE) -> ClusterHealth:
-    """Probe every member: status plus a linearizable read (serializable for learners)."""
+def probe_cluster(
+    client: EtcdClient, *, deadline: float = DEFAULT_DEADLINE, membership: Membership | None = None
+) -> ClusterHealth:
+    """Probe every member: status plus a linearizable read (serializable for learners).
+
+    The members come from the member list, read from the first of ``client.endpoints`` (the seeds)
+    that answers, or given as ``membership`` when the caller read it already; each member is then
+    probed at its own client URL. When no seed answers, each seed is reported as an unreachable,
+    unknown member (id 0) named by its endpoint.
+    """
     started = time.monotonic()
     observed_at = datetime.now(UTC)
 
     def remaining() -> float:
         return max(0.05, deadline - (time.monotonic() - started))
 
-    failures: dict[str, str] = {}
-    members = _membership(client, remaining, failures)
-    errors = [f"member list via {endpoint}: {error}" for endpoint, error in failures.items()]
-    if members is None:
+    if membership is None:
+        membership = read_membership(client, remaining() / 2)  # at most half of the round's deadline
+    errors = [f"member list via {endpoint}: {error}" for endpoint, error in membership.failures.items()]
+    if membership.members is None:
         unreachable = tuple(
             MemberHealth(
                 id=0,
@@ -43,13 +51,14 @@ def probe_cluster(client: EtcdClient, *, deadline: float = DEFAULT_DEADLINE) -> 
                 peer_urls=(),
                 is_learner=False,
                 healthy=False,
-                error=failures.get(endpoint, "unreachable"),
+                error=membership.failures.get(endpoint, "unreachable"),
             )
             for endpoint in client.endpoints
         )
         return ClusterHealth(
             cluster_id=None, leader=None, members=unreachable, observed_at=observed_at, errors=tuple(errors)
         )
+    members = list(membership.members)
 
     pool = ThreadPoolExecutor(max_workers=max(1, len(members) + 1), thread_name_prefix="probe")
     try:
@@ -86,34 +95,6 @@ def probe_cluster(client: EtcdClient, *, deadline: float = DEFAULT_DEADLINE) -> 
         observed_at=observed_at,
         errors=tuple(errors),
     )
-
-
-def _membership(
-    client: EtcdClient, remaining: Callable[[], float], failures: dict[str, str]
-) -> list[Member] | None:
-    """The member list from whichever endpoint answers first (served locally, no quorum needed).
-
-    All endpoints are asked at once, so a frozen first endpoint costs nothing; the list gets at
-    most half of the round's deadline.
-    """
-    budget = remaining() / 2
-    pool = ThreadPoolExecutor(max_workers=len(client.endpoints), thread_name_prefix="members")
-    try:
-        futures = {pool.submit(client.member_list, e, timeout=budget): e for e in client.endpoints}
-        try:
-            for future in as_completed(futures, timeout=budget + 0.1):
-                try:
-                    return future.result()
-                except EtcdError as exc:
-                    failures[futures[future]] = str(exc)
-        except FuturesTimeout:
-            pass
-        for future, endpoint in futures.items():
-            if not future.done():
-                failures.setdefault(endpoint, f"{endpoint}: deadline exceeded")
-        return None
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _unhealthy(member: Member, error: str) -> MemberHealth:

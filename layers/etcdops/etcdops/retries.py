@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from etcdops.errors import DEFAULT_BACKOFF, Backoff, EtcdopsError
+from etcdops.errors import APPROVAL_REJECTED, DEFAULT_BACKOFF, Backoff, EtcdopsError
 
 ERROR_MODULES: tuple[str, ...] = (
     "etcdops.errors",
@@ -95,9 +95,7 @@ def transient_errors() -> dict[str, Backoff]:
 
 def other_error_names() -> frozenset[str]:
     """Error names that are not classes but may be caught: Step Functions' own, and the approval's rejection."""
-    from etcdops.approval import REJECTED_ERROR
-
-    return STATES_ERRORS | {REJECTED_ERROR, *LAMBDA_SERVICE_ERRORS}
+    return STATES_ERRORS | {APPROVAL_REJECTED, *LAMBDA_SERVICE_ERRORS}
 
 
 def step_retry(runbook: str) -> StepRetry:

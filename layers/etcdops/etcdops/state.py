@@ -20,6 +20,13 @@ Single-table design (:data:`TABLE_KEY_SCHEMA`), one partition per cluster, ``pk 
                        ``ttl``
 ``lastdecision``       the last policy decision as JSON, ``decided_at``
 ``raftterm``           the highest raft term seen (``term``), ``updated_at``: counts leader changes
+``endpoints``          the client URLs of the members the last round saw (``endpoints``, a list):
+                       seeds besides the configured endpoints, so stale configuration cannot blind
+                       the next round (invariant 10)
+``repair#<incident>#a<NN>``  one repair attempt (invariant 12): ``execution``, ``recorded_at``, the
+                       execution ``document`` (JSON), and once it ended ``outcome``, ``error``,
+                       ``cause``, ``ended_at``; ``ttl``
+``repair#<incident>#escalated``  the repair was escalated to a human (``escalated_at``), once
 =====================  ==========================================================================
 
 Approvals are found by execution alone (``etcdops approve EXECUTION``, a signed link), so they
@@ -70,6 +77,8 @@ __all__ = [
     "Lock",
     "LockHeldError",
     "LockLostError",
+    "Repair",
+    "RepairRecord",
     "StateStore",
     "StreakState",
     "table_definition",
@@ -174,6 +183,31 @@ class StreakState:
 class LastDecision:
     decision: Decision
     decided_at: datetime
+
+
+@dataclass(frozen=True)
+class RepairRecord:
+    """One repair attempt as recorded: the execution started for it, its input, and (once it ended
+    and said so, or a round saw it end) its outcome."""
+
+    incident: str
+    number: int
+    execution: str
+    recorded_at: datetime
+    document: str  # the execution input, JSON
+    outcome: str | None = None  # an AttemptStatus value
+    error: str | None = None
+    cause: str | None = None
+    ended_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Repair:
+    """Every attempt to repair one incident, numbered from 1, and whether a human was told."""
+
+    incident: str
+    attempts: tuple[RepairRecord, ...] = ()
+    escalated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -319,6 +353,47 @@ class StateStore(ABC):
         moved (0 the first time, and 0 when it did not move). Atomic: concurrent callers that saw
         the same move count it once between them."""
 
+    # the endpoints seen last
+    @abstractmethod
+    def save_endpoints(self, cluster: str, endpoints: list[str], now: datetime) -> None:
+        """Remember the client URLs of the members a round saw (the next round's extra seeds)."""
+
+    @abstractmethod
+    def load_endpoints(self, cluster: str) -> list[str]:
+        """The client URLs saved last ([] if none)."""
+
+    # repair attempts
+    @abstractmethod
+    def record_repair_attempt(self, cluster: str, record: RepairRecord) -> bool:
+        """Record attempt ``record.number`` of ``record.incident`` if it is not recorded yet: True
+        for the one caller that recorded it (that caller starts its execution), False for the others."""
+
+    @abstractmethod
+    def finish_repair_attempt(
+        self,
+        cluster: str,
+        incident: str,
+        number: int,
+        execution: str,
+        outcome: str,
+        error: str | None,
+        cause: str | None,
+        ended_at: datetime,
+    ) -> bool:
+        """Record how attempt ``number`` ended, once (False: not recorded as ``execution``, or ended already)."""
+
+    @abstractmethod
+    def escalate_repair(self, cluster: str, incident: str, now: datetime) -> bool:
+        """Mark the repair of ``incident`` escalated: True the first time only (send the escalation then)."""
+
+    @abstractmethod
+    def load_repair(self, cluster: str, incident: str) -> Repair:
+        """The attempts of ``incident`` in order (none yet: an empty Repair)."""
+
+    @abstractmethod
+    def load_repairs(self, cluster: str) -> list[Repair]:
+        """Every repair of ``cluster`` still on record (records expire after ``incident_ttl_seconds``)."""
+
     # approvals
     @abstractmethod
     def save_approval(self, approval: Approval) -> None:
@@ -369,6 +444,8 @@ class InMemoryStateStore(StateStore):
         self._decisions: dict[str, LastDecision] = {}
         self._terms: dict[str, int] = {}
         self._approvals: dict[str, Approval] = {}
+        self._endpoints: dict[str, list[str]] = {}
+        self._repairs: dict[tuple[str, str], Repair] = {}
 
     def load_streaks(self, cluster: str) -> StreakState:
         _pk(cluster)
@@ -465,6 +542,67 @@ class InMemoryStateStore(StateStore):
             self._terms[cluster] = term
             return 0 if previous is None else term - previous
 
+    def save_endpoints(self, cluster: str, endpoints: list[str], now: datetime) -> None:
+        _pk(cluster)
+        with self._mutex:
+            self._endpoints[cluster] = list(endpoints)
+
+    def load_endpoints(self, cluster: str) -> list[str]:
+        _pk(cluster)
+        with self._mutex:
+            return list(self._endpoints.get(cluster, []))
+
+    def record_repair_attempt(self, cluster: str, record: RepairRecord) -> bool:
+        _pk(cluster)
+        with self._mutex:
+            repair = self._repairs.get((cluster, record.incident), Repair(record.incident))
+            if any(a.number == record.number for a in repair.attempts):
+                return False
+            attempts = tuple(sorted((*repair.attempts, record), key=lambda a: a.number))
+            self._repairs[(cluster, record.incident)] = replace(repair, attempts=attempts)
+            return True
+
+    def finish_repair_attempt(
+        self,
+        cluster: str,
+        incident: str,
+        number: int,
+        execution: str,
+        outcome: str,
+        error: str | None,
+        cause: str | None,
+        ended_at: datetime,
+    ) -> bool:
+        _pk(cluster)
+        with self._mutex:
+            repair = self._repairs.get((cluster, incident))
+            found = next((a for a in repair.attempts if a.number == number), None) if repair else None
+            if repair is None or found is None or found.execution != execution or found.outcome is not None:
+                return False
+            ended = replace(found, outcome=outcome, error=error, cause=cause, ended_at=_utc(ended_at))
+            attempts = tuple(ended if a.number == number else a for a in repair.attempts)
+            self._repairs[(cluster, incident)] = replace(repair, attempts=attempts)
+            return True
+
+    def escalate_repair(self, cluster: str, incident: str, now: datetime) -> bool:
+        _pk(cluster)
+        with self._mutex:
+            repair = self._repairs.get((cluster, incident), Repair(incident))
+            if repair.escalated_at is not None:
+                return False
+            self._repairs[(cluster, incident)] = replace(repair, escalated_at=_utc(now))
+            return True
+
+    def load_repair(self, cluster: str, incident: str) -> Repair:
+        _pk(cluster)
+        with self._mutex:
+            return self._repairs.get((cluster, incident), Repair(incident))
+
+    def load_repairs(self, cluster: str) -> list[Repair]:
+        _pk(cluster)
+        with self._mutex:
+            return [r for (c, _), r in sorted(self._repairs.items()) if c == cluster]
+
     def save_approval(self, approval: Approval) -> None:
         _approval_pk(approval.execution)
         _pk(approval.cluster)
@@ -507,6 +645,43 @@ class InMemoryStateStore(StateStore):
 def _is_condition_failure(exc: ClientError) -> bool:
     code: object = exc.response.get("Error", {}).get("Code")
     return code == "ConditionalCheckFailedException"
+
+
+def _repair_prefix(incident: str) -> str:
+    return f"repair#{incident}#"
+
+
+def _attempt_sk(incident: str, number: int) -> str:
+    return f"{_repair_prefix(incident)}a{number:02d}"
+
+
+def _repairs_from_items(items: list[dict[str, Any]]) -> dict[str, Repair]:
+    repairs: dict[str, Repair] = {}
+    for item in items:
+        incident = item["incident"]["S"]
+        repair = repairs.get(incident, Repair(incident))
+        if "escalated_at" in item:
+            repair = replace(repair, escalated_at=datetime.fromisoformat(item["escalated_at"]["S"]))
+        else:
+
+            def text(name: str, item: dict[str, Any] = item) -> str | None:
+                return item[name]["S"] if name in item else None
+
+            ended = text("ended_at")
+            record = RepairRecord(
+                incident=incident,
+                number=int(item["attempt"]["N"]),
+                execution=item["execution"]["S"],
+                recorded_at=datetime.fromisoformat(item["recorded_at"]["S"]),
+                document=item["document"]["S"],
+                outcome=text("outcome"),
+                error=text("error"),
+                cause=text("cause"),
+                ended_at=datetime.fromisoformat(ended) if ended else None,
+            )
+            repair = replace(repair, attempts=tuple(sorted((*repair.attempts, record), key=lambda a: a.number)))
+        repairs[incident] = repair
+    return repairs
 
 
 def _streak_to_item(streak: Streak) -> dict[str, Any]:
@@ -799,6 +974,127 @@ class DynamoStateStore(StateStore):
             raise
         previous = response.get("Attributes", {}).get("term")
         return 0 if previous is None else term - int(previous["N"])
+
+    # the endpoints seen last
+
+    def save_endpoints(self, cluster: str, endpoints: list[str], now: datetime) -> None:
+        self._client.put_item(
+            TableName=self.table_name,
+            Item={
+                **self._key(cluster, "endpoints"),
+                "endpoints": {"L": [{"S": e} for e in endpoints]},
+                "updated_at": {"S": _utc(now).isoformat()},
+            },
+        )
+
+    def load_endpoints(self, cluster: str) -> list[str]:
+        item = self._get(cluster, "endpoints")
+        return [e["S"] for e in item["endpoints"]["L"]] if item is not None else []
+
+    # repair attempts
+
+    def record_repair_attempt(self, cluster: str, record: RepairRecord) -> bool:
+        expires = _utc(record.recorded_at) + timedelta(seconds=self.incident_ttl_seconds)
+        try:
+            self._client.put_item(
+                TableName=self.table_name,
+                Item={
+                    **self._key(cluster, _attempt_sk(record.incident, record.number)),
+                    "incident": {"S": record.incident},
+                    "attempt": {"N": str(record.number)},
+                    "execution": {"S": record.execution},
+                    "recorded_at": {"S": _utc(record.recorded_at).isoformat()},
+                    "document": {"S": record.document},
+                    TTL_ATTRIBUTE: {"N": str(_epoch_s_ceil(expires))},
+                },
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def finish_repair_attempt(
+        self,
+        cluster: str,
+        incident: str,
+        number: int,
+        execution: str,
+        outcome: str,
+        error: str | None,
+        cause: str | None,
+        ended_at: datetime,
+    ) -> bool:
+        values: dict[str, Any] = {
+            ":execution": {"S": execution},
+            ":outcome": {"S": outcome},
+            ":ended": {"S": _utc(ended_at).isoformat()},
+        }
+        update = "SET #outcome = :outcome, ended_at = :ended"
+        for name, value in (("error", error), ("cause", cause)):
+            if value is not None:
+                update += f", #{name} = :{name}"
+                values[f":{name}"] = {"S": value}
+        names = {"#outcome": "outcome", "#execution": "execution"}
+        names.update({f"#{n}": n for n, v in (("error", error), ("cause", cause)) if v is not None})
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=self._key(cluster, _attempt_sk(incident, number)),
+                UpdateExpression=update,
+                ConditionExpression=(
+                    "attribute_exists(pk) AND #execution = :execution AND attribute_not_exists(#outcome)"
+                ),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def escalate_repair(self, cluster: str, incident: str, now: datetime) -> bool:
+        expires = _utc(now) + timedelta(seconds=self.incident_ttl_seconds)
+        try:
+            self._client.put_item(
+                TableName=self.table_name,
+                Item={
+                    **self._key(cluster, f"{_repair_prefix(incident)}escalated"),
+                    "incident": {"S": incident},
+                    "escalated_at": {"S": _utc(now).isoformat()},
+                    TTL_ATTRIBUTE: {"N": str(_epoch_s_ceil(expires))},
+                },
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def _repair_items(self, cluster: str, prefix: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": {":pk": {"S": _pk(cluster)}, ":prefix": {"S": prefix}},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self._client.query(**kwargs)
+            items.extend(page.get("Items", []))
+            if not page.get("LastEvaluatedKey"):
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def load_repair(self, cluster: str, incident: str) -> Repair:
+        items = self._repair_items(cluster, _repair_prefix(incident))
+        return _repairs_from_items(items).get(incident, Repair(incident))
+
+    def load_repairs(self, cluster: str) -> list[Repair]:
+        return [r for _, r in sorted(_repairs_from_items(self._repair_items(cluster, "repair#")).items())]
 
     # approvals
 

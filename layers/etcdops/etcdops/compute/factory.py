@@ -34,7 +34,9 @@ def open_compute(
     """
     compute = config.compute
     if isinstance(compute, LocalCompute):
-        return LocalComputeProvider(LocalCluster(Path(compute.state_dir)), hooks=local_hooks)
+        return LocalComputeProvider(
+            LocalCluster(Path(compute.state_dir)), hooks=local_hooks, boot_seconds=compute.boot_seconds
+        )
     if isinstance(compute, Ec2Compute):
         given = {"ec2": ec2, "elbv2": elbv2, "ssm": ssm, "secretsmanager": secretsmanager}
         clients: dict[str, Any] = {

@@ -2,8 +2,12 @@
 
 - a host is a member record in ``local.json``; ``launch`` reserves its ports and issues its
   certificate (``pki/<name>.crt``/``.key``) without starting etcd;
-- the "load balancer" is the ``endpoints`` list of ``cluster.yaml`` in the state directory:
-  ``register_target`` adds the host's client URL, ``deregister_target`` removes it;
+- the "load balancer" is the ``targets`` list in ``local.json``: ``register_target`` adds the host's
+  client URL, ``deregister_target`` removes it (the configuration's endpoints are etcdops's own seeds,
+  kept up to date by the runbooks, as in AWS);
+- ``boot_seconds`` makes a launched host come online late: until then ``start_etcd``, ``stop_etcd`` and
+  host actions on it raise ``HostNotReadyError``, as a fresh EC2 instance does until its SSM agent is
+  online;
 - ``terminate`` stops the process, forgets the record and deletes the data directory (its log stays);
 - host actions: ``restore-data-dir`` restores a snapshot file (``file:///...``) with etcdutl/etcdctl;
   the Kubernetes hooks run the commands given in ``hooks`` (there is no control plane locally), and
@@ -20,6 +24,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -44,8 +49,8 @@ from etcdops.compute.errors import (
     ComputeConfigError,
     HostCommandFailedError,
     HostNotFoundError,
+    HostNotReadyError,
 )
-from etcdops.config import dump_config, load_config, parse_config
 from etcdops.errors import EtcdopsError, PkiError
 from etcdops.findings import Check, Finding
 from etcdops.local import EtcdBinaries, LocalCluster, LocalMember
@@ -57,8 +62,11 @@ _HOOK_TIMEOUT = 300.0
 class LocalComputeProvider(ComputeProvider):
     """Hosts as processes on 127.0.0.1, managed through ``cluster`` (a LocalCluster)."""
 
-    def __init__(self, cluster: LocalCluster, *, hooks: Mapping[str, Sequence[str]] | None = None) -> None:
+    def __init__(
+        self, cluster: LocalCluster, *, hooks: Mapping[str, Sequence[str]] | None = None, boot_seconds: float = 0.0
+    ) -> None:
         self.cluster = cluster
+        self.boot_seconds = boot_seconds
         self.hooks = {action: list(argv) for action, argv in (hooks or {}).items()}
         for action in self.hooks:
             if action_spec(action).group != "control-plane":
@@ -85,10 +93,15 @@ class LocalComputeProvider(ComputeProvider):
         return sorted((self._host(m) for m in self.cluster.state().members), key=lambda h: h.name)
 
     def _require(self, host: Host) -> Host:
-        current = self.find(host.name)
-        if current is None:
+        """The host as it is now; HostNotReadyError while it has not come online yet."""
+        member = next((m for m in self.cluster.state().members if m.name == host.name), None)
+        if member is None:
             raise HostNotFoundError(f"no local host named {host.name!r}")
-        return current
+        if member.online_at is not None and time.time() < member.online_at:
+            raise HostNotReadyError(
+                f"host {host.name} is not online yet (it comes online in {member.online_at - time.time():.1f} s)"
+            )
+        return self._host(member)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -112,7 +125,8 @@ class LocalComputeProvider(ComputeProvider):
 
     def launch(self, name: str) -> Host:
         check_host_name(name)
-        member = self.cluster.reserve_member(name)
+        online_at = time.time() + self.boot_seconds if self.boot_seconds else None
+        member = self.cluster.reserve_member(name, online_at=online_at)
         return self._host(member)
 
     def start_etcd(self, host: Host, initial_cluster: str, initial_state: InitialState) -> None:
@@ -130,29 +144,20 @@ class LocalComputeProvider(ComputeProvider):
         self.cluster.remove_member_record(host.name)
         shutil.rmtree(self.cluster.data_dir(host.name), ignore_errors=True)
 
-    # ---- the "load balancer": endpoints in cluster.yaml ----------------------------------------
+    # ---- the "load balancer": targets in local.json -----------------------------------------
 
     def targets(self) -> list[str]:
-        return list(load_config(self.cluster.config_file).endpoints)
-
-    def _write_targets(self, endpoints: list[str]) -> None:
-        path = self.cluster.config_file
-        document = load_config(path).model_dump(mode="json", exclude_none=True)
-        document["endpoints"] = endpoints
-        config = parse_config(document, f"{path}")  # refuses e.g. an empty endpoint list, by name
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(dump_config(config))
-        tmp.replace(path)
+        return list(self.cluster.state().targets)
 
     def register_target(self, host: Host) -> None:
         endpoints = self.targets()
         if host.client_url not in endpoints:
-            self._write_targets([*endpoints, host.client_url])
+            self.cluster.set_targets([*endpoints, host.client_url])
 
     def deregister_target(self, host: Host) -> None:
         endpoints = self.targets()
         if host.client_url in endpoints:
-            self._write_targets([e for e in endpoints if e != host.client_url])
+            self.cluster.set_targets([e for e in endpoints if e != host.client_url])
 
     # ---- preflight -----------------------------------------------------------------------
 
@@ -220,7 +225,7 @@ class LocalComputeProvider(ComputeProvider):
         values = dict(parameters or {})
         spec.ssm_parameters(values)  # the same checks as in AWS
         if action == "restore-data-dir":
-            targets = [self._require(h) for h in hosts] if hosts is not None else self.hosts()
+            targets = [self._require(h) for h in (hosts if hosts is not None else self.hosts())]
             results = [self._restore(host, values) for host in targets]
         else:
             targets = list(hosts) if hosts is not None else [Host("local", "localhost", "127.0.0.1", "", "", "running")]

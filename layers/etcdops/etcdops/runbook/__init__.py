@@ -16,6 +16,11 @@ def caught_error(error: Mapping[str, Any] | None) -> str:
     A Lambda task's Cause is the function's error document (``errorMessage``, ``errorType``,
     ``stackTrace``); only the message is kept: stack traces belong in the function's log, not in mail.
     """
+    return f"{(error or {}).get('Error')}: {caught_message(error)}"
+
+
+def caught_message(error: Mapping[str, Any] | None) -> str:
+    """The message of a Catch's ``{"Error", "Cause"}`` (see :func:`caught_error`)."""
     error = error or {}
     cause = error.get("Cause")
     text = "" if cause is None else str(cause)
@@ -28,4 +33,4 @@ def caught_error(error: Mapping[str, Any] | None) -> str:
         text, limit = str(document["errorMessage"]), _MESSAGE_LIMIT
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    return f"{error.get('Error')}: {text}"
+    return text

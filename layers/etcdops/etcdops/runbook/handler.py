@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from etcdops.aws import SnsNotifier, load_cluster_config, materialize_tls
+from etcdops.aws import SnsNotifier, SsmConfigParameter, load_cluster_config, materialize_tls
 from etcdops.backup.manifest import Manifest
 from etcdops.compute.factory import open_compute
-from etcdops.connect import client_for
+from etcdops.config import LOCAL_CONFIG_FILE, ClusterConfig, ConfigFile, LocalCompute
+from etcdops.connect import client_for, live_client
 from etcdops.errors import ConfigError
 from etcdops.etcd import EtcdClient
+from etcdops.membership import ConfigStore
 from etcdops.runbook import replace
 from etcdops.state import DynamoStateStore
 
@@ -62,8 +64,15 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
     with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
         config = materialize_tls(config, session.client("secretsmanager"), Path(tls_dir))
 
+        document = {**event.document, "execution": event.execution}
+        if event.step != "NotifyFailure":  # the failure path must still report a refused input
+            replace.require_configured_cluster(config, document)
+        # what every runbook's context holds, built once here
+        state = DynamoStateStore(settings.table_name, session.client("dynamodb"))
+        seeds = state.load_endpoints(config.name)  # the members the last health round saw
+
         def client() -> EtcdClient:
-            return client_for(config)
+            return live_client(config, seeds=seeds)
 
         def backup_target() -> tuple[BackupStore, KeyProvider]:
             from etcdops.backup.target import open_backup_target
@@ -80,11 +89,9 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
             with client() as etcd:
                 return ensure_fresh_backup(config, etcd, store, keyring, max_age)
 
-        document = {**event.document, "execution": event.execution}
-        # what every runbook's context holds, built once here
         compute = open_compute(config, session=session, stack_name=settings.stack_name)
-        state = DynamoStateStore(settings.table_name, session.client("dynamodb"))
         notifier = SnsNotifier(session.client("sns"), settings.topic_arn)
+        stores = config_stores(config, session.client("ssm"), settings.config_parameter)
         if event.runbook == "restore":
             from etcdops.runbook import restore
 
@@ -98,6 +105,7 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
                 state=state,
                 notifier=notifier,
                 backup_target=backup_target,
+                config_stores=stores,
             )
             return restore.run_step(restore_context, event.step, document)
 
@@ -109,5 +117,16 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
             notifier=notifier,
             ensure_backup=ensure_backup,
             backup_target=backup_target,
+            config_stores=stores,
         )
         return replace.run_step(context, event.step, document)
+
+
+def config_stores(config: ClusterConfig, ssm: Any, parameter: str) -> list[ConfigStore]:
+    """Where the cluster's configuration lives, to be updated after a membership change: its SSM
+    parameter (what the functions read), and for the local stack also its ``cluster.yaml`` (what
+    the command line reads)."""
+    stores: list[ConfigStore] = [SsmConfigParameter(ssm, parameter)]
+    if isinstance(config.compute, LocalCompute):
+        stores.append(ConfigFile(Path(config.compute.state_dir) / LOCAL_CONFIG_FILE))
+    return stores

@@ -23,9 +23,10 @@ from etcdops.errors import Backoff, EtcdLearnerNotReadyError, EtcdopsError
 from etcdops.etcd import EtcdClient, Member
 from etcdops.findings import Finding, describe_findings
 from etcdops.health import ClusterHealth
+from etcdops.membership import ConfigStore, merge_endpoints, record_membership
 from etcdops.policy import change_safety
 from etcdops.probe import probe_cluster
-from etcdops.runbook import caught_error
+from etcdops.runbook import caught_error, caught_message
 from etcdops.runbook import preflight as checks
 from etcdops.state import StateStore
 
@@ -87,19 +88,35 @@ class ReplaceContext:
     """What the steps need, passed in by the handler (AWS) or the local stack."""
 
     config: ClusterConfig
-    client: Callable[[], EtcdClient]
+    client: Callable[[], EtcdClient]  # a client on the live membership (connect.live_client)
     compute: ComputeProvider
     state: StateStore
     notifier: Notifier
     ensure_backup: Callable[[timedelta], Manifest]  # a verified backup younger than the age, or a new one
     backup_target: Callable[[], tuple[BackupStore, KeyProvider]]  # where backups are, and their key
+    config_stores: Sequence[ConfigStore]  # where the configuration lives: updated after the change
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    sleep: Callable[[float], None] = time.sleep
 
 
 def _require(doc: Document, *fields: str) -> None:
     missing = [f for f in fields if doc.get(f) in (None, "")]
     if missing:
         raise InvalidRunbookInputError(f"runbook input: missing {', '.join(missing)}")
+
+
+def require_configured_cluster(config: ClusterConfig, doc: Document) -> None:
+    """The input's ``cluster`` must be the cluster this stack runs (before any lock is taken)."""
+    if doc.get("cluster") != config.name:
+        raise InvalidRunbookInputError(
+            f"runbook input: cluster {doc.get('cluster')!r} is not {config.name!r}, the cluster this stack runs"
+        )
+
+
+def member_text(doc: Document) -> str:
+    """How messages name the member being replaced (never "unnamed")."""
+    name = doc.get("member_name") or doc.get("member_label") or "member"
+    return f"{name} ({doc.get('member_id')})" if doc.get("member_id") and doc.get("member_name") else str(name)
 
 
 def _probe(ctx: ReplaceContext) -> ClusterHealth:
@@ -141,19 +158,30 @@ def _check_safe(ctx: ReplaceContext, target: int | None, what: str) -> ClusterHe
 
 def acquire_lock(ctx: ReplaceContext, doc: Document) -> Document:
     _require(doc, "cluster", "member_id", "execution")
+    require_configured_cluster(ctx.config, doc)
+    _target_id(doc)
     started = time.monotonic()
     lock = ctx.state.acquire_lock(doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
     return _timed({**doc, "lock_owner": lock.owner, "started_at": ctx.now().isoformat()}, "acquire_lock", started)
 
 
 def check_member_still_failed(ctx: ReplaceContext, doc: Document) -> Document:
-    """Re-check on a fresh probe: still failed (or already removed by an earlier try), and safe."""
+    """Re-check on fresh probes: still failed (or already removed by an earlier try), and safe.
+
+    A member that was just resumed (a paused VM, a long stop-the-world pause) needs a moment to
+    answer again, and its return may cost the cluster an election: the member is probed again for up
+    to ``health.recheck_seconds`` and counts as recovered if any probe finds it healthy.
+    """
     started = time.monotonic()
     target = _target_id(doc)
-    health = _probe(ctx)
-    member = health.member(target)
-    if member is not None and member.healthy and not doc.get("ec2_failed"):
-        return _timed({**doc, "recovered": True}, "check_member_still_failed", started)
+    while True:
+        health = _probe(ctx)
+        member = health.member(target)
+        if member is not None and member.healthy and not doc.get("ec2_failed"):
+            return _timed({**doc, "recovered": True}, "check_member_still_failed", started)
+        if member is None or doc.get("ec2_failed") or time.monotonic() - started >= ctx.config.health.recheck_seconds:
+            break
+        ctx.sleep(min(1.0, max(0.0, ctx.config.health.recheck_seconds - (time.monotonic() - started))))
     if member is not None:
         safety = change_safety(health, target)
         if not safety.safe:
@@ -332,14 +360,25 @@ def wait_until_healthy(ctx: ReplaceContext, doc: Document) -> Document:
     return _timed({**doc, "healthy_voters": healthy}, "wait_until_healthy", started)
 
 
+def record_membership_in_config(ctx: ReplaceContext) -> list[str]:
+    """Invariant 10: the stored configuration's endpoints become the live members' client URLs,
+    wherever the configuration lives. Converges when retried (a store that says so already is not
+    written). Returns the endpoints now stored."""
+    live = merge_endpoints(*(m.client_urls for m in _members(ctx) if m.started))
+    return record_membership(ctx.config_stores, live).endpoints
+
+
 def repoint_clients(ctx: ReplaceContext, doc: Document) -> Document:
+    """The load balancer sends clients to the new member and no longer to the old one, and the
+    stored configuration names the live members (the seeds every later run starts from)."""
     started = time.monotonic()
     host = _host(ctx, doc)
     ctx.compute.register_target(host)
     old = ctx.compute.find(doc["old_member"]["name"]) if doc.get("old_member", {}).get("name") else None
     if old is not None:
         ctx.compute.deregister_target(old)
-    return _timed(doc, "repoint_clients", started)
+    endpoints = record_membership_in_config(ctx)
+    return _timed({**doc, "stored_endpoints": endpoints}, "repoint_clients", started)
 
 
 def retire_old_host(ctx: ReplaceContext, doc: Document) -> Document:
@@ -362,45 +401,79 @@ def _first_time(ctx: ReplaceContext, doc: Document, kind: str) -> bool:
     return ctx.state.record_incident(str(doc.get("cluster")), f"{doc.get('execution')}-{kind}", kind, ctx.now())
 
 
+def _finish_attempt(ctx: ReplaceContext, doc: Document, outcome: str, error: Any = None, cause: Any = None) -> None:
+    """An autopilot attempt (input with ``incident_id`` and ``attempt``) records how it ended, so
+    the next health round knows without asking Step Functions (a crashed one is asked)."""
+    attempt = doc.get("attempt")
+    if not doc.get("incident_id") or not isinstance(attempt, int) or not doc.get("cluster"):
+        return
+    ctx.state.finish_repair_attempt(
+        str(doc["cluster"]),
+        str(doc["incident_id"]),
+        attempt,
+        str(doc.get("execution")),
+        outcome,
+        str(error) if error else None,
+        str(cause)[:2000] if cause else None,
+        ctx.now(),
+    )
+
+
 def notify_success(ctx: ReplaceContext, doc: Document) -> Document:
+    _finish_attempt(ctx, doc, "SUCCEEDED")
     if not _first_time(ctx, doc, "replace-succeeded"):
         return doc
     new = doc.get("new_member") or {}
+    name = doc.get("member_name") or member_text(doc)
     if doc.get("recovered"):
-        subject = f"etcdops: member {doc.get('member_name')} of {doc['cluster']} recovered; nothing replaced"
+        subject = f"etcdops: member {name} of {doc['cluster']} recovered; nothing replaced"
         body = f"Runbook {doc['execution']} found the member healthy again and made no change."
     else:
-        subject = f"etcdops: replaced member {doc.get('member_name')} of {doc['cluster']}"
+        subject = f"etcdops: replaced member {name} of {doc['cluster']}"
         timings = ", ".join(f"{k} {v}s" for k, v in (doc.get("timings") or {}).items())
         body = (
-            f"Runbook {doc['execution']} replaced member {doc.get('member_name')} ({doc['member_id']}) "
+            f"Runbook {doc['execution']} replaced member {member_text(doc)} "
             f"with {new.get('name')} ({new.get('id')}).\nWhy: {doc.get('reason', '')}\n"
-            f"Backup taken or confirmed first: {doc.get('backup_id')}\nStep durations: {timings}"
+            f"Backup taken or confirmed first: {doc.get('backup_id')}\n"
+            f"Stored endpoints now: {', '.join(doc.get('stored_endpoints') or []) or 'unchanged'}\n"
+            f"Step durations: {timings}"
         )
     ctx.notifier.publish(subject, body, {"cluster": doc["cluster"], "kind": "replace-succeeded"})
     return {**doc, "finished_at": ctx.now().isoformat()}
 
 
 def notify_failure(ctx: ReplaceContext, doc: Document) -> Document:
-    """The Catch path: say what failed and where the cluster was left; release our lock."""
+    """The Catch path: say what failed and where the cluster was left; release our lock; when the
+    membership changed before the failure, the stored configuration follows it (best effort)."""
     error = doc.get("error") or {}
     if error.get("Error") != "LockHeldError":
         release_lock(ctx, doc)
+    stored = "unchanged (the membership did not change)"
+    if doc.get("removed") and error.get("Error") != "InvalidRunbookInputError":
+        try:
+            stored = ", ".join(record_membership_in_config(ctx))
+        except EtcdopsError as exc:  # the report below must still go out
+            stored = f"NOT updated ({type(exc).__name__}: {exc})"
+    _finish_attempt(ctx, doc, "FAILED", error.get("Error"), caught_message(error))
     if not _first_time(ctx, doc, "replace-failed"):
         return doc
+    attempt = f" (attempt {doc['attempt']} of {doc.get('max_attempts')})" if doc.get("attempt") else ""
     if error.get("Error") == "PreflightFailedError":
         where = (
-            f"Member to replace: {doc.get('member_name')} ({doc.get('member_id')}); nothing was changed: the cluster "
-            "has the same members as before. Fix what the preflight found, then start ReplaceMember again."
+            f"Member to replace: {member_text(doc)}; nothing was changed: the cluster has the same members "
+            "as before. Fix what the preflight found, then start ReplaceMember again."
         )
     else:
         where = (
-            f"Member being replaced: {doc.get('member_name')} ({doc.get('member_id')}); "
+            f"Member being replaced: {member_text(doc)}; "
             f"removed from the cluster: {bool(doc.get('removed'))}; new member: {doc.get('new_member')}.\n"
+            f"Stored endpoints: {stored}.\n"
             "No further membership change was made. Check `etcdops status` before acting."
         )
+    if doc.get("attempt"):
+        where += " The autopilot tries again after a backoff, up to health.max_repair_attempts, then escalates once."
     ctx.notifier.publish(
-        f"etcdops: ReplaceMember FAILED for {doc.get('cluster')}",
+        f"etcdops: ReplaceMember FAILED for {doc.get('cluster')}{attempt}",
         f"Runbook {doc.get('execution')} stopped: {caught_error(error)}\n{where}",
         {"cluster": str(doc.get("cluster")), "kind": "replace-failed"},
     )

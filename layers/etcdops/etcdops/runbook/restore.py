@@ -75,6 +75,7 @@ from etcdops.compute.base import DOCUMENTS, ComputeProvider, Host, PreflightPlan
 from etcdops.config import ClusterConfig
 from etcdops.errors import Backoff, EtcdopsError
 from etcdops.etcd import EtcdClient
+from etcdops.membership import ConfigStore, merge_endpoints, record_membership
 from etcdops.pb import etcd_pb2 as pb
 from etcdops.probe import probe_cluster
 from etcdops.runbook import caught_error
@@ -84,6 +85,7 @@ from etcdops.runbook.replace import (
     InvalidRunbookInputError,
     PreflightFailedError,
     RunbookError,
+    require_configured_cluster,
 )
 from etcdops.state import StateStore
 
@@ -125,6 +127,7 @@ class RestoreContext:
     state: StateStore
     notifier: Notifier
     backup_target: Callable[[], tuple[BackupStore, KeyProvider]]
+    config_stores: Sequence[ConfigStore]  # where the configuration lives: updated after the restore
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     work_dir: Path | None = field(default=None)  # where snapshots are fetched (default: the temp dir)
 
@@ -260,8 +263,7 @@ def acquire_lock(ctx: RestoreContext, doc: Document) -> Document:
     mode = doc.get("mode") or "in-place"
     if mode not in MODES:
         raise InvalidRunbookInputError(f"runbook input: mode {mode!r} is not one of {', '.join(MODES)}")
-    if doc["cluster"] != ctx.config.name:
-        raise InvalidRunbookInputError(f"runbook input: cluster {doc['cluster']!r} is not {ctx.config.name!r}")
+    require_configured_cluster(ctx.config, doc)
     bump = doc.get("bump_revision", DEFAULT_BUMP_REVISION)
     if not isinstance(bump, int) or isinstance(bump, bool) or not 0 <= bump < 10**12:
         raise InvalidRunbookInputError(f"runbook input: bump_revision {bump!r} is not a whole number below 10^12")
@@ -546,8 +548,18 @@ def verify_restore(ctx: RestoreContext, doc: Document) -> Document:
     )
 
 
+def _record_membership(ctx: RestoreContext, doc: Document) -> list[str]:
+    """Invariant 10: the stored configuration names the restored members (read from their member list)."""
+    urls = [t["client_url"] for t in _targets(doc)]
+    with ctx.client(urls) as client:
+        members = client.member_list(linearizable=True)
+    live = merge_endpoints(*(m.client_urls for m in members if m.started))
+    return record_membership(ctx.config_stores, live).endpoints
+
+
 def repoint_clients(ctx: RestoreContext, doc: Document) -> Document:
-    """Clients (the load balancer) go to the restored members only; a no-op in place."""
+    """Clients (the load balancer) go to the restored members only (a no-op in place), and the
+    stored configuration names the restored members."""
     started = time.monotonic()
     names = {t["name"] for t in _targets(doc)}
     for target in _targets(doc):
@@ -556,7 +568,8 @@ def repoint_clients(ctx: RestoreContext, doc: Document) -> Document:
         host = ctx.compute.find(old["name"]) if old["name"] not in names else None
         if host is not None:
             ctx.compute.deregister_target(host)
-    return _timed({**doc, "repointed": True}, "repoint_clients", started)
+    endpoints = _record_membership(ctx, doc)
+    return _timed({**doc, "repointed": True, "stored_endpoints": endpoints}, "repoint_clients", started)
 
 
 def start_api_servers(ctx: RestoreContext, doc: Document) -> Document:
@@ -677,7 +690,11 @@ def failure_report(doc: Document) -> str:
 
 
 def notify_failure(ctx: RestoreContext, doc: Document) -> Document:
-    """The Catch path: say the exact state the cluster was left in and how to roll back; release the lock."""
+    """The Catch path: say the exact state the cluster was left in and how to roll back; release the lock.
+
+    The stored configuration is left as it was: a failed restore is rolled back by a human, perhaps
+    onto the old hosts, so there is no membership to record yet (the health rounds see whichever runs).
+    """
     error = doc.get("error") or {}
     if error.get("Error") != "LockHeldError":
         release_lock(ctx, doc)
