@@ -62,6 +62,9 @@ def main() -> int:
         repaired_at = time.time()
         runs = etcdops(work, env, "runbook", "list")
         show = etcdops(work, env, "runbook", "show", runs[0]["name"])
+        while not show["stopped"]:  # healthy already; the runbook still records the change and notifies
+            time.sleep(0.5)
+            show = etcdops(work, env, "runbook", "show", runs[0]["name"])
         started = datetime.fromisoformat(show["started"]).timestamp()
         stopped = datetime.fromisoformat(show["stopped"]).timestamp()
         print(f"victim {victim['name']}, runbook {show['name']}: {show['status']}")
