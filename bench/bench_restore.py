@@ -119,7 +119,7 @@ def main() -> int:
         for member in [m for m in health.members if m.id != health.leader]:
             cluster.kill(member.name)
         with LocalAws() as aws:
-            stack = aws.build_stack(TEMPLATE, {})
+            stack = aws.build_stack(TEMPLATE, {"ClusterName": "local"})
             aws.client("ssm").put_parameter(
                 Name=stack.parameters["ClusterConfigParameter"], Type="SecureString",
                 Value=cluster.config_file.read_text(), Overwrite=True,

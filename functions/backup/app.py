@@ -27,5 +27,5 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     session = boto3.session.Session()
     notifier = SnsNotifier(session.client("sns"), settings.topic_arn) if settings.topic_arn else None
     result = backup_job(settings, AwsClients.from_session(session), metrics, notifier)
-    logger.info("backup stored", extra=result)
+    logger.info("backup stored" if "backup_id" in result else "backup skipped", extra=result)
     return result

@@ -26,5 +26,5 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     session = boto3.session.Session()
     notifier = SnsNotifier(session.client("sns"), settings.topic_arn) if settings.topic_arn else None
     result = verify_job(settings, AwsClients.from_session(session), metrics, notifier, parsed.detail.backup_id)
-    logger.info("backup verified", extra=result)
+    logger.info("backup verified" if result.get("ok") else "backup verification skipped", extra=result)
     return result

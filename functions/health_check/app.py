@@ -32,5 +32,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     result = health_job(
         settings, HealthAwsClients.from_session(session), EmfHealthMetrics(metrics), notifier, state, trigger
     )
-    logger.info("health round", extra={k: result[k] for k in ("cluster", "trigger", "skipped", "actions")})
+    logged = ("cluster", "trigger", "skipped", "actions", "configured")
+    logger.info("health round", extra={k: result[k] for k in logged if k in result})
     return result

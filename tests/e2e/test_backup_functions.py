@@ -137,3 +137,35 @@ def test_backup_of_an_unreachable_cluster_fails_loudly(
     assert emitted_metrics(capsys.readouterr().out)["BackupFailed"] == 1
     assert aws.inbox() == ["etcdops: Backup FAILED for cluster local"]
     assert aws.s3.list_objects_v2(Bucket="backups").get("KeyCount") == 0
+
+
+def test_before_the_configuration_exists_the_jobs_do_nothing_quietly(
+    aws: SimpleNamespace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    aws.ssm.delete_parameter(Name="/etcdops/local/config")
+
+    backup = load_handler("backup").handler(event("backup_schedule"), lambda_context())
+    verify = load_handler("backup_verify").handler(event("backup_verify_schedule"), lambda_context())
+
+    for result in (backup, verify):
+        assert result["configured"] is False and "not configured yet" in result["skipped"]
+    assert emitted_metrics(capsys.readouterr().out) == {}  # nothing an alarm could fire on
+    assert aws.inbox() == []  # HealthCheck says it once; the jobs stay quiet
+    assert aws.s3.list_objects_v2(Bucket="backups").get("KeyCount") == 0
+
+
+def test_an_unexpected_failure_is_counted_and_mailed_once(
+    aws: SimpleNamespace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import etcdops.jobs
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("manifest")  # not one of our named errors: a bug
+
+    monkeypatch.setattr(etcdops.jobs, "run_backup", broken)
+
+    with pytest.raises(KeyError):
+        load_handler("backup").handler(event("backup_schedule"), lambda_context())
+
+    assert emitted_metrics(capsys.readouterr().out)["BackupFailed"] == 1
+    assert aws.inbox() == ["etcdops: Backup FAILED for cluster local"]

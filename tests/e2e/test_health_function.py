@@ -144,3 +144,34 @@ def test_alarms_of_other_clusters_and_events_of_strangers_are_skipped(aws: Simpl
     assert all(r["decision"] is None and r["actions"] == [] for r in skipped)
     assert aws.items() == [] and aws.inbox() == []
     assert aws.sfn.list_executions(stateMachineArn=aws.machine)["executions"] == []
+
+
+def test_before_the_configuration_exists_rounds_do_nothing_and_say_so_once(
+    aws: SimpleNamespace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a stack deployed for cluster "local" whose configuration was not put into SSM yet
+    aws.ssm.delete_parameter(Name="/etcdops/local/config")
+    monkeypatch.setenv("CLUSTER_NAME", "local")
+    handler = load_handler("health_check").handler
+
+    # When the schedule, an alarm and an EC2 event invoke HealthCheck
+    triggers = ("schedule", "alarm", "ec2_state_change")
+    results = [handler(event(name), lambda_context("etcdops-health-check")) for name in triggers]
+
+    # Then nothing is probed or started, no metric is published (so no alarm can fire on it),
+    # and one SNS message says what to do
+    assert [r["configured"] for r in results] == [False, False, False]
+    assert all("not configured yet" in r["skipped"] for r in results)
+    assert [r["announced"] for r in results] == [True, False, False]
+    assert aws.inbox() == ["etcdops: cluster local is not configured yet"]
+    assert emf_documents(capsys.readouterr().out) == []
+    assert aws.sfn.list_executions(stateMachineArn=aws.machine)["executions"] == []
+
+
+def test_a_configuration_of_another_cluster_is_refused_by_name(
+    aws: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLUSTER_NAME", "prod-eu")  # the stack's ClusterName; the document says "local"
+    with pytest.raises(ConfigError, match=r"name: 'local', but this stack was deployed for cluster 'prod-eu'"):
+        load_handler("health_check").handler(event("schedule"), lambda_context("etcdops-health-check"))
+    assert aws.inbox() == []

@@ -56,14 +56,14 @@ def aws() -> Iterator[LocalAws]:
 
 @pytest.fixture
 def test_stack(aws: LocalAws, tmp_path: Path) -> LocalStack:
-    return aws.build_stack(template_with_extras(tmp_path))
+    return aws.build_stack(template_with_extras(tmp_path), {"ClusterName": "local"})
 
 
 # ---- the real template ------------------------------------------------------------------------------
 
 
 def test_the_real_template_builds_with_every_resource_accounted_for(aws: LocalAws) -> None:
-    stack = aws.build_stack(TEMPLATE)
+    stack = aws.build_stack(TEMPLATE, {"ClusterName": "local"})
 
     sam = read_template(TEMPLATE)
     functions = [lid for lid, r in sam["Resources"].items() if r["Type"] == "AWS::Serverless::Function"]
@@ -89,7 +89,7 @@ def test_the_real_template_builds_with_every_resource_accounted_for(aws: LocalAw
 
 
 def test_a_handler_failure_comes_back_as_lambda_reports_it(aws: LocalAws) -> None:
-    stack = aws.build_stack(TEMPLATE)
+    stack = aws.build_stack(TEMPLATE, {"ClusterName": "local"})
 
     error, payload = invoke(aws, stack.functions["BackupFunction"], {"source": "aws.events"})
 
@@ -100,7 +100,7 @@ def test_a_handler_failure_comes_back_as_lambda_reports_it(aws: LocalAws) -> Non
 
 def test_backup_function_runs_our_handler_against_a_real_cluster(aws: LocalAws, shared_cluster: LocalCluster) -> None:
     # Given the stack and the cluster's configuration where the template says it lives
-    stack = aws.build_stack(TEMPLATE)
+    stack = aws.build_stack(TEMPLATE, {"ClusterName": "local"})
     tls = shared_cluster.tls
     document = {
         "name": "local",
@@ -264,7 +264,7 @@ OTHER_PROCESS = textwrap.dedent(
 def test_another_process_reaches_the_stack_through_the_server(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     with LocalAws(server=True, state_dir=state_dir) as aws:
-        stack = aws.build_stack(template_with_extras(tmp_path))
+        stack = aws.build_stack(template_with_extras(tmp_path), {"ClusterName": "local"})
         assert aws.endpoint and aws.endpoint.startswith("http://127.0.0.1:")
         assert os.environ["MOTO_PORT"] == aws.endpoint.rsplit(":", 1)[1]
         assert load_local_stack(state_dir) == stack
@@ -293,7 +293,7 @@ def test_the_serve_process_runs_the_stack_and_the_timer_until_sigterm(tmp_path: 
     template = template_with_extras(tmp_path)
     serving = subprocess.Popen(
         [sys.executable, "-m", "etcdops.localaws", "--state-dir", str(state_dir), "--template", str(template),
-         "--schedule", "TestSchedule=rate(1 second)"],
+         "--schedule", "TestSchedule=rate(1 second)", "--parameter", "ClusterName=local"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -152,7 +152,8 @@ class Template:
                 text, variables = (args, {}) if isinstance(args, str) else (args[0], self.resolve(args[1]))
                 return _SUB.sub(lambda m: self._sub_value(m.group(1), variables), text).replace("${!", "${")
             if fn == "Fn::Join":
-                return str(args[0]).join(str(v) for v in self.resolve(args[1]))
+                assert isinstance(args[0], str), "CloudFormation takes only a literal Fn::Join delimiter"
+                return args[0].join(str(v) for v in self.resolve(args[1]))
             if fn == "Fn::If":
                 name, then, otherwise = args
                 return self.resolve(then if self.condition(name) else otherwise)

@@ -10,6 +10,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto_ec2 import emulated_account, register_host_image
 
@@ -47,14 +48,19 @@ class Aws:
     target_group: str
     ca: pki.KeyPair
     image: str
+    cloudwatch: Any
 
     def provider(self, **settings: Any) -> Ec2ComputeProvider:
         settings = {"launch_template": self.template, "subnets": self.subnets,
                     "target_group_arn": self.target_group, **settings}  # fmt: skip
         config = Ec2Compute(**settings)
         return Ec2ComputeProvider(
-            CLUSTER, config, stack_name=STACK, ec2=self.ec2, elbv2=self.elbv2, ssm=self.ssm, secretsmanager=self.secrets
-        )
+            CLUSTER, config, stack_name=STACK, ec2=self.ec2, elbv2=self.elbv2, ssm=self.ssm,
+            secretsmanager=self.secrets, cloudwatch=self.cloudwatch,
+        )  # fmt: skip
+
+    def alarms(self) -> dict[str, dict[str, Any]]:
+        return {a["AlarmName"]: a for a in self.cloudwatch.describe_alarms()["MetricAlarms"]}
 
     def user_data(self, instance_id: str) -> str:
         attribute = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
@@ -103,7 +109,8 @@ def aws(monkeypatch: pytest.MonkeyPatch, ca: pki.KeyPair) -> Iterator[Aws]:
             SecretString=json.dumps({"certificate": ca.cert_pem.decode(), "private_key": ca.key_pem.decode()}),
         )
         ssm = boto3.client("ssm", region_name=REGION)
-        yield Aws(ec2, elbv2, ssm, secrets, subnets, vpc, template, target_group, ca, image)
+        cloudwatch = boto3.client("cloudwatch", region_name=REGION)
+        yield Aws(ec2, elbv2, ssm, secrets, subnets, vpc, template, target_group, ca, image, cloudwatch)
 
 
 def _launch_plain_instance(aws: Aws, tags: dict[str, str]) -> str:
@@ -248,6 +255,54 @@ def test_terminate_is_idempotent_and_retires_the_secret(aws: Aws) -> None:
     # a later host of the same name gets its certificate secret back
     compute.launch("m4")
     assert "DeletedDate" not in aws.secrets.describe_secret(SecretId=f"etcdops/{CLUSTER}/members/m4")
+
+
+# ---- status-check alarms -------------------------------------------------------------------------
+
+
+def test_every_launched_host_gets_a_status_check_alarm_the_stack_rule_matches(aws: Aws) -> None:
+    compute = aws.provider()
+
+    host = compute.launch("m4")
+    compute.launch("m4")  # a retried launch keeps one alarm
+
+    (alarm,) = aws.alarms().values()
+    # the stack's EventBridge rule takes alarm names starting <stack>-status-check- to HealthCheck, and
+    # HealthCheck maps the InstanceId dimension of StatusCheckFailed to the member
+    assert alarm["AlarmName"] == f"{STACK}-status-check-{host.host_id}"
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/EC2", "StatusCheckFailed")
+    assert alarm["Dimensions"] == [{"Name": "InstanceId", "Value": host.host_id}]
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold" and alarm["Threshold"] == 1
+    assert alarm["EvaluationPeriods"] == 2 and alarm["Period"] == 60
+
+
+def test_retiring_a_host_deletes_its_alarm_and_leaves_the_others(aws: Aws) -> None:
+    compute = aws.provider()
+    old, kept = compute.launch("m4"), compute.launch("m5")
+
+    compute.terminate(old)
+    compute.terminate(old)  # again: nothing left to delete, no error
+
+    assert list(aws.alarms()) == [f"{STACK}-status-check-{kept.host_id}"]
+
+
+def test_an_alarm_that_cannot_be_made_does_not_stop_the_launch(
+    aws: Aws, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Refusing:
+        def put_metric_alarm(self, **request: Any) -> None:
+            message = "not authorized to perform cloudwatch:PutMetricAlarm"
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": message}}, "PutMetricAlarm")
+
+    compute = aws.provider()
+    compute.cloudwatch = Refusing()
+
+    host = compute.launch("m4")  # a replacement must not fail after the old member was removed
+
+    found = compute.find("m4")
+    assert found is not None and found.host_id == host.host_id
+    assert f"status-check alarm {STACK}-status-check-{host.host_id} of member m4 not created" in caplog.text
+    assert "AccessDenied" in caplog.text
 
 
 def test_terminate_leaves_instances_of_other_clusters_alone(aws: Aws) -> None:
@@ -417,6 +472,7 @@ def _scripted(aws: Aws, ssm: ScriptedSsm, clock: FakeClock) -> tuple[Ec2ComputeP
     config = Ec2Compute(launch_template=aws.template, subnets=aws.subnets)
     compute = Ec2ComputeProvider(
         CLUSTER, config, stack_name=STACK, ec2=aws.ec2, elbv2=aws.elbv2, ssm=ssm, secretsmanager=aws.secrets,
+        cloudwatch=aws.cloudwatch,
         sleep=clock.sleep, clock=clock, max_wait_seconds=60, poll_seconds=5,
     )  # fmt: skip
     return compute, host

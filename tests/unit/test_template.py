@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from template_model import ACCOUNT, CLUSTER, REGION, STACK, Template
+from template_model import ACCOUNT, CLUSTER, REGION, STACK, TEMPLATE, Template
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +82,258 @@ def test_health_check_may_decrypt_the_sse_kms_manifests(template: Template) -> N
     role = template.role_of("HealthCheckFunction")
     assert role.allows("s3:GetObject", f"arn:aws:s3:::{bucket}/etcd/{CLUSTER}/x.manifest.json")
     assert role.allows("kms:Decrypt", key)
+
+
+# ---- least privilege ---------------------------------------------------------------------------------------
+
+ROLE_OF = {
+    "BackupFunction": "BackupFunctionRole",
+    "BackupVerifyFunction": "BackupVerifyFunctionRole",
+    "HealthCheckFunction": "HealthCheckFunctionRole",
+    "RunbookStepFunction": "RunbookStepFunctionRole",
+    "ApprovalFunction": "ApprovalFunctionRole",
+    "RequestApprovalFunction": "RequestApprovalFunctionRole",
+}
+# Actions that take no resource-level permissions in IAM: "*" is the only Resource they accept.
+STAR_ONLY = {
+    "ec2:DescribeInstances": "Describe* actions have no resource types",
+    "ssm:ListCommands": "no resource types",
+    "ssm:GetCommandInvocation": "no resource types",
+    "states:SendTaskSuccess": "a task token, not an ARN, names the task",
+    "states:SendTaskFailure": "a task token, not an ARN, names the task",
+}
+
+
+def secret_arn(name: str) -> str:
+    return f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}-Xy7Zq2"
+
+
+def readers(template: Template, arn: str) -> set[str]:
+    return {role for role, policy in template.roles() if policy.allows("secretsmanager:GetSecretValue", arn)}
+
+
+@pytest.mark.parametrize("cluster", [CLUSTER, STACK], ids=["own-name", "named-like-the-stack"])
+def test_each_secret_is_readable_only_by_the_functions_that_need_it(cluster: str) -> None:
+    template = Template({"ClusterName": cluster})
+    signing_key = template.physical_id("ApprovalSigningSecret")
+
+    assert readers(template, signing_key) == {"ApprovalFunctionRole", "RequestApprovalFunctionRole"}
+    assert readers(template, secret_arn(f"etcdops/{cluster}/ca")) == {"RunbookStepFunctionRole"}
+    assert readers(template, secret_arn(f"etcdops/{cluster}/members/m4")) == {"RunbookStepFunctionRole"}
+    for name in ("ca", "cert", "key"):  # the client TLS material of the functions that talk to etcd
+        assert readers(template, secret_arn(f"etcdops/{cluster}/client/{name}")) == {
+            "BackupFunctionRole", "HealthCheckFunctionRole", "RunbookStepFunctionRole",
+        }  # fmt: skip
+    # nothing of another cluster, and nothing that merely starts like the CA's name
+    assert readers(template, secret_arn("etcdops/other/client/key")) == set()
+    assert readers(template, secret_arn(f"etcdops/{cluster}/ca-backup")) == set()
+
+
+def test_no_star_resource_where_iam_could_scope_it(template: Template) -> None:
+    for role, policy in template.roles():
+        for statement in policy.statements:
+            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            if statement["Effect"] == "Allow" and "*" in resources:
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                assert set(actions) <= set(STAR_ONLY), f"{role} {statement.get('Sid')}: {actions} on '*'"
+
+
+def conditions_of(statements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [s.get("Condition") or {} for s in statements]
+
+
+def test_hosts_are_launched_retired_and_commanded_only_with_this_clusters_tag(template: Template) -> None:
+    role = template.role_of("RunbookStepFunction")
+    instance = f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0"
+    tag = {"StringEquals": {"aws:RequestTag/etcdops:cluster": CLUSTER}}
+
+    assert conditions_of(role.allowing("ec2:RunInstances", instance)) == [tag]
+    assert conditions_of(role.allowing("ec2:RunInstances", f"arn:aws:ec2:{REGION}:{ACCOUNT}:volume/vol-1")) == [tag]
+    assert conditions_of(role.allowing("ec2:CreateTags", instance)) == [
+        {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
+    ]
+    assert conditions_of(role.allowing("ec2:TerminateInstances", instance)) == [
+        {"StringEquals": {"aws:ResourceTag/etcdops:cluster": CLUSTER}}
+    ]
+    assert conditions_of(role.allowing("ssm:SendCommand", instance)) == [
+        {"StringEquals": {"ssm:resourceTag/etcdops:cluster": CLUSTER}},
+        {"StringEquals": {"ssm:resourceTag/etcdops:control-plane": CLUSTER}},
+    ]
+    target_group = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:targetgroup/etcd/0123456789abcdef"
+    assert conditions_of(role.allowing("elasticloadbalancing:RegisterTargets", target_group)) == [
+        {"StringEquals": {"aws:ResourceTag/etcdops:cluster": CLUSTER}}
+    ]
+    assert conditions_of(role.allowing("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/etcdops-member")) == [
+        {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+    ]
+    # no other function may touch hosts at all
+    for function in set(ROLE_OF) - {"RunbookStepFunction"}:
+        other = template.role_of(function)
+        for action in ("ec2:RunInstances", "ec2:TerminateInstances", "ssm:SendCommand", "iam:PassRole"):
+            assert not other.allowing(action, instance), (function, action)
+
+
+def document_arn(name: str) -> str:
+    return f"arn:aws:ssm:{REGION}:{ACCOUNT}:document/{name}"
+
+
+def test_only_this_stacks_host_documents_may_be_sent() -> None:
+    plain = Template()
+    role = plain.role_of("RunbookStepFunction")
+    for key in ("StartEtcd", "StopEtcd", "RestoreDataDir", "StopApiServer", "StartApiServer", "RestartControlPlane"):
+        assert role.allows("ssm:SendCommand", document_arn(f"{STACK}-{key}")), key
+        assert not role.allows("ssm:SendCommand", document_arn(f"other-stack-{key}")), key
+    assert not role.allows("ssm:SendCommand", document_arn("AWS-RunShellScript"))
+
+    arns = f"{document_arn('systemd-StopApiServer')},{document_arn('systemd-StartApiServer')}"
+    mine = Template({"AdditionalHostDocumentArns": arns}).role_of(
+        "RunbookStepFunction"
+    )
+    assert mine.allows("ssm:SendCommand", document_arn("systemd-StopApiServer"))
+    assert mine.allows("ssm:SendCommand", document_arn("systemd-StartApiServer"))
+    assert not mine.allows("ssm:SendCommand", document_arn("AWS-RunShellScript"))
+
+
+def test_status_check_alarms_only_of_this_stack(template: Template) -> None:
+    role = template.role_of("RunbookStepFunction")
+    alarm = f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{STACK}-status-check-i-0123456789abcdef0"
+    assert role.allows("cloudwatch:PutMetricAlarm", alarm) and role.allows("cloudwatch:DeleteAlarms", alarm)
+    assert not role.allows("cloudwatch:DeleteAlarms", f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{STACK}-etcd-x")
+
+
+# ---- notifications -----------------------------------------------------------------------------------------
+
+
+def test_the_topic_is_encrypted_with_a_key_alarms_and_publishers_may_use(template: Template) -> None:
+    topic = template.properties("NotificationTopic")
+    assert topic["KmsMasterKeyId"] == template.physical_id("NotificationKey")
+    statements = template.properties("NotificationKey")["KeyPolicy"]["Statement"]
+    (alarms_may,) = [s for s in statements if s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}]
+    assert set(alarms_may["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+
+    key = template.attribute("NotificationKey", "Arn")
+    topic_arn = template.physical_id("NotificationTopic")
+    publishers = {role for role, policy in template.roles() if policy.allows("sns:Publish", topic_arn)}
+    assert publishers >= {"BackupFunctionRole", "HealthCheckFunctionRole", "RequestApprovalFunctionRole"}
+    for role in publishers:
+        policy = template.policy(role)
+        assert policy.allows("kms:GenerateDataKey", key) and policy.allows("kms:Decrypt", key), role
+
+
+def test_asynchronous_failures_are_not_retried_into_more_mails(template: Template) -> None:
+    configs = {
+        r["Properties"]["FunctionName"]: r["Properties"]
+        for r in template.of_type("AWS::Lambda::EventInvokeConfig").values()
+    }
+    assert configs[template.physical_id("BackupFunction")]["MaximumRetryAttempts"] == 0
+    assert configs[template.physical_id("BackupVerifyFunction")]["MaximumRetryAttempts"] == 0
+    health = configs[template.physical_id("HealthCheckFunction")]  # mails nobody; one retry keeps an EC2 event
+    assert health["MaximumRetryAttempts"] == 1 and health["MaximumEventAgeInSeconds"] <= 300
+
+
+# ---- logs ------------------------------------------------------------------------------------------------
+
+
+def test_every_function_logs_to_a_group_with_the_retention_parameter() -> None:
+    template = Template({"LogRetentionDays": "90"})
+    groups = {template.physical_id(lid): r["Properties"] for lid, r in template.of_type("AWS::Logs::LogGroup").items()}
+    for lid, function in template.functions.items():
+        group = function["LoggingConfig"]["LogGroup"]
+        assert groups[group]["RetentionInDays"] == "90", lid
+        assert STACK in group, lid
+
+
+def test_the_approval_api_keeps_an_access_log_without_the_signed_query(template: Template) -> None:
+    (stage,) = template.of_type("AWS::ApiGatewayV2::Stage").values()
+    settings = stage["Properties"]["AccessLogSettings"]
+    group = template.physical_id("ApprovalApiAccessLogGroup")
+    assert settings["DestinationArn"] == template.attribute("ApprovalApiAccessLogGroup", "Arn") and group
+    assert "$context.routeKey" in settings["Format"] and "$context.status" in settings["Format"]
+    for leaky in ("querystring", "$context.path", "$request"):  # a link's query is a signed capability
+        assert leaky not in settings["Format"].lower()
+    assert template.properties("ApprovalApiAccessLogGroup")["RetentionInDays"] == "30"
+
+
+# ---- VPC -------------------------------------------------------------------------------------------------
+
+IN_VPC = {"BackupFunction", "HealthCheckFunction", "RunbookStepFunction"}  # they talk to etcd
+VPC = {"SubnetIds": "subnet-1,subnet-2", "SecurityGroupIds": "sg-1", "VpcId": "vpc-1"}
+INTERFACE_ENDPOINTS = {"ssm", "secretsmanager", "kms", "sns", "ec2", "elasticloadbalancing", "states", "monitoring"}
+
+
+def endpoints(template: Template) -> dict[str, dict[str, Any]]:
+    return {
+        r["Properties"]["ServiceName"].rsplit(".", 1)[-1]: r["Properties"]
+        for r in template.of_type("AWS::EC2::VPCEndpoint").values()
+    }
+
+
+def test_only_the_functions_that_talk_to_etcd_run_in_the_vpc() -> None:
+    template = Template(VPC)
+    in_vpc = {lid for lid, props in template.functions.items() if "VpcConfig" in props}
+    assert in_vpc == IN_VPC
+    for lid in IN_VPC:
+        vpc_config = template.functions[lid]["VpcConfig"]
+        assert vpc_config == {"SubnetIds": ["subnet-1", "subnet-2"], "SecurityGroupIds": ["sg-1"]}
+    assert endpoints(template) == {}  # off by default: a NAT route, or endpoints of your own
+    assert not any("VpcConfig" in props for props in Template().functions.values())  # no subnets, no VPC
+
+
+def test_the_vpc_endpoints_come_on_request() -> None:
+    interface_only = endpoints(Template({**VPC, "CreateVpcEndpoints": "true"}))
+    assert set(interface_only) == INTERFACE_ENDPOINTS
+    for service, props in interface_only.items():
+        assert props["VpcEndpointType"] == "Interface" and props["PrivateDnsEnabled"] is True, service
+        assert props["SubnetIds"] == ["subnet-1", "subnet-2"]
+
+    both = endpoints(Template({**VPC, "CreateVpcEndpoints": "true", "RouteTableIds": "rtb-1"}))
+    assert set(both) == INTERFACE_ENDPOINTS | {"s3", "dynamodb"}
+    assert both["s3"]["VpcEndpointType"] == "Gateway" and both["s3"]["RouteTableIds"] == ["rtb-1"]
+
+
+# ---- first deploy ------------------------------------------------------------------------------------------
+
+
+def test_the_cluster_name_must_be_given() -> None:
+    # a default (it was "local") deployed alarms, dashboards and IAM scopes for a cluster nobody has
+    from etcdops.errors import ConfigError
+    from etcdops.localaws import effective_parameters, read_template
+
+    sam = read_template(TEMPLATE)
+    assert "Default" not in sam["Parameters"]["ClusterName"]
+    with pytest.raises(ConfigError, match=r"^parameters: ClusterName: the template has no default"):
+        effective_parameters(sam, {})
+
+
+def test_the_approval_routes_are_public_on_purpose_and_the_api_closed_by_default() -> None:
+    from etcdops.localaws import read_template
+
+    sam = read_template(TEMPLATE)
+    api = sam["Resources"]["ApprovalApi"]["Properties"]["Auth"]
+    assert api == {"EnableIamAuthorizer": True, "DefaultAuthorizer": "AWS_IAM"}
+    routes = [
+        event["Properties"]
+        for resource in sam["Resources"].values()
+        if resource["Type"] == "AWS::Serverless::Function"
+        for event in (resource["Properties"].get("Events") or {}).values()
+        if event["Type"] == "HttpApi"
+    ]
+    # each route says it is public (the signed link is the credential): `sam deploy --guided` then
+    # does not ask "has no authentication. Is this okay?", whose default answer aborts the deploy
+    assert len(routes) == 4 and all(route["Auth"] == {"Authorizer": "NONE"} for route in routes)
+
+
+def test_the_ec2_rule_takes_only_failure_states(template: Template) -> None:
+    # EC2 state-change events carry no tags: the states are all a pattern can narrow
+    patterns = [
+        r["Properties"]["EventPattern"]
+        for r in template.of_type("AWS::Events::Rule").values()
+        if r["Properties"].get("EventPattern", {}).get("source") == ["aws.ec2"]
+    ]
+    assert patterns == [
+        {
+            "source": ["aws.ec2"],
+            "detail-type": ["EC2 Instance State-change Notification"],
+            "detail": {"state": ["stopping", "stopped", "shutting-down", "terminated"]},
+        }
+    ]

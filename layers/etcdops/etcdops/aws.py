@@ -21,6 +21,10 @@ class AwsError(EtcdopsError):
     """An AWS call was refused (permissions, a missing resource, a bad request): not transient."""
 
 
+class ClusterNotConfiguredError(ConfigError):
+    """The SSM parameter for the cluster configuration does not exist: the stack is deployed, not configured yet."""
+
+
 class AwsUnavailableError(AwsError):
     """An AWS call failed in a way that passes (throttling, a service fault, the network)."""
 
@@ -52,13 +56,18 @@ class JobSettings:
 
     config_parameter: str
     topic_arn: str | None
+    cluster_name: str | None = None  # the stack's ClusterName: the configuration must name this cluster
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> JobSettings:
         parameter = env.get("CLUSTER_CONFIG_PARAMETER", "").strip()
         if not parameter:
             raise ConfigError("CLUSTER_CONFIG_PARAMETER: not set (the SSM parameter holding the cluster config)")
-        return cls(config_parameter=parameter, topic_arn=env.get("TOPIC_ARN") or None)
+        return cls(
+            config_parameter=parameter,
+            topic_arn=env.get("TOPIC_ARN") or None,
+            cluster_name=env.get("CLUSTER_NAME", "").strip() or None,
+        )
 
 
 def aws_error_code(exc: Exception) -> str:
@@ -76,8 +85,21 @@ def aws_error(what: str, exc: Exception) -> AwsError:
     return kind(f"{what}: {code or type(exc).__name__}: {exc}")
 
 
-def load_cluster_config(ssm: Any, parameter: str) -> ClusterConfig:
-    return loads_config(SsmConfigParameter(ssm, parameter).read(), f"ssm:{parameter}")
+def load_cluster_config(ssm: Any, parameter: str, expected_name: str | None = None) -> ClusterConfig:
+    """The cluster configuration in SSM parameter ``parameter``.
+
+    :class:`ClusterNotConfiguredError` when the parameter does not exist yet; a :class:`ConfigError`
+    naming the field when it is invalid, or when it names another cluster than ``expected_name`` (the
+    stack's ClusterName, which its alarms, dashboard and IAM policies are scoped to).
+    """
+    config = loads_config(SsmConfigParameter(ssm, parameter).read(), f"ssm:{parameter}")
+    if expected_name is not None and config.name != expected_name:
+        raise ConfigError(
+            f"ssm:{parameter}: name: {config.name!r}, but this stack was deployed for cluster {expected_name!r} "
+            "(ClusterName; its alarms, dashboard and IAM policies are scoped to that name): deploy with "
+            f"ClusterName={config.name} or fix the configuration's name"
+        )
+    return config
 
 
 class SsmConfigParameter:
@@ -102,7 +124,10 @@ class SsmConfigParameter:
             value: str = self.ssm.get_parameter(Name=self.name, WithDecryption=True)["Parameter"]["Value"]
         except ClientError as exc:
             if aws_error_code(exc) == "ParameterNotFound":
-                raise ConfigError(f"CLUSTER_CONFIG_PARAMETER: SSM parameter {self.name} does not exist") from None
+                raise ClusterNotConfiguredError(
+                    f"CLUSTER_CONFIG_PARAMETER: SSM parameter {self.name} does not exist: not configured yet "
+                    "(put the cluster configuration there)"
+                ) from None
             raise aws_error(f"reading SSM parameter {self.name}", exc) from exc
         except BotoCoreError as exc:
             raise aws_error(f"reading SSM parameter {self.name}", exc) from exc

@@ -39,7 +39,14 @@ from typing import Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from etcdops import repair_messages
-from etcdops.aws import Notifier, aws_error, aws_error_code, load_cluster_config, materialize_tls
+from etcdops.aws import (
+    ClusterNotConfiguredError,
+    Notifier,
+    aws_error,
+    aws_error_code,
+    load_cluster_config,
+    materialize_tls,
+)
 from etcdops.backup.manifest import Manifest, backup_id_from_manifest_key, manifest_key
 from etcdops.backup.store import BackupStore, open_store
 from etcdops.config import ClusterConfig
@@ -79,6 +86,7 @@ class HealthSettings:
     table_name: str
     topic_arn: str | None = None
     replace_state_machine_arn: str | None = None
+    cluster_name: str | None = None  # the stack's ClusterName: the configuration must name this cluster
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> HealthSettings:
@@ -91,7 +99,8 @@ class HealthSettings:
         machine = env.get("REPLACE_STATE_MACHINE_ARN", "").strip() or None
         if machine is not None and not machine.startswith("arn:"):
             raise ConfigError(f"REPLACE_STATE_MACHINE_ARN: {machine!r} is not a state machine ARN")
-        return cls(parameter, table, env.get("TOPIC_ARN", "").strip() or None, machine)
+        cluster = env.get("CLUSTER_NAME", "").strip() or None
+        return cls(parameter, table, env.get("TOPIC_ARN", "").strip() or None, machine, cluster)
 
 
 @dataclass(frozen=True)
@@ -866,6 +875,31 @@ def _continue_repairs(ctx: HealthContext, health: ClusterHealth, now: datetime) 
 
 # ---- the Lambda side ----------------------------------------------------------------------------------
 
+NOT_CONFIGURED_INCIDENT = "not-configured-yet"
+
+
+def _not_configured(
+    settings: HealthSettings,
+    notifier: Notifier | None,
+    state_store: StateStore,
+    exc: ClusterNotConfiguredError,
+    now: datetime,
+) -> dict[str, Any]:
+    cluster = settings.cluster_name or "unconfigured"
+    log.warning("not configured yet: %s", exc)
+    announced = False
+    if notifier is not None and state_store.record_incident(cluster, NOT_CONFIGURED_INCIDENT, "not-configured", now):
+        notifier.publish(
+            f"etcdops: cluster {cluster} is not configured yet",
+            f"The etcdops stack for cluster {cluster} runs, but its configuration does not exist yet:\n{exc}\n\n"
+            "Until it does, health checks and backups do nothing but log this, and no alarm fires. "
+            "See README, Deploying to AWS, for the configuration document and the TLS secrets.",
+            {"cluster": cluster, "kind": "not-configured"},
+        )
+        announced = True
+    return {"cluster": cluster, "configured": False, "skipped": f"not configured yet: {exc}", "announced": announced}
+
+
 
 def health_job(
     settings: HealthSettings,
@@ -876,8 +910,14 @@ def health_job(
     trigger: Trigger,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """One HealthCheck invocation; an unreadable configuration raises :class:`ConfigError`."""
-    config = load_cluster_config(aws.ssm, settings.config_parameter)
+    """One HealthCheck invocation; an unreadable configuration raises :class:`ConfigError`.
+
+    Before the configuration exists it does nothing but say so: in the log each time, over SNS once
+    (per incident retention), so a fresh stack is quiet until it is configured."""
+    try:
+        config = load_cluster_config(aws.ssm, settings.config_parameter, settings.cluster_name)
+    except ClusterNotConfiguredError as exc:
+        return _not_configured(settings, notifier, state_store, exc, now or datetime.now(UTC))
     add_dimension = getattr(metrics, "add_dimension", None)
     if add_dimension is not None:
         add_dimension("cluster", config.name)

@@ -1,18 +1,21 @@
 """Scheduled jobs as the Lambda functions run them: backup and backup verification.
 
 A job loads the cluster's configuration, does its work through the domain modules, records
-metrics, and on failure publishes one SNS message and raises, so the invocation fails visibly.
+metrics, and on failure publishes one SNS message (what failed and why, no stack trace) and raises,
+so the invocation fails visibly; the template does not retry it, so one failure is one message.
+Before the configuration exists (a stack deployed, not configured yet) a job does nothing but say so.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from etcdops.aws import JobSettings, Notifier, load_cluster_config, materialize_tls
+from etcdops.aws import ClusterNotConfiguredError, JobSettings, Notifier, load_cluster_config, materialize_tls
 from etcdops.backup.job import MetricsSink, list_backups, newest_verified_age, run_backup, verify_backup
 from etcdops.backup.target import open_backup_target
 from etcdops.connect import client_for
@@ -20,6 +23,7 @@ from etcdops.errors import EtcdopsError
 from etcdops.probe import probe_cluster
 
 COUNT, BYTES, SECONDS = "Count", "Bytes", "Seconds"
+log = logging.getLogger("etcdops.jobs")
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,19 @@ def _fail(notifier: Notifier | None, cluster: str, what: str, exc: Exception) ->
         )
 
 
+def not_configured(job: str, exc: ClusterNotConfiguredError) -> dict[str, Any]:
+    """What a scheduled job does before the cluster configuration exists: nothing, and says so."""
+    log.warning("%s: not configured yet: %s", job, exc)
+    return {"configured": False, "skipped": f"not configured yet: {exc}"}
+
+
 def backup_job(
     settings: JobSettings, aws: AwsClients, metrics: MetricsSink, notifier: Notifier | None
 ) -> dict[str, Any]:
-    config = load_cluster_config(aws.ssm, settings.config_parameter)
+    try:
+        config = load_cluster_config(aws.ssm, settings.config_parameter, settings.cluster_name)
+    except ClusterNotConfiguredError as exc:
+        return not_configured("backup", exc)
     metrics.add_dimension("cluster", config.name)
     try:
         with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
@@ -61,7 +74,7 @@ def backup_job(
             with client_for(config) as client:
                 health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
                 result = run_backup(config, client, health, store, keyring)
-    except EtcdopsError as exc:
+    except Exception as exc:  # every failure counts and is said once; it is raised again below
         metrics.add_metric("BackupFailed", COUNT, 1)
         _fail(notifier, config.name, "Backup", exc)
         raise
@@ -85,7 +98,10 @@ def verify_job(
     settings: JobSettings, aws: AwsClients, metrics: MetricsSink, notifier: Notifier | None, backup_id: str | None
 ) -> dict[str, Any]:
     """Verify ``backup_id``, or the newest backup when none is given."""
-    config = load_cluster_config(aws.ssm, settings.config_parameter)
+    try:
+        config = load_cluster_config(aws.ssm, settings.config_parameter, settings.cluster_name)
+    except ClusterNotConfiguredError as exc:
+        return not_configured("backup verification", exc)
     metrics.add_dimension("cluster", config.name)
     try:
         store, keyring = open_backup_target(config, s3_client=aws.s3, kms_client=aws.kms)
@@ -95,7 +111,7 @@ def verify_job(
                 raise EtcdopsError(f"no backups in {store.uri} to verify")
             backup_id = backups[-1].id
         result = verify_backup(store, keyring, backup_id, cluster=config.name)
-    except EtcdopsError as exc:
+    except Exception as exc:  # every failure counts and is said once; it is raised again below
         metrics.add_metric("BackupVerifyFailed", COUNT, 1)
         _fail(notifier, config.name, "Backup verification", exc)
         raise

@@ -131,7 +131,8 @@ class LocalStack:
 
     @property
     def key_id(self) -> str | None:
-        return self._only("AWS::KMS::Key")
+        """The backup key (the template has another one, for the notification topic)."""
+        return self.resources.get("BackupKey") or self._only("AWS::KMS::Key")
 
     @property
     def key_arn(self) -> str | None:
@@ -210,13 +211,17 @@ def read_template(template_path: Path) -> dict[str, Any]:
 
 
 def effective_parameters(template: Mapping[str, Any], parameters: Mapping[str, str] | None) -> dict[str, str]:
-    """Template defaults overridden by ``parameters``; an unknown parameter name is refused."""
+    """Template defaults overridden by ``parameters``; an unknown parameter, or a required one
+    without a value, is refused by name (as CloudFormation refuses it)."""
     declared = template.get("Parameters") or {}
     values = {name: str(spec["Default"]) for name, spec in declared.items() if "Default" in spec}
     for name, value in (parameters or {}).items():
         if name not in declared:
             raise ConfigError(f"parameters: {name}: not a parameter of the template")
         values[name] = str(value)
+    missing = sorted(set(declared) - set(values))
+    if missing:
+        raise ConfigError(f"parameters: {', '.join(missing)}: the template has no default; give a value")
     return values
 
 
@@ -996,6 +1001,7 @@ _NOT_EMULATED = {
     "AWS::S3::BucketPolicy": "not applied: moto would deny every request on its aws:SecureTransport condition",
     "AWS::ApiGatewayV2::Api": "no API Gateway locally: approve with `etcdops approve EXECUTION`",
     "AWS::ApiGatewayV2::Stage": "no API Gateway locally: approve with `etcdops approve EXECUTION`",
+    "AWS::Lambda::EventInvokeConfig": "asynchronous invocations run once locally: no retries, no destinations",
 }
 _INTS = {"Period", "EvaluationPeriods", "DatapointsToAlarm"}
 _FLOATS = {"Threshold"}
@@ -1306,6 +1312,11 @@ def serve(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    parameters = dict(parameters or {})
+    if config_document is not None:  # the stack watches the configured cluster (ClusterName has no default)
+        from etcdops.config import loads_config
+
+        parameters.setdefault("ClusterName", loads_config(config_document, "--config").name)
     with LocalAws(region=region, server=True, state_dir=state_dir) as aws:
         stack = build_stack(template_path, parameters, region=region)
         stack.endpoint = aws.endpoint

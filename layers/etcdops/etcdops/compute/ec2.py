@@ -10,6 +10,10 @@
   tagged ``etcdops:instance-arn`` with its instance's ARN so that the instance role can read that
   one secret only (the IAM condition is in docs/host-bootstrap.md);
 - ``register_target``/``deregister_target``: the instance id and the client port in the target group;
+- every host it launches gets a CloudWatch alarm on its EC2 status checks, named
+  ``<stack>-status-check-<instance id>`` so that the stack's EventBridge rule sends the alarm to
+  HealthCheck; retiring the host deletes it. The alarm is a faster signal, not a condition of the
+  repair: an alarm that cannot be made is logged and the launch goes on (HealthCheck still probes);
 - etcd start/stop and host actions: ``ssm.send_command`` with the documents named in
   ``compute.ssm_documents`` (default ``<stack>-<Key>``, the documents of the etcdops stack that runs
   this provider), waiting for every invocation under a deadline.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,6 +63,7 @@ from etcdops.config import Ec2Compute
 from etcdops.errors import PkiError
 from etcdops.findings import Finding
 
+log = logging.getLogger("etcdops.compute.ec2")
 CLUSTER_TAG = "etcdops:cluster"
 MEMBER_TAG = "etcdops:member"
 CONTROL_PLANE_TAG = "etcdops:control-plane"
@@ -110,6 +116,7 @@ class Ec2ComputeProvider(ComputeProvider):
         elbv2: Any,
         ssm: Any,
         secretsmanager: Any,
+        cloudwatch: Any,
         region: str | None = None,
         client_port: int = 2379,
         peer_port: int = 2380,
@@ -131,6 +138,7 @@ class Ec2ComputeProvider(ComputeProvider):
         self.stack_name = stack_name
         self.settings = settings
         self.ec2, self.elbv2, self.ssm, self.secrets = ec2, elbv2, ssm, secretsmanager
+        self.cloudwatch = cloudwatch
         self.region = region or str(ec2.meta.region_name)
         self.client_port, self.peer_port = client_port, peer_port
         self.certificate_days, self.renew_before_days = certificate_days, renew_before_days
@@ -146,6 +154,10 @@ class Ec2ComputeProvider(ComputeProvider):
 
     def member_secret_id(self, name: str) -> str:
         return f"etcdops/{self.cluster}/members/{check_host_name(name)}"
+
+    def status_check_alarm_name(self, instance_id: str) -> str:
+        """Matched by the stack's EventBridge rule (prefix ``<stack>-status-check-``), so it triggers HealthCheck."""
+        return f"{self.stack_name}-status-check-{instance_id}"
 
     def document_name(self, key: str) -> str:
         return self.settings.ssm_documents.get(key) or DOCUMENTS[key].default_name(self.stack_name)
@@ -208,7 +220,45 @@ class Ec2ComputeProvider(ComputeProvider):
             raise HostNotReadyError(f"instance {host.host_id} of member {name} has no private address yet")
         # the certificate gains the instance's address, and the secret is opened to this instance
         self._ensure_certificate(name, (), host, instance.get("_owner", ""))
+        self._ensure_status_check_alarm(host)
         return host
+
+    def _ensure_status_check_alarm(self, host: Host) -> None:
+        name = self.status_check_alarm_name(host.host_id)
+        try:
+            self.cloudwatch.put_metric_alarm(  # the same definition again is a no-op: a retry converges
+                AlarmName=name,
+                AlarmDescription=(
+                    f"etcdops: EC2 status checks of etcd member {host.name} of {self.cluster} "
+                    f"(instance {host.host_id}); HealthCheck replaces the member when they fail"
+                ),
+                Namespace="AWS/EC2",
+                MetricName="StatusCheckFailed",
+                Dimensions=[{"Name": "InstanceId", "Value": host.host_id}],
+                Statistic="Maximum",
+                Period=60,
+                EvaluationPeriods=2,
+                DatapointsToAlarm=2,
+                Threshold=1,
+                ComparisonOperator="GreaterThanOrEqualToThreshold",
+                TreatMissingData="missing",  # a stopped instance reports nothing; its state change says it
+            )
+        except (ClientError, BotoCoreError) as exc:
+            log.error(
+                "status-check alarm %s of member %s not created (%s); HealthCheck's probes still watch the "
+                "member. Create it by hand (README: Health checks and alarms).",
+                name, host.name, _api_error("creating the alarm", exc),
+            )  # fmt: skip
+
+    def _delete_status_check_alarm(self, instance_id: str) -> None:
+        name = self.status_check_alarm_name(instance_id)
+        try:
+            self.cloudwatch.delete_alarms(AlarmNames=[name])
+        except ClientError as exc:
+            if _code(exc) != "ResourceNotFound":
+                log.error("status-check alarm %s of a retired host not deleted: %s", name, _api_error("", exc))
+        except BotoCoreError as exc:
+            log.error("status-check alarm %s of a retired host not deleted: %s", name, _api_error("", exc))
 
     def _launch_template(self) -> dict[str, str]:
         template = self.settings.launch_template
@@ -281,6 +331,7 @@ class Ec2ComputeProvider(ComputeProvider):
                     raise _api_error(f"terminating {host.host_id}", exc) from exc
             except BotoCoreError as exc:
                 raise _api_error(f"terminating {host.host_id}", exc) from exc
+        self._delete_status_check_alarm(host.host_id)
         if host.name and self._find_instance(host.name) is None:
             self._delete_member_secret(host.name)
 

@@ -21,6 +21,7 @@ def open_compute(
     elbv2: Any = None,
     ssm: Any = None,
     secretsmanager: Any = None,
+    cloudwatch: Any = None,
     session: Any = None,
     stack_name: str | None = None,
     local_hooks: Mapping[str, Sequence[str]] | None = None,
@@ -38,7 +39,7 @@ def open_compute(
             LocalCluster(Path(compute.state_dir)), hooks=local_hooks, boot_seconds=compute.boot_seconds
         )
     if isinstance(compute, Ec2Compute):
-        given = {"ec2": ec2, "elbv2": elbv2, "ssm": ssm, "secretsmanager": secretsmanager}
+        given = {"ec2": ec2, "elbv2": elbv2, "ssm": ssm, "secretsmanager": secretsmanager, "cloudwatch": cloudwatch}
         clients: dict[str, Any] = {
             name: client if client is not None else session.client(name) if session is not None else None
             for name, client in given.items()
@@ -56,5 +57,6 @@ def open_compute(
             elbv2=clients["elbv2"],
             ssm=clients["ssm"],
             secretsmanager=clients["secretsmanager"],
+            cloudwatch=clients["cloudwatch"],
         )
     raise ComputeConfigError("compute: not configured (provider: ec2 or local)")

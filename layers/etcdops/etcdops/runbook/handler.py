@@ -47,6 +47,7 @@ class RunbookSettings:
     table_name: str
     topic_arn: str
     stack_name: str
+    cluster_name: str | None = None  # the stack's ClusterName: the configuration must name this cluster
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RunbookSettings:
@@ -55,12 +56,18 @@ class RunbookSettings:
         missing = [name for name, value in values.items() if not value]
         if missing:
             raise ConfigError(f"{', '.join(missing)}: not set in the function's environment")
-        return cls(*(values[name] for name in names))
+        return cls(
+            values["CLUSTER_CONFIG_PARAMETER"],
+            values["TABLE_NAME"],
+            values["TOPIC_ARN"],
+            values["STACK_NAME"],
+            cluster_name=env.get("CLUSTER_NAME", "").strip() or None,
+        )
 
 
 def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session: Any) -> dict[str, Any]:
     """One step, with clients from ``session`` (a boto3 session) and TLS files for this call only."""
-    config = load_cluster_config(session.client("ssm"), settings.config_parameter)
+    config = load_cluster_config(session.client("ssm"), settings.config_parameter, settings.cluster_name)
     with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
         config = materialize_tls(config, session.client("secretsmanager"), Path(tls_dir))
 
