@@ -34,7 +34,7 @@ TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 @pytest.fixture
 def account(cluster: LocalCluster) -> Iterator[SimpleNamespace]:
     with LocalAws() as aws:
-        stack = aws.build_stack(TEMPLATE, {})
+        stack = aws.build_stack(TEMPLATE, {"ClusterName": cluster.config().name})
         ec2, iam = aws.client("ec2"), aws.client("iam")
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]

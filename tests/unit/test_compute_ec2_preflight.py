@@ -264,6 +264,7 @@ def test_pass_role_is_checked_by_the_dry_run_with_the_callers_policy(
         elbv2=session.client("elbv2"),
         ssm=session.client("ssm"),
         secretsmanager=session.client("secretsmanager"),
+        cloudwatch=session.client("cloudwatch"),
     )
 
     # When the preflight runs with IAM enforced

@@ -97,6 +97,10 @@ ROLE_OF = {
 # Actions that take no resource-level permissions in IAM: "*" is the only Resource they accept.
 STAR_ONLY = {
     "ec2:DescribeInstances": "Describe* actions have no resource types",
+    "ec2:DescribeLaunchTemplateVersions": "Describe* actions have no resource types",
+    "ec2:DescribeSubnets": "Describe* actions have no resource types",
+    "elasticloadbalancing:DescribeTargetGroups": "Describe* actions have no resource types",
+    "ssm:DescribeInstanceInformation": "no resource types",
     "ssm:ListCommands": "no resource types",
     "ssm:GetCommandInvocation": "no resource types",
     "states:SendTaskSuccess": "a task token, not an ARN, names the task",
