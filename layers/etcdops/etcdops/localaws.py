@@ -1134,12 +1134,30 @@ def _install_role_policies(stack: LocalStack, cfn: Mapping[str, Any], resource_m
         role_name = stack.resources[lid]
         for policy in (resource.get("Properties") or {}).get("Policies") or []:
             name = str(clean_json(policy["PolicyName"], resource_map))
-            document = clean_json(policy["PolicyDocument"], resource_map)
+            document = clean_json(_drop_no_value(policy["PolicyDocument"], resource_map), resource_map)
             text = json.dumps(document)
             if _strings_in(document) or "<moto." in text:
                 raise LocalAwsError(f"{lid}: policy {name} refers to something the local stack did not create: {text}")
             read_policy(f"{lid}.{name}", document)  # a policy the local evaluator cannot read fails the build
             iam.get_role(role_name).put_policy(name, text)  # as CloudFormation puts it (no Version required)
+
+
+def _drop_no_value(node: Any, resource_map: Any) -> Any:
+    """List items that are ``Fn::If`` choosing ``AWS::NoValue`` left out, as CloudFormation leaves them out
+    (moto would keep them as None, which reads like a reference to a resource nobody made)."""
+    if isinstance(node, dict):
+        return {k: _drop_no_value(v, resource_map) for k, v in node.items()}
+    if not isinstance(node, list):
+        return node
+    kept = []
+    for item in node:
+        if isinstance(item, dict) and set(item) == {"Fn::If"}:
+            condition, then, otherwise = item["Fn::If"]
+            chosen = then if resource_map.lazy_condition_map[condition] else otherwise
+            if chosen == {"Ref": "AWS::NoValue"}:
+                continue
+        kept.append(_drop_no_value(item, resource_map))
+    return kept
 
 
 def _strings_in(value: Any) -> list[Any]:

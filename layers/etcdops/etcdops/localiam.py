@@ -1032,6 +1032,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--records", type=Path, required=True, help=f"the directory ${RECORDS_ENV} pointed at")
     check.add_argument("--template", type=Path, default=Path("template.yaml"))
     check.add_argument("--reasons", type=Path, help="YAML: principal -> action -> why it is granted but unused")
+    check.add_argument("--cluster-name", default="local", help="the template's ClusterName (the e2e stacks' cluster)")
     args = parser.parse_args(argv)
     try:
         records = read_records(args.records)
@@ -1039,7 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"IAM coverage: no records in {args.records} (did the e2e tests run with ${RECORDS_ENV}?)")
             return 1
         reasons = load_reasons(args.reasons) if args.reasons else {}
-        result = coverage(template_grants(args.template), records, reasons)
+        result = coverage(template_grants(args.template, {"ClusterName": args.cluster_name}), records, reasons)
     except EtcdopsError as exc:
         print(f"IAM coverage: {exc}", file=sys.stderr)
         return 2
