@@ -35,7 +35,9 @@ def running_autopilot(
 ) -> Iterator[SimpleNamespace]:
     """A stack of template.yaml running the autopilot for ``cluster`` (config ``changes`` applied)."""
     document = configure(cluster, **changes)
-    stack = aws.build_stack(TEMPLATE, parameters or {}, stack_name=stack_name)
+    stack = aws.build_stack(
+        TEMPLATE, {"ClusterName": cluster.config().name, **(parameters or {})}, stack_name=stack_name
+    )
     aws.client("ssm").put_parameter(
         Name=stack.parameters["ClusterConfigParameter"], Type="SecureString", Value=document, Overwrite=True
     )

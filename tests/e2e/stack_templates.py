@@ -26,8 +26,12 @@ def absolute_paths(template: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_template(tmp_path: Path, change: Callable[[dict[str, Any]], None], name: str = "template.yaml") -> Path:
-    """template.yaml copied to ``tmp_path`` with ``change`` applied to its dict."""
+    """template.yaml copied to ``tmp_path`` with ``change`` applied to its dict.
+
+    The copies watch the local stack's cluster "local" unless told otherwise: template.yaml's
+    ClusterName has no default (a deploy must name its cluster), these test stacks all do the same."""
     template = absolute_paths(read_template(TEMPLATE))
+    template["Parameters"]["ClusterName"]["Default"] = "local"
     change(template)
     path = tmp_path / name
     path.write_text(json.dumps(template, indent=1))  # JSON is YAML

@@ -146,7 +146,7 @@ def test_a_state_machine_acts_with_its_own_role(aws: LocalAws, tmp_path: Path) -
 
 def backed_up_stack(aws: LocalAws, template: Path, cluster: LocalCluster) -> LocalStack:
     """The stack with the cluster's config, one backup taken and verified by the stack's own functions."""
-    stack = aws.build_stack(template)
+    stack = aws.build_stack(template, {"ClusterName": "local"})
     tls = cluster.tls
     document = {
         "name": "local",
@@ -183,12 +183,12 @@ def test_without_kms_decrypt_health_check_is_refused_and_the_coverage_check_says
 ) -> None:
     # Given the template as it was before the fix: HealthCheck may read the bucket but not decrypt
     template = write_template(
-        tmp_path, lambda t: without_policy(t, "HealthCheckFunction", template_name="KMSDecryptPolicy")
+        tmp_path, lambda t: without_policy(t, "HealthCheckFunction", sid="ReadSseKmsManifests")
     )
     stack = backed_up_stack(aws, template, shared_cluster)
 
     # When HealthCheck runs: AWS refuses the manifest reads, and HealthCheck (which must keep detecting
-    # failures) carries on without the catalogue, so nothing but the records shows it
+    # failures) carries on without the catalogue (saying once over SNS that it cannot read it)
     error, result = invoke(aws, stack, "HealthCheckFunction", event("health_schedule"))
     assert error is None, result
     assert result["metrics"].get("NewestVerifiedBackupAge") is None

@@ -101,6 +101,7 @@ STAR_ONLY = {
     "ec2:DescribeSubnets": "Describe* actions have no resource types",
     "elasticloadbalancing:DescribeTargetGroups": "Describe* actions have no resource types",
     "ssm:DescribeInstanceInformation": "no resource types",
+    "ssm:DescribeParameters": "no resource types (it shows metadata, never values)",
     "ssm:ListCommands": "no resource types",
     "ssm:GetCommandInvocation": "no resource types",
     "states:SendTaskSuccess": "a task token, not an ARN, names the task",
