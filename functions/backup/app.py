@@ -1,4 +1,6 @@
-"""Backup: on an EventBridge schedule, take, check, encrypt, store and catalogue one backup."""
+"""Backup: on an EventBridge schedule, take, check, encrypt, store and catalogue one backup.
+
+A failure raises (Lambda retries it, then FailureNotice says it once)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.aws import JobSettings, SnsNotifier
+from etcdops.aws import JobSettings
 from etcdops.events import parse_event
 from etcdops.jobs import AwsClients, backup_job
 
@@ -25,7 +27,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     parse_event(event, EventBridgeModel)  # anything but a scheduled event is refused here
     settings = JobSettings.from_env(os.environ)
     session = boto3.session.Session()
-    notifier = SnsNotifier(session.client("sns"), settings.topic_arn) if settings.topic_arn else None
-    result = backup_job(settings, AwsClients.from_session(session), metrics, notifier)
+    result = backup_job(settings, AwsClients.from_session(session), metrics)
     logger.info("backup stored" if "backup_id" in result else "backup skipped", extra=result)
     return result

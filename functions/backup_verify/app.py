@@ -1,4 +1,6 @@
-"""BackupVerify: daily, fetch, decrypt and check the newest backup (or the one named in the event)."""
+"""BackupVerify: daily, fetch, decrypt and check the newest backup (or the one named in the event).
+
+A failure raises (Lambda retries it, then FailureNotice says it once)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.aws import JobSettings, SnsNotifier
+from etcdops.aws import JobSettings
 from etcdops.events import VerifyEvent, parse_event
 from etcdops.jobs import AwsClients, verify_job
 
@@ -24,7 +26,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     parsed = parse_event(event, VerifyEvent)
     settings = JobSettings.from_env(os.environ)
     session = boto3.session.Session()
-    notifier = SnsNotifier(session.client("sns"), settings.topic_arn) if settings.topic_arn else None
-    result = verify_job(settings, AwsClients.from_session(session), metrics, notifier, parsed.detail.backup_id)
+    result = verify_job(settings, AwsClients.from_session(session), metrics, parsed.detail.backup_id)
     logger.info("backup verified" if result.get("ok") else "backup verification skipped", extra=result)
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -72,10 +73,11 @@ def aws(shared_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterat
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
         monkeypatch.setenv("CLUSTER_CONFIG_PARAMETER", "/etcdops/local/config")
         monkeypatch.setenv("TOPIC_ARN", topic)
+        monkeypatch.setenv("CLUSTER_NAME", "local")  # the stack's ClusterName
 
-        def inbox() -> list[str]:
+        def inbox(bodies: bool = False) -> list[str]:
             messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
-            return [json.loads(m["Body"])["Subject"] for m in messages]
+            return [json.loads(m["Body"])["Message" if bodies else "Subject"] for m in messages]
 
         yield SimpleNamespace(s3=s3, ssm=ssm, inbox=inbox)
 
@@ -102,6 +104,27 @@ def test_malformed_event_is_refused_and_changes_nothing(aws: SimpleNamespace) ->
     assert aws.s3.list_objects_v2(Bucket="backups").get("KeyCount") == 0
 
 
+def failed_for_good(function: str, event: dict[str, Any], error: BaseException) -> dict[str, Any]:
+    """Lambda's record of an asynchronous invocation whose retry is spent, as FailureNotice receives it."""
+    return {
+        "version": "1.0",
+        "timestamp": "2026-12-01T08:30:05.568Z",
+        "requestContext": {
+            "requestId": "req-1",
+            "functionArn": f"arn:aws:lambda:{REGION}:123456789012:function:etcdops-{function}-1AbC2dE3:$LATEST",
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": 2,
+        },
+        "requestPayload": event,
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "responsePayload": {
+            "errorMessage": str(error),
+            "errorType": type(error).__name__,
+            "stackTrace": traceback.format_tb(error.__traceback__),
+        },
+    }
+
+
 def test_tampered_backup_fails_verification_with_metric_and_sns(
     aws: SimpleNamespace, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -114,10 +137,16 @@ def test_tampered_backup_fails_verification_with_metric_and_sns(
     aws.s3.put_object(Bucket="backups", Key=key, Body=bytes(data))
     capsys.readouterr()
 
-    with pytest.raises(DecryptionError):
+    with pytest.raises(DecryptionError) as failure:
         load_handler("backup_verify").handler(event("backup_verify_schedule"), lambda_context())
 
     assert emitted_metrics(capsys.readouterr().out)["BackupVerifyFailed"] == 1
+    assert aws.inbox() == []  # the job itself mails nobody: each retry would mail again
+
+    # once Lambda has given up, its OnFailure destination says it once
+    load_handler("failure_notice").handler(
+        failed_for_good("BackupVerifyFunction", event("backup_verify_schedule"), failure.value), lambda_context()
+    )
     assert aws.inbox() == ["etcdops: Backup verification FAILED for cluster local"]
 
 
@@ -135,7 +164,7 @@ def test_backup_of_an_unreachable_cluster_fails_loudly(
 
     assert type(failure.value).__name__.endswith("Error")
     assert emitted_metrics(capsys.readouterr().out)["BackupFailed"] == 1
-    assert aws.inbox() == ["etcdops: Backup FAILED for cluster local"]
+    assert aws.inbox() == []  # FailureNotice says it once Lambda has given up
     assert aws.s3.list_objects_v2(Bucket="backups").get("KeyCount") == 0
 
 
@@ -154,7 +183,7 @@ def test_before_the_configuration_exists_the_jobs_do_nothing_quietly(
     assert aws.s3.list_objects_v2(Bucket="backups").get("KeyCount") == 0
 
 
-def test_an_unexpected_failure_is_counted_and_mailed_once(
+def test_an_unexpected_failure_is_counted_and_mailed_once_without_its_stack_trace(
     aws: SimpleNamespace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import etcdops.jobs
@@ -164,8 +193,16 @@ def test_an_unexpected_failure_is_counted_and_mailed_once(
 
     monkeypatch.setattr(etcdops.jobs, "run_backup", broken)
 
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError) as failure:
         load_handler("backup").handler(event("backup_schedule"), lambda_context())
-
     assert emitted_metrics(capsys.readouterr().out)["BackupFailed"] == 1
-    assert aws.inbox() == ["etcdops: Backup FAILED for cluster local"]
+    assert aws.inbox() == []
+
+    record = failed_for_good("BackupFunction", event("backup_schedule"), failure.value)
+    assert record["responsePayload"]["stackTrace"]  # Lambda's record has it; the mail must not
+    sent = load_handler("failure_notice").handler(record, lambda_context())
+
+    assert sent["subject"] == "etcdops: Backup FAILED for cluster local"
+    [body] = aws.inbox(bodies=True)
+    assert "after 2 attempts:\nKeyError: 'manifest'" in body
+    assert "File " not in body and "Traceback" not in body and "app.py" not in body

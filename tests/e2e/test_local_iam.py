@@ -20,7 +20,15 @@ from botocore.exceptions import ClientError
 from stack_templates import ROOT, TEMPLATE, template_with_extras, without_policy, write_template
 
 from etcdops.local import LocalCluster
-from etcdops.localaws import ACCOUNT_ID, LocalAws, LocalStack, start_execution, wait_for_execution
+from etcdops.localaws import (
+    ACCOUNT_ID,
+    InvocationError,
+    LocalAws,
+    LocalStack,
+    invoke_async,
+    start_execution,
+    wait_for_execution,
+)
 from etcdops.localiam import coverage
 
 pytestmark = pytest.mark.e2e
@@ -201,3 +209,45 @@ def test_without_kms_decrypt_health_check_is_refused_and_the_coverage_check_says
         " (needed by s3:GetObject of an SSE-KMS object)"
     ]
     assert "MISSING  HealthCheckFunction: kms:Decrypt" in found.report()
+
+
+# ---- asynchronous invocations: retried, then the OnFailure destination, sent with the function's role ----------
+
+
+def test_a_scheduled_backup_that_fails_for_good_is_said_once_by_failure_notice(aws: LocalAws) -> None:
+    # Given the stack with a configuration whose members cannot be reached, and someone on the topic
+    stack = aws.build_stack(TEMPLATE, {"ClusterName": "local"})
+    document = {
+        "name": "local",
+        "endpoints": ["http://127.0.0.1:1"],
+        "plaintext": True,
+        "backup": {"destination": f"s3://{stack.bucket}/etcd/local", "encryption_key": stack.key_arn},
+    }
+    aws.client("ssm").put_parameter(
+        Name=stack.parameters["ClusterConfigParameter"], Type="SecureString", Value=json.dumps(document)
+    )
+    sqs = aws.client("sqs")
+    queue = sqs.create_queue(QueueName="oncall")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    aws.client("sns").subscribe(TopicArn=stack.topic_arn, Protocol="sqs", Endpoint=queue_arn)
+
+    # When EventBridge's schedule invokes Backup (asynchronously) and every attempt fails
+    with pytest.raises(InvocationError) as failed:
+        invoke_async(stack, "BackupFunction", event("backup_schedule"))
+
+    # Then Lambda tried twice (MaximumRetryAttempts 1) and FailureNotice sent one message, no stack trace
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+    assert [json.loads(m["Body"])["Subject"] for m in messages] == ["etcdops: Backup FAILED for cluster local"]
+    body = json.loads(messages[0]["Body"])["Message"]
+    assert f", after 2 attempts:\n{failed.value.error_type}: " in body
+    assert failed.value.document["stackTrace"] and "File " not in body
+    # the record went to the destination with Backup's own role, and the notice to the encrypted topic
+    # with FailureNotice's: each allowed by its role's policy, as AWS would decide
+    decided = {(r.principal, r.action, r.resource, r.allowed) for r in aws.authorizer.recorder.records}
+    notice = f"arn:aws:lambda:{stack.region}:{ACCOUNT_ID}:function:${{FailureNoticeFunction}}"
+    key = f"arn:aws:kms:{stack.region}:{ACCOUNT_ID}:key/${{NotificationKey}}"
+    assert {
+        ("BackupFunction", "lambda:InvokeFunction", notice, True),
+        ("FailureNoticeFunction", "sns:Publish", "${NotificationTopic}", True),
+        ("FailureNoticeFunction", "kms:GenerateDataKey", key, True),
+    } <= decided

@@ -71,6 +71,12 @@ def test_the_real_template_builds_with_every_resource_accounted_for(aws: LocalAw
     assert sorted(stack.functions) == sorted(functions)
     assert sorted(stack.state_machines) == sorted(machines)
     assert stack.unhandled == [], "template.yaml has resources the local stack does not create"
+    # asynchronous invocations as the template configures them (invoke_async and the timer follow them)
+    assert stack.invoke_configs == {
+        "BackupFunction": {"MaximumRetryAttempts": 1, "OnFailure": "FailureNoticeFunction"},
+        "BackupVerifyFunction": {"MaximumRetryAttempts": 1, "OnFailure": "FailureNoticeFunction"},
+        "HealthCheckFunction": {"MaximumRetryAttempts": 1},
+    }
     assert stack.bucket in [b["Name"] for b in aws.client("s3").list_buckets()["Buckets"]]
     assert stack.topic_arn in [t["TopicArn"] for t in aws.client("sns").list_topics()["Topics"]]
     assert aws.client("kms").describe_key(KeyId=stack.key_id)["KeyMetadata"]["Arn"] == stack.key_arn

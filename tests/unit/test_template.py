@@ -93,6 +93,7 @@ ROLE_OF = {
     "RunbookStepFunction": "RunbookStepFunctionRole",
     "ApprovalFunction": "ApprovalFunctionRole",
     "RequestApprovalFunction": "RequestApprovalFunctionRole",
+    "FailureNoticeFunction": "FailureNoticeFunctionRole",
 }
 # Actions that take no resource-level permissions in IAM: "*" is the only Resource they accept.
 STAR_ONLY = {
@@ -219,21 +220,35 @@ def test_the_topic_is_encrypted_with_a_key_alarms_and_publishers_may_use(templat
     key = template.attribute("NotificationKey", "Arn")
     topic_arn = template.physical_id("NotificationTopic")
     publishers = {role for role, policy in template.roles() if policy.allows("sns:Publish", topic_arn)}
-    assert publishers >= {"BackupFunctionRole", "HealthCheckFunctionRole", "RequestApprovalFunctionRole"}
+    assert publishers == {
+        "FailureNoticeFunctionRole", "HealthCheckFunctionRole", "RequestApprovalFunctionRole",
+        "RunbookStepFunctionRole",
+    }  # fmt: skip
     for role in publishers:
         policy = template.policy(role)
         assert policy.allows("kms:GenerateDataKey", key) and policy.allows("kms:Decrypt", key), role
 
 
-def test_asynchronous_failures_are_not_retried_into_more_mails(template: Template) -> None:
+def test_a_scheduled_job_that_fails_for_good_is_said_once_by_its_on_failure_destination(template: Template) -> None:
     configs = {
         r["Properties"]["FunctionName"]: r["Properties"]
         for r in template.of_type("AWS::Lambda::EventInvokeConfig").values()
     }
-    assert configs[template.physical_id("BackupFunction")]["MaximumRetryAttempts"] == 0
-    assert configs[template.physical_id("BackupVerifyFunction")]["MaximumRetryAttempts"] == 0
+    notice = template.attribute("FailureNoticeFunction", "Arn")
+    for function in ("BackupFunction", "BackupVerifyFunction"):
+        config = configs[template.physical_id(function)]
+        # one more try (a leader change passes), then one message, from FailureNotice: never one per attempt
+        assert config["MaximumRetryAttempts"] == 1, function
+        assert config["DestinationConfig"] == {"OnFailure": {"Destination": notice}}, function
+        role = template.role_of(function)
+        assert role.allows("lambda:InvokeFunction", notice), function  # Lambda sends it with the function's role
+        assert not role.allows("sns:Publish", template.physical_id("NotificationTopic")), function
     health = configs[template.physical_id("HealthCheckFunction")]  # mails nobody; one retry keeps an EC2 event
     assert health["MaximumRetryAttempts"] == 1 and health["MaximumEventAgeInSeconds"] <= 300
+    assert not health.get("DestinationConfig")  # its failures raise the health-check-failing alarm instead
+    assert template.physical_id("FailureNoticeFunction") not in configs  # no destination of its own to loop to
+    invokers = {role for role, policy in template.roles() if policy.allows("lambda:InvokeFunction", notice)}
+    assert invokers == {"BackupFunctionRole", "BackupVerifyFunctionRole"}
 
 
 # ---- logs ------------------------------------------------------------------------------------------------

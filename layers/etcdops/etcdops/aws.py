@@ -69,6 +69,12 @@ class JobSettings:
             cluster_name=env.get("CLUSTER_NAME", "").strip() or None,
         )
 
+    def required_topic(self) -> str:
+        """The topic, for a function whose whole job is to publish there."""
+        if not self.topic_arn:
+            raise ConfigError("TOPIC_ARN: not set (the SNS topic operators are told on)")
+        return self.topic_arn
+
 
 def aws_error_code(exc: Exception) -> str:
     """The error code of a botocore ``ClientError`` ("" for anything else)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from aws_lambda_powertools.utilities.parser import parse
@@ -121,3 +122,37 @@ HealthCheckEventKind = Annotated[
 
 class HealthCheckEvent(RootModel[HealthCheckEventKind]):
     """Any event HealthCheck accepts; ``.root`` is the parsed event of its kind."""
+
+
+# ---- FailureNotice's input: Lambda's record of an asynchronous invocation that failed for good --------
+#
+# Lambda sends it to the OnFailure destination of Backup and BackupVerify (version "1.0"): which
+# function, why it gave up (``condition``: RetriesExhausted, EventAgeExceeded), how often it ran, the
+# event, and the function's error document (``errorMessage``, ``errorType``, ``stackTrace``; only a
+# message for a timeout; nothing when the function never ran).
+
+
+class InvocationRequestContext(BaseModel):
+    requestId: str
+    functionArn: str = Field(pattern=r"^arn:[^:]+:lambda:[^:]*:[^:]*:function:[^:]+(:[^:]+)?$")
+    condition: str = Field(min_length=1)
+    approximateInvokeCount: int = Field(ge=0)
+
+
+class FunctionError(BaseModel):
+    errorType: str | None = None
+    errorMessage: str | None = None
+
+
+class FailedInvocationRecord(BaseModel):
+    version: str
+    timestamp: datetime
+    requestContext: InvocationRequestContext
+    requestPayload: Any = None
+    responseContext: dict[str, Any] | None = None
+    responsePayload: FunctionError | str | None = None
+
+    @property
+    def error(self) -> FunctionError:
+        payload = self.responsePayload
+        return FunctionError(errorMessage=payload) if isinstance(payload, str) else payload or FunctionError()

@@ -900,7 +900,6 @@ def _not_configured(
     return {"cluster": cluster, "configured": False, "skipped": f"not configured yet: {exc}", "announced": announced}
 
 
-
 def health_job(
     settings: HealthSettings,
     aws: HealthAwsClients,

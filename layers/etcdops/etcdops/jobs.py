@@ -1,8 +1,11 @@
-"""Scheduled jobs as the Lambda functions run them: backup and backup verification.
+"""Scheduled jobs as the Lambda functions run them: backup and backup verification, and the notice
+when one of them has failed for good.
 
 A job loads the cluster's configuration, does its work through the domain modules, records
-metrics, and on failure publishes one SNS message (what failed and why, no stack trace) and raises,
-so the invocation fails visibly; the template does not retry it, so one failure is one message.
+metrics, and on failure counts it and raises, so the invocation fails visibly. It sends no mail
+itself: Lambda retries the invocation (the template says how often) and, once it has failed for
+good, calls the OnFailure destination, FailureNotice, which says so once (:func:`failure_notice_job`)
+- a timeout or a crash included, which the job could not have said itself.
 Before the configuration exists (a stack deployed, not configured yet) a job does nothing but say so.
 """
 
@@ -20,6 +23,8 @@ from etcdops.backup.job import MetricsSink, list_backups, newest_verified_age, r
 from etcdops.backup.target import open_backup_target
 from etcdops.connect import client_for
 from etcdops.errors import EtcdopsError
+from etcdops.events import FailedInvocationRecord
+from etcdops.job_messages import job_failed
 from etcdops.probe import probe_cluster
 
 COUNT, BYTES, SECONDS = "Count", "Bytes", "Seconds"
@@ -43,25 +48,13 @@ class AwsClients:
         )
 
 
-def _fail(notifier: Notifier | None, cluster: str, what: str, exc: Exception) -> None:
-    if notifier is not None:
-        notifier.publish(
-            f"etcdops: {what} FAILED for cluster {cluster}",
-            f"{what} of etcd cluster {cluster} failed at {datetime.now(UTC).isoformat()}:\n"
-            f"{type(exc).__name__}: {exc}\n\nThe previous verified backups are untouched.",
-            {"cluster": cluster, "kind": f"{what.lower().replace(' ', '-')}-failed"},
-        )
-
-
 def not_configured(job: str, exc: ClusterNotConfiguredError) -> dict[str, Any]:
     """What a scheduled job does before the cluster configuration exists: nothing, and says so."""
     log.warning("%s: not configured yet: %s", job, exc)
     return {"configured": False, "skipped": f"not configured yet: {exc}"}
 
 
-def backup_job(
-    settings: JobSettings, aws: AwsClients, metrics: MetricsSink, notifier: Notifier | None
-) -> dict[str, Any]:
+def backup_job(settings: JobSettings, aws: AwsClients, metrics: MetricsSink) -> dict[str, Any]:
     try:
         config = load_cluster_config(aws.ssm, settings.config_parameter, settings.cluster_name)
     except ClusterNotConfiguredError as exc:
@@ -74,9 +67,8 @@ def backup_job(
             with client_for(config) as client:
                 health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
                 result = run_backup(config, client, health, store, keyring)
-    except Exception as exc:  # every failure counts and is said once; it is raised again below
+    except Exception:  # every failure counts; FailureNotice says it once the invocation has failed for good
         metrics.add_metric("BackupFailed", COUNT, 1)
-        _fail(notifier, config.name, "Backup", exc)
         raise
     manifest = result.manifest
     metrics.add_metric("BackupSucceeded", COUNT, 1)
@@ -94,9 +86,7 @@ def backup_job(
     }
 
 
-def verify_job(
-    settings: JobSettings, aws: AwsClients, metrics: MetricsSink, notifier: Notifier | None, backup_id: str | None
-) -> dict[str, Any]:
+def verify_job(settings: JobSettings, aws: AwsClients, metrics: MetricsSink, backup_id: str | None) -> dict[str, Any]:
     """Verify ``backup_id``, or the newest backup when none is given."""
     try:
         config = load_cluster_config(aws.ssm, settings.config_parameter, settings.cluster_name)
@@ -111,9 +101,8 @@ def verify_job(
                 raise EtcdopsError(f"no backups in {store.uri} to verify")
             backup_id = backups[-1].id
         result = verify_backup(store, keyring, backup_id, cluster=config.name)
-    except Exception as exc:  # every failure counts and is said once; it is raised again below
+    except Exception:  # every failure counts; FailureNotice says it once the invocation has failed for good
         metrics.add_metric("BackupVerifyFailed", COUNT, 1)
-        _fail(notifier, config.name, "Backup verification", exc)
         raise
     metrics.add_metric("BackupVerifyFailed", COUNT, 0)
     age = newest_verified_age(store, datetime.now(UTC))
@@ -126,3 +115,23 @@ def verify_job(
         "total_keys": result.summary.total_keys,
         "seconds": round(result.seconds, 3),
     }
+
+
+def failure_notice_job(record: FailedInvocationRecord, settings: JobSettings, notifier: Notifier) -> dict[str, Any]:
+    """FailureNotice: one message for an invocation of Backup or BackupVerify that failed for good
+    (``record`` is Lambda's, as its OnFailure destination receives it); never a stack trace."""
+    context, error = record.requestContext, record.error
+    cluster = settings.cluster_name or "unnamed"
+    notice = job_failed(
+        cluster=cluster,
+        function_arn=context.functionArn,
+        condition=context.condition,
+        attempts=context.approximateInvokeCount,
+        error_type=error.errorType,
+        error_message=error.errorMessage,
+        request_id=context.requestId,
+        at=record.timestamp,
+    )
+    notifier.publish(notice.subject, notice.body, notice.attributes)
+    return {"cluster": cluster, "function": context.functionArn, "condition": context.condition,
+            "subject": notice.subject}  # fmt: skip

@@ -51,7 +51,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -102,6 +102,9 @@ class LocalStack:
     skipped: dict[str, str] = field(default_factory=dict)  # logical id -> why it is left out locally
     endpoint: str | None = None  # the moto server's URL in server mode
     roles: dict[str, str] = field(default_factory=dict)  # function or state machine logical id -> its role ARN
+    # function logical id -> its asynchronous invocation settings (AWS::Lambda::EventInvokeConfig):
+    # {"MaximumRetryAttempts": n, "OnFailure": the destination function's logical id}
+    invoke_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     credentials: dict[str, str] = field(default_factory=dict)  # the harness's (administrator's) keys
 
     def physical(self, logical_id: str) -> str:
@@ -863,6 +866,65 @@ def invoke_local(stack: LocalStack, logical_id: str, event: Any) -> Any:
     return result
 
 
+def invoke_async(stack: LocalStack, logical_id: str, event: Any) -> Any:
+    """Invoke a stack function as Lambda runs an asynchronous (``Event``) invocation, here and now.
+
+    A failed attempt is retried as the function's EventInvokeConfig says (default 2), at once where
+    AWS waits about a minute, then two. Once it has failed for good, its OnFailure destination
+    function gets Lambda's invocation record, sent with the function's own role, so the role needs
+    ``lambda:InvokeFunction`` on it as in AWS (synchronously here, so a caller sees it done). Returns
+    the handler's result; raises the last attempt's :class:`InvocationError`.
+    """
+    settings = stack.invoke_configs.get(logical_id, {})
+    attempts = 1 + int(settings.get("MaximumRetryAttempts", 2))
+    failure: InvocationError | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            return invoke_local(stack, logical_id, event)
+        except InvocationError as exc:
+            failure = exc
+            log.info("%s: asynchronous attempt %d of %d failed: %s", logical_id, attempt, attempts, exc)
+    assert failure is not None
+    destination = settings.get("OnFailure")
+    if destination is not None:
+        record = failure_record(stack, logical_id, event, failure, attempts)
+        _send_failure_record(stack, logical_id, destination, record)
+    raise failure
+
+
+def failure_record(
+    stack: LocalStack, logical_id: str, event: Any, error: InvocationError, attempts: int
+) -> dict[str, Any]:
+    """Lambda's record of an asynchronous invocation whose retries are spent (what an OnFailure destination gets)."""
+    return {
+        "version": "1.0",
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "requestContext": {
+            "requestId": str(error.document.get("requestId") or uuid.uuid4()),
+            "functionArn": f"{stack.function_arns[logical_id]}:$LATEST",
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": attempts,
+        },
+        "requestPayload": event,
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "responsePayload": error.document,
+    }
+
+
+def _send_failure_record(stack: LocalStack, source: str, destination: str, record: dict[str, Any]) -> None:
+    running = _require_running()
+    session = running.function_session(stack, source) if running.enforce_iam else running.session()
+    try:
+        response = session.client("lambda").invoke(
+            FunctionName=stack.function_arns[destination], Payload=json.dumps(record).encode()
+        )
+    except Exception as exc:  # as in AWS, a destination that cannot be reached loses the record: said in the log
+        log.warning("%s: the OnFailure destination %s was not invoked: %s", source, destination, exc)
+        return
+    if response.get("FunctionError"):
+        log.warning("%s: the OnFailure destination %s failed: %s", source, destination, response["Payload"].read())
+
+
 def _require_running() -> LocalAws:
     running = LocalAws._running
     if running is None:
@@ -1001,7 +1063,6 @@ _NOT_EMULATED = {
     "AWS::S3::BucketPolicy": "not applied: moto would deny every request on its aws:SecureTransport condition",
     "AWS::ApiGatewayV2::Api": "no API Gateway locally: approve with `etcdops approve EXECUTION`",
     "AWS::ApiGatewayV2::Stage": "no API Gateway locally: approve with `etcdops approve EXECUTION`",
-    "AWS::Lambda::EventInvokeConfig": "asynchronous invocations run once locally: no retries, no destinations",
 }
 _INTS = {"Period", "EvaluationPeriods", "DatapointsToAlarm"}
 _FLOATS = {"Threshold"}
@@ -1079,6 +1140,10 @@ def _apply_skipped(stack: LocalStack, cfn: Mapping[str, Any], session: boto3.ses
             )
             stack.resources[lid] = created["ARN"]
             resource_map._parsed_resources[lid] = _Made(created["ARN"])  # so that Ref resolves in policies
+        elif kind == "AWS::Lambda::EventInvokeConfig":  # moto has no model: invoke_async reads it
+            function, settings = _invoke_config(stack, lid, props)
+            stack.invoke_configs[function] = settings
+            stack.resources[lid] = f"{props['FunctionName']}:{props.get('Qualifier', '$LATEST')}"
         elif kind in _NOT_EMULATED:
             stack.skipped[lid] = f"{kind}: {_NOT_EMULATED[kind]}"
         elif lid not in stack.resources:
@@ -1140,6 +1205,26 @@ def _install_role_policies(stack: LocalStack, cfn: Mapping[str, Any], resource_m
                 raise LocalAwsError(f"{lid}: policy {name} refers to something the local stack did not create: {text}")
             read_policy(f"{lid}.{name}", document)  # a policy the local evaluator cannot read fails the build
             iam.get_role(role_name).put_policy(name, text)  # as CloudFormation puts it (no Version required)
+
+
+def _invoke_config(stack: LocalStack, lid: str, props: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(function logical id, its settings) of an EventInvokeConfig whose names moto has resolved."""
+    by_name = {name: function for function, name in stack.of_type("AWS::Lambda::Function").items()}
+    by_arn = {f"arn:aws:lambda:{stack.region}:{stack.account_id}:function:{n}": f for n, f in by_name.items()}
+    function = by_name.get(str(props.get("FunctionName")))
+    if function is None:
+        raise LocalAwsError(f"{lid}: FunctionName {props.get('FunctionName')!r} is not a function of this stack")
+    settings: dict[str, Any] = {"MaximumRetryAttempts": int(props.get("MaximumRetryAttempts", 2))}
+    destinations = props.get("DestinationConfig") or {}
+    if (destinations.get("OnSuccess") or {}).get("Destination") is not None:
+        raise LocalAwsError(f"{lid}: OnSuccess destinations are not emulated locally")
+    destination = (destinations.get("OnFailure") or {}).get("Destination")
+    if destination is not None:
+        target = by_arn.get(str(destination))
+        if target is None:
+            raise LocalAwsError(f"{lid}: OnFailure destination {destination}: only this stack's functions are emulated")
+        settings["OnFailure"] = target
+    return function, settings
 
 
 def _drop_no_value(node: Any, resource_map: Any) -> Any:

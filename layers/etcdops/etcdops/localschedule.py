@@ -231,8 +231,9 @@ class ScheduledRun:
 class LocalScheduler:
     """Fires scheduled functions from a background thread until stopped.
 
-    ``fire(logical_id, event)`` runs one invocation (for the local stack: ``localaws.invoke_local``);
-    it raises when the invocation failed. Rate schedules first fire one period after ``start``.
+    ``fire(logical_id, event)`` runs one invocation (for the local stack: ``localaws.invoke_async``, as
+    EventBridge invokes asynchronously: retries and the OnFailure destination included); it raises when
+    the invocation failed. Rate schedules first fire one period after ``start``.
     """
 
     def __init__(
@@ -267,14 +268,14 @@ class LocalScheduler:
         fire: Fire | None = None,
     ) -> LocalScheduler:
         """The schedules of a :class:`etcdops.localaws.LocalStack`'s template, firing its handlers in-process."""
-        from etcdops.localaws import invoke_local, read_template
+        from etcdops.localaws import invoke_async, read_template
 
         template = read_template(Path(template_path or stack.template_path))
         schedules = template_schedules(template, stack.parameters, overrides)
         schedules = [s for s in schedules if s.function in stack.functions]
         return cls(
             schedules,
-            fire or (lambda function, event: invoke_local(stack, function, event)),
+            fire or (lambda function, event: invoke_async(stack, function, event)),
             region=stack.region,
             account=stack.account_id,
             rule_names={s.rule: stack.resources.get(s.rule, s.rule) for s in schedules},

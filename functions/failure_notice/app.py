@@ -1,0 +1,30 @@
+"""FailureNotice: the OnFailure destination of Backup and BackupVerify.
+
+Lambda calls it with its record of an asynchronous invocation that failed for good (retries spent,
+or the event too old; a timeout or a crash included); it says so once over SNS, without a stack trace.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from etcdops.aws import JobSettings, SnsNotifier
+from etcdops.events import FailedInvocationRecord, parse_event
+from etcdops.jobs import failure_notice_job
+
+logger = Logger(service="etcdops-failure-notice")
+
+
+@logger.inject_lambda_context(log_event=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    record = parse_event(event, FailedInvocationRecord)
+    settings = JobSettings.from_env(os.environ)
+    notifier = SnsNotifier(boto3.session.Session().client("sns"), settings.required_topic())
+    result = failure_notice_job(record, settings, notifier)
+    logger.info("failure notice sent", extra=result)
+    return result
