@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from itertools import pairwise
@@ -177,6 +178,21 @@ def test_retry_by_our_error_name_then_success(aws: LocalAws, test_stack: LocalSt
     assert described["status"] == "SUCCEEDED"
     [step] = execution_history(aws.client("stepfunctions"), arn)
     assert (step.name, step.status, step.attempts) == ("Call the function", "succeeded", 2)
+
+
+def test_an_event_invocation_is_retried_as_lambda_retries_it(
+    aws: LocalAws, test_stack: LocalStack, tmp_path: Path
+) -> None:
+    # TestFunction has no EventInvokeConfig: Lambda's default of two retries; "flaky" fails once
+    aws.client("lambda").invoke(
+        FunctionName=test_stack.functions["TestFunction"],
+        InvocationType="Event",
+        Payload=json.dumps({"mode": "flaky", "execution": "event-1"}),
+    )
+    for worker in [t for t in threading.enumerate() if t.name == "lambda-TestFunction"]:
+        worker.join(timeout=120)
+
+    assert (tmp_path / "attempts" / "event-1.count").read_text() == "2"  # failed, retried, succeeded: done
 
 
 def test_catch_by_our_error_name(aws: LocalAws, test_stack: LocalStack) -> None:

@@ -543,6 +543,18 @@ def _error_document(exc: BaseException, request_id: str) -> dict[str, Any]:
     }
 
 
+def _run_event(function: LocalFunction, moto_function: Any, event: Any) -> None:
+    """An ``Event`` invocation: as :func:`invoke_async` when the function belongs to a stack built here."""
+    running = LocalAws._running
+    stacks = running.stacks if running is not None else []
+    stack = next((s for s in stacks if s.functions.get(function.logical_id) == function.function_name), None)
+    if stack is None:
+        run_handler(function, moto_function, event)
+        return
+    with suppress(InvocationError):  # retried, then sent to its destination; the caller was answered already
+        invoke_async(stack, function.logical_id, event)
+
+
 def _patched_invoke(original: Any) -> Any:
     def invoke(self: Any, body: Any, request_headers: Any, response_headers: Any) -> str | bytes:
         with _REGISTRY_LOCK:
@@ -561,7 +573,7 @@ def _patched_invoke(original: Any) -> Any:
             return b""
         if invocation_type == "Event":
             threading.Thread(
-                target=run_handler, args=(function, self, event), name=f"lambda-{function.logical_id}", daemon=True
+                target=_run_event, args=(function, self, event), name=f"lambda-{function.logical_id}", daemon=True
             ).start()
             return b""
         result, errored = run_handler(function, self, event)
