@@ -11,9 +11,32 @@ from typing import Any
 
 import pytest
 
+from etcdops import cli
 from etcdops.local import EtcdBinaries
 
 pytestmark = pytest.mark.integration
+
+
+def on_a_full_disk(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cwd: Path, *argv: str
+) -> tuple[int, str]:
+    """Run the command in process with a disk that is full when the file is flushed (fsync: ENOSPC)."""
+    import errno
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.chdir(cwd)
+        patch.setattr(os, "fsync", full)
+        code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    # progress notes ("streaming snapshot from m2 ...") may come first; the error is the one last line
+    *notes, last = err.splitlines()
+    assert out == "" and last.startswith("etcdops: ") and "Traceback" not in err
+    assert not any(note.startswith("etcdops") for note in notes)
+    return code, last
 
 
 def etcdops(
@@ -135,7 +158,10 @@ def test_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
 
 
 def test_snapshot_save_and_inspect_agree_with_etcds_tool(
-    stack: tuple[Path, dict[str, str]], etcd_binaries: EtcdBinaries
+    stack: tuple[Path, dict[str, str]],
+    etcd_binaries: EtcdBinaries,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     cwd, env = stack
     etcdops(cwd, "local", "up", env=env)
@@ -167,8 +193,15 @@ def test_snapshot_save_and_inspect_agree_with_etcds_tool(
     cut = etcdops(cwd, "snapshot", "inspect", "cut.db", check=False)
     assert cut.returncode == 1 and cut.stderr.count("\n") == 1 and "SnapshotIntegrityError" in cut.stderr
 
+    # a full disk: one line, and neither the file nor its partial copy is left
+    code, err = on_a_full_disk(monkeypatch, capsys, cwd, "snapshot", "save", "full.db")
+    assert code == 1 and "No space left on device" in err
+    assert not list(cwd.glob("*full.db*"))
 
-def test_backup_commands_round_trip(stack: tuple[Path, dict[str, str]]) -> None:
+
+def test_backup_commands_round_trip(
+    stack: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     cwd, env = stack
     etcdops(cwd, "local", "up", env=env)
     made = as_json(etcdops(cwd, "backup", "run", "--json"))
@@ -180,6 +213,8 @@ def test_backup_commands_round_trip(stack: tuple[Path, dict[str, str]]) -> None:
     assert verified["ok"] and verified["revision"] == made["revision"]
     fetched = as_json(etcdops(cwd, "backup", "fetch", made["id"], "f.db", "--json"))
     assert Path(fetched["path"]).stat().st_size == made["size_plain"]
+    code, err = on_a_full_disk(monkeypatch, capsys, cwd, "backup", "fetch", made["id"], "full.db")
+    assert code == 1 and "No space left on device" in err and not list(cwd.glob("*full.db*"))
 
     unknown = etcdops(cwd, "backup", "verify", "20200101T000000Z-abcdef", check=False)
     assert unknown.returncode == 1 and "BackupNotFoundError" in unknown.stderr

@@ -15,33 +15,23 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from etcdops.config import ClusterConfig, load_config
-from etcdops.errors import ConfigError, EtcdopsError, UsageError
+from etcdops.cli_options import (
+    TESTED_ETCD_VERSIONS,
+    Parser,
+    describe_failure,
+    finish,
+    global_options,
+    positive_seconds,
+    print_error,
+    resolve_config,
+)
+from etcdops.cli_options import state_dir as _state_dir
+from etcdops.config import ClusterConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 # ---- shared plumbing ----------------------------------------------------------------------
-
-
-def _state_dir(args: argparse.Namespace) -> Path:
-    return Path(args.state_dir or os.environ.get("ETCDOPS_STATE_DIR") or ".etcdops")
-
-
-def resolve_config(args: argparse.Namespace) -> ClusterConfig:
-    """--config, else the local stack's config, else $ETCDOPS_CONFIG."""
-    if args.config:
-        return load_config(Path(args.config))
-    local = _state_dir(args) / "cluster.yaml"
-    if local.exists():
-        return load_config(local)
-    if os.environ.get("ETCDOPS_CONFIG"):
-        return load_config(Path(os.environ["ETCDOPS_CONFIG"]))
-    raise ConfigError(
-        "no cluster configuration: pass --config PATH, set ETCDOPS_CONFIG, or start one with: etcdops local up"
-    )
 
 
 def emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
@@ -186,8 +176,6 @@ def watch_status(args: argparse.Namespace, config: ClusterConfig, deadline: floa
     from etcdops.membership import merge_endpoints
     from etcdops.probe import health_to_dict, probe_cluster
 
-    if args.interval <= 0:
-        raise UsageError(f"--interval must be positive, got {args.interval}")
     clear = sys.stdout.isatty() and not args.json
     seen: list[str] = []  # the members seen last: seeds besides the configured endpoints (invariant 10)
     try:
@@ -236,7 +224,7 @@ def autopilot_last_round(state_dir: Path, cluster: str) -> dict[str, Any] | None
 
 def render_last_round(last: dict[str, Any] | None) -> str:
     if last is None:
-        return "last decision: none yet (start the local health loop: python -m etcdops.localhealth)"
+        return "last decision: none yet (the autopilot runs with `etcdops local up`, unless --no-autopilot)"
     decision = last.get("decision")
     if not decision:
         return f"last round ({last.get('decided_at', '?')}): skipped: {last.get('skipped')}"
@@ -285,17 +273,20 @@ def render_status(name: str, data: dict[str, Any]) -> str:
 # ---- parser --------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", help="cluster configuration (default: the local stack's)")
-    common.add_argument("--state-dir", metavar="DIR", help="local stack state directory (default: ./.etcdops)")
-    common.add_argument("--json", action="store_true", help="print exact JSON instead of text")
+def version_text() -> str:
+    from etcdops import __version__
 
-    parser = argparse.ArgumentParser(
+    return f"etcdops {__version__} (tested with etcd {', '.join(TESTED_ETCD_VERSIONS)})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = global_options()
+    parser = Parser(
         prog="etcdops",
         description="An autopilot for self-managed etcd clusters: health, backups, member replacement, restore.",
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=version_text())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     local = commands.add_parser("local", help="the embedded local stack", parents=[common])
@@ -331,11 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
     env.set_defaults(handler=cmd_local_env)
 
     status = commands.add_parser("status", help="probe every member and show the cluster's health", parents=[common])
-    status.add_argument("--deadline", type=float, help="probe deadline in seconds (default: from the config, 2 s)")
+    status.add_argument(
+        "--deadline", type=positive_seconds, help="probe deadline in seconds (default: from the config, 2 s)"
+    )
     status.add_argument(
         "--watch", action="store_true", help="refresh until Ctrl-C, with the local health loop's last decision"
     )
-    status.add_argument("--interval", type=float, default=3.0, help="seconds between refreshes (default 3)")
+    status.add_argument(
+        "--interval", type=positive_seconds, default=3.0, help="seconds between refreshes (default 3)"
+    )
     status.set_defaults(handler=cmd_status)
 
     _register_more(commands, common)
@@ -374,23 +369,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; every failure is one line on stderr and an exit status from ``EXIT_CODES``."""
     try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed as one line
+        return exc.code if isinstance(exc.code, int) else 2
+    debug = getattr(args, "debug", False)
+    try:
+        finish(args)
         handler: Handler = args.handler
-        return handler(args)
-    except UsageError as exc:
-        print(f"etcdops: {exc}", file=sys.stderr)
-        return 2
-    except EtcdopsError as exc:
-        print(f"etcdops: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    except (BotoCoreError, ClientError) as exc:
-        print(f"etcdops: AWS: {exc}", file=sys.stderr)
-        return 1
+        code = handler(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # the reader went away (``etcdops status --json | head``): quietly, like any Unix tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
-        print("etcdops: interrupted", file=sys.stderr)
+        print_error("interrupted")
         return 130
+    except Exception as exc:  # the top-level handler: one line for anything
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        code, message = describe_failure(exc)
+        print_error(message)
+        return code
 
 
 if __name__ == "__main__":

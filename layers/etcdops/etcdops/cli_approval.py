@@ -38,7 +38,8 @@ def aws_clients(args: argparse.Namespace) -> ApprovalClients:
     from etcdops.state import DynamoStateStore
 
     state_dir = _state_dir(args)
-    if (state_dir / "aws.json").exists() and not args.table:
+    table = getattr(args, "table", None)
+    if (state_dir / "aws.json").exists() and not table:
         from etcdops.localaws import load_local_stack, local_boto3_session
 
         stack = load_local_stack(state_dir)
@@ -46,7 +47,7 @@ def aws_clients(args: argparse.Namespace) -> ApprovalClients:
         if stack.table is None:
             raise ConfigError(f"the local stack in {state_dir} has no state table")
         return ApprovalClients(DynamoStateStore(stack.table, local.client("dynamodb")), local.client("stepfunctions"))
-    table = args.table or os.environ.get("ETCDOPS_TABLE", "").strip()
+    table = table or os.environ.get("ETCDOPS_TABLE", "").strip()
     if not table:
         raise ConfigError("--table: not given and ETCDOPS_TABLE is not set (the etcdops state table)")
     session = boto3.session.Session()
@@ -135,7 +136,9 @@ def cmd_approval_show(args: argparse.Namespace) -> int:
 
 def register(commands: Any, common: argparse.ArgumentParser, factory: ClientFactory = aws_clients) -> None:
     tables = argparse.ArgumentParser(add_help=False)
-    tables.add_argument("--table", metavar="NAME", help="the etcdops state table (default: $ETCDOPS_TABLE)")
+    tables.add_argument(  # no default here: `approval --table T show E` keeps T (see etcdops.cli_options)
+        "--table", metavar="NAME", default=argparse.SUPPRESS, help="the etcdops state table (default: $ETCDOPS_TABLE)"
+    )
     parents = [common, tables]
 
     approve = commands.add_parser("approve", help="approve a runbook execution waiting for a human", parents=parents)
@@ -147,7 +150,7 @@ def register(commands: Any, common: argparse.ArgumentParser, factory: ClientFact
     reject.add_argument("--reason", required=True, metavar="TEXT", help="why (the runbook fails with it)")
     reject.set_defaults(handler=_decide("reject"), approval_clients=factory)
 
-    approval = commands.add_parser("approval", help="approval requests", parents=[common])
+    approval = commands.add_parser("approval", help="approval requests", parents=parents)
     approval_cmds = approval.add_subparsers(dest="approval_command", metavar="ACTION", required=True)
     show = approval_cmds.add_parser(
         "show", help="an execution's approval request and its send-task-success command", parents=parents

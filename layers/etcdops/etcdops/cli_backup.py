@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from etcdops.cli import emit, human_bytes, resolve_config, table
+from etcdops.cli_options import output_file
 
 
 def _manifest_dict(manifest: Any) -> dict[str, Any]:
@@ -140,5 +141,5 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "fetch", help="write the decrypted snapshot of backup ID to FILE, only if it verifies", parents=[common]
     )
     fetch.add_argument("id", metavar="ID")
-    fetch.add_argument("file", metavar="FILE")
+    fetch.add_argument("file", metavar="FILE", type=output_file)
     fetch.set_defaults(handler=cmd_backup_fetch)

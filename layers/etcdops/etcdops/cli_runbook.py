@@ -28,14 +28,19 @@ def operator_session(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
         for name in RUNBOOKS
         if os.environ.get(f"ETCDOPS_{name.upper()}_STATE_MACHINE_ARN")
     }
+    if not arns:
+        raise ConfigError(
+            f"no runbooks: no local stack with its autopilot in {state_dir} (start one with `etcdops local up`, "
+            "or pass --state-dir DIR), and no ETCDOPS_REPLACE_STATE_MACHINE_ARN/ETCDOPS_RESTORE_STATE_MACHINE_ARN"
+        )
     return boto3.session.Session(), arns
 
 
-def _arn(arns: dict[str, str], runbook: str) -> str:
+def _arn(args: argparse.Namespace, arns: dict[str, str], runbook: str) -> str:
     if runbook not in arns:
         raise ConfigError(
-            f"no {runbook} state machine: run `etcdops local autopilot`, or set "
-            f"ETCDOPS_{runbook.upper()}_STATE_MACHINE_ARN to the stack's output"
+            f"no {runbook} state machine: no local stack with its autopilot in {_state_dir(args)} (start one "
+            f"with `etcdops local up`, or pass --state-dir DIR), and no ETCDOPS_{runbook.upper()}_STATE_MACHINE_ARN"
         )
     return arns[runbook]
 
@@ -51,8 +56,6 @@ def _executions(sfn: Any, arns: dict[str, str]) -> list[dict[str, Any]]:
 
 def cmd_runbook_list(args: argparse.Namespace) -> int:
     session, arns = operator_session(args)
-    if not arns:
-        _arn(arns, "replace")  # says how to point the command at the runbooks
     executions = _executions(session.client("stepfunctions"), arns)
     data = [
         {
@@ -161,7 +164,7 @@ def cmd_runbook_start(args: argparse.Namespace) -> int:
         "requires_approval": args.approval,
     }
     name = execution_name(f"replace-{config.name}-{member.name}")
-    arn = start_execution(session.client("stepfunctions"), _arn(arns, "replace"), document, name=name)
+    arn = start_execution(session.client("stepfunctions"), _arn(args, arns, "replace"), document, name=name)
     emit(args, {"name": name, "arn": arn, "input": document}, lambda: f"started {name}")
     return 0
 
@@ -181,7 +184,7 @@ def cmd_runbook_start_restore(args: argparse.Namespace) -> int:
         "reason": args.reason or f"requested by an operator: restore {config.name}",
     }
     name = execution_name(f"restore-{config.name}")
-    arn = start_execution(session.client("stepfunctions"), _arn(arns, "restore"), document, name=name)
+    arn = start_execution(session.client("stepfunctions"), _arn(args, arns, "restore"), document, name=name)
     emit(
         args,
         {"name": name, "arn": arn, "input": document},

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from etcdops.cli import emit, resolve_config
+from etcdops.cli_options import input_file, output_file
 
 
 def cmd_snapshot_save(args: argparse.Namespace) -> int:
@@ -81,12 +82,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         help="stream a snapshot from the best member to FILE (same format as etcdctl snapshot save)",
         parents=[common],
     )
-    save.add_argument("file", metavar="FILE")
+    save.add_argument("file", metavar="FILE", type=output_file)
     save.set_defaults(handler=cmd_snapshot_save)
     inspect = actions.add_parser(
         "inspect",
         help="check a snapshot file and print hash, revision, total_keys, total_size (like etcdutl snapshot status)",
         parents=[common],
     )
-    inspect.add_argument("file", metavar="FILE")
+    inspect.add_argument("file", metavar="FILE", type=input_file)
     inspect.set_defaults(handler=cmd_snapshot_inspect)

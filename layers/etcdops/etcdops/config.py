@@ -20,9 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from etcdops.errors import ConfigError
 
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
-_INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
-_SCHEDULE = re.compile(r"^(rate\(\d+ (minute|minutes|hour|hours|day|days)\)|cron\(.+\))$")
+# matched with fullmatch: "$" alone would let a trailing newline through ("local\n")
+_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
+_INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
+_RATE = re.compile(r"rate\((\d+) (minute|hour|day)(s?)\)")
+_CRON = re.compile(r"cron\([^\n]+\)")
 
 
 class _Model(BaseModel):
@@ -118,7 +120,7 @@ class HealthConfig(_Model):
         for name, instance in value.items():
             if not name:
                 raise ValueError("member names must not be empty")
-            if not _INSTANCE_ID.match(instance):
+            if not _INSTANCE_ID.fullmatch(instance):
                 raise ValueError(f"{name}: {instance!r} is not an EC2 instance id such as i-0123456789abcdef0")
             if instance in owners:
                 raise ValueError(f"{name}: instance {instance} is already given for member {owners[instance]}")
@@ -160,7 +162,7 @@ class ClusterConfig(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise ValueError("must be 1-40 lowercase letters, digits or '-', not starting or ending with '-'")
         return value
 
@@ -196,7 +198,17 @@ class ClusterConfig(_Model):
 
 
 def _check_schedule(value: str) -> str:
-    if not _SCHEDULE.match(value):
+    """As EventBridge checks it: a rate of at least 1, singular unit for 1 and plural above; or a cron."""
+    rate = _RATE.fullmatch(value)
+    if rate:
+        count, unit, plural = int(rate.group(1)), rate.group(2), rate.group(3)
+        if count < 1:
+            raise ValueError(f"{value!r}: a rate must be at least 1")
+        if (count == 1) == bool(plural):
+            expected = f"rate(1 {unit})" if count == 1 else f"rate({count} {unit}s)"
+            raise ValueError(f"{value!r}: EventBridge wants {expected}")
+        return value
+    if not _CRON.fullmatch(value):
         raise ValueError("must be an EventBridge expression such as rate(5 minutes) or cron(0 * * * ? *)")
     return value
 
@@ -209,6 +221,8 @@ def parse_config(document: dict[str, Any], source: str = "config") -> ClusterCon
         return ClusterConfig.model_validate(document)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a cluster configuration") from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -224,9 +238,11 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 def load_config(path: Path) -> ClusterConfig:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     return loads_config(text, str(path))
 
 
@@ -239,6 +255,8 @@ def _document(text: str, source: str) -> Any:
         return json.loads(text) if _is_json(text) else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{source}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a cluster configuration") from None
 
 
 def loads_config(text: str, source: str = "config") -> ClusterConfig:

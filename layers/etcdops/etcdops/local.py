@@ -106,10 +106,16 @@ class LocalState:
 
     @classmethod
     def load(cls, path: Path) -> LocalState:
-        data = json.loads(path.read_text())
-        data["members"] = [LocalMember(**m) for m in data["members"]]
-        data.setdefault("targets", [m.client_url for m in data["members"]])  # written before targets existed
-        return cls(**data)
+        try:
+            data = json.loads(path.read_text())
+            data["members"] = [LocalMember(**m) for m in data["members"]]
+            data.setdefault("targets", [m.client_url for m in data["members"]])  # written before targets existed
+            return cls(**data)
+        except (ValueError, TypeError, KeyError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise ConfigError(
+                f"{path}: not a local stack state file ({type(exc).__name__}); fix or remove it "
+                "(members it started may still run)"
+            ) from None
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")

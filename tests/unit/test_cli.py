@@ -1,0 +1,341 @@
+"""The ``etcdops`` command line, in process: global options wherever they stand, one line per failure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from etcdops import cli
+from etcdops.backup.crypto import open_key_provider
+from etcdops.cli_options import GLOBAL_DEFAULTS, finish
+
+DATA = Path(__file__).parent.parent / "data"
+SNAPSHOT = DATA / "bbolt-etcd35.snap"
+
+
+def leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every runnable command of the parser, as the words that name it."""
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subparsers:
+        yield path
+        return
+    for name, sub in subparsers[0].choices.items():
+        yield from leaf_commands(sub, (*path, name))
+
+
+# what each command needs besides its name (a new command must be added here)
+REQUIRED: dict[tuple[str, ...], list[str]] = {
+    ("local", "up"): [],
+    ("local", "ps"): [],
+    ("local", "kill"): ["m1"],
+    ("local", "pause"): ["m1"],
+    ("local", "resume"): ["m1"],
+    ("local", "down"): [],
+    ("local", "env"): [],
+    ("status",): [],
+    ("snapshot", "save"): ["out.db"],
+    ("snapshot", "inspect"): [str(SNAPSHOT)],
+    ("backup", "run"): [],
+    ("backup", "list"): [],
+    ("backup", "verify"): ["20200101T000000Z-abcdef"],
+    ("backup", "fetch"): ["20200101T000000Z-abcdef", "out.db"],
+    ("approve",): ["exec-1"],
+    ("reject",): ["exec-1", "--reason", "no"],
+    ("approval", "show"): ["exec-1"],
+    ("runbook", "list"): [],
+    ("runbook", "show"): ["exec-1"],
+    ("runbook", "start", "replace"): ["--member", "m1"],
+    ("runbook", "start", "restore"): [],
+    ("demo",): [],
+}
+
+# every global option: the words that give it, the attribute it sets, the value expected
+GLOBALS: list[tuple[list[str], str, object]] = [
+    (["--config", "elsewhere.yaml"], "config", "elsewhere.yaml"),
+    (["--state-dir", "/elsewhere"], "state_dir", "/elsewhere"),
+    (["--json"], "json", True),
+    (["-w", "json"], "write_out", "json"),
+    (["--endpoints", "https://10.0.0.1:2379"], "endpoints", "https://10.0.0.1:2379"),
+    (["--cacert", "ca.pem"], "cacert", "ca.pem"),
+    (["--cert", "c.pem"], "cert", "c.pem"),
+    (["--key", "k.pem"], "key", "k.pem"),
+    (["--debug"], "debug", True),
+]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return finish(cli.build_parser().parse_args(argv))
+
+
+def test_the_tables_name_every_command_and_every_global_option() -> None:
+    assert set(leaf_commands(cli.build_parser())) == set(REQUIRED)
+    assert {attr for _, attr, _ in GLOBALS} == set(GLOBAL_DEFAULTS)
+
+
+@pytest.mark.parametrize("command", sorted(REQUIRED), ids=" ".join)
+@pytest.mark.parametrize(("words", "attr", "expected"), GLOBALS, ids=[w[0] for w, _, _ in GLOBALS])
+def test_a_global_option_is_honoured_before_and_after_the_command(
+    command: tuple[str, ...], words: list[str], attr: str, expected: object, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    rest = REQUIRED[command]
+
+    before = parse([*words, *command, *rest])
+    after = parse([*command, *rest, *words])
+    middle = parse([command[0], *words, *command[1:], *rest]) if len(command) > 1 else after
+    absent = parse([*command, *rest])
+
+    assert getattr(before, attr) == getattr(after, attr) == getattr(middle, attr) == expected
+    assert getattr(absent, attr) == GLOBAL_DEFAULTS[attr]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_state_dir_before_the_command_is_the_one_purged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a state directory here and another one elsewhere
+    monkeypatch.chdir(tmp_path)
+    here = tmp_path / ".etcdops"
+    elsewhere = tmp_path / "elsewhere"
+    for folder in (here, elsewhere):
+        (folder / "pki").mkdir(parents=True)
+        (folder / "pki" / "ca.crt").write_text("x")
+
+    # When the other one is purged with --state-dir before the command
+    code, out, _ = run(["--state-dir", str(elsewhere), "--json", "local", "down", "--purge"], capsys)
+
+    # Then that one is purged and the one here is untouched
+    assert code == 0 and json.loads(out) == {"stopped": True, "purged": True}
+    assert not (elsewhere / "pki").exists()
+    assert (here / "pki" / "ca.crt").read_text() == "x"
+
+
+def test_json_before_the_command_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--json", "snapshot", "inspect", str(SNAPSHOT)], capsys)
+    table_code, table_out, _ = run(["-w", "table", "snapshot", "inspect", str(SNAPSHOT)], capsys)
+
+    expected = json.loads((DATA / "bbolt-expected.json").read_text())
+    assert code == 0 and json.loads(out)["total_keys"] == expected[SNAPSHOT.name]["totalKey"]
+    assert table_code == 0 and table_out.startswith("hash ")
+
+
+def test_config_before_the_command_is_the_one_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".etcdops").mkdir()
+    (tmp_path / ".etcdops" / "cluster.yaml").write_text(GOOD)
+    other = tmp_path / "other.yaml"
+    other.write_text(GOOD.replace("good", "Other"))
+
+    code, _, err = run(["--config", str(other), "backup", "list"], capsys)
+
+    assert code == 1 and err.startswith(f"etcdops: ConfigError: {other}: name: must be")
+
+
+# ---- every bad input: one line on stderr, a non-zero exit, nothing changed ----------------------
+
+GOOD = "name: good\nendpoints: ['http://127.0.0.1:1']\nplaintext: true\n"
+BACKUPS = "backup: {destination: 'file://%s/store', encryption_key: 'file://%s/backup.key'}\n"
+FILES: dict[str, Callable[[Path], object]] = {
+    "good.yaml": lambda d: (d / "good.yaml").write_text(GOOD + BACKUPS % (d, d)),
+    "backup.key": lambda d: open_key_provider(f"file://{d}/backup.key", create=True),
+    "nested.yaml": lambda d: (d / "nested.yaml").write_text("name: " + "[" * 5000 + "]" * 5000 + "\n"),
+    "nested.json": lambda d: (d / "nested.json").write_text('{"name": ' + "[" * 5000 + "]" * 5000 + "}"),
+    "latin1.yaml": lambda d: (d / "latin1.yaml").write_bytes(b"name: caf\xe9\n"),
+    "newline.yaml": lambda d: (d / "newline.yaml").write_text('name: "local\\n"\n' + GOOD.split("\n", 1)[1]),
+    "rate0.yaml": lambda d: (d / "rate0.yaml").write_text(
+        GOOD + "backup: {destination: 'file:///b', encryption_key: 'file:///k', schedule: 'rate(0 minutes)'}\n"
+    ),
+    "rate1s.yaml": lambda d: (d / "rate1s.yaml").write_text(GOOD + "health: {schedule: 'rate(1 minutes)'}\n"),
+    "keydir.yaml": lambda d: (d / "keydir.yaml").write_text(
+        f"name: k\nendpoints: ['https://127.0.0.1:1']\ntls: {{ca: '{SNAPSHOT}', cert: '{SNAPSHOT}', key: '{d}'}}\n"
+    ),
+    "list.yaml": lambda d: (d / "list.yaml").write_text("- name: x\n"),
+    "empty.yaml": lambda d: (d / "empty.yaml").write_text(""),
+    "dir": lambda d: (d / "dir").mkdir(),
+    ".etcdops/local.json": lambda d: ((d / ".etcdops").mkdir(), (d / ".etcdops" / "local.json").write_text("{")),
+}
+
+# (argv, exit status, what the one line says); {d} is the working directory
+BAD_INPUTS: list[tuple[list[str], int, str]] = [
+    (["status", "--config", "nested.yaml"], 1, "nested too deeply"),
+    (["status", "--config", "nested.json"], 1, "nested too deeply"),
+    (["status", "--config", "latin1.yaml"], 1, "not UTF-8"),
+    (["status", "--config", "newline.yaml"], 1, "name: must be"),
+    (["status", "--config", "rate0.yaml"], 1, "a rate must be at least 1"),
+    (["status", "--config", "rate1s.yaml"], 1, "EventBridge wants rate(1 minute)"),
+    (["status", "--config", "list.yaml"], 1, "expected a mapping"),
+    (["status", "--config", "empty.yaml"], 1, "expected a mapping"),
+    (["status", "--config", "missing.yaml"], 1, "cannot read"),
+    (["status", "--config", "dir"], 1, "cannot read"),
+    (["status", "--config", "keydir.yaml"], 1, "tls: cannot read"),
+    (["backup", "fetch", "20200101T000000Z-abcdef", "missing/f.db", "--config", "good.yaml"], 2, "does not exist"),
+    (["backup", "fetch", "20200101T000000Z-abcdef", "/", "--config", "good.yaml"], 2, "is a directory"),
+    (["backup", "fetch", "20200101T000000Z-abcdef", "dir", "--config", "good.yaml"], 2, "is a directory"),
+    (["backup", "fetch", "20200101T000000Z-abcdef", "dir/", "--config", "good.yaml"], 2, "is a directory"),
+    (["backup", "fetch", "20200101T000000Z-abcdef", "", "--config", "good.yaml"], 2, "empty file name"),
+    (["backup", "fetch", "20200101T000000Z-abcdef", "f.db", "--config", "good.yaml"], 1, "BackupNotFoundError"),
+    (["backup", "verify", "nope", "--config", "good.yaml"], 2, "not a backup id"),
+    (["snapshot", "save", "missing/f.db", "--config", "good.yaml"], 2, "does not exist"),
+    (["snapshot", "save", "/", "--config", "good.yaml"], 2, "is a directory"),
+    (["snapshot", "save", "dir", "--config", "good.yaml"], 2, "is a directory"),
+    (["snapshot", "inspect", "missing.db"], 2, "no such file"),
+    (["snapshot", "inspect", "dir"], 2, "is a directory"),
+    (["snapshot", "inspect", "good.yaml"], 1, "SnapshotIntegrityError"),
+    (["status", "--deadline", "inf", "--config", "good.yaml"], 2, "above 0"),
+    (["status", "--deadline", "-1", "--config", "good.yaml"], 2, "above 0"),
+    (["status", "--deadline", "nan", "--config", "good.yaml"], 2, "above 0"),
+    (["status", "--deadline", "0", "--config", "good.yaml"], 2, "above 0"),
+    (["status", "--deadline", "soon", "--config", "good.yaml"], 2, "not a number"),
+    (["status", "--watch", "--interval", "1e999", "--config", "good.yaml"], 2, "above 0"),
+    (["local", "ps"], 1, "not a local stack state file"),
+    (["local", "kill", "m9", "--state-dir", "empty"], 1, "no local cluster"),
+    (["local", "--purge", "down"], 2, "unrecognized arguments"),
+    (["nonsense"], 2, "invalid choice"),
+    (["status", "--bogus"], 2, "unrecognized arguments"),
+    (["--json", "-w", "table", "status"], 2, "contradict"),
+    (["-w", "yaml", "status"], 2, "invalid choice"),
+    (["status", "--state-dir", "empty"], 1, "no cluster configuration"),
+    (["status", "--endpoints", ","], 1, "--endpoints: no URL given"),
+    (["status", "--endpoints", "https://127.0.0.1:1"], 1, "need --cacert"),
+    (["status", "--endpoints", "ftp://127.0.0.1:2379", "--cacert", "ca.pem"], 1, "is not an http(s)://host:port URL"),
+    (["status", "--endpoints", "127.0.0.1"], 1, "has no valid port"),
+    (["status", "--endpoints", "http://127.0.0.1:1", "--cert", "c.pem"], 1, "TLS files with http:// endpoints"),
+    (["status", "--endpoints", "https://127.0.0.1:1", "--cert", "c.pem"], 1, "need --cacert"),
+    (["runbook", "list", "--state-dir", "empty"], 1, "no local stack"),
+    (["runbook", "start", "restore", "--backup", "x", "--state-dir", "empty"], 1, "no local stack"),
+    (["approve", "exec-1", "--state-dir", "empty"], 1, "ETCDOPS_TABLE is not set"),
+    (["reject", "exec-1"], 2, "--reason"),
+]
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name in ("ETCDOPS_CONFIG", "ETCDOPS_STATE_DIR", "ETCDOPS_TABLE", "ETCDCTL_ENDPOINTS", "ETCDCTL_CACERT",
+                 "ETCDCTL_CERT", "ETCDCTL_KEY", "ETCDOPS_REPLACE_STATE_MACHINE_ARN",
+                 "ETCDOPS_RESTORE_STATE_MACHINE_ARN"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    for make in FILES.values():
+        make(tmp_path)
+    (tmp_path / "empty").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize(("argv", "status", "says"), BAD_INPUTS, ids=[" ".join(a) for a, _, _ in BAD_INPUTS])
+def test_a_bad_input_is_one_line_and_changes_nothing(
+    argv: list[str], status: int, says: str, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = tree(workdir)
+
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+
+    assert code == status, err
+    assert out == "" and err.count("\n") == 1 and err.startswith("etcdops"), err
+    assert says in err and "Traceback" not in err
+    assert tree(workdir) == before
+
+
+def test_an_unexpected_error_is_one_line_and_debug_adds_the_traceback(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(path: Path) -> None:
+        raise ZeroDivisionError("a bug\nover two lines")
+
+    monkeypatch.setattr("etcdops.bbolt.inspect_file", broken)
+
+    code, out, err = run(["snapshot", "inspect", str(SNAPSHOT)], capsys)
+    assert (code, out) == (70, "")
+    assert err == "etcdops: unexpected ZeroDivisionError: a bug over two lines (run with --debug for the traceback)\n"
+
+    code, _, err = run(["--debug", "snapshot", "inspect", str(SNAPSHOT)], capsys)
+    assert code == 70 and err.startswith("Traceback") and err.endswith("(run with --debug for the traceback)\n")
+
+
+def test_etcdctl_environment_is_used_only_without_a_configuration(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from etcdops.cli_options import resolve_config
+
+    monkeypatch.setenv("ETCDCTL_ENDPOINTS", "10.0.0.1:2379,https://10.0.0.2:2379")
+    monkeypatch.setenv("ETCDCTL_CACERT", "ca.pem")
+    monkeypatch.setenv("ETCDCTL_CERT", "c.pem")
+    monkeypatch.setenv("ETCDCTL_KEY", "k.pem")
+
+    from_env = resolve_config(parse(["status"]))
+    from_file = resolve_config(parse(["status", "--config", "good.yaml"]))
+    flags_win = resolve_config(parse(["status", "--endpoints", "10.0.0.3:2379", "--key", "other.pem"]))
+
+    assert from_env.endpoints == ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+    assert from_env.tls is not None and from_env.tls.ca == str(workdir / "ca.pem")
+    assert from_env.tls.key == str(workdir / "k.pem") and not from_env.plaintext
+    assert from_file.name == "good" and from_file.endpoints == ["http://127.0.0.1:1"] and from_file.plaintext
+    assert flags_win.endpoints == ["https://10.0.0.3:2379"]
+    assert flags_win.tls is not None and flags_win.tls.key == str(workdir / "other.pem")
+    assert flags_win.tls.cert == str(workdir / "c.pem")
+
+
+def test_endpoints_override_the_configuration(workdir: Path) -> None:
+    from etcdops.cli_options import resolve_config
+
+    config = resolve_config(parse(["--config", "good.yaml", "status", "--endpoints", "127.0.0.1:2,127.0.0.1:3"]))
+
+    assert config.name == "good" and config.endpoints == ["http://127.0.0.1:2", "http://127.0.0.1:3"]
+    assert config.backup is not None
+
+
+def test_version_names_ours_and_the_etcd_versions_tested(capsys: pytest.CaptureFixture[str]) -> None:
+    from etcdops import __version__
+    from etcdops.cli_options import TESTED_ETCD_VERSIONS
+
+    code, out, _ = run(["--version"], capsys)
+
+    assert code == 0 and out == f"etcdops {__version__} (tested with etcd {', '.join(TESTED_ETCD_VERSIONS)})\n"
+
+
+def test_output_closed_early_is_quiet(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    # a pipe whose reader is gone before the command starts (``etcdops status --json | head`` once head quit)
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "etcdops.cli", "--json", "snapshot", "inspect", str(SNAPSHOT)],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+            timeout=120,
+        )
+    finally:
+        os.close(writer)
+    assert result.returncode == 141 and result.stderr == b""
+
+
+def test_the_readme_documents_every_exit_status() -> None:
+    import re
+
+    from etcdops.cli_options import EXIT_CODES
+
+    readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
+    documented = {int(n) for n in re.findall(r"^\| (\d+) \| ", readme, re.MULTILINE)}
+
+    assert documented == set(EXIT_CODES)
