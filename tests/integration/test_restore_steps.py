@@ -56,7 +56,7 @@ IN_PLACE = [
 NEW_HOSTS = [*IN_PLACE[:6], "LaunchHosts", *IN_PLACE[6:]]
 
 
-def context_for(cluster: LocalCluster, work: Path) -> restore.RestoreContext:
+def context_for(cluster: LocalCluster) -> restore.RestoreContext:
     config = cluster.config()
 
     def client(endpoints: Sequence[str]) -> EtcdClient:
@@ -73,7 +73,6 @@ def context_for(cluster: LocalCluster, work: Path) -> restore.RestoreContext:
         notifier=MemoryNotifier(),
         backup_target=target,
         config_stores=[ConfigFile(cluster.config_file)],
-        work_dir=work,
     )
 
 
@@ -162,7 +161,7 @@ def test_restore_in_place_brings_back_exactly_the_backup_each_step_twice(cluster
     manifest = take_backup(cluster)
     damage_after_backup(cluster)
     assert kv(cluster) != expected
-    ctx = context_for(cluster, tmp_path / "work")
+    ctx = context_for(cluster)
 
     # When every step runs twice, as after a crash right after it finished
     doc = run(ctx, IN_PLACE, start_doc(backup_id=None), twice=True)
@@ -203,7 +202,7 @@ def test_quorum_lost_restore_in_place(cluster: LocalCluster, tmp_path: Path) -> 
     victims = sorted(states(cluster))[:2]
     for name in victims:
         cluster.kill(name)
-    ctx = context_for(cluster, tmp_path / "work")
+    ctx = context_for(cluster)
 
     # When the runbook restores in place
     doc = run(ctx, IN_PLACE, start_doc())
@@ -225,7 +224,7 @@ def test_quorum_lost_restore_onto_new_hosts(cluster: LocalCluster, tmp_path: Pat
         cluster.kill(name)
     old_endpoints = list(cluster.config().endpoints)
     old_data = {name: wal_and_db(cluster, name) for name in old}
-    ctx = context_for(cluster, tmp_path / "work")
+    ctx = context_for(cluster)
 
     # When the runbook restores onto fresh hosts
     doc = run(ctx, NEW_HOSTS, start_doc("new-hosts"))
@@ -259,7 +258,7 @@ def test_bad_backups_are_refused_before_anything_is_stopped(cluster: LocalCluste
     write_keys(cluster)
     good = take_backup(cluster)
     other = take_backup(cluster, name="another-cluster")  # same store and key, other cluster's context
-    ctx = context_for(cluster, tmp_path / "work")
+    ctx = context_for(cluster)
     store, _ = ctx.backup_target()
     before_kv, before_states = kv(cluster), states(cluster)
 
@@ -318,7 +317,7 @@ def test_a_crash_halfway_through_the_restore_converges_on_retry(cluster: LocalCl
     expected = write_keys(cluster)
     take_backup(cluster)
     damage_after_backup(cluster)
-    ctx = context_for(cluster, tmp_path / "work")
+    ctx = context_for(cluster)
     ctx.compute = CrashingCompute(ctx.compute)  # type: ignore[assignment]
     doc = run(ctx, IN_PLACE[:6], start_doc())
 
@@ -344,7 +343,7 @@ def test_a_member_that_does_not_come_back_stops_the_runbook_with_a_rollback(
 ) -> None:
     write_keys(cluster)
     take_backup(cluster)
-    ctx = context_for(cluster, tmp_path / "work")
+    ctx = context_for(cluster)
     doc = run(ctx, IN_PLACE[:8], start_doc())
     victims = sorted(states(cluster))[:2]
     for name in victims:  # two restored members die again before the cluster could form
@@ -387,7 +386,7 @@ def test_the_revision_bump_is_asked_for_where_the_restore_tool_has_it(
     cluster = start_cluster(EtcdBinaries.locate(fake))
     expected = write_keys(cluster, 5)
     take_backup(cluster)
-    ctx = context_for(cluster, tmp_path / "work")
+    ctx = context_for(cluster)
 
     doc = run(ctx, IN_PLACE, start_doc())
 
@@ -404,7 +403,7 @@ def test_a_restore_that_could_not_finish_stops_in_preflight_with_nothing_stopped
     lost; after the approval the preflight names both, and nothing is stopped."""
     write_keys(cluster)
     manifest = take_backup(cluster)
-    ctx = context_for(cluster, tmp_path / "work")
+    ctx = context_for(cluster)
     doc = run(ctx, IN_PLACE[:2], start_doc(backup_id=manifest.id))
     doc = {**doc, "approval": {"approved": True}}
     store, _ = ctx.backup_target()

@@ -557,6 +557,7 @@ class SnapshotSummarizer:
         self._done = False
         self.stats: dict[str, int] = {}  # after finish(): pages, depth (tree levels), leaves
         self.free_pages: list[int] = []  # after finish(): pages not reachable from the meta page
+        self.buckets: dict[bytes, bytes] = {}  # after finish(): each top-level bucket's name and value
 
     @property
     def error(self) -> str | None:
@@ -714,6 +715,7 @@ class SnapshotSummarizer:
             if lost >= 0:
                 raise self._fail(f"page {lost} is neither reachable nor on the freelist")
         self.free_pages = [i for i, v in enumerate(state) if v != 1]
+        self.buckets = dict(walker.buckets)
         self.stats = {"pages": hw, "depth": walker.max_depth, "leaves": walker.leaves}
         return SnapshotSummary(
             hash=h,
@@ -724,6 +726,24 @@ class SnapshotSummarizer:
             txid=meta.txid,
             db_bytes=total,
         )
+
+    def leaf_spans(self, root: int) -> list[tuple[int, int]]:
+        """After :meth:`finish`: (page id, overflow) of each leaf page of the tree at ``root``, in key order.
+
+        The tree was checked by :meth:`finish`; this only follows its branch pages again, so a caller
+        can pick those pages out of a second pass over the same bytes."""
+        if not self._done or self._meta is None:
+            raise RuntimeError("SnapshotSummarizer.leaf_spans() before finish()")
+        spans: list[tuple[int, int]] = []
+        pending = [root]
+        while pending:
+            page = self._pages[pending[-1]]
+            pgid = pending.pop()
+            if isinstance(page, _Branch):
+                pending.extend(reversed(page.pgids))
+            else:
+                spans.append((pgid, page.overflow))
+        return spans
 
     def _describe_missing(self, pgid: int) -> str:
         if pgid in self._bad:
@@ -769,6 +789,7 @@ class _Walker:
         self.max_depth = 0
         self.leaves = 0
         self.nested: list[tuple[bytes, int]] = []  # (path, root pgid) of nested buckets to check
+        self.buckets: list[tuple[bytes, bytes]] = []  # (name, value) of the top-level buckets
 
     def _fail(self, message: str) -> SnapshotIntegrityError:
         return SnapshotIntegrityError(message)
@@ -857,6 +878,7 @@ class _Walker:
             if leaf.count != len(leaf.buckets or ()):
                 raise self._fail(f"root bucket: leaf with a key that is not a bucket (key {_show(leaf.first or b'')})")
             buckets.extend(leaf.buckets or ())
+        self.buckets = buckets
         h = total_keys = revision = 0
         for name, value in buckets:
             where = f"bucket {_show(name)}"

@@ -272,49 +272,83 @@ def check_readable(store: BackupStore, keyring: KeyProvider, backup_id: str, *, 
     return manifest
 
 
+class CheckedSnapshot:
+    """A decrypted snapshot (db + sha256 trailer) as a stream that is checked as it flows past.
+
+    Iterating yields every chunk unchanged while hashing and summarizing it; when the stream ends, the
+    size, the trailer, the sha256, the bbolt structure, revision, hash and key count are compared
+    with the manifest, and the last ``next`` raises :class:`BackupIntegrityError` or
+    :class:`ManifestMismatchError` instead of ending. A consumer that writes the chunks somewhere
+    (a staging upload) therefore fails, and discards what it wrote, unless all of it matched. After
+    the end, :attr:`summary`, :attr:`digest` and :attr:`summarizer` (the database's page tree) are set.
+    Nothing is held but the summarizer's per-page summaries and one chunk.
+    """
+
+    def __init__(self, chunks: Iterable[bytes], manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.summarizer = SnapshotSummarizer()
+        self.summary: SnapshotSummary | None = None
+        self.digest: str | None = None
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        manifest, summarizer = self.manifest, self.summarizer
+        sha = hashlib.sha256()
+        held = b""
+        total = 0
+        for chunk in self._chunks:
+            total += len(chunk)
+            data = held + chunk if held else chunk
+            body, held = data[:-SHA256_SIZE], data[-SHA256_SIZE:]
+            if body:
+                sha.update(body)
+                summarizer.update(body)
+            yield chunk
+        digest = sha.hexdigest()
+        problems = []
+        if total != manifest.size_plain:
+            problems.append(f"size {total} != manifest {manifest.size_plain}")
+        if held.hex() != digest:
+            problems.append("the snapshot's sha256 trailer does not match its content")
+        if digest != manifest.sha256:
+            problems.append(f"sha256 {digest} != manifest {manifest.sha256}")
+        if problems:
+            raise BackupIntegrityError(f"backup {manifest.id}: " + "; ".join(problems))
+        try:
+            summary = summarizer.finish()
+        except SnapshotIntegrityError as exc:
+            raise BackupIntegrityError(f"backup {manifest.id}: {exc}") from exc
+        mismatched = [
+            f"{name} {actual} != manifest {expected}"
+            for name, actual, expected in (
+                ("revision", summary.revision, manifest.revision),
+                ("hash", summary.hash, manifest.snapshot_hash),
+                ("total_keys", summary.total_keys, manifest.total_keys),
+            )
+            if actual != expected
+        ]
+        if mismatched:
+            raise ManifestMismatchError(f"backup {manifest.id}: " + "; ".join(mismatched))
+        self.summary, self.digest = summary, digest
+
+
+def checked_plaintext(
+    store: BackupStore, keyring: KeyProvider, manifest: Manifest, *, cluster: str | None = None
+) -> CheckedSnapshot:
+    """The backup decrypted as a :class:`CheckedSnapshot` stream (nothing is read before iterating)."""
+    return CheckedSnapshot(_plaintext(store, keyring, manifest, cluster), manifest)
+
+
 def _checked(
     chunks: Iterable[bytes], manifest: Manifest, sink: Callable[[bytes], None] | None = None
 ) -> tuple[SnapshotSummary, str]:
     """Hash and summarize a decrypted snapshot (db + trailer); compare everything with the manifest."""
-    sha = hashlib.sha256()
-    summarizer = SnapshotSummarizer()
-    held = b""
-    total = 0
-    for chunk in chunks:
-        total += len(chunk)
+    checked = CheckedSnapshot(chunks, manifest)
+    for chunk in checked:
         if sink:
             sink(chunk)
-        data = held + chunk if held else chunk
-        body, held = data[:-SHA256_SIZE], data[-SHA256_SIZE:]
-        if body:
-            sha.update(body)
-            summarizer.update(body)
-    digest = sha.hexdigest()
-    problems = []
-    if total != manifest.size_plain:
-        problems.append(f"size {total} != manifest {manifest.size_plain}")
-    if held.hex() != digest:
-        problems.append("the snapshot's sha256 trailer does not match its content")
-    if digest != manifest.sha256:
-        problems.append(f"sha256 {digest} != manifest {manifest.sha256}")
-    if problems:
-        raise BackupIntegrityError(f"backup {manifest.id}: " + "; ".join(problems))
-    try:
-        summary = summarizer.finish()
-    except SnapshotIntegrityError as exc:
-        raise BackupIntegrityError(f"backup {manifest.id}: {exc}") from exc
-    mismatched = [
-        f"{name} {actual} != manifest {expected}"
-        for name, actual, expected in (
-            ("revision", summary.revision, manifest.revision),
-            ("hash", summary.hash, manifest.snapshot_hash),
-            ("total_keys", summary.total_keys, manifest.total_keys),
-        )
-        if actual != expected
-    ]
-    if mismatched:
-        raise ManifestMismatchError(f"backup {manifest.id}: " + "; ".join(mismatched))
-    return summary, digest
+    assert checked.summary is not None and checked.digest is not None  # set when the stream ended checked
+    return checked.summary, checked.digest
 
 
 def verify_backup(

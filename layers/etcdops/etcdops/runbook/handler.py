@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -48,6 +48,7 @@ class RunbookSettings:
     topic_arn: str
     stack_name: str
     cluster_name: str | None = None  # the stack's ClusterName: the configuration must name this cluster
+    staging_bucket: str | None = None  # where RestoreCluster stages the plain snapshot for the hosts
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RunbookSettings:
@@ -62,6 +63,7 @@ class RunbookSettings:
             values["TOPIC_ARN"],
             values["STACK_NAME"],
             cluster_name=env.get("CLUSTER_NAME", "").strip() or None,
+            staging_bucket=env.get("RESTORE_STAGING_BUCKET", "").strip() or None,
         )
 
 
@@ -72,7 +74,7 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
         config = materialize_tls(config, session.client("secretsmanager"), Path(tls_dir))
 
         document = {**event.document, "execution": event.execution}
-        if event.step != "NotifyFailure":  # the failure path must still report a refused input
+        if event.step not in ("NotifyFailure", "RemoveStagedSnapshot"):  # the failure path must still run
             replace.require_configured_cluster(config, document)
         # what every runbook's context holds, built once here
         state = DynamoStateStore(settings.table_name, session.client("dynamodb"))
@@ -113,6 +115,7 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
                 notifier=notifier,
                 backup_target=backup_target,
                 config_stores=stores,
+                staging=staging_store(config, settings, session),
             )
             return restore.run_step(restore_context, event.step, document)
 
@@ -127,6 +130,22 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
             config_stores=stores,
         )
         return replace.run_step(context, event.step, document)
+
+
+def staging_store(config: ClusterConfig, settings: RunbookSettings, session: Any) -> Callable[[], BackupStore] | None:
+    """Where RestoreCluster stages the plain snapshot: the stack's staging bucket (not versioned, objects
+    expire by lifecycle), under the cluster's name. Local hosts read files only, so with local compute
+    (and without the bucket) the snapshot is staged under restore/ in the backup store."""
+    bucket = settings.staging_bucket
+    if bucket is None or isinstance(config.compute, LocalCompute):
+        return None
+
+    def staging() -> BackupStore:
+        from etcdops.backup.store import S3Store
+
+        return S3Store(session.client("s3"), bucket, config.name)
+
+    return staging
 
 
 def config_stores(config: ClusterConfig, ssm: Any, parameter: str) -> list[ConfigStore]:

@@ -46,9 +46,11 @@ def runbook_findings(
     now: datetime,
     why: str,
     staging_key: str | None = None,
+    staging: Callable[[], BackupStore] | None = None,
 ) -> list[Finding]:
     """Every finding of a runbook's preflight: its hosts (``plan``), the backup ``backup_id`` it relies on
-    (``why``), the staging object it will write (``staging_key``, if any) and its lock."""
+    (``why``), the staging object it will write (``staging_key``, if any, in ``staging``, by default the
+    backup store) and its lock."""
     findings = compute.preflight(plan)
     try:
         store, keyring = backup_target()
@@ -64,7 +66,7 @@ def runbook_findings(
     else:
         findings += backup_findings(store, keyring, backup_id, cluster, why=why)
         if staging_key is not None:
-            findings += store_write_findings(store, staging_key, why="stages the snapshot there for the hosts")
+            findings += staging_findings(staging() if staging is not None else store, staging_key)
     findings += lock_findings(state, cluster, execution, lease_seconds, now)
     return findings
 
@@ -131,13 +133,16 @@ def backup_findings(
     return []
 
 
-def store_write_findings(store: BackupStore, key: str, *, why: str) -> list[Finding]:
-    """An object can be written and deleted under ``key`` (a small probe, removed at once)."""
+def staging_findings(store: BackupStore, key: str) -> list[Finding]:
+    """The plain snapshot can be staged in ``store``: an object can be written, listed and deleted under
+    ``key`` (a small probe, removed at once)."""
     from etcdops.backup.errors import BackupError
 
+    prefix = key.rpartition("/")[0]
     try:
         store.delete(key)  # a probe left by an earlier try
         store.put_bytes(key, b"etcdops preflight: this object is deleted at once\n")
+        store.list(f"{prefix}/")  # the staging step removes what crashed tries left there
         store.delete(key)
     except BackupError as exc:
         if exc.retryable:
@@ -145,10 +150,10 @@ def store_write_findings(store: BackupStore, key: str, *, why: str) -> list[Find
         return [
             Finding(
                 "backup",
-                f"backup destination {store.uri}",
-                f"cannot be written, but the runbook {why}: {exc}.",
-                f"allow s3:PutObject and s3:DeleteObject on {store.uri}/restore/* to the RunbookStep role "
-                "(and kms:GenerateDataKey on the bucket's key).",
+                f"restore staging location {store.uri}",
+                f"cannot be written, but the runbook stages the plain snapshot there for the hosts: {exc}.",
+                f"allow s3:PutObject, s3:GetObject, s3:DeleteObject and s3:ListBucket on {store.uri_for(prefix)}/* "
+                "to the RunbookStep role (and kms:GenerateDataKey and kms:Decrypt on the bucket's key).",
             )
         ]
     return []

@@ -9,9 +9,12 @@ The order, and why:
 2. ``ValidateBackup`` — before anything is stopped: the backup exists, is verified, decrypts with
    this cluster's encryption context (the context binds the cluster name, so a backup of another
    cluster or under another key is refused with ``DecryptionError``), and its sha256, revision, hash
-   and bbolt key count agree with the manifest. Records the backup's time, revision and key counts,
-   the hosts that will be stopped, the new cluster token and the name the old data directories will
-   be kept under, and the summary the approval message shows.
+   and bbolt key count agree with the manifest. All of it on the decrypted stream, never on a local
+   copy (a Lambda's /tmp is 512 MB by default, an etcd database up to 8 GiB): a first pass checks
+   and learns the page tree, a second pass (checked again) parses the "key" bucket's leaves to count
+   the live keys. Records the backup's time, revision and key counts, the hosts that will be
+   stopped, the new cluster token and the name the old data directories will be kept under, and the
+   summary the approval message shows.
 3. Approval (an ASL task on RequestApprovalFunction, invariant 8).
 3a. ``Preflight`` — invariant 13, after the approval (which can wait for an hour) and before anything
    is stopped: the control-plane and member hosts will take the host commands, the documents exist,
@@ -19,14 +22,20 @@ The order, and why:
    with the key, the staging object can be written, and the lock is still ours. A finding stops the
    runbook with nothing stopped; then ``NotifyStart``.
 4. ``StopApiServers``, ``StopEtcd`` (every member host), in new-hosts mode ``LaunchHosts``.
-5. ``RestoreMembers`` — the snapshot is fetched and verified once (the fetch checks while writing),
-   staged in the backup store under ``restore/<execution>.snapshot`` (the hosts download it; it is
-   deleted when the runbook succeeds), then the host action ``restore-data-dir`` runs on each member
-   with its own name and peer URL, a new cluster token derived from the execution, the revision bump
-   and the suffix the old data directory is kept under (renamed, never deleted).
+5. ``RestoreMembers`` — the snapshot is decrypted and checked once more while it is uploaded
+   (multipart, streamed) to the staging location as ``restore/<execution>.snapshot``: in AWS the
+   stack's staging bucket (not versioned, KMS-encrypted, objects expire after a day), locally the
+   backup directory. A check failing at the end aborts the upload, so only a verified snapshot is
+   ever staged; what crashed earlier executions left there is removed first (we hold the lock).
+   Invariant 14: the staged plaintext is deleted by ``NotifySuccess``, and on every failure path by
+   ``RemoveStagedSnapshot``, the first state of the Catch path. Then the host action
+   ``restore-data-dir`` runs on each member with its own name and peer URL, a new cluster token
+   derived from the execution, the revision bump and the suffix the old data directory is kept
+   under (renamed, never deleted).
 6. ``StartMembers`` (with a restored data directory etcd ignores the initial-cluster flags),
    ``VerifyRestore``, ``RepointClients``, ``StartApiServers``, ``RestartControlPlane``,
-   ``ReleaseLock``, ``NotifySuccess``. ``NotifyFailure`` is the Catch path of every state.
+   ``ReleaseLock``, ``NotifySuccess``. ``RemoveStagedSnapshot`` then ``NotifyFailure`` is the Catch
+   path of every state (a failed removal is caught and said in the failure message).
 
 Revisions. etcd clients (Kubernetes informers, watchers) assume revisions never go backwards. Where
 the host's ``etcdutl``/``etcdctl snapshot restore --help`` lists ``--bump-revision`` and
@@ -53,22 +62,20 @@ member's revision at least the backup's.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import mmap
 import re
 import struct
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from etcdops.aws import Notifier
 from etcdops.backup.crypto import KeyProvider
 from etcdops.backup.errors import BackupNotFoundError, DecryptionError
-from etcdops.backup.job import fetch_backup, load_manifest, newest_verified
+from etcdops.backup.job import CheckedSnapshot, checked_plaintext, load_manifest, newest_verified
 from etcdops.backup.manifest import Manifest
 from etcdops.backup.store import BackupStore
 from etcdops.compute.base import DOCUMENTS, ComputeProvider, Host, PreflightPlan
@@ -129,7 +136,9 @@ class RestoreContext:
     backup_target: Callable[[], tuple[BackupStore, KeyProvider]]
     config_stores: Sequence[ConfigStore]  # where the configuration lives: updated after the restore
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
-    work_dir: Path | None = field(default=None)  # where snapshots are fetched (default: the temp dir)
+    # where the plain snapshot is staged for the hosts (AWS: the stack's staging bucket, not versioned,
+    # expiring by lifecycle); None: under restore/ in the backup store (the local stack's directory)
+    staging: Callable[[], BackupStore] | None = None
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -173,17 +182,16 @@ def _initial_cluster(doc: Document) -> str:
     return ",".join(f"{t['name']}={t['peer_url']}" for t in _targets(doc))
 
 
-def _work_dir(ctx: RestoreContext) -> str | None:
-    if ctx.work_dir is None:
-        return None
-    ctx.work_dir.mkdir(parents=True, exist_ok=True)
-    return str(ctx.work_dir)
+def _plaintext(ctx: RestoreContext, store: BackupStore, keyring: KeyProvider, manifest: Manifest) -> CheckedSnapshot:
+    """The backup decrypted as a checked stream (see :class:`CheckedSnapshot`): nothing touches local disk."""
+    return checked_plaintext(store, keyring, manifest, cluster=ctx.config.name)
 
 
-def _fetch(ctx: RestoreContext, store: BackupStore, keyring: KeyProvider, manifest: Manifest, path: Path) -> None:
-    """Decrypt and verify into ``path``; a backup of another cluster fails to decrypt (by design)."""
+@contextlib.contextmanager
+def _decrypting(ctx: RestoreContext, manifest: Manifest) -> Iterator[None]:
+    """A backup of another cluster fails to decrypt (by design): say so when that is why."""
     try:
-        fetch_backup(store, keyring, manifest.id, path, cluster=ctx.config.name)
+        yield
     except DecryptionError as exc:
         if manifest.cluster_name != ctx.config.name:
             raise DecryptionError(
@@ -198,8 +206,6 @@ def _fetch(ctx: RestoreContext, store: BackupStore, keyring: KeyProvider, manife
 _PAGE = struct.Struct("<QHHI")
 _BRANCH_ELEMENT = struct.Struct("<IIQ")
 _LEAF_ELEMENT = struct.Struct("<IIII")
-_META = struct.Struct("<IIIIQQQQQ")  # magic, version, page size, flags, root, sequence, freelist, pgid, txid
-_MAGIC = 0xED0CDAED
 
 
 def _elements(buf: Any, base: int, page_size: int) -> Iterator[tuple[int, bytes, bytes]]:
@@ -219,40 +225,85 @@ def _elements(buf: Any, base: int, page_size: int) -> Iterator[tuple[int, bytes,
             )
 
 
-def count_live_keys(path: Path) -> int:
-    """The number of keys a client sees at the snapshot's revision: the "key" bucket replayed.
+class _LiveKeys:
+    """Replays entries of the "key" bucket, in any order, into the set of keys a client sees.
 
-    Call only on a snapshot that was verified (its structure is trusted here). Each entry of the
-    bucket is one revision (8-byte main, '_', 8-byte sub, 't' for a deletion) holding an mvcc
-    KeyValue; replaying them in key order (revision order) leaves the live key set.
+    Each entry is one revision (8-byte main, '_', 8-byte sub, 't' for a deletion) holding an mvcc
+    KeyValue. Revision keys sort as their revisions, so for each key the entry with the greatest
+    revision key is its last change: the key is live unless that change is a deletion. This equals a
+    replay in revision order, whatever order the pages come in.
     """
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        metas = []
-        page_size = _META.unpack_from(buf, _PAGE.size)[2]
-        for page in (0, 1):
-            magic, _v, size, _f, root, _s, _fl, _pgid, txid = _META.unpack_from(buf, page * page_size + _PAGE.size)
-            if magic == _MAGIC and size == page_size:
-                metas.append((txid, root))
-        if not metas:
-            raise RestoreVerificationError(f"{path}: no bbolt meta page")
-        root = max(metas)[1]
-        bucket = next((v for fl, k, v in _elements(buf, root * page_size, page_size) if fl & 1 and k == b"key"), None)
-        if bucket is None:
-            return 0
-        bucket_root = struct.unpack_from("<Q", bucket, 0)[0]
-        entries = (
-            _elements(bucket, 16, page_size) if bucket_root == 0 else _elements(buf, bucket_root * page_size, page_size)
-        )
-        live: set[bytes] = set()
+
+    def __init__(self) -> None:
+        self.last: dict[bytes, tuple[bytes, bool]] = {}
+
+    def add(self, entries: Iterable[tuple[int, bytes, bytes]]) -> None:
         for _flags, revision, value in entries:
             kv = pb.KeyValue.FromString(value) if value else pb.KeyValue()
             if not kv.key:
                 continue  # the entry a revision bump writes
-            if len(revision) > 17 and revision[17:18] == b"t":
-                live.discard(kv.key)
-            else:
-                live.add(kv.key)
-        return len(live)
+            seen = self.last.get(kv.key)
+            if seen is None or revision > seen[0]:
+                self.last[kv.key] = (revision, len(revision) > 17 and revision[17:18] == b"t")
+
+    @property
+    def count(self) -> int:
+        return sum(1 for _revision, deleted in self.last.values() if not deleted)
+
+
+class _PagePicker:
+    """Cuts the given page spans out of a database streamed in file order, holding one span at a time."""
+
+    def __init__(self, page_size: int, spans: Iterable[tuple[int, int]]) -> None:
+        self.ranges = sorted((pgid * page_size, (pgid + 1 + overflow) * page_size) for pgid, overflow in spans)
+        self.next = 0
+        self.offset = 0
+        self.piece = bytearray()
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        start, self.offset = self.offset, self.offset + len(chunk)
+        view = memoryview(chunk)
+        while self.next < len(self.ranges):
+            low, high = self.ranges[self.next]
+            if low >= self.offset:
+                return
+            self.piece += view[max(low, start) - start : min(high, self.offset) - start]
+            if high > self.offset:
+                return
+            yield bytes(self.piece)
+            self.piece.clear()
+            self.next += 1
+
+    @property
+    def complete(self) -> bool:
+        return self.next == len(self.ranges)
+
+
+def count_live_keys(snapshot: CheckedSnapshot, again: Callable[[], Iterable[bytes]]) -> int:
+    """The number of keys a client sees at the snapshot's revision: the "key" bucket replayed.
+
+    ``snapshot`` was streamed to its end, so its structure was checked and its page tree is known
+    (which pages are the bucket's leaves); ``again`` streams the same backup once more, checked
+    again, and only those leaves are parsed. Nothing is written anywhere; memory holds the page
+    summaries, one leaf and the live key set.
+    """
+    summarizer = snapshot.summarizer
+    bucket = summarizer.buckets.get(b"key")
+    if bucket is None:
+        return 0
+    page_size = snapshot.summary.page_size if snapshot.summary else 0
+    live = _LiveKeys()
+    root = struct.unpack_from("<Q", bucket, 0)[0]
+    if root == 0:  # an inline bucket: its leaf is in the value
+        live.add(_elements(bucket, 16, page_size))
+        return live.count
+    picker = _PagePicker(page_size, summarizer.leaf_spans(root))
+    for chunk in again():
+        for page in picker.feed(chunk):
+            live.add(_elements(page, 0, page_size))
+    if not picker.complete:
+        raise RestoreVerificationError("the second pass over the backup ended before the 'key' bucket's last page")
+    return live.count
 
 
 # ---- the steps, in runbook order --------------------------------------------------------------
@@ -303,10 +354,11 @@ def validate_backup(ctx: RestoreContext, doc: Document) -> Document:
     manifest = load_manifest(store, str(backup_id))
     if not manifest.verified:
         raise BackupNotVerifiedError(f"backup {manifest.id} is not verified; run `etcdops backup verify {manifest.id}`")
-    with tempfile.TemporaryDirectory(prefix="etcdops-restore-", dir=_work_dir(ctx)) as tmp:
-        path = Path(tmp) / "snapshot.db"
-        _fetch(ctx, store, keyring, manifest, path)
-        live_keys = count_live_keys(path)
+    snapshot = _plaintext(ctx, store, keyring, manifest)
+    with _decrypting(ctx, manifest):
+        for _chunk in snapshot:
+            pass  # decrypted, hashed and summarized as it streams; checked against the manifest at its end
+        live_keys = count_live_keys(snapshot, lambda: _plaintext(ctx, store, keyring, manifest))
     hosts = ctx.compute.hosts()
     if doc["mode"] == "in-place" and not hosts:
         raise InvalidRunbookInputError("in-place restore: the cluster has no hosts; use mode new-hosts")
@@ -384,7 +436,8 @@ def preflight(ctx: RestoreContext, doc: Document) -> Document:
         lease_seconds=LOCK_LEASE_SECONDS,
         now=ctx.now(),
         why="restores every member from it",
-        staging_key=f"{STAGING_PREFIX}/{_tail(doc)}.preflight",
+        staging_key=staged_keys(doc)[1],
+        staging=ctx.staging,
     )
     if findings:
         raise PreflightFailedError("RestoreCluster", findings)
@@ -449,29 +502,54 @@ def launch_hosts(ctx: RestoreContext, doc: Document) -> Document:
     return _timed({**doc, "targets": targets, "launched": [t["name"] for t in targets]}, "launch_hosts", started)
 
 
+def _staging_store(ctx: RestoreContext) -> BackupStore:
+    return ctx.staging() if ctx.staging is not None else ctx.backup_target()[0]
+
+
+def staged_keys(doc: Document) -> tuple[str, str]:
+    """The staging keys of this execution: the plain snapshot, and the preflight's write probe."""
+    return f"{STAGING_PREFIX}/{_tail(doc)}.snapshot", f"{STAGING_PREFIX}/{_tail(doc)}.preflight"
+
+
 def _stage_snapshot(ctx: RestoreContext, doc: Document) -> dict[str, str]:
-    """The verified plain snapshot in the store for the hosts to download (once per execution)."""
+    """The verified plain snapshot in the staging store for the hosts to download (once per execution).
+
+    Streamed: decrypted, hashed and checked against the manifest while it is uploaded (multipart),
+    so no copy is held locally; a check failing at the end aborts the upload and nothing is staged.
+    We hold the cluster lock, so what other executions left under the prefix (a crash halfway) is
+    theirs and no longer needed: it is removed first.
+    """
     store, keyring = ctx.backup_target()
-    key = f"{STAGING_PREFIX}/{_tail(doc)}.snapshot"
+    staging = _staging_store(ctx)
+    key = staged_keys(doc)[0]
     staged = doc.get("staged") or {}
-    if staged.get("key") == key and store.exists(key):
+    if staged.get("key") == key and staging.exists(key):
         return dict(staged)
-    if store.exists(key):
-        store.delete(key)  # an earlier try wrote it but did not record its sha256
+    for leftover in staging.list(f"{STAGING_PREFIX}/"):
+        if leftover.endswith((".snapshot", ".preflight")):
+            staging.delete(leftover)  # ours from an earlier try (its sha256 unrecorded), or another execution's
     manifest = load_manifest(store, doc["backup_id"])
-    with tempfile.TemporaryDirectory(prefix="etcdops-restore-", dir=_work_dir(ctx)) as tmp:
-        path = Path(tmp) / "snapshot.db"
-        _fetch(ctx, store, keyring, manifest, path)
-        sha = hashlib.sha256()
+    sha = hashlib.sha256()
 
-        def chunks() -> Iterator[bytes]:
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    sha.update(block)
-                    yield block
+    def chunks() -> Iterator[bytes]:
+        for chunk in _plaintext(ctx, store, keyring, manifest):
+            sha.update(chunk)
+            yield chunk
 
-        store.put_stream(key, chunks())
-    return {"key": key, "uri": store.uri_for(key), "sha256": sha.hexdigest()}
+    with _decrypting(ctx, manifest):
+        staging.put_stream(key, chunks())
+    return {"key": key, "uri": staging.uri_for(key), "sha256": sha.hexdigest()}
+
+
+def remove_staged(ctx: RestoreContext, doc: Document) -> list[str]:
+    """Delete what this execution staged (also what a crashed try may have left); the keys removed."""
+    staging = _staging_store(ctx)
+    removed = []
+    for key in staged_keys(doc):
+        if staging.exists(key):
+            staging.delete(key)
+            removed.append(key)
+    return removed
 
 
 def restore_members(ctx: RestoreContext, doc: Document) -> Document:
@@ -591,11 +669,7 @@ def release_lock(ctx: RestoreContext, doc: Document) -> Document:
 
 
 def notify_success(ctx: RestoreContext, doc: Document) -> Document:
-    staged = doc.get("staged") or {}
-    if staged.get("key"):
-        store, _ = ctx.backup_target()
-        if store.exists(staged["key"]):
-            store.delete(staged["key"])  # the plain snapshot copy is not kept
+    remove_staged(ctx, doc)  # the plain snapshot copy is not kept (invariant 14)
     if not _first_time(ctx, doc, "restore-succeeded"):
         return doc
     verified = doc.get("verified") or {}
@@ -620,10 +694,24 @@ def notify_success(ctx: RestoreContext, doc: Document) -> Document:
     return {**doc, "finished_at": ctx.now().isoformat()}
 
 
+def remove_staged_snapshot(ctx: RestoreContext, doc: Document) -> Document:
+    """The Catch path's first state: no plaintext is left behind by a failed restore (invariant 14)."""
+    if not doc.get("cluster") or not doc.get("execution"):
+        return doc  # refused before anything was named, so before anything was staged
+    return {**doc, "staging_removed": remove_staged(ctx, doc)}
+
+
 def failure_report(doc: Document) -> str:
     """The exact state the cluster was left in and the manual next step, from what the steps recorded."""
     error = doc.get("error") or {}
     lines = [f"Runbook {doc.get('execution')} stopped: {caught_error(error)}"]
+    cleanup = doc.get("cleanup_error")
+    if cleanup:
+        lines.append(
+            f"The plain snapshot this runbook staged could NOT be removed ({caught_error(cleanup)}): delete "
+            f"{' and '.join(staged_keys(doc))} under the staging location by hand (the staging bucket's "
+            "lifecycle expires it within a day)."
+        )
     suffix = doc.get("old_data_suffix")
     targets = [t["name"] for t in _targets(doc)]
     if doc.get("apiservers_started"):
@@ -724,6 +812,7 @@ STEPS: dict[str, Callable[[RestoreContext, Document], Document]] = {
     "RestartControlPlane": restart_control_plane,
     "ReleaseLock": release_lock,
     "NotifySuccess": notify_success,
+    "RemoveStagedSnapshot": remove_staged_snapshot,
     "NotifyFailure": notify_failure,
 }
 
