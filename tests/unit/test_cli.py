@@ -64,6 +64,7 @@ GLOBALS: list[tuple[list[str], str, object]] = [
     (["--cert", "c.pem"], "cert", "c.pem"),
     (["--key", "k.pem"], "key", "k.pem"),
     (["--debug"], "debug", True),
+    (["--stack-name", "etcdops-prod"], "stack_name", "etcdops-prod"),
 ]
 
 
@@ -216,6 +217,7 @@ BAD_INPUTS: list[tuple[list[str], int, str]] = [
     (["runbook", "list", "--state-dir", "empty"], 1, "no local stack"),
     (["runbook", "start", "restore", "--backup", "x", "--state-dir", "empty"], 1, "no local stack"),
     (["approve", "exec-1", "--state-dir", "empty"], 1, "ETCDOPS_TABLE is not set"),
+    (["runbook", "list", "--stack-name", "x", "--state-dir", "empty"], 1, "AWS: no region"),
     (["reject", "exec-1"], 2, "--reason"),
 ]
 
@@ -227,9 +229,12 @@ def tree(root: Path) -> dict[str, tuple[int, int]]:
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     for name in ("ETCDOPS_CONFIG", "ETCDOPS_STATE_DIR", "ETCDOPS_TABLE", "ETCDCTL_ENDPOINTS", "ETCDCTL_CACERT",
                  "ETCDCTL_CERT", "ETCDCTL_KEY", "ETCDOPS_REPLACE_STATE_MACHINE_ARN",
-                 "ETCDOPS_RESTORE_STATE_MACHINE_ARN"):  # fmt: skip
+                 "ETCDOPS_RESTORE_STATE_MACHINE_ARN", "ETCDOPS_STACK"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     for make in FILES.values():
         make(tmp_path)

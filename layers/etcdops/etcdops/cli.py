@@ -396,6 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, message = describe_failure(exc)
         print_error(message)
         return code
+    finally:
+        from etcdops.cli_stack import remove_private_directories
+
+        remove_private_directories()
 
 
 if __name__ == "__main__":

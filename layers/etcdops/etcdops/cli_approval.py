@@ -30,15 +30,21 @@ ClientFactory = Callable[[argparse.Namespace], ApprovalClients]
 
 
 def aws_clients(args: argparse.Namespace) -> ApprovalClients:
-    """The local stack's emulated AWS when it runs; else the state table from ``--table`` or
-    ``$ETCDOPS_TABLE`` and Step Functions, from the default session."""
+    """The deployed stack's (--stack-name) state table and Step Functions; else the local stack's
+    emulated AWS when it runs; else the state table from ``--table`` or ``$ETCDOPS_TABLE``, from the
+    default session."""
     import boto3
 
     from etcdops.cli import _state_dir
+    from etcdops.cli_stack import deployed_stack
     from etcdops.state import DynamoStateStore
 
-    state_dir = _state_dir(args)
     table = getattr(args, "table", None)
+    deployed = deployed_stack(args)
+    if deployed is not None:
+        store = DynamoStateStore(table or deployed.output("table"), deployed.session.client("dynamodb"))
+        return ApprovalClients(store, deployed.session.client("stepfunctions"))
+    state_dir = _state_dir(args)
     if (state_dir / "aws.json").exists() and not table:
         from etcdops.localaws import load_local_stack, local_boto3_session
 
@@ -49,7 +55,10 @@ def aws_clients(args: argparse.Namespace) -> ApprovalClients:
         return ApprovalClients(DynamoStateStore(stack.table, local.client("dynamodb")), local.client("stepfunctions"))
     table = table or os.environ.get("ETCDOPS_TABLE", "").strip()
     if not table:
-        raise ConfigError("--table: not given and ETCDOPS_TABLE is not set (the etcdops state table)")
+        raise ConfigError(
+            "--table: not given and ETCDOPS_TABLE is not set (the etcdops state table); or name the deployed "
+            "stack with --stack-name NAME"
+        )
     session = boto3.session.Session()
     return ApprovalClients(DynamoStateStore(table, session.client("dynamodb")), session.client("stepfunctions"))
 

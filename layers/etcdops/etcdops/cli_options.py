@@ -39,6 +39,7 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "cert": None,
     "key": None,
     "debug": False,
+    "stack_name": None,
 }
 """Every global option's destination and its value when it is not given anywhere."""
 
@@ -64,6 +65,7 @@ def global_options() -> Parser:
     add("--cacert", metavar="PATH", default=hide, help="CA bundle of the servers' certificates")
     add("--cert", metavar="PATH", default=hide, help="client certificate")
     add("--key", metavar="PATH", default=hide, help="client certificate's key")
+    add("--stack-name", metavar="NAME", default=hide, help="a deployed etcdops stack (default: $ETCDOPS_STACK)")
     add("--debug", action="store_true", default=hide, help="on an unexpected error, print the traceback too")
     return common
 
@@ -100,6 +102,11 @@ def state_dir(args: argparse.Namespace) -> Path:
 def _base_config(args: argparse.Namespace) -> ClusterConfig | None:
     if args.config:
         return load_config(Path(args.config))
+    from etcdops.cli_stack import deployed_stack, stack_config
+
+    stack = deployed_stack(args)
+    if stack is not None:
+        return stack_config(stack)
     local = state_dir(args) / "cluster.yaml"
     if local.exists():
         return load_config(local)
@@ -116,7 +123,8 @@ def _flag_or_env(args: argparse.Namespace, name: str, use_env: bool) -> str | No
 
 
 def resolve_config(args: argparse.Namespace) -> ClusterConfig:
-    """--config, else the local stack's config, else $ETCDOPS_CONFIG, else ``ETCDCTL_*``; then
+    """--config, else the deployed stack's (--stack-name), else the local stack's, else $ETCDOPS_CONFIG,
+    else ``ETCDCTL_*``; then
     ``--endpoints/--cacert/--cert/--key`` override what that configuration says."""
     base = _base_config(args)
     use_env = base is None

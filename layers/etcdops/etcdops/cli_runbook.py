@@ -13,7 +13,13 @@ RUNBOOKS = {"replace": "ReplaceMemberStateMachine", "restore": "RestoreClusterSt
 
 
 def operator_session(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
-    """A boto3 session and the runbooks' state machine ARNs: the local stack's, else AWS's."""
+    """A boto3 session and the runbooks' state machine ARNs: the deployed stack's (--stack-name), else
+    the local stack's, else from ``ETCDOPS_*_STATE_MACHINE_ARN``."""
+    from etcdops.cli_stack import deployed_stack
+
+    deployed = deployed_stack(args)
+    if deployed is not None:
+        return deployed.session, deployed.runbooks
     state_dir = _state_dir(args)
     if (state_dir / "aws.json").exists():
         from etcdops.localaws import load_local_stack, local_boto3_session
@@ -31,7 +37,7 @@ def operator_session(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     if not arns:
         raise ConfigError(
             f"no runbooks: no local stack with its autopilot in {state_dir} (start one with `etcdops local up`, "
-            "or pass --state-dir DIR), and no ETCDOPS_REPLACE_STATE_MACHINE_ARN/ETCDOPS_RESTORE_STATE_MACHINE_ARN"
+            "or pass --state-dir DIR), and no deployed stack (--stack-name NAME or ETCDOPS_STACK)"
         )
     return boto3.session.Session(), arns
 
@@ -40,7 +46,7 @@ def _arn(args: argparse.Namespace, arns: dict[str, str], runbook: str) -> str:
     if runbook not in arns:
         raise ConfigError(
             f"no {runbook} state machine: no local stack with its autopilot in {_state_dir(args)} (start one "
-            f"with `etcdops local up`, or pass --state-dir DIR), and no ETCDOPS_{runbook.upper()}_STATE_MACHINE_ARN"
+            f"with `etcdops local up`, or pass --state-dir DIR), and no deployed stack (--stack-name NAME)"
         )
     return arns[runbook]
 

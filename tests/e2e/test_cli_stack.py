@@ -1,0 +1,111 @@
+"""``etcdops --stack-name NAME``: the CLI on a deployed stack (template.yaml built in moto) with only AWS
+credentials: the stack's outputs and parameters, the configuration in SSM, TLS from Secrets Manager."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from stack_templates import TEMPLATE
+
+from etcdops import cli
+from etcdops.local import LocalCluster
+from etcdops.localaws import LocalAws, LocalStack, start_execution, wait_for_execution
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def deployed(shared_cluster: LocalCluster) -> Iterator[tuple[LocalAws, LocalStack]]:
+    with LocalAws() as aws:
+        stack = aws.build_stack(TEMPLATE, {"ClusterName": "prod"})
+        # as an operator deploys it: TLS material in Secrets Manager, the configuration in SSM
+        secrets = aws.client("secretsmanager")
+        tls = shared_cluster.tls
+        assert tls.cert is not None and tls.key is not None
+        arns = {
+            field: secrets.create_secret(Name=f"etcdops/prod/client/{field}", SecretString=path.read_text())["ARN"]
+            for field, path in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key))
+        }
+        document = {
+            "name": "prod",
+            "endpoints": shared_cluster.config().endpoints,
+            "tls": arns,
+            "backup": {"destination": f"s3://{stack.bucket}/prod", "encryption_key": stack.key_arn},
+        }
+        parameter = stack.parameters.get("ClusterConfigParameter", "/etcdops/cluster/config")
+        aws.client("ssm").put_parameter(Name=parameter, Value=json.dumps(document), Type="SecureString")
+        yield aws, stack
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if out.strip() and "--json" in argv else out), err
+
+
+@pytest.fixture
+def elsewhere(deployed: tuple[LocalAws, LocalStack], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder with no local stack, no configuration and no etcdops variables, and only the operator's
+    AWS credentials in the environment; a temporary directory we can watch."""
+    aws, _ = deployed
+    credentials = aws.admin_credentials
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", credentials["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", credentials["aws_secret_access_key"])
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for name in ("ETCDOPS_CONFIG", "ETCDOPS_STATE_DIR", "ETCDOPS_TABLE", "ETCDOPS_STACK", "ETCDCTL_ENDPOINTS"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    return tmp_path
+
+
+def test_status_reads_the_configuration_and_tls_secrets_of_the_stack(
+    deployed: tuple[LocalAws, LocalStack], elsewhere: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, stack = deployed
+
+    code, status, err = run(capsys, "--stack-name", stack.stack_name, "status", "--json")
+
+    assert code == 0, err
+    assert status["has_quorum"] and len(status["members"]) == 3
+    assert list((elsewhere / "tmp").iterdir()) == []  # the fetched key is gone with the command
+
+
+def test_runbooks_backups_and_approvals_come_from_the_stack_outputs(
+    deployed: tuple[LocalAws, LocalStack],
+    elsewhere: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    aws, stack = deployed
+    monkeypatch.setenv("ETCDOPS_STACK", stack.stack_name)
+
+    assert run(capsys, "runbook", "list", "--json")[:2] == (0, [])
+    code, text, _ = run(capsys, "backup", "list")
+    assert code == 0 and text == f"no backups in s3://{stack.bucket}/prod\n"
+    code, _, err = run(capsys, "approval", "show", "replace-prod-1")
+    assert code == 1 and err == "etcdops: ApprovalNotFoundError: no approval request for execution replace-prod-1\n"
+
+    # an execution of the stack's ReplaceMember runbook (for a cluster the stack does not watch: it fails
+    # at its first step) is listed and shown
+    sfn = aws.client("stepfunctions")
+    arn = start_execution(sfn, stack.state_machines["ReplaceMemberStateMachine"], {"cluster": "other"}, name="r-1")
+    wait_for_execution(sfn, arn, timeout=600)
+    code, listed, err = run(capsys, "runbook", "list", "--json")
+    assert code == 0 and [(e["runbook"], e["name"], e["status"]) for e in listed] == [("replace", "r-1", "FAILED")]
+    code, shown, err = run(capsys, "runbook", "show", "r-1", "--json")
+    assert code == 0 and shown["arn"] == arn and shown["steps"], err
+
+
+def test_a_stack_that_does_not_exist_is_one_line(
+    deployed: tuple[LocalAws, LocalStack], elsewhere: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "--stack-name", "nope", "runbook", "list")
+
+    assert code == 1 and err == "etcdops: NotFoundError: --stack-name: no stack nope in us-east-1\n"
