@@ -325,6 +325,47 @@ def test_the_cluster_name_must_be_given() -> None:
         effective_parameters(sam, {})
 
 
+def test_one_runtime_everywhere_the_deploy_path_names_it() -> None:
+    # sam build needs the template's runtime on PATH: bin/setup links it, the layer's Makefile builds
+    # for it, the layer declares it, the README tells it (it once said 3.11+ while the template said 3.12)
+    import re
+
+    from etcdops.localaws import read_template
+
+    root = TEMPLATE.parent
+    sam = read_template(TEMPLATE)
+    runtime = sam["Globals"]["Function"]["Runtime"]
+    version = runtime.removeprefix("python")
+    major, minor = version.split(".")
+    assert re.fullmatch(r"python3\.\d+", runtime)
+    assert not [lid for lid, r in sam["Resources"].items() if "Runtime" in (r.get("Properties") or {})]
+    assert sam["Resources"]["EtcdopsLayer"]["Properties"]["CompatibleRuntimes"] == [runtime]
+    makefile = (root / "layers" / "etcdops" / "Makefile").read_text()
+    assert f"PYTHON ?= {runtime}\n" in makefile and f"PYTHON_VERSION ?= {version}\n" in makefile
+    setup = (root / "bin" / "setup").read_text()
+    assert f"sys.version_info[:2] != ({major}, {minor})" in setup and f".tools/bin/{runtime}" in setup
+    readme = (root / "README.md").read_text()
+    deploying = readme[readme.index("## Deploying to AWS") :]
+    assert f"Python {version}" in deploying and f"`.tools/bin/{runtime}`" in deploying
+    assert f"for {runtime} on arm64" in deploying and sam["Globals"]["Function"]["Architectures"] == ["arm64"]
+
+
+def test_samconfig_deploys_without_prompts_that_abort_on_their_default(template: Template) -> None:
+    import tomllib
+
+    config = tomllib.loads((TEMPLATE.parent / "samconfig.toml").read_text())["default"]
+    deploy = config["deploy"]["parameters"]
+    # CAPABILITY_IAM: the functions' roles have no names; the managed bucket for the artifacts; a
+    # change set to confirm; no ClusterName here (each deploy names its cluster, the template has no default)
+    assert deploy["capabilities"] == "CAPABILITY_IAM" and deploy["resolve_s3"] is True
+    assert deploy["confirm_changeset"] is True and "parameter_overrides" not in deploy
+    assert config["global"]["parameters"]["stack_name"]
+    assert config["build"]["parameters"] == {"cached": True, "parallel": True}  # no container
+    assert config["validate"]["parameters"] == {"lint": True}
+    roles = template.of_type("AWS::IAM::Role").values()
+    assert roles and not [r for r in roles if "RoleName" in r["Properties"]]  # else CAPABILITY_NAMED_IAM
+
+
 def test_the_approval_routes_are_public_on_purpose_and_the_api_closed_by_default() -> None:
     from etcdops.localaws import read_template
 
