@@ -137,6 +137,15 @@ def test_local_env_prints_etcdctl_exports(stack: tuple[Path, dict[str, str]]) ->
     assert exported["ETCDCTL_API"] == "3"
     for name in ("ETCDCTL_ENDPOINTS", "ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY"):
         assert f"export {name}={exported[name]}" in text
+    # etcdctl snapshot save refuses several endpoints: the text says how to run it
+    first = exported["ETCDCTL_ENDPOINTS"].split(",")[0]
+    assert f"etcdctl --endpoints={first} snapshot save FILE" in text
+
+    # and etcdops itself understands the exports, with no configuration in sight
+    elsewhere = cwd / "elsewhere"
+    elsewhere.mkdir()
+    status = as_json(etcdops(elsewhere, "status", "-w", "json", env={**exported, "ETCDOPS_CONFIG": ""}))
+    assert status["has_quorum"] and len(status["members"]) == 3
 
 
 def test_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
@@ -211,6 +220,16 @@ def test_backup_commands_round_trip(
 
     verified = as_json(etcdops(cwd, "backup", "verify", made["id"], "--json"))
     assert verified["ok"] and verified["revision"] == made["revision"]
+    # verify reports its progress up to the whole snapshot
+    from etcdops.backup.job import verify_backup
+    from etcdops.backup.target import open_backup_target
+    from etcdops.config import load_config
+
+    seen: list[tuple[int, int | None]] = []
+    store, keyring = open_backup_target(load_config(cwd / ".etcdops" / "cluster.yaml"))
+    verify_backup(store, keyring, made["id"], progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (made["size_plain"], made["size_plain"])
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
     fetched = as_json(etcdops(cwd, "backup", "fetch", made["id"], "f.db", "--json"))
     assert Path(fetched["path"]).stat().st_size == made["size_plain"]
     code, err = on_a_full_disk(monkeypatch, capsys, cwd, "backup", "fetch", made["id"], "full.db")

@@ -51,6 +51,7 @@ REQUIRED: dict[tuple[str, ...], list[str]] = {
     ("runbook", "start", "replace"): ["--member", "m1"],
     ("runbook", "start", "restore"): [],
     ("demo",): [],
+    ("completion",): ["bash"],
 }
 
 # every global option: the words that give it, the attribute it sets, the value expected
@@ -344,3 +345,65 @@ def test_the_readme_documents_every_exit_status() -> None:
     documented = {int(n) for n in re.findall(r"^\| (\d+) \| ", readme, re.MULTILINE)}
 
     assert documented == set(EXIT_CODES)
+
+
+def test_tables_fit_the_terminal_and_stay_whole_in_a_pipe() -> None:
+    from etcdops.cli_format import table
+
+    headers = ["NAME", "ENDPOINT", "ERROR"]
+    error = "deadline exceeded after 2.0 s " * 3
+    rows = [["m1", "https://127.0.0.1:2379", error.strip()], ["m2", "https://127.0.0.1:2381", None]]
+
+    fitted = table(headers, rows, width=60).splitlines()
+    whole = table(headers, rows).splitlines()  # stdout is not a terminal here
+
+    assert max(len(line) for line in fitted) <= 60
+    assert fitted[1].startswith("m1    https://127.0.0.1:2379  deadline") and fitted[1].endswith("~")
+    assert fitted[2].rstrip().endswith("-")
+    assert whole[1].endswith("2.0 s") and len(whole[1]) > 60
+    # a terminal narrower than the narrowest columns cuts none below 8 characters
+    assert table(headers, rows, width=10).splitlines()[0].startswith("NAME  ENDPOINT")
+
+
+@pytest.mark.parametrize(
+    ("line", "offered"),
+    [
+        ("etcdops lo", "local"),
+        ("etcdops --state-dir x local d", "down"),
+        ("etcdops local down --p", "--purge"),
+        ("etcdops -w ", "json table simple"),
+        ("etcdops status --de", "--debug --deadline"),
+        ("etcdops runbook start r", "replace restore"),
+        ("etcdops runbook start restore --mode ", "in-place new-hosts"),
+        ("etcdops --config c.yaml backup ", None),  # the backup actions, then every option
+    ],
+)
+def test_bash_completion_offers_the_commands_and_options_of_the_parser(
+    line: str, offered: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import subprocess
+
+    code, script, _ = run(["completion", "bash"], capsys)
+    (tmp_path / "etcdops.bash").write_text(script)
+    complete = (
+        'source "$1"; read -ra COMP_WORDS <<< "$2"; [[ "$2" == *" " ]] && COMP_WORDS+=("");'
+        ' COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _etcdops; echo "${COMPREPLY[*]}"'
+    )
+    result = subprocess.run(
+        ["bash", "-c", complete, "_", str(tmp_path / "etcdops.bash"), line],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+
+    assert code == 0
+    if offered is None:
+        words = result.stdout.split()
+        assert {"run", "list", "verify", "fetch", "--stack-name", "--json"} <= set(words)
+    else:
+        assert sorted(result.stdout.split()) == sorted(offered.split())
+
+
+def test_zsh_completion_uses_the_bash_function(capsys: pytest.CaptureFixture[str]) -> None:
+    code, script, _ = run(["completion", "zsh"], capsys)
+
+    assert code == 0 and script.startswith("#compdef etcdops\n") and "bashcompinit" in script
+    assert "complete -o default -F _etcdops etcdops" in script

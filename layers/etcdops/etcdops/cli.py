@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from etcdops.cli_format import emit, human_bytes, table
 from etcdops.cli_options import (
     TESTED_ETCD_VERSIONS,
     Parser,
@@ -32,32 +33,6 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 # ---- shared plumbing ----------------------------------------------------------------------
-
-
-def emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
-    if args.json:
-        print(json.dumps(data, indent=2, default=str))
-    else:
-        text = human()
-        if text:
-            print(text)
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 # ---- local ---------------------------------------------------------------------------------
@@ -144,7 +119,12 @@ def cmd_local_down(args: argparse.Namespace) -> int:
 
 def cmd_local_env(args: argparse.Namespace) -> int:
     env = _local(args).env()
-    emit(args, env, lambda: "\n".join(f"export {k}={v}" for k, v in env.items()))
+    first = env["ETCDCTL_ENDPOINTS"].split(",")[0]
+    note = (
+        "# etcdops reads these too. `etcdctl snapshot save` wants exactly one endpoint:\n"
+        f"#   etcdctl --endpoints={first} snapshot save FILE   (or: etcdops snapshot save FILE)"
+    )
+    emit(args, env, lambda: "\n".join([*(f"export {k}={v}" for k, v in env.items()), note]))
     return 0
 
 
@@ -339,12 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_more(commands: Any, common: argparse.ArgumentParser) -> None:
     """Commands that live in their own modules register here."""
-    from etcdops import cli_approval, cli_backup, cli_runbook, cli_snapshot
+    from etcdops import cli_approval, cli_backup, cli_completion, cli_runbook, cli_snapshot
 
     cli_snapshot.register(commands, common)
     cli_backup.register(commands, common)
     cli_approval.register(commands, common)
     cli_runbook.register(commands, common)
+    cli_completion.register(commands, common)
     demo = commands.add_parser(
         "demo",
         help="a scripted tour on the local stack: backup, kill a member, watch it replaced, check the data",

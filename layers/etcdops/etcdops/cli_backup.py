@@ -94,10 +94,13 @@ def _verify_dict(result: Any) -> dict[str, Any]:
 def cmd_backup_verify(args: argparse.Namespace) -> int:
     from etcdops.backup.job import verify_backup
     from etcdops.backup.target import open_backup_target
+    from etcdops.snapshot import TerminalProgress
 
     config = resolve_config(args)
     store, keyring = open_backup_target(config)
-    result = verify_backup(store, keyring, args.id, cluster=config.name)
+    progress = TerminalProgress(sys.stderr, f"verify {args.id}")
+    result = verify_backup(store, keyring, args.id, cluster=config.name, progress=progress)
+    progress.done()
     data = _verify_dict(result)
     emit(
         args,

@@ -352,12 +352,25 @@ def _checked(
 
 
 def verify_backup(
-    store: BackupStore, keyring: KeyProvider, backup_id: str, *, cluster: str | None = None
+    store: BackupStore,
+    keyring: KeyProvider,
+    backup_id: str,
+    *,
+    cluster: str | None = None,
+    progress: Progress | None = None,
 ) -> VerifyResult:
     """Fetch, decrypt, hash and inspect a backup and compare all of it with its manifest."""
     started = time.monotonic()
     manifest = load_manifest(store, backup_id)
-    summary, digest = _checked(_plaintext(store, keyring, manifest, cluster), manifest)
+    checked = 0
+
+    def count(chunk: bytes) -> None:
+        nonlocal checked
+        checked += len(chunk)
+        if progress:
+            progress(checked, manifest.size_plain)
+
+    summary, digest = _checked(_plaintext(store, keyring, manifest, cluster), manifest, count if progress else None)
     return VerifyResult(manifest, summary, digest, time.monotonic() - started)
 
 
