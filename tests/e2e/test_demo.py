@@ -15,8 +15,8 @@ from etcdops.local import EtcdBinaries
 pytestmark = pytest.mark.e2e
 
 
-def test_the_demo_tells_the_whole_story(tmp_path: Path, etcd35: EtcdBinaries) -> None:
-    env = {**os.environ, "ETCD_BIN_DIR": str(etcd35.bin_dir)}
+def test_the_demo_tells_the_whole_story(tmp_path: Path, etcd3530: EtcdBinaries) -> None:
+    env = {**os.environ, "ETCD_BIN_DIR": str(etcd3530.bin_dir)}
     try:
         result = subprocess.run(
             [sys.executable, "-m", "etcdops.cli", "demo", "--json"],

@@ -24,12 +24,12 @@ CLUSTERS = ("alpha", "beta")
 
 
 @pytest.fixture
-def two_autopilots(tmp_path: Path, etcd35: EtcdBinaries) -> Iterator[dict[str, SimpleNamespace]]:
+def two_autopilots(tmp_path: Path, etcd3530: EtcdBinaries) -> Iterator[dict[str, SimpleNamespace]]:
     with ExitStack() as stack, LocalAws() as aws:
         pilots = {}
         for name in CLUSTERS:
             cluster = LocalCluster(tmp_path / name)
-            cluster.up(3, binaries=etcd35)
+            cluster.up(3, binaries=etcd3530)
             stack.callback(cluster.down)
             pilots[name] = stack.enter_context(
                 running_autopilot(

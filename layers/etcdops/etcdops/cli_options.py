@@ -24,8 +24,8 @@ from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 from etcdops.config import ClusterConfig, load_config, parse_config
 from etcdops.errors import ConfigError, EtcdopsError, UsageError
 
-TESTED_ETCD_VERSIONS = ("3.5.1", "3.4.23")
-"""The etcd versions the test suite runs every integration test against (tests/conftest.py)."""
+TESTED_ETCD_VERSIONS = ("3.5.30", "3.5.1", "3.4.23")
+"""The etcd versions the test suite runs every integration test against (tests/etcd_versions.py)."""
 
 WRITE_OUT = ("json", "table", "simple")
 

