@@ -27,6 +27,7 @@ def member(
     raft_index: int | None = None,
     raft_term: int | None = None,
     leader: int | None = None,
+    version: str | None = None,
 ) -> MemberHealth:
     return MemberHealth(
         id=member_id,
@@ -41,6 +42,7 @@ def member(
         raft_index=raft_index,
         raft_term=raft_term,
         leader=leader,
+        version=version,
     )
 
 
@@ -50,5 +52,13 @@ def cluster(
     alarms: tuple[Alarm, ...] = (),
     cluster_id: int = CLUSTER_ID,
     observed_at: datetime | None = None,
+    cluster_version: str | None = None,
 ) -> ClusterHealth:
-    return ClusterHealth(cluster_id=cluster_id, leader=leader, members=members, alarms=alarms, observed_at=observed_at)
+    return ClusterHealth(
+        cluster_id=cluster_id,
+        leader=leader,
+        members=members,
+        alarms=alarms,
+        observed_at=observed_at,
+        cluster_version=cluster_version,
+    )

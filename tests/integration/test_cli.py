@@ -66,7 +66,9 @@ def stack(tmp_path: Path, etcd_binaries: EtcdBinaries):  # type: ignore[no-untyp
     etcdops(tmp_path, "local", "down", check=False)
 
 
-def test_local_up_is_idempotent_and_status_reports_failures(stack: tuple[Path, dict[str, str]]) -> None:
+def test_local_up_is_idempotent_and_status_reports_failures(
+    stack: tuple[Path, dict[str, str]], etcd_binaries: EtcdBinaries
+) -> None:
     cwd, env = stack
     # Given a local stack started twice
     first = as_json(etcdops(cwd, "local", "up", "--json", env=env))
@@ -82,6 +84,9 @@ def test_local_up_is_idempotent_and_status_reports_failures(stack: tuple[Path, d
     status = as_json(etcdops(cwd, "status", "--json"))
     assert status["has_quorum"] and status["leader"]
     assert {"cluster_id", "leader", "has_quorum", "members", "alarms"} <= status.keys()
+    major, minor = etcd_binaries.version.split(".")[:2]
+    assert status["cluster_version"] == f"{major}.{minor}.0"  # etcd's own, from a member's /version
+    assert {m["version"] for m in status["members"]} == {etcd_binaries.version}
     member_fields = {
         "id",
         "name",

@@ -1,4 +1,4 @@
-"""HealthCheck rounds on real 3-member TLS clusters (etcd 3.5.1 and 3.4.23).
+"""HealthCheck rounds on real 3-member TLS clusters (etcd 3.4.23, 3.5.1 and 3.5.30).
 
 Each scenario reads like the runbook it automates: break the cluster the way hosts break, run
 health rounds at injected times (K=3 probes spanning T=2 s), and check what etcdops decided and
@@ -429,4 +429,37 @@ def test_a_nospace_alarm_is_notified_exactly_once(
         assert result.decision.action not in (Action.REPLACE_MEMBER, Action.ESCALATE_QUORUM_LOSS)
     assert autopilot.metrics.values["NoSpaceAlarm"] >= 1 and autopilot.metrics.values["HasLeader"] == 1
     assert autopilot.metrics.values["DbSizeQuotaRatio"] > 0.8
+    assert isinstance(autopilot.replace, RecordingReplaceStarter) and autopilot.replace.started == {}
+
+
+# ---- etcd versions ---------------------------------------------------------------------------------------
+
+
+def test_a_cluster_left_mixed_after_a_half_done_upgrade_is_notified_once(
+    start_cluster: Callable[..., LocalCluster], etcd351: EtcdBinaries, etcd3530: EtcdBinaries
+) -> None:
+    # Given a 3.5.1 cluster whose m3 was upgraded to 3.5.30 (stopped, etcd swapped, started again)
+    cluster = start_cluster(etcd351)
+    cluster.stop_member("m3")
+    cluster.swap_member_binaries("m3", etcd3530)
+    cluster.spawn_member("m3", initial_cluster=",".join(f"{m.name}={m.peer_url}" for m in cluster.state().members))
+    cluster.wait_ready()
+    take_verified_backup(cluster)
+    autopilot = Autopilot(with_health(cluster.config(), mixed_versions_warn_minutes=60))
+
+    # When HealthCheck runs for a while, and then the upgrade is never finished for more than an hour
+    results = [autopilot.round(s) for s in (0, 60, 1800, 3599, 3600, 3660, 7200)]
+
+    # Then every round publishes the cluster version (3.5) and the two member versions,
+    for result in results:
+        assert result.health is not None and result.health.cluster_version == "3.5.0"
+        assert sorted(result.health.member_versions) == ["3.5.1", "3.5.30"]
+    assert autopilot.metrics.values["ClusterVersion"] == 305 and autopilot.metrics.values["MemberVersions"] == 2
+    # says nothing while an upgrade could still be running, and warns exactly once after the hour
+    mixed = [s for s in autopilot.subjects() if "mixed-versions" in s]
+    assert mixed == [f"etcdops: mixed-versions on cluster {autopilot.config.name}"]
+    first = next(i for i, r in enumerate(results) if r.decision and r.decision.notifications)
+    assert first == 4  # the round at 3600 s
+    body = next(b for s, b, _ in autopilot.notifier.messages if "mixed-versions" in s)
+    assert "3.5.1 on m1" in body and "3.5.30 on m3" in body and "cluster version 3.5.0" in body
     assert isinstance(autopilot.replace, RecordingReplaceStarter) and autopilot.replace.started == {}

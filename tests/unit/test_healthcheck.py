@@ -33,7 +33,7 @@ from etcdops.healthcheck import (
     discount_alarm_reports,
     replace_input,
 )
-from etcdops.healthmetrics import RecordingMetrics, compute_health_metrics, publish_health_metrics
+from etcdops.healthmetrics import RecordingMetrics, compute_health_metrics, publish_health_metrics, version_number
 from etcdops.localhealth import local_health_schedule, schedule_seconds, template_health_schedule
 from etcdops.policy import Action, Decision, Notification, NotificationKind
 from etcdops.state import InMemoryStateStore, StateStore
@@ -130,10 +130,40 @@ def test_unknown_values_are_left_out_not_published_as_zero() -> None:
 
     publish_health_metrics(compute_health_metrics(health, now=NOW, quota_bytes=1, leader_changes=2), sink)
 
-    for absent in ("DbSize", "DbSizeQuotaRatio", "Fragmentation", "CertificateExpiryDays", "NewestVerifiedBackupAge"):
+    for absent in (
+        "DbSize",
+        "DbSizeQuotaRatio",
+        "Fragmentation",
+        "CertificateExpiryDays",
+        "NewestVerifiedBackupAge",
+        "ClusterVersion",
+        "MemberVersions",
+    ):
         assert absent not in sink.values
     assert sink.values["HasLeader"] == 0 and sink.values["LeaderChanges"] == 2
     assert sink.member_values == {}
+
+
+def test_the_cluster_version_and_the_number_of_member_versions_are_published() -> None:
+    sink = RecordingMetrics()
+    mixed = cluster(
+        member(1, "m1", version="3.4.23"),
+        member(2, "m2", version="3.5.30"),
+        member(3, "m3", version="3.5.30"),
+        cluster_version="3.4.0",
+    )
+
+    publish_health_metrics(compute_health_metrics(mixed, now=NOW, quota_bytes=1), sink)
+
+    assert sink.values["ClusterVersion"] == 304 and sink.values["MemberVersions"] == 2
+    assert [version_number(v) for v in ("3.5.0", "3.10.0", "4.0", "not_decided", "", None)] == [
+        305,
+        310,
+        400,
+        None,
+        None,
+        None,
+    ]
 
 
 def test_member_lag_is_published_per_member() -> None:

@@ -688,3 +688,72 @@ def test_lock_never_lets_a_change_or_page_through(
     decision = decide(obs, locked, config, cluster=name, now=now, ec2_failures=ec2)
     # Then it neither replaces nor escalates
     assert decision.action not in (Action.REPLACE_MEMBER, Action.ESCALATE_QUORUM_LOSS)
+
+
+# ---- mixed etcd versions ------------------------------------------------------------------
+
+
+def versions(*each: str | None, cluster_version: str | None = "3.5.0") -> ClusterHealth:
+    """Three healthy members running the given server versions (None: the member did not say)."""
+    return cluster(*(member(i, version=v) for i, v in enumerate(each, 1)), cluster_version=cluster_version)
+
+
+def test_the_mixed_versions_streak_starts_extends_holds_and_ends() -> None:
+    # Given one member upgraded: the streak starts, and the next mixed round extends it
+    first = update_history(history(), versions("3.5.1", "3.5.1", "3.5.30"), at(0))
+    assert first.mixed_versions == Streak(at(0), at(0), 1)
+    second = update_history(first, versions("3.5.1", "3.5.30", "3.5.30"), at(60))
+    assert second.mixed_versions == Streak(at(0), at(60), 2)
+    # a round where a member did not say its version cannot tell: the streak is kept as it was
+    unknown = update_history(second, versions("3.5.30", None, "3.5.30"), at(120))
+    assert unknown.mixed_versions == second.mixed_versions
+    # every member on one version: the streak ends
+    assert update_history(unknown, versions("3.5.30", "3.5.30", "3.5.30"), at(180)).mixed_versions is None
+    # a cluster on one version never starts one
+    assert update_history(history(), versions("3.4.23", "3.4.23", "3.4.23"), at(0)).mixed_versions is None
+
+
+def mixed_since(start: datetime, now: datetime) -> History:
+    return replace(history(), mixed_versions=Streak(start, now, 10))
+
+
+def test_a_cluster_mixed_longer_than_the_limit_is_notified_once_per_mixed_period() -> None:
+    obs = versions("3.5.1", "3.5.30", "3.5.30")
+    config = PolicyConfig(mixed_versions_warn_seconds=3600)
+    # Given mixed for less than the limit (an upgrade under way): nothing to say
+    calm = decide(obs, mixed_since(at(0), at(3599)), config, cluster=CLUSTER, now=at(3599))
+    assert calm.action is Action.NONE and calm.notifications == ()
+    # When it has been mixed for the whole limit
+    decision = decide(obs, mixed_since(at(0), at(3600)), config, cluster=CLUSTER, now=at(3600))
+    # Then one notification names each version with its members, the cluster version and what to do
+    assert decision.action is Action.NOTIFY
+    (notice,) = decision.notifications
+    assert notice.kind is NotificationKind.MIXED_VERSIONS
+    assert "60 minutes" in notice.message and "3.5.0" in notice.message
+    assert "3.5.1 on etcd-1 (1)" in notice.message and "3.5.30 on etcd-2 (2), etcd-3 (3)" in notice.message
+    assert "finish the upgrade or roll it back" in notice.message
+    assert EXECUTION_NAME.match(notice.key)
+    # the same period keeps its key (announced once); a later mixed period gets a new one
+    fresh = config.model_copy(update={"backup_max_age_seconds": 86400})  # (the backup may not go stale meanwhile)
+    later = decide(obs, mixed_since(at(0), at(7200)), fresh, cluster=CLUSTER, now=at(7200))
+    assert [n.key for n in later.notifications] == [notice.key]
+    again = decide(obs, mixed_since(at(9000), at(12600)), fresh, cluster=CLUSTER, now=at(12600))
+    (next_notice,) = again.notifications
+    assert next_notice.kind is NotificationKind.MIXED_VERSIONS and next_notice.key != notice.key
+
+
+def test_a_stale_streak_says_nothing_once_the_members_agree() -> None:
+    # the streak is reset by update_history; decide itself also needs two versions in the observation
+    obs = versions("3.5.30", "3.5.30", "3.5.30")
+    fresh = CONFIG.model_copy(update={"backup_max_age_seconds": 86400})
+    decision = decide(obs, mixed_since(at(0), at(7200)), fresh, cluster=CLUSTER, now=at(7200))
+    assert decision.action is Action.NONE and decision.notifications == ()
+
+
+def test_the_mixed_versions_limit_comes_from_the_cluster_configuration() -> None:
+    doc = {"name": "c", "endpoints": ["https://10.0.0.1:2379"], "tls": {"ca": "ca.pem"}}
+    assert PolicyConfig.from_cluster_config(parse_config(doc)).mixed_versions_warn_seconds == 3600
+    doc["health"] = {"mixed_versions_warn_minutes": 90}
+    assert PolicyConfig.from_cluster_config(parse_config(doc)).mixed_versions_warn_seconds == 5400
+    with pytest.raises(ConfigError, match="mixed_versions_warn_minutes"):
+        parse_config({**doc, "health": {"mixed_versions_warn_minutes": 0}})

@@ -70,6 +70,15 @@ def test_streaks_keep_big_member_ids_and_quorum_loss(store: StateStore) -> None:
     assert loaded.quorum_loss == Streak(at(1), at(5), 2)
 
 
+def test_the_mixed_versions_streak_is_kept_with_the_others(store: StateStore) -> None:
+    mixed = Streak(at(0), at(120), 3)
+    store.save_streaks(CLUSTER, {}, None, expected_version=0, now=at(120), mixed_versions=mixed)
+    assert store.load_streaks(CLUSTER).mixed_versions == mixed
+    # saved without one (the members agree again): gone
+    store.save_streaks(CLUSTER, {}, None, expected_version=1, now=at(180))
+    assert store.load_streaks(CLUSTER).mixed_versions is None
+
+
 def test_concurrent_streak_writers_conflict(store: StateStore) -> None:
     # Given two HealthCheck invocations that loaded the same version
     store.save_streaks(CLUSTER, {1: Streak(at(0), at(0), 1)}, None, expected_version=0, now=at(0))

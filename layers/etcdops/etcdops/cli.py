@@ -221,7 +221,8 @@ def render_status(name: str, data: dict[str, Any]) -> str:
     quorum = "QUORUM" if data["has_quorum"] else "NO QUORUM"
     lines = [
         f"cluster {name} ({data['cluster_id'] or 'unknown id'}): {quorum}, leader {data['leader'] or 'none'}, "
-        f"{healthy}/{voters} voters healthy, quorum margin {data['quorum_margin']}",
+        f"{healthy}/{voters} voters healthy, quorum margin {data['quorum_margin']}, "
+        f"cluster version {data.get('cluster_version') or 'unknown'}",
         "",
         table(
             ["NAME", "ID", "ROLE", "HEALTH", "VERSION", "DB SIZE", "IN USE", "RAFT INDEX", "TERM", "ENDPOINT", "ERROR"],

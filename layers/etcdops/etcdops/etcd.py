@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
+import json
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -239,6 +242,7 @@ class EtcdClient:
                 raise ConfigError(f"endpoints: {endpoint} is plain http; set plaintext to allow it")
         self.endpoints = tuple(endpoints)
         self.timeout = timeout
+        self._tls = None if plaintext else tls
         self._credentials = None if plaintext else tls.credentials() if tls else None
         self._channels: dict[str, _Channel] = {}
         self._lock = threading.Lock()
@@ -304,6 +308,38 @@ class EtcdClient:
             is_learner=resp.isLearner,
             errors=tuple(resp.errors),
         )
+
+    def cluster_version(self, endpoint: str, *, timeout: float | None = None) -> str:
+        """The cluster version as ``endpoint`` knows it (``etcdcluster`` of etcd's HTTP ``/version``,
+        e.g. ``3.5.0``: the lowest major.minor of the members, decided by the leader). The v3 gRPC API
+        does not carry it; the member serves ``/version`` on its client port with the same TLS."""
+        parts = urlsplit(endpoint)
+        host, port = parts.hostname or "", parts.port or 2379
+        wait = timeout if timeout is not None else self.timeout
+        connection: http.client.HTTPConnection | None = None
+        try:
+            if self._tls is None:
+                connection = http.client.HTTPConnection(host, port, timeout=wait)
+            else:
+                context = ssl.create_default_context(cafile=str(self._tls.ca))
+                if self._tls.cert:
+                    context.load_cert_chain(str(self._tls.cert), str(self._tls.key) if self._tls.key else None)
+                connection = http.client.HTTPSConnection(host, port, timeout=wait, context=context)
+            connection.request("GET", "/version")
+            response = connection.getresponse()
+            body = response.read(64 * 1024)
+        except (OSError, http.client.HTTPException) as exc:
+            raise EtcdUnavailableError(f"{endpoint}: /version: {exc}") from exc
+        finally:
+            if connection is not None:
+                connection.close()
+        try:
+            version = json.loads(body)["etcdcluster"] if response.status == 200 else None
+        except (ValueError, KeyError, TypeError):
+            version = None
+        if not isinstance(version, str) or not version or version == "not_decided":
+            raise EtcdRequestError(f"{endpoint}: /version gave no cluster version (HTTP {response.status})")
+        return version
 
     def alarms(self, endpoint: str | None = None, *, timeout: float | None = None) -> list[Alarm]:
         request = pb.AlarmRequest(action=pb.AlarmRequest.GET)

@@ -55,6 +55,21 @@ class ClusterHealth:
     alarms: tuple[Alarm, ...] = ()
     observed_at: datetime | None = None
     errors: tuple[str, ...] = field(default=())  # round-level problems, e.g. membership unknown
+    cluster_version: str | None = None  # etcd's cluster version (e.g. "3.5.0"), None when no member said
+
+    @property
+    def member_versions(self) -> dict[str, tuple[MemberHealth, ...]]:
+        """The server versions the members reported (members that did not answer are left out)."""
+        versions: dict[str, list[MemberHealth]] = {}
+        for m in self.members:
+            if m.version:
+                versions.setdefault(m.version, []).append(m)
+        return {version: tuple(members) for version, members in sorted(versions.items())}
+
+    @property
+    def versions_known(self) -> bool:
+        """Whether every member reported its server version this round."""
+        return bool(self.members) and all(m.version for m in self.members)
 
     @property
     def voters(self) -> tuple[MemberHealth, ...]:

@@ -497,9 +497,17 @@ def _fold(state: StateStore, cluster: str, health: ClusterHealth, now: datetime,
     """Fold this round into the stored streaks with one conditional write (reload on conflict)."""
     for _ in range(_SAVE_ATTEMPTS):
         stored = state.load_streaks(cluster)
-        history = update_history(History(stored.streaks, stored.quorum_loss), health, now, ec2_failures=ec2)
+        before = History(stored.streaks, stored.quorum_loss, mixed_versions=stored.mixed_versions)
+        history = update_history(before, health, now, ec2_failures=ec2)
         try:
-            state.save_streaks(cluster, history.streaks, history.quorum_loss, expected_version=stored.version, now=now)
+            state.save_streaks(
+                cluster,
+                history.streaks,
+                history.quorum_loss,
+                expected_version=stored.version,
+                now=now,
+                mixed_versions=history.mixed_versions,
+            )
         except ConflictError:
             continue
         return history

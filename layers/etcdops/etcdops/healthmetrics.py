@@ -21,6 +21,8 @@ CertificateExpiryDays      None    days until the earliest certificate a member 
 NewestVerifiedBackupAge    Seconds age of the newest verified backup (absent when there is none)
 MaxRaftIndexLag            Count   the largest raft index lag of a member behind the leader
 RaftIndexLag (per member)  Count   the leader's raft index minus the member's
+ClusterVersion             None    etcd's cluster version as major * 100 + minor (305 for 3.5)
+MemberVersions             Count   distinct server versions among the members (2+: mixed versions)
 ========================== ======= ===========================================================
 """
 
@@ -60,6 +62,8 @@ class HealthMetrics:
     certificate_expiry_days: float | None
     newest_verified_backup_age: float | None
     raft_index_lag: Mapping[str, int] = field(default_factory=dict)
+    cluster_version: int | None = None
+    member_versions: int | None = None
 
     @property
     def max_raft_index_lag(self) -> int | None:
@@ -82,6 +86,8 @@ class HealthMetrics:
             ("CertificateExpiryDays", NO_UNIT, self.certificate_expiry_days),
             ("NewestVerifiedBackupAge", SECONDS, self.newest_verified_backup_age),
             ("MaxRaftIndexLag", COUNT, self.max_raft_index_lag),
+            ("ClusterVersion", NO_UNIT, self.cluster_version),
+            ("MemberVersions", COUNT, self.member_versions),
         ]
         return [(name, unit, float(value)) for name, unit, value in points if value is not None]
 
@@ -156,7 +162,17 @@ def compute_health_metrics(
         certificate_expiry_days=expiry_days,
         newest_verified_backup_age=backup_age,
         raft_index_lag=lag,
+        cluster_version=version_number(observation.cluster_version),
+        member_versions=len(observation.member_versions) or None,
     )
+
+
+def version_number(version: str | None) -> int | None:
+    """``3.5.0`` -> 305 (major * 100 + minor): a version as a metric value that orders correctly."""
+    parts = (version or "").split(".")
+    if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
+        return None
+    return int(parts[0]) * 100 + int(parts[1])
 
 
 def publish_health_metrics(metrics: HealthMetrics, sink: HealthMetricsSink) -> None:

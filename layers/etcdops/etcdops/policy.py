@@ -101,6 +101,9 @@ class PolicyConfig(BaseModel):
     )
     cert_expiry_warn_days: int = Field(default=30, ge=0)
     backup_max_age_seconds: float = Field(default=2 * 3600.0, gt=0)
+    mixed_versions_warn_seconds: float = Field(
+        default=3600.0, gt=0, description="notify when members run different etcd versions for this long"
+    )
 
     @property
     def failure_window(self) -> timedelta:
@@ -128,6 +131,7 @@ class PolicyConfig(BaseModel):
             approval=config.approval,
             db_quota_bytes=health.quota_backend_bytes,
             cert_expiry_warn_days=health.certificate_warn_days,
+            mixed_versions_warn_seconds=health.mixed_versions_warn_minutes * 60.0,
             **({"backup_max_age_seconds": config.backup.max_age_minutes * 60.0} if config.backup else {}),
         )
 
@@ -178,7 +182,8 @@ class History:
     observed quorum lost; ``latest_backup`` the newest verified backup (or None); ``backup_unknown``
     why the backup catalogue could not be read (then ``latest_backup`` is None because it is unknown,
     not because there is none); ``lock`` the cluster's operation lock as last read (an expired lease
-    does not count as held).
+    does not count as held); ``mixed_versions`` the streak of rounds whose members reported more
+    than one etcd server version.
     Treat instances as immutable: :func:`update_history` returns a new one.
     """
 
@@ -187,6 +192,7 @@ class History:
     latest_backup: BackupRef | None = None
     lock: LockLike | None = None
     backup_unknown: str | None = None
+    mixed_versions: Streak | None = None
 
 
 # ---- outputs ------------------------------------------------------------------------------
@@ -211,6 +217,7 @@ class NotificationKind(StrEnum):
     BACKUP_UNREADABLE = "backup-unreadable"
     DB_SIZE_HIGH = "db-size-high"
     LEARNER_FAILED = "learner-failed"
+    MIXED_VERSIONS = "mixed-versions"
 
 
 @dataclass(frozen=True)
@@ -387,7 +394,10 @@ def update_history(
 
     A member whose probe failed, or that an EC2 failure event names, starts or extends its streak;
     a healthy probe resets it; a member missing from the observation is dropped. The quorum-loss
-    streak is extended while quorum is lost and reset when it is back. Backup and lock are kept.
+    streak is extended while quorum is lost and reset when it is back. The mixed-versions streak is
+    extended while the members report more than one server version and reset once every member
+    reports the same one (a round where some member did not answer leaves it as it was). Backup and
+    lock are kept.
     """
     now = _utc(now)
     streaks: dict[int, Streak] = {}
@@ -400,7 +410,12 @@ def update_history(
         quorum_loss = history.quorum_loss.extended(now) if history.quorum_loss else Streak.start(now)
     else:
         quorum_loss = None
-    return replace(history, streaks=streaks, quorum_loss=quorum_loss)
+    mixed = history.mixed_versions
+    if len(observation.member_versions) > 1:
+        mixed = mixed.extended(now) if mixed is not None else Streak.start(now)
+    elif observation.versions_known:
+        mixed = None
+    return replace(history, streaks=streaks, quorum_loss=quorum_loss, mixed_versions=mixed)
 
 
 def is_confirmed(streak: Streak | None, config: PolicyConfig) -> bool:
@@ -572,6 +587,33 @@ def _notifications(
     return tuple(out)
 
 
+def _mixed_versions(
+    cluster: str, observation: ClusterHealth, history: History, config: PolicyConfig, now: datetime
+) -> tuple[Notification, ...]:
+    """A cluster whose members have run different etcd versions for longer than an upgrade takes:
+    one notification per mixed period (the key carries the period's start)."""
+    streak, versions = history.mixed_versions, observation.member_versions
+    if streak is None or len(versions) < 2 or now - _utc(streak.first_failed_at) < timedelta(
+        seconds=config.mixed_versions_warn_seconds
+    ):
+        return ()
+    since = _utc(streak.first_failed_at)
+    minutes = int((now - since).total_seconds() // 60)
+    each = "; ".join(f"{v} on {', '.join(m.label for m in members)}" for v, members in versions.items())
+    return (
+        Notification(
+            NotificationKind.MIXED_VERSIONS,
+            f"Cluster {cluster} has run mixed etcd versions for {minutes} minutes (since {since.isoformat()}; "
+            f"warning after {int(config.mixed_versions_warn_seconds // 60)} minutes): {each}; cluster version "
+            f"{observation.cluster_version or 'unknown'}. A mixed cluster runs at its lowest version, and going "
+            "back by swapping binaries works only while it is mixed: finish the upgrade or roll it back.",
+            _notification_key(
+                cluster, NotificationKind.MIXED_VERSIONS, f"{since.strftime('%Y%m%dT%H%M%SZ')}-{'-'.join(versions)}"
+            ),
+        ),
+    )
+
+
 def _escalation(
     cluster: str,
     observation: ClusterHealth,
@@ -650,7 +692,10 @@ def _decide_unlocked(
     failed, failing = _failures(observation, history, config, now, ec2_failures)
     failed_voters = [f for f in failed if not f.member.is_learner]
     failed_learners = [f for f in failed if f.member.is_learner]
-    notes = _notifications(cluster, observation, history, config, now, failed_learners, cert_not_after)
+    notes = (
+        *_notifications(cluster, observation, history, config, now, failed_learners, cert_not_after),
+        *_mixed_versions(cluster, observation, history, config, now),
+    )
     voters = observation.voters
     n = len(voters)
     healthy = _healthy_voters(observation, ec2_failures)

@@ -60,11 +60,12 @@ def probe_cluster(
         )
     members = list(membership.members)
 
-    pool = ThreadPoolExecutor(max_workers=max(1, len(members) + 1), thread_name_prefix="probe")
+    pool = ThreadPoolExecutor(max_workers=max(1, len(members) + 2), thread_name_prefix="probe")
     try:
         futures = {pool.submit(_probe_member, client, m, remaining): m for m in members}
         alarms_future = pool.submit(_alarms, client, members, remaining)
-        pending: list[Future[Any]] = [*futures, alarms_future]
+        version_future = pool.submit(_cluster_version, client, members, remaining)
+        pending: list[Future[Any]] = [*futures, alarms_future, version_future]
         done, _ = wait(pending, timeout=deadline + 0.25)
         results: list[tuple[MemberHealth, int | None]] = []
         for future, member in futures.items():
@@ -79,6 +80,7 @@ def probe_cluster(
                 errors.append(alarm_error)
         else:
             errors.append("alarm list did not finish within the deadline")
+        cluster_version = version_future.result() if version_future in done else None
     finally:
         # grpc calls carry their own deadlines; do not wait for stragglers here
         pool.shutdown(wait=False, cancel_futures=True)
@@ -94,6 +96,7 @@ def probe_cluster(
         alarms=alarms,
         observed_at=observed_at,
         errors=tuple(errors),
+        cluster_version=cluster_version,
     )
 
 
@@ -164,6 +167,18 @@ def _alarms(
     return (), last
 
 
+def _cluster_version(client: EtcdClient, members: list[Member], remaining: Callable[[], float]) -> str | None:
+    """The cluster version from the first started member that tells it (None when none does)."""
+    for member in members:
+        if not member.started:
+            continue
+        try:
+            return client.cluster_version(member.client_urls[0], timeout=remaining())
+        except EtcdError:
+            continue
+    return None
+
+
 def health_to_dict(health: ClusterHealth) -> dict[str, object]:
     """The JSON shape of ``etcdops status --json``."""
     return {
@@ -172,6 +187,7 @@ def health_to_dict(health: ClusterHealth) -> dict[str, object]:
         "has_quorum": health.has_quorum,
         "quorum": health.quorum,
         "quorum_margin": health.quorum_margin,
+        "cluster_version": health.cluster_version,
         "members": [
             {
                 "id": f"{m.id:x}",

@@ -13,7 +13,8 @@ Single-table design (:data:`TABLE_KEY_SCHEMA`), one partition per cluster, ``pk 
 ``sk``                 item
 =====================  ==========================================================================
 ``streaks``            all failure streaks of the cluster in one item (``members`` map, optional
-                       ``quorum_loss``), a ``version`` number checked on every write, ``ttl``
+                       ``quorum_loss`` and ``mixed_versions``), a ``version`` number checked on
+                       every write, ``ttl``
 ``lock``               the operation lock: ``owner``, ``acquired_at``, ``expires_at``,
                        ``expires_at_us`` (epoch microseconds, compared in conditions), ``ttl``
 ``incident#<id>``      one incident or notification already announced: ``kind``, ``recorded_at``,
@@ -177,6 +178,7 @@ class StreakState:
     streaks: Mapping[int, Streak] = field(default_factory=dict)
     quorum_loss: Streak | None = None
     version: int = 0
+    mixed_versions: Streak | None = None  # rounds whose members reported more than one etcd version
 
 
 @dataclass(frozen=True)
@@ -305,6 +307,7 @@ class StateStore(ABC):
         *,
         expected_version: int,
         now: datetime,
+        mixed_versions: Streak | None = None,
     ) -> StreakState:
         """Replace the cluster's streaks if their version is still ``expected_version``.
 
@@ -460,13 +463,14 @@ class InMemoryStateStore(StateStore):
         *,
         expected_version: int,
         now: datetime,
+        mixed_versions: Streak | None = None,
     ) -> StreakState:
         _pk(cluster)
         with self._mutex:
             current = self._streaks.get(cluster, StreakState()).version
             if current != expected_version:
                 raise ConflictError(cluster, expected_version)
-            saved = StreakState(dict(streaks), quorum_loss, expected_version + 1)
+            saved = StreakState(dict(streaks), quorum_loss, expected_version + 1, mixed_versions)
             self._streaks[cluster] = saved
             return saved
 
@@ -773,7 +777,8 @@ class DynamoStateStore(StateStore):
             return StreakState()
         members = {int(k): _streak_from_item(v) for k, v in item.get("members", {"M": {}})["M"].items()}
         quorum_loss = _streak_from_item(item["quorum_loss"]) if "quorum_loss" in item else None
-        return StreakState(members, quorum_loss, int(item["version"]["N"]))
+        mixed = _streak_from_item(item["mixed_versions"]) if "mixed_versions" in item else None
+        return StreakState(members, quorum_loss, int(item["version"]["N"]), mixed)
 
     def save_streaks(
         self,
@@ -783,6 +788,7 @@ class DynamoStateStore(StateStore):
         *,
         expected_version: int,
         now: datetime,
+        mixed_versions: Streak | None = None,
     ) -> StreakState:
         new_version = expected_version + 1
         item: dict[str, Any] = {
@@ -794,6 +800,8 @@ class DynamoStateStore(StateStore):
         }
         if quorum_loss is not None:
             item["quorum_loss"] = _streak_to_item(quorum_loss)
+        if mixed_versions is not None:
+            item["mixed_versions"] = _streak_to_item(mixed_versions)
         if expected_version == 0:
             condition = "attribute_not_exists(pk)"
             values: dict[str, Any] = {}
@@ -812,7 +820,7 @@ class DynamoStateStore(StateStore):
             if _is_condition_failure(exc):
                 raise ConflictError(cluster, expected_version) from exc
             raise
-        return StreakState(dict(streaks), quorum_loss, new_version)
+        return StreakState(dict(streaks), quorum_loss, new_version, mixed_versions)
 
     # lock
 
