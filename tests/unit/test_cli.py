@@ -220,6 +220,15 @@ BAD_INPUTS: list[tuple[list[str], int, str]] = [
     (["approve", "exec-1", "--state-dir", "empty"], 1, "ETCDOPS_TABLE is not set"),
     (["runbook", "list", "--stack-name", "x", "--state-dir", "empty"], 1, "AWS: no region"),
     (["reject", "exec-1"], 2, "--reason"),
+    (["local", "up", "--members", "0"], 2, "1 to 9 members"),
+    (["local", "up", "--members", "100000"], 2, "1 to 9 members"),
+    (["local", "up", "--members", "three"], 2, "not a whole number"),
+    (["--config", "", "status"], 2, "an empty value"),
+    (["status", "--state-dir", " "], 2, "an empty value"),
+    (["--stack-name", "", "runbook", "list"], 2, "an empty value"),
+    (["status", "--config", "good.yaml", "--key", ""], 2, "an empty value"),
+    (["status", "--config", "/dev/null"], 1, "expected a mapping"),
+    (["snapshot", "inspect", "/dev/null"], 2, "not a regular file"),
 ]
 
 
@@ -407,3 +416,31 @@ def test_zsh_completion_uses_the_bash_function(capsys: pytest.CaptureFixture[str
 
     assert code == 0 and script.startswith("#compdef etcdops\n") and "bashcompinit" in script
     assert "complete -o default -F _etcdops etcdops" in script
+
+
+def test_tls_secrets_in_a_configuration_file_are_fetched_for_the_command_only(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+    from moto import mock_aws
+
+    from etcdops.cli_options import resolve_config
+    from etcdops.cli_stack import remove_private_directories
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "eu-west-1"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        secrets = boto3.client("secretsmanager")
+        arns = {f: secrets.create_secret(Name=f"etcdops/prod/client/{f}", SecretString=f"{f} PEM")["ARN"]
+                for f in ("ca", "cert", "key")}  # fmt: skip
+        (workdir / "prod.yaml").write_text(json.dumps({"name": "prod", "endpoints": ["https://10.0.0.1:2379"],
+                                                       "tls": arns}))  # fmt: skip
+        config = resolve_config(parse(["--config", "prod.yaml", "status"]))
+
+    assert config.tls is not None and config.tls.key is not None
+    key = Path(config.tls.key)
+    assert key.read_text() == "key PEM" and Path(config.tls.ca).read_text() == "ca PEM"
+    assert key.stat().st_mode & 0o777 == 0o600 and key.parent.stat().st_mode & 0o777 == 0o700
+    remove_private_directories()
+    assert not key.parent.exists()

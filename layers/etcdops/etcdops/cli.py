@@ -22,6 +22,7 @@ from etcdops.cli_options import (
     describe_failure,
     finish,
     global_options,
+    member_count,
     positive_seconds,
     print_error,
     resolve_config,
@@ -273,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     local = commands.add_parser("local", help="the embedded local stack", parents=[common])
     local_cmds = local.add_subparsers(dest="local_command", metavar="ACTION", required=True)
     up = local_cmds.add_parser("up", help="start a local TLS cluster (idempotent)", parents=[common])
-    up.add_argument("--members", type=int, default=3, help="number of members (default 3)")
+    up.add_argument("--members", type=member_count, default=3, help="number of members, 1 to 9 (default 3)")
     up.add_argument(
         "--no-autopilot",
         action="store_true",

@@ -56,17 +56,18 @@ def global_options() -> Parser:
     common = Parser(add_help=False)
     group = common.add_argument_group("global options (before or after the command)")
     add = group.add_argument
-    hide = argparse.SUPPRESS
-    add("--config", metavar="PATH", default=hide, help="cluster configuration (default: the local stack's)")
-    add("--state-dir", metavar="DIR", default=hide, help="local stack state directory (default: ./.etcdops)")
-    add("--json", action="store_true", default=hide, help="print exact JSON instead of text (= -w json)")
-    add("-w", "--write-out", choices=WRITE_OUT, default=hide, help="output format, as etcdctl's (table = simple)")
-    add("--endpoints", metavar="URLS", default=hide, help="comma-separated client URLs (default: the config's)")
-    add("--cacert", metavar="PATH", default=hide, help="CA bundle of the servers' certificates")
-    add("--cert", metavar="PATH", default=hide, help="client certificate")
-    add("--key", metavar="PATH", default=hide, help="client certificate's key")
-    add("--stack-name", metavar="NAME", default=hide, help="a deployed etcdops stack (default: $ETCDOPS_STACK)")
-    add("--debug", action="store_true", default=hide, help="on an unexpected error, print the traceback too")
+    flag: dict[str, Any] = {"action": "store_true", "default": argparse.SUPPRESS}
+    text: dict[str, Any] = {"type": nonempty, "default": argparse.SUPPRESS}
+    add("--config", metavar="PATH", **text, help="cluster configuration (default: the local stack's)")
+    add("--state-dir", metavar="DIR", **text, help="local stack state directory (default: ./.etcdops)")
+    add("--json", **flag, help="print exact JSON instead of text (= -w json)")
+    add("-w", "--write-out", choices=WRITE_OUT, default=argparse.SUPPRESS, help="output format, as etcdctl's")
+    add("--endpoints", metavar="URLS", **text, help="comma-separated client URLs (default: the config's)")
+    add("--cacert", metavar="PATH", **text, help="CA bundle of the servers' certificates")
+    add("--cert", metavar="PATH", **text, help="client certificate")
+    add("--key", metavar="PATH", **text, help="client certificate's key")
+    add("--stack-name", metavar="NAME", **text, help="a deployed etcdops stack (default: $ETCDOPS_STACK)")
+    add("--debug", **flag, help="on an unexpected error, print the traceback too")
     return common
 
 
@@ -79,6 +80,24 @@ def finish(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError(f"--json and -w {args.write_out} contradict each other")
     args.json = args.json or args.write_out == "json"
     return args
+
+
+def nonempty(text: str) -> str:
+    """An argparse type: any text but an empty one (an empty value would silently mean the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value; leave the option out for its default")
+    return text
+
+
+def member_count(text: str) -> int:
+    """An argparse type: how many members a local cluster has, 1 to 9."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 9:
+        raise argparse.ArgumentTypeError(f"{value}: a local cluster has 1 to 9 members (3 or 5 are usual)")
+    return value
 
 
 def positive_seconds(text: str) -> float:
@@ -136,7 +155,7 @@ def resolve_config(args: argparse.Namespace) -> ClusterConfig:
         )
     if not any(settings.values()):
         assert base is not None
-        return base
+        return _with_tls_files(args, base)
     document: dict[str, Any] = (
         base.model_dump(mode="json", exclude_none=True) if base else {"name": "etcdctl", "endpoints": []}
     )
@@ -160,7 +179,15 @@ def resolve_config(args: argparse.Namespace) -> ClusterConfig:
     if "ca" not in tls:
         raise ConfigError(f"{source}: https endpoints need --cacert (the servers' CA)")
     document["tls"] = tls
-    return parse_config(document, source)
+    return _with_tls_files(args, parse_config(document, source))
+
+
+def _with_tls_files(args: argparse.Namespace, config: ClusterConfig) -> ClusterConfig:
+    """TLS entries that are Secrets Manager ARNs (as deployed) fetched for this command."""
+    from etcdops.cli_stack import deployed_stack, fetch_tls_secrets
+
+    deployed = deployed_stack(args)
+    return fetch_tls_secrets(config, deployed.session if deployed else None)
 
 
 # ---- files the commands write -----------------------------------------------------------------
@@ -184,8 +211,10 @@ def input_file(text: str) -> Path:
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
-    if not path.is_file():
+    if not path.exists():
         raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a regular file")
     return path
 
 

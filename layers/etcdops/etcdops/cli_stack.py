@@ -88,7 +88,7 @@ def stack_config(stack: DeployedStack) -> ClusterConfig:
     """The cluster configuration the stack watches, with its TLS secrets in files for this command."""
     if stack.config is not None:
         return stack.config
-    from etcdops.aws import load_cluster_config, materialize_tls
+    from etcdops.aws import load_cluster_config
 
     parameter = stack.parameters.get("ClusterConfigParameter")
     if not parameter:
@@ -96,12 +96,22 @@ def stack_config(stack: DeployedStack) -> ClusterConfig:
     config = load_cluster_config(
         stack.session.client("ssm"), parameter, stack.parameters.get("ClusterName") or None
     )
-    if config.tls is not None and any(
+    stack.config = fetch_tls_secrets(config, stack.session)
+    return stack.config
+
+
+def fetch_tls_secrets(config: ClusterConfig, session: Any | None = None) -> ClusterConfig:
+    """``config`` with its TLS entries that are Secrets Manager ARNs fetched into private files."""
+    if config.tls is None or not any(
         (value or "").startswith("arn:") for value in (config.tls.ca, config.tls.cert, config.tls.key)
     ):
-        config = materialize_tls(config, stack.session.client("secretsmanager"), private_directory())
-    stack.config = config
-    return config
+        return config
+    import boto3
+
+    from etcdops.aws import materialize_tls
+
+    session = session or boto3.session.Session()
+    return materialize_tls(config, session.client("secretsmanager"), private_directory())
 
 
 def private_directory() -> Path:
