@@ -322,6 +322,9 @@ def test_version_names_ours_and_the_etcd_versions_tested(capsys: pytest.CaptureF
     code, out, _ = run(["--version"], capsys)
 
     assert code == 0 and out == f"etcdops {__version__} (tested with etcd {', '.join(TESTED_ETCD_VERSIONS)})\n"
+    from etcd_versions import ETCD_VERSIONS  # the test matrix itself
+
+    assert sorted(TESTED_ETCD_VERSIONS) == sorted(version for version, _ in ETCD_VERSIONS.values())
 
 
 def test_output_closed_early_is_quiet(tmp_path: Path) -> None:
