@@ -14,6 +14,7 @@ generates every state machine's ``Retry`` lists from them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -58,6 +59,15 @@ class UsageError(EtcdopsError):
 
 class NotFoundError(EtcdopsError):
     """A named thing (member, backup, execution) does not exist."""
+
+
+class UpgradeRefusedError(EtcdopsError):
+    """The asked etcd upgrade is not a path etcdops takes (etcdops.upgrade); nothing was changed.
+    The message gives every reason at once."""
+
+    def __init__(self, reasons: Sequence[str]) -> None:
+        super().__init__("upgrade refused: " + "; ".join(reasons))
+        self.reasons = tuple(reasons)
 
 
 # ---- etcd ---------------------------------------------------------------------------------
