@@ -1,15 +1,11 @@
-"""The etcd versions `etcdops --version` names are exactly the ones the tests run on."""
+"""tests/etcd_versions.py: which versions restore with a revision bump (test_cli checks that
+`etcdops --version` names exactly the versions of the matrix)."""
 
 from __future__ import annotations
 
-from etcd_versions import ETCD_VERSIONS, restore_bumps_revision
+from etcd_versions import restore_bumps_revision
 
-from etcdops.cli_options import TESTED_ETCD_VERSIONS
 from etcdops.local import EtcdBinaries
-
-
-def test_the_versions_named_are_the_versions_tested() -> None:
-    assert sorted(version for version, _ in ETCD_VERSIONS.values()) == sorted(TESTED_ETCD_VERSIONS)
 
 
 def test_which_versions_restore_with_a_revision_bump() -> None:
