@@ -122,6 +122,26 @@ def test_state_dir_before_the_command_is_the_one_purged(
     assert (here / "pki" / "ca.crt").read_text() == "x"
 
 
+def test_purge_empties_only_a_local_stacks_state_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    (home / "projects").mkdir(parents=True)
+    (home / "notes.txt").write_text("keep")
+
+    code, _, err = run(["--state-dir", str(home), "local", "down", "--purge"], capsys)
+
+    assert code == 2 and err.count("\n") == 1 and "not a local stack's state directory" in err
+    assert (home / "notes.txt").read_text() == "keep" and (home / "projects").is_dir()
+
+    # a state directory purged before (only its backups are left) is purged again without a word
+    purged = tmp_path / "purged"
+    (purged / "backups").mkdir(parents=True)
+    (purged / "backup.key").write_text("k")
+    assert run(["--state-dir", str(purged), "local", "down", "--purge"], capsys)[0] == 0
+    assert (purged / "backup.key").exists()
+
+
 def test_json_before_the_command_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["--json", "snapshot", "inspect", str(SNAPSHOT)], capsys)
     table_code, table_out, _ = run(["-w", "table", "snapshot", "inspect", str(SNAPSHOT)], capsys)
@@ -192,6 +212,8 @@ BAD_INPUTS: list[tuple[list[str], int, str]] = [
     (["snapshot", "save", "missing/f.db", "--config", "good.yaml"], 2, "does not exist"),
     (["snapshot", "save", "/", "--config", "good.yaml"], 2, "is a directory"),
     (["snapshot", "save", "dir", "--config", "good.yaml"], 2, "is a directory"),
+    (["snapshot", "save", "/dev/null", "--config", "good.yaml"], 2, "not a regular file"),
+    (["backup", "fetch", "20200101T000000Z-abcdef", "/dev/full", "--config", "good.yaml"], 2, "not a regular file"),
     (["snapshot", "inspect", "missing.db"], 2, "no such file"),
     (["snapshot", "inspect", "dir"], 2, "is a directory"),
     (["snapshot", "inspect", "good.yaml"], 1, "SnapshotIntegrityError"),

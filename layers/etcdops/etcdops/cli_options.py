@@ -203,6 +203,8 @@ def output_file(text: str) -> Path:
     parent = path.absolute().parent
     if not parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: directory {parent} does not exist")
+    if path.exists() and not path.is_file():  # a device or a pipe would be replaced by the renamed file
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a regular file")
     return path
 
 

@@ -175,6 +175,9 @@ def process_state(pid: int | None, marker: str) -> ProcessState:
 class LocalCluster:
     """A local etcd cluster rooted at ``state_dir``."""
 
+    # what only a local stack's state directory holds: --purge empties no other directory
+    MARKERS = ("local.json", LOCAL_CONFIG_FILE, "pki", "aws.json")
+
     def __init__(self, state_dir: Path = DEFAULT_STATE_DIR) -> None:
         self.state_dir = state_dir.absolute()
         self.state_file = self.state_dir / "local.json"
@@ -556,6 +559,13 @@ class LocalCluster:
         """Stop every member; with ``purge`` also delete all state except the backups."""
         if not self.exists():
             if purge and self.state_dir.exists():
+                if not any((self.state_dir / name).exists() for name in self.MARKERS):
+                    if {e.name for e in self.state_dir.iterdir()} <= {self.backup_dir.name, "backup.key"}:
+                        return  # purged already: only the backups are left
+                    raise UsageError(
+                        f"{self.state_dir} is not a local stack's state directory (none of "
+                        f"{', '.join(self.MARKERS)}): nothing deleted"
+                    )
                 self._purge()
             return
         for member in self.state().members:
