@@ -142,6 +142,13 @@ def test_purge_empties_only_a_local_stacks_state_directory(
     assert (purged / "backup.key").exists()
 
 
+def test_an_option_given_twice_with_the_same_value_is_fine(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--json", "-w", "json", "snapshot", "inspect", str(SNAPSHOT), "-w=json", "--json"], capsys)
+    assert code == 0 and json.loads(out)["revision"] > 0
+    code, out, _ = run(["--state-dir", "x", "local", "down", "--state-dir", "x", "--json"], capsys)
+    assert code == 0 and json.loads(out) == {"stopped": True, "purged": False}
+
+
 def test_json_before_the_command_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["--json", "snapshot", "inspect", str(SNAPSHOT)], capsys)
     table_code, table_out, _ = run(["-w", "table", "snapshot", "inspect", str(SNAPSHOT)], capsys)
@@ -229,6 +236,9 @@ BAD_INPUTS: list[tuple[list[str], int, str]] = [
     (["nonsense"], 2, "invalid choice"),
     (["status", "--bogus"], 2, "unrecognized arguments"),
     (["--json", "-w", "table", "status"], 2, "contradict"),
+    (["--state-dir", "a", "local", "down", "--purge", "--state-dir", "b"], 2, "--state-dir given twice: a and b"),
+    (["--config=good.yaml", "status", "--config", "other.yaml"], 2, "--config given twice"),
+    (["-w", "json", "status", "--write-out=table"], 2, "--write-out given twice"),
     (["-w", "yaml", "status"], 2, "invalid choice"),
     (["status", "--state-dir", "empty"], 1, "no cluster configuration"),
     (["status", "--endpoints", ","], 1, "--endpoints: no URL given"),

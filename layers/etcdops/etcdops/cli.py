@@ -25,6 +25,7 @@ from etcdops.cli_options import (
     member_count,
     positive_seconds,
     print_error,
+    refuse_contradictions,
     resolve_config,
 )
 from etcdops.cli_options import state_dir as _state_dir
@@ -359,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     debug = getattr(args, "debug", False)
     try:
+        refuse_contradictions(sys.argv[1:] if argv is None else argv)
         finish(args)
         handler: Handler = args.handler
         code = handler(args)

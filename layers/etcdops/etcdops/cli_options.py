@@ -16,6 +16,7 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -69,6 +70,27 @@ def global_options() -> Parser:
     add("--stack-name", metavar="NAME", **text, help="a deployed etcdops stack (default: $ETCDOPS_STACK)")
     add("--debug", **flag, help="on an unexpected error, print the traceback too")
     return common
+
+
+VALUED_OPTIONS = ("--config", "--state-dir", "-w", "--write-out", "--endpoints", "--cacert", "--cert", "--key",
+                  "--stack-name")  # fmt: skip
+
+
+def refuse_contradictions(argv: Sequence[str]) -> None:
+    """A global option given twice with different values (``--state-dir A local down --state-dir B``)
+    is refused: one of the two would be ignored."""
+    seen: dict[str, str] = {}
+    words = list(argv)
+    for i, word in enumerate(words):
+        if word == "--":
+            break
+        name, has_value, value = word.partition("=")
+        if name not in VALUED_OPTIONS or (not has_value and i + 1 >= len(words)):
+            continue
+        value = value if has_value else words[i + 1]
+        name = "--write-out" if name == "-w" else name
+        if seen.setdefault(name, value) != value:
+            raise UsageError(f"{name} given twice: {seen[name]} and {value}; give it once")
 
 
 def finish(args: argparse.Namespace) -> argparse.Namespace:
