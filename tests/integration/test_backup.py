@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,12 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from etcdops.backup.catalogue import list_backups, newest_verified, read_catalogue
 from etcdops.backup.crypto import local_key_provider
-from etcdops.backup.errors import BackupIntegrityError, BackupNotFoundError, DecryptionError
-from etcdops.backup.job import fetch_backup, list_backups, run_backup, verify_backup
-from etcdops.backup.manifest import object_key
-from etcdops.backup.store import open_store
+from etcdops.backup.errors import BackupIntegrityError, BackupNotFoundError, DecryptionError, StoreFullError
+from etcdops.backup.job import fetch_backup, run_backup, verify_backup
+from etcdops.backup.manifest import MANIFEST_SUFFIX, cluster_id_text, manifest_key, object_key
+from etcdops.backup.store import FileStore, open_store
 from etcdops.backup.target import open_backup_target
 from etcdops.config import parse_config
 from etcdops.local import EtcdBinaries, LocalCluster
@@ -329,3 +332,68 @@ def test_backup_to_s3_with_kms_via_moto(shared_cluster: LocalCluster) -> None:
         assert open_store("s3://etcd-backups/clusters/local", s3_client=s3).list() == sorted(
             k.removeprefix("clusters/local/") for k in keys
         )
+
+
+class DiskFullAtTheManifest(FileStore):
+    """A directory on a file system that fills up just as the manifest is written (the object fitted)."""
+
+    def _write_all(self, fd: int, chunk: bytes, key: str, written: int) -> int:
+        if key.endswith(MANIFEST_SUFFIX):
+            raise self._os_error(OSError(errno.ENOSPC, "No space left on device"), key, "writing", written)
+        return super()._write_all(fd, chunk, key, written)
+
+
+def test_a_disk_full_at_the_manifest_leaves_an_orphan_that_is_reported_then_removed(
+    shared_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    config = shared_cluster.config()
+    _, keyring = open_backup_target(config, create_local_key=True)
+    full = DiskFullAtTheManifest(tmp_path / "store")
+    with shared_cluster.client() as client:
+        health = probe_cluster(client)
+        # When the disk fills up at the manifest
+        with pytest.raises(StoreFullError):
+            run_backup(config, client, health, full, keyring)
+        # Then the object it wrote is an orphan: no backup, said so by the catalogue and by verify
+        store = FileStore(full.root)
+        catalogue = read_catalogue(store)
+        [orphan] = catalogue.orphans
+        assert catalogue.backups == [] and "orphan" in catalogue.warnings()[0]
+        with pytest.raises(BackupNotFoundError, match="orphan"):
+            verify_backup(store, keyring, orphan.id)
+
+        # When the next runs succeed: within the grace period the orphan stays (and is warned about),
+        # after it retention removes it
+        soon = run_backup(config, client, health, store, keyring, now=orphan.created_at + timedelta(hours=1))
+        assert soon.pruned == [] and [w for w in soon.warnings if orphan.key in w]
+        later = run_backup(config, client, health, store, keyring, now=orphan.created_at + timedelta(hours=25))
+    assert orphan.id in later.pruned and not store.exists(orphan.key)
+    after = read_catalogue(store)
+    assert after.orphans == [] and [m.id for m in after.backups][-1] == later.manifest.id
+    assert all(m.verified for m in after.backups)
+
+
+def test_a_corrupt_manifest_is_reported_and_skipped_never_fatal(shared_cluster: LocalCluster, tmp_path: Path) -> None:
+    config = shared_cluster.config()
+    _, keyring = open_backup_target(config, create_local_key=True)
+    store = FileStore(tmp_path / "store")
+    with shared_cluster.client() as client:
+        health = probe_cluster(client)
+        first = run_backup(config, client, health, store, keyring, now=datetime.now(UTC) - timedelta(days=60))
+        # Given the manifest of an old backup is damaged (cut short)
+        path = store.root / manifest_key(first.manifest.id)
+        path.chmod(0o600)
+        path.write_bytes(path.read_bytes()[:100])
+        # When the next backup runs (its retention would delete the old backup were it readable)
+        second = run_backup(config, client, health, store, keyring)
+    # Then the backup is stored and verified, retention warns and leaves the damaged one in place
+    assert second.manifest.verified
+    assert verify_backup(store, keyring, second.manifest.id).sha256 == second.manifest.sha256
+    [warning] = second.warnings
+    assert first.manifest.id in warning and "cannot be read" in warning and first.manifest.id not in second.pruned
+    assert store.exists(object_key(first.manifest.id))
+    # listing and the newest verified backup of this cluster skip it
+    live = cluster_id_text(health.cluster_id)
+    assert [m.id for m in list_backups(store)] == [second.manifest.id]
+    assert newest_verified(store, live) == second.manifest
+    assert [c.id for c in read_catalogue(store).corrupt] == [first.manifest.id]

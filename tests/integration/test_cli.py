@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +221,8 @@ def test_backup_commands_round_trip(
     etcdops(cwd, "local", "up", env=env)
     made = as_json(etcdops(cwd, "backup", "run", "--json"))
     listed = as_json(etcdops(cwd, "backup", "list", "--json"))
-    assert [b["id"] for b in listed] == [made["id"]] and listed[0]["verified"] is True
+    assert [b["id"] for b in listed["backups"]] == [made["id"]] and listed["backups"][0]["verified"] is True
+    assert listed["backups"][0]["incarnation"] == "live" and listed["cluster_id"] == made["cluster_id"]
     assert (cwd / ".etcdops" / "backup.key").stat().st_mode & 0o777 == 0o600
 
     verified = as_json(etcdops(cwd, "backup", "verify", made["id"], "--json"))
@@ -245,6 +247,27 @@ def test_backup_commands_round_trip(
     malformed = etcdops(cwd, "backup", "verify", "nope", check=False)
     assert malformed.returncode == 2 and "not a backup id" in malformed.stderr
 
-    # backups survive local down
-    etcdops(cwd, "local", "down", "--purge")
-    assert list((cwd / ".etcdops" / "backups").glob("*.manifest.json"))
+    # a backup of an earlier cluster with the same name is listed as another incarnation's; a corrupt manifest
+    # and orphan objects (runs that failed before their manifest) are reported, never fatal
+    store = cwd / ".etcdops" / "backups"
+    (store / "20200102T000000Z-0c0c0c.snapshot.enc").write_bytes(b"ciphertext")
+    (store / "20200102T000000Z-0c0c0c.manifest.json").write_text('{"id": "20200102T000000Z-0c0c0c", "cut sh')
+    (store / "20200101T000000Z-0a0a0a.snapshot.enc").write_bytes(b"an old orphan")
+    young = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-0b0b0b"
+    (store / f"{young}.snapshot.enc").write_bytes(b"a young orphan")
+    again = etcdops(cwd, "backup", "run", "--json")
+    assert "warning: manifest 20200102T000000Z-0c0c0c.manifest.json cannot be read" in again.stderr
+    assert "20200101T000000Z-0a0a0a" in as_json(again)["pruned"]  # past the grace period
+    earlier = {**made, "id": "20200103T000000Z-0d0d0d", "cluster_id": "abc"}
+    earlier = {k: v for k, v in earlier.items() if k not in ("attempts", "seconds", "pruned", "warnings")}
+    (store / "20200103T000000Z-0d0d0d.manifest.json").write_text(json.dumps(earlier))
+    listed = as_json(etcdops(cwd, "backup", "list", "--json"))
+    incarnations = {b["id"]: b["incarnation"] for b in listed["backups"]}
+    assert incarnations == {"20200103T000000Z-0d0d0d": "other", made["id"]: "live", as_json(again)["id"]: "live"}
+    assert [c["id"] for c in listed["corrupt"]] == ["20200102T000000Z-0c0c0c"]
+    assert [o["id"] for o in listed["orphans"]] == [young]
+    text = etcdops(cwd, "backup", "list")
+    assert "abc (other incarnation)" in text.stdout and f"live cluster id: {made['cluster_id']}" in text.stdout
+    assert "orphan" in text.stderr and "cannot be read" in text.stderr
+    orphan = etcdops(cwd, "backup", "verify", young, check=False)
+    assert orphan.returncode == 1 and "orphan" in orphan.stderr and orphan.stderr.count("\n") == 1

@@ -22,8 +22,9 @@ import pytest
 from moto import mock_aws
 
 from etcdops.aws import MemoryNotifier
+from etcdops.backup.catalogue import list_backups
 from etcdops.backup.errors import StorePermissionError
-from etcdops.backup.job import run_backup
+from etcdops.backup.job import ensure_fresh_backup, run_backup
 from etcdops.backup.store import BackupStore, open_store
 from etcdops.backup.target import open_backup_target
 from etcdops.config import ClusterConfig
@@ -370,6 +371,50 @@ def test_two_members_killed_escalate_with_the_backup_and_the_restore_input(clust
     # and no membership change was made: the survivor still lists all three
     last = results[-1].health
     assert last is not None and sorted(m.name for m in last.members) == ["m1", "m2", "m3"]
+
+
+def test_a_backup_of_a_previous_incarnation_with_the_same_name_is_never_used_as_fresh(
+    cluster: LocalCluster, etcd_binaries: EtcdBinaries
+) -> None:
+    # Given a verified backup of cluster "local", then that cluster destroyed and a new one made with the same name
+    old_id = take_verified_backup(cluster)
+    cluster.down(purge=True)
+    cluster.up(binaries=etcd_binaries)
+    config = with_health(cluster.config())
+    assert config.backup is not None and config.name == "local"
+    store, keyring = open_backup_target(config)
+    (old,) = list_backups(store)
+    autopilot = Autopilot(config)
+
+    # When HealthCheck looks at the new cluster, then loses its quorum
+    healthy = autopilot.round(0)
+    cluster.kill("m2")
+    cluster.kill("m3")
+    results = [autopilot.round(s) for s in (10, 11, 12, 13, 70)]
+
+    # Then the old backup counts for nothing: no age, "no verified backup", and the escalation names none
+    assert healthy.health is not None and f"{healthy.health.cluster_id:x}" != old.cluster_id
+    assert f"etcdops: backup-missing on cluster {config.name}" in autopilot.subjects()
+    escalation = next(r.decision for r in results if r.decision and r.decision.action is Action.ESCALATE_QUORUM_LOSS)
+    assert escalation.backup_id is None and escalation.restore_input == {
+        "cluster": config.name,
+        "backup_id": None,
+        "mode": "in-place",
+    }
+    [(_, message, _)] = [m for m in autopilot.notifier.messages if "QUORUM LOST" in m[0]]
+    assert old_id not in message and "NO verified backup of this cluster incarnation" in message
+    assert "NewestVerifiedBackupAge" not in autopilot.metrics.values
+
+    # When the cluster is back and ReplaceMember's EnsureBackup asks for a fresh verified backup
+    cluster.kill("m1")
+    cluster.up()
+    wait_for_new_leader(cluster)
+    with client_for(config) as client:
+        fresh = ensure_fresh_backup(config, client, store, keyring, timedelta(hours=2))
+
+    # Then it takes a new one of this cluster rather than the old one that is only minutes old
+    assert fresh.id != old_id and fresh.verified and fresh.cluster_id == f"{healthy.health.cluster_id:x}"
+    assert sorted(m.id for m in list_backups(store)) == sorted([old_id, fresh.id])
 
 
 class DeniedStore:

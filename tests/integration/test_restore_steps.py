@@ -298,6 +298,28 @@ def test_bad_backups_are_refused_before_anything_is_stopped(cluster: LocalCluste
     assert restore.run_step(ctx, "ValidateBackup", restore.run_step(ctx, "AcquireLock", start_doc(backup_id=good.id)))
 
 
+def test_a_backup_of_an_earlier_incarnation_is_restored_only_when_named(
+    cluster: LocalCluster, etcd_binaries: EtcdBinaries
+) -> None:
+    # Given a backup of cluster "local", then the cluster made again under the same name (a new cluster id)
+    old = take_backup(cluster)
+    cluster.down(purge=True)
+    cluster.up(binaries=etcd_binaries)
+    ctx = context_for(cluster)
+
+    # When RestoreCluster runs without naming a backup, it refuses before anything is stopped
+    refuse(ctx, {**start_doc(), "execution": "r1"}, BackupNotFoundError)
+    [(_, body, _)] = ctx.notifier.messages  # type: ignore[attr-defined]
+    assert "no verified backup of the live cluster incarnation" in body and "Nothing was stopped or changed" in body
+
+    # When the old backup is named on purpose, it is validated and the approver is told whose it is
+    named = {**start_doc(backup_id=old.id), "execution": "r2"}
+    doc = restore.run_step(ctx, "ValidateBackup", restore.run_step(ctx, "AcquireLock", named))
+    assert doc["backup_cluster_id"] == old.cluster_id and doc["live_cluster_id"] not in (None, old.cluster_id)
+    assert f"was taken of ANOTHER incarnation of cluster local (cluster id {old.cluster_id}" in doc["approval_summary"]
+    assert set(states(cluster).values()) == {"running"}
+
+
 class CrashingCompute:
     """The local provider, but the second restore-data-dir call fails once (a crash halfway)."""
 

@@ -234,7 +234,20 @@ def test_escalation_without_backup_says_so() -> None:
     assert decision.action is Action.ESCALATE_QUORUM_LOSS
     assert decision.backup_id is None
     assert decision.restore_input == {"cluster": CLUSTER, "backup_id": None, "mode": "in-place"}
-    assert "NO verified backup" in decision.reason
+    assert "NO verified backup of this cluster incarnation (cluster id c1)" in decision.reason
+
+
+def test_when_no_member_answers_no_backup_is_named_and_none_is_said_to_be_missing() -> None:
+    # Given no member answered the round, so the live cluster id (the incarnation) is unknown
+    obs = cluster(member(1, healthy=False), member(2, healthy=False), member(3, healthy=False), leader=None)
+    obs = replace(obs, cluster_id=None)
+    lost = history({1: CONFIRMED, 2: CONFIRMED, 3: CONFIRMED}, backup=None)
+    # When quorum loss is confirmed
+    decision = decide(obs, lost, CONFIG, cluster=CLUSTER, now=T0)
+    # Then the escalation names no backup, says why and how to choose one, and no "no backup" notice goes out
+    assert decision.action is Action.ESCALATE_QUORUM_LOSS and decision.backup_id is None
+    assert "live cluster id is unknown" in decision.reason and "etcdops backup list" in decision.reason
+    assert NotificationKind.BACKUP_MISSING not in {n.kind for n in decision.notifications}
 
 
 def test_escalation_restores_to_new_hosts_when_ec2_says_hosts_are_gone() -> None:

@@ -61,3 +61,20 @@ def test_the_failure_message_says_where_the_cluster_was_left(recorded: dict[str,
     }
     report = restore.failure_report(doc)
     assert "HostCommandFailedError: boom" in report and says in report
+
+
+@pytest.mark.parametrize(
+    ("live", "says"),
+    [
+        ("c1", None),
+        ("d2", "was taken of ANOTHER incarnation of cluster local (cluster id c1; the live cluster id is d2)"),
+        (None, "The live cluster id is unknown (no member answered); backup b was taken of cluster id c1"),
+    ],
+)
+def test_the_approval_says_when_the_backup_is_not_of_the_live_incarnation(live: str | None, says: str | None) -> None:
+    doc = {**START, "backup_id": "b", "backup_cluster_id": "c1", "live_cluster_id": live, "bump_revision": 0}
+    summary = restore.approval_summary(doc)
+    if says is None:
+        assert "incarnation" not in summary and "cluster id" not in summary
+    else:
+        assert says in summary

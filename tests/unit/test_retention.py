@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from etcdops.backup.retention import BackupRef, RetentionPlan, RetentionPolicy, plan_retention
+from etcdops.backup.retention import BackupRef, RetentionPlan, RetentionPolicy, plan_orphans, plan_retention
 from etcdops.errors import UsageError
 
 NOW = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)  # a Wednesday
@@ -239,3 +239,45 @@ def test_new_backups_never_resurrect_the_need_for_deleted_ones(
     newer = [*backups, BackupRef("zz-new", NOW, True)]
     with_new = plan_retention(newer, NOW + timedelta(minutes=1), policy)
     assert set(with_new.keep) - {"zz-new"} <= set(plan.keep)
+
+
+# ---- incarnations and orphans ---------------------------------------------------------------------
+
+
+def test_the_newest_verified_backup_of_the_live_incarnation_is_kept_beside_the_newest_overall() -> None:
+    backups = [
+        BackupRef("live", NOW - timedelta(days=300), True, "c1"),
+        BackupRef("older-cluster", NOW - timedelta(days=200), True, "a0"),
+    ]
+    plan = plan_retention(backups, NOW, DEFAULT, live_cluster_id="c1")
+    assert plan.keep == ["live", "older-cluster"]
+    assert plan.reasons["live"] == "newest verified backup of the live incarnation (cluster id c1)"
+    assert plan_retention(backups, NOW, DEFAULT).delete == ["live"]  # without the live id: by age only
+
+
+def test_orphans_go_once_older_than_the_grace_period() -> None:
+    orphans = [
+        ("young", NOW - timedelta(hours=23)),
+        ("old", NOW - timedelta(hours=24)),
+        ("future", NOW + timedelta(hours=1)),
+    ]
+    assert plan_orphans(orphans, NOW, timedelta(hours=24)) == ["old"]
+    assert RetentionPolicy().orphan_grace == timedelta(hours=24)
+    with pytest.raises(UsageError):
+        plan_orphans(orphans, NOW.replace(tzinfo=None), timedelta(hours=24))
+
+
+incarnated = backup_lists.flatmap(
+    lambda backups: st.lists(st.sampled_from(["a0", "c1"]), min_size=len(backups), max_size=len(backups)).map(
+        lambda ids: [BackupRef(b.id, b.created_at, b.verified, i) for b, i in zip(backups, ids, strict=True)]
+    )
+)
+
+
+@given(backups=incarnated, policy=policies)
+def test_the_live_incarnation_only_ever_keeps_more(backups: list[BackupRef], policy: RetentionPolicy) -> None:
+    plan = plan_retention(backups, NOW, policy, live_cluster_id="c1")
+    live = [b for b in backups if b.verified and b.cluster_id == "c1"]
+    if live:
+        assert _newest(live).id in plan.keep
+    assert set(plan.delete) <= set(plan_retention(backups, NOW, policy).delete)

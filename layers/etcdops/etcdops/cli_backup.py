@@ -32,10 +32,10 @@ def cmd_backup_run(args: argparse.Namespace) -> int:
         result = run_backup(
             config, client, health, store, keyring, progress=progress, log=lambda m: print(m, file=sys.stderr)
         )
-    progress.done()
+    progress.done()  # retention's warnings were printed as it met them
     m = result.manifest
     data = {**_manifest_dict(m), "attempts": result.attempts, "seconds": round(result.seconds, 3),
-            "pruned": result.pruned}
+            "pruned": result.pruned, "warnings": result.warnings}
     emit(
         args,
         data,
@@ -46,36 +46,79 @@ def cmd_backup_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _live_cluster_id(config: Any) -> str | None:
+    """The cluster id the live members answer with, or None when none answers (or none is configured)."""
+    from etcdops.backup.manifest import cluster_id_text
+    from etcdops.connect import client_for
+    from etcdops.errors import EtcdopsError
+    from etcdops.probe import probe_cluster
+
+    try:
+        with client_for(config) as client:
+            return cluster_id_text(probe_cluster(client, deadline=config.health.probe_deadline_seconds).cluster_id)
+    except EtcdopsError:
+        return None
+
+
+def _incarnation(manifest: Any, live: str | None) -> str:
+    if live is None:
+        return "unknown"
+    return "live" if manifest.cluster_id == live else "other"
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def cmd_backup_list(args: argparse.Namespace) -> int:
-    from etcdops.backup.job import list_backups
+    from etcdops.backup.catalogue import read_catalogue
     from etcdops.backup.target import open_backup_target
 
-    store, _ = open_backup_target(resolve_config(args))
-    manifests = list_backups(store)
-    emit(
-        args,
-        [_manifest_dict(m) for m in manifests],
-        lambda: table(
-            ["ID", "CREATED", "REVISION", "KEYS", "SIZE", "STORED", "MEMBER", "VERSION", "VERIFIED"],
-            [
-                [
-                    m.id,
-                    m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                    m.revision,
-                    m.total_keys,
-                    human_bytes(m.size_plain),
-                    human_bytes(m.size_stored),
-                    m.member_id,
-                    m.etcd_version,
-                    "yes" if m.verified else "NO",
-                ]
-                for m in manifests
-            ],
-        )
-        if manifests
-        else f"no backups in {store.uri}",
-    )
+    config = resolve_config(args)
+    store, _ = open_backup_target(config)
+    catalogue = read_catalogue(store)
+    live = _live_cluster_id(config)
+    manifests = catalogue.backups
+    data = {
+        "store": catalogue.uri,
+        "cluster_id": live,
+        "backups": [{**_manifest_dict(m), "incarnation": _incarnation(m, live)} for m in manifests],
+        "corrupt": [{"id": c.id, "key": c.key, "error": c.error} for c in catalogue.corrupt],
+        "orphans": [{"id": o.id, "key": o.key, "created_at": o.created_at.isoformat()} for o in catalogue.orphans],
+    }
+    if not getattr(args, "json", False):
+        _warn(catalogue.warnings())
+    emit(args, data, lambda: _list_text(catalogue.uri, manifests, live))
     return 0
+
+
+def _list_text(uri: str, manifests: list[Any], live: str | None) -> str:
+    if not manifests:
+        return f"no backups in {uri}"
+    marks = {"live": "", "other": " (other incarnation)", "unknown": ""}
+    rows = [
+        [
+            m.id,
+            m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            m.revision,
+            m.total_keys,
+            human_bytes(m.size_plain),
+            human_bytes(m.size_stored),
+            m.member_id,
+            m.etcd_version,
+            m.cluster_id + marks[_incarnation(m, live)],
+            "yes" if m.verified else "NO",
+        ]
+        for m in manifests
+    ]
+    header = ["ID", "CREATED", "REVISION", "KEYS", "SIZE", "STORED", "MEMBER", "VERSION", "CLUSTER ID", "VERIFIED"]
+    note = (
+        f"live cluster id: {live}; only its backups count as fresh or verified for this cluster"
+        if live
+        else "live cluster id: unknown (no member answered)"
+    )
+    return table(header, rows) + "\n" + note
 
 
 def _verify_dict(result: Any) -> dict[str, Any]:
@@ -102,6 +145,7 @@ def cmd_backup_verify(args: argparse.Namespace) -> int:
     result = verify_backup(store, keyring, args.id, cluster=config.name, progress=progress)
     progress.done()
     data = _verify_dict(result)
+    _warn(_store_warnings(store))
     emit(
         args,
         data,
@@ -109,6 +153,17 @@ def cmd_backup_verify(args: argparse.Namespace) -> int:
         f"{data['total_keys']} keys, hash {data['hash']:x}",
     )
     return 0
+
+
+def _store_warnings(store: Any) -> list[str]:
+    """What else the store holds that is not a usable backup (said after a verification)."""
+    from etcdops.backup.catalogue import read_catalogue
+    from etcdops.errors import EtcdopsError
+
+    try:
+        return read_catalogue(store).warnings()
+    except EtcdopsError as exc:
+        return [f"the rest of the catalogue could not be read: {exc}"]
 
 
 def cmd_backup_fetch(args: argparse.Namespace) -> int:
@@ -133,7 +188,11 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "run", help="take a snapshot, check it, encrypt and store it, write its manifest, prune", parents=[common]
     )
     run.set_defaults(handler=cmd_backup_run)
-    listing = actions.add_parser("list", help="list backups (the fields of their manifests)", parents=[common])
+    listing = actions.add_parser(
+        "list",
+        help="list backups (their manifests' fields, which incarnation), corrupt manifests and orphan objects",
+        parents=[common],
+    )
     listing.set_defaults(handler=cmd_backup_list)
     verify = actions.add_parser(
         "verify", help="fetch, decrypt, hash and inspect a backup; compare with its manifest", parents=[common]

@@ -217,7 +217,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     restore = kinds.add_parser(
         "restore", help="restore the whole cluster from a backup (always waits for an approval)", parents=[common]
     )
-    restore.add_argument("--backup", metavar="ID", help="backup id (default: the newest verified backup)")
+    restore.add_argument(
+        "--backup",
+        metavar="ID",
+        help="backup id (default: the newest verified backup of the live cluster incarnation; "
+        "a backup of an earlier incarnation must be named)",
+    )
     restore.add_argument(
         "--mode",
         choices=("in-place", "new-hosts"),

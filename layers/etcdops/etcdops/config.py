@@ -56,6 +56,8 @@ class RetentionConfig(_Model):
     daily_days: Annotated[int, Field(ge=0)] = 7
     weekly_weeks: Annotated[int, Field(ge=0)] = 4
     min_age_minutes: Annotated[int, Field(ge=0)] = 60
+    # a snapshot object without a manifest (a run that failed before writing it) is removed after this
+    orphan_grace_hours: Annotated[int, Field(ge=1)] = 24
 
 
 class BackupConfig(_Model):

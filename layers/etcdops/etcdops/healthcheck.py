@@ -8,8 +8,9 @@ One round (:func:`run_health_round`) is the same in AWS and in the local stack:
 2. Probe every member in parallel under the config's deadline, and meanwhile read the certificate
    each member serves (bounded by the same deadline, so a frozen member stalls neither).
 3. Fold the round into the failure streaks (one conditional write; a concurrent round makes us
-   reload and fold again), read the operation lock and the newest verified backup, and let
-   :func:`etcdops.policy.decide` decide. The decision and its reason are saved as the last decision.
+   reload and fold again), read the operation lock and the newest verified backup of the live
+   cluster incarnation (invariant 11), and let :func:`etcdops.policy.decide` decide. The decision
+   and its reason are saved as the last decision.
 4. Publish the metrics (:mod:`etcdops.healthmetrics`).
 5. Act. REPLACE_MEMBER starts the ReplaceMember state machine with the decision's incident id as
    the execution name: every trigger of the same failure computes the same name, so duplicate
@@ -47,7 +48,8 @@ from etcdops.aws import (
     load_cluster_config,
     materialize_tls,
 )
-from etcdops.backup.manifest import Manifest, backup_id_from_manifest_key, manifest_key
+from etcdops.backup.catalogue import newest_verified
+from etcdops.backup.manifest import Manifest, cluster_id_text
 from etcdops.backup.store import BackupStore, open_store
 from etcdops.config import ClusterConfig
 from etcdops.connect import client_for, tls_files
@@ -481,18 +483,6 @@ def _certificate_names(served: Mapping[str, datetime], health: ClusterHealth) ->
     return named
 
 
-def newest_verified_backup(store: BackupStore) -> Manifest | None:
-    """The newest verified backup, reading manifests from the newest down (ids sort by time)."""
-    ids = sorted((i for key in store.list() if (i := backup_id_from_manifest_key(key)) is not None), reverse=True)
-    for backup_id in ids:
-        manifest = Manifest.from_json(
-            store.get_bytes(manifest_key(backup_id)), source=store.uri_for(manifest_key(backup_id))
-        )
-        if manifest.verified:
-            return manifest
-    return None
-
-
 def _fold(state: StateStore, cluster: str, health: ClusterHealth, now: datetime, ec2: frozenset[int]) -> History:
     """Fold this round into the stored streaks with one conditional write (reload on conflict)."""
     for _ in range(_SAVE_ATTEMPTS):
@@ -573,7 +563,8 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
     backup_unknown: str | None = None
     if ctx.backups is not None:
         try:
-            newest = newest_verified_backup(ctx.backups)
+            # invariant 11: only a backup of the incarnation that answered counts (none when nobody did)
+            newest = newest_verified(ctx.backups, cluster_id_text(health.cluster_id))
         except EtcdopsError as exc:
             # the catalogue must not stop failure detection; the policy says it is unreadable (once, by SNS),
             # and the age metric is left out rather than reported as "no backup"
@@ -700,7 +691,7 @@ def act(
         done += _continue_repairs(ctx, health, now)
     elif decision.action is Action.ESCALATE_QUORUM_LOSS and decision.incident_id:
         restore = json.dumps(dict(decision.restore_input or {}), sort_keys=True)
-        backup = decision.backup_id or "NONE (there is no verified backup)"
+        backup = decision.backup_id or "NONE (no verified backup of this cluster incarnation; see above)"
         note = _announce(
             ctx,
             decision.incident_id,
@@ -972,7 +963,6 @@ __all__ = [
     "act",
     "discount_alarm_reports",
     "health_job",
-    "newest_verified_backup",
     "release_abandoned_lock",
     "replace_input",
     "round_seeds",

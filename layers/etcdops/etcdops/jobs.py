@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from etcdops.aws import ClusterNotConfiguredError, JobSettings, Notifier, load_cluster_config, materialize_tls
-from etcdops.backup.job import MetricsSink, list_backups, newest_verified_age, run_backup, verify_backup
+from etcdops.backup.catalogue import read_catalogue
+from etcdops.backup.job import MetricsSink, run_backup, verify_backup
 from etcdops.backup.target import open_backup_target
 from etcdops.connect import client_for
 from etcdops.errors import EtcdopsError
@@ -71,6 +71,8 @@ def backup_job(settings: JobSettings, aws: AwsClients, metrics: MetricsSink) -> 
         metrics.add_metric("BackupFailed", COUNT, 1)
         raise
     manifest = result.manifest
+    for warning in result.warnings:  # the backup is stored and verified; retention met something it skipped
+        log.warning("backup %s: %s", manifest.id, warning)
     metrics.add_metric("BackupSucceeded", COUNT, 1)
     metrics.add_metric("BackupFailed", COUNT, 0)
     metrics.add_metric("BackupBytes", BYTES, manifest.size_stored)
@@ -83,11 +85,14 @@ def backup_job(settings: JobSettings, aws: AwsClients, metrics: MetricsSink) -> 
         "total_keys": manifest.total_keys,
         "size_stored": manifest.size_stored,
         "pruned": result.pruned,
+        "warnings": result.warnings,
     }
 
 
 def verify_job(settings: JobSettings, aws: AwsClients, metrics: MetricsSink, backup_id: str | None) -> dict[str, Any]:
-    """Verify ``backup_id``, or the newest backup when none is given."""
+    """Verify ``backup_id``, or the newest backup when none is given; report what in the store is not
+    a usable backup (corrupt manifests, orphan objects). The age of the newest verified backup is
+    HealthCheck's metric: only it knows the live cluster incarnation (invariant 11)."""
     try:
         config = load_cluster_config(aws.ssm, settings.config_parameter, settings.cluster_name)
     except ClusterNotConfiguredError as exc:
@@ -95,25 +100,26 @@ def verify_job(settings: JobSettings, aws: AwsClients, metrics: MetricsSink, bac
     metrics.add_dimension("cluster", config.name)
     try:
         store, keyring = open_backup_target(config, s3_client=aws.s3, kms_client=aws.kms)
+        catalogue = read_catalogue(store)
         if backup_id is None:
-            backups = list_backups(store)
-            if not backups:
+            if not catalogue.backups:
                 raise EtcdopsError(f"no backups in {store.uri} to verify")
-            backup_id = backups[-1].id
+            backup_id = catalogue.backups[-1].id
         result = verify_backup(store, keyring, backup_id, cluster=config.name)
     except Exception:  # every failure counts; FailureNotice says it once the invocation has failed for good
         metrics.add_metric("BackupVerifyFailed", COUNT, 1)
         raise
     metrics.add_metric("BackupVerifyFailed", COUNT, 0)
-    age = newest_verified_age(store, datetime.now(UTC))
-    if age is not None:
-        metrics.add_metric("NewestVerifiedBackupAge", SECONDS, age)
+    warnings = catalogue.warnings()
+    for warning in warnings:
+        log.warning("%s", warning)
     return {
         "backup_id": backup_id,
         "ok": True,
         "revision": result.summary.revision,
         "total_keys": result.summary.total_keys,
         "seconds": round(result.seconds, 3),
+        "warnings": warnings,
     }
 
 

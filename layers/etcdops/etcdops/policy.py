@@ -158,7 +158,7 @@ class Streak:
 
 @dataclass(frozen=True)
 class BackupRef:
-    """The latest verified backup the policy may point a restore at."""
+    """The latest verified backup of the observed cluster incarnation: the one a restore may point at."""
 
     id: str
     created_at: datetime
@@ -566,6 +566,8 @@ def _notifications(
                 _notification_key(cluster, NotificationKind.BACKUP_UNREADABLE, "catalogue"),
             )
         )
+    elif backup is None and observation.cluster_id is None:
+        pass  # no member answered: which incarnation's backups count is unknown (the escalation says so)
     elif backup is None:
         out.append(
             Notification(
@@ -652,8 +654,17 @@ def _escalation(
             f"The latest verified backup is UNKNOWN (the backup catalogue cannot be read: {history.backup_unknown}); "
             "find it with `etcdops backup list`. Restore"
         )
+    elif observation.cluster_id is None:
+        backup_text = (
+            "No backup can be named: no member answered, so the live cluster id is unknown and a backup counts "
+            "only for the cluster incarnation it was taken of (invariant 11); choose one with `etcdops backup "
+            "list`, which shows each backup's cluster id, and put its id in the input. Restore"
+        )
     else:
-        backup_text = "There is NO verified backup to restore from; a restore needs one first. Restore"
+        backup_text = (
+            f"There is NO verified backup of this cluster incarnation (cluster id {observation.cluster_id:x}) to "
+            "restore from; backups of an earlier cluster with the same name do not count. Restore"
+        )
     reason = (
         f"Quorum lost on cluster {cluster}: {why}, {len(healthy)} of {len(voters)} voting members healthy "
         f"(quorum {observation.quorum})"

@@ -16,11 +16,12 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from etcdops.backup.catalogue import apply_retention, load_manifest, newest_verified
 from etcdops.backup.crypto import (
     DEFAULT_FRAME_LENGTH,
     KeyProvider,
@@ -30,20 +31,13 @@ from etcdops.backup.crypto import (
     decrypt_stream,
     encrypt_stream,
 )
-from etcdops.backup.errors import BackupIntegrityError, BackupNotFoundError, ManifestMismatchError
-from etcdops.backup.manifest import (
-    Manifest,
-    backup_id_from_manifest_key,
-    check_backup_id,
-    manifest_key,
-    new_backup_id,
-    object_key,
-)
-from etcdops.backup.retention import BackupRef, RetentionPlan, RetentionPolicy, plan_retention
+from etcdops.backup.errors import BackupError, BackupIntegrityError, BackupNotFoundError, ManifestMismatchError
+from etcdops.backup.manifest import Manifest, cluster_id_text, manifest_key, new_backup_id, object_key
+from etcdops.backup.retention import RetentionPolicy
 from etcdops.backup.store import BackupStore
 from etcdops.bbolt import SnapshotSummarizer, SnapshotSummary
 from etcdops.config import ClusterConfig
-from etcdops.errors import SnapshotIntegrityError
+from etcdops.errors import EtcdUnavailableError, SnapshotIntegrityError
 from etcdops.etcd import SHA256_SIZE, EtcdClient, SnapshotStream
 from etcdops.health import ClusterHealth
 from etcdops.probe import probe_cluster
@@ -74,7 +68,8 @@ class BackupResult:
     manifest: Manifest
     attempts: int
     seconds: float
-    pruned: list[str]
+    pruned: list[str]  # backups retention deleted, then orphan objects it removed
+    warnings: list[str] = field(default_factory=list)  # what retention met and skipped or could not do
 
 
 @dataclass(frozen=True)
@@ -132,7 +127,7 @@ def run_backup(
     created_at = now or datetime.now(UTC)
     backup_id = new_backup_id(created_at)
     compression = config.backup.compression if config.backup else "none"
-    cluster_id = f"{health.cluster_id:x}" if health.cluster_id else "0"
+    cluster_id = cluster_id_text(health.cluster_id) or "0"
     revision_floor = current_revision(client) or 0
     context = encryption_context(config.name, cluster_id, backup_id, revision_floor)
     key = object_key(backup_id)
@@ -181,8 +176,25 @@ def run_backup(
         verified_at=datetime.now(UTC),
     )
     store.put_bytes(manifest_key(backup_id), manifest.to_json())
-    pruned = apply_retention(store, _policy(config), created_at, log=log).delete
-    return BackupResult(manifest, attempts, time.monotonic() - started, pruned)
+    pruned, warnings = _retain(store, config, created_at, cluster_id, log)
+    return BackupResult(manifest, attempts, time.monotonic() - started, pruned, warnings)
+
+
+def _retain(
+    store: BackupStore, config: ClusterConfig, now: datetime, cluster_id: str, log: Callable[[str], None]
+) -> tuple[list[str], list[str]]:
+    """Retention after a stored, verified backup: what it removed and its warnings. It never fails the
+    run that stored the backup (the next run prunes again)."""
+    try:
+        outcome = apply_retention(store, _policy(config), now, live_cluster_id=cluster_id, log=log)
+    except BackupError as exc:
+        warnings = [f"retention did not run to its end ({type(exc).__name__}: {exc}); the next run tries again"]
+        outcome_pruned: list[str] = []
+    else:
+        warnings, outcome_pruned = outcome.warnings, [*outcome.deleted, *outcome.orphans_removed]
+    for warning in warnings:
+        log(f"warning: {warning}")
+    return outcome_pruned, warnings
 
 
 def _policy(config: ClusterConfig) -> RetentionPolicy:
@@ -194,50 +206,8 @@ def _policy(config: ClusterConfig) -> RetentionPolicy:
         daily_days=retention.daily_days,
         weekly_weeks=retention.weekly_weeks,
         min_age=timedelta(minutes=retention.min_age_minutes),
+        orphan_grace=timedelta(hours=retention.orphan_grace_hours),
     )
-
-
-# ---- catalogue ------------------------------------------------------------------------------
-
-
-def list_backups(store: BackupStore) -> list[Manifest]:
-    """Every backup with a readable manifest, oldest first."""
-    manifests = []
-    for key in store.list():
-        backup_id = backup_id_from_manifest_key(key)
-        if backup_id is None:
-            continue
-        manifests.append(load_manifest(store, backup_id))
-    return sorted(manifests, key=lambda m: (m.created_at, m.id))
-
-
-def load_manifest(store: BackupStore, backup_id: str) -> Manifest:
-    check_backup_id(backup_id)
-    key = manifest_key(backup_id)
-    if not store.exists(key):
-        raise BackupNotFoundError(f"no backup {backup_id} in {store.uri}")
-    manifest = Manifest.from_json(store.get_bytes(key), source=store.uri_for(key))
-    if manifest.id != backup_id:
-        raise ManifestMismatchError(f"manifest {key} describes backup {manifest.id}, not {backup_id}")
-    return manifest
-
-
-def newest_verified(store: BackupStore) -> Manifest | None:
-    verified = [m for m in list_backups(store) if m.verified]
-    return verified[-1] if verified else None
-
-
-def apply_retention(
-    store: BackupStore, policy: RetentionPolicy, now: datetime, *, log: Callable[[str], None] = lambda _: None
-) -> RetentionPlan:
-    manifests = list_backups(store)
-    plan = plan_retention([BackupRef(m.id, m.created_at, m.verified) for m in manifests], now, policy)
-    for backup_id in plan.delete:
-        log(f"retention: deleting {backup_id} ({plan.reasons.get(backup_id, 'not needed')})")
-        # the object first: a manifest without its object would be a backup that cannot restore
-        store.delete(object_key(backup_id))
-        store.delete(manifest_key(backup_id))
-    return plan
 
 
 # ---- verify and fetch -----------------------------------------------------------------------
@@ -410,12 +380,6 @@ def fetch_backup(
     return VerifyResult(manifest, summary, digest, time.monotonic() - started)
 
 
-def newest_verified_age(store: BackupStore, now: datetime) -> float | None:
-    """Seconds since the newest verified backup was taken, or None when there is none."""
-    newest = newest_verified(store)
-    return None if newest is None else (now - newest.created_at).total_seconds()
-
-
 def ensure_fresh_backup(
     config: ClusterConfig,
     client: EtcdClient,
@@ -425,10 +389,17 @@ def ensure_fresh_backup(
     *,
     now: datetime | None = None,
 ) -> Manifest:
-    """A verified backup younger than ``max_age`` (invariant 5): the newest one, or a new one."""
+    """A verified backup of the live cluster incarnation younger than ``max_age`` (invariants 5 and
+    11): the newest one, or a new one. A backup of an earlier cluster with the same name never counts."""
     moment = now or datetime.now(UTC)
-    newest = newest_verified(store)
+    health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
+    live = cluster_id_text(health.cluster_id)
+    if live is None:
+        raise EtcdUnavailableError(
+            f"no member of {config.name} answered with its cluster id, so no backup can be confirmed as this "
+            "cluster's and none can be taken"
+        )
+    newest = newest_verified(store, live)
     if newest is not None and moment - newest.created_at <= max_age:
         return newest
-    health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
     return run_backup(config, client, health, store, keyring, now=moment).manifest

@@ -89,12 +89,26 @@ def manifest_key(backup_id: str) -> str:
 
 def backup_id_from_manifest_key(key: str) -> str | None:
     """The backup id of a manifest key (the last path part), or None if ``key`` is not one."""
+    return _id_with_suffix(key, MANIFEST_SUFFIX)
+
+
+def backup_id_from_object_key(key: str) -> str | None:
+    """The backup id of a snapshot object key (the last path part), or None if ``key`` is not one."""
+    return _id_with_suffix(key, OBJECT_SUFFIX)
+
+
+def _id_with_suffix(key: str, suffix: str) -> str | None:
     name = key.rsplit("/", 1)[-1]
-    if not name.endswith(MANIFEST_SUFFIX):
+    if not name.endswith(suffix):
         return None
-    candidate = name[: -len(MANIFEST_SUFFIX)]
+    candidate = name[: -len(suffix)]
     match = _ID.match(candidate)
     return candidate if match else None
+
+
+def cluster_id_text(cluster_id: int | None) -> str | None:
+    """A cluster id as manifests write it (hex, as ``etcdctl`` prints it), or None when unknown."""
+    return f"{cluster_id:x}" if cluster_id else None
 
 
 # ---- the manifest -------------------------------------------------------------------------------
@@ -151,6 +165,12 @@ class Manifest(BaseModel):
     @property
     def manifest_key(self) -> str:
         return manifest_key(self.id)
+
+    def is_verified_backup_of(self, cluster_id: str | None) -> bool:
+        """Whether this backup counts as verified (and may count as fresh) for the cluster incarnation
+        ``cluster_id`` (invariant 11): a backup of an earlier cluster with the same name never does,
+        and with the live id unknown none does."""
+        return self.verified and bool(cluster_id) and self.cluster_id == (cluster_id or "").lower()
 
     def mark_verified(self, at: datetime) -> Manifest:
         """A copy of this manifest recording a successful verification at ``at``."""

@@ -3,7 +3,8 @@
 :func:`plan_retention` only decides; deleting is the caller's job. A backup is kept if any rule
 applies, checked in this order (the first one is recorded as its reason):
 
-1. it is the newest *verified* backup (if no backup is verified at all: the newest backup);
+1. it is the newest *verified* backup (if no backup is verified at all: the newest backup), or the
+   newest verified backup of the live cluster incarnation (``live_cluster_id``: invariant 11);
 2. it is younger than ``min_age`` (this includes backups dated in the future);
 3. it is younger than ``keep_all_within``;
 4. it represents one of the last ``daily_days`` UTC calendar days (today included);
@@ -13,6 +14,11 @@ applies, checked in this order (the first one is recorded as its reason):
 The representative of a day or week is its newest verified backup, or its newest backup if none
 of that bucket's backups is verified. Everything else is deleted, in particular unverified
 backups older than ``keep_all_within`` that do not represent a bucket.
+
+Orphans (snapshot objects without a manifest: a run that failed between the object and its
+manifest) are planned separately by :func:`plan_orphans`: removed once older than the grace period,
+so that the object of a backup still being written is never taken for one. A backup whose manifest
+cannot be read is in neither plan: it is reported and left alone, never deleted unread.
 
 Two properties the tests check (for a fixed set of backups): applying a plan and planning again at
 the same time deletes nothing more (a fixed point), and planning at a later time never keeps a
@@ -39,6 +45,7 @@ class BackupRef:
     id: str
     created_at: datetime
     verified: bool
+    cluster_id: str | None = None  # the incarnation it was taken of (the manifest's ``cluster_id``)
 
 
 class RetentionPolicy(BaseModel):
@@ -50,8 +57,9 @@ class RetentionPolicy(BaseModel):
     daily_days: Annotated[int, Field(ge=0, le=3660)] = 7
     weekly_weeks: Annotated[int, Field(ge=0, le=520)] = 4
     min_age: timedelta = timedelta(hours=1)
+    orphan_grace: timedelta = timedelta(hours=24)
 
-    @field_validator("keep_all_within", "min_age")
+    @field_validator("keep_all_within", "min_age", "orphan_grace")
     @classmethod
     def _non_negative(cls, value: timedelta) -> timedelta:
         if value < timedelta(0):
@@ -98,7 +106,9 @@ def _utc_week(backup: BackupRef) -> date:
     return _week_start(_utc_day(backup))
 
 
-def plan_retention(backups: Sequence[BackupRef], now: datetime, policy: RetentionPolicy) -> RetentionPlan:
+def plan_retention(
+    backups: Sequence[BackupRef], now: datetime, policy: RetentionPolicy, *, live_cluster_id: str | None = None
+) -> RetentionPlan:
     """Decide which of ``backups`` to keep at time ``now`` (aware); see the module docs for the rules.
 
     The result does not depend on the order of ``backups``. Raises :class:`UsageError` for
@@ -117,6 +127,8 @@ def plan_retention(backups: Sequence[BackupRef], now: datetime, policy: Retentio
     ordered = sorted(backups, key=_order)
     verified = [backup for backup in ordered if backup.verified]
     anchor = verified[-1] if verified else (ordered[-1] if ordered else None)
+    live = [b for b in verified if live_cluster_id is not None and b.cluster_id == live_cluster_id]
+    live_anchor = live[-1] if live else None
 
     today = now.astimezone(UTC).date()
     this_week = _week_start(today)
@@ -141,6 +153,8 @@ def plan_retention(backups: Sequence[BackupRef], now: datetime, policy: Retentio
         reason: str | None
         if anchor is not None and backup.id == anchor.id:
             reason = "newest verified backup" if backup.verified else "newest backup (none is verified)"
+        elif live_anchor is not None and backup.id == live_anchor.id:
+            reason = f"newest verified backup of the live incarnation (cluster id {live_cluster_id})"
         elif age < policy.min_age:
             reason = f"younger than min_age ({policy.min_age})"
         elif age < policy.keep_all_within:
@@ -167,3 +181,12 @@ def plan_retention(backups: Sequence[BackupRef], now: datetime, policy: Retentio
 
 def _kind(backup: BackupRef) -> str:
     return "verified backup" if backup.verified else "backup (no verified one that period)"
+
+
+def plan_orphans(orphans: Iterable[tuple[str, datetime]], now: datetime, grace: timedelta) -> list[str]:
+    """Which orphan objects (id, time the run started) to remove at ``now``: those older than ``grace``.
+
+    A younger one may be the object of a backup whose manifest is about to be written."""
+    if now.tzinfo is None:
+        raise UsageError("retention needs a timezone-aware 'now'")
+    return sorted(orphan_id for orphan_id, created_at in orphans if now - created_at >= grace)

@@ -73,10 +73,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from etcdops.aws import Notifier
+from etcdops.backup.catalogue import load_manifest, newest_verified
 from etcdops.backup.crypto import KeyProvider
 from etcdops.backup.errors import BackupNotFoundError, DecryptionError
-from etcdops.backup.job import CheckedSnapshot, checked_plaintext, load_manifest, newest_verified
-from etcdops.backup.manifest import Manifest
+from etcdops.backup.job import CheckedSnapshot, checked_plaintext
+from etcdops.backup.manifest import Manifest, cluster_id_text
 from etcdops.backup.store import BackupStore
 from etcdops.compute.base import DOCUMENTS, ComputeProvider, Host, PreflightPlan
 from etcdops.config import ClusterConfig
@@ -345,11 +346,15 @@ def validate_backup(ctx: RestoreContext, doc: Document) -> Document:
     """Everything about the backup is checked before anything is stopped; nothing is changed here."""
     started = time.monotonic()
     store, keyring = ctx.backup_target()
+    hosts = ctx.compute.hosts()
+    if doc["mode"] == "in-place" and not hosts:
+        raise InvalidRunbookInputError("in-place restore: the cluster has no hosts; use mode new-hosts")
+    live = _live_cluster_id(ctx, [h.client_url for h in hosts if h.client_url])
     backup_id = doc.get("backup_id")
-    if not backup_id:
-        newest = newest_verified(store)
+    if not backup_id:  # the default is the newest verified backup of the live incarnation (invariant 11)
+        newest = newest_verified(store, live)
         if newest is None:
-            raise BackupNotFoundError(f"no verified backup in {store.uri} to restore from")
+            raise BackupNotFoundError(_no_default_backup(store.uri, live))
         backup_id = newest.id
     manifest = load_manifest(store, str(backup_id))
     if not manifest.verified:
@@ -359,9 +364,6 @@ def validate_backup(ctx: RestoreContext, doc: Document) -> Document:
         for _chunk in snapshot:
             pass  # decrypted, hashed and summarized as it streams; checked against the manifest at its end
         live_keys = count_live_keys(snapshot, lambda: _plaintext(ctx, store, keyring, manifest))
-    hosts = ctx.compute.hosts()
-    if doc["mode"] == "in-place" and not hosts:
-        raise InvalidRunbookInputError("in-place restore: the cluster has no hosts; use mode new-hosts")
     out = {
         **doc,
         "backup_id": manifest.id,
@@ -370,10 +372,52 @@ def validate_backup(ctx: RestoreContext, doc: Document) -> Document:
         "backup_total_keys": manifest.total_keys,
         "backup_keys": live_keys,
         "backup_etcd_version": manifest.etcd_version,
+        "backup_cluster_id": manifest.cluster_id,
+        "live_cluster_id": live,
         "old_hosts": [_host_doc(h) for h in hosts],
         "reason": doc.get("reason") or "requested by an operator",
     }
     return _timed({**out, "approval_summary": approval_summary(out)}, "validate_backup", started)
+
+
+def _live_cluster_id(ctx: RestoreContext, host_urls: Sequence[str]) -> str | None:
+    """The cluster id the surviving members answer with (any one member suffices), or None."""
+    seeds = merge_endpoints(host_urls, ctx.config.endpoints, ctx.state.load_endpoints(ctx.config.name))
+    if not seeds:
+        return None
+    with ctx.client(seeds) as client:
+        return cluster_id_text(probe_cluster(client, deadline=ctx.config.health.probe_deadline_seconds).cluster_id)
+
+
+def _no_default_backup(uri: str, live: str | None) -> str:
+    if live is None:
+        return (
+            "no member answered, so the live cluster id is unknown and no backup counts as this cluster's "
+            "(invariant 11): name the backup to restore in the input's backup_id (`etcdops backup list` shows "
+            "each backup's cluster id)"
+        )
+    return (
+        f"no verified backup of the live cluster incarnation (cluster id {live}) in {uri}; a backup of an earlier "
+        "cluster with the same name is restored only when named in the input's backup_id (`etcdops backup list` "
+        "marks them)"
+    )
+
+
+def _incarnation_note(doc: Document) -> str:
+    """What the approver must know when the backup is not of the cluster that runs now."""
+    backup, live = doc.get("backup_cluster_id"), doc.get("live_cluster_id")
+    if backup is None or backup == live:
+        return ""
+    if live is None:
+        return (
+            f" The live cluster id is unknown (no member answered); backup {doc.get('backup_id')} was taken of "
+            f"cluster id {backup}: make sure it is this cluster's."
+        )
+    return (
+        f" NOTE: backup {doc.get('backup_id')} was taken of ANOTHER incarnation of cluster {doc.get('cluster')} "
+        f"(cluster id {backup}; the live cluster id is {live}). It was named on purpose; its data replaces the "
+        "live cluster's entirely."
+    )
 
 
 def approval_summary(doc: Document) -> str:
@@ -403,7 +447,7 @@ def approval_summary(doc: Document) -> str:
         f"{where}. Will stop: the Kubernetes API servers, then etcd on {names}. The restored cluster has "
         f"{len(doc.get('old_hosts') or [])} members. Every member's data directory is "
         f"replaced by the snapshot; the old ones are kept (suffix .{doc.get('old_data_suffix')}). "
-        f"Everything written after the backup is lost. {revision_note}"
+        f"Everything written after the backup is lost.{_incarnation_note(doc)} {revision_note}"
     )
 
 
