@@ -394,7 +394,8 @@ def test_a_backup_of_a_previous_incarnation_with_the_same_name_is_never_used_as_
 
     # Then the old backup counts for nothing: no age, "no verified backup", and the escalation names none
     assert healthy.health is not None and f"{healthy.health.cluster_id:x}" != old.cluster_id
-    assert f"etcdops: backup-missing on cluster {config.name}" in autopilot.subjects()
+    [missing] = [body for subject, body, _ in autopilot.notifier.messages if "backup-missing" in subject]
+    assert f"no verified backup of its current incarnation (cluster id {healthy.health.cluster_id:x}" in missing
     escalation = next(r.decision for r in results if r.decision and r.decision.action is Action.ESCALATE_QUORUM_LOSS)
     assert escalation.backup_id is None and escalation.restore_input == {
         "cluster": config.name,

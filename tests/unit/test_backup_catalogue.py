@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from test_backup_manifest import fields
+from test_backup_store import any_store, aws, file_store, s3, s3_store  # noqa: F401 - the stores, as fixtures
 from test_retention import policies
 
 from etcdops.backup.catalogue import apply_retention, load_manifest, newest_verified, read_catalogue
@@ -77,8 +78,10 @@ def test_only_a_backup_of_the_live_incarnation_counts(tmp_path: Path) -> None:
     assert newest_verified(store, "ff") is None
 
 
-def test_the_catalogue_reports_corrupt_manifests_and_orphans_and_leaves_restore_staging_alone(tmp_path: Path) -> None:
-    store = FileStore(tmp_path)
+def test_the_catalogue_reports_corrupt_manifests_and_orphans_and_leaves_restore_staging_alone(
+    any_store: BackupStore,  # noqa: F811 - the fixture imported above
+) -> None:
+    store = any_store  # a directory, and an S3 prefix (moto)
     good = put_backup(store, NOW - timedelta(hours=5), 1)
     corrupt = put_corrupt(store, NOW - timedelta(hours=4), 2)
     other = put_backup(store, NOW - timedelta(hours=3), 3)
@@ -130,7 +133,7 @@ def test_retention_removes_orphans_after_the_grace_period_and_never_a_corrupt_ba
 
 KINDS = ("live", "live-unverified", "old", "old-unverified", "corrupt", "orphan")
 # (age in minutes, kind): mostly the past 60 days, a few in the future (clock skew)
-entries = st.lists(st.tuples(st.integers(-120, 60 * 24 * 60), st.sampled_from(KINDS)), max_size=30)
+entries = st.lists(st.tuples(st.integers(-120, 60 * 24 * 60), st.sampled_from(KINDS)), max_size=20)
 graces = st.integers(1, 72).map(lambda h: timedelta(hours=h))
 
 

@@ -572,7 +572,9 @@ def _notifications(
         out.append(
             Notification(
                 NotificationKind.BACKUP_MISSING,
-                f"Cluster {cluster} has no verified backup; run the Backup job.",
+                f"Cluster {cluster} has no verified backup of its current incarnation (cluster id "
+                f"{observation.cluster_id:x}; backups of an earlier cluster with the same name do not count); "
+                "run the Backup job.",
                 _notification_key(cluster, NotificationKind.BACKUP_MISSING, "none"),
             )
         )
