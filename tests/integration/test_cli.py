@@ -269,5 +269,7 @@ def test_backup_commands_round_trip(
     text = etcdops(cwd, "backup", "list")
     assert "abc (other incarnation)" in text.stdout and f"live cluster id: {made['cluster_id']}" in text.stdout
     assert "orphan" in text.stderr and "cannot be read" in text.stderr
+    checked = etcdops(cwd, "backup", "verify", made["id"])
+    assert f"warning: {young}.snapshot.enc is an orphan" in checked.stderr and "cannot be read" in checked.stderr
     orphan = etcdops(cwd, "backup", "verify", young, check=False)
     assert orphan.returncode == 1 and "orphan" in orphan.stderr and orphan.stderr.count("\n") == 1
