@@ -10,6 +10,9 @@ fails the call, and the IAM-coverage check sees every decision.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ from etcdops.localaws import (
     start_execution,
     wait_for_execution,
 )
-from etcdops.localiam import coverage
+from etcdops.localiam import RECORDS_ENV, coverage
 
 pytestmark = pytest.mark.e2e
 
@@ -204,11 +207,23 @@ def test_without_kms_decrypt_health_check_is_refused_and_the_coverage_check_says
     # Then the coverage check names the missing permission, and why it is needed
     found = coverage({}, aws.authorizer.recorder.records)
     assert not found.ok
-    assert [r.describe() for r in found.denied] == [
+    missing = (
         f"HealthCheckFunction: kms:Decrypt on arn:aws:kms:{stack.region}:{ACCOUNT_ID}:key/${{BackupKey}}"
         " (needed by s3:GetObject of an SSE-KMS object)"
-    ]
-    assert "MISSING  HealthCheckFunction: kms:Decrypt" in found.report()
+    )
+    assert [r.describe() for r in found.denied] == [missing]
+    # and so does the check bin/test runs, over the records as the e2e runs write them
+    records = tmp_path / "records"
+    assert aws.authorizer.recorder.write(records) is not None
+    checked = subprocess.run(
+        [sys.executable, "-m", "etcdops.localiam", "check", "--records", str(records), "--template", str(template)],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != RECORDS_ENV},
+        check=False,
+    )
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert f"\n  MISSING  {missing}\n" in checked.stdout
 
 
 # ---- asynchronous invocations: retried, then the OnFailure destination, sent with the function's role ----------

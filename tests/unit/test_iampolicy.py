@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from etcdops.iampolicy import Call, PolicyError, evaluate, granted_actions, read_policy
-from etcdops.localiam import Record, coverage
+from etcdops.iampolicy import Call, PolicyError, evaluate, fingerprint, granted_actions, read_policy
+from etcdops.localiam import Record, coverage, of_these_policies
 
 KEY = "arn:aws:kms:us-east-1:123456789012:key/1234"
 BUCKET = "arn:aws:s3:::backups"
@@ -178,3 +178,48 @@ def test_coverage_fails_on_a_missing_permission_an_unused_grant_and_a_stale_reas
     assert "UNUSED  Fn: Fn0[0] s3:DeleteObject" in report
     assert "STALE REASON  Fn: s3:GetObject: now used by a test" in report
     assert "STALE REASON  Fn: sns:Publish: not granted" in report
+
+
+def test_a_denial_provoked_on_purpose_is_not_a_missing_permission() -> None:
+    grants = {"Fn": [policy(allow("s3:GetObject", f"{BUCKET}/*"), name="Fn0")]}
+    records = [
+        record("s3:GetObject", True, (("Fn0", 0, "s3:GetObject"),)),
+        record("iam:PassRole", False, resource="arn:aws:iam::1:role/other", expected=True),
+    ]
+
+    found = coverage(grants, records)
+
+    assert found.ok, found.report()
+
+
+def test_records_of_a_changed_copy_of_the_template_are_set_aside_by_their_policies() -> None:
+    real = [policy(allow(["s3:GetObject", "kms:Decrypt"], "*", Sid="Read"), allow("sns:Publish"), name="Fn0")]
+    taken_away = [policy(allow("s3:GetObject", "*", Sid="Read"), allow("sns:Publish"), name="Fn0")]
+    elsewhere = allow(["s3:GetObject", "kms:Decrypt"], "arn:x", Sid="Read")
+    other_resources = [policy(elsewhere, allow("sns:Publish"), name="Fn0")]
+    assert fingerprint(real) != fingerprint(taken_away)
+    assert fingerprint(real) == fingerprint(other_resources)  # resources name the stack: left out
+    same = record("s3:GetObject", True, (("Fn0", 0, "s3:GetObject"),), policies=fingerprint(real))
+    changed = record("kms:Decrypt", False, resource=KEY, policies=fingerprint(taken_away))
+    test_only = Record("TestFunction", "ssm:GetParameter", "*", None, False, (), policies=fingerprint(real))
+
+    kept, aside = of_these_policies([same, changed, test_only], {"Fn": real})
+
+    assert (kept, aside) == ([same], [changed, test_only])
+
+
+def test_a_reason_may_name_one_statement_by_its_sid() -> None:
+    grants = {
+        "Fn": [policy(allow("s3:GetObject", f"{BUCKET}/a/*", Sid="A"), allow("s3:GetObject", "x", Sid="B"), name="Fn0")]
+    }
+    records = [record("s3:GetObject", True, (("Fn0", 0, "s3:GetObject"),))]
+
+    assert coverage(grants, records, {"Fn": {"B/s3:GetObject": "read by hosts only"}}).ok
+    # the action alone names both statements, one of which is used: the reason is stale
+    stale = coverage(grants, records, {"Fn": {"s3:GetObject": "read by hosts only"}})
+    assert stale.stale_reasons == ["Fn: s3:GetObject: now used by a test"]
+    assert coverage(grants, records, {"Fn": {"A/s3:GetObject": "x"}}).stale_reasons == [
+        "Fn: A/s3:GetObject: now used by a test"
+    ]
+    unused = coverage(grants, records)
+    assert [str(g) for _, g in unused.unused] == ["Fn0[1] (B) s3:GetObject"]

@@ -16,6 +16,7 @@ using one fails loudly in the local stack instead of passing or failing for the 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -188,6 +189,18 @@ def evaluate(policies: Sequence[Policy], call: Call) -> Decision:
                 return Decision(False, (), grant)
             allowed.append(grant)
     return Decision(bool(allowed), tuple(allowed))
+
+
+def fingerprint(policies: Sequence[Policy]) -> str:
+    """A short digest of what ``policies`` grant and deny, statement by statement (policy, index, Sid,
+    effect, actions): the same for every stack built from one template, different once a statement or an
+    action is taken away or added. Resources and condition values are left out (they name the stack)."""
+    parts = sorted(
+        f"{p.name}|{s.index}|{s.sid or ''}|{s.effect}|{'!' if s.not_actions else ''}{','.join(sorted(s.actions))}"
+        for p in policies
+        for s in p.statements
+    )
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def granted_actions(policies: Sequence[Policy]) -> Iterator[tuple[Grant, Statement]]:

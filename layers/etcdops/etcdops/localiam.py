@@ -21,9 +21,12 @@ While a :class:`LocalAws` runs, this module takes over the authorization step of
   role's policies as installed from the transformed template; any denial fails the request with
   AWS's error, so a missing permission fails the test exactly as it would fail in AWS.
 * **The record.** Every decision of a stack principal is recorded (principal, action, resource,
-  why, allowed, the statements that allowed it). :func:`coverage` compares the records of the e2e
-  runs with the template in both directions: nothing denied, and every granted action used by some
-  test or listed with a reason (``python -m etcdops.localiam check``).
+  why, allowed, the statements that allowed it, a fingerprint of the policies it was decided under,
+  and whether the test provoked the denial on purpose: :meth:`Authorizer.expect_denied`).
+  :func:`check` compares the records of the e2e runs with the template in both directions: nothing
+  denied, and every granted action used by some test or listed with a reason (``python -m
+  etcdops.localiam check``; bin/test runs it through tools/iam_coverage.py). Records decided under
+  other policies (a test's copy of the template with a statement taken away) are set aside.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from etcdops.errors import ConfigError, EtcdopsError
-from etcdops.iampolicy import Call, Decision, Grant, Policy, evaluate, granted_actions, read_policy
+from etcdops.iampolicy import Call, Decision, Grant, Policy, evaluate, fingerprint, granted_actions, read_policy
 from etcdops.localsandbox import Credentials
 
 log = logging.getLogger("etcdops.localiam")
@@ -286,7 +289,8 @@ def _ssm(request: Request) -> Asked:
             tags = _instance_tags(ec2, instance_id)
             calls.append(Call.of(action, request.arn("ec2", f"instance/{instance_id}"), _tags_context("ssm", tags)))
         return Asked(tuple(calls))
-    if op in ("ListCommands", "ListCommandInvocations", "GetCommandInvocation", "DescribeInstanceInformation"):
+    if op in ("ListCommands", "ListCommandInvocations", "GetCommandInvocation", "DescribeInstanceInformation",
+              "DescribeParameters"):  # fmt: skip
         return Asked((Call.of(action, "*"),))
     return Asked((Call.of(action, "*"),), modelled=False)
 
@@ -430,8 +434,17 @@ def _lambda(request: Request) -> Asked:
     return Asked((Call.of(f"lambda:{iam_action}", arn),))
 
 
-def _star(request: Request) -> Asked:
-    return Asked((Call.of(f"{request.prefix}:{request.operation}", "*"),))
+def _cloudwatch(request: Request) -> Asked:
+    """Alarms are resources (``alarm:<name>``); metric reads and writes have no resource types."""
+    op, params = request.operation, request.params
+    action = f"cloudwatch:{op}"
+    if op == "PutMetricAlarm" and params.get("AlarmName"):
+        return Asked((Call.of(action, request.arn("cloudwatch", f"alarm:{params['AlarmName']}")),))
+    if op == "DeleteAlarms":
+        names = params.get("AlarmNames") or []
+        return Asked(tuple(Call.of(action, request.arn("cloudwatch", f"alarm:{name}")) for name in names))
+    modelled = op in ("PutMetricData", "GetMetricData", "GetMetricStatistics", "DescribeAlarms", "ListMetrics")
+    return Asked((Call.of(action, "*"),), modelled=modelled)
 
 
 # ec2, elasticloadbalancing -------------------------------------------------------------------------------
@@ -540,7 +553,11 @@ def _elbv2(request: Request) -> Asked:
         return Asked((Call.of(action, "*"),))
     arn = params.get("TargetGroupArn") or params.get("LoadBalancerArn")
     if arn:
-        return Asked((Call.of(action, arn),))
+        try:
+            tags = _backend("elbv2", request.account, request.region).tagging_service.get_tag_dict_for_resource(arn)
+        except Exception:  # an unknown resource: the service refuses the request itself
+            tags = {}
+        return Asked((Call.of(action, arn, _tags_context("elasticloadbalancing", tags)),))
     return Asked((Call.of(action, "*"),), modelled=False)
 
 
@@ -555,9 +572,8 @@ _RESOLVERS: dict[str, Any] = {
     "lambda": _lambda,
     "ec2": _ec2,
     "elasticloadbalancing": _elbv2,
+    "cloudwatch": _cloudwatch,
 }
-_STAR_OPERATIONS = {("cloudwatch", "PutMetricData"), ("cloudwatch", "GetMetricData"),
-                    ("cloudwatch", "GetMetricStatistics"), ("cloudwatch", "DescribeAlarms")}  # fmt: skip
 
 
 def request_calls(request: Request) -> Asked:
@@ -568,8 +584,6 @@ def request_calls(request: Request) -> Asked:
     if resolver is not None:
         asked: Asked = resolver(request)
         return asked
-    if (request.prefix, request.operation) in _STAR_OPERATIONS:
-        return _star(request)
     return Asked((Call.of(f"{request.prefix}:{request.operation}", "*"),), modelled=False)
 
 
@@ -587,6 +601,8 @@ class Record:
     allowed: bool
     granted_by: tuple[tuple[str, int, str], ...]  # (policy, statement, action pattern)
     modelled: bool = True
+    policies: str = ""  # the principal's policies when it was decided (iampolicy.fingerprint)
+    expected: bool = False  # a denial the test provoked on purpose (Authorizer.expect_denied)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -597,6 +613,8 @@ class Record:
             "allowed": self.allowed,
             "granted_by": [list(g) for g in self.granted_by],
             "modelled": self.modelled,
+            "policies": self.policies,
+            "expected": self.expected,
         }
 
     @classmethod
@@ -609,6 +627,8 @@ class Record:
             allowed=bool(data["allowed"]),
             granted_by=tuple((g[0], int(g[1]), g[2]) for g in data.get("granted_by") or []),
             modelled=bool(data.get("modelled", True)),
+            policies=str(data.get("policies", "")),
+            expected=bool(data.get("expected", False)),
         )
 
     def describe(self) -> str:
@@ -623,7 +643,15 @@ class Recorder:
         self._lock = threading.Lock()
         self._records: set[Record] = set()
 
-    def add(self, principal: Principal, call: Call, decision: Decision, modelled: bool) -> Record:
+    def add(
+        self,
+        principal: Principal,
+        call: Call,
+        decision: Decision,
+        modelled: bool,
+        policies: str = "",
+        expected: bool = False,
+    ) -> Record:
         record = Record(
             principal=principal.logical_id,
             action=call.action,
@@ -632,6 +660,8 @@ class Recorder:
             allowed=decision.allowed,
             granted_by=tuple((g.policy, g.statement, g.action) for g in decision.allowed_by),
             modelled=modelled,
+            policies=policies,
+            expected=expected and not decision.allowed,
         )
         with self._lock:
             self._records.add(record)
@@ -682,6 +712,7 @@ class Authorizer:
         self._lock = threading.Lock()
         self.admin: Credentials | None = None
         self.denials: list[tuple[str, Call, str]] = []  # (principal or role, call, reason), newest last
+        self._expected: set[tuple[str, str]] = set()  # (logical id, action) a test denies on purpose
 
     # identities
 
@@ -723,6 +754,16 @@ class Authorizer:
         with self._lock:
             return self._principals.get(role_name)
 
+    def expect_denied(self, logical_id: str, action: str) -> None:
+        """A test provokes this denial on purpose (a host role outside the PassRole scope): its records
+        say so, and the coverage check does not count them as permissions the template misses."""
+        with self._lock:
+            self._expected.add((logical_id, action.lower()))
+
+    def _is_expected(self, principal: Principal, call: Call) -> bool:
+        with self._lock:
+            return (principal.logical_id, call.action.lower()) in self._expected
+
     def role_policies(self, role_name: str) -> list[Policy]:
         """The role's inline and attached policies as stored in the emulated IAM."""
         iam = _backend("iam", self.account_id, "aws")
@@ -740,11 +781,13 @@ class Authorizer:
         asked = request_calls(request)
         policies = self.role_policies(role_name)
         principal = self.principal(role_name)
+        digest = fingerprint(policies) if principal is not None else ""
         denied: tuple[Call, Decision] | None = None
         for call in asked.calls:
             decision = evaluate(policies, call)
             if principal is not None:
-                self.recorder.add(principal, call, decision, asked.modelled)
+                expected = not decision.allowed and self._is_expected(principal, call)
+                self.recorder.add(principal, call, decision, asked.modelled, digest, expected)
             if not decision.allowed and denied is None:
                 denied = (call, decision)
                 who = principal.logical_id if principal else role_name
@@ -938,6 +981,7 @@ class Coverage:
     stale_reasons: list[str]  # listed as unused with a reason, but no longer granted or now used
     used: int = 0
     granted: int = 0
+    set_aside: int = 0  # records decided under other policies (a changed copy of the template)
 
     @property
     def ok(self) -> bool:
@@ -945,6 +989,8 @@ class Coverage:
 
     def report(self) -> str:
         lines = [f"IAM coverage: {self.used} of {self.granted} granted actions used by the tests"]
+        if self.set_aside:
+            lines.append(f"  ({self.set_aside} records of changed copies of the template set aside)")
         for record in self.denied:
             lines.append(f"  MISSING  {record.describe()}")
         for record in self.unmodelled:
@@ -961,7 +1007,10 @@ class Coverage:
 
 
 def load_reasons(path: Path) -> dict[str, dict[str, str]]:
-    """``principal -> action pattern -> reason`` from a YAML file (granted on purpose, unused by tests)."""
+    """``principal -> action pattern -> reason`` from a YAML file (granted on purpose, unused by tests).
+
+    The key is the action as the statement writes it (every statement of the principal granting it), or
+    ``Sid/action`` for one statement, when another statement's grant of the action is used."""
     import yaml
 
     try:
@@ -984,32 +1033,68 @@ def coverage(
     records = list(records)
     reasons = reasons or {}
     used = {(r.principal, g[0], g[1], g[2]) for r in records if r.allowed for g in r.granted_by}
-    used_actions = {(principal, action) for principal, _, _, action in used}
-    unused: list[tuple[str, Grant]] = []
+    used_keys: set[tuple[str, str]] = set()  # (principal, reason key) of every used grant
     granted: set[tuple[str, str]] = set()
+    unused: list[tuple[str, Grant]] = []
     total = exercised = 0
     for principal, policies in sorted(grants.items()):
+        listed = reasons.get(principal, {})
         for grant, _ in granted_actions(policies):
             total += 1
-            granted.add((principal, grant.action))
+            keys = _reason_keys(grant)
+            granted.update((principal, key) for key in keys)
             if (principal, grant.policy, grant.statement, grant.action) in used:
                 exercised += 1
-            elif grant.action not in reasons.get(principal, {}):
+                used_keys.update((principal, key) for key in keys)
+            elif not any(key in listed for key in keys):
                 unused.append((principal, grant))
     stale = [
-        f"{principal}: {action}: " + ("now used by a test" if (principal, action) in used_actions else "not granted")
+        f"{principal}: {key}: " + ("now used by a test" if (principal, key) in used_keys else "not granted")
         for principal, listed in sorted(reasons.items())
-        for action in sorted(listed)
-        if (principal, action) in used_actions or (principal, action) not in granted
+        for key in sorted(listed)
+        if (principal, key) in used_keys or (principal, key) not in granted
     ]
     return Coverage(
-        denied=[r for r in records if not r.allowed],
+        denied=[r for r in records if not r.allowed and not r.expected],
         unmodelled=sorted({r for r in records if not r.modelled}, key=lambda r: (r.principal, r.action)),
         unused=unused,
         stale_reasons=stale,
         used=exercised,
         granted=total,
     )
+
+
+def _reason_keys(grant: Grant) -> tuple[str, ...]:
+    """How a reason may name a grant: its action (every statement granting it) or ``Sid/action``."""
+    return (grant.action, f"{grant.sid}/{grant.action}") if grant.sid else (grant.action,)
+
+
+def of_these_policies(
+    records: Iterable[Record], grants: Mapping[str, Sequence[Policy]]
+) -> tuple[list[Record], list[Record]]:
+    """The records decided under exactly ``grants``' policies, and the others: a principal the template
+    does not have (a test-only function), or one whose statements a test's copy of the template changed."""
+    digests = {principal: fingerprint(policies) for principal, policies in grants.items()}
+    kept: list[Record] = []
+    aside: list[Record] = []
+    for record in records:
+        (kept if digests.get(record.principal) == record.policies else aside).append(record)
+    return kept, aside
+
+
+def check(
+    records_dir: Path, template: Path, reasons: Path | None = None, cluster_name: str = "local"
+) -> Coverage | None:
+    """The coverage check over the records in ``records_dir`` (None: there are none)."""
+    records = read_records(records_dir)
+    if not records:
+        return None
+    listed = load_reasons(reasons) if reasons else {}
+    grants = template_grants(template, {"ClusterName": cluster_name})
+    kept, aside = of_these_policies(records, grants)
+    result = coverage(grants, kept, listed)
+    result.set_aside = len(aside)
+    return result
 
 
 def template_grants(template_path: Path, parameters: Mapping[str, str] | None = None) -> dict[str, list[Policy]]:
@@ -1028,19 +1113,17 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m etcdops.localiam", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="compare the recorded calls of the e2e runs with the template's policies")
-    check.add_argument("--records", type=Path, required=True, help=f"the directory ${RECORDS_ENV} pointed at")
-    check.add_argument("--template", type=Path, default=Path("template.yaml"))
-    check.add_argument("--reasons", type=Path, help="YAML: principal -> action -> why it is granted but unused")
-    check.add_argument("--cluster-name", default="local", help="the template's ClusterName (the e2e stacks' cluster)")
+    command = sub.add_parser("check", help="compare the recorded calls of the e2e runs with the template's policies")
+    command.add_argument("--records", type=Path, required=True, help=f"the directory ${RECORDS_ENV} pointed at")
+    command.add_argument("--template", type=Path, default=Path("template.yaml"))
+    command.add_argument("--reasons", type=Path, help="YAML: principal -> action -> why it is granted but unused")
+    command.add_argument("--cluster-name", default="local", help="the template's ClusterName (the e2e stacks' cluster)")
     args = parser.parse_args(argv)
     try:
-        records = read_records(args.records)
-        if not records:
+        result = check(args.records, args.template, args.reasons, args.cluster_name)
+        if result is None:
             print(f"IAM coverage: no records in {args.records} (did the e2e tests run with ${RECORDS_ENV}?)")
             return 1
-        reasons = load_reasons(args.reasons) if args.reasons else {}
-        result = coverage(template_grants(args.template, {"ClusterName": args.cluster_name}), records, reasons)
     except EtcdopsError as exc:
         print(f"IAM coverage: {exc}", file=sys.stderr)
         return 2

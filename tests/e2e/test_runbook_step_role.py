@@ -1,0 +1,124 @@
+"""RunbookStep's role, as template.yaml grants it, lets the EC2 provider run a host's whole life for its
+own cluster, and refuses it another cluster's hosts.
+
+The runbooks in the other e2e tests run on local hosts (etcd needs real processes), so the EC2
+provider's writes (launch with tags and the host role, the member's certificate secret, its
+status-check alarm, the target group, the host documents, retirement) would otherwise meet RunbookStep's
+policy only in AWS. Here the provider acts with RunbookStep's own role in the emulated account, every
+request decided as AWS would (the IAM-coverage check sees them), against hosts that are emulated instances.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+from etcdops import pki
+from etcdops.compute.ec2 import Ec2ComputeProvider
+from etcdops.config import Ec2Compute
+from etcdops.localaws import LocalAws, LocalStack
+
+pytestmark = pytest.mark.e2e
+TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+CLUSTER = "local"
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalAws]:
+    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")  # the test registers the one image it launches
+    with LocalAws() as local:
+        yield local
+
+
+def account_with_a_launch_template(aws: LocalAws, stack: LocalStack) -> tuple[Ec2Compute, str]:
+    """As the operator prepares it (README: Deploying to AWS): subnet, image, host role etcdops-*, the
+    launch template with its instance profile, the clients' target group and the CA secret, all tagged."""
+    ec2, iam = aws.client("ec2"), aws.client("iam")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    image = ec2.register_image(Name="etcd-host", RootDeviceName="/dev/xvda", VirtualizationType="hvm")["ImageId"]
+    iam.create_role(RoleName="etcdops-local-host", AssumeRolePolicyDocument=json.dumps({"Statement": []}))
+    iam.create_instance_profile(InstanceProfileName="etcd-host")
+    iam.add_role_to_instance_profile(InstanceProfileName="etcd-host", RoleName="etcdops-local-host")
+    ec2.create_launch_template(
+        LaunchTemplateName="etcd-host",
+        LaunchTemplateData={"ImageId": image, "InstanceType": "t4g.small", "IamInstanceProfile": {"Name": "etcd-host"}},
+    )
+    target_group = aws.client("elbv2").create_target_group(
+        Name="etcd-clients", Protocol="TCP", Port=2379, VpcId=vpc, TargetType="instance",
+        Tags=[{"Key": "etcdops:cluster", "Value": CLUSTER}],
+    )["TargetGroups"][0]["TargetGroupArn"]  # fmt: skip
+    ca = pki.create_ca("local etcd CA")
+    aws.client("secretsmanager").create_secret(
+        Name=f"etcdops/{CLUSTER}/ca",
+        SecretString=json.dumps({"certificate": ca.cert_pem.decode(), "private_key": ca.key_pem.decode()}),
+    )
+    return Ec2Compute(launch_template="etcd-host", subnets=[subnet], target_group_arn=target_group), image
+
+
+def as_runbook_step(aws: LocalAws, stack: LocalStack, settings: Ec2Compute) -> Ec2ComputeProvider:
+    """The provider as RunbookStep's handler makes it in Lambda: its clients carry the function's role."""
+    session = aws.function_session(stack, "RunbookStepFunction")
+    return Ec2ComputeProvider(
+        CLUSTER, settings, stack_name=stack.stack_name, region=aws.region,
+        ec2=session.client("ec2"), elbv2=session.client("elbv2"), ssm=session.client("ssm"),
+        secretsmanager=session.client("secretsmanager"), cloudwatch=session.client("cloudwatch"),
+        poll_seconds=0.05,
+    )  # fmt: skip
+
+
+def test_runbook_steps_role_runs_a_hosts_whole_life_and_no_other_clusters_host(aws: LocalAws) -> None:
+    stack = aws.build_stack(TEMPLATE, {"ClusterName": CLUSTER})
+    settings, image = account_with_a_launch_template(aws, stack)
+    compute = as_runbook_step(aws, stack, settings)
+
+    # launch: RunInstances tagged for this cluster (with the host role passed and the tags created on
+    # launch), the member's certificate secret signed with the CA, its status-check alarm
+    host = compute.launch("m4")
+    ec2 = aws.client("ec2")
+    launched = ec2.describe_instances(InstanceIds=[host.host_id])["Reservations"][0]["Instances"][0]
+    assert launched["IamInstanceProfile"]["Arn"].endswith("/etcd-host")
+    assert {"Key": "etcdops:cluster", "Value": CLUSTER} in launched["Tags"]
+    compute.register_target(host)
+    compute.start_etcd(host, f"m4={host.peer_url}", "new")
+    compute.stop_etcd(host)
+    compute.deregister_target(host)
+    compute.terminate(host)
+
+    [instance] = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    assert instance["State"]["Name"] in ("shutting-down", "terminated")
+    commands = aws.client("ssm").list_commands()["Commands"]
+    documents = sorted(c["DocumentName"] for c in commands)
+    assert documents == [f"{stack.stack_name}-StartEtcd", f"{stack.stack_name}-StopEtcd"]
+    assert aws.client("cloudwatch").describe_alarms(AlarmNamePrefix=f"{stack.stack_name}-status-check-")[
+        "MetricAlarms"
+    ] == []  # made at launch, deleted at retirement
+    assert aws.authorizer.denials == []
+    decided = {(r.principal, r.action) for r in aws.authorizer.recorder.records if r.allowed}
+    assert {
+        ("RunbookStepFunction", "ec2:RunInstances"),
+        ("RunbookStepFunction", "ec2:CreateTags"),
+        ("RunbookStepFunction", "iam:PassRole"),
+        ("RunbookStepFunction", "secretsmanager:CreateSecret"),
+        ("RunbookStepFunction", "cloudwatch:PutMetricAlarm"),
+        ("RunbookStepFunction", "elasticloadbalancing:RegisterTargets"),
+        ("RunbookStepFunction", "ssm:SendCommand"),
+        ("RunbookStepFunction", "ec2:TerminateInstances"),
+        ("RunbookStepFunction", "cloudwatch:DeleteAlarms"),
+    } <= decided
+
+    # Another cluster's host in the same account: RunbookStep may neither command nor retire it
+    other = ec2.run_instances(
+        ImageId=image, MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "etcdops:cluster", "Value": "staging"}]}],
+    )["Instances"][0]["InstanceId"]  # fmt: skip
+    session = aws.function_session(stack, "RunbookStepFunction")
+    aws.authorizer.expect_denied("RunbookStepFunction", "ec2:TerminateInstances")
+    with pytest.raises(ClientError) as refused:
+        session.client("ec2").terminate_instances(InstanceIds=[other])
+    assert refused.value.response["Error"]["Code"] == "UnauthorizedOperation"
+    assert ec2.describe_instances(InstanceIds=[other])["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
