@@ -144,6 +144,32 @@ def test_no_star_resource_where_iam_could_scope_it(template: Template) -> None:
                 assert set(actions) <= set(STAR_ONLY), f"{role} {statement.get('Sid')}: {actions} on '*'"
 
 
+def test_the_state_table_is_read_and_written_item_by_item_only(template: Template) -> None:
+    # what etcdops.state calls; SAM's DynamoDBCrudPolicy also granted scans, batches and table reads
+    table = template.attribute("StateTable", "Arn")
+    roles = template.roles()
+    users = {role: policy for role, policy in roles if any(a.startswith("dynamodb:") for a in policy.actions())}
+    assert set(users) == {f"{f}FunctionRole" for f in ("HealthCheck", "RunbookStep", "Approval", "RequestApproval")}
+    for role, policy in users.items():
+        assert {a for a in policy.actions() if a.startswith("dynamodb:")} == {
+            "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query",
+        }, role  # fmt: skip
+        assert policy.allows("dynamodb:Query", table) and not policy.allows("dynamodb:Query", f"{table}/index/x")
+
+
+def test_backups_are_written_by_backup_and_runbook_step_and_only_read_by_the_others(template: Template) -> None:
+    bucket = template.attribute("BackupBucket", "Arn")
+    writes = ("s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload")  # a failed upload is aborted
+    for function in ("Backup", "RunbookStep", "BackupVerify", "HealthCheck"):
+        policy = template.role_of(f"{function}Function")
+        assert policy.allows("s3:GetObject", f"{bucket}/etcd/x") and policy.allows("s3:ListBucket", bucket)
+        writer = function in ("Backup", "RunbookStep")
+        assert [policy.allows(a, f"{bucket}/etcd/x") for a in writes] == [writer] * 3, function
+        assert {a for a in policy.actions() if a.startswith("s3:")} == {"s3:GetObject", "s3:ListBucket"} | (
+            set(writes) if writer else set()
+        )  # no ACLs, lifecycle rules or old versions
+
+
 def conditions_of(statements: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [s.get("Condition") or {} for s in statements]
 
