@@ -11,7 +11,8 @@ import pytest
 
 from etcdops import cli
 from etcdops.backup.crypto import open_key_provider
-from etcdops.cli_options import GLOBAL_DEFAULTS, finish
+from etcdops.cli_options import CLUSTER_OPTIONS, GLOBAL_DEFAULTS, OUTPUT_OPTIONS, finish
+from etcdops.errors import UsageError
 
 DATA = Path(__file__).parent.parent / "data"
 SNAPSHOT = DATA / "bbolt-etcd35.snap"
@@ -80,20 +81,28 @@ def test_the_tables_name_every_command_and_every_global_option() -> None:
 
 @pytest.mark.parametrize("command", sorted(REQUIRED), ids=" ".join)
 @pytest.mark.parametrize(("words", "attr", "expected"), GLOBALS, ids=[w[0] for w, _, _ in GLOBALS])
-def test_a_global_option_is_honoured_before_and_after_the_command(
+def test_a_global_option_is_honoured_before_and_after_the_command_or_refused(
     command: tuple[str, ...], words: list[str], attr: str, expected: object, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     monkeypatch.chdir(tmp_path)
     rest = REQUIRED[command]
-
-    before = parse([*words, *command, *rest])
-    after = parse([*command, *rest, *words])
-    middle = parse([command[0], *words, *command[1:], *rest]) if len(command) > 1 else after
+    positions = {
+        "before": [*words, *command, *rest],
+        "between": [command[0], *words, *command[1:], *rest],
+        "after": [*command, *rest, *words],
+    }
     absent = parse([*command, *rest])
-
-    assert getattr(before, attr) == getattr(after, attr) == getattr(middle, attr) == expected
     assert getattr(absent, attr) == GLOBAL_DEFAULTS[attr]
+
+    if attr in OUTPUT_OPTIONS or attr in getattr(absent, "uses", CLUSTER_OPTIONS):
+        for argv in positions.values():
+            assert getattr(parse(argv), attr) == expected, argv
+    else:  # an option the command does not read is refused, wherever it stands, before anything runs
+        for argv in positions.values():
+            with pytest.raises(UsageError, match="not used by this command"):
+                parse(argv)
+            assert cli.main(argv) == 2 and "not used by this command" in capsys.readouterr().err
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -233,6 +242,9 @@ BAD_INPUTS: list[tuple[list[str], int, str]] = [
     (["local", "ps"], 1, "not a local stack state file"),
     (["local", "kill", "m9", "--state-dir", "empty"], 1, "no local cluster"),
     (["local", "--purge", "down"], 2, "unrecognized arguments"),
+    (["--config", "good.yaml", "local", "down", "--purge"], 2, "--config: not used by this command"),
+    (["snapshot", "inspect", str(SNAPSHOT), "--stack-name", "prod", "--endpoints", "x:1"], 2,
+     "--endpoints, --stack-name: not used"),
     (["nonsense"], 2, "invalid choice"),
     (["status", "--bogus"], 2, "unrecognized arguments"),
     (["--json", "-w", "table", "status"], 2, "contradict"),

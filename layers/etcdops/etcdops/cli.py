@@ -17,6 +17,7 @@ from typing import Any
 
 from etcdops.cli_format import emit, human_bytes, table
 from etcdops.cli_options import (
+    LOCAL_OPTIONS,
     TESTED_ETCD_VERSIONS,
     Parser,
     describe_failure,
@@ -287,9 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FLAG",
         help="extra etcd flag, e.g. --etcd-arg=--quota-backend-bytes=1000000",
     )
-    up.set_defaults(handler=cmd_local_up)
+    up.set_defaults(handler=cmd_local_up, uses=LOCAL_OPTIONS)
     ps = local_cmds.add_parser("ps", help="list member processes", parents=[common])
-    ps.set_defaults(handler=cmd_local_ps)
+    ps.set_defaults(handler=cmd_local_ps, uses=LOCAL_OPTIONS)
     for action, help_text in (
         ("kill", "SIGKILL a member, like a lost host"),
         ("pause", "SIGSTOP a member, like a hung host"),
@@ -297,12 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = local_cmds.add_parser(action, help=help_text, parents=[common])
         sub.add_argument("member", metavar="MEMBER")
-        sub.set_defaults(handler=_local_signal(action))
+        sub.set_defaults(handler=_local_signal(action), uses=LOCAL_OPTIONS)
     down = local_cmds.add_parser("down", help="stop every member", parents=[common])
     down.add_argument("--purge", action="store_true", help="also delete data and certificates (backups are kept)")
-    down.set_defaults(handler=cmd_local_down)
+    down.set_defaults(handler=cmd_local_down, uses=LOCAL_OPTIONS)
     env = local_cmds.add_parser("env", help="print etcdctl exports for the local cluster", parents=[common])
-    env.set_defaults(handler=cmd_local_env)
+    env.set_defaults(handler=cmd_local_env, uses=LOCAL_OPTIONS)
 
     status = commands.add_parser("status", help="probe every member and show the cluster's health", parents=[common])
     status.add_argument(
@@ -334,7 +335,7 @@ def _register_more(commands: Any, common: argparse.ArgumentParser) -> None:
         help="a scripted tour on the local stack: backup, kill a member, watch it replaced, check the data",
         parents=[common],
     )
-    demo.set_defaults(handler=cmd_demo)
+    demo.set_defaults(handler=cmd_demo, uses=LOCAL_OPTIONS)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from etcdops.cli import emit
+from etcdops.cli_options import AWS_OPTIONS
 from etcdops.errors import ConfigError
 from etcdops.state import StateStore
 
@@ -152,12 +153,12 @@ def register(commands: Any, common: argparse.ArgumentParser, factory: ClientFact
 
     approve = commands.add_parser("approve", help="approve a runbook execution waiting for a human", parents=parents)
     approve.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")
-    approve.set_defaults(handler=_decide("approve"), approval_clients=factory)
+    approve.set_defaults(handler=_decide("approve"), approval_clients=factory, uses=AWS_OPTIONS)
 
     reject = commands.add_parser("reject", help="reject a runbook execution waiting for a human", parents=parents)
     reject.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")
     reject.add_argument("--reason", required=True, metavar="TEXT", help="why (the runbook fails with it)")
-    reject.set_defaults(handler=_decide("reject"), approval_clients=factory)
+    reject.set_defaults(handler=_decide("reject"), approval_clients=factory, uses=AWS_OPTIONS)
 
     approval = commands.add_parser("approval", help="approval requests", parents=parents)
     approval_cmds = approval.add_subparsers(dest="approval_command", metavar="ACTION", required=True)
@@ -165,4 +166,4 @@ def register(commands: Any, common: argparse.ArgumentParser, factory: ClientFact
         "show", help="an execution's approval request and its send-task-success command", parents=parents
     )
     show.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")
-    show.set_defaults(handler=cmd_approval_show, approval_clients=factory)
+    show.set_defaults(handler=cmd_approval_show, approval_clients=factory, uses=AWS_OPTIONS)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from etcdops.cli_format import emit
+from etcdops.cli_options import NO_OPTIONS
 
 
 def command_paths(parser: argparse.ArgumentParser, path: str = "") -> Iterator[tuple[str, list[str]]]:
@@ -105,4 +106,4 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
     )
     completion.add_argument("shell", choices=("bash", "zsh"))
-    completion.set_defaults(handler=cmd_completion)
+    completion.set_defaults(handler=cmd_completion, uses=NO_OPTIONS)

@@ -93,8 +93,23 @@ def refuse_contradictions(argv: Sequence[str]) -> None:
             raise UsageError(f"{name} given twice: {seen[name]} and {value}; give it once")
 
 
+# which global options a command reads besides the output ones (--json, -w, --debug): a command sets
+# ``uses`` with set_defaults; one that does not reads the cluster (resolve_config) and the AWS side
+CLUSTER_OPTIONS = frozenset({"config", "state_dir", "endpoints", "cacert", "cert", "key", "stack_name"})
+AWS_OPTIONS = frozenset({"stack_name", "state_dir"})
+LOCAL_OPTIONS = frozenset({"state_dir"})
+NO_OPTIONS: frozenset[str] = frozenset()
+OUTPUT_OPTIONS = frozenset({"json", "write_out", "debug"})
+
+
 def finish(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill in the defaults of the global options not given anywhere, and reconcile ``--json`` with ``-w``."""
+    """Refuse the global options the command would ignore, fill in the defaults of those not given
+    anywhere, and reconcile ``--json`` with ``-w``."""
+    uses = getattr(args, "uses", CLUSTER_OPTIONS) | OUTPUT_OPTIONS
+    ignored = sorted(name for name in GLOBAL_DEFAULTS if hasattr(args, name) and name not in uses)
+    if ignored:
+        names = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        raise UsageError(f"{names}: not used by this command (it would be ignored)")
     for name, value in GLOBAL_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, value)

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from etcdops.cli import _state_dir, emit, table
+from etcdops.cli_options import AWS_OPTIONS
 from etcdops.errors import ConfigError, NotFoundError
 
 RUNBOOKS = {"replace": "ReplaceMemberStateMachine", "restore": "RestoreClusterStateMachine"}
@@ -203,10 +204,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     runbook = commands.add_parser("runbook", help="runbook executions (Step Functions)", parents=[common])
     actions = runbook.add_subparsers(dest="runbook_command", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="executions of every runbook, newest first", parents=[common])
-    listing.set_defaults(handler=cmd_runbook_list)
+    listing.set_defaults(handler=cmd_runbook_list, uses=AWS_OPTIONS)
     show = actions.add_parser("show", help="one execution: status and step history", parents=[common])
     show.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")
-    show.set_defaults(handler=cmd_runbook_show)
+    show.set_defaults(handler=cmd_runbook_show, uses=AWS_OPTIONS)
     start = actions.add_parser("start", help="start a runbook by hand", parents=[common])
     kinds = start.add_subparsers(dest="runbook_kind", metavar="RUNBOOK", required=True)
     replace = kinds.add_parser("replace", help="replace a member (safety checks still apply)", parents=[common])

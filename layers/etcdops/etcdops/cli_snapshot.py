@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from etcdops.cli import emit, resolve_config
-from etcdops.cli_options import input_file, output_file
+from etcdops.cli_options import NO_OPTIONS, input_file, output_file
 
 
 def cmd_snapshot_save(args: argparse.Namespace) -> int:
@@ -90,4 +90,4 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
     )
     inspect.add_argument("file", metavar="FILE", type=input_file)
-    inspect.set_defaults(handler=cmd_snapshot_inspect)
+    inspect.set_defaults(handler=cmd_snapshot_inspect, uses=NO_OPTIONS)
