@@ -1,4 +1,5 @@
-"""Builders for what a probe round observes (the health model), shared by every test tier.
+"""Builders for what a probe round observes (the health model), shared by every test tier, and etcd
+binaries whose ``etcdutl`` is a stand-in script (:func:`binaries_with_etcdutl`).
 
 ``member(3)`` is a healthy voter named ``etcd-3`` at 10.0.0.3; an unhealthy one carries the error
 a probe gives a member that does not answer, unless the test names another. Fields a test does
@@ -8,8 +9,10 @@ not set stay unknown (``None``), as they are for a member that did not answer st
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from etcdops.health import Alarm, ClusterHealth, MemberHealth
+from etcdops.local import EtcdBinaries
 
 CLUSTER_ID = 0xC1
 NO_ANSWER = "context deadline exceeded"
@@ -62,3 +65,14 @@ def cluster(
         observed_at=observed_at,
         cluster_version=cluster_version,
     )
+
+
+def binaries_with_etcdutl(binaries: EtcdBinaries, bin_dir: Path, script: str) -> EtcdBinaries:
+    """``binaries``' etcd and etcdctl, and ``script`` (a whole shell script) as etcdutl, in ``bin_dir``."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("etcd", "etcdctl"):
+        (bin_dir / name).symlink_to(getattr(binaries, name))
+    etcdutl = bin_dir / "etcdutl"
+    etcdutl.write_text(script)
+    etcdutl.chmod(0o755)
+    return EtcdBinaries.locate(bin_dir)

@@ -9,7 +9,6 @@ AWS gives, and just under the limit it works.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 from stack_templates import template_with_extras, write_template
 
-from etcdops import localsandbox
-from etcdops.localaws import REQUIRE_EPHEMERAL_LIMIT_ENV, LocalAws, LocalAwsError, LocalStack, wait_for_execution
+from etcdops.localaws import LocalAws, LocalAwsError, LocalStack, wait_for_execution
 
 pytestmark = pytest.mark.e2e
 
@@ -53,17 +51,6 @@ def refused(call: Any) -> dict[str, Any]:
 
 
 # ---- Lambda's /tmp ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def ephemeral_limit() -> None:
-    """The /tmp limit needs a tmpfs mount; where that is impossible the test cannot prove it, and under
-    ETCDOPS_REQUIRE_EPHEMERAL_LIMIT=1 (CI) that is a failure, never a skip."""
-    if localsandbox.can_mount():
-        return
-    if os.environ.get(REQUIRE_EPHEMERAL_LIMIT_ENV) == "1":
-        pytest.fail("the Lambda /tmp limit must be enforced here, but this process cannot mount a tmpfs")
-    pytest.skip("cannot mount a tmpfs here (not root): the /tmp limit is not enforced")
 
 
 @pytest.mark.usefixtures("ephemeral_limit")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import boto3
 import pytest
 
+from etcdops.config import parse_config
 from etcdops.errors import ConfigError
 from etcdops.runbook import caught_error
-from etcdops.runbook.handler import RunbookSettings
+from etcdops.runbook.handler import RunbookSettings, staging_store
 
 ENV = {"CLUSTER_CONFIG_PARAMETER": "/etcdops/prod", "TABLE_NAME": "t", "TOPIC_ARN": "arn:t", "STACK_NAME": "prod"}
 
@@ -25,6 +27,27 @@ def test_a_missing_stack_name_is_named() -> None:
     # the stack name says whose SSM documents the EC2 provider sends
     with pytest.raises(ConfigError, match=r"^STACK_NAME: not set"):
         RunbookSettings.from_env({**ENV, "STACK_NAME": " "})
+
+
+@pytest.mark.parametrize(
+    ("compute", "staged_in"),
+    [
+        ({"provider": "ec2", "launch_template": "lt", "subnets": ["subnet-1"]}, "s3://staging/prod"),
+        ({"provider": "local", "state_dir": "/var/etcdops"}, None),  # local hosts read files: the backup store
+    ],
+)
+def test_restores_stage_in_the_stacks_staging_bucket_unless_the_hosts_are_local(
+    compute: dict[str, object], staged_in: str | None
+) -> None:
+    settings = RunbookSettings.from_env({**ENV, "RESTORE_STAGING_BUCKET": "staging"})
+    config = parse_config(
+        {"name": "prod", "endpoints": ["http://10.0.0.1:2379"], "plaintext": True, "compute": compute}
+    )
+
+    staging = staging_store(config, settings, boto3.session.Session(region_name="us-east-1"))
+
+    assert (staging().uri if staging else None) == staged_in
+    assert RunbookSettings.from_env(ENV).staging_bucket is None
 
 
 # ---- what a failure mail says ----------------------------------------------------------------------

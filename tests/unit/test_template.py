@@ -424,3 +424,35 @@ def test_the_ec2_rule_takes_only_failure_states(template: Template) -> None:
             "detail": {"state": ["stopping", "stopped", "shutting-down", "terminated"]},
         }
     ]
+
+
+# ---- restore staging ----------------------------------------------------------------------------------------
+
+
+def test_restore_stages_plaintext_in_an_unversioned_expiring_kms_bucket_only_runbook_step_uses(
+    template: Template,
+) -> None:
+    staging = template.properties("RestoreStagingBucket")
+    assert "VersioningConfiguration" not in staging  # a deleted staged snapshot leaves no noncurrent version
+    rules = {rule["Id"]: rule for rule in staging["LifecycleConfiguration"]["Rules"]}
+    assert rules["expire-staged-snapshots"]["ExpirationInDays"] == 1
+    assert rules["abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    (encryption,) = staging["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert encryption["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "aws:kms",
+        "KMSMasterKeyID": template.attribute("BackupKey", "Arn"),
+    }
+    assert all(staging["PublicAccessBlockConfiguration"].values())
+
+    bucket = template.physical_id("RestoreStagingBucket")
+    step = template.functions["RunbookStepFunction"]
+    assert step["Environment"]["Variables"]["RESTORE_STAGING_BUCKET"] == bucket
+    staged = f"arn:aws:s3:::{bucket}/{CLUSTER}/restore/20261207-abc.snapshot"
+    writers = {role for role, policy in template.roles() if policy.allows("s3:PutObject", staged)}
+    readers_ = {role for role, policy in template.roles() if policy.allows("s3:GetObject", staged)}
+    assert writers == readers_ == {"RunbookStepFunctionRole"}
+    role = template.role_of("RunbookStepFunction")
+    for action in ("s3:DeleteObject", "s3:AbortMultipartUpload"):
+        assert role.allows(action, staged)
+    assert role.allows("s3:ListBucket", f"arn:aws:s3:::{bucket}")
+    assert not role.allows("s3:PutObject", f"arn:aws:s3:::{bucket}/other/restore/x.snapshot")  # another cluster's

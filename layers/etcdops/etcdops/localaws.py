@@ -122,7 +122,8 @@ class LocalStack:
 
     @property
     def bucket(self) -> str | None:
-        return self._only("AWS::S3::Bucket")
+        """The backup bucket (the template has another one, where restores stage snapshots)."""
+        return self.resources.get("BackupBucket") or self._only("AWS::S3::Bucket")
 
     @property
     def topic_arn(self) -> str | None:

@@ -27,11 +27,11 @@ The order, and why:
    stack's staging bucket (not versioned, KMS-encrypted, objects expire after a day), locally the
    backup directory. A check failing at the end aborts the upload, so only a verified snapshot is
    ever staged; what crashed earlier executions left there is removed first (we hold the lock).
-   Invariant 14: the staged plaintext is deleted by ``NotifySuccess``, and on every failure path by
-   ``RemoveStagedSnapshot``, the first state of the Catch path. Then the host action
-   ``restore-data-dir`` runs on each member with its own name and peer URL, a new cluster token
-   derived from the execution, the revision bump and the suffix the old data directory is kept
-   under (renamed, never deleted).
+   Invariant 14: the staged plaintext is deleted at the end of this step (every member restored),
+   and on every failure path by ``RemoveStagedSnapshot``, the first state of the Catch path. The
+   host action ``restore-data-dir`` runs on each member with its own name and peer URL, a new
+   cluster token derived from the execution, the revision bump and the suffix the old data
+   directory is kept under (renamed, never deleted).
 6. ``StartMembers`` (with a restored data directory etcd ignores the initial-cluster flags),
    ``VerifyRestore``, ``RepointClients``, ``StartApiServers``, ``RestartControlPlane``,
    ``ReleaseLock``, ``NotifySuccess``. ``RemoveStagedSnapshot`` then ``NotifyFailure`` is the Catch
@@ -597,16 +597,16 @@ def remove_staged(ctx: RestoreContext, doc: Document) -> list[str]:
 
 
 def restore_members(ctx: RestoreContext, doc: Document) -> Document:
+    """Each member's data directory from the staged snapshot; the plaintext is removed once all are done."""
     started = time.monotonic()
     targets = _targets(doc)
     if not targets:
         raise InvalidRunbookInputError("restore: no target hosts recorded (StopEtcd or LaunchHosts first)")
-    staged = _stage_snapshot(ctx, doc)
-    doc = {**doc, "staged": staged}
     restored = dict(doc.get("restored") or {})
-    for target in targets:
-        if target["name"] in restored:
-            continue  # done earlier in this execution
+    pending = [t for t in targets if t["name"] not in restored]  # a rerun after success has none
+    if pending:
+        doc = {**doc, "staged": _stage_snapshot(ctx, doc)}
+    for target in pending:
         host = _live_host(ctx, target["name"])
         if host.state not in ("stopped", "running", "pending"):
             raise ClusterNotReadyError(f"host {host.name} is {host.state}")
@@ -614,8 +614,8 @@ def restore_members(ctx: RestoreContext, doc: Document) -> Document:
             "restore-data-dir",
             [host],
             {
-                "snapshot_uri": staged["uri"],
-                "sha256": staged["sha256"],
+                "snapshot_uri": doc["staged"]["uri"],
+                "sha256": doc["staged"]["sha256"],
                 "initial_cluster": _initial_cluster(doc),
                 "initial_cluster_token": doc["cluster_token"],
                 "bump_revision": str(int(doc.get("bump_revision") or 0)),
@@ -623,6 +623,7 @@ def restore_members(ctx: RestoreContext, doc: Document) -> Document:
             },
         )
         restored[target["name"]] = ctx.now().isoformat()
+    remove_staged(ctx, doc)  # invariant 14: the plain snapshot lives only as long as this step
     return _timed({**doc, "restored": restored}, "restore_members", started)
 
 
@@ -713,7 +714,6 @@ def release_lock(ctx: RestoreContext, doc: Document) -> Document:
 
 
 def notify_success(ctx: RestoreContext, doc: Document) -> Document:
-    remove_staged(ctx, doc)  # the plain snapshot copy is not kept (invariant 14)
     if not _first_time(ctx, doc, "restore-succeeded"):
         return doc
     verified = doc.get("verified") or {}

@@ -1,0 +1,158 @@
+"""RestoreCluster through the real state machine on real etcd, with every function's /tmp the size its
+template gives it (a tmpfs per sandbox, as Lambda's EphemeralStorage; RunbookStep has the default):
+
+* a 1 GiB backup is restored: no step holds a whole snapshot on local disk (a copy in /tmp, as the
+  restore used to make, fails with ENOSPC there: tests/e2e/test_local_limits.py);
+* a restore that fails after it staged the plain snapshot leaves none behind: the Catch path's
+  "Remove the staged snapshot" deletes it (invariant 14).
+
+Both on one etcd 3.5 member (what is tested is the runbook's handling of the snapshot, not etcd's
+replication), with the autopilot running beside them as in AWS.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from autopilot_scenarios import running_autopilot, wait_for
+from builders import binaries_with_etcdutl
+from stack_templates import TEMPLATE
+
+from etcdops.approval import decide_approval
+from etcdops.backup.job import run_backup
+from etcdops.backup.manifest import Manifest
+from etcdops.backup.target import open_backup_target
+from etcdops.local import EtcdBinaries, LocalCluster
+from etcdops.localaws import (
+    DEFAULT_EPHEMERAL_MB,
+    LocalAws,
+    execution_history,
+    execution_name,
+    read_template,
+    start_execution,
+    wait_for_execution,
+)
+from etcdops.probe import probe_cluster
+
+pytestmark = pytest.mark.e2e
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+def take_backup(cluster: LocalCluster) -> Manifest:
+    config = cluster.config()
+    store, keyring = open_backup_target(config, create_local_key=True)
+    with cluster.client() as client:
+        return run_backup(config, client, probe_cluster(client), store, keyring).manifest
+
+
+def staged(cluster: LocalCluster) -> list[str]:
+    store, _ = open_backup_target(cluster.config())
+    return store.list("restore/")
+
+
+def approved_restore(pilot: SimpleNamespace, cluster: LocalCluster, backup: Manifest) -> tuple[str, dict[str, Any]]:
+    """RestoreCluster of ``backup`` in place, approved by the operator as soon as it asks, run to its end."""
+    machine = pilot.stack.state_machines["RestoreClusterStateMachine"]
+    name = execution_name("restore")
+    document = {"cluster": cluster.config().name, "backup_id": backup.id, "mode": "in-place"}
+    arn = start_execution(pilot.sfn, machine, document, name=name)
+    wait_for("the approval request", lambda: pilot.state.load_approval(name), timeout=600)
+    decide_approval(name, "approve", None, store=pilot.state, sfn=pilot.sfn, now=datetime.now(UTC), by="test")
+    return arn, wait_for_execution(pilot.sfn, arn, timeout=3600)
+
+
+def steps_of(pilot: SimpleNamespace, arn: str) -> list[tuple[str, str, str | None]]:
+    return [(step.name, step.status, step.error) for step in execution_history(pilot.sfn, arn)]
+
+
+def runbook_step_tmp_sizes(aws: LocalAws, pilot: SimpleNamespace) -> list[int]:
+    """The size of each RunbookStep sandbox's /tmp file system (their directories under the sandbox root)."""
+    assert aws.sandbox_root is not None
+    name = pilot.stack.functions["RunbookStepFunction"]
+    sizes = []
+    for directory in sorted(aws.sandbox_root.glob(f"{name}.s*")):
+        fs = os.statvfs(directory)
+        sizes.append(fs.f_blocks * fs.f_frsize)
+    return sizes
+
+
+@pytest.mark.usefixtures("ephemeral_limit")
+@pytest.mark.timeout(1800)  # a hang guard only: ~2.5 min on an idle machine, several times that under load
+def test_a_1_gib_backup_is_restored_with_runbook_steps_tmp_at_its_template_size(
+    etcd3530: EtcdBinaries, start_cluster: Any
+) -> None:
+    # Given a 1 GiB database (1,024 values of 1 MiB) and a verified backup of it, then changes after it
+    cluster: LocalCluster = start_cluster(
+        etcd3530,
+        members=1,
+        extra=("--quota-backend-bytes=4294967296", "--unsafe-no-fsync"),  # test speed
+    )
+    noise = os.urandom(MiB - 16)
+    with cluster.client() as client:
+        for i in range(1024):
+            client.put(f"/big/{i:04d}".encode(), i.to_bytes(16, "big") + noise)
+    backup = take_backup(cluster)
+    assert backup.size_plain > GiB
+    with cluster.client() as client:
+        client.delete(b"/big/0000")
+        client.put(b"/big/after-the-backup", b"lost by the restore")
+    template = read_template(TEMPLATE)
+    function = template["Resources"]["RunbookStepFunction"]["Properties"]
+    limit = (function.get("EphemeralStorage") or {}).get("Size", DEFAULT_EPHEMERAL_MB) * MiB
+
+    # When RestoreCluster restores it, approved
+    with LocalAws() as aws, running_autopilot(aws, cluster) as pilot:
+        arn, ended = approved_restore(pilot, cluster, backup)
+        steps = steps_of(pilot, arn)
+        tmp_sizes = runbook_step_tmp_sizes(aws, pilot)
+
+    # Then it succeeded with RunbookStep's /tmp no larger than the template says (half the snapshot)
+    assert ended["status"] == "SUCCEEDED", steps
+    assert tmp_sizes and all(size == limit for size in tmp_sizes) and limit < backup.size_plain
+    # and the database is the backup's, every value whole
+    with cluster.client() as client:
+        assert client.range(b"/big/", prefix=True, count_only=True).count == 1024
+        assert client.get(b"/big/0000") == (0).to_bytes(16, "big") + noise
+        assert client.get(b"/big/1023") == (1023).to_bytes(16, "big") + noise
+        assert client.get(b"/big/after-the-backup") is None
+    # and the plain snapshot it staged for the host is gone
+    assert staged(cluster) == []
+
+
+def test_a_restore_that_fails_after_staging_the_snapshot_leaves_no_plaintext(
+    etcd3530: EtcdBinaries, start_cluster: Any, tmp_path: Path
+) -> None:
+    # Given a member whose restore tool will fail (recording the snapshot it was handed), and a backup
+    seen = tmp_path / "handed-to-etcdutl"
+    script = (
+        f'#!/bin/sh\nif [ -f "$3" ]; then stat -c "%s %n" "$3" >> {seen}; fi\n'
+        'echo "etcdutl: injected failure" >&2\nexit 1\n'
+    )
+    cluster: LocalCluster = start_cluster(binaries_with_etcdutl(etcd3530, tmp_path / "bin", script), members=1)
+    with cluster.client() as client:
+        for i in range(20):
+            client.put(f"/kept/{i:02d}".encode(), b"v")
+    backup = take_backup(cluster)
+
+    # When RestoreCluster is approved and the host's restore fails after the snapshot was staged
+    with LocalAws() as aws, running_autopilot(aws, cluster) as pilot:
+        arn, ended = approved_restore(pilot, cluster, backup)
+        steps = steps_of(pilot, arn)
+
+    # Then the execution failed in "Restore every member's data directory", where the host was handed
+    # the verified plain snapshot, staged whole
+    assert ended["status"] == "FAILED", steps
+    names = [name for name, _status, _error in steps]
+    assert names[-3:] == ["Remove the staged snapshot", "Notify failure", "Restore failed"], steps
+    assert ("Restore every member's data directory", "caught", "HostCommandFailedError") in steps
+    size, path = seen.read_text().split()
+    assert int(size) == backup.size_plain and Path(path).parent.name == "restore"
+    # and the failure path removed it: nothing staged is left
+    assert not Path(path).exists()
+    assert staged(cluster) == []
