@@ -1,4 +1,4 @@
-"""tests/etcd_versions.py: which versions restore with a revision bump (test_cli checks that
+"""tests/etcd_versions.py: which versions restore with a revision bump (test_cli_unit checks that
 `etcdops --version` names exactly the versions of the matrix)."""
 
 from __future__ import annotations
