@@ -81,6 +81,9 @@ def test_local_up_is_idempotent_and_status_reports_failures(
     ps = as_json(etcdops(cwd, "local", "ps", "--json"))
     assert [(p["name"], p["state"]) for p in ps] == [("m1", "running"), ("m2", "running"), ("m3", "running")]
     assert all(p["client_urls"][0].startswith("https://127.0.0.1:") for p in ps)
+    assert etcdops(cwd, "local", "ps").stdout.splitlines()[-1].startswith(f"state folder {cwd / '.etcdops'}: ")
+    gc = as_json(etcdops(cwd, "local", "gc", "--json"))
+    assert gc["removed"] == [] and gc["state_dir_bytes"] > 0  # no restore ran: nothing set aside
 
     status = as_json(etcdops(cwd, "status", "--json"))
     assert status["has_quorum"] and status["leader"]

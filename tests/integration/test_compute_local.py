@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -157,6 +159,21 @@ def test_restore_data_dir_on_every_host_brings_back_the_snapshot(cluster: LocalC
     with cluster.client() as client:
         assert retry(lambda: client.get("/restore/kept"), retry_on=(EtcdError,)) == b"yes"
         assert client.get("/restore/lost") is None
+
+    # the old data was set aside on every member, aged from that moment: a day-old limit keeps it all
+    aside = {h.name: list(cluster.member_dir(h.name).glob("data.before-restore-*")) for h in hosts}
+    assert all(len(found) == 1 for found in aside.values()), aside
+    assert cluster.collect_garbage(older_than=86400) == []
+    # When m3 is retired, Then its data, log and marker are gone, but not what the restore set aside
+    compute.terminate(next(h for h in hosts if h.name == "m3"))
+    assert [p.name for p in cluster.member_dir("m3").iterdir()] == [aside["m3"][0].name]
+    # When m1's and m3's old data are two days old, Then gc deletes them and m3's emptied folder, only
+    two_days_ago = time.time() - 2 * 86400
+    for name in ("m1", "m3"):
+        os.utime(aside[name][0], (two_days_ago, two_days_ago))
+    removed = cluster.collect_garbage(older_than=86400)
+    assert removed == [aside["m1"][0], aside["m3"][0], cluster.member_dir("m3")]
+    assert aside["m2"][0].is_dir() and cluster.data_dir("m1").is_dir() and not cluster.member_dir("m3").exists()
 
 
 def test_preflight_finds_what_the_local_stack_lacks_and_changes_nothing(cluster: LocalCluster) -> None:

@@ -24,6 +24,7 @@ from etcdops.cli_options import (
     finish,
     global_options,
     member_count,
+    positive_days,
     positive_seconds,
     print_error,
     refuse_contradictions,
@@ -85,7 +86,8 @@ def cmd_local_up(args: argparse.Namespace) -> int:
 
 
 def cmd_local_ps(args: argparse.Namespace) -> int:
-    processes = _local(args).ps()
+    cluster = _local(args)
+    processes = cluster.ps()
     emit(
         args,
         [asdict(p) for p in processes],
@@ -95,6 +97,24 @@ def cmd_local_ps(args: argparse.Namespace) -> int:
                 [p.name, p.state, p.pid, ",".join(p.client_urls), ",".join(p.peer_urls), p.data_dir]
                 for p in processes
             ],
+        )
+        + f"\nstate folder {cluster.state_dir}: {human_bytes(cluster.disk_usage())} on disk",
+    )
+    return 0
+
+
+def cmd_local_gc(args: argparse.Namespace) -> int:
+    cluster = _local(args)
+    removed = cluster.collect_garbage(args.older_than * 86400)
+    paths, usage = [str(p) for p in removed], cluster.disk_usage()
+    emit(
+        args,
+        {"removed": paths, "state_dir_bytes": usage},
+        lambda: "\n".join(
+            [
+                *(f"removed {p}" for p in paths),
+                f"{len(paths)} removed; state folder {cluster.state_dir}: {human_bytes(usage)} on disk",
+            ]
         ),
     )
     return 0
@@ -302,6 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     down = local_cmds.add_parser("down", help="stop every member", parents=[common])
     down.add_argument("--purge", action="store_true", help="also delete data and certificates (backups are kept)")
     down.set_defaults(handler=cmd_local_down, uses=LOCAL_OPTIONS)
+    gc = local_cmds.add_parser(
+        "gc", help="delete old data that restores set aside, once older than --older-than", parents=[common]
+    )
+    gc.add_argument(
+        "--older-than",
+        type=positive_days,
+        default=7.0,
+        metavar="DAYS",
+        help="age in days (default 7) of the data.before-restore-* folders to delete",
+    )
+    gc.set_defaults(handler=cmd_local_gc, uses=LOCAL_OPTIONS)
     env = local_cmds.add_parser("env", help="print etcdctl exports for the local cluster", parents=[common])
     env.set_defaults(handler=cmd_local_env, uses=LOCAL_OPTIONS)
 

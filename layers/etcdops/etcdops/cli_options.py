@@ -148,6 +148,17 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def positive_days(text: str) -> float:
+    """An argparse type: a finite number of days greater than zero (fractions allowed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of days above 0, e.g. 7 or 0.5")
+    return value
+
+
 # ---- where the cluster is -------------------------------------------------------------------
 
 

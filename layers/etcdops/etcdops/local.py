@@ -5,7 +5,8 @@ Everything lives under one state directory (default ``./.etcdops``)::
     local.json        what runs: members, ports, pids, binaries, cluster token
     cluster.yaml      the cluster configuration document (the same contract as in AWS)
     pki/              CA, one certificate per member (client and peer), the operator's client cert
-    members/<name>/   data/ and etcd.log of each member
+    members/<name>/   data/ and etcd.log of each member; data.before-restore-*/ where a restore moved
+                      the old data aside (deleted by ``local gc`` once older than its age)
     backups/          the local backup store (survives ``local down``)
 
 Members are started in their own session, so they outlive the command that started them.
@@ -428,9 +429,10 @@ class LocalCluster:
             if aside.exists() and data.exists():
                 shutil.rmtree(data)  # a partial restore of an earlier try; the old data is in aside
         else:
-            aside = data.with_name(f"data.before-restore-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}")
+            aside = data.with_name(f"{OLD_DATA_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}")
         if data.exists():
             data.rename(aside)
+            os.utime(aside)  # its age, for `local gc`, counts from the moment it was set aside
         tool = [str(binaries.etcdutl)] if binaries.etcdutl else [str(binaries.etcdctl)]
         env = {**os.environ, "ETCDCTL_API": "3"}
         bump: list[str] = []
@@ -555,6 +557,50 @@ class LocalCluster:
         state.members = [m for m in state.members if m.name != name]
         state.save(self.state_file)
 
+    def remove_member_files(self, name: str) -> None:
+        """Delete what a retired member left: its data, log and markers. Old data a restore set aside
+        (``data.before-restore-*``) stays, as the restore promises, until :meth:`collect_garbage`."""
+        folder = self.member_dir(name)
+        if not folder.is_dir():
+            return
+        for entry in folder.iterdir():
+            if entry.name.startswith(OLD_DATA_PREFIX):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+    def collect_garbage(self, older_than: float, now: float | None = None) -> list[Path]:
+        """Delete the old data restores set aside more than ``older_than`` seconds ago, and the folders
+        of retired members that leaves empty; returns what was deleted."""
+        now = time.time() if now is None else now
+        live = {m.name for m in self.state().members}
+        root = self.state_dir / "members"
+        removed: list[Path] = []
+        for folder in sorted(root.iterdir()) if root.is_dir() else []:
+            for aside in sorted(folder.glob(f"{OLD_DATA_PREFIX}*")):
+                if now - aside.stat().st_mtime >= older_than:
+                    shutil.rmtree(aside)
+                    removed.append(aside)
+            if folder.name not in live and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+                removed.append(folder)
+        return removed
+
+    def disk_usage(self) -> int:
+        """Bytes the state directory takes on disk (allocated blocks, as ``du`` counts them)."""
+        total = 0
+        for folder, _, files in os.walk(self.state_dir):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+                except OSError:
+                    continue  # deleted while we walked
+        return total
+
     def down(self, *, purge: bool = False) -> None:
         """Stop every member; with ``purge`` also delete all state except the backups."""
         if not self.exists():
@@ -592,6 +638,9 @@ class LocalCluster:
             "ETCDCTL_CERT": str(self.tls.cert),
             "ETCDCTL_KEY": str(self.tls.key),
         }
+
+
+OLD_DATA_PREFIX = "data.before-restore-"  # old data a restore set aside (``data.<old_data_suffix>``)
 
 
 def restore_supports_bump(tool: Sequence[str], env: dict[str, str]) -> bool:

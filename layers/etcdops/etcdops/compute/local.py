@@ -142,7 +142,7 @@ class LocalComputeProvider(ComputeProvider):
             return
         self.cluster.stop_member(host.name)
         self.cluster.remove_member_record(host.name)
-        shutil.rmtree(self.cluster.data_dir(host.name), ignore_errors=True)
+        self.cluster.remove_member_files(host.name)
 
     # ---- the "load balancer": targets in local.json -----------------------------------------
 
