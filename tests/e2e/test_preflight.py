@@ -242,6 +242,7 @@ def test_an_approved_restore_whose_hosts_cannot_take_commands_stops_in_preflight
     # and one message lists every host that cannot take the commands, and the missing control plane
     (body,) = failure_messages(account)
     assert "PreflightFailedError" in body and "Nothing was stopped or changed" in body
+    assert "could NOT be removed" not in body  # the Catch path's staging clean-up ran with RunbookStep's role
     for name in names:
         assert f"({name}): is not registered with SSM" in body
     assert "[control-plane] control-plane instances of local: none is running" in body

@@ -49,6 +49,11 @@ def test_the_state_machine_runs_exactly_these_steps() -> None:
             "may have been under way",
         ),
         ({"apiservers_stopped": True, "verified": {}, "apiservers_started": True}, "RestartControlPlane"),
+        (  # the Catch path could not remove the staged plain snapshot: the operator is told which objects
+            {"cleanup_error": {"Error": "StorePermissionError", "Cause": "S3 refused deleting"}},
+            "could NOT be removed (StorePermissionError: S3 refused deleting): delete "
+            f"restore/{restore._tail(START)}.snapshot and restore/{restore._tail(START)}.preflight",
+        ),
     ],
 )
 def test_the_failure_message_says_where_the_cluster_was_left(recorded: dict[str, Any], says: str) -> None:

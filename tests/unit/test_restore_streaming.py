@@ -117,3 +117,35 @@ def test_a_staged_stream_that_fails_its_checks_at_the_end_leaves_no_object_and_n
     # Then nothing is left: no object, no parts of an unfinished upload
     assert s3.list_objects_v2(Bucket="staging").get("KeyCount") == 0
     assert not s3.list_multipart_uploads(Bucket="staging").get("Uploads")
+
+
+@mock_aws
+def test_removing_what_a_restore_staged_also_aborts_an_upload_a_crash_cut_off() -> None:
+    # Given the staging bucket with a finished staged snapshot and the parts of an upload whose writer died
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="staging")
+    staging = S3Store(s3, "staging", "local", part_size=MIN_PART_SIZE)
+    doc = {"cluster": "local", "execution": "restore-crashed"}
+    snapshot, probe = restore.staged_keys(doc)
+    staging.put_bytes(snapshot, b"plain snapshot")
+    upload = s3.create_multipart_upload(Bucket="staging", Key=f"local/{snapshot}")["UploadId"]
+    s3.upload_part(Bucket="staging", Key=f"local/{snapshot}", UploadId=upload, PartNumber=1, Body=b"x" * MIN_PART_SIZE)
+    ctx = restore.RestoreContext(
+        config=None,  # type: ignore[arg-type]  # removing staged objects needs only the staging store
+        client=None,  # type: ignore[arg-type]
+        compute=None,  # type: ignore[arg-type]
+        state=None,  # type: ignore[arg-type]
+        notifier=None,  # type: ignore[arg-type]
+        backup_target=None,  # type: ignore[arg-type]
+        config_stores=[],
+        staging=lambda: staging,
+    )
+
+    # When the Catch path's step runs
+    out = restore.run_step(ctx, "RemoveStagedSnapshot", doc)
+
+    # Then neither the object nor the parts are left
+    assert sorted(out["staging_removed"]) == [snapshot, snapshot]  # the aborted upload and the object
+    assert s3.list_objects_v2(Bucket="staging").get("KeyCount") == 0
+    assert not s3.list_multipart_uploads(Bucket="staging").get("Uploads")
+    assert probe not in out["staging_removed"]

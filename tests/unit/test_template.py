@@ -165,9 +165,11 @@ def test_backups_are_written_by_backup_and_runbook_step_and_only_read_by_the_oth
         assert policy.allows("s3:GetObject", f"{bucket}/etcd/x") and policy.allows("s3:ListBucket", bucket)
         writer = function in ("Backup", "RunbookStep")
         assert [policy.allows(a, f"{bucket}/etcd/x") for a in writes] == [writer] * 3, function
+        staging = {"s3:ListBucketMultipartUploads"} if function == "RunbookStep" else set()  # restore staging only
+        assert not policy.allows("s3:ListBucketMultipartUploads", bucket)
         assert {a for a in policy.actions() if a.startswith("s3:")} == {"s3:GetObject", "s3:ListBucket"} | (
             set(writes) if writer else set()
-        )  # no ACLs, lifecycle rules or old versions
+        ) | staging  # no ACLs, lifecycle rules or old versions
 
 
 def conditions_of(statements: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -218,9 +220,7 @@ def test_only_this_stacks_host_documents_may_be_sent() -> None:
     assert not role.allows("ssm:SendCommand", document_arn("AWS-RunShellScript"))
 
     arns = f"{document_arn('systemd-StopApiServer')},{document_arn('systemd-StartApiServer')}"
-    mine = Template({"AdditionalHostDocumentArns": arns}).role_of(
-        "RunbookStepFunction"
-    )
+    mine = Template({"AdditionalHostDocumentArns": arns}).role_of("RunbookStepFunction")
     assert mine.allows("ssm:SendCommand", document_arn("systemd-StopApiServer"))
     assert mine.allows("ssm:SendCommand", document_arn("systemd-StartApiServer"))
     assert not mine.allows("ssm:SendCommand", document_arn("AWS-RunShellScript"))
@@ -455,4 +455,5 @@ def test_restore_stages_plaintext_in_an_unversioned_expiring_kms_bucket_only_run
     for action in ("s3:DeleteObject", "s3:AbortMultipartUpload"):
         assert role.allows(action, staged)
     assert role.allows("s3:ListBucket", f"arn:aws:s3:::{bucket}")
+    assert role.allows("s3:ListBucketMultipartUploads", f"arn:aws:s3:::{bucket}")  # a crashed upload's parts
     assert not role.allows("s3:PutObject", f"arn:aws:s3:::{bucket}/other/restore/x.snapshot")  # another cluster's

@@ -131,6 +131,12 @@ class BackupStore(abc.ABC):
     def uri_for(self, key: str) -> str:
         """The full URI of ``key`` (for manifests, logs and messages)."""
 
+    def abort_uploads(self, prefix: str) -> builtins.list[str]:
+        """Abort the unfinished uploads of keys that start with ``prefix`` (a writer that died mid-stream
+        left them); returns those keys. A directory has none: a dead writer's temporary file is a
+        dot-file, never listed."""
+        return []
+
 
 # ---- local directory ------------------------------------------------------------------------
 
@@ -478,6 +484,21 @@ class S3Store(BackupStore):
         except _BOTO_ERRORS as exc:
             raise self._error(exc, "", "listing") from exc
         return sorted(keys)
+
+    def abort_uploads(self, prefix: str) -> builtins.list[str]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        aborted: builtins.list[str] = []
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=root + prefix):
+                for upload in page.get("Uploads", ()):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted.append(upload["Key"][len(root) :])
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "", f"aborting the unfinished uploads under {prefix!r} of") from exc
+        return aborted
 
     def delete(self, key: str) -> None:
         full = self._full_key(key)

@@ -569,6 +569,7 @@ def _stage_snapshot(ctx: RestoreContext, doc: Document) -> dict[str, str]:
     staged = doc.get("staged") or {}
     if staged.get("key") == key and staging.exists(key):
         return dict(staged)
+    staging.abort_uploads(f"{STAGING_PREFIX}/")  # parts of uploads whose writer died
     for leftover in staging.list(f"{STAGING_PREFIX}/"):
         if leftover.endswith((".snapshot", ".preflight")):
             staging.delete(leftover)  # ours from an earlier try (its sha256 unrecorded), or another execution's
@@ -588,7 +589,7 @@ def _stage_snapshot(ctx: RestoreContext, doc: Document) -> dict[str, str]:
 def remove_staged(ctx: RestoreContext, doc: Document) -> list[str]:
     """Delete what this execution staged (also what a crashed try may have left); the keys removed."""
     staging = _staging_store(ctx)
-    removed = []
+    removed = staging.abort_uploads(staged_keys(doc)[0])  # an upload cut off by a crash holds parts
     for key in staged_keys(doc):
         if staging.exists(key):
             staging.delete(key)
