@@ -182,6 +182,20 @@ def test_config_before_the_command_is_the_one_read(
     assert code == 1 and err.startswith(f"etcdops: ConfigError: {other}: name: must be")
 
 
+def test_backup_list_reads_no_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a configuration whose backup key was never made (a fresh stack before its first backup)
+    config = tmp_path / "fresh.yaml"
+    config.write_text(GOOD + BACKUPS % (tmp_path, tmp_path))
+
+    # When its backups are listed
+    code, out, err = run(["--config", str(config), "backup", "list"], capsys)
+
+    # Then the empty store is listed, and no key was needed or made
+    assert (code, err) == (0, ""), err
+    assert out.startswith("no backups in ")
+    assert not (tmp_path / "backup.key").exists()
+
+
 # ---- every bad input: one line on stderr, a non-zero exit, nothing changed ----------------------
 
 GOOD = "name: good\nendpoints: ['http://127.0.0.1:1']\nplaintext: true\n"

@@ -73,10 +73,10 @@ def _warn(lines: list[str]) -> None:
 
 def cmd_backup_list(args: argparse.Namespace) -> int:
     from etcdops.backup.catalogue import read_catalogue
-    from etcdops.backup.target import open_backup_target
+    from etcdops.backup.target import open_backup_store
 
     config = resolve_config(args)
-    store, _ = open_backup_target(config)
+    store = open_backup_store(config)  # a listing needs no key (a fresh stack may have none yet)
     catalogue = read_catalogue(store)
     live = _live_cluster_id(config)
     manifests = catalogue.backups
