@@ -126,12 +126,17 @@ def nonempty(text: str) -> str:
     return text
 
 
+def _number(text: str, kind: type[float] | type[int], what: str) -> float:
+    """``text`` as a ``kind``, or the argparse error saying it is not ``what`` (ranges are the caller's)."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
 def member_count(text: str) -> int:
     """An argparse type: how many members a local cluster has, 1 to 9."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = int(_number(text, int, "a whole number"))
     if not 1 <= value <= 9:
         raise argparse.ArgumentTypeError(f"{value}: a local cluster has 1 to 9 members (3 or 5 are usual)")
     return value
@@ -139,10 +144,7 @@ def member_count(text: str) -> int:
 
 def positive_seconds(text: str) -> float:
     """An argparse type: a finite number of seconds greater than zero, at most a day."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    value = _number(text, float, "a number of seconds")
     if not math.isfinite(value) or value <= 0 or value > 86400:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0 and at most 86400")
     return value
@@ -150,10 +152,7 @@ def positive_seconds(text: str) -> float:
 
 def positive_days(text: str) -> float:
     """An argparse type: a finite number of days greater than zero (fractions allowed)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    value = _number(text, float, "a number of days")
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number of days above 0, e.g. 7 or 0.5")
     return value
