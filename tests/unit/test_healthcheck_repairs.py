@@ -110,14 +110,20 @@ def test_an_attempt_recorded_by_a_round_that_died_before_starting_it_is_started_
     act(dying, REPLACE, frozenset(), NOW)  # recorded attempt 1 and "started" it somewhere that is gone
     recorded = json.loads(store.load_repair("prod", INCIDENT).attempts[0].document)
 
-    assert act(ctx, REPLACE, frozenset(), NOW + timedelta(seconds=5)) == [f"started ReplaceMember {execution(1)}"]
+    resumed = f"resumed ReplaceMember {execution(1)}: recorded by another round, not running when this round looked"
+    assert act(ctx, REPLACE, frozenset(), NOW + timedelta(seconds=5)) == [resumed]
     assert starter.started == {execution(1): recorded}
+    # had the recording round been alive and started it meanwhile, its start is answered as this one was
+    assert starter.start(execution(1), recorded).started
 
 
 def test_overlapping_rounds_start_exactly_one_execution_per_attempt(store: StateStore) -> None:
     starter = RecordingReplaceStarter()
     rounds = [context(store, starter, MemoryNotifier()) for _ in range(8)]
-    threads = [threading.Thread(target=act, args=(ctx, REPLACE, frozenset(), NOW)) for ctx in rounds]
+    reports: list[str] = []
+    threads = [
+        threading.Thread(target=lambda ctx=ctx: reports.extend(act(ctx, REPLACE, frozenset(), NOW))) for ctx in rounds
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -125,6 +131,8 @@ def test_overlapping_rounds_start_exactly_one_execution_per_attempt(store: State
 
     assert list(starter.started) == [execution(1)]
     assert len(store.load_repair("prod", INCIDENT).attempts) == 1
+    # the round that recorded the attempt says it started it; no other round claims that
+    assert [r for r in reports if r.startswith("started ReplaceMember")] == [f"started ReplaceMember {execution(1)}"]
 
 
 def test_a_rejected_attempt_is_not_retried_and_not_escalated(store: StateStore) -> None:

@@ -14,8 +14,10 @@ One round (:func:`run_health_round`) is the same in AWS and in the local stack:
 4. Publish the metrics (:mod:`etcdops.healthmetrics`).
 5. Act. REPLACE_MEMBER starts the ReplaceMember state machine with the decision's incident id as
    the execution name: every trigger of the same failure computes the same name, so duplicate
-   alarms and overlapping schedules start one execution (``ExecutionAlreadyExists`` means it is
-   already running). Escalations and notifications are published once per incident
+   alarms and overlapping schedules start one execution (``ExecutionAlreadyExists``, or the
+   running execution's own answer to a start with its name and input, means it is already
+   running). Which round started it is what the attempt's record says, not Step Functions' answer.
+   Escalations and notifications are published once per incident
    (``StateStore.record_incident``), not once per round.
 
 :func:`health_job` is the Lambda side: configuration from SSM, TLS from Secrets Manager, clients
@@ -28,6 +30,7 @@ import json
 import logging
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -320,12 +323,17 @@ class RecordingReplaceStarter:
     def __init__(self) -> None:
         self.started: dict[str, dict[str, Any]] = {}
         self.outcomes: dict[str, ExecutionState] = {}
+        self._lock = threading.Lock()
 
     def start(self, name: str, document: Mapping[str, Any]) -> StartOutcome:
-        if name in self.started:
-            return StartOutcome(name, False)
-        self.started[name] = dict(document)
-        return StartOutcome(name, True)
+        with self._lock:
+            if name in self.started:
+                # as Step Functions: the same input while it runs is answered as its own start was
+                state = self.outcomes.get(name, ExecutionState(AttemptStatus.RUNNING))
+                same = self.started[name] == dict(document)
+                return StartOutcome(name, same and state.status is AttemptStatus.RUNNING)
+            self.started[name] = dict(document)
+            return StartOutcome(name, True)
 
     def describe(self, name: str) -> ExecutionState | None:
         if name not in self.started:
@@ -789,7 +797,7 @@ def _repair(
         if not ctx.state.record_repair_attempt(cluster, record):
             return [f"attempt {plan.attempt} of {incident} was recorded by a concurrent round"]
         outcome = ctx.replace.start(plan.execution, document)
-        done.append(_started(outcome))
+        done.append(f"started ReplaceMember {outcome.name}")  # its record says so, whoever's call made it (_resumed)
         subject, body = repair_messages.attempt_started(
             cluster,
             member,
@@ -804,7 +812,7 @@ def _repair(
         done += [note] if note else []
     elif plan.action is RepairAction.RESUME and plan.execution is not None:
         document = json.loads(repair.attempts[-1].document)
-        done.append(_started(ctx.replace.start(plan.execution, document)))
+        done.append(_resumed(ctx.replace.start(plan.execution, document)))
     elif plan.action is RepairAction.ESCALATE:
         if ctx.state.escalate_repair(cluster, incident, now):
             ref = decision.target_member_name or (f"{decision.target_member_id:x}" if decision.target_member_id else "")
@@ -822,9 +830,13 @@ def _repair(
     return done
 
 
-def _started(outcome: StartOutcome) -> str:
+def _resumed(outcome: StartOutcome) -> str:
+    """What a round that started another round's recorded attempt can say. Step Functions answers a
+    start with the name and input of a RUNNING execution as it answered the call that made it, so
+    when the recording round is alive and started it meanwhile, both calls succeed: the attempt's
+    record, not the answer, says who started it (the recording round)."""
     if outcome.started:
-        return f"started ReplaceMember {outcome.name}"
+        return f"resumed ReplaceMember {outcome.name}: recorded by another round, not running when this round looked"
     return f"ReplaceMember {outcome.name} already started"
 
 
