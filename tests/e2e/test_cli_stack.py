@@ -3,6 +3,7 @@ credentials: the stack's outputs and parameters, the configuration in SSM, TLS f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 from stack_templates import TEMPLATE
 
 from etcdops import cli
+from etcdops.etcd import SHA256_SIZE
 from etcdops.local import LocalCluster
 from etcdops.localaws import LocalAws, LocalStack, start_execution, wait_for_execution
 
@@ -109,3 +111,47 @@ def test_a_stack_that_does_not_exist_is_one_line(
     code, _, err = run(capsys, "--stack-name", "nope", "runbook", "list")
 
     assert code == 1 and err == "etcdops: NotFoundError: --stack-name: no stack nope in us-east-1\n"
+
+
+def database_sha256(path: Path) -> str:
+    """The sha256 of a snapshot file's database, checked against the trailer etcd appends to it."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data[:-SHA256_SIZE]).hexdigest()
+    assert data[-SHA256_SIZE:].hex() == digest, f"{path}: the sha256 trailer does not match the database"
+    return digest
+
+
+def test_backups_and_snapshots_use_the_stack_bucket_key_and_tls_secrets(
+    deployed: tuple[LocalAws, LocalStack],
+    elsewhere: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, stack = deployed
+    monkeypatch.setenv("ETCDOPS_STACK", stack.stack_name)
+
+    code, made, err = run(capsys, "backup", "run", "--json")
+    assert code == 0, err
+    assert made["uri"].startswith(f"s3://{stack.bucket}/prod/") and made["key_id"] == stack.key_arn, made
+    code, listed, err = run(capsys, "backup", "list", "--json")
+    assert code == 0, err
+    assert [(b["id"], b["incarnation"]) for b in listed["backups"]] == [(made["id"], "live")]
+
+    code, verified, err = run(capsys, "backup", "verify", made["id"], "--json")
+    assert code == 0 and verified["ok"] and verified["sha256"] == made["sha256"], err
+    code, fetched, err = run(capsys, "backup", "fetch", made["id"], "fetched.db", "--json")
+    assert code == 0 and fetched["sha256"] == made["sha256"], err
+    assert database_sha256(elsewhere / "fetched.db") == made["sha256"]
+
+    code, saved, err = run(capsys, "snapshot", "save", "saved.db", "--json")
+    assert code == 0, err
+    assert database_sha256(elsewhere / "saved.db") == saved["sha256"]
+    code, inspected, err = run(capsys, "snapshot", "inspect", "saved.db", "--json")
+    assert code == 0 and inspected["sha256_trailer"] and inspected["total_keys"] > 0, err
+    code, inspected, err = run(capsys, "snapshot", "inspect", "fetched.db", "--json")
+    assert code == 0 and inspected["sha256_trailer"], err
+    assert [inspected[k] for k in ("hash", "revision", "total_keys")] == [
+        verified[k] for k in ("hash", "revision", "total_keys")
+    ]
+    assert list((elsewhere / "tmp").iterdir()) == []  # the fetched TLS key is gone with each command
+
