@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -155,3 +157,39 @@ def test_backups_and_snapshots_use_the_stack_bucket_key_and_tls_secrets(
     ]
     assert list((elsewhere / "tmp").iterdir()) == []  # the fetched TLS key is gone with each command
 
+
+def test_status_shows_the_last_decision_of_the_stack_health_check(
+    deployed: tuple[LocalAws, LocalStack],
+    elsewhere: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    aws, stack = deployed
+    monkeypatch.setenv("ETCDOPS_STACK", stack.stack_name)
+    code, text, err = run(capsys, "status")
+    assert code == 0 and text.endswith("last round (-): skipped: no health round yet\n"), err
+
+    # the stack's HealthCheck runs once (as its schedule fires it) and writes its decision to the state table
+    schedule = json.loads((Path(__file__).parents[2] / "events" / "health_schedule.json").read_text())
+    response = aws.client("lambda").invoke(
+        FunctionName=stack.functions["HealthCheckFunction"], Payload=json.dumps(schedule)
+    )
+    assert "FunctionError" not in response, response["Payload"].read()
+
+    code, text, err = run(capsys, "status")
+    assert code == 0, err
+    assert "last decision (" in text and f", stack {stack.stack_name} HealthCheck): NONE\n" in text, text
+    assert "  reason: Cluster prod" in text, text
+
+    main_thread = threading.main_thread()
+    sleep = time.sleep
+
+    def ctrl_c_in_the_watch(seconds: float) -> None:  # the watch's pause between refreshes: Ctrl-C
+        if threading.current_thread() is main_thread:
+            raise KeyboardInterrupt
+        sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", ctrl_c_in_the_watch)
+    code, watched, err = run(capsys, "status", "--watch", "--json")
+    assert code == 0, err
+    assert watched["status"]["has_quorum"] and watched["last_round"]["decision"]["action"] == "NONE", watched

@@ -510,3 +510,28 @@ def test_tls_secrets_in_a_configuration_file_are_fetched_for_the_command_only(
     assert key.stat().st_mode & 0o777 == 0o600 and key.parent.stat().st_mode & 0o777 == 0o700
     remove_private_directories()
     assert not key.parent.exists()
+
+
+def test_status_of_a_stack_whose_state_table_cannot_be_read_still_shows_the_probe() -> None:
+    from botocore.exceptions import ClientError
+
+    from etcdops.cli_stack import DeployedStack
+
+    class Refusing:
+        def client(self, service: str) -> object:
+            assert service == "dynamodb"
+            return self
+
+        def get_item(self, **_: object) -> None:
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not allowed"}}, "GetItem")
+
+    args = argparse.Namespace(stack_name="prod-stack")
+    args._deployed_stack = DeployedStack("prod-stack", Refusing(), {"StateTableName": "t"}, {})
+
+    last = cli.stack_last_round(args, "prod")
+
+    assert last is not None and last["decision"] is None
+    assert cli.render_last_round(last) == (
+        "last round (-): skipped: cannot read the state table of stack prod-stack: "
+        "An error occurred (AccessDeniedException) when calling the GetItem operation: not allowed"
+    )

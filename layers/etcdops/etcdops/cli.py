@@ -24,6 +24,7 @@ from etcdops.cli_options import (
     finish,
     global_options,
     member_count,
+    one_line,
     positive_days,
     positive_seconds,
     print_error,
@@ -165,17 +166,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     with client_for(config, timeout=deadline) as client:
         health = probe_cluster(client, deadline=deadline)
     data = health_to_dict(health)
-    emit(args, data, lambda: render_status(config.name, data))
+    last = stack_last_round(args, config.name)  # a deployed stack's HealthCheck: its last word, said below
+    emit(args, data, lambda: render_status(config.name, data) + ("\n\n" + render_last_round(last) if last else ""))
     return 0 if health.has_quorum else 1
 
 
+def last_round(args: argparse.Namespace, cluster: str) -> dict[str, Any] | None:
+    """The last health decision: the deployed stack's, else the local autopilot's, else the local loop's."""
+    from etcdops.localhealth import read_last_round
+
+    state = _state_dir(args)
+    return stack_last_round(args, cluster) or autopilot_last_round(state, cluster) or read_last_round(state)
+
+
 def watch_status(args: argparse.Namespace, config: ClusterConfig, deadline: float) -> int:
-    """Probe and show the cluster every ``--interval`` seconds, with the last health decision the
-    local health loop wrote (``<state dir>/health/last_round.json``), until Ctrl-C."""
+    """Probe and show the cluster every ``--interval`` seconds, with the last health decision (the
+    deployed stack's, the local autopilot's, or the one the local health loop wrote to
+    ``<state dir>/health/last_round.json``), until Ctrl-C."""
     import time
 
     from etcdops.connect import client_for
-    from etcdops.localhealth import read_last_round
     from etcdops.membership import merge_endpoints
     from etcdops.probe import health_to_dict, probe_cluster
 
@@ -188,7 +198,7 @@ def watch_status(args: argparse.Namespace, config: ClusterConfig, deadline: floa
                 health = probe_cluster(client, deadline=deadline)
             seen = merge_endpoints(*(m.client_urls for m in health.members if m.id)) or seen
             data = health_to_dict(health)
-            last = autopilot_last_round(_state_dir(args), config.name) or read_last_round(_state_dir(args))
+            last = last_round(args, config.name)
             if args.json:
                 print(json.dumps({"status": data, "last_round": last}, default=str), flush=True)
             else:
@@ -204,22 +214,44 @@ def autopilot_last_round(state_dir: Path, cluster: str) -> dict[str, Any] | None
     if not (state_dir / "aws.json").exists():
         return None
     from etcdops.localaws import load_local_stack, local_boto3_session
-    from etcdops.state import DynamoStateStore
 
     stack = load_local_stack(state_dir)
-    session = local_boto3_session(state_dir)
-    last = DynamoStateStore(stack.table or "", session.client("dynamodb")).load_last_decision(cluster)
+    replace = stack.state_machines.get("ReplaceMemberStateMachine")
+    return health_check_last_round(local_boto3_session(state_dir), stack.table or "", replace, cluster, "autopilot")
+
+
+def stack_last_round(args: argparse.Namespace, cluster: str) -> dict[str, Any] | None:
+    """The deployed stack's (``--stack-name``) last HealthCheck decision and newest runbook, else None."""
+    from etcdops.cli_stack import deployed_stack
+
+    stack = deployed_stack(args)
+    if stack is None:
+        return None
+    from botocore.exceptions import ClientError
+
+    table, replace, where = stack.output("table"), stack.runbooks.get("replace"), f"stack {stack.name}"
+    try:
+        return health_check_last_round(stack.session, table, replace, cluster, where)
+    except ClientError as exc:  # e.g. no read access to the state table: the probe still counts
+        return {"decided_at": "-", "trigger": {"description": where}, "decision": None,
+                "skipped": f"cannot read the state table of {where}: {one_line(str(exc))}", "actions": []}  # fmt: skip
+
+
+def health_check_last_round(session: Any, table: str, replace: str | None, cluster: str, where: str) -> dict[str, Any]:
+    """The last decision HealthCheck wrote to the state ``table`` and the newest ReplaceMember execution."""
+    from etcdops.state import DynamoStateStore
+
+    last = DynamoStateStore(table, session.client("dynamodb")).load_last_decision(cluster)
     actions = []
-    machine = stack.state_machines.get("ReplaceMemberStateMachine")
-    if machine:
-        runs = session.client("stepfunctions").list_executions(stateMachineArn=machine, maxResults=1)["executions"]
+    if replace:
+        runs = session.client("stepfunctions").list_executions(stateMachineArn=replace, maxResults=1)["executions"]
         actions = [f"newest runbook: {r['name']} {r['status']}" for r in runs]
     if last is None:
-        return {"decided_at": "-", "trigger": {"description": "autopilot"}, "decision": None,
+        return {"decided_at": "-", "trigger": {"description": where}, "decision": None,
                 "skipped": "no health round yet", "actions": actions}  # fmt: skip
     return {
         "decided_at": last.decided_at.isoformat(timespec="seconds"),
-        "trigger": {"description": "autopilot HealthCheck"},
+        "trigger": {"description": f"{where} HealthCheck"},
         "decision": last.decision.to_dict(),
         "actions": actions,
     }
@@ -341,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--deadline", type=positive_seconds, help="probe deadline in seconds (default: from the config, 2 s)"
     )
     status.add_argument(
-        "--watch", action="store_true", help="refresh until Ctrl-C, with the local health loop's last decision"
+        "--watch",
+        action="store_true",
+        help="refresh until Ctrl-C, with the last health decision (the stack's or the local one's)",
     )
     status.add_argument(
         "--interval", type=positive_seconds, default=3.0, help="seconds between refreshes (default 3)"
