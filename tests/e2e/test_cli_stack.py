@@ -19,6 +19,7 @@ from etcdops import cli
 from etcdops.etcd import SHA256_SIZE
 from etcdops.local import LocalCluster
 from etcdops.localaws import LocalAws, LocalStack, start_execution, wait_for_execution
+from etcdops.state import DynamoStateStore
 
 pytestmark = pytest.mark.e2e
 
@@ -175,11 +176,14 @@ def test_status_shows_the_last_decision_of_the_stack_health_check(
         FunctionName=stack.functions["HealthCheckFunction"], Payload=json.dumps(schedule)
     )
     assert "FunctionError" not in response, response["Payload"].read()
+    capsys.readouterr()  # the function's own log lines
+    written = DynamoStateStore(stack.table or "", aws.client("dynamodb")).load_last_decision("prod")
+    assert written is not None
 
     code, text, err = run(capsys, "status")
     assert code == 0, err
-    assert "last decision (" in text and f", stack {stack.stack_name} HealthCheck): NONE\n" in text, text
-    assert "  reason: Cluster prod" in text, text
+    shown = f"stack {stack.stack_name} HealthCheck): {written.decision.action}\n  reason: {written.decision.reason}\n"
+    assert f"last decision ({written.decided_at.isoformat(timespec='seconds')}, {shown}" in text, text
 
     main_thread = threading.main_thread()
     sleep = time.sleep
@@ -192,4 +196,4 @@ def test_status_shows_the_last_decision_of_the_stack_health_check(
     monkeypatch.setattr(time, "sleep", ctrl_c_in_the_watch)
     code, watched, err = run(capsys, "status", "--watch", "--json")
     assert code == 0, err
-    assert watched["status"]["has_quorum"] and watched["last_round"]["decision"]["action"] == "NONE", watched
+    assert watched["status"]["has_quorum"] and watched["last_round"]["decision"] == written.decision.to_dict()
