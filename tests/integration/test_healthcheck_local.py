@@ -68,6 +68,31 @@ def test_status_watch_refreshes_with_the_last_decision_until_ctrl_c(cluster: Loc
     assert second["last_round"]["decision"]["reason"].startswith("Cluster local")
 
 
+def test_status_watch_ends_on_ctrl_c_while_its_reads_hang(cluster: LocalCluster) -> None:
+    # two members frozen: every round then waits on reads that never answer (the probe's gRPC
+    # calls, the /version read) until the probe deadline, so Ctrl-C lands while they are in flight
+    command = [sys.executable, "-m", "etcdops.cli", "status", "--watch", "--json", "--interval", "0.5"]
+    command += ["--state-dir", str(cluster.state_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["status"]["has_quorum"] is True
+        cluster.pause("m1")
+        cluster.pause("m2")
+        while json.loads(process.stdout.readline())["status"]["has_quorum"]:
+            pass  # a round that began before the members froze
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=30)  # a hang detector, not a measure of promptness
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        cluster.resume("m1")
+        cluster.resume("m2")
+
+    assert code == 0
+
+
 def test_status_watch_for_people_shows_the_reason(cluster: LocalCluster) -> None:
     run_local_health_loop(cluster.state_dir, 0.2, rounds=1)
     command = [sys.executable, "-m", "etcdops.cli", "status", "--watch", "--interval", "0.5"]

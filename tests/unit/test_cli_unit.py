@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import builders
 import pytest
 
 from etcdops import cli
 from etcdops.backup.crypto import open_key_provider
 from etcdops.cli_options import CLUSTER_OPTIONS, GLOBAL_DEFAULTS, OUTPUT_OPTIONS, finish
+from etcdops.config import parse_config
 from etcdops.errors import UsageError
+from etcdops.health import ClusterHealth
 
 DATA = Path(__file__).parent.parent / "data"
 SNAPSHOT = DATA / "bbolt-etcd35.snap"
@@ -535,3 +542,35 @@ def test_status_of_a_stack_whose_state_table_cannot_be_read_still_shows_the_prob
         "last round (-): skipped: cannot read the state table of stack prod-stack: "
         "An error occurred (AccessDeniedException) when calling the GetItem operation: not allowed"
     )
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed Ctrl-C itself
+def test_status_watch_ends_on_a_ctrl_c_that_python_swallowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A KeyboardInterrupt raised while the main thread runs a finalizer (gRPC's channel and call
+    # objects have __del__ methods that wait for a lock) is printed as "Exception ignored" and lost;
+    # under load that is where a Ctrl-C often lands. The watch must end anyway, after that round.
+    class FinalizedDuringTheRound:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here, inside the finalizer
+
+    rounds: list[int] = []
+
+    def probe(client: object, *, deadline: float) -> ClusterHealth:
+        rounds.append(len(rounds))
+        assert len(rounds) <= 2, "status --watch kept probing after Ctrl-C"
+        FinalizedDuringTheRound()
+        return builders.cluster(replace(builders.member(1, "m1"), client_urls=("http://127.0.0.1:2379",)))
+
+    monkeypatch.setattr("etcdops.probe.probe_cluster", probe)
+    previous = signal.getsignal(signal.SIGINT)
+    config = parse_config({"name": "c1", "endpoints": ["http://127.0.0.1:2379"], "plaintext": True})
+    args = argparse.Namespace(json=True, interval=0.0, state_dir=str(tmp_path), stack_name=None)
+
+    assert cli.watch_status(args, config, deadline=1.0) == 0
+
+    assert rounds == [0]  # the round in flight finished and was shown; no further round started
+    assert json.loads(capsys.readouterr().out)["status"]["members"][0]["name"] == "m1"
+    assert signal.getsignal(signal.SIGINT) is previous

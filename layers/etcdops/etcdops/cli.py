@@ -191,8 +191,9 @@ def watch_status(args: argparse.Namespace, config: ClusterConfig, deadline: floa
 
     clear = sys.stdout.isatty() and not args.json
     seen: list[str] = []  # the members seen last: seeds besides the configured endpoints (invariant 10)
+    interrupted, restore = _interrupt_flag()
     try:
-        while True:
+        while not interrupted:
             started = time.monotonic()
             with client_for(config, endpoints=merge_endpoints(seen, config.endpoints), timeout=deadline) as client:
                 health = probe_cluster(client, deadline=deadline)
@@ -204,9 +205,32 @@ def watch_status(args: argparse.Namespace, config: ClusterConfig, deadline: floa
             else:
                 screen = render_status(config.name, data) + "\n\n" + render_last_round(last)
                 print(("\x1b[2J\x1b[H" if clear else "") + screen + "\n", flush=True)
-            time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+            if not interrupted:
+                time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
     except KeyboardInterrupt:
-        return 0
+        pass
+    finally:
+        restore()
+    return 0
+
+
+def _interrupt_flag() -> tuple[list[bool], Callable[[], object]]:
+    """A SIGINT handler that raises KeyboardInterrupt as Python's does and also remembers the signal
+    in the returned list (true once interrupted); the second value puts the previous handler back.
+    Python swallows an exception raised while the main thread runs a finalizer or a gc callback
+    ("Exception ignored in ..."; gRPC's channels and calls have finalizers that wait for a lock), so
+    a Ctrl-C that lands there must still end the loop, after the round in flight (bounded by the
+    probe deadline)."""
+    import signal
+
+    interrupted: list[bool] = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupted.append(True)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    return interrupted, lambda: signal.signal(signal.SIGINT, previous)
 
 
 def autopilot_last_round(state_dir: Path, cluster: str) -> dict[str, Any] | None:

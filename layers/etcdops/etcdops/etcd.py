@@ -316,7 +316,17 @@ class EtcdClient:
         parts = urlsplit(endpoint)
         host, port = parts.hostname or "", parts.port or 2379
         wait = timeout if timeout is not None else self.timeout
+        ends = time.monotonic() + wait
         connection: http.client.HTTPConnection | None = None
+
+        def within_deadline(conn: http.client.HTTPConnection) -> None:
+            # a socket timeout bounds each read; the deadline bounds the whole exchange
+            left = ends - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("deadline exceeded")
+            if conn.sock is not None:
+                conn.sock.settimeout(left)
+
         try:
             if self._tls is None:
                 connection = http.client.HTTPConnection(host, port, timeout=wait)
@@ -325,8 +335,12 @@ class EtcdClient:
                 if self._tls.cert:
                     context.load_cert_chain(str(self._tls.cert), str(self._tls.key) if self._tls.key else None)
                 connection = http.client.HTTPSConnection(host, port, timeout=wait, context=context)
+            connection.connect()  # TCP and the TLS handshake, each read under the socket timeout
+            within_deadline(connection)
             connection.request("GET", "/version")
+            within_deadline(connection)
             response = connection.getresponse()
+            within_deadline(connection)
             body = response.read(64 * 1024)
         except (OSError, http.client.HTTPException) as exc:
             raise EtcdUnavailableError(f"{endpoint}: /version: {exc}") from exc
