@@ -8,6 +8,7 @@ not set stay unknown (``None``), as they are for a member that did not answer st
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from pathlib import Path
 
@@ -76,3 +77,18 @@ def binaries_with_etcdutl(binaries: EtcdBinaries, bin_dir: Path, script: str) ->
     etcdutl.write_text(script)
     etcdutl.chmod(0o755)
     return EtcdBinaries.locate(bin_dir)
+
+
+def snapshot_file_damaged(snapshot: Path, *, retrailer: bool) -> bytes:
+    """The bytes of ``snapshot`` (an ``etcdctl snapshot save`` file) with both bbolt meta pages damaged.
+
+    ``retrailer=False``: the sha256 trailer is the original one, so it no longer matches (a corrupt
+    copy); ``retrailer=True``: the trailer is recomputed over the damaged database, so only the
+    database's own structure can tell (a tampered file)."""
+    data = bytearray(snapshot.read_bytes())
+    db = data[:-32]
+    page_size = int.from_bytes(db[24:28], "little")  # meta page 0: header 16 bytes, magic, version, page size
+    for meta in (0, page_size):
+        db[meta + 64] ^= 0xFF  # a byte of the txid: the meta page's checksum no longer matches
+    trailer = hashlib.sha256(db).digest() if retrailer else bytes(data[-32:])
+    return bytes(db) + trailer

@@ -158,6 +158,19 @@ def test_backups_and_snapshots_use_the_stack_bucket_key_and_tls_secrets(
     ]
     assert list((elsewhere / "tmp").iterdir()) == []  # the fetched TLS key is gone with each command
 
+    # a snapshot file taken outside etcdops is imported into the stack's bucket under its key
+    code, imported, err = run(capsys, "backup", "import", "saved.db", "--json")
+    assert code == 0, err
+    assert imported["uri"].startswith(f"s3://{stack.bucket}/prod/") and imported["key_id"] == stack.key_arn
+    assert imported["imported"]["file"] == "saved.db" and imported["sha256"] == saved["sha256"]
+    code, verified, err = run(capsys, "backup", "verify", imported["id"], "--json")
+    assert code == 0 and verified["total_keys"] == inspected["total_keys"], err
+    code, listed, err = run(capsys, "backup", "list", "--json")
+    assert [(b["id"], b["incarnation"]) for b in listed["backups"]] == [(made["id"], "live"), (imported["id"], "other")]
+    (elsewhere / "cut.db").write_bytes((elsewhere / "saved.db").read_bytes()[:-1])
+    code, _, err = run(capsys, "backup", "import", "cut.db")
+    assert code == 1 and "leaves no sha256 trailer" in err and err.count("\n") == 1, err
+
 
 def test_status_shows_the_last_decision_of_the_stack_health_check(
     deployed: tuple[LocalAws, LocalStack],

@@ -20,6 +20,7 @@ from retries import with_retries
 from etcdops.aws import MemoryNotifier
 from etcdops.backup.crypto import KeyProvider
 from etcdops.backup.errors import BackupNotFoundError, DecryptionError
+from etcdops.backup.importer import import_snapshot
 from etcdops.backup.job import run_backup
 from etcdops.backup.manifest import Manifest, manifest_key, object_key
 from etcdops.backup.store import BackupStore
@@ -137,11 +138,11 @@ def start_doc(mode: str = "in-place", backup_id: str | None = None) -> dict[str,
     return {"cluster": "local", "mode": mode, "backup_id": backup_id, "execution": f"restore-test-{mode}"}
 
 
-def assert_healthy(cluster: LocalCluster, endpoints: Sequence[str]) -> None:
+def assert_healthy(cluster: LocalCluster, endpoints: Sequence[str], members: int = 3) -> None:
     with client_for(cluster.config(), endpoints=list(endpoints)) as client:
         health = probe_cluster(client)
     assert health.leader is not None and health.has_quorum
-    assert len(health.healthy_voters) == 3 and len(health.members) == 3
+    assert len(health.healthy_voters) == members and len(health.members) == members
 
 
 def old_data_dirs(cluster: LocalCluster, names: Sequence[str], suffix: str) -> list[Path]:
@@ -320,6 +321,39 @@ def test_a_backup_of_an_earlier_incarnation_is_restored_only_when_named(
     assert doc["backup_cluster_id"] == old.cluster_id and doc["live_cluster_id"] not in (None, old.cluster_id)
     assert f"was taken of ANOTHER incarnation of cluster local (cluster id {old.cluster_id}" in doc["approval_summary"]
     assert set(states(cluster).values()) == {"running"}
+
+
+def test_a_snapshot_file_etcdctl_wrote_on_another_cluster_is_imported_and_restored(
+    start_cluster: Callable[..., LocalCluster], etcd_binaries: EtcdBinaries, tmp_path: Path
+) -> None:
+    # Given a cluster backed up by cron with `etcdctl snapshot save` before etcdops came
+    other = start_cluster(etcd_binaries, members=1)
+    expected = write_keys(other, 12)
+    with other.client() as client:
+        client.delete(PREFIX + b"pods/p000")
+    del expected[PREFIX + b"pods/p000"]
+    snapshot = tmp_path / "cron.db"
+    env = {**os.environ, **other.env()}
+    subprocess.run([str(etcd_binaries.etcdctl), "snapshot", "save", str(snapshot)], env=env, check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+
+    # When the file is imported into the catalogue of the cluster etcdops runs (a new one)
+    live = start_cluster(etcd_binaries, members=1)
+    write_keys(live, 3)
+    store, keyring = open_backup_target(live.config(), create_local_key=True)
+    imported = import_snapshot(live.config(), store, keyring, snapshot).manifest
+    assert imported.imported is not None and imported.cluster_id == "0"
+
+    # Then RestoreCluster does not take it by default (it is no incarnation's), but restores it when named,
+    # and the approver is told it was imported
+    ctx = context_for(live)
+    refuse(ctx, {**start_doc(), "execution": "r1"}, BackupNotFoundError)
+    doc = run(ctx, IN_PLACE, {**start_doc(backup_id=imported.id), "execution": "r2"})
+    assert "was IMPORTED from the snapshot file cron.db" in doc["approval_summary"]
+    urls = [t["client_url"] for t in doc["targets"]]
+    assert kv(live, urls) == expected
+    assert doc["verified"]["keys"] == doc["backup_keys"] == len(expected)
+    assert_healthy(live, urls, members=1)
 
 
 class CrashingCompute:

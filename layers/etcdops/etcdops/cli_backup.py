@@ -1,14 +1,15 @@
-"""``etcdops backup run|list|verify|fetch``."""
+"""``etcdops backup run|list|verify|fetch|import``."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from etcdops.cli import emit, human_bytes, resolve_config, table
-from etcdops.cli_options import output_file
+from etcdops.cli_options import input_file, output_file
 
 
 def _manifest_dict(manifest: Any) -> dict[str, Any]:
@@ -181,6 +182,34 @@ def cmd_backup_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup_import(args: argparse.Namespace) -> int:
+    from etcdops.backup.importer import import_snapshot
+    from etcdops.backup.target import open_backup_target
+
+    config = resolve_config(args)
+    store, keyring = open_backup_target(config, create_local_key=True)
+    result = import_snapshot(config, store, keyring, Path(args.file), source_cluster_id=args.source_cluster_id)
+    m = result.manifest
+    data = {**_manifest_dict(m), "seconds": round(result.seconds, 3)}
+    source = f"cluster id {m.imported.source_cluster_id}" if m.imported and m.imported.source_cluster_id else (
+        "cluster id unknown"
+    )
+    emit(
+        args,
+        data,
+        lambda: f"imported {args.file} as backup {m.id}: revision {m.revision}, {m.total_keys} keys, "
+        f"{human_bytes(m.size_plain)} -> {human_bytes(m.size_stored)} encrypted at {m.uri} ({source}; restore it "
+        f"by name: etcdops runbook start restore --backup {m.id})",
+    )
+    return 0
+
+
+def _cluster_id(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{1,16}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a cluster id (1-16 hex digits, as etcdctl prints it)")
+    return text.lower()
+
+
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     backup = commands.add_parser("backup", help="encrypted, verified backups and their catalogue", parents=[common])
     actions = backup.add_subparsers(dest="backup_command", metavar="ACTION", required=True)
@@ -205,3 +234,17 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     fetch.add_argument("id", metavar="ID")
     fetch.add_argument("file", metavar="FILE", type=output_file)
     fetch.set_defaults(handler=cmd_backup_fetch)
+    imported = actions.add_parser(
+        "import",
+        help="check an `etcdctl snapshot save` FILE (sha256 trailer, database), encrypt and catalogue it as a backup",
+        parents=[common],
+    )
+    imported.add_argument("file", metavar="FILE", type=input_file)
+    imported.add_argument(
+        "--source-cluster-id",
+        metavar="HEX",
+        type=_cluster_id,
+        default=None,
+        help="the cluster id of the cluster the file was taken of, when known (the file does not record it)",
+    )
+    imported.set_defaults(handler=cmd_backup_import)

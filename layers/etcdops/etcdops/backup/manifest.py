@@ -114,6 +114,17 @@ def cluster_id_text(cluster_id: int | None) -> str | None:
 # ---- the manifest -------------------------------------------------------------------------------
 
 
+class ImportedFrom(BaseModel):
+    """Where an imported backup came from: a snapshot file taken outside etcdops (``backup import``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    file: Annotated[str, Field(min_length=1)]  # the file's name, not its path
+    file_modified_at: UtcDatetime
+    # the cluster it was taken of, as the operator stated it (a snapshot file does not record it)
+    source_cluster_id: Annotated[str, Field(pattern=_HEX_ID)] | None = None
+
+
 class Manifest(BaseModel):
     """What a backup is: where it came from, where it is, and how to check and decrypt it."""
 
@@ -138,6 +149,7 @@ class Manifest(BaseModel):
     frame_length: Annotated[int, Field(ge=1)]
     verified: bool = False
     verified_at: UtcDatetime | None = None
+    imported: ImportedFrom | None = None  # set for a snapshot file imported by `backup import`
 
     @field_validator("id")
     @classmethod

@@ -373,6 +373,7 @@ def validate_backup(ctx: RestoreContext, doc: Document) -> Document:
         "backup_keys": live_keys,
         "backup_etcd_version": manifest.etcd_version,
         "backup_cluster_id": manifest.cluster_id,
+        "backup_imported_from": manifest.imported.file if manifest.imported else None,
         "live_cluster_id": live,
         "old_hosts": [_host_doc(h) for h in hosts],
         "reason": doc.get("reason") or "requested by an operator",
@@ -406,6 +407,13 @@ def _no_default_backup(uri: str, live: str | None) -> str:
 def _incarnation_note(doc: Document) -> str:
     """What the approver must know when the backup is not of the cluster that runs now."""
     backup, live = doc.get("backup_cluster_id"), doc.get("live_cluster_id")
+    imported = doc.get("backup_imported_from")
+    if imported:
+        source = f"cluster id {backup}" if backup and backup != "0" else "a cluster whose id the file does not record"
+        return (
+            f" NOTE: backup {doc.get('backup_id')} was IMPORTED from the snapshot file {imported} (taken of {source}, "
+            "outside etcdops). It was named on purpose; its data replaces the live cluster's entirely."
+        )
     if backup is None or backup == live:
         return ""
     if live is None:
