@@ -10,10 +10,12 @@ run or before landing a change to a property's subject). Tests set no example co
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import botocore.session
 import pytest
 from etcd_versions import ETCD_VERSIONS, etcd_flavour
 from hypothesis import settings
@@ -23,6 +25,12 @@ from etcdops.local import EtcdBinaries, LocalCluster
 settings.register_profile("fast", max_examples=40, deadline=None)
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("ETCDOPS_HYPOTHESIS", "fast"))  # an unknown name fails the run by name
+
+# moto starts every mock with a fresh default boto3 session, and each new botocore session parses the
+# endpoint and service-model JSON again (about 0.3 s of CPU per session, seconds on a busy machine; the
+# unit tier makes hundreds). One loader per search path serves every session of the process: the data
+# is read-only (the clients of one session share it too), only the parsing is saved.
+botocore.session.create_loader = functools.lru_cache(maxsize=None)(botocore.session.create_loader)
 
 
 @pytest.fixture(scope="session", params=sorted(ETCD_VERSIONS))
