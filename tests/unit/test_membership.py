@@ -10,7 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from moto import mock_aws
 
@@ -40,7 +40,6 @@ def test_the_live_members_replace_the_configured_endpoints_keeping_their_order()
 urls = st.lists(st.integers(1, 30).map(lambda n: f"https://10.0.0.{n}:2379"), max_size=8, unique=True)
 
 
-@settings(max_examples=300, deadline=None)
 @given(configured=urls, live=urls.filter(bool))
 def test_after_a_change_exactly_the_live_members_are_stored_and_a_second_pass_changes_nothing(
     configured: list[str], live: list[str]

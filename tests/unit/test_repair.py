@@ -10,7 +10,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from etcdops.errors import APPROVAL_REJECTED
@@ -127,7 +127,6 @@ def histories(draw: st.DrawFn) -> tuple[list[Attempt], int, bool, float]:
     return attempts, max_attempts, draw(st.booleans()), now
 
 
-@settings(max_examples=500, deadline=None)
 @given(histories())
 def test_every_plan_has_a_reason_and_keeps_the_bounds(history: tuple[list[Attempt], int, bool, float]) -> None:
     attempts, max_attempts, escalated, now = history
@@ -151,7 +150,6 @@ def test_every_plan_has_a_reason_and_keeps_the_bounds(history: tuple[list[Attemp
         assert plan.action is RepairAction.WAIT
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     max_attempts=st.integers(1, 5),
     backoff=st.floats(0, 600),
