@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from etcdops.local import EtcdBinaries, LocalCluster
+from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
 MiB = 1 << 20
 
@@ -70,7 +70,7 @@ def main() -> int:
         )
 
         env = {**os.environ, **cluster.env(), "ETCDOPS_STATE_DIR": str(cluster.state_dir)}
-        etcdops = [sys.executable, "-m", "etcdops.cli"]
+        etcdops = [sys.executable, "-m", "etcdops_local.cli.main"]
         commands = {
             "etcdctl snapshot save": [str(binaries.etcdctl), "snapshot", "save", str(work / "ctl.db")],
             "etcdops snapshot save": [*etcdops, "snapshot", "save", str(work / "ops.db")],

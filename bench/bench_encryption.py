@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from etcdops.backup.crypto import (
+from etcdops.adapters.backup.crypto import (
     KeyProvider,
     compress_stream,
     decompress_stream,

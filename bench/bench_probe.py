@@ -21,13 +21,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from etcdops.aws import MemoryNotifier
-from etcdops.connect import client_for
-from etcdops.healthcheck import HealthContext, InstanceDirectory, RecordingReplaceStarter, Trigger, run_health_round
-from etcdops.healthmetrics import RecordingMetrics
-from etcdops.local import EtcdBinaries, LocalCluster
-from etcdops.probe import probe_cluster
-from etcdops.state import InMemoryStateStore
+from etcdops.adapters.aws import MemoryNotifier
+from etcdops.adapters.etcd.connect import client_for
+from etcdops.adapters.healthmetrics import RecordingMetrics
+from etcdops.adapters.state import InMemoryStateStore
+from etcdops.app.healthcheck import HealthContext, InstanceDirectory, RecordingReplaceStarter, Trigger, run_health_round
+from etcdops.app.probe import probe_cluster
+from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
 SLACK = 0.5
 STATUS_BUDGET = 3.0  # seconds for `etcdops status` with a dead or frozen member
@@ -35,7 +35,7 @@ STATUS_BUDGET = 3.0  # seconds for `etcdops status` with a dead or frozen member
 
 def time_status(state_dir: Path, deadline: float) -> float:
     """Wall time of one `etcdops status --json` process; its answer must name a member unhealthy."""
-    command = [sys.executable, "-m", "etcdops.cli", "status", "--json", "--state-dir", str(state_dir)]
+    command = [sys.executable, "-m", "etcdops_local.cli.main", "status", "--json", "--state-dir", str(state_dir)]
     started = time.monotonic()
     result = subprocess.run([*command, "--deadline", str(deadline)], capture_output=True, text=True, timeout=60)
     elapsed = time.monotonic() - started

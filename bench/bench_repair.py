@@ -26,7 +26,11 @@ from typing import Any
 
 def etcdops(cwd: Path, env: dict[str, str], *args: str) -> Any:
     out = subprocess.run(
-        [sys.executable, "-m", "etcdops.cli", *args, "--json"], cwd=cwd, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "etcdops_local.cli.main", *args, "--json"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if out.returncode not in (0, 1) or not out.stdout:
         raise SystemExit(f"etcdops {' '.join(args)} failed: {out.stderr}")
@@ -81,7 +85,9 @@ def main() -> int:
         total = repaired_at - killed_at
         print(f"{'time to repair (target 90 s)':42} {total:6.1f} s  ({total / 90:.2f}x the target)")
     finally:
-        subprocess.run([sys.executable, "-m", "etcdops.cli", "local", "down"], cwd=work, env=env, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "etcdops_local.cli.main", "local", "down"], cwd=work, env=env, capture_output=True
+        )
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -22,13 +22,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from etcdops.approval import decide_approval
-from etcdops.backup.job import fetch_backup, run_backup
-from etcdops.backup.target import open_backup_target
-from etcdops.local import EtcdBinaries, LocalCluster, free_ports
-from etcdops.localaws import LocalAws
-from etcdops.probe import probe_cluster
-from etcdops.state import DynamoStateStore
+from etcdops.adapters.backup.target import open_backup_target
+from etcdops.adapters.state import DynamoStateStore
+from etcdops.app.approval import decide_approval
+from etcdops.app.backup.job import fetch_backup, run_backup
+from etcdops.app.probe import probe_cluster
+from etcdops_local.aws.stack import LocalAws
+from etcdops_local.cluster import EtcdBinaries, LocalCluster, free_ports
 
 MiB = 1 << 20
 TEMPLATE = Path(__file__).resolve().parents[1] / "template.yaml"
@@ -69,7 +69,7 @@ def manual(binaries: EtcdBinaries, snapshot: Path, work: Path) -> tuple[float, f
                  f"--listen-client-urls={client}", f"--advertise-client-urls={client}"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))  # fmt: skip
-        from etcdops.etcd import EtcdClient
+        from etcdops.adapters.etcd.client import EtcdClient
 
         endpoint = f"http://127.0.0.1:{ports[3]}"
         with EtcdClient([endpoint], plaintext=True, timeout=1.0) as c:

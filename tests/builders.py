@@ -12,8 +12,8 @@ import hashlib
 from datetime import datetime
 from pathlib import Path
 
-from etcdops.health import Alarm, ClusterHealth, MemberHealth
-from etcdops.local import EtcdBinaries
+from etcdops.domain.health import Alarm, ClusterHealth, MemberHealth
+from etcdops_local.cluster import EtcdBinaries
 
 CLUSTER_ID = 0xC1
 NO_ANSWER = "context deadline exceeded"

@@ -20,7 +20,7 @@ import pytest
 from etcd_versions import ETCD_VERSIONS, etcd_flavour
 from hypothesis import settings
 
-from etcdops.local import EtcdBinaries, LocalCluster
+from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
 settings.register_profile("fast", max_examples=40, deadline=None)
 settings.register_profile("thorough", max_examples=500, deadline=None)

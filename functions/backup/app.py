@@ -12,9 +12,9 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.aws import JobSettings
-from etcdops.events import parse_event
-from etcdops.jobs import AwsClients, backup_job
+from etcdops.adapters.aws import JobSettings
+from etcdops.entrypoints.events import parse_event
+from etcdops.entrypoints.jobs import AwsClients, backup_job
 
 logger = Logger(service="etcdops-backup")
 # no service dimension: cluster is the only one, as in HealthCheck, so the alarms match every publisher

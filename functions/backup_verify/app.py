@@ -11,9 +11,9 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.aws import JobSettings
-from etcdops.events import VerifyEvent, parse_event
-from etcdops.jobs import AwsClients, verify_job
+from etcdops.adapters.aws import JobSettings
+from etcdops.entrypoints.events import VerifyEvent, parse_event
+from etcdops.entrypoints.jobs import AwsClients, verify_job
 
 logger = Logger(service="etcdops-backup-verify")
 # no service dimension: cluster is the only one, as in HealthCheck, so the alarms match every publisher

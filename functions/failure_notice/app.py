@@ -13,9 +13,9 @@ import boto3
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.aws import JobSettings, SnsNotifier
-from etcdops.events import FailedInvocationRecord, parse_event
-from etcdops.jobs import failure_notice_job
+from etcdops.adapters.aws import JobSettings, SnsNotifier
+from etcdops.entrypoints.events import FailedInvocationRecord, parse_event
+from etcdops.entrypoints.jobs import failure_notice_job
 
 logger = Logger(service="etcdops-failure-notice")
 

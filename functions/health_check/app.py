@@ -10,11 +10,11 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.aws import SnsNotifier
-from etcdops.events import HealthCheckEvent, parse_event
-from etcdops.healthcheck import HealthAwsClients, HealthSettings, Trigger, health_job
-from etcdops.healthmetrics import EmfHealthMetrics
-from etcdops.state import DynamoStateStore
+from etcdops.adapters.aws import SnsNotifier
+from etcdops.adapters.healthmetrics import EmfHealthMetrics
+from etcdops.adapters.state import DynamoStateStore
+from etcdops.app.healthcheck import HealthAwsClients, HealthSettings, Trigger, health_job
+from etcdops.entrypoints.events import HealthCheckEvent, parse_event
 
 logger = Logger(service="etcdops-health-check")
 # no service dimension: the metrics' only dimension is cluster (plus member), which the alarms match exactly

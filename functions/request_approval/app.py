@@ -14,7 +14,9 @@ import boto3
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.approval import (
+from etcdops.adapters.aws import SnsNotifier
+from etcdops.adapters.state import DynamoStateStore
+from etcdops.app.approval import (
     ApprovalRequest,
     ApprovalRequestEvent,
     LinkSigner,
@@ -22,9 +24,7 @@ from etcdops.approval import (
     SigningSecretCache,
     request_approval,
 )
-from etcdops.aws import SnsNotifier
-from etcdops.events import parse_event
-from etcdops.state import DynamoStateStore
+from etcdops.entrypoints.events import parse_event
 
 logger = Logger(service="etcdops-request-approval")
 signing_secret = SigningSecretCache()  # filled on the first invocation, kept for the container's life

@@ -9,8 +9,8 @@ import boto3
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.events import parse_event
-from etcdops.runbook.handler import RunbookSettings, RunbookStepEvent, run_runbook_step
+from etcdops.entrypoints.events import parse_event
+from etcdops.entrypoints.runbook_step import RunbookSettings, RunbookStepEvent, run_runbook_step
 
 logger = Logger(service="etcdops-runbook")
 

@@ -15,13 +15,13 @@ from typing import Any
 
 from stack_templates import TEMPLATE
 
-from etcdops.config import dump_config
-from etcdops.etcd import EtcdClient
-from etcdops.local import LocalCluster
-from etcdops.localaws import DEFAULT_STACK_NAME, LocalAws
-from etcdops.localschedule import LocalScheduler
-from etcdops.probe import probe_cluster
-from etcdops.state import DynamoStateStore
+from etcdops.adapters.etcd.client import EtcdClient
+from etcdops.adapters.state import DynamoStateStore
+from etcdops.app.probe import probe_cluster
+from etcdops.domain.config import dump_config
+from etcdops_local.aws.schedule import LocalScheduler
+from etcdops_local.aws.stack import DEFAULT_STACK_NAME, LocalAws
+from etcdops_local.cluster import LocalCluster
 
 
 @contextmanager

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from etcd_versions import E2E_VERSIONS, etcd_flavour
 
-from etcdops import localsandbox
-from etcdops.local import EtcdBinaries
-from etcdops.localaws import REQUIRE_EPHEMERAL_LIMIT_ENV
-from etcdops.localiam import RECORDS_ENV
+from etcdops_local.aws import sandbox as localsandbox
+from etcdops_local.aws.iam import RECORDS_ENV
+from etcdops_local.aws.stack import REQUIRE_EPHEMERAL_LIMIT_ENV
+from etcdops_local.cluster import EtcdBinaries
 
 
 @pytest.fixture(scope="session", params=E2E_VERSIONS)

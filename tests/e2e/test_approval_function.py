@@ -25,9 +25,9 @@ import pytest
 from lambda_handlers import lambda_context, load_handler
 from moto import mock_aws
 
-from etcdops import cli
-from etcdops.approval import sign_link
-from etcdops.state import DynamoStateStore, table_definition
+from etcdops.adapters.state import DynamoStateStore, table_definition
+from etcdops.app.approval import sign_link
+from etcdops_local.cli import main as cli
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -413,7 +413,7 @@ def test_cli_approve_and_second_approve(
 def test_cli_reject_with_injected_clients(aws: SimpleNamespace) -> None:
     import argparse
 
-    from etcdops import cli_approval
+    from etcdops_local.cli import approval as cli_approval
 
     arn, _ = wait_for_request(aws, "replace-prod-10")
     parser = argparse.ArgumentParser()
@@ -437,7 +437,7 @@ def test_cli_reject_with_injected_clients(aws: SimpleNamespace) -> None:
 def test_token_step_functions_no_longer_accepts_is_a_named_error(aws: SimpleNamespace) -> None:
     from dataclasses import replace
 
-    from etcdops.approval import TaskTokenRejectedError, decide_approval
+    from etcdops.app.approval import TaskTokenRejectedError, decide_approval
 
     # Given a request whose task token Step Functions does not know (moto 5.2.5 keeps an execution
     # waiting after StopExecution, so a stale token is simulated by storing another one)

@@ -15,11 +15,11 @@ from urllib.parse import urlsplit
 import pytest
 from autopilot_scenarios import Writer, executions, finished, follower, healthy, running_autopilot, wait_for
 
-from etcdops.approval import decide_approval
-from etcdops.config import loads_config
-from etcdops.local import LocalCluster
-from etcdops.localaws import LocalAws, execution_history
-from etcdops.probe import probe_cluster
+from etcdops.app.approval import decide_approval
+from etcdops.app.probe import probe_cluster
+from etcdops.domain.config import loads_config
+from etcdops_local.aws.stack import LocalAws, execution_history
+from etcdops_local.cluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
 
@@ -115,8 +115,8 @@ def test_quorum_loss_is_escalated_and_the_named_restore_brings_the_data_back(
     autopilot: SimpleNamespace, cluster: LocalCluster
 ) -> None:
     # Given keys and a verified backup
-    from etcdops.backup.job import run_backup
-    from etcdops.backup.target import open_backup_target
+    from etcdops.adapters.backup.target import open_backup_target
+    from etcdops.app.backup.job import run_backup
 
     with cluster.client() as client:
         for i in range(50):
@@ -164,8 +164,8 @@ def test_quorum_loss_is_escalated_and_the_named_restore_brings_the_data_back(
 
 
 def test_a_rejected_restore_touches_nothing(autopilot: SimpleNamespace, cluster: LocalCluster) -> None:
-    from etcdops.backup.job import run_backup
-    from etcdops.backup.target import open_backup_target
+    from etcdops.adapters.backup.target import open_backup_target
+    from etcdops.app.backup.job import run_backup
 
     config = cluster.config()
     store, keyring = open_backup_target(config, create_local_key=True)

@@ -14,8 +14,8 @@ import pytest
 from lambda_handlers import lambda_context, load_handler
 from moto import mock_aws
 
-from etcdops.events import InvalidEventError
-from etcdops.local import LocalCluster
+from etcdops.entrypoints.events import InvalidEventError
+from etcdops_local.cluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,7 +130,7 @@ def failed_for_good(function: str, event: dict[str, Any], error: BaseException) 
 def test_tampered_backup_fails_verification_with_metric_and_sns(
     aws: SimpleNamespace, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from etcdops.backup.errors import DecryptionError
+    from etcdops.domain.backup.errors import DecryptionError
 
     backup = load_handler("backup").handler(event("backup_schedule"), lambda_context())
     key = f"etcd/local/{backup['backup_id']}.snapshot.enc"
@@ -188,12 +188,12 @@ def test_before_the_configuration_exists_the_jobs_do_nothing_quietly(
 def test_an_unexpected_failure_is_counted_and_mailed_once_without_its_stack_trace(
     aws: SimpleNamespace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import etcdops.jobs
+    import etcdops.entrypoints.jobs
 
     def broken(*args: object, **kwargs: object) -> None:
         raise KeyError("manifest")  # not one of our named errors: a bug
 
-    monkeypatch.setattr(etcdops.jobs, "run_backup", broken)
+    monkeypatch.setattr(etcdops.entrypoints.jobs, "run_backup", broken)
 
     with pytest.raises(KeyError) as failure:
         load_handler("backup").handler(event("backup_schedule"), lambda_context())

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from stack_templates import TEMPLATE
 
-from etcdops import cli
-from etcdops.etcd import SHA256_SIZE
-from etcdops.local import LocalCluster
-from etcdops.localaws import LocalAws, LocalStack, start_execution, wait_for_execution
-from etcdops.state import DynamoStateStore
+from etcdops.adapters.etcd.client import SHA256_SIZE
+from etcdops.adapters.state import DynamoStateStore
+from etcdops_local.aws.stack import LocalAws, LocalStack, start_execution, wait_for_execution
+from etcdops_local.cli import main as cli
+from etcdops_local.cluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from etcdops.local import EtcdBinaries
+from etcdops_local.cluster import EtcdBinaries
 
 pytestmark = pytest.mark.e2e
 
@@ -19,11 +19,13 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path, etcd3530: EtcdBinaries) 
     env = {**os.environ, "ETCD_BIN_DIR": str(etcd3530.bin_dir)}
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "etcdops.cli", "demo", "--json"],
+            [sys.executable, "-m", "etcdops_local.cli.main", "demo", "--json"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
     finally:
-        subprocess.run([sys.executable, "-m", "etcdops.cli", "local", "down"], cwd=tmp_path, env=env, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "etcdops_local.cli.main", "local", "down"], cwd=tmp_path, env=env, timeout=120
+        )
 
     assert result.returncode == 0, result.stderr
     events = [e["event"] for e in json.loads(result.stdout)]

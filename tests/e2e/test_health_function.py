@@ -14,10 +14,10 @@ import pytest
 from lambda_handlers import lambda_context, load_handler
 from moto import mock_aws
 
-from etcdops.errors import ConfigError
-from etcdops.events import InvalidEventError
-from etcdops.local import LocalCluster
-from etcdops.state import TTL_ATTRIBUTE, table_definition
+from etcdops.adapters.state import TTL_ATTRIBUTE, table_definition
+from etcdops.domain.errors import ConfigError
+from etcdops.entrypoints.events import InvalidEventError
+from etcdops_local.cluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

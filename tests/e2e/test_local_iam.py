@@ -22,8 +22,8 @@ import pytest
 from botocore.exceptions import ClientError
 from stack_templates import ROOT, TEMPLATE, template_with_extras, without_policy, write_template
 
-from etcdops.local import LocalCluster
-from etcdops.localaws import (
+from etcdops_local.aws.iam import RECORDS_ENV, coverage
+from etcdops_local.aws.stack import (
     ACCOUNT_ID,
     InvocationError,
     LocalAws,
@@ -32,7 +32,7 @@ from etcdops.localaws import (
     start_execution,
     wait_for_execution,
 )
-from etcdops.localiam import RECORDS_ENV, coverage
+from etcdops_local.cluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
 
@@ -216,7 +216,10 @@ def test_without_kms_decrypt_health_check_is_refused_and_the_coverage_check_says
     records = tmp_path / "records"
     assert aws.authorizer.recorder.write(records) is not None
     checked = subprocess.run(
-        [sys.executable, "-m", "etcdops.localiam", "check", "--records", str(records), "--template", str(template)],
+        [
+            sys.executable, "-m", "etcdops_local.aws.iam", "check",
+            "--records", str(records), "--template", str(template),
+        ],
         capture_output=True,
         text=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != RECORDS_ENV},

@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 from stack_templates import template_with_extras, write_template
 
-from etcdops.localaws import LocalAws, LocalAwsError, LocalStack, wait_for_execution
+from etcdops_local.aws.stack import LocalAws, LocalAwsError, LocalStack, wait_for_execution
 
 pytestmark = pytest.mark.e2e
 

@@ -1,7 +1,7 @@
 """The AWS side of the local stack: template.yaml created in moto, our handlers invoked in-process.
 
 Given the real template (or a temporary copy with a test-only function and state machine), when it is
-built with :mod:`etcdops.localaws`, then Lambda invocations, Step Functions executions and the local
+built with :mod:`etcdops_local.aws.stack`, then Lambda invocations, Step Functions executions and the local
 timer run our real code, and another process reaches it all through the server endpoint.
 """
 
@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from stack_templates import ROOT, TEMPLATE, template_with_extras
 
-from etcdops.local import LocalCluster
-from etcdops.localaws import (
+from etcdops_local.aws.schedule import LocalScheduler
+from etcdops_local.aws.stack import (
     LocalAws,
     LocalStack,
     execution_history,
@@ -34,7 +34,7 @@ from etcdops.localaws import (
     start_execution,
     wait_for_execution,
 )
-from etcdops.localschedule import LocalScheduler
+from etcdops_local.cluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
 
@@ -265,7 +265,7 @@ OTHER_PROCESS = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from etcdops.localaws import load_local_stack, local_boto3_session, start_execution, wait_for_execution
+    from etcdops_local.aws.stack import load_local_stack, local_boto3_session, start_execution, wait_for_execution
 
     state_dir = Path(sys.argv[1])
     stack = load_local_stack(state_dir)
@@ -314,7 +314,7 @@ def test_the_serve_process_runs_the_stack_and_the_timer_until_sigterm(tmp_path: 
     state_dir = tmp_path / "state"
     template = template_with_extras(tmp_path)
     serving = subprocess.Popen(
-        [sys.executable, "-m", "etcdops.localaws", "--state-dir", str(state_dir), "--template", str(template),
+        [sys.executable, "-m", "etcdops_local.aws.stack", "--state-dir", str(state_dir), "--template", str(template),
          "--schedule", "TestSchedule=rate(1 second)", "--parameter", "ClusterName=local"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

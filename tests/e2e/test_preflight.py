@@ -3,7 +3,7 @@ preflight, before "Remove the failed member", with the cluster untouched; an app
 whose hosts cannot take commands stops in preflight with nothing stopped.
 
 A real etcd cluster; template.yaml in the emulated AWS, whose EC2 and SSM say no where AWS does
-(etcdops.localec2); the cluster's compute is the EC2 provider (its hosts are emulated instances, etcd
+(etcdops_local.aws.ec2); the cluster's compute is the EC2 provider (its hosts are emulated instances, etcd
 runs locally). ReplaceMember is started as HealthCheck would start it.
 """
 
@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from etcdops.approval import decide_approval
-from etcdops.compute.base import DOCUMENTS
-from etcdops.config import Ec2Compute, dump_config
-from etcdops.local import LocalCluster
-from etcdops.localaws import LocalAws, execution_name, start_execution, wait_for_execution
-from etcdops.probe import probe_cluster
-from etcdops.state import DynamoStateStore
+from etcdops.adapters.state import DynamoStateStore
+from etcdops.app.approval import decide_approval
+from etcdops.app.probe import probe_cluster
+from etcdops.domain.compute.base import DOCUMENTS
+from etcdops.domain.config import Ec2Compute, dump_config
+from etcdops_local.aws.stack import LocalAws, execution_name, start_execution, wait_for_execution
+from etcdops_local.cluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
@@ -194,8 +194,8 @@ def test_a_replacement_whose_launch_would_fail_stops_in_preflight_with_the_clust
 def test_an_approved_restore_whose_hosts_cannot_take_commands_stops_in_preflight_with_nothing_stopped(
     account: SimpleNamespace, cluster: LocalCluster
 ) -> None:
-    from etcdops.backup.job import run_backup
-    from etcdops.backup.target import open_backup_target
+    from etcdops.adapters.backup.target import open_backup_target
+    from etcdops.app.backup.job import run_backup
 
     # Given a verified backup, and member instances whose SSM agent never registered (no instance
     # profile) and no instance tagged as the Kubernetes control plane

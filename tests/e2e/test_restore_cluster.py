@@ -23,12 +23,12 @@ from autopilot_scenarios import running_autopilot, wait_for
 from builders import binaries_with_etcdutl
 from stack_templates import TEMPLATE
 
-from etcdops.approval import decide_approval
-from etcdops.backup.job import run_backup
-from etcdops.backup.manifest import Manifest
-from etcdops.backup.target import open_backup_target
-from etcdops.local import EtcdBinaries, LocalCluster
-from etcdops.localaws import (
+from etcdops.adapters.backup.target import open_backup_target
+from etcdops.app.approval import decide_approval
+from etcdops.app.backup.job import run_backup
+from etcdops.app.probe import probe_cluster
+from etcdops.domain.backup.manifest import Manifest
+from etcdops_local.aws.stack import (
     DEFAULT_EPHEMERAL_MB,
     LocalAws,
     execution_history,
@@ -37,7 +37,7 @@ from etcdops.localaws import (
     start_execution,
     wait_for_execution,
 )
-from etcdops.probe import probe_cluster
+from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
 pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from etcdops import pki
-from etcdops.compute.ec2 import Ec2ComputeProvider
-from etcdops.config import Ec2Compute
-from etcdops.localaws import LocalAws, LocalStack
+from etcdops.adapters import pki
+from etcdops.adapters.compute.ec2 import Ec2ComputeProvider
+from etcdops.domain.config import Ec2Compute
+from etcdops_local.aws.stack import LocalAws, LocalStack
 
 pytestmark = pytest.mark.e2e
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 from autopilot_scenarios import executions, finished, follower, healthy, running_autopilot, wait_for
 
-from etcdops.local import EtcdBinaries, LocalCluster
-from etcdops.localaws import LocalAws
+from etcdops_local.aws.stack import LocalAws
+from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
 pytestmark = pytest.mark.e2e
 CLUSTERS = ("alpha", "beta")

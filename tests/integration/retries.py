@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from etcdops.errors import EtcdopsError
+from etcdops.domain.errors import EtcdopsError
 
 T = TypeVar("T")
 

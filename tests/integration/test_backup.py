@@ -15,17 +15,17 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from etcdops.backup.catalogue import list_backups, newest_verified, read_catalogue
-from etcdops.backup.crypto import local_key_provider
-from etcdops.backup.errors import BackupIntegrityError, BackupNotFoundError, DecryptionError, StoreFullError
-from etcdops.backup.job import fetch_backup, run_backup, verify_backup
-from etcdops.backup.manifest import MANIFEST_SUFFIX, cluster_id_text, manifest_key, object_key
-from etcdops.backup.store import FileStore, open_store
-from etcdops.backup.target import open_backup_target
-from etcdops.config import parse_config
-from etcdops.local import EtcdBinaries, LocalCluster
-from etcdops.probe import probe_cluster
-from etcdops.snapshot import save_snapshot
+from etcdops.adapters.backup.crypto import local_key_provider
+from etcdops.adapters.backup.store import FileStore, open_store
+from etcdops.adapters.backup.target import open_backup_target
+from etcdops.app.backup.catalogue import list_backups, newest_verified, read_catalogue
+from etcdops.app.backup.job import fetch_backup, run_backup, verify_backup
+from etcdops.app.probe import probe_cluster
+from etcdops.app.snapshot import save_snapshot
+from etcdops.domain.backup.errors import BackupIntegrityError, BackupNotFoundError, DecryptionError, StoreFullError
+from etcdops.domain.backup.manifest import MANIFEST_SUFFIX, cluster_id_text, manifest_key, object_key
+from etcdops.domain.config import parse_config
+from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
 pytestmark = pytest.mark.integration
 MARKER = "plaintext-marker-7f3a"
@@ -51,7 +51,7 @@ def backup(cluster: LocalCluster, **kwargs: Any):  # type: ignore[no-untyped-def
 
 def restore_and_read(binaries: EtcdBinaries, snapshot: Path, workdir: Path) -> dict[bytes, bytes]:
     """Restore with etcd's own tool, start a plain single member on it, read every key back."""
-    from etcdops.local import free_ports
+    from etcdops_local.cluster import free_ports
 
     data_dir = workdir / "restored"
     tool = [str(binaries.etcdutl)] if binaries.etcdutl else [str(binaries.etcdctl)]
@@ -78,7 +78,7 @@ def restore_and_read(binaries: EtcdBinaries, snapshot: Path, workdir: Path) -> d
         stderr=subprocess.DEVNULL,
     )
     try:
-        from etcdops.etcd import EtcdClient
+        from etcdops.adapters.etcd.client import EtcdClient
 
         with EtcdClient([f"http://127.0.0.1:{client_port}"], plaintext=True, timeout=2.0) as client:
             import time

@@ -1,4 +1,4 @@
-"""etcdops.bbolt against etcd's own ``snapshot status`` on snapshots taken from real etcd 3.4, 3.5.1 and 3.5.30.
+"""etcdops.adapters.bbolt against etcd's own ``snapshot status`` on snapshots from real etcd 3.4, 3.5.1 and 3.5.30.
 
 One plaintext single-member etcd per version; snapshots are taken as the data grows: empty, many
 small keys (enough for multi-level branch pages), after deletes and a compaction, with large
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from etcd_versions import ETCD_VERSIONS, etcd_flavour
 
-from etcdops.bbolt import SnapshotSummarizer, inspect_file
-from etcdops.etcd import EtcdClient
+from etcdops.adapters.bbolt import SnapshotSummarizer, inspect_file
+from etcdops.adapters.etcd.client import EtcdClient
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from etcdops import cli
-from etcdops.local import EtcdBinaries
+from etcdops_local.cli import main as cli
+from etcdops_local.cluster import EtcdBinaries
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ def etcdops(
     cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "etcdops.cli", *args],
+        [sys.executable, "-m", "etcdops_local.cli.main", *args],
         cwd=cwd,
         env={**os.environ, **(env or {})},
         capture_output=True,
@@ -231,9 +231,9 @@ def test_backup_commands_round_trip(
     verified = as_json(etcdops(cwd, "backup", "verify", made["id"], "--json"))
     assert verified["ok"] and verified["revision"] == made["revision"]
     # verify reports its progress up to the whole snapshot
-    from etcdops.backup.job import verify_backup
-    from etcdops.backup.target import open_backup_target
-    from etcdops.config import load_config
+    from etcdops.adapters.backup.target import open_backup_target
+    from etcdops.app.backup.job import verify_backup
+    from etcdops.domain.config import load_config
 
     seen: list[tuple[int, int | None]] = []
     store, keyring = open_backup_target(load_config(cwd / ".etcdops" / "cluster.yaml"))

@@ -8,11 +8,11 @@ import subprocess
 import pytest
 from retries import retry
 
-from etcdops.errors import EtcdAuthError, EtcdError, EtcdUnavailableError, EtcdUnhealthyClusterError
-from etcdops.etcd import EtcdClient, TlsFiles
-from etcdops.health import ClusterHealth
-from etcdops.local import LocalCluster, free_ports
-from etcdops.probe import probe_cluster
+from etcdops.adapters.etcd.client import EtcdClient, TlsFiles
+from etcdops.app.probe import probe_cluster
+from etcdops.domain.errors import EtcdAuthError, EtcdError, EtcdUnavailableError, EtcdUnhealthyClusterError
+from etcdops.domain.health import ClusterHealth
+from etcdops_local.cluster import LocalCluster, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +103,7 @@ def test_client_without_certificate_is_refused(shared_cluster: LocalCluster) -> 
 
 
 def test_plain_http_is_refused_without_explicit_plaintext(shared_cluster: LocalCluster) -> None:
-    from etcdops.errors import ConfigError
+    from etcdops.domain.errors import ConfigError
 
     with pytest.raises(ConfigError, match="plaintext"):
         EtcdClient(["http://127.0.0.1:2379"], tls=shared_cluster.tls)

@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 from retries import retry
 
-from etcdops.compute.base import Host
-from etcdops.compute.errors import ActionParameterError, HostNotFoundError, HostNotReadyError
-from etcdops.compute.local import LocalComputeProvider
-from etcdops.errors import (
+from etcdops.adapters.etcd.client import EtcdClient
+from etcdops.domain.compute.base import Host
+from etcdops.domain.compute.errors import ActionParameterError, HostNotFoundError, HostNotReadyError
+from etcdops.domain.errors import (
     EtcdError,
     EtcdLearnerNotReadyError,
     EtcdUnavailableError,
     EtcdUnhealthyClusterError,
 )
-from etcdops.etcd import EtcdClient
-from etcdops.local import LocalCluster
+from etcdops_local.cluster import LocalCluster
+from etcdops_local.compute import LocalComputeProvider
 
 pytestmark = pytest.mark.integration
 
@@ -179,8 +179,8 @@ def test_restore_data_dir_on_every_host_brings_back_the_snapshot(cluster: LocalC
 def test_preflight_finds_what_the_local_stack_lacks_and_changes_nothing(cluster: LocalCluster) -> None:
     """The local provider's preflight on a real stack: the CA files, the etcd binaries (run), the members,
     the hooks' programs; every finding at once."""
-    from etcdops.compute.base import DOCUMENTS, PreflightPlan
-    from etcdops.findings import describe_findings
+    from etcdops.domain.compute.base import DOCUMENTS, PreflightPlan
+    from etcdops.domain.findings import describe_findings
 
     replace = PreflightPlan(launch=("m2-r1",), documents=("StartEtcd",), repoint=True, retire=("m2",))
     restore = PreflightPlan(documents=tuple(DOCUMENTS), commanded=("m1", "m2", "m3"), control_plane=True, repoint=True)

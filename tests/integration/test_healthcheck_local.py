@@ -10,10 +10,10 @@ import threading
 
 import pytest
 
-from etcdops.healthcheck import HealthRoundResult
-from etcdops.local import LocalCluster
-from etcdops.localhealth import LAST_ROUND, read_last_round, run_local_health_loop
-from etcdops.policy import Action
+from etcdops.app.healthcheck import HealthRoundResult
+from etcdops.domain.policy import Action
+from etcdops_local.cluster import LocalCluster
+from etcdops_local.health_loop import LAST_ROUND, read_last_round, run_local_health_loop
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def test_the_loop_stops_when_asked(cluster: LocalCluster) -> None:
 
 def test_status_watch_refreshes_with_the_last_decision_until_ctrl_c(cluster: LocalCluster) -> None:
     run_local_health_loop(cluster.state_dir, 0.2, rounds=1)
-    command = [sys.executable, "-m", "etcdops.cli", "status", "--watch", "--json", "--interval", "0.5"]
+    command = [sys.executable, "-m", "etcdops_local.cli.main", "status", "--watch", "--json", "--interval", "0.5"]
     command += ["--state-dir", str(cluster.state_dir)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -71,7 +71,7 @@ def test_status_watch_refreshes_with_the_last_decision_until_ctrl_c(cluster: Loc
 def test_status_watch_ends_on_ctrl_c_while_its_reads_hang(cluster: LocalCluster) -> None:
     # two members frozen: every round then waits on reads that never answer (the probe's gRPC
     # calls, the /version read) until the probe deadline, so Ctrl-C lands while they are in flight
-    command = [sys.executable, "-m", "etcdops.cli", "status", "--watch", "--json", "--interval", "0.5"]
+    command = [sys.executable, "-m", "etcdops_local.cli.main", "status", "--watch", "--json", "--interval", "0.5"]
     command += ["--state-dir", str(cluster.state_dir)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -95,7 +95,7 @@ def test_status_watch_ends_on_ctrl_c_while_its_reads_hang(cluster: LocalCluster)
 
 def test_status_watch_for_people_shows_the_reason(cluster: LocalCluster) -> None:
     run_local_health_loop(cluster.state_dir, 0.2, rounds=1)
-    command = [sys.executable, "-m", "etcdops.cli", "status", "--watch", "--interval", "0.5"]
+    command = [sys.executable, "-m", "etcdops_local.cli.main", "status", "--watch", "--interval", "0.5"]
     command += ["--state-dir", str(cluster.state_dir)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []

@@ -21,17 +21,15 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from etcdops.aws import MemoryNotifier
-from etcdops.backup.catalogue import list_backups
-from etcdops.backup.errors import StorePermissionError
-from etcdops.backup.job import ensure_fresh_backup, run_backup
-from etcdops.backup.store import BackupStore, open_store
-from etcdops.backup.target import open_backup_target
-from etcdops.config import ClusterConfig
-from etcdops.connect import client_for
-from etcdops.errors import EtcdNoSpaceError
-from etcdops.events import HealthCheckEvent, parse_event
-from etcdops.healthcheck import (
+from etcdops.adapters.aws import MemoryNotifier
+from etcdops.adapters.backup.store import BackupStore, open_store
+from etcdops.adapters.backup.target import open_backup_target
+from etcdops.adapters.etcd.connect import client_for
+from etcdops.adapters.healthmetrics import RecordingMetrics
+from etcdops.adapters.state import InMemoryStateStore, StateStore
+from etcdops.app.backup.catalogue import list_backups
+from etcdops.app.backup.job import ensure_fresh_backup, run_backup
+from etcdops.app.healthcheck import (
     HealthContext,
     HealthRoundResult,
     InstanceDirectory,
@@ -42,11 +40,13 @@ from etcdops.healthcheck import (
     round_seeds,
     run_health_round,
 )
-from etcdops.healthmetrics import RecordingMetrics
-from etcdops.local import EtcdBinaries, LocalCluster, free_ports
-from etcdops.policy import Action
-from etcdops.probe import probe_cluster
-from etcdops.state import InMemoryStateStore, StateStore
+from etcdops.app.probe import probe_cluster
+from etcdops.domain.backup.errors import StorePermissionError
+from etcdops.domain.config import ClusterConfig
+from etcdops.domain.errors import EtcdNoSpaceError
+from etcdops.domain.policy import Action
+from etcdops.entrypoints.events import HealthCheckEvent, parse_event
+from etcdops_local.cluster import EtcdBinaries, LocalCluster, free_ports
 
 pytestmark = pytest.mark.integration
 

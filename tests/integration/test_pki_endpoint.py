@@ -20,8 +20,8 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from etcdops import pki
-from etcdops.errors import PkiError
+from etcdops.adapters import pki
+from etcdops.domain.errors import PkiError
 
 pytestmark = pytest.mark.integration
 
@@ -337,7 +337,7 @@ def test_etcdctl_without_a_client_certificate_is_refused(etcd: Etcd) -> None:
 
 def test_grpcio_accepts_our_certificates(etcd: Etcd) -> None:
     """BoringSSL (grpcio) checks the server certificate against 127.0.0.1 and presents ours."""
-    from etcdops.pb import etcd_pb2, etcd_pb2_grpc
+    from etcdops.adapters.etcd.pb import etcd_pb2, etcd_pb2_grpc
 
     assert healthy(etcd).returncode == 0
     material = etcd.material

@@ -15,20 +15,20 @@ from typing import Any
 import pytest
 from retries import with_retries
 
-from etcdops.aws import MemoryNotifier
-from etcdops.backup.crypto import KeyProvider
-from etcdops.backup.job import ensure_fresh_backup
-from etcdops.backup.manifest import Manifest, object_key
-from etcdops.backup.store import BackupStore
-from etcdops.backup.target import open_backup_target
-from etcdops.compute.factory import open_compute
-from etcdops.config import ConfigFile
-from etcdops.connect import live_client
-from etcdops.etcd import EtcdClient
-from etcdops.local import LocalCluster
-from etcdops.probe import probe_cluster
-from etcdops.runbook import replace
-from etcdops.state import InMemoryStateStore
+from etcdops.adapters.aws import MemoryNotifier
+from etcdops.adapters.backup.crypto import KeyProvider
+from etcdops.adapters.backup.store import BackupStore
+from etcdops.adapters.backup.target import open_backup_target
+from etcdops.adapters.compute.factory import open_compute
+from etcdops.adapters.etcd.client import EtcdClient
+from etcdops.adapters.etcd.connect import live_client
+from etcdops.adapters.state import InMemoryStateStore
+from etcdops.app.backup.job import ensure_fresh_backup
+from etcdops.app.probe import probe_cluster
+from etcdops.app.runbook import replace
+from etcdops.domain.backup.manifest import Manifest, object_key
+from etcdops.domain.config import ConfigFile
+from etcdops_local.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
 

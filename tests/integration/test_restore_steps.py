@@ -17,25 +17,25 @@ import pytest
 from etcd_versions import restore_bumps_revision
 from retries import with_retries
 
-from etcdops.aws import MemoryNotifier
-from etcdops.backup.crypto import KeyProvider
-from etcdops.backup.errors import BackupNotFoundError, DecryptionError
-from etcdops.backup.importer import import_snapshot
-from etcdops.backup.job import run_backup
-from etcdops.backup.manifest import Manifest, manifest_key, object_key
-from etcdops.backup.store import BackupStore
-from etcdops.backup.target import open_backup_target
-from etcdops.compute.base import ActionResult, Host
-from etcdops.compute.errors import HostCommandFailedError
-from etcdops.compute.factory import open_compute
-from etcdops.compute.local import LocalComputeProvider
-from etcdops.config import ConfigFile
-from etcdops.connect import client_for
-from etcdops.etcd import EtcdClient
-from etcdops.local import EtcdBinaries, LocalCluster, restore_supports_bump
-from etcdops.probe import probe_cluster
-from etcdops.runbook import restore
-from etcdops.state import InMemoryStateStore
+from etcdops.adapters.aws import MemoryNotifier
+from etcdops.adapters.backup.crypto import KeyProvider
+from etcdops.adapters.backup.store import BackupStore
+from etcdops.adapters.backup.target import open_backup_target
+from etcdops.adapters.compute.factory import open_compute
+from etcdops.adapters.etcd.client import EtcdClient
+from etcdops.adapters.etcd.connect import client_for
+from etcdops.adapters.state import InMemoryStateStore
+from etcdops.app.backup.importer import import_snapshot
+from etcdops.app.backup.job import run_backup
+from etcdops.app.probe import probe_cluster
+from etcdops.app.runbook import restore
+from etcdops.domain.backup.errors import BackupNotFoundError, DecryptionError
+from etcdops.domain.backup.manifest import Manifest, manifest_key, object_key
+from etcdops.domain.compute.base import ActionResult, Host
+from etcdops.domain.compute.errors import HostCommandFailedError
+from etcdops.domain.config import ConfigFile
+from etcdops_local.cluster import EtcdBinaries, LocalCluster, restore_supports_bump
+from etcdops_local.compute import LocalComputeProvider
 
 pytestmark = pytest.mark.integration
 

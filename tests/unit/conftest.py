@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from moto_dynamodb import state_table
 
-from etcdops.state import DynamoStateStore, InMemoryStateStore, StateStore
+from etcdops.adapters.state import DynamoStateStore, InMemoryStateStore, StateStore
 
 STATE_TABLE = "etcdops-state"
 

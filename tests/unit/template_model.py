@@ -1,6 +1,6 @@
 """template.yaml as CloudFormation would deploy it, for tests that read its properties offline.
 
-The SAM template is transformed with aws-sam-translator (as ``etcdops.localaws`` does), then every
+The SAM template is transformed with aws-sam-translator (as ``etcdops_local.aws.stack`` does), then every
 intrinsic function is resolved with sample values: the parameters, the pseudo parameters of a sample
 stack, and physical ids shaped like AWS's (a secret's ARN ends in ``-`` and six characters, a function
 name starts with the stack's). Resources whose Condition is false are left out, as CloudFormation does.
@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from etcdops.localaws import effective_parameters, prepare_for_translation, read_template, translate
+from etcdops_local.aws.stack import effective_parameters, prepare_for_translation, read_template, translate
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"

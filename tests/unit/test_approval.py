@@ -15,8 +15,10 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from etcdops import approval as approval_module
-from etcdops.approval import (
+from etcdops.adapters.aws import AwsError, MemoryNotifier
+from etcdops.adapters.state import InMemoryStateStore
+from etcdops.app import approval as approval_module
+from etcdops.app.approval import (
     AlreadyDecidedError,
     ApprovalExpiredError,
     ApprovalNotFoundError,
@@ -35,10 +37,8 @@ from etcdops.approval import (
     sign_link,
     verify_link,
 )
-from etcdops.aws import AwsError, MemoryNotifier
-from etcdops.errors import ConfigError
-from etcdops.events import parse_event
-from etcdops.state import InMemoryStateStore
+from etcdops.domain.errors import ConfigError
+from etcdops.entrypoints.events import parse_event
 
 SECRET = b"k" * 32
 OTHER_SECRET = b"j" * 32
@@ -361,15 +361,15 @@ def test_sample_events_parse() -> None:
      ("reason=" + "x" * 2000, "x" * 1000)],
 )  # fmt: skip
 def test_a_well_formed_form_gives_its_reason(body: str, reason: str | None) -> None:
-    from etcdops.approval import form_reason
+    from etcdops.app.approval import form_reason
 
     assert form_reason(body) == reason
 
 
 @pytest.mark.parametrize("body", ["reason=a&b=1&c=2&d=3&e=4", "reason=a&reason=b", "x=1", "reason", "reason=%FF"])
 def test_a_malformed_form_is_a_named_error(body: str) -> None:
-    from etcdops.approval import form_reason, http_status
-    from etcdops.events import InvalidEventError
+    from etcdops.app.approval import form_reason, http_status
+    from etcdops.entrypoints.events import InvalidEventError
 
     with pytest.raises(InvalidEventError) as refused:
         form_reason(body)

@@ -14,11 +14,11 @@ from test_backup_manifest import fields
 from test_backup_store import any_store, aws, file_store, s3, s3_store  # noqa: F401 - the stores, as fixtures
 from test_retention import policies
 
-from etcdops.backup.catalogue import apply_retention, load_manifest, newest_verified, read_catalogue
-from etcdops.backup.errors import BackupNotFoundError
-from etcdops.backup.manifest import Manifest, manifest_key, object_key
-from etcdops.backup.retention import BackupRef, RetentionPolicy, plan_retention
-from etcdops.backup.store import BackupStore, FileStore
+from etcdops.adapters.backup.store import BackupStore, FileStore
+from etcdops.app.backup.catalogue import apply_retention, load_manifest, newest_verified, read_catalogue
+from etcdops.domain.backup.errors import BackupNotFoundError
+from etcdops.domain.backup.manifest import Manifest, manifest_key, object_key
+from etcdops.domain.backup.retention import BackupRef, RetentionPolicy, plan_retention
 
 NOW = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)
 LIVE, OLD = "c1", "a0"  # the live cluster's id, and that of an earlier cluster with the same name

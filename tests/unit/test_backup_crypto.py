@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etcdops.backup.crypto import (
+from etcdops.adapters.backup.crypto import (
     DEFAULT_FRAME_LENGTH,
     MAX_FRAME_LENGTH,
     KeyProvider,
@@ -24,8 +24,8 @@ from etcdops.backup.crypto import (
     local_key_provider,
     open_key_provider,
 )
-from etcdops.backup.errors import BackupIntegrityError, BackupStoreError, DecryptionError
-from etcdops.errors import ConfigError, UsageError
+from etcdops.domain.backup.errors import BackupIntegrityError, BackupStoreError, DecryptionError
+from etcdops.domain.errors import ConfigError, UsageError
 
 CONTEXT = {"cluster": "prod", "backup": "20261125T203000Z-abcdef"}
 MARKER = b"PLAINTEXT-MARKER-0123456789"

@@ -13,15 +13,15 @@ import builders
 import pytest
 from test_backup_store import file_store, local_key  # noqa: F401 - fixtures
 
-from etcdops.backup import importer
-from etcdops.backup.catalogue import newest_verified, read_catalogue
-from etcdops.backup.crypto import KeyProvider
-from etcdops.backup.errors import BackupIntegrityError
-from etcdops.backup.importer import import_snapshot
-from etcdops.backup.job import fetch_backup, verify_backup
-from etcdops.backup.store import FileStore
-from etcdops.config import parse_config
-from etcdops.errors import SnapshotIntegrityError, UsageError
+from etcdops.adapters.backup.crypto import KeyProvider
+from etcdops.adapters.backup.store import FileStore
+from etcdops.app.backup import importer
+from etcdops.app.backup.catalogue import newest_verified, read_catalogue
+from etcdops.app.backup.importer import import_snapshot
+from etcdops.app.backup.job import fetch_backup, verify_backup
+from etcdops.domain.backup.errors import BackupIntegrityError
+from etcdops.domain.config import parse_config
+from etcdops.domain.errors import SnapshotIntegrityError, UsageError
 
 DATA = Path(__file__).parent.parent / "data"
 SNAPSHOT = DATA / "bbolt-etcd35.snap"

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from etcdops.backup.errors import ManifestInvalidError
-from etcdops.backup.manifest import (
+from etcdops.domain.backup.errors import ManifestInvalidError
+from etcdops.domain.backup.manifest import (
     MANIFEST_FORMAT_VERSION,
     Manifest,
     backup_id_from_manifest_key,
@@ -20,7 +20,7 @@ from etcdops.backup.manifest import (
     new_backup_id,
     object_key,
 )
-from etcdops.errors import UsageError
+from etcdops.domain.errors import UsageError
 
 CREATED = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)
 

@@ -14,8 +14,8 @@ import botocore.session
 import pytest
 from moto import mock_aws
 
-from etcdops.backup import store as store_module
-from etcdops.backup.crypto import (
+from etcdops.adapters.backup import store as store_module
+from etcdops.adapters.backup.crypto import (
     KeyProvider,
     decrypt_stream,
     encrypt_stream,
@@ -23,16 +23,16 @@ from etcdops.backup.crypto import (
     local_key_provider,
     open_key_provider,
 )
-from etcdops.backup.errors import (
+from etcdops.adapters.backup.store import MIN_PART_SIZE, BackupStore, FileStore, S3Store, open_store
+from etcdops.domain.backup.errors import (
     BackupExistsError,
     BackupNotFoundError,
     DecryptionError,
     StoreFullError,
     StorePermissionError,
 )
-from etcdops.backup.manifest import manifest_key, object_key
-from etcdops.backup.store import MIN_PART_SIZE, BackupStore, FileStore, S3Store, open_store
-from etcdops.errors import ConfigError, UsageError
+from etcdops.domain.backup.manifest import manifest_key, object_key
+from etcdops.domain.errors import ConfigError, UsageError
 
 MiB = 1024 * 1024
 REGION = "us-east-1"

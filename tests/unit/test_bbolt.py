@@ -1,4 +1,4 @@
-"""etcdops.bbolt: CRC-32C combine, streaming summaries and integrity errors (no network).
+"""etcdops.adapters.bbolt: CRC-32C combine, streaming summaries and integrity errors (no network).
 
 The snapshots in tests/data were taken with ``etcdctl snapshot save`` from etcd 3.5.1 and 3.4.23
 (60 small keys, a 12 KB value spanning several pages, deletes and a compaction); their expected
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from etcdops.bbolt import (
+from etcdops.adapters.bbolt import (
     NO_FREELIST,
     SnapshotSummarizer,
     SnapshotSummary,
@@ -28,7 +28,7 @@ from etcdops.bbolt import (
     inspect_file,
     summarize_bytes,
 )
-from etcdops.errors import SnapshotIntegrityError
+from etcdops.domain.errors import SnapshotIntegrityError
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 EXPECTED = json.loads((DATA / "bbolt-expected.json").read_text())

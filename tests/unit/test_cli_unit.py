@@ -14,12 +14,12 @@ from pathlib import Path
 import builders
 import pytest
 
-from etcdops import cli
-from etcdops.backup.crypto import open_key_provider
-from etcdops.cli_options import CLUSTER_OPTIONS, GLOBAL_DEFAULTS, OUTPUT_OPTIONS, finish
-from etcdops.config import parse_config
-from etcdops.errors import UsageError
-from etcdops.health import ClusterHealth
+from etcdops.adapters.backup.crypto import open_key_provider
+from etcdops.domain.config import parse_config
+from etcdops.domain.errors import UsageError
+from etcdops.domain.health import ClusterHealth
+from etcdops_local.cli import main as cli
+from etcdops_local.cli.options import CLUSTER_OPTIONS, GLOBAL_DEFAULTS, OUTPUT_OPTIONS, finish
 
 DATA = Path(__file__).parent.parent / "data"
 SNAPSHOT = DATA / "bbolt-etcd35.snap"
@@ -355,7 +355,7 @@ def test_an_unexpected_error_is_one_line_and_debug_adds_the_traceback(
     def broken(path: Path) -> None:
         raise ZeroDivisionError("a bug\nover two lines")
 
-    monkeypatch.setattr("etcdops.bbolt.inspect_file", broken)
+    monkeypatch.setattr("etcdops.adapters.bbolt.inspect_file", broken)
 
     code, out, err = run(["snapshot", "inspect", str(SNAPSHOT)], capsys)
     assert (code, out) == (70, "")
@@ -368,7 +368,7 @@ def test_an_unexpected_error_is_one_line_and_debug_adds_the_traceback(
 def test_etcdctl_environment_is_used_only_without_a_configuration(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from etcdops.cli_options import resolve_config
+    from etcdops_local.cli.options import resolve_config
 
     monkeypatch.setenv("ETCDCTL_ENDPOINTS", "10.0.0.1:2379,https://10.0.0.2:2379")
     monkeypatch.setenv("ETCDCTL_CACERT", "ca.pem")
@@ -389,7 +389,7 @@ def test_etcdctl_environment_is_used_only_without_a_configuration(
 
 
 def test_endpoints_override_the_configuration(workdir: Path) -> None:
-    from etcdops.cli_options import resolve_config
+    from etcdops_local.cli.options import resolve_config
 
     config = resolve_config(parse(["--config", "good.yaml", "status", "--endpoints", "127.0.0.1:2,127.0.0.1:3"]))
 
@@ -399,7 +399,7 @@ def test_endpoints_override_the_configuration(workdir: Path) -> None:
 
 def test_version_names_ours_and_the_etcd_versions_tested(capsys: pytest.CaptureFixture[str]) -> None:
     from etcdops import __version__
-    from etcdops.cli_options import TESTED_ETCD_VERSIONS
+    from etcdops_local.cli.options import TESTED_ETCD_VERSIONS
 
     code, out, _ = run(["--version"], capsys)
 
@@ -419,7 +419,7 @@ def test_output_closed_early_is_quiet(tmp_path: Path) -> None:
     os.close(reader)
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "etcdops.cli", "--json", "snapshot", "inspect", str(SNAPSHOT)],
+            [sys.executable, "-m", "etcdops_local.cli.main", "--json", "snapshot", "inspect", str(SNAPSHOT)],
             stdout=writer,
             stderr=subprocess.PIPE,
             cwd=tmp_path,
@@ -433,7 +433,7 @@ def test_output_closed_early_is_quiet(tmp_path: Path) -> None:
 def test_the_readme_documents_every_exit_status() -> None:
     import re
 
-    from etcdops.cli_options import EXIT_CODES
+    from etcdops_local.cli.options import EXIT_CODES
 
     readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
     documented = {int(n) for n in re.findall(r"^\| (\d+) \| ", readme, re.MULTILINE)}
@@ -442,7 +442,7 @@ def test_the_readme_documents_every_exit_status() -> None:
 
 
 def test_tables_fit_the_terminal_and_stay_whole_in_a_pipe() -> None:
-    from etcdops.cli_format import table
+    from etcdops_local.cli.format import table
 
     headers = ["NAME", "ENDPOINT", "ERROR"]
     error = "deadline exceeded after 2.0 s " * 3
@@ -509,8 +509,8 @@ def test_tls_secrets_in_a_configuration_file_are_fetched_for_the_command_only(
     import boto3
     from moto import mock_aws
 
-    from etcdops.cli_options import resolve_config
-    from etcdops.cli_stack import remove_private_directories
+    from etcdops_local.cli.options import resolve_config
+    from etcdops_local.cli.stack import remove_private_directories
 
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_DEFAULT_REGION": "eu-west-1"}.items():  # fmt: skip
@@ -534,7 +534,7 @@ def test_tls_secrets_in_a_configuration_file_are_fetched_for_the_command_only(
 def test_status_of_a_stack_whose_state_table_cannot_be_read_still_shows_the_probe() -> None:
     from botocore.exceptions import ClientError
 
-    from etcdops.cli_stack import DeployedStack
+    from etcdops_local.cli.stack import DeployedStack
 
     class Refusing:
         def client(self, service: str) -> object:
@@ -576,7 +576,7 @@ def test_status_watch_ends_on_a_ctrl_c_that_python_swallowed(
         FinalizedDuringTheRound()
         return builders.cluster(replace(builders.member(1, "m1"), client_urls=("http://127.0.0.1:2379",)))
 
-    monkeypatch.setattr("etcdops.probe.probe_cluster", probe)
+    monkeypatch.setattr("etcdops.app.probe.probe_cluster", probe)
     previous = signal.getsignal(signal.SIGINT)
     config = parse_config({"name": "c1", "endpoints": ["http://127.0.0.1:2379"], "plaintext": True})
     args = argparse.Namespace(json=True, interval=0.0, state_dir=str(tmp_path), stack_name=None)

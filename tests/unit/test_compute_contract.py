@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from samtranslator.yaml_helper import yaml_parse
 
-from etcdops.compute.base import ACTIONS, DOCUMENTS, DocumentSpec
-from etcdops.compute.bootstrap import _FETCH_CERTS, BootstrapSettings, user_data
-from etcdops.compute.errors import ActionParameterError, ComputeConfigError, HostCommandFailedError
-from etcdops.compute.local import LocalComputeProvider
-from etcdops.local import LocalCluster
+from etcdops.adapters.compute.bootstrap import _FETCH_CERTS, BootstrapSettings, user_data
+from etcdops.domain.compute.base import ACTIONS, DOCUMENTS, DocumentSpec
+from etcdops.domain.compute.errors import ActionParameterError, ComputeConfigError, HostCommandFailedError
+from etcdops_local.cluster import LocalCluster
+from etcdops_local.compute import LocalComputeProvider
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "host-bootstrap.md"
 SAMPLES = {
@@ -140,7 +140,7 @@ def test_local_hooks_fail_by_name(tmp_path: Path) -> None:
 
 
 def test_template_defines_exactly_the_documented_ssm_documents() -> None:
-    from etcdops.localaws import read_template
+    from etcdops_local.aws.stack import read_template
 
     template = read_template(Path(__file__).resolve().parents[2] / "template.yaml")
     in_template = {

@@ -14,10 +14,11 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto_ec2 import emulated_account, register_host_image
 
-from etcdops import pki
-from etcdops.compute.base import Host
-from etcdops.compute.ec2 import Ec2ComputeProvider
-from etcdops.compute.errors import (
+from etcdops.adapters import pki
+from etcdops.adapters.compute.ec2 import Ec2ComputeProvider
+from etcdops.adapters.compute.factory import open_compute
+from etcdops.domain.compute.base import Host
+from etcdops.domain.compute.errors import (
     ActionParameterError,
     CertificateAuthorityError,
     ComputeConfigError,
@@ -26,10 +27,9 @@ from etcdops.compute.errors import (
     HostNotFoundError,
     UnknownActionError,
 )
-from etcdops.compute.factory import open_compute
-from etcdops.compute.local import LocalComputeProvider
-from etcdops.config import Ec2Compute, parse_config
-from etcdops.errors import EtcdopsError
+from etcdops.domain.config import Ec2Compute, parse_config
+from etcdops.domain.errors import EtcdopsError
+from etcdops_local.compute import LocalComputeProvider
 
 REGION = "eu-west-1"
 CLUSTER = "prod"

@@ -1,4 +1,4 @@
-"""The EC2 provider's preflight on moto made as strict as AWS (etcdops.localec2): one test per finding.
+"""The EC2 provider's preflight on moto made as strict as AWS (etcdops_local.aws.ec2): one test per finding.
 
 Given an account where everything a runbook needs is in place, each test takes one thing away and
 checks that the preflight names it, says how to fix it, and changes nothing.
@@ -17,13 +17,13 @@ from botocore.exceptions import ClientError
 from moto.core.authorization import enable_iam_authentication
 from test_compute_ec2 import CLUSTER, REGION, STACK, Aws, aws, ca  # noqa: F401 - the account fixtures
 
-from etcdops import pki
-from etcdops.compute.base import DOCUMENTS, PreflightPlan
-from etcdops.compute.ec2 import Ec2ComputeProvider
-from etcdops.compute.errors import ComputeApiError
-from etcdops.config import Ec2Compute
-from etcdops.findings import Finding, describe_findings
-from etcdops.localec2 import strict_compute
+from etcdops.adapters import pki
+from etcdops.adapters.compute.ec2 import Ec2ComputeProvider
+from etcdops.domain.compute.base import DOCUMENTS, PreflightPlan
+from etcdops.domain.compute.errors import ComputeApiError
+from etcdops.domain.config import Ec2Compute
+from etcdops.domain.findings import Finding, describe_findings
+from etcdops_local.aws.ec2 import strict_compute
 
 REPLACE = PreflightPlan(launch=("m2-r1",), documents=("StartEtcd",), repoint=True, retire=("m2",))
 RESTORE = PreflightPlan(documents=tuple(DOCUMENTS), commanded=("m1", "m2"), control_plane=True, repoint=True)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from etcdops.config import dump_config, load_config, loads_config, parse_config
-from etcdops.errors import ConfigError
+from etcdops.domain.config import dump_config, load_config, loads_config, parse_config
+from etcdops.domain.errors import ConfigError
 
 VALID = {
     "name": "prod-eu",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from etcd_versions import restore_bumps_revision
 
-from etcdops.local import EtcdBinaries
+from etcdops_local.cluster import EtcdBinaries
 
 
 def test_which_versions_restore_with_a_revision_bump() -> None:

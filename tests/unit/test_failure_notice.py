@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from etcdops.aws import JobSettings, MemoryNotifier
-from etcdops.events import FailedInvocationRecord, InvalidEventError, parse_event
-from etcdops.job_messages import ERROR_LIMIT, function_name_of, job_failed, job_of
-from etcdops.jobs import failure_notice_job
+from etcdops.adapters.aws import JobSettings, MemoryNotifier
+from etcdops.domain.job_messages import ERROR_LIMIT, function_name_of, job_failed, job_of
+from etcdops.entrypoints.events import FailedInvocationRecord, InvalidEventError, parse_event
+from etcdops.entrypoints.jobs import failure_notice_job
 
 ROOT = Path(__file__).resolve().parents[2]
 # what Lambda sends FailureNotice (sam local invoke FailureNoticeFunction -e events/failure_notice_record.json)

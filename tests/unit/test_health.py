@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from builders import member
 
-from etcdops.health import ClusterHealth, quorum_of
+from etcdops.domain.health import ClusterHealth, quorum_of
 
 
 def test_quorum_of_sizes() -> None:

@@ -18,12 +18,16 @@ import pytest
 from moto import mock_aws
 from moto_ec2 import register_host_image, without_public_images
 
-from etcdops.aws import AwsError, MemoryNotifier
-from etcdops.config import parse_config
-from etcdops.errors import ConfigError
-from etcdops.etcd import EtcdClient
-from etcdops.health import Alarm
-from etcdops.healthcheck import (
+from etcdops.adapters.aws import AwsError, MemoryNotifier
+from etcdops.adapters.etcd.client import EtcdClient
+from etcdops.adapters.healthmetrics import (
+    RecordingMetrics,
+    compute_health_metrics,
+    publish_health_metrics,
+    version_number,
+)
+from etcdops.adapters.state import InMemoryStateStore, StateStore
+from etcdops.app.healthcheck import (
     HealthContext,
     HealthSettings,
     InstanceDirectory,
@@ -33,10 +37,11 @@ from etcdops.healthcheck import (
     discount_alarm_reports,
     replace_input,
 )
-from etcdops.healthmetrics import RecordingMetrics, compute_health_metrics, publish_health_metrics, version_number
-from etcdops.localhealth import local_health_schedule, schedule_seconds, template_health_schedule
-from etcdops.policy import Action, Decision, Notification, NotificationKind
-from etcdops.state import InMemoryStateStore, StateStore
+from etcdops.domain.config import parse_config
+from etcdops.domain.errors import ConfigError
+from etcdops.domain.health import Alarm
+from etcdops.domain.policy import Action, Decision, Notification, NotificationKind
+from etcdops_local.health_loop import local_health_schedule, schedule_seconds, template_health_schedule
 
 NOW = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)
 REGION = "us-east-1"
@@ -179,7 +184,7 @@ def test_member_lag_is_published_per_member() -> None:
 def test_emf_output_carries_the_cluster_and_member_dimensions(capsys: pytest.CaptureFixture[str]) -> None:
     from aws_lambda_powertools import Metrics
 
-    from etcdops.healthmetrics import EmfHealthMetrics
+    from etcdops.adapters.healthmetrics import EmfHealthMetrics
 
     powertools = Metrics(namespace="etcdops", service="test")
     sink = EmfHealthMetrics(powertools)

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from etcdops.config import parse_config
-from etcdops.events import HealthCheckEvent, InvalidEventError, parse_event
-from etcdops.healthcheck import Trigger, TriggerKind, trigger_skip
+from etcdops.app.healthcheck import Trigger, TriggerKind, trigger_skip
+from etcdops.domain.config import parse_config
+from etcdops.entrypoints.events import HealthCheckEvent, InvalidEventError, parse_event
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 CONFIG = parse_config({"name": "local", "endpoints": ["http://127.0.0.1:2379"], "plaintext": True})

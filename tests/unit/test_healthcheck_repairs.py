@@ -13,18 +13,18 @@ import pytest
 from moto import mock_aws
 from test_healthcheck import CONFIG, NOW, REGION, REPLACE, cluster, context, member
 
-from etcdops.aws import MemoryNotifier
-from etcdops.errors import APPROVAL_REJECTED
-from etcdops.healthcheck import (
+from etcdops.adapters.aws import MemoryNotifier
+from etcdops.adapters.state import StateStore
+from etcdops.app.healthcheck import (
     ExecutionState,
     RecordingReplaceStarter,
     StepFunctionsReplaceStarter,
     act,
     release_abandoned_lock,
 )
-from etcdops.policy import Action, Decision
-from etcdops.repair import AttemptStatus
-from etcdops.state import StateStore
+from etcdops.domain.errors import APPROVAL_REJECTED
+from etcdops.domain.policy import Action, Decision
+from etcdops.domain.repair import AttemptStatus
 
 INCIDENT = REPLACE.incident_id or ""
 BACKOFF = timedelta(seconds=CONFIG.health.repair_backoff_seconds)

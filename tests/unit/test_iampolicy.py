@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from etcdops.iampolicy import Call, PolicyError, evaluate, fingerprint, granted_actions, read_policy
-from etcdops.localiam import Record, coverage, of_these_policies
+from etcdops_local.aws.iam import Record, coverage, of_these_policies
+from etcdops_local.aws.iampolicy import Call, PolicyError, evaluate, fingerprint, granted_actions, read_policy
 
 KEY = "arn:aws:kms:us-east-1:123456789012:key/1234"
 BUCKET = "arn:aws:s3:::backups"

@@ -61,13 +61,13 @@ def test_the_contracts_hold_on_the_tree() -> None:
     ("module", "wrong_way_import", "contract"),
     [
         # the domain reaching up into the local stack
-        ("policy.py", "import etcdops.localaws", "Layers point one way"),
+        ("domain/policy.py", "import etcdops_local.aws.stack", "Layers point one way"),
         # the domain doing I/O
-        ("health.py", "import boto3", "The domain does no I/O"),
+        ("domain/health.py", "import boto3", "The domain does no I/O"),
         # a use case loading the dev cluster into every Lambda cold start
-        ("healthcheck.py", "import etcdops.local", "What the Lambda handlers load"),
+        ("app/healthcheck.py", "import etcdops_local.cluster", "What the Lambda handlers load"),
         # an adapter calling up into a use case
-        ("state.py", "import etcdops.runbook.replace", "Layers point one way"),
+        ("adapters/state.py", "import etcdops.app.runbook.replace", "Layers point one way"),
     ],
 )
 def test_a_wrong_way_import_fails_the_check(tmp_path: Path, module: str, wrong_way_import: str, contract: str) -> None:
@@ -84,7 +84,7 @@ def test_a_wrong_way_import_fails_the_check(tmp_path: Path, module: str, wrong_w
     assert result.returncode != 0, result.stdout
     broken = result.stdout.split("Broken contracts", 1)[-1]
     assert contract in broken, result.stdout
-    importer = "etcdops." + module.removesuffix(".py")
+    importer = "etcdops." + module.removesuffix(".py").replace("/", ".")
     assert importer in broken, result.stdout
 
 

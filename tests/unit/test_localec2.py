@@ -1,4 +1,4 @@
-"""The emulated EC2 and SSM say no where AWS says no to a launch or a host command (etcdops.localec2).
+"""The emulated EC2 and SSM say no where AWS says no to a launch or a host command (etcdops_local.aws.ec2).
 
 Each refusal the preflight relies on is shown twice: plain moto says yes, the strict emulation says
 what AWS says.
@@ -18,7 +18,7 @@ from moto import mock_aws
 from moto.core.authorization import enable_iam_authentication
 from moto_ec2 import emulated_account, register_host_image
 
-from etcdops.localec2 import strict_compute
+from etcdops_local.aws.ec2 import strict_compute
 
 REGION = "eu-west-1"
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from etcdops.errors import ConfigError
-from etcdops.localschedule import Cron, Rate, parse_schedule, scheduled_event, template_schedules
+from etcdops.domain.errors import ConfigError
+from etcdops_local.aws.schedule import Cron, Rate, parse_schedule, scheduled_event, template_schedules
 
 
 def at(text: str) -> datetime:

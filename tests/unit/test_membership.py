@@ -14,11 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from moto import mock_aws
 
-from etcdops.aws import SsmConfigParameter, load_cluster_config
-from etcdops.config import ConfigFile, loads_config, rewrite_endpoints
-from etcdops.errors import ConfigError
-from etcdops.health import MemberHealth
-from etcdops.membership import endpoints_after_change, merge_endpoints, record_membership
+from etcdops.adapters.aws import SsmConfigParameter, load_cluster_config
+from etcdops.adapters.etcd.membership import endpoints_after_change, merge_endpoints, record_membership
+from etcdops.domain.config import ConfigFile, loads_config, rewrite_endpoints
+from etcdops.domain.errors import ConfigError
+from etcdops.domain.health import MemberHealth
 
 OLD = ["https://10.0.1.10:2379", "https://10.0.2.10:2379", "https://10.0.3.10:2379"]
 LIVE = ["https://10.0.1.10:2379", "https://10.0.3.10:2379", "https://10.0.2.77:2379"]

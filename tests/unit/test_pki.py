@@ -1,4 +1,4 @@
-"""Certificates made by etcdops.pki: their shape, their files, and the errors for bad input."""
+"""Certificates made by etcdops.adapters.pki: their shape, their files, and the errors for bad input."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from etcdops import pki
-from etcdops.errors import PkiError
+from etcdops.adapters import pki
+from etcdops.domain.errors import PkiError
 
 SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH

@@ -11,10 +11,10 @@ from builders import cluster, member
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etcdops.config import parse_config
-from etcdops.errors import ConfigError
-from etcdops.health import Alarm, ClusterHealth, MemberHealth, quorum_of
-from etcdops.policy import (
+from etcdops.domain.config import parse_config
+from etcdops.domain.errors import ConfigError
+from etcdops.domain.health import Alarm, ClusterHealth, MemberHealth, quorum_of
+from etcdops.domain.policy import (
     Action,
     BackupRef,
     Decision,

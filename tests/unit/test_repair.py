@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from etcdops.errors import APPROVAL_REJECTED
-from etcdops.policy import incident_id
-from etcdops.repair import (
+from etcdops.domain.errors import APPROVAL_REJECTED
+from etcdops.domain.policy import incident_id
+from etcdops.domain.repair import (
     Attempt,
     AttemptStatus,
     RepairAction,

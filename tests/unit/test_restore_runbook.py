@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from etcdops.runbook import restore
-from etcdops.runbook.handler import RunbookStepEvent
+from etcdops.app.runbook import restore
+from etcdops.entrypoints.runbook_step import RunbookStepEvent
 
 ROOT = Path(__file__).resolve().parents[2]
 START = {"cluster": "local", "mode": "in-place", "backup_id": None, "execution": "restore-test-in-place"}

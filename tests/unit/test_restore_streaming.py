@@ -14,13 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from moto import mock_aws
 
-from etcdops.backup.errors import BackupIntegrityError
-from etcdops.backup.job import CheckedSnapshot
-from etcdops.backup.manifest import Manifest
-from etcdops.backup.store import MIN_PART_SIZE, S3Store
-from etcdops.bbolt import summarize_bytes
-from etcdops.pb import etcd_pb2 as pb
-from etcdops.runbook import restore
+from etcdops.adapters.backup.store import MIN_PART_SIZE, S3Store
+from etcdops.adapters.bbolt import summarize_bytes
+from etcdops.adapters.etcd.pb import etcd_pb2 as pb
+from etcdops.app.backup.job import CheckedSnapshot
+from etcdops.app.runbook import restore
+from etcdops.domain.backup.errors import BackupIntegrityError
+from etcdops.domain.backup.manifest import Manifest
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SNAPSHOTS = ["bbolt-etcd34.snap", "bbolt-etcd35.snap"]

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from etcdops.backup.retention import BackupRef, RetentionPlan, RetentionPolicy, plan_orphans, plan_retention
-from etcdops.errors import UsageError
+from etcdops.domain.backup.retention import BackupRef, RetentionPlan, RetentionPolicy, plan_orphans, plan_retention
+from etcdops.domain.errors import UsageError
 
 NOW = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)  # a Wednesday
 DEFAULT = RetentionPolicy()

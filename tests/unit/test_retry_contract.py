@@ -1,5 +1,5 @@
 """The one retry contract: errors declare whether they are transient, and every state machine's Retry
-lists are exactly what :mod:`etcdops.retries` makes from those declarations."""
+lists are exactly what :mod:`etcdops_local.retry_contract` makes from those declarations."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 import etcdops
-from etcdops import retries
-from etcdops.errors import DEFAULT_BACKOFF
-from etcdops.runbook import replace, restore
+import etcdops_local
+from etcdops.app.runbook import replace, restore
+from etcdops.domain.errors import DEFAULT_BACKOFF
+from etcdops_local import retry_contract as retries
 
 ROOT = Path(__file__).resolve().parents[2]
 MACHINES = sorted((ROOT / "statemachines").glob("*.asl.json"))
-PACKAGE = Path(etcdops.__file__).parent
+PACKAGES = [Path(etcdops.__file__).parent, Path(etcdops_local.__file__).parent]
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def test_every_state_machine_retries_exactly_what_the_errors_declare(path: Path)
     text = path.read_text()
     assert retries.render(retries.with_retry_contract(json.loads(text))) == text, (
         f"{path.name}: Retry lists differ from the retry contract; run: "
-        f"python -m etcdops.retries --write statemachines/*.asl.json"
+        f"python -m etcdops_local.retry_contract --write statemachines/*.asl.json"
     )
 
 
@@ -96,9 +97,10 @@ def test_promotion_still_waits_about_90_seconds_for_the_learner_then_gives_up_sa
 
 
 def test_error_names_are_unique_and_every_error_module_is_registered() -> None:
-    for module in pkgutil.walk_packages(etcdops.__path__, "etcdops."):
-        if not module.name.startswith("etcdops.pb"):
-            importlib.import_module(module.name)
+    for package in (etcdops, etcdops_local):
+        for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if not module.name.startswith("etcdops.adapters.etcd.pb"):
+                importlib.import_module(module.name)
     for name, cls in retries.error_classes().items():
         assert cls.__module__ in retries.ERROR_MODULES, f"{name}: add {cls.__module__} to ERROR_MODULES"
         assert name.endswith("Error")
@@ -107,7 +109,7 @@ def test_error_names_are_unique_and_every_error_module_is_registered() -> None:
 def test_transience_is_declared_on_classes_never_decided_per_instance() -> None:
     # Step Functions matches errors by class name only: an instance-level flag cannot reach a Retry list
     offenders = []
-    for path in PACKAGE.rglob("*.py"):
+    for path in (path for package in PACKAGES for path in package.rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             stored = isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
@@ -178,9 +180,9 @@ def test_the_check_command_fails_on_a_drifted_file_and_write_repairs_it(tmp_path
 def test_an_aws_failure_is_transient_or_not_by_its_class(code: str, transient: bool) -> None:
     from botocore.exceptions import ClientError, EndpointConnectionError
 
-    from etcdops.aws import AwsError, AwsUnavailableError, aws_error
-    from etcdops.compute.ec2 import _api_error
-    from etcdops.compute.errors import ComputeApiError, ComputeApiUnavailableError
+    from etcdops.adapters.aws import AwsError, AwsUnavailableError, aws_error
+    from etcdops.adapters.compute.ec2 import _api_error
+    from etcdops.domain.compute.errors import ComputeApiError, ComputeApiUnavailableError
 
     failure = ClientError({"Error": {"Code": code, "Message": "m"}}, "PutParameter")
     error = aws_error("writing", failure)

@@ -7,10 +7,10 @@ import json
 import boto3
 import pytest
 
-from etcdops.config import parse_config
-from etcdops.errors import ConfigError
-from etcdops.runbook import caught_error
-from etcdops.runbook.handler import RunbookSettings, staging_store
+from etcdops.app.runbook import caught_error
+from etcdops.domain.config import parse_config
+from etcdops.domain.errors import ConfigError
+from etcdops.entrypoints.runbook_step import RunbookSettings, staging_store
 
 ENV = {"CLUSTER_CONFIG_PARAMETER": "/etcdops/prod", "TABLE_NAME": "t", "TOPIC_ARN": "arn:t", "STACK_NAME": "prod"}
 

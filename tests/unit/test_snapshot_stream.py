@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
-from etcdops.errors import SnapshotIntegrityError, SnapshotStreamError
-from etcdops.etcd import SnapshotStream
+from etcdops.adapters.etcd.client import SnapshotStream
+from etcdops.domain.errors import SnapshotIntegrityError, SnapshotStreamError
 
 
 class Call:

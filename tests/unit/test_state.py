@@ -9,8 +9,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from etcdops.policy import Action, Decision, Notification, NotificationKind, Streak
-from etcdops.state import (
+from etcdops.adapters.state import (
     TABLE_ATTRIBUTE_DEFINITIONS,
     TABLE_KEY_SCHEMA,
     TTL_ATTRIBUTE,
@@ -21,6 +20,7 @@ from etcdops.state import (
     StateStore,
     table_definition,
 )
+from etcdops.domain.policy import Action, Decision, Notification, NotificationKind, Streak
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 TABLE = "etcdops-state"

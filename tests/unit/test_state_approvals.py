@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from etcdops.errors import UsageError
-from etcdops.state import Approval, StateStore
+from etcdops.adapters.state import Approval, StateStore
+from etcdops.domain.errors import UsageError
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 TABLE = "etcdops-state"

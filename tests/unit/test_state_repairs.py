@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
-from etcdops.state import Repair, RepairRecord, StateStore
+from etcdops.adapters.state import Repair, RepairRecord, StateStore
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 CLUSTER = "prod-etcd"

@@ -145,7 +145,7 @@ def test_no_star_resource_where_iam_could_scope_it(template: Template) -> None:
 
 
 def test_the_state_table_is_read_and_written_item_by_item_only(template: Template) -> None:
-    # what etcdops.state calls; SAM's DynamoDBCrudPolicy also granted scans, batches and table reads
+    # what etcdops.adapters.state calls; SAM's DynamoDBCrudPolicy also granted scans, batches and table reads
     table = template.attribute("StateTable", "Arn")
     roles = template.roles()
     users = {role: policy for role, policy in roles if any(a.startswith("dynamodb:") for a in policy.actions())}
@@ -342,8 +342,8 @@ def test_the_vpc_endpoints_come_on_request() -> None:
 
 def test_the_cluster_name_must_be_given() -> None:
     # a default (it was "local") deployed alarms, dashboards and IAM scopes for a cluster nobody has
-    from etcdops.errors import ConfigError
-    from etcdops.localaws import effective_parameters, read_template
+    from etcdops.domain.errors import ConfigError
+    from etcdops_local.aws.stack import effective_parameters, read_template
 
     sam = read_template(TEMPLATE)
     assert "Default" not in sam["Parameters"]["ClusterName"]
@@ -356,7 +356,7 @@ def test_one_runtime_everywhere_the_deploy_path_names_it() -> None:
     # for it, the layer declares it, the README tells it (it once said 3.11+ while the template said 3.12)
     import re
 
-    from etcdops.localaws import read_template
+    from etcdops_local.aws.stack import read_template
 
     root = TEMPLATE.parent
     sam = read_template(TEMPLATE)
@@ -393,7 +393,7 @@ def test_samconfig_deploys_without_prompts_that_abort_on_their_default(template:
 
 
 def test_the_approval_routes_are_public_on_purpose_and_the_api_closed_by_default() -> None:
-    from etcdops.localaws import read_template
+    from etcdops_local.aws.stack import read_template
 
     sam = read_template(TEMPLATE)
     api = sam["Resources"]["ApprovalApi"]["Properties"]["Auth"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from builders import cluster, member
 
-from etcdops.errors import UpgradeRefusedError
-from etcdops.upgrade import NO_ENABLE_V2, V2STORE_CLEAN, EtcdVersion, plan_path, upgrade_order
+from etcdops.domain.errors import UpgradeRefusedError
+from etcdops.domain.upgrade import NO_ENABLE_V2, V2STORE_CLEAN, EtcdVersion, plan_path, upgrade_order
 
 
 def refused(versions: list[str | None], target: str, *, auth: bool = False) -> str:

@@ -1,0 +1,1 @@
+"""The backup use cases: take, check, encrypt, store, catalogue, verify and prune backups."""

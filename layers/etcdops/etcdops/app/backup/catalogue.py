@@ -1,0 +1,172 @@
+"""The catalogue of a backup store: which backups it holds, and what else it holds that is not one.
+
+Read so that one bad document stops nothing: a manifest that cannot be parsed (or vanished between
+the listing and the read) is reported as *corrupt* and skipped, never fatal to a listing, a backup
+run or retention; its snapshot object is left in place, since nobody can tell unread what it is. A
+snapshot object without any manifest is an *orphan* (a run that failed between the object and its
+manifest, e.g. a disk full): it is reported, never counted as a backup, and removed by retention
+once older than the grace period. Only the top level of the store is the catalogue: the
+RestoreCluster runbook stages its files below it (``restore/...``) and owns them.
+
+:func:`newest_verified` is the one query for "the newest verified backup of this cluster
+incarnation" (invariant 11): EnsureBackup, HealthCheck (escalations and the backup age metric) and
+RestoreCluster's default all ask it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from etcdops.adapters.backup.store import BackupStore
+from etcdops.domain.backup.errors import BackupIntegrityError, BackupNotFoundError, ManifestMismatchError
+from etcdops.domain.backup.manifest import (
+    Manifest,
+    backup_id_from_manifest_key,
+    backup_id_from_object_key,
+    backup_id_time,
+    check_backup_id,
+    manifest_key,
+    object_key,
+)
+from etcdops.domain.backup.retention import BackupRef, RetentionPolicy, plan_orphans, plan_retention
+
+log = logging.getLogger("etcdops.adapters.backup")
+
+#: What makes one manifest unreadable without the store being at fault: its content is not a valid
+#: manifest of that id, or it was deleted between the listing and the read.
+UNREADABLE = (BackupIntegrityError, BackupNotFoundError)
+
+
+@dataclass(frozen=True)
+class CorruptManifest:
+    id: str
+    key: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Orphan:
+    id: str
+    key: str
+    created_at: datetime  # when the run that wrote it started (from the id)
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    uri: str
+    backups: list[Manifest]  # every backup with a readable manifest, oldest first
+    corrupt: list[CorruptManifest] = field(default_factory=list)
+    orphans: list[Orphan] = field(default_factory=list)
+
+    def warnings(self) -> list[str]:
+        """One line per thing in the store that is not a usable backup."""
+        return [
+            *(
+                f"manifest {c.key} cannot be read ({c.error}): backup {c.id} is skipped and left in place; "
+                "repair or remove it by hand"
+                for c in self.corrupt
+            ),
+            *(
+                f"{o.key} is an orphan: a snapshot object without a manifest (the run of "
+                f"{o.created_at.isoformat()} failed before writing it); it is not a backup, and retention "
+                "removes it after the grace period"
+                for o in self.orphans
+            ),
+        ]
+
+
+@dataclass(frozen=True)
+class RetentionOutcome:
+    deleted: list[str]  # backups deleted by the policy
+    orphans_removed: list[str]
+    warnings: list[str]  # what the catalogue holds that is not a backup
+
+
+def _top_level_ids(keys: list[str], parse: Callable[[str], str | None]) -> set[str]:
+    return {i for key in keys if "/" not in key and (i := parse(key)) is not None}
+
+
+def read_catalogue(store: BackupStore) -> Catalogue:
+    """Every backup, corrupt manifest and orphan at the top level of ``store``. Store errors
+    (permissions, a failing service) are raised: they say nothing about any one backup."""
+    keys = store.list()
+    manifest_ids = _top_level_ids(keys, backup_id_from_manifest_key)
+    object_ids = _top_level_ids(keys, backup_id_from_object_key)
+    backups: list[Manifest] = []
+    corrupt: list[CorruptManifest] = []
+    for backup_id in sorted(manifest_ids):
+        try:
+            backups.append(load_manifest(store, backup_id))
+        except UNREADABLE as exc:
+            corrupt.append(CorruptManifest(backup_id, manifest_key(backup_id), f"{type(exc).__name__}: {exc}"))
+    orphans = [Orphan(i, object_key(i), backup_id_time(i)) for i in sorted(object_ids - manifest_ids)]
+    return Catalogue(store.uri, sorted(backups, key=lambda m: (m.created_at, m.id)), corrupt, orphans)
+
+
+def list_backups(store: BackupStore) -> list[Manifest]:
+    """Every backup with a readable manifest, oldest first (corrupt manifests are skipped)."""
+    return read_catalogue(store).backups
+
+
+def load_manifest(store: BackupStore, backup_id: str) -> Manifest:
+    check_backup_id(backup_id)
+    key = manifest_key(backup_id)
+    if not store.exists(key):
+        if store.exists(object_key(backup_id)):
+            raise BackupNotFoundError(
+                f"{backup_id} is not a backup: its snapshot object {store.uri_for(object_key(backup_id))} has no "
+                "manifest (an orphan of a run that failed before writing it); retention removes it after the "
+                "grace period"
+            )
+        raise BackupNotFoundError(f"no backup {backup_id} in {store.uri}")
+    manifest = Manifest.from_json(store.get_bytes(key), source=store.uri_for(key))
+    if manifest.id != backup_id:
+        raise ManifestMismatchError(f"manifest {key} describes backup {manifest.id}, not {backup_id}")
+    return manifest
+
+
+def newest_verified(store: BackupStore, cluster_id: str | None) -> Manifest | None:
+    """The newest verified backup of the cluster incarnation ``cluster_id`` (hex, as manifests write
+    it), or None: with the live id unknown no backup counts (invariant 11). Manifests are read from
+    the newest down (ids sort by time); a corrupt one is logged and skipped."""
+    if not cluster_id:
+        return None
+    keys = store.list()
+    for backup_id in sorted(_top_level_ids(keys, backup_id_from_manifest_key), reverse=True):
+        try:
+            manifest = load_manifest(store, backup_id)
+        except UNREADABLE as exc:
+            log.warning("skipping backup %s: its manifest cannot be read: %s", backup_id, exc)
+            continue
+        if manifest.is_verified_backup_of(cluster_id):
+            return manifest
+    return None
+
+
+def apply_retention(
+    store: BackupStore,
+    policy: RetentionPolicy,
+    now: datetime,
+    *,
+    live_cluster_id: str | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> RetentionOutcome:
+    """Delete the backups the policy no longer keeps and the orphans past the grace period. A corrupt
+    manifest is reported in ``warnings`` and its backup left alone."""
+    catalogue = read_catalogue(store)
+    refs = [BackupRef(m.id, m.created_at, m.verified, m.cluster_id) for m in catalogue.backups]
+    plan = plan_retention(refs, now, policy, live_cluster_id=live_cluster_id)
+    for backup_id in plan.delete:
+        log(f"retention: deleting {backup_id} ({plan.reasons.get(backup_id, 'not needed')})")
+        # the object first: a manifest without its object would be a backup that cannot restore
+        store.delete(object_key(backup_id))
+        store.delete(manifest_key(backup_id))
+    removed = plan_orphans([(o.id, o.created_at) for o in catalogue.orphans], now, policy.orphan_grace)
+    for orphan_id in removed:
+        log(f"retention: removing the orphan object {object_key(orphan_id)} (no manifest, older than the grace period)")
+        store.delete(object_key(orphan_id))
+    warnings = [w for w in catalogue.warnings() if not any(w.startswith(object_key(i)) for i in removed)]
+    return RetentionOutcome(plan.delete, removed, warnings)

@@ -1,0 +1,508 @@
+"""The steps of the ReplaceMember runbook, one function each, run by the state machine.
+
+Every step takes the execution's document (a dict: the input plus what earlier steps recorded)
+and returns it extended. Every step converges when retried (invariant 7): it reads the current
+membership and hosts before it changes anything, so a retry after a timeout or a crash never adds
+twice or removes the wrong member. Steps that change membership first re-check invariant 1 on a
+fresh probe, so a second failure during the runbook stops it before any further change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from etcdops.adapters.aws import Notifier
+from etcdops.adapters.etcd.client import EtcdClient, Member
+from etcdops.adapters.etcd.membership import ConfigStore, merge_endpoints, record_membership
+from etcdops.adapters.state import StateStore
+from etcdops.app.probe import probe_cluster
+from etcdops.app.runbook import caught_error, caught_message
+from etcdops.app.runbook import preflight as checks
+from etcdops.domain.backup.manifest import Manifest
+from etcdops.domain.compute.base import ComputeProvider, Host, PreflightPlan, check_host_name
+from etcdops.domain.config import ClusterConfig
+from etcdops.domain.errors import Backoff, EtcdLearnerNotReadyError, EtcdopsError
+from etcdops.domain.findings import Finding, describe_findings
+from etcdops.domain.health import ClusterHealth
+from etcdops.domain.policy import change_safety
+
+if TYPE_CHECKING:
+    from etcdops.adapters.backup.crypto import KeyProvider
+    from etcdops.adapters.backup.store import BackupStore
+
+LOCK_LEASE_SECONDS = 1800
+Document = dict[str, Any]
+
+
+class RunbookError(EtcdopsError):
+    """Base of the runbook's own named errors (state machines catch them by name)."""
+
+
+class InvalidRunbookInputError(RunbookError):
+    """The execution input lacks a field or has a wrong one; nothing was done."""
+
+
+class UnsafeChangeError(RunbookError):
+    """Invariant 1 does not hold on a fresh probe: no membership change is made."""
+
+
+class ClusterNotReadyError(RunbookError):
+    """The cluster is not (yet) in the state the step waits for; the state machine retries."""
+
+    retryable = True
+
+
+class LearnerNotCaughtUpError(RunbookError):
+    """The new learner did not catch up in time; it was removed again (invariant 6)."""
+
+
+class PreflightFailedError(RunbookError):
+    """The runbook would need something it cannot have (invariant 13); it changed nothing. Not transient:
+    fix what the findings say, then start the runbook again. The message lists every finding, one a line."""
+
+    def __init__(self, runbook: str, findings: Sequence[Finding]) -> None:
+        self.findings = tuple(findings)
+        count = f"{len(self.findings)} problem{'s' if len(self.findings) != 1 else ''}"
+        super().__init__(
+            f"{runbook} stopped before its first change, so nothing was changed; the preflight found {count}:\n"
+            + describe_findings(self.findings)
+        )
+
+
+_CATCH_UP = Backoff(interval_seconds=2, max_attempts=45, rate=1.0)
+STEP_RETRY: dict[str, dict[type[EtcdopsError], Backoff]] = {
+    # etcd refuses the promotion until the learner is in sync: about 90 s, then it is removed again
+    "PromoteLearner": {EtcdLearnerNotReadyError: _CATCH_UP, ClusterNotReadyError: _CATCH_UP},
+    "WaitUntilHealthy": {ClusterNotReadyError: Backoff(interval_seconds=2, max_attempts=30, rate=1.0)},
+}
+"""Steps that wait longer than the default for an error (the state machine's Retry lists come from
+this and the errors' own declarations: :mod:`etcdops_local.retry_contract`)."""
+
+
+@dataclass
+class ReplaceContext:
+    """What the steps need, passed in by the handler (AWS) or the local stack."""
+
+    config: ClusterConfig
+    client: Callable[[], EtcdClient]  # a client on the live membership (connect.live_client)
+    compute: ComputeProvider
+    state: StateStore
+    notifier: Notifier
+    ensure_backup: Callable[[timedelta], Manifest]  # a verified backup younger than the age, or a new one
+    backup_target: Callable[[], tuple[BackupStore, KeyProvider]]  # where backups are, and their key
+    config_stores: Sequence[ConfigStore]  # where the configuration lives: updated after the change
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    sleep: Callable[[float], None] = time.sleep
+
+
+def _require(doc: Document, *fields: str) -> None:
+    missing = [f for f in fields if doc.get(f) in (None, "")]
+    if missing:
+        raise InvalidRunbookInputError(f"runbook input: missing {', '.join(missing)}")
+
+
+def require_configured_cluster(config: ClusterConfig, doc: Document) -> None:
+    """The input's ``cluster`` must be the cluster this stack runs (before any lock is taken)."""
+    if doc.get("cluster") != config.name:
+        raise InvalidRunbookInputError(
+            f"runbook input: cluster {doc.get('cluster')!r} is not {config.name!r}, the cluster this stack runs"
+        )
+
+
+def member_text(doc: Document) -> str:
+    """How messages name the member being replaced (never "unnamed")."""
+    name = doc.get("member_name") or doc.get("member_label") or "member"
+    return f"{name} ({doc.get('member_id')})" if doc.get("member_id") and doc.get("member_name") else str(name)
+
+
+def _probe(ctx: ReplaceContext) -> ClusterHealth:
+    with ctx.client() as client:
+        return probe_cluster(client, deadline=ctx.config.health.probe_deadline_seconds)
+
+
+def _members(ctx: ReplaceContext) -> list[Member]:
+    with ctx.client() as client:
+        return client.member_list(linearizable=True)
+
+
+def _timed(doc: Document, step: str, started: float) -> Document:
+    timings = dict(doc.get("timings") or {})
+    timings[step] = round(time.monotonic() - started, 3)
+    return {**doc, "timings": timings}
+
+
+def _target_id(doc: Document) -> int:
+    try:
+        return int(str(doc["member_id"]), 16)
+    except (KeyError, ValueError):
+        raise InvalidRunbookInputError(f"runbook input: member_id {doc.get('member_id')!r} is not a hex id") from None
+
+
+def _check_safe(ctx: ReplaceContext, target: int | None, what: str) -> ClusterHealth:
+    health = _probe(ctx)
+    safety = change_safety(health, target)
+    if not safety.safe:
+        raise UnsafeChangeError(
+            f"{what} is not safe now: {safety.others_healthy} healthy voters besides the target, "
+            f"{safety.needed} needed" + ("" if safety.leader_ok else ", and no healthy leader")
+        )
+    return health
+
+
+# ---- the steps, in runbook order --------------------------------------------------------------
+
+
+def acquire_lock(ctx: ReplaceContext, doc: Document) -> Document:
+    _require(doc, "cluster", "member_id", "execution")
+    require_configured_cluster(ctx.config, doc)
+    _target_id(doc)
+    started = time.monotonic()
+    lock = ctx.state.acquire_lock(doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
+    return _timed({**doc, "lock_owner": lock.owner, "started_at": ctx.now().isoformat()}, "acquire_lock", started)
+
+
+def check_member_still_failed(ctx: ReplaceContext, doc: Document) -> Document:
+    """Re-check on fresh probes: still failed (or already removed by an earlier try), and safe.
+
+    A member that was just resumed (a paused VM, a long stop-the-world pause) needs a moment to
+    answer again, and its return may cost the cluster an election: the member is probed again for up
+    to ``health.recheck_seconds`` and counts as recovered if any probe finds it healthy.
+    """
+    started = time.monotonic()
+    target = _target_id(doc)
+    while True:
+        health = _probe(ctx)
+        member = health.member(target)
+        if member is not None and member.healthy and not doc.get("ec2_failed"):
+            return _timed({**doc, "recovered": True}, "check_member_still_failed", started)
+        if member is None or doc.get("ec2_failed") or time.monotonic() - started >= ctx.config.health.recheck_seconds:
+            break
+        ctx.sleep(min(1.0, max(0.0, ctx.config.health.recheck_seconds - (time.monotonic() - started))))
+    if member is not None:
+        safety = change_safety(health, target)
+        if not safety.safe:
+            raise UnsafeChangeError(
+                f"replacing member {doc.get('member_name') or doc['member_id']} is not safe: "
+                f"{safety.others_healthy} healthy voters besides it, {safety.needed} needed"
+            )
+    return _timed(
+        {**doc, "recovered": False, "original_voters": doc.get("original_voters") or len(health.voters)},
+        "check_member_still_failed",
+        started,
+    )
+
+
+def ensure_backup(ctx: ReplaceContext, doc: Document) -> Document:
+    """Invariant 5: a verified backup younger than the configured age, else a fresh one."""
+    started = time.monotonic()
+    max_age = timedelta(minutes=ctx.config.backup.max_age_minutes if ctx.config.backup else 120)
+    manifest = ctx.ensure_backup(max_age)
+    return _timed({**doc, "backup_id": manifest.id, "backup_revision": manifest.revision}, "ensure_backup", started)
+
+
+def preflight(ctx: ReplaceContext, doc: Document) -> Document:
+    """Invariant 13: everything the rest of the runbook needs is there and allowed, or nothing changes.
+
+    It runs right before the first destructive step (the removal): after the lock, the re-check, the
+    approval and the backup, so that what it proves is as fresh as it can be (an approval can wait an
+    hour) and the backup it checks is the one this runbook relies on.
+    """
+    started = time.monotonic()
+    _require(doc, "cluster", "execution", "backup_id")
+    old = str(doc.get("member_name") or "")
+    plan = PreflightPlan(
+        launch=(new_member_name(doc),),
+        documents=("StartEtcd",),
+        repoint=True,
+        retire=(old,) if old and _host_name(old) else (),
+    )
+    findings = checks.runbook_findings(
+        ctx.compute,
+        plan,
+        ctx.backup_target,
+        str(doc["backup_id"]),
+        ctx.state,
+        cluster=doc["cluster"],
+        execution=doc["execution"],
+        lease_seconds=LOCK_LEASE_SECONDS,
+        now=ctx.now(),
+        why="relies on it to undo a failed replacement",
+    )
+    if findings:
+        raise PreflightFailedError("ReplaceMember", findings)
+    return _timed({**doc, "preflight": {"passed_at": ctx.now().isoformat()}}, "preflight", started)
+
+
+def _host_name(name: str) -> bool:
+    try:
+        check_host_name(name)
+    except EtcdopsError:
+        return False
+    return True
+
+
+def remove_failed_member(ctx: ReplaceContext, doc: Document) -> Document:
+    started = time.monotonic()
+    target = _target_id(doc)
+    # the safety check comes first: with quorum lost even reading the membership fails
+    _check_safe(ctx, target, f"removing member {doc['member_id']}")
+    members = _members(ctx)
+    current = next((m for m in members if m.id == target), None)
+    if current is not None:
+        with ctx.client() as client:
+            client.member_remove(target)
+    old = {
+        "name": (current.name if current else None) or doc.get("member_name") or "",
+        "peer_urls": list(current.peer_urls) if current else list(doc.get("old_member", {}).get("peer_urls", [])),
+    }
+    return _timed({**doc, "removed": True, "old_member": old}, "remove_failed_member", started)
+
+
+def new_member_name(doc: Document) -> str:
+    """A deterministic name for the replacement: the old name's stem and the incident's tail."""
+    stem = str(doc.get("member_name") or "member").split("-r")[0]
+    tail = "".join(c for c in str(doc.get("incident_id") or doc["execution"]) if c.isalnum())[-6:].lower()
+    return f"{stem}-r{tail}"
+
+
+def launch_replacement(ctx: ReplaceContext, doc: Document) -> Document:
+    started = time.monotonic()
+    name = new_member_name(doc)
+    ctx.compute.issue_certificates(name)
+    host = ctx.compute.launch(name)
+    return _timed({**doc, "new_member": _host_doc(host)}, "launch_replacement", started)
+
+
+def _host_doc(host: Host) -> dict[str, Any]:
+    return {
+        "name": host.name,
+        "host_id": host.host_id,
+        "peer_url": host.peer_url,
+        "client_url": host.client_url,
+    }
+
+
+def _host(ctx: ReplaceContext, doc: Document) -> Host:
+    name = doc["new_member"]["name"]
+    host = ctx.compute.find(name)
+    if host is None:
+        raise ClusterNotReadyError(f"replacement host {name} is not there (yet)")
+    return host
+
+
+def add_learner(ctx: ReplaceContext, doc: Document) -> Document:
+    started = time.monotonic()
+    host = _host(ctx, doc)
+    _check_safe(ctx, None, f"adding {host.name}")
+    members = _members(ctx)
+    existing = next((m for m in members if host.peer_url in m.peer_urls), None)
+    if existing is None:
+        with ctx.client() as client:
+            existing = client.member_add([host.peer_url], learner=True)
+        members = _members(ctx)
+    initial = ",".join(f"{host.name if m.id == existing.id else m.name}={u}" for m in members for u in m.peer_urls[:1])
+    new = {**doc["new_member"], "id": f"{existing.id:x}", "initial_cluster": initial}
+    return _timed({**doc, "new_member": new}, "add_learner", started)
+
+
+def start_replacement(ctx: ReplaceContext, doc: Document) -> Document:
+    started = time.monotonic()
+    host = _host(ctx, doc)
+    ctx.compute.start_etcd(host, doc["new_member"]["initial_cluster"], "existing")
+    return _timed(doc, "start_replacement", started)
+
+
+def promote_learner(ctx: ReplaceContext, doc: Document) -> Document:
+    """Promote once caught up; etcd refuses (LearnerNotReady) until then and the machine retries."""
+    started = time.monotonic()
+    new_id = int(doc["new_member"]["id"], 16)
+    _check_safe(ctx, None, f"promoting {doc['new_member']['name']}")
+    member = next((m for m in _members(ctx) if m.id == new_id), None)
+    if member is None:
+        raise ClusterNotReadyError(f"member {doc['new_member']['id']} is not in the cluster")
+    if member.is_learner:
+        with ctx.client() as client:
+            client.member_promote(new_id)
+    return _timed(doc, "promote_learner", started)
+
+
+def remove_learner(ctx: ReplaceContext, doc: Document) -> Document:
+    """Invariant 6: a learner that could not catch up is removed, and the runbook fails safe."""
+    new = doc.get("new_member") or {}
+    if new.get("id"):
+        new_id = int(new["id"], 16)
+        member = next((m for m in _members(ctx) if m.id == new_id), None)
+        if member is not None and member.is_learner:
+            with ctx.client() as client:
+                client.member_remove(new_id)
+    host = ctx.compute.find(new["name"]) if new.get("name") else None
+    if host is not None:
+        ctx.compute.terminate(host)
+    raise LearnerNotCaughtUpError(
+        f"the new member {new.get('name')} did not catch up in time; it was removed and its host retired"
+    )
+
+
+def wait_until_healthy(ctx: ReplaceContext, doc: Document) -> Document:
+    started = time.monotonic()
+    health = _probe(ctx)
+    want = int(doc.get("original_voters") or 0)
+    healthy = len(health.healthy_voters)
+    if not health.has_quorum or healthy < want or len(health.voters) < want or health.learners:
+        raise ClusterNotReadyError(
+            f"cluster not healthy yet: {healthy}/{len(health.voters)} voters healthy (want {want}), "
+            f"{len(health.learners)} learner(s), leader {'yes' if health.leader else 'no'}"
+        )
+    return _timed({**doc, "healthy_voters": healthy}, "wait_until_healthy", started)
+
+
+def record_membership_in_config(ctx: ReplaceContext) -> list[str]:
+    """Invariant 10: the stored configuration's endpoints become the live members' client URLs,
+    wherever the configuration lives. Converges when retried (a store that says so already is not
+    written). Returns the endpoints now stored."""
+    live = merge_endpoints(*(m.client_urls for m in _members(ctx) if m.started))
+    return record_membership(ctx.config_stores, live).endpoints
+
+
+def repoint_clients(ctx: ReplaceContext, doc: Document) -> Document:
+    """The load balancer sends clients to the new member and no longer to the old one, and the
+    stored configuration names the live members (the seeds every later run starts from)."""
+    started = time.monotonic()
+    host = _host(ctx, doc)
+    ctx.compute.register_target(host)
+    old = ctx.compute.find(doc["old_member"]["name"]) if doc.get("old_member", {}).get("name") else None
+    if old is not None:
+        ctx.compute.deregister_target(old)
+    endpoints = record_membership_in_config(ctx)
+    return _timed({**doc, "stored_endpoints": endpoints}, "repoint_clients", started)
+
+
+def retire_old_host(ctx: ReplaceContext, doc: Document) -> Document:
+    started = time.monotonic()
+    name = doc.get("old_member", {}).get("name")
+    old = ctx.compute.find(name) if name else None
+    if old is not None:
+        ctx.compute.terminate(old)
+    return _timed({**doc, "retired": name}, "retire_old_host", started)
+
+
+def release_lock(ctx: ReplaceContext, doc: Document) -> Document:
+    if doc.get("cluster") and doc.get("execution"):
+        ctx.state.release_lock(doc["cluster"], doc["execution"])
+    return doc
+
+
+def _first_time(ctx: ReplaceContext, doc: Document, kind: str) -> bool:
+    """Notifications are sent once per execution, however often the step is retried."""
+    return ctx.state.record_incident(str(doc.get("cluster")), f"{doc.get('execution')}-{kind}", kind, ctx.now())
+
+
+def _finish_attempt(ctx: ReplaceContext, doc: Document, outcome: str, error: Any = None, cause: Any = None) -> None:
+    """An autopilot attempt (input with ``incident_id`` and ``attempt``) records how it ended, so
+    the next health round knows without asking Step Functions (a crashed one is asked)."""
+    attempt = doc.get("attempt")
+    if not doc.get("incident_id") or not isinstance(attempt, int) or not doc.get("cluster"):
+        return
+    ctx.state.finish_repair_attempt(
+        str(doc["cluster"]),
+        str(doc["incident_id"]),
+        attempt,
+        str(doc.get("execution")),
+        outcome,
+        str(error) if error else None,
+        str(cause)[:2000] if cause else None,
+        ctx.now(),
+    )
+
+
+def notify_success(ctx: ReplaceContext, doc: Document) -> Document:
+    _finish_attempt(ctx, doc, "SUCCEEDED")
+    if not _first_time(ctx, doc, "replace-succeeded"):
+        return doc
+    new = doc.get("new_member") or {}
+    name = doc.get("member_name") or member_text(doc)
+    if doc.get("recovered"):
+        subject = f"etcdops: member {name} of {doc['cluster']} recovered; nothing replaced"
+        body = f"Runbook {doc['execution']} found the member healthy again and made no change."
+    else:
+        subject = f"etcdops: replaced member {name} of {doc['cluster']}"
+        timings = ", ".join(f"{k} {v}s" for k, v in (doc.get("timings") or {}).items())
+        body = (
+            f"Runbook {doc['execution']} replaced member {member_text(doc)} "
+            f"with {new.get('name')} ({new.get('id')}).\nWhy: {doc.get('reason', '')}\n"
+            f"Backup taken or confirmed first: {doc.get('backup_id')}\n"
+            f"Stored endpoints now: {', '.join(doc.get('stored_endpoints') or []) or 'unchanged'}\n"
+            f"Step durations: {timings}"
+        )
+    ctx.notifier.publish(subject, body, {"cluster": doc["cluster"], "kind": "replace-succeeded"})
+    return {**doc, "finished_at": ctx.now().isoformat()}
+
+
+def notify_failure(ctx: ReplaceContext, doc: Document) -> Document:
+    """The Catch path: say what failed and where the cluster was left; release our lock; when the
+    membership changed before the failure, the stored configuration follows it (best effort)."""
+    error = doc.get("error") or {}
+    if error.get("Error") != "LockHeldError":
+        release_lock(ctx, doc)
+    stored = "unchanged (the membership did not change)"
+    if doc.get("removed") and error.get("Error") != "InvalidRunbookInputError":
+        try:
+            stored = ", ".join(record_membership_in_config(ctx))
+        except EtcdopsError as exc:  # the report below must still go out
+            stored = f"NOT updated ({type(exc).__name__}: {exc})"
+    _finish_attempt(ctx, doc, "FAILED", error.get("Error"), caught_message(error))
+    if not _first_time(ctx, doc, "replace-failed"):
+        return doc
+    attempt = f" (attempt {doc['attempt']} of {doc.get('max_attempts')})" if doc.get("attempt") else ""
+    if error.get("Error") == "PreflightFailedError":
+        where = (
+            f"Member to replace: {member_text(doc)}; nothing was changed: the cluster has the same members "
+            "as before. Fix what the preflight found, then start ReplaceMember again."
+        )
+    else:
+        where = (
+            f"Member being replaced: {member_text(doc)}; "
+            f"removed from the cluster: {bool(doc.get('removed'))}; new member: {doc.get('new_member')}.\n"
+            f"Stored endpoints: {stored}.\n"
+            "No further membership change was made. Check `etcdops status` before acting."
+        )
+    if doc.get("attempt"):
+        where += " The autopilot tries again after a backoff, up to health.max_repair_attempts, then escalates once."
+    ctx.notifier.publish(
+        f"etcdops: ReplaceMember FAILED for {doc.get('cluster')}{attempt}",
+        f"Runbook {doc.get('execution')} stopped: {caught_error(error)}\n{where}",
+        {"cluster": str(doc.get("cluster")), "kind": "replace-failed"},
+    )
+    return doc
+
+
+STEPS: dict[str, Callable[[ReplaceContext, Document], Document]] = {
+    "AcquireLock": acquire_lock,
+    "CheckMemberStillFailed": check_member_still_failed,
+    "EnsureBackup": ensure_backup,
+    "Preflight": preflight,
+    "RemoveFailedMember": remove_failed_member,
+    "LaunchReplacement": launch_replacement,
+    "AddLearner": add_learner,
+    "StartReplacement": start_replacement,
+    "PromoteLearner": promote_learner,
+    "RemoveLearner": remove_learner,
+    "WaitUntilHealthy": wait_until_healthy,
+    "RepointClients": repoint_clients,
+    "RetireOldHost": retire_old_host,
+    "ReleaseLock": release_lock,
+    "NotifySuccess": notify_success,
+    "NotifyFailure": notify_failure,
+}
+
+
+def run_step(ctx: ReplaceContext, step: str, doc: Document) -> Document:
+    try:
+        function = STEPS[step]
+    except KeyError:
+        raise InvalidRunbookInputError(f"unknown runbook step {step!r}") from None
+    return function(ctx, doc)

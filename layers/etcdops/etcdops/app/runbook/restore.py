@@ -1,0 +1,878 @@
+"""The steps of the RestoreCluster runbook, one function each, run by the state machine.
+
+Like :mod:`etcdops.app.runbook.replace`, every step takes the execution's document (the input plus what
+earlier steps recorded) and returns it extended, and every step converges when retried.
+
+The order, and why:
+
+1. ``AcquireLock`` — invariant 2: one restoring or membership-changing operation per cluster.
+2. ``ValidateBackup`` — before anything is stopped: the backup exists, is verified, decrypts with
+   this cluster's encryption context (the context binds the cluster name, so a backup of another
+   cluster or under another key is refused with ``DecryptionError``), and its sha256, revision, hash
+   and bbolt key count agree with the manifest. All of it on the decrypted stream, never on a local
+   copy (a Lambda's /tmp is 512 MB by default, an etcd database up to 8 GiB): a first pass checks
+   and learns the page tree, a second pass (checked again) parses the "key" bucket's leaves to count
+   the live keys. Records the backup's time, revision and key counts, the hosts that will be
+   stopped, the new cluster token and the name the old data directories will be kept under, and the
+   summary the approval message shows.
+3. Approval (an ASL task on RequestApprovalFunction, invariant 8).
+3a. ``Preflight`` — invariant 13, after the approval (which can wait for an hour) and before anything
+   is stopped: the control-plane and member hosts will take the host commands, the documents exist,
+   new hosts can be launched (new-hosts mode), the load balancer is there, the backup still opens
+   with the key, the staging object can be written, and the lock is still ours. A finding stops the
+   runbook with nothing stopped; then ``NotifyStart``.
+4. ``StopApiServers``, ``StopEtcd`` (every member host), in new-hosts mode ``LaunchHosts``.
+5. ``RestoreMembers`` — the snapshot is decrypted and checked once more while it is uploaded
+   (multipart, streamed) to the staging location as ``restore/<execution>.snapshot``: in AWS the
+   stack's staging bucket (not versioned, KMS-encrypted, objects expire after a day), locally the
+   backup directory. A check failing at the end aborts the upload, so only a verified snapshot is
+   ever staged; what crashed earlier executions left there is removed first (we hold the lock).
+   Invariant 14: the staged plaintext is deleted at the end of this step (every member restored),
+   and on every failure path by ``RemoveStagedSnapshot``, the first state of the Catch path. The
+   host action ``restore-data-dir`` runs on each member with its own name and peer URL, a new
+   cluster token derived from the execution, the revision bump and the suffix the old data
+   directory is kept under (renamed, never deleted).
+6. ``StartMembers`` (with a restored data directory etcd ignores the initial-cluster flags),
+   ``VerifyRestore``, ``RepointClients``, ``StartApiServers``, ``RestartControlPlane``,
+   ``ReleaseLock``, ``NotifySuccess``. ``RemoveStagedSnapshot`` then ``NotifyFailure`` is the Catch
+   path of every state (a failed removal is caught and said in the failure message).
+
+Revisions. etcd clients (Kubernetes informers, watchers) assume revisions never go backwards. Where
+the host's ``etcdutl``/``etcdctl snapshot restore --help`` lists ``--bump-revision`` and
+``--mark-compacted`` (etcd 3.6, and 3.5.10 and later), the restore adds both, with ``bump_revision``
+(default 1,000,000,000, as the Kubernetes documentation suggests), so the restored revision is
+higher than any revision the lost cluster can have served and every old watch is cancelled as
+compacted. Older tools (etcd 3.4, 3.5 before 3.5.10) restore at the backup's revision: clients that
+saw later revisions may miss changes or see stale caches until they re-list, which is why the
+runbook restarts the control plane after the restore and the approval message says so.
+``VerifyRestore`` records whether the bump took effect (the revision is then at least the backup's
+plus the bump).
+
+Key equality. The manifest's ``total_keys`` is what ``etcdutl snapshot status`` reports: the bbolt
+entries of *all* buckets, i.e. every stored revision plus the members, meta and other bookkeeping
+buckets. A restore rewrites the members and meta buckets (and a revision bump adds an entry and a
+compaction mark), so no count taken from the restored cluster can equal it. The sound check is on
+what clients see: ``ValidateBackup`` reads the verified snapshot (whose ``total_keys``, revision,
+hash and sha256 were just checked against the manifest) and replays its "key" bucket in revision
+order to count the live keys (puts minus tombstones); ``VerifyRestore`` then counts the keys on the
+restored cluster with a linearizable count-only range over the whole key space and demands the same
+number, on a cluster where nothing has written yet (the API servers are still stopped), with each
+member's revision at least the backup's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import struct
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from etcdops.adapters.aws import Notifier
+from etcdops.adapters.backup.crypto import KeyProvider
+from etcdops.adapters.backup.store import BackupStore
+from etcdops.adapters.etcd.client import EtcdClient
+from etcdops.adapters.etcd.membership import ConfigStore, merge_endpoints, record_membership
+from etcdops.adapters.etcd.pb import etcd_pb2 as pb
+from etcdops.adapters.state import StateStore
+from etcdops.app.backup.catalogue import load_manifest, newest_verified
+from etcdops.app.backup.job import CheckedSnapshot, checked_plaintext
+from etcdops.app.probe import probe_cluster
+from etcdops.app.runbook import caught_error
+from etcdops.app.runbook import preflight as checks
+from etcdops.app.runbook.replace import (
+    ClusterNotReadyError,
+    InvalidRunbookInputError,
+    PreflightFailedError,
+    RunbookError,
+    require_configured_cluster,
+)
+from etcdops.domain.backup.errors import BackupNotFoundError, DecryptionError
+from etcdops.domain.backup.manifest import Manifest, cluster_id_text
+from etcdops.domain.compute.base import DOCUMENTS, ComputeProvider, Host, PreflightPlan
+from etcdops.domain.config import ClusterConfig
+from etcdops.domain.errors import Backoff, EtcdopsError
+
+LOCK_LEASE_SECONDS = 7200  # taken again (extended) once the approval arrived
+DEFAULT_BUMP_REVISION = 1_000_000_000
+MODES = ("in-place", "new-hosts")
+STAGING_PREFIX = "restore"
+Document = dict[str, Any]
+
+
+class BackupNotVerifiedError(RunbookError):
+    """The backup's manifest does not say it was verified; a restore needs a verified backup."""
+
+
+class RestoreVerificationError(RunbookError):
+    """The restored cluster runs but does not hold the backup's data (key count or revision differ)."""
+
+
+_HOSTS_COMING: dict[type[EtcdopsError], Backoff] = {
+    ClusterNotReadyError: Backoff(interval_seconds=2, max_attempts=30, rate=1.0)
+}
+STEP_RETRY: dict[str, dict[type[EtcdopsError], Backoff]] = {
+    "LaunchHosts": _HOSTS_COMING,
+    "RestoreMembers": _HOSTS_COMING,
+    "StartMembers": _HOSTS_COMING,
+    "VerifyRestore": {ClusterNotReadyError: Backoff(interval_seconds=2, max_attempts=45, rate=1.0)},
+    "RepointClients": {ClusterNotReadyError: Backoff(interval_seconds=2, max_attempts=10, rate=1.0)},
+}
+"""Steps that wait longer than the default for an error (see :mod:`etcdops_local.retry_contract`)."""
+
+
+@dataclass
+class RestoreContext:
+    """What the steps need, passed in by the handler (AWS) or the local stack."""
+
+    config: ClusterConfig
+    client: Callable[[Sequence[str]], EtcdClient]  # a client for these client URLs (TLS from the config)
+    compute: ComputeProvider
+    state: StateStore
+    notifier: Notifier
+    backup_target: Callable[[], tuple[BackupStore, KeyProvider]]
+    config_stores: Sequence[ConfigStore]  # where the configuration lives: updated after the restore
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # where the plain snapshot is staged for the hosts (AWS: the stack's staging bucket, not versioned,
+    # expiring by lifecycle); None: under restore/ in the backup store (the local stack's directory)
+    staging: Callable[[], BackupStore] | None = None
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def _require(doc: Document, *fields: str) -> None:
+    missing = [f for f in fields if doc.get(f) in (None, "")]
+    if missing:
+        raise InvalidRunbookInputError(f"runbook input: missing {', '.join(missing)}")
+
+
+def _timed(doc: Document, step: str, started: float) -> Document:
+    timings = dict(doc.get("timings") or {})
+    timings[step] = round(time.monotonic() - started, 3)
+    return {**doc, "timings": timings}
+
+
+def _tail(doc: Document) -> str:
+    """A short, name-safe id of this execution (tokens, suffixes, host names, staging keys)."""
+    cleaned = re.sub(r"[^A-Za-z0-9]", "", str(doc["execution"])).lower()
+    digest = hashlib.sha256(str(doc["execution"]).encode()).hexdigest()[:6]
+    return f"{cleaned[-10:]}{digest}"
+
+
+def _host_doc(host: Host) -> dict[str, str]:
+    return {"name": host.name, "host_id": host.host_id, "peer_url": host.peer_url, "client_url": host.client_url}
+
+
+def _targets(doc: Document) -> list[dict[str, str]]:
+    return list(doc.get("targets") or [])
+
+
+def _live_host(ctx: RestoreContext, name: str) -> Host:
+    host = ctx.compute.find(name)
+    if host is None:
+        raise ClusterNotReadyError(f"host {name} is not there (yet)")
+    return host
+
+
+def _initial_cluster(doc: Document) -> str:
+    return ",".join(f"{t['name']}={t['peer_url']}" for t in _targets(doc))
+
+
+def _plaintext(ctx: RestoreContext, store: BackupStore, keyring: KeyProvider, manifest: Manifest) -> CheckedSnapshot:
+    """The backup decrypted as a checked stream (see :class:`CheckedSnapshot`): nothing touches local disk."""
+    return checked_plaintext(store, keyring, manifest, cluster=ctx.config.name)
+
+
+@contextlib.contextmanager
+def _decrypting(ctx: RestoreContext, manifest: Manifest) -> Iterator[None]:
+    """A backup of another cluster fails to decrypt (by design): say so when that is why."""
+    try:
+        yield
+    except DecryptionError as exc:
+        if manifest.cluster_name != ctx.config.name:
+            raise DecryptionError(
+                f"backup {manifest.id} was taken of cluster {manifest.cluster_name!r}, not {ctx.config.name!r}: "
+                f"it does not decrypt in this cluster's encryption context ({exc})"
+            ) from exc
+        raise
+
+
+# ---- the live keys of a snapshot ----------------------------------------------------------------
+
+_PAGE = struct.Struct("<QHHI")
+_BRANCH_ELEMENT = struct.Struct("<IIQ")
+_LEAF_ELEMENT = struct.Struct("<IIII")
+
+
+def _elements(buf: Any, base: int, page_size: int) -> Iterator[tuple[int, bytes, bytes]]:
+    """(flags, key, value) of every leaf element under the page at ``buf[base:]``, in key order."""
+    _id, flags, count, _overflow = _PAGE.unpack_from(buf, base)
+    for i in range(count):
+        at = base + _PAGE.size + i * 16
+        if flags & 0x01:  # branch: children are pages of the file
+            _pos, _ksize, child = _BRANCH_ELEMENT.unpack_from(buf, at)
+            yield from _elements(buf, child * page_size, page_size)
+        elif flags & 0x02:
+            eflags, pos, ksize, vsize = _LEAF_ELEMENT.unpack_from(buf, at)
+            yield (
+                eflags,
+                bytes(buf[at + pos : at + pos + ksize]),
+                bytes(buf[at + pos + ksize : at + pos + ksize + vsize]),
+            )
+
+
+class _LiveKeys:
+    """Replays entries of the "key" bucket, in any order, into the set of keys a client sees.
+
+    Each entry is one revision (8-byte main, '_', 8-byte sub, 't' for a deletion) holding an mvcc
+    KeyValue. Revision keys sort as their revisions, so for each key the entry with the greatest
+    revision key is its last change: the key is live unless that change is a deletion. This equals a
+    replay in revision order, whatever order the pages come in.
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[bytes, tuple[bytes, bool]] = {}
+
+    def add(self, entries: Iterable[tuple[int, bytes, bytes]]) -> None:
+        for _flags, revision, value in entries:
+            kv = pb.KeyValue.FromString(value) if value else pb.KeyValue()
+            if not kv.key:
+                continue  # the entry a revision bump writes
+            seen = self.last.get(kv.key)
+            if seen is None or revision > seen[0]:
+                self.last[kv.key] = (revision, len(revision) > 17 and revision[17:18] == b"t")
+
+    @property
+    def count(self) -> int:
+        return sum(1 for _revision, deleted in self.last.values() if not deleted)
+
+
+class _PagePicker:
+    """Cuts the given page spans out of a database streamed in file order, holding one span at a time."""
+
+    def __init__(self, page_size: int, spans: Iterable[tuple[int, int]]) -> None:
+        self.ranges = sorted((pgid * page_size, (pgid + 1 + overflow) * page_size) for pgid, overflow in spans)
+        self.next = 0
+        self.offset = 0
+        self.piece = bytearray()
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        start, self.offset = self.offset, self.offset + len(chunk)
+        view = memoryview(chunk)
+        while self.next < len(self.ranges):
+            low, high = self.ranges[self.next]
+            if low >= self.offset:
+                return
+            self.piece += view[max(low, start) - start : min(high, self.offset) - start]
+            if high > self.offset:
+                return
+            yield bytes(self.piece)
+            self.piece.clear()
+            self.next += 1
+
+    @property
+    def complete(self) -> bool:
+        return self.next == len(self.ranges)
+
+
+def count_live_keys(snapshot: CheckedSnapshot, again: Callable[[], Iterable[bytes]]) -> int:
+    """The number of keys a client sees at the snapshot's revision: the "key" bucket replayed.
+
+    ``snapshot`` was streamed to its end, so its structure was checked and its page tree is known
+    (which pages are the bucket's leaves); ``again`` streams the same backup once more, checked
+    again, and only those leaves are parsed. Nothing is written anywhere; memory holds the page
+    summaries, one leaf and the live key set.
+    """
+    summarizer = snapshot.summarizer
+    bucket = summarizer.buckets.get(b"key")
+    if bucket is None:
+        return 0
+    page_size = snapshot.summary.page_size if snapshot.summary else 0
+    live = _LiveKeys()
+    root = struct.unpack_from("<Q", bucket, 0)[0]
+    if root == 0:  # an inline bucket: its leaf is in the value
+        live.add(_elements(bucket, 16, page_size))
+        return live.count
+    picker = _PagePicker(page_size, summarizer.leaf_spans(root))
+    for chunk in again():
+        for page in picker.feed(chunk):
+            live.add(_elements(page, 0, page_size))
+    if not picker.complete:
+        raise RestoreVerificationError("the second pass over the backup ended before the 'key' bucket's last page")
+    return live.count
+
+
+# ---- the steps, in runbook order --------------------------------------------------------------
+
+
+def acquire_lock(ctx: RestoreContext, doc: Document) -> Document:
+    _require(doc, "cluster", "execution")
+    mode = doc.get("mode") or "in-place"
+    if mode not in MODES:
+        raise InvalidRunbookInputError(f"runbook input: mode {mode!r} is not one of {', '.join(MODES)}")
+    require_configured_cluster(ctx.config, doc)
+    bump = doc.get("bump_revision", DEFAULT_BUMP_REVISION)
+    if not isinstance(bump, int) or isinstance(bump, bool) or not 0 <= bump < 10**12:
+        raise InvalidRunbookInputError(f"runbook input: bump_revision {bump!r} is not a whole number below 10^12")
+    wait = doc.get("approval_timeout_seconds") or 0
+    if not isinstance(wait, int) or isinstance(wait, bool) or wait < 0:
+        raise InvalidRunbookInputError(f"runbook input: approval_timeout_seconds {wait!r} is not a whole number")
+    started = time.monotonic()
+    lease = max(LOCK_LEASE_SECONDS, wait + 3600)  # outlasts the approval wait; extended again after it
+    lock = ctx.state.acquire_lock(doc["cluster"], doc["execution"], lease, ctx.now())
+    tail = _tail(doc)
+    return _timed(
+        {
+            **doc,
+            "mode": mode,
+            "bump_revision": bump,
+            "lock_owner": lock.owner,
+            "lock_lease_seconds": lease,
+            "started_at": doc.get("started_at") or ctx.now().isoformat(),
+            "cluster_token": f"restore-{tail}",
+            "old_data_suffix": f"before-restore-{tail}",
+        },
+        "acquire_lock",
+        started,
+    )
+
+
+def validate_backup(ctx: RestoreContext, doc: Document) -> Document:
+    """Everything about the backup is checked before anything is stopped; nothing is changed here."""
+    started = time.monotonic()
+    store, keyring = ctx.backup_target()
+    hosts = ctx.compute.hosts()
+    if doc["mode"] == "in-place" and not hosts:
+        raise InvalidRunbookInputError("in-place restore: the cluster has no hosts; use mode new-hosts")
+    live = _live_cluster_id(ctx, [h.client_url for h in hosts if h.client_url])
+    backup_id = doc.get("backup_id")
+    if not backup_id:  # the default is the newest verified backup of the live incarnation (invariant 11)
+        newest = newest_verified(store, live)
+        if newest is None:
+            raise BackupNotFoundError(_no_default_backup(store.uri, live))
+        backup_id = newest.id
+    manifest = load_manifest(store, str(backup_id))
+    if not manifest.verified:
+        raise BackupNotVerifiedError(f"backup {manifest.id} is not verified; run `etcdops backup verify {manifest.id}`")
+    snapshot = _plaintext(ctx, store, keyring, manifest)
+    with _decrypting(ctx, manifest):
+        for _chunk in snapshot:
+            pass  # decrypted, hashed and summarized as it streams; checked against the manifest at its end
+        live_keys = count_live_keys(snapshot, lambda: _plaintext(ctx, store, keyring, manifest))
+    out = {
+        **doc,
+        "backup_id": manifest.id,
+        "backup_created_at": manifest.created_at.isoformat(),
+        "backup_revision": manifest.revision,
+        "backup_total_keys": manifest.total_keys,
+        "backup_keys": live_keys,
+        "backup_etcd_version": manifest.etcd_version,
+        "backup_cluster_id": manifest.cluster_id,
+        "backup_imported_from": manifest.imported.file if manifest.imported else None,
+        "live_cluster_id": live,
+        "old_hosts": [_host_doc(h) for h in hosts],
+        "reason": doc.get("reason") or "requested by an operator",
+    }
+    return _timed({**out, "approval_summary": approval_summary(out)}, "validate_backup", started)
+
+
+def _live_cluster_id(ctx: RestoreContext, host_urls: Sequence[str]) -> str | None:
+    """The cluster id the surviving members answer with (any one member suffices), or None."""
+    seeds = merge_endpoints(host_urls, ctx.config.endpoints, ctx.state.load_endpoints(ctx.config.name))
+    if not seeds:
+        return None
+    with ctx.client(seeds) as client:
+        return cluster_id_text(probe_cluster(client, deadline=ctx.config.health.probe_deadline_seconds).cluster_id)
+
+
+def _no_default_backup(uri: str, live: str | None) -> str:
+    if live is None:
+        return (
+            "no member answered, so the live cluster id is unknown and no backup counts as this cluster's "
+            "(invariant 11): name the backup to restore in the input's backup_id (`etcdops backup list` shows "
+            "each backup's cluster id)"
+        )
+    return (
+        f"no verified backup of the live cluster incarnation (cluster id {live}) in {uri}; a backup of an earlier "
+        "cluster with the same name is restored only when named in the input's backup_id (`etcdops backup list` "
+        "marks them)"
+    )
+
+
+def _incarnation_note(doc: Document) -> str:
+    """What the approver must know when the backup is not of the cluster that runs now."""
+    backup, live = doc.get("backup_cluster_id"), doc.get("live_cluster_id")
+    imported = doc.get("backup_imported_from")
+    if imported:
+        source = f"cluster id {backup}" if backup and backup != "0" else "a cluster whose id the file does not record"
+        return (
+            f" NOTE: backup {doc.get('backup_id')} was IMPORTED from the snapshot file {imported} (taken of {source}, "
+            "outside etcdops). It was named on purpose; its data replaces the live cluster's entirely."
+        )
+    if backup is None or backup == live:
+        return ""
+    if live is None:
+        return (
+            f" The live cluster id is unknown (no member answered); backup {doc.get('backup_id')} was taken of "
+            f"cluster id {backup}: make sure it is this cluster's."
+        )
+    return (
+        f" NOTE: backup {doc.get('backup_id')} was taken of ANOTHER incarnation of cluster {doc.get('cluster')} "
+        f"(cluster id {backup}; the live cluster id is {live}). It was named on purpose; its data replaces the "
+        "live cluster's entirely."
+    )
+
+
+def approval_summary(doc: Document) -> str:
+    """What the approver reads: the backup, what will be stopped, and what happens to revisions."""
+    names = ", ".join(h["name"] for h in doc.get("old_hosts") or []) or "none"
+    bump = int(doc.get("bump_revision") or 0)
+    where = (
+        "on the existing hosts"
+        if doc.get("mode") == "in-place"
+        else "onto freshly launched hosts (the load balancer is repointed to them)"
+    )
+    revision_note = (
+        f"Revisions: where the hosts' etcdutl supports --bump-revision and --mark-compacted (etcd 3.6, 3.5.10+) "
+        f"the revision is raised by {bump:,} and old watches are cancelled as compacted. With older etcd "
+        f"(3.4, 3.5 before 3.5.10) the cluster restarts at revision {doc.get('backup_revision')}, lower than "
+        "clients may have seen: watchers and caches (Kubernetes informers) can miss changes until they re-list; "
+        "the runbook restarts the API servers, scheduler, controller manager and kubelets for that reason, "
+        "and other etcd clients must be restarted by hand."
+        if bump
+        else f"Revisions: not bumped (bump_revision 0): the cluster restarts at revision {doc.get('backup_revision')}; "
+        "restart every etcd client that watches."
+    )
+    return (
+        f"Restore cluster {doc.get('cluster')} from backup {doc.get('backup_id')} taken {doc.get('backup_created_at')} "
+        f"(revision {doc.get('backup_revision')}, {doc.get('backup_keys')} keys, "
+        f"etcd {doc.get('backup_etcd_version')}), "
+        f"{where}. Will stop: the Kubernetes API servers, then etcd on {names}. The restored cluster has "
+        f"{len(doc.get('old_hosts') or [])} members. Every member's data directory is "
+        f"replaced by the snapshot; the old ones are kept (suffix .{doc.get('old_data_suffix')}). "
+        f"Everything written after the backup is lost.{_incarnation_note(doc)} {revision_note}"
+    )
+
+
+def _first_time(ctx: RestoreContext, doc: Document, kind: str) -> bool:
+    """Notifications are sent once per execution, however often the step is retried."""
+    return ctx.state.record_incident(str(doc.get("cluster")), f"{doc.get('execution')}-{kind}", kind, ctx.now())
+
+
+def preflight(ctx: RestoreContext, doc: Document) -> Document:
+    """Invariant 13: everything the restore needs from here on is there and allowed, or nothing is stopped."""
+    started = time.monotonic()
+    _require(doc, "cluster", "execution", "backup_id")
+    old = [h["name"] for h in doc.get("old_hosts") or []]
+    if doc["mode"] == "in-place":
+        plan = PreflightPlan(documents=tuple(DOCUMENTS), commanded=tuple(old), control_plane=True, repoint=True)
+    else:  # the old hosts still there are stopped; fresh ones are launched and restored
+        present = tuple(n for n in old if ctx.compute.find(n) is not None)
+        launch = tuple(new_host_name(n, doc) for n in old)
+        plan = PreflightPlan(
+            launch=launch, documents=tuple(DOCUMENTS), commanded=present, control_plane=True, repoint=True
+        )
+    findings = checks.runbook_findings(
+        ctx.compute,
+        plan,
+        ctx.backup_target,
+        str(doc["backup_id"]),
+        ctx.state,
+        cluster=doc["cluster"],
+        execution=doc["execution"],
+        lease_seconds=LOCK_LEASE_SECONDS,
+        now=ctx.now(),
+        why="restores every member from it",
+        staging_key=staged_keys(doc)[1],
+        staging=ctx.staging,
+    )
+    if findings:
+        raise PreflightFailedError("RestoreCluster", findings)
+    return _timed({**doc, "preflight": {"passed_at": ctx.now().isoformat()}}, "preflight", started)
+
+
+def notify_start(ctx: RestoreContext, doc: Document) -> Document:
+    """After the approval: extend our lock's lease (the wait may have been long), then announce."""
+    ctx.state.acquire_lock(doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
+    if _first_time(ctx, doc, "restore-started"):
+        ctx.notifier.publish(
+            f"etcdops: restoring cluster {doc['cluster']} from backup {doc['backup_id']}",
+            f"Runbook {doc['execution']} was approved and starts now.\n{doc.get('approval_summary', '')}",
+            {"cluster": doc["cluster"], "kind": "restore-started"},
+        )
+    return doc
+
+
+def stop_api_servers(ctx: RestoreContext, doc: Document) -> Document:
+    started = time.monotonic()
+    ctx.compute.run_action("stop-apiserver")
+    return _timed({**doc, "apiservers_stopped": True}, "stop_api_servers", started)
+
+
+def stop_etcd(ctx: RestoreContext, doc: Document) -> Document:
+    """Stop etcd on every member host still there; in-place, those hosts are the restore targets."""
+    started = time.monotonic()
+    stopped = []
+    for old in doc.get("old_hosts") or []:
+        host = ctx.compute.find(old["name"])
+        if host is None:
+            continue  # gone (new-hosts mode is for that)
+        ctx.compute.stop_etcd(host)
+        stopped.append(host.name)
+    out = {**doc, "etcd_stopped": stopped}
+    if doc["mode"] == "in-place":
+        missing = [h["name"] for h in doc.get("old_hosts") or [] if h["name"] not in stopped]
+        if missing:
+            raise InvalidRunbookInputError(
+                f"in-place restore: hosts {', '.join(missing)} are gone since the approval; use mode new-hosts"
+            )
+        out["targets"] = list(doc.get("old_hosts") or [])
+    return _timed(out, "stop_etcd", started)
+
+
+def new_host_name(old: str, doc: Document) -> str:
+    """A deterministic name for the fresh host replacing ``old``: its stem and the execution's tail."""
+    stem = old.split("-s")[0][:40]
+    return f"{stem}-s{_tail(doc)[-8:]}"
+
+
+def launch_hosts(ctx: RestoreContext, doc: Document) -> Document:
+    """new-hosts mode: one fresh host per old member (found again by name on a retry)."""
+    started = time.monotonic()
+    targets = []
+    for old in doc.get("old_hosts") or []:
+        name = new_host_name(old["name"], doc)
+        ctx.compute.issue_certificates(name)
+        targets.append(_host_doc(ctx.compute.launch(name)))
+    if not targets:
+        raise InvalidRunbookInputError("new-hosts restore: no member hosts are known to replace")
+    return _timed({**doc, "targets": targets, "launched": [t["name"] for t in targets]}, "launch_hosts", started)
+
+
+def _staging_store(ctx: RestoreContext) -> BackupStore:
+    return ctx.staging() if ctx.staging is not None else ctx.backup_target()[0]
+
+
+def staged_keys(doc: Document) -> tuple[str, str]:
+    """The staging keys of this execution: the plain snapshot, and the preflight's write probe."""
+    return f"{STAGING_PREFIX}/{_tail(doc)}.snapshot", f"{STAGING_PREFIX}/{_tail(doc)}.preflight"
+
+
+def _stage_snapshot(ctx: RestoreContext, doc: Document) -> dict[str, str]:
+    """The verified plain snapshot in the staging store for the hosts to download (once per execution).
+
+    Streamed: decrypted, hashed and checked against the manifest while it is uploaded (multipart),
+    so no copy is held locally; a check failing at the end aborts the upload and nothing is staged.
+    We hold the cluster lock, so what other executions left under the prefix (a crash halfway) is
+    theirs and no longer needed: it is removed first.
+    """
+    store, keyring = ctx.backup_target()
+    staging = _staging_store(ctx)
+    key = staged_keys(doc)[0]
+    staged = doc.get("staged") or {}
+    if staged.get("key") == key and staging.exists(key):
+        return dict(staged)
+    staging.abort_uploads(f"{STAGING_PREFIX}/")  # parts of uploads whose writer died
+    for leftover in staging.list(f"{STAGING_PREFIX}/"):
+        if leftover.endswith((".snapshot", ".preflight")):
+            staging.delete(leftover)  # ours from an earlier try (its sha256 unrecorded), or another execution's
+    manifest = load_manifest(store, doc["backup_id"])
+    sha = hashlib.sha256()
+
+    def chunks() -> Iterator[bytes]:
+        for chunk in _plaintext(ctx, store, keyring, manifest):
+            sha.update(chunk)
+            yield chunk
+
+    with _decrypting(ctx, manifest):
+        staging.put_stream(key, chunks())
+    return {"key": key, "uri": staging.uri_for(key), "sha256": sha.hexdigest()}
+
+
+def remove_staged(ctx: RestoreContext, doc: Document) -> list[str]:
+    """Delete what this execution staged (also what a crashed try may have left); the keys removed."""
+    staging = _staging_store(ctx)
+    removed = staging.abort_uploads(staged_keys(doc)[0])  # an upload cut off by a crash holds parts
+    for key in staged_keys(doc):
+        if staging.exists(key):
+            staging.delete(key)
+            removed.append(key)
+    return removed
+
+
+def restore_members(ctx: RestoreContext, doc: Document) -> Document:
+    """Each member's data directory from the staged snapshot; the plaintext is removed once all are done."""
+    started = time.monotonic()
+    targets = _targets(doc)
+    if not targets:
+        raise InvalidRunbookInputError("restore: no target hosts recorded (StopEtcd or LaunchHosts first)")
+    restored = dict(doc.get("restored") or {})
+    pending = [t for t in targets if t["name"] not in restored]  # a rerun after success has none
+    if pending:
+        doc = {**doc, "staged": _stage_snapshot(ctx, doc)}
+    for target in pending:
+        host = _live_host(ctx, target["name"])
+        if host.state not in ("stopped", "running", "pending"):
+            raise ClusterNotReadyError(f"host {host.name} is {host.state}")
+        ctx.compute.run_action(
+            "restore-data-dir",
+            [host],
+            {
+                "snapshot_uri": doc["staged"]["uri"],
+                "sha256": doc["staged"]["sha256"],
+                "initial_cluster": _initial_cluster(doc),
+                "initial_cluster_token": doc["cluster_token"],
+                "bump_revision": str(int(doc.get("bump_revision") or 0)),
+                "old_data_suffix": doc["old_data_suffix"],
+            },
+        )
+        restored[target["name"]] = ctx.now().isoformat()
+    remove_staged(ctx, doc)  # invariant 14: the plain snapshot lives only as long as this step
+    return _timed({**doc, "restored": restored}, "restore_members", started)
+
+
+def start_members(ctx: RestoreContext, doc: Document) -> Document:
+    started = time.monotonic()
+    initial = _initial_cluster(doc)
+    for target in _targets(doc):
+        ctx.compute.start_etcd(_live_host(ctx, target["name"]), initial, "new")
+    return _timed({**doc, "members_started": [t["name"] for t in _targets(doc)]}, "start_members", started)
+
+
+def verify_restore(ctx: RestoreContext, doc: Document) -> Document:
+    """A leader, every member healthy, revisions not below the backup's, the backup's live key count."""
+    started = time.monotonic()
+    targets = _targets(doc)
+    urls = [t["client_url"] for t in targets]
+    with ctx.client(urls) as client:
+        health = probe_cluster(client, deadline=ctx.config.health.probe_deadline_seconds)
+        healthy = {m.name for m in health.healthy_voters}
+        if health.leader is None or not health.has_quorum or {t["name"] for t in targets} - healthy:
+            raise ClusterNotReadyError(
+                f"restored cluster not healthy yet: {len(healthy)}/{len(targets)} members healthy, "
+                f"leader {'yes' if health.leader else 'no'}"
+            )
+        if len(health.members) != len(targets):
+            raise RestoreVerificationError(
+                f"the restored cluster has {len(health.members)} members, expected {len(targets)}"
+            )
+        revisions = {t["name"]: client.status(t["client_url"]).revision for t in targets}
+        count = client.range(b"\0", b"\0", count_only=True).count
+    backup_revision = int(doc["backup_revision"])
+    low = {name: r for name, r in revisions.items() if r < backup_revision}
+    if low:
+        raise RestoreVerificationError(f"revisions below the backup's {backup_revision}: {low}")
+    if count != int(doc["backup_keys"]):
+        raise RestoreVerificationError(
+            f"the restored cluster holds {count} keys, the backup {doc['backup_keys']}: not the backup's data"
+        )
+    bump = int(doc.get("bump_revision") or 0)
+    bumped = bump > 0 and min(revisions.values()) >= backup_revision + bump
+    return _timed(
+        {**doc, "verified": {"revision": max(revisions.values()), "keys": count, "revision_bumped": bumped}},
+        "verify_restore",
+        started,
+    )
+
+
+def _record_membership(ctx: RestoreContext, doc: Document) -> list[str]:
+    """Invariant 10: the stored configuration names the restored members (read from their member list)."""
+    urls = [t["client_url"] for t in _targets(doc)]
+    with ctx.client(urls) as client:
+        members = client.member_list(linearizable=True)
+    live = merge_endpoints(*(m.client_urls for m in members if m.started))
+    return record_membership(ctx.config_stores, live).endpoints
+
+
+def repoint_clients(ctx: RestoreContext, doc: Document) -> Document:
+    """Clients (the load balancer) go to the restored members only (a no-op in place), and the
+    stored configuration names the restored members."""
+    started = time.monotonic()
+    names = {t["name"] for t in _targets(doc)}
+    for target in _targets(doc):
+        ctx.compute.register_target(_live_host(ctx, target["name"]))
+    for old in doc.get("old_hosts") or []:
+        host = ctx.compute.find(old["name"]) if old["name"] not in names else None
+        if host is not None:
+            ctx.compute.deregister_target(host)
+    endpoints = _record_membership(ctx, doc)
+    return _timed({**doc, "repointed": True, "stored_endpoints": endpoints}, "repoint_clients", started)
+
+
+def start_api_servers(ctx: RestoreContext, doc: Document) -> Document:
+    started = time.monotonic()
+    ctx.compute.run_action("start-apiserver")
+    return _timed({**doc, "apiservers_started": True}, "start_api_servers", started)
+
+
+def restart_control_plane(ctx: RestoreContext, doc: Document) -> Document:
+    started = time.monotonic()
+    ctx.compute.run_action("restart-control-plane")
+    return _timed({**doc, "control_plane_restarted": True}, "restart_control_plane", started)
+
+
+def release_lock(ctx: RestoreContext, doc: Document) -> Document:
+    if doc.get("cluster") and doc.get("execution"):
+        ctx.state.release_lock(doc["cluster"], doc["execution"])
+    return doc
+
+
+def notify_success(ctx: RestoreContext, doc: Document) -> Document:
+    if not _first_time(ctx, doc, "restore-succeeded"):
+        return doc
+    verified = doc.get("verified") or {}
+    timings = ", ".join(f"{k} {v}s" for k, v in (doc.get("timings") or {}).items())
+    revisions = (
+        f"revision raised to {verified.get('revision')} (bumped by {doc.get('bump_revision'):,}, "
+        "old revisions marked compacted)"
+        if verified.get("revision_bumped")
+        else f"revision {verified.get('revision')} (not bumped: the hosts' etcd restore tool has no --bump-revision; "
+        "restart every etcd client that watches)"
+    )
+    ctx.notifier.publish(
+        f"etcdops: restored cluster {doc['cluster']} from backup {doc['backup_id']}",
+        f"Runbook {doc['execution']} restored {doc['cluster']} ({doc['mode']}) from backup {doc['backup_id']} taken "
+        f"{doc.get('backup_created_at')}.\nMembers: {', '.join(t['name'] for t in _targets(doc))}, all healthy with "
+        f"a leader; {verified.get('keys')} keys, as in the backup; {revisions}.\n"
+        f"The old data directories are kept (suffix .{doc.get('old_data_suffix')}); "
+        "delete them once you are satisfied.\n"
+        f"API servers started and scheduler, controller manager and kubelets restarted.\nStep durations: {timings}",
+        {"cluster": doc["cluster"], "kind": "restore-succeeded"},
+    )
+    return {**doc, "finished_at": ctx.now().isoformat()}
+
+
+def remove_staged_snapshot(ctx: RestoreContext, doc: Document) -> Document:
+    """The Catch path's first state: no plaintext is left behind by a failed restore (invariant 14)."""
+    if not doc.get("cluster") or not doc.get("execution"):
+        return doc  # refused before anything was named, so before anything was staged
+    return {**doc, "staging_removed": remove_staged(ctx, doc)}
+
+
+def failure_report(doc: Document) -> str:
+    """The exact state the cluster was left in and the manual next step, from what the steps recorded."""
+    error = doc.get("error") or {}
+    lines = [f"Runbook {doc.get('execution')} stopped: {caught_error(error)}"]
+    cleanup = doc.get("cleanup_error")
+    if cleanup:
+        lines.append(
+            f"The plain snapshot this runbook staged could NOT be removed ({caught_error(cleanup)}): delete "
+            f"{' and '.join(staged_keys(doc))} under the staging location by hand (the staging bucket's "
+            "lifecycle expires it within a day)."
+        )
+    suffix = doc.get("old_data_suffix")
+    targets = [t["name"] for t in _targets(doc)]
+    if doc.get("apiservers_started"):
+        lines.append(
+            f"The restore from {doc.get('backup_id')} was verified and the API servers run again. "
+            + (
+                "Only the final bookkeeping failed."
+                if doc.get("control_plane_restarted")
+                else "Restart kube-scheduler, kube-controller-manager and the kubelets by hand (RestartControlPlane)."
+            )
+            + f" The old data directories are kept (suffix .{suffix}); delete them once you are satisfied."
+        )
+        return "\n".join(lines)
+    if not doc.get("apiservers_stopped") and not doc.get("preflight"):
+        # before the preflight passed nothing is stopped (the first stop comes after it)
+        lines.append("Nothing was stopped or changed: etcd and the API servers run as before.")
+        if error.get("Error") == "PreflightFailedError":
+            lines.append("Fix what the preflight found, then start RestoreCluster again.")
+        return "\n".join(lines)
+    if not doc.get("apiservers_stopped"):
+        lines.append(
+            "The runbook failed while stopping the API servers: some of them may be stopped. etcd was not stopped "
+            "and no data changed. Next: start the API servers again (StartApiServer), then find the cause."
+        )
+        return "\n".join(lines)
+    if not doc.get("etcd_stopped") and not doc.get("restored"):
+        lines.append(
+            "API servers: stopped. The runbook failed while stopping etcd: some members may be stopped; no data "
+            "changed. Next: start etcd again on the stopped members (StartEtcd with existing), then the API servers."
+        )
+        return "\n".join(lines)
+    lines.append(
+        f"API servers: {'stopped' if doc.get('apiservers_stopped') else 'possibly stopped'}; "
+        f"{'started again' if doc.get('apiservers_started') else 'NOT started again'}."
+    )
+    lines.append(f"etcd stopped on: {', '.join(doc.get('etcd_stopped') or []) or 'possibly some members'}.")
+    if doc.get("launched"):
+        lines.append(f"Fresh hosts launched: {', '.join(doc['launched'])}.")
+    restored = list((doc.get("restored") or {}).keys())
+    lines.append(
+        f"Data directories restored from {doc.get('backup_id')}: {', '.join(restored) or 'none confirmed'}"
+        + ("" if doc.get("restored") else f" (a restore of {', '.join(targets)} may have been under way)")
+        + "."
+    )
+    lines.append(f"Members started: {', '.join(doc.get('members_started') or []) or 'none'}.")
+    lines.append(
+        f"Old data directories are kept, never deleted: each restored member's data directory was renamed with "
+        f"the suffix .{suffix} (AWS: <data-dir>/member.{suffix}; local stack: members/<name>/data.{suffix})."
+    )
+    if doc.get("mode") == "new-hosts":
+        lines.append(
+            "Roll back: stop etcd on the fresh hosts; the old hosts' data directories were not touched: start etcd on "
+            f"the old hosts that remain ({', '.join(doc.get('etcd_stopped') or []) or 'none'}) "
+            "and start the API servers."
+        )
+    else:
+        lines.append(
+            f"Roll back on each member: stop etcd; move the restored data directory away and the one with suffix "
+            f".{suffix} back to its place; start etcd (with the old cluster token); then start the API servers "
+            "(StartApiServer) and restart the control plane. Or fix the cause and start RestoreCluster again."
+        )
+    lines.append("Check `etcdops status` before acting.")
+    return "\n".join(lines)
+
+
+def notify_failure(ctx: RestoreContext, doc: Document) -> Document:
+    """The Catch path: say the exact state the cluster was left in and how to roll back; release the lock.
+
+    The stored configuration is left as it was: a failed restore is rolled back by a human, perhaps
+    onto the old hosts, so there is no membership to record yet (the health rounds see whichever runs).
+    """
+    error = doc.get("error") or {}
+    if error.get("Error") != "LockHeldError":
+        release_lock(ctx, doc)
+    if not _first_time(ctx, doc, "restore-failed"):
+        return doc
+    ctx.notifier.publish(
+        f"etcdops: RestoreCluster FAILED for {doc.get('cluster')}",
+        failure_report(doc),
+        {"cluster": str(doc.get("cluster")), "kind": "restore-failed"},
+    )
+    return doc
+
+
+STEPS: dict[str, Callable[[RestoreContext, Document], Document]] = {
+    "AcquireLock": acquire_lock,
+    "ValidateBackup": validate_backup,
+    "Preflight": preflight,
+    "NotifyStart": notify_start,
+    "StopApiServers": stop_api_servers,
+    "StopEtcd": stop_etcd,
+    "LaunchHosts": launch_hosts,
+    "RestoreMembers": restore_members,
+    "StartMembers": start_members,
+    "VerifyRestore": verify_restore,
+    "RepointClients": repoint_clients,
+    "StartApiServers": start_api_servers,
+    "RestartControlPlane": restart_control_plane,
+    "ReleaseLock": release_lock,
+    "NotifySuccess": notify_success,
+    "RemoveStagedSnapshot": remove_staged_snapshot,
+    "NotifyFailure": notify_failure,
+}
+
+
+def run_step(ctx: RestoreContext, step: str, doc: Document) -> Document:
+    try:
+        function = STEPS[step]
+    except KeyError:
+        raise InvalidRunbookInputError(f"unknown runbook step {step!r}") from None
+    return function(ctx, doc)

@@ -1,5 +1,0 @@
-"""Compute providers: where etcd members run (EC2 instances, or local processes), behind one interface.
-
-Choose one with :func:`etcdops.compute.factory.open_compute`; the runbooks use only
-:class:`etcdops.compute.base.ComputeProvider`.
-"""

@@ -1,0 +1,1 @@
+"""The compute interface every provider implements, and its named errors."""

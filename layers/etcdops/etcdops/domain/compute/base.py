@@ -1,0 +1,345 @@
+"""One interface for the machines etcd members run on: EC2 instances in AWS, processes locally.
+
+The runbooks only talk to :class:`ComputeProvider`. Every method converges when it is called again
+after a timeout or a crash: it looks the host up by name before it creates anything, and treats
+"already there" / "already gone" as success.
+
+The host actions (``run_action``) and the two etcd service commands (``start_etcd``/``stop_etcd``)
+are described once here, in :data:`DOCUMENTS`: their SSM document key, the parameters with the
+patterns their values must match, and their deadline. The EC2 provider sends them as SSM Run Command
+documents; the local provider runs the same operations on its processes.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from etcdops.domain.compute.errors import ActionParameterError, InvalidHostNameError, UnknownActionError
+from etcdops.domain.findings import Finding
+
+InitialState = Literal["new", "existing"]
+ActionStatus = Literal["Success", "Failed", "Cancelled", "TimedOut"]
+HostGroup = Literal["etcd", "control-plane"]
+
+# Member names end up in EC2 tags, Secrets Manager ids, the user data, certificates and shell
+# scripts; this keeps them safe in all of those.
+_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+_URL = r"https://[A-Za-z0-9.:\[\]-]+:[0-9]{1,5}"
+_MEMBER = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
+PATTERNS = {
+    "member": f"^{_MEMBER}$",
+    "url": f"^{_URL}$",
+    "initial_cluster": f"^{_MEMBER}={_URL}(?:,{_MEMBER}={_URL})*$",
+    "initial_state": "^(new|existing)$",
+    "token": "^[A-Za-z0-9._-]{1,64}$",
+    "snapshot_uri": "^(s3://|https://|file:///)[A-Za-z0-9._~:/?#@!*+,;=%-]+$",
+    "sha256": "^([0-9a-f]{64})?$",
+    "path": "^/[A-Za-z0-9._/-]*$",
+    "components": "^[a-z0-9-]+(,[a-z0-9-]+)*$",
+    "bool": "^(true|false)$",
+}
+
+
+@dataclass(frozen=True)
+class Host:
+    """A machine that runs (or will run) one etcd member.
+
+    ``state`` is the EC2 instance state (``pending``, ``running``, ``stopping``, ``stopped``) in AWS;
+    locally a host is nothing but its etcd process, so it is the process state (``running``,
+    ``paused``, ``stopped``; a launched host whose etcd was not started yet is ``stopped``).
+    """
+
+    host_id: str
+    name: str
+    address: str
+    peer_url: str
+    client_url: str
+    state: str
+
+
+@dataclass(frozen=True)
+class HostActionResult:
+    host_id: str
+    name: str
+    status: ActionStatus
+    output: str = ""
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What one action did on each host; ``command_id`` is the SSM command (None locally)."""
+
+    action: str
+    command_id: str | None
+    hosts: tuple[HostActionResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(h.status == "Success" for h in self.hosts)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of a host command: its key in Python, its SSM name, and what values are allowed."""
+
+    key: str
+    ssm_name: str
+    pattern: str
+    required: bool = False
+    default: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DocumentSpec:
+    """A host command: an SSM document in AWS (``<stack>-<key>`` unless configured otherwise)."""
+
+    key: str
+    description: str
+    group: HostGroup
+    timeout_seconds: int
+    parameters: tuple[Parameter, ...] = field(default=())
+
+    def default_name(self, stack_name: str) -> str:
+        """The document's name in the stack ``stack_name`` (template.yaml names it so)."""
+        return f"{stack_name}-{self.key}"
+
+    def ssm_parameters(self, values: Mapping[str, str]) -> dict[str, str]:
+        """Check ``values`` (Python keys) and return them by SSM name; names the bad parameter."""
+        known = {p.key: p for p in self.parameters}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            allowed = ", ".join(sorted(known)) or "none"
+            raise ActionParameterError(f"{self.key}: unknown parameter {unknown[0]!r} (allowed: {allowed})")
+        out: dict[str, str] = {}
+        for parameter in self.parameters:
+            value = values.get(parameter.key)
+            if value is None:
+                if parameter.required:
+                    raise ActionParameterError(f"{self.key}: parameter {parameter.key!r} is required")
+                continue
+            if not isinstance(value, str) or not re.fullmatch(parameter.pattern, value):
+                raise ActionParameterError(
+                    f"{self.key}: parameter {parameter.key!r}={value!r} does not match {parameter.pattern}"
+                )
+            out[parameter.ssm_name] = value
+        return out
+
+
+_MANIFESTS = Parameter(
+    "manifest_dir", "ManifestDir", PATTERNS["path"], default="/etc/kubernetes/manifests",
+    description="kubelet's static pod directory",
+)
+_PARKED = Parameter(
+    "parked_dir", "ParkedDir", PATTERNS["path"], default="/etc/kubernetes/etcdops-parked",
+    description="where manifests wait while their component is stopped (outside the kubelet's directory)",
+)
+
+DOCUMENTS: dict[str, DocumentSpec] = {
+    spec.key: spec
+    for spec in (
+        DocumentSpec(
+            "StartEtcd",
+            "Fetch this member's certificates, write /etc/etcdops/etcd.env and start etcd.service.",
+            "etcd",
+            300,
+            (
+                Parameter("member_name", "MemberName", PATTERNS["member"], required=True,
+                          description="must equal ETCDOPS_MEMBER of the host (guards against the wrong host)"),
+                Parameter("peer_url", "PeerUrl", PATTERNS["url"], required=True),
+                Parameter("client_url", "ClientUrl", PATTERNS["url"], required=True),
+                Parameter("initial_cluster", "InitialCluster", PATTERNS["initial_cluster"], required=True),
+                Parameter("initial_state", "InitialClusterState", PATTERNS["initial_state"], required=True),
+                Parameter("initial_cluster_token", "InitialClusterToken", PATTERNS["token"],
+                          default="etcd-cluster"),
+            ),
+        ),
+        DocumentSpec("StopEtcd", "Stop etcd.service (its data stays).", "etcd", 120),
+        DocumentSpec(
+            "RestoreDataDir",
+            "With etcd stopped: download a snapshot, check its sha256, move the data dir aside and "
+            "restore the snapshot into a fresh one.",
+            "etcd",
+            1800,
+            (
+                Parameter("snapshot_uri", "SnapshotUri", PATTERNS["snapshot_uri"], required=True,
+                          description="s3:// object or presigned https:// URL of the plain snapshot file"),
+                Parameter("sha256", "SnapshotSha256", PATTERNS["sha256"], default="",
+                          description="the snapshot file's sha256 (hex); empty skips the check"),
+                Parameter("initial_cluster", "InitialCluster", PATTERNS["initial_cluster"], required=True),
+                Parameter("initial_cluster_token", "InitialClusterToken", PATTERNS["token"],
+                          default="etcd-cluster"),
+                Parameter("bump_revision", "BumpRevision", "^[0-9]{1,12}$", default="0",
+                          description="add --bump-revision N --mark-compacted where the host's tool has both"),
+                Parameter("old_data_suffix", "OldDataSuffix", "^([A-Za-z0-9._-]{1,64})?$", default="",
+                          description="keep the old data dir as <data-dir>.<suffix> (empty means a time-stamped name)"),
+            ),
+        ),
+        DocumentSpec(
+            "StopApiServer",
+            "Move the kube-apiserver static pod manifest aside and wait until the container is gone.",
+            "control-plane",
+            300,
+            (_MANIFESTS, _PARKED),
+        ),
+        DocumentSpec(
+            "StartApiServer",
+            "Move the kube-apiserver manifest back and wait until the container runs.",
+            "control-plane",
+            300,
+            (_MANIFESTS, _PARKED),
+        ),
+        DocumentSpec(
+            "RestartControlPlane",
+            "Restart kube-scheduler and kube-controller-manager (manifests out and back) and kubelet.",
+            "control-plane",
+            600,
+            (
+                Parameter("components", "Components", PATTERNS["components"],
+                          default="kube-scheduler,kube-controller-manager"),
+                Parameter("restart_kubelet", "RestartKubelet", PATTERNS["bool"], default="true"),
+                _MANIFESTS,
+                _PARKED,
+            ),
+        ),
+    )
+}
+
+# The actions run_action knows, by name, and the document each one runs.
+ACTIONS: dict[str, str] = {
+    "stop-apiserver": "StopApiServer",
+    "start-apiserver": "StartApiServer",
+    "restart-control-plane": "RestartControlPlane",
+    "restore-data-dir": "RestoreDataDir",
+}
+
+
+@dataclass(frozen=True)
+class PreflightPlan:
+    """What a runbook will ask of its hosts after the preflight, so the preflight can check exactly that.
+
+    ``documents`` are keys of :data:`DOCUMENTS` (the host commands the runbook's steps send);
+    ``commanded`` and ``retire`` name existing member hosts; ``launch`` names hosts that do not exist yet.
+    """
+
+    launch: tuple[str, ...] = ()  # hosts it will launch (member names)
+    documents: tuple[str, ...] = ()  # host commands it will send
+    commanded: tuple[str, ...] = ()  # existing member hosts it will send them to
+    control_plane: bool = False  # whether it runs the Kubernetes hooks on the control-plane hosts
+    repoint: bool = False  # whether it registers and deregisters load balancer targets
+    retire: tuple[str, ...] = ()  # existing hosts it will terminate
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.documents) - set(DOCUMENTS))
+        if unknown:
+            raise ActionParameterError(f"preflight: unknown host command {unknown[0]!r}")
+        for name in (*self.launch, *self.commanded, *self.retire):
+            check_host_name(name)
+
+
+def action_spec(action: str) -> DocumentSpec:
+    """The document behind a named action, or UnknownActionError naming the known ones."""
+    try:
+        return DOCUMENTS[ACTIONS[action]]
+    except KeyError:
+        raise UnknownActionError(
+            f"unknown host action {action!r} (known: {', '.join(sorted(ACTIONS))})"
+        ) from None
+
+
+def check_host_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidHostNameError(
+            f"member name {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting and ending "
+            "with a letter or digit"
+        )
+    return name
+
+
+def check_initial_cluster(host: Host, initial_cluster: str, initial_state: str) -> None:
+    """The checks etcd would make at start-up, made before anything is sent to the host."""
+    if initial_state not in ("new", "existing"):
+        raise ActionParameterError(f"initial_state: {initial_state!r} is not 'new' or 'existing'")
+    if not isinstance(initial_cluster, str) or not re.fullmatch(PATTERNS["initial_cluster"], initial_cluster):
+        raise ActionParameterError(
+            f"initial_cluster: {initial_cluster!r} is not name=https://host:port[,name=https://host:port...]"
+        )
+    entries = [entry.split("=", 1) for entry in initial_cluster.split(",")]
+    if [host.name, host.peer_url] not in entries:
+        raise ActionParameterError(
+            f"initial_cluster: has no entry {host.name}={host.peer_url} for the host being started"
+        )
+
+
+class ComputeProvider(ABC):
+    """The hosts of one cluster. Every method converges when called again (look up by name first)."""
+
+    @abstractmethod
+    def find(self, name: str) -> Host | None:
+        """The live host of member ``name``, or None (terminated hosts are not returned)."""
+
+    @abstractmethod
+    def hosts(self) -> list[Host]:
+        """Every live host of the cluster, sorted by name."""
+
+    @abstractmethod
+    def issue_certificates(self, name: str, address_sans: Sequence[str] = ()) -> str:
+        """Issue (or keep, if still good) member ``name``'s peer/server certificate from our CA.
+
+        ``address_sans`` are extra IP addresses or DNS names for the certificate; the host's own
+        address is added once the host exists. Returns where the host fetches them: a Secrets
+        Manager secret id in AWS, the certificate's path locally (its key beside it, ``.key``).
+        """
+
+    @abstractmethod
+    def launch(self, name: str) -> Host:
+        """A host ready to run etcd for member ``name`` (etcd not started); the existing one if any.
+
+        Its ``peer_url`` is known on return, so the member can be added to the cluster right away.
+        """
+
+    @abstractmethod
+    def start_etcd(self, host: Host, initial_cluster: str, initial_state: InitialState) -> None:
+        """Start etcd on ``host`` with ``--initial-cluster`` and ``--initial-cluster-state``.
+
+        A no-op when it already runs. ``initial_cluster`` must contain ``host.name=host.peer_url``.
+        """
+
+    @abstractmethod
+    def stop_etcd(self, host: Host) -> None:
+        """Stop etcd on ``host``, keeping its data. A no-op when it is not running."""
+
+    @abstractmethod
+    def terminate(self, host: Host) -> None:
+        """Retire ``host`` and its data. A no-op when it is already gone."""
+
+    @abstractmethod
+    def register_target(self, host: Host) -> None:
+        """Send clients to ``host``'s client URL (load balancer target). A no-op when registered."""
+
+    @abstractmethod
+    def deregister_target(self, host: Host) -> None:
+        """Stop sending clients to ``host``. A no-op when it is not registered."""
+
+    @abstractmethod
+    def preflight(self, plan: PreflightPlan) -> list[Finding]:
+        """Everything ``plan`` will need that is missing or refused, as findings; [] when it can finish.
+
+        Changes nothing (read-only calls, dry runs). Raises the provider's retryable error when a check
+        could not be made for a passing reason (throttling, network), so the caller asks again.
+        """
+
+    @abstractmethod
+    def run_action(
+        self, action: str, hosts: Sequence[Host] | None = None, parameters: Mapping[str, str] | None = None
+    ) -> ActionResult:
+        """Run a named host action (see :data:`ACTIONS`) on ``hosts``, or on its default group.
+
+        ``None`` means the cluster's etcd hosts for etcd actions and the control-plane hosts for the
+        Kubernetes hooks. Raises UnknownActionError, ActionParameterError, HostCommandFailedError
+        (some host failed; the error carries the result) or HostCommandTimeoutError.
+        """

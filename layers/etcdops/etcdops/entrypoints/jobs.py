@@ -1,0 +1,143 @@
+"""Scheduled jobs as the Lambda functions run them: backup and backup verification, and the notice
+when one of them has failed for good.
+
+A job loads the cluster's configuration, does its work through the domain modules, records
+metrics, and on failure counts it and raises, so the invocation fails visibly. It sends no mail
+itself: Lambda retries the invocation (the template says how often) and, once it has failed for
+good, calls the OnFailure destination, FailureNotice, which says so once (:func:`failure_notice_job`)
+- a timeout or a crash included, which the job could not have said itself.
+Before the configuration exists (a stack deployed, not configured yet) a job does nothing but say so.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from etcdops.adapters.aws import ClusterNotConfiguredError, JobSettings, Notifier, load_cluster_config, materialize_tls
+from etcdops.adapters.backup.target import open_backup_target
+from etcdops.adapters.etcd.connect import client_for
+from etcdops.app.backup.catalogue import read_catalogue
+from etcdops.app.backup.job import MetricsSink, run_backup, verify_backup
+from etcdops.app.probe import probe_cluster
+from etcdops.domain.errors import EtcdopsError
+from etcdops.domain.job_messages import job_failed
+from etcdops.entrypoints.events import FailedInvocationRecord
+
+COUNT, BYTES, SECONDS = "Count", "Bytes", "Seconds"
+log = logging.getLogger("etcdops.entrypoints.jobs")
+
+
+@dataclass(frozen=True)
+class AwsClients:
+    ssm: Any
+    secrets: Any
+    s3: Any
+    kms: Any
+
+    @classmethod
+    def from_session(cls, session: Any) -> AwsClients:
+        return cls(
+            ssm=session.client("ssm"),
+            secrets=session.client("secretsmanager"),
+            s3=session.client("s3"),
+            kms=session.client("kms"),
+        )
+
+
+def not_configured(job: str, exc: ClusterNotConfiguredError) -> dict[str, Any]:
+    """What a scheduled job does before the cluster configuration exists: nothing, and says so."""
+    log.warning("%s: not configured yet: %s", job, exc)
+    return {"configured": False, "skipped": f"not configured yet: {exc}"}
+
+
+def backup_job(settings: JobSettings, aws: AwsClients, metrics: MetricsSink) -> dict[str, Any]:
+    try:
+        config = load_cluster_config(aws.ssm, settings.config_parameter, settings.cluster_name)
+    except ClusterNotConfiguredError as exc:
+        return not_configured("backup", exc)
+    metrics.add_dimension("cluster", config.name)
+    try:
+        with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
+            config = materialize_tls(config, aws.secrets, Path(tls_dir))
+            store, keyring = open_backup_target(config, s3_client=aws.s3, kms_client=aws.kms)
+            with client_for(config) as client:
+                health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
+                result = run_backup(config, client, health, store, keyring)
+    except Exception:  # every failure counts; FailureNotice says it once the invocation has failed for good
+        metrics.add_metric("BackupFailed", COUNT, 1)
+        raise
+    manifest = result.manifest
+    for warning in result.warnings:  # the backup is stored and verified; retention met something it skipped
+        log.warning("backup %s: %s", manifest.id, warning)
+    metrics.add_metric("BackupSucceeded", COUNT, 1)
+    metrics.add_metric("BackupFailed", COUNT, 0)
+    metrics.add_metric("BackupBytes", BYTES, manifest.size_stored)
+    metrics.add_metric("BackupDuration", SECONDS, result.seconds)
+    metrics.add_metric("NewestVerifiedBackupAge", SECONDS, 0)
+    return {
+        "backup_id": manifest.id,
+        "uri": manifest.uri,
+        "revision": manifest.revision,
+        "total_keys": manifest.total_keys,
+        "size_stored": manifest.size_stored,
+        "pruned": result.pruned,
+        "warnings": result.warnings,
+    }
+
+
+def verify_job(settings: JobSettings, aws: AwsClients, metrics: MetricsSink, backup_id: str | None) -> dict[str, Any]:
+    """Verify ``backup_id``, or the newest backup when none is given; report what in the store is not
+    a usable backup (corrupt manifests, orphan objects). The age of the newest verified backup is
+    HealthCheck's metric: only it knows the live cluster incarnation (invariant 11)."""
+    try:
+        config = load_cluster_config(aws.ssm, settings.config_parameter, settings.cluster_name)
+    except ClusterNotConfiguredError as exc:
+        return not_configured("backup verification", exc)
+    metrics.add_dimension("cluster", config.name)
+    try:
+        store, keyring = open_backup_target(config, s3_client=aws.s3, kms_client=aws.kms)
+        catalogue = read_catalogue(store)
+        if backup_id is None:
+            if not catalogue.backups:
+                raise EtcdopsError(f"no backups in {store.uri} to verify")
+            backup_id = catalogue.backups[-1].id
+        result = verify_backup(store, keyring, backup_id, cluster=config.name)
+    except Exception:  # every failure counts; FailureNotice says it once the invocation has failed for good
+        metrics.add_metric("BackupVerifyFailed", COUNT, 1)
+        raise
+    metrics.add_metric("BackupVerifyFailed", COUNT, 0)
+    warnings = catalogue.warnings()
+    for warning in warnings:
+        log.warning("%s", warning)
+    return {
+        "backup_id": backup_id,
+        "ok": True,
+        "revision": result.summary.revision,
+        "total_keys": result.summary.total_keys,
+        "seconds": round(result.seconds, 3),
+        "warnings": warnings,
+    }
+
+
+def failure_notice_job(record: FailedInvocationRecord, settings: JobSettings, notifier: Notifier) -> dict[str, Any]:
+    """FailureNotice: one message for an invocation of Backup or BackupVerify that failed for good
+    (``record`` is Lambda's, as its OnFailure destination receives it); never a stack trace."""
+    context, error = record.requestContext, record.error
+    cluster = settings.cluster_name or "unnamed"
+    notice = job_failed(
+        cluster=cluster,
+        function_arn=context.functionArn,
+        condition=context.condition,
+        attempts=context.approximateInvokeCount,
+        error_type=error.errorType,
+        error_message=error.errorMessage,
+        request_id=context.requestId,
+        at=record.timestamp,
+    )
+    notifier.publish(notice.subject, notice.body, notice.attributes)
+    return {"cluster": cluster, "function": context.functionArn, "condition": context.condition,
+            "subject": notice.subject}  # fmt: skip

@@ -1,0 +1,158 @@
+"""Running one runbook step as the RunbookStep function does: build the context, run, return."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from etcdops.adapters.aws import SnsNotifier, SsmConfigParameter, load_cluster_config, materialize_tls
+from etcdops.adapters.compute.factory import open_compute
+from etcdops.adapters.etcd.client import EtcdClient
+from etcdops.adapters.etcd.connect import client_for, live_client
+from etcdops.adapters.etcd.membership import ConfigStore
+from etcdops.adapters.state import DynamoStateStore
+from etcdops.app.runbook import replace
+from etcdops.domain.backup.manifest import Manifest
+from etcdops.domain.config import LOCAL_CONFIG_FILE, ClusterConfig, ConfigFile, LocalCompute
+from etcdops.domain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from etcdops.adapters.backup.crypto import KeyProvider
+    from etcdops.adapters.backup.store import BackupStore
+
+# The backup modules (the AWS Encryption SDK among them) are imported when a step needs them:
+# most steps do not, and a cold start pays for every import (the budget is 500 ms per handler).
+
+
+class RunbookStepEvent(BaseModel):
+    """The Payload every runbook Task sends: which runbook, which step, the execution's document."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runbook: Literal["replace", "restore"]
+    step: str
+    execution: str
+    document: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunbookSettings:
+    config_parameter: str
+    table_name: str
+    topic_arn: str
+    stack_name: str
+    cluster_name: str | None = None  # the stack's ClusterName: the configuration must name this cluster
+    staging_bucket: str | None = None  # where RestoreCluster stages the plain snapshot for the hosts
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RunbookSettings:
+        names = ("CLUSTER_CONFIG_PARAMETER", "TABLE_NAME", "TOPIC_ARN", "STACK_NAME")
+        values = {name: env.get(name, "").strip() for name in names}
+        missing = [name for name, value in values.items() if not value]
+        if missing:
+            raise ConfigError(f"{', '.join(missing)}: not set in the function's environment")
+        return cls(
+            values["CLUSTER_CONFIG_PARAMETER"],
+            values["TABLE_NAME"],
+            values["TOPIC_ARN"],
+            values["STACK_NAME"],
+            cluster_name=env.get("CLUSTER_NAME", "").strip() or None,
+            staging_bucket=env.get("RESTORE_STAGING_BUCKET", "").strip() or None,
+        )
+
+
+def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session: Any) -> dict[str, Any]:
+    """One step, with clients from ``session`` (a boto3 session) and TLS files for this call only."""
+    config = load_cluster_config(session.client("ssm"), settings.config_parameter, settings.cluster_name)
+    with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
+        config = materialize_tls(config, session.client("secretsmanager"), Path(tls_dir))
+
+        document = {**event.document, "execution": event.execution}
+        if event.step not in ("NotifyFailure", "RemoveStagedSnapshot"):  # the failure path must still run
+            replace.require_configured_cluster(config, document)
+        # what every runbook's context holds, built once here
+        state = DynamoStateStore(settings.table_name, session.client("dynamodb"))
+        seeds = state.load_endpoints(config.name)  # the members the last health round saw
+
+        def client() -> EtcdClient:
+            return live_client(config, seeds=seeds)
+
+        def backup_target() -> tuple[BackupStore, KeyProvider]:
+            from etcdops.adapters.backup.target import open_backup_target
+
+            # a local key file is made on first use (the local stack); a KMS key must already exist
+            return open_backup_target(
+                config, s3_client=session.client("s3"), kms_client=session.client("kms"), create_local_key=True
+            )
+
+        def ensure_backup(max_age: timedelta) -> Manifest:
+            from etcdops.app.backup.job import ensure_fresh_backup
+
+            store, keyring = backup_target()
+            with client() as etcd:
+                return ensure_fresh_backup(config, etcd, store, keyring, max_age)
+
+        compute = open_compute(config, session=session, stack_name=settings.stack_name)
+        notifier = SnsNotifier(session.client("sns"), settings.topic_arn)
+        stores = config_stores(config, session.client("ssm"), settings.config_parameter)
+        if event.runbook == "restore":
+            from etcdops.app.runbook import restore
+
+            def client_at(endpoints: Sequence[str]) -> EtcdClient:
+                return client_for(config, endpoints=list(endpoints))
+
+            restore_context = restore.RestoreContext(
+                config=config,
+                client=client_at,
+                compute=compute,
+                state=state,
+                notifier=notifier,
+                backup_target=backup_target,
+                config_stores=stores,
+                staging=staging_store(config, settings, session),
+            )
+            return restore.run_step(restore_context, event.step, document)
+
+        context = replace.ReplaceContext(
+            config=config,
+            client=client,
+            compute=compute,
+            state=state,
+            notifier=notifier,
+            ensure_backup=ensure_backup,
+            backup_target=backup_target,
+            config_stores=stores,
+        )
+        return replace.run_step(context, event.step, document)
+
+
+def staging_store(config: ClusterConfig, settings: RunbookSettings, session: Any) -> Callable[[], BackupStore] | None:
+    """Where RestoreCluster stages the plain snapshot: the stack's staging bucket (not versioned, objects
+    expire by lifecycle), under the cluster's name. Local hosts read files only, so with local compute
+    (and without the bucket) the snapshot is staged under restore/ in the backup store."""
+    bucket = settings.staging_bucket
+    if bucket is None or isinstance(config.compute, LocalCompute):
+        return None
+
+    def staging() -> BackupStore:
+        from etcdops.adapters.backup.store import S3Store
+
+        return S3Store(session.client("s3"), bucket, config.name)
+
+    return staging
+
+
+def config_stores(config: ClusterConfig, ssm: Any, parameter: str) -> list[ConfigStore]:
+    """Where the cluster's configuration lives, to be updated after a membership change: its SSM
+    parameter (what the functions read), and for the local stack also its ``cluster.yaml`` (what
+    the command line reads)."""
+    stores: list[ConfigStore] = [SsmConfigParameter(ssm, parameter)]
+    if isinstance(config.compute, LocalCompute):
+        stores.append(ConfigFile(Path(config.compute.state_dir) / LOCAL_CONFIG_FILE))
+    return stores

@@ -1,0 +1,364 @@
+"""The local timer: fires the stack's scheduled functions, since moto's EventBridge rules invoke nothing.
+
+The schedules are read from template.yaml itself (each function's ``Schedule`` events), with
+``!Ref Parameter`` resolved to the parameter value in effect, or to a local override such as
+``{"HealthCheckSchedule": "rate(10 seconds)"}``. Locally ``rate(N seconds)`` is accepted too (AWS
+refuses it). Each firing sends the event EventBridge sends (the shape of events/backup_schedule.json)
+from a background thread; a function never runs twice at once: a firing that finds the previous run
+still going is skipped, as a one-at-a-time function would be.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from etcdops.domain.errors import ConfigError
+
+log = logging.getLogger("etcdops_local.aws.schedule")
+
+Fire = Callable[[str, dict[str, Any]], Any]
+
+
+# ---- schedule expressions ---------------------------------------------------------------------------
+
+_RATE = re.compile(r"^rate\(\s*(\d+)\s+(second|seconds|minute|minutes|hour|hours|day|days)\s*\)$")
+_CRON = re.compile(r"^cron\((.*)\)$")
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_MONTHS = {name: i for i, name in enumerate(calendar.month_abbr) if name}
+_DAYS = {"SUN": 1, "MON": 2, "TUE": 3, "WED": 4, "THU": 5, "FRI": 6, "SAT": 7}
+
+
+@dataclass(frozen=True)
+class Rate:
+    seconds: int
+
+    def next_after(self, moment: datetime) -> datetime:
+        return moment + timedelta(seconds=self.seconds)
+
+
+@dataclass(frozen=True)
+class Cron:
+    """EventBridge's six-field cron (minutes hours day-of-month month day-of-week year), in UTC."""
+
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int] | None  # None: '?'
+    months: frozenset[int]
+    weekdays: frozenset[int] | None  # 1 = SUN ... 7 = SAT; None: '?'
+    years: frozenset[int] | None  # None: any year
+
+    def _day_matches(self, day: datetime) -> bool:
+        if self.years is not None and day.year not in self.years:
+            return False
+        if day.month not in self.months:
+            return False
+        if self.days is not None and day.day not in self.days:
+            return False
+        return self.weekdays is None or (day.weekday() + 1) % 7 + 1 in self.weekdays
+
+    def next_after(self, moment: datetime) -> datetime:
+        start = moment.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        day = start.replace(hour=0, minute=0)
+        for _ in range(366 * 5):
+            if self._day_matches(day):
+                for hour in sorted(self.hours):
+                    for minute in sorted(self.minutes):
+                        candidate = day.replace(hour=hour, minute=minute)
+                        if candidate >= start:
+                            return candidate
+            day += timedelta(days=1)
+        raise ConfigError("schedule: the cron expression never fires in the next five years")
+
+
+Timing = Rate | Cron
+
+
+def _field(text: str, low: int, high: int, names: Mapping[str, int], what: str) -> frozenset[int]:
+    values: set[int] = set()
+    for part in text.split(","):
+        step = 1
+        if "/" in part:
+            part, step_text = part.split("/", 1)
+            if not step_text.isdigit() or int(step_text) == 0:
+                raise ConfigError(f"schedule: {what}: bad step in {text!r}")
+            step = int(step_text)
+        if part == "*":
+            first, last = low, high
+        elif "-" in part:
+            a, b = part.split("-", 1)
+            first, last = _value(a, names, what), _value(b, names, what)
+        else:
+            first = _value(part, names, what)
+            last = high if step > 1 else first
+        if not (low <= first <= high and low <= last <= high and first <= last):
+            raise ConfigError(f"schedule: {what}: {text!r} is outside {low}-{high}")
+        values.update(range(first, last + 1, step))
+    return frozenset(values)
+
+
+def _value(text: str, names: Mapping[str, int], what: str) -> int:
+    if text.isdigit():
+        return int(text)
+    if text.upper() in names:
+        return names[text.upper()]
+    raise ConfigError(f"schedule: {what}: {text!r} is not supported locally (L, W and # are not)")
+
+
+def parse_schedule(expression: str, *, allow_seconds: bool = True) -> Timing:
+    """``rate(N unit)`` or ``cron(m h dom mon dow year)``; ``rate(N seconds)`` only when allowed."""
+    text = expression.strip()
+    rate = _RATE.match(text)
+    if rate:
+        count, unit = int(rate.group(1)), rate.group(2).rstrip("s")
+        if count <= 0:
+            raise ConfigError(f"schedule: {expression}: the rate must be positive")
+        if unit == "second" and not allow_seconds:
+            raise ConfigError(f"schedule: {expression}: EventBridge's smallest unit is minutes")
+        return Rate(count * _UNIT_SECONDS[unit])
+    cron = _CRON.match(text)
+    if not cron:
+        raise ConfigError(f"schedule: {expression!r} is neither rate(...) nor cron(...)")
+    fields = cron.group(1).split()
+    if len(fields) != 6:
+        raise ConfigError(f"schedule: {expression}: cron needs 6 fields, got {len(fields)}")
+    minute, hour, dom, month, dow, year = fields
+    if (dom == "?") == (dow == "?"):
+        raise ConfigError(f"schedule: {expression}: exactly one of day-of-month and day-of-week must be '?'")
+    return Cron(
+        minutes=_field(minute, 0, 59, {}, "minutes"),
+        hours=_field(hour, 0, 23, {}, "hours"),
+        days=None if dom == "?" else _field(dom, 1, 31, {}, "day-of-month"),
+        months=_field(month, 1, 12, {k.upper(): v for k, v in _MONTHS.items()}, "month"),
+        weekdays=None if dow == "?" else _field(dow, 1, 7, _DAYS, "day-of-week"),
+        years=None if year == "*" else _field(year, 1970, 2199, {}, "year"),
+    )
+
+
+# ---- the template's schedules -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One ``Schedule`` event of a function in the template, with its expression in effect."""
+
+    function: str  # logical id of the function
+    event: str  # name of the event in the function's Events
+    expression: str
+    timing: Timing
+    rule: str  # logical id of the EventBridge rule SAM makes for it
+    input: Any = None  # the event's constant Input, sent instead of the scheduled event
+
+
+def template_schedules(
+    template: Mapping[str, Any], parameters: Mapping[str, str], overrides: Mapping[str, str] | None = None
+) -> list[Schedule]:
+    """The enabled Schedule events of every function. ``overrides`` are keyed by parameter name
+    (every ``!Ref`` to it) or by function logical id (all of that function's schedules)."""
+    overrides = dict(overrides or {})
+    values = {**parameters, **{k: v for k, v in overrides.items() if k in parameters}}
+    found: list[Schedule] = []
+    for function, resource in template["Resources"].items():
+        if resource.get("Type") != "AWS::Serverless::Function":
+            continue
+        for name, event in ((resource.get("Properties") or {}).get("Events") or {}).items():
+            if event.get("Type") != "Schedule":
+                continue
+            props = event.get("Properties") or {}
+            if props.get("Enabled") is False or str(props.get("State", "ENABLED")).upper() == "DISABLED":
+                continue
+            where = f"{function}.Events.{name}.Schedule"
+            raw = props.get("Schedule")
+            if function in overrides:
+                expression = overrides[function]
+            elif isinstance(raw, str):
+                expression = raw
+            elif isinstance(raw, dict) and set(raw) == {"Ref"} and raw["Ref"] in values:
+                expression = values[raw["Ref"]]
+            else:
+                raise ConfigError(f"{where}: {raw!r} is neither an expression nor a !Ref to a parameter")
+            try:
+                timing = parse_schedule(expression)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            constant = json.loads(props["Input"]) if props.get("Input") else None
+            found.append(Schedule(function, name, expression, timing, f"{function}{name}", constant))
+    return found
+
+
+def scheduled_event(schedule: Schedule, at: datetime, *, region: str, account: str, rule_name: str) -> dict[str, Any]:
+    """What EventBridge sends a Lambda target for a scheduled rule."""
+    if schedule.input is not None:
+        return dict(schedule.input) if isinstance(schedule.input, dict) else schedule.input
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": account,
+        "time": at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": region,
+        "resources": [f"arn:aws:events:{region}:{account}:rule/{rule_name}"],
+        "detail": {},
+    }
+
+
+# ---- the timer ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScheduledRun:
+    function: str
+    scheduled: datetime
+    started: float  # time.monotonic()
+    ended: float | None = None
+    ok: bool | None = None
+    error: str | None = None  # the exception's class name
+    result: Any = None
+    event: dict[str, Any] = field(default_factory=dict)
+
+
+class LocalScheduler:
+    """Fires scheduled functions from a background thread until stopped.
+
+    ``fire(logical_id, event)`` runs one invocation (for the local stack: ``localaws.invoke_async``, as
+    EventBridge invokes asynchronously: retries and the OnFailure destination included); it raises when
+    the invocation failed. Rate schedules first fire one period after ``start``.
+    """
+
+    def __init__(
+        self,
+        schedules: list[Schedule],
+        fire: Fire,
+        *,
+        region: str,
+        account: str,
+        rule_names: Mapping[str, str] | None = None,
+    ) -> None:
+        self.schedules = schedules
+        self.fire = fire
+        self.region = region
+        self.account = account
+        self.rule_names = dict(rule_names or {})
+        self.runs: list[ScheduledRun] = []
+        self.skipped: dict[str, int] = {}
+        self._busy: set[str] = set()
+        self._workers: list[threading.Thread] = []
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def for_stack(
+        cls,
+        stack: Any,
+        overrides: Mapping[str, str] | None = None,
+        *,
+        template_path: Path | None = None,
+        fire: Fire | None = None,
+    ) -> LocalScheduler:
+        """The schedules of a :class:`etcdops_local.aws.stack.LocalStack`'s template, firing its handlers in-process."""
+        from etcdops_local.aws.stack import invoke_async, read_template
+
+        template = read_template(Path(template_path or stack.template_path))
+        schedules = template_schedules(template, stack.parameters, overrides)
+        schedules = [s for s in schedules if s.function in stack.functions]
+        return cls(
+            schedules,
+            fire or (lambda function, event: invoke_async(stack, function, event)),
+            region=stack.region,
+            account=stack.account_id,
+            rule_names={s.rule: stack.resources.get(s.rule, s.rule) for s in schedules},
+        )
+
+    def __enter__(self) -> LocalScheduler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="etcdops-local-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop firing; wait up to ``timeout`` for the runs in progress to finish."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        deadline = time.monotonic() + timeout
+        for worker in list(self._workers):
+            worker.join(max(0.0, deadline - time.monotonic()))
+
+    def _loop(self) -> None:
+        now = datetime.now(UTC)
+        due = [s.timing.next_after(now) for s in self.schedules]
+        while not self._stop.is_set() and due:
+            index = min(range(len(due)), key=due.__getitem__)
+            wait = (due[index] - datetime.now(UTC)).total_seconds()
+            if wait > 0:
+                self._stop.wait(min(wait, 60.0))
+                continue
+            schedule, at = self.schedules[index], due[index]
+            due[index] = schedule.timing.next_after(max(at, datetime.now(UTC) - timedelta(seconds=1)))
+            self._launch(schedule, at)
+
+    def _launch(self, schedule: Schedule, at: datetime) -> None:
+        with self._lock:
+            if schedule.function in self._busy:
+                self.skipped[schedule.function] = self.skipped.get(schedule.function, 0) + 1
+                log.info("%s: still running, skipping the firing of %s", schedule.function, at.isoformat())
+                return
+            self._busy.add(schedule.function)
+            rule = self.rule_names.get(schedule.rule, schedule.rule)
+            run = ScheduledRun(
+                schedule.function,
+                at,
+                time.monotonic(),
+                event=scheduled_event(schedule, at, region=self.region, account=self.account, rule_name=rule),
+            )
+            self.runs.append(run)
+            self._workers = [w for w in self._workers if w.is_alive()]
+            worker = threading.Thread(target=self._run, args=(run,), name=f"scheduled-{schedule.function}", daemon=True)
+            self._workers.append(worker)
+        worker.start()
+
+    def _run(self, run: ScheduledRun) -> None:
+        try:
+            run.result = self.fire(run.function, run.event)
+            run.ok = True
+        except Exception as exc:  # recorded and logged; the timer keeps going, as EventBridge would
+            run.ok, run.error = False, getattr(exc, "error_type", None) or type(exc).__name__
+            log.warning("scheduled %s failed: %s: %s", run.function, run.error, exc)
+        finally:
+            run.ended = time.monotonic()
+            with self._lock:
+                self._busy.discard(run.function)
+                self._lock.notify_all()
+
+    def wait_for(self, function: str, count: int, timeout: float) -> list[ScheduledRun]:
+        """Wait until ``function`` has ``count`` finished runs (or ``timeout`` passed); its finished runs."""
+        deadline = time.monotonic() + timeout
+
+        def finished() -> list[ScheduledRun]:
+            return [r for r in self.runs if r.function == function and r.ended is not None]
+
+        with self._lock:
+            while len(finished()) < count and time.monotonic() < deadline:
+                self._lock.wait(max(0.0, min(0.5, deadline - time.monotonic())))
+            return finished()

@@ -1,0 +1,1 @@
+"""The ``etcdops`` command line (entry point: :func:`etcdops_local.cli.main.main`)."""

@@ -1,0 +1,250 @@
+"""``etcdops backup run|list|verify|fetch|import``."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from etcdops_local.cli.main import emit, human_bytes, resolve_config, table
+from etcdops_local.cli.options import input_file, output_file
+
+
+def _manifest_dict(manifest: Any) -> dict[str, Any]:
+    data: dict[str, Any] = manifest.model_dump(mode="json")
+    return data
+
+
+def cmd_backup_run(args: argparse.Namespace) -> int:
+    from etcdops.adapters.backup.target import open_backup_target
+    from etcdops.adapters.etcd.connect import client_for
+    from etcdops.app.backup.job import run_backup
+    from etcdops.app.probe import probe_cluster
+    from etcdops.app.snapshot import TerminalProgress
+
+    config = resolve_config(args)
+    # a local key file is created on first use; a KMS key must already exist
+    store, keyring = open_backup_target(config, create_local_key=True)
+    progress = TerminalProgress(sys.stderr, "backup")
+    with client_for(config) as client:
+        health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
+        result = run_backup(
+            config, client, health, store, keyring, progress=progress, log=lambda m: print(m, file=sys.stderr)
+        )
+    progress.done()  # retention's warnings were printed as it met them
+    m = result.manifest
+    data = {**_manifest_dict(m), "attempts": result.attempts, "seconds": round(result.seconds, 3),
+            "pruned": result.pruned, "warnings": result.warnings}
+    emit(
+        args,
+        data,
+        lambda: f"backup {m.id}: revision {m.revision}, {m.total_keys} keys, {human_bytes(m.size_plain)} "
+        f"-> {human_bytes(m.size_stored)} encrypted at {m.uri} in {result.seconds:.1f}s"
+        + (f"; pruned {len(result.pruned)}" if result.pruned else ""),
+    )
+    return 0
+
+
+def _live_cluster_id(config: Any) -> str | None:
+    """The cluster id the live members answer with, or None when none answers (or none is configured)."""
+    from etcdops.adapters.etcd.connect import client_for
+    from etcdops.app.probe import probe_cluster
+    from etcdops.domain.backup.manifest import cluster_id_text
+    from etcdops.domain.errors import EtcdopsError
+
+    try:
+        with client_for(config) as client:
+            return cluster_id_text(probe_cluster(client, deadline=config.health.probe_deadline_seconds).cluster_id)
+    except EtcdopsError:
+        return None
+
+
+def _incarnation(manifest: Any, live: str | None) -> str:
+    if live is None:
+        return "unknown"
+    return "live" if manifest.cluster_id == live else "other"
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def cmd_backup_list(args: argparse.Namespace) -> int:
+    from etcdops.adapters.backup.target import open_backup_store
+    from etcdops.app.backup.catalogue import read_catalogue
+
+    config = resolve_config(args)
+    store = open_backup_store(config)  # a listing needs no key (a fresh stack may have none yet)
+    catalogue = read_catalogue(store)
+    live = _live_cluster_id(config)
+    manifests = catalogue.backups
+    data = {
+        "store": catalogue.uri,
+        "cluster_id": live,
+        "backups": [{**_manifest_dict(m), "incarnation": _incarnation(m, live)} for m in manifests],
+        "corrupt": [{"id": c.id, "key": c.key, "error": c.error} for c in catalogue.corrupt],
+        "orphans": [{"id": o.id, "key": o.key, "created_at": o.created_at.isoformat()} for o in catalogue.orphans],
+    }
+    if not getattr(args, "json", False):
+        _warn(catalogue.warnings())
+    emit(args, data, lambda: _list_text(catalogue.uri, manifests, live))
+    return 0
+
+
+def _list_text(uri: str, manifests: list[Any], live: str | None) -> str:
+    if not manifests:
+        return f"no backups in {uri}"
+    marks = {"live": "", "other": " (other incarnation)", "unknown": ""}
+    rows = [
+        [
+            m.id,
+            m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            m.revision,
+            m.total_keys,
+            human_bytes(m.size_plain),
+            human_bytes(m.size_stored),
+            m.member_id,
+            m.etcd_version,
+            m.cluster_id + marks[_incarnation(m, live)],
+            "yes" if m.verified else "NO",
+        ]
+        for m in manifests
+    ]
+    header = ["ID", "CREATED", "REVISION", "KEYS", "SIZE", "STORED", "MEMBER", "VERSION", "CLUSTER ID", "VERIFIED"]
+    note = (
+        f"live cluster id: {live}; only its backups count as fresh or verified for this cluster"
+        if live
+        else "live cluster id: unknown (no member answered)"
+    )
+    return table(header, rows) + "\n" + note
+
+
+def _verify_dict(result: Any) -> dict[str, Any]:
+    return {
+        "id": result.manifest.id,
+        "ok": True,
+        "sha256": result.sha256,
+        "hash": result.summary.hash,
+        "revision": result.summary.revision,
+        "total_keys": result.summary.total_keys,
+        "total_size": result.summary.total_size,
+        "seconds": round(result.seconds, 3),
+    }
+
+
+def cmd_backup_verify(args: argparse.Namespace) -> int:
+    from etcdops.adapters.backup.target import open_backup_target
+    from etcdops.app.backup.job import verify_backup
+    from etcdops.app.snapshot import TerminalProgress
+
+    config = resolve_config(args)
+    store, keyring = open_backup_target(config)
+    progress = TerminalProgress(sys.stderr, f"verify {args.id}")
+    result = verify_backup(store, keyring, args.id, cluster=config.name, progress=progress)
+    progress.done()
+    data = _verify_dict(result)
+    _warn(_store_warnings(store))
+    emit(
+        args,
+        data,
+        lambda: f"backup {args.id} verified: decrypts, sha256 matches, revision {data['revision']}, "
+        f"{data['total_keys']} keys, hash {data['hash']:x}",
+    )
+    return 0
+
+
+def _store_warnings(store: Any) -> list[str]:
+    """What else the store holds that is not a usable backup (said after a verification)."""
+    from etcdops.app.backup.catalogue import read_catalogue
+    from etcdops.domain.errors import EtcdopsError
+
+    try:
+        return read_catalogue(store).warnings()
+    except EtcdopsError as exc:
+        return [f"the rest of the catalogue could not be read: {exc}"]
+
+
+def cmd_backup_fetch(args: argparse.Namespace) -> int:
+    from etcdops.adapters.backup.target import open_backup_target
+    from etcdops.app.backup.job import fetch_backup
+    from etcdops.app.snapshot import TerminalProgress
+
+    config = resolve_config(args)
+    store, keyring = open_backup_target(config)
+    progress = TerminalProgress(sys.stderr, f"fetch {args.id}")
+    result = fetch_backup(store, keyring, args.id, Path(args.file), cluster=config.name, progress=progress)
+    progress.done()
+    data = {**_verify_dict(result), "path": str(Path(args.file).absolute())}
+    emit(args, data, lambda: f"wrote verified snapshot of backup {args.id} to {data['path']}")
+    return 0
+
+
+def cmd_backup_import(args: argparse.Namespace) -> int:
+    from etcdops.adapters.backup.target import open_backup_target
+    from etcdops.app.backup.importer import import_snapshot
+
+    config = resolve_config(args)
+    store, keyring = open_backup_target(config, create_local_key=True)
+    result = import_snapshot(config, store, keyring, Path(args.file), source_cluster_id=args.source_cluster_id)
+    m = result.manifest
+    data = {**_manifest_dict(m), "seconds": round(result.seconds, 3)}
+    source = f"cluster id {m.imported.source_cluster_id}" if m.imported and m.imported.source_cluster_id else (
+        "cluster id unknown"
+    )
+    emit(
+        args,
+        data,
+        lambda: f"imported {args.file} as backup {m.id}: revision {m.revision}, {m.total_keys} keys, "
+        f"{human_bytes(m.size_plain)} -> {human_bytes(m.size_stored)} encrypted at {m.uri} ({source}; restore it "
+        f"by name: etcdops runbook start restore --backup {m.id})",
+    )
+    return 0
+
+
+def _cluster_id(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{1,16}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a cluster id (1-16 hex digits, as etcdctl prints it)")
+    return text.lower()
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    backup = commands.add_parser("backup", help="encrypted, verified backups and their catalogue", parents=[common])
+    actions = backup.add_subparsers(dest="backup_command", metavar="ACTION", required=True)
+    run = actions.add_parser(
+        "run", help="take a snapshot, check it, encrypt and store it, write its manifest, prune", parents=[common]
+    )
+    run.set_defaults(handler=cmd_backup_run)
+    listing = actions.add_parser(
+        "list",
+        help="list backups (their manifests' fields, which incarnation), corrupt manifests and orphan objects",
+        parents=[common],
+    )
+    listing.set_defaults(handler=cmd_backup_list)
+    verify = actions.add_parser(
+        "verify", help="fetch, decrypt, hash and inspect a backup; compare with its manifest", parents=[common]
+    )
+    verify.add_argument("id", metavar="ID")
+    verify.set_defaults(handler=cmd_backup_verify)
+    fetch = actions.add_parser(
+        "fetch", help="write the decrypted snapshot of backup ID to FILE, only if it verifies", parents=[common]
+    )
+    fetch.add_argument("id", metavar="ID")
+    fetch.add_argument("file", metavar="FILE", type=output_file)
+    fetch.set_defaults(handler=cmd_backup_fetch)
+    imported = actions.add_parser(
+        "import",
+        help="check an `etcdctl snapshot save` FILE (sha256 trailer, database), encrypt and catalogue it as a backup",
+        parents=[common],
+    )
+    imported.add_argument("file", metavar="FILE", type=input_file)
+    imported.add_argument(
+        "--source-cluster-id",
+        metavar="HEX",
+        type=_cluster_id,
+        default=None,
+        help="the cluster id of the cluster the file was taken of, when known (the file does not record it)",
+    )
+    imported.set_defaults(handler=cmd_backup_import)

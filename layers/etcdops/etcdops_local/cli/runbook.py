@@ -1,0 +1,234 @@
+"""``etcdops runbook list|show|start``: the runbook executions, on the local stack or in AWS."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from etcdops.domain.errors import ConfigError, NotFoundError
+from etcdops_local.cli.main import _state_dir, emit, table
+from etcdops_local.cli.options import AWS_OPTIONS
+
+RUNBOOKS = {"replace": "ReplaceMemberStateMachine", "restore": "RestoreClusterStateMachine"}
+
+
+def operator_session(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
+    """A boto3 session and the runbooks' state machine ARNs: the deployed stack's (--stack-name), else
+    the local stack's, else from ``ETCDOPS_*_STATE_MACHINE_ARN``."""
+    from etcdops_local.cli.stack import deployed_stack
+
+    deployed = deployed_stack(args)
+    if deployed is not None:
+        return deployed.session, deployed.runbooks
+    state_dir = _state_dir(args)
+    if (state_dir / "aws.json").exists():
+        from etcdops_local.aws.stack import load_local_stack, local_boto3_session
+
+        stack = load_local_stack(state_dir)
+        arns = {name: stack.state_machines[lid] for name, lid in RUNBOOKS.items() if lid in stack.state_machines}
+        return local_boto3_session(state_dir), arns
+    import boto3
+
+    arns = {
+        name: os.environ[f"ETCDOPS_{name.upper()}_STATE_MACHINE_ARN"]
+        for name in RUNBOOKS
+        if os.environ.get(f"ETCDOPS_{name.upper()}_STATE_MACHINE_ARN")
+    }
+    if not arns:
+        raise ConfigError(
+            f"no runbooks: no local stack with its autopilot in {state_dir} (start one with `etcdops local up`, "
+            "or pass --state-dir DIR), and no deployed stack (--stack-name NAME or ETCDOPS_STACK)"
+        )
+    return boto3.session.Session(), arns
+
+
+def _arn(args: argparse.Namespace, arns: dict[str, str], runbook: str) -> str:
+    if runbook not in arns:
+        raise ConfigError(
+            f"no {runbook} state machine: no local stack with its autopilot in {_state_dir(args)} (start one "
+            f"with `etcdops local up`, or pass --state-dir DIR), and no deployed stack (--stack-name NAME)"
+        )
+    return arns[runbook]
+
+
+def _executions(sfn: Any, arns: dict[str, str]) -> list[dict[str, Any]]:
+    found = []
+    for runbook, arn in arns.items():
+        for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=arn):
+            for execution in page["executions"]:
+                found.append({"runbook": runbook, **execution})
+    return sorted(found, key=lambda e: e["startDate"], reverse=True)
+
+
+def cmd_runbook_list(args: argparse.Namespace) -> int:
+    session, arns = operator_session(args)
+    executions = _executions(session.client("stepfunctions"), arns)
+    data = [
+        {
+            "runbook": e["runbook"],
+            "name": e["name"],
+            "arn": e["executionArn"],
+            "status": e["status"],
+            "started": e["startDate"].isoformat(),
+            "stopped": e["stopDate"].isoformat() if e.get("stopDate") else None,
+        }
+        for e in executions
+    ]
+    emit(
+        args,
+        data,
+        lambda: table(
+            ["RUNBOOK", "EXECUTION", "STATUS", "STARTED", "STOPPED"],
+            [[d["runbook"], d["name"], d["status"], d["started"][:19], (d["stopped"] or "")[:19]] for d in data],
+        )
+        if data
+        else "no runbook executions",
+    )
+    return 0
+
+
+def _find_execution(sfn: Any, arns: dict[str, str], name: str) -> dict[str, Any]:
+    if name.startswith("arn:"):
+        return {"executionArn": name}
+    for execution in _executions(sfn, arns):
+        if execution["name"] == name:
+            return execution
+    raise NotFoundError(f"no runbook execution named {name}")
+
+
+def cmd_runbook_show(args: argparse.Namespace) -> int:
+    import json
+
+    from etcdops_local.aws.stack import execution_history
+
+    session, arns = operator_session(args)
+    sfn = session.client("stepfunctions")
+    arn = _find_execution(sfn, arns, args.execution)["executionArn"]
+    described = sfn.describe_execution(executionArn=arn)
+    steps = execution_history(sfn, arn)
+    started = described["startDate"]
+    data = {
+        "name": described["name"],
+        "arn": arn,
+        "status": described["status"],
+        "started": started.isoformat(),
+        "stopped": described["stopDate"].isoformat() if described.get("stopDate") else None,
+        "input": json.loads(described.get("input") or "{}"),
+        "output": json.loads(described["output"]) if described.get("output") else None,
+        "error": described.get("error"),
+        "cause": described.get("cause"),
+        "steps": [s.to_json() for s in steps],
+    }
+
+    def human() -> str:
+        lines = [f"{data['name']}: {data['status']} (started {data['started'][:19]})"]
+        if data["error"]:
+            lines.append(f"error: {data['error']}: {data['cause']}")
+        lines.append("")
+        rows = []
+        for s in steps:
+            offset = (s.started - started).total_seconds()
+            took = f"{(s.ended - s.started).total_seconds():.1f}s" if s.ended else "..."
+            note = f"{s.error}: {_message(s.cause)}" if s.error else ""
+            rows.append([f"+{offset:6.1f}s", s.name, s.status, took, s.attempts or "", note[:100]])
+        lines.append(table(["AT", "STEP", "STATUS", "TOOK", "TRIES", "NOTE"], rows))
+        return "\n".join(lines)
+
+    emit(args, data, human)
+    return 0
+
+
+def _message(cause: str | None) -> str:
+    """A Lambda error's cause is its error document: show the message, not the JSON."""
+    import json
+
+    try:
+        return str(json.loads(cause or "")["errorMessage"])
+    except (ValueError, KeyError, TypeError):
+        return cause or ""
+
+
+def cmd_runbook_start(args: argparse.Namespace) -> int:
+    from etcdops.adapters.etcd.connect import client_for
+    from etcdops.app.probe import probe_cluster
+    from etcdops_local.aws.stack import execution_name, start_execution
+    from etcdops_local.cli.main import resolve_config
+
+    session, arns = operator_session(args)
+    config = resolve_config(args)
+    with client_for(config) as client:
+        health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
+    member = next((m for m in health.members if args.member in (m.name, f"{m.id:x}")), None)
+    if member is None:
+        raise NotFoundError(f"no member {args.member!r} in cluster {config.name}")
+    document = {
+        "cluster": config.name,
+        "member_id": f"{member.id:x}",
+        "member_name": member.name,
+        "incident_id": execution_name(f"{config.name}-manual"),
+        "reason": args.reason or f"requested by an operator: replace {member.name}",
+        "requires_approval": args.approval,
+    }
+    name = execution_name(f"replace-{config.name}-{member.name}")
+    arn = start_execution(session.client("stepfunctions"), _arn(args, arns, "replace"), document, name=name)
+    emit(args, {"name": name, "arn": arn, "input": document}, lambda: f"started {name}")
+    return 0
+
+
+def cmd_runbook_start_restore(args: argparse.Namespace) -> int:
+    """RestoreCluster: the backup is checked by the runbook itself, and it always waits for an approval."""
+    from etcdops.domain.backup.manifest import check_backup_id
+    from etcdops_local.aws.stack import execution_name, start_execution
+    from etcdops_local.cli.main import resolve_config
+
+    session, arns = operator_session(args)
+    config = resolve_config(args)
+    document: dict[str, Any] = {
+        "cluster": config.name,
+        "backup_id": check_backup_id(args.backup) if args.backup else None,
+        "mode": args.mode,
+        "reason": args.reason or f"requested by an operator: restore {config.name}",
+    }
+    name = execution_name(f"restore-{config.name}")
+    arn = start_execution(session.client("stepfunctions"), _arn(args, arns, "restore"), document, name=name)
+    emit(
+        args,
+        {"name": name, "arn": arn, "input": document},
+        lambda: f"started {name}; it waits for your approval before anything is stopped",
+    )
+    return 0
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    runbook = commands.add_parser("runbook", help="runbook executions (Step Functions)", parents=[common])
+    actions = runbook.add_subparsers(dest="runbook_command", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="executions of every runbook, newest first", parents=[common])
+    listing.set_defaults(handler=cmd_runbook_list, uses=AWS_OPTIONS)
+    show = actions.add_parser("show", help="one execution: status and step history", parents=[common])
+    show.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")
+    show.set_defaults(handler=cmd_runbook_show, uses=AWS_OPTIONS)
+    start = actions.add_parser("start", help="start a runbook by hand", parents=[common])
+    kinds = start.add_subparsers(dest="runbook_kind", metavar="RUNBOOK", required=True)
+    replace = kinds.add_parser("replace", help="replace a member (safety checks still apply)", parents=[common])
+    replace.add_argument("--member", required=True, help="member name or hex id")
+    replace.add_argument("--approval", action="store_true", help="wait for a human approval first")
+    replace.add_argument("--reason", help="why (goes into the notifications)")
+    replace.set_defaults(handler=cmd_runbook_start)
+    restore = kinds.add_parser(
+        "restore", help="restore the whole cluster from a backup (always waits for an approval)", parents=[common]
+    )
+    restore.add_argument(
+        "--backup",
+        metavar="ID",
+        help="backup id (default: the newest verified backup of the live cluster incarnation; "
+        "a backup of an earlier incarnation must be named)",
+    )
+    restore.add_argument(
+        "--mode",
+        choices=("in-place", "new-hosts"),
+        default="in-place",
+        help="restore on the existing hosts, or launch fresh ones (when the old hosts are gone)",
+    )
+    restore.add_argument("--reason", help="why (goes into the approval message and notifications)")
+    restore.set_defaults(handler=cmd_runbook_start_restore)

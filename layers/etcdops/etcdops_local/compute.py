@@ -1,0 +1,307 @@
+"""The local compute provider: hosts are etcd processes of a :class:`~etcdops_local.cluster.LocalCluster`.
+
+- a host is a member record in ``local.json``; ``launch`` reserves its ports and issues its
+  certificate (``pki/<name>.crt``/``.key``) without starting etcd;
+- the "load balancer" is the ``targets`` list in ``local.json``: ``register_target`` adds the host's
+  client URL, ``deregister_target`` removes it (the configuration's endpoints are etcdops's own seeds,
+  kept up to date by the runbooks, as in AWS);
+- ``boot_seconds`` makes a launched host come online late: until then ``start_etcd``, ``stop_etcd`` and
+  host actions on it raise ``HostNotReadyError``, as a fresh EC2 instance does until its SSM agent is
+  online;
+- ``terminate`` stops the process, forgets the record and deletes the data directory (its log stays);
+- host actions: ``restore-data-dir`` restores a snapshot file (``file:///...``) with etcdutl/etcdctl;
+  the Kubernetes hooks run the commands given in ``hooks`` (there is no control plane locally), and
+  succeed doing nothing without one;
+- ``preflight``: the CA files sign (``pki/ca.crt`` and ``ca.key``), the etcd binaries run
+  (``etcd --version``), the state directory and ``cluster.yaml`` can be written, the commanded
+  members exist and the hooks' programs are there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from etcdops.adapters import pki
+from etcdops.domain.compute.base import (
+    ACTIONS,
+    DOCUMENTS,
+    ActionResult,
+    ActionStatus,
+    ComputeProvider,
+    Host,
+    HostActionResult,
+    InitialState,
+    PreflightPlan,
+    action_spec,
+    check_host_name,
+    check_initial_cluster,
+)
+from etcdops.domain.compute.errors import (
+    ActionParameterError,
+    ComputeConfigError,
+    HostCommandFailedError,
+    HostNotFoundError,
+    HostNotReadyError,
+)
+from etcdops.domain.errors import EtcdopsError, PkiError
+from etcdops.domain.findings import Check, Finding
+from etcdops_local.cluster import EtcdBinaries, LocalCluster, LocalMember
+
+LOCAL_HOST_ID_PREFIX = "local:"
+_HOOK_TIMEOUT = 300.0
+
+
+class LocalComputeProvider(ComputeProvider):
+    """Hosts as processes on 127.0.0.1, managed through ``cluster`` (a LocalCluster)."""
+
+    def __init__(
+        self, cluster: LocalCluster, *, hooks: Mapping[str, Sequence[str]] | None = None, boot_seconds: float = 0.0
+    ) -> None:
+        self.cluster = cluster
+        self.boot_seconds = boot_seconds
+        self.hooks = {action: list(argv) for action, argv in (hooks or {}).items()}
+        for action in self.hooks:
+            if action_spec(action).group != "control-plane":
+                raise ComputeConfigError(f"hooks: {action} is not a control-plane action")
+
+    # ---- hosts ---------------------------------------------------------------------------
+
+    def _host(self, member: LocalMember) -> Host:
+        process = next(p for p in self.cluster.ps() if p.name == member.name)
+        return Host(
+            host_id=f"{LOCAL_HOST_ID_PREFIX}{member.name}",
+            name=member.name,
+            address="127.0.0.1",
+            peer_url=member.peer_url,
+            client_url=member.client_url,
+            state=process.state,
+        )
+
+    def find(self, name: str) -> Host | None:
+        member = next((m for m in self.cluster.state().members if m.name == name), None)
+        return self._host(member) if member else None
+
+    def hosts(self) -> list[Host]:
+        return sorted((self._host(m) for m in self.cluster.state().members), key=lambda h: h.name)
+
+    def _require(self, host: Host) -> Host:
+        """The host as it is now; HostNotReadyError while it has not come online yet."""
+        member = next((m for m in self.cluster.state().members if m.name == host.name), None)
+        if member is None:
+            raise HostNotFoundError(f"no local host named {host.name!r}")
+        if member.online_at is not None and time.time() < member.online_at:
+            raise HostNotReadyError(
+                f"host {host.name} is not online yet (it comes online in {member.online_at - time.time():.1f} s)"
+            )
+        return self._host(member)
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def issue_certificates(self, name: str, address_sans: Sequence[str] = ()) -> str:
+        """``pki/<name>.crt`` (and ``.key``); kept when it is still valid and signed by our CA.
+
+        Local hosts all live on 127.0.0.1, which the certificate always covers, so other
+        ``address_sans`` are refused rather than silently left out.
+        """
+        check_host_name(name)
+        extra = [a for a in address_sans if a not in ("127.0.0.1", "localhost", name)]
+        if extra:
+            raise ActionParameterError(f"address_sans: local hosts are 127.0.0.1 only, not {', '.join(extra)}")
+        pki_dir = self.cluster.pki_dir
+        cert, key = pki_dir / f"{name}.crt", pki_dir / f"{name}.key"
+        try:
+            pki.verify_chain(pki.load_pem(pki_dir / "ca.crt", pki_dir / "ca.key"), pki.load_pem(cert, key))
+        except PkiError:
+            self.cluster.issue_member_certificate(name)
+        return str(cert)
+
+    def launch(self, name: str) -> Host:
+        check_host_name(name)
+        online_at = time.time() + self.boot_seconds if self.boot_seconds else None
+        member = self.cluster.reserve_member(name, online_at=online_at)
+        return self._host(member)
+
+    def start_etcd(self, host: Host, initial_cluster: str, initial_state: InitialState) -> None:
+        current = self._require(host)
+        check_initial_cluster(current, initial_cluster, initial_state)
+        self.cluster.spawn_member(host.name, initial_cluster=initial_cluster, initial_state=initial_state)
+
+    def stop_etcd(self, host: Host) -> None:
+        self.cluster.stop_member(self._require(host).name)
+
+    def terminate(self, host: Host) -> None:
+        if self.find(host.name) is None:
+            return
+        self.cluster.stop_member(host.name)
+        self.cluster.remove_member_record(host.name)
+        self.cluster.remove_member_files(host.name)
+
+    # ---- the "load balancer": targets in local.json -----------------------------------------
+
+    def targets(self) -> list[str]:
+        return list(self.cluster.state().targets)
+
+    def register_target(self, host: Host) -> None:
+        endpoints = self.targets()
+        if host.client_url not in endpoints:
+            self.cluster.set_targets([*endpoints, host.client_url])
+
+    def deregister_target(self, host: Host) -> None:
+        endpoints = self.targets()
+        if host.client_url in endpoints:
+            self.cluster.set_targets([e for e in endpoints if e != host.client_url])
+
+    # ---- preflight -----------------------------------------------------------------------
+
+    def preflight(self, plan: PreflightPlan) -> list[Finding]:
+        findings: list[Finding] = []
+        cluster = self.cluster
+        etcd_commands = [k for k in plan.documents if DOCUMENTS[k].group == "etcd"]
+        if plan.launch:
+            try:
+                pki.check_ca(pki.load_pem(cluster.pki_dir / "ca.crt", cluster.pki_dir / "ca.key"))
+            except PkiError as exc:
+                findings.append(
+                    Finding(
+                        "ca",
+                        f"CA {cluster.pki_dir / 'ca.crt'}",
+                        f"cannot issue member certificates: {str(exc).removeprefix('ca: ')}.",
+                        "restore pki/ca.crt and pki/ca.key of this local stack (or recreate it: etcdops local up).",
+                    )
+                )
+            findings += _writable("launch", cluster.pki_dir, "new members' certificates are written there")
+            findings += _writable("launch", cluster.state_dir, "new members are recorded in local.json there")
+        if plan.launch or etcd_commands:
+            try:
+                EtcdBinaries.locate(cluster.state().bin_dir)  # runs etcd --version
+            except EtcdopsError as exc:
+                findings.append(
+                    Finding(
+                        "host-command",
+                        f"etcd binaries of {cluster.state_dir}",
+                        f"cannot run: {exc}.",
+                        "install etcd where local.json's bin_dir points (or set ETCD_BIN_DIR and recreate the stack).",
+                    )
+                )
+        for name in plan.commanded:
+            if self.find(name) is None:
+                findings.append(
+                    Finding(
+                        "host",
+                        f"member host {name}",
+                        "has no record in the local stack, but the runbook will send it host commands.",
+                        "restore onto new hosts (mode new-hosts), or start the runbook with the current members.",
+                    )
+                )
+        for action, argv in self.hooks.items():
+            used = plan.control_plane and ACTIONS[action] in plan.documents
+            if used and argv and shutil.which(argv[0]) is None:
+                findings.append(
+                    Finding(
+                        "control-plane",
+                        f"hook {action}",
+                        f"its program {argv[0]} is not an executable file.",
+                        f"install {argv[0]}, or change the {action} hook.",
+                    )
+                )
+        if plan.repoint:
+            findings += _writable("target-group", cluster.config_file.parent, "clients are repointed in cluster.yaml")
+        return findings
+
+    # ---- host actions --------------------------------------------------------------------
+
+    def run_action(
+        self, action: str, hosts: Sequence[Host] | None = None, parameters: Mapping[str, str] | None = None
+    ) -> ActionResult:
+        spec = action_spec(action)
+        values = dict(parameters or {})
+        spec.ssm_parameters(values)  # the same checks as in AWS
+        if action == "restore-data-dir":
+            targets = [self._require(h) for h in (hosts if hosts is not None else self.hosts())]
+            results = [self._restore(host, values) for host in targets]
+        else:
+            targets = list(hosts) if hosts is not None else [Host("local", "localhost", "127.0.0.1", "", "", "running")]
+            results = [self._hook(action, host, values) for host in targets]
+        result = ActionResult(action, None, tuple(results))
+        if not result.ok:
+            failed = "; ".join(
+                f"{h.name}: {(h.output.strip().splitlines() or [h.status])[-1]}"
+                for h in result.hosts
+                if h.status != "Success"
+            )
+            raise HostCommandFailedError(f"{action} failed on {failed}", result)
+        return result
+
+    def _restore(self, host: Host, values: Mapping[str, str]) -> HostActionResult:
+        uri = urlsplit(values["snapshot_uri"])
+        if uri.scheme != "file":
+            raise ActionParameterError(f"snapshot_uri: the local stack reads file:/// URIs only, not {uri.scheme}://")
+        snapshot = Path(unquote(uri.path))
+        if not snapshot.is_file():
+            return HostActionResult(host.host_id, host.name, "Failed", f"snapshot {snapshot} does not exist")
+        expected = values.get("sha256")
+        if expected:
+            digest = hashlib.sha256()
+            with snapshot.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != expected:
+                return HostActionResult(host.host_id, host.name, "Failed", f"{snapshot}: sha256 does not match")
+        try:
+            aside = self.cluster.restore_member_data(
+                host.name,
+                snapshot,
+                initial_cluster=values["initial_cluster"],
+                token=values.get("initial_cluster_token"),
+                bump_revision=int(values.get("bump_revision") or 0),
+                old_data_suffix=values.get("old_data_suffix") or None,
+            )
+        except EtcdopsError as exc:
+            return HostActionResult(host.host_id, host.name, "Failed", str(exc))
+        return HostActionResult(host.host_id, host.name, "Success", f"restored {snapshot}; old data in {aside}")
+
+    def _hook(self, action: str, host: Host, values: Mapping[str, str]) -> HostActionResult:
+        argv = self.hooks.get(action)
+        if not argv:
+            return HostActionResult(
+                host.host_id, host.name, "Success", "no Kubernetes control plane in the local stack: nothing to do"
+            )
+        env = {
+            **os.environ,
+            "ETCDOPS_ACTION": action,
+            "ETCDOPS_HOST": host.name,
+            **{f"ETCDOPS_{k.upper()}": v for k, v in values.items()},
+        }
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=_HOOK_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            return HostActionResult(host.host_id, host.name, "TimedOut", f"{argv[0]} ran over {_HOOK_TIMEOUT:.0f}s")
+        except OSError as exc:
+            return HostActionResult(host.host_id, host.name, "Failed", f"{argv[0]}: {exc.strerror or exc}")
+        status: ActionStatus = "Success" if done.returncode == 0 else "Failed"
+        return HostActionResult(host.host_id, host.name, status, (done.stdout + done.stderr).strip())
+
+
+def _writable(check: Check, directory: Path, why: str) -> list[Finding]:
+    """[] when a file can be created in ``directory`` (a real write, removed at once), else a finding."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".etcdops-preflight-"):
+            pass
+    except OSError as exc:
+        return [
+            Finding(
+                check,
+                f"directory {directory}",
+                f"cannot be written ({exc.strerror or exc}), but {why}.",
+                "give the etcdops user write access to it (and free space).",
+            )
+        ]
+    return []
