@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -18,31 +19,56 @@ from etcdops_local.cluster import EtcdBinaries
 pytestmark = pytest.mark.integration
 
 
-def on_a_full_disk(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cwd: Path, *argv: str
-) -> tuple[int, str]:
-    """Run the command in process with a disk that is full when the file is flushed (fsync: ENOSPC)."""
-    import errno
+class Cli:
+    """Runs ``etcdops`` in this process (``main``, what ``python -m etcdops_local.cli.main`` calls) in a
+    folder, with its output captured: the same answer as a subprocess without starting an interpreter and
+    importing the package each time (seconds per command on a busy machine). ``local up`` and the
+    one-line errors run as real processes in their own tests."""
 
-    def full(fd: int) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        self._monkeypatch = monkeypatch
+        self._capsys = capsys
 
-    capsys.readouterr()
-    with monkeypatch.context() as patch:
-        patch.chdir(cwd)
-        patch.setattr(os, "fsync", full)
-        code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    # progress notes ("streaming snapshot from m2 ...") may come first; the error is the one last line
-    *notes, last = err.splitlines()
-    assert out == "" and last.startswith("etcdops: ") and "Traceback" not in err
-    assert not any(note.startswith("etcdops") for note in notes)
-    return code, last
+    def __call__(
+        self, cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True, disk_full: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run one command; ``disk_full``: the disk is full when a file is flushed (fsync: ENOSPC)."""
+        self._capsys.readouterr()
+        with self._monkeypatch.context() as patch:
+            patch.chdir(cwd)
+            for name, value in (env or {}).items():
+                patch.setenv(name, value)
+            if disk_full:
+                patch.setattr(os, "fsync", _no_space)
+            code = cli.main(list(args))
+        out, err = self._capsys.readouterr()
+        if check:
+            assert code == 0, err
+        return subprocess.CompletedProcess(["etcdops", *args], code, out, err)
+
+    def on_a_full_disk(self, cwd: Path, *args: str) -> tuple[int, str]:
+        """Run a command that writes a file on a full disk: it fails in one last line, no traceback."""
+        result = self(cwd, *args, check=False, disk_full=True)
+        # progress notes ("streaming snapshot from m2 ...") may come first; the error is the one last line
+        *notes, last = result.stderr.splitlines()
+        assert result.stdout == "" and last.startswith("etcdops: ") and "Traceback" not in result.stderr
+        assert not any(note.startswith("etcdops") for note in notes)
+        return result.returncode, last
+
+
+def _no_space(fd: int) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.fixture
+def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+    return Cli(monkeypatch, capsys)
 
 
 def etcdops(
     cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
+    """Run ``etcdops`` as a process of its own."""
     result = subprocess.run(
         [sys.executable, "-m", "etcdops_local.cli.main", *args],
         cwd=cwd,
@@ -61,14 +87,17 @@ def as_json(result: subprocess.CompletedProcess[str]) -> Any:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, etcd_binaries: EtcdBinaries):  # type: ignore[no-untyped-def]
+def stack(tmp_path: Path, etcd_binaries: EtcdBinaries, run: Cli):  # type: ignore[no-untyped-def]
+    """A folder for a local stack of this etcd version, stopped afterwards. Only the test of ``local up``
+    itself starts the autopilot: the commands the other tests run never use it, and its start-up
+    (the emulated AWS stack) is most of a ``local up``'s time."""
     env = {"ETCD_BIN_DIR": str(etcd_binaries.bin_dir)}
     yield tmp_path, env
-    etcdops(tmp_path, "local", "down", check=False)
+    run(tmp_path, "local", "down", check=False)
 
 
 def test_local_up_is_idempotent_and_status_reports_failures(
-    stack: tuple[Path, dict[str, str]], etcd_binaries: EtcdBinaries
+    stack: tuple[Path, dict[str, str]], etcd_binaries: EtcdBinaries, run: Cli
 ) -> None:
     cwd, env = stack
     # Given a local stack started twice
@@ -78,14 +107,14 @@ def test_local_up_is_idempotent_and_status_reports_failures(
     assert [m["pid"] for m in first["members"]] == [m["pid"] for m in second["members"]]
     assert (cwd / ".etcdops" / "cluster.yaml").exists()
 
-    ps = as_json(etcdops(cwd, "local", "ps", "--json"))
+    ps = as_json(run(cwd, "local", "ps", "--json"))
     assert [(p["name"], p["state"]) for p in ps] == [("m1", "running"), ("m2", "running"), ("m3", "running")]
     assert all(p["client_urls"][0].startswith("https://127.0.0.1:") for p in ps)
-    assert etcdops(cwd, "local", "ps").stdout.splitlines()[-1].startswith(f"state folder {cwd / '.etcdops'}: ")
-    gc = as_json(etcdops(cwd, "local", "gc", "--json"))
+    assert run(cwd, "local", "ps").stdout.splitlines()[-1].startswith(f"state folder {cwd / '.etcdops'}: ")
+    gc = as_json(run(cwd, "local", "gc", "--json"))
     assert gc["removed"] == [] and gc["state_dir_bytes"] > 0  # no restore ran: nothing set aside
 
-    status = as_json(etcdops(cwd, "status", "--json"))
+    status = as_json(run(cwd, "status", "--json"))
     assert status["has_quorum"] and status["leader"]
     assert {"cluster_id", "leader", "has_quorum", "members", "alarms"} <= status.keys()
     major, minor = etcd_binaries.version.split(".")[:2]
@@ -110,8 +139,8 @@ def test_local_up_is_idempotent_and_status_reports_failures(
     other = next(m["name"] for m in status["members"] if m["id"] != status["leader"] and m["name"] != follower)
 
     # When one follower is killed
-    etcdops(cwd, "local", "kill", follower)
-    killed = etcdops(cwd, "status", "--json")
+    run(cwd, "local", "kill", follower)
+    killed = run(cwd, "status", "--json")
 
     # Then only it is reported unhealthy, with an error, and the cluster keeps quorum
     report = as_json(killed)
@@ -119,11 +148,11 @@ def test_local_up_is_idempotent_and_status_reports_failures(
     assert report["has_quorum"] and report["quorum_margin"] == 0
 
     # When another is paused as well (quorum lost: the survivor cannot serve linearizable reads)
-    etcdops(cwd, "local", "pause", other)
+    run(cwd, "local", "pause", other)
     try:
-        paused = etcdops(cwd, "status", "--json", check=False)
+        paused = run(cwd, "status", "--json", check=False)
     finally:
-        etcdops(cwd, "local", "resume", other)
+        run(cwd, "local", "resume", other)
 
     # Then the status says so and exits 1; the paused member was cut off by the probe deadline
     # (how long the answer takes is measured by bench/bench_probe.py, not asserted here)
@@ -132,16 +161,16 @@ def test_local_up_is_idempotent_and_status_reports_failures(
     assert not by_name[other]["healthy"] and "deadline" in by_name[other]["error"]
     assert paused.returncode == 1 and not report["has_quorum"]
 
-    states = {p["name"]: p["state"] for p in as_json(etcdops(cwd, "local", "ps", "--json"))}
+    states = {p["name"]: p["state"] for p in as_json(run(cwd, "local", "ps", "--json"))}
     assert states[follower] == "stopped" and states[other] == "running"
 
 
-def test_local_env_prints_etcdctl_exports(stack: tuple[Path, dict[str, str]]) -> None:
+def test_local_env_prints_etcdctl_exports(stack: tuple[Path, dict[str, str]], run: Cli) -> None:
     cwd, env = stack
-    etcdops(cwd, "local", "up", env=env)
+    run(cwd, "local", "up", "--no-autopilot", env=env)
 
-    text = etcdops(cwd, "local", "env").stdout
-    exported = as_json(etcdops(cwd, "local", "env", "--json"))
+    text = run(cwd, "local", "env").stdout
+    exported = as_json(run(cwd, "local", "env", "--json"))
 
     assert exported["ETCDCTL_API"] == "3"
     for name in ("ETCDCTL_ENDPOINTS", "ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY"):
@@ -153,7 +182,7 @@ def test_local_env_prints_etcdctl_exports(stack: tuple[Path, dict[str, str]]) ->
     # and etcdops itself understands the exports, with no configuration in sight
     elsewhere = cwd / "elsewhere"
     elsewhere.mkdir()
-    status = as_json(etcdops(elsewhere, "status", "-w", "json", env={**exported, "ETCDOPS_CONFIG": ""}))
+    status = as_json(run(elsewhere, "status", "-w", "json", env={**exported, "ETCDOPS_CONFIG": ""}))
     assert status["has_quorum"] and len(status["members"]) == 3
 
 
@@ -178,15 +207,14 @@ def test_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
 def test_snapshot_save_and_inspect_agree_with_etcds_tool(
     stack: tuple[Path, dict[str, str]],
     etcd_binaries: EtcdBinaries,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    run: Cli,
 ) -> None:
     cwd, env = stack
-    etcdops(cwd, "local", "up", env=env)
-    saved = as_json(etcdops(cwd, "snapshot", "save", "snap.db", "--json"))
+    run(cwd, "local", "up", "--no-autopilot", env=env)
+    saved = as_json(run(cwd, "snapshot", "save", "snap.db", "--json"))
     assert saved["size"] == (cwd / "snap.db").stat().st_size and not list(cwd.glob(".snap.db*"))
 
-    ours = as_json(etcdops(cwd, "snapshot", "inspect", "snap.db", "--json"))
+    ours = as_json(run(cwd, "snapshot", "inspect", "snap.db", "--json"))
     tool = [str(etcd_binaries.etcdutl)] if etcd_binaries.etcdutl else [str(etcd_binaries.etcdctl)]
     theirs = json.loads(
         subprocess.run(
@@ -208,27 +236,25 @@ def test_snapshot_save_and_inspect_agree_with_etcds_tool(
     # a truncated copy gets one clear line and a non-zero exit
     data = (cwd / "snap.db").read_bytes()
     (cwd / "cut.db").write_bytes(data[: len(data) // 2])
-    cut = etcdops(cwd, "snapshot", "inspect", "cut.db", check=False)
+    cut = run(cwd, "snapshot", "inspect", "cut.db", check=False)
     assert cut.returncode == 1 and cut.stderr.count("\n") == 1 and "SnapshotIntegrityError" in cut.stderr
 
     # a full disk: one line, and neither the file nor its partial copy is left
-    code, err = on_a_full_disk(monkeypatch, capsys, cwd, "snapshot", "save", "full.db")
+    code, err = run.on_a_full_disk(cwd, "snapshot", "save", "full.db")
     assert code == 1 and "No space left on device" in err
     assert not list(cwd.glob("*full.db*"))
 
 
-def test_backup_commands_round_trip(
-    stack: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_backup_commands_round_trip(stack: tuple[Path, dict[str, str]], run: Cli) -> None:
     cwd, env = stack
-    etcdops(cwd, "local", "up", env=env)
-    made = as_json(etcdops(cwd, "backup", "run", "--json"))
-    listed = as_json(etcdops(cwd, "backup", "list", "--json"))
+    run(cwd, "local", "up", "--no-autopilot", env=env)
+    made = as_json(run(cwd, "backup", "run", "--json"))
+    listed = as_json(run(cwd, "backup", "list", "--json"))
     assert [b["id"] for b in listed["backups"]] == [made["id"]] and listed["backups"][0]["verified"] is True
     assert listed["backups"][0]["incarnation"] == "live" and listed["cluster_id"] == made["cluster_id"]
     assert (cwd / ".etcdops" / "backup.key").stat().st_mode & 0o777 == 0o600
 
-    verified = as_json(etcdops(cwd, "backup", "verify", made["id"], "--json"))
+    verified = as_json(run(cwd, "backup", "verify", made["id"], "--json"))
     assert verified["ok"] and verified["revision"] == made["revision"]
     # verify reports its progress up to the whole snapshot
     from etcdops.adapters.backup.target import open_backup_target
@@ -240,14 +266,14 @@ def test_backup_commands_round_trip(
     verify_backup(store, keyring, made["id"], progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (made["size_plain"], made["size_plain"])
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
-    fetched = as_json(etcdops(cwd, "backup", "fetch", made["id"], "f.db", "--json"))
+    fetched = as_json(run(cwd, "backup", "fetch", made["id"], "f.db", "--json"))
     assert Path(fetched["path"]).stat().st_size == made["size_plain"]
-    code, err = on_a_full_disk(monkeypatch, capsys, cwd, "backup", "fetch", made["id"], "full.db")
+    code, err = run.on_a_full_disk(cwd, "backup", "fetch", made["id"], "full.db")
     assert code == 1 and "No space left on device" in err and not list(cwd.glob("*full.db*"))
 
-    unknown = etcdops(cwd, "backup", "verify", "20200101T000000Z-abcdef", check=False)
+    unknown = run(cwd, "backup", "verify", "20200101T000000Z-abcdef", check=False)
     assert unknown.returncode == 1 and "BackupNotFoundError" in unknown.stderr
-    malformed = etcdops(cwd, "backup", "verify", "nope", check=False)
+    malformed = run(cwd, "backup", "verify", "nope", check=False)
     assert malformed.returncode == 2 and "not a backup id" in malformed.stderr
 
     # a backup of an earlier cluster with the same name is listed as another incarnation's; a corrupt manifest
@@ -258,21 +284,21 @@ def test_backup_commands_round_trip(
     (store / "20200101T000000Z-0a0a0a.snapshot.enc").write_bytes(b"an old orphan")
     young = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-0b0b0b"
     (store / f"{young}.snapshot.enc").write_bytes(b"a young orphan")
-    again = etcdops(cwd, "backup", "run", "--json")
+    again = run(cwd, "backup", "run", "--json")
     assert "warning: manifest 20200102T000000Z-0c0c0c.manifest.json cannot be read" in again.stderr
     assert "20200101T000000Z-0a0a0a" in as_json(again)["pruned"]  # past the grace period
     earlier = {**made, "id": "20200103T000000Z-0d0d0d", "cluster_id": "abc"}
     earlier = {k: v for k, v in earlier.items() if k not in ("attempts", "seconds", "pruned", "warnings")}
     (store / "20200103T000000Z-0d0d0d.manifest.json").write_text(json.dumps(earlier))
-    listed = as_json(etcdops(cwd, "backup", "list", "--json"))
+    listed = as_json(run(cwd, "backup", "list", "--json"))
     incarnations = {b["id"]: b["incarnation"] for b in listed["backups"]}
     assert incarnations == {"20200103T000000Z-0d0d0d": "other", made["id"]: "live", as_json(again)["id"]: "live"}
     assert [c["id"] for c in listed["corrupt"]] == ["20200102T000000Z-0c0c0c"]
     assert [o["id"] for o in listed["orphans"]] == [young]
-    text = etcdops(cwd, "backup", "list")
+    text = run(cwd, "backup", "list")
     assert "abc (other incarnation)" in text.stdout and f"live cluster id: {made['cluster_id']}" in text.stdout
     assert "orphan" in text.stderr and "cannot be read" in text.stderr
-    checked = etcdops(cwd, "backup", "verify", made["id"])
+    checked = run(cwd, "backup", "verify", made["id"])
     assert f"warning: {young}.snapshot.enc is an orphan" in checked.stderr and "cannot be read" in checked.stderr
-    orphan = etcdops(cwd, "backup", "verify", young, check=False)
+    orphan = run(cwd, "backup", "verify", young, check=False)
     assert orphan.returncode == 1 and "orphan" in orphan.stderr and orphan.stderr.count("\n") == 1
