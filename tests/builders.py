@@ -1,5 +1,7 @@
-"""Builders for what a probe round observes (the health model), shared by every test tier, and etcd
-binaries whose ``etcdutl`` is a stand-in script (:func:`binaries_with_etcdutl`).
+"""Builders for what a probe round observes (the health model), shared by every test tier, etcd
+binaries whose ``etcdutl`` is a stand-in script (:func:`binaries_with_etcdutl`) or whose ``etcd`` will
+not start one member (:func:`binaries_failing_for`), and a :class:`Writer` that remembers every write
+etcd acknowledged.
 
 ``member(3)`` is a healthy voter named ``etcd-3`` at 10.0.0.3; an unhealthy one carries the error
 a probe gives a member that does not answer, unless the test names another. Fields a test does
@@ -9,11 +11,13 @@ not set stay unknown (``None``), as they are for a member that did not answer st
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
 from etcdops.domain.health import Alarm, ClusterHealth, MemberHealth
-from etcdops_local.cluster import EtcdBinaries
+from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
 CLUSTER_ID = 0xC1
 NO_ANSWER = "context deadline exceeded"
@@ -92,3 +96,56 @@ def snapshot_file_damaged(snapshot: Path, *, retrailer: bool) -> bytes:
         db[meta + 64] ^= 0xFF  # a byte of the txid: the meta page's checksum no longer matches
     trailer = hashlib.sha256(db).digest() if retrailer else bytes(data[-32:])
     return bytes(db) + trailer
+
+
+def binaries_failing_for(binaries: EtcdBinaries, bin_dir: Path, member_name: str) -> EtcdBinaries:
+    """``binaries``, except that their etcd exits at once when started as member ``member_name`` (a broken
+    binary on one host); ``etcd --version`` still says the version, as a bad build would."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("etcdctl", "etcdutl"):
+        if getattr(binaries, name) is not None:
+            (bin_dir / name).symlink_to(getattr(binaries, name))
+    etcd = bin_dir / "etcd"
+    etcd.write_text(
+        "#!/bin/sh\n"
+        f'for arg in "$@"; do [ "$arg" = "--name={member_name}" ] && {{ echo "broken etcd" >&2; exit 1; }}; done\n'
+        f'exec {binaries.etcd} "$@"\n'
+    )
+    etcd.chmod(0o755)
+    return EtcdBinaries.locate(bin_dir)
+
+
+class Writer:
+    """Writes keys continuously and remembers every write etcd acknowledged."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.acked: dict[bytes, bytes] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        i = 0
+        client = self.cluster.client(timeout=2.0)
+        try:
+            while not self.stop.is_set():
+                key, value = f"/writer/{i:06d}".encode(), f"v{i}".encode()
+                try:
+                    client.put(key, value)
+                    self.acked[key] = value
+                except Exception:  # a write that was not acknowledged is not promised
+                    time.sleep(0.1)
+                    client.close()
+                    client = self.cluster.client(timeout=2.0)  # the members may have changed
+                i += 1
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def lost(self) -> dict[bytes, bytes]:
+        """Stops writing; the acknowledged writes the cluster does not have (empty: none lost)."""
+        self.stop.set()
+        self.thread.join()
+        with self.cluster.client() as client:
+            stored = {kv.key: kv.value for kv in client.range(b"/writer/", prefix=True).kvs}
+        return {k: v for k, v in self.acked.items() if stored.get(k) != v}

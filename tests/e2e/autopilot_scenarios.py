@@ -6,7 +6,6 @@ like the runbooks they wait for."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -46,13 +45,17 @@ def running_autopilot(
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sns.subscribe(TopicArn=stack.topic_arn, Protocol="sqs", Endpoint=queue_arn)
     subjects: list[str] = []
+    bodies: dict[str, str] = {}  # the text of each message by its subject
 
     def inbox() -> list[str]:
         while True:
             messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
             if not messages:
                 return subjects
-            subjects.extend(json.loads(m["Body"])["Subject"] for m in messages)
+            for message in messages:
+                body = json.loads(message["Body"])
+                subjects.append(body["Subject"])
+                bodies[body["Subject"]] = body["Message"]
 
     with LocalScheduler.for_stack(stack, {"HealthCheckSchedule": "rate(1 second)"}):
         yield SimpleNamespace(
@@ -63,6 +66,7 @@ def running_autopilot(
             state=DynamoStateStore(stack.table or "", aws.client("dynamodb")),
             machine=stack.state_machines["ReplaceMemberStateMachine"],
             inbox=inbox,
+            bodies=bodies,
             parameter=stack.parameters["ClusterConfigParameter"],
         )
 
@@ -99,34 +103,6 @@ def wait_for(what: str, predicate: Any, timeout: float = 150.0) -> Any:
 
 def finished(pilot: SimpleNamespace) -> list[dict[str, Any]]:
     return [e for e in executions(pilot) if e["status"] != "RUNNING"]
-
-
-class Writer:
-    """Writes keys continuously and remembers every write etcd acknowledged."""
-
-    def __init__(self, cluster: LocalCluster) -> None:
-        self.cluster = cluster
-        self.acked: dict[bytes, bytes] = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        i = 0
-        client = self.cluster.client(timeout=2.0)
-        try:
-            while not self.stop.is_set():
-                key, value = f"/writer/{i:06d}".encode(), f"v{i}".encode()
-                try:
-                    client.put(key, value)
-                    self.acked[key] = value
-                except Exception:  # a write that was not acknowledged is not promised
-                    time.sleep(0.1)
-                    client.close()
-                    client = self.cluster.client(timeout=2.0)  # the members may have changed
-                i += 1
-                time.sleep(0.02)
-        finally:
-            client.close()
 
 
 def follower(cluster: LocalCluster) -> Any:

@@ -13,7 +13,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from autopilot_scenarios import Writer, executions, finished, follower, healthy, running_autopilot, wait_for
+from autopilot_scenarios import executions, finished, follower, healthy, running_autopilot, wait_for
+from builders import Writer
 
 from etcdops.app.approval import decide_approval
 from etcdops.app.probe import probe_cluster

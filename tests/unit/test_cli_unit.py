@@ -60,6 +60,7 @@ REQUIRED: dict[tuple[str, ...], list[str]] = {
     ("runbook", "show"): ["exec-1"],
     ("runbook", "start", "replace"): ["--member", "m1"],
     ("runbook", "start", "restore"): [],
+    ("runbook", "start", "upgrade"): ["--version", "3.5.30"],
     ("demo",): [],
     ("completion",): ["bash"],
 }
@@ -586,3 +587,21 @@ def test_status_watch_ends_on_a_ctrl_c_that_python_swallowed(
     assert rounds == [0]  # the round in flight finished and was shown; no further round started
     assert json.loads(capsys.readouterr().out)["status"]["members"][0]["name"] == "m1"
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_local_up_refuses_an_other_etcd_that_is_not_one_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "stack"
+    code, _, err = run(["--state-dir", str(state), "local", "up", "--also-etcd", str(tmp_path / "nowhere")], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"--also-etcd {tmp_path / 'nowhere'}: no executable etcd in" in err
+    assert not (state / "local.json").exists()
+
+
+def test_runbook_start_upgrade_refuses_what_is_not_a_version_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--state-dir", str(tmp_path), "runbook", "start", "upgrade", "--version", "latest"]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and err == "etcdops: --version: 'latest' is not an etcd version (MAJOR.MINOR.PATCH, e.g. 3.5.30)\n"

@@ -34,6 +34,8 @@ SAMPLES = {
     "ParkedDir": "/etc/kubernetes/etcdops-parked",
     "Components": "kube-scheduler,kube-controller-manager",
     "RestartKubelet": "true",
+    "Version": "3.5.30",
+    "CheckOnly": "false",
 }
 
 

@@ -6,7 +6,17 @@ import pytest
 from builders import cluster, member
 
 from etcdops.domain.errors import UpgradeRefusedError
-from etcdops.domain.upgrade import NO_ENABLE_V2, V2STORE_CLEAN, EtcdVersion, plan_path, upgrade_order
+from etcdops.domain.health import Alarm
+from etcdops.domain.upgrade import (
+    NO_ENABLE_V2,
+    V2STORE_CLEAN,
+    EtcdVersion,
+    failure_report,
+    plan_path,
+    refusals,
+    report,
+    upgrade_order,
+)
 
 
 def refused(versions: list[str | None], target: str, *, auth: bool = False) -> str:
@@ -75,3 +85,50 @@ def test_followers_go_first_the_leader_last_and_members_on_the_target_are_skippe
         leader=1,
     )
     assert [m.name for m in upgrade_order(health, target)] == ["d", "a", "e", "c"]
+
+
+def test_a_cluster_is_refused_for_every_unhealthy_member_a_missing_leader_and_each_alarm() -> None:
+    assert refusals(cluster(member(1), member(2), leader=1)) == []
+    sick = cluster(member(1), member(2, healthy=False), leader=None, alarms=(Alarm(1, "NOSPACE"),))
+    assert refusals(sick) == [
+        "member etcd-2 (2) is not healthy (context deadline exceeded)",
+        "the cluster has no leader",
+        "alarm NOSPACE is raised on member 1",
+    ]
+
+
+MIDWAY = {
+    "version": "3.5.30",
+    "members": {name: {"id": name[1], "before": "3.4.23"} for name in ("m1", "m2", "m3")},
+    "upgraded": [
+        {"name": "m1", "id": "1", "before": "3.4.23", "after": "3.5.30", "was_leader": False,
+         "leadership_moved_to": None, "seconds": 6.1, "down_seconds": 2.3, "cluster_version": "3.4.0"},
+    ],
+    "cluster_version_before": "3.4.0",
+}  # fmt: skip
+
+
+def test_the_report_gives_each_members_before_and_after_and_the_failed_one_rolled_back() -> None:
+    doc = {
+        **MIDWAY,
+        "current": {"name": "m2", "id": "2", "before": "3.4.23", "stopped_at": "x", "rolled_back_to": "3.4.23",
+                    "seconds": 9.8},
+        "error": {"Error": "MemberDidNotStartError", "Cause": "m2 stopped again"},
+    }  # fmt: skip
+    assert report(doc).splitlines() == [
+        "  m1: 3.4.23 -> 3.5.30 in 6.1 s, down 2.3 s; cluster version then 3.4.0",
+        "  m2: 3.4.23 -> failed on 3.5.30, rolled back to 3.4.23 after 9.8 s",
+        "  m3: 3.4.23, not upgraded",
+        "  cluster version: 3.4.0 before",
+    ]
+    said = failure_report(doc)
+    assert said.startswith("Member m2 was rolled back to 3.4.23 and is healthy; the cluster is healthy and runs mixed")
+    assert report(doc) in said
+
+
+def test_a_refused_or_early_failure_says_nothing_was_changed() -> None:
+    for error in ("UpgradeRefusedError", "PreflightFailedError", "LockHeldError"):
+        doc = {**MIDWAY, "upgraded": [], "error": {"Error": error}}
+        assert failure_report(doc) == "Nothing was changed: every member runs the version it ran before."
+    stuck = {**MIDWAY, "current": {"name": "m2", "id": "2", "before": "3.4.23", "stopped_at": "x"}, "error": {}}
+    assert failure_report(stuck).startswith("Member m2 may be down or on either version")

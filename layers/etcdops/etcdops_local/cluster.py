@@ -112,6 +112,8 @@ class LocalState:
     members: list[LocalMember]
     extra_args: list[str] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)  # the "load balancer": client URLs clients are sent to
+    # other etcd versions the members may be switched to (an upgrade's binaries): version -> bin_dir
+    binaries: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> LocalState:
@@ -391,6 +393,25 @@ class LocalCluster:
             raise LocalClusterError(f"member {name} is running; stop it before swapping its etcd")
         member.bin_dir = None if str(binaries.bin_dir) == state.bin_dir else str(binaries.bin_dir)
         state.save(self.state_file)
+
+    def add_binaries(self, binaries: EtcdBinaries) -> None:
+        """Make ``binaries`` a version the members may be switched to (as an AMI carries /opt/etcd/<version>/)."""
+        state = self.state()
+        state.binaries[binaries.version] = str(binaries.bin_dir)
+        state.save(self.state_file)
+
+    def binaries_for(self, version: str) -> EtcdBinaries:
+        """The binaries of etcd ``version`` this stack has (its own or one added), checked by running them;
+        ConfigError saying what is there otherwise."""
+        state = self.state()
+        directory = state.binaries.get(version) or (state.bin_dir if state.version == version else None)
+        if directory is None:
+            known = ", ".join(sorted({state.version, *state.binaries})) or "none"
+            raise ConfigError(f"no etcd {version} in the local stack (it has {known})")
+        binaries = EtcdBinaries.locate(directory)
+        if binaries.version != version:
+            raise ConfigError(f"{binaries.etcd} is etcd {binaries.version}, not {version}")
+        return binaries
 
     def restore_member_data(
         self,

@@ -10,6 +10,8 @@
   online;
 - ``terminate`` stops the process, forgets the record and deletes the data directory (its log stays);
 - host actions: ``restore-data-dir`` restores a snapshot file (``file:///...``) with etcdutl/etcdctl;
+  ``swap-etcd-binary`` switches a stopped member to another etcd version the stack has (``local.json``'s
+  ``binaries``, added with ``LocalCluster.add_binaries``, as an AMI carries ``/opt/etcd/<version>/``);
   the Kubernetes hooks run the commands given in ``hooks`` (there is no control plane locally), and
   succeed doing nothing without one;
 - ``preflight``: the CA files sign (``pki/ca.crt`` and ``ca.key``), the etcd binaries run
@@ -224,9 +226,10 @@ class LocalComputeProvider(ComputeProvider):
         spec = action_spec(action)
         values = dict(parameters or {})
         spec.ssm_parameters(values)  # the same checks as in AWS
-        if action == "restore-data-dir":
+        if action in ("restore-data-dir", "swap-etcd-binary"):
             targets = [self._require(h) for h in (hosts if hosts is not None else self.hosts())]
-            results = [self._restore(host, values) for host in targets]
+            run = self._restore if action == "restore-data-dir" else self._swap
+            results = [run(host, values) for host in targets]
         else:
             targets = list(hosts) if hosts is not None else [Host("local", "localhost", "127.0.0.1", "", "", "running")]
             results = [self._hook(action, host, values) for host in targets]
@@ -267,6 +270,20 @@ class LocalComputeProvider(ComputeProvider):
         except EtcdopsError as exc:
             return HostActionResult(host.host_id, host.name, "Failed", str(exc))
         return HostActionResult(host.host_id, host.name, "Success", f"restored {snapshot}; old data in {aside}")
+
+    def _swap(self, host: Host, values: Mapping[str, str]) -> HostActionResult:
+        """SwapEtcdBinary: the member runs etcd ``version`` from its next start (``check_only``: only check
+        the stack has that version's binaries), as /usr/local/bin's links are switched on a host."""
+        version = values["version"]
+        try:
+            binaries = self.cluster.binaries_for(version)
+            if values.get("check_only") == "true":
+                return HostActionResult(host.host_id, host.name, "Success", f"etcd {version} is in {binaries.bin_dir}")
+            self.cluster.swap_member_binaries(host.name, binaries)
+        except EtcdopsError as exc:
+            return HostActionResult(host.host_id, host.name, "Failed", str(exc))
+        done = f"{host.name} runs etcd {version} from its next start"
+        return HostActionResult(host.host_id, host.name, "Success", done)
 
     def _hook(self, action: str, host: Host, values: Mapping[str, str]) -> HostActionResult:
         argv = self.hooks.get(action)

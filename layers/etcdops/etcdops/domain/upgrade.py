@@ -20,9 +20,9 @@ are etcd's documented ones:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from etcdops.domain.errors import UpgradeRefusedError
 from etcdops.domain.health import ClusterHealth, MemberHealth
@@ -138,6 +138,15 @@ def plan_path(member_versions: Sequence[str | None], target: str, *, auth_enable
     return UpgradePath(source, wanted, "minor", gates)
 
 
+def refusals(health: ClusterHealth) -> list[str]:
+    """Why a cluster is in no state for an upgrade step now (empty: every member healthy, a leader, no alarm)."""
+    reasons = [f"member {m.label} is not healthy ({m.error or 'no answer'})" for m in health.members if not m.healthy]
+    if not health.leader:
+        reasons.append("the cluster has no leader")
+    reasons += [f"alarm {a.alarm} is raised on member {a.member_id:x}" for a in health.alarms]
+    return reasons
+
+
 def upgrade_order(health: ClusterHealth, target: EtcdVersion) -> list[MemberHealth]:
     """The members still to upgrade, in the order they go: learners, then followers (by name), the
     leader last (its leadership moved away first, so the cluster elects once)."""
@@ -147,3 +156,56 @@ def upgrade_order(health: ClusterHealth, target: EtcdVersion) -> list[MemberHeal
         return role, member.name, member.id
 
     return sorted((m for m in health.members if EtcdVersion.parse(m.version or "") != target), key=rank)
+
+
+# ---- the runbook's report (from its execution document) --------------------------------------
+
+
+def report(doc: Mapping[str, Any]) -> str:
+    """UpgradeCluster's report from its document: each member's version before and after, with its
+    timings, and where the cluster version went."""
+    lines = []
+    upgraded = {u["name"]: u for u in doc.get("upgraded") or []}
+    current = doc.get("current") or {}
+    for name, member in sorted((doc.get("members") or {}).items()):
+        if name in upgraded:
+            u = upgraded[name]
+            role = " (the leader; leadership moved to {})".format(u["leadership_moved_to"]) if u["was_leader"] else ""
+            lines.append(
+                f"  {name}: {u['before']} -> {u['after']} in {u['seconds']} s, down {u['down_seconds']} s{role}; "
+                f"cluster version then {u['cluster_version']}"
+            )
+        elif name == current.get("name"):
+            back = current.get("rolled_back_to")
+            outcome = f"rolled back to {back}" if back else "NOT rolled back"
+            took = current.get("seconds")
+            lines.append(f"  {name}: {member['before']} -> failed on {doc.get('version')}, {outcome} after {took} s")
+        else:
+            lines.append(f"  {name}: {member['before']}, not upgraded")
+    before, after = doc.get("cluster_version_before"), doc.get("cluster_version_after")
+    lines.append(f"  cluster version: {before} before" + (f", {after} after" if after else ""))
+    return "\n".join(lines)
+
+
+def failure_report(doc: Mapping[str, Any]) -> str:
+    """Where a failed UpgradeCluster left the cluster, with the report, for the failure message."""
+    error = (doc.get("error") or {}).get("Error")
+    if error in ("UpgradeRefusedError", "PreflightFailedError", "InvalidRunbookInputError", "LockHeldError") or not (
+        doc.get("upgraded") or (doc.get("current") or {}).get("stopped_at")
+    ):
+        return "Nothing was changed: every member runs the version it ran before."
+    current = doc.get("current") or {}
+    if current.get("rolled_back_to"):
+        state = (
+            f"Member {current['name']} was rolled back to {current['rolled_back_to']} and is healthy; the cluster is "
+            "healthy and runs mixed versions (it works at the lowest version)."
+        )
+    elif current.get("name"):
+        state = f"Member {current['name']} may be down or on either version: check `etcdops status` now."
+    else:
+        state = "No member was left stopped."
+    return (
+        f"{state} No further member was touched.\n{report(doc)}\n"
+        "Finish the upgrade (start the runbook again once the cause is fixed) or roll the upgraded members back "
+        "while the cluster version is still the old one."
+    )

@@ -17,7 +17,7 @@ from etcdops.adapters.etcd.client import EtcdClient
 from etcdops.adapters.etcd.connect import client_for, live_client
 from etcdops.adapters.etcd.membership import ConfigStore
 from etcdops.adapters.state import DynamoStateStore
-from etcdops.app.runbook import replace
+from etcdops.app.runbook import RunbookContext, replace
 from etcdops.domain.backup.manifest import Manifest
 from etcdops.domain.config import LOCAL_CONFIG_FILE, ClusterConfig, ConfigFile, LocalCompute
 from etcdops.domain.errors import ConfigError
@@ -35,7 +35,7 @@ class RunbookStepEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    runbook: Literal["replace", "restore"]
+    runbook: Literal["replace", "restore", "upgrade"]
     step: str
     execution: str
     document: dict[str, Any]
@@ -119,7 +119,7 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
             )
             return restore.run_step(restore_context, event.step, document)
 
-        context = replace.ReplaceContext(
+        context = RunbookContext(
             config=config,
             client=client,
             compute=compute,
@@ -129,6 +129,10 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
             backup_target=backup_target,
             config_stores=stores,
         )
+        if event.runbook == "upgrade":
+            from etcdops.app.runbook import upgrade
+
+            return upgrade.run_step(context, event.step, document)
         return replace.run_step(context, event.step, document)
 
 

@@ -13,9 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from etcdops.domain.config import ClusterConfig
+from etcdops.domain.errors import ConfigError, UsageError
 from etcdops_local.cli.format import emit, human_bytes, table
 from etcdops_local.cli.options import (
     LOCAL_OPTIONS,
@@ -34,6 +35,9 @@ from etcdops_local.cli.options import (
 )
 from etcdops_local.cli.options import state_dir as _state_dir
 
+if TYPE_CHECKING:
+    from etcdops_local.cluster import EtcdBinaries
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -49,15 +53,27 @@ def _local(args: argparse.Namespace) -> Any:
     return LocalCluster(_state_dir(args))
 
 
+def _other_etcd(directory: str) -> EtcdBinaries:
+    from etcdops_local.cluster import EtcdBinaries
+
+    try:
+        return EtcdBinaries.locate(directory)
+    except ConfigError as exc:
+        raise UsageError(f"--also-etcd {directory}: {str(exc).removeprefix('ETCD_BIN_DIR: ')}") from None
+
+
 def cmd_local_up(args: argparse.Namespace) -> int:
     from etcdops_local.cluster import EtcdBinaries
 
     cluster = _local(args)
+    others = [_other_etcd(directory) for directory in args.also_etcd or ()]  # checked before anything starts
     started = cluster.up(
         args.members,
         binaries=None if cluster.exists() else EtcdBinaries.locate(os.environ.get("ETCD_BIN_DIR")),
         extra_args=args.etcd_arg or (),
     )
+    for binaries in others:
+        cluster.add_binaries(binaries)
     processes = cluster.ps()
     autopilot = None
     if not args.no_autopilot:
@@ -73,6 +89,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         "state_dir": str(cluster.state_dir),
         "config": str(cluster.config_file),
         "version": cluster.state().version,
+        "other_versions": dict(sorted(cluster.state().binaries.items())),
         "members": [asdict(p) for p in processes],
     }
     verb = "started" if started else "already running"
@@ -357,6 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-autopilot",
         action="store_true",
         help="only the etcd members: no emulated AWS side (HealthCheck, runbooks, schedules)",
+    )
+    up.add_argument(
+        "--also-etcd",
+        action="append",
+        metavar="DIR",
+        help="another etcd version the members may be upgraded to (runbook start upgrade): a directory "
+        "with its etcd and etcdctl (and etcdutl); repeatable",
     )
     up.add_argument(
         "--etcd-arg",

@@ -10,7 +10,11 @@ from etcdops.domain.errors import ConfigError, NotFoundError
 from etcdops_local.cli.main import _state_dir, emit, table
 from etcdops_local.cli.options import AWS_OPTIONS
 
-RUNBOOKS = {"replace": "ReplaceMemberStateMachine", "restore": "RestoreClusterStateMachine"}
+RUNBOOKS = {
+    "replace": "ReplaceMemberStateMachine",
+    "restore": "RestoreClusterStateMachine",
+    "upgrade": "UpgradeClusterStateMachine",
+}
 
 
 def operator_session(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
@@ -200,6 +204,31 @@ def cmd_runbook_start_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runbook_start_upgrade(args: argparse.Namespace) -> int:
+    """UpgradeCluster: the version is checked here (a clear error, nothing started) and again, against the
+    members' versions and the path's gates, by the runbook before it changes anything."""
+    from etcdops.domain.errors import UsageError
+    from etcdops.domain.upgrade import EtcdVersion
+    from etcdops_local.aws.stack import execution_name, start_execution
+    from etcdops_local.cli.main import resolve_config
+
+    version = EtcdVersion.parse(args.version)
+    if version is None:
+        raise UsageError(f"--version: {args.version!r} is not an etcd version (MAJOR.MINOR.PATCH, e.g. 3.5.30)")
+    session, arns = operator_session(args)
+    config = resolve_config(args)
+    document: dict[str, Any] = {
+        "cluster": config.name,
+        "version": str(version),
+        "reason": args.reason or f"requested by an operator: upgrade {config.name} to etcd {version}",
+        "requires_approval": args.approval,
+    }
+    name = execution_name(f"upgrade-{config.name}-{str(version).replace('.', '-')}")
+    arn = start_execution(session.client("stepfunctions"), _arn(args, arns, "upgrade"), document, name=name)
+    emit(args, {"name": name, "arn": arn, "input": document}, lambda: f"started {name}")
+    return 0
+
+
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     runbook = commands.add_parser("runbook", help="runbook executions (Step Functions)", parents=[common])
     actions = runbook.add_subparsers(dest="runbook_command", metavar="ACTION", required=True)
@@ -232,3 +261,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     restore.add_argument("--reason", help="why (goes into the approval message and notifications)")
     restore.set_defaults(handler=cmd_runbook_start_restore)
+    upgrade = kinds.add_parser(
+        "upgrade", help="upgrade etcd member by member, the leader last (rolls a failed member back)", parents=[common]
+    )
+    upgrade.add_argument("--version", required=True, metavar="V", help="the etcd version to run, e.g. 3.5.30")
+    upgrade.add_argument("--approval", action="store_true", help="wait for a human approval first")
+    upgrade.add_argument("--reason", help="why (goes into the notifications)")
+    upgrade.set_defaults(handler=cmd_runbook_start_upgrade)

@@ -26,6 +26,7 @@ OUTPUTS = {
     "table": "StateTableName",
     "replace": "ReplaceMemberStateMachineArn",
     "restore": "RestoreClusterStateMachineArn",
+    "upgrade": "UpgradeClusterStateMachineArn",
     "bucket": "BackupBucketName",
     "key": "BackupKeyArn",
     "topic": "NotificationTopicArn",
@@ -49,7 +50,11 @@ class DeployedStack:
 
     @property
     def runbooks(self) -> dict[str, str]:
-        return {name: self.outputs[OUTPUTS[name]] for name in ("replace", "restore") if self.outputs.get(OUTPUTS[name])}
+        return {
+            name: self.outputs[OUTPUTS[name]]
+            for name in ("replace", "restore", "upgrade")
+            if self.outputs.get(OUTPUTS[name])
+        }
 
 
 def stack_name(args: argparse.Namespace) -> str | None:

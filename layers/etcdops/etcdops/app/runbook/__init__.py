@@ -1,10 +1,96 @@
-"""The runbooks' steps (``replace``, ``restore``) and what they share."""
+"""The runbooks' steps (``replace``, ``restore``, ``upgrade``) and what they share: their errors, the
+input checks, the step timings and how a caught error reads in a message."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from etcdops.domain.errors import EtcdopsError
+from etcdops.domain.findings import Finding, describe_findings
+
+if TYPE_CHECKING:
+    from etcdops.adapters.aws import Notifier
+    from etcdops.adapters.backup.crypto import KeyProvider
+    from etcdops.adapters.backup.store import BackupStore
+    from etcdops.adapters.etcd.client import EtcdClient
+    from etcdops.adapters.etcd.membership import ConfigStore
+    from etcdops.adapters.state import StateStore
+    from etcdops.domain.backup.manifest import Manifest
+    from etcdops.domain.compute.base import ComputeProvider
+    from etcdops.domain.config import ClusterConfig
+
+Document = dict[str, Any]
+
+
+@dataclass
+class RunbookContext:
+    """What a runbook's steps need, passed in by the handler (AWS) or the local stack."""
+
+    config: ClusterConfig
+    client: Callable[[], EtcdClient]  # a client on the live membership (connect.live_client)
+    compute: ComputeProvider
+    state: StateStore
+    notifier: Notifier
+    ensure_backup: Callable[[timedelta], Manifest]  # a verified backup younger than the age, or a new one
+    backup_target: Callable[[], tuple[BackupStore, KeyProvider]]  # where backups are, and their key
+    config_stores: Sequence[ConfigStore]  # where the configuration lives: updated after the change
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    sleep: Callable[[float], None] = time.sleep
+
+
+class RunbookError(EtcdopsError):
+    """Base of the runbooks' own named errors (state machines catch them by name)."""
+
+
+class InvalidRunbookInputError(RunbookError):
+    """The execution input lacks a field or has a wrong one; nothing was done."""
+
+
+class ClusterNotReadyError(RunbookError):
+    """The cluster is not (yet) in the state the step waits for; the state machine retries."""
+
+    retryable = True
+
+
+class PreflightFailedError(RunbookError):
+    """The runbook would need something it cannot have (invariant 13); it changed nothing. Not transient:
+    fix what the findings say, then start the runbook again. The message lists every finding, one a line."""
+
+    def __init__(self, runbook: str, findings: Sequence[Finding]) -> None:
+        self.findings = tuple(findings)
+        count = f"{len(self.findings)} problem{'s' if len(self.findings) != 1 else ''}"
+        super().__init__(
+            f"{runbook} stopped before its first change, so nothing was changed; the preflight found {count}:\n"
+            + describe_findings(self.findings)
+        )
+
+
+def require_input(doc: Document, *fields: str) -> None:
+    """Every one of ``fields`` is in the execution's document, else InvalidRunbookInputError naming them."""
+    missing = [f for f in fields if doc.get(f) in (None, "")]
+    if missing:
+        raise InvalidRunbookInputError(f"runbook input: missing {', '.join(missing)}")
+
+
+def require_configured_cluster(config: ClusterConfig, doc: Document) -> None:
+    """The input's ``cluster`` must be the cluster this stack runs (before any lock is taken)."""
+    if doc.get("cluster") != config.name:
+        raise InvalidRunbookInputError(
+            f"runbook input: cluster {doc.get('cluster')!r} is not {config.name!r}, the cluster this stack runs"
+        )
+
+
+def timed(doc: Document, step: str, started: float) -> Document:
+    """``doc`` with how long ``step`` took since ``started`` (``time.monotonic()``) in its ``timings``."""
+    timings = dict(doc.get("timings") or {})
+    timings[step] = round(time.monotonic() - started, 3)
+    return {**doc, "timings": timings}
+
 
 _CAUSE_LIMIT = 1000
 _MESSAGE_LIMIT = 8000  # our own error messages: a failed preflight lists every finding, one a line

@@ -15,7 +15,7 @@ not a finding: it is raised as its retryable error and the state machine asks ag
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from botocore.exceptions import ClientError
 
 from etcdops.adapters.state import LockLostError, StateStore
 from etcdops.domain.compute.base import ComputeProvider, PreflightPlan
+from etcdops.domain.compute.errors import HostCommandFailedError
 from etcdops.domain.errors import ConfigError
 from etcdops.domain.findings import Finding
 
@@ -157,3 +158,27 @@ def staging_findings(store: BackupStore, key: str) -> list[Finding]:
             )
         ]
     return []
+
+
+def binary_findings(compute: ComputeProvider, names: Sequence[str], versions: Sequence[str]) -> list[Finding]:
+    """Every host of ``names`` has the etcd binaries of each of ``versions`` (an upgrade's target, and the
+    versions it may roll back to), asked with SwapEtcdBinary's check-only mode."""
+    hosts = [host for host in (compute.find(name) for name in names) if host is not None]
+    findings: list[Finding] = []
+    for version in versions:
+        try:
+            compute.run_action("swap-etcd-binary", hosts, {"version": version, "check_only": "true"})
+        except HostCommandFailedError as exc:
+            failed = [
+                (h.name, h.output.strip()) for h in (exc.result.hosts if exc.result else ()) if h.status != "Success"
+            ]
+            for name, output in failed or [("the member hosts", str(exc))]:
+                findings.append(
+                    Finding(
+                        "host-command",
+                        f"etcd {version} on {name}",
+                        f"is not available: {output or exc}.",
+                        f"install etcd {version} in /opt/etcd/{version}/ on every member host (see the host contract).",
+                    )
+                )
+    return findings

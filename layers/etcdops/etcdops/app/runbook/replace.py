@@ -10,67 +10,41 @@ fresh probe, so a second failure during the runbook stops it before any further 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
 
-from etcdops.adapters.aws import Notifier
-from etcdops.adapters.etcd.client import EtcdClient, Member
-from etcdops.adapters.etcd.membership import ConfigStore, merge_endpoints, record_membership
-from etcdops.adapters.state import StateStore
+from etcdops.adapters.etcd.client import Member
+from etcdops.adapters.etcd.membership import merge_endpoints, record_membership
 from etcdops.app.probe import probe_cluster
-from etcdops.app.runbook import caught_error, caught_message
+from etcdops.app.runbook import (
+    ClusterNotReadyError,
+    Document,
+    InvalidRunbookInputError,
+    PreflightFailedError,
+    RunbookContext,
+    RunbookError,
+    caught_error,
+    caught_message,
+    require_configured_cluster,
+    timed,
+)
 from etcdops.app.runbook import preflight as checks
-from etcdops.domain.backup.manifest import Manifest
-from etcdops.domain.compute.base import ComputeProvider, Host, PreflightPlan, check_host_name
-from etcdops.domain.config import ClusterConfig
+from etcdops.app.runbook import require_input as _require
+from etcdops.domain.compute.base import Host, PreflightPlan, check_host_name
 from etcdops.domain.errors import Backoff, EtcdLearnerNotReadyError, EtcdopsError
-from etcdops.domain.findings import Finding, describe_findings
 from etcdops.domain.health import ClusterHealth
 from etcdops.domain.policy import change_safety
 
-if TYPE_CHECKING:
-    from etcdops.adapters.backup.crypto import KeyProvider
-    from etcdops.adapters.backup.store import BackupStore
-
 LOCK_LEASE_SECONDS = 1800
-Document = dict[str, Any]
-
-
-class RunbookError(EtcdopsError):
-    """Base of the runbook's own named errors (state machines catch them by name)."""
-
-
-class InvalidRunbookInputError(RunbookError):
-    """The execution input lacks a field or has a wrong one; nothing was done."""
 
 
 class UnsafeChangeError(RunbookError):
     """Invariant 1 does not hold on a fresh probe: no membership change is made."""
 
 
-class ClusterNotReadyError(RunbookError):
-    """The cluster is not (yet) in the state the step waits for; the state machine retries."""
-
-    retryable = True
-
-
 class LearnerNotCaughtUpError(RunbookError):
     """The new learner did not catch up in time; it was removed again (invariant 6)."""
-
-
-class PreflightFailedError(RunbookError):
-    """The runbook would need something it cannot have (invariant 13); it changed nothing. Not transient:
-    fix what the findings say, then start the runbook again. The message lists every finding, one a line."""
-
-    def __init__(self, runbook: str, findings: Sequence[Finding]) -> None:
-        self.findings = tuple(findings)
-        count = f"{len(self.findings)} problem{'s' if len(self.findings) != 1 else ''}"
-        super().__init__(
-            f"{runbook} stopped before its first change, so nothing was changed; the preflight found {count}:\n"
-            + describe_findings(self.findings)
-        )
 
 
 _CATCH_UP = Backoff(interval_seconds=2, max_attempts=45, rate=1.0)
@@ -83,34 +57,7 @@ STEP_RETRY: dict[str, dict[type[EtcdopsError], Backoff]] = {
 this and the errors' own declarations: :mod:`etcdops_local.retry_contract`)."""
 
 
-@dataclass
-class ReplaceContext:
-    """What the steps need, passed in by the handler (AWS) or the local stack."""
-
-    config: ClusterConfig
-    client: Callable[[], EtcdClient]  # a client on the live membership (connect.live_client)
-    compute: ComputeProvider
-    state: StateStore
-    notifier: Notifier
-    ensure_backup: Callable[[timedelta], Manifest]  # a verified backup younger than the age, or a new one
-    backup_target: Callable[[], tuple[BackupStore, KeyProvider]]  # where backups are, and their key
-    config_stores: Sequence[ConfigStore]  # where the configuration lives: updated after the change
-    now: Callable[[], datetime] = lambda: datetime.now(UTC)
-    sleep: Callable[[float], None] = time.sleep
-
-
-def _require(doc: Document, *fields: str) -> None:
-    missing = [f for f in fields if doc.get(f) in (None, "")]
-    if missing:
-        raise InvalidRunbookInputError(f"runbook input: missing {', '.join(missing)}")
-
-
-def require_configured_cluster(config: ClusterConfig, doc: Document) -> None:
-    """The input's ``cluster`` must be the cluster this stack runs (before any lock is taken)."""
-    if doc.get("cluster") != config.name:
-        raise InvalidRunbookInputError(
-            f"runbook input: cluster {doc.get('cluster')!r} is not {config.name!r}, the cluster this stack runs"
-        )
+ReplaceContext = RunbookContext
 
 
 def member_text(doc: Document) -> str:
@@ -127,12 +74,6 @@ def _probe(ctx: ReplaceContext) -> ClusterHealth:
 def _members(ctx: ReplaceContext) -> list[Member]:
     with ctx.client() as client:
         return client.member_list(linearizable=True)
-
-
-def _timed(doc: Document, step: str, started: float) -> Document:
-    timings = dict(doc.get("timings") or {})
-    timings[step] = round(time.monotonic() - started, 3)
-    return {**doc, "timings": timings}
 
 
 def _target_id(doc: Document) -> int:
@@ -162,7 +103,7 @@ def acquire_lock(ctx: ReplaceContext, doc: Document) -> Document:
     _target_id(doc)
     started = time.monotonic()
     lock = ctx.state.acquire_lock(doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
-    return _timed({**doc, "lock_owner": lock.owner, "started_at": ctx.now().isoformat()}, "acquire_lock", started)
+    return timed({**doc, "lock_owner": lock.owner, "started_at": ctx.now().isoformat()}, "acquire_lock", started)
 
 
 def check_member_still_failed(ctx: ReplaceContext, doc: Document) -> Document:
@@ -178,7 +119,7 @@ def check_member_still_failed(ctx: ReplaceContext, doc: Document) -> Document:
         health = _probe(ctx)
         member = health.member(target)
         if member is not None and member.healthy and not doc.get("ec2_failed"):
-            return _timed({**doc, "recovered": True}, "check_member_still_failed", started)
+            return timed({**doc, "recovered": True}, "check_member_still_failed", started)
         if member is None or doc.get("ec2_failed") or time.monotonic() - started >= ctx.config.health.recheck_seconds:
             break
         ctx.sleep(min(1.0, max(0.0, ctx.config.health.recheck_seconds - (time.monotonic() - started))))
@@ -189,7 +130,7 @@ def check_member_still_failed(ctx: ReplaceContext, doc: Document) -> Document:
                 f"replacing member {doc.get('member_name') or doc['member_id']} is not safe: "
                 f"{safety.others_healthy} healthy voters besides it, {safety.needed} needed"
             )
-    return _timed(
+    return timed(
         {**doc, "recovered": False, "original_voters": doc.get("original_voters") or len(health.voters)},
         "check_member_still_failed",
         started,
@@ -201,7 +142,7 @@ def ensure_backup(ctx: ReplaceContext, doc: Document) -> Document:
     started = time.monotonic()
     max_age = timedelta(minutes=ctx.config.backup.max_age_minutes if ctx.config.backup else 120)
     manifest = ctx.ensure_backup(max_age)
-    return _timed({**doc, "backup_id": manifest.id, "backup_revision": manifest.revision}, "ensure_backup", started)
+    return timed({**doc, "backup_id": manifest.id, "backup_revision": manifest.revision}, "ensure_backup", started)
 
 
 def preflight(ctx: ReplaceContext, doc: Document) -> Document:
@@ -234,7 +175,7 @@ def preflight(ctx: ReplaceContext, doc: Document) -> Document:
     )
     if findings:
         raise PreflightFailedError("ReplaceMember", findings)
-    return _timed({**doc, "preflight": {"passed_at": ctx.now().isoformat()}}, "preflight", started)
+    return timed({**doc, "preflight": {"passed_at": ctx.now().isoformat()}}, "preflight", started)
 
 
 def _host_name(name: str) -> bool:
@@ -259,7 +200,7 @@ def remove_failed_member(ctx: ReplaceContext, doc: Document) -> Document:
         "name": (current.name if current else None) or doc.get("member_name") or "",
         "peer_urls": list(current.peer_urls) if current else list(doc.get("old_member", {}).get("peer_urls", [])),
     }
-    return _timed({**doc, "removed": True, "old_member": old}, "remove_failed_member", started)
+    return timed({**doc, "removed": True, "old_member": old}, "remove_failed_member", started)
 
 
 def new_member_name(doc: Document) -> str:
@@ -274,7 +215,7 @@ def launch_replacement(ctx: ReplaceContext, doc: Document) -> Document:
     name = new_member_name(doc)
     ctx.compute.issue_certificates(name)
     host = ctx.compute.launch(name)
-    return _timed({**doc, "new_member": _host_doc(host)}, "launch_replacement", started)
+    return timed({**doc, "new_member": _host_doc(host)}, "launch_replacement", started)
 
 
 def _host_doc(host: Host) -> dict[str, Any]:
@@ -306,14 +247,14 @@ def add_learner(ctx: ReplaceContext, doc: Document) -> Document:
         members = _members(ctx)
     initial = ",".join(f"{host.name if m.id == existing.id else m.name}={u}" for m in members for u in m.peer_urls[:1])
     new = {**doc["new_member"], "id": f"{existing.id:x}", "initial_cluster": initial}
-    return _timed({**doc, "new_member": new}, "add_learner", started)
+    return timed({**doc, "new_member": new}, "add_learner", started)
 
 
 def start_replacement(ctx: ReplaceContext, doc: Document) -> Document:
     started = time.monotonic()
     host = _host(ctx, doc)
     ctx.compute.start_etcd(host, doc["new_member"]["initial_cluster"], "existing")
-    return _timed(doc, "start_replacement", started)
+    return timed(doc, "start_replacement", started)
 
 
 def promote_learner(ctx: ReplaceContext, doc: Document) -> Document:
@@ -327,7 +268,7 @@ def promote_learner(ctx: ReplaceContext, doc: Document) -> Document:
     if member.is_learner:
         with ctx.client() as client:
             client.member_promote(new_id)
-    return _timed(doc, "promote_learner", started)
+    return timed(doc, "promote_learner", started)
 
 
 def remove_learner(ctx: ReplaceContext, doc: Document) -> Document:
@@ -357,7 +298,7 @@ def wait_until_healthy(ctx: ReplaceContext, doc: Document) -> Document:
             f"cluster not healthy yet: {healthy}/{len(health.voters)} voters healthy (want {want}), "
             f"{len(health.learners)} learner(s), leader {'yes' if health.leader else 'no'}"
         )
-    return _timed({**doc, "healthy_voters": healthy}, "wait_until_healthy", started)
+    return timed({**doc, "healthy_voters": healthy}, "wait_until_healthy", started)
 
 
 def record_membership_in_config(ctx: ReplaceContext) -> list[str]:
@@ -378,7 +319,7 @@ def repoint_clients(ctx: ReplaceContext, doc: Document) -> Document:
     if old is not None:
         ctx.compute.deregister_target(old)
     endpoints = record_membership_in_config(ctx)
-    return _timed({**doc, "stored_endpoints": endpoints}, "repoint_clients", started)
+    return timed({**doc, "stored_endpoints": endpoints}, "repoint_clients", started)
 
 
 def retire_old_host(ctx: ReplaceContext, doc: Document) -> Document:
@@ -387,7 +328,7 @@ def retire_old_host(ctx: ReplaceContext, doc: Document) -> Document:
     old = ctx.compute.find(name) if name else None
     if old is not None:
         ctx.compute.terminate(old)
-    return _timed({**doc, "retired": name}, "retire_old_host", started)
+    return timed({**doc, "retired": name}, "retire_old_host", started)
 
 
 def release_lock(ctx: ReplaceContext, doc: Document) -> Document:

@@ -82,15 +82,15 @@ from etcdops.adapters.state import StateStore
 from etcdops.app.backup.catalogue import load_manifest, newest_verified
 from etcdops.app.backup.job import CheckedSnapshot, checked_plaintext
 from etcdops.app.probe import probe_cluster
-from etcdops.app.runbook import caught_error
-from etcdops.app.runbook import preflight as checks
-from etcdops.app.runbook.replace import (
+from etcdops.app.runbook import (
     ClusterNotReadyError,
     InvalidRunbookInputError,
     PreflightFailedError,
     RunbookError,
+    caught_error,
     require_configured_cluster,
 )
+from etcdops.app.runbook import preflight as checks
 from etcdops.domain.backup.errors import BackupNotFoundError, DecryptionError
 from etcdops.domain.backup.manifest import Manifest, cluster_id_text
 from etcdops.domain.compute.base import DOCUMENTS, ComputeProvider, Host, PreflightPlan

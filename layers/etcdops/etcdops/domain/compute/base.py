@@ -41,6 +41,7 @@ PATTERNS = {
     "path": "^/[A-Za-z0-9._/-]*$",
     "components": "^[a-z0-9-]+(,[a-z0-9-]+)*$",
     "bool": "^(true|false)$",
+    "version": "^[0-9]{1,4}\\.[0-9]{1,4}\\.[0-9]{1,4}$",
 }
 
 
@@ -180,6 +181,19 @@ DOCUMENTS: dict[str, DocumentSpec] = {
             ),
         ),
         DocumentSpec(
+            "SwapEtcdBinary",
+            "With etcd stopped: point /usr/local/bin/etcd, etcdctl and etcdutl at the binaries of one etcd "
+            "version in /opt/etcd/<version>/ (CheckOnly: only check that they are there and are that version).",
+            "etcd",
+            120,
+            (
+                Parameter("version", "Version", PATTERNS["version"], required=True,
+                          description="the etcd version to run, e.g. 3.5.30 (its binaries in /opt/etcd/3.5.30/)"),
+                Parameter("check_only", "CheckOnly", PATTERNS["bool"], default="false",
+                          description="true: change nothing, only check the version's binaries"),
+            ),
+        ),
+        DocumentSpec(
             "StopApiServer",
             "Move the kube-apiserver static pod manifest aside and wait until the container is gone.",
             "control-plane",
@@ -215,6 +229,7 @@ ACTIONS: dict[str, str] = {
     "start-apiserver": "StartApiServer",
     "restart-control-plane": "RestartControlPlane",
     "restore-data-dir": "RestoreDataDir",
+    "swap-etcd-binary": "SwapEtcdBinary",
 }
 
 

@@ -1,0 +1,88 @@
+"""The UpgradeCluster steps on a real 3-member TLS cluster, driven in runbook order, each step twice.
+
+The state machine itself runs in tests/e2e/test_upgrade_cluster.py (3.4.23 -> 3.5.30, a failed member
+rolled back, refused paths); here each step is called directly, twice in a row as after a crash right
+after it finished (invariant 7), on a 3.5.1 cluster upgraded to 3.5.30 while a writer runs. Not
+parametrized by etcd version: the versions are the upgrade's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from builders import Writer
+from retries import with_retries
+from test_replace_steps import context_for
+
+from etcdops.app.probe import probe_cluster
+from etcdops.app.runbook import RunbookContext, upgrade
+from etcdops.domain.errors import UpgradeRefusedError
+from etcdops_local.cluster import EtcdBinaries, LocalCluster
+
+pytestmark = pytest.mark.integration
+
+BEFORE_LOOP = ["AcquireLock", "CheckPath", "EnsureBackup", "Preflight"]
+PER_MEMBER = ["MoveLeadership", "StopMember", "SwapBinary", "StartMember", "WaitMemberUpgraded"]
+AFTER_LOOP = ["CheckClusterVersion", "ReleaseLock", "NotifySuccess"]
+
+
+def twice(ctx: RunbookContext, step: str, doc: dict[str, Any]) -> dict[str, Any]:
+    for _ in range(2):
+        doc = with_retries(lambda doc=doc: upgrade.run_step(ctx, step, doc))  # type: ignore[misc]
+    return doc
+
+
+def run_upgrade(ctx: RunbookContext, doc: dict[str, Any]) -> dict[str, Any]:
+    """The state machine's order, every step twice: the loop until NextMember says done."""
+    for step in BEFORE_LOOP:
+        doc = twice(ctx, step, doc)
+    while not (doc := twice(ctx, "NextMember", doc))["done"]:
+        for step in PER_MEMBER:
+            doc = twice(ctx, step, doc)
+    for step in AFTER_LOOP:
+        doc = twice(ctx, step, doc)
+    return doc
+
+
+def versions(cluster: LocalCluster) -> dict[str, str | None]:
+    with cluster.client() as client:
+        return {m.name: m.version for m in probe_cluster(client).members}
+
+
+def test_351_to_3530_each_step_twice_with_a_writer(
+    start_cluster: Any, etcd351: EtcdBinaries, etcd3530: EtcdBinaries
+) -> None:
+    # Given a 3-member TLS cluster on 3.5.1 whose hosts also have 3.5.30, and a writer
+    cluster: LocalCluster = start_cluster(etcd351)
+    cluster.add_binaries(etcd3530)
+    with cluster.client() as client:
+        leader = probe_cluster(client).leader
+    ctx = context_for(cluster)
+    writer = Writer(cluster)
+    writer.thread.start()
+
+    # When UpgradeCluster runs to 3.5.30, every step twice
+    doc = run_upgrade(ctx, {"cluster": "local", "execution": "upgrade-test-1", "version": "3.5.30"})
+
+    # Then every member runs 3.5.30, the leader of the start went last, and no acknowledged write is lost
+    assert set(versions(cluster).values()) == {"3.5.30"}
+    order = [u["name"] for u in doc["upgraded"]]
+    assert len(order) == 3 and [u["was_leader"] for u in doc["upgraded"]] == [False, False, True]
+    assert f"{leader:x}" == doc["upgraded"][-1]["id"] and doc["upgraded"][-1]["leadership_moved_to"] in order[:2]
+    assert writer.acked and not writer.lost()
+    # and the cluster version stayed 3.5 throughout; the report says each member's before and after
+    assert doc["cluster_version_before"] == doc["cluster_version_after"] == "3.5.0"
+    ((subject, body, _),) = ctx.notifier.messages  # type: ignore[attr-defined]
+    assert subject == "etcdops: upgraded local from etcd 3.5.1 to 3.5.30"
+    assert all(f"  {name}: 3.5.1 -> 3.5.30 in " in body for name in order), body
+    assert ctx.state.get_lock("local") is None or not ctx.state.get_lock("local").is_active(ctx.now())  # type: ignore[union-attr]
+
+    # and a second run finds nothing to do, and a downgrade or a skipped minor is refused, changing nothing
+    again = twice(ctx, "CheckPath", {"cluster": "local", "execution": "upgrade-test-2", "version": "3.5.30"})
+    assert again["nothing_to_do"] is True
+    refused = (("3.5.1", "downgrade"), ("3.6.0", "cannot check that on the hosts"), ("4.0.0", "unknown version"))
+    for version, reason in refused:
+        with pytest.raises(UpgradeRefusedError, match=reason):
+            upgrade.run_step(ctx, "CheckPath", {"cluster": "local", "execution": "upgrade-test-3", "version": version})
+    assert set(versions(cluster).values()) == {"3.5.30"}
