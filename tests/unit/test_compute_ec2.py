@@ -367,6 +367,22 @@ def test_start_and_stop_etcd_send_the_documents_with_their_parameters(aws: Aws) 
     assert stop["DocumentName"] == f"{STACK}-StopEtcd" and stop["Parameters"] == {}
 
 
+def test_the_binary_swap_sends_its_document_with_the_version_and_refuses_a_version_that_is_none(aws: Aws) -> None:
+    compute = aws.provider()
+    host = compute.launch("m4")
+
+    compute.run_action("swap-etcd-binary", [host], {"version": "3.5.30", "check_only": "true"})
+    compute.run_action("swap-etcd-binary", [host], {"version": "3.5.30"})
+    with pytest.raises(ActionParameterError, match=r"'version'='3\.5' does not match"):
+        compute.run_action("swap-etcd-binary", [host], {"version": "3.5"})
+
+    check, swap = sorted(aws.commands(), key=lambda c: c["RequestedDateTime"])
+    assert check["DocumentName"] == swap["DocumentName"] == f"{STACK}-SwapEtcdBinary"
+    assert check["InstanceIds"] == swap["InstanceIds"] == [host.host_id]
+    assert check["Parameters"] == {"Version": ["3.5.30"], "CheckOnly": ["true"]}
+    assert swap["Parameters"] == {"Version": ["3.5.30"]}
+
+
 def test_document_names_come_from_the_config(aws: Aws) -> None:
     compute = aws.provider(ssm_documents={"StartEtcd": "systemd-StartEtcd"})
     host = compute.launch("m4")

@@ -214,7 +214,8 @@ def document_arn(name: str) -> str:
 def test_only_this_stacks_host_documents_may_be_sent() -> None:
     plain = Template()
     role = plain.role_of("RunbookStepFunction")
-    for key in ("StartEtcd", "StopEtcd", "RestoreDataDir", "StopApiServer", "StartApiServer", "RestartControlPlane"):
+    keys = ("StartEtcd", "StopEtcd", "RestoreDataDir", "SwapEtcdBinary", "StopApiServer", "StartApiServer")
+    for key in (*keys, "RestartControlPlane"):
         assert role.allows("ssm:SendCommand", document_arn(f"{STACK}-{key}")), key
         assert not role.allows("ssm:SendCommand", document_arn(f"other-stack-{key}")), key
     assert not role.allows("ssm:SendCommand", document_arn("AWS-RunShellScript"))
