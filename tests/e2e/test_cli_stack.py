@@ -107,6 +107,17 @@ def test_runbooks_backups_and_approvals_come_from_the_stack_outputs(
     code, shown, err = run(capsys, "runbook", "show", "r-1", "--json")
     assert code == 0 and shown["arn"] == arn and shown["steps"], err
 
+    # UpgradeCluster is started on the stack's state machine, listed and shown the same way
+    code, started, err = run(capsys, "runbook", "start", "upgrade", "--version", "3.6.0", "--json")
+    assert code == 0 and started["input"]["version"] == "3.6.0" and started["input"]["cluster"] == "prod", err
+    machine = stack.state_machines["UpgradeClusterStateMachine"]
+    assert started["arn"].startswith(machine.replace(":stateMachine:", ":execution:"))
+    wait_for_execution(sfn, started["arn"], timeout=600)
+    code, listed, err = run(capsys, "runbook", "list", "--json")
+    assert code == 0 and (listed[0]["runbook"], listed[0]["name"]) == ("upgrade", started["name"]), err
+    code, shown, err = run(capsys, "runbook", "show", started["name"], "--json")
+    assert code == 0 and shown["input"]["version"] == "3.6.0" and shown["steps"][0]["name"] == "Apply defaults", err
+
 
 def test_a_stack_that_does_not_exist_is_one_line(
     deployed: tuple[LocalAws, LocalStack], elsewhere: Path, capsys: pytest.CaptureFixture[str]
