@@ -29,11 +29,13 @@ from etcdops.app.runbook import replace
 from etcdops.domain.backup.manifest import Manifest, object_key
 from etcdops.domain.config import ConfigFile
 from etcdops_local.cluster import LocalCluster
+from etcdops_local.compute import register_local_provider
 
 pytestmark = pytest.mark.integration
 
 
 def context_for(cluster: LocalCluster, **health: Any) -> replace.ReplaceContext:
+    register_local_provider()  # as the local stack does: the Lambda layer's factory knows only ec2
     config = cluster.config()
     config = config.model_copy(update={"health": config.health.model_copy(update=health)})
 

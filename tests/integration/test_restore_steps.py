@@ -35,7 +35,7 @@ from etcdops.domain.compute.base import ActionResult, Host
 from etcdops.domain.compute.errors import HostCommandFailedError
 from etcdops.domain.config import ConfigFile
 from etcdops_local.cluster import EtcdBinaries, LocalCluster, restore_supports_bump
-from etcdops_local.compute import LocalComputeProvider
+from etcdops_local.compute import LocalComputeProvider, register_local_provider
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +61,7 @@ NEW_HOSTS = [*IN_PLACE[:6], "LaunchHosts", *IN_PLACE[6:]]
 
 
 def context_for(cluster: LocalCluster) -> restore.RestoreContext:
+    register_local_provider()  # as the local stack does: the Lambda layer's factory knows only ec2
     config = cluster.config()
 
     def client(endpoints: Sequence[str]) -> EtcdClient:

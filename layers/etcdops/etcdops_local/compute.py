@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from etcdops.adapters import pki
+from etcdops.adapters.compute.factory import register_provider
 from etcdops.domain.compute.base import (
     ACTIONS,
     DOCUMENTS,
@@ -53,6 +54,7 @@ from etcdops.domain.compute.errors import (
     HostNotFoundError,
     HostNotReadyError,
 )
+from etcdops.domain.config import ClusterConfig, LocalCompute
 from etcdops.domain.errors import EtcdopsError, PkiError
 from etcdops.domain.findings import Check, Finding
 from etcdops_local.cluster import EtcdBinaries, LocalCluster, LocalMember
@@ -322,3 +324,16 @@ def _writable(check: Check, directory: Path, why: str) -> list[Finding]:
             )
         ]
     return []
+
+
+def open_local_compute(config: ClusterConfig, hooks: Mapping[str, Sequence[str]] | None) -> LocalComputeProvider:
+    """The local provider for a ``compute: {provider: local}`` configuration (the factory's opener)."""
+    compute = config.compute
+    if not isinstance(compute, LocalCompute):
+        raise ComputeConfigError("compute: the local provider needs compute.provider: local")
+    return LocalComputeProvider(LocalCluster(Path(compute.state_dir)), hooks=hooks, boot_seconds=compute.boot_seconds)
+
+
+def register_local_provider() -> None:
+    """Let ``open_compute`` open ``compute.provider: local`` in this process (the local stack calls it)."""
+    register_provider("local", open_local_compute)

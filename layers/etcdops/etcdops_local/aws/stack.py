@@ -692,6 +692,9 @@ class LocalAws:
             sfn_models.stepfunctions_backends = executing
             self._undo.append(lambda: setattr(sfn_models, "stepfunctions_backends", original_backends))
             from etcdops_local.aws.ec2 import patch_compute
+            from etcdops_local.compute import register_local_provider
+
+            register_local_provider()  # RunbookStep opens compute.provider: local through the factory
 
             self._undo.append(patch_compute())  # launches and host commands refused where AWS refuses them
             original_invoke = LambdaFunction.invoke

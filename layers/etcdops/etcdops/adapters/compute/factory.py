@@ -1,17 +1,32 @@
-"""The one place that chooses the compute backend for a cluster configuration."""
+"""The one place that chooses the compute backend for a cluster configuration.
+
+The Lambda layer knows one provider, ``ec2``. Any other is registered by name by the code that
+provides it (:func:`register_provider`): the local stack registers ``local``
+(``etcdops_local.compute``), so the Lambda functions never load the local provider or the dev
+cluster. A configuration naming a provider nobody registered in this process is a ``ComputeConfigError``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from etcdops.adapters.compute.ec2 import Ec2ComputeProvider
 from etcdops.domain.compute.base import ComputeProvider
 from etcdops.domain.compute.errors import ComputeConfigError
-from etcdops.domain.config import ClusterConfig, Ec2Compute, LocalCompute
-from etcdops_local.cluster import LocalCluster
-from etcdops_local.compute import LocalComputeProvider
+from etcdops.domain.config import ClusterConfig, Ec2Compute
+
+ProviderOpener = Callable[[ClusterConfig, Mapping[str, Sequence[str]] | None], ComputeProvider]
+"""Opens a registered provider for a configuration (and the control-plane hooks, if any)."""
+
+_REGISTERED: dict[str, ProviderOpener] = {}
+
+
+def register_provider(name: str, opener: ProviderOpener) -> None:
+    """Make ``compute.provider: <name>`` open with ``opener`` in this process (registering again replaces)."""
+    if name == "ec2":
+        raise ComputeConfigError("compute: the ec2 provider is built in and cannot be replaced")
+    _REGISTERED[name] = opener
 
 
 def open_compute(
@@ -29,15 +44,19 @@ def open_compute(
     """The provider named by ``config.compute``.
 
     For ``ec2`` the AWS clients are passed in, one by one or as a boto3 ``session`` that makes the
-    ones not given, and ``stack_name`` names the etcdops stack whose SSM documents it sends. For
-    ``local`` no client is needed; ``local_hooks`` maps control-plane actions to commands to run
-    instead of the Kubernetes hooks.
+    ones not given, and ``stack_name`` names the etcdops stack whose SSM documents it sends. A
+    registered provider (``local``) needs no client; ``local_hooks`` maps control-plane actions to
+    commands to run instead of the Kubernetes hooks.
     """
     compute = config.compute
-    if isinstance(compute, LocalCompute):
-        return LocalComputeProvider(
-            LocalCluster(Path(compute.state_dir)), hooks=local_hooks, boot_seconds=compute.boot_seconds
-        )
+    if compute is not None and not isinstance(compute, Ec2Compute):
+        opener = _REGISTERED.get(compute.provider)
+        if opener is None:
+            known = ", ".join(["ec2", *sorted(_REGISTERED)])
+            raise ComputeConfigError(
+                f"compute: provider {compute.provider!r} is not available here (this process knows: {known})"
+            )
+        return opener(config, local_hooks)
     if isinstance(compute, Ec2Compute):
         given = {"ec2": ec2, "elbv2": elbv2, "ssm": ssm, "secretsmanager": secretsmanager, "cloudwatch": cloudwatch}
         clients: dict[str, Any] = {
