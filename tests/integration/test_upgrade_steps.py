@@ -2,21 +2,26 @@
 
 The state machine itself runs in tests/e2e/test_upgrade_cluster.py (3.4.23 -> 3.5.30, a failed member
 rolled back, refused paths); here each step is called directly, twice in a row as after a crash right
-after it finished (invariant 7), on a 3.5.1 cluster upgraded to 3.5.30 while a writer runs. Not
-parametrized by etcd version: the versions are the upgrade's own.
+after it finished (invariant 7), on a 3.5.1 cluster upgraded to 3.5.30 while a writer runs; then, with
+one member killed, no step stops another one (invariant 16: never two members down); and 3.4 -> 3.5 with
+authentication on is refused on a real 3.4.23 cluster. Not parametrized by etcd version: the versions are
+the upgrade's own.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 from typing import Any
 
 import pytest
 from builders import Writer
+from etcd_versions import etcd_flavour
 from retries import with_retries
 from test_replace_steps import context_for
 
 from etcdops.app.probe import probe_cluster
-from etcdops.app.runbook import RunbookContext, upgrade
+from etcdops.app.runbook import ClusterNotReadyError, RunbookContext, upgrade
 from etcdops.domain.errors import UpgradeRefusedError
 from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
@@ -86,3 +91,37 @@ def test_351_to_3530_each_step_twice_with_a_writer(
         with pytest.raises(UpgradeRefusedError, match=reason):
             upgrade.run_step(ctx, "CheckPath", {"cluster": "local", "execution": "upgrade-test-3", "version": version})
     assert set(versions(cluster).values()) == {"3.5.30"}
+
+    # When a member dies, Then no member is picked or stopped for an upgrade (invariant 16)
+    cluster.kill(order[0])
+    second = doc["upgraded"][1]
+    current = {"name": second["name"], "id": second["id"], "before": "3.5.1", "was_leader": False}
+    for step in ("NextMember", "StopMember"):
+        with pytest.raises(ClusterNotReadyError, match=f"{order[0]}"):
+            upgrade.run_step(ctx, step, {**doc, "version": "3.5.30", "current": current})
+    assert {p.name: p.state for p in cluster.ps()}[second["name"]] == "running"
+
+
+def test_34_to_35_is_refused_with_auth_enabled_and_changes_nothing(start_cluster: Any, etcd3530: EtcdBinaries) -> None:
+    # Given a one-member 3.4.23 cluster with authentication on (our client certificate's user is root)
+    cluster: LocalCluster = start_cluster(etcd_flavour("etcd34"), members=1)
+    cluster.add_binaries(etcd3530)
+    env = {**os.environ, **cluster.env()}
+    etcdctl = str(cluster.binaries().etcdctl)
+    commands = (
+        ["user", "add", "root", "--new-user-password=not-used"],
+        ["user", "add", "etcdops", "--no-password"],
+        ["user", "grant-role", "etcdops", "root"],
+        ["auth", "enable"],
+    )
+    for command in commands:
+        subprocess.run([etcdctl, *command], env=env, check=True, capture_output=True)
+    with cluster.client() as client:
+        assert client.auth_enabled()
+    pid = cluster.state().members[0].pid
+
+    # When UpgradeCluster checks the path to 3.5.30, Then it is refused for the auth gate, and nothing changed
+    ctx = context_for(cluster)
+    with pytest.raises(UpgradeRefusedError, match="not a supported rolling upgrade with auth enabled"):
+        upgrade.run_step(ctx, "CheckPath", {"cluster": "local", "execution": "upgrade-auth-1", "version": "3.5.30"})
+    assert versions(cluster) == {"m1": "3.4.23"} and cluster.state().members[0].pid == pid

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from etcdops.app.probe import probe_cluster
 from etcdops.domain.errors import EtcdopsError
 from etcdops.domain.findings import Finding, describe_findings
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from etcdops.domain.backup.manifest import Manifest
     from etcdops.domain.compute.base import ComputeProvider
     from etcdops.domain.config import ClusterConfig
+    from etcdops.domain.health import ClusterHealth
 
 Document = dict[str, Any]
 
@@ -90,6 +92,31 @@ def timed(doc: Document, step: str, started: float) -> Document:
     timings = dict(doc.get("timings") or {})
     timings[step] = round(time.monotonic() - started, 3)
     return {**doc, "timings": timings}
+
+
+def probe(ctx: RunbookContext) -> ClusterHealth:
+    """A fresh probe round of the live membership (every step that decides re-probes)."""
+    with ctx.client() as client:
+        return probe_cluster(client, deadline=ctx.config.health.probe_deadline_seconds)
+
+
+def ensure_backup(ctx: RunbookContext, doc: Document) -> Document:
+    """Invariant 5: a verified backup younger than the configured age, else a fresh one."""
+    started = time.monotonic()
+    max_age = timedelta(minutes=ctx.config.backup.max_age_minutes if ctx.config.backup else 120)
+    manifest = ctx.ensure_backup(max_age)
+    return timed({**doc, "backup_id": manifest.id, "backup_revision": manifest.revision}, "ensure_backup", started)
+
+
+def release_lock(ctx: RunbookContext, doc: Document) -> Document:
+    if doc.get("cluster") and doc.get("execution"):
+        ctx.state.release_lock(doc["cluster"], doc["execution"])
+    return doc
+
+
+def first_time(ctx: RunbookContext, doc: Document, kind: str) -> bool:
+    """Notifications are sent once per execution, however often the step is retried."""
+    return ctx.state.record_incident(str(doc.get("cluster")), f"{doc.get('execution')}-{kind}", kind, ctx.now())
 
 
 _CAUSE_LIMIT = 1000

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from etcdops.adapters.etcd.client import Member
 from etcdops.adapters.etcd.membership import merge_endpoints, record_membership
-from etcdops.app.probe import probe_cluster
 from etcdops.app.runbook import (
     ClusterNotReadyError,
     Document,
@@ -26,6 +24,10 @@ from etcdops.app.runbook import (
     RunbookError,
     caught_error,
     caught_message,
+    ensure_backup,
+    first_time,
+    probe,
+    release_lock,
     require_configured_cluster,
     timed,
 )
@@ -66,11 +68,6 @@ def member_text(doc: Document) -> str:
     return f"{name} ({doc.get('member_id')})" if doc.get("member_id") and doc.get("member_name") else str(name)
 
 
-def _probe(ctx: ReplaceContext) -> ClusterHealth:
-    with ctx.client() as client:
-        return probe_cluster(client, deadline=ctx.config.health.probe_deadline_seconds)
-
-
 def _members(ctx: ReplaceContext) -> list[Member]:
     with ctx.client() as client:
         return client.member_list(linearizable=True)
@@ -84,7 +81,7 @@ def _target_id(doc: Document) -> int:
 
 
 def _check_safe(ctx: ReplaceContext, target: int | None, what: str) -> ClusterHealth:
-    health = _probe(ctx)
+    health = probe(ctx)
     safety = change_safety(health, target)
     if not safety.safe:
         raise UnsafeChangeError(
@@ -116,7 +113,7 @@ def check_member_still_failed(ctx: ReplaceContext, doc: Document) -> Document:
     started = time.monotonic()
     target = _target_id(doc)
     while True:
-        health = _probe(ctx)
+        health = probe(ctx)
         member = health.member(target)
         if member is not None and member.healthy and not doc.get("ec2_failed"):
             return timed({**doc, "recovered": True}, "check_member_still_failed", started)
@@ -135,14 +132,6 @@ def check_member_still_failed(ctx: ReplaceContext, doc: Document) -> Document:
         "check_member_still_failed",
         started,
     )
-
-
-def ensure_backup(ctx: ReplaceContext, doc: Document) -> Document:
-    """Invariant 5: a verified backup younger than the configured age, else a fresh one."""
-    started = time.monotonic()
-    max_age = timedelta(minutes=ctx.config.backup.max_age_minutes if ctx.config.backup else 120)
-    manifest = ctx.ensure_backup(max_age)
-    return timed({**doc, "backup_id": manifest.id, "backup_revision": manifest.revision}, "ensure_backup", started)
 
 
 def preflight(ctx: ReplaceContext, doc: Document) -> Document:
@@ -290,7 +279,7 @@ def remove_learner(ctx: ReplaceContext, doc: Document) -> Document:
 
 def wait_until_healthy(ctx: ReplaceContext, doc: Document) -> Document:
     started = time.monotonic()
-    health = _probe(ctx)
+    health = probe(ctx)
     want = int(doc.get("original_voters") or 0)
     healthy = len(health.healthy_voters)
     if not health.has_quorum or healthy < want or len(health.voters) < want or health.learners:
@@ -331,17 +320,6 @@ def retire_old_host(ctx: ReplaceContext, doc: Document) -> Document:
     return timed({**doc, "retired": name}, "retire_old_host", started)
 
 
-def release_lock(ctx: ReplaceContext, doc: Document) -> Document:
-    if doc.get("cluster") and doc.get("execution"):
-        ctx.state.release_lock(doc["cluster"], doc["execution"])
-    return doc
-
-
-def _first_time(ctx: ReplaceContext, doc: Document, kind: str) -> bool:
-    """Notifications are sent once per execution, however often the step is retried."""
-    return ctx.state.record_incident(str(doc.get("cluster")), f"{doc.get('execution')}-{kind}", kind, ctx.now())
-
-
 def _finish_attempt(ctx: ReplaceContext, doc: Document, outcome: str, error: Any = None, cause: Any = None) -> None:
     """An autopilot attempt (input with ``incident_id`` and ``attempt``) records how it ended, so
     the next health round knows without asking Step Functions (a crashed one is asked)."""
@@ -362,7 +340,7 @@ def _finish_attempt(ctx: ReplaceContext, doc: Document, outcome: str, error: Any
 
 def notify_success(ctx: ReplaceContext, doc: Document) -> Document:
     _finish_attempt(ctx, doc, "SUCCEEDED")
-    if not _first_time(ctx, doc, "replace-succeeded"):
+    if not first_time(ctx, doc, "replace-succeeded"):
         return doc
     new = doc.get("new_member") or {}
     name = doc.get("member_name") or member_text(doc)
@@ -396,7 +374,7 @@ def notify_failure(ctx: ReplaceContext, doc: Document) -> Document:
         except EtcdopsError as exc:  # the report below must still go out
             stored = f"NOT updated ({type(exc).__name__}: {exc})"
     _finish_attempt(ctx, doc, "FAILED", error.get("Error"), caught_message(error))
-    if not _first_time(ctx, doc, "replace-failed"):
+    if not first_time(ctx, doc, "replace-failed"):
         return doc
     attempt = f" (attempt {doc['attempt']} of {doc.get('max_attempts')})" if doc.get("attempt") else ""
     if error.get("Error") == "PreflightFailedError":

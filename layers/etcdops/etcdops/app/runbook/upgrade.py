@@ -16,10 +16,9 @@ has and starting a running member change nothing.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from etcdops.app.probe import probe_cluster
 from etcdops.app.runbook import (
     ClusterNotReadyError,
     Document,
@@ -28,6 +27,10 @@ from etcdops.app.runbook import (
     RunbookContext,
     RunbookError,
     caught_error,
+    ensure_backup,
+    first_time,
+    probe,
+    release_lock,
     require_configured_cluster,
     require_input,
     timed,
@@ -62,11 +65,6 @@ STEP_RETRY: dict[str, dict[type[EtcdopsError], Backoff]] = {
     "CheckClusterVersion": {ClusterNotReadyError: _WAIT},
 }
 """Steps that wait longer than the default (a member catching up; the leader moving the cluster version)."""
-
-
-def _probe(ctx: RunbookContext) -> ClusterHealth:
-    with ctx.client() as client:
-        return probe_cluster(client, deadline=ctx.config.health.probe_deadline_seconds)
 
 
 def _target(doc: Document) -> EtcdVersion:
@@ -109,7 +107,7 @@ def check_path(ctx: RunbookContext, doc: Document) -> Document:
     members' versions (the report's "before") and what the approval message says."""
     started = time.monotonic()
     target = _target(doc)
-    health = _probe(ctx)
+    health = probe(ctx)
     reasons = refusals(health)
     if reasons:
         raise UpgradeRefusedError(reasons)
@@ -148,14 +146,6 @@ def check_path(ctx: RunbookContext, doc: Document) -> Document:
     )
 
 
-def ensure_backup(ctx: RunbookContext, doc: Document) -> Document:
-    """Invariant 5: a verified backup of this incarnation younger than the configured age, else a new one."""
-    started = time.monotonic()
-    max_age = timedelta(minutes=ctx.config.backup.max_age_minutes if ctx.config.backup else 120)
-    manifest = ctx.ensure_backup(max_age)
-    return timed({**doc, "backup_id": manifest.id, "backup_revision": manifest.revision}, "ensure_backup", started)
-
-
 def preflight(ctx: RunbookContext, doc: Document) -> Document:
     """Invariant 13: the host commands, every member host, the binaries of the new and the old version
     on each, the backup and the lock, all before the first member is stopped."""
@@ -188,7 +178,7 @@ def preflight(ctx: RunbookContext, doc: Document) -> Document:
 def next_member(ctx: RunbookContext, doc: Document) -> Document:
     """The next member to upgrade from a fresh probe (learners, followers, the leader last), or done."""
     target = _target(doc)
-    health = _probe(ctx)
+    health = probe(ctx)
     reasons = refusals(health)
     if reasons:
         raise ClusterNotReadyError("not upgrading the next member while " + "; ".join(reasons))
@@ -225,10 +215,10 @@ def move_leadership(ctx: RunbookContext, doc: Document) -> Document:
     """The member to upgrade hands its leadership on first, so the cluster elects once, on purpose."""
     current = dict(doc["current"])
     member_id = int(current["id"], 16)
-    moved = _move_leadership_away(ctx, _probe(ctx), member_id, _target(doc))
+    moved = _move_leadership_away(ctx, probe(ctx), member_id, _target(doc))
     if moved:
         current["leadership_moved_to"] = moved
-    health = _probe(ctx)
+    health = probe(ctx)
     if health.leader == member_id and len(health.voters) > 1:
         raise ClusterNotReadyError(f"member {current['name']} still leads after the leadership transfer")
     return {**doc, "current": current}
@@ -238,7 +228,7 @@ def stop_member(ctx: RunbookContext, doc: Document) -> Document:
     """Invariant 16: stopped only while every other member is healthy and a quorum remains without it."""
     current = dict(doc["current"])
     member_id = int(current["id"], 16)
-    health = _probe(ctx)
+    health = probe(ctx)
     others = [m for m in health.members if m.id != member_id]
     sick = [m.label for m in others if not m.healthy]
     healthy_voters = [m for m in health.healthy_voters if m.id != member_id]
@@ -278,7 +268,7 @@ def _member_state(ctx: RunbookContext, name: str, member_id: int) -> tuple[Clust
     host = _host(ctx, name)
     if host.state == "stopped":
         raise MemberDidNotStartError(f"etcd of member {name} stopped again right after its start")
-    health = _probe(ctx)
+    health = probe(ctx)
     member = health.member(member_id)
     leader = health.member(health.leader or 0)
     if member is None or not member.healthy or leader is None:
@@ -328,7 +318,7 @@ def roll_back_member(ctx: RunbookContext, doc: Document) -> Document:
     if not current.get("name"):
         return doc  # failed before a member was picked: nothing to roll back
     name, member_id, before = current["name"], int(current["id"], 16), str(current["before"])
-    health = _probe(ctx)
+    health = probe(ctx)
     member = health.member(member_id)
     if not (member and member.healthy and member.version == before):
         if not _in_rollback_window(doc, health):
@@ -366,7 +356,7 @@ def check_cluster_version(ctx: RunbookContext, doc: Document) -> Document:
     """Every member on the target and the cluster version moved to its minor (the leader decides it)."""
     started = time.monotonic()
     target = _target(doc)
-    health = _probe(ctx)
+    health = probe(ctx)
     behind = [m.label for m in health.members if EtcdVersion.parse(m.version or "") != target]
     if behind or _line(health.cluster_version) != target.line:
         raise ClusterNotReadyError(
@@ -375,19 +365,8 @@ def check_cluster_version(ctx: RunbookContext, doc: Document) -> Document:
     return timed({**doc, "cluster_version_after": health.cluster_version}, "check_cluster_version", started)
 
 
-def release_lock(ctx: RunbookContext, doc: Document) -> Document:
-    if doc.get("cluster") and doc.get("execution"):
-        ctx.state.release_lock(doc["cluster"], doc["execution"])
-    return doc
-
-
-def _first_time(ctx: RunbookContext, doc: Document, kind: str) -> bool:
-    """Notifications are sent once per execution, however often the step is retried."""
-    return ctx.state.record_incident(str(doc.get("cluster")), f"{doc.get('execution')}-{kind}", kind, ctx.now())
-
-
 def notify_success(ctx: RunbookContext, doc: Document) -> Document:
-    if not _first_time(ctx, doc, "upgrade-succeeded"):
+    if not first_time(ctx, doc, "upgrade-succeeded"):
         return doc
     if doc.get("nothing_to_do"):
         subject = f"etcdops: {doc['cluster']} runs etcd {doc['version']} already; nothing upgraded"
@@ -408,7 +387,7 @@ def notify_failure(ctx: RunbookContext, doc: Document) -> Document:
     error = doc.get("error") or {}
     if error.get("Error") != "LockHeldError":
         release_lock(ctx, doc)
-    if not _first_time(ctx, doc, "upgrade-failed"):
+    if not first_time(ctx, doc, "upgrade-failed"):
         return doc
     ctx.notifier.publish(
         f"etcdops: UpgradeCluster FAILED for {doc.get('cluster')} (to etcd {doc.get('version')})",
