@@ -15,12 +15,14 @@ from urllib.parse import urlsplit
 import pytest
 from autopilot_scenarios import executions, finished, follower, healthy, running_autopilot, wait_for
 from builders import Writer
+from etcd_versions import E2E_VERSIONS, ETCD_VERSIONS
 
 from etcdops.app.approval import decide_approval
 from etcdops.app.probe import probe_cluster
-from etcdops.domain.config import loads_config
+from etcdops.domain.config import ClusterConfig, loads_config
 from etcdops_local.aws.stack import LocalAws, execution_history
-from etcdops_local.cluster import LocalCluster
+from etcdops_local.cli.status import LiveScreen, Runbooks, health_check_last_round
+from etcdops_local.cluster import OLD_DATA_PREFIX, EtcdBinaries, LocalCluster
 
 pytestmark = pytest.mark.e2e
 
@@ -217,14 +219,39 @@ def live_client_urls(cluster: LocalCluster) -> list[str]:
     return sorted(u for m in health.members for u in m.client_urls)
 
 
+def live_screen(pilot: SimpleNamespace, config: ClusterConfig) -> LiveScreen:
+    """`etcdops status --watch`'s screen on this autopilot, seeded only by the endpoints ``config``
+    names (as a screen started with --endpoints, or before the first replacement, would be)."""
+    arns = {"replace": pilot.machine, "restore": pilot.stack.state_machines["RestoreClusterStateMachine"]}
+    return LiveScreen(
+        load_config=lambda: config,
+        last_round=lambda name: health_check_last_round(pilot.aws, pilot.stack.table or "", name, "autopilot"),
+        runbooks=lambda: Runbooks(pilot.sfn, arns, pilot.state),
+    )
+
+
+def assert_the_screen_shows_the_healthy_cluster(screen: LiveScreen, cluster: LocalCluster) -> None:
+    """One refresh of the live screen, as text: 3 healthy voters under the names they have now, no notes."""
+    health = whole(cluster)
+    text = screen.refresh()["text"]
+    head, rows = text.splitlines()[0], text.split("\n\n")[1].splitlines()[1:]
+    assert head.startswith(f"cluster local ({health.cluster_id:x}): QUORUM, leader {health.leader:x}, "), text
+    assert "3/3 voters healthy, quorum margin 1" in head, text
+    assert sorted(row.split()[0] for row in rows) == sorted(m.name for m in health.members), text
+    assert all(" healthy " in row for row in rows) and "note:" not in text and "UNHEALTHY" not in text, text
+
+
+@pytest.mark.timeout(1200)  # a hang guard only: every wait below has its own bound; under load repairs take minutes
 def test_three_original_members_fail_one_after_another_and_each_is_repaired(
-    autopilot: SimpleNamespace, cluster: LocalCluster
+    autopilot: SimpleNamespace, cluster: LocalCluster, etcd_binaries: EtcdBinaries
 ) -> None:
-    # Given a writer running throughout
+    # Given a writer running throughout, and the live screen started on the original members only
     writer = Writer(cluster)
     writer.thread.start()
     originals = ["m3", "m2", "m1"]
     ids = {m.name: m.id for m in healthy(cluster).members}
+    screen = live_screen(autopilot, cluster.config())
+    assert_the_screen_shows_the_healthy_cluster(screen, cluster)
 
     for repaired, victim in enumerate(originals, start=1):
         # When an original member is killed -9 (the last one with both others replaced already)
@@ -240,6 +267,10 @@ def test_three_original_members_fail_one_after_another_and_each_is_repaired(
         # and the stored configuration names exactly the live members, where it lives
         ssm, local, kind = stored_endpoints(autopilot, cluster)
         assert sorted(ssm) == sorted(local) == live_client_urls(cluster) and kind == "SecureString"
+        # and the live screen, refreshed, shows the healthy cluster under its members' names now
+        assert_the_screen_shows_the_healthy_cluster(screen, cluster)
+        newest = screen.refresh()["runbooks"]["newest"]
+        assert (newest["runbook"], newest["status"]) == ("replace", "SUCCEEDED"), newest
 
     writer.stop.set()
     writer.thread.join()
@@ -261,6 +292,52 @@ def test_three_original_members_fail_one_after_another_and_each_is_repaired(
         assert any(s.startswith(f"etcdops: replaced member {victim} of local") for s in subjects)
     assert not [s for s in subjects if "QUORUM LOST" in s or "unnamed" in s or "FAILED" in s]
     assert all(e["name"].endswith("-a1") for e in executions(autopilot))
+    if etcd_binaries.version == ETCD_VERSIONS[E2E_VERSIONS[-1]][0]:  # the rest once, on the newest (time budget)
+        a_fourth_replacement_and_a_restore_leave_no_retired_members_data(autopilot, cluster, screen)
+
+
+def a_fourth_replacement_and_a_restore_leave_no_retired_members_data(
+    pilot: SimpleNamespace, cluster: LocalCluster, screen: LiveScreen
+) -> None:
+    # When a replacement member fails too (the fourth replacement)
+    victim = follower(cluster)
+    cluster.kill(victim.name)
+    wait_for(f"the repair of {victim.name}", lambda: len(ended := finished(pilot)) >= 4 and ended)
+    assert {e["status"] for e in finished(pilot)} == {"SUCCEEDED"}
+    wait_for("3 healthy voters", lambda: whole(cluster))
+
+    # and the operator restores the live cluster from its newest verified backup (one the runbooks took)
+    restore = pilot.stack.state_machines["RestoreClusterStateMachine"]
+    name = "restore-local-after-four"
+    arn = pilot.sfn.start_execution(stateMachineArn=restore, name=name, input=json.dumps({"cluster": "local"}))
+    wait_for("the approval request", lambda: pilot.state.load_approval(name), timeout=120)
+    waiting = screen.refresh()
+    assert [r["name"] for r in waiting["runbooks"]["running"]] == [name]
+    what = pilot.state.load_approval(name).summary
+    assert f"waiting for approval: {what} — approve with `etcdops approve {name}`" in waiting["text"]
+    decide_approval(name, "approve", None, store=pilot.state, sfn=pilot.sfn, now=datetime.now(UTC), by="test")
+    ended = wait_for(
+        "the restore to end",
+        lambda: (d := pilot.sfn.describe_execution(executionArn=arn["executionArn"]))["status"] != "RUNNING" and d,
+        timeout=300,
+    )
+    assert ended["status"] == "SUCCEEDED", ended
+
+    # Then the live screen shows the restored cluster, and its newest runbook is the restore
+    assert_the_screen_shows_the_healthy_cluster(screen, cluster)
+    newest = screen.refresh()["runbooks"]["newest"]
+    assert (newest["name"], newest["status"]) == (name, "SUCCEEDED"), newest
+    # and the state folder holds only the members that are left: no retired member's data; the old
+    # data the restore set aside (kept by design, `local gc` ages it out) only in their folders
+    left = sorted(p.name for p in cluster.ps())
+    assert len(left) == 3 and not {"m1", "m2", "m3", victim.name} & set(left)
+    assert sorted(p.name for p in (cluster.state_dir / "members").iterdir()) == left
+    for member in left:
+        kept = {p.name for p in cluster.member_dir(member).iterdir()}
+        assert {"data", "etcd.log"} <= kept and all(
+            k in ("data", "etcd.log") or k.startswith(OLD_DATA_PREFIX) or not (cluster.member_dir(member) / k).is_dir()
+            for k in kept
+        ), kept
 
 
 def block_backups(cluster: LocalCluster) -> Path:

@@ -177,7 +177,7 @@ def test_backups_and_snapshots_use_the_stack_bucket_key_and_tls_secrets(
     code, verified, err = run(capsys, "backup", "verify", imported["id"], "--json")
     assert code == 0 and verified["total_keys"] == inspected["total_keys"], err
     code, listed, err = run(capsys, "backup", "list", "--json")
-    assert [(b["id"], b["incarnation"]) for b in listed["backups"]] == [(made["id"], "live"), (imported["id"], "other")]
+    assert [(b["id"], b["incarnation"]) for b in listed["backups"]] == [(imported["id"], "other"), (made["id"], "live")]
     (elsewhere / "cut.db").write_bytes((elsewhere / "saved.db").read_bytes()[:-1])
     code, _, err = run(capsys, "backup", "import", "cut.db")
     assert code == 1 and "leaves no sha256 trailer" in err and err.count("\n") == 1, err

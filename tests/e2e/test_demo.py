@@ -17,17 +17,35 @@ pytestmark = pytest.mark.e2e
 
 def test_the_demo_tells_the_whole_story(tmp_path: Path, etcd3530: EtcdBinaries) -> None:
     env = {**os.environ, "ETCD_BIN_DIR": str(etcd3530.bin_dir)}
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "etcdops_local.cli.main", "demo", "--json"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+
+    def etcdops(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "etcdops_local.cli.main", *args], cwd=tmp_path, env=env, capture_output=True,
+            text=True, timeout=600,
         )  # fmt: skip
+
+    try:
+        result = etcdops("demo", "--json")
+        # what the operator reads afterwards: the screen, the messages sent (read twice), the replacement's story
+        status, sent, again = etcdops("status"), etcdops("notifications", "--json"), etcdops("notifications")
+        replaced = [e for e in json.loads(etcdops("runbook", "list", "--json").stdout) if e["runbook"] == "replace"]
+        story = etcdops("runbook", "show", replaced[0]["name"], "--json")
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "etcdops_local.cli.main", "local", "down"], cwd=tmp_path, env=env, timeout=120
-        )
+        etcdops("local", "down")
 
     assert result.returncode == 0, result.stderr
+    # the live screen's newest runbook is the restore that ended the tour
+    newest = next(line for line in status.stdout.splitlines() if line.startswith("  newest: "))
+    assert newest.startswith("  newest: restore-demo-") and "(restore) SUCCEEDED: succeeded" in newest, status.stdout
+    # every message the stack sent, newest first, and reading them left them there
+    subjects = [m["subject"] for m in json.loads(sent.stdout)]
+    assert subjects and [m["sent_at"] for m in json.loads(sent.stdout)] == sorted(
+        (m["sent_at"] for m in json.loads(sent.stdout)), reverse=True
+    )
+    assert any(s.startswith("etcdops: replaced member ") for s in subjects), subjects
+    assert any("QUORUM LOST" in s for s in subjects), subjects
+    assert again.stdout.splitlines()[-1] == f"{len(subjects)} messages, newest first; --full shows their text"
+    assert json.loads(story.stdout)["outcome"] == "succeeded: every step ran to its end"
     events = [e["event"] for e in json.loads(result.stdout)]
     milestones = ["healthy cluster", "wrote 100 keys", "backup ", "killed member", "autopilot started ReplaceMember",
                   "ReplaceMember SUCCEEDED", "healthy again: 3/3 voters healthy", "all 100 keys read back",

@@ -103,7 +103,8 @@ def test_local_up_is_idempotent_and_status_reports_failures(
     # Given a local stack started twice
     first = as_json(etcdops(cwd, "local", "up", "--json", env=env))
     second = as_json(etcdops(cwd, "local", "up", "--json", env=env))
-    assert first["started"] is True and second["started"] is False
+    assert first["started"] == ["m1", "m2", "m3"] and first["created"] is True
+    assert second["started"] == [] and second["created"] is False
     assert [m["pid"] for m in first["members"]] == [m["pid"] for m in second["members"]]
     assert (cwd / ".etcdops" / "cluster.yaml").exists()
 
@@ -164,8 +165,17 @@ def test_local_up_is_idempotent_and_status_reports_failures(
     states = {p["name"]: p["state"] for p in as_json(run(cwd, "local", "ps", "--json"))}
     assert states[follower] == "stopped" and states[other] == "running"
 
+    # When `local up` runs on the partly stopped stack, Then it starts the stopped member again and says so
+    again = run(cwd, "local", "up", env=env).stdout
+    assert again.startswith(f"local cluster: started {follower} again (3 members in all), etcd "), again
+    assert "autopilot (emulated AWS) already running" in again
+    states = {p["name"]: p["state"] for p in as_json(run(cwd, "local", "ps", "--json"))}
+    assert set(states.values()) == {"running"}, states
 
-def test_local_env_prints_etcdctl_exports(stack: tuple[Path, dict[str, str]], run: Cli) -> None:
+
+def test_local_env_prints_etcdctl_exports(
+    stack: tuple[Path, dict[str, str]], run: Cli, etcd_binaries: EtcdBinaries
+) -> None:
     cwd, env = stack
     run(cwd, "local", "up", "--no-autopilot", env=env)
 
@@ -184,6 +194,14 @@ def test_local_env_prints_etcdctl_exports(stack: tuple[Path, dict[str, str]], ru
     elsewhere.mkdir()
     status = as_json(run(elsewhere, "status", "-w", "json", env={**exported, "ETCDOPS_CONFIG": ""}))
     assert status["has_quorum"] and len(status["members"]) == 3
+
+    # and the PATH it sets finds this etcdops and the stack's own etcdctl first, whatever else is installed
+    assert f'export PATH={etcd_binaries.bin_dir}:{Path(sys.executable).parent}:"$PATH"' in text
+    shell = subprocess.run(["bash", "-c", 'eval "$(etcdops local env)" && etcdctl version && command -v etcdops'],
+                           cwd=cwd, env={**os.environ, "PATH": exported["PATH"]}, capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert f"etcdctl version: {etcd_binaries.version}" in shell.stdout, shell.stderr
+    assert shell.stdout.splitlines()[-1] == str(Path(sys.executable).parent / "etcdops")
 
 
 def test_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
@@ -288,7 +306,8 @@ def test_backup_commands_round_trip(stack: tuple[Path, dict[str, str]], run: Cli
     assert "warning: manifest 20200102T000000Z-0c0c0c.manifest.json cannot be read" in again.stderr
     assert "20200101T000000Z-0a0a0a" in as_json(again)["pruned"]  # past the grace period
     earlier = {**made, "id": "20200103T000000Z-0d0d0d", "cluster_id": "abc"}
-    earlier = {k: v for k, v in earlier.items() if k not in ("attempts", "seconds", "pruned", "warnings")}
+    outcome = ("attempts", "seconds", "command_seconds", "pruned", "warnings")  # the run's, not the manifest's
+    earlier = {k: v for k, v in earlier.items() if k not in outcome}
     (store / "20200103T000000Z-0d0d0d.manifest.json").write_text(json.dumps(earlier))
     listed = as_json(run(cwd, "backup", "list", "--json"))
     incarnations = {b["id"]: b["incarnation"] for b in listed["backups"]}
@@ -298,6 +317,13 @@ def test_backup_commands_round_trip(stack: tuple[Path, dict[str, str]], run: Cli
     text = run(cwd, "backup", "list")
     assert "abc (other incarnation)" in text.stdout and f"live cluster id: {made['cluster_id']}" in text.stdout
     assert "orphan" in text.stderr and "cannot be read" in text.stderr
+    # newest first, as every listing; the member that served each backup by name beside its id
+    assert [b["id"] for b in listed["backups"]] == [as_json(again)["id"], made["id"], "20200103T000000Z-0d0d0d"]
+    assert made["member_name"] in ("m1", "m2", "m3")
+    assert f"{made['member_name']} ({made['member_id']})" in text.stdout
+    said = run(cwd, "backup", "run").stdout
+    assert "; the backup took " in said
+    assert " s (snapshot, encryption, upload, manifest, retention), the whole command " in said
     checked = run(cwd, "backup", "verify", made["id"])
     assert f"warning: {young}.snapshot.enc is an orphan" in checked.stderr and "cannot be read" in checked.stderr
     orphan = run(cwd, "backup", "verify", young, check=False)

@@ -19,6 +19,7 @@ from etcdops.domain.config import parse_config
 from etcdops.domain.errors import UsageError
 from etcdops.domain.health import ClusterHealth
 from etcdops_local.cli import main as cli
+from etcdops_local.cli import status as cli_status
 from etcdops_local.cli.options import CLUSTER_OPTIONS, GLOBAL_DEFAULTS, OUTPUT_OPTIONS, finish
 
 DATA = Path(__file__).parent.parent / "data"
@@ -60,6 +61,7 @@ REQUIRED: dict[tuple[str, ...], list[str]] = {
     ("runbook", "show"): ["exec-1"],
     ("runbook", "start", "replace"): ["--member", "m1"],
     ("runbook", "start", "restore"): [],
+    ("notifications",): [],
     ("runbook", "start", "upgrade"): ["--version", "3.5.30"],
     ("demo",): [],
     ("completion",): ["bash"],
@@ -299,6 +301,9 @@ BAD_INPUTS: list[tuple[list[str], int, str]] = [
     (["approve", "exec-1", "--state-dir", "empty"], 1, "ETCDOPS_TABLE is not set"),
     (["runbook", "list", "--stack-name", "x", "--state-dir", "empty"], 1, "AWS: no region"),
     (["reject", "exec-1"], 2, "--reason"),
+    (["notifications", "--state-dir", "empty"], 1, "no local stack with its autopilot"),
+    (["notifications", "--since", "yesterday", "--state-dir", "empty"], 2, "neither an age"),
+    (["notifications", "--since=-2h", "--state-dir", "empty"], 2, "neither an age"),
     (["local", "up", "--members", "0"], 2, "1 to 9 members"),
     (["local", "gc", "--older-than", "0"], 2, "above 0"),
     (["local", "gc", "--older-than", "-3"], 2, "above 0"),
@@ -548,10 +553,10 @@ def test_status_of_a_stack_whose_state_table_cannot_be_read_still_shows_the_prob
     args = argparse.Namespace(stack_name="prod-stack")
     args._deployed_stack = DeployedStack("prod-stack", Refusing(), {"StateTableName": "t"}, {})
 
-    last = cli.stack_last_round(args, "prod")
+    last = cli_status.stack_last_round(args, "prod")
 
     assert last is not None and last["decision"] is None
-    assert cli.render_last_round(last) == (
+    assert cli_status.render_last_round(last) == (
         "last round (-): skipped: cannot read the state table of stack prod-stack: "
         "An error occurred (AccessDeniedException) when calling the GetItem operation: not allowed"
     )
@@ -582,7 +587,7 @@ def test_status_watch_ends_on_a_ctrl_c_that_python_swallowed(
     config = parse_config({"name": "c1", "endpoints": ["http://127.0.0.1:2379"], "plaintext": True})
     args = argparse.Namespace(json=True, interval=0.0, state_dir=str(tmp_path), stack_name=None)
 
-    assert cli.watch_status(args, config, deadline=1.0) == 0
+    assert cli_status.watch_status(args, cli_status.LiveScreen(lambda: config, deadline=1.0)) == 0
 
     assert rounds == [0]  # the round in flight finished and was shown; no further round started
     assert json.loads(capsys.readouterr().out)["status"]["members"][0]["name"] == "m1"

@@ -222,19 +222,26 @@ class LocalCluster:
         binaries: EtcdBinaries | None = None,
         extra_args: Sequence[str] = (),
         timeout: float = 30.0,
-    ) -> bool:
-        """Start the cluster; returns False when it was already running (nothing started twice)."""
+    ) -> list[str]:
+        """Start the cluster, or the members of an existing one that are stopped; returns the names
+        of the members it started (none: everything already ran, nothing is started twice).
+
+        A stopped member comes back with its data. A member that never ran (a host a runbook
+        launched but has not added yet: no data folder) is the runbook's to start, and a paused one
+        stays paused (``resume`` is the operator's word)."""
         if members < 1:
             raise UsageError("--members must be at least 1")
         if self.exists():
             state = self.state()
-            if any(self._state_of(m) != "stopped" for m in state.members):
-                return False
-            for member in state.members:  # a stopped cluster comes back with its data
+            stopped = [
+                m for m in state.members if self._state_of(m) == "stopped" and self.data_dir(m.name).is_dir()
+            ]
+            for member in stopped:
                 self._spawn(state, member, initial_state="existing")
-            state.save(self.state_file)
-            self.wait_ready(timeout)
-            return True
+            if stopped:
+                state.save(self.state_file)
+                self.wait_ready(timeout)
+            return [m.name for m in stopped]
         binaries = binaries or EtcdBinaries.locate()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         ports = free_ports(2 * members)
@@ -252,7 +259,7 @@ class LocalCluster:
             self._spawn(state, member, initial_state="new")
         state.save(self.state_file)
         self.wait_ready(timeout)
-        return True
+        return [m.name for m in state.members]
 
     def _write_pki(self, members: Sequence[LocalMember]) -> None:
         ca = pki.create_ca("etcdops local CA")

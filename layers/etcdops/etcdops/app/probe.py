@@ -41,7 +41,10 @@ def probe_cluster(
 
     if membership is None:
         membership = read_membership(client, remaining() / 2)  # at most half of the round's deadline
-    errors = [f"member list via {endpoint}: {error}" for endpoint, error in membership.failures.items()]
+    # a seed that failed while another served the member list is no news: a live member's own row
+    # says what is wrong with it, and a seed that is no member any more is only an old address
+    known = membership.members is not None
+    errors = [] if known else [f"member list via {e}: {error}" for e, error in membership.failures.items()]
     if membership.members is None:
         unreachable = tuple(
             MemberHealth(

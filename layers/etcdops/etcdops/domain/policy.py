@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from etcdops.domain.config import ClusterConfig, describe_validation_error
 from etcdops.domain.errors import ConfigError
 from etcdops.domain.health import ClusterHealth, MemberHealth, quorum_of
+from etcdops.domain.wording import count
 
 __all__ = [
     "MAX_ATTEMPT_SUFFIX_LENGTH",
@@ -794,7 +795,8 @@ def _decide_unlocked(
         kinds = ", ".join(dict.fromkeys(str(n.kind) for n in notes))
         return Decision(
             action=Action.NOTIFY,
-            reason=f"Cluster {cluster} keeps quorum; {len(notes)} thing(s) need attention: {kinds}.",
+            reason=f"Cluster {cluster} keeps quorum; {count(len(notes), 'thing needs', 'things need')} "
+            f"attention: {kinds}.",
             cluster=cluster,
             notifications=notes,
         )

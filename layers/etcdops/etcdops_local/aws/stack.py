@@ -108,6 +108,7 @@ class LocalStack:
     # {"MaximumRetryAttempts": n, "OnFailure": the destination function's logical id}
     invoke_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     credentials: dict[str, str] = field(default_factory=dict)  # the harness's (administrator's) keys
+    notification_queue: str | None = None  # an SQS queue subscribed to the topic (`etcdops notifications`)
 
     def physical(self, logical_id: str) -> str:
         try:
@@ -1441,6 +1442,11 @@ def serve(
     with LocalAws(region=region, server=True, state_dir=state_dir) as aws:
         stack = build_stack(template_path, parameters, region=region)
         stack.endpoint = aws.endpoint
+        if stack.topic_arn:  # SNS keeps no copy of what it sent: a queue on the topic does
+            from etcdops_local.notifications import subscribe_queue
+
+            queue = f"{stack.stack_name}-notifications"
+            stack.notification_queue = subscribe_queue(aws.client("sns"), aws.client("sqs"), stack.topic_arn, queue)
         if config_document is not None and "ClusterConfigParameter" in stack.parameters:
             name = stack.parameters["ClusterConfigParameter"]
             aws.client("ssm").put_parameter(Name=name, Type="SecureString", Value=config_document, Overwrite=True)

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from etcdops_local.cli.main import emit, human_bytes, resolve_config, table
-from etcdops_local.cli.options import input_file, output_file
+from etcdops_local.cli.format import command_seconds
+from etcdops_local.cli.main import emit, human_bytes, table
+from etcdops_local.cli.options import input_file, output_file, resolve_config
 
 
 def _manifest_dict(manifest: Any) -> dict[str, Any]:
@@ -34,21 +35,23 @@ def cmd_backup_run(args: argparse.Namespace) -> int:
             config, client, health, store, keyring, progress=progress, log=lambda m: print(m, file=sys.stderr)
         )
     progress.done()  # retention's warnings were printed as it met them
-    m = result.manifest
+    m, whole = result.manifest, command_seconds()
     data = {**_manifest_dict(m), "attempts": result.attempts, "seconds": round(result.seconds, 3),
-            "pruned": result.pruned, "warnings": result.warnings}
+            "command_seconds": round(whole, 3), "pruned": result.pruned, "warnings": result.warnings}  # fmt: skip
     emit(
         args,
         data,
         lambda: f"backup {m.id}: revision {m.revision}, {m.total_keys} keys, {human_bytes(m.size_plain)} "
-        f"-> {human_bytes(m.size_stored)} encrypted at {m.uri} in {result.seconds:.1f}s"
+        f"-> {human_bytes(m.size_stored)} encrypted at {m.uri}; the backup took {result.seconds:.1f} s "
+        f"(snapshot, encryption, upload, manifest, retention), the whole command {whole:.1f} s"
         + (f"; pruned {len(result.pruned)}" if result.pruned else ""),
     )
     return 0
 
 
-def _live_cluster_id(config: Any) -> str | None:
-    """The cluster id the live members answer with, or None when none answers (or none is configured)."""
+def _live_cluster(config: Any) -> tuple[str | None, dict[str, str]]:
+    """The cluster id the live members answer with (None when none answers or none is configured),
+    and the live members' names by hex id."""
     from etcdops.adapters.etcd.connect import client_for
     from etcdops.app.probe import probe_cluster
     from etcdops.domain.backup.manifest import cluster_id_text
@@ -56,9 +59,10 @@ def _live_cluster_id(config: Any) -> str | None:
 
     try:
         with client_for(config) as client:
-            return cluster_id_text(probe_cluster(client, deadline=config.health.probe_deadline_seconds).cluster_id)
+            health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
     except EtcdopsError:
-        return None
+        return None, {}
+    return cluster_id_text(health.cluster_id), {f"{m.id:x}": m.name for m in health.members if m.id and m.name}
 
 
 def _incarnation(manifest: Any, live: str | None) -> str:
@@ -79,8 +83,8 @@ def cmd_backup_list(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     store = open_backup_store(config)  # a listing needs no key (a fresh stack may have none yet)
     catalogue = read_catalogue(store)
-    live = _live_cluster_id(config)
-    manifests = catalogue.backups
+    live, names = _live_cluster(config)
+    manifests = list(reversed(catalogue.backups))  # newest first, as every listing
     data = {
         "store": catalogue.uri,
         "cluster_id": live,
@@ -90,11 +94,11 @@ def cmd_backup_list(args: argparse.Namespace) -> int:
     }
     if not getattr(args, "json", False):
         _warn(catalogue.warnings())
-    emit(args, data, lambda: _list_text(catalogue.uri, manifests, live))
+    emit(args, data, lambda: _list_text(catalogue.uri, manifests, live, names))
     return 0
 
 
-def _list_text(uri: str, manifests: list[Any], live: str | None) -> str:
+def _list_text(uri: str, manifests: list[Any], live: str | None, names: dict[str, str]) -> str:
     if not manifests:
         return f"no backups in {uri}"
     marks = {"live": "", "other": " (other incarnation)", "unknown": ""}
@@ -106,7 +110,7 @@ def _list_text(uri: str, manifests: list[Any], live: str | None) -> str:
             m.total_keys,
             human_bytes(m.size_plain),
             human_bytes(m.size_stored),
-            m.member_id,
+            member_label(m.member_name or names.get(m.member_id), m.member_id),
             m.etcd_version,
             m.cluster_id + marks[_incarnation(m, live)],
             "yes" if m.verified else "NO",
@@ -120,6 +124,11 @@ def _list_text(uri: str, manifests: list[Any], live: str | None) -> str:
         else "live cluster id: unknown (no member answered)"
     )
     return table(header, rows) + "\n" + note
+
+
+def member_label(name: str | None, member_id: str) -> str:
+    """A member as the listings show it: its name beside its id (the id alone when the name is unknown)."""
+    return f"{name} ({member_id})" if name else member_id
 
 
 def _verify_dict(result: Any) -> dict[str, Any]:

@@ -57,3 +57,18 @@ def human_bytes(n: int | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
+
+
+def command_seconds() -> float:
+    """Seconds since this process started (interpreter start-up and imports included): what the
+    person who typed the command waited. Read from the kernel's record of the process."""
+    import os
+    import time
+    from pathlib import Path
+
+    try:  # field 22 of stat, the start time in clock ticks after boot (fields 3.. follow the ")")
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return time.process_time()  # no /proc: the CPU time at least
+    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))

@@ -15,8 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import ConfigError, UsageError
+from etcdops.domain.wording import count
 from etcdops_local.cli.format import emit, human_bytes, table
 from etcdops_local.cli.options import (
     LOCAL_OPTIONS,
@@ -26,12 +26,9 @@ from etcdops_local.cli.options import (
     finish,
     global_options,
     member_count,
-    one_line,
     positive_days,
-    positive_seconds,
     print_error,
     refuse_contradictions,
-    resolve_config,
 )
 from etcdops_local.cli.options import state_dir as _state_dir
 
@@ -67,40 +64,60 @@ def cmd_local_up(args: argparse.Namespace) -> int:
 
     cluster = _local(args)
     others = [_other_etcd(directory) for directory in args.also_etcd or ()]  # checked before anything starts
+    existed = cluster.exists()
     started = cluster.up(
         args.members,
-        binaries=None if cluster.exists() else EtcdBinaries.locate(os.environ.get("ETCD_BIN_DIR")),
+        binaries=None if existed else EtcdBinaries.locate(os.environ.get("ETCD_BIN_DIR")),
         extra_args=args.etcd_arg or (),
     )
     for binaries in others:
         cluster.add_binaries(binaries)
     processes = cluster.ps()
-    autopilot = None
+    autopilot, autopilot_started = None, False
     if not args.no_autopilot:
         from etcdops_local.aws.stack import server_pid, spawn_server
         from etcdops_local.health_loop import DEFAULT_TEMPLATE
 
-        autopilot = server_pid(cluster.state_dir) or spawn_server(
-            cluster.state_dir, DEFAULT_TEMPLATE, cluster.config_file
-        )
+        autopilot = server_pid(cluster.state_dir)
+        if autopilot is None:
+            autopilot = spawn_server(cluster.state_dir, DEFAULT_TEMPLATE, cluster.config_file)
+            autopilot_started = True
     data = {
         "started": started,
+        "created": not existed,
         "autopilot_pid": autopilot,
+        "autopilot_started": autopilot_started,
         "state_dir": str(cluster.state_dir),
         "config": str(cluster.config_file),
         "version": cluster.state().version,
         "other_versions": dict(sorted(cluster.state().binaries.items())),
         "members": [asdict(p) for p in processes],
     }
-    verb = "started" if started else "already running"
-    pilot = f"; autopilot (emulated AWS) pid {autopilot}" if autopilot else "; autopilot off"
-    emit(
-        args,
-        data,
-        lambda: f"local cluster {verb}: {len(processes)} members, etcd {data['version']}, "
-        f"state in {data['state_dir']}{pilot}",
-    )
+    emit(args, data, lambda: up_summary(data, processes))
     return 0
+
+
+def up_summary(data: dict[str, Any], processes: Sequence[Any]) -> str:
+    """What ``local up`` did, in words: made, started again, or found running; and the autopilot."""
+    started, total = data["started"], len(processes)
+    if data["created"]:
+        what = f"local cluster created: {count(total, 'member')} started"
+    elif started:
+        what = f"local cluster: started {', '.join(started)} again ({count(total, 'member')} in all)"
+    else:
+        what = f"local cluster already running: {count(total, 'member')}, nothing to start"
+    if data["autopilot_pid"] is None:
+        pilot = "autopilot off"
+    else:
+        pilot = f"autopilot (emulated AWS) {'started' if data['autopilot_started'] else 'already running'}, "
+        pilot += f"pid {data['autopilot_pid']}"
+    lines = [f"{what}, etcd {data['version']}, state in {data['state_dir']}; {pilot}"]
+    for p in processes:
+        if p.state == "paused":
+            lines.append(f"note: {p.name} is paused (`etcdops local resume {p.name}` lets it run)")
+        elif p.state == "stopped":
+            lines.append(f"note: {p.name} never ran yet: a host a runbook launched; the runbook starts it")
+    return "\n".join(lines)
 
 
 def cmd_local_ps(args: argparse.Namespace) -> int:
@@ -159,192 +176,26 @@ def cmd_local_down(args: argparse.Namespace) -> int:
 
 
 def cmd_local_env(args: argparse.Namespace) -> int:
-    env = _local(args).env()
+    """The etcdctl variables for the local cluster, and a PATH with this etcdops and the stack's own
+    etcdctl/etcdutl first (a machine's other etcd, e.g. Debian's 3.4, may come earlier otherwise)."""
+    import shlex
+
+    cluster = _local(args)
+    env = cluster.env()
+    tools = [Path(cluster.state().bin_dir).absolute(), Path(sys.executable).parent]  # etcd's, then etcdops's
+    front = [str(d) for d in dict.fromkeys(tools) if d.is_dir()]
+    data = {**env, "PATH": os.pathsep.join([*front, os.environ.get("PATH", "")])}
     first = env["ETCDCTL_ENDPOINTS"].split(",")[0]
-    note = (
-        "# etcdops reads these too. `etcdctl snapshot save` wants exactly one endpoint:\n"
-        f"#   etcdctl --endpoints={first} snapshot save FILE   (or: etcdops snapshot save FILE)"
-    )
-    emit(args, env, lambda: "\n".join([*(f"export {k}={v}" for k, v in env.items()), note]))
-    return 0
-
-
-# ---- status --------------------------------------------------------------------------------
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from etcdops.adapters.etcd.connect import client_for
-    from etcdops.app.probe import health_to_dict, probe_cluster
-
-    config = resolve_config(args)
-    deadline = args.deadline or config.health.probe_deadline_seconds
-    if args.watch:
-        return watch_status(args, config, deadline)
-    with client_for(config, timeout=deadline) as client:
-        health = probe_cluster(client, deadline=deadline)
-    data = health_to_dict(health)
-    last = stack_last_round(args, config.name)  # a deployed stack's HealthCheck: its last word, said below
-    emit(args, data, lambda: render_status(config.name, data) + ("\n\n" + render_last_round(last) if last else ""))
-    return 0 if health.has_quorum else 1
-
-
-def last_round(args: argparse.Namespace, cluster: str) -> dict[str, Any] | None:
-    """The last health decision: the deployed stack's, else the local autopilot's, else the local loop's."""
-    from etcdops_local.health_loop import read_last_round
-
-    state = _state_dir(args)
-    return stack_last_round(args, cluster) or autopilot_last_round(state, cluster) or read_last_round(state)
-
-
-def watch_status(args: argparse.Namespace, config: ClusterConfig, deadline: float) -> int:
-    """Probe and show the cluster every ``--interval`` seconds, with the last health decision (the
-    deployed stack's, the local autopilot's, or the one the local health loop wrote to
-    ``<state dir>/health/last_round.json``), until Ctrl-C."""
-    import time
-
-    from etcdops.adapters.etcd.connect import client_for
-    from etcdops.adapters.etcd.membership import merge_endpoints
-    from etcdops.app.probe import health_to_dict, probe_cluster
-
-    clear = sys.stdout.isatty() and not args.json
-    seen: list[str] = []  # the members seen last: seeds besides the configured endpoints (invariant 10)
-    interrupted, restore = _interrupt_flag()
-    try:
-        while not interrupted:
-            started = time.monotonic()
-            with client_for(config, endpoints=merge_endpoints(seen, config.endpoints), timeout=deadline) as client:
-                health = probe_cluster(client, deadline=deadline)
-            seen = merge_endpoints(*(m.client_urls for m in health.members if m.id)) or seen
-            data = health_to_dict(health)
-            last = last_round(args, config.name)
-            if args.json:
-                print(json.dumps({"status": data, "last_round": last}, default=str), flush=True)
-            else:
-                screen = render_status(config.name, data) + "\n\n" + render_last_round(last)
-                print(("\x1b[2J\x1b[H" if clear else "") + screen + "\n", flush=True)
-            if not interrupted:
-                time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        restore()
-    return 0
-
-
-def _interrupt_flag() -> tuple[list[bool], Callable[[], object]]:
-    """A SIGINT handler that raises KeyboardInterrupt as Python's does and also remembers the signal
-    in the returned list (true once interrupted); the second value puts the previous handler back.
-    Python swallows an exception raised while the main thread runs a finalizer or a gc callback
-    ("Exception ignored in ..."; gRPC's channels and calls have finalizers that wait for a lock), so
-    a Ctrl-C that lands there must still end the loop, after the round in flight (bounded by the
-    probe deadline)."""
-    import signal
-
-    interrupted: list[bool] = []
-
-    def on_sigint(signum: int, frame: object) -> None:
-        interrupted.append(True)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    return interrupted, lambda: signal.signal(signal.SIGINT, previous)
-
-
-def autopilot_last_round(state_dir: Path, cluster: str) -> dict[str, Any] | None:
-    """The HealthCheck function's last decision and the newest runbook, when the autopilot runs here."""
-    if not (state_dir / "aws.json").exists():
-        return None
-    from etcdops_local.aws.stack import load_local_stack, local_boto3_session
-
-    stack = load_local_stack(state_dir)
-    replace = stack.state_machines.get("ReplaceMemberStateMachine")
-    return health_check_last_round(local_boto3_session(state_dir), stack.table or "", replace, cluster, "autopilot")
-
-
-def stack_last_round(args: argparse.Namespace, cluster: str) -> dict[str, Any] | None:
-    """The deployed stack's (``--stack-name``) last HealthCheck decision and newest runbook, else None."""
-    from etcdops_local.cli.stack import deployed_stack
-
-    stack = deployed_stack(args)
-    if stack is None:
-        return None
-    from botocore.exceptions import ClientError
-
-    table, replace, where = stack.output("table"), stack.runbooks.get("replace"), f"stack {stack.name}"
-    try:
-        return health_check_last_round(stack.session, table, replace, cluster, where)
-    except ClientError as exc:  # e.g. no read access to the state table: the probe still counts
-        return {"decided_at": "-", "trigger": {"description": where}, "decision": None,
-                "skipped": f"cannot read the state table of {where}: {one_line(str(exc))}", "actions": []}  # fmt: skip
-
-
-def health_check_last_round(session: Any, table: str, replace: str | None, cluster: str, where: str) -> dict[str, Any]:
-    """The last decision HealthCheck wrote to the state ``table`` and the newest ReplaceMember execution."""
-    from etcdops.adapters.state import DynamoStateStore
-
-    last = DynamoStateStore(table, session.client("dynamodb")).load_last_decision(cluster)
-    actions = []
-    if replace:
-        runs = session.client("stepfunctions").list_executions(stateMachineArn=replace, maxResults=1)["executions"]
-        actions = [f"newest runbook: {r['name']} {r['status']}" for r in runs]
-    if last is None:
-        return {"decided_at": "-", "trigger": {"description": where}, "decision": None,
-                "skipped": "no health round yet", "actions": actions}  # fmt: skip
-    return {
-        "decided_at": last.decided_at.isoformat(timespec="seconds"),
-        "trigger": {"description": f"{where} HealthCheck"},
-        "decision": last.decision.to_dict(),
-        "actions": actions,
-    }
-
-
-def render_last_round(last: dict[str, Any] | None) -> str:
-    if last is None:
-        return "last decision: none yet (the autopilot runs with `etcdops local up`, unless --no-autopilot)"
-    decision = last.get("decision")
-    if not decision:
-        return f"last round ({last.get('decided_at', '?')}): skipped: {last.get('skipped')}"
-    lines = [f"last decision ({last.get('decided_at', '?')}, {last['trigger']['description']}): {decision['action']}"]
-    lines.append(f"  reason: {decision['reason']}")
-    lines += [f"  done: {action}" for action in last.get("actions", [])]
-    return "\n".join(lines)
-
-
-def render_status(name: str, data: dict[str, Any]) -> str:
-    members = data["members"]
-    healthy = sum(1 for m in members if m["healthy"] and not m["is_learner"])
-    voters = sum(1 for m in members if not m["is_learner"])
-    quorum = "QUORUM" if data["has_quorum"] else "NO QUORUM"
-    lines = [
-        f"cluster {name} ({data['cluster_id'] or 'unknown id'}): {quorum}, leader {data['leader'] or 'none'}, "
-        f"{healthy}/{voters} voters healthy, quorum margin {data['quorum_margin']}, "
-        f"cluster version {data.get('cluster_version') or 'unknown'}",
-        "",
-        table(
-            ["NAME", "ID", "ROLE", "HEALTH", "VERSION", "DB SIZE", "IN USE", "RAFT INDEX", "TERM", "ENDPOINT", "ERROR"],
-            [
-                [
-                    m["name"] or "?",
-                    m["id"],
-                    "leader" if m["is_leader"] else "learner" if m["is_learner"] else "follower",
-                    "healthy" if m["healthy"] else "UNHEALTHY",
-                    m["version"],
-                    human_bytes(m["db_size"]),
-                    human_bytes(m["db_size_in_use"]),
-                    m["raft_index"],
-                    m["raft_term"],
-                    ",".join(m["client_urls"]),
-                    m["error"],
-                ]
-                for m in members
-            ],
-        ),
+    notes = [
+        "# etcdops reads these too. `etcdctl snapshot save` wants exactly one endpoint:",
+        f"#   etcdctl --endpoints={first} snapshot save FILE   (or: etcdops snapshot save FILE)",
     ]
-    if data["alarms"]:
-        lines += ["", "alarms: " + ", ".join(f"{a['alarm']} on {a['member_id']}" for a in data["alarms"])]
-    if data["errors"]:
-        lines += ["", *("note: " + e for e in data["errors"])]
-    return "\n".join(lines)
+    if not (tools[0] / "etcdutl").exists():
+        notes.append(f"# etcd {cluster.state().version} has no etcdutl: `etcdctl snapshot status|restore` do its work")
+    exports = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    exports.append(f'export PATH={shlex.quote(os.pathsep.join(front))}:"$PATH"')
+    emit(args, data, lambda: "\n".join([*exports, *notes]))
+    return 0
 
 
 # ---- parser --------------------------------------------------------------------------------
@@ -416,19 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     env = local_cmds.add_parser("env", help="print etcdctl exports for the local cluster", parents=[common])
     env.set_defaults(handler=cmd_local_env, uses=LOCAL_OPTIONS)
 
-    status = commands.add_parser("status", help="probe every member and show the cluster's health", parents=[common])
-    status.add_argument(
-        "--deadline", type=positive_seconds, help="probe deadline in seconds (default: from the config, 2 s)"
-    )
-    status.add_argument(
-        "--watch",
-        action="store_true",
-        help="refresh until Ctrl-C, with the last health decision (the stack's or the local one's)",
-    )
-    status.add_argument(
-        "--interval", type=positive_seconds, default=3.0, help="seconds between refreshes (default 3)"
-    )
-    status.set_defaults(handler=cmd_status)
+    from etcdops_local.cli import status as cli_status
+
+    cli_status.register(commands, common)
 
     _register_more(commands, common)
     return parser
@@ -439,6 +280,7 @@ def _register_more(commands: Any, common: argparse.ArgumentParser) -> None:
     from etcdops_local.cli import approval as cli_approval
     from etcdops_local.cli import backup as cli_backup
     from etcdops_local.cli import completion as cli_completion
+    from etcdops_local.cli import notifications as cli_notifications
     from etcdops_local.cli import runbook as cli_runbook
     from etcdops_local.cli import snapshot as cli_snapshot
 
@@ -446,6 +288,7 @@ def _register_more(commands: Any, common: argparse.ArgumentParser) -> None:
     cli_backup.register(commands, common)
     cli_approval.register(commands, common)
     cli_runbook.register(commands, common)
+    cli_notifications.register(commands, common)
     cli_completion.register(commands, common)
     demo = commands.add_parser(
         "demo",

@@ -9,6 +9,7 @@ from typing import Any
 from etcdops.domain.errors import ConfigError, NotFoundError
 from etcdops_local.cli.main import _state_dir, emit, table
 from etcdops_local.cli.options import AWS_OPTIONS
+from etcdops_local.cli.story import explained, message, outcome, wrapped
 
 RUNBOOKS = {
     "replace": "ReplaceMemberStateMachine",
@@ -102,21 +103,32 @@ def _find_execution(sfn: Any, arns: dict[str, str], name: str) -> dict[str, Any]
 
 
 def cmd_runbook_show(args: argparse.Namespace) -> int:
-    import json
-
-    from etcdops_local.aws.stack import execution_history
+    from etcdops_local.cli.status import runbooks_of
 
     session, arns = operator_session(args)
     sfn = session.client("stepfunctions")
     arn = _find_execution(sfn, arns, args.execution)["executionArn"]
+    found = runbooks_of(args)
+    data, steps = show_data(sfn, arn, found.store if found else None, lambda name: approve_command(args, name))
+    emit(args, data, lambda: show_text(data, steps, terminal_width()))
+    return 0
+
+
+def show_data(sfn: Any, arn: str, store: Any | None, approve: Any) -> tuple[dict[str, Any], list[Any]]:
+    """One execution as ``runbook show`` tells it: described, its steps, and its outcome in words
+    (with its approval record from ``store``, when it has one)."""
+    import json
+
+    from etcdops_local.aws.stack import execution_history
+
     described = sfn.describe_execution(executionArn=arn)
     steps = execution_history(sfn, arn)
-    started = described["startDate"]
+    approval = store.load_approval(described["name"]) if store is not None else None
     data = {
         "name": described["name"],
         "arn": arn,
         "status": described["status"],
-        "started": started.isoformat(),
+        "started": described["startDate"].isoformat(),
         "stopped": described["stopDate"].isoformat() if described.get("stopDate") else None,
         "input": json.loads(described.get("input") or "{}"),
         "output": json.loads(described["output"]) if described.get("output") else None,
@@ -124,40 +136,56 @@ def cmd_runbook_show(args: argparse.Namespace) -> int:
         "cause": described.get("cause"),
         "steps": [s.to_json() for s in steps],
     }
-
-    def human() -> str:
-        lines = [f"{data['name']}: {data['status']} (started {data['started'][:19]})"]
-        if data["error"]:
-            lines.append(f"error: {data['error']}: {data['cause']}")
-        lines.append("")
-        rows = []
-        for s in steps:
-            offset = (s.started - started).total_seconds()
-            took = f"{(s.ended - s.started).total_seconds():.1f}s" if s.ended else "..."
-            note = f"{s.error}: {_message(s.cause)}" if s.error else ""
-            rows.append([f"+{offset:6.1f}s", s.name, s.status, took, s.attempts or "", note[:100]])
-        lines.append(table(["AT", "STEP", "STATUS", "TOOK", "TRIES", "NOTE"], rows))
-        return "\n".join(lines)
-
-    emit(args, data, human)
-    return 0
+    data["outcome"] = outcome(data["status"], data["output"], steps, approve(data["name"]), approval)
+    return data, steps
 
 
-def _message(cause: str | None) -> str:
-    """A Lambda error's cause is its error document: show the message, not the JSON."""
-    import json
+def approve_command(args: argparse.Namespace, name: str) -> str:
+    """The command that approves execution ``name`` where this command looked (the stack's name with it)."""
+    from etcdops_local.cli.stack import stack_name
 
-    try:
-        return str(json.loads(cause or "")["errorMessage"])
-    except (ValueError, KeyError, TypeError):
-        return cause or ""
+    stack = stack_name(args)
+    if stack:
+        return f"etcdops approve {name} --stack-name {stack}"
+    return f"etcdops approve {name}" + (f" --state-dir {args.state_dir}" if getattr(args, "state_dir", None) else "")
+
+
+def terminal_width() -> int | None:
+    """The terminal's width, or None (no limit) when the output goes to a file or a pipe."""
+    import shutil
+    import sys
+
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+def show_text(data: dict[str, Any], steps: list[Any], width: int | None) -> str:
+    """``runbook show`` for people: the outcome in words, the steps, and what went wrong, wrapped."""
+    from datetime import datetime
+
+    started = datetime.fromisoformat(data["started"])
+    lines = [f"{data['name']}: {data['status']} (started {data['started'][:19]})"]
+    lines += wrapped("outcome:", data["outcome"], width)
+    wrong = explained(steps)
+    rows = []
+    for s in steps:
+        offset = (s.started - started).total_seconds()
+        took = f"{(s.ended - s.started).total_seconds():.1f}s" if s.ended else "..."
+        rows.append([f"+{offset:6.1f}s", s.name, s.status, took, s.attempts or "", "see below" if s in wrong else ""])
+    lines += ["", table(["AT", "STEP", "STATUS", "TOOK", "TRIES", "NOTE"], rows, width)]
+    if wrong:
+        lines += ["", "what went wrong:"]
+        for s in wrong:
+            lines += wrapped(f"  {s.name}:", f"{s.error}: {message(s.cause)}", width, indent="    ")
+    if data["status"] in ("FAILED", "TIMED_OUT", "ABORTED"):
+        lines += ["", "the messages the runbook sent: etcdops notifications"]
+    return "\n".join(lines)
 
 
 def cmd_runbook_start(args: argparse.Namespace) -> int:
     from etcdops.adapters.etcd.connect import client_for
     from etcdops.app.probe import probe_cluster
     from etcdops_local.aws.stack import execution_name, start_execution
-    from etcdops_local.cli.main import resolve_config
+    from etcdops_local.cli.options import resolve_config
 
     session, arns = operator_session(args)
     config = resolve_config(args)
@@ -184,7 +212,7 @@ def cmd_runbook_start_restore(args: argparse.Namespace) -> int:
     """RestoreCluster: the backup is checked by the runbook itself, and it always waits for an approval."""
     from etcdops.domain.backup.manifest import check_backup_id
     from etcdops_local.aws.stack import execution_name, start_execution
-    from etcdops_local.cli.main import resolve_config
+    from etcdops_local.cli.options import resolve_config
 
     session, arns = operator_session(args)
     config = resolve_config(args)
@@ -210,7 +238,7 @@ def cmd_runbook_start_upgrade(args: argparse.Namespace) -> int:
     from etcdops.domain.errors import UsageError
     from etcdops.domain.upgrade import EtcdVersion
     from etcdops_local.aws.stack import execution_name, start_execution
-    from etcdops_local.cli.main import resolve_config
+    from etcdops_local.cli.options import resolve_config
 
     version = EtcdVersion.parse(args.version)
     if version is None:

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from etcdops_local.cli.main import emit, resolve_config
-from etcdops_local.cli.options import NO_OPTIONS, input_file, output_file
+from etcdops_local.cli.main import emit
+from etcdops_local.cli.options import NO_OPTIONS, input_file, output_file, resolve_config
 
 
 def cmd_snapshot_save(args: argparse.Namespace) -> int:

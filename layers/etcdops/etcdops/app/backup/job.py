@@ -161,6 +161,7 @@ def run_backup(
         cluster_id=cluster_id,
         cluster_name=config.name,
         member_id=f"{source.member_id:x}",
+        member_name=source.name or None,
         etcd_version=source.version or "unknown",
         revision=summary.revision,
         snapshot_hash=summary.hash,

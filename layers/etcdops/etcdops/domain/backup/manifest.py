@@ -136,6 +136,7 @@ class Manifest(BaseModel):
     cluster_id: Annotated[str, Field(pattern=_HEX_ID)]
     cluster_name: Annotated[str, Field(min_length=1)]
     member_id: Annotated[str, Field(pattern=_HEX_ID)]
+    member_name: str | None = None  # the serving member's name (manifests written before it have none)
     etcd_version: Annotated[str, Field(min_length=1)]
     revision: Annotated[int, Field(ge=0)]
     snapshot_hash: Annotated[int, Field(ge=0, le=_UINT64_MAX)]
