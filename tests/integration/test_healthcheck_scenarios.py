@@ -298,9 +298,9 @@ def test_seeds_that_are_gone_or_frozen_neither_stall_nor_blind_the_round(
     assert sorted(autopilot.state.load_endpoints(config.name)) == sorted(urls.values())
 
 
-def test_a_configuration_that_went_stale_does_not_blind_the_autopilot(cluster: LocalCluster) -> None:
+def test_a_configuration_that_went_stale_does_not_blind_the_autopilot(shared_cluster: LocalCluster) -> None:
     # Given a round that saw the members
-    autopilot = Autopilot(with_health(cluster.config()))
+    autopilot = Autopilot(with_health(shared_cluster.config()))
     assert autopilot.round(0).health.has_quorum  # type: ignore[union-attr]
 
     # When every configured endpoint is stale (the members behind them were all replaced long ago)
@@ -314,9 +314,9 @@ def test_a_configuration_that_went_stale_does_not_blind_the_autopilot(cluster: L
     assert all("QUORUM" not in s for s in autopilot.subjects())
 
 
-def test_when_nothing_answers_the_members_are_named_by_their_endpoints(cluster: LocalCluster) -> None:
+def test_when_nothing_answers_the_members_are_named_by_their_endpoints(shared_cluster: LocalCluster) -> None:
     stale = [f"https://127.0.0.1:{port}" for port in free_ports(3)]
-    autopilot = Autopilot(with_health(cluster.config()).model_copy(update={"endpoints": stale}))
+    autopilot = Autopilot(with_health(shared_cluster.config()).model_copy(update={"endpoints": stale}))
 
     results = [autopilot.round(s) for s in (0, 1, 2)]
 
@@ -340,8 +340,8 @@ def test_an_ec2_stopped_event_fails_the_member_at_once(cluster: LocalCluster) ->
     assert [d["ec2_failed"] for d in autopilot.replace.started.values()] == [True]
 
 
-def test_events_about_other_instances_and_clusters_change_nothing(cluster: LocalCluster) -> None:
-    autopilot = Autopilot(with_health(cluster.config()))
+def test_events_about_other_instances_and_clusters_change_nothing(shared_cluster: LocalCluster) -> None:
+    autopilot = Autopilot(with_health(shared_cluster.config()))
     stranger = event("ec2_state_change", **{"instance-id": "i-0fffffffffffffff0", "state": "terminated"})
     other = event("alarm")  # names cluster "local"; this config's cluster is renamed below
     autopilot.config = autopilot.config.model_copy(update={"name": "prod-eu"})

@@ -146,9 +146,9 @@ def test_a_second_failure_stops_the_runbook_before_the_next_change(cluster: Loca
     assert "FAILED" in ctx.notifier.messages[-1][0]  # type: ignore[attr-defined]
 
 
-def test_a_recovered_member_is_left_alone(cluster: LocalCluster) -> None:
-    ctx = context_for(cluster)
-    with cluster.client() as client:
+def test_a_recovered_member_is_left_alone(shared_cluster: LocalCluster) -> None:
+    ctx = context_for(shared_cluster)
+    with shared_cluster.client() as client:
         health = probe_cluster(client)
     member = next(m for m in health.members if m.id != health.leader)
     doc = {
@@ -214,15 +214,15 @@ def test_a_member_that_stays_frozen_is_still_failed_after_the_re_check(cluster: 
     assert doc["timings"]["check_member_still_failed"] >= 3.0
 
 
-def test_an_input_for_another_cluster_is_refused_by_name_and_takes_no_lock(cluster: LocalCluster) -> None:
-    ctx = context_for(cluster)
+def test_an_input_for_another_cluster_is_refused_by_name_and_takes_no_lock(shared_cluster: LocalCluster) -> None:
+    ctx = context_for(shared_cluster)
     with pytest.raises(replace.InvalidRunbookInputError, match="cluster 'prod' is not 'local'"):
         replace.run_step(ctx, "AcquireLock", {"cluster": "prod", "member_id": "ab", "execution": "e"})
     assert ctx.state.get_lock("prod") is None and ctx.state.get_lock("local") is None
 
 
-def test_bad_input_is_refused_by_name(cluster: LocalCluster) -> None:
-    ctx = context_for(cluster)
+def test_bad_input_is_refused_by_name(shared_cluster: LocalCluster) -> None:
+    ctx = context_for(shared_cluster)
     with pytest.raises(replace.InvalidRunbookInputError, match="member_id"):
         replace.run_step(ctx, "AcquireLock", {"cluster": "local", "execution": "e"})
     with pytest.raises(replace.InvalidRunbookInputError, match="unknown runbook step"):
