@@ -360,21 +360,26 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-def test_the_execution_name_makes_a_second_start_a_no_op(aws: None) -> None:
+def pass_machine_starter() -> StepFunctionsReplaceStarter:
+    """A starter for a one-state machine that succeeds (in moto); its client is ``.sfn``."""
     sfn = boto3.client("stepfunctions", region_name=REGION)
     machine = sfn.create_state_machine(
         name="replace-member",
         definition=json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}),
         roleArn="arn:aws:iam::123456789012:role/sfn",
     )["stateMachineArn"]
-    starter = StepFunctionsReplaceStarter(sfn, machine)
+    return StepFunctionsReplaceStarter(sfn, machine)
+
+
+def test_the_execution_name_makes_a_second_start_a_no_op(aws: None) -> None:
+    starter = pass_machine_starter()
 
     first = starter.start("incident-1", {"reason": "first"})
     second = starter.start("incident-1", {"reason": "a later round says it differently"})
 
     assert first.started and not second.started
     assert first.execution_arn == second.execution_arn
-    assert len(sfn.list_executions(stateMachineArn=machine)["executions"]) == 1
+    assert len(starter.sfn.list_executions(stateMachineArn=starter.state_machine_arn)["executions"]) == 1
 
 
 def test_other_step_functions_errors_are_named(aws: None) -> None:

@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 
-import boto3
-import pytest
-from moto import mock_aws
-from test_healthcheck import CONFIG, NOW, REGION, REPLACE, cluster, context, member
+from test_healthcheck import (  # noqa: F401 - aws: the account fixture
+    CONFIG,
+    NOW,
+    REPLACE,
+    aws,
+    cluster,
+    context,
+    member,
+    pass_machine_starter,
+)
 
 from etcdops.adapters.aws import MemoryNotifier
 from etcdops.adapters.state import StateStore
 from etcdops.app.healthcheck import (
     ExecutionState,
     RecordingReplaceStarter,
-    StepFunctionsReplaceStarter,
     act,
     release_abandoned_lock,
 )
@@ -197,26 +201,12 @@ def test_a_repair_that_failed_after_removing_the_member_is_carried_on(store: Sta
     assert act(ctx, healthy, frozenset(), NOW + timedelta(hours=1), whole) == []
 
 
-def test_step_functions_says_how_an_execution_ended(aws: None) -> None:
-    sfn = boto3.client("stepfunctions", region_name=REGION)
-    machine = sfn.create_state_machine(
-        name="replace-member",
-        definition=json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}),
-        roleArn="arn:aws:iam::123456789012:role/sfn",
-    )["stateMachineArn"]
-    starter = StepFunctionsReplaceStarter(sfn, machine)
+def test_step_functions_says_how_an_execution_ended(aws: None) -> None:  # noqa: F811 - the fixture imported above
+    starter = pass_machine_starter()
     assert starter.describe("never-started") is None
 
     started = starter.start("incident-1-a1", {})
-    sfn.stop_execution(executionArn=started.execution_arn, error="Crash", cause="the test")
+    starter.sfn.stop_execution(executionArn=started.execution_arn, error="Crash", cause="the test")
 
     described = starter.describe("incident-1-a1")
     assert described is not None and described.status is AttemptStatus.ABORTED and described.ended_at is not None
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield
