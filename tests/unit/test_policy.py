@@ -133,7 +133,7 @@ def test_longest_failed_voter_is_the_one_target() -> None:
     # Then only member 4 is replaced now (3 healthy others >= quorum 3 of 5)
     assert decision.action is Action.REPLACE_MEMBER
     assert decision.target_member_id == 4
-    assert "1 more failed voter" in decision.reason
+    assert "1 more failed voter waits its turn." in decision.reason
 
 
 def test_leader_that_is_the_failed_member_blocks_replacement() -> None:

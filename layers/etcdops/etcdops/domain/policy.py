@@ -753,7 +753,9 @@ def _decide_unlocked(
                 notifications=notes,
             )
         approval = config.approval == "always"
-        more = f" {len(failed_voters) - 1} more failed voter(s) wait their turn." if len(failed_voters) > 1 else ""
+        others = len(failed_voters) - 1
+        turn = "its turn" if others == 1 else "their turn"
+        more = f" {count(others, 'more failed voter waits', 'more failed voters wait')} {turn}." if others else ""
         return Decision(
             action=Action.REPLACE_MEMBER,
             reason=(

@@ -27,6 +27,7 @@ from enum import StrEnum
 
 from etcdops.domain.errors import APPROVAL_REJECTED
 from etcdops.domain.policy import MAX_ATTEMPT_SUFFIX_LENGTH, MAX_EXECUTION_NAME_LENGTH
+from etcdops.domain.wording import count
 
 
 class AttemptStatus(StrEnum):
@@ -125,7 +126,7 @@ def decide_repair(
     if escalated:
         return RepairPlan(
             RepairAction.DONE,
-            f"The repair of {incident} was escalated to a human after {len(ordered)} attempt(s); "
+            f"The repair of {incident} was escalated to a human after {count(len(ordered), 'attempt')}; "
             "the autopilot starts no further attempt for it.",
         )
     if not ordered:

@@ -37,6 +37,7 @@ from etcdops.domain.compute.base import Host, PreflightPlan, check_host_name
 from etcdops.domain.errors import Backoff, EtcdLearnerNotReadyError, EtcdopsError
 from etcdops.domain.health import ClusterHealth
 from etcdops.domain.policy import change_safety
+from etcdops.domain.wording import count
 
 LOCK_LEASE_SECONDS = 1800
 
@@ -285,7 +286,7 @@ def wait_until_healthy(ctx: ReplaceContext, doc: Document) -> Document:
     if not health.has_quorum or healthy < want or len(health.voters) < want or health.learners:
         raise ClusterNotReadyError(
             f"cluster not healthy yet: {healthy}/{len(health.voters)} voters healthy (want {want}), "
-            f"{len(health.learners)} learner(s), leader {'yes' if health.leader else 'no'}"
+            f"{count(len(health.learners), 'learner')}, leader {'yes' if health.leader else 'no'}"
         )
     return timed({**doc, "healthy_voters": healthy}, "wait_until_healthy", started)
 
