@@ -102,9 +102,12 @@ def test_local_up_is_idempotent_and_status_reports_failures(
     cwd, env = stack
     # Given a local stack started twice
     first = as_json(etcdops(cwd, "local", "up", "--json", env=env))
-    second = as_json(etcdops(cwd, "local", "up", "--json", env=env))
+    # (the second time also given another etcd its members may be upgraded to: here its own directory)
+    other = str(etcd_binaries.bin_dir)
+    second = as_json(etcdops(cwd, "local", "up", "--json", "--also-etcd", other, env=env))
     assert first["started"] == ["m1", "m2", "m3"] and first["created"] is True
     assert second["started"] == [] and second["created"] is False
+    assert first["other_versions"] == {} and second["other_versions"] == {etcd_binaries.version: other}
     assert [m["pid"] for m in first["members"]] == [m["pid"] for m in second["members"]]
     assert (cwd / ".etcdops" / "cluster.yaml").exists()
 
