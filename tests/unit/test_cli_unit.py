@@ -610,3 +610,43 @@ def test_runbook_start_upgrade_refuses_what_is_not_a_version_before_starting_any
     argv = ["--state-dir", str(tmp_path), "runbook", "start", "upgrade", "--version", "latest"]
     code, _, err = run(argv, capsys)
     assert code == 2 and err == "etcdops: --version: 'latest' is not an etcd version (MAJOR.MINOR.PATCH, e.g. 3.5.30)\n"
+
+
+def test_local_up_says_what_it_did() -> None:
+    from etcdops_local.cluster import MemberProcess
+
+    def member(name: str, state: str) -> MemberProcess:
+        return MemberProcess(name, 1 if state != "stopped" else None, (), (), f"/s/members/{name}/data", state)  # type: ignore[arg-type]
+
+    said = {"version": "3.5.30", "state_dir": "/s", "autopilot_pid": 42, "autopilot_started": False}
+    three = [member("m1", "running"), member("m2", "running"), member("m3-r1", "paused")]
+
+    again = cli.up_summary({**said, "created": False, "started": ["m2"]}, three).splitlines()
+    assert again == [
+        "local cluster: started m2 again (3 members in all), etcd 3.5.30, state in /s; "
+        "autopilot (emulated AWS) already running, pid 42",
+        "note: m3-r1 is paused (`etcdops local resume m3-r1` lets it run)",
+    ]
+    one = [member("m1", "running"), member("m2-r9", "stopped")]
+    idle = cli.up_summary({**said, "created": False, "started": [], "autopilot_pid": None}, one).splitlines()
+    assert idle == [
+        "local cluster already running: 2 members, nothing to start, etcd 3.5.30, state in /s; autopilot off",
+        "note: m2-r9 never ran yet: a host a runbook launched; the runbook starts it",
+    ]
+    made = cli.up_summary({**said, "created": True, "started": ["m1"], "autopilot_started": True}, one[:1])
+    assert made.startswith("local cluster created: 1 member started, etcd 3.5.30") and "started, pid 42" in made
+
+
+def test_the_live_screen_of_a_local_stack_says_how_to_get_its_tools_on_path(tmp_path: Path) -> None:
+    import shlex
+    import sys
+
+    (tmp_path / "local.json").write_text("{}")
+    args = argparse.Namespace(state_dir=str(tmp_path), stack_name=None, config=None)
+    etcdops = shlex.quote(str(Path(sys.executable).parent / "etcdops"))
+
+    assert cli_status.env_hint(args) == (
+        f'in another terminal, eval "$({etcdops} local env --state-dir {shlex.quote(str(tmp_path))})" puts '
+        "etcdops, etcdctl and etcdutl of this stack on PATH"
+    )
+    assert cli_status.env_hint(argparse.Namespace(state_dir=str(tmp_path / "none"), stack_name=None, config=None)) == ""
