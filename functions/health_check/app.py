@@ -13,8 +13,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from etcdops.adapters.aws import SnsNotifier
 from etcdops.adapters.healthmetrics import EmfHealthMetrics
 from etcdops.adapters.state import DynamoStateStore
-from etcdops.app.healthcheck import HealthAwsClients, HealthSettings, Trigger, health_job
+from etcdops.app.healthcheck import HealthAwsClients, HealthSettings, health_job
 from etcdops.entrypoints.events import HealthCheckEvent, parse_event
+from etcdops.entrypoints.health_triggers import trigger_from_event
 
 logger = Logger(service="etcdops-health-check")
 # no service dimension: the metrics' only dimension is cluster (plus member), which the alarms match exactly
@@ -24,7 +25,7 @@ metrics = Metrics(namespace="etcdops")
 @logger.inject_lambda_context(log_event=True)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    trigger = Trigger.from_event(parse_event(event, HealthCheckEvent))  # malformed events are refused here
+    trigger = trigger_from_event(parse_event(event, HealthCheckEvent))  # malformed events are refused here
     settings = HealthSettings.from_env(os.environ)
     session = boto3.session.Session()
     notifier = SnsNotifier(session.client("sns"), settings.topic_arn) if settings.topic_arn else None

@@ -46,6 +46,7 @@ from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import EtcdNoSpaceError
 from etcdops.domain.policy import Action
 from etcdops.entrypoints.events import HealthCheckEvent, parse_event
+from etcdops.entrypoints.health_triggers import trigger_from_event
 from etcdops_local.cluster import EtcdBinaries, LocalCluster, free_ports
 
 pytestmark = pytest.mark.integration
@@ -102,7 +103,7 @@ def event(name: str, **detail: Any) -> Trigger:
     with open(os.path.join(EVENTS, f"health_{name}.json")) as f:
         loaded: dict[str, Any] = json.load(f)
     loaded["detail"].update(detail)
-    return Trigger.from_event(parse_event(loaded, HealthCheckEvent))
+    return trigger_from_event(parse_event(loaded, HealthCheckEvent))
 
 
 def wait_for_new_leader(cluster: LocalCluster, timeout: float = 30.0) -> None:

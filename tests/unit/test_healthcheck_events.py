@@ -13,6 +13,7 @@ import pytest
 from etcdops.app.healthcheck import Trigger, TriggerKind, trigger_skip
 from etcdops.domain.config import parse_config
 from etcdops.entrypoints.events import HealthCheckEvent, InvalidEventError, parse_event
+from etcdops.entrypoints.health_triggers import trigger_from_event
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 CONFIG = parse_config({"name": "local", "endpoints": ["http://127.0.0.1:2379"], "plaintext": True})
@@ -24,7 +25,7 @@ def sample(name: str) -> dict[str, Any]:
 
 
 def trigger_of(event: dict[str, Any]) -> Trigger:
-    return Trigger.from_event(parse_event(event, HealthCheckEvent))
+    return trigger_from_event(parse_event(event, HealthCheckEvent))
 
 
 def test_the_scheduled_event_runs_a_round() -> None:

@@ -16,6 +16,7 @@ from moto import mock_aws
 
 from etcdops.adapters.backup.store import MIN_PART_SIZE, S3Store
 from etcdops.adapters.bbolt import summarize_bytes
+from etcdops.adapters.bbolt_keys import leaf_elements
 from etcdops.adapters.etcd.pb import etcd_pb2 as pb
 from etcdops.app.backup.job import CheckedSnapshot
 from etcdops.app.runbook import restore
@@ -65,7 +66,7 @@ def replayed_in_key_order(data: bytes, snapshot: CheckedSnapshot) -> int:
     live: set[bytes] = set()
     for pgid, overflow in summarizer.leaf_spans(root):
         page = data[pgid * page_size : (pgid + 1 + overflow) * page_size]
-        for _flags, revision, value in restore._elements(page, 0, page_size):
+        for _flags, revision, value in leaf_elements(page, 0, page_size):
             key = pb.KeyValue.FromString(value).key
             if revision[17:18] == b"t":
                 live.discard(key)

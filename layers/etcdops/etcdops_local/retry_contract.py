@@ -33,7 +33,6 @@ from etcdops.domain.errors import APPROVAL_REJECTED, DEFAULT_BACKOFF, Backoff, E
 ERROR_MODULES: tuple[str, ...] = (
     "etcdops.domain.errors",
     "etcdops.adapters.aws",
-    "etcdops.entrypoints.events",
     "etcdops.adapters.state",
     "etcdops.app.approval",
     "etcdops.domain.compute.errors",

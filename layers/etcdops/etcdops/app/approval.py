@@ -46,8 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from etcdops.adapters.aws import AwsError, AwsUnavailableError, Notifier, aws_error
 from etcdops.adapters.state import Approval, StateStore
-from etcdops.domain.errors import APPROVAL_REJECTED, ConfigError, EtcdopsError, NotFoundError
-from etcdops.entrypoints.events import InvalidEventError
+from etcdops.domain.errors import APPROVAL_REJECTED, ConfigError, EtcdopsError, InvalidEventError, NotFoundError
 
 __all__ = [
     "ACTIONS",

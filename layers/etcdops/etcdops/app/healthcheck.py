@@ -70,16 +70,11 @@ from etcdops.domain.errors import ConfigError, EtcdopsError
 from etcdops.domain.health import ClusterHealth, MemberHealth
 from etcdops.domain.policy import Action, BackupRef, Decision, History, PolicyConfig, decide, update_history
 from etcdops.domain.repair import Attempt, AttemptStatus, RepairAction, attempt_execution, decide_repair
-from etcdops.entrypoints.events import AlarmStateChangeEvent, Ec2StateChangeEvent, HealthCheckEvent, ScheduledEvent
 
 log = logging.getLogger("etcdops.app.healthcheck")
 
 CLUSTER_TAG = "etcdops:cluster"
 MEMBER_TAG = "etcdops:member"
-EC2_FAILED_STATES = frozenset({"stopping", "stopped", "shutting-down", "terminated"})
-STATUS_CHECK_METRICS = frozenset(
-    {"StatusCheckFailed", "StatusCheckFailed_Instance", "StatusCheckFailed_System", "StatusCheckFailed_AttachedEBS"}
-)
 _SAVE_ATTEMPTS = 8
 # etcd reports each active alarm in Status.errors as "memberID:<decimal id> alarm:<NAME> "
 _ALARM_REPORT = re.compile(r"^memberID:\d+ alarm:[A-Z_]+\s*$")
@@ -158,51 +153,6 @@ class Trigger:
     @classmethod
     def manual(cls, description: str = "manual run") -> Trigger:
         return cls(TriggerKind.MANUAL, description)
-
-    @classmethod
-    def from_event(cls, event: HealthCheckEvent) -> Trigger:
-        parsed = event.root
-        if isinstance(parsed, ScheduledEvent):
-            rule = parsed.resources[0].rsplit("/", 1)[-1] if parsed.resources else "schedule"
-            return cls(TriggerKind.SCHEDULE, f"scheduled by {rule} at {parsed.time.isoformat()}")
-        if isinstance(parsed, Ec2StateChangeEvent):
-            instance, state = parsed.detail.instance_id, parsed.detail.state
-            description = f"EC2 reports instance {instance} {state}"
-            if state not in EC2_FAILED_STATES:
-                return cls(
-                    TriggerKind.EC2_STATE, description, instance_id=instance, ignore=f"{description}: not a failure"
-                )
-            return cls(TriggerKind.EC2_STATE, description, instance_id=instance, instance_failed=True)
-        return cls._from_alarm(parsed)
-
-    @classmethod
-    def _from_alarm(cls, event: AlarmStateChangeEvent) -> Trigger:
-        detail = event.detail
-        state = detail.state.value
-        description = f"alarm {detail.alarmName} is {state}"
-        checks = [
-            m
-            for m in detail.metrics
-            if m.namespace == "AWS/EC2" and m.name in STATUS_CHECK_METRICS and m.dimensions.get("InstanceId")
-        ]
-        if checks:
-            instance = checks[0].dimensions["InstanceId"]
-            description = f"EC2 status check alarm {detail.alarmName} of instance {instance} is {state}"
-            if state != "ALARM":
-                return cls(
-                    TriggerKind.EC2_STATUS, description, instance_id=instance, ignore=f"{description}: not impaired"
-                )
-            return cls(TriggerKind.EC2_STATUS, description, instance_id=instance, instance_failed=True)
-        clusters = sorted({m.dimensions["cluster"] for m in detail.metrics if m.dimensions.get("cluster")})
-        if not clusters:
-            return cls(
-                TriggerKind.ALARM,
-                description,
-                ignore=f"{description}: its metrics have no 'cluster' dimension and it is not an EC2 status check",
-            )
-        if len(clusters) > 1:
-            return cls(TriggerKind.ALARM, description, ignore=f"{description}: it names several clusters {clusters}")
-        return cls(TriggerKind.ALARM, description, cluster=clusters[0])
 
 
 # ---- EC2 instances of members -------------------------------------------------------------------------

@@ -134,6 +134,10 @@ class SnapshotIntegrityError(SnapshotError):
     """A snapshot is truncated, corrupt or does not match its checksum."""
 
 
+class SnapshotIncompleteError(SnapshotIntegrityError):
+    """A second pass over a snapshot ended before the pages the first pass said it holds."""
+
+
 class SnapshotStreamError(SnapshotError):
     """The snapshot stream from a member broke off; another member may serve it."""
 
@@ -145,3 +149,7 @@ class SnapshotStreamError(SnapshotError):
 
 class PkiError(EtcdopsError):
     """A certificate or key could not be created, read, written or checked; the message says which."""
+
+
+class InvalidEventError(EtcdopsError):
+    """The event (or request) does not have the shape this function accepts; nothing was done."""

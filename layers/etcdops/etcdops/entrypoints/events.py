@@ -10,13 +10,9 @@ from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from etcdops.domain.config import describe_validation_error
-from etcdops.domain.errors import EtcdopsError
+from etcdops.domain.errors import InvalidEventError
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class InvalidEventError(EtcdopsError):
-    """The event does not have the shape this function accepts; nothing was done."""
 
 
 def parse_event(event: Any, model: type[M]) -> M:

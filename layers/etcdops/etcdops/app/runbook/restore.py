@@ -65,19 +65,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from etcdops.adapters import bbolt_keys
 from etcdops.adapters.aws import Notifier
 from etcdops.adapters.backup.crypto import KeyProvider
 from etcdops.adapters.backup.store import BackupStore
 from etcdops.adapters.etcd.client import EtcdClient
 from etcdops.adapters.etcd.membership import ConfigStore, merge_endpoints, record_membership
-from etcdops.adapters.etcd.pb import etcd_pb2 as pb
 from etcdops.adapters.state import StateStore
 from etcdops.app.backup.catalogue import load_manifest, newest_verified
 from etcdops.app.backup.job import CheckedSnapshot, checked_plaintext
@@ -95,7 +94,7 @@ from etcdops.domain.backup.errors import BackupNotFoundError, DecryptionError
 from etcdops.domain.backup.manifest import Manifest, cluster_id_text
 from etcdops.domain.compute.base import DOCUMENTS, ComputeProvider, Host, PreflightPlan
 from etcdops.domain.config import ClusterConfig
-from etcdops.domain.errors import Backoff, EtcdopsError
+from etcdops.domain.errors import Backoff, EtcdopsError, SnapshotIncompleteError
 
 LOCK_LEASE_SECONDS = 7200  # taken again (extended) once the approval arrived
 DEFAULT_BUMP_REVISION = 1_000_000_000
@@ -204,107 +203,18 @@ def _decrypting(ctx: RestoreContext, manifest: Manifest) -> Iterator[None]:
 
 # ---- the live keys of a snapshot ----------------------------------------------------------------
 
-_PAGE = struct.Struct("<QHHI")
-_BRANCH_ELEMENT = struct.Struct("<IIQ")
-_LEAF_ELEMENT = struct.Struct("<IIII")
-
-
-def _elements(buf: Any, base: int, page_size: int) -> Iterator[tuple[int, bytes, bytes]]:
-    """(flags, key, value) of every leaf element under the page at ``buf[base:]``, in key order."""
-    _id, flags, count, _overflow = _PAGE.unpack_from(buf, base)
-    for i in range(count):
-        at = base + _PAGE.size + i * 16
-        if flags & 0x01:  # branch: children are pages of the file
-            _pos, _ksize, child = _BRANCH_ELEMENT.unpack_from(buf, at)
-            yield from _elements(buf, child * page_size, page_size)
-        elif flags & 0x02:
-            eflags, pos, ksize, vsize = _LEAF_ELEMENT.unpack_from(buf, at)
-            yield (
-                eflags,
-                bytes(buf[at + pos : at + pos + ksize]),
-                bytes(buf[at + pos + ksize : at + pos + ksize + vsize]),
-            )
-
-
-class _LiveKeys:
-    """Replays entries of the "key" bucket, in any order, into the set of keys a client sees.
-
-    Each entry is one revision (8-byte main, '_', 8-byte sub, 't' for a deletion) holding an mvcc
-    KeyValue. Revision keys sort as their revisions, so for each key the entry with the greatest
-    revision key is its last change: the key is live unless that change is a deletion. This equals a
-    replay in revision order, whatever order the pages come in.
-    """
-
-    def __init__(self) -> None:
-        self.last: dict[bytes, tuple[bytes, bool]] = {}
-
-    def add(self, entries: Iterable[tuple[int, bytes, bytes]]) -> None:
-        for _flags, revision, value in entries:
-            kv = pb.KeyValue.FromString(value) if value else pb.KeyValue()
-            if not kv.key:
-                continue  # the entry a revision bump writes
-            seen = self.last.get(kv.key)
-            if seen is None or revision > seen[0]:
-                self.last[kv.key] = (revision, len(revision) > 17 and revision[17:18] == b"t")
-
-    @property
-    def count(self) -> int:
-        return sum(1 for _revision, deleted in self.last.values() if not deleted)
-
-
-class _PagePicker:
-    """Cuts the given page spans out of a database streamed in file order, holding one span at a time."""
-
-    def __init__(self, page_size: int, spans: Iterable[tuple[int, int]]) -> None:
-        self.ranges = sorted((pgid * page_size, (pgid + 1 + overflow) * page_size) for pgid, overflow in spans)
-        self.next = 0
-        self.offset = 0
-        self.piece = bytearray()
-
-    def feed(self, chunk: bytes) -> Iterator[bytes]:
-        start, self.offset = self.offset, self.offset + len(chunk)
-        view = memoryview(chunk)
-        while self.next < len(self.ranges):
-            low, high = self.ranges[self.next]
-            if low >= self.offset:
-                return
-            self.piece += view[max(low, start) - start : min(high, self.offset) - start]
-            if high > self.offset:
-                return
-            yield bytes(self.piece)
-            self.piece.clear()
-            self.next += 1
-
-    @property
-    def complete(self) -> bool:
-        return self.next == len(self.ranges)
-
 
 def count_live_keys(snapshot: CheckedSnapshot, again: Callable[[], Iterable[bytes]]) -> int:
-    """The number of keys a client sees at the snapshot's revision: the "key" bucket replayed.
+    """The number of keys a client sees at the snapshot's revision (see :func:`bbolt_keys.count_live_keys`).
 
-    ``snapshot`` was streamed to its end, so its structure was checked and its page tree is known
-    (which pages are the bucket's leaves); ``again`` streams the same backup once more, checked
-    again, and only those leaves are parsed. Nothing is written anywhere; memory holds the page
-    summaries, one leaf and the live key set.
+    ``snapshot`` was streamed to its end, so its structure was checked and its page tree is known;
+    ``again`` streams the same backup once more, checked again.
     """
-    summarizer = snapshot.summarizer
-    bucket = summarizer.buckets.get(b"key")
-    if bucket is None:
-        return 0
     page_size = snapshot.summary.page_size if snapshot.summary else 0
-    live = _LiveKeys()
-    root = struct.unpack_from("<Q", bucket, 0)[0]
-    if root == 0:  # an inline bucket: its leaf is in the value
-        live.add(_elements(bucket, 16, page_size))
-        return live.count
-    picker = _PagePicker(page_size, summarizer.leaf_spans(root))
-    for chunk in again():
-        for page in picker.feed(chunk):
-            live.add(_elements(page, 0, page_size))
-    if not picker.complete:
-        raise RestoreVerificationError("the second pass over the backup ended before the 'key' bucket's last page")
-    return live.count
+    try:
+        return bbolt_keys.count_live_keys(snapshot.summarizer, page_size, again)
+    except SnapshotIncompleteError as exc:
+        raise RestoreVerificationError(str(exc)) from exc
 
 
 # ---- the steps, in runbook order --------------------------------------------------------------

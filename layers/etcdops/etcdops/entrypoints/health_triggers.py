@@ -1,0 +1,64 @@
+"""What started a HealthCheck round: the entry point translates its Lambda event into a :class:`Trigger`.
+
+The health round (``etcdops.app.healthcheck``) takes a ``Trigger`` and never sees an event. A
+schedule is a plain round; an EC2 state change of a member instance, or a status-check alarm of
+one, names the instance (a failure unless the state or the alarm says otherwise); one of our
+alarms names its cluster by the metrics' ``cluster`` dimension. What is not about a member or a
+cluster is kept with the reason it is ignored.
+"""
+
+from __future__ import annotations
+
+from etcdops.app.healthcheck import Trigger, TriggerKind
+from etcdops.entrypoints.events import AlarmStateChangeEvent, Ec2StateChangeEvent, HealthCheckEvent, ScheduledEvent
+
+EC2_FAILED_STATES = frozenset({"stopping", "stopped", "shutting-down", "terminated"})
+STATUS_CHECK_METRICS = frozenset(
+    {"StatusCheckFailed", "StatusCheckFailed_Instance", "StatusCheckFailed_System", "StatusCheckFailed_AttachedEBS"}
+)
+
+
+def trigger_from_event(event: HealthCheckEvent) -> Trigger:
+    """What started this HealthCheck round, from its (already parsed) event."""
+    parsed = event.root
+    if isinstance(parsed, ScheduledEvent):
+        rule = parsed.resources[0].rsplit("/", 1)[-1] if parsed.resources else "schedule"
+        return Trigger(TriggerKind.SCHEDULE, f"scheduled by {rule} at {parsed.time.isoformat()}")
+    if isinstance(parsed, Ec2StateChangeEvent):
+        instance, state = parsed.detail.instance_id, parsed.detail.state
+        description = f"EC2 reports instance {instance} {state}"
+        if state not in EC2_FAILED_STATES:
+            return Trigger(
+                TriggerKind.EC2_STATE, description, instance_id=instance, ignore=f"{description}: not a failure"
+            )
+        return Trigger(TriggerKind.EC2_STATE, description, instance_id=instance, instance_failed=True)
+    return _from_alarm(parsed)
+
+
+def _from_alarm(event: AlarmStateChangeEvent) -> Trigger:
+    detail = event.detail
+    state = detail.state.value
+    description = f"alarm {detail.alarmName} is {state}"
+    checks = [
+        m
+        for m in detail.metrics
+        if m.namespace == "AWS/EC2" and m.name in STATUS_CHECK_METRICS and m.dimensions.get("InstanceId")
+    ]
+    if checks:
+        instance = checks[0].dimensions["InstanceId"]
+        description = f"EC2 status check alarm {detail.alarmName} of instance {instance} is {state}"
+        if state != "ALARM":
+            return Trigger(
+                TriggerKind.EC2_STATUS, description, instance_id=instance, ignore=f"{description}: not impaired"
+            )
+        return Trigger(TriggerKind.EC2_STATUS, description, instance_id=instance, instance_failed=True)
+    clusters = sorted({m.dimensions["cluster"] for m in detail.metrics if m.dimensions.get("cluster")})
+    if not clusters:
+        return Trigger(
+            TriggerKind.ALARM,
+            description,
+            ignore=f"{description}: its metrics have no 'cluster' dimension and it is not an EC2 status check",
+        )
+    if len(clusters) > 1:
+        return Trigger(TriggerKind.ALARM, description, ignore=f"{description}: it names several clusters {clusters}")
+    return Trigger(TriggerKind.ALARM, description, cluster=clusters[0])
