@@ -55,8 +55,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from botocore.exceptions import ClientError
 
+from etcdops.domain.decisions import Decision, Streak
 from etcdops.domain.errors import EtcdopsError, UsageError
-from etcdops.domain.policy import Decision, Streak
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
