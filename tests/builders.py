@@ -1,6 +1,6 @@
 """Builders for what a probe round observes (the health model), shared by every test tier, etcd
-binaries whose ``etcdutl`` is a stand-in script (:func:`binaries_with_etcdutl`) or whose ``etcd`` will
-not start one member (:func:`binaries_failing_for`), and a :class:`Writer` that remembers every write
+binaries whose ``etcdutl`` is a stand-in script (:func:`binaries_with_etcdutl`) or whose ``etcd`` stops
+starting (:func:`binaries_failing_after`), and a :class:`Writer` that remembers every write
 etcd acknowledged.
 
 ``member(3)`` is a healthy voter named ``etcd-3`` at 10.0.0.3; an unhealthy one carries the error
@@ -15,6 +15,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from etcdops.domain.health import Alarm, ClusterHealth, MemberHealth
 from etcdops_local.cluster import EtcdBinaries, LocalCluster
@@ -98,17 +99,20 @@ def snapshot_file_damaged(snapshot: Path, *, retrailer: bool) -> bytes:
     return bytes(db) + trailer
 
 
-def binaries_failing_for(binaries: EtcdBinaries, bin_dir: Path, member_name: str) -> EtcdBinaries:
-    """``binaries``, except that their etcd exits at once when started as member ``member_name`` (a broken
-    binary on one host); ``etcd --version`` still says the version, as a bad build would."""
+def binaries_failing_after(binaries: EtcdBinaries, bin_dir: Path, starts: int) -> EtcdBinaries:
+    """``binaries``, except that their etcd runs for the first ``starts`` starts only and exits at once on
+    every later one (a binary that is broken on some hosts, whichever they turn out to be); ``etcd
+    --version`` still says the version, as a bad build would."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     for name in ("etcdctl", "etcdutl"):
         if getattr(binaries, name) is not None:
             (bin_dir / name).symlink_to(getattr(binaries, name))
-    etcd = bin_dir / "etcd"
+    etcd, count = bin_dir / "etcd", bin_dir / "starts"
     etcd.write_text(
         "#!/bin/sh\n"
-        f'for arg in "$@"; do [ "$arg" = "--name={member_name}" ] && {{ echo "broken etcd" >&2; exit 1; }}; done\n'
+        f'[ "$1" = --version ] && exec {binaries.etcd} --version\n'
+        f"n=$(( $(cat {count} 2>/dev/null || echo 0) + 1 )); echo $n > {count}\n"
+        f'[ $n -gt {starts} ] && {{ echo "broken etcd" >&2; exit 1; }}\n'
         f'exec {binaries.etcd} "$@"\n'
     )
     etcd.chmod(0o755)
@@ -149,3 +153,11 @@ class Writer:
         with self.cluster.client() as client:
             stored = {kv.key: kv.value for kv in client.range(b"/writer/", prefix=True).kvs}
         return {k: v for k, v in self.acked.items() if stored.get(k) != v}
+
+
+def led_last(upgraded: list[dict[str, Any]]) -> bool:
+    """In an UpgradeCluster report (``upgraded``), no member that led when its turn came went before
+    another, and the one that did went after handing its leadership to another member."""
+    flags = [u["was_leader"] for u in upgraded]
+    moved_to = upgraded[-1].get("leadership_moved_to") if upgraded else None
+    return True not in flags[:-1] and (not flags[-1] or moved_to not in (None, upgraded[-1]["name"]))
