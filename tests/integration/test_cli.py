@@ -225,6 +225,56 @@ def test_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
     assert unknown.returncode == 1 and "no local cluster" in unknown.stderr
 
 
+def test_local_up_quota_backend_bytes_starts_members_with_that_quota(
+    stack: tuple[Path, dict[str, str]], run: Cli
+) -> None:
+    from etcdops.domain.errors import EtcdNoSpaceError
+    from etcdops_local.cluster import LocalCluster
+
+    cwd, env = stack
+    quota = 256 * 1024
+    # Given a one-member local stack made with a 256 KiB backend quota
+    up = as_json(
+        run(
+            cwd,
+            "local",
+            "up",
+            "--members",
+            "1",
+            "--no-autopilot",
+            "--quota-backend-bytes",
+            str(quota),
+            "--json",
+            env=env,
+        )
+    )
+    assert up["quota_backend_bytes"] == quota
+    cluster = LocalCluster(cwd / ".etcdops")
+    assert cluster.config().health.quota_backend_bytes == quota  # HealthCheck and maintenance judge by it
+    # When it is filled with 16 KiB values, etcd refuses a write with NOSPACE well before 8x the quota (it
+    # sees its size at each backend commit, so a burst of writes may overshoot a little)
+    with cluster.client() as client:
+        refused = None
+        for i in range(8 * quota // 16384):
+            try:
+                client.put(f"fill/{i}", b"x" * 16384)
+            except EtcdNoSpaceError as exc:
+                refused = exc
+                break
+        assert refused is not None, "etcd took 8x its quota: it did not run with --quota-backend-bytes"
+        assert [a.alarm for a in client.alarms()] == ["NOSPACE"]
+    # Asking the existing cluster for another quota is refused in one line, and nothing is restarted
+    pids = [m["pid"] for m in as_json(run(cwd, "local", "ps", "--json"))]
+    other = run(cwd, "local", "up", "--quota-backend-bytes", str(2 * quota), check=False, env=env)
+    assert other.returncode == 2 and other.stderr.count("\n") == 1 and "was made with 262144" in other.stderr
+    assert [m["pid"] for m in as_json(run(cwd, "local", "ps", "--json"))] == pids
+    same = as_json(run(cwd, "local", "up", "--no-autopilot", "--quota-backend-bytes", str(quota), "--json", env=env))
+    assert same["started"] == []
+    # A quota etcd cannot work with is a usage error
+    tiny = run(cwd, "local", "up", "--quota-backend-bytes", "1000", check=False, env=env)
+    assert tiny.returncode != 0 and "64 KiB" in tiny.stderr and "Traceback" not in tiny.stderr
+
+
 def test_snapshot_save_and_inspect_agree_with_etcds_tool(
     stack: tuple[Path, dict[str, str]],
     etcd_binaries: EtcdBinaries,

@@ -114,6 +114,8 @@ class LocalState:
     targets: list[str] = field(default_factory=list)  # the "load balancer": client URLs clients are sent to
     # other etcd versions the members may be switched to (an upgrade's binaries): version -> bin_dir
     binaries: dict[str, str] = field(default_factory=dict)
+    # etcd's --quota-backend-bytes for every member (None: etcd's default, 2 GiB)
+    quota_backend_bytes: int | None = None
 
     @classmethod
     def load(cls, path: Path) -> LocalState:
@@ -221,6 +223,7 @@ class LocalCluster:
         *,
         binaries: EtcdBinaries | None = None,
         extra_args: Sequence[str] = (),
+        quota_backend_bytes: int | None = None,
         timeout: float = 30.0,
     ) -> list[str]:
         """Start the cluster, or the members of an existing one that are stopped; returns the names
@@ -228,11 +231,21 @@ class LocalCluster:
 
         A stopped member comes back with its data. A member that never ran (a host a runbook
         launched but has not added yet: no data folder) is the runbook's to start, and a paused one
-        stays paused (``resume`` is the operator's word)."""
+        stays paused (``resume`` is the operator's word).
+
+        ``quota_backend_bytes`` is every member's ``--quota-backend-bytes`` (and the configuration's
+        ``health.quota_backend_bytes``); a cluster that exists keeps the quota it was made with, and asking
+        for another one is refused before anything starts."""
         if members < 1:
             raise UsageError("--members must be at least 1")
         if self.exists():
             state = self.state()
+            if quota_backend_bytes is not None and quota_backend_bytes != state.quota_backend_bytes:
+                made_with = state.quota_backend_bytes or "etcd's default"
+                raise UsageError(
+                    f"--quota-backend-bytes {quota_backend_bytes}: the local cluster in {self.state_dir} was made "
+                    f"with {made_with}; run etcdops local down --purge first to make it again"
+                )
             stopped = [
                 m for m in state.members if self._state_of(m) == "stopped" and self.data_dir(m.name).is_dir()
             ]
@@ -251,6 +264,7 @@ class LocalCluster:
             version=binaries.version,
             members=[LocalMember(f"m{i + 1}", ports[2 * i], ports[2 * i + 1]) for i in range(members)],
             extra_args=list(extra_args),
+            quota_backend_bytes=quota_backend_bytes,
         )
         state.targets = [m.client_url for m in state.members]
         self._write_pki(state.members)
@@ -288,7 +302,8 @@ class LocalCluster:
                 },
                 "compute": {"provider": "local", "state_dir": str(self.state_dir)},
                 # the local stack reacts faster than the AWS defaults (K=3 probes over 60 s)
-                "health": {"failure_threshold": 3, "failure_window_seconds": 20},
+                "health": {"failure_threshold": 3, "failure_window_seconds": 20}
+                | ({"quota_backend_bytes": state.quota_backend_bytes} if state.quota_backend_bytes else {}),
             },
             str(self.config_file),
         )
@@ -321,6 +336,7 @@ class LocalCluster:
             f"--peer-trusted-ca-file={pki_dir / 'ca.crt'}",
             "--peer-client-cert-auth",
             "--logger=zap",
+            *([f"--quota-backend-bytes={state.quota_backend_bytes}"] if state.quota_backend_bytes else []),
             *state.extra_args,
         ]
 

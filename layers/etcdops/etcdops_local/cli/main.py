@@ -28,6 +28,7 @@ from etcdops_local.cli.options import (
     member_count,
     positive_days,
     print_error,
+    quota_bytes,
     refuse_contradictions,
 )
 from etcdops_local.cli.options import state_dir as _state_dir
@@ -69,6 +70,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         args.members,
         binaries=None if existed else EtcdBinaries.locate(os.environ.get("ETCD_BIN_DIR")),
         extra_args=args.etcd_arg or (),
+        quota_backend_bytes=args.quota_backend_bytes,
     )
     for binaries in others:
         cluster.add_binaries(binaries)
@@ -90,6 +92,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         "state_dir": str(cluster.state_dir),
         "config": str(cluster.config_file),
         "version": cluster.state().version,
+        "quota_backend_bytes": cluster.state().quota_backend_bytes,
         "other_versions": dict(sorted(cluster.state().binaries.items())),
         "members": [asdict(p) for p in processes],
     }
@@ -234,10 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
         "with its etcd and etcdctl (and etcdutl); repeatable",
     )
     up.add_argument(
+        "--quota-backend-bytes",
+        type=quota_bytes,
+        metavar="N",
+        help="every member's backend quota in bytes (etcd's default: 2 GiB); a small one lets compaction, "
+        "defragmentation and NOSPACE recovery be tried on small databases",
+    )
+    up.add_argument(
         "--etcd-arg",
         action="append",
         metavar="FLAG",
-        help="extra etcd flag, e.g. --etcd-arg=--quota-backend-bytes=1000000",
+        help="extra etcd flag, e.g. --etcd-arg=--snapshot-count=1000",
     )
     up.set_defaults(handler=cmd_local_up, uses=LOCAL_OPTIONS)
     ps = local_cmds.add_parser("ps", help="list member processes", parents=[common])

@@ -142,6 +142,20 @@ def member_count(text: str) -> int:
     return value
 
 
+QUOTA_BYTES_RANGE = (64 * 1024, 8 * 1024**3)
+"""What ``local up --quota-backend-bytes`` takes: a fresh backend already holds ~20-30 KiB, and etcd
+warns that quotas above 8 GiB are not supported."""
+
+
+def quota_bytes(text: str) -> int:
+    """An argparse type: etcd's backend quota in bytes, 64 KiB to 8 GiB."""
+    value = int(_number(text, int, "a whole number of bytes"))
+    low, high = QUOTA_BYTES_RANGE
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value}: give a quota of {low} bytes (64 KiB) to {high} bytes (8 GiB)")
+    return value
+
+
 def positive_seconds(text: str) -> float:
     """An argparse type: a finite number of seconds greater than zero, at most a day."""
     value = _number(text, float, "a number of seconds")
