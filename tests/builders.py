@@ -120,11 +120,13 @@ def binaries_failing_after(binaries: EtcdBinaries, bin_dir: Path, starts: int) -
 
 
 class Writer:
-    """Writes keys continuously and remembers every write etcd acknowledged."""
+    """Writes keys continuously and remembers every write etcd acknowledged, and when (``time.monotonic()``,
+    start and end) each write that failed was tried."""
 
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
         self.acked: dict[bytes, bytes] = {}
+        self.failed: list[tuple[float, float]] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -134,10 +136,12 @@ class Writer:
         try:
             while not self.stop.is_set():
                 key, value = f"/writer/{i:06d}".encode(), f"v{i}".encode()
+                tried = time.monotonic()
                 try:
                     client.put(key, value)
                     self.acked[key] = value
                 except Exception:  # a write that was not acknowledged is not promised
+                    self.failed.append((tried, time.monotonic()))
                     time.sleep(0.1)
                     client.close()
                     client = self.cluster.client(timeout=2.0)  # the members may have changed

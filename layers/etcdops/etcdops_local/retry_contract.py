@@ -41,6 +41,7 @@ ERROR_MODULES: tuple[str, ...] = (
     "etcdops.app.runbook.replace",
     "etcdops.app.runbook.restore",
     "etcdops.app.runbook.upgrade",
+    "etcdops.app.runbook.maintain",
     "etcdops_local.cluster",
     "etcdops_local.aws.stack",
     "etcdops_local.aws.sandbox",

@@ -132,6 +132,26 @@ class HealthConfig(_Model):
         return value
 
 
+class MaintenanceConfig(_Model):
+    """The MaintainCluster runbook (domain/maintenance.py): compaction, defragmentation by rule, NOSPACE recovery."""
+
+    schedule: str = "rate(1 day)"
+    # compaction keeps this many revisions of history (watchers and readers of older revisions need them)
+    retention_revisions: Annotated[int, Field(ge=0)] = 10000
+    # defragment a member when this share of its file is free pages and the file is at least this big
+    defrag_min_fragmented_ratio: Annotated[float, Field(gt=0, le=1)] = 0.45
+    defrag_min_db_bytes: Annotated[int, Field(ge=0)] = 100 * 1024 * 1024
+    # the wait between two members' defragmentations (the member just done catches up, clients settle)
+    pause_between_members_seconds: Annotated[float, Field(ge=0, le=600)] = 10.0
+    # NOSPACE is disarmed only when every member's database is below this share of the quota
+    nospace_disarm_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.9
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        return _check_schedule(value)
+
+
 LOCAL_CONFIG_FILE = "cluster.yaml"
 """The local stack keeps its cluster configuration in this file of its state directory."""
 
@@ -160,6 +180,7 @@ class ClusterConfig(_Model):
     plaintext: bool = False
     backup: BackupConfig | None = None
     health: HealthConfig = HealthConfig()
+    maintenance: MaintenanceConfig = MaintenanceConfig()
     approval: Literal["auto", "always"] = "auto"
     compute: LocalCompute | Ec2Compute | None = Field(default=None, discriminator="provider")
 
