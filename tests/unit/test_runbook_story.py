@@ -18,6 +18,7 @@ import pytest
 from etcdops.adapters.state import Approval, InMemoryStateStore
 from etcdops_local.cli.runbook import show_data, show_text
 from etcdops_local.cli.status import render_runbooks
+from etcdops_local.cli.story import outcome
 
 HISTORIES = json.loads((Path(__file__).parents[1] / "data" / "runbook_histories.json").read_text())
 
@@ -136,3 +137,10 @@ def test_the_live_screen_shows_each_running_runbook_at_its_step(running: dict[st
     newest = {"runbook": "replace", "name": "x-a1", "status": "RUNNING", "started": entry["started"], "outcome": "-"}
 
     assert render_runbooks({"running": [entry], "newest": newest}).splitlines() == ["runbooks:", expected]
+
+
+def test_a_replacement_that_succeeded_says_who_took_whose_place() -> None:
+    done = {"member_name": "m2", "new_member": {"name": "m2-r65570c", "id": "c2458ae9f873edbf"}}
+
+    assert outcome("SUCCEEDED", done, []) == "succeeded: m2 replaced by m2-r65570c (c2458ae9f873edbf)"
+    assert outcome("SUCCEEDED", {"cluster": "local"}, []) == "succeeded: every step ran to its end"  # a restore

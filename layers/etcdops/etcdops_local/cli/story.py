@@ -78,6 +78,10 @@ def outcome(
         if output and output.get("recovered"):
             member = output.get("member_name") or output.get("member_id") or "the member"
             return f"recovered: {member} answered again before anything was changed; nothing was replaced"
+        new = (output or {}).get("new_member") or {}
+        if new.get("name"):  # a replacement: who took whose place
+            member = output.get("member_name") or output.get("member_id") if output else None
+            return f"succeeded: {member or 'the member'} replaced by {new['name']} ({new.get('id')})"
         return "succeeded: every step ran to its end"
     if broke is not None and broke.error == APPROVAL_REJECTED:
         reason = message(broke.cause) or (approval.decision_reason if approval is not None else None)
