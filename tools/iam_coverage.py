@@ -6,7 +6,7 @@
 Each pytest process that collected tests/e2e writes ``e2e-run-<worker>.json`` beside the records
 (tests/e2e/conftest.py): which files of tests/e2e it collected, whether anything was deselected or
 named below a file (``file.py::test``), the e2e tests selected and those that finished. The check
-(:func:`etcdops_local.aws.iam.check`, both directions) runs only when the whole tier ran: every test file
+(:func:`etcdops_local.aws.iam_coverage.check`, both directions) runs only when the whole tier ran: every test file
 of tests/e2e collected, nothing deselected, no test named alone, every selected test finished. Any
 other run (``bin/test tests/unit``, ``-k``, ``--lf``, a crashed worker) cannot prove a granted action
 unused, so the check prints why it did not run and passes; a full run with a finding fails (exit 1).
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"IAM coverage: not checked: {reason} (it needs the whole e2e tier)")
         return 0
     from etcdops.domain.errors import EtcdopsError
-    from etcdops_local.aws.iam import check
+    from etcdops_local.aws.iam_coverage import check
 
     try:
         result = check(args.records, args.template, args.reasons)

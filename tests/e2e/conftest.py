@@ -21,7 +21,7 @@ import pytest
 from etcd_versions import E2E_VERSIONS, etcd_flavour
 
 from etcdops_local.aws import sandbox as localsandbox
-from etcdops_local.aws.iam import RECORDS_ENV
+from etcdops_local.aws.iam_records import RECORDS_ENV
 from etcdops_local.aws.stack import REQUIRE_EPHEMERAL_LIMIT_ENV
 from etcdops_local.cluster import EtcdBinaries
 

@@ -22,7 +22,8 @@ import pytest
 from botocore.exceptions import ClientError
 from stack_templates import ROOT, TEMPLATE, template_with_extras, without_policy, write_template
 
-from etcdops_local.aws.iam import RECORDS_ENV, coverage
+from etcdops_local.aws.iam_coverage import coverage
+from etcdops_local.aws.iam_records import RECORDS_ENV
 from etcdops_local.aws.stack import (
     ACCOUNT_ID,
     InvocationError,
@@ -217,7 +218,7 @@ def test_without_kms_decrypt_health_check_is_refused_and_the_coverage_check_says
     assert aws.authorizer.recorder.write(records) is not None
     checked = subprocess.run(
         [
-            sys.executable, "-m", "etcdops_local.aws.iam", "check",
+            sys.executable, "-m", "etcdops_local.aws.iam_coverage", "check",
             "--records", str(records), "--template", str(template),
         ],
         capture_output=True,

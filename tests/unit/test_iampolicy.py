@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from etcdops_local.aws.iam import Record, coverage, of_these_policies
+from etcdops_local.aws.iam_coverage import coverage, of_these_policies
+from etcdops_local.aws.iam_records import Record
 from etcdops_local.aws.iampolicy import Call, PolicyError, evaluate, fingerprint, granted_actions, read_policy
 
 KEY = "arn:aws:kms:us-east-1:123456789012:key/1234"

@@ -60,6 +60,7 @@ import boto3
 
 from etcdops.domain.errors import ConfigError, EtcdopsError, NotFoundError
 from etcdops_local.aws import iam as localiam
+from etcdops_local.aws import iam_records
 from etcdops_local.aws import limits as locallimits
 from etcdops_local.aws import sandbox as localsandbox
 
@@ -743,7 +744,7 @@ class LocalAws:
         if self.enforce_iam:
             self._undo.append(localiam.install(self.authorizer))
             self._undo.append(_patch_state_machine_clients(self.authorizer))
-        records = os.environ.get(localiam.RECORDS_ENV)
+        records = os.environ.get(iam_records.RECORDS_ENV)
         if records:
             self._undo.append(lambda: self.authorizer.recorder.write(Path(records)))
 
@@ -975,7 +976,7 @@ def build_stack(
     _register_functions(stack, sam, template_path.parent, cfn, running.sandbox_root)
     stack.credentials = running.admin_credentials
     for lid, role in stack.roles.items():
-        running.authorizer.register(localiam.principal_for(stack, lid, role))
+        running.authorizer.register(iam_records.principal_for(stack, lid, role))
     return stack
 
 
