@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from etcdops.adapters.backup.target import open_backup_target
-from etcdops.adapters.state import DynamoStateStore
+from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.approval import decide_approval
 from etcdops.app.backup.job import fetch_backup, run_backup
 from etcdops.app.probe import probe_cluster

@@ -11,15 +11,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2Model
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.adapters.state import DynamoStateStore
-from etcdops.app.approval import ApprovalApiSettings, LinkSigner, SigningSecretCache, handle_api_request
+from etcdops.adapters.state_dynamodb import DynamoStateStore
+from etcdops.app.approval import LinkSigner, SigningSecretCache, handle_api_request
+from etcdops.domain.settings import ApprovalApiSettings
 from etcdops.entrypoints.events import parse_event
+from etcdops.entrypoints.observability import function_logger
 
-logger = Logger(service="etcdops-approval")
+logger = function_logger("etcdops-approval")
 signing_secret = SigningSecretCache()  # filled on the first invocation, kept for the container's life
 
 

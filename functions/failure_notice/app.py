@@ -10,21 +10,22 @@ import os
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.adapters.aws import JobSettings, SnsNotifier
+from etcdops.adapters.aws import SnsNotifier
+from etcdops.domain.settings import FailureNoticeSettings
 from etcdops.entrypoints.events import FailedInvocationRecord, parse_event
 from etcdops.entrypoints.jobs import failure_notice_job
+from etcdops.entrypoints.observability import function_logger
 
-logger = Logger(service="etcdops-failure-notice")
+logger = function_logger("etcdops-failure-notice")
 
 
 @logger.inject_lambda_context(log_event=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     record = parse_event(event, FailedInvocationRecord)
-    settings = JobSettings.from_env(os.environ)
-    notifier = SnsNotifier(boto3.session.Session().client("sns"), settings.required_topic())
+    settings = FailureNoticeSettings.from_env(os.environ)
+    notifier = SnsNotifier(boto3.session.Session().client("sns"), settings.topic_arn)
     result = failure_notice_job(record, settings, notifier)
     logger.info("failure notice sent", extra=result)
     return result

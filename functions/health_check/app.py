@@ -7,17 +7,19 @@ import os
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from etcdops.adapters.aws import SnsNotifier
 from etcdops.adapters.healthmetrics import EmfHealthMetrics
-from etcdops.adapters.state import DynamoStateStore
-from etcdops.app.healthcheck import HealthAwsClients, HealthSettings, health_job
+from etcdops.adapters.state_dynamodb import DynamoStateStore
+from etcdops.app.healthcheck import HealthAwsClients, health_job
+from etcdops.domain.settings import HealthSettings
 from etcdops.entrypoints.events import HealthCheckEvent, parse_event
 from etcdops.entrypoints.health_triggers import trigger_from_event
+from etcdops.entrypoints.observability import function_logger
 
-logger = Logger(service="etcdops-health-check")
+logger = function_logger("etcdops-health-check")
 # no service dimension: the metrics' only dimension is cluster (plus member), which the alarms match exactly
 metrics = Metrics(namespace="etcdops")
 
@@ -33,6 +35,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     result = health_job(
         settings, HealthAwsClients.from_session(session), EmfHealthMetrics(metrics), notifier, state, trigger
     )
-    logged = ("cluster", "trigger", "skipped", "actions", "configured")
+    logged = ("cluster", "trigger", "skipped", "decision", "actions", "configured")
     logger.info("health round", extra={k: result[k] for k in logged if k in result})
     return result

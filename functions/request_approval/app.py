@@ -11,22 +11,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from etcdops.adapters.aws import SnsNotifier
-from etcdops.adapters.state import DynamoStateStore
+from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.approval import (
     ApprovalRequest,
     ApprovalRequestEvent,
     LinkSigner,
-    RequestApprovalSettings,
     SigningSecretCache,
     request_approval,
 )
+from etcdops.domain.settings import RequestApprovalSettings
 from etcdops.entrypoints.events import parse_event
+from etcdops.entrypoints.observability import function_logger
 
-logger = Logger(service="etcdops-request-approval")
+logger = function_logger("etcdops-request-approval")
 signing_secret = SigningSecretCache()  # filled on the first invocation, kept for the container's life
 
 

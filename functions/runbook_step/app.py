@@ -6,13 +6,14 @@ import os
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from etcdops.domain.settings import RunbookSettings
 from etcdops.entrypoints.events import parse_event
-from etcdops.entrypoints.runbook_step import RunbookSettings, RunbookStepEvent, run_runbook_step
+from etcdops.entrypoints.observability import function_logger
+from etcdops.entrypoints.runbook_step import RunbookStepEvent, run_runbook_step
 
-logger = Logger(service="etcdops-runbook")
+logger = function_logger("etcdops-runbook")
 
 
 @logger.inject_lambda_context

@@ -15,7 +15,7 @@ from typing import Any
 from stack_templates import TEMPLATE
 
 from etcdops.adapters.etcd.client import EtcdClient
-from etcdops.adapters.state import DynamoStateStore
+from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.config import dump_config
 from etcdops_local.aws.schedule import LocalScheduler

@@ -25,7 +25,7 @@ import pytest
 from lambda_handlers import lambda_context, load_handler
 from moto import mock_aws
 
-from etcdops.adapters.state import DynamoStateStore, table_definition
+from etcdops.adapters.state_dynamodb import DynamoStateStore, table_definition
 from etcdops.app.approval import sign_link
 from etcdops_local.cli import main as cli
 

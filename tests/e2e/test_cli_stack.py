@@ -16,7 +16,7 @@ import pytest
 from stack_templates import TEMPLATE
 
 from etcdops.adapters.etcd.client import SHA256_SIZE
-from etcdops.adapters.state import DynamoStateStore
+from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops_local.aws.stack import LocalAws, LocalStack, start_execution, wait_for_execution
 from etcdops_local.cli import main as cli
 from etcdops_local.cluster import LocalCluster

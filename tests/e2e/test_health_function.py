@@ -14,7 +14,7 @@ import pytest
 from lambda_handlers import lambda_context, load_handler
 from moto import mock_aws
 
-from etcdops.adapters.state import TTL_ATTRIBUTE, table_definition
+from etcdops.adapters.state_dynamodb import TTL_ATTRIBUTE, table_definition
 from etcdops.domain.errors import ConfigError
 from etcdops.entrypoints.events import InvalidEventError
 from etcdops_local.cluster import LocalCluster

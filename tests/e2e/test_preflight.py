@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from etcdops.adapters.state import DynamoStateStore
+from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.approval import decide_approval
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.compute.base import DOCUMENTS

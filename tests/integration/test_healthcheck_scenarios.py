@@ -26,7 +26,8 @@ from etcdops.adapters.backup.store import BackupStore, open_store
 from etcdops.adapters.backup.target import open_backup_target
 from etcdops.adapters.etcd.connect import client_for
 from etcdops.adapters.healthmetrics import RecordingMetrics
-from etcdops.adapters.state import InMemoryStateStore, StateStore
+from etcdops.adapters.state import StateStore
+from etcdops.adapters.state_memory import InMemoryStateStore
 from etcdops.app.backup.catalogue import list_backups
 from etcdops.app.backup.job import ensure_fresh_backup, run_backup
 from etcdops.app.healthcheck import (

@@ -22,7 +22,7 @@ from etcdops.adapters.backup.target import open_backup_target
 from etcdops.adapters.compute.factory import open_compute
 from etcdops.adapters.etcd.client import EtcdClient
 from etcdops.adapters.etcd.connect import live_client
-from etcdops.adapters.state import InMemoryStateStore
+from etcdops.adapters.state_memory import InMemoryStateStore
 from etcdops.app.backup.job import ensure_fresh_backup
 from etcdops.app.probe import probe_cluster
 from etcdops.app.runbook import replace

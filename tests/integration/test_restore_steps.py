@@ -24,7 +24,7 @@ from etcdops.adapters.backup.target import open_backup_target
 from etcdops.adapters.compute.factory import open_compute
 from etcdops.adapters.etcd.client import EtcdClient
 from etcdops.adapters.etcd.connect import client_for
-from etcdops.adapters.state import InMemoryStateStore
+from etcdops.adapters.state_memory import InMemoryStateStore
 from etcdops.app.backup.importer import import_snapshot
 from etcdops.app.backup.job import run_backup
 from etcdops.app.probe import probe_cluster

@@ -7,7 +7,9 @@ from collections.abc import Iterator
 import pytest
 from moto_dynamodb import state_table
 
-from etcdops.adapters.state import DynamoStateStore, InMemoryStateStore, StateStore
+from etcdops.adapters.state import StateStore
+from etcdops.adapters.state_dynamodb import DynamoStateStore
+from etcdops.adapters.state_memory import InMemoryStateStore
 
 STATE_TABLE = "etcdops-state"
 

@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 from moto import mock_aws
 
-from etcdops.adapters.state import TTL_ATTRIBUTE, table_definition
+from etcdops.adapters.state_dynamodb import TTL_ATTRIBUTE, table_definition
 
 
 class AtomicCalls:

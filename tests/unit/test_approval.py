@@ -15,8 +15,9 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from etcdops.adapters.aws import AwsError, MemoryNotifier
-from etcdops.adapters.state import InMemoryStateStore
+from etcdops.adapters.aws import MemoryNotifier
+from etcdops.adapters.awserrors import AwsError
+from etcdops.adapters.state_memory import InMemoryStateStore
 from etcdops.app import approval as approval_module
 from etcdops.app.approval import (
     AlreadyDecidedError,
@@ -27,7 +28,6 @@ from etcdops.app.approval import (
     ExpiredLinkError,
     InvalidLinkError,
     LinkSigner,
-    RequestApprovalSettings,
     TaskTokenRejectedError,
     decide_approval,
     execution_name,
@@ -38,6 +38,7 @@ from etcdops.app.approval import (
     verify_link,
 )
 from etcdops.domain.errors import ConfigError
+from etcdops.domain.settings import RequestApprovalSettings
 from etcdops.entrypoints.events import parse_event
 
 SECRET = b"k" * 32

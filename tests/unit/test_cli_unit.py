@@ -557,8 +557,9 @@ def test_status_of_a_stack_whose_state_table_cannot_be_read_still_shows_the_prob
 
     assert last is not None and last["decision"] is None
     assert cli_status.render_last_round(last) == (
-        "last round (-): skipped: cannot read the state table of stack prod-stack: "
-        "An error occurred (AccessDeniedException) when calling the GetItem operation: not allowed"
+        "last round (-): skipped: cannot read the state table of stack prod-stack: DynamoDB get_item on table t: "
+        "AccessDeniedException: An error occurred (AccessDeniedException) when calling the GetItem operation: "
+        "not allowed"
     )
 
 

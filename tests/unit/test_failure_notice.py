@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from etcdops.adapters.aws import JobSettings, MemoryNotifier
+from etcdops.adapters.aws import MemoryNotifier
 from etcdops.domain.job_messages import ERROR_LIMIT, function_name_of, job_failed, job_of
+from etcdops.domain.settings import JobSettings
 from etcdops.entrypoints.events import FailedInvocationRecord, InvalidEventError, parse_event
 from etcdops.entrypoints.jobs import failure_notice_job
 

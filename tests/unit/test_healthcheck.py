@@ -18,7 +18,8 @@ import pytest
 from moto import mock_aws
 from moto_ec2 import register_host_image, without_public_images
 
-from etcdops.adapters.aws import AwsError, MemoryNotifier
+from etcdops.adapters.aws import MemoryNotifier
+from etcdops.adapters.awserrors import AwsError
 from etcdops.adapters.etcd.client import EtcdClient
 from etcdops.adapters.healthmetrics import (
     RecordingMetrics,
@@ -26,10 +27,10 @@ from etcdops.adapters.healthmetrics import (
     publish_health_metrics,
     version_number,
 )
-from etcdops.adapters.state import InMemoryStateStore, StateStore
+from etcdops.adapters.state import StateStore
+from etcdops.adapters.state_memory import InMemoryStateStore
 from etcdops.app.healthcheck import (
     HealthContext,
-    HealthSettings,
     InstanceDirectory,
     RecordingReplaceStarter,
     StepFunctionsReplaceStarter,
@@ -41,6 +42,7 @@ from etcdops.domain.config import parse_config
 from etcdops.domain.errors import ConfigError
 from etcdops.domain.health import Alarm
 from etcdops.domain.policy import Action, Decision, Notification, NotificationKind
+from etcdops.domain.settings import HealthSettings
 from etcdops_local.health_loop import local_health_schedule, schedule_seconds, template_health_schedule
 
 NOW = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)

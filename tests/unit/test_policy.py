@@ -11,7 +11,7 @@ from builders import cluster, member
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etcdops.domain.config import parse_config
+from etcdops.domain.config import HealthConfig, parse_config
 from etcdops.domain.errors import ConfigError
 from etcdops.domain.health import Alarm, ClusterHealth, MemberHealth, quorum_of
 from etcdops.domain.policy import (
@@ -316,7 +316,7 @@ def test_alarms_db_size_certs_and_backup_age_are_notified() -> None:
         member(3),
         alarms=(Alarm(1, "NOSPACE"), Alarm(2, "CORRUPT")),
     )
-    config = PolicyConfig(db_quota_bytes=quota)
+    config = PolicyConfig(health=HealthConfig(quota_backend_bytes=quota))
     stale = BackupRef("bk-old", T0 - timedelta(hours=3))
     certs = {"peer-etcd-1": T0 + timedelta(days=10), "client-admin": T0 + timedelta(days=300)}
     # When the policy decides
@@ -416,13 +416,14 @@ def test_naive_and_aware_utc_times_give_the_same_incident_id() -> None:
 
 
 def test_config_errors_name_the_field() -> None:
-    with pytest.raises(ConfigError, match=r"policy\.failure_threshold"):
-        PolicyConfig.from_mapping({"failure_threshold": 0})
+    with pytest.raises(ConfigError, match=r"policy\.health\.failure_threshold"):
+        PolicyConfig.from_mapping({"health": {"failure_threshold": 0}})
     with pytest.raises(ConfigError, match=r"policy\.approval"):
         PolicyConfig.from_mapping({"approval": "sometimes"})
     with pytest.raises(ConfigError, match=r"policy\.unknown"):
         PolicyConfig.from_mapping({"unknown": 1})
-    assert PolicyConfig.from_mapping({"failure_window_seconds": 30}).failure_window == timedelta(seconds=30)
+    window = PolicyConfig.from_mapping({"health": {"failure_window_seconds": 30}}).failure_window
+    assert window == timedelta(seconds=30)
 
 
 def test_config_comes_from_the_cluster_document() -> None:
@@ -440,8 +441,10 @@ def test_config_comes_from_the_cluster_document() -> None:
     # When the policy settings are derived from it
     config = PolicyConfig.from_cluster_config(document)
     # Then they carry the document's values
-    assert (config.failure_threshold, config.failure_window_seconds, config.approval) == (4, 90, "always")
-    assert config.db_quota_bytes == 8 * 1024**3
+    assert config.health is document.health  # the document's section itself, not a copy of its fields
+    assert (config.health.failure_threshold, config.approval) == (4, "always")
+    assert config.failure_window == timedelta(seconds=90)
+    assert config.health.quota_backend_bytes == 8 * 1024**3
     assert config.backup_max_age == timedelta(minutes=30)
 
 
@@ -537,8 +540,10 @@ def scenarios(draw: st.DrawFn) -> tuple[ClusterHealth, History, PolicyConfig, da
         lock=lock,
     )
     config = PolicyConfig(
-        failure_threshold=draw(st.integers(min_value=1, max_value=5)),
-        failure_window_seconds=draw(st.sampled_from([0, 1, 30, 60, 300])),
+        health=HealthConfig(
+            failure_threshold=draw(st.integers(min_value=1, max_value=5)),
+            failure_window_seconds=draw(st.sampled_from([0, 1, 30, 60, 300])),
+        ),
         approval=draw(st.sampled_from(["auto", "always"])),
     )
     ec2 = frozenset(draw(st.lists(st.one_of(st.sampled_from(ids), ANY_IDS), max_size=3)))
@@ -583,8 +588,8 @@ def check_invariants(
         assert target.id in ec2 or (
             streak is not None
             and not target.healthy
-            and streak.count >= config.failure_threshold
-            and streak.last_failed_at - streak.first_failed_at >= timedelta(seconds=config.failure_window_seconds)
+            and streak.count >= config.health.failure_threshold
+            and streak.span >= timedelta(seconds=config.health.failure_window_seconds)
         )
         # Invariant 4: never with quorum lost.
         assert obs.has_quorum
@@ -602,8 +607,8 @@ def check_invariants(
     # Liveness: a confirmed failed voter in a cluster that keeps quorum with a healthy leader is replaced.
     def failed(m: MemberHealth) -> bool:
         s = hist.streaks.get(m.id)
-        window = timedelta(seconds=config.failure_window_seconds)
-        confirmed = s is not None and s.count >= config.failure_threshold and s.span >= window
+        window = timedelta(seconds=config.health.failure_window_seconds)
+        confirmed = s is not None and s.count >= config.health.failure_threshold and s.span >= window
         return m.id in ec2 or (not m.healthy and confirmed)
 
     if (
@@ -732,7 +737,7 @@ def mixed_since(start: datetime, now: datetime) -> History:
 
 def test_a_cluster_mixed_longer_than_the_limit_is_notified_once_per_mixed_period() -> None:
     obs = versions("3.5.1", "3.5.30", "3.5.30")
-    config = PolicyConfig(mixed_versions_warn_seconds=3600)
+    config = PolicyConfig(health=HealthConfig(mixed_versions_warn_minutes=60))
     # Given mixed for less than the limit (an upgrade under way): nothing to say
     calm = decide(obs, mixed_since(at(0), at(3599)), config, cluster=CLUSTER, now=at(3599))
     assert calm.action is Action.NONE and calm.notifications == ()
@@ -765,8 +770,8 @@ def test_a_stale_streak_says_nothing_once_the_members_agree() -> None:
 
 def test_the_mixed_versions_limit_comes_from_the_cluster_configuration() -> None:
     doc = {"name": "c", "endpoints": ["https://10.0.0.1:2379"], "tls": {"ca": "ca.pem"}}
-    assert PolicyConfig.from_cluster_config(parse_config(doc)).mixed_versions_warn_seconds == 3600
+    assert PolicyConfig.from_cluster_config(parse_config(doc)).mixed_versions_warn == timedelta(hours=1)
     doc["health"] = {"mixed_versions_warn_minutes": 90}
-    assert PolicyConfig.from_cluster_config(parse_config(doc)).mixed_versions_warn_seconds == 5400
+    assert PolicyConfig.from_cluster_config(parse_config(doc)).mixed_versions_warn == timedelta(minutes=90)
     with pytest.raises(ConfigError, match="mixed_versions_warn_minutes"):
         parse_config({**doc, "health": {"mixed_versions_warn_minutes": 0}})

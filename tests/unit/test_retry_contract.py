@@ -180,7 +180,7 @@ def test_the_check_command_fails_on_a_drifted_file_and_write_repairs_it(tmp_path
 def test_an_aws_failure_is_transient_or_not_by_its_class(code: str, transient: bool) -> None:
     from botocore.exceptions import ClientError, EndpointConnectionError
 
-    from etcdops.adapters.aws import AwsError, AwsUnavailableError, aws_error
+    from etcdops.adapters.awserrors import AwsError, AwsUnavailableError, aws_error
     from etcdops.adapters.compute.ec2 import _api_error
     from etcdops.domain.compute.errors import ComputeApiError, ComputeApiUnavailableError
 

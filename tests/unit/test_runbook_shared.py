@@ -10,7 +10,8 @@ import pytest
 from etcdops.app.runbook import caught_error
 from etcdops.domain.config import parse_config
 from etcdops.domain.errors import ConfigError
-from etcdops.entrypoints.runbook_step import RunbookSettings, staging_store
+from etcdops.domain.settings import RunbookSettings
+from etcdops.entrypoints.runbook_step import staging_store
 
 ENV = {"CLUSTER_CONFIG_PARAMETER": "/etcdops/prod", "TABLE_NAME": "t", "TOPIC_ARN": "arn:t", "STACK_NAME": "prod"}
 

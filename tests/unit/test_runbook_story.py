@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from etcdops.adapters.state import Approval, InMemoryStateStore
+from etcdops.adapters.state import Approval
+from etcdops.adapters.state_memory import InMemoryStateStore
 from etcdops_local.cli.runbook import show_data, show_text
 from etcdops_local.cli.status import render_runbooks
 from etcdops_local.cli.story import outcome

@@ -9,15 +9,12 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from etcdops.adapters.state import (
+from etcdops.adapters.state import ConflictError, LockHeldError, LockLostError, StateStore
+from etcdops.adapters.state_dynamodb import (
     TABLE_ATTRIBUTE_DEFINITIONS,
     TABLE_KEY_SCHEMA,
     TTL_ATTRIBUTE,
-    ConflictError,
     DynamoStateStore,
-    LockHeldError,
-    LockLostError,
-    StateStore,
     table_definition,
 )
 from etcdops.domain.policy import Action, Decision, Notification, NotificationKind, Streak

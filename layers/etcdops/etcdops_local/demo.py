@@ -142,7 +142,7 @@ def _restore_chapter(
 ) -> None:
     """Disaster: the data is damaged and two of three members are lost; the restore the escalation
     names, approved by the operator, brings back exactly the backed-up data."""
-    from etcdops.adapters.state import DynamoStateStore
+    from etcdops.adapters.state_dynamodb import DynamoStateStore
     from etcdops.app.approval import decide_approval
 
     with cluster.client() as client:

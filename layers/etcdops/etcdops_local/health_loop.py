@@ -4,7 +4,7 @@ EventBridge schedules do not fire locally, so :func:`run_local_health_loop` runs
 :func:`etcdops.app.healthcheck.run_health_round` on the local cluster (its ``cluster.yaml``) every
 ``interval``: by default ``rate(10 seconds)``; ``None`` takes the default of the template's
 ``HealthCheckSchedule`` parameter (what AWS runs). It keeps the streaks and incidents in an
-:class:`~etcdops.adapters.state.InMemoryStateStore`, collects SNS messages in a
+:class:`~etcdops.adapters.state_memory.InMemoryStateStore`, collects SNS messages in a
 :class:`~etcdops.adapters.aws.MemoryNotifier`, records ReplaceMember starts instead of running them, and
 after each round writes ``<state dir>/health/last_round.json`` (the decision, its reason, the
 metrics, what was done, the messages sent), which ``etcdops status --watch`` shows.
@@ -32,7 +32,8 @@ from etcdops.adapters.aws import MemoryNotifier
 from etcdops.adapters.backup.store import open_store
 from etcdops.adapters.etcd.connect import client_for
 from etcdops.adapters.healthmetrics import RecordingMetrics
-from etcdops.adapters.state import InMemoryStateStore, StateStore
+from etcdops.adapters.state import StateStore
+from etcdops.adapters.state_memory import InMemoryStateStore
 from etcdops.app.healthcheck import (
     HealthContext,
     HealthRoundResult,

@@ -16,7 +16,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from etcdops.adapters.aws import aws_error
+from etcdops.adapters.awserrors import aws_error
 
 HOLD_SECONDS = 30  # how long a message stays hidden while one read collects the queue's messages
 

@@ -33,6 +33,7 @@ from etcdops.domain.errors import APPROVAL_REJECTED, DEFAULT_BACKOFF, Backoff, E
 ERROR_MODULES: tuple[str, ...] = (
     "etcdops.domain.errors",
     "etcdops.adapters.aws",
+    "etcdops.adapters.awserrors",
     "etcdops.adapters.state",
     "etcdops.app.approval",
     "etcdops.domain.compute.errors",

@@ -7,88 +7,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from etcdops.adapters.awserrors import aws_error, aws_error_code
 from etcdops.domain.config import ClusterConfig, loads_config
-from etcdops.domain.errors import ConfigError, EtcdopsError
-
-
-class AwsError(EtcdopsError):
-    """An AWS call was refused (permissions, a missing resource, a bad request): not transient."""
+from etcdops.domain.errors import ConfigError
 
 
 class ClusterNotConfiguredError(ConfigError):
     """The SSM parameter for the cluster configuration does not exist: the stack is deployed, not configured yet."""
-
-
-class AwsUnavailableError(AwsError):
-    """An AWS call failed in a way that passes (throttling, a service fault, the network)."""
-
-    retryable = True
-
-
-TRANSIENT_AWS_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "ProvisionedThroughputExceededException",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "InternalError",
-        "InternalFailure",
-        "InternalServerError",
-        "InternalServiceError",
-        "InternalServerErrorException",
-    }
-)
-"""AWS error codes that say "not now" rather than "no"."""
-
-
-@dataclass(frozen=True)
-class JobSettings:
-    """What every job function needs from its environment, validated at the start of an invocation."""
-
-    config_parameter: str
-    topic_arn: str | None
-    cluster_name: str | None = None  # the stack's ClusterName: the configuration must name this cluster
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> JobSettings:
-        parameter = env.get("CLUSTER_CONFIG_PARAMETER", "").strip()
-        if not parameter:
-            raise ConfigError("CLUSTER_CONFIG_PARAMETER: not set (the SSM parameter holding the cluster config)")
-        return cls(
-            config_parameter=parameter,
-            topic_arn=env.get("TOPIC_ARN") or None,
-            cluster_name=env.get("CLUSTER_NAME", "").strip() or None,
-        )
-
-    def required_topic(self) -> str:
-        """The topic, for a function whose whole job is to publish there."""
-        if not self.topic_arn:
-            raise ConfigError("TOPIC_ARN: not set (the SNS topic operators are told on)")
-        return self.topic_arn
-
-
-def aws_error_code(exc: Exception) -> str:
-    """The error code of a botocore ``ClientError`` ("" for anything else)."""
-    code: object = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
-    return str(code)
-
-
-def aws_error(what: str, exc: Exception) -> AwsError:
-    """The named error for a failed AWS call: transient for throttling, service faults and the
-    network (a ``BotoCoreError`` has no code), permanent for everything else."""
-    code = aws_error_code(exc)
-    transient = code in TRANSIENT_AWS_CODES or not code
-    kind = AwsUnavailableError if transient else AwsError
-    return kind(f"{what}: {code or type(exc).__name__}: {exc}")
 
 
 def load_cluster_config(ssm: Any, parameter: str, expected_name: str | None = None) -> ClusterConfig:

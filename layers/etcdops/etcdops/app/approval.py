@@ -44,15 +44,15 @@ from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from etcdops.adapters.aws import AwsError, AwsUnavailableError, Notifier, aws_error
-from etcdops.adapters.state import Approval, StateStore
+from etcdops.adapters.aws import Notifier
+from etcdops.adapters.awserrors import AwsError, AwsUnavailableError, aws_error, aws_error_code
+from etcdops.adapters.state import Approval, ApprovalStore
 from etcdops.domain.errors import APPROVAL_REJECTED, ConfigError, EtcdopsError, InvalidEventError, NotFoundError
 
 __all__ = [
     "ACTIONS",
     "HTTP_STATUS",
     "AlreadyDecidedError",
-    "ApprovalApiSettings",
     "ApprovalError",
     "ApprovalExpiredError",
     "ApprovalNotFoundError",
@@ -62,7 +62,6 @@ __all__ = [
     "HttpResponse",
     "InvalidLinkError",
     "LinkSigner",
-    "RequestApprovalSettings",
     "SigningSecretCache",
     "TaskTokenRejectedError",
     "VerifiedLink",
@@ -81,7 +80,6 @@ Action = Literal["approve", "reject"]
 ACTIONS: Final[tuple[Action, ...]] = ("approve", "reject")
 REJECTED_ERROR: Final = APPROVAL_REJECTED
 """The ``error`` of SendTaskFailure on a rejection: the runbooks ``Catch`` it by this name."""
-DEFAULT_APPROVAL_TTL_SECONDS: Final = 3600
 MIN_SECRET_BYTES: Final = 32
 _LINK_FIELDS: Final = ("execution", "action", "expires", "request", "sig")
 _CANONICAL_PREFIX: Final = "etcdops-approval-link-v1"
@@ -133,55 +131,6 @@ class TaskTokenRejectedError(ApprovalError):
 # ---- settings -----------------------------------------------------------------------------
 
 
-def _require(env: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
-    values = {name: env.get(name, "").strip() for name in names}
-    missing = [name for name, value in values.items() if not value]
-    if missing:
-        raise ConfigError(f"{', '.join(missing)}: not set in the function's environment")
-    return values
-
-
-def _ttl_from_env(env: Mapping[str, str]) -> int:
-    raw = env.get("APPROVAL_TTL_SECONDS", "").strip()
-    if not raw:
-        return DEFAULT_APPROVAL_TTL_SECONDS
-    if not raw.isdigit() or int(raw) <= 0:
-        raise ConfigError(f"APPROVAL_TTL_SECONDS: must be a positive number of seconds, got {raw!r}")
-    return int(raw)
-
-
-@dataclass(frozen=True)
-class RequestApprovalSettings:
-    """The RequestApproval function's environment."""
-
-    table_name: str
-    topic_arn: str
-    secret_arn: str
-    base_url: str
-    ttl_seconds: int = DEFAULT_APPROVAL_TTL_SECONDS
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> RequestApprovalSettings:
-        v = _require(env, ("TABLE_NAME", "TOPIC_ARN", "APPROVAL_SECRET_ARN", "APPROVAL_BASE_URL"))
-        if not v["APPROVAL_BASE_URL"].startswith("https://"):
-            raise ConfigError(f"APPROVAL_BASE_URL: must start with https://, got {v['APPROVAL_BASE_URL']!r}")
-        return cls(v["TABLE_NAME"], v["TOPIC_ARN"], v["APPROVAL_SECRET_ARN"], v["APPROVAL_BASE_URL"],
-                   _ttl_from_env(env))
-
-
-@dataclass(frozen=True)
-class ApprovalApiSettings:
-    """The Approval (API) function's environment."""
-
-    table_name: str
-    secret_arn: str
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ApprovalApiSettings:
-        v = _require(env, ("TABLE_NAME", "APPROVAL_SECRET_ARN"))
-        return cls(v["TABLE_NAME"], v["APPROVAL_SECRET_ARN"])
-
-
 class SigningSecretCache:
     """The link-signing secret, read from Secrets Manager on first use and kept for the life of
     the container (one instance per handler module; nothing is read at import)."""
@@ -193,12 +142,9 @@ class SigningSecretCache:
         if secret_arn not in self._secrets:
             try:
                 value = secrets_client.get_secret_value(SecretId=secret_arn)["SecretString"]
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                if code == "ResourceNotFoundException":
+            except (ClientError, BotoCoreError) as exc:
+                if aws_error_code(exc) == "ResourceNotFoundException":
                     raise ConfigError(f"APPROVAL_SECRET_ARN: secret {secret_arn} does not exist") from None
-                raise aws_error("reading the approval secret", exc) from None
-            except BotoCoreError as exc:
                 raise aws_error("reading the approval secret", exc) from None
             secret = value.encode()
             if len(secret) < MIN_SECRET_BYTES:
@@ -398,7 +344,7 @@ def request_approval(
     request: ApprovalRequest,
     task_token: str,
     *,
-    store: StateStore,
+    store: ApprovalStore,
     notifier: Notifier,
     signer: LinkSigner,
     base_url: str,
@@ -474,7 +420,7 @@ def decide_approval(
     action: Action,
     reason: str | None,
     *,
-    store: StateStore,
+    store: ApprovalStore,
     sfn: Any,
     now: datetime,
     by: str,
@@ -516,17 +462,15 @@ def decide_approval(
         else:
             cause = (reason or "")[:_MAX_CAUSE]
             sfn.send_task_failure(taskToken=approval.task_token, error=REJECTED_ERROR, cause=cause)
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+    except (ClientError, BotoCoreError) as exc:
+        code = aws_error_code(exc)
         if code in _TOKEN_GONE:
             raise TaskTokenRejectedError(
                 f"Step Functions no longer waits for execution {name}'s approval ({code}); nothing changed"
             ) from None
+        # the record is released again, so sending the decision once more is safe whatever the cause
         store.release_approval(name, approval.request_id, decided_at)
-        raise AwsUnavailableError(f"sending the decision to Step Functions: {code or 'error'}") from None
-    except BotoCoreError as exc:
-        store.release_approval(name, approval.request_id, decided_at)
-        raise AwsUnavailableError(f"sending the decision to Step Functions: {type(exc).__name__}") from None
+        raise AwsUnavailableError(f"sending the decision to Step Functions: {code or type(exc).__name__}") from None
     return {
         "execution": name,
         "cluster": approval.cluster,
@@ -655,7 +599,7 @@ def handle_api_request(
     request: APIGatewayProxyEventV2Model,
     *,
     signer: LinkSigner,
-    store: StateStore,
+    store: ApprovalStore,
     sfn: Any,
     now: datetime,
 ) -> HttpResponse:
@@ -697,7 +641,7 @@ def handle_api_request(
     )
 
 
-def _confirm_page(link: VerifiedLink, *, store: StateStore, now: datetime) -> HttpResponse:
+def _confirm_page(link: VerifiedLink, *, store: ApprovalStore, now: datetime) -> HttpResponse:
     approval = store.load_approval(link.execution)
     if approval is None:
         raise ApprovalNotFoundError(f"no approval request for execution {link.execution}")

@@ -18,10 +18,10 @@ One round (:func:`run_health_round`) is the same in AWS and in the local stack:
    running execution's own answer to a start with its name and input, means it is already
    running). Which round started it is what the attempt's record says, not Step Functions' answer.
    Escalations and notifications are published once per incident
-   (``StateStore.record_incident``), not once per round.
+   (``IncidentStore.record_incident``), not once per round.
 
 :func:`health_job` is the Lambda side: configuration from SSM, TLS from Secrets Manager, clients
-passed in. Nothing here reads the environment except :meth:`HealthSettings.from_env`.
+passed in. Nothing here reads the environment (:class:`etcdops.domain.settings.HealthSettings` does).
 """
 
 from __future__ import annotations
@@ -42,14 +42,8 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from etcdops.adapters.aws import (
-    ClusterNotConfiguredError,
-    Notifier,
-    aws_error,
-    aws_error_code,
-    load_cluster_config,
-    materialize_tls,
-)
+from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, load_cluster_config, materialize_tls
+from etcdops.adapters.awserrors import aws_error, aws_error_code
 from etcdops.adapters.backup.store import BackupStore, open_store
 from etcdops.adapters.etcd.client import EtcdClient
 from etcdops.adapters.etcd.connect import client_for, tls_files
@@ -66,10 +60,11 @@ from etcdops.app.probe import probe_cluster
 from etcdops.domain import repair_messages
 from etcdops.domain.backup.manifest import Manifest, cluster_id_text
 from etcdops.domain.config import ClusterConfig
-from etcdops.domain.errors import ConfigError, EtcdopsError
+from etcdops.domain.errors import EtcdopsError
 from etcdops.domain.health import ClusterHealth, MemberHealth
 from etcdops.domain.policy import Action, BackupRef, Decision, History, PolicyConfig, decide, update_history
 from etcdops.domain.repair import Attempt, AttemptStatus, RepairAction, attempt_execution, decide_repair
+from etcdops.domain.settings import HealthSettings
 
 log = logging.getLogger("etcdops.app.healthcheck")
 
@@ -81,31 +76,6 @@ _ALARM_REPORT = re.compile(r"^memberID:\d+ alarm:[A-Z_]+\s*$")
 
 
 # ---- settings and clients -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HealthSettings:
-    """The HealthCheck function's environment, validated at the start of an invocation."""
-
-    config_parameter: str
-    table_name: str
-    topic_arn: str | None = None
-    replace_state_machine_arn: str | None = None
-    cluster_name: str | None = None  # the stack's ClusterName: the configuration must name this cluster
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> HealthSettings:
-        parameter = env.get("CLUSTER_CONFIG_PARAMETER", "").strip()
-        if not parameter:
-            raise ConfigError("CLUSTER_CONFIG_PARAMETER: not set (the SSM parameter holding the cluster config)")
-        table = env.get("TABLE_NAME", "").strip()
-        if not table:
-            raise ConfigError("TABLE_NAME: not set (the DynamoDB state table)")
-        machine = env.get("REPLACE_STATE_MACHINE_ARN", "").strip() or None
-        if machine is not None and not machine.startswith("arn:"):
-            raise ConfigError(f"REPLACE_STATE_MACHINE_ARN: {machine!r} is not a state machine ARN")
-        cluster = env.get("CLUSTER_NAME", "").strip() or None
-        return cls(parameter, table, env.get("TOPIC_ARN", "").strip() or None, machine, cluster)
 
 
 @dataclass(frozen=True)
@@ -560,7 +530,7 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
         cert_not_after=certificates,
     )
     ctx.state.save_last_decision(cluster, decision, now)
-    log.info("decision %s: %s", decision.action, decision.reason)
+    log_decision(decision, trigger)
 
     terms = [m.raft_term for m in health.members if m.raft_term is not None]
     leader_changes = ctx.state.advance_raft_term(cluster, max(terms), now) if terms else 0
@@ -577,6 +547,14 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
 
     actions = [*released, *act(ctx, decision, ec2_failures, now, health)]
     return HealthRoundResult(cluster, trigger, None, health, decision, metrics, tuple(actions), ec2_failures)
+
+
+def log_decision(decision: Decision, trigger: Trigger) -> None:
+    """The round's decision and its reason as one log line, its fields structured (CloudWatch in Lambda:
+    etcdops.entrypoints.observability)."""
+    fields = {"cluster": decision.cluster, "decision": str(decision.action), "reason": decision.reason,
+              "incident": decision.incident_id, "trigger": trigger.description}  # fmt: skip
+    log.info("decision %s: %s", decision.action, decision.reason, extra=fields)
 
 
 def release_abandoned_lock(ctx: HealthContext, now: datetime) -> tuple[Lock | None, list[str]]:

@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from etcdops.domain.config import ClusterConfig, describe_validation_error
+from etcdops.domain.config import ClusterConfig, HealthConfig, describe_validation_error
 from etcdops.domain.decisions import (
     Action,
     BackupRef,
@@ -92,36 +92,32 @@ _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 class PolicyConfig(BaseModel):
-    """The policy's settings (part of the cluster configuration document)."""
+    """The policy's settings: the cluster configuration's ``health`` section itself (not a copy of
+    its fields), the ``approval`` mode, the backup age a repair accepts, and the one setting only the
+    policy has (``db_size_warn_ratio``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    failure_threshold: int = Field(default=3, ge=1, description="K: consecutive failed probes")
-    failure_window_seconds: float = Field(
-        default=60.0, ge=0, description="T: the failed probes must span at least this long"
-    )
+    health: HealthConfig = HealthConfig()
     approval: Literal["auto", "always"] = Field(
         default="auto", description="'always': a replacement waits for a human approval"
     )
-    db_quota_bytes: int = Field(
-        default=2 * 1024**3, gt=0, description="etcd --quota-backend-bytes (etcd's default is 2 GiB)"
-    )
+    backup_max_age_seconds: float = Field(default=2 * 3600.0, gt=0)
     db_size_warn_ratio: float = Field(
         default=0.8, gt=0, le=1, description="notify when a member's db size reaches this share of quota"
-    )
-    cert_expiry_warn_days: int = Field(default=30, ge=0)
-    backup_max_age_seconds: float = Field(default=2 * 3600.0, gt=0)
-    mixed_versions_warn_seconds: float = Field(
-        default=3600.0, gt=0, description="notify when members run different etcd versions for this long"
     )
 
     @property
     def failure_window(self) -> timedelta:
-        return timedelta(seconds=self.failure_window_seconds)
+        return timedelta(seconds=self.health.failure_window_seconds)
 
     @property
     def backup_max_age(self) -> timedelta:
         return timedelta(seconds=self.backup_max_age_seconds)
+
+    @property
+    def mixed_versions_warn(self) -> timedelta:
+        return timedelta(minutes=self.health.mixed_versions_warn_minutes)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, where: str = "policy") -> PolicyConfig:
@@ -134,14 +130,9 @@ class PolicyConfig(BaseModel):
     @classmethod
     def from_cluster_config(cls, config: ClusterConfig) -> PolicyConfig:
         """The policy settings of a cluster configuration document (``health``, ``backup``, ``approval``)."""
-        health = config.health
         return cls(
-            failure_threshold=health.failure_threshold,
-            failure_window_seconds=health.failure_window_seconds,
+            health=config.health,
             approval=config.approval,
-            db_quota_bytes=health.quota_backend_bytes,
-            cert_expiry_warn_days=health.certificate_warn_days,
-            mixed_versions_warn_seconds=health.mixed_versions_warn_minutes * 60.0,
             **({"backup_max_age_seconds": config.backup.max_age_minutes * 60.0} if config.backup else {}),
         )
 
@@ -264,7 +255,9 @@ def update_history(
 
 def is_confirmed(streak: Streak | None, config: PolicyConfig) -> bool:
     """K consecutive failed probes spanning at least T seconds (invariant 3)."""
-    return streak is not None and streak.count >= config.failure_threshold and streak.span >= config.failure_window
+    if streak is None:
+        return False
+    return streak.count >= config.health.failure_threshold and streak.span >= config.failure_window
 
 
 # ---- the decision -------------------------------------------------------------------------
@@ -281,7 +274,8 @@ def _progress(streak: Streak | None, config: PolicyConfig) -> str:
     count = streak.count if streak else 0
     span = int(streak.span.total_seconds()) if streak else 0
     return (
-        f"{count} of {config.failure_threshold} failed probes over {span} s of {int(config.failure_window_seconds)} s"
+        f"{count} of {config.health.failure_threshold} failed probes over {span} s "
+        f"of {config.health.failure_window_seconds} s"
     )
 
 
@@ -355,15 +349,15 @@ def _notifications(
                 alarm.member_id,
             )
         )
-    warn_at = config.db_size_warn_ratio * config.db_quota_bytes
+    warn_at = config.db_size_warn_ratio * config.health.quota_backend_bytes
     for member in sorted(observation.members, key=lambda m: m.id):
         if member.db_size is not None and member.db_size >= warn_at:
-            share = 100.0 * member.db_size / config.db_quota_bytes
+            share = 100.0 * member.db_size / config.health.quota_backend_bytes
             out.append(
                 Notification(
                     NotificationKind.DB_SIZE_HIGH,
                     f"Member {member.label} of cluster {cluster} has a {member.db_size}-byte database, "
-                    f"{share:.0f} % of the {config.db_quota_bytes}-byte quota (warning at "
+                    f"{share:.0f} % of the {config.health.quota_backend_bytes}-byte quota (warning at "
                     f"{100 * config.db_size_warn_ratio:.0f} %); compact and defragment before NOSPACE.",
                     _notification_key(cluster, NotificationKind.DB_SIZE_HIGH, f"{member.id:x}"),
                     member.id,
@@ -379,7 +373,7 @@ def _notifications(
                 failure.member.id,
             )
         )
-    warn = timedelta(days=config.cert_expiry_warn_days)
+    warn = timedelta(days=config.health.certificate_warn_days)
     for name in sorted(cert_not_after):
         not_after = _utc(cert_not_after[name])
         if not_after <= now:
@@ -441,9 +435,7 @@ def _mixed_versions(
     """A cluster whose members have run different etcd versions for longer than an upgrade takes:
     one notification per mixed period (the key carries the period's start)."""
     streak, versions = history.mixed_versions, observation.member_versions
-    if streak is None or len(versions) < 2 or now - _utc(streak.first_failed_at) < timedelta(
-        seconds=config.mixed_versions_warn_seconds
-    ):
+    if streak is None or len(versions) < 2 or now - _utc(streak.first_failed_at) < config.mixed_versions_warn:
         return ()
     since = _utc(streak.first_failed_at)
     minutes = int((now - since).total_seconds() // 60)
@@ -452,7 +444,7 @@ def _mixed_versions(
         Notification(
             NotificationKind.MIXED_VERSIONS,
             f"Cluster {cluster} has run mixed etcd versions for {minutes} minutes (since {since.isoformat()}; "
-            f"warning after {int(config.mixed_versions_warn_seconds // 60)} minutes): {each}; cluster version "
+            f"warning after {config.health.mixed_versions_warn_minutes} minutes): {each}; cluster version "
             f"{observation.cluster_version or 'unknown'}. A mixed cluster runs at its lowest version, and going "
             "back by swapping binaries works only while it is mixed: finish the upgrade or roll it back.",
             _notification_key(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etcdops.adapters.aws import ClusterNotConfiguredError, JobSettings, Notifier, load_cluster_config, materialize_tls
+from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, load_cluster_config, materialize_tls
 from etcdops.adapters.backup.target import open_backup_target
 from etcdops.adapters.etcd.connect import client_for
 from etcdops.app.backup.catalogue import read_catalogue
@@ -25,6 +25,7 @@ from etcdops.app.backup.job import MetricsSink, run_backup, verify_backup
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.errors import EtcdopsError
 from etcdops.domain.job_messages import job_failed
+from etcdops.domain.settings import JobSettings
 from etcdops.entrypoints.events import FailedInvocationRecord
 
 COUNT, BYTES, SECONDS = "Count", "Bytes", "Seconds"

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,11 +15,11 @@ from etcdops.adapters.compute.factory import open_compute
 from etcdops.adapters.etcd.client import EtcdClient
 from etcdops.adapters.etcd.connect import client_for, live_client
 from etcdops.adapters.etcd.membership import ConfigStore
-from etcdops.adapters.state import DynamoStateStore
+from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.runbook import RunbookContext, replace
 from etcdops.domain.backup.manifest import Manifest
 from etcdops.domain.config import LOCAL_CONFIG_FILE, ClusterConfig, ConfigFile, LocalCompute
-from etcdops.domain.errors import ConfigError
+from etcdops.domain.settings import RunbookSettings
 
 if TYPE_CHECKING:
     from etcdops.adapters.backup.crypto import KeyProvider
@@ -39,32 +38,6 @@ class RunbookStepEvent(BaseModel):
     step: str
     execution: str
     document: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class RunbookSettings:
-    config_parameter: str
-    table_name: str
-    topic_arn: str
-    stack_name: str
-    cluster_name: str | None = None  # the stack's ClusterName: the configuration must name this cluster
-    staging_bucket: str | None = None  # where RestoreCluster stages the plain snapshot for the hosts
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> RunbookSettings:
-        names = ("CLUSTER_CONFIG_PARAMETER", "TABLE_NAME", "TOPIC_ARN", "STACK_NAME")
-        values = {name: env.get(name, "").strip() for name in names}
-        missing = [name for name, value in values.items() if not value]
-        if missing:
-            raise ConfigError(f"{', '.join(missing)}: not set in the function's environment")
-        return cls(
-            values["CLUSTER_CONFIG_PARAMETER"],
-            values["TABLE_NAME"],
-            values["TOPIC_ARN"],
-            values["STACK_NAME"],
-            cluster_name=env.get("CLUSTER_NAME", "").strip() or None,
-            staging_bucket=env.get("RESTORE_STAGING_BUCKET", "").strip() or None,
-        )
 
 
 def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session: Any) -> dict[str, Any]:

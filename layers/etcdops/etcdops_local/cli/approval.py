@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from etcdops.adapters.state import StateStore
+from etcdops.adapters.state import ApprovalStore
 from etcdops.domain.errors import ConfigError
 from etcdops_local.cli.main import emit
 from etcdops_local.cli.options import AWS_OPTIONS
@@ -23,7 +23,7 @@ from etcdops_local.cli.options import AWS_OPTIONS
 
 @dataclass(frozen=True)
 class ApprovalClients:
-    store: StateStore
+    store: ApprovalStore
     sfn: Any
 
 
@@ -36,7 +36,7 @@ def aws_clients(args: argparse.Namespace) -> ApprovalClients:
     default session."""
     import boto3
 
-    from etcdops.adapters.state import DynamoStateStore
+    from etcdops.adapters.state_dynamodb import DynamoStateStore
     from etcdops_local.cli.main import _state_dir
     from etcdops_local.cli.stack import deployed_stack
 

@@ -156,7 +156,7 @@ def runbooks_of(args: argparse.Namespace) -> Runbooks | None:
     None when there are none."""
     import os
 
-    from etcdops.adapters.state import DynamoStateStore
+    from etcdops.adapters.state_dynamodb import DynamoStateStore
     from etcdops_local.cli.runbook import approve_command, operator_session
     from etcdops_local.cli.stack import deployed_stack
 
@@ -290,17 +290,19 @@ def stack_last_round(args: argparse.Namespace, cluster: str) -> dict[str, Any] |
         return None
     from botocore.exceptions import ClientError
 
+    from etcdops.adapters.awserrors import AwsError
+
     table_name, where = stack.output("table"), f"stack {stack.name}"
     try:
         return health_check_last_round(stack.session, table_name, cluster, where)
-    except ClientError as exc:  # e.g. no read access to the state table: the probe still counts
+    except (AwsError, ClientError) as exc:  # e.g. no read access to the state table: the probe still counts
         return {"decided_at": "-", "trigger": {"description": where}, "decision": None,
                 "skipped": f"cannot read the state table of {where}: {one_line(str(exc))}", "actions": []}  # fmt: skip
 
 
 def health_check_last_round(session: Any, table_name: str, cluster: str, where: str) -> dict[str, Any]:
     """The last decision HealthCheck wrote to the state table ``table_name``."""
-    from etcdops.adapters.state import DynamoStateStore
+    from etcdops.adapters.state_dynamodb import DynamoStateStore
 
     last = DynamoStateStore(table_name, session.client("dynamodb")).load_last_decision(cluster)
     if last is None:

@@ -37,9 +37,9 @@ from aws_encryption_sdk.identifiers import Algorithm, CommitmentPolicy, Encrypti
 from aws_encryption_sdk.internal.crypto.wrapping_keys import WrappingKey
 from aws_encryption_sdk.key_providers.kms import StrictAwsKmsMasterKeyProvider
 from aws_encryption_sdk.key_providers.raw import RawMasterKey
-from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.exceptions import InvalidSignature, InvalidTag
 
+from etcdops.adapters.awserrors import AWS_SDK_ERRORS, aws_error
 from etcdops.domain.backup.errors import (
     BackupIntegrityError,
     DecryptionError,
@@ -74,19 +74,6 @@ LOCAL_PROVIDER_ID = "etcdops-local"
 LOCAL_KEY_SIZE = 32
 _RESERVED_CONTEXT_PREFIX = "aws-crypto-"
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):(\d{12}):key/[A-Za-z0-9-]+$")
-_RETRYABLE_AWS_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "LimitExceededException",
-        "KMSInternalException",
-        "DependencyTimeoutException",
-        "InternalFailure",
-        "ServiceUnavailable",
-    }
-)
 
 
 # ---- key providers ----------------------------------------------------------------------------
@@ -384,7 +371,7 @@ def _encrypt(
     except Exception as exc:
         if source.error is not None:
             raise source.error from None
-        if isinstance(exc, AWSEncryptionSDKClientError | BotoCoreError | ClientError):
+        if isinstance(exc, (AWSEncryptionSDKClientError, *AWS_SDK_ERRORS)):
             raise _key_error(exc, keyring) from exc
         raise
 
@@ -392,13 +379,9 @@ def _encrypt(
 def _key_error(exc: BaseException, keyring: KeyProvider) -> EncryptionError:
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, BotoCoreError):
-            return KeyUnavailableError(f"key {keyring.key_id} could not be reached: {cause}")
-        if isinstance(cause, ClientError):
-            code = str(cause.response.get("Error", {}).get("Code", ""))
-            if code in _RETRYABLE_AWS_CODES:
-                return KeyUnavailableError(f"key {keyring.key_id} is unavailable right now: {code}")
-            return EncryptionError(f"key {keyring.key_id} refused to produce a data key: {code}")
+        if isinstance(cause, AWS_SDK_ERRORS):
+            what = f"key {keyring.key_id}: producing a data key"
+            return aws_error(what, cause, refused=EncryptionError, unavailable=KeyUnavailableError)
         cause = cause.__cause__ or cause.__context__
     return EncryptionError(f"cannot encrypt with key {keyring.key_id}: {_one_line(exc)}")
 

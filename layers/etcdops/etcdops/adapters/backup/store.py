@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from etcdops.adapters.awserrors import AWS_SDK_ERRORS, aws_error, aws_error_code
 from etcdops.domain.backup.errors import (
     BackupExistsError,
     BackupNotFoundError,
@@ -51,21 +50,6 @@ READ_CHUNK_SIZE = 1 * MiB
 
 _TEMP_INFIX = ".tmp-"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_PERMISSION_CODES = frozenset(
-    {
-        "AccessDenied",
-        "AllAccessDisabled",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "NoSuchBucket",
-        "InvalidBucketName",
-        "KMS.DisabledException",
-        "KMS.NotFoundException",
-        "KMS.AccessDeniedException",
-        "KMS.KMSInvalidStateException",
-    }
-)
-_BOTO_ERRORS = (BotoCoreError, ClientError)
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 _EXISTS_CODES = frozenset({"412", "PreconditionFailed"})
 
@@ -346,14 +330,12 @@ class S3Store(BackupStore):
     def _error(self, exc: Exception, key: str, doing: str) -> Exception:
         """Translate a botocore error into one of ours."""
         where = self.uri_for(key) if key else self.uri
-        code = _error_code(exc)
+        code = aws_error_code(exc)
         if code in _EXISTS_CODES:
             return BackupExistsError(f"{where} was created by another writer; backups are never overwritten")
         if code in _NOT_FOUND_CODES:
             return BackupNotFoundError(f"{where} does not exist")
-        if code in _PERMISSION_CODES:
-            return StorePermissionError(f"S3 refused {doing} {where}: {code}")
-        return BackupStoreError(f"S3 error while {doing} {where}: {code or type(exc).__name__}: {exc}")
+        return aws_error(f"S3: {doing} {where}", exc, refused=StorePermissionError, unavailable=BackupStoreError)
 
     def _sse(self) -> dict[str, str]:
         if self.sse_kms_key_id is None:
@@ -394,7 +376,7 @@ class S3Store(BackupStore):
     def _create_upload(self, key: str, full: str) -> str:
         try:
             response = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **self._sse())
-        except _BOTO_ERRORS as exc:
+        except AWS_SDK_ERRORS as exc:
             raise self._error(exc, key, "starting an upload to") from exc
         return str(response["UploadId"])
 
@@ -409,7 +391,7 @@ class S3Store(BackupStore):
             response = self.client.upload_part(
                 Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body
             )
-        except _BOTO_ERRORS as exc:
+        except AWS_SDK_ERRORS as exc:
             raise self._error(exc, key, f"uploading part {number} of") from exc
         part: dict[str, Any] = {"PartNumber": number, "ETag": response["ETag"]}
         for name in ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1", "ChecksumSHA256"):
@@ -426,13 +408,13 @@ class S3Store(BackupStore):
                 MultipartUpload={"Parts": parts},
                 **self._conditional(),
             )
-        except _BOTO_ERRORS as exc:
+        except AWS_SDK_ERRORS as exc:
             raise self._error(exc, key, "completing the upload of") from exc
 
     def _put_object(self, key: str, full: str, body: bytes) -> None:
         try:
             self.client.put_object(Bucket=self.bucket, Key=full, Body=body, **self._sse(), **self._conditional())
-        except _BOTO_ERRORS as exc:
+        except AWS_SDK_ERRORS as exc:
             raise self._error(exc, key, "writing") from exc
 
     def _abort(self, full: str, upload_id: str) -> None:
@@ -447,7 +429,7 @@ class S3Store(BackupStore):
         full = self._full_key(key)
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=full)
-        except _BOTO_ERRORS as exc:
+        except AWS_SDK_ERRORS as exc:
             raise self._error(exc, key, "reading") from exc
         return self._read_chunks(response["Body"], key)
 
@@ -456,7 +438,7 @@ class S3Store(BackupStore):
             while True:
                 try:
                     chunk = body.read(self.read_chunk_size)
-                except (*_BOTO_ERRORS, OSError) as exc:
+                except (*AWS_SDK_ERRORS, OSError) as exc:
                     raise self._error(exc, key, "reading") from exc
                 if not chunk:
                     return
@@ -468,8 +450,8 @@ class S3Store(BackupStore):
         full = self._full_key(key)
         try:
             self.client.head_object(Bucket=self.bucket, Key=full)
-        except _BOTO_ERRORS as exc:
-            if _error_code(exc) in _NOT_FOUND_CODES:
+        except AWS_SDK_ERRORS as exc:
+            if aws_error_code(exc) in _NOT_FOUND_CODES:
                 return False
             raise self._error(exc, key, "checking") from exc
         return True
@@ -481,7 +463,7 @@ class S3Store(BackupStore):
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=root + prefix):
                 keys.extend(item["Key"][len(root) :] for item in page.get("Contents", ()))
-        except _BOTO_ERRORS as exc:
+        except AWS_SDK_ERRORS as exc:
             raise self._error(exc, "", "listing") from exc
         return sorted(keys)
 
@@ -496,7 +478,7 @@ class S3Store(BackupStore):
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                     )
                     aborted.append(upload["Key"][len(root) :])
-        except _BOTO_ERRORS as exc:
+        except AWS_SDK_ERRORS as exc:
             raise self._error(exc, "", f"aborting the unfinished uploads under {prefix!r} of") from exc
         return aborted
 
@@ -504,19 +486,12 @@ class S3Store(BackupStore):
         full = self._full_key(key)
         try:
             self.client.delete_object(Bucket=self.bucket, Key=full)
-        except _BOTO_ERRORS as exc:
-            if _error_code(exc) in _NOT_FOUND_CODES:
+        except AWS_SDK_ERRORS as exc:
+            if aws_error_code(exc) in _NOT_FOUND_CODES:
                 return
             raise self._error(exc, key, "deleting") from exc
 
 
-def _error_code(exc: BaseException) -> str | None:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
-        if code:
-            return str(code)
-    return None
 
 
 # ---- the factory --------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from typing import Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError
 
 from etcdops.adapters import pki
-from etcdops.adapters.aws import TRANSIENT_AWS_CODES
+from etcdops.adapters.awserrors import aws_error, aws_error_code, is_transient
 from etcdops.adapters.compute.bootstrap import BootstrapSettings, user_data
 from etcdops.domain.compute.base import (
     DOCUMENTS,
@@ -72,20 +72,12 @@ LIVE_STATES = ("pending", "running", "stopping", "stopped")
 SecretState = Literal["missing", "deleted", "present"]
 _TERMINAL: tuple[ActionStatus, ...] = ("Success", "Failed", "Cancelled", "TimedOut")
 _IN_FLIGHT = ("Pending", "InProgress", "Delayed")
-_RETRYABLE_CODES = TRANSIENT_AWS_CODES | {"InsufficientInstanceCapacity"}  # capacity comes back
 _DENIED_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedAccess"}
 
 
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
 def _api_error(what: str, exc: Exception) -> ComputeApiError:
-    if isinstance(exc, ClientError):
-        code = _code(exc)
-        kind = ComputeApiUnavailableError if code in _RETRYABLE_CODES else ComputeApiError
-        return kind(f"{what}: {code}: {exc}")
-    return ComputeApiUnavailableError(f"{what}: {type(exc).__name__}: {exc}")  # network, timeouts
+    """The compute provider's error for a failed AWS call (etcdops.adapters.awserrors decides which)."""
+    return aws_error(what, exc, refused=ComputeApiError, unavailable=ComputeApiUnavailableError)
 
 
 def _tags(resource: Mapping[str, Any]) -> dict[str, str]:
@@ -255,7 +247,7 @@ class Ec2ComputeProvider(ComputeProvider):
         try:
             self.cloudwatch.delete_alarms(AlarmNames=[name])
         except ClientError as exc:
-            if _code(exc) != "ResourceNotFound":
+            if aws_error_code(exc) != "ResourceNotFound":
                 log.error("status-check alarm %s of a retired host not deleted: %s", name, _api_error("", exc))
         except BotoCoreError as exc:
             log.error("status-check alarm %s of a retired host not deleted: %s", name, _api_error("", exc))
@@ -327,7 +319,7 @@ class Ec2ComputeProvider(ComputeProvider):
             try:
                 self.ec2.terminate_instances(InstanceIds=[host.host_id])
             except ClientError as exc:
-                if _code(exc) != "InvalidInstanceID.NotFound":
+                if aws_error_code(exc) != "InvalidInstanceID.NotFound":
                     raise _api_error(f"terminating {host.host_id}", exc) from exc
             except BotoCoreError as exc:
                 raise _api_error(f"terminating {host.host_id}", exc) from exc
@@ -353,8 +345,8 @@ class Ec2ComputeProvider(ComputeProvider):
         try:
             secret = self.secrets.get_secret_value(SecretId=self.ca_secret_id)
         except ClientError as exc:
-            code = _code(exc)
-            if code in _RETRYABLE_CODES:
+            code = aws_error_code(exc)
+            if is_transient(exc):
                 raise _api_error(f"reading {self.ca_secret_id}", exc) from exc
             if code == "ResourceNotFoundException":
                 problem = "does not exist."
@@ -382,9 +374,9 @@ class Ec2ComputeProvider(ComputeProvider):
         try:
             text = self.secrets.get_secret_value(SecretId=secret_id)["SecretString"]
         except ClientError as exc:
-            if _code(exc) == "ResourceNotFoundException":
+            if aws_error_code(exc) == "ResourceNotFoundException":
                 return None, "missing"
-            if _code(exc) == "InvalidRequestException":  # scheduled for deletion
+            if aws_error_code(exc) == "InvalidRequestException":  # scheduled for deletion
                 return None, "deleted"
             raise _api_error(f"reading {secret_id}", exc) from exc
         except BotoCoreError as exc:
@@ -450,7 +442,7 @@ class Ec2ComputeProvider(ComputeProvider):
                     )
                     return
                 except ClientError as exc:
-                    if _code(exc) != "ResourceExistsException":
+                    if aws_error_code(exc) != "ResourceExistsException":
                         raise
             if state == "deleted":
                 self.secrets.restore_secret(SecretId=secret_id)  # retired with an earlier host of this name
@@ -463,7 +455,7 @@ class Ec2ComputeProvider(ComputeProvider):
         try:
             self.secrets.delete_secret(SecretId=secret_id, RecoveryWindowInDays=7)
         except ClientError as exc:
-            if _code(exc) not in ("ResourceNotFoundException", "InvalidRequestException"):
+            if aws_error_code(exc) not in ("ResourceNotFoundException", "InvalidRequestException"):
                 raise _api_error(f"deleting {secret_id}", exc) from exc
         except BotoCoreError as exc:
             raise _api_error(f"deleting {secret_id}", exc) from exc
@@ -494,7 +486,7 @@ class Ec2ComputeProvider(ComputeProvider):
         try:
             self.elbv2.deregister_targets(**request)
         except ClientError as exc:
-            if _code(exc) != "InvalidTarget":  # not registered, or the instance is gone: nothing to do
+            if aws_error_code(exc) != "InvalidTarget":  # not registered, or the instance is gone: nothing to do
                 raise _api_error(f"deregistering {host.host_id}", exc) from exc
         except BotoCoreError as exc:
             raise _api_error(f"deregistering {host.host_id}", exc) from exc
@@ -612,7 +604,7 @@ class Ec2ComputeProvider(ComputeProvider):
                 TimeoutSeconds=300,  # for delivery; the document bounds the run itself
             )
         except ClientError as exc:
-            code = _code(exc)
+            code = aws_error_code(exc)
             if code == "InvalidInstanceId":
                 raise HostNotReadyError(
                     f"{document}: instance(s) {', '.join(ids)} not online in SSM yet (still booting?)"
@@ -632,7 +624,7 @@ class Ec2ComputeProvider(ComputeProvider):
         try:
             invocation = self.ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
         except ClientError as exc:
-            if _code(exc) == "InvocationDoesNotExist":
+            if aws_error_code(exc) == "InvocationDoesNotExist":
                 return None  # right after sending, the invocation is not visible yet
             raise _api_error(f"reading command {command_id} on {instance_id}", exc) from exc
         except BotoCoreError as exc:

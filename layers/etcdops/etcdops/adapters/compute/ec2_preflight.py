@@ -29,13 +29,12 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from etcdops.adapters.awserrors import aws_error_code, aws_error_message, is_transient
 from etcdops.adapters.compute.ec2 import (
     _DENIED_CODES,
-    _RETRYABLE_CODES,
     CONTROL_PLANE_TAG,
     Ec2ComputeProvider,
     _api_error,
-    _code,
 )
 from etcdops.domain.compute.base import DOCUMENTS, Host, PreflightPlan
 from etcdops.domain.compute.errors import CertificateAuthorityError, ComputeApiError
@@ -88,10 +87,10 @@ class _Checks:
         try:
             return call(), ""
         except ClientError as exc:
-            code = _code(exc)
+            code = aws_error_code(exc)
             if code == _DRY_RUN_OK:
                 return None, code
-            if code in _RETRYABLE_CODES:
+            if is_transient(exc):
                 raise _api_error(f"preflight: {action} for {subject}", exc) from exc
             if code in _DENIED_CODES:
                 self.add(
@@ -359,5 +358,4 @@ class _Checks:
 
 
 def _message(exc: ClientError) -> str:
-    text = " ".join(str(exc.response.get("Error", {}).get("Message", "")).split())
-    return text[:400] or "no message"
+    return aws_error_message(exc) or "no message"

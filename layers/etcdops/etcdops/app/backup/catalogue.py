@@ -19,8 +19,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from etcdops.adapters.backup.store import BackupStore
+from etcdops.app.probe import probe_cluster
 from etcdops.domain.backup.errors import BackupIntegrityError, BackupNotFoundError, ManifestMismatchError
 from etcdops.domain.backup.manifest import (
     Manifest,
@@ -28,10 +30,14 @@ from etcdops.domain.backup.manifest import (
     backup_id_from_object_key,
     backup_id_time,
     check_backup_id,
+    cluster_id_text,
     manifest_key,
     object_key,
 )
 from etcdops.domain.backup.retention import BackupRef, RetentionPolicy, plan_orphans, plan_retention
+
+if TYPE_CHECKING:
+    from etcdops.adapters.etcd.client import EtcdClient
 
 log = logging.getLogger("etcdops.adapters.backup")
 
@@ -126,6 +132,12 @@ def load_manifest(store: BackupStore, backup_id: str) -> Manifest:
     if manifest.id != backup_id:
         raise ManifestMismatchError(f"manifest {key} describes backup {manifest.id}, not {backup_id}")
     return manifest
+
+
+def live_cluster_id(client: EtcdClient, deadline: float) -> str | None:
+    """The id of the cluster incarnation the members reached through ``client`` answer with, as
+    manifests write it (None when no member says); what :func:`newest_verified` is asked for."""
+    return cluster_id_text(probe_cluster(client, deadline=deadline).cluster_id)
 
 
 def newest_verified(store: BackupStore, cluster_id: str | None) -> Manifest | None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from etcdops.adapters.state import LockLostError, StateStore
+from etcdops.adapters.state import LockLostError, LockStore
 from etcdops.domain.compute.base import ComputeProvider, PreflightPlan
 from etcdops.domain.compute.errors import HostCommandFailedError
 from etcdops.domain.errors import ConfigError
@@ -39,7 +39,7 @@ def runbook_findings(
     plan: PreflightPlan,
     backup_target: Callable[[], tuple[BackupStore, KeyProvider]],
     backup_id: str,
-    state: StateStore,
+    state: LockStore,
     *,
     cluster: str,
     execution: str,
@@ -72,7 +72,7 @@ def runbook_findings(
     return findings
 
 
-def lock_findings(state: StateStore, cluster: str, owner: str, lease_seconds: float, now: datetime) -> list[Finding]:
+def lock_findings(state: LockStore, cluster: str, owner: str, lease_seconds: float, now: datetime) -> list[Finding]:
     """The operation lock is still ``owner``'s: its lease is extended (a write to the state table)."""
     subject = f"operation lock of cluster {cluster}"
     try:

@@ -69,7 +69,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from etcdops.adapters import bbolt_keys
 from etcdops.adapters.aws import Notifier
@@ -77,8 +77,8 @@ from etcdops.adapters.backup.crypto import KeyProvider
 from etcdops.adapters.backup.store import BackupStore
 from etcdops.adapters.etcd.client import EtcdClient
 from etcdops.adapters.etcd.membership import ConfigStore, merge_endpoints, record_membership
-from etcdops.adapters.state import StateStore
-from etcdops.app.backup.catalogue import load_manifest, newest_verified
+from etcdops.adapters.state import IncidentStore, LockStore, ObservationStore
+from etcdops.app.backup.catalogue import live_cluster_id, load_manifest, newest_verified
 from etcdops.app.backup.job import CheckedSnapshot, checked_plaintext
 from etcdops.app.probe import probe_cluster
 from etcdops.app.runbook import (
@@ -91,7 +91,7 @@ from etcdops.app.runbook import (
 )
 from etcdops.app.runbook import preflight as checks
 from etcdops.domain.backup.errors import BackupNotFoundError, DecryptionError
-from etcdops.domain.backup.manifest import Manifest, cluster_id_text
+from etcdops.domain.backup.manifest import Manifest
 from etcdops.domain.compute.base import DOCUMENTS, ComputeProvider, Host, PreflightPlan
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import Backoff, EtcdopsError, SnapshotIncompleteError
@@ -124,6 +124,10 @@ STEP_RETRY: dict[str, dict[type[EtcdopsError], Backoff]] = {
 """Steps that wait longer than the default for an error (see :mod:`etcdops_local.retry_contract`)."""
 
 
+class RestoreStateStore(LockStore, IncidentStore, ObservationStore, Protocol):
+    """What RestoreCluster keeps in the state table: the lock, its announcements, the members last seen."""
+
+
 @dataclass
 class RestoreContext:
     """What the steps need, passed in by the handler (AWS) or the local stack."""
@@ -131,7 +135,7 @@ class RestoreContext:
     config: ClusterConfig
     client: Callable[[Sequence[str]], EtcdClient]  # a client for these client URLs (TLS from the config)
     compute: ComputeProvider
-    state: StateStore
+    state: RestoreStateStore
     notifier: Notifier
     backup_target: Callable[[], tuple[BackupStore, KeyProvider]]
     config_stores: Sequence[ConfigStore]  # where the configuration lives: updated after the restore
@@ -297,7 +301,7 @@ def _live_cluster_id(ctx: RestoreContext, host_urls: Sequence[str]) -> str | Non
     if not seeds:
         return None
     with ctx.client(seeds) as client:
-        return cluster_id_text(probe_cluster(client, deadline=ctx.config.health.probe_deadline_seconds).cluster_id)
+        return live_cluster_id(client, ctx.config.health.probe_deadline_seconds)
 
 
 def _no_default_backup(uri: str, live: str | None) -> str:

@@ -58,7 +58,8 @@ class BackupStoreError(BackupError):
 
 
 class StorePermissionError(BackupStoreError):
-    """The object store refused access (permissions, missing bucket); retrying will not help."""
+    """The object store refused the request (permissions, a missing bucket, a request it will never
+    accept); retrying will not help."""
 
     retryable = False
 
