@@ -123,3 +123,104 @@ def test_34_to_35_is_refused_with_auth_enabled_and_changes_nothing(start_cluster
     with pytest.raises(UpgradeRefusedError, match="not a supported rolling upgrade with auth enabled"):
         upgrade.run_step(ctx, "CheckPath", {"cluster": "local", "execution": "upgrade-auth-1", "version": "3.5.30"})
     assert versions(cluster) == {"m1": "3.4.23"} and cluster.state().members[0].pid == pid
+
+
+def retried(ctx: RunbookContext, step: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """``step`` once, retried as the state machine does on the errors it retries."""
+    return with_retries(lambda: upgrade.run_step(ctx, step, doc))
+
+
+class Crash(Exception):
+    """The process running a step dies here (what kill -9 of its Lambda would leave behind)."""
+
+
+def crash_once_after(compute: Any, method: str) -> None:
+    """``compute.method`` does its work, then the step's process "dies"; the next call behaves normally."""
+    real = getattr(compute, method)
+
+    def once(*args: Any, **kwargs: Any) -> Any:
+        setattr(compute, method, real)
+        real(*args, **kwargs)
+        raise Crash(f"killed right after {method}")
+
+    setattr(compute, method, once)
+
+
+def down(cluster: LocalCluster) -> list[str]:
+    return [p.name for p in cluster.ps() if p.state != "running"]
+
+
+def test_steps_crashing_halfway_run_again_and_the_member_comes_back(
+    start_cluster: Any, etcd351: EtcdBinaries, etcd3530: EtcdBinaries
+) -> None:
+    # Given a 3-member TLS cluster on 3.5.1 whose hosts also have 3.5.30, a writer, and an upgrade at its first member
+    cluster: LocalCluster = start_cluster(etcd351)
+    cluster.add_binaries(etcd3530)
+    ctx = context_for(cluster)
+    writer = Writer(cluster)
+    writer.thread.start()
+    doc: dict[str, Any] = {"cluster": "local", "execution": "upgrade-crash-1", "version": "3.5.30"}
+    doc = upgrade.run_step(ctx, "CheckPath", doc)
+    doc = retried(ctx, "NextMember", doc)
+    doc = retried(ctx, "MoveLeadership", doc)
+    first = doc["current"]["name"]
+
+    # When each of StopMember, SwapBinary and StartMember dies right after its host action, and runs again
+    for step, action in (("StopMember", "stop_etcd"), ("SwapBinary", "run_action"), ("StartMember", "start_etcd")):
+        crash_once_after(ctx.compute, action)
+        with pytest.raises(Crash):
+            upgrade.run_step(ctx, step, doc)
+        assert down(cluster) == ([] if step == "StartMember" else [first])  # never two members down
+        doc = retried(ctx, step, doc)
+        assert down(cluster) == ([] if step == "StartMember" else [first])
+    doc = retried(ctx, "WaitMemberUpgraded", doc)
+
+    # Then the member is back, healthy, on 3.5.30, the others untouched
+    assert versions(cluster)[first] == "3.5.30" and [u["name"] for u in doc["upgraded"]] == [first]
+    assert sorted(v for n, v in versions(cluster).items() if n != first) == ["3.5.1", "3.5.1"]
+
+    # When the next member's SwapBinary dies after the swap (the state machine catches it: roll back), and the
+    # rollback itself dies after swapping back, before the start, and runs again
+    doc = retried(ctx, "NextMember", doc)
+    second = doc["current"]["name"]
+    for step in ("MoveLeadership", "StopMember"):
+        doc = retried(ctx, step, doc)
+    crash_once_after(ctx.compute, "run_action")
+    with pytest.raises(Crash):
+        upgrade.run_step(ctx, "SwapBinary", doc)
+    crash_once_after(ctx.compute, "run_action")
+    with pytest.raises(Crash):
+        upgrade.run_step(ctx, "RollBackMember", doc)
+    assert down(cluster) == [second]
+    doc = retried(ctx, "RollBackMember", doc)
+
+    # Then that member runs its old 3.5.1 again, nobody else went down, and no acknowledged write is lost
+    assert doc["current"]["rolled_back_to"] == "3.5.1" and down(cluster) == []
+    assert versions(cluster)[second] == "3.5.1" and versions(cluster)[first] == "3.5.30"
+    assert writer.acked and not writer.lost()
+
+
+def test_no_rollback_once_the_cluster_version_moved(start_cluster: Any, etcd3530: EtcdBinaries) -> None:
+    # Given a one-member 3.4.23 cluster upgraded to 3.5.30 by the runbook's steps: every member on 3.5.30, and
+    # the cluster version 3.5
+    cluster: LocalCluster = start_cluster(etcd_flavour("etcd34"), members=1)
+    cluster.add_binaries(etcd3530)
+    ctx = context_for(cluster)
+    doc: dict[str, Any] = {"cluster": "local", "execution": "upgrade-moved-1", "version": "3.5.30"}
+    doc = upgrade.run_step(ctx, "CheckPath", doc)
+    doc = upgrade.run_step(ctx, "NextMember", doc)
+    current = doc["current"]
+    for step in PER_MEMBER:
+        doc = retried(ctx, step, doc)
+    doc = retried(ctx, "CheckClusterVersion", doc)
+    assert doc["cluster_version_after"] == "3.5.0" and versions(cluster) == {"m1": "3.5.30"}
+    pid = cluster.state().members[0].pid
+
+    # When the member is asked to roll back to 3.4.23, Then that is refused in one line naming invariant 16,
+    # and nothing changed
+    with pytest.raises(upgrade.RollbackFailedError) as refused:
+        upgrade.run_step(ctx, "RollBackMember", {**doc, "current": current})
+    reason = str(refused.value)
+    assert "\n" not in reason and "invariant 16" in reason and "cluster version is 3.5.0 already" in reason
+    assert versions(cluster) == {"m1": "3.5.30"} and cluster.state().members[0].pid == pid
+    assert down(cluster) == []

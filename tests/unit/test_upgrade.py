@@ -15,6 +15,7 @@ from etcdops.domain.upgrade import (
     plan_path,
     refusals,
     report,
+    rollback_refusal,
     upgrade_order,
 )
 
@@ -132,3 +133,31 @@ def test_a_refused_or_early_failure_says_nothing_was_changed() -> None:
         assert failure_report(doc) == "Nothing was changed: every member runs the version it ran before."
     stuck = {**MIDWAY, "current": {"name": "m2", "id": "2", "before": "3.4.23", "stopped_at": "x"}, "error": {}}
     assert failure_report(stuck).startswith("Member m2 may be down or on either version")
+
+
+@pytest.mark.parametrize(
+    ("before", "target", "cluster_version"),
+    [
+        ("3.4.23", "3.5.30", "3.4.0"),  # mixed: the cluster still runs at 3.4
+        ("3.4.23", "3.5.30", "3.4"),
+        ("3.5.1", "3.5.30", "3.5.0"),  # a patch upgrade never moves the cluster version
+        ("3.4.23", "3.5.30", None),  # no member said: the rollback is not refused for that
+    ],
+)
+def test_rollback_allowed_while_the_cluster_version_is_the_old_one(
+    before: str, target: str, cluster_version: str | None
+) -> None:
+    assert rollback_refusal("m2", before, target, cluster_version) is None
+
+
+@pytest.mark.parametrize("cluster_version", ["3.5.0", "3.5", "3.6.0"])
+def test_rollback_refused_once_the_cluster_version_moved(cluster_version: str) -> None:
+    reason = rollback_refusal("m2", "3.4.23", "3.5.30", cluster_version)
+    assert reason is not None and "\n" not in reason
+    assert reason.startswith(f"member m2 cannot go back to etcd 3.4.23: the cluster version is {cluster_version}")
+    assert "invariant 16" in reason and "below 3.5" in reason and "nothing was changed" in reason
+
+
+def test_a_downgrade_request_names_invariant_16() -> None:
+    reason = refused(["3.5.30"] * 3, "3.4.23")
+    assert "downgrade" in reason and "invariant 16" in reason and "\n" not in reason

@@ -90,8 +90,8 @@ def _step_reasons(source: EtcdVersion, target: EtcdVersion, auth_enabled: bool) 
     """Why going from ``source`` to ``target`` in one step is refused (empty: allowed)."""
     if target < source:
         return [
-            f"{source} -> {target} is a downgrade, which an upgrade never does (going back by swapping "
-            "binaries works only while the cluster is still mixed)"
+            f"{source} -> {target} is a downgrade, which an upgrade never does (invariant 16: going back by "
+            "swapping binaries works only while the cluster is still mixed)"
         ]
     if target.major != source.major:
         return [f"{source} -> {target} changes the major version"]
@@ -145,6 +145,22 @@ def refusals(health: ClusterHealth) -> list[str]:
         reasons.append("the cluster has no leader")
     reasons += [f"alarm {a.alarm} is raised on member {a.member_id:x}" for a in health.alarms]
     return reasons
+
+
+def rollback_refusal(name: str, before: str, target: str, cluster_version: str | None) -> str | None:
+    """Why member ``name`` may not go back from ``target`` to ``before`` by swapping binaries now, in one
+    line (None: it may). Invariant 16: only while the cluster version is still below the target's minor
+    (a mixed cluster runs at the lowest version); once it moved, the data files are the newer minor's."""
+    old, new = EtcdVersion.parse(before), EtcdVersion.parse(target)
+    text = cluster_version or ""
+    moved = EtcdVersion.parse(f"{text}.0" if text.count(".") == 1 else text)  # etcd says 3.5.0; 3.5 read alike
+    if old is None or new is None or old.line == new.line or moved is None or moved.line < new.line:
+        return None
+    return (
+        f"member {name} cannot go back to etcd {before}: the cluster version is {cluster_version} already, and "
+        f"invariant 16 allows going back by swapping binaries only while it is below {new.major}.{new.minor}; "
+        "nothing was changed (restore from the backup to go back)"
+    )
 
 
 def upgrade_order(health: ClusterHealth, target: EtcdVersion) -> list[MemberHealth]:

@@ -39,7 +39,15 @@ from etcdops.app.runbook import preflight as checks
 from etcdops.domain.compute.base import Host, PreflightPlan
 from etcdops.domain.errors import Backoff, EtcdopsError, UpgradeRefusedError
 from etcdops.domain.health import ClusterHealth, MemberHealth, quorum_of
-from etcdops.domain.upgrade import EtcdVersion, failure_report, plan_path, refusals, report, upgrade_order
+from etcdops.domain.upgrade import (
+    EtcdVersion,
+    failure_report,
+    plan_path,
+    refusals,
+    report,
+    rollback_refusal,
+    upgrade_order,
+)
 
 LOCK_LEASE_SECONDS = 3600
 CATCH_UP_ENTRIES = 1000
@@ -247,18 +255,25 @@ def swap_binary(ctx: RunbookContext, doc: Document) -> Document:
     return doc
 
 
-def _start(ctx: RunbookContext, host: Host) -> None:
-    """Start etcd on ``host`` again (its data directory decides the membership; the list is for the check)."""
-    with ctx.client() as client:
-        members = client.member_list()
-    initial = ",".join(
-        f"{host.name if m.peer_urls[0] == host.peer_url else m.name}={m.peer_urls[0]}" for m in members if m.peer_urls
-    )
+def _start(ctx: RunbookContext, host: Host, doc: Document) -> None:
+    """Start etcd on ``host`` again (its data directory decides the membership; the list is for the check).
+    The list comes from the other members; a one-member cluster's only member is the one stopped, so its
+    list is the host alone."""
+    if len(doc.get("members") or {}) == 1:
+        initial = f"{host.name}={host.peer_url}"
+    else:
+        with ctx.client() as client:
+            members = client.member_list()
+        initial = ",".join(
+            f"{host.name if m.peer_urls[0] == host.peer_url else m.name}={m.peer_urls[0]}"
+            for m in members
+            if m.peer_urls
+        )
     ctx.compute.start_etcd(host, initial, "existing")
 
 
 def start_member(ctx: RunbookContext, doc: Document) -> Document:
-    _start(ctx, _host(ctx, doc["current"]["name"]))
+    _start(ctx, _host(ctx, doc["current"]["name"]), doc)
     return doc
 
 
@@ -303,14 +318,6 @@ def wait_member_upgraded(ctx: RunbookContext, doc: Document) -> Document:
     return {**doc, "upgraded": upgraded, "current": None}
 
 
-def _in_rollback_window(doc: Document, health: ClusterHealth) -> bool:
-    """A member goes back by swapping binaries only while the cluster version is still the old one."""
-    target = _target(doc)
-    source = EtcdVersion.parse(str(doc.get("from_version") or ""))
-    moved = _line(health.cluster_version)
-    return source is None or source.line == target.line or moved is None or moved < target.line
-
-
 def roll_back_member(ctx: RunbookContext, doc: Document) -> Document:
     """The member that failed goes back to its old binary and is started again; the cluster stays mixed
     and the runbook ends failed. Converges: a member already back, healthy, on its old version is left."""
@@ -321,14 +328,13 @@ def roll_back_member(ctx: RunbookContext, doc: Document) -> Document:
     health = probe(ctx)
     member = health.member(member_id)
     if not (member and member.healthy and member.version == before):
-        if not _in_rollback_window(doc, health):
-            raise RollbackFailedError(
-                f"member {name} cannot go back to {before}: the cluster version is {health.cluster_version} already"
-            )
+        refusal = rollback_refusal(name, before, str(_target(doc)), health.cluster_version)
+        if refusal:
+            raise RollbackFailedError(refusal)
         host = _host(ctx, name)
         ctx.compute.stop_etcd(host)
         ctx.compute.run_action("swap-etcd-binary", [host], {"version": before})
-        _start(ctx, host)
+        _start(ctx, host, doc)
         _wait_back(ctx, name, member_id, before)
     current["rolled_back_to"] = before
     current["seconds"] = _seconds_since(ctx, current.get("started_at"))
