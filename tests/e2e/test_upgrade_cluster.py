@@ -32,6 +32,7 @@ from etcd_versions import etcd_flavour
 from etcdops.app.approval import decide_approval
 from etcdops.app.probe import probe_cluster
 from etcdops_local.aws.stack import LocalAws, execution_history, execution_name, start_execution, wait_for_execution
+from etcdops_local.cli.story import outcome
 from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
 pytestmark = pytest.mark.e2e
@@ -127,6 +128,10 @@ def test_refused_failed_and_finished_upgrades_from_34_to_35(
         done, _, cluster_version, healthy = observed(cluster)
         assert set(done.values()) == {"3.5.30"} and healthy and cluster_version == "3.5.0"
         assert report["cluster_version_after"] == "3.5.0"
+        # and `runbook show` says each member's version before and after in its outcome line
+        shown = outcome("SUCCEEDED", report, [])
+        assert f"{first} on 3.5.30 already" in shown and "cluster version 3.4.0 -> 3.5.0" in shown, shown
+        assert all(f"{name} 3.4.23 -> 3.5.30" in shown for name in (failed.group(1), untouched)), shown
         # and the autopilot, which saw each member stopped, replaced none: the upgrade held the lock
         assert executions(pilot) == []
     # and no acknowledged write was lost

@@ -145,3 +145,23 @@ def test_a_replacement_that_succeeded_says_who_took_whose_place() -> None:
 
     assert outcome("SUCCEEDED", done, []) == "succeeded: m2 replaced by m2-r65570c (c2458ae9f873edbf)"
     assert outcome("SUCCEEDED", {"cluster": "local"}, []) == "succeeded: every step ran to its end"  # a restore
+
+
+def test_an_upgrade_that_succeeded_says_each_members_version_before_and_after() -> None:
+    done = {
+        "version": "3.5.30",
+        "members": {"m1": {"before": "3.5.30"}, "m2": {"before": "3.4.23"}, "m3": {"before": "3.4.23"}},
+        "upgraded": [
+            {"name": "m2", "before": "3.4.23", "after": "3.5.30", "was_leader": False},
+            {"name": "m3", "before": "3.4.23", "after": "3.5.30", "was_leader": True},
+        ],
+        "cluster_version_before": "3.4.0",
+        "cluster_version_after": "3.5.0",
+    }
+
+    assert outcome("SUCCEEDED", done, []) == (
+        "succeeded: upgraded to etcd 3.5.30: m1 on 3.5.30 already, m2 3.4.23 -> 3.5.30, "
+        "m3 3.4.23 -> 3.5.30 (led; went last); cluster version 3.4.0 -> 3.5.0"
+    )
+    nothing = {"version": "3.5.30", "nothing_to_do": True, "upgraded": []}
+    assert outcome("SUCCEEDED", nothing, []) == "succeeded: every member runs etcd 3.5.30 already; nothing was upgraded"

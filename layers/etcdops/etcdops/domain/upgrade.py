@@ -203,6 +203,25 @@ def report(doc: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summary(doc: Mapping[str, Any]) -> str:
+    """A finished UpgradeCluster in one line (``runbook show``): each member's version before and after,
+    and where the cluster version went."""
+    target = doc.get("version")
+    if doc.get("nothing_to_do"):
+        return f"every member runs etcd {target} already; nothing was upgraded"
+    upgraded = {u["name"]: u for u in doc.get("upgraded") or []}
+    parts = []
+    for name, member in sorted((doc.get("members") or {}).items()):
+        done = upgraded.get(name)
+        if done is None:
+            parts.append(f"{name} on {member['before']} already")
+        else:
+            led = " (led; went last)" if done.get("was_leader") else ""
+            parts.append(f"{name} {done['before']} -> {done['after']}{led}")
+    before, after = doc.get("cluster_version_before"), doc.get("cluster_version_after")
+    return f"upgraded to etcd {target}: {', '.join(parts)}; cluster version {before} -> {after}"
+
+
 def failure_report(doc: Mapping[str, Any]) -> str:
     """Where a failed UpgradeCluster left the cluster, with the report, for the failure message."""
     error = (doc.get("error") or {}).get("Error")
