@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from etcdops.domain.errors import EtcdNoSpaceError
 from etcdops.domain.health import Alarm, ClusterHealth, MemberHealth
 from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
@@ -117,6 +118,31 @@ def binaries_failing_after(binaries: EtcdBinaries, bin_dir: Path, starts: int) -
     )
     etcd.chmod(0o755)
     return EtcdBinaries.locate(bin_dir)
+
+
+QUOTA = 512 * 1024
+"""The backend quota of the maintenance tests' small clusters (``local up --quota-backend-bytes``)."""
+
+
+def fill_to_nospace(cluster: LocalCluster) -> tuple[dict[bytes, bytes], tuple[bytes, bytes]]:
+    """Overwrite 8 keys with 8 KiB values until a cluster made with a ``QUOTA`` backend quota refuses with
+    NOSPACE (history that compaction can free): the acknowledged last values, and the refused write (etcd
+    may have applied it all the same: its apply-time quota check answers NOSPACE after applying the put)."""
+    acked: dict[bytes, bytes] = {}
+    with cluster.client() as client:
+        for i in range(10 * QUOTA // 8192):
+            key, value = f"/fill/{i % 8}".encode(), (f"{i:06d}" * 1366).encode()[:8192]
+            try:
+                client.put(key, value)
+            except EtcdNoSpaceError:
+                return acked, (key, value)
+            acked[key] = value
+    raise AssertionError("etcd took 10x its quota without NOSPACE")
+
+
+def none_lost(stored: dict[bytes, bytes], acked: dict[bytes, bytes], refused: tuple[bytes, bytes]) -> bool:
+    """Every acknowledged last value is stored, except where the refused write (applied after all) replaced it."""
+    return all(stored.get(key) == value or (key, stored.get(key)) == refused for key, value in acked.items())
 
 
 class Writer:

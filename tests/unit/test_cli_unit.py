@@ -63,6 +63,7 @@ REQUIRED: dict[tuple[str, ...], list[str]] = {
     ("runbook", "start", "restore"): [],
     ("notifications",): [],
     ("runbook", "start", "upgrade"): ["--version", "3.5.30"],
+    ("runbook", "start", "maintain"): [],
     ("demo",): [],
     ("completion",): ["bash"],
 }

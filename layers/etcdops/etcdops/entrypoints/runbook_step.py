@@ -34,7 +34,7 @@ class RunbookStepEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    runbook: Literal["replace", "restore", "upgrade"]
+    runbook: Literal["replace", "restore", "upgrade", "maintain"]
     step: str
     execution: str
     document: dict[str, Any]
@@ -106,6 +106,10 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
             from etcdops.app.runbook import upgrade
 
             return upgrade.run_step(context, event.step, document)
+        if event.runbook == "maintain":
+            from etcdops.app.runbook import maintain
+
+            return maintain.run_step(context, event.step, document)
         return replace.run_step(context, event.step, document)
 
 

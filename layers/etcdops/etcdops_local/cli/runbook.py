@@ -15,6 +15,7 @@ RUNBOOKS = {
     "replace": "ReplaceMemberStateMachine",
     "restore": "RestoreClusterStateMachine",
     "upgrade": "UpgradeClusterStateMachine",
+    "maintain": "MaintainClusterStateMachine",
 }
 
 
@@ -257,6 +258,25 @@ def cmd_runbook_start_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runbook_start_maintain(args: argparse.Namespace) -> int:
+    """MaintainCluster now, as its schedule would start it: compaction, defragmentation by rule, NOSPACE
+    recovery; it skips a cluster that is not fully healthy or whose lock another runbook holds."""
+    from etcdops_local.aws.stack import execution_name, start_execution
+    from etcdops_local.cli.options import resolve_config
+
+    session, arns = operator_session(args)
+    config = resolve_config(args)
+    document: dict[str, Any] = {
+        "cluster": config.name,
+        "reason": args.reason or f"requested by an operator: maintain {config.name}",
+        "requires_approval": args.approval,
+    }
+    name = execution_name(f"maintain-{config.name}")
+    arn = start_execution(session.client("stepfunctions"), _arn(args, arns, "maintain"), document, name=name)
+    emit(args, {"name": name, "arn": arn, "input": document}, lambda: f"started {name}")
+    return 0
+
+
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     runbook = commands.add_parser("runbook", help="runbook executions (Step Functions)", parents=[common])
     actions = runbook.add_subparsers(dest="runbook_command", metavar="ACTION", required=True)
@@ -296,3 +316,11 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     upgrade.add_argument("--approval", action="store_true", help="wait for a human approval first")
     upgrade.add_argument("--reason", help="why (goes into the notifications)")
     upgrade.set_defaults(handler=cmd_runbook_start_upgrade)
+    maintain = kinds.add_parser(
+        "maintain",
+        help="compact, defragment by rule one member at a time (the leader last), recover from NOSPACE",
+        parents=[common],
+    )
+    maintain.add_argument("--approval", action="store_true", help="wait for a human approval first")
+    maintain.add_argument("--reason", help="why (goes into the notifications)")
+    maintain.set_defaults(handler=cmd_runbook_start_maintain)

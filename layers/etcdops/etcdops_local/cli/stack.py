@@ -27,6 +27,7 @@ OUTPUTS = {
     "replace": "ReplaceMemberStateMachineArn",
     "restore": "RestoreClusterStateMachineArn",
     "upgrade": "UpgradeClusterStateMachineArn",
+    "maintain": "MaintainClusterStateMachineArn",
     "bucket": "BackupBucketName",
     "key": "BackupKeyArn",
     "topic": "NotificationTopicArn",
@@ -52,7 +53,7 @@ class DeployedStack:
     def runbooks(self) -> dict[str, str]:
         return {
             name: self.outputs[OUTPUTS[name]]
-            for name in ("replace", "restore", "upgrade")
+            for name in ("replace", "restore", "upgrade", "maintain")
             if self.outputs.get(OUTPUTS[name])
         }
 

@@ -127,7 +127,7 @@ def assess(ctx: RunbookContext, doc: Document) -> Document:
             "approval_summary": summary,
             "predicted": {v.member: v.reclaimable_bytes for v in verdicts if v.defragment},
             "defragmented": doc.get("defragmented") or [],
-            "pause_seconds": ctx.config.maintenance.pause_between_members_seconds,
+            "pause_seconds": round(ctx.config.maintenance.pause_between_members_seconds),  # a Wait takes whole seconds
         },
         "assess",
         started,
