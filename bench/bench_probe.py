@@ -23,9 +23,10 @@ from pathlib import Path
 
 from etcdops.adapters.aws import MemoryNotifier
 from etcdops.adapters.etcd.connect import client_for
+from etcdops.adapters.health_aws import InstanceDirectory, RecordingReplaceStarter
 from etcdops.adapters.healthmetrics import RecordingMetrics
 from etcdops.adapters.state_memory import InMemoryStateStore
-from etcdops.app.healthcheck import HealthContext, InstanceDirectory, RecordingReplaceStarter, Trigger, run_health_round
+from etcdops.app.healthcheck import HealthContext, Trigger, run_health_round
 from etcdops.app.probe import probe_cluster
 from etcdops_local.cluster import EtcdBinaries, LocalCluster
 

@@ -16,9 +16,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.approval import LinkSigner, SigningSecretCache, handle_api_request
-from etcdops.domain.settings import ApprovalApiSettings
 from etcdops.entrypoints.events import parse_event
 from etcdops.entrypoints.observability import function_logger
+from etcdops.entrypoints.settings import ApprovalApiSettings
 
 logger = function_logger("etcdops-approval")
 signing_secret = SigningSecretCache()  # filled on the first invocation, kept for the container's life

@@ -12,10 +12,10 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.domain.settings import JobSettings
 from etcdops.entrypoints.events import parse_event
 from etcdops.entrypoints.jobs import AwsClients, backup_job
 from etcdops.entrypoints.observability import function_logger
+from etcdops.entrypoints.settings import JobSettings
 
 logger = function_logger("etcdops-backup")
 # no service dimension: cluster is the only one, as in HealthCheck, so the alarms match every publisher

@@ -11,10 +11,10 @@ import boto3
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.domain.settings import JobSettings
 from etcdops.entrypoints.events import VerifyEvent, parse_event
 from etcdops.entrypoints.jobs import AwsClients, verify_job
 from etcdops.entrypoints.observability import function_logger
+from etcdops.entrypoints.settings import JobSettings
 
 logger = function_logger("etcdops-backup-verify")
 # no service dimension: cluster is the only one, as in HealthCheck, so the alarms match every publisher

@@ -13,10 +13,10 @@ import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from etcdops.adapters.aws import SnsNotifier
-from etcdops.domain.settings import FailureNoticeSettings
 from etcdops.entrypoints.events import FailedInvocationRecord, parse_event
 from etcdops.entrypoints.jobs import failure_notice_job
 from etcdops.entrypoints.observability import function_logger
+from etcdops.entrypoints.settings import FailureNoticeSettings
 
 logger = function_logger("etcdops-failure-notice")
 

@@ -13,11 +13,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from etcdops.adapters.aws import SnsNotifier
 from etcdops.adapters.healthmetrics import EmfHealthMetrics
 from etcdops.adapters.state_dynamodb import DynamoStateStore
-from etcdops.app.healthcheck import HealthAwsClients, health_job
-from etcdops.domain.settings import HealthSettings
 from etcdops.entrypoints.events import HealthCheckEvent, parse_event
+from etcdops.entrypoints.health_check import HealthAwsClients, health_job
 from etcdops.entrypoints.health_triggers import trigger_from_event
 from etcdops.entrypoints.observability import function_logger
+from etcdops.entrypoints.settings import HealthSettings
 
 logger = function_logger("etcdops-health-check")
 # no service dimension: the metrics' only dimension is cluster (plus member), which the alarms match exactly

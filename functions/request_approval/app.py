@@ -22,9 +22,9 @@ from etcdops.app.approval import (
     SigningSecretCache,
     request_approval,
 )
-from etcdops.domain.settings import RequestApprovalSettings
 from etcdops.entrypoints.events import parse_event
 from etcdops.entrypoints.observability import function_logger
+from etcdops.entrypoints.settings import RequestApprovalSettings
 
 logger = function_logger("etcdops-request-approval")
 signing_secret = SigningSecretCache()  # filled on the first invocation, kept for the container's life

@@ -8,10 +8,10 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.domain.settings import RunbookSettings
 from etcdops.entrypoints.events import parse_event
 from etcdops.entrypoints.observability import function_logger
 from etcdops.entrypoints.runbook_step import RunbookStepEvent, run_runbook_step
+from etcdops.entrypoints.settings import RunbookSettings
 
 logger = function_logger("etcdops-runbook")
 

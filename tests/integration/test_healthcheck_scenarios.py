@@ -25,22 +25,18 @@ from etcdops.adapters.aws import MemoryNotifier
 from etcdops.adapters.backup.store import BackupStore, open_store
 from etcdops.adapters.backup.target import open_backup_target
 from etcdops.adapters.etcd.connect import client_for
+from etcdops.adapters.health_aws import (
+    InstanceDirectory,
+    RecordingReplaceStarter,
+    ReplaceStarter,
+    StepFunctionsReplaceStarter,
+)
 from etcdops.adapters.healthmetrics import RecordingMetrics
 from etcdops.adapters.state import StateStore
 from etcdops.adapters.state_memory import InMemoryStateStore
 from etcdops.app.backup.catalogue import list_backups
 from etcdops.app.backup.job import ensure_fresh_backup, run_backup
-from etcdops.app.healthcheck import (
-    HealthContext,
-    HealthRoundResult,
-    InstanceDirectory,
-    RecordingReplaceStarter,
-    ReplaceStarter,
-    StepFunctionsReplaceStarter,
-    Trigger,
-    round_seeds,
-    run_health_round,
-)
+from etcdops.app.healthcheck import HealthContext, HealthRoundResult, Trigger, round_seeds, run_health_round
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.backup.errors import StorePermissionError
 from etcdops.domain.config import ClusterConfig

@@ -38,8 +38,8 @@ from etcdops.app.approval import (
     verify_link,
 )
 from etcdops.domain.errors import ConfigError
-from etcdops.domain.settings import RequestApprovalSettings
 from etcdops.entrypoints.events import parse_event
+from etcdops.entrypoints.settings import RequestApprovalSettings
 
 SECRET = b"k" * 32
 OTHER_SECRET = b"j" * 32

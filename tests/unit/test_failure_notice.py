@@ -13,9 +13,9 @@ import pytest
 
 from etcdops.adapters.aws import MemoryNotifier
 from etcdops.domain.job_messages import ERROR_LIMIT, function_name_of, job_failed, job_of
-from etcdops.domain.settings import JobSettings
 from etcdops.entrypoints.events import FailedInvocationRecord, InvalidEventError, parse_event
 from etcdops.entrypoints.jobs import failure_notice_job
+from etcdops.entrypoints.settings import JobSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 # what Lambda sends FailureNotice (sam local invoke FailureNoticeFunction -e events/failure_notice_record.json)

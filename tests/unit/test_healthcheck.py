@@ -21,6 +21,7 @@ from moto_ec2 import register_host_image, without_public_images
 from etcdops.adapters.aws import MemoryNotifier
 from etcdops.adapters.awserrors import AwsError
 from etcdops.adapters.etcd.client import EtcdClient
+from etcdops.adapters.health_aws import InstanceDirectory, RecordingReplaceStarter, StepFunctionsReplaceStarter
 from etcdops.adapters.healthmetrics import (
     RecordingMetrics,
     compute_health_metrics,
@@ -29,20 +30,13 @@ from etcdops.adapters.healthmetrics import (
 )
 from etcdops.adapters.state import StateStore
 from etcdops.adapters.state_memory import InMemoryStateStore
-from etcdops.app.healthcheck import (
-    HealthContext,
-    InstanceDirectory,
-    RecordingReplaceStarter,
-    StepFunctionsReplaceStarter,
-    act,
-    discount_alarm_reports,
-    replace_input,
-)
+from etcdops.app.health_actions import act, replace_input
+from etcdops.app.healthcheck import HealthContext, discount_alarm_reports
 from etcdops.domain.config import parse_config
 from etcdops.domain.errors import ConfigError
 from etcdops.domain.health import Alarm
 from etcdops.domain.policy import Action, Decision, Notification, NotificationKind
-from etcdops.domain.settings import HealthSettings
+from etcdops.entrypoints.settings import HealthSettings
 from etcdops_local.health_loop import local_health_schedule, schedule_seconds, template_health_schedule
 
 NOW = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)

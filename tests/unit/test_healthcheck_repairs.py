@@ -19,13 +19,10 @@ from test_healthcheck import (  # noqa: F401 - aws: the account fixture
 )
 
 from etcdops.adapters.aws import MemoryNotifier
+from etcdops.adapters.health_aws import ExecutionState, RecordingReplaceStarter
 from etcdops.adapters.state import StateStore
-from etcdops.app.healthcheck import (
-    ExecutionState,
-    RecordingReplaceStarter,
-    act,
-    release_abandoned_lock,
-)
+from etcdops.app.health_actions import act
+from etcdops.app.healthcheck import release_abandoned_lock
 from etcdops.domain.errors import APPROVAL_REJECTED
 from etcdops.domain.policy import Action, Decision
 from etcdops.domain.repair import AttemptStatus

@@ -10,8 +10,8 @@ import pytest
 from etcdops.app.runbook import caught_error
 from etcdops.domain.config import parse_config
 from etcdops.domain.errors import ConfigError
-from etcdops.domain.settings import RunbookSettings
 from etcdops.entrypoints.runbook_step import staging_store
+from etcdops.entrypoints.settings import RunbookSettings
 
 ENV = {"CLUSTER_CONFIG_PARAMETER": "/etcdops/prod", "TABLE_NAME": "t", "TOPIC_ARN": "arn:t", "STACK_NAME": "prod"}
 

@@ -1,4 +1,4 @@
-"""One settings model per Lambda function (etcdops.domain.settings): built from what template.yaml gives that
+"""One settings model per Lambda function (etcdops.entrypoints.settings): built from what template.yaml gives that
 function, refusing a missing or malformed variable with one line that names it."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from template_model import Template
 
 from etcdops.domain.errors import ConfigError
-from etcdops.domain.settings import (
+from etcdops.entrypoints.settings import (
     DEFAULT_APPROVAL_TTL_SECONDS,
     ApprovalApiSettings,
     EnvSettings,

@@ -31,14 +31,13 @@ import yaml
 from etcdops.adapters.aws import MemoryNotifier
 from etcdops.adapters.backup.store import open_store
 from etcdops.adapters.etcd.connect import client_for
+from etcdops.adapters.health_aws import InstanceDirectory, RecordingReplaceStarter
 from etcdops.adapters.healthmetrics import RecordingMetrics
 from etcdops.adapters.state import StateStore
 from etcdops.adapters.state_memory import InMemoryStateStore
 from etcdops.app.healthcheck import (
     HealthContext,
     HealthRoundResult,
-    InstanceDirectory,
-    RecordingReplaceStarter,
     Trigger,
     TriggerKind,
     round_seeds,

@@ -20,81 +20,51 @@ One round (:func:`run_health_round`) is the same in AWS and in the local stack:
    Escalations and notifications are published once per incident
    (``IncidentStore.record_incident``), not once per round.
 
-:func:`health_job` is the Lambda side: configuration from SSM, TLS from Secrets Manager, clients
-passed in. Nothing here reads the environment (:class:`etcdops.domain.settings.HealthSettings` does).
+Acting on the decision is :mod:`etcdops.app.health_actions`; the EC2 and Step Functions calls are
+:mod:`etcdops.adapters.health_aws`; the Lambda wiring is :mod:`etcdops.entrypoints.health_check`.
+Nothing here reads the environment or creates a client.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, load_cluster_config, materialize_tls
-from etcdops.adapters.awserrors import aws_error, aws_error_code
-from etcdops.adapters.backup.store import BackupStore, open_store
+from etcdops.adapters.aws import Notifier
+from etcdops.adapters.backup.store import BackupStore
 from etcdops.adapters.etcd.client import EtcdClient
-from etcdops.adapters.etcd.connect import client_for, tls_files
+from etcdops.adapters.etcd.connect import tls_files
 from etcdops.adapters.etcd.membership import merge_endpoints, read_membership
+from etcdops.adapters.health_aws import CLUSTER_TAG, MEMBER_TAG, InstanceDirectory, ReplaceStarter
 from etcdops.adapters.healthmetrics import (
     HealthMetrics,
     HealthMetricsSink,
     compute_health_metrics,
     publish_health_metrics,
 )
-from etcdops.adapters.state import ConflictError, Lock, Repair, RepairRecord, StateStore
+from etcdops.adapters.state import ConflictError, Lock, StateStore
 from etcdops.app.backup.catalogue import newest_verified
+from etcdops.app.health_actions import act
 from etcdops.app.probe import probe_cluster
-from etcdops.domain import repair_messages
 from etcdops.domain.backup.manifest import Manifest, cluster_id_text
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import EtcdopsError
 from etcdops.domain.health import ClusterHealth, MemberHealth
-from etcdops.domain.policy import Action, BackupRef, Decision, History, PolicyConfig, decide, update_history
-from etcdops.domain.repair import Attempt, AttemptStatus, RepairAction, attempt_execution, decide_repair
-from etcdops.domain.settings import HealthSettings
+from etcdops.domain.policy import BackupRef, Decision, History, PolicyConfig, decide, update_history
 
 log = logging.getLogger("etcdops.app.healthcheck")
 
-CLUSTER_TAG = "etcdops:cluster"
-MEMBER_TAG = "etcdops:member"
 _SAVE_ATTEMPTS = 8
 # etcd reports each active alarm in Status.errors as "memberID:<decimal id> alarm:<NAME> "
 _ALARM_REPORT = re.compile(r"^memberID:\d+ alarm:[A-Z_]+\s*$")
-
-
-# ---- settings and clients -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HealthAwsClients:
-    ssm: Any
-    secrets: Any
-    s3: Any
-    ec2: Any
-    stepfunctions: Any
-
-    @classmethod
-    def from_session(cls, session: Any) -> HealthAwsClients:
-        return cls(
-            ssm=session.client("ssm"),
-            secrets=session.client("secretsmanager"),
-            s3=session.client("s3"),
-            ec2=session.client("ec2"),
-            stepfunctions=session.client("stepfunctions"),
-        )
 
 
 # ---- triggers -----------------------------------------------------------------------------------------
@@ -123,175 +93,6 @@ class Trigger:
     @classmethod
     def manual(cls, description: str = "manual run") -> Trigger:
         return cls(TriggerKind.MANUAL, description)
-
-
-# ---- EC2 instances of members -------------------------------------------------------------------------
-
-
-class InstanceDirectory:
-    """Which member an EC2 instance is: ``health.member_instances`` first, then the instance's
-    tags (``etcdops:cluster`` = the cluster's name, or the discovery tag; ``etcdops:member`` = the
-    member's name) read with ``ec2.describe_instances`` when an EC2 client is given."""
-
-    def __init__(self, config: ClusterConfig, ec2: Any = None) -> None:
-        self.config = config
-        self.ec2 = ec2
-        self._static = {instance: name for name, instance in config.health.member_instances.items()}
-
-    def member_of(self, instance_id: str) -> str | None:
-        if instance_id in self._static:
-            return self._static[instance_id]
-        if self.ec2 is None:
-            return None
-        try:
-            response = self.ec2.describe_instances(InstanceIds=[instance_id])
-        except ClientError as exc:
-            if aws_error_code(exc).startswith("InvalidInstanceID"):
-                return None
-            raise aws_error(f"describing instance {instance_id}", exc) from exc
-        except BotoCoreError as exc:
-            raise aws_error(f"describing instance {instance_id}", exc) from exc
-        tags = {
-            tag["Key"]: tag["Value"]
-            for reservation in response.get("Reservations", [])
-            for instance in reservation.get("Instances", [])
-            for tag in instance.get("Tags", [])
-        }
-        ours = tags.get(CLUSTER_TAG) == self.config.name
-        discovery = self.config.discovery
-        if discovery is not None and tags.get(discovery.tag_key) == discovery.tag_value:
-            ours = True
-        return (tags.get(MEMBER_TAG) or None) if ours else None
-
-
-# ---- starting ReplaceMember ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StartOutcome:
-    name: str
-    started: bool  # False: an execution of this name exists already
-    execution_arn: str | None = None
-
-
-@dataclass(frozen=True)
-class ExecutionState:
-    """A ReplaceMember execution as Step Functions reports it."""
-
-    status: AttemptStatus
-    ended_at: datetime | None = None
-    error: str | None = None
-    cause: str | None = None
-
-
-class ReplaceStarter(Protocol):
-    def start(self, name: str, document: Mapping[str, Any]) -> StartOutcome: ...
-
-    def describe(self, name: str) -> ExecutionState | None:
-        """The execution named ``name`` (None: there is none)."""
-        ...
-
-
-_SFN_STATUS = {
-    "RUNNING": AttemptStatus.RUNNING,
-    "PENDING_REDRIVE": AttemptStatus.RUNNING,
-    "SUCCEEDED": AttemptStatus.SUCCEEDED,
-    "FAILED": AttemptStatus.FAILED,
-    "TIMED_OUT": AttemptStatus.TIMED_OUT,
-    "ABORTED": AttemptStatus.ABORTED,
-}
-
-
-class StepFunctionsReplaceStarter:
-    """Starts the ReplaceMember state machine; the execution name makes duplicates harmless."""
-
-    def __init__(self, stepfunctions: Any, state_machine_arn: str) -> None:
-        self.sfn = stepfunctions
-        self.state_machine_arn = state_machine_arn
-
-    def _execution_arn(self, name: str) -> str:
-        return f"{self.state_machine_arn.replace(':stateMachine:', ':execution:', 1)}:{name}"
-
-    def describe(self, name: str) -> ExecutionState | None:
-        """DescribeExecution: the real status of an attempt (one that crashed never ran its failure step)."""
-        try:
-            found = self.sfn.describe_execution(executionArn=self._execution_arn(name))
-        except ClientError as exc:
-            if aws_error_code(exc) == "ExecutionDoesNotExist":
-                return None
-            raise aws_error(f"describing execution {name}", exc) from exc
-        except BotoCoreError as exc:
-            raise aws_error(f"describing execution {name}", exc) from exc
-        status = _SFN_STATUS.get(str(found.get("status")), AttemptStatus.FAILED)
-        stopped = found.get("stopDate")
-        ended = stopped if isinstance(stopped, datetime) else None
-        return ExecutionState(status, ended, found.get("error"), found.get("cause"))
-
-    def start(self, name: str, document: Mapping[str, Any]) -> StartOutcome:
-        try:
-            response = self.sfn.start_execution(
-                stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(dict(document), sort_keys=True)
-            )
-        except ClientError as exc:
-            if aws_error_code(exc) == "ExecutionAlreadyExists":
-                return StartOutcome(name, False, self._execution_arn(name))
-            raise aws_error(f"starting {name} of {self.state_machine_arn}", exc) from exc
-        except BotoCoreError as exc:
-            raise aws_error(f"starting {name} of {self.state_machine_arn}", exc) from exc
-        return StartOutcome(name, True, response["executionArn"])
-
-
-class RecordingReplaceStarter:
-    """Remembers what it was asked to start, once per name (the local health loop, tests); what
-    happened to an execution is what ``outcomes`` says (RUNNING once started, by default)."""
-
-    def __init__(self) -> None:
-        self.started: dict[str, dict[str, Any]] = {}
-        self.outcomes: dict[str, ExecutionState] = {}
-        self._lock = threading.Lock()
-
-    def start(self, name: str, document: Mapping[str, Any]) -> StartOutcome:
-        with self._lock:
-            if name in self.started:
-                # as Step Functions: the same input while it runs is answered as its own start was
-                state = self.outcomes.get(name, ExecutionState(AttemptStatus.RUNNING))
-                same = self.started[name] == dict(document)
-                return StartOutcome(name, same and state.status is AttemptStatus.RUNNING)
-            self.started[name] = dict(document)
-            return StartOutcome(name, True)
-
-    def describe(self, name: str) -> ExecutionState | None:
-        if name not in self.started:
-            return None
-        return self.outcomes.get(name, ExecutionState(AttemptStatus.RUNNING))
-
-
-def replace_input(
-    decision: Decision,
-    ec2_failures: frozenset[int],
-    *,
-    attempt: int = 1,
-    max_attempts: int = 1,
-    original_voters: int | None = None,
-) -> dict[str, Any]:
-    """The ReplaceMember execution input for attempt ``attempt`` of a REPLACE_MEMBER decision."""
-    if decision.action is not Action.REPLACE_MEMBER or decision.target_member_id is None:
-        raise ValueError(f"not a replacement decision: {decision.action}")
-    document: dict[str, Any] = {
-        "cluster": decision.cluster,
-        "member_id": f"{decision.target_member_id:x}",
-        "member_name": decision.target_member_name or "",
-        "member_label": decision.target_member_label or f"{decision.target_member_id:x}",
-        "incident_id": decision.incident_id,
-        "attempt": attempt,
-        "max_attempts": max_attempts,
-        "reason": decision.reason,
-        "requires_approval": decision.requires_approval,
-        "ec2_failed": decision.target_member_id in ec2_failures,
-    }
-    if original_voters:
-        document["original_voters"] = original_voters  # a retry restores the full size, not the size it finds
-    return document
 
 
 # ---- what a round needs and returns -------------------------------------------------------------------
@@ -574,342 +375,14 @@ def release_abandoned_lock(ctx: HealthContext, now: datetime) -> tuple[Lock | No
     return None, [note]
 
 
-# ---- acting -------------------------------------------------------------------------------------------
-
-
-def _announce(ctx: HealthContext, key: str, kind: str, subject: str, message: str, now: datetime) -> str | None:
-    """Publish once per incident ``key``; what was done, or None when it was announced before."""
-    if ctx.notifier is None:
-        log.warning("no notification topic configured; not announcing %s: %s", key, subject)
-        return None
-    if not ctx.state.record_incident(ctx.config.name, key, kind, now):
-        return None
-    ctx.notifier.publish(subject, message, {"cluster": ctx.config.name, "kind": kind, "incident": key})
-    return f"notified {kind} {key}"
-
-
-def act(
-    ctx: HealthContext,
-    decision: Decision,
-    ec2_failures: frozenset[int],
-    now: datetime,
-    health: ClusterHealth | None = None,
-) -> list[str]:
-    """Carry out ``decision``; the list says what was done this time."""
-    cluster = decision.cluster
-    done: list[str] = []
-    health_settings = ctx.config.health
-    if decision.action is Action.REPLACE_MEMBER and decision.incident_id:
-        member = decision.target_member_name or decision.target_member_label or f"{decision.target_member_id:x}"
-        if ctx.replace is None:
-            document = replace_input(decision, ec2_failures)
-            name = attempt_execution(decision.incident_id, 1)
-            note = _announce(
-                ctx,
-                decision.incident_id,
-                "replace-needed",
-                f"etcdops: member {member} of {cluster} must be replaced (no runbook configured)",
-                f"{decision.reason}\n\nREPLACE_STATE_MACHINE_ARN is not set, so nothing was started. "
-                f"Start ReplaceMember by hand with the execution name {name} and this input:\n"
-                f"{json.dumps(document, indent=2, sort_keys=True)}\n",
-                now,
-            )
-            done += [note] if note else []
-        else:
-            voters = len(health.voters) if health is not None else None
-
-            def document_for(number: int) -> dict[str, Any]:
-                return replace_input(
-                    decision,
-                    ec2_failures,
-                    attempt=number,
-                    max_attempts=health_settings.max_repair_attempts,
-                    original_voters=voters,
-                )
-
-            done += _repair(ctx, decision.incident_id, member, decision, document_for, health, now)
-    elif decision.action in (Action.NONE, Action.NOTIFY) and ctx.replace is not None and health is not None:
-        done += _continue_repairs(ctx, health, now)
-    elif decision.action is Action.ESCALATE_QUORUM_LOSS and decision.incident_id:
-        restore = json.dumps(dict(decision.restore_input or {}), sort_keys=True)
-        backup = decision.backup_id or "NONE (no verified backup of this cluster incarnation; see above)"
-        note = _announce(
-            ctx,
-            decision.incident_id,
-            "quorum-loss",
-            f"etcdops: QUORUM LOST on cluster {cluster} - a restore needs a human",
-            f"{decision.reason}\n\nLatest verified backup: {backup}\nRestoreCluster input: {restore}\n\n"
-            "No membership change was made. Start RestoreCluster with exactly this input once you decide "
-            "to restore; it waits for your approval before it changes anything.\n",
-            now,
-        )
-        done += [note] if note else []
-    for notification in decision.notifications:
-        note = _announce(
-            ctx,
-            notification.key,
-            str(notification.kind),
-            f"etcdops: {notification.kind} on cluster {cluster}",
-            notification.message,
-            now,
-        )
-        done += [note] if note else []
-    return done
-
-
-# ---- repair attempts (invariant 12) ----------------------------------------------------------------
-
-
-def _attempts(ctx: HealthContext, repair: Repair) -> list[Attempt]:
-    """The recorded attempts with their real status: as the attempt itself recorded it when it
-    ended, else as Step Functions reports it (and then recorded, so it is asked once)."""
-    cluster = ctx.config.name
-    attempts: list[Attempt] = []
-    for record in repair.attempts:
-        if record.outcome is not None:
-            status = AttemptStatus(record.outcome)
-            attempts.append(_attempt(record, status, record.ended_at, record.error, record.cause))
-            continue
-        execution = ctx.replace.describe(record.execution) if ctx.replace is not None else None
-        if execution is None:
-            attempts.append(_attempt(record, AttemptStatus.NOT_STARTED))
-        elif execution.status.ended:
-            ended = execution.ended_at or record.recorded_at
-            error, cause = execution.error, execution.cause
-            ctx.state.finish_repair_attempt(
-                cluster, repair.incident, record.number, record.execution, str(execution.status), error, cause, ended
-            )
-            attempts.append(_attempt(record, execution.status, ended, error, cause))
-        else:
-            attempts.append(_attempt(record, execution.status))
-    return attempts
-
-
-def _attempt(
-    record: RepairRecord,
-    status: AttemptStatus,
-    ended_at: datetime | None = None,
-    error: str | None = None,
-    cause: str | None = None,
-) -> Attempt:
-    return Attempt(record.number, record.execution, record.recorded_at, status, ended_at, error, cause)
-
-
-def _repair(
-    ctx: HealthContext,
-    incident: str,
-    member: str,
-    decision: Decision,
-    document_for: Callable[[int], dict[str, Any]],
-    health: ClusterHealth | None,
-    now: datetime,
-) -> list[str]:
-    """Start, resume, wait for or escalate the repair of ``incident``, as :func:`decide_repair` says.
-
-    Exactly one execution per attempt: the attempt is recorded with a conditional write first, and
-    only the round that recorded it starts it (a round that dies in between leaves it to the next
-    round, which starts it under the same name)."""
-    assert ctx.replace is not None
-    cluster = ctx.config.name
-    settings = ctx.config.health
-    repair = ctx.state.load_repair(cluster, incident)
-    attempts = _attempts(ctx, repair)
-    plan = decide_repair(
-        incident,
-        attempts,
-        now=now,
-        max_attempts=settings.max_repair_attempts,
-        backoff_seconds=settings.repair_backoff_seconds,
-        escalated=repair.escalated_at is not None,
-    )
-    log.info("repair %s: %s", plan.action, plan.reason)
-    done: list[str] = []
-    if plan.action is RepairAction.START and plan.attempt is not None and plan.execution is not None:
-        document = document_for(plan.attempt)
-        record = RepairRecord(incident, plan.attempt, plan.execution, now, json.dumps(document, sort_keys=True))
-        if not ctx.state.record_repair_attempt(cluster, record):
-            return [f"attempt {plan.attempt} of {incident} was recorded by a concurrent round"]
-        outcome = ctx.replace.start(plan.execution, document)
-        done.append(f"started ReplaceMember {outcome.name}")  # its record says so, whoever's call made it (_resumed)
-        subject, body = repair_messages.attempt_started(
-            cluster,
-            member,
-            plan.attempt,
-            settings.max_repair_attempts,
-            approval=decision.requires_approval,
-            why=plan.reason if plan.attempt > 1 else decision.reason,
-            execution=outcome.execution_arn or outcome.name,
-            document=document,
-        )
-        note = _announce(ctx, plan.execution, "replace", subject, body, now)
-        done += [note] if note else []
-    elif plan.action is RepairAction.RESUME and plan.execution is not None:
-        document = json.loads(repair.attempts[-1].document)
-        done.append(_resumed(ctx.replace.start(plan.execution, document)))
-    elif plan.action is RepairAction.ESCALATE:
-        if ctx.state.escalate_repair(cluster, incident, now):
-            ref = decision.target_member_name or (f"{decision.target_member_id:x}" if decision.target_member_id else "")
-            subject, body = repair_messages.escalation(
-                cluster, member, ref or member, incident, attempts, health, decision.reason
-            )
-            if ctx.notifier is None:
-                log.warning("no notification topic configured; not sending: %s", subject)
-            else:
-                attributes = {"cluster": cluster, "kind": "repair-escalated", "incident": incident}
-                ctx.notifier.publish(subject, body, attributes)
-            done.append(f"escalated the repair of {incident} after {len(attempts)} attempts")
-    elif plan.action is RepairAction.WAIT:
-        done.append(plan.reason)
-    return done
-
-
-def _resumed(outcome: StartOutcome) -> str:
-    """What a round that started another round's recorded attempt can say. Step Functions answers a
-    start with the name and input of a RUNNING execution as it answered the call that made it, so
-    when the recording round is alive and started it meanwhile, both calls succeed: the attempt's
-    record, not the answer, says who started it (the recording round)."""
-    if outcome.started:
-        return f"resumed ReplaceMember {outcome.name}: recorded by another round, not running when this round looked"
-    return f"ReplaceMember {outcome.name} already started"
-
-
-def _continue_repairs(ctx: HealthContext, health: ClusterHealth, now: datetime) -> list[str]:
-    """A repair that failed after it removed the member leaves a healthy but smaller cluster, which
-    no failure streak points at any more: it is carried on here (retried with backoff, then
-    escalated) until the cluster has its original number of voters again."""
-    if not health.has_quorum:
-        return []
-    done: list[str] = []
-    for repair in ctx.state.load_repairs(ctx.config.name):
-        if repair.escalated_at is not None or not repair.attempts:
-            continue
-        last = repair.attempts[-1]
-        document = json.loads(last.document)
-        try:
-            target = int(str(document.get("member_id")), 16)
-        except ValueError:
-            continue
-        wanted = int(document.get("original_voters") or 0)
-        if last.outcome == str(AttemptStatus.SUCCEEDED) or health.member(target) is not None:
-            continue  # done, or the member is back in the membership (its own streak rules it)
-        if len(health.voters) >= wanted:
-            continue  # the cluster is whole again (someone else added a member)
-        member = str(document.get("member_label") or document.get("member_name") or document.get("member_id"))
-        why = (
-            f"The repair of member {member} of cluster {ctx.config.name} removed it but did not finish: "
-            f"{len(health.voters)} of {wanted} voting members. {document.get('reason', '')}"
-        )
-        decision = Decision(
-            action=Action.REPLACE_MEMBER,
-            reason=why,
-            cluster=ctx.config.name,
-            target_member_id=target,
-            target_member_name=str(document.get("member_name") or ""),
-            target_member_label=member,
-            incident_id=repair.incident,
-            requires_approval=bool(document.get("requires_approval")),
-        )
-
-        def document_for(number: int, document: dict[str, Any] = document, why: str = why) -> dict[str, Any]:
-            return {**document, "attempt": number, "reason": why}
-
-        done += _repair(ctx, repair.incident, member, decision, document_for, health, now)
-    return done
-
-
-# ---- the Lambda side ----------------------------------------------------------------------------------
-
-NOT_CONFIGURED_INCIDENT = "not-configured-yet"
-
-
-def _not_configured(
-    settings: HealthSettings,
-    notifier: Notifier | None,
-    state_store: StateStore,
-    exc: ClusterNotConfiguredError,
-    now: datetime,
-) -> dict[str, Any]:
-    cluster = settings.cluster_name or "unconfigured"
-    log.warning("not configured yet: %s", exc)
-    announced = False
-    if notifier is not None and state_store.record_incident(cluster, NOT_CONFIGURED_INCIDENT, "not-configured", now):
-        notifier.publish(
-            f"etcdops: cluster {cluster} is not configured yet",
-            f"The etcdops stack for cluster {cluster} runs, but its configuration does not exist yet:\n{exc}\n\n"
-            "Until it does, health checks and backups do nothing but log this, and no alarm fires. "
-            "See README, Deploying to AWS, for the configuration document and the TLS secrets.",
-            {"cluster": cluster, "kind": "not-configured"},
-        )
-        announced = True
-    return {"cluster": cluster, "configured": False, "skipped": f"not configured yet: {exc}", "announced": announced}
-
-
-def health_job(
-    settings: HealthSettings,
-    aws: HealthAwsClients,
-    metrics: HealthMetricsSink,
-    notifier: Notifier | None,
-    state_store: StateStore,
-    trigger: Trigger,
-    now: datetime | None = None,
-) -> dict[str, Any]:
-    """One HealthCheck invocation; an unreadable configuration raises :class:`ConfigError`.
-
-    Before the configuration exists it does nothing but say so: in the log each time, over SNS once
-    (per incident retention), so a fresh stack is quiet until it is configured."""
-    try:
-        config = load_cluster_config(aws.ssm, settings.config_parameter, settings.cluster_name)
-    except ClusterNotConfiguredError as exc:
-        return _not_configured(settings, notifier, state_store, exc, now or datetime.now(UTC))
-    add_dimension = getattr(metrics, "add_dimension", None)
-    if add_dimension is not None:
-        add_dimension("cluster", config.name)
-    skip = trigger_skip(trigger, config)
-    if skip is not None:
-        log.info("skipped: %s", skip)
-        return HealthRoundResult(config.name, trigger, skipped=skip).to_dict()
-    starter = (
-        StepFunctionsReplaceStarter(aws.stepfunctions, settings.replace_state_machine_arn)
-        if settings.replace_state_machine_arn
-        else None
-    )
-    backups = open_store(config.backup.destination, s3_client=aws.s3) if config.backup else None
-    with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
-        config = materialize_tls(config, aws.secrets, Path(tls_dir))
-        deadline = config.health.probe_deadline_seconds
-        with client_for(config, endpoints=round_seeds(config, state_store), timeout=deadline) as client:
-            ctx = HealthContext(
-                config=config,
-                client=client,
-                state=state_store,
-                metrics=metrics,
-                notifier=notifier,
-                replace=starter,
-                instances=InstanceDirectory(config, aws.ec2),
-                backups=backups,
-            )
-            result = run_health_round(ctx, trigger, now or datetime.now(UTC))
-    return result.to_dict()
-
-
 __all__ = [
-    "ExecutionState",
-    "HealthAwsClients",
     "HealthContext",
     "HealthRoundResult",
-    "HealthSettings",
-    "InstanceDirectory",
-    "RecordingReplaceStarter",
-    "ReplaceStarter",
-    "StartOutcome",
-    "StepFunctionsReplaceStarter",
     "Trigger",
     "TriggerKind",
-    "act",
     "discount_alarm_reports",
-    "health_job",
+    "log_decision",
     "release_abandoned_lock",
-    "replace_input",
     "round_seeds",
     "run_health_round",
     "trigger_skip",

@@ -13,6 +13,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
+MAX_EXECUTION_NAME_LENGTH = 80
+"""Step Functions execution names are 1-80 characters of ``[A-Za-z0-9_-]``."""
+MAX_ATTEMPT_SUFFIX_LENGTH = 4
+"""Room for ``-a<N>`` (N up to 99): each repair attempt's execution is ``<incident>-a<N>``."""
+MAX_INCIDENT_ID_LENGTH = MAX_EXECUTION_NAME_LENGTH - MAX_ATTEMPT_SUFFIX_LENGTH
+
+
 # ---- what the policy remembers ------------------------------------------------------------------
 
 

@@ -47,6 +47,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from etcdops.domain.config import ClusterConfig, HealthConfig, describe_validation_error
 from etcdops.domain.decisions import (
+    MAX_ATTEMPT_SUFFIX_LENGTH,
+    MAX_EXECUTION_NAME_LENGTH,
+    MAX_INCIDENT_ID_LENGTH,
     Action,
     BackupRef,
     Decision,
@@ -79,11 +82,6 @@ __all__ = [
     "update_history",
 ]
 
-MAX_EXECUTION_NAME_LENGTH = 80
-"""Step Functions execution names are 1-80 characters of ``[A-Za-z0-9_-]``."""
-MAX_ATTEMPT_SUFFIX_LENGTH = 4
-"""Room for ``-a<N>`` (N up to 99): each repair attempt's execution is ``<incident>-a<N>``."""
-MAX_INCIDENT_ID_LENGTH = MAX_EXECUTION_NAME_LENGTH - MAX_ATTEMPT_SUFFIX_LENGTH
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from etcdops.domain.decisions import MAX_ATTEMPT_SUFFIX_LENGTH, MAX_EXECUTION_NAME_LENGTH
 from etcdops.domain.errors import APPROVAL_REJECTED
-from etcdops.domain.policy import MAX_ATTEMPT_SUFFIX_LENGTH, MAX_EXECUTION_NAME_LENGTH
 from etcdops.domain.wording import count
 
 

@@ -25,8 +25,8 @@ from etcdops.app.backup.job import MetricsSink, run_backup, verify_backup
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.errors import EtcdopsError
 from etcdops.domain.job_messages import job_failed
-from etcdops.domain.settings import JobSettings
 from etcdops.entrypoints.events import FailedInvocationRecord
+from etcdops.entrypoints.settings import JobSettings
 
 COUNT, BYTES, SECONDS = "Count", "Bytes", "Seconds"
 log = logging.getLogger("etcdops.entrypoints.jobs")

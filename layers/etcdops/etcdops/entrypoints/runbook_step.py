@@ -19,7 +19,7 @@ from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.runbook import RunbookContext, replace
 from etcdops.domain.backup.manifest import Manifest
 from etcdops.domain.config import LOCAL_CONFIG_FILE, ClusterConfig, ConfigFile, LocalCompute
-from etcdops.domain.settings import RunbookSettings
+from etcdops.entrypoints.settings import RunbookSettings
 
 if TYPE_CHECKING:
     from etcdops.adapters.backup.crypto import KeyProvider
