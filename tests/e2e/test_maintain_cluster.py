@@ -2,7 +2,8 @@
 512 KiB backend quota (``local up --quota-backend-bytes``), the autopilot running beside it with a policy
 of ``approval: always``: the cluster filled to NOSPACE is brought back to accepting writes by
 MaintainCluster's state machine once the operator approved, with no acknowledged write lost and the
-alarm disarmed.
+alarm disarmed. Before that, a run that finds the cluster lock held by another operation ends at once as
+skipped, having looked at nothing.
 
 Not parametrized by version: the steps run on 3.4.23, 3.5.1 and 3.5.30 in
 tests/integration/test_maintain_steps.py; here the state machine's wiring is what is under test.
@@ -47,8 +48,16 @@ def test_a_cluster_out_of_space_is_recovered_by_the_state_machine(small_cluster:
         LocalAws() as aws,
         running_autopilot(aws, cluster, maintenance=maintenance, approval="always") as pilot,
     ):
-        # When MaintainCluster runs (as its schedule starts it), and the operator approves what it asks
         machine = pilot.stack.state_machines["MaintainClusterStateMachine"]
+        # When it starts while another operation holds the cluster lock, Then it ends at once, skipped
+        pilot.state.acquire_lock("local", "another-runbook", 600, datetime.now(UTC))
+        held = start_execution(pilot.sfn, machine, {"cluster": "local"}, name=execution_name("maintain"))
+        assert wait_for_execution(pilot.sfn, held, timeout=600)["status"] == "SUCCEEDED"
+        skipped = [s.name for s in execution_history(pilot.sfn, held)]
+        assert "Skipped: another operation holds the lock" in skipped and "Look at the cluster" not in skipped
+        pilot.state.release_lock("local", "another-runbook")
+
+        # When MaintainCluster runs (as its schedule starts it), and the operator approves what it asks
         name = execution_name("maintain")
         arn = start_execution(pilot.sfn, machine, {"cluster": "local"}, name=name)
         asked = wait_for("the approval request", lambda: pilot.state.load_approval(name), timeout=600)
