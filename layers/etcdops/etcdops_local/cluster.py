@@ -160,18 +160,27 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def process_state(pid: int | None, marker: str) -> ProcessState:
-    """running / paused (SIGSTOP) / stopped, for a pid whose command line must contain ``marker``."""
+def process_state(pid: int | None, marker: str, proc: Path = Path("/proc")) -> ProcessState:
+    """running / paused (SIGSTOP) / stopped, for a pid whose command line must contain ``marker``.
+
+    A process caught in the middle of its exec has an empty command line for a moment (the kernel is
+    swapping its memory): it counts as running when its name is etcd's, so a member just spawned is
+    waited for rather than taken for dead (or for absent, which once let ``up`` return before etcd
+    listened)."""
     if not pid:
         return "stopped"
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        stat = (proc / str(pid) / "stat").read_text()
+        cmdline = (proc / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return "stopped"
-    if marker not in cmdline:
+    name, _, rest = stat.partition(" (")[2].rpartition(")")
+    if not cmdline.strip():
+        if not name.startswith("etcd"):
+            return "stopped"
+    elif marker not in cmdline:
         return "stopped"  # the pid was reused by another process
-    state = stat.rsplit(")", 1)[1].split()[0]
+    state = rest.split()[0]
     if state in ("Z", "X"):
         return "stopped"
     return "paused" if state in ("T", "t") else "running"
