@@ -15,9 +15,17 @@ from test_backup_store import any_store, aws, file_store, s3, s3_store  # noqa: 
 from test_retention import policies
 
 from etcdops.adapters.backup.store import BackupStore, FileStore
-from etcdops.app.backup.catalogue import apply_retention, load_manifest, newest_verified, read_catalogue
+from etcdops.app.backup.catalogue import (
+    apply_retention,
+    drill_results,
+    load_manifest,
+    newest_verified,
+    read_catalogue,
+    read_drills,
+    record_drill,
+)
 from etcdops.domain.backup.errors import BackupNotFoundError
-from etcdops.domain.backup.manifest import Manifest, manifest_key, object_key
+from etcdops.domain.backup.manifest import DRILL_PREFIX, DrillRecord, Manifest, drill_key, manifest_key, object_key
 from etcdops.domain.backup.retention import BackupRef, RetentionPolicy, plan_retention
 
 NOW = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)
@@ -59,6 +67,38 @@ def put_orphan(store: BackupStore, at: datetime, n: int) -> str:
 
 
 # ---- examples ---------------------------------------------------------------------------------
+
+
+def drilled(store: BackupStore, backup: Manifest, at: datetime, n: int, *, restorable: bool) -> DrillRecord:
+    record = DrillRecord(
+        drill_id=backup_id(at, n), execution=f"drill-{n}", backup_id=backup.id, restorable=restorable,
+        started_at=at, finished_at=at + timedelta(seconds=9), seconds=9.0, error=None if restorable else "no",
+    )  # fmt: skip
+    record_drill(store, record)
+    record_drill(store, record)  # a retried step writes it once
+    return record
+
+
+def test_drill_records_are_read_kept_beside_their_backups_and_go_with_them(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    old = put_backup(store, NOW - timedelta(days=60), 1)
+    proven = put_backup(store, NOW - timedelta(days=50), 2)
+    newest = put_backup(store, NOW - timedelta(hours=2), 3)
+    drilled(store, old, NOW - timedelta(days=59), 10, restorable=True)
+    drilled(store, proven, NOW - timedelta(days=49), 11, restorable=False)
+    last = drilled(store, proven, NOW - timedelta(days=48), 12, restorable=True)
+    store.put_bytes(f"{DRILL_PREFIX}{backup_id(NOW, 13)}.json", b"{not json")  # skipped, never fatal
+
+    # the newest drill of each backup is its result; drill records are not backups
+    assert drill_results(read_drills(store)) == {old.id: drill_results(read_drills(store))[old.id], proven.id: last}
+    assert [b.id for b in read_catalogue(store).backups] == [old.id, proven.id, newest.id]
+
+    # retention keeps the newest backup a drill restored, deletes the older one and its drill record
+    outcome = apply_retention(store, RetentionPolicy(), NOW, live_cluster_id=LIVE)
+    assert outcome.deleted == [old.id]
+    assert not store.exists(drill_key(backup_id(NOW - timedelta(days=59), 10)))
+    assert [r.backup_id for r in read_drills(store)] == [proven.id, proven.id]
+    assert newest.id in [b.id for b in read_catalogue(store).backups]
 
 
 def test_only_a_backup_of_the_live_incarnation_counts(tmp_path: Path) -> None:

@@ -64,6 +64,7 @@ REQUIRED: dict[tuple[str, ...], list[str]] = {
     ("notifications",): [],
     ("runbook", "start", "upgrade"): ["--version", "3.5.30"],
     ("runbook", "start", "maintain"): [],
+    ("runbook", "start", "drill"): [],
     ("demo",): [],
     ("completion",): ["bash"],
 }

@@ -52,7 +52,7 @@ def test_the_state_machine_runs_exactly_these_steps() -> None:
         (  # the Catch path could not remove the staged plain snapshot: the operator is told which objects
             {"cleanup_error": {"Error": "StorePermissionError", "Cause": "S3 refused deleting"}},
             "could NOT be removed (StorePermissionError: S3 refused deleting): delete "
-            f"restore/{restore._tail(START)}.snapshot and restore/{restore._tail(START)}.preflight",
+            f"restore/{restore.execution_tail(START)}.snapshot and restore/{restore.execution_tail(START)}.preflight",
         ),
     ],
 )

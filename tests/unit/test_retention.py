@@ -17,8 +17,10 @@ NOW = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)  # a Wednesday
 DEFAULT = RetentionPolicy()
 
 
-def ref(id: str, age: timedelta, verified: bool = True, now: datetime = NOW) -> BackupRef:
-    return BackupRef(id=id, created_at=now - age, verified=verified)
+def ref(
+    id: str, age: timedelta, verified: bool = True, now: datetime = NOW, restorable: bool | None = None
+) -> BackupRef:
+    return BackupRef(id=id, created_at=now - age, verified=verified, restorable=restorable)
 
 
 # ---- examples ---------------------------------------------------------------------------------
@@ -133,13 +135,14 @@ policies = st.builds(
     weekly_weeks=st.integers(0, 6),
     min_age=st.integers(0, 180).map(lambda m: timedelta(minutes=m)),
 )
-# ages in minutes: mostly the past 60 days, a few in the future (clock skew)
+# ages in minutes: mostly the past 60 days, a few in the future (clock skew); what restore drills found
 backup_lists = st.lists(
-    st.tuples(st.integers(-120, 60 * 24 * 60), st.booleans()),
+    st.tuples(st.integers(-120, 60 * 24 * 60), st.booleans(), st.sampled_from([None, True, False])),
     max_size=60,
 ).map(
     lambda items: [
-        ref(f"b{index:03d}", timedelta(minutes=age), verified) for index, (age, verified) in enumerate(items)
+        ref(f"b{index:03d}", timedelta(minutes=age), verified, restorable=restorable)
+        for index, (age, verified, restorable) in enumerate(items)
     ]
 )
 nows = st.integers(0, 14 * 24 * 60).map(lambda m: NOW + timedelta(minutes=m))
@@ -253,6 +256,36 @@ def test_the_newest_verified_backup_of_the_live_incarnation_is_kept_beside_the_n
     assert plan.keep == ["live", "older-cluster"]
     assert plan.reasons["live"] == "newest verified backup of the live incarnation (cluster id c1)"
     assert plan_retention(backups, NOW, DEFAULT).delete == ["live"]  # without the live id: by age only
+
+
+def test_retention_prefers_backups_a_drill_restored() -> None:
+    day = timedelta(days=1)
+    backups = [
+        ref("d2-drilled", 2 * day + timedelta(hours=3), restorable=True),
+        ref("d2-newer", 2 * day + timedelta(hours=1)),  # newer, never drilled
+        ref("d1-failed", 1 * day + timedelta(hours=3), restorable=False),
+        ref("d1-undrilled", 1 * day + timedelta(hours=5)),  # older, but not known to fail
+        ref("today", timedelta(hours=2)),
+    ]
+    plan = plan_retention(backups, NOW, RetentionPolicy(keep_all_within=timedelta(hours=1), weekly_weeks=0))
+    assert sorted(plan.delete) == ["d1-failed", "d2-newer"], plan.reasons
+    assert plan.reasons["d2-drilled"] == "newest backup a restore drill restored"
+
+
+def test_the_newest_backup_a_drill_restored_is_kept_whatever_its_age() -> None:
+    backups = [ref("proven", timedelta(days=400), restorable=True), ref("later", timedelta(days=300), restorable=False)]
+    plan = plan_retention([*backups, ref("newest", timedelta(days=200))], NOW, DEFAULT)
+    assert plan.keep == ["proven", "newest"] and plan.delete == ["later"]
+    assert plan.reasons["proven"] == "newest backup a restore drill restored"
+
+
+@given(backups=backup_lists, policy=policies)
+def test_the_newest_drilled_and_restorable_backup_is_always_kept(
+    backups: list[BackupRef], policy: RetentionPolicy
+) -> None:
+    restorable = [b for b in backups if b.verified and b.restorable]
+    if restorable:
+        assert _newest(restorable).id in plan_retention(backups, NOW, policy).keep
 
 
 def test_orphans_go_once_older_than_the_grace_period() -> None:

@@ -179,7 +179,8 @@ def conditions_of(statements: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_hosts_are_launched_retired_and_commanded_only_with_this_clusters_tag(template: Template) -> None:
     role = template.role_of("RunbookStepFunction")
     instance = f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0"
-    tag = {"StringEquals": {"aws:RequestTag/etcdops:cluster": CLUSTER}}
+    ours = [CLUSTER, f"{CLUSTER}-drill"]  # the cluster's hosts and its restore drills' scratch hosts
+    tag = {"StringEquals": {"aws:RequestTag/etcdops:cluster": ours}}
 
     assert conditions_of(role.allowing("ec2:RunInstances", instance)) == [tag]
     assert conditions_of(role.allowing("ec2:RunInstances", f"arn:aws:ec2:{REGION}:{ACCOUNT}:volume/vol-1")) == [tag]
@@ -187,10 +188,10 @@ def test_hosts_are_launched_retired_and_commanded_only_with_this_clusters_tag(te
         {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
     ]
     assert conditions_of(role.allowing("ec2:TerminateInstances", instance)) == [
-        {"StringEquals": {"aws:ResourceTag/etcdops:cluster": CLUSTER}}
+        {"StringEquals": {"aws:ResourceTag/etcdops:cluster": ours}}
     ]
     assert conditions_of(role.allowing("ssm:SendCommand", instance)) == [
-        {"StringEquals": {"ssm:resourceTag/etcdops:cluster": CLUSTER}},
+        {"StringEquals": {"ssm:resourceTag/etcdops:cluster": ours}},
         {"StringEquals": {"ssm:resourceTag/etcdops:control-plane": CLUSTER}},
     ]
     target_group = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:targetgroup/etcd/0123456789abcdef"

@@ -654,8 +654,37 @@ class LocalCluster:
                     continue  # deleted while we walked
         return total
 
+    def scratch(self) -> LocalCluster:
+        """The scratch stack of restore drills, ``drill/`` beside this one (made on first use).
+
+        It has this stack's etcd binaries and a copy of its CA (so a scratch member's certificate is
+        trusted by the operator's client certificate), its own token, and no members until a drill
+        launches one: a scratch member is never a member, host or target of this cluster."""
+        scratch = LocalCluster(self.state_dir / SCRATCH_DIR)
+        if scratch.exists():
+            return scratch
+        state = self.state()
+        scratch.pki_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("ca.crt", "ca.key"):
+            target = scratch.pki_dir / name
+            target.write_bytes((self.pki_dir / name).read_bytes())
+            target.chmod(0o600)
+        LocalState(
+            token=f"etcdops-drill-{secrets.token_hex(4)}",
+            bin_dir=state.bin_dir,
+            version=state.version,
+            members=[],
+            extra_args=list(state.extra_args),
+            targets=[],
+        ).save(scratch.state_file)
+        return scratch
+
     def down(self, *, purge: bool = False) -> None:
-        """Stop every member; with ``purge`` also delete all state except the backups."""
+        """Stop every member (and a restore drill's scratch member); with ``purge`` also delete all state
+        except the backups."""
+        scratch = LocalCluster(self.state_dir / SCRATCH_DIR)
+        if scratch.exists():
+            scratch.down()
         if not self.exists():
             if purge and self.state_dir.exists():
                 if not any((self.state_dir / name).exists() for name in self.MARKERS):
@@ -693,6 +722,7 @@ class LocalCluster:
         }
 
 
+SCRATCH_DIR = "drill"  # the scratch stack of restore drills, inside the state directory
 OLD_DATA_PREFIX = "data.before-restore-"  # old data a restore set aside (``data.<old_data_suffix>``)
 
 

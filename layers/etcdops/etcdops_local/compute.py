@@ -334,6 +334,14 @@ def open_local_compute(config: ClusterConfig, hooks: Mapping[str, Sequence[str]]
     return LocalComputeProvider(LocalCluster(Path(compute.state_dir)), hooks=hooks, boot_seconds=compute.boot_seconds)
 
 
+def open_local_scratch(config: ClusterConfig) -> LocalComputeProvider:
+    """The local scratch pool: processes of the scratch stack ``drill/`` beside the cluster's (restore drills)."""
+    compute = config.compute
+    if not isinstance(compute, LocalCompute):
+        raise ComputeConfigError("compute: the local provider needs compute.provider: local")
+    return LocalComputeProvider(LocalCluster(Path(compute.state_dir)).scratch())
+
+
 def register_local_provider() -> None:
     """Let ``open_compute`` open ``compute.provider: local`` in this process (the local stack calls it)."""
-    register_provider("local", open_local_compute)
+    register_provider("local", open_local_compute, open_local_scratch)

@@ -43,6 +43,7 @@ ERROR_MODULES: tuple[str, ...] = (
     "etcdops.app.runbook.restore",
     "etcdops.app.runbook.upgrade",
     "etcdops.app.runbook.maintain",
+    "etcdops.app.runbook.drill",
     "etcdops_local.cluster",
     "etcdops_local.aws.stack",
     "etcdops_local.aws.sandbox",

@@ -10,6 +10,7 @@ Nothing is written anywhere; memory holds one leaf and the live key set.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -40,34 +41,41 @@ def leaf_elements(buf: Any, base: int, page_size: int) -> Iterator[tuple[int, by
             )
 
 
-def entry_key(value: bytes) -> bytes:
-    """The etcd key an entry of the "key" bucket is about (empty for the entry a revision bump writes)."""
-    return (pb.KeyValue.FromString(value) if value else pb.KeyValue()).key
-
-
-class _LiveKeys:
+class LiveKeys:
     """Replays entries of the "key" bucket, in any order, into the set of keys a client sees.
 
     Revision keys sort as their revisions, so for each key the entry with the greatest revision key
     is its last change: the key is live unless that change is a deletion. This equals a replay in
-    revision order, whatever order the pages come in.
+    revision order, whatever order the pages come in. Per key it keeps the revision key and a 16-byte
+    digest of the value (a restore drill compares a sample of them with a restored member).
     """
 
     def __init__(self) -> None:
-        self.last: dict[bytes, tuple[bytes, bool]] = {}
+        self.last: dict[bytes, tuple[bytes, bool, bytes]] = {}
 
     def add(self, entries: Iterable[tuple[int, bytes, bytes]]) -> None:
         for _flags, revision, value in entries:
-            key = entry_key(value)
-            if not key:
+            kv = pb.KeyValue.FromString(value) if value else pb.KeyValue()
+            if not kv.key:
                 continue  # the entry a revision bump writes
-            seen = self.last.get(key)
+            seen = self.last.get(kv.key)
             if seen is None or revision > seen[0]:
-                self.last[key] = (revision, len(revision) > 17 and revision[17:18] == b"t")
+                deleted = len(revision) > 17 and revision[17:18] == b"t"
+                self.last[kv.key] = (revision, deleted, value_digest(kv.value))
 
     @property
     def count(self) -> int:
-        return sum(1 for _revision, deleted in self.last.values() if not deleted)
+        return sum(1 for _revision, deleted, _digest in self.last.values() if not deleted)
+
+    def sample(self, size: int) -> list[tuple[bytes, bytes]]:
+        """``size`` live keys and their value digests, chosen by the hash of the key (the same every time)."""
+        live = [(key, digest) for key, (_revision, deleted, digest) in self.last.items() if not deleted]
+        return sorted(live, key=lambda item: hashlib.sha256(item[0]).digest())[:size]
+
+
+def value_digest(value: bytes) -> bytes:
+    """The digest a sample compares values by."""
+    return hashlib.blake2b(value, digest_size=16).digest()
 
 
 class _PagePicker:
@@ -105,18 +113,23 @@ def count_live_keys(summarizer: SnapshotSummarizer, page_size: int, again: Calla
     same database once more, and only the bucket's leaves are parsed. A second pass that ends before
     the bucket's last leaf raises :class:`SnapshotIncompleteError`.
     """
+    return live_keys(summarizer, page_size, again).count
+
+
+def live_keys(summarizer: SnapshotSummarizer, page_size: int, again: Callable[[], Iterable[bytes]]) -> LiveKeys:
+    """The live keys themselves (see :func:`count_live_keys`)."""
     bucket = summarizer.buckets.get(b"key")
+    live = LiveKeys()
     if bucket is None:
-        return 0
-    live = _LiveKeys()
+        return live
     root = struct.unpack_from("<Q", bucket, 0)[0]
     if root == 0:  # an inline bucket: its leaf is in the value
         live.add(leaf_elements(bucket, 16, page_size))
-        return live.count
+        return live
     picker = _PagePicker(page_size, summarizer.leaf_spans(root))
     for chunk in again():
         for page in picker.feed(chunk):
             live.add(leaf_elements(page, 0, page_size))
     if not picker.complete:
         raise SnapshotIncompleteError("the second pass over the backup ended before the 'key' bucket's last page")
-    return live.count
+    return live

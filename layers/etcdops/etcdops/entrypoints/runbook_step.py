@@ -34,7 +34,7 @@ class RunbookStepEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    runbook: Literal["replace", "restore", "upgrade", "maintain"]
+    runbook: Literal["replace", "restore", "upgrade", "maintain", "drill"]
     step: str
     execution: str
     document: dict[str, Any]
@@ -47,7 +47,7 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
         config = materialize_tls(config, session.client("secretsmanager"), Path(tls_dir))
 
         document = {**event.document, "execution": event.execution}
-        if event.step not in ("NotifyFailure", "RemoveStagedSnapshot"):  # the failure path must still run
+        if event.step not in ("NotifyFailure", "RemoveStagedSnapshot", "TearDown", "RecordResult"):  # failure paths run
             replace.require_configured_cluster(config, document)
         # what every runbook's context holds, built once here
         state = DynamoStateStore(settings.table_name, session.client("dynamodb"))
@@ -74,6 +74,20 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
         compute = open_compute(config, session=session, stack_name=settings.stack_name)
         notifier = SnsNotifier(session.client("sns"), settings.topic_arn)
         stores = config_stores(config, session.client("ssm"), settings.config_parameter)
+        if event.runbook == "drill":
+            from etcdops.app.runbook import drill
+
+            drill_context = drill.DrillContext(
+                config=config,
+                client=lambda endpoints: client_for(config, endpoints=list(endpoints)),
+                scratch=lambda: open_compute(config, session=session, stack_name=settings.stack_name, scratch=True),
+                state=state,
+                notifier=notifier,
+                backup_target=backup_target,
+                staging=staging_store(config, settings, session),
+                metrics=emf_metric(config.name),
+            )
+            return drill.run_step(drill_context, event.step, document)
         if event.runbook == "restore":
             from etcdops.app.runbook import restore
 
@@ -111,6 +125,20 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
 
             return maintain.run_step(context, event.step, document)
         return replace.run_step(context, event.step, document)
+
+
+def emf_metric(cluster: str) -> Callable[[str, str, float], None]:
+    """One metric written at once as its own EMF document (namespace ``etcdops``, dimension ``cluster``)."""
+
+    def publish(name: str, unit: str, value: float) -> None:
+        from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+        with single_metric(
+            name=name, unit=MetricUnit(unit), value=value, namespace="etcdops", default_dimensions={"cluster": cluster}
+        ):
+            pass
+
+    return publish
 
 
 def staging_store(config: ClusterConfig, settings: RunbookSettings, session: Any) -> Callable[[], BackupStore] | None:

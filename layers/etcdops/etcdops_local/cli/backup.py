@@ -78,27 +78,44 @@ def _warn(lines: list[str]) -> None:
 
 def cmd_backup_list(args: argparse.Namespace) -> int:
     from etcdops.adapters.backup.target import open_backup_store
-    from etcdops.app.backup.catalogue import read_catalogue
+    from etcdops.app.backup.catalogue import drill_results, read_catalogue, read_drills
 
     config = resolve_config(args)
     store = open_backup_store(config)  # a listing needs no key (a fresh stack may have none yet)
     catalogue = read_catalogue(store)
     live, names = _live_cluster(config)
     manifests = list(reversed(catalogue.backups))  # newest first, as every listing
+    drills = drill_results(read_drills(store))
     data = {
         "store": catalogue.uri,
         "cluster_id": live,
-        "backups": [{**_manifest_dict(m), "incarnation": _incarnation(m, live)} for m in manifests],
+        "backups": [
+            {
+                **_manifest_dict(m),
+                "incarnation": _incarnation(m, live),
+                "drill": drills[m.id].model_dump(mode="json") if m.id in drills else None,
+            }
+            for m in manifests
+        ],
         "corrupt": [{"id": c.id, "key": c.key, "error": c.error} for c in catalogue.corrupt],
         "orphans": [{"id": o.id, "key": o.key, "created_at": o.created_at.isoformat()} for o in catalogue.orphans],
     }
     if not getattr(args, "json", False):
         _warn(catalogue.warnings())
-    emit(args, data, lambda: _list_text(catalogue.uri, manifests, live, names))
+    emit(args, data, lambda: _list_text(catalogue.uri, manifests, live, names, drills))
     return 0
 
 
-def _list_text(uri: str, manifests: list[Any], live: str | None, names: dict[str, str]) -> str:
+def _drilled(record: Any) -> str:
+    if record is None:
+        return "-"
+    verdict = "restorable" if record.restorable else "NOT RESTORABLE"
+    return f"{verdict} {record.finished_at.strftime('%Y-%m-%d')} ({record.seconds:.0f}s)"
+
+
+def _list_text(
+    uri: str, manifests: list[Any], live: str | None, names: dict[str, str], drills: dict[str, Any]
+) -> str:
     if not manifests:
         return f"no backups in {uri}"
     marks = {"live": "", "other": " (other incarnation)", "unknown": ""}
@@ -114,10 +131,13 @@ def _list_text(uri: str, manifests: list[Any], live: str | None, names: dict[str
             m.etcd_version,
             m.cluster_id + marks[_incarnation(m, live)],
             "yes" if m.verified else "NO",
+            _drilled(drills.get(m.id)),
         ]
         for m in manifests
     ]
-    header = ["ID", "CREATED", "REVISION", "KEYS", "SIZE", "STORED", "MEMBER", "VERSION", "CLUSTER ID", "VERIFIED"]
+    header = [
+        "ID", "CREATED", "REVISION", "KEYS", "SIZE", "STORED", "MEMBER", "VERSION", "CLUSTER ID", "VERIFIED", "DRILL"
+    ]  # fmt: skip
     note = (
         f"live cluster id: {live}; only its backups count as fresh or verified for this cluster"
         if live

@@ -16,6 +16,7 @@ RUNBOOKS = {
     "restore": "RestoreClusterStateMachine",
     "upgrade": "UpgradeClusterStateMachine",
     "maintain": "MaintainClusterStateMachine",
+    "drill": "RestoreDrillStateMachine",
 }
 
 
@@ -258,6 +259,27 @@ def cmd_runbook_start_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runbook_start_drill(args: argparse.Namespace) -> int:
+    """RestoreDrill: the newest verified backup (or --backup ID) restored into a scratch member and checked."""
+    from etcdops.domain.backup.manifest import check_backup_id
+    from etcdops_local.aws.stack import execution_name, start_execution
+    from etcdops_local.cli.options import resolve_config
+
+    session, arns = operator_session(args)
+    config = resolve_config(args)
+    document: dict[str, Any] = {"cluster": config.name}
+    if args.backup:
+        document["backup_id"] = check_backup_id(args.backup)
+    name = execution_name(f"drill-{config.name}")
+    arn = start_execution(session.client("stepfunctions"), _arn(args, arns, "drill"), document, name=name)
+    emit(
+        args,
+        {"name": name, "arn": arn, "input": document},
+        lambda: f"started {name}; `etcdops runbook show {name}` follows it, `etcdops backup list` shows the result",
+    )
+    return 0
+
+
 def cmd_runbook_start_maintain(args: argparse.Namespace) -> int:
     """MaintainCluster now, as its schedule would start it: compaction, defragmentation by rule, NOSPACE
     recovery; it skips a cluster that is not fully healthy or whose lock another runbook holds."""
@@ -324,3 +346,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     maintain.add_argument("--approval", action="store_true", help="wait for a human approval first")
     maintain.add_argument("--reason", help="why (goes into the notifications)")
     maintain.set_defaults(handler=cmd_runbook_start_maintain)
+    drill = kinds.add_parser(
+        "drill",
+        help="restore drill: restore the newest verified backup into a scratch member, check it, tear it down",
+        parents=[common],
+    )
+    drill.add_argument("--backup", metavar="ID", help="backup id (default: the newest verified backup)")
+    drill.set_defaults(handler=cmd_runbook_start_drill)

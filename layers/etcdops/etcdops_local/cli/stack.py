@@ -28,6 +28,7 @@ OUTPUTS = {
     "restore": "RestoreClusterStateMachineArn",
     "upgrade": "UpgradeClusterStateMachineArn",
     "maintain": "MaintainClusterStateMachineArn",
+    "drill": "RestoreDrillStateMachineArn",
     "bucket": "BackupBucketName",
     "key": "BackupKeyArn",
     "topic": "NotificationTopicArn",

@@ -118,6 +118,7 @@ class Ec2ComputeProvider(ComputeProvider):
         poll_seconds: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        secrets_cluster: str | None = None,
     ) -> None:
         for key in settings.ssm_documents:
             if key not in DOCUMENTS:
@@ -127,6 +128,8 @@ class Ec2ComputeProvider(ComputeProvider):
         if not stack_name:
             raise ComputeConfigError("the ec2 provider needs the etcdops stack's name (STACK_NAME)")
         self.cluster = cluster
+        # whose CA and member certificates (a scratch pool's hosts use the cluster's CA, under its name)
+        self.secrets_cluster = secrets_cluster or cluster
         self.stack_name = stack_name
         self.settings = settings
         self.ec2, self.elbv2, self.ssm, self.secrets = ec2, elbv2, ssm, secretsmanager
@@ -142,10 +145,10 @@ class Ec2ComputeProvider(ComputeProvider):
 
     @property
     def ca_secret_id(self) -> str:
-        return f"etcdops/{self.cluster}/ca"
+        return f"etcdops/{self.secrets_cluster}/ca"
 
     def member_secret_id(self, name: str) -> str:
-        return f"etcdops/{self.cluster}/members/{check_host_name(name)}"
+        return f"etcdops/{self.secrets_cluster}/members/{check_host_name(name)}"
 
     def status_check_alarm_name(self, instance_id: str) -> str:
         """Matched by the stack's EventBridge rule (prefix ``<stack>-status-check-``), so it triggers HealthCheck."""

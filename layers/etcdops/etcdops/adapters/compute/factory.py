@@ -19,14 +19,25 @@ from etcdops.domain.config import ClusterConfig, Ec2Compute
 ProviderOpener = Callable[[ClusterConfig, Mapping[str, Sequence[str]] | None], ComputeProvider]
 """Opens a registered provider for a configuration (and the control-plane hooks, if any)."""
 
+ScratchOpener = Callable[[ClusterConfig], ComputeProvider]
+"""Opens a registered provider's scratch pool for a configuration (where restore drills launch)."""
+
 _REGISTERED: dict[str, ProviderOpener] = {}
+_SCRATCH: dict[str, ScratchOpener] = {}
 
 
-def register_provider(name: str, opener: ProviderOpener) -> None:
-    """Make ``compute.provider: <name>`` open with ``opener`` in this process (registering again replaces)."""
+def register_provider(name: str, opener: ProviderOpener, scratch: ScratchOpener | None = None) -> None:
+    """Make ``compute.provider: <name>`` open with ``opener`` in this process (registering again replaces),
+    and its scratch pool with ``scratch``."""
     if name == "ec2":
         raise ComputeConfigError("compute: the ec2 provider is built in and cannot be replaced")
     _REGISTERED[name] = opener
+    if scratch is not None:
+        _SCRATCH[name] = scratch
+
+
+#: the suffix of the scratch pool's cluster name: restore drills launch their hosts there
+SCRATCH_SUFFIX = "-drill"
 
 
 def open_compute(
@@ -40,6 +51,7 @@ def open_compute(
     session: Any = None,
     stack_name: str | None = None,
     local_hooks: Mapping[str, Sequence[str]] | None = None,
+    scratch: bool = False,
 ) -> ComputeProvider:
     """The provider named by ``config.compute``.
 
@@ -47,6 +59,12 @@ def open_compute(
     ones not given, and ``stack_name`` names the etcdops stack whose SSM documents it sends. A
     registered provider (``local``) needs no client; ``local_hooks`` maps control-plane actions to
     commands to run instead of the Kubernetes hooks.
+
+    ``scratch`` opens the cluster's scratch pool instead, where restore drills launch a throwaway host.
+    Its hosts are never the cluster's: in EC2 they are tagged ``etcdops:cluster=<name>-drill`` (the
+    cluster's host lookups and SSM targeting never see them; their certificates still come from the
+    cluster's CA) and no target group is given (never a load balancer target); a registered provider
+    opens its own scratch pool (the local stack: processes of the scratch stack ``drill/``).
     """
     compute = config.compute
     if compute is not None and not isinstance(compute, Ec2Compute):
@@ -56,6 +74,11 @@ def open_compute(
             raise ComputeConfigError(
                 f"compute: provider {compute.provider!r} is not available here (this process knows: {known})"
             )
+        if scratch:
+            scratch_opener = _SCRATCH.get(compute.provider)
+            if scratch_opener is None:
+                raise ComputeConfigError(f"compute: provider {compute.provider!r} has no scratch pool for drills")
+            return scratch_opener(config)
         return opener(config, local_hooks)
     if isinstance(compute, Ec2Compute):
         given = {"ec2": ec2, "elbv2": elbv2, "ssm": ssm, "secretsmanager": secretsmanager, "cloudwatch": cloudwatch}
@@ -69,13 +92,15 @@ def open_compute(
         if not stack_name:
             raise ComputeConfigError("compute: the ec2 provider needs the etcdops stack's name (STACK_NAME)")
         return Ec2ComputeProvider(
-            config.name,
-            compute,
+            f"{config.name}{SCRATCH_SUFFIX}" if scratch else config.name,
+            compute.model_copy(update={"target_group_arn": None}) if scratch else compute,
             stack_name=stack_name,
             ec2=clients["ec2"],
             elbv2=clients["elbv2"],
             ssm=clients["ssm"],
             secretsmanager=clients["secretsmanager"],
             cloudwatch=clients["cloudwatch"],
+            secrets_cluster=config.name,
         )
     raise ComputeConfigError("compute: not configured (provider: ec2 or local)")
+

@@ -25,12 +25,15 @@ from etcdops.adapters.backup.store import BackupStore
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.backup.errors import BackupIntegrityError, BackupNotFoundError, ManifestMismatchError
 from etcdops.domain.backup.manifest import (
+    DRILL_PREFIX,
+    DrillRecord,
     Manifest,
     backup_id_from_manifest_key,
     backup_id_from_object_key,
     backup_id_time,
     check_backup_id,
     cluster_id_text,
+    drill_key,
     manifest_key,
     object_key,
 )
@@ -158,6 +161,31 @@ def newest_verified(store: BackupStore, cluster_id: str | None) -> Manifest | No
     return None
 
 
+def read_drills(store: BackupStore) -> list[DrillRecord]:
+    """Every restore drill record, oldest first; one that cannot be read is logged and skipped."""
+    records: list[DrillRecord] = []
+    for key in sorted(store.list(DRILL_PREFIX)):
+        if not key.endswith(".json") or "/" in key[len(DRILL_PREFIX) :]:
+            continue
+        try:
+            records.append(DrillRecord.from_json(store.get_bytes(key), source=store.uri_for(key)))
+        except UNREADABLE as exc:
+            log.warning("skipping drill record %s: %s", key, exc)
+    return records
+
+
+def drill_results(records: list[DrillRecord]) -> dict[str, DrillRecord]:
+    """The newest drill of each backup that was drilled."""
+    return {r.backup_id: r for r in records if r.backup_id is not None}
+
+
+def record_drill(store: BackupStore, record: DrillRecord) -> None:
+    """Write a drill's record once (a retried step finds it written)."""
+    key = drill_key(record.drill_id)
+    if not store.exists(key):
+        store.put_bytes(key, record.to_json())
+
+
 def apply_retention(
     store: BackupStore,
     policy: RetentionPolicy,
@@ -169,13 +197,21 @@ def apply_retention(
     """Delete the backups the policy no longer keeps and the orphans past the grace period. A corrupt
     manifest is reported in ``warnings`` and its backup left alone."""
     catalogue = read_catalogue(store)
-    refs = [BackupRef(m.id, m.created_at, m.verified, m.cluster_id) for m in catalogue.backups]
+    drills = read_drills(store)
+    drilled = drill_results(drills)
+    refs = [
+        BackupRef(m.id, m.created_at, m.verified, m.cluster_id, drilled[m.id].restorable if m.id in drilled else None)
+        for m in catalogue.backups
+    ]
     plan = plan_retention(refs, now, policy, live_cluster_id=live_cluster_id)
     for backup_id in plan.delete:
         log(f"retention: deleting {backup_id} ({plan.reasons.get(backup_id, 'not needed')})")
         # the object first: a manifest without its object would be a backup that cannot restore
         store.delete(object_key(backup_id))
         store.delete(manifest_key(backup_id))
+    for record in drills:  # the drills of deleted backups say nothing any more
+        if record.backup_id in plan.delete:
+            store.delete(drill_key(record.drill_id))
     removed = plan_orphans([(o.id, o.created_at) for o in catalogue.orphans], now, policy.orphan_grace)
     for orphan_id in removed:
         log(f"retention: removing the orphan object {object_key(orphan_id)} (no manifest, older than the grace period)")

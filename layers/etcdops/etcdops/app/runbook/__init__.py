@@ -1,11 +1,14 @@
-"""The runbooks' steps (``replace``, ``restore``, ``upgrade``) and what they share: their errors, the
-input checks, the step timings and how a caught error reads in a message."""
+"""The runbooks' steps (``replace``, ``restore``, ``upgrade``, ``drill``) and what they share: their errors,
+the input checks, the step timings, execution tails, staging a plain snapshot and how a caught error
+reads in a message."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -147,3 +150,24 @@ def caught_message(error: Mapping[str, Any] | None) -> str:
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
+
+
+def execution_tail(doc: Document) -> str:
+    """A short, name-safe id of this execution (tokens, suffixes, host names, staging keys)."""
+    cleaned = re.sub(r"[^A-Za-z0-9]", "", str(doc["execution"])).lower()
+    digest = hashlib.sha256(str(doc["execution"]).encode()).hexdigest()[:6]
+    return f"{cleaned[-10:]}{digest}"
+
+
+def stage_plaintext(staging: BackupStore, key: str, chunks: Iterable[bytes]) -> dict[str, str]:
+    """Upload a checked plain snapshot stream to ``key`` for hosts to download: its key, URI and sha256.
+    A check failing at the stream's end aborts the upload, so nothing unverified is staged."""
+    sha = hashlib.sha256()
+
+    def hashed() -> Iterator[bytes]:
+        for chunk in chunks:
+            sha.update(chunk)
+            yield chunk
+
+    staging.put_stream(key, hashed())
+    return {"key": key, "uri": staging.uri_for(key), "sha256": sha.hexdigest()}

@@ -63,8 +63,6 @@ member's revision at least the backup's.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -87,7 +85,9 @@ from etcdops.app.runbook import (
     PreflightFailedError,
     RunbookError,
     caught_error,
+    execution_tail,
     require_configured_cluster,
+    stage_plaintext,
 )
 from etcdops.app.runbook import preflight as checks
 from etcdops.domain.backup.errors import BackupNotFoundError, DecryptionError
@@ -158,13 +158,6 @@ def _timed(doc: Document, step: str, started: float) -> Document:
     timings = dict(doc.get("timings") or {})
     timings[step] = round(time.monotonic() - started, 3)
     return {**doc, "timings": timings}
-
-
-def _tail(doc: Document) -> str:
-    """A short, name-safe id of this execution (tokens, suffixes, host names, staging keys)."""
-    cleaned = re.sub(r"[^A-Za-z0-9]", "", str(doc["execution"])).lower()
-    digest = hashlib.sha256(str(doc["execution"]).encode()).hexdigest()[:6]
-    return f"{cleaned[-10:]}{digest}"
 
 
 def _host_doc(host: Host) -> dict[str, str]:
@@ -239,7 +232,7 @@ def acquire_lock(ctx: RestoreContext, doc: Document) -> Document:
     started = time.monotonic()
     lease = max(LOCK_LEASE_SECONDS, wait + 3600)  # outlasts the approval wait; extended again after it
     lock = ctx.state.acquire_lock(doc["cluster"], doc["execution"], lease, ctx.now())
-    tail = _tail(doc)
+    tail = execution_tail(doc)
     return _timed(
         {
             **doc,
@@ -452,7 +445,7 @@ def stop_etcd(ctx: RestoreContext, doc: Document) -> Document:
 def new_host_name(old: str, doc: Document) -> str:
     """A deterministic name for the fresh host replacing ``old``: its stem and the execution's tail."""
     stem = old.split("-s")[0][:40]
-    return f"{stem}-s{_tail(doc)[-8:]}"
+    return f"{stem}-s{execution_tail(doc)[-8:]}"
 
 
 def launch_hosts(ctx: RestoreContext, doc: Document) -> Document:
@@ -474,7 +467,7 @@ def _staging_store(ctx: RestoreContext) -> BackupStore:
 
 def staged_keys(doc: Document) -> tuple[str, str]:
     """The staging keys of this execution: the plain snapshot, and the preflight's write probe."""
-    return f"{STAGING_PREFIX}/{_tail(doc)}.snapshot", f"{STAGING_PREFIX}/{_tail(doc)}.preflight"
+    return f"{STAGING_PREFIX}/{execution_tail(doc)}.snapshot", f"{STAGING_PREFIX}/{execution_tail(doc)}.preflight"
 
 
 def _stage_snapshot(ctx: RestoreContext, doc: Document) -> dict[str, str]:
@@ -496,16 +489,8 @@ def _stage_snapshot(ctx: RestoreContext, doc: Document) -> dict[str, str]:
         if leftover.endswith((".snapshot", ".preflight")):
             staging.delete(leftover)  # ours from an earlier try (its sha256 unrecorded), or another execution's
     manifest = load_manifest(store, doc["backup_id"])
-    sha = hashlib.sha256()
-
-    def chunks() -> Iterator[bytes]:
-        for chunk in _plaintext(ctx, store, keyring, manifest):
-            sha.update(chunk)
-            yield chunk
-
     with _decrypting(ctx, manifest):
-        staging.put_stream(key, chunks())
-    return {"key": key, "uri": staging.uri_for(key), "sha256": sha.hexdigest()}
+        return stage_plaintext(staging, key, _plaintext(ctx, store, keyring, manifest))
 
 
 def remove_staged(ctx: RestoreContext, doc: Document) -> list[str]:

@@ -202,6 +202,53 @@ class Manifest(BaseModel):
             raise _invalid(exc, source) from None
 
 
+# ---- restore drill records ----------------------------------------------------------------------
+
+#: where restore drills record their results, below the catalogue's top level
+DRILL_PREFIX = "drills/"
+
+
+def drill_key(drill_id: str) -> str:
+    """Store key of the record of drill ``drill_id`` (an id like a backup's: it sorts by time)."""
+    return f"{DRILL_PREFIX}{check_backup_id(drill_id)}.json"
+
+
+class DrillRecord(BaseModel):
+    """What one restore drill found: whether the backup restored into a scratch member, when, how long."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    drill_id: str
+    execution: Annotated[str, Field(min_length=1)]
+    backup_id: str | None  # None: the drill found no backup to restore
+    restorable: bool
+    started_at: UtcDatetime
+    finished_at: UtcDatetime
+    seconds: Annotated[float, Field(ge=0)]
+    revision: Annotated[int, Field(ge=0)] | None = None  # the scratch member's, when it answered
+    keys: Annotated[int, Field(ge=0)] | None = None  # the scratch member's live keys, when it answered
+    sampled: Annotated[int, Field(ge=0)] = 0  # keys whose values were compared with the backup's
+    error: str | None = None  # why it is not restorable
+
+    @field_validator("drill_id")
+    @classmethod
+    def _drill_id(cls, value: str) -> str:
+        try:
+            return check_backup_id(value)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(indent=2).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes | str, source: str = "drill record") -> DrillRecord:
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise _invalid(exc, source) from None
+
+
 def _invalid(exc: ValidationError, source: str) -> ManifestInvalidError:
     errors = exc.errors(include_url=False)
     if not errors:  # pragma: no cover - pydantic always reports at least one error

@@ -3,16 +3,19 @@
 :func:`plan_retention` only decides; deleting is the caller's job. A backup is kept if any rule
 applies, checked in this order (the first one is recorded as its reason):
 
-1. it is the newest *verified* backup (if no backup is verified at all: the newest backup), or the
-   newest verified backup of the live cluster incarnation (``live_cluster_id``: invariant 11);
+1. it is the newest *verified* backup (if no backup is verified at all: the newest backup), the
+   newest verified backup of the live cluster incarnation (``live_cluster_id``: invariant 11), or the
+   newest verified backup a restore drill restored (invariant 18);
 2. it is younger than ``min_age`` (this includes backups dated in the future);
 3. it is younger than ``keep_all_within``;
 4. it represents one of the last ``daily_days`` UTC calendar days (today included);
 5. it represents one of the last ``weekly_weeks`` ISO weeks (Monday to Sunday, UTC; this week
    included).
 
-The representative of a day or week is its newest verified backup, or its newest backup if none
-of that bucket's backups is verified. Everything else is deleted, in particular unverified
+The representative of a day or week is its newest verified backup that a restore drill restored,
+else its newest verified backup never drilled, else its newest verified backup (a drill could not
+restore it), or its newest backup if none of that bucket's backups is verified. Everything else is
+deleted, in particular unverified
 backups older than ``keep_all_within`` that do not represent a bucket.
 
 Orphans (snapshot objects without a manifest: a run that failed between the object and its
@@ -46,6 +49,7 @@ class BackupRef:
     created_at: datetime
     verified: bool
     cluster_id: str | None = None  # the incarnation it was taken of (the manifest's ``cluster_id``)
+    restorable: bool | None = None  # what its newest restore drill found (None: never drilled)
 
 
 class RetentionPolicy(BaseModel):
@@ -81,17 +85,27 @@ def _order(backup: BackupRef) -> tuple[datetime, str]:
     return (backup.created_at, backup.id)
 
 
+def _drill_rank(backup: BackupRef) -> int:
+    """Drilled and restorable first, then never drilled, then a backup a drill could not restore."""
+    return {True: 2, None: 1, False: 0}[backup.restorable]
+
+
 def _representatives(
     backups: Iterable[BackupRef], bucket_of: Callable[[BackupRef], Hashable]
 ) -> dict[Hashable, BackupRef]:
-    """Per bucket: the newest verified backup, or the newest backup if none is verified."""
+    """Per bucket: the newest verified backup a drill restored, else the newest verified one never drilled,
+    else the newest verified one; the newest backup if none is verified."""
     chosen: dict[Hashable, BackupRef] = {}
     for backup in backups:
         bucket = bucket_of(backup)
         current = chosen.get(bucket)
-        if current is None or (backup.verified, _order(backup)) > (current.verified, _order(current)):
+        if current is None or _preference(backup) > _preference(current):
             chosen[bucket] = backup
     return chosen
+
+
+def _preference(backup: BackupRef) -> tuple[bool, int, tuple[datetime, str]]:
+    return (backup.verified, _drill_rank(backup) if backup.verified else 0, _order(backup))
 
 
 def _utc_day(backup: BackupRef) -> date:
@@ -129,6 +143,8 @@ def plan_retention(
     anchor = verified[-1] if verified else (ordered[-1] if ordered else None)
     live = [b for b in verified if live_cluster_id is not None and b.cluster_id == live_cluster_id]
     live_anchor = live[-1] if live else None
+    drilled = [b for b in verified if b.restorable]
+    drilled_anchor = drilled[-1] if drilled else None
 
     today = now.astimezone(UTC).date()
     this_week = _week_start(today)
@@ -155,6 +171,8 @@ def plan_retention(
             reason = "newest verified backup" if backup.verified else "newest backup (none is verified)"
         elif live_anchor is not None and backup.id == live_anchor.id:
             reason = f"newest verified backup of the live incarnation (cluster id {live_cluster_id})"
+        elif drilled_anchor is not None and backup.id == drilled_anchor.id:
+            reason = "newest backup a restore drill restored"
         elif age < policy.min_age:
             reason = f"younger than min_age ({policy.min_age})"
         elif age < policy.keep_all_within:
