@@ -101,6 +101,17 @@ def wait_for(what: str, predicate: Any, timeout: float = 150.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def wait_rounds(pilot: SimpleNamespace, count: int) -> None:
+    """Wait until the stack's HealthCheck has decided ``count`` more times (each round saves its decision)."""
+    for _ in range(count):
+        seen = pilot.state.load_last_decision("local")
+        before = seen.decided_at if seen else None
+        wait_for(
+            "another health round",
+            lambda before=before: (d := pilot.state.load_last_decision("local")) and d.decided_at != before,
+        )
+
+
 def finished(pilot: SimpleNamespace) -> list[dict[str, Any]]:
     return [e for e in executions(pilot) if e["status"] != "RUNNING"]
 

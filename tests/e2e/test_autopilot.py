@@ -4,7 +4,6 @@ run by the Step Functions interpreter with our handlers in-process."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from autopilot_scenarios import executions, finished, follower, healthy, running_autopilot, wait_for
+from autopilot_scenarios import executions, finished, follower, healthy, running_autopilot, wait_for, wait_rounds
 from builders import Writer
 from etcd_versions import E2E_VERSIONS, ETCD_VERSIONS
 
@@ -400,8 +399,8 @@ def test_a_repair_that_keeps_failing_escalates_exactly_once(autopilot: SimpleNam
     expected = f"etcdops: REPAIR OF MEMBER {victim.name} OF local GAVE UP after 3 attempts - a human must act"
     assert escalation == [expected]
     assert statuses(autopilot) == {"a1": "FAILED", "a2": "FAILED", "a3": "FAILED"}
-    # and the rounds that follow start nothing and say nothing more
-    time.sleep(5)
+    # and the rounds that follow (three of them, counted) start nothing and say nothing more
+    wait_rounds(autopilot, 3)
     assert len(executions(autopilot)) == 3
     assert [s for s in autopilot.inbox() if "GAVE UP" in s] == escalation
     # and the membership is untouched (the attempts failed before any change)
