@@ -24,7 +24,7 @@ from etcdops.adapters.state import LockHeldError
 from etcdops.app.probe import probe_cluster
 from etcdops.app.runbook import RunbookContext, maintain
 from etcdops.domain.errors import EtcdNoSpaceError
-from etcdops.domain.maintenance import beside_nospace
+from etcdops.domain.health import discount_alarm_reports
 from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -84,7 +84,7 @@ def test_nospace_recovered_each_step_twice(small_cluster: LocalCluster) -> None:
     acked, refused = fill_to_nospace(cluster)
     with cluster.client() as client:
         assert {a.alarm for a in client.alarms()} == {"NOSPACE"}
-        leader = beside_nospace(probe_cluster(client)).leader
+        leader = discount_alarm_reports(probe_cluster(client)).leader
     ctx = maintenance_context(cluster, retention_revisions=8, pause_between_members_seconds=0)
 
     # When MaintainCluster runs, every step twice

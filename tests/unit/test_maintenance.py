@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from etcdops.domain.health import Alarm
 from etcdops.domain.maintenance import (
     DefragRule,
-    beside_nospace,
     compaction_plan,
     defrag_order,
     defrag_verdict,
@@ -83,17 +82,3 @@ def test_disarm_only_when_every_member_is_below_the_ratio() -> None:
     silent = cluster(member(1, db_size=10), member(2, healthy=False), alarms=nospace)
     assert not disarm_verdict(silent, quota_bytes=1000, disarm_ratio=0.9).disarm
 
-
-def test_members_whose_only_trouble_is_nospace_count_as_serving() -> None:
-    nospace = (Alarm(member_id=1, alarm="NOSPACE"),)
-    said = "memberID:1 alarm:NOSPACE "
-    health = cluster(
-        member(1, healthy=False, error=said, leader=2),
-        member(2, healthy=False, error=f"{said}; {said}", leader=2),
-        member(3, healthy=False, error="context deadline exceeded", leader=2),
-        leader=None,
-        alarms=nospace,
-    )
-    judged = beside_nospace(health)
-    assert [m.healthy for m in judged.members] == [True, True, False] and judged.leader == 2
-    assert beside_nospace(cluster(member(1, healthy=False, error=said, leader=1), leader=None)).leader is None

@@ -28,7 +28,6 @@ Nothing here reads the environment or creates a client.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -57,14 +56,12 @@ from etcdops.app.probe import probe_cluster
 from etcdops.domain.backup.manifest import Manifest, cluster_id_text
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import EtcdopsError
-from etcdops.domain.health import ClusterHealth, MemberHealth
+from etcdops.domain.health import ClusterHealth, MemberHealth, discount_alarm_reports
 from etcdops.domain.policy import BackupRef, Decision, History, PolicyConfig, decide, update_history
 
 log = logging.getLogger("etcdops.app.healthcheck")
 
 _SAVE_ATTEMPTS = 8
-# etcd reports each active alarm in Status.errors as "memberID:<decimal id> alarm:<NAME> "
-_ALARM_REPORT = re.compile(r"^memberID:\d+ alarm:[A-Z_]+\s*$")
 
 
 # ---- triggers -----------------------------------------------------------------------------------------
@@ -154,30 +151,6 @@ def trigger_skip(trigger: Trigger, config: ClusterConfig) -> str | None:
 
 
 # ---- observation --------------------------------------------------------------------------------------
-
-
-def _only_alarm_reports(error: str | None) -> bool:
-    parts = [p for p in (error or "").split("; ") if p.strip()]
-    return bool(parts) and all(_ALARM_REPORT.match(p) for p in parts)
-
-
-def discount_alarm_reports(health: ClusterHealth) -> ClusterHealth:
-    """Members that answered status and the read but were marked unhealthy only because etcd lists
-    the cluster's alarms in their status (``NOSPACE``, ``CORRUPT``) count as serving here: the
-    alarms are cluster conditions, reported in ``health.alarms`` and notified on their own; they are
-    not member failures to replace, nor a quorum loss to escalate. The leader is derived again."""
-    members = tuple(
-        replace(m, healthy=True, error=None) if not m.healthy and m.leader and _only_alarm_reports(m.error) else m
-        for m in health.members
-    )
-    if members == health.members:
-        return health
-    leaders: dict[int, int] = {}
-    for m in members:
-        if m.healthy and m.leader:
-            leaders[m.leader] = leaders.get(m.leader, 0) + 1
-    leader = max(leaders, key=lambda k: leaders[k]) if leaders else None
-    return replace(health, members=members, leader=leader)
 
 
 def _served_certificates(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+
+# etcd reports each active alarm in Status.errors as "memberID:<decimal id> alarm:<NAME> "
+_ALARM_REPORT = re.compile(r"^memberID:\d+ alarm:[A-Z_]+\s*$")
 
 
 @dataclass(frozen=True)
@@ -104,3 +108,27 @@ class ClusterHealth:
 def quorum_of(voters: int) -> int:
     """The majority of ``voters`` voting members."""
     return voters // 2 + 1
+
+
+def _only_alarm_reports(error: str | None) -> bool:
+    parts = [p for p in (error or "").split("; ") if p.strip()]
+    return bool(parts) and all(_ALARM_REPORT.match(p) for p in parts)
+
+
+def discount_alarm_reports(health: ClusterHealth) -> ClusterHealth:
+    """Members that answered status and the read but were marked unhealthy only because etcd lists
+    the cluster's alarms in their status (``NOSPACE``, ``CORRUPT``) count as serving here: the
+    alarms are cluster conditions, reported in ``health.alarms`` and notified on their own; they are
+    not member failures to replace, nor a quorum loss to escalate. The leader is derived again."""
+    members = tuple(
+        replace(m, healthy=True, error=None) if not m.healthy and m.leader and _only_alarm_reports(m.error) else m
+        for m in health.members
+    )
+    if members == health.members:
+        return health
+    leaders: dict[int, int] = {}
+    for m in members:
+        if m.healthy and m.leader:
+            leaders[m.leader] = leaders.get(m.leader, 0) + 1
+    leader = max(leaders, key=lambda k: leaders[k]) if leaders else None
+    return replace(health, members=members, leader=leader)

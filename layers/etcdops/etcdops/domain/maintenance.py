@@ -10,30 +10,12 @@ member's database is below ``disarm_ratio`` of the quota (else the alarm would c
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from etcdops.domain.health import ClusterHealth, MemberHealth
 
 MIB = 1024 * 1024
-
-
-def beside_nospace(health: ClusterHealth) -> ClusterHealth:
-    """``health`` judged as NOSPACE recovery judges it: a member whose only trouble is that its status lists
-    the NOSPACE alarm (etcd reports it in every member's status while the cluster refuses writes) serves
-    reads and maintenance, so it counts as healthy, and the leader is the one those members agree on."""
-    if not any(a.alarm.upper() == "NOSPACE" for a in health.alarms):
-        return health
-    members = tuple(
-        replace(m, healthy=True, error=None)
-        if not m.healthy and m.error and m.leader and all("alarm:NOSPACE" in part for part in m.error.split("; "))
-        else m
-        for m in health.members
-    )
-    leaders = Counter(m.leader for m in members if m.healthy and m.leader)
-    leader = leaders.most_common(1)[0][0] if leaders else None
-    return replace(health, members=members, leader=leader)
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,10 @@ from etcdops.app.runbook import (
 )
 from etcdops.app.runbook import probe as probe_round
 from etcdops.domain.errors import Backoff, EtcdopsError, EtcdRequestError
-from etcdops.domain.health import ClusterHealth
+from etcdops.domain.health import ClusterHealth, discount_alarm_reports
 from etcdops.domain.maintenance import (
     EXTERNAL_COMPACTOR_KEY,
     DefragRule,
-    beside_nospace,
     compaction_plan,
     defrag_order,
     defrag_verdict,
@@ -63,8 +62,9 @@ STEP_RETRY: dict[str, dict[type[EtcdopsError], Backoff]] = {
 
 
 def probe(ctx: RunbookContext) -> ClusterHealth:
-    """A fresh probe round, members whose only trouble is the NOSPACE alarm counted as serving."""
-    return beside_nospace(probe_round(ctx))
+    """A fresh probe round; members whose only trouble is that their status lists the cluster's alarms count
+    as serving (the alarms themselves are in ``health.alarms``: NOSPACE is recovered, any other skips)."""
+    return discount_alarm_reports(probe_round(ctx))
 
 
 def _nospace(health: ClusterHealth) -> bool:
