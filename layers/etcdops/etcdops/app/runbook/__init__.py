@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.errors import EtcdopsError
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from etcdops.adapters.backup.store import BackupStore
     from etcdops.adapters.etcd.client import EtcdClient
     from etcdops.adapters.etcd.membership import ConfigStore
-    from etcdops.adapters.state import StateStore
+    from etcdops.adapters.state import IncidentStore, LockStore, StateStore
     from etcdops.domain.backup.manifest import Manifest
     from etcdops.domain.compute.base import ComputeProvider
     from etcdops.domain.config import ClusterConfig
@@ -111,15 +111,50 @@ def ensure_backup(ctx: RunbookContext, doc: Document) -> Document:
     return timed({**doc, "backup_id": manifest.id, "backup_revision": manifest.revision}, "ensure_backup", started)
 
 
-def release_lock(ctx: RunbookContext, doc: Document) -> Document:
+class Locking(Protocol):
+    """Any runbook's context, as far as its lock goes."""
+
+    @property
+    def state(self) -> LockStore: ...
+
+
+def release_lock(ctx: Locking, doc: Document) -> Document:
     if doc.get("cluster") and doc.get("execution"):
         ctx.state.release_lock(doc["cluster"], doc["execution"])
     return doc
 
 
-def first_time(ctx: RunbookContext, doc: Document, kind: str) -> bool:
+class Announcing(Protocol):
+    """Any runbook's context, as far as telling things once goes."""
+
+    @property
+    def state(self) -> IncidentStore: ...
+
+    @property
+    def now(self) -> Callable[[], datetime]: ...
+
+
+def first_time(ctx: Announcing, doc: Document, kind: str) -> bool:
     """Notifications are sent once per execution, however often the step is retried."""
     return ctx.state.record_incident(str(doc.get("cluster")), f"{doc.get('execution')}-{kind}", kind, ctx.now())
+
+
+def caught_and_released(ctx: Locking, doc: Document) -> Mapping[str, Any]:
+    """The Catch path's start in every runbook: the caught error, with our lock released unless the
+    error is that another operation holds it (then it is not ours to release)."""
+    error: Mapping[str, Any] = doc.get("error") or {}
+    if error.get("Error") != "LockHeldError":
+        release_lock(ctx, doc)
+    return error
+
+
+def dispatch(steps: Mapping[str, Callable[[Any, Document], Document]], ctx: Any, step: str, doc: Document) -> Document:
+    """Run the step the state machine named (an unknown name is bad input, said in one line)."""
+    try:
+        function = steps[step]
+    except KeyError:
+        raise InvalidRunbookInputError(f"unknown runbook step {step!r}") from None
+    return function(ctx, doc)
 
 
 _CAUSE_LIMIT = 1000

@@ -51,7 +51,9 @@ from etcdops.app.runbook import (
     InvalidRunbookInputError,
     RunbookError,
     caught_error,
+    dispatch,
     execution_tail,
+    first_time,
     require_configured_cluster,
     stage_plaintext,
 )
@@ -297,7 +299,7 @@ def record_result(ctx: DrillContext, doc: Document) -> Document:
     store, _keyring = ctx.backup_target()
     record_drill(store, record)
     _publish(ctx, store, record)
-    if not restorable and _first_time(ctx, doc):
+    if not restorable and first_time(ctx, doc, "drill-failed"):
         ctx.notifier.publish(
             f"etcdops: restore drill of cluster {doc.get('cluster')} failed",
             f"Restore drill {doc.get('execution')} of backup {record.backup_id or '(none)'}: the backup did not "
@@ -308,11 +310,6 @@ def record_result(ctx: DrillContext, doc: Document) -> Document:
     if doc.get("lock_owner"):
         ctx.state.release_lock(_lock_name(str(doc["cluster"])), str(doc["lock_owner"]))
     return {**doc, "result": record.model_dump(mode="json")}
-
-
-def _first_time(ctx: DrillContext, doc: Document) -> bool:
-    incident = f"{doc.get('execution')}-drill-failed"
-    return ctx.state.record_incident(str(doc.get("cluster")), incident, "drill", ctx.now())
 
 
 def _publish(ctx: DrillContext, store: BackupStore, record: DrillRecord) -> None:
@@ -341,11 +338,7 @@ STEPS: dict[str, Callable[[DrillContext, Document], Document]] = {
 
 def run_step(ctx: DrillContext, step: str, doc: Document) -> Document:
     started = time.monotonic()
-    try:
-        function = STEPS[step]
-    except KeyError:
-        raise InvalidRunbookInputError(f"unknown runbook step {step!r}") from None
-    out = function(ctx, doc)
+    out = dispatch(STEPS, ctx, step, doc)
     timings = dict(out.get("timings") or {})
     timings[step] = round(time.monotonic() - started, 3)
     return {**out, "timings": timings}

@@ -21,10 +21,11 @@ from typing import Any
 from etcdops.app.runbook import (
     ClusterNotReadyError,
     Document,
-    InvalidRunbookInputError,
     RunbookContext,
     RunbookError,
+    caught_and_released,
     caught_error,
+    dispatch,
     first_time,
     release_lock,
     require_configured_cluster,
@@ -297,9 +298,7 @@ def notify_success(ctx: RunbookContext, doc: Document) -> Document:
 
 def notify_failure(ctx: RunbookContext, doc: Document) -> Document:
     """The Catch path: what failed and the report; releases our lock."""
-    error = doc.get("error") or {}
-    if error.get("Error") != "LockHeldError":
-        release_lock(ctx, doc)
+    error = caught_and_released(ctx, doc)
     if not first_time(ctx, doc, "maintain-failed"):
         return doc
     ctx.notifier.publish(
@@ -326,9 +325,4 @@ STEPS: dict[str, Any] = {
 
 
 def run_step(ctx: RunbookContext, step: str, doc: Document) -> Document:
-    try:
-        function = STEPS[step]
-    except KeyError:
-        raise InvalidRunbookInputError(f"unknown runbook step {step!r}") from None
-    result: Document = function(ctx, doc)
-    return result
+    return dispatch(STEPS, ctx, step, doc)

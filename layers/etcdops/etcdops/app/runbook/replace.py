@@ -22,8 +22,10 @@ from etcdops.app.runbook import (
     PreflightFailedError,
     RunbookContext,
     RunbookError,
+    caught_and_released,
     caught_error,
     caught_message,
+    dispatch,
     ensure_backup,
     first_time,
     probe,
@@ -365,9 +367,7 @@ def notify_success(ctx: ReplaceContext, doc: Document) -> Document:
 def notify_failure(ctx: ReplaceContext, doc: Document) -> Document:
     """The Catch path: say what failed and where the cluster was left; release our lock; when the
     membership changed before the failure, the stored configuration follows it (best effort)."""
-    error = doc.get("error") or {}
-    if error.get("Error") != "LockHeldError":
-        release_lock(ctx, doc)
+    error = caught_and_released(ctx, doc)
     stored = "unchanged (the membership did not change)"
     if doc.get("removed") and error.get("Error") != "InvalidRunbookInputError":
         try:
@@ -421,8 +421,4 @@ STEPS: dict[str, Callable[[ReplaceContext, Document], Document]] = {
 
 
 def run_step(ctx: ReplaceContext, step: str, doc: Document) -> Document:
-    try:
-        function = STEPS[step]
-    except KeyError:
-        raise InvalidRunbookInputError(f"unknown runbook step {step!r}") from None
-    return function(ctx, doc)
+    return dispatch(STEPS, ctx, step, doc)

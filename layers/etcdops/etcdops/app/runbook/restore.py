@@ -84,8 +84,12 @@ from etcdops.app.runbook import (
     InvalidRunbookInputError,
     PreflightFailedError,
     RunbookError,
+    caught_and_released,
     caught_error,
+    dispatch,
     execution_tail,
+    first_time,
+    release_lock,
     require_configured_cluster,
     stage_plaintext,
 )
@@ -366,11 +370,6 @@ def approval_summary(doc: Document) -> str:
     )
 
 
-def _first_time(ctx: RestoreContext, doc: Document, kind: str) -> bool:
-    """Notifications are sent once per execution, however often the step is retried."""
-    return ctx.state.record_incident(str(doc.get("cluster")), f"{doc.get('execution')}-{kind}", kind, ctx.now())
-
-
 def preflight(ctx: RestoreContext, doc: Document) -> Document:
     """Invariant 13: everything the restore needs from here on is there and allowed, or nothing is stopped."""
     started = time.monotonic()
@@ -406,7 +405,7 @@ def preflight(ctx: RestoreContext, doc: Document) -> Document:
 def notify_start(ctx: RestoreContext, doc: Document) -> Document:
     """After the approval: extend our lock's lease (the wait may have been long), then announce."""
     ctx.state.acquire_lock(doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
-    if _first_time(ctx, doc, "restore-started"):
+    if first_time(ctx, doc, "restore-started"):
         ctx.notifier.publish(
             f"etcdops: restoring cluster {doc['cluster']} from backup {doc['backup_id']}",
             f"Runbook {doc['execution']} was approved and starts now.\n{doc.get('approval_summary', '')}",
@@ -615,14 +614,8 @@ def restart_control_plane(ctx: RestoreContext, doc: Document) -> Document:
     return _timed({**doc, "control_plane_restarted": True}, "restart_control_plane", started)
 
 
-def release_lock(ctx: RestoreContext, doc: Document) -> Document:
-    if doc.get("cluster") and doc.get("execution"):
-        ctx.state.release_lock(doc["cluster"], doc["execution"])
-    return doc
-
-
 def notify_success(ctx: RestoreContext, doc: Document) -> Document:
-    if not _first_time(ctx, doc, "restore-succeeded"):
+    if not first_time(ctx, doc, "restore-succeeded"):
         return doc
     verified = doc.get("verified") or {}
     timings = ", ".join(f"{k} {v}s" for k, v in (doc.get("timings") or {}).items())
@@ -735,10 +728,8 @@ def notify_failure(ctx: RestoreContext, doc: Document) -> Document:
     The stored configuration is left as it was: a failed restore is rolled back by a human, perhaps
     onto the old hosts, so there is no membership to record yet (the health rounds see whichever runs).
     """
-    error = doc.get("error") or {}
-    if error.get("Error") != "LockHeldError":
-        release_lock(ctx, doc)
-    if not _first_time(ctx, doc, "restore-failed"):
+    caught_and_released(ctx, doc)
+    if not first_time(ctx, doc, "restore-failed"):
         return doc
     ctx.notifier.publish(
         f"etcdops: RestoreCluster FAILED for {doc.get('cluster')}",
@@ -770,8 +761,4 @@ STEPS: dict[str, Callable[[RestoreContext, Document], Document]] = {
 
 
 def run_step(ctx: RestoreContext, step: str, doc: Document) -> Document:
-    try:
-        function = STEPS[step]
-    except KeyError:
-        raise InvalidRunbookInputError(f"unknown runbook step {step!r}") from None
-    return function(ctx, doc)
+    return dispatch(STEPS, ctx, step, doc)

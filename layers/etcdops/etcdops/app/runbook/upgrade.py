@@ -22,11 +22,12 @@ from typing import Any
 from etcdops.app.runbook import (
     ClusterNotReadyError,
     Document,
-    InvalidRunbookInputError,
     PreflightFailedError,
     RunbookContext,
     RunbookError,
+    caught_and_released,
     caught_error,
+    dispatch,
     ensure_backup,
     first_time,
     probe,
@@ -390,9 +391,7 @@ def notify_success(ctx: RunbookContext, doc: Document) -> Document:
 
 def notify_failure(ctx: RunbookContext, doc: Document) -> Document:
     """The Catch path: what failed, the state the cluster was left in with the report; releases our lock."""
-    error = doc.get("error") or {}
-    if error.get("Error") != "LockHeldError":
-        release_lock(ctx, doc)
+    error = caught_and_released(ctx, doc)
     if not first_time(ctx, doc, "upgrade-failed"):
         return doc
     ctx.notifier.publish(
@@ -423,9 +422,4 @@ STEPS: dict[str, Any] = {
 
 
 def run_step(ctx: RunbookContext, step: str, doc: Document) -> Document:
-    try:
-        function = STEPS[step]
-    except KeyError:
-        raise InvalidRunbookInputError(f"unknown runbook step {step!r}") from None
-    result: Document = function(ctx, doc)
-    return result
+    return dispatch(STEPS, ctx, step, doc)
