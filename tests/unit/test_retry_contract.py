@@ -70,6 +70,21 @@ def test_every_transient_error_is_retried_in_every_task_and_no_permanent_one_is(
         assert set(retries.LAMBDA_SERVICE_ERRORS) <= set(handled)
 
 
+@pytest.mark.parametrize("path", MACHINES, ids=lambda p: p.name)
+def test_a_step_whose_function_died_halfway_runs_again_twice_at_most(path: Path) -> None:
+    # a crash or out-of-memory (Lambda.Unknown) or the function's timeout (Sandbox.Timedout): the step
+    # converges (invariant 7), so it runs again, but a step that dies every time fails within minutes
+    # and reaches the failure path instead of being retried for the day; the approval's own timeout
+    # (States.Timeout) is an answer, never retried
+    for name, state in tasks(load(path)).items():
+        handled = retried(state)
+        for error in ("Lambda.Unknown", "Sandbox.Timedout"):
+            assert error in handled, f"{name}: a function that died halfway ({error}) is not retried"
+            interval, attempts, rate = handled[error]
+            assert attempts <= 2 and interval * rate**attempts <= 60, (name, error, handled[error])
+        assert "States.Timeout" not in handled and "States.ALL" not in handled, name
+
+
 def test_the_bugs_of_issue_9_are_gone() -> None:
     replace_machine = tasks(load(ROOT / "statemachines" / "replace_member.asl.json"))
     # a fresh EC2 host not yet online in SSM is waited for where etcd is started on it

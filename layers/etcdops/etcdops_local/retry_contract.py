@@ -60,6 +60,13 @@ LAMBDA_SERVICE_ERRORS: tuple[str, ...] = (
 )
 """Errors of the Lambda service itself (not of our code): transient, retried with the default backoff."""
 
+LAMBDA_RUNTIME_ERRORS: tuple[str, ...] = ("Lambda.Unknown", "Sandbox.Timedout")
+"""The function's process died halfway through a step (a crash, out of memory) or hit its timeout: no
+error class of ours reaches Step Functions. The step runs again, twice at most (invariant 7: every step
+reads what is there before it changes it, so a second run finishes what the first left halfway)."""
+
+RUNTIME_BACKOFF = Backoff(interval_seconds=5, max_attempts=2, rate=2.0)
+
 STATES_ERRORS: frozenset[str] = frozenset(
     {
         "States.ALL",
@@ -99,7 +106,7 @@ def transient_errors() -> dict[str, Backoff]:
 
 def other_error_names() -> frozenset[str]:
     """Error names that are not classes but may be caught: Step Functions' own, and the approval's rejection."""
-    return STATES_ERRORS | {APPROVAL_REJECTED, *LAMBDA_SERVICE_ERRORS}
+    return STATES_ERRORS | {APPROVAL_REJECTED, *LAMBDA_SERVICE_ERRORS, *LAMBDA_RUNTIME_ERRORS}
 
 
 def step_retry(runbook: str) -> StepRetry:
@@ -123,7 +130,8 @@ def _retrier(names: Sequence[str], backoff: Backoff) -> dict[str, Any]:
 
 def task_retriers(overrides: Mapping[type[EtcdopsError], Backoff] | None = None) -> list[dict[str, Any]]:
     """The ``Retry`` list of one Task: every transient error with its backoff (or the step's
-    override), grouped by backoff, the default group last with Lambda's service errors."""
+    override), grouped by backoff, the default group with Lambda's service errors, and last a
+    function that died halfway (:data:`LAMBDA_RUNTIME_ERRORS`)."""
     transient = transient_errors()
     groups: dict[Backoff, list[str]] = {}
     for error in overrides or {}:
@@ -135,6 +143,7 @@ def task_retriers(overrides: Mapping[type[EtcdopsError], Backoff] | None = None)
     default = groups.pop(DEFAULT_BACKOFF, [])
     retriers = [_retrier(names, backoff) for backoff, names in sorted(groups.items(), key=lambda g: g[1])]
     retriers.append(_retrier([*default, *LAMBDA_SERVICE_ERRORS], DEFAULT_BACKOFF))
+    retriers.append(_retrier(LAMBDA_RUNTIME_ERRORS, RUNTIME_BACKOFF))
     return retriers
 
 
