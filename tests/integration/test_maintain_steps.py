@@ -172,6 +172,11 @@ def test_fragmented_cluster_defragmented_with_a_writer_leader_last(start_cluster
     # When it runs again, Then the rule finds nothing worth defragmenting, and says why
     again = run_maintain(ctx, {"cluster": "local", "execution": "maintain-defrag-2"}, [])
     assert again["defragmented"] == [] and "skipped: below 45 % fragmented" in again["approval_summary"]
+    # and each run's message counts the members it defragmented in words
+    assert [m[0] for m in ctx.notifier.messages] == [  # type: ignore[attr-defined]
+        "etcdops: maintained local (3 members defragmented)",
+        "etcdops: maintained local (0 members defragmented)",
+    ]
 
     # When a member is down, Then maintenance is skipped with the reason, nothing changed
     cluster.kill(doc["defragmented"][0]["name"])

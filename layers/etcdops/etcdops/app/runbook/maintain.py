@@ -43,6 +43,7 @@ from etcdops.domain.maintenance import (
     defrag_verdict,
     disarm_verdict,
 )
+from etcdops.domain.wording import count
 
 LOCK_LEASE_SECONDS = 3600
 CATCH_UP_ENTRIES = 1000
@@ -284,10 +285,11 @@ def notify_success(ctx: RunbookContext, doc: Document) -> Document:
     if doc.get("mode") == "skipped" or not first_time(ctx, doc, "maintain-succeeded"):
         return doc
     recovered = doc.get("mode") == "nospace"
+    defragmented = count(len(doc.get("defragmented") or []), "member")
     subject = (
         f"etcdops: {doc['cluster']} recovered from NOSPACE; writes accepted again"
         if recovered
-        else f"etcdops: maintained {doc['cluster']} ({len(doc.get('defragmented') or [])} member(s) defragmented)"
+        else f"etcdops: maintained {doc['cluster']} ({defragmented} defragmented)"
     )
     body = f"Runbook {doc['execution']} finished.\n{report(doc)}"
     if recovered:
