@@ -132,6 +132,20 @@ def test_a_good_backup_is_restorable_and_recorded_with_its_duration(live: LocalC
         assert client.range(b"\0", b"\0", count_only=True).count == 24
 
 
+def test_a_backup_of_a_keyspace_never_written_is_restorable(
+    start_cluster: Callable[..., LocalCluster], etcd3530: EtcdBinaries
+) -> None:
+    # Given the backup of a new cluster (the snapshot holds no key revision: its manifest says 0)
+    fresh = start_cluster(etcd3530, members=1)
+    backup = take_backup(fresh)
+    assert backup.revision == 0
+
+    # When it is drilled, Then it restores (etcd serves an empty keyspace at revision 1)
+    result = run_drill(context_for(fresh), "drill-empty")["result"]
+    assert result["restorable"] is True and (result["revision"], result["keys"]) == (1, 0), result
+    assert leftovers(fresh) == ([], [])
+
+
 def break_the_scratch_database(live: LocalCluster) -> Callable[[str, dict[str, Any]], None]:
     def inject(step: str, doc: dict[str, Any]) -> None:
         if step == "StartScratch":  # the restored data directory's database is overwritten: etcd refuses it
