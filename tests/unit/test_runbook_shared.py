@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import boto3
 import pytest
 
-from etcdops.app.runbook import caught_error
+from etcdops.adapters.aws import MemoryNotifier
+from etcdops.adapters.state_memory import InMemoryStateStore
+from etcdops.app.runbook import caught_error, publish_failure_once
 from etcdops.domain.config import parse_config
 from etcdops.domain.errors import ConfigError
 from etcdops.entrypoints.runbook_step import staging_store
@@ -81,3 +85,15 @@ def test_other_causes_are_kept_but_bounded() -> None:
     findings = "\n".join(f"{i}. [host] instance i-{i:017x}: is not online in SSM. Fix: start it." for i in range(1, 30))
     listed = caught_error({"Error": "PreflightFailedError", "Cause": json.dumps({"errorMessage": findings})})
     assert listed == f"PreflightFailedError: {findings}" and len(findings) > 1100
+
+
+def test_a_failure_is_published_once_however_often_the_catch_path_runs() -> None:
+    ctx = SimpleNamespace(
+        state=InMemoryStateStore(), notifier=MemoryNotifier(), now=lambda: datetime(2026, 12, 7, tzinfo=UTC)
+    )
+    doc = {"cluster": "prod", "execution": "upgrade-prod-1"}
+
+    for _ in range(2):  # a retried NotifyFailure step
+        assert publish_failure_once(ctx, doc, "upgrade-failed", "subject", "body") == doc
+
+    assert ctx.notifier.messages == [("subject", "body", {"cluster": "prod", "kind": "upgrade-failed"})]

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from etcdops.domain.errors import ConfigError, NotFoundError
 from etcdops_local.cli.main import _state_dir, emit, table
 from etcdops_local.cli.options import AWS_OPTIONS
 from etcdops_local.cli.story import explained, message, outcome, wrapped
+
+if TYPE_CHECKING:
+    from etcdops.domain.config import ClusterConfig
 
 RUNBOOKS = {
     "replace": "ReplaceMemberStateMachine",
@@ -183,55 +187,72 @@ def show_text(data: dict[str, Any], steps: list[Any], width: int | None) -> str:
     return "\n".join(lines)
 
 
-def cmd_runbook_start(args: argparse.Namespace) -> int:
-    from etcdops.adapters.etcd.connect import client_for
-    from etcdops.app.probe import probe_cluster
+Prepare = Callable[["ClusterConfig"], tuple[str, dict[str, Any]]]
+
+
+def _started(name: str) -> str:
+    return f"started {name}"
+
+
+def _start(args: argparse.Namespace, runbook: str, prepare: Prepare, said: Callable[[str], str] = _started) -> int:
+    """Start ``runbook`` (a key of RUNBOOKS) by hand, the tail every ``runbook start`` shares: the operator's
+    session first (no stack: that error, before anything else), the cluster's configuration, then
+    ``prepare(config)`` gives the execution name's stem and the execution input; the execution is started
+    under a unique name from that stem and ``said(name)`` is printed (``--json``: its name, ARN and input)."""
     from etcdops_local.aws.stack import execution_name, start_execution
     from etcdops_local.cli.options import resolve_config
 
     session, arns = operator_session(args)
     config = resolve_config(args)
-    with client_for(config) as client:
-        health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
-    member = next((m for m in health.members if args.member in (m.name, f"{m.id:x}")), None)
-    if member is None:
-        raise NotFoundError(f"no member {args.member!r} in cluster {config.name}")
-    document = {
-        "cluster": config.name,
-        "member_id": f"{member.id:x}",
-        "member_name": member.name,
-        "incident_id": execution_name(f"{config.name}-manual"),
-        "reason": args.reason or f"requested by an operator: replace {member.name}",
-        "requires_approval": args.approval,
-    }
-    name = execution_name(f"replace-{config.name}-{member.name}")
-    arn = start_execution(session.client("stepfunctions"), _arn(args, arns, "replace"), document, name=name)
-    emit(args, {"name": name, "arn": arn, "input": document}, lambda: f"started {name}")
+    stem, document = prepare(config)
+    name = execution_name(stem)
+    arn = start_execution(session.client("stepfunctions"), _arn(args, arns, runbook), document, name=name)
+    emit(args, {"name": name, "arn": arn, "input": document}, lambda: said(name))
     return 0
+
+
+def cmd_runbook_start(args: argparse.Namespace) -> int:
+    """ReplaceMember of the member named or numbered by --member (found by a probe of the live cluster)."""
+
+    def prepare(config: ClusterConfig) -> tuple[str, dict[str, Any]]:
+        from etcdops.adapters.etcd.connect import client_for
+        from etcdops.app.probe import probe_cluster
+        from etcdops_local.aws.stack import execution_name
+
+        with client_for(config) as client:
+            health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
+        member = next((m for m in health.members if args.member in (m.name, f"{m.id:x}")), None)
+        if member is None:
+            raise NotFoundError(f"no member {args.member!r} in cluster {config.name}")
+        document = {
+            "cluster": config.name,
+            "member_id": f"{member.id:x}",
+            "member_name": member.name,
+            "incident_id": execution_name(f"{config.name}-manual"),
+            "reason": args.reason or f"requested by an operator: replace {member.name}",
+            "requires_approval": args.approval,
+        }
+        return f"replace-{config.name}-{member.name}", document
+
+    return _start(args, "replace", prepare)
 
 
 def cmd_runbook_start_restore(args: argparse.Namespace) -> int:
     """RestoreCluster: the backup is checked by the runbook itself, and it always waits for an approval."""
     from etcdops.domain.backup.manifest import check_backup_id
-    from etcdops_local.aws.stack import execution_name, start_execution
-    from etcdops_local.cli.options import resolve_config
 
-    session, arns = operator_session(args)
-    config = resolve_config(args)
-    document: dict[str, Any] = {
-        "cluster": config.name,
-        "backup_id": check_backup_id(args.backup) if args.backup else None,
-        "mode": args.mode,
-        "reason": args.reason or f"requested by an operator: restore {config.name}",
-    }
-    name = execution_name(f"restore-{config.name}")
-    arn = start_execution(session.client("stepfunctions"), _arn(args, arns, "restore"), document, name=name)
-    emit(
-        args,
-        {"name": name, "arn": arn, "input": document},
-        lambda: f"started {name}; it waits for your approval before anything is stopped",
+    def prepare(config: ClusterConfig) -> tuple[str, dict[str, Any]]:
+        document: dict[str, Any] = {
+            "cluster": config.name,
+            "backup_id": check_backup_id(args.backup) if args.backup else None,
+            "mode": args.mode,
+            "reason": args.reason or f"requested by an operator: restore {config.name}",
+        }
+        return f"restore-{config.name}", document
+
+    return _start(
+        args, "restore", prepare, lambda name: f"started {name}; it waits for your approval before anything is stopped"
     )
-    return 0
 
 
 def cmd_runbook_start_upgrade(args: argparse.Namespace) -> int:
@@ -239,64 +260,52 @@ def cmd_runbook_start_upgrade(args: argparse.Namespace) -> int:
     members' versions and the path's gates, by the runbook before it changes anything."""
     from etcdops.domain.errors import UsageError
     from etcdops.domain.upgrade import EtcdVersion
-    from etcdops_local.aws.stack import execution_name, start_execution
-    from etcdops_local.cli.options import resolve_config
 
     version = EtcdVersion.parse(args.version)
     if version is None:
         raise UsageError(f"--version: {args.version!r} is not an etcd version (MAJOR.MINOR.PATCH, e.g. 3.5.30)")
-    session, arns = operator_session(args)
-    config = resolve_config(args)
-    document: dict[str, Any] = {
-        "cluster": config.name,
-        "version": str(version),
-        "reason": args.reason or f"requested by an operator: upgrade {config.name} to etcd {version}",
-        "requires_approval": args.approval,
-    }
-    name = execution_name(f"upgrade-{config.name}-{str(version).replace('.', '-')}")
-    arn = start_execution(session.client("stepfunctions"), _arn(args, arns, "upgrade"), document, name=name)
-    emit(args, {"name": name, "arn": arn, "input": document}, lambda: f"started {name}")
-    return 0
+
+    def prepare(config: ClusterConfig) -> tuple[str, dict[str, Any]]:
+        document: dict[str, Any] = {
+            "cluster": config.name,
+            "version": str(version),
+            "reason": args.reason or f"requested by an operator: upgrade {config.name} to etcd {version}",
+            "requires_approval": args.approval,
+        }
+        return f"upgrade-{config.name}-{str(version).replace('.', '-')}", document
+
+    return _start(args, "upgrade", prepare)
 
 
 def cmd_runbook_start_drill(args: argparse.Namespace) -> int:
     """RestoreDrill: the newest verified backup (or --backup ID) restored into a scratch member and checked."""
     from etcdops.domain.backup.manifest import check_backup_id
-    from etcdops_local.aws.stack import execution_name, start_execution
-    from etcdops_local.cli.options import resolve_config
 
-    session, arns = operator_session(args)
-    config = resolve_config(args)
-    document: dict[str, Any] = {"cluster": config.name}
-    if args.backup:
-        document["backup_id"] = check_backup_id(args.backup)
-    name = execution_name(f"drill-{config.name}")
-    arn = start_execution(session.client("stepfunctions"), _arn(args, arns, "drill"), document, name=name)
-    emit(
-        args,
-        {"name": name, "arn": arn, "input": document},
-        lambda: f"started {name}; `etcdops runbook show {name}` follows it, `etcdops backup list` shows the result",
-    )
-    return 0
+    def prepare(config: ClusterConfig) -> tuple[str, dict[str, Any]]:
+        document: dict[str, Any] = {"cluster": config.name}
+        if args.backup:
+            document["backup_id"] = check_backup_id(args.backup)
+        return f"drill-{config.name}", document
+
+    def said(name: str) -> str:
+        return f"started {name}; `etcdops runbook show {name}` follows it, `etcdops backup list` shows the result"
+
+    return _start(args, "drill", prepare, said)
 
 
 def cmd_runbook_start_maintain(args: argparse.Namespace) -> int:
     """MaintainCluster now, as its schedule would start it: compaction, defragmentation by rule, NOSPACE
     recovery; it skips a cluster that is not fully healthy or whose lock another runbook holds."""
-    from etcdops_local.aws.stack import execution_name, start_execution
-    from etcdops_local.cli.options import resolve_config
 
-    session, arns = operator_session(args)
-    config = resolve_config(args)
-    document: dict[str, Any] = {
-        "cluster": config.name,
-        "reason": args.reason or f"requested by an operator: maintain {config.name}",
-        "requires_approval": args.approval,
-    }
-    name = execution_name(f"maintain-{config.name}")
-    arn = start_execution(session.client("stepfunctions"), _arn(args, arns, "maintain"), document, name=name)
-    emit(args, {"name": name, "arn": arn, "input": document}, lambda: f"started {name}")
-    return 0
+    def prepare(config: ClusterConfig) -> tuple[str, dict[str, Any]]:
+        document: dict[str, Any] = {
+            "cluster": config.name,
+            "reason": args.reason or f"requested by an operator: maintain {config.name}",
+            "requires_approval": args.approval,
+        }
+        return f"maintain-{config.name}", document
+
+    return _start(args, "maintain", prepare)
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:

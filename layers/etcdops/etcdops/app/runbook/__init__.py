@@ -139,6 +139,21 @@ def first_time(ctx: Announcing, doc: Document, kind: str) -> bool:
     return ctx.state.record_incident(str(doc.get("cluster")), f"{doc.get('execution')}-{kind}", kind, ctx.now())
 
 
+class Publishing(Announcing, Protocol):
+    """Any runbook's context, as far as sending a message once goes."""
+
+    @property
+    def notifier(self) -> Notifier: ...
+
+
+def publish_failure_once(ctx: Publishing, doc: Document, kind: str, subject: str, body: str) -> Document:
+    """The Catch path's message: ``subject`` and ``body`` published once per execution (``kind``, e.g.
+    ``upgrade-failed``, names it in the message's attributes and in the once-only record); ``doc`` unchanged."""
+    if first_time(ctx, doc, kind):
+        ctx.notifier.publish(subject, body, {"cluster": str(doc.get("cluster")), "kind": kind})
+    return doc
+
+
 def caught_and_released(ctx: Locking, doc: Document) -> Mapping[str, Any]:
     """The Catch path's start in every runbook: the caught error, with our lock released unless the
     error is that another operation holds it (then it is not ours to release)."""

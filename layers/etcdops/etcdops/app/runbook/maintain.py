@@ -27,6 +27,7 @@ from etcdops.app.runbook import (
     caught_error,
     dispatch,
     first_time,
+    publish_failure_once,
     release_lock,
     require_configured_cluster,
     require_input,
@@ -301,14 +302,13 @@ def notify_success(ctx: RunbookContext, doc: Document) -> Document:
 def notify_failure(ctx: RunbookContext, doc: Document) -> Document:
     """The Catch path: what failed and the report; releases our lock."""
     error = caught_and_released(ctx, doc)
-    if not first_time(ctx, doc, "maintain-failed"):
-        return doc
-    ctx.notifier.publish(
+    return publish_failure_once(
+        ctx,
+        doc,
+        "maintain-failed",
         f"etcdops: MaintainCluster FAILED for {doc.get('cluster')}",
         f"Runbook {doc.get('execution')} stopped: {caught_error(error)}\n{report(doc)}",
-        {"cluster": str(doc.get("cluster")), "kind": "maintain-failed"},
     )
-    return doc
 
 
 STEPS: dict[str, Any] = {

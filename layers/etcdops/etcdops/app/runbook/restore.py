@@ -89,6 +89,7 @@ from etcdops.app.runbook import (
     dispatch,
     execution_tail,
     first_time,
+    publish_failure_once,
     release_lock,
     require_configured_cluster,
     stage_plaintext,
@@ -729,14 +730,9 @@ def notify_failure(ctx: RestoreContext, doc: Document) -> Document:
     onto the old hosts, so there is no membership to record yet (the health rounds see whichever runs).
     """
     caught_and_released(ctx, doc)
-    if not first_time(ctx, doc, "restore-failed"):
-        return doc
-    ctx.notifier.publish(
-        f"etcdops: RestoreCluster FAILED for {doc.get('cluster')}",
-        failure_report(doc),
-        {"cluster": str(doc.get("cluster")), "kind": "restore-failed"},
+    return publish_failure_once(
+        ctx, doc, "restore-failed", f"etcdops: RestoreCluster FAILED for {doc.get('cluster')}", failure_report(doc)
     )
-    return doc
 
 
 STEPS: dict[str, Callable[[RestoreContext, Document], Document]] = {

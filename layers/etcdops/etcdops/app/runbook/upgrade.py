@@ -31,6 +31,7 @@ from etcdops.app.runbook import (
     ensure_backup,
     first_time,
     probe,
+    publish_failure_once,
     release_lock,
     require_configured_cluster,
     require_input,
@@ -392,14 +393,13 @@ def notify_success(ctx: RunbookContext, doc: Document) -> Document:
 def notify_failure(ctx: RunbookContext, doc: Document) -> Document:
     """The Catch path: what failed, the state the cluster was left in with the report; releases our lock."""
     error = caught_and_released(ctx, doc)
-    if not first_time(ctx, doc, "upgrade-failed"):
-        return doc
-    ctx.notifier.publish(
+    return publish_failure_once(
+        ctx,
+        doc,
+        "upgrade-failed",
         f"etcdops: UpgradeCluster FAILED for {doc.get('cluster')} (to etcd {doc.get('version')})",
         f"Runbook {doc.get('execution')} stopped: {caught_error(error)}\n{failure_report(doc)}",
-        {"cluster": str(doc.get("cluster")), "kind": "upgrade-failed"},
     )
-    return doc
 
 
 STEPS: dict[str, Any] = {
