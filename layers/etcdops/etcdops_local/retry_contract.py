@@ -39,6 +39,7 @@ ERROR_MODULES: tuple[str, ...] = (
     "etcdops.domain.compute.errors",
     "etcdops.domain.backup.errors",
     "etcdops.app.runbook",
+    "etcdops.app.runbook.members",
     "etcdops.app.runbook.replace",
     "etcdops.app.runbook.restore",
     "etcdops.app.runbook.upgrade",

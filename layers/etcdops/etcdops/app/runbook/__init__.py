@@ -1,6 +1,7 @@
-"""The runbooks' steps (``replace``, ``restore``, ``upgrade``, ``drill``) and what they share: their errors,
-the input checks, the step timings, execution tails, staging a plain snapshot and how a caught error
-reads in a message."""
+"""The runbooks' steps (``replace``, ``restore``, ``upgrade``, ``maintain``, ``drill``) and what they
+share: their errors, the input checks, the step timings, handing leadership on, execution tails, staging a
+plain snapshot and how a caught error reads in a message. Adding and removing members one at a time is
+:mod:`etcdops.app.runbook.members`."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from etcdops.domain.backup.manifest import Manifest
     from etcdops.domain.compute.base import ComputeProvider
     from etcdops.domain.config import ClusterConfig
-    from etcdops.domain.health import ClusterHealth
+    from etcdops.domain.health import ClusterHealth, MemberHealth
 
 Document = dict[str, Any]
 
@@ -101,6 +102,25 @@ def probe(ctx: RunbookContext) -> ClusterHealth:
     """A fresh probe round of the live membership (every step that decides re-probes)."""
     with ctx.client() as client:
         return probe_cluster(client, deadline=ctx.config.health.probe_deadline_seconds)
+
+
+def hand_leadership_on(
+    ctx: RunbookContext,
+    health: ClusterHealth,
+    member_id: int,
+    preference: Callable[[MemberHealth], object] = lambda m: m.name,
+) -> str | None:
+    """When ``member_id`` leads, leadership moves to another healthy voter (the first by ``preference``), so
+    the cluster elects once, on purpose, before that member stops or leaves. The new leader's name, or None
+    when ``member_id`` does not lead (or is the only voter: it leads throughout)."""
+    if health.leader != member_id:
+        return None
+    others = sorted((m for m in health.healthy_voters if m.id != member_id), key=preference)  # type: ignore[arg-type]
+    if not others:
+        return None
+    with ctx.client() as client:
+        client.move_leader(others[0].id)
+    return others[0].name
 
 
 def ensure_backup(ctx: RunbookContext, doc: Document) -> Document:

@@ -13,21 +13,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from etcdops.adapters.etcd.client import Member
-from etcdops.adapters.etcd.membership import merge_endpoints, record_membership
 from etcdops.app.runbook import (
     ClusterNotReadyError,
     Document,
     InvalidRunbookInputError,
     PreflightFailedError,
     RunbookContext,
-    RunbookError,
     caught_and_released,
     caught_error,
     caught_message,
     dispatch,
     ensure_backup,
     first_time,
+    members,
     probe,
     release_lock,
     require_configured_cluster,
@@ -35,28 +33,17 @@ from etcdops.app.runbook import (
 )
 from etcdops.app.runbook import preflight as checks
 from etcdops.app.runbook import require_input as _require
-from etcdops.domain.compute.base import Host, PreflightPlan, check_host_name
+from etcdops.app.runbook.members import UnsafeChangeError, check_safe, record_membership_in_config
+from etcdops.domain.compute.base import PreflightPlan, check_host_name
 from etcdops.domain.errors import Backoff, EtcdLearnerNotReadyError, EtcdopsError
-from etcdops.domain.health import ClusterHealth
 from etcdops.domain.policy import change_safety
-from etcdops.domain.wording import count
 
 LOCK_LEASE_SECONDS = 1800
 
-
-class UnsafeChangeError(RunbookError):
-    """Invariant 1 does not hold on a fresh probe: no membership change is made."""
-
-
-class LearnerNotCaughtUpError(RunbookError):
-    """The new learner did not catch up in time; it was removed again (invariant 6)."""
-
-
-_CATCH_UP = Backoff(interval_seconds=2, max_attempts=45, rate=1.0)
 STEP_RETRY: dict[str, dict[type[EtcdopsError], Backoff]] = {
     # etcd refuses the promotion until the learner is in sync: about 90 s, then it is removed again
-    "PromoteLearner": {EtcdLearnerNotReadyError: _CATCH_UP, ClusterNotReadyError: _CATCH_UP},
-    "WaitUntilHealthy": {ClusterNotReadyError: Backoff(interval_seconds=2, max_attempts=30, rate=1.0)},
+    "PromoteLearner": {EtcdLearnerNotReadyError: members.CATCH_UP, ClusterNotReadyError: members.CATCH_UP},
+    "WaitUntilHealthy": {ClusterNotReadyError: members.HEALTHY},
 }
 """Steps that wait longer than the default for an error (the state machine's Retry lists come from
 this and the errors' own declarations: :mod:`etcdops_local.retry_contract`)."""
@@ -71,27 +58,11 @@ def member_text(doc: Document) -> str:
     return f"{name} ({doc.get('member_id')})" if doc.get("member_id") and doc.get("member_name") else str(name)
 
 
-def _members(ctx: ReplaceContext) -> list[Member]:
-    with ctx.client() as client:
-        return client.member_list(linearizable=True)
-
-
 def _target_id(doc: Document) -> int:
     try:
         return int(str(doc["member_id"]), 16)
     except (KeyError, ValueError):
         raise InvalidRunbookInputError(f"runbook input: member_id {doc.get('member_id')!r} is not a hex id") from None
-
-
-def _check_safe(ctx: ReplaceContext, target: int | None, what: str) -> ClusterHealth:
-    health = probe(ctx)
-    safety = change_safety(health, target)
-    if not safety.safe:
-        raise UnsafeChangeError(
-            f"{what} is not safe now: {safety.others_healthy} healthy voters besides the target, "
-            f"{safety.needed} needed" + ("" if safety.leader_ok else ", and no healthy leader")
-        )
-    return health
 
 
 # ---- the steps, in runbook order --------------------------------------------------------------
@@ -182,9 +153,8 @@ def remove_failed_member(ctx: ReplaceContext, doc: Document) -> Document:
     started = time.monotonic()
     target = _target_id(doc)
     # the safety check comes first: with quorum lost even reading the membership fails
-    _check_safe(ctx, target, f"removing member {doc['member_id']}")
-    members = _members(ctx)
-    current = next((m for m in members if m.id == target), None)
+    check_safe(ctx, target, f"removing member {doc['member_id']}")
+    current = next((m for m in members.members(ctx) if m.id == target), None)
     if current is not None:
         with ctx.client() as client:
             client.member_remove(target)
@@ -204,123 +174,12 @@ def new_member_name(doc: Document) -> str:
 
 def launch_replacement(ctx: ReplaceContext, doc: Document) -> Document:
     started = time.monotonic()
-    name = new_member_name(doc)
-    ctx.compute.issue_certificates(name)
-    host = ctx.compute.launch(name)
-    return timed({**doc, "new_member": _host_doc(host)}, "launch_replacement", started)
-
-
-def _host_doc(host: Host) -> dict[str, Any]:
-    return {
-        "name": host.name,
-        "host_id": host.host_id,
-        "peer_url": host.peer_url,
-        "client_url": host.client_url,
-    }
-
-
-def _host(ctx: ReplaceContext, doc: Document) -> Host:
-    name = doc["new_member"]["name"]
-    host = ctx.compute.find(name)
-    if host is None:
-        raise ClusterNotReadyError(f"replacement host {name} is not there (yet)")
-    return host
-
-
-def add_learner(ctx: ReplaceContext, doc: Document) -> Document:
-    started = time.monotonic()
-    host = _host(ctx, doc)
-    _check_safe(ctx, None, f"adding {host.name}")
-    members = _members(ctx)
-    existing = next((m for m in members if host.peer_url in m.peer_urls), None)
-    if existing is None:
-        with ctx.client() as client:
-            existing = client.member_add([host.peer_url], learner=True)
-        members = _members(ctx)
-    initial = ",".join(f"{host.name if m.id == existing.id else m.name}={u}" for m in members for u in m.peer_urls[:1])
-    new = {**doc["new_member"], "id": f"{existing.id:x}", "initial_cluster": initial}
-    return timed({**doc, "new_member": new}, "add_learner", started)
-
-
-def start_replacement(ctx: ReplaceContext, doc: Document) -> Document:
-    started = time.monotonic()
-    host = _host(ctx, doc)
-    ctx.compute.start_etcd(host, doc["new_member"]["initial_cluster"], "existing")
-    return timed(doc, "start_replacement", started)
-
-
-def promote_learner(ctx: ReplaceContext, doc: Document) -> Document:
-    """Promote once caught up; etcd refuses (LearnerNotReady) until then and the machine retries."""
-    started = time.monotonic()
-    new_id = int(doc["new_member"]["id"], 16)
-    _check_safe(ctx, None, f"promoting {doc['new_member']['name']}")
-    member = next((m for m in _members(ctx) if m.id == new_id), None)
-    if member is None:
-        raise ClusterNotReadyError(f"member {doc['new_member']['id']} is not in the cluster")
-    if member.is_learner:
-        with ctx.client() as client:
-            client.member_promote(new_id)
-    return timed(doc, "promote_learner", started)
-
-
-def remove_learner(ctx: ReplaceContext, doc: Document) -> Document:
-    """Invariant 6: a learner that could not catch up is removed, and the runbook fails safe."""
-    new = doc.get("new_member") or {}
-    if new.get("id"):
-        new_id = int(new["id"], 16)
-        member = next((m for m in _members(ctx) if m.id == new_id), None)
-        if member is not None and member.is_learner:
-            with ctx.client() as client:
-                client.member_remove(new_id)
-    host = ctx.compute.find(new["name"]) if new.get("name") else None
-    if host is not None:
-        ctx.compute.terminate(host)
-    raise LearnerNotCaughtUpError(
-        f"the new member {new.get('name')} did not catch up in time; it was removed and its host retired"
-    )
+    return timed(members.launch_member(ctx, doc, new_member_name(doc)), "launch_replacement", started)
 
 
 def wait_until_healthy(ctx: ReplaceContext, doc: Document) -> Document:
-    started = time.monotonic()
-    health = probe(ctx)
-    want = int(doc.get("original_voters") or 0)
-    healthy = len(health.healthy_voters)
-    if not health.has_quorum or healthy < want or len(health.voters) < want or health.learners:
-        raise ClusterNotReadyError(
-            f"cluster not healthy yet: {healthy}/{len(health.voters)} voters healthy (want {want}), "
-            f"{count(len(health.learners), 'learner')}, leader {'yes' if health.leader else 'no'}"
-        )
-    return timed({**doc, "healthy_voters": healthy}, "wait_until_healthy", started)
-
-
-def record_membership_in_config(ctx: ReplaceContext) -> list[str]:
-    """Invariant 10: the stored configuration's endpoints become the live members' client URLs,
-    wherever the configuration lives. Converges when retried (a store that says so already is not
-    written). Returns the endpoints now stored."""
-    live = merge_endpoints(*(m.client_urls for m in _members(ctx) if m.started))
-    return record_membership(ctx.config_stores, live).endpoints
-
-
-def repoint_clients(ctx: ReplaceContext, doc: Document) -> Document:
-    """The load balancer sends clients to the new member and no longer to the old one, and the
-    stored configuration names the live members (the seeds every later run starts from)."""
-    started = time.monotonic()
-    host = _host(ctx, doc)
-    ctx.compute.register_target(host)
-    old = ctx.compute.find(doc["old_member"]["name"]) if doc.get("old_member", {}).get("name") else None
-    if old is not None:
-        ctx.compute.deregister_target(old)
-    endpoints = record_membership_in_config(ctx)
-    return timed({**doc, "stored_endpoints": endpoints}, "repoint_clients", started)
-
-
-def retire_old_host(ctx: ReplaceContext, doc: Document) -> Document:
-    started = time.monotonic()
-    name = doc.get("old_member", {}).get("name")
-    old = ctx.compute.find(name) if name else None
-    if old is not None:
-        ctx.compute.terminate(old)
-    return timed({**doc, "retired": name}, "retire_old_host", started)
+    """As many healthy voters as before the failure, and no learner left."""
+    return members.wait_for_voters(ctx, doc, int(doc.get("original_voters") or 0))
 
 
 def _finish_attempt(ctx: ReplaceContext, doc: Document, outcome: str, error: Any = None, cause: Any = None) -> None:
@@ -407,13 +266,13 @@ STEPS: dict[str, Callable[[ReplaceContext, Document], Document]] = {
     "Preflight": preflight,
     "RemoveFailedMember": remove_failed_member,
     "LaunchReplacement": launch_replacement,
-    "AddLearner": add_learner,
-    "StartReplacement": start_replacement,
-    "PromoteLearner": promote_learner,
-    "RemoveLearner": remove_learner,
+    "AddLearner": members.add_learner,
+    "StartReplacement": members.start_new_member,
+    "PromoteLearner": members.promote_learner,
+    "RemoveLearner": members.remove_learner,
     "WaitUntilHealthy": wait_until_healthy,
-    "RepointClients": repoint_clients,
-    "RetireOldHost": retire_old_host,
+    "RepointClients": members.repoint_clients,
+    "RetireOldHost": members.retire_old_host,
     "ReleaseLock": release_lock,
     "NotifySuccess": notify_success,
     "NotifyFailure": notify_failure,

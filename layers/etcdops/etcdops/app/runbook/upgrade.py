@@ -16,6 +16,7 @@ has and starting a running member change nothing.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +31,7 @@ from etcdops.app.runbook import (
     dispatch,
     ensure_backup,
     first_time,
+    hand_leadership_on,
     probe,
     publish_failure_once,
     release_lock,
@@ -206,26 +208,16 @@ def next_member(ctx: RunbookContext, doc: Document) -> Document:
     return {**doc, "done": False, "current": current}
 
 
-def _move_leadership_away(
-    ctx: RunbookContext, health: ClusterHealth, member_id: int, target: EtcdVersion
-) -> str | None:
-    """When ``member_id`` leads, hand leadership to a healthy voter (one on the target version first)."""
-    if health.leader != member_id:
-        return None
-    others = [m for m in health.healthy_voters if m.id != member_id]
-    if not others:
-        return None  # a one-member cluster: its only member leads throughout
-    others.sort(key=lambda m: (EtcdVersion.parse(m.version or "") != target, m.name))
-    with ctx.client() as client:
-        client.move_leader(others[0].id)
-    return others[0].name
+def _upgraded_first(target: EtcdVersion) -> Callable[[MemberHealth], object]:
+    """Leadership goes to a member already on the target version first."""
+    return lambda m: (EtcdVersion.parse(m.version or "") != target, m.name)
 
 
 def move_leadership(ctx: RunbookContext, doc: Document) -> Document:
     """The member to upgrade hands its leadership on first, so the cluster elects once, on purpose."""
     current = dict(doc["current"])
     member_id = int(current["id"], 16)
-    moved = _move_leadership_away(ctx, probe(ctx), member_id, _target(doc))
+    moved = hand_leadership_on(ctx, probe(ctx), member_id, _upgraded_first(_target(doc)))
     if moved:
         current["leadership_moved_to"] = moved
     health = probe(ctx)
@@ -244,7 +236,7 @@ def stop_member(ctx: RunbookContext, doc: Document) -> Document:
     healthy_voters = [m for m in health.healthy_voters if m.id != member_id]
     if sick or (len(healthy_voters) < quorum_of(len(health.voters)) and len(health.voters) > 1):
         raise ClusterNotReadyError(f"not stopping {current['name']}: {', '.join(sick) or 'no quorum'} without it")
-    if _move_leadership_away(ctx, health, member_id, _target(doc)):
+    if hand_leadership_on(ctx, health, member_id, _upgraded_first(_target(doc))):
         raise ClusterNotReadyError(f"member {current['name']} led again; leadership moved away, stopping next try")
     ctx.compute.stop_etcd(_host(ctx, current["name"]))
     current.setdefault("stopped_at", ctx.now().isoformat())
