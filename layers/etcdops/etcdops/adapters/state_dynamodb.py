@@ -24,6 +24,8 @@ Single-table design (:data:`TABLE_KEY_SCHEMA`), one partition per cluster, ``pk 
                        execution ``document`` (JSON), and once it ended ``outcome``, ``error``,
                        ``cause``, ``ended_at``; ``ttl``
 ``repair#<incident>#escalated``  the repair was escalated to a human (``escalated_at``), once
+``deltachain``         where the delta chain ends (``adapters.state_delta``): chain, cluster id, base
+                       and last revision, last delta; moved only by a conditional write
 =====================  ==========================================================================
 
 Approvals are found by execution alone (``etcdops approve EXECUTION``, a signed link), so they
@@ -115,6 +117,9 @@ def table_definition(table_name: str) -> dict[str, Any]:
 
 class _ConditionFailed(Exception):
     """A conditional write found the item not as required (DynamoDB's ConditionalCheckFailedException)."""
+
+
+ConditionFailed = _ConditionFailed  # what a caller of DynamoStateStore.call catches
 
 
 def _pk(cluster: str) -> str:
@@ -262,6 +267,11 @@ class DynamoStateStore:
         response = self._call("get_item", Key=self._key(cluster, sk), ConsistentRead=True)
         item: dict[str, Any] | None = response.get("Item")
         return item
+
+    # the delta chain's head (adapters.state_delta) is an item of this table, written through these
+    call = _call
+    item_key = _key
+    get_item = _get
 
     # streaks
 

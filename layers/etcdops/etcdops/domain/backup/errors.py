@@ -29,6 +29,10 @@ class DecryptionError(BackupIntegrityError):
     """A backup could not be decrypted: wrong key, wrong encryption context, or tampered ciphertext."""
 
 
+class DeltaFormatError(BackupIntegrityError):
+    """A delta's content or manifest is not what the delta format says (a corrupt or foreign object)."""
+
+
 class ManifestInvalidError(BackupIntegrityError):
     """A manifest document is not valid; ``field`` names the first offending field."""
 

@@ -1,0 +1,184 @@
+"""Delta objects in the backup store: written, chained, read back and listed.
+
+A delta is stored as the full backups are (the same envelope encryption, optional zstd, the same
+store) under ``deltas/``: ``<id>.delta.enc`` then, once the chain head moved to it, its manifest
+``<id>.delta.json``. The order makes every outcome safe (invariant 19):
+
+* the object is written first; a run that loses the conditional move of the chain head (another
+  run stored that range) deletes its object and writes no manifest;
+* a run that dies between the object and the head move leaves an object without a manifest (an
+  orphan, never read as a delta);
+* a run that dies after the head move but before the manifest leaves a head whose delta has no
+  manifest: the next run finds it (:func:`head_problem`) and starts a new chain, and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from etcdops.adapters.backup.crypto import (
+    DEFAULT_FRAME_LENGTH,
+    KeyProvider,
+    compress_stream,
+    decompress_stream,
+    decrypt_stream,
+    encrypt_stream,
+)
+from etcdops.adapters.backup.store import BackupStore
+from etcdops.adapters.state_delta import DeltaChainStore
+from etcdops.app.backup.job import CONTEXT_BACKUP_ID, CONTEXT_CLUSTER, encryption_context
+from etcdops.domain.backup.chain import ChainHead
+from etcdops.domain.backup.delta import (
+    DELTA_MANIFEST_SUFFIX,
+    DELTA_OBJECT_SUFFIX,
+    DELTA_PREFIX,
+    DeltaEvent,
+    DeltaManifest,
+    decode_delta,
+    delta_id_from_key,
+    delta_manifest_key,
+    delta_object_key,
+    encode_revision,
+)
+from etcdops.domain.backup.errors import BackupIntegrityError, BackupNotFoundError, DeltaFormatError
+from etcdops.domain.backup.manifest import new_backup_id
+
+Revisions = Sequence[tuple[int, Sequence[DeltaEvent]]]
+
+
+@dataclass(frozen=True)
+class DeltaTarget:
+    """Where and how a cluster's deltas are written."""
+
+    store: BackupStore
+    keyring: KeyProvider
+    chains: DeltaChainStore
+    cluster: str
+    compression: str = "none"
+    frame_length: int = DEFAULT_FRAME_LENGTH
+
+
+def store_delta(target: DeltaTarget, head: ChainHead, revisions: Revisions, now: datetime) -> DeltaManifest | None:
+    """Store ``revisions`` (whole revisions ``head.last_revision + 1 ..``, in order) as the chain's next
+    delta; None when another run moved the head first (this run's object is removed again)."""
+    first, last = revisions[0][0], revisions[-1][0]
+    if first != head.last_revision + 1:
+        raise DeltaFormatError(f"a delta after revision {head.last_revision} must start at {head.last_revision + 1}")
+    plain = b"".join(encode_revision(rev, events) for rev, events in revisions)
+    delta_id = new_backup_id(now)
+    key = delta_object_key(delta_id)
+    context = encryption_context(target.cluster, head.cluster_id, delta_id, first)
+    chunks = compress_stream([plain]) if target.compression == "zstd" else [plain]
+    stored = target.store.put_stream(key, encrypt_stream(chunks, target.keyring, context, target.frame_length))
+    moved = replace(head, last_revision=last, last_delta=delta_id, updated_at=now)
+    if not target.chains.move_chain_head(head, moved):
+        target.store.delete(key)  # another run stored this range: ours must not look like a delta
+        return None
+    events = [e for _, group in revisions for e in group]
+    manifest = DeltaManifest(
+        id=delta_id,
+        chain_id=head.chain_id,
+        base_revision=head.base_revision,
+        previous=head.last_delta,
+        cluster_id=head.cluster_id,
+        cluster_name=target.cluster,
+        first_revision=first,
+        last_revision=last,
+        events=len(events),
+        sha256=hashlib.sha256(plain).hexdigest(),
+        size_plain=len(plain),
+        size_stored=stored,
+        created_at=now,
+        key_id=target.keyring.key_id,
+        compression="zstd" if target.compression == "zstd" else "none",
+        frame_length=target.frame_length,
+        leased_keys=sum(1 for e in events if e.kind == "put" and e.lease),
+    )
+    target.store.put_bytes(delta_manifest_key(delta_id), manifest.to_json())
+    return manifest
+
+
+def load_delta_manifest(store: BackupStore, delta_id: str) -> DeltaManifest:
+    key = delta_manifest_key(delta_id)
+    if not store.exists(key):
+        raise BackupNotFoundError(f"no delta {delta_id} in {store.uri}")
+    manifest = DeltaManifest.from_json(store.get_bytes(key), source=store.uri_for(key))
+    if manifest.id != delta_id:
+        raise DeltaFormatError(f"manifest {key} describes delta {manifest.id}, not {delta_id}")
+    return manifest
+
+
+def read_delta(
+    store: BackupStore, keyring: KeyProvider, manifest: DeltaManifest, cluster: str | None = None
+) -> list[tuple[int, list[DeltaEvent]]]:
+    """The delta's revisions, decrypted and checked against its manifest (sha256, size, revisions,
+    events); :class:`BackupIntegrityError` (or :class:`BackupNotFoundError`) otherwise."""
+    key = delta_object_key(manifest.id)
+    if not store.exists(key):
+        raise BackupNotFoundError(f"delta {manifest.id}: its object {store.uri_for(key)} is missing")
+    expected = {CONTEXT_BACKUP_ID: manifest.id, CONTEXT_CLUSTER: cluster or manifest.cluster_name}
+    plain_chunks = decrypt_stream(store.open_read(key), keyring, expected)
+    if manifest.compression == "zstd":
+        plain_chunks = decompress_stream(plain_chunks)
+    plain = b"".join(plain_chunks)
+    digest = hashlib.sha256(plain).hexdigest()
+    if len(plain) != manifest.size_plain or digest != manifest.sha256:
+        raise BackupIntegrityError(
+            f"delta {manifest.id}: {len(plain)} bytes with sha256 {digest}, its manifest says "
+            f"{manifest.size_plain} bytes with {manifest.sha256}"
+        )
+    revisions = decode_delta(plain, manifest.first_revision, manifest.last_revision)
+    count = sum(len(events) for _, events in revisions)
+    if count != manifest.events:
+        raise BackupIntegrityError(f"delta {manifest.id}: {count} events, its manifest says {manifest.events}")
+    return revisions
+
+
+def head_problem(store: BackupStore, keyring: KeyProvider, head: ChainHead) -> str | None:
+    """Why the chain head's delta cannot be used (missing, unreadable, not what it says), or None."""
+    if head.last_delta is None:
+        return None
+    try:
+        manifest = load_delta_manifest(store, head.last_delta)
+        if (manifest.chain_id, manifest.last_revision) != (head.chain_id, head.last_revision):
+            return f"is not the chain's head (chain {manifest.chain_id} up to {manifest.last_revision})"
+        read_delta(store, keyring, manifest, head.cluster)
+    except BackupNotFoundError as exc:
+        return f"is missing ({exc})"
+    except BackupIntegrityError as exc:
+        return f"cannot be read ({type(exc).__name__}: {exc})"
+    return None
+
+
+# ---- listing -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeltaCatalogue:
+    deltas: list[DeltaManifest]  # readable manifests, by first revision
+    corrupt: list[str] = field(default_factory=list)  # "key: why" of manifests that cannot be read
+    orphans: list[str] = field(default_factory=list)  # objects without a manifest (lost races, crashes)
+
+
+def read_delta_catalogue(store: BackupStore) -> DeltaCatalogue:
+    """Every delta under ``deltas/`` with a readable manifest, and what else is there."""
+    keys = store.list(DELTA_PREFIX)
+    manifests = {i for k in keys if (i := delta_id_from_key(k, DELTA_MANIFEST_SUFFIX))}
+    objects = {i for k in keys if (i := delta_id_from_key(k, DELTA_OBJECT_SUFFIX))}
+    deltas, corrupt = [], []
+    for delta_id in sorted(manifests):
+        try:
+            deltas.append(load_delta_manifest(store, delta_id))
+        except (BackupIntegrityError, BackupNotFoundError) as exc:
+            corrupt.append(f"{delta_manifest_key(delta_id)}: {exc}")
+    deltas.sort(key=lambda m: (m.cluster_id, m.first_revision, m.id))
+    return DeltaCatalogue(deltas, corrupt, [delta_object_key(i) for i in sorted(objects - manifests)])
+
+
+def delete_delta(store: BackupStore, delta_id: str) -> None:
+    """The object first: a manifest without its object would be a delta that cannot be read."""
+    store.delete(delta_object_key(delta_id))
+    store.delete(delta_manifest_key(delta_id))
