@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from etcd_versions import E2E_VERSIONS, etcd_flavour
 
+from etcdops.adapters import pki
 from etcdops_local.cli import main as cli
-from etcdops_local.cluster import EtcdBinaries
+from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
 pytestmark = pytest.mark.integration
 
@@ -381,3 +383,67 @@ def test_backup_commands_round_trip(stack: tuple[Path, dict[str, str]], run: Cli
     assert f"warning: {young}.snapshot.enc is an orphan" in checked.stderr and "cannot be read" in checked.stderr
     orphan = run(cwd, "backup", "verify", young, check=False)
     assert orphan.returncode == 1 and "orphan" in orphan.stderr and orphan.stderr.count("\n") == 1
+
+
+def _etcdctl(cluster: LocalCluster, cert: Path, key: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """etcdctl against the first member with the stack's CA and the given client certificate."""
+    return subprocess.run(
+        [str(cluster.binaries().etcdctl), f"--endpoints={cluster.state().members[0].client_url}",
+         f"--cacert={cluster.pki_dir / 'ca.crt'}", f"--cert={cert}", f"--key={key}",
+         "--dial-timeout=2s", "--command-timeout=4s", *args],
+        env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("flavour", E2E_VERSIONS)  # the oldest and the newest etcd: client TLS is the same in all
+def test_pki_issue_client_certificate_works_with_etcdctl_and_a_foreign_one_is_refused(
+    flavour: str, start_cluster: Any, run: Cli, tmp_path: Path
+) -> None:
+    cluster: LocalCluster = start_cluster(etcd_flavour(flavour))
+    where = ("--state-dir", str(cluster.state_dir))
+    # Given a client certificate issued by `pki issue-client` (client-cert-auth is on for every member)
+    issued = as_json(run(tmp_path, "pki", "issue-client", "kube-apiserver", "--days", "30", "--json", *where))
+    cert, key = cluster.pki_dir / "clients" / "kube-apiserver.crt", cluster.pki_dir / "clients" / "kube-apiserver.key"
+    assert issued["location"] == str(cert) and issued["subject"] == "CN=kube-apiserver"
+    assert key.stat().st_mode & 0o777 == 0o600
+    # Then etcdctl writes and reads with it
+    assert _etcdctl(cluster, cert, key, "put", "/pki/k", "v").returncode == 0
+    got = _etcdctl(cluster, cert, key, "get", "/pki/k", "--print-value-only")
+    assert got.stdout.strip() == "v", got.stderr
+
+    # When a client presents a certificate of another CA, Then every member refuses it
+    foreign_ca = pki.create_ca("someone else's CA")
+    foreign = pki.issue_certificate(foreign_ca, "kube-apiserver", kind="client")
+    pki.write_pem(foreign, tmp_path / "foreign.crt", tmp_path / "foreign.key")
+    refused = _etcdctl(cluster, tmp_path / "foreign.crt", tmp_path / "foreign.key", "put", "/pki/k", "stolen")
+    assert refused.returncode != 0
+    assert _etcdctl(cluster, cert, key, "get", "/pki/k", "--print-value-only").stdout.strip() == "v"
+    log = (cluster.member_dir("m1") / "etcd.log").read_text()
+    assert "unknown authority" in log  # refused for its issuer, not for anything else
+
+    # And `pki list` shows every certificate with where it lives
+    listed = as_json(run(tmp_path, "pki", "list", "--json", *where))
+    assert [(c["role"], c["name"]) for c in listed] == [
+        ("ca", "ca"), ("member", "m1"), ("member", "m2"), ("member", "m3"),
+        ("operator", "etcdops"), ("client", "kube-apiserver"),
+    ]  # fmt: skip
+    client = listed[-1]
+    assert (client["serial"], client["location"]) == (issued["serial"], str(cert))
+    assert {"DNS:m1", "IP:127.0.0.1"} <= set(listed[1]["sans"]) and listed[0]["subject"] == "CN=etcdops local CA"
+
+    # Bad input: one line, exit 2 (usage) or 1, nothing changed
+    before = cert.read_bytes()
+    for args, code, says in (
+        (("kube-apiserver",), 2, "already has a certificate"),
+        (("other", "--days", "0"), 2, "--days"),
+        (("bad/name",), 2, "client name"),
+    ):
+        failed = run(tmp_path, "pki", "issue-client", *args, *where, check=False)
+        assert (failed.returncode, failed.stdout) == (code, "") and says in failed.stderr, failed.stderr
+        assert len(failed.stderr.splitlines()) == 1
+    nowhere = run(tmp_path, "pki", "issue-client", "x", "--state-dir", str(tmp_path / "none"), check=False)
+    assert nowhere.returncode == 1 and len(nowhere.stderr.splitlines()) == 1 and not (tmp_path / "none").exists()
+    assert cert.read_bytes() == before and sorted(p.name for p in cert.parent.iterdir()) == [cert.name, key.name]
+    # --force replaces it
+    again = as_json(run(tmp_path, "pki", "issue-client", "kube-apiserver", "--force", "--json", *where))
+    assert again["serial"] != issued["serial"] and cert.read_bytes() != before

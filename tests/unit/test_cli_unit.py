@@ -67,6 +67,8 @@ REQUIRED: dict[tuple[str, ...], list[str]] = {
     ("runbook", "start", "drill"): [],
     ("demo",): [],
     ("completion",): ["bash"],
+    ("pki", "issue-client"): ["kube-apiserver"],
+    ("pki", "list"): [],
 }
 
 # every global option: the words that give it, the attribute it sets, the value expected

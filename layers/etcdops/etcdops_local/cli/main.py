@@ -291,6 +291,7 @@ def _register_more(commands: Any, common: argparse.ArgumentParser) -> None:
     from etcdops_local.cli import backup as cli_backup
     from etcdops_local.cli import completion as cli_completion
     from etcdops_local.cli import notifications as cli_notifications
+    from etcdops_local.cli import pki as cli_pki
     from etcdops_local.cli import runbook as cli_runbook
     from etcdops_local.cli import snapshot as cli_snapshot
 
@@ -300,6 +301,7 @@ def _register_more(commands: Any, common: argparse.ArgumentParser) -> None:
     cli_runbook.register(commands, common)
     cli_notifications.register(commands, common)
     cli_completion.register(commands, common)
+    cli_pki.register(commands, common)
     demo = commands.add_parser(
         "demo",
         help="a scripted tour on the local stack: backup, kill a member, watch it replaced, check the data",

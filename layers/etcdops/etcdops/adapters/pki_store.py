@@ -1,0 +1,232 @@
+"""Where a cluster's certificates live, and what each one is.
+
+Two stores hold the same things under the same roles:
+
+- :class:`FilePki`, the local stack's ``pki/`` folder: ``ca.crt``/``ca.key``, one ``<member>.crt``/``.key``
+  per member (its server and peer certificate), the operator's ``client.crt`` and the client certificates
+  ``pki issue-client`` made, in ``clients/<name>.crt``/``.key`` (keys mode 0600);
+- :class:`SecretsPki`, Secrets Manager in AWS: the CA in ``etcdops/<cluster>/ca``, each member's in
+  ``etcdops/<cluster>/members/<name>`` (written by the EC2 provider) and each client's in
+  ``etcdops/<cluster>/clients/<name>`` as ``{"certificate", "private_key", "ca", "client"}``.
+
+:func:`describe` reads a certificate into a :class:`CertificateInfo` (serial, subject, SANs, expiry).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+from cryptography import x509
+
+from etcdops.adapters import pki
+from etcdops.adapters.awserrors import aws_error, aws_error_code
+from etcdops.domain.errors import PkiError
+
+Role = Literal["ca", "member", "client", "operator"]
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    """One certificate as ``pki list`` shows it."""
+
+    role: Role
+    name: str
+    serial: str  # hex, as openssl prints it
+    subject: str
+    sans: tuple[str, ...]
+    not_after: str  # ISO 8601, UTC
+    issuer: str
+    location: str  # a file path or a Secrets Manager secret id
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"sans": list(self.sans)}
+
+
+def describe(cert_pem: bytes, *, role: Role, name: str, location: str) -> CertificateInfo:
+    """The first certificate of ``cert_pem`` as a :class:`CertificateInfo`."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise PkiError(f"{location}: not a PEM certificate ({exc})") from exc
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = tuple(
+            [f"DNS:{n}" for n in names.get_values_for_type(x509.DNSName)]
+            + [f"IP:{a}" for a in names.get_values_for_type(x509.IPAddress)]
+        )
+    except x509.ExtensionNotFound:
+        sans = ()
+    return CertificateInfo(
+        role=role,
+        name=name,
+        serial=f"{cert.serial_number:x}",
+        subject=cert.subject.rfc4514_string(),
+        sans=sans,
+        not_after=cert.not_valid_after_utc.isoformat(),
+        issuer=cert.issuer.rfc4514_string(),
+        location=location,
+    )
+
+
+class PkiStore(Protocol):
+    """A cluster's CA and certificates, wherever they are kept."""
+
+    def read_ca(self) -> pki.KeyPair: ...
+
+    def client_location(self, name: str) -> str | None:
+        """Where client ``name``'s certificate is kept, or None when there is none."""
+
+    def put_client(self, name: str, pair: pki.KeyPair, ca_pem: bytes, *, replace: bool) -> str:
+        """Store client ``name``'s certificate and key; returns where."""
+
+    def certificates(self) -> list[CertificateInfo]:
+        """Every certificate: the CA, the members', the clients'."""
+
+
+# ---- the local stack's files ---------------------------------------------------------------
+
+
+class FilePki:
+    """The ``pki/`` folder of a local stack; ``members`` are the names of the cluster's members."""
+
+    def __init__(self, pki_dir: Path, members: list[str]) -> None:
+        self.pki_dir = Path(pki_dir)
+        self.members = members
+
+    @property
+    def clients_dir(self) -> Path:
+        return self.pki_dir / "clients"
+
+    def read_ca(self) -> pki.KeyPair:
+        return pki.load_pem(self.pki_dir / "ca.crt", self.pki_dir / "ca.key")
+
+    def client_location(self, name: str) -> str | None:
+        cert = self.clients_dir / f"{name}.crt"
+        return str(cert) if cert.exists() else None
+
+    def put_client(self, name: str, pair: pki.KeyPair, ca_pem: bytes, *, replace: bool) -> str:
+        cert = self.clients_dir / f"{name}.crt"
+        if cert.exists() and not replace:
+            raise PkiError(f"client {name}: {cert} exists")
+        self.clients_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pki.write_pem(pair, cert, self.clients_dir / f"{name}.key")
+        return str(cert)
+
+    def certificates(self) -> list[CertificateInfo]:
+        found = [self._file("ca", "ca", self.pki_dir / "ca.crt")]
+        found += [self._file("member", m, self.pki_dir / f"{m}.crt") for m in self.members]
+        found.append(self._file("operator", "etcdops", self.pki_dir / "client.crt"))
+        if self.clients_dir.is_dir():
+            found += [self._file("client", p.stem, p) for p in sorted(self.clients_dir.glob("*.crt"))]
+        return found
+
+    @staticmethod
+    def _file(role: Role, name: str, path: Path) -> CertificateInfo:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise PkiError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        return describe(data, role=role, name=name, location=str(path))
+
+
+# ---- Secrets Manager -----------------------------------------------------------------------
+
+
+class SecretsPki:
+    """Cluster ``cluster``'s certificates in Secrets Manager (``secrets``: a secretsmanager client)."""
+
+    def __init__(self, secrets: Any, cluster: str) -> None:
+        self.secrets = secrets
+        self.cluster = cluster
+
+    @property
+    def prefix(self) -> str:
+        return f"etcdops/{self.cluster}/"
+
+    def client_secret_id(self, name: str) -> str:
+        return f"{self.prefix}clients/{name}"
+
+    def read_ca(self) -> pki.KeyPair:
+        from etcdops.adapters.compute.ec2 import parse_ca
+
+        secret_id = f"{self.prefix}ca"
+        text = self._text(secret_id)
+        if text is None:
+            raise PkiError(f"cluster {self.cluster}: no CA secret {secret_id} (is the cluster's name right?)")
+        return parse_ca(f"secret {secret_id}", text)
+
+    def client_location(self, name: str) -> str | None:
+        secret_id = self.client_secret_id(name)
+        return secret_id if self._text(secret_id) is not None else None
+
+    def put_client(self, name: str, pair: pki.KeyPair, ca_pem: bytes, *, replace: bool) -> str:
+        secret_id = self.client_secret_id(name)
+        value = json.dumps(
+            {
+                "certificate": pair.cert_pem.decode(),
+                "private_key": pair.key_pem.decode(),
+                "ca": ca_pem.decode(),
+                "client": name,
+            }
+        )
+        try:
+            try:
+                self.secrets.create_secret(
+                    Name=secret_id,
+                    SecretString=value,
+                    Description=f"etcd client certificate {name} of {self.cluster} (etcdops pki issue-client)",
+                    Tags=[{"Key": "etcdops:cluster", "Value": self.cluster}, {"Key": "etcdops:client", "Value": name}],
+                )
+            except ClientError as exc:
+                if aws_error_code(exc) != "ResourceExistsException" or not replace:
+                    raise
+                self.secrets.put_secret_value(SecretId=secret_id, SecretString=value)
+        except (ClientError, BotoCoreError) as exc:
+            if aws_error_code(exc) == "ResourceExistsException":
+                raise PkiError(f"client {name}: secret {secret_id} exists") from None
+            raise aws_error(f"writing {secret_id}", exc) from None
+        return secret_id
+
+    def certificates(self) -> list[CertificateInfo]:
+        ca = self.read_ca()
+        found = [describe(ca.cert_pem, role="ca", name="ca", location=f"{self.prefix}ca")]
+        for kind, role in (("members", "member"), ("clients", "client")):
+            for secret_id in self._names(f"{self.prefix}{kind}/"):
+                text = self._text(secret_id)
+                if text is None:
+                    continue  # deleted between the listing and the read
+                try:
+                    cert_pem = json.loads(text)["certificate"].encode()
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    raise PkiError(f"{secret_id}: not a certificate secret (JSON with a certificate field)") from None
+                name = secret_id.rsplit("/", 1)[1]
+                found.append(describe(cert_pem, role=role, name=name, location=secret_id))  # type: ignore[arg-type]
+        return found
+
+    def _names(self, prefix: str) -> Iterator[str]:
+        try:
+            pages = self.secrets.get_paginator("list_secrets").paginate(
+                Filters=[{"Key": "name", "Values": [prefix]}]
+            )
+            names = sorted(s["Name"] for page in pages for s in page["SecretList"] if s["Name"].startswith(prefix))
+        except (ClientError, BotoCoreError) as exc:
+            raise aws_error(f"listing secrets {prefix}*", exc) from None
+        yield from names
+
+    def _text(self, secret_id: str) -> str | None:
+        """The secret's text; None when it does not exist or is scheduled for deletion."""
+        try:
+            value = self.secrets.get_secret_value(SecretId=secret_id)
+        except ClientError as exc:
+            if aws_error_code(exc) in ("ResourceNotFoundException", "InvalidRequestException"):
+                return None
+            raise aws_error(f"reading {secret_id}", exc) from None
+        except BotoCoreError as exc:
+            raise aws_error(f"reading {secret_id}", exc) from None
+        text = value.get("SecretString")
+        return text if isinstance(text, str) else None

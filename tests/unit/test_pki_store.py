@@ -1,0 +1,112 @@
+"""``etcdops pki`` on an EC2 cluster: client certificates in (emulated) Secrets Manager, and the listing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from moto import mock_aws
+from moto_ec2 import emulated_account
+
+from etcdops.adapters import pki
+from etcdops.adapters.pki_store import SecretsPki
+from etcdops.app.pki import issue_client
+from etcdops.domain.errors import PkiError, UsageError
+from etcdops_local.cli import main as cli
+
+REGION = "eu-west-1"
+
+
+@pytest.fixture(scope="module")
+def ca() -> pki.KeyPair:
+    return pki.create_ca("prod CA")
+
+
+@pytest.fixture
+def secrets(monkeypatch: pytest.MonkeyPatch, ca: pki.KeyPair) -> Iterator[Any]:
+    emulated_account(monkeypatch, REGION)
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name=REGION)
+        client.create_secret(
+            Name="etcdops/prod/ca",
+            SecretString=json.dumps({"certificate": ca.cert_pem.decode(), "private_key": ca.key_pem.decode()}),
+        )
+        member = pki.issue_certificate(ca, "m1", kind="peer", dns_names=["m1"], ip_addresses=["10.0.0.5"])
+        client.create_secret(
+            Name="etcdops/prod/members/m1",
+            SecretString=json.dumps({"certificate": member.cert_pem.decode(), "private_key": member.key_pem.decode()}),
+        )
+        yield client
+
+
+def _config(tmp_path: Path, name: str = "prod") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    document = {
+        "name": name,
+        "endpoints": ["http://10.0.0.5:2379"],
+        "plaintext": True,
+        "compute": {"provider": "ec2", "launch_template": "lt-1", "subnets": ["subnet-1"]},
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_issue_client_stores_certificate_key_and_ca_in_its_own_secret(
+    secrets: Any, ca: pki.KeyPair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(_config(tmp_path))
+    code, out, err = _cli(capsys, "pki", "issue-client", "kube-apiserver", "--days", "90", "--json", "--config", config)
+    assert code == 0, err
+    issued = json.loads(out)
+    assert issued["location"] == "etcdops/prod/clients/kube-apiserver"
+    stored = json.loads(secrets.get_secret_value(SecretId=issued["location"])["SecretString"])
+    pair = pki.KeyPair(stored["certificate"].encode(), stored["private_key"].encode())
+    pki.verify_chain(ca, pair)  # signed by the cluster CA, key fits
+    assert stored["ca"] == ca.cert_pem.decode() and stored["client"] == "kube-apiserver"
+    assert f"{pair.certificate.serial_number:x}" == issued["serial"]
+    tags = {t["Key"]: t["Value"] for t in secrets.describe_secret(SecretId=issued["location"])["Tags"]}
+    assert tags == {"etcdops:cluster": "prod", "etcdops:client": "kube-apiserver"}
+
+    code, out, err = _cli(capsys, "pki", "list", "--json", "--config", config)
+    listed = json.loads(out)
+    assert [(c["role"], c["name"], c["location"]) for c in listed] == [
+        ("ca", "ca", "etcdops/prod/ca"),
+        ("member", "m1", "etcdops/prod/members/m1"),
+        ("client", "kube-apiserver", "etcdops/prod/clients/kube-apiserver"),
+    ]
+    assert listed[1]["sans"] == ["DNS:m1", "IP:10.0.0.5"] and listed[2]["serial"] == issued["serial"]
+
+    # an existing client is kept without --force: one line, exit 2, the secret unchanged
+    version = secrets.describe_secret(SecretId=issued["location"])["VersionIdsToStages"]
+    code, out, err = _cli(capsys, "pki", "issue-client", "kube-apiserver", "--config", config)
+    assert (code, out) == (2, "") and "already has a certificate" in err and len(err.splitlines()) == 1
+    assert secrets.describe_secret(SecretId=issued["location"])["VersionIdsToStages"] == version
+    code, out, err = _cli(capsys, "pki", "issue-client", "kube-apiserver", "--force", "--json", "--config", config)
+    assert code == 0 and json.loads(out)["serial"] != issued["serial"]
+
+
+def test_issue_client_for_an_unknown_cluster_or_bad_input_changes_nothing(
+    secrets: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _cli(capsys, "pki", "issue-client", "api", "--config", str(_config(tmp_path, "other")))
+    assert code == 1 and "no CA secret etcdops/other/ca" in err and len(err.splitlines()) == 1
+    for args in (("api", "--days", "-3"), ("api", "--days", "0"), ("bad/name",)):
+        code, out, err = _cli(capsys, "pki", "issue-client", *args, "--config", str(_config(tmp_path)))
+        assert out == "" and code == 2 and len(err.splitlines()) == 1, err
+    store = SecretsPki(secrets, "prod")
+    assert [c.role for c in store.certificates()] == ["ca", "member"]  # no client secret was made
+    with pytest.raises(UsageError, match="--days"):
+        issue_client(store, "api", days=3651)
+    with pytest.raises(PkiError, match="no CA secret"):
+        SecretsPki(secrets, "nope").read_ca()
