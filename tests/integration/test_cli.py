@@ -383,6 +383,17 @@ def test_backup_commands_round_trip(stack: tuple[Path, dict[str, str]], run: Cli
     assert f"warning: {young}.snapshot.enc is an orphan" in checked.stderr and "cannot be read" in checked.stderr
     orphan = run(cwd, "backup", "verify", young, check=False)
     assert orphan.returncode == 1 and "orphan" in orphan.stderr and orphan.stderr.count("\n") == 1
+    # a volume backup: a follower's data copied while it was paused, listed with its kind beside the full ones
+    volume = as_json(run(cwd, "backup", "run", "--kind", "volume", "--json"))
+    assert volume["kind"] == "volume" and volume["volume"]["provider"] == "local" and volume["verified"]
+    assert volume["volume"]["revision_observed"] >= 1
+    listed = as_json(run(cwd, "backup", "list", "--json"))
+    assert {b["id"]: b["kind"] for b in listed["backups"]}[volume["id"]] == "volume"
+    assert {b["kind"] for b in listed["backups"] if b["id"] != volume["id"]} == {"full"}
+    rows = {line.split()[0]: line.split()[1] for line in run(cwd, "backup", "list").stdout.splitlines()[1:-1]}
+    assert rows[volume["id"]] == "volume" and rows[made["id"]] == "full"
+    bad = run(cwd, "backup", "run", "--kind", "disk", check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "invalid choice: 'disk'" in bad.stderr
 
 
 def _etcdctl(cluster: LocalCluster, cert: Path, key: Path, *args: str) -> subprocess.CompletedProcess[str]:

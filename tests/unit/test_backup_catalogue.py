@@ -36,7 +36,9 @@ def backup_id(at: datetime, n: int) -> str:
     return f"{at:%Y%m%dT%H%M%SZ}-{n:06x}"
 
 
-def put_backup(store: BackupStore, at: datetime, n: int, *, cluster_id: str = LIVE, verified: bool = True) -> Manifest:
+def put_backup(
+    store: BackupStore, at: datetime, n: int, *, cluster_id: str = LIVE, verified: bool = True, volume: bool = False
+) -> Manifest:
     bid = backup_id(at, n)
     manifest = Manifest(
         **fields(
@@ -46,6 +48,8 @@ def put_backup(store: BackupStore, at: datetime, n: int, *, cluster_id: str = LI
             created_at=at,
             verified=verified,
             verified_at=at if verified else None,
+            kind="volume" if volume else "full",
+            volume={"provider": "local", "revision_observed": 1} if volume else None,
         )
     )
     store.put_bytes(object_key(bid), b"ciphertext")
@@ -116,6 +120,19 @@ def test_only_a_backup_of_the_live_incarnation_counts(tmp_path: Path) -> None:
     assert newest_verified(store, OLD) == old
     assert newest_verified(store, None) is None
     assert newest_verified(store, "ff") is None
+
+
+def test_a_volume_backup_is_never_the_newest_verified_backup_and_is_pruned_among_its_kind(tmp_path: Path) -> None:
+    # Given a full backup two days old and volume backups since, the newest a moment ago
+    store = FileStore(tmp_path)
+    full = put_backup(store, NOW - timedelta(days=2), 1)
+    volumes = [put_backup(store, NOW - timedelta(hours=h), 10 + h, volume=True) for h in (1, 30, 40)]
+    # Then invariant 5's and a restore's default backup is the full one
+    assert newest_verified(store, LIVE) == full
+    # and retention keeps the full backup, the newest volume backup and the volume backup of each past day
+    outcome = apply_retention(store, RetentionPolicy(daily_days=2), NOW, live_cluster_id=LIVE)
+    assert outcome.deleted == [volumes[2].id]
+    assert [m.id for m in read_catalogue(store).backups] == [full.id, volumes[1].id, volumes[0].id]
 
 
 def test_the_catalogue_reports_corrupt_manifests_and_orphans_and_leaves_restore_staging_alone(

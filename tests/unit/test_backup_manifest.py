@@ -172,3 +172,15 @@ def test_bad_ids_are_usage_errors(bad: str) -> None:
         object_key(bad)
     with pytest.raises(UsageError):
         manifest_key(bad)
+
+
+def test_a_volume_backup_says_how_it_was_taken_and_only_a_volume_backup_does() -> None:
+    volume = {"provider": "local", "revision_observed": 7, "paused_seconds": 0.01}
+    manifest = Manifest(**fields(kind="volume", volume=volume))
+    assert Manifest.from_json(manifest.to_json()) == manifest
+    assert Manifest(**fields()).kind == "full"  # manifests written before volume backups are full ones
+    for wrong in (fields(kind="volume"), fields(volume=volume)):
+        document = json.loads(Manifest(**fields()).to_json()) | {k: wrong.get(k) for k in ("kind", "volume")}
+        document["kind"] = document["kind"] or "full"
+        with pytest.raises(ManifestInvalidError, match="volume must be set exactly when kind is volume"):
+            Manifest.from_json(json.dumps(document))

@@ -314,3 +314,37 @@ def test_the_live_incarnation_only_ever_keeps_more(backups: list[BackupRef], pol
     if live:
         assert _newest(live).id in plan.keep
     assert set(plan.delete) <= set(plan_retention(backups, NOW, policy).delete)
+
+
+# ---- kinds of backup --------------------------------------------------------------------------
+
+kinded_lists = st.lists(
+    st.tuples(st.integers(-120, 60 * 24 * 60), st.booleans(), st.sampled_from(["full", "volume"])), max_size=60
+).map(
+    lambda items: [
+        BackupRef(f"b{index:03d}", NOW - timedelta(minutes=age), verified, kind=kind)
+        for index, (age, verified, kind) in enumerate(items)
+    ]
+)
+
+
+@given(backups=kinded_lists, policy=policies)
+def test_each_kind_is_planned_as_if_it_were_alone(backups: list[BackupRef], policy: RetentionPolicy) -> None:
+    plan = plan_retention(backups, NOW, policy, live_cluster_id="c1")
+    for kind in ("full", "volume"):
+        alone = plan_retention([b for b in backups if b.kind == kind], NOW, policy, live_cluster_id="c1")
+        assert [i for i in plan.keep if i in alone.keep + alone.delete] == alone.keep
+        assert {i: plan.reasons[i] for i in alone.reasons} == alone.reasons
+
+
+def test_frequent_volume_backups_never_push_a_full_backup_out_of_its_day() -> None:
+    # Given a full backup three days ago and volume backups every hour since, the newest the latest
+    full = BackupRef("full", NOW - timedelta(days=3), True)
+    volumes = [BackupRef(f"v{h:03d}", NOW - timedelta(hours=h), True, kind="volume") for h in range(1, 72)]
+    plan = plan_retention([full, *volumes], NOW, DEFAULT)
+    # Then the full backup is its kind's newest verified one, and each kind keeps its own days
+    assert plan.reasons["full"] == "newest verified backup"
+    assert plan.reasons["v001"] == "newest verified volume backup"
+    assert plan.reasons["v045"] == "newest verified volume backup of day 2026-11-23"
+    assert plan.reasons["v021"] == "younger than keep_all_within (1 day, 0:00:00)"
+    assert "v030" in plan.delete

@@ -14,6 +14,8 @@
   ``binaries``, added with ``LocalCluster.add_binaries``, as an AMI carries ``/opt/etcd/<version>/``);
   the Kubernetes hooks run the commands given in ``hooks`` (there is no control plane locally), and
   succeed doing nothing without one;
+- ``snapshot_volume``: a copy of the member's database file taken while its process is SIGSTOPped
+  (:func:`paused_copy`: SIGCONT always, and a watchdog process resumes it should this process die);
 - ``preflight``: the CA files sign (``pki/ca.crt`` and ``ca.key``), the etcd binaries run
   (``etcd --version``), the state directory and ``cluster.yaml`` can be written, the commanded
   members exist and the hooks' programs are there.
@@ -21,10 +23,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -43,6 +48,7 @@ from etcdops.domain.compute.base import (
     HostActionResult,
     InitialState,
     PreflightPlan,
+    VolumeCopy,
     action_spec,
     check_host_name,
     check_initial_cluster,
@@ -57,10 +63,57 @@ from etcdops.domain.compute.errors import (
 from etcdops.domain.config import ClusterConfig, LocalCompute
 from etcdops.domain.errors import EtcdopsError, PkiError
 from etcdops.domain.findings import Check, Finding
-from etcdops_local.cluster import EtcdBinaries, LocalCluster, LocalMember
+from etcdops_local.cluster import EtcdBinaries, LocalCluster, LocalClusterError, LocalMember
 
 LOCAL_HOST_ID_PREFIX = "local:"
 _HOOK_TIMEOUT = 300.0
+#: the longest a member stays SIGSTOPped for a volume copy: then the copy is given up and, should this
+#: process have died, the watchdog resumes the member anyway
+MAX_PAUSE_SECONDS = 60.0
+COPY_COMMAND = ("cp", "--")
+_WATCHDOG = (
+    "import os, signal, sys, time\n"
+    "time.sleep(float(sys.argv[2]))\n"
+    "try:\n    os.kill(int(sys.argv[1]), signal.SIGCONT)\nexcept OSError:\n    pass\n"
+)
+
+
+def paused_copy(
+    pid: int, source: Path, target: Path, *, command: Sequence[str] = COPY_COMMAND, max_pause: float = MAX_PAUSE_SECONDS
+) -> float:
+    """Copy ``source`` to ``target`` (``command SOURCE TARGET``) while process ``pid`` is SIGSTOPped, so the
+    copy is what a crash at that moment would leave; returns how long the process was held.
+
+    The process is always continued: in ``finally`` when the copy ends, fails, is killed or runs over
+    ``max_pause``, and by a detached watchdog process after ``max_pause`` should this process die
+    meanwhile (it is killed once the member runs again). A failed copy leaves no ``target``.
+    """
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(pid), str(max_pause)],
+        start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    started = time.monotonic()
+    try:
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            done = subprocess.run(
+                [*command, str(source), str(target)], capture_output=True, text=True, check=False, timeout=max_pause
+            )
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+            paused = time.monotonic() - started
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        target.unlink(missing_ok=True)
+        raise LocalClusterError(f"copying {source} while its member was paused failed: {exc}") from exc
+    finally:
+        watchdog.kill()
+        watchdog.wait()
+    if done.returncode != 0:
+        target.unlink(missing_ok=True)
+        why = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        raise LocalClusterError(f"copying {source} while its member was paused failed: {why[0]}")
+    return paused
 
 
 class LocalComputeProvider(ComputeProvider):
@@ -71,6 +124,8 @@ class LocalComputeProvider(ComputeProvider):
     ) -> None:
         self.cluster = cluster
         self.boot_seconds = boot_seconds
+        self.copy_command: Sequence[str] = COPY_COMMAND  # tests put a copy they can kill halfway here
+        self.max_pause = MAX_PAUSE_SECONDS
         self.hooks = {action: list(argv) for action, argv in (hooks or {}).items()}
         for action in self.hooks:
             if action_spec(action).group != "control-plane":
@@ -162,6 +217,20 @@ class LocalComputeProvider(ComputeProvider):
         endpoints = self.targets()
         if host.client_url in endpoints:
             self.cluster.set_targets([e for e in endpoints if e != host.client_url])
+
+    # ---- volume snapshots ----------------------------------------------------------------
+
+    def snapshot_volume(self, host: Host, tags: Mapping[str, str], workdir: str) -> VolumeCopy:
+        """The member's database file copied below ``workdir`` while its process is paused (no tags
+        are kept locally: the catalogue's manifest says the same)."""
+        current = self._require(host)
+        member = self.cluster.member(current.name)
+        if current.state != "running" or member.pid is None:
+            raise HostNotReadyError(f"member {current.name} is {current.state}, not running: no volume copy of it")
+        source = self.cluster.data_dir(member.name) / "member" / "snap" / "db"
+        target = Path(workdir) / "db"
+        paused = paused_copy(member.pid, source, target, command=self.copy_command, max_pause=self.max_pause)
+        return VolumeCopy(db_file=str(target), paused_seconds=paused)
 
     # ---- preflight -----------------------------------------------------------------------
 

@@ -29,24 +29,42 @@ def cmd_backup_run(args: argparse.Namespace) -> int:
     # a local key file is created on first use; a KMS key must already exist
     store, keyring = open_backup_target(config, create_local_key=True)
     progress = TerminalProgress(sys.stderr, "backup")
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     with client_for(config) as client:
         health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
-        result = run_backup(
-            config, client, health, store, keyring, progress=progress, log=lambda m: print(m, file=sys.stderr)
-        )
+        if args.kind == "volume":
+            from etcdops.app.backup.volume import run_volume_backup
+
+            result = run_volume_backup(config, client, health, store, keyring, _compute(args, config), log=say)
+        else:
+            result = run_backup(config, client, health, store, keyring, progress=progress, log=say)
     progress.done()  # retention's warnings were printed as it met them
     m, whole = result.manifest, command_seconds()
     data = {**_manifest_dict(m), "attempts": result.attempts, "seconds": round(result.seconds, 3),
             "command_seconds": round(whole, 3), "pruned": result.pruned, "warnings": result.warnings}  # fmt: skip
+    held = f" (a volume copy of {m.member_name}, held still {m.volume.paused_seconds or 0:.2f} s)" if m.volume else ""
     emit(
         args,
         data,
-        lambda: f"backup {m.id}: revision {m.revision}, {m.total_keys} keys, {human_bytes(m.size_plain)} "
+        lambda: f"backup {m.id}{held}: revision {m.revision}, {m.total_keys} keys, {human_bytes(m.size_plain)} "
         f"-> {human_bytes(m.size_stored)} encrypted at {m.uri}; the backup took {result.seconds:.1f} s "
         f"(snapshot, encryption, upload, manifest, retention), the whole command {whole:.1f} s"
         + (f"; pruned {len(result.pruned)}" if result.pruned else ""),
     )
     return 0
+
+
+def _compute(args: argparse.Namespace, config: Any) -> Any:
+    """The cluster's compute provider (a volume backup asks it for the copy)."""
+    from etcdops.adapters.compute.factory import open_compute
+    from etcdops_local.cli.stack import deployed_stack
+    from etcdops_local.compute import register_local_provider
+
+    register_local_provider()
+    deployed = deployed_stack(args)
+    if deployed is None:
+        return open_compute(config)
+    return open_compute(config, session=deployed.session, stack_name=deployed.name)
 
 
 def _live_cluster(config: Any) -> tuple[str | None, dict[str, str]]:
@@ -122,6 +140,7 @@ def _list_text(
     rows = [
         [
             m.id,
+            m.kind,
             m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
             m.revision,
             m.total_keys,
@@ -136,7 +155,8 @@ def _list_text(
         for m in manifests
     ]
     header = [
-        "ID", "CREATED", "REVISION", "KEYS", "SIZE", "STORED", "MEMBER", "VERSION", "CLUSTER ID", "VERIFIED", "DRILL"
+        "ID", "KIND", "CREATED", "REVISION", "KEYS", "SIZE", "STORED", "MEMBER", "VERSION", "CLUSTER ID", "VERIFIED",
+        "DRILL",
     ]  # fmt: skip
     note = (
         f"live cluster id: {live}; only its backups count as fresh or verified for this cluster"
@@ -244,6 +264,13 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     actions = backup.add_subparsers(dest="backup_command", metavar="ACTION", required=True)
     run = actions.add_parser(
         "run", help="take a snapshot, check it, encrypt and store it, write its manifest, prune", parents=[common]
+    )
+    run.add_argument(
+        "--kind",
+        choices=("full", "volume"),
+        default="full",
+        help="full: an etcd snapshot streamed from a member (default); volume: a crash-consistent copy of one "
+        "healthy follower's data taken while it is held still (locally SIGSTOPped for the copy)",
     )
     run.set_defaults(handler=cmd_backup_run)
     listing = actions.add_parser(

@@ -144,9 +144,10 @@ def live_cluster_id(client: EtcdClient, deadline: float) -> str | None:
 
 
 def newest_verified(store: BackupStore, cluster_id: str | None) -> Manifest | None:
-    """The newest verified backup of the cluster incarnation ``cluster_id`` (hex, as manifests write
-    it), or None: with the live id unknown no backup counts (invariant 11). Manifests are read from
-    the newest down (ids sort by time); a corrupt one is logged and skipped."""
+    """The newest verified full backup of the cluster incarnation ``cluster_id`` (hex, as manifests
+    write it), or None: with the live id unknown no backup counts (invariant 11). Manifests are read
+    from the newest down (ids sort by time); a corrupt one is logged and skipped. Volume backups never
+    answer it: they are restored only when an operator names one."""
     if not cluster_id:
         return None
     keys = store.list()
@@ -156,7 +157,7 @@ def newest_verified(store: BackupStore, cluster_id: str | None) -> Manifest | No
         except UNREADABLE as exc:
             log.warning("skipping backup %s: its manifest cannot be read: %s", backup_id, exc)
             continue
-        if manifest.is_verified_backup_of(cluster_id):
+        if manifest.kind == "full" and manifest.is_verified_backup_of(cluster_id):
             return manifest
     return None
 
@@ -200,7 +201,9 @@ def apply_retention(
     drills = read_drills(store)
     drilled = drill_results(drills)
     refs = [
-        BackupRef(m.id, m.created_at, m.verified, m.cluster_id, drilled[m.id].restorable if m.id in drilled else None)
+        BackupRef(
+            m.id, m.created_at, m.verified, m.cluster_id, drilled[m.id].restorable if m.id in drilled else None, m.kind
+        )
         for m in catalogue.backups
     ]
     plan = plan_retention(refs, now, policy, live_cluster_id=live_cluster_id)

@@ -177,11 +177,11 @@ def run_backup(
         verified_at=datetime.now(UTC),
     )
     store.put_bytes(manifest_key(backup_id), manifest.to_json())
-    pruned, warnings = _retain(store, config, created_at, cluster_id, log)
+    pruned, warnings = retain(store, config, created_at, cluster_id, log)
     return BackupResult(manifest, attempts, time.monotonic() - started, pruned, warnings)
 
 
-def _retain(
+def retain(
     store: BackupStore, config: ClusterConfig, now: datetime, cluster_id: str, log: Callable[[str], None]
 ) -> tuple[list[str], list[str]]:
     """Retention after a stored, verified backup: what it removed and its warnings. It never fails the

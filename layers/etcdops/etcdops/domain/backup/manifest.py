@@ -125,6 +125,27 @@ class ImportedFrom(BaseModel):
     source_cluster_id: Annotated[str, Field(pattern=_HEX_ID)] | None = None
 
 
+#: the kinds of backup: ``full`` (an etcd snapshot streamed from a member) and ``volume`` (a
+#: crash-consistent copy of one member's data taken while it was held still)
+BackupKind = Literal["full", "volume"]
+BACKUP_KINDS: Final[tuple[BackupKind, ...]] = ("full", "volume")
+
+
+class VolumeSource(BaseModel):
+    """How a volume backup was taken: from which provider's copy, at which observed revision.
+
+    ``revision_observed`` is the revision the member answered a linearizable read with just before
+    its data was forced to disk and copied: the copy holds every write acknowledged before that read.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    provider: Annotated[str, Field(min_length=1)]  # the compute provider that took it (local, ec2)
+    revision_observed: Annotated[int, Field(ge=0)]
+    paused_seconds: Annotated[float, Field(ge=0)] | None = None  # how long the member was held (local)
+    snapshot_ids: tuple[str, ...] = ()  # the provider's snapshots (EC2: the EBS snapshot ids)
+
+
 class Manifest(BaseModel):
     """What a backup is: where it came from, where it is, and how to check and decrypt it."""
 
@@ -151,6 +172,8 @@ class Manifest(BaseModel):
     verified: bool = False
     verified_at: UtcDatetime | None = None
     imported: ImportedFrom | None = None  # set for a snapshot file imported by `backup import`
+    kind: BackupKind = "full"  # manifests written before volume backups are full ones
+    volume: VolumeSource | None = None  # set exactly for kind volume
 
     @field_validator("id")
     @classmethod
@@ -169,6 +192,8 @@ class Manifest(BaseModel):
     def _verified_consistent(self) -> Manifest:
         if self.verified != (self.verified_at is not None):
             raise ValueError("verified_at must be set exactly when verified is true")
+        if (self.kind == "volume") != (self.volume is not None):
+            raise ValueError("volume must be set exactly when kind is volume")
         return self
 
     @property

@@ -23,6 +23,10 @@ manifest) are planned separately by :func:`plan_orphans`: removed once older tha
 so that the object of a backup still being written is never taken for one. A backup whose manifest
 cannot be read is in neither plan: it is reported and left alone, never deleted unread.
 
+Each kind of backup (``full``, ``volume``) is planned on its own with the same policy: a kind's
+newest verified backup, its representatives of days and weeks are chosen among that kind only, so
+frequent volume snapshots never push a full backup out of its day (nor the other way round).
+
 Two properties the tests check (for a fixed set of backups): applying a plan and planning again at
 the same time deletes nothing more (a fixed point), and planning at a later time never keeps a
 backup that an earlier plan deleted (so deleting early is never regretted). Planning again later
@@ -50,6 +54,7 @@ class BackupRef:
     verified: bool
     cluster_id: str | None = None  # the incarnation it was taken of (the manifest's ``cluster_id``)
     restorable: bool | None = None  # what its newest restore drill found (None: never drilled)
+    kind: str = "full"  # full or volume: each kind is planned on its own
 
 
 class RetentionPolicy(BaseModel):
@@ -138,6 +143,22 @@ def plan_retention(
             raise UsageError(f"backup id {backup.id!r} appears twice")
         seen.add(backup.id)
 
+    plans = [
+        _plan_kind([b for b in backups if b.kind == kind], now, policy, live_cluster_id)
+        for kind in sorted({b.kind for b in backups})
+    ]
+    ordered = [b.id for b in sorted(backups, key=_order)]
+    keep = {i for plan in plans for i in plan.keep}
+    reasons = {i: r for plan in plans for i, r in plan.reasons.items()}
+    return RetentionPlan(
+        keep=[i for i in ordered if i in keep], delete=[i for i in ordered if i not in keep], reasons=reasons
+    )
+
+
+def _plan_kind(
+    backups: Sequence[BackupRef], now: datetime, policy: RetentionPolicy, live_cluster_id: str | None
+) -> RetentionPlan:
+    """:func:`plan_retention` over backups of one kind."""
     ordered = sorted(backups, key=_order)
     verified = [backup for backup in ordered if backup.verified]
     anchor = verified[-1] if verified else (ordered[-1] if ordered else None)
@@ -168,9 +189,9 @@ def plan_retention(
         age = now - backup.created_at
         reason: str | None
         if anchor is not None and backup.id == anchor.id:
-            reason = "newest verified backup" if backup.verified else "newest backup (none is verified)"
+            reason = f"newest verified {_of(backup)}" if backup.verified else f"newest {_of(backup)} (none is verified)"
         elif live_anchor is not None and backup.id == live_anchor.id:
-            reason = f"newest verified backup of the live incarnation (cluster id {live_cluster_id})"
+            reason = f"newest verified {_of(backup)} of the live incarnation (cluster id {live_cluster_id})"
         elif drilled_anchor is not None and backup.id == drilled_anchor.id:
             reason = "newest backup a restore drill restored"
         elif age < policy.min_age:
@@ -197,8 +218,12 @@ def plan_retention(
     return RetentionPlan(keep=keep, delete=delete, reasons=reasons)
 
 
+def _of(backup: BackupRef) -> str:
+    return "backup" if backup.kind == "full" else f"{backup.kind} backup"
+
+
 def _kind(backup: BackupRef) -> str:
-    return "verified backup" if backup.verified else "backup (no verified one that period)"
+    return f"verified {_of(backup)}" if backup.verified else f"{_of(backup)} (no verified one that period)"
 
 
 def plan_orphans(orphans: Iterable[tuple[str, datetime]], now: datetime, grace: timedelta) -> list[str]:

@@ -18,7 +18,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from etcdops.domain.compute.errors import ActionParameterError, InvalidHostNameError, UnknownActionError
+from etcdops.domain.compute.errors import (
+    ActionParameterError,
+    ComputeConfigError,
+    InvalidHostNameError,
+    UnknownActionError,
+)
 from etcdops.domain.findings import Finding
 
 InitialState = Literal["new", "existing"]
@@ -60,6 +65,20 @@ class Host:
     peer_url: str
     client_url: str
     state: str
+
+
+@dataclass(frozen=True)
+class VolumeCopy:
+    """A crash-consistent copy of one member's data, as its provider took it (a volume backup).
+
+    ``snapshot_ids``: the provider's own snapshots (EC2: one EBS snapshot per data volume of the
+    instance, taken together). ``db_file``: where the provider put a copy of the member's database
+    (``member/snap/db``) for the caller to store and then remove (the local provider).
+    """
+
+    snapshot_ids: tuple[str, ...] = ()
+    db_file: str | None = None
+    paused_seconds: float | None = None  # how long the member was held still for the copy
 
 
 @dataclass(frozen=True)
@@ -339,6 +358,11 @@ class ComputeProvider(ABC):
     @abstractmethod
     def deregister_target(self, host: Host) -> None:
         """Stop sending clients to ``host``. A no-op when it is not registered."""
+
+    def snapshot_volume(self, host: Host, tags: Mapping[str, str], workdir: str) -> VolumeCopy:
+        """A crash-consistent copy of ``host``'s etcd data, tagged with ``tags`` where the provider keeps
+        tags (EC2); a copy of the database file goes below ``workdir``. Providers that cannot say so."""
+        raise ComputeConfigError(f"compute: {type(self).__name__} takes no volume snapshots")
 
     @abstractmethod
     def preflight(self, plan: PreflightPlan) -> list[Finding]:

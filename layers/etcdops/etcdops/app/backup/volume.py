@@ -1,0 +1,164 @@
+"""Volume backups: a crash-consistent copy of one healthy follower's data, catalogued beside the full ones.
+
+One run::
+
+    follower ──linearizable read (revision R)──► forced commit of its database file
+             ──provider: copy while held still (local: SIGSTOP; EC2: CreateSnapshots of its volumes)
+             ──► db + our sha256 trailer ──► bbolt summary ──► [zstd] ──► envelope encryption ──► store
+
+The copy holds every write acknowledged before the read that answered R (``settle_member``); the
+manifest says ``kind: volume`` and how it was taken (``volume``). The stored object has the format
+of a full backup (the database followed by its sha256): the trailer is computed here over the
+copy's bytes, so every check a full backup gets (trailer, bbolt structure, revision, hash, key
+count) guards the copy from the moment it was taken to its restore, and ``etcdutl snapshot
+restore`` takes it without ``--skip-hash-check``. Never the leader (its pause would cost the
+cluster an election) and never a learner (it may lag).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from etcdops.adapters.backup.crypto import DEFAULT_FRAME_LENGTH, KeyProvider, compress_stream, encrypt_stream
+from etcdops.adapters.backup.store import BackupStore
+from etcdops.adapters.bbolt import SnapshotSummarizer
+from etcdops.adapters.etcd.client import SHA256_SIZE, EtcdClient
+from etcdops.app.backup.job import BackupResult, encryption_context, retain
+from etcdops.app.snapshot import settle_member
+from etcdops.domain.backup.manifest import (
+    Manifest,
+    VolumeSource,
+    cluster_id_text,
+    manifest_key,
+    new_backup_id,
+    object_key,
+)
+from etcdops.domain.compute.base import ComputeProvider
+from etcdops.domain.compute.errors import ComputeConfigError
+from etcdops.domain.config import ClusterConfig
+from etcdops.domain.errors import EtcdUnavailableError, SnapshotIntegrityError
+from etcdops.domain.health import ClusterHealth, MemberHealth
+
+_READ = 1 << 20
+
+
+def volume_source(health: ClusterHealth) -> MemberHealth:
+    """The member a volume backup copies: a healthy voting follower, the one furthest along first."""
+    followers = [
+        m for m in health.members
+        if m.healthy and m.client_urls and not m.is_learner and m.id != health.leader and health.leader
+    ]  # fmt: skip
+    if not followers:
+        raise EtcdUnavailableError(
+            "no healthy voting follower to take a volume backup of (the leader is never paused for one)"
+        )
+    return max(followers, key=lambda m: (m.raft_index or 0, -m.id))
+
+
+class _Copy:
+    """Reads the copied database file once: its bytes, then their sha256 (the format of ``etcdctl
+    snapshot save``), summarizing the database as it flows past."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.summarizer = SnapshotSummarizer()
+        self.db_bytes = 0
+        self.sha256 = ""
+
+    def plaintext(self) -> Iterator[bytes]:
+        digest = hashlib.sha256()
+        with self.path.open("rb") as f:
+            for block in iter(lambda: f.read(_READ), b""):
+                digest.update(block)
+                self.summarizer.update(block)
+                self.db_bytes += len(block)
+                yield block
+        self.sha256 = digest.hexdigest()
+        yield digest.digest()
+
+
+def run_volume_backup(
+    config: ClusterConfig,
+    client: EtcdClient,
+    health: ClusterHealth,
+    store: BackupStore,
+    keyring: KeyProvider,
+    compute: ComputeProvider,
+    *,
+    now: datetime | None = None,
+    frame_length: int = DEFAULT_FRAME_LENGTH,
+    log: Callable[[str], None] = lambda _: None,
+) -> BackupResult:
+    """Copy one follower's data while it is held still, check, encrypt and store it as a ``volume``
+    backup; write its manifest; apply retention (each kind on its own)."""
+    started = time.monotonic()
+    created_at = now or datetime.now(UTC)
+    backup_id = new_backup_id(created_at)
+    cluster_id = cluster_id_text(health.cluster_id) or "0"
+    member = volume_source(health)
+    host = compute.find(member.name)
+    if host is None:
+        raise ComputeConfigError(f"member {member.name} has no host the compute provider knows: no volume copy of it")
+    revision = settle_member(client, member.client_urls[0], timeout=config.health.probe_deadline_seconds)
+    log(f"{member.name} holds every write up to revision {revision}; copying its data")
+    tags = {
+        "etcdops:cluster": config.name, "etcdops:member": member.name, "etcdops:revision": str(revision),
+        "etcdops:kind": "volume", "etcdops:backup-id": backup_id,
+    }  # fmt: skip
+    compression = config.backup.compression if config.backup else "none"
+    key = object_key(backup_id)
+    with tempfile.TemporaryDirectory(prefix="etcdops-volume-") as workdir:
+        copy = compute.snapshot_volume(host, tags, workdir)
+        if copy.db_file is None:
+            raise ComputeConfigError(
+                f"compute: the provider took snapshots {', '.join(copy.snapshot_ids) or 'none'} but gave no copy "
+                "of the database to catalogue"
+            )
+        log(f"copied {member.name}'s database (held still {copy.paused_seconds or 0:.2f} s); storing it")
+        reader = _Copy(Path(copy.db_file))
+        plain: Iterator[bytes] = reader.plaintext()
+        if compression == "zstd":
+            plain = compress_stream(plain)
+        context = encryption_context(config.name, cluster_id, backup_id, revision)
+        stored = store.put_stream(key, encrypt_stream(plain, keyring, context, frame_length))
+    try:
+        summary = reader.summarizer.finish()
+    except SnapshotIntegrityError:
+        store.delete(key)  # our own object, written moments ago: it must not look like a backup
+        raise
+    manifest = Manifest(
+        id=backup_id,
+        uri=store.uri_for(key),
+        cluster_id=cluster_id,
+        cluster_name=config.name,
+        member_id=f"{member.id:x}",
+        member_name=member.name or None,
+        etcd_version=member.version or "unknown",
+        revision=summary.revision,
+        snapshot_hash=summary.hash,
+        total_keys=summary.total_keys,
+        sha256=reader.sha256,
+        size_plain=reader.db_bytes + SHA256_SIZE,
+        size_stored=stored,
+        created_at=created_at,
+        key_id=keyring.key_id,
+        compression=compression,
+        frame_length=frame_length,
+        verified=True,
+        verified_at=datetime.now(UTC),
+        kind="volume",
+        volume=VolumeSource(
+            provider=config.compute.provider if config.compute else "unknown",
+            revision_observed=revision,
+            paused_seconds=copy.paused_seconds,
+            snapshot_ids=copy.snapshot_ids,
+        ),
+    )
+    store.put_bytes(manifest_key(backup_id), manifest.to_json())
+    pruned, warnings = retain(store, config, created_at, cluster_id, log)
+    return BackupResult(manifest, 1, time.monotonic() - started, pruned, warnings)
