@@ -16,7 +16,7 @@ from etcdops.adapters.etcd.client import EtcdClient
 from etcdops.adapters.etcd.connect import client_for, live_client
 from etcdops.adapters.etcd.membership import ConfigStore
 from etcdops.adapters.state_dynamodb import DynamoStateStore
-from etcdops.app.runbook import RunbookContext, replace
+from etcdops.app.runbook import CLEAN_UP_STEPS, RunbookContext, replace
 from etcdops.domain.backup.manifest import Manifest
 from etcdops.domain.config import LOCAL_CONFIG_FILE, ClusterConfig, ConfigFile, LocalCompute
 from etcdops.entrypoints.settings import RunbookSettings
@@ -47,7 +47,7 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
         config = materialize_tls(config, session.client("secretsmanager"), Path(tls_dir))
 
         document = {**event.document, "execution": event.execution}
-        if event.step not in ("NotifyFailure", "RemoveStagedSnapshot", "TearDown", "RecordResult"):  # failure paths run
+        if event.step not in CLEAN_UP_STEPS:  # failure paths run
             replace.require_configured_cluster(config, document)
         # what every runbook's context holds, built once here
         state = DynamoStateStore(settings.table_name, session.client("dynamodb"))

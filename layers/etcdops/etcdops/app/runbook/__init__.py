@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.errors import EtcdopsError
 from etcdops.domain.findings import Finding, describe_findings
+from etcdops.domain.runbook_documents import RunbookDocument, document_problem
 
 if TYPE_CHECKING:
     from etcdops.adapters.aws import Notifier
@@ -183,12 +184,29 @@ def caught_and_released(ctx: Locking, doc: Document) -> Mapping[str, Any]:
     return error
 
 
-def dispatch(steps: Mapping[str, Callable[[Any, Document], Document]], ctx: Any, step: str, doc: Document) -> Document:
-    """Run the step the state machine named (an unknown name is bad input, said in one line)."""
+CLEAN_UP_STEPS = frozenset({"NotifyFailure", "RemoveStagedSnapshot", "TearDown", "RecordResult"})
+"""Steps that must run whatever the document holds: the failure paths and the drill's clean-up (they
+read it defensively, and a malformed input is what they may have to report)."""
+
+
+def dispatch(
+    steps: Mapping[str, Callable[[Any, Document], Document]],
+    ctx: Any,
+    step: str,
+    doc: Document,
+    model: type[RunbookDocument] | None = None,
+) -> Document:
+    """Run the step the state machine named (an unknown name is bad input, said in one line), on a
+    document checked against the runbook's ``model`` first (except in the clean-up steps): a field of the
+    wrong type is refused by name, before the step does anything. The step gets the document as it came."""
     try:
         function = steps[step]
     except KeyError:
         raise InvalidRunbookInputError(f"unknown runbook step {step!r}") from None
+    if model is not None and step not in CLEAN_UP_STEPS:
+        problem = document_problem(model, doc)
+        if problem is not None:
+            raise InvalidRunbookInputError(f"runbook input: {problem}")
     return function(ctx, doc)
 
 

@@ -37,6 +37,7 @@ from etcdops.app.runbook.members import UnsafeChangeError, check_safe, record_me
 from etcdops.domain.compute.base import PreflightPlan, check_host_name
 from etcdops.domain.errors import Backoff, EtcdLearnerNotReadyError, EtcdopsError
 from etcdops.domain.policy import change_safety
+from etcdops.domain.runbook_documents import ReplaceDocument
 
 LOCK_LEASE_SECONDS = 1800
 
@@ -280,4 +281,4 @@ STEPS: dict[str, Callable[[ReplaceContext, Document], Document]] = {
 
 
 def run_step(ctx: ReplaceContext, step: str, doc: Document) -> Document:
-    return dispatch(STEPS, ctx, step, doc)
+    return dispatch(STEPS, ctx, step, doc, ReplaceDocument)

@@ -1,0 +1,117 @@
+"""The runbooks' documents, typed: what an execution's input holds and what each step records in it.
+
+A runbook execution carries one JSON document from state to state: the input (after the state
+machine's defaults), extended by every step. The models here say which fields a runbook knows and of
+which type; every step of that runbook checks the document against its model when it starts (see
+``etcdops.app.runbook.dispatch``), so a malformed input is refused by field name in one line before
+anything is done, and a step never works on a field of the wrong type.
+
+The models describe the document; they do not reshape it. Checking is strict (no ``"1"`` for ``1``, no
+``"yes"`` for ``true``) and keeps fields it does not know (what the state machine adds, e.g. the approval's
+answer), and the step goes on with the document as it came, so the JSON every state passes on keeps its
+shape. Every field is optional here: which fields a step requires is the step's own check
+(``require_input``), as what an earlier step must have recorded depends on where the execution is.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from etcdops.domain.config import describe_validation_error
+
+_HEX_ID = re.compile(r"[0-9a-fA-F]{1,16}")
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class Preflight(_Part):
+    passed_at: str
+
+
+class HostRecord(_Part):
+    """A host as a runbook records it (``Host`` without its state)."""
+
+    name: str
+    host_id: str | None = None
+    peer_url: str | None = None
+    client_url: str | None = None
+
+
+class RunbookDocument(_Part):
+    """What every runbook's document may hold."""
+
+    cluster: str | None = None
+    execution: str | None = None
+    reason: str | None = None
+    requires_approval: bool | None = None
+    approval_timeout_seconds: int | None = None
+    lock_owner: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    timings: dict[str, float] | None = None
+    backup_id: str | None = None
+    backup_revision: int | None = None
+    preflight: Preflight | None = None
+    stored_endpoints: list[str] | None = None
+    error: dict[str, Any] | None = None  # the Catch path's {"Error", "Cause"}
+
+    @field_validator("approval_timeout_seconds")
+    @classmethod
+    def _not_negative(cls, value: int | None) -> int | None:
+        if value is not None and value < 0:
+            raise ValueError(f"{value!r} is not a whole number of seconds")
+        return value
+
+
+class OldMember(_Part):
+    name: str
+    peer_urls: list[str] = []
+
+
+class NewMember(HostRecord):
+    id: str | None = None  # hex, once it is a member
+    initial_cluster: str | None = None
+
+
+class ReplaceDocument(RunbookDocument):
+    """ReplaceMember: the member to replace (input), then the re-check, the removal, the new member."""
+
+    member_id: str | None = None
+    member_name: str | None = None
+    member_label: str | None = None
+    incident_id: str | None = None
+    attempt: int | None = None  # an autopilot attempt (with incident_id), counted from 1
+    max_attempts: int | None = None
+    ec2_failed: bool | None = None
+    recovered: bool | None = None
+    original_voters: int | None = None
+    removed: bool | None = None
+    old_member: OldMember | None = None
+    new_member: NewMember | None = None
+    healthy_voters: int | None = None
+    retired: str | None = None
+
+    @field_validator("member_id")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        if value is not None and not _HEX_ID.fullmatch(value):
+            raise ValueError(f"{value!r} is not a hex id")
+        return value
+
+
+def document_problem(model: type[RunbookDocument], document: Any) -> str | None:
+    """What is wrong with ``document`` as a ``model``, in one line naming the field; None when nothing is."""
+    if not isinstance(document, dict):
+        return f"the document is a {type(document).__name__}, not a JSON object"
+    try:
+        model.model_validate(document)
+    except ValidationError as exc:
+        return describe_validation_error(exc)
+    except RecursionError:
+        return "nested too deeply to be a runbook document"
+    return None
