@@ -563,3 +563,56 @@ def test_a_provider_nobody_registered_is_refused_by_name(monkeypatch: pytest.Mon
     # and nobody replaces the built-in one
     with pytest.raises(ComputeConfigError, match="built in"):
         factory.register_provider("ec2", lambda config, hooks: None)  # type: ignore[arg-type,return-value]
+
+
+# ---- the scratch pool (restore drills) -----------------------------------------------------------
+
+
+def test_the_drill_scratch_pool_never_touches_the_cluster_s_hosts_or_targets(aws: Aws) -> None:
+    # Given a cluster host that serves clients, and the scratch pool opened as RestoreDrill opens it
+    config = parse_config(
+        {
+            "name": CLUSTER,
+            "endpoints": ["https://10.0.1.10:2379"],
+            "tls": {"ca": "/ca.crt"},
+            "compute": {"provider": "ec2", "launch_template": aws.template, "subnets": aws.subnets,
+                        "target_group_arn": aws.target_group},
+        }
+    )  # fmt: skip
+    clients = {"ec2": aws.ec2, "elbv2": aws.elbv2, "ssm": aws.ssm, "secretsmanager": aws.secrets,
+               "cloudwatch": aws.cloudwatch}  # fmt: skip
+    cluster = open_compute(config, stack_name=STACK, **clients)
+    scratch = open_compute(config, stack_name=STACK, scratch=True, **clients)
+    sent: list[tuple[str, list[str]]] = []  # what was asked of SSM (moto records every instance when no Targets)
+    aws.ssm.meta.events.register(
+        "provide-client-params.ssm.SendCommand",
+        lambda params, **_: sent.append((params["DocumentName"], params["InstanceIds"])),
+    )
+    member = cluster.launch("m1")
+    cluster.register_target(member)
+    leftover = scratch.launch("drill-earlier")  # what a drill that died halfway left
+
+    # When a drill cleans up, launches its scratch host, restores, starts, registers nothing and tears down
+    for host in scratch.hosts():  # CleanUpScratch
+        scratch.terminate(host)
+    host = scratch.launch("drill-abc123")
+    scratch.run_action("restore-data-dir", [host], {"snapshot_uri": "s3://staging/drill/x.db",
+                                                   "initial_cluster": f"{host.name}={host.peer_url}"})  # fmt: skip
+    scratch.start_etcd(host, f"{host.name}={host.peer_url}", "new")
+    scratch.register_target(host)  # never a load balancer target, even if asked
+    seen_by_cluster = [h.name for h in cluster.hosts()]
+    scratch.terminate(host)
+
+    # Then the scratch hosts are tagged as the pool's, never seen by the cluster's lookups, and use the cluster's CA
+    tags = {t["Key"]: t["Value"] for t in aws.instance(host.host_id)["Tags"]}
+    assert tags["etcdops:cluster"] == f"{CLUSTER}-drill" and tags["etcdops:member"] == "drill-abc123"
+    assert seen_by_cluster == ["m1"] and cluster.find("drill-abc123") is None
+    assert scratch.find("m1") is None  # and the pool never sees the cluster's hosts
+    assert _targets(aws) == {(member.host_id, 2379)}
+    # its commands went to the scratch host only
+    assert sent == [(f"{STACK}-RestoreDataDir", [host.host_id]), (f"{STACK}-StartEtcd", [host.host_id])]
+    # the leftover and the drill's host are gone, with their secrets; the cluster's host and secret stay
+    states = {i: aws.instance(i)["State"]["Name"] for i in (leftover.host_id, host.host_id, member.host_id)}
+    assert states == {leftover.host_id: "terminated", host.host_id: "terminated", member.host_id: "running"}
+    names = {s["Name"] for s in aws.secrets.list_secrets()["SecretList"]}
+    assert f"etcdops/{CLUSTER}/members/m1" in names and f"etcdops/{CLUSTER}/members/drill-abc123" not in names
