@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from etcdops.app.runbook import InvalidRunbookInputError, dispatch
-from etcdops.domain.runbook_documents import ReplaceDocument, document_problem
+from etcdops.domain.runbook_documents import ReplaceDocument, RestoreDocument, document_problem
 
 REPLACE = {
     "cluster": "prod",
@@ -44,13 +44,55 @@ REPLACE = {
 }
 
 
-@pytest.mark.parametrize(("model", "document"), [(ReplaceDocument, REPLACE)])
+HOST = {"name": "m1", "host_id": "i-01", "peer_url": "https://10.0.0.1:2380", "client_url": "https://10.0.0.1:2379"}
+RESTORE = {
+    "cluster": "prod",
+    "execution": "restore-prod-1",
+    "backup_id": None,
+    "mode": "in-place",
+    "bump_revision": 1_000_000_000,
+    "approval_timeout_seconds": 3600,
+    "lock_owner": "restore-prod-1",
+    "lock_lease_seconds": 10800,
+    "started_at": "2026-12-07T20:00:00+00:00",
+    "cluster_token": "restore-prod1abcdef",
+    "old_data_suffix": "before-restore-prod1abcdef",
+    "backup_created_at": "2026-12-07T19:00:00+00:00",
+    "backup_revision": 41,
+    "backup_total_keys": 60,
+    "backup_keys": 12,
+    "backup_etcd_version": "3.5.30",
+    "backup_cluster_id": "cdf818194e3a8c32",
+    "backup_imported_from": None,
+    "live_cluster_id": None,
+    "old_hosts": [HOST],
+    "reason": "requested by an operator",
+    "approval_summary": "Restore prod from ...",
+    "preflight": {"passed_at": "2026-12-07T20:02:00+00:00"},
+    "apiservers_stopped": True,
+    "etcd_stopped": ["m1"],
+    "targets": [HOST],
+    "staged": {"key": "restore/x.snapshot", "uri": "s3://staging/prod/restore/x.snapshot", "sha256": "ab" * 32},
+    "restored": {"m1": "2026-12-07T20:03:00+00:00"},
+    "members_started": ["m1"],
+    "verified": {"revision": 1_000_000_041, "keys": 12, "revision_bumped": True},
+    "repointed": True,
+    "stored_endpoints": ["https://10.0.0.1:2379"],
+    "apiservers_started": True,
+    "control_plane_restarted": True,
+    "timings": {"acquire_lock": 0.01},
+    "staging_removed": [],
+    "cleanup_error": {"Error": "States.TaskFailed", "Cause": "access denied"},
+}
+
+
+@pytest.mark.parametrize(("model", "document"), [(ReplaceDocument, REPLACE), (RestoreDocument, RESTORE)])
 def test_what_the_steps_record_is_well_formed(model: Any, document: dict[str, Any]) -> None:
     assert document_problem(model, document) is None
 
 
 def test_which_fields_a_step_requires_is_the_steps_own_check() -> None:
-    assert document_problem(ReplaceDocument, {}) is None
+    assert document_problem(ReplaceDocument, {}) is None and document_problem(RestoreDocument, {}) is None
 
 
 @pytest.mark.parametrize(
@@ -71,6 +113,31 @@ def test_a_malformed_field_is_named_in_one_line(change: dict[str, Any], problem:
     found = document_problem(ReplaceDocument, {**REPLACE, **change})
 
     assert found is not None and found.startswith(problem) and "\n" not in found
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"mode": "sideways"}, "mode: 'sideways' is not one of in-place, new-hosts"),
+        ({"bump_revision": 10**12}, "bump_revision: 1000000000000 is not a whole number below 10^12"),
+        ({"bump_revision": None}, "bump_revision: None is not a whole number below 10^12"),
+        ({"bump_revision": True}, "bump_revision: Input should be a valid integer"),
+        ({"bump_revision": 1.5}, "bump_revision: Input should be a valid integer"),
+        ({"approval_timeout_seconds": "1h"}, "approval_timeout_seconds: Input should be a valid integer"),
+        ({"old_hosts": [{"host_id": "i-01"}]}, "old_hosts.0.name: Field required"),
+        ({"restored": ["m1"]}, "restored: Input should be a valid dictionary"),
+        ({"verified": {"revision": 1, "keys": 2}}, "verified.revision_bumped: Field required"),
+    ],
+)
+def test_a_malformed_restore_field_is_named_in_one_line(change: dict[str, Any], problem: str) -> None:
+    found = document_problem(RestoreDocument, {**RESTORE, **change})
+
+    assert found is not None and found.startswith(problem) and "\n" not in found
+
+
+def test_a_restore_in_the_default_mode_needs_no_mode() -> None:
+    assert document_problem(RestoreDocument, {"cluster": "prod", "mode": None}) is None
+    assert document_problem(RestoreDocument, {"cluster": "prod", "mode": ""}) is None
 
 
 def test_a_document_that_is_no_object_is_said_so() -> None:

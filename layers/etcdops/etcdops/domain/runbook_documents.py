@@ -104,6 +104,67 @@ class ReplaceDocument(RunbookDocument):
         return value
 
 
+RESTORE_MODES = ("in-place", "new-hosts")
+
+
+class StagedSnapshot(_Part):
+    key: str
+    uri: str
+    sha256: str
+
+
+class RestoreVerified(_Part):
+    revision: int
+    keys: int
+    revision_bumped: bool
+
+
+class RestoreDocument(RunbookDocument):
+    """RestoreCluster: the backup and the mode (input), then what was checked, stopped, restored, started."""
+
+    mode: str | None = None  # one of RESTORE_MODES; in-place when not given
+    bump_revision: int | None = None  # when given: 0 (no bump) up to below 10^12
+    lock_lease_seconds: int | None = None
+    cluster_token: str | None = None
+    old_data_suffix: str | None = None
+    backup_created_at: str | None = None
+    backup_total_keys: int | None = None
+    backup_keys: int | None = None
+    backup_etcd_version: str | None = None
+    backup_cluster_id: str | None = None
+    backup_imported_from: str | None = None
+    live_cluster_id: str | None = None
+    old_hosts: list[HostRecord] | None = None
+    approval_summary: str | None = None
+    apiservers_stopped: bool | None = None
+    etcd_stopped: list[str] | None = None
+    targets: list[HostRecord] | None = None
+    launched: list[str] | None = None
+    staged: StagedSnapshot | None = None
+    restored: dict[str, str] | None = None  # host name -> when its data directory was restored
+    members_started: list[str] | None = None
+    verified: RestoreVerified | None = None
+    repointed: bool | None = None
+    apiservers_started: bool | None = None
+    control_plane_restarted: bool | None = None
+    staging_removed: list[str] | None = None
+    cleanup_error: dict[str, Any] | None = None  # a failed removal of the staged snapshot, caught
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, value: str | None) -> str | None:
+        if value not in (None, "", *RESTORE_MODES):
+            raise ValueError(f"{value!r} is not one of {', '.join(RESTORE_MODES)}")
+        return value
+
+    @field_validator("bump_revision")
+    @classmethod
+    def _bump(cls, value: int | None) -> int | None:
+        if value is None or not 0 <= value < 10**12:
+            raise ValueError(f"{value!r} is not a whole number below 10^12")
+        return value
+
+
 def document_problem(model: type[RunbookDocument], document: Any) -> str | None:
     """What is wrong with ``document`` as a ``model``, in one line naming the field; None when nothing is."""
     if not isinstance(document, dict):

@@ -100,10 +100,10 @@ from etcdops.domain.backup.manifest import Manifest
 from etcdops.domain.compute.base import DOCUMENTS, ComputeProvider, Host, PreflightPlan
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import Backoff, EtcdopsError, SnapshotIncompleteError
+from etcdops.domain.runbook_documents import RestoreDocument
 
 LOCK_LEASE_SECONDS = 7200  # taken again (extended) once the approval arrived
 DEFAULT_BUMP_REVISION = 1_000_000_000
-MODES = ("in-place", "new-hosts")
 STAGING_PREFIX = "restore"
 Document = dict[str, Any]
 
@@ -224,16 +224,11 @@ def count_live_keys(snapshot: CheckedSnapshot, again: Callable[[], Iterable[byte
 
 def acquire_lock(ctx: RestoreContext, doc: Document) -> Document:
     _require(doc, "cluster", "execution")
-    mode = doc.get("mode") or "in-place"
-    if mode not in MODES:
-        raise InvalidRunbookInputError(f"runbook input: mode {mode!r} is not one of {', '.join(MODES)}")
     require_configured_cluster(ctx.config, doc)
+    # their types and ranges were checked against RestoreDocument before this step
+    mode = doc.get("mode") or "in-place"
     bump = doc.get("bump_revision", DEFAULT_BUMP_REVISION)
-    if not isinstance(bump, int) or isinstance(bump, bool) or not 0 <= bump < 10**12:
-        raise InvalidRunbookInputError(f"runbook input: bump_revision {bump!r} is not a whole number below 10^12")
     wait = doc.get("approval_timeout_seconds") or 0
-    if not isinstance(wait, int) or isinstance(wait, bool) or wait < 0:
-        raise InvalidRunbookInputError(f"runbook input: approval_timeout_seconds {wait!r} is not a whole number")
     started = time.monotonic()
     lease = max(LOCK_LEASE_SECONDS, wait + 3600)  # outlasts the approval wait; extended again after it
     lock = ctx.state.acquire_lock(doc["cluster"], doc["execution"], lease, ctx.now())
@@ -757,4 +752,4 @@ STEPS: dict[str, Callable[[RestoreContext, Document], Document]] = {
 
 
 def run_step(ctx: RestoreContext, step: str, doc: Document) -> Document:
-    return dispatch(STEPS, ctx, step, doc)
+    return dispatch(STEPS, ctx, step, doc, RestoreDocument)
