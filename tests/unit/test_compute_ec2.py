@@ -616,3 +616,74 @@ def test_the_drill_scratch_pool_never_touches_the_cluster_s_hosts_or_targets(aws
     assert states == {leftover.host_id: "terminated", host.host_id: "terminated", member.host_id: "running"}
     names = {s["Name"] for s in aws.secrets.list_secrets()["SecretList"]}
     assert f"etcdops/{CLUSTER}/members/m1" in names and f"etcdops/{CLUSTER}/members/drill-abc123" not in names
+
+
+# ---- volume backups: EBS snapshots ---------------------------------------------------------------
+
+
+class _SettlingClient:
+    """What a volume backup asks of etcd before the copy: a linearizable read, then a snapshot stream's start."""
+
+    def __init__(self, revision: int) -> None:
+        self.revision, self.asked = revision, []  # type: ignore[var-annotated]
+
+    def range(self, key: bytes, **kwargs: Any) -> Any:
+        self.asked.append(("range", kwargs["endpoint"]))
+        return type("Range", (), {"revision": self.revision})()
+
+    def snapshot_stream(self, endpoint: str, **_: Any) -> Any:
+        self.asked.append(("snapshot", endpoint))
+        return type("Stream", (), {"chunks": lambda self: iter([b"db"]), "cancel": lambda self: None})()
+
+
+def test_a_volume_backup_on_ec2_snapshots_the_follower_s_data_volumes_together_and_records_them(
+    aws: Aws, tmp_path: Any
+) -> None:
+    from builders import cluster, member
+
+    from etcdops.adapters.backup.crypto import local_key_provider
+    from etcdops.adapters.backup.store import FileStore
+    from etcdops.app.backup.catalogue import read_catalogue, read_volume_records
+    from etcdops.app.backup.volume import ProviderSnapshotResult, run_volume_backup
+
+    # Given three members on EC2, m2 a follower furthest along, its instance with a data volume beside its boot volume
+    compute = aws.provider()
+    hosts = {name: compute.launch(name) for name in ("m1", "m2", "m3")}
+    zone = aws.instance(hosts["m2"].host_id)["Placement"]["AvailabilityZone"]
+    data = aws.ec2.create_volume(Size=20, AvailabilityZone=zone)["VolumeId"]
+    aws.ec2.attach_volume(VolumeId=data, InstanceId=hosts["m2"].host_id, Device="/dev/sdf")
+    health = cluster(
+        member(1, "m1", raft_index=90), member(2, "m2", raft_index=90, version="3.5.30"), member(3, "m3", raft_index=80)
+    )
+    config = parse_config(
+        {"name": CLUSTER, "endpoints": ["https://10.0.1.10:2379"], "tls": {"ca": "/ca.crt"},
+         "compute": {"provider": "ec2", "launch_template": aws.template, "subnets": aws.subnets}}
+    )  # fmt: skip
+    store, client = FileStore(tmp_path / "store"), _SettlingClient(revision=4242)
+
+    # When a volume backup runs
+    result = run_volume_backup(
+        config, client, health, store, local_key_provider(tmp_path / "k", create=True), compute  # type: ignore[arg-type]
+    )
+
+    # Then the follower was read through and made to commit before its volumes were snapshotted together,
+    # the boot volume left out, each snapshot tagged with cluster, member, revision and kind
+    assert isinstance(result, ProviderSnapshotResult)
+    assert client.asked == [("range", "https://10.0.0.2:2379"), ("snapshot", "https://10.0.0.2:2379")]
+    record = result.record
+    snapshots = aws.ec2.describe_snapshots(SnapshotIds=list(record.volume.snapshot_ids))["Snapshots"]
+    assert [s["VolumeId"] for s in snapshots] == [data]
+    tags = {t["Key"]: t["Value"] for t in snapshots[0]["Tags"]}
+    assert tags == {
+        "etcdops:cluster": CLUSTER, "etcdops:member": "m2", "etcdops:revision": "4242", "etcdops:kind": "volume",
+        "etcdops:backup-id": record.id,
+    }  # fmt: skip
+    # and the catalogue records it as a volume backup the provider keeps, never as a verified full one
+    assert read_volume_records(store) == [record]
+    assert (record.member_name, record.volume.revision_observed, record.volume.provider) == ("m2", 4242, "ec2")
+    assert read_catalogue(store).backups == []
+
+    # A host without a data volume: refused by name, nothing recorded
+    with pytest.raises(ComputeConfigError, match="no volume besides its boot volume"):
+        compute.snapshot_volume(hosts["m3"], {}, str(tmp_path))
+    assert len(read_volume_records(store)) == 1

@@ -21,7 +21,7 @@ def _manifest_dict(manifest: Any) -> dict[str, Any]:
 def cmd_backup_run(args: argparse.Namespace) -> int:
     from etcdops.adapters.backup.target import open_backup_target
     from etcdops.adapters.etcd.connect import client_for
-    from etcdops.app.backup.job import run_backup
+    from etcdops.app.backup.job import BackupResult, run_backup
     from etcdops.app.probe import probe_cluster
     from etcdops.app.snapshot import TerminalProgress
 
@@ -35,10 +35,13 @@ def cmd_backup_run(args: argparse.Namespace) -> int:
         if args.kind == "volume":
             from etcdops.app.backup.volume import run_volume_backup
 
-            result = run_volume_backup(config, client, health, store, keyring, _compute(args, config), log=say)
+            taken = run_volume_backup(config, client, health, store, keyring, _compute(args, config), log=say)
         else:
-            result = run_backup(config, client, health, store, keyring, progress=progress, log=say)
+            taken = run_backup(config, client, health, store, keyring, progress=progress, log=say)
     progress.done()  # retention's warnings were printed as it met them
+    if not isinstance(taken, BackupResult):
+        return _provider_snapshots(args, taken)
+    result = taken
     m, whole = result.manifest, command_seconds()
     data = {**_manifest_dict(m), "attempts": result.attempts, "seconds": round(result.seconds, 3),
             "command_seconds": round(whole, 3), "pruned": result.pruned, "warnings": result.warnings}  # fmt: skip
@@ -50,6 +53,20 @@ def cmd_backup_run(args: argparse.Namespace) -> int:
         f"-> {human_bytes(m.size_stored)} encrypted at {m.uri}; the backup took {result.seconds:.1f} s "
         f"(snapshot, encryption, upload, manifest, retention), the whole command {whole:.1f} s"
         + (f"; pruned {len(result.pruned)}" if result.pruned else ""),
+    )
+    return 0
+
+
+def _provider_snapshots(args: argparse.Namespace, taken: Any) -> int:
+    """What a volume backup the compute provider keeps (EBS snapshots) says."""
+    r = taken.record
+    data = {**r.model_dump(mode="json"), "seconds": round(taken.seconds, 3)}
+    emit(
+        args,
+        data,
+        lambda: f"volume backup {r.id}: snapshots {', '.join(r.volume.snapshot_ids)} of {r.member_name}'s volumes, "
+        f"holding every write up to revision {r.volume.revision_observed} (recorded in the catalogue; EBS completes "
+        "the snapshots in the background)",
     )
     return 0
 
@@ -96,13 +113,14 @@ def _warn(lines: list[str]) -> None:
 
 def cmd_backup_list(args: argparse.Namespace) -> int:
     from etcdops.adapters.backup.target import open_backup_store
-    from etcdops.app.backup.catalogue import drill_results, read_catalogue, read_drills
+    from etcdops.app.backup.catalogue import drill_results, read_catalogue, read_drills, read_volume_records
 
     config = resolve_config(args)
     store = open_backup_store(config)  # a listing needs no key (a fresh stack may have none yet)
     catalogue = read_catalogue(store)
     live, names = _live_cluster(config)
     manifests = list(reversed(catalogue.backups))  # newest first, as every listing
+    kept = list(reversed(read_volume_records(store)))  # volume backups the compute provider keeps (EBS)
     drills = drill_results(read_drills(store))
     data = {
         "store": catalogue.uri,
@@ -117,10 +135,11 @@ def cmd_backup_list(args: argparse.Namespace) -> int:
         ],
         "corrupt": [{"id": c.id, "key": c.key, "error": c.error} for c in catalogue.corrupt],
         "orphans": [{"id": o.id, "key": o.key, "created_at": o.created_at.isoformat()} for o in catalogue.orphans],
+        "provider_snapshots": [{**r.model_dump(mode="json"), "incarnation": _incarnation(r, live)} for r in kept],
     }
     if not getattr(args, "json", False):
         _warn(catalogue.warnings())
-    emit(args, data, lambda: _list_text(catalogue.uri, manifests, live, names, drills))
+    emit(args, data, lambda: _list_text(catalogue.uri, manifests, live, names, drills, kept))
     return 0
 
 
@@ -132,11 +151,19 @@ def _drilled(record: Any) -> str:
 
 
 def _list_text(
-    uri: str, manifests: list[Any], live: str | None, names: dict[str, str], drills: dict[str, Any]
+    uri: str, manifests: list[Any], live: str | None, names: dict[str, str], drills: dict[str, Any], kept: list[Any]
 ) -> str:
-    if not manifests:
+    if not manifests and not kept:
         return f"no backups in {uri}"
     marks = {"live": "", "other": " (other incarnation)", "unknown": ""}
+    snapshots = [
+        [
+            r.id, "volume", r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.volume.revision_observed, "-", "-",
+            ",".join(r.volume.snapshot_ids), member_label(r.member_name, r.member_id), r.etcd_version,
+            r.cluster_id + marks[_incarnation(r, live)], f"- ({r.volume.provider})", "-",
+        ]
+        for r in kept
+    ]  # fmt: skip
     rows = [
         [
             m.id,
@@ -154,6 +181,7 @@ def _list_text(
         ]
         for m in manifests
     ]
+    rows = sorted([*rows, *snapshots], key=lambda row: str(row[0]), reverse=True)  # ids sort by time
     header = [
         "ID", "KIND", "CREATED", "REVISION", "KEYS", "SIZE", "STORED", "MEMBER", "VERSION", "CLUSTER ID", "VERIFIED",
         "DRILL",

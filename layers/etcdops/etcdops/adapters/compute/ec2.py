@@ -43,6 +43,7 @@ from etcdops.domain.compute.base import (
     HostActionResult,
     InitialState,
     PreflightPlan,
+    VolumeCopy,
     action_spec,
     check_host_name,
     check_initial_cluster,
@@ -329,6 +330,31 @@ class Ec2ComputeProvider(ComputeProvider):
         self._delete_status_check_alarm(host.host_id)
         if host.name and self._find_instance(host.name) is None:
             self._delete_member_secret(host.name)
+
+    # ---- volume snapshots ----------------------------------------------------------------
+
+    def snapshot_volume(self, host: Host, tags: Mapping[str, str], workdir: str) -> VolumeCopy:
+        """EBS snapshots of every data volume of ``host``'s instance, taken together (``CreateSnapshots``:
+        crash-consistent across the volumes), the boot volume left out, tagged with ``tags`` and the
+        cluster and member tags (what the IAM conditions check). Nothing is copied below ``workdir``."""
+        snapshot_tags = {**tags, CLUSTER_TAG: self.cluster, MEMBER_TAG: host.name}
+        try:
+            response = self.ec2.create_snapshots(
+                InstanceSpecification={"InstanceId": host.host_id, "ExcludeBootVolume": True},
+                Description=f"etcdops volume backup of etcd member {host.name} of {self.cluster}",
+                TagSpecifications=[
+                    {"ResourceType": "snapshot", "Tags": [{"Key": k, "Value": v} for k, v in snapshot_tags.items()]}
+                ],
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _api_error(f"snapshotting the volumes of {host.host_id} ({host.name})", exc) from exc
+        ids = tuple(str(s["SnapshotId"]) for s in response.get("Snapshots", []))
+        if not ids:
+            raise ComputeConfigError(
+                f"instance {host.host_id} of member {host.name} has no volume besides its boot volume: etcd's data "
+                "must be on a data volume of its own (the launch template's block device mappings) for a volume backup"
+            )
+        return VolumeCopy(snapshot_ids=ids)
 
     # ---- certificates --------------------------------------------------------------------
 

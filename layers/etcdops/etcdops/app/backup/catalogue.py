@@ -26,8 +26,10 @@ from etcdops.app.probe import probe_cluster
 from etcdops.domain.backup.errors import BackupIntegrityError, BackupNotFoundError, ManifestMismatchError
 from etcdops.domain.backup.manifest import (
     DRILL_PREFIX,
+    VOLUME_PREFIX,
     DrillRecord,
     Manifest,
+    VolumeSnapshotRecord,
     backup_id_from_manifest_key,
     backup_id_from_object_key,
     backup_id_time,
@@ -36,6 +38,7 @@ from etcdops.domain.backup.manifest import (
     drill_key,
     manifest_key,
     object_key,
+    volume_record_key,
 )
 from etcdops.domain.backup.retention import BackupRef, RetentionPolicy, plan_orphans, plan_retention
 
@@ -173,6 +176,25 @@ def read_drills(store: BackupStore) -> list[DrillRecord]:
         except UNREADABLE as exc:
             log.warning("skipping drill record %s: %s", key, exc)
     return records
+
+
+def read_volume_records(store: BackupStore) -> list[VolumeSnapshotRecord]:
+    """Every volume backup the compute provider keeps (EBS snapshots), oldest first; one that cannot be
+    read is logged and skipped."""
+    records: list[VolumeSnapshotRecord] = []
+    for key in sorted(store.list(VOLUME_PREFIX)):
+        if not key.endswith(".json") or "/" in key[len(VOLUME_PREFIX) :]:
+            continue
+        try:
+            records.append(VolumeSnapshotRecord.from_json(store.get_bytes(key), source=store.uri_for(key)))
+        except UNREADABLE as exc:
+            log.warning("skipping volume record %s: %s", key, exc)
+    return records
+
+
+def record_volume(store: BackupStore, record: VolumeSnapshotRecord) -> None:
+    """Write a provider-kept volume backup's record (never overwritten)."""
+    store.put_bytes(volume_record_key(record.id), record.to_json())
 
 
 def drill_results(records: list[DrillRecord]) -> dict[str, DrillRecord]:

@@ -5,6 +5,7 @@ One run::
     follower ──linearizable read (revision R)──► forced commit of its database file
              ──provider: copy while held still (local: SIGSTOP; EC2: CreateSnapshots of its volumes)
              ──► db + our sha256 trailer ──► bbolt summary ──► [zstd] ──► envelope encryption ──► store
+                 (EC2: the snapshots stay in EBS; their ids are recorded under ``volumes/``)
 
 The copy holds every write acknowledged before the read that answered R (``settle_member``); the
 manifest says ``kind: volume`` and how it was taken (``volume``). The stored object has the format
@@ -21,6 +22,7 @@ import hashlib
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,10 +30,12 @@ from etcdops.adapters.backup.crypto import DEFAULT_FRAME_LENGTH, KeyProvider, co
 from etcdops.adapters.backup.store import BackupStore
 from etcdops.adapters.bbolt import SnapshotSummarizer
 from etcdops.adapters.etcd.client import SHA256_SIZE, EtcdClient
+from etcdops.app.backup.catalogue import record_volume
 from etcdops.app.backup.job import BackupResult, encryption_context, retain
 from etcdops.app.snapshot import settle_member
 from etcdops.domain.backup.manifest import (
     Manifest,
+    VolumeSnapshotRecord,
     VolumeSource,
     cluster_id_text,
     manifest_key,
@@ -82,6 +86,26 @@ class _Copy:
         yield digest.digest()
 
 
+@dataclass(frozen=True)
+class _Taken:
+    """What one volume backup is about: its id, time, member, the revision it holds at least."""
+
+    backup_id: str
+    created_at: datetime
+    cluster_id: str
+    member: MemberHealth
+    revision: int
+    source: VolumeSource
+
+
+@dataclass(frozen=True)
+class ProviderSnapshotResult:
+    """A volume backup whose data the compute provider keeps (EBS snapshots), recorded in the catalogue."""
+
+    record: VolumeSnapshotRecord
+    seconds: float
+
+
 def run_volume_backup(
     config: ClusterConfig,
     client: EtcdClient,
@@ -93,13 +117,13 @@ def run_volume_backup(
     now: datetime | None = None,
     frame_length: int = DEFAULT_FRAME_LENGTH,
     log: Callable[[str], None] = lambda _: None,
-) -> BackupResult:
-    """Copy one follower's data while it is held still, check, encrypt and store it as a ``volume``
-    backup; write its manifest; apply retention (each kind on its own)."""
+) -> BackupResult | ProviderSnapshotResult:
+    """Copy one follower's data while it is held still. A copy of the database the provider hands over
+    (locally) is checked, encrypted and stored as a ``volume`` backup with its manifest, then retention
+    runs (each kind on its own); snapshots the provider keeps (EC2) are recorded under ``volumes/``."""
     started = time.monotonic()
     created_at = now or datetime.now(UTC)
     backup_id = new_backup_id(created_at)
-    cluster_id = cluster_id_text(health.cluster_id) or "0"
     member = volume_source(health)
     host = compute.find(member.name)
     if host is None:
@@ -110,55 +134,67 @@ def run_volume_backup(
         "etcdops:cluster": config.name, "etcdops:member": member.name, "etcdops:revision": str(revision),
         "etcdops:kind": "volume", "etcdops:backup-id": backup_id,
     }  # fmt: skip
-    compression = config.backup.compression if config.backup else "none"
-    key = object_key(backup_id)
+    provider = config.compute.provider if config.compute else "unknown"
     with tempfile.TemporaryDirectory(prefix="etcdops-volume-") as workdir:
         copy = compute.snapshot_volume(host, tags, workdir)
+        source = VolumeSource(
+            provider=provider, revision_observed=revision, paused_seconds=copy.paused_seconds,
+            snapshot_ids=copy.snapshot_ids,
+        )  # fmt: skip
+        taken = _Taken(backup_id, created_at, cluster_id_text(health.cluster_id) or "0", member, revision, source)
         if copy.db_file is None:
-            raise ComputeConfigError(
-                f"compute: the provider took snapshots {', '.join(copy.snapshot_ids) or 'none'} but gave no copy "
-                "of the database to catalogue"
-            )
+            record = VolumeSnapshotRecord(
+                id=backup_id, cluster_name=config.name, cluster_id=taken.cluster_id, member_id=f"{member.id:x}",
+                member_name=member.name, etcd_version=member.version or "unknown", created_at=created_at, volume=source,
+            )  # fmt: skip
+            record_volume(store, record)
+            log(f"snapshots {', '.join(copy.snapshot_ids)} of {member.name}'s volumes recorded as {backup_id}")
+            return ProviderSnapshotResult(record, time.monotonic() - started)
         log(f"copied {member.name}'s database (held still {copy.paused_seconds or 0:.2f} s); storing it")
-        reader = _Copy(Path(copy.db_file))
-        plain: Iterator[bytes] = reader.plaintext()
-        if compression == "zstd":
-            plain = compress_stream(plain)
-        context = encryption_context(config.name, cluster_id, backup_id, revision)
-        stored = store.put_stream(key, encrypt_stream(plain, keyring, context, frame_length))
+        manifest = _store_copy(config, store, keyring, Path(copy.db_file), taken, frame_length)
+    pruned, warnings = retain(store, config, created_at, taken.cluster_id, log)
+    return BackupResult(manifest, 1, time.monotonic() - started, pruned, warnings)
+
+
+def _store_copy(
+    config: ClusterConfig, store: BackupStore, keyring: KeyProvider, db_file: Path, taken: _Taken, frame_length: int
+) -> Manifest:
+    """The copied database with our sha256 trailer, summarized, encrypted and stored; its manifest written."""
+    compression = config.backup.compression if config.backup else "none"
+    key = object_key(taken.backup_id)
+    reader = _Copy(db_file)
+    plain: Iterator[bytes] = reader.plaintext()
+    if compression == "zstd":
+        plain = compress_stream(plain)
+    context = encryption_context(config.name, taken.cluster_id, taken.backup_id, taken.revision)
+    stored = store.put_stream(key, encrypt_stream(plain, keyring, context, frame_length))
     try:
         summary = reader.summarizer.finish()
     except SnapshotIntegrityError:
         store.delete(key)  # our own object, written moments ago: it must not look like a backup
         raise
     manifest = Manifest(
-        id=backup_id,
+        id=taken.backup_id,
         uri=store.uri_for(key),
-        cluster_id=cluster_id,
+        cluster_id=taken.cluster_id,
         cluster_name=config.name,
-        member_id=f"{member.id:x}",
-        member_name=member.name or None,
-        etcd_version=member.version or "unknown",
+        member_id=f"{taken.member.id:x}",
+        member_name=taken.member.name or None,
+        etcd_version=taken.member.version or "unknown",
         revision=summary.revision,
         snapshot_hash=summary.hash,
         total_keys=summary.total_keys,
         sha256=reader.sha256,
         size_plain=reader.db_bytes + SHA256_SIZE,
         size_stored=stored,
-        created_at=created_at,
+        created_at=taken.created_at,
         key_id=keyring.key_id,
         compression=compression,
         frame_length=frame_length,
         verified=True,
         verified_at=datetime.now(UTC),
         kind="volume",
-        volume=VolumeSource(
-            provider=config.compute.provider if config.compute else "unknown",
-            revision_observed=revision,
-            paused_seconds=copy.paused_seconds,
-            snapshot_ids=copy.snapshot_ids,
-        ),
+        volume=taken.source,
     )
-    store.put_bytes(manifest_key(backup_id), manifest.to_json())
-    pruned, warnings = retain(store, config, created_at, cluster_id, log)
-    return BackupResult(manifest, 1, time.monotonic() - started, pruned, warnings)
+    store.put_bytes(manifest_key(taken.backup_id), manifest.to_json())
+    return manifest

@@ -227,6 +227,59 @@ class Manifest(BaseModel):
             raise _invalid(exc, source) from None
 
 
+# ---- volume snapshots a provider keeps -----------------------------------------------------------
+
+#: where volume backups whose data the compute provider keeps (EBS snapshots) are recorded
+VOLUME_PREFIX = "volumes/"
+
+
+def volume_record_key(backup_id: str) -> str:
+    """Store key of the record of the provider-kept volume backup ``backup_id``."""
+    return f"{VOLUME_PREFIX}{check_backup_id(backup_id)}.json"
+
+
+class VolumeSnapshotRecord(BaseModel):
+    """A volume backup whose data the compute provider keeps (EC2: EBS snapshots of the member's data
+    volumes, taken together): what was copied, at which observed revision, and where it is. Its bytes
+    never passed through etcdops, so it carries no hash of them and is not a verified backup."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    id: str
+    kind: Literal["volume"] = "volume"
+    cluster_name: Annotated[str, Field(min_length=1)]
+    cluster_id: Annotated[str, Field(pattern=_HEX_ID)]
+    member_id: Annotated[str, Field(pattern=_HEX_ID)]
+    member_name: Annotated[str, Field(min_length=1)]
+    etcd_version: Annotated[str, Field(min_length=1)]
+    created_at: UtcDatetime
+    volume: VolumeSource
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        try:
+            return check_backup_id(value)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _has_snapshots(self) -> VolumeSnapshotRecord:
+        if not self.volume.snapshot_ids:
+            raise ValueError("volume.snapshot_ids: a provider-kept volume backup names its snapshots")
+        return self
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(indent=2).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes | str, source: str = "volume record") -> VolumeSnapshotRecord:
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise _invalid(exc, source) from None
+
+
 # ---- restore drill records ----------------------------------------------------------------------
 
 #: where restore drills record their results, below the catalogue's top level
