@@ -17,6 +17,7 @@ from pathlib import Path
 
 import botocore.session
 import pytest
+from builders import discard
 from etcd_versions import ETCD_VERSIONS, etcd_flavour
 from hypothesis import settings
 
@@ -59,12 +60,12 @@ def _start(path: Path, binaries: EtcdBinaries, members: int = 3, extra: tuple[st
 
 @pytest.fixture
 def cluster(tmp_path: Path, etcd_binaries: EtcdBinaries) -> Iterator[LocalCluster]:
-    """A fresh 3-member TLS cluster for one test; stopped afterwards."""
+    """A fresh 3-member TLS cluster for one test; its members killed afterwards (:func:`builders.discard`)."""
     c = _start(tmp_path / "stack", etcd_binaries)
     try:
         yield c
     finally:
-        c.down()
+        discard(c)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory, etcd_binaries: Etcd
     try:
         yield c
     finally:
-        c.down()
+        discard(c)
 
 
 @pytest.fixture
@@ -89,4 +90,4 @@ def start_cluster(tmp_path: Path) -> Iterator[object]:
 
     yield start
     for c in made:
-        c.down()
+        discard(c)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from autopilot_scenarios import running_autopilot, wait_for
-from builders import QUOTA, fill_to_nospace, none_lost
+from builders import QUOTA, discard, fill_to_nospace, none_lost
 
 from etcdops.app.approval import decide_approval
 from etcdops.domain.config import MaintenanceConfig
@@ -35,7 +35,7 @@ def small_cluster(tmp_path: Path, etcd3530: EtcdBinaries) -> Iterator[LocalClust
     try:
         yield cluster
     finally:
-        cluster.down()
+        discard(cluster)
 
 
 @pytest.mark.timeout(900)  # a hang guard only

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from builders import QUOTA, Writer, fill_to_nospace, none_lost
+from builders import QUOTA, Writer, discard, fill_to_nospace, none_lost
 from etcd_versions import etcd_flavour
 from retries import with_retries
 from test_replace_steps import context_for
@@ -74,7 +74,7 @@ def small_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
     try:
         yield cluster
     finally:
-        cluster.down()
+        discard(cluster)
 
 
 @pytest.mark.parametrize("small_cluster", ["etcd34", "etcd3530"], indirect=True)
