@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from etcdops.adapters.aws import MemoryNotifier
 from etcdops.adapters.awserrors import AwsError
 from etcdops.adapters.state_memory import InMemoryStateStore
-from etcdops.app import approval as approval_module
 from etcdops.app.approval import (
     AlreadyDecidedError,
     ApprovalExpiredError,
@@ -37,6 +36,7 @@ from etcdops.app.approval import (
     sign_link,
     verify_link,
 )
+from etcdops.app.approval import links as approval_links
 from etcdops.domain.errors import ConfigError
 from etcdops.entrypoints.events import parse_event
 from etcdops.entrypoints.settings import RequestApprovalSettings
@@ -103,7 +103,7 @@ def test_signature_is_checked_with_compare_digest(monkeypatch: pytest.MonkeyPatc
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(approval_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(approval_links.hmac, "compare_digest", spy)
     fields = params(sign_link(SECRET, "replace-prod-1", "approve", EXPIRES, RID))
     verify_link(SECRET, fields, T0)
     with pytest.raises(InvalidLinkError):
