@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from etcdops.domain.errors import EtcdNoSpaceError
+from etcdops.domain.errors import EtcdNoSpaceError, EtcdopsError
 from etcdops.domain.health import Alarm, ClusterHealth, MemberHealth
 from etcdops_local.cluster import SCRATCH_DIR, EtcdBinaries, LocalCluster
 
@@ -197,6 +197,41 @@ class Writer:
         with self.cluster.client() as client:
             stored = {kv.key: kv.value for kv in client.range(b"/writer/", prefix=True).kvs}
         return {k: v for k, v in self.acked.items() if stored.get(k) != v}
+
+
+class Sampler:
+    """Reads the member list every 50 ms while a runbook changes it: the most learners and the voter counts
+    seen (``most_learners``, ``voters``), and how many samples were taken."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.most_learners = 0
+        self.voters: set[int] = set()
+        self.samples = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        client = self.cluster.client(timeout=2.0)
+        try:
+            while not self.stop.is_set():
+                try:
+                    listed = client.member_list()
+                except EtcdopsError:
+                    client.close()
+                    client = self.cluster.client(timeout=2.0)
+                    continue
+                learners = sum(1 for m in listed if m.is_learner)
+                self.most_learners = max(self.most_learners, learners)
+                self.voters.add(len(listed) - learners)
+                self.samples += 1
+                self.stop.wait(0.05)
+        finally:
+            client.close()
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def led_last(upgraded: list[dict[str, Any]]) -> bool:

@@ -65,6 +65,7 @@ REQUIRED: dict[tuple[str, ...], list[str]] = {
     ("runbook", "start", "upgrade"): ["--version", "3.5.30"],
     ("runbook", "start", "maintain"): [],
     ("runbook", "start", "drill"): [],
+    ("runbook", "start", "scale"): ["--size", "5"],
     ("demo",): [],
     ("completion",): ["bash"],
     ("pki", "issue-client"): ["kube-apiserver"],
@@ -615,6 +616,17 @@ def test_runbook_start_upgrade_refuses_what_is_not_a_version_before_starting_any
     argv = ["--state-dir", str(tmp_path), "runbook", "start", "upgrade", "--version", "latest"]
     code, _, err = run(argv, capsys)
     assert code == 2 and err == "etcdops: --version: 'latest' is not an etcd version (MAJOR.MINOR.PATCH, e.g. 3.5.30)\n"
+
+
+@pytest.mark.parametrize(
+    ("size", "why"), [("4", "size 4 is even"), ("9", "size 9 is beyond 7"), ("0", "size 0 is below 1")]
+)
+def test_runbook_start_scale_refuses_a_size_it_does_not_scale_to_before_starting_anything(
+    size: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--state-dir", str(tmp_path), "runbook", "start", "scale", "--size", size]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and err.startswith(f"etcdops: --size: {why}") and err.count("\n") == 1, err
 
 
 def test_local_up_says_what_it_did() -> None:

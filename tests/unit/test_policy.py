@@ -775,3 +775,30 @@ def test_the_mixed_versions_limit_comes_from_the_cluster_configuration() -> None
     assert PolicyConfig.from_cluster_config(parse_config(doc)).mixed_versions_warn == timedelta(minutes=90)
     with pytest.raises(ConfigError, match="mixed_versions_warn_minutes"):
         parse_config({**doc, "health": {"mixed_versions_warn_minutes": 0}})
+
+
+# ---- an even number of voters (a notice, not a repair) --------------------------------------
+
+
+def even_notices(observation: ClusterHealth, lock: FakeLock | None = None) -> list[str]:
+    decision = decide(observation, history(lock=lock), CONFIG, cluster=CLUSTER, now=T0)
+    assert decision.action is (Action.NOTIFY if decision.notifications else Action.NONE)
+    return [n.key for n in decision.notifications if n.kind is NotificationKind.EVEN_VOTERS]
+
+
+def test_an_even_number_of_voters_is_noticed_once_per_set_of_voters_and_never_while_a_runbook_holds_the_lock() -> None:
+    four = cluster(member(1), member(2), member(3), member(4))
+    (key,) = even_notices(four)
+    assert EXECUTION_NAME.match(key) and even_notices(four) == [key]  # the same incident every round
+    (notice,) = decide(four, history(), CONFIG, cluster=CLUSTER, now=T0).notifications
+    assert "runs with 4 voting members" in notice.message and "Scale it to 3 or 5" in notice.message
+    assert "tolerates 1 failed member, no more than 3 do" in notice.message
+    # another set of four voters is another incident; a learner does not count
+    (other,) = even_notices(cluster(member(1), member(2), member(3), member(5)))
+    assert other != key
+    assert even_notices(cluster(member(1), member(2), member(3), member(4, learner=True))) == []
+    # an odd number, a membership nobody could read, or a runbook at work (scaling passes 4 on purpose): none
+    assert even_notices(cluster(member(1), member(2), member(3), member(4), member(5))) == []
+    assert even_notices(cluster(member(1), member(2), member(3), member(4), cluster_id=None)) == []  # type: ignore[arg-type]
+    assert even_notices(four, lock=FakeLock("scale-local-5", T0 + timedelta(minutes=10))) == []
+    assert even_notices(four, lock=FakeLock("scale-local-5", T0 - timedelta(minutes=1))) == [key]  # expired

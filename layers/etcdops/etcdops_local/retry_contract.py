@@ -45,6 +45,7 @@ ERROR_MODULES: tuple[str, ...] = (
     "etcdops.app.runbook.upgrade",
     "etcdops.app.runbook.maintain",
     "etcdops.app.runbook.drill",
+    "etcdops.app.runbook.scale",
     "etcdops_local.cluster",
     "etcdops_local.aws.stack",
     "etcdops_local.aws.sandbox",

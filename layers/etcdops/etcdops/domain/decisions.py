@@ -105,6 +105,7 @@ class NotificationKind(StrEnum):
     DB_SIZE_HIGH = "db-size-high"
     LEARNER_FAILED = "learner-failed"
     MIXED_VERSIONS = "mixed-versions"
+    EVEN_VOTERS = "even-voters"
 
 
 @dataclass(frozen=True)

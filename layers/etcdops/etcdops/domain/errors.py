@@ -70,6 +70,15 @@ class UpgradeRefusedError(EtcdopsError):
         self.reasons = tuple(reasons)
 
 
+class ScaleRefusedError(EtcdopsError):
+    """The asked size is not one etcdops scales to, or the cluster cannot change its size now
+    (etcdops.domain.scale); nothing was changed. The message gives every reason at once, on one line."""
+
+    def __init__(self, reasons: Sequence[str]) -> None:
+        super().__init__("scale refused: " + "; ".join(reasons))
+        self.reasons = tuple(reasons)
+
+
 # ---- etcd ---------------------------------------------------------------------------------
 
 

@@ -61,6 +61,7 @@ from etcdops.domain.decisions import (
 )
 from etcdops.domain.errors import ConfigError
 from etcdops.domain.health import ClusterHealth, MemberHealth, quorum_of
+from etcdops.domain.scale import even_voters
 from etcdops.domain.wording import count
 
 __all__ = [
@@ -452,6 +453,17 @@ def _mixed_versions(
     )
 
 
+def _even_voters(cluster: str, observation: ClusterHealth, history: History, now: datetime) -> tuple[Notification, ...]:
+    """An even number of voters, once per set of voters; not while an operation holds the lock (a runbook
+    adding or removing members passes through even sizes on purpose)."""
+    notice = None if _lock_active(history.lock, now) else even_voters(cluster, observation)
+    if notice is None:
+        return ()
+    message, voters = notice
+    key = _notification_key(cluster, NotificationKind.EVEN_VOTERS, voters)
+    return (Notification(NotificationKind.EVEN_VOTERS, message, key),)
+
+
 def _escalation(
     cluster: str,
     observation: ClusterHealth,
@@ -542,6 +554,7 @@ def _decide_unlocked(
     notes = (
         *_notifications(cluster, observation, history, config, now, failed_learners, cert_not_after),
         *_mixed_versions(cluster, observation, history, config, now),
+        *_even_voters(cluster, observation, history, now),
     )
     voters = observation.voters
     n = len(voters)

@@ -34,7 +34,7 @@ class RunbookStepEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    runbook: Literal["replace", "restore", "upgrade", "maintain", "drill"]
+    runbook: Literal["replace", "restore", "upgrade", "maintain", "drill", "scale"]
     step: str
     execution: str
     document: dict[str, Any]
@@ -124,6 +124,10 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
             from etcdops.app.runbook import maintain
 
             return maintain.run_step(context, event.step, document)
+        if event.runbook == "scale":
+            from etcdops.app.runbook import scale
+
+            return scale.run_step(context, event.step, document)
         return replace.run_step(context, event.step, document)
 
 

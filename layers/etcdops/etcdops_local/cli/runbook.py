@@ -21,6 +21,7 @@ RUNBOOKS = {
     "upgrade": "UpgradeClusterStateMachine",
     "maintain": "MaintainClusterStateMachine",
     "drill": "RestoreDrillStateMachine",
+    "scale": "ScaleClusterStateMachine",
 }
 
 
@@ -308,6 +309,28 @@ def cmd_runbook_start_maintain(args: argparse.Namespace) -> int:
     return _start(args, "maintain", prepare)
 
 
+def cmd_runbook_start_scale(args: argparse.Namespace) -> int:
+    """ScaleCluster: the size is checked here (one line, nothing started) and again by the runbook, which
+    also refuses a cluster that is not healthy before it changes anything."""
+    from etcdops.domain.errors import UsageError
+    from etcdops.domain.scale import size_refusal
+
+    refusal = size_refusal(args.size)
+    if refusal:
+        raise UsageError(f"--size: {refusal}")
+
+    def prepare(config: ClusterConfig) -> tuple[str, dict[str, Any]]:
+        document: dict[str, Any] = {
+            "cluster": config.name,
+            "size": args.size,
+            "reason": args.reason or f"requested by an operator: scale {config.name} to {args.size} members",
+            "requires_approval": args.approval,
+        }
+        return f"scale-{config.name}-{args.size}", document
+
+    return _start(args, "scale", prepare)
+
+
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     runbook = commands.add_parser("runbook", help="runbook executions (Step Functions)", parents=[common])
     actions = runbook.add_subparsers(dest="runbook_command", metavar="ACTION", required=True)
@@ -362,3 +385,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     drill.add_argument("--backup", metavar="ID", help="backup id (default: the newest verified backup)")
     drill.set_defaults(handler=cmd_runbook_start_drill)
+    scale = kinds.add_parser(
+        "scale",
+        help="grow or shrink the cluster to 3, 5 or 7 voting members, one member at a time",
+        parents=[common],
+    )
+    scale.add_argument("--size", required=True, type=int, metavar="N", help="voting members wanted: 3, 5 or 7")
+    scale.add_argument("--approval", action="store_true", help="wait for a human approval first")
+    scale.add_argument("--reason", help="why (goes into the notifications)")
+    scale.set_defaults(handler=cmd_runbook_start_scale)

@@ -29,6 +29,7 @@ OUTPUTS = {
     "upgrade": "UpgradeClusterStateMachineArn",
     "maintain": "MaintainClusterStateMachineArn",
     "drill": "RestoreDrillStateMachineArn",
+    "scale": "ScaleClusterStateMachineArn",
     "bucket": "BackupBucketName",
     "key": "BackupKeyArn",
     "topic": "NotificationTopicArn",
@@ -54,7 +55,7 @@ class DeployedStack:
     def runbooks(self) -> dict[str, str]:
         return {
             name: self.outputs[OUTPUTS[name]]
-            for name in ("replace", "restore", "upgrade", "maintain")
+            for name in ("replace", "restore", "upgrade", "maintain", "scale")
             if self.outputs.get(OUTPUTS[name])
         }
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from etcdops.domain.errors import APPROVAL_REJECTED
+from etcdops.domain.scale import outcome as scale_outcome
 from etcdops.domain.upgrade import summary as upgrade_summary
 
 APPROVAL_STEP = "Wait for approval"  # the state both runbooks wait in (statemachines/*.asl.json)
@@ -81,6 +82,8 @@ def outcome(
             return f"recovered: {member} answered again before anything was changed; nothing was replaced"
         if output and output.get("upgraded") is not None:  # an upgrade: each member's before and after
             return f"succeeded: {upgrade_summary(output)}"
+        if output and output.get("changes") is not None and output.get("size") is not None:  # a size change
+            return f"succeeded: {scale_outcome(output)}"
         new = (output or {}).get("new_member") or {}
         if new.get("name"):  # a replacement: who took whose place
             member = output.get("member_name") or output.get("member_id") if output else None
