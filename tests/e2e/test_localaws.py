@@ -259,6 +259,21 @@ def test_the_timer_fires_scheduled_events_one_run_at_a_time(test_stack: LocalSta
     assert [e["id"] for e in received] == [r.event["id"] for r in runs]
 
 
+def test_the_timer_starts_scheduled_state_machines_as_their_rule(aws: LocalAws, test_stack: LocalStack) -> None:
+    scheduler = LocalScheduler.for_stack(test_stack, {"MaintenanceSchedule": "rate(1 second)"})
+    assert {s.function for s in scheduler.schedules} >= {"MaintainClusterStateMachine", "RestoreDrillStateMachine"}
+
+    with scheduler:
+        [run, *_] = scheduler.wait_for("MaintainClusterStateMachine", 1, timeout=60)
+
+    assert run.ok, run.error
+    sfn = aws.client("stepfunctions")
+    started = sfn.describe_execution(executionArn=run.result)
+    assert started["stateMachineArn"] == test_stack.state_machines["MaintainClusterStateMachine"]
+    assert json.loads(started["input"]) == {"cluster": "local", "reason": "scheduled maintenance"}
+    assert not [d for d in aws.authorizer.denials if "StartExecution" in str(d)]
+
+
 # ---- another process ----------------------------------------------------------------------------------
 
 OTHER_PROCESS = textwrap.dedent(

@@ -114,6 +114,25 @@ def test_a_bad_schedule_in_the_template_is_named() -> None:
         template_schedules(TEMPLATE, {"HealthCheckSchedule": "hourly"})
 
 
+def test_state_machine_schedules_are_read_with_their_substituted_input() -> None:
+    machine = {
+        "Type": "AWS::Serverless::StateMachine",
+        "Properties": {"Events": {"Schedule": {"Type": "Schedule", "Properties": {
+            "Schedule": {"Ref": "MaintenanceSchedule"},
+            "Input": {"Fn::Sub": '{"cluster": "${ClusterName}", "reason": "scheduled maintenance"}'},
+        }}}},
+    }  # fmt: skip
+    template = {"Resources": {"MaintainClusterStateMachine": machine}}
+
+    [schedule] = template_schedules(template, {"MaintenanceSchedule": "rate(1 day)", "ClusterName": "prod"})
+    assert (schedule.function, schedule.rule, schedule.timing) == (
+        "MaintainClusterStateMachine", "MaintainClusterStateMachineSchedule", Rate(86400)
+    )
+    assert schedule.input == {"cluster": "prod", "reason": "scheduled maintenance"}
+    with pytest.raises(ConfigError, match=r"Schedule\.Input: \$\{ClusterName\} is not a parameter$"):
+        template_schedules(template, {"MaintenanceSchedule": "rate(1 day)"})
+
+
 def test_the_scheduled_event_has_eventbridges_shape() -> None:
     [health, nightly] = template_schedules(TEMPLATE, {"HealthCheckSchedule": "rate(1 minute)"})
 

@@ -1,11 +1,15 @@
-"""The local timer: fires the stack's scheduled functions, since moto's EventBridge rules invoke nothing.
+"""The local timer: fires the stack's scheduled functions and state machines, since moto's EventBridge
+rules invoke nothing.
 
-The schedules are read from template.yaml itself (each function's ``Schedule`` events), with
+The schedules are read from template.yaml itself (each function's and state machine's ``Schedule``
+events), with
 ``!Ref Parameter`` resolved to the parameter value in effect, or to a local override such as
 ``{"HealthCheckSchedule": "rate(10 seconds)"}``. Locally ``rate(N seconds)`` is accepted too (AWS
 refuses it). Each firing sends the event EventBridge sends (the shape of events/backup_schedule.json)
 from a background thread; a function never runs twice at once: a firing that finds the previous run
-still going is skipped, as a one-at-a-time function would be.
+still going is skipped, as a one-at-a-time function would be. A state machine's firing starts an
+execution with the event's constant ``Input``, as the rule's role (SAM's ``<rule>Role``), and is done
+once the execution started (EventBridge does not wait for it either).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import boto3
 
 from etcdops.domain.errors import ConfigError
 
@@ -147,12 +153,14 @@ def parse_schedule(expression: str, *, allow_seconds: bool = True) -> Timing:
 
 # ---- the template's schedules -----------------------------------------------------------------------
 
+_SCHEDULED_TYPES = frozenset({"AWS::Serverless::Function", "AWS::Serverless::StateMachine"})
+
 
 @dataclass(frozen=True)
 class Schedule:
     """One ``Schedule`` event of a function in the template, with its expression in effect."""
 
-    function: str  # logical id of the function
+    function: str  # logical id of the function or state machine
     event: str  # name of the event in the function's Events
     expression: str
     timing: Timing
@@ -163,13 +171,13 @@ class Schedule:
 def template_schedules(
     template: Mapping[str, Any], parameters: Mapping[str, str], overrides: Mapping[str, str] | None = None
 ) -> list[Schedule]:
-    """The enabled Schedule events of every function. ``overrides`` are keyed by parameter name
-    (every ``!Ref`` to it) or by function logical id (all of that function's schedules)."""
+    """The enabled Schedule events of every function and state machine. ``overrides`` are keyed by
+    parameter name (every ``!Ref`` to it) or by logical id (all of that resource's schedules)."""
     overrides = dict(overrides or {})
     values = {**parameters, **{k: v for k, v in overrides.items() if k in parameters}}
     found: list[Schedule] = []
     for function, resource in template["Resources"].items():
-        if resource.get("Type") != "AWS::Serverless::Function":
+        if resource.get("Type") not in _SCHEDULED_TYPES:
             continue
         for name, event in ((resource.get("Properties") or {}).get("Events") or {}).items():
             if event.get("Type") != "Schedule":
@@ -191,9 +199,25 @@ def template_schedules(
                 timing = parse_schedule(expression)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
-            constant = json.loads(props["Input"]) if props.get("Input") else None
+            raw_input = props.get("Input")
+            constant = json.loads(_substituted(raw_input, values, f"{where}.Input")) if raw_input else None
             found.append(Schedule(function, name, expression, timing, f"{function}{name}", constant))
     return found
+
+
+def _substituted(value: Any, values: Mapping[str, str], where: str) -> str:
+    """A constant ``Input``: a string, or ``!Sub`` of one naming parameters only."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
+
+        def parameter(match: re.Match[str]) -> str:
+            if match.group(1) not in values:
+                raise ConfigError(f"{where}: ${{{match.group(1)}}} is not a parameter")
+            return values[match.group(1)]
+
+        return re.sub(r"\$\{([A-Za-z0-9:]+)\}", parameter, value["Fn::Sub"])
+    raise ConfigError(f"{where}: {value!r} is neither a string nor !Sub of one")
 
 
 def scheduled_event(schedule: Schedule, at: datetime, *, region: str, account: str, rule_name: str) -> dict[str, Any]:
@@ -272,10 +296,17 @@ class LocalScheduler:
 
         template = read_template(Path(template_path or stack.template_path))
         schedules = template_schedules(template, stack.parameters, overrides)
-        schedules = [s for s in schedules if s.function in stack.functions]
+        schedules = [s for s in schedules if s.function in stack.functions or s.function in stack.state_machines]
+        roles = {s.function: stack.resources.get(f"{s.rule}Role") for s in schedules}
+
+        def fire_target(target: str, event: dict[str, Any]) -> Any:
+            if target in stack.state_machines:
+                return start_scheduled_execution(stack, target, event, roles.get(target))
+            return invoke_async(stack, target, event)
+
         return cls(
             schedules,
-            fire or (lambda function, event: invoke_async(stack, function, event)),
+            fire or fire_target,
             region=stack.region,
             account=stack.account_id,
             rule_names={s.rule: stack.resources.get(s.rule, s.rule) for s in schedules},
@@ -362,3 +393,23 @@ class LocalScheduler:
             while len(finished()) < count and time.monotonic() < deadline:
                 self._lock.wait(max(0.0, min(0.5, deadline - time.monotonic())))
             return finished()
+
+
+def start_scheduled_execution(stack: Any, machine: str, document: Any, role: str | None) -> str:
+    """Start an execution of the stack's state machine ``machine`` as a schedule rule does: with the
+    rule's role (SAM's ``<rule>Role``, whose ``states:StartExecution`` grant is checked) and a fresh
+    execution name. Its ARN."""
+    from etcdops_local.aws.stack import LocalAwsError, _require_running, execution_name, start_execution
+
+    if role is None:
+        raise LocalAwsError(f"{machine}: its schedule rule has no role in the stack (SAM makes <rule>Role)")
+    role_arn = role if role.startswith("arn:") else f"arn:aws:iam::{stack.account_id}:role/{role}"
+    c = _require_running().authorizer.role_credentials(role_arn, "events")
+    session = boto3.session.Session(
+        region_name=stack.region,
+        aws_access_key_id=c.access_key_id,
+        aws_secret_access_key=c.secret_access_key,
+        aws_session_token=c.session_token,
+    )
+    sfn = session.client("stepfunctions")  # in this process: moto intercepts it, server mode or not
+    return start_execution(sfn, stack.state_machines[machine], document, execution_name(machine[:40]))
