@@ -139,8 +139,16 @@ def test_local_up_is_idempotent_and_status_reports_failures(
         "raft_index",
         "raft_term",
         "version",
+        "fragmentation",
+        "quota_used",
     }
     assert all(member_fields <= m.keys() for m in status["members"])
+    for m in status["members"]:  # the shares of the file: free pages, and of the quota the config states
+        assert m["fragmentation"] == round(1 - m["db_size_in_use"] / m["db_size"], 4)
+        assert m["quota_used"] == round(m["db_size"] / status["quota_backend_bytes"], 4)
+    shown = run(cwd, "status").stdout
+    assert "FRAGMENTED" in shown and "QUOTA" in shown
+    assert f"{100 * status['members'][0]['quota_used']:.0f} %" in shown.splitlines()[3]
     follower = next(m["name"] for m in status["members"] if m["id"] != status["leader"])
     other = next(m["name"] for m in status["members"] if m["id"] != status["leader"] and m["name"] != follower)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import Any, cast
 
 import boto3
 import pytest
+from builders import Writer
 from moto import mock_aws
 
 from etcdops.adapters.aws import MemoryNotifier
@@ -41,6 +43,7 @@ from etcdops.app.probe import probe_cluster
 from etcdops.domain.backup.errors import StorePermissionError
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import EtcdNoSpaceError
+from etcdops.domain.member_metrics import StarvationThresholds
 from etcdops.domain.policy import Action
 from etcdops.entrypoints.events import HealthCheckEvent, parse_event
 from etcdops.entrypoints.health_triggers import trigger_from_event
@@ -51,6 +54,9 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)
 K, T = 3, 2  # failure threshold and window of these tests
 INSTANCES = {"m1": "i-0a1b2c3d4e5f60001", "m2": "i-0a1b2c3d4e5f60002", "m3": "i-0a1b2c3d4e5f60003"}
+# these scenarios are about failed members, not about how slow the test machine's disk is today:
+# starvation notices are tested by their own scenario, with its own thresholds
+UNSTARVED = StarvationThresholds(wal_fsync_p99=3600, backend_commit_p99=3600, peer_rtt_p99=3600)
 EVENTS = os.path.join(os.path.dirname(__file__), "..", "..", "events")
 
 
@@ -69,6 +75,7 @@ class Autopilot:
     replace: ReplaceStarter = field(default_factory=RecordingReplaceStarter)
     metrics: RecordingMetrics = field(default_factory=RecordingMetrics)
     store: BackupStore | None = None  # the config's backup destination unless given
+    starvation: StarvationThresholds = UNSTARVED
 
     def round(self, seconds: float, trigger: Trigger | None = None) -> HealthRoundResult:
         """One round at T0 + ``seconds`` (the probe itself runs now, against the real cluster)."""
@@ -84,6 +91,7 @@ class Autopilot:
                 replace=self.replace,
                 instances=InstanceDirectory(self.config),
                 backups=store,
+                starvation=self.starvation,
             )
             return run_health_round(ctx, trigger or Trigger.manual(), T0 + timedelta(seconds=seconds))
 
@@ -521,3 +529,49 @@ def test_a_cluster_left_mixed_after_a_half_done_upgrade_is_notified_once(
     body = next(b for s, b, _ in autopilot.notifier.messages if "mixed-versions" in s)
     assert "3.5.1 on m1" in body and "3.5.30 on m3" in body and "cluster version 3.5.0" in body
     assert isinstance(autopilot.replace, RecordingReplaceStarter) and autopilot.replace.started == {}
+
+
+# ---- starvation -------------------------------------------------------------------------------------
+
+
+def test_a_member_slowed_by_sigstop_cycles_is_named_starved_of_disk_once(
+    start_cluster: Any, etcd3530: EtcdBinaries
+) -> None:
+    """issue 15: a member whose process is stopped most of the time (SIGSTOP 100 ms, SIGCONT 5 ms, under
+    a writer) shows a WAL fsync p99 of its own far above a healthy disk's, and one notice names it."""
+    cluster: LocalCluster = start_cluster(etcd3530)
+    slowed, _ = follower_and_others(cluster)
+    pid = cluster.member(slowed).pid
+    assert pid is not None
+    autopilot = Autopilot(with_health(cluster.config()), starvation=StarvationThresholds(0.05, 3600, 3600))
+
+    def starve(seconds: float) -> None:
+        until = time.monotonic() + seconds
+        try:
+            while time.monotonic() < until:
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(0.1)
+                os.kill(pid, signal.SIGCONT)
+                time.sleep(0.005)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    writer = Writer(cluster)
+    writer.thread.start()
+    try:
+        autopilot.round(0)  # the base: the first round of a member judges nothing
+        starve(4)
+        first = autopilot.round(60)
+        starve(2)
+        autopilot.round(120)
+    finally:
+        assert writer.lost() == {}
+
+    assert first.metrics is not None
+    slowed_p99 = first.metrics.members[slowed].wal_fsync_p99
+    assert slowed_p99 is not None and slowed_p99 > 0.05, first.metrics.to_dict()["Members"]
+    assert autopilot.metrics.member_values[(slowed, "WalFsyncP99")] > 0  # published per member (the last round's)
+    notices = [(s, b) for s, b, _ in autopilot.notifier.messages if f"member {slowed} is starved: disk" in s]
+    assert len(notices) == 1, autopilot.subjects()  # once per incident
+    assert notices[0][1].startswith(f"{slowed}: disk: WAL fsync p99 ")
+    assert " over the last 60 s (threshold 50 ms)" in notices[0][1]

@@ -568,6 +568,25 @@ def test_status_of_a_stack_whose_state_table_cannot_be_read_still_shows_the_prob
     )
 
 
+def test_status_shows_the_members_starvation_indicators_of_the_last_round() -> None:
+    last = {
+        "decided_at": "2026-12-07T21:00:00+00:00",
+        "trigger": {"description": "local timer rate(10 seconds)"},
+        "decision": {"action": "NONE", "reason": "all well"},
+        "metrics": {"Members": {"m2": {"WalFsyncP99": 1.4, "BackendCommitP99": 0.0121, "ProposalsPending": 0},
+                                "m1": {"ProposalsPending": 0}}},
+    }  # fmt: skip
+
+    assert cli_status.render_last_round(last).splitlines()[2:] == [
+        "  m2: WAL fsync 1400 ms, backend commit 12 ms (p99 since the round before)"
+    ]
+    status = {"members": [{"db_size": 4096, "db_size_in_use": 1024}, {"db_size": None, "db_size_in_use": None}]}
+    assert cli_status.with_space(status, 8192)["members"] == [
+        {"db_size": 4096, "db_size_in_use": 1024, "fragmentation": 0.75, "quota_used": 0.5},
+        {"db_size": None, "db_size_in_use": None, "fragmentation": None, "quota_used": None},
+    ]
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed Ctrl-C itself
 def test_status_watch_ends_on_a_ctrl_c_that_python_swallowed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -289,6 +289,15 @@ def test_last_decision_round_trip(store: StateStore) -> None:
     assert loaded.decided_at == at(5)
 
 
+def test_member_metrics_are_replaced_whole_per_cluster(store: StateStore) -> None:
+    assert store.load_member_metrics(CLUSTER) == {}
+    store.save_member_metrics(CLUSTER, {"m1": '{"a": 1}', "m2": '{"b": 2}'}, at(1))
+    store.save_member_metrics(CLUSTER, {"m2": '{"b": 3}'}, at(2))  # m1 left the membership
+    store.save_member_metrics("other", {"m1": "{}"}, at(2))
+
+    assert store.load_member_metrics(CLUSTER) == {"m2": '{"b": 3}'}
+
+
 # ---- DynamoDB specifics -------------------------------------------------------------------
 
 

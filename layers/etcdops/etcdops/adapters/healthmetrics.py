@@ -23,7 +23,16 @@ MaxRaftIndexLag            Count   the largest raft index lag of a member behind
 RaftIndexLag (per member)  Count   the leader's raft index minus the member's
 ClusterVersion             None    etcd's cluster version as major * 100 + minor (305 for 3.5)
 MemberVersions             Count   distinct server versions among the members (2+: mixed versions)
+MaxWalFsyncP99             Seconds the highest member's WAL fsync p99 since the previous round
+MaxBackendCommitP99        Seconds the highest member's backend commit p99 since the previous round
+MaxPeerRttP99              Seconds the highest member's peer round trip p99 since the previous round
+ProposalsFailed            Count   failed raft proposals since the previous round, all members
 ========================== ======= ===========================================================
+
+Per member (dimensions ``cluster`` and ``member``), from each member's own ``/metrics`` and the
+previous round's sample (:mod:`etcdops.app.member_metrics`): ``WalFsyncP99``, ``BackendCommitP99``,
+``PeerRttP99`` (Seconds), ``ProposalsFailed``, ``ProposalsPending`` (Count), ``DbGrowthPerHour``
+(Bytes); the first round after a member appears has only the gauges.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from etcdops.domain.health import ClusterHealth
+from etcdops.domain.member_metrics import MemberIntervalStats
 
 COUNT, BYTES, SECONDS, NO_UNIT = "Count", "Bytes", "Seconds", "None"
 
@@ -64,6 +74,15 @@ class HealthMetrics:
     raft_index_lag: Mapping[str, int] = field(default_factory=dict)
     cluster_version: int | None = None
     member_versions: int | None = None
+    members: Mapping[str, MemberIntervalStats] = field(default_factory=dict)  # from their own /metrics
+
+    def _highest(self, name: str) -> float | None:
+        values = [v for s in self.members.values() for n, _, v in s.points() if n == name]
+        return max(values) if values else None
+
+    def _failed_proposals(self) -> float | None:
+        values = [s.proposals_failed for s in self.members.values() if s.proposals_failed is not None]
+        return sum(values) if values else None
 
     @property
     def max_raft_index_lag(self) -> int | None:
@@ -88,12 +107,17 @@ class HealthMetrics:
             ("MaxRaftIndexLag", COUNT, self.max_raft_index_lag),
             ("ClusterVersion", NO_UNIT, self.cluster_version),
             ("MemberVersions", COUNT, self.member_versions),
+            ("MaxWalFsyncP99", SECONDS, self._highest("WalFsyncP99")),
+            ("MaxBackendCommitP99", SECONDS, self._highest("BackendCommitP99")),
+            ("MaxPeerRttP99", SECONDS, self._highest("PeerRttP99")),
+            ("ProposalsFailed", COUNT, self._failed_proposals()),
         ]
         return [(name, unit, float(value)) for name, unit, value in points if value is not None]
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {name: value for name, _, value in self.cluster_points()}
         data["RaftIndexLag"] = dict(self.raft_index_lag)
+        data["Members"] = {m: {n: v for n, _, v in s.points()} for m, s in sorted(self.members.items())}
         return data
 
 
@@ -180,6 +204,9 @@ def publish_health_metrics(metrics: HealthMetrics, sink: HealthMetricsSink) -> N
         sink.add_metric(name, unit, value)
     for member, lag in sorted(metrics.raft_index_lag.items()):
         sink.add_member_metric(member, "RaftIndexLag", COUNT, lag)
+    for member, stats in sorted(metrics.members.items()):
+        for name, unit, value in stats.points():
+            sink.add_member_metric(member, name, unit, value)
 
 
 class RecordingMetrics:

@@ -263,7 +263,8 @@ class DecisionStore(Protocol):
 
 
 class ObservationStore(Protocol):
-    """What the rounds saw: the highest raft term (leader changes) and the members' client URLs (seeds)."""
+    """What the rounds saw: the highest raft term (leader changes), the members' client URLs (seeds) and
+    what each member's own metrics said last (the base of the next round's deltas)."""
 
     def advance_raft_term(self, cluster: str, term: int, now: datetime) -> int:
         """Record ``term`` if it is higher than the highest term recorded; return by how much it
@@ -275,6 +276,14 @@ class ObservationStore(Protocol):
 
     def load_endpoints(self, cluster: str) -> list[str]:
         """The client URLs saved last ([] if none)."""
+
+    def save_member_metrics(self, cluster: str, members: Mapping[str, str], now: datetime) -> None:
+        """Remember what the round kept of each member's own metrics (member name -> a JSON document),
+        replacing what was kept before: the next round computes its deltas from it (a Lambda keeps
+        nothing between invocations)."""
+
+    def load_member_metrics(self, cluster: str) -> dict[str, str]:
+        """What the last round kept of each member's metrics ({} if nothing)."""
 
 
 class RepairStore(Protocol):

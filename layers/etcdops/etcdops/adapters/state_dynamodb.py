@@ -20,6 +20,8 @@ Single-table design (:data:`TABLE_KEY_SCHEMA`), one partition per cluster, ``pk 
 ``endpoints``          the client URLs of the members the last round saw (``endpoints``, a list):
                        seeds besides the configured endpoints, so stale configuration cannot blind
                        the next round (invariant 10)
+``membermetrics``       what the last round kept of each member's /metrics (``members``: member name
+                       -> JSON: histogram buckets, counters, gauges), the base of the next deltas
 ``repair#<incident>#a<NN>``  one repair attempt (invariant 12): ``execution``, ``recorded_at``, the
                        execution ``document`` (JSON), and once it ended ``outcome``, ``error``,
                        ``cause``, ``ended_at``; ``ttl``
@@ -491,6 +493,22 @@ class DynamoStateStore:
     def load_endpoints(self, cluster: str) -> list[str]:
         item = self._get(cluster, "endpoints")
         return [e["S"] for e in item["endpoints"]["L"]] if item is not None else []
+
+    # what the members' own metrics said last
+
+    def save_member_metrics(self, cluster: str, members: Mapping[str, str], now: datetime) -> None:
+        self._call(
+            "put_item",
+            Item={
+                **self._key(cluster, "membermetrics"),
+                "members": {"M": {name: {"S": document} for name, document in members.items()}},
+                "updated_at": {"S": utc(now).isoformat()},
+            },
+        )
+
+    def load_member_metrics(self, cluster: str) -> dict[str, str]:
+        item = self._get(cluster, "membermetrics")
+        return {name: value["S"] for name, value in item["members"]["M"].items()} if item is not None else {}
 
     # repair attempts
 

@@ -57,6 +57,7 @@ class InMemoryStateStore:
         self._terms: dict[str, int] = {}
         self._approvals: dict[str, Approval] = {}
         self._endpoints: dict[str, list[str]] = {}
+        self._member_metrics: dict[str, dict[str, str]] = {}
         self._repairs: dict[tuple[str, str], Repair] = {}
 
     def load_streaks(self, cluster: str) -> StreakState:
@@ -164,6 +165,16 @@ class InMemoryStateStore:
         check_cluster(cluster)
         with self._mutex:
             return list(self._endpoints.get(cluster, []))
+
+    def save_member_metrics(self, cluster: str, members: Mapping[str, str], now: datetime) -> None:
+        check_cluster(cluster)
+        with self._mutex:
+            self._member_metrics[cluster] = dict(members)
+
+    def load_member_metrics(self, cluster: str) -> dict[str, str]:
+        check_cluster(cluster)
+        with self._mutex:
+            return dict(self._member_metrics.get(cluster, {}))
 
     def record_repair_attempt(self, cluster: str, record: RepairRecord) -> bool:
         check_cluster(cluster)

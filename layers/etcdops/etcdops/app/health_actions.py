@@ -20,7 +20,7 @@ from etcdops.domain.repair import Attempt, AttemptStatus, RepairAction, attempt_
 if TYPE_CHECKING:
     from etcdops.app.healthcheck import HealthContext
 
-__all__ = ["act", "continue_repairs", "replace_input"]
+__all__ = ["act", "announce", "continue_repairs", "replace_input"]
 
 log = logging.getLogger("etcdops.app.healthcheck")
 
@@ -56,7 +56,7 @@ def replace_input(
 # ---- acting -------------------------------------------------------------------------------------------
 
 
-def _announce(ctx: HealthContext, key: str, kind: str, subject: str, message: str, now: datetime) -> str | None:
+def announce(ctx: HealthContext, key: str, kind: str, subject: str, message: str, now: datetime) -> str | None:
     """Publish once per incident ``key``; what was done, or None when it was announced before."""
     if ctx.notifier is None:
         log.warning("no notification topic configured; not announcing %s: %s", key, subject)
@@ -83,7 +83,7 @@ def act(
         if ctx.replace is None:
             document = replace_input(decision, ec2_failures)
             name = attempt_execution(decision.incident_id, 1)
-            note = _announce(
+            note = announce(
                 ctx,
                 decision.incident_id,
                 "replace-needed",
@@ -112,7 +112,7 @@ def act(
     elif decision.action is Action.ESCALATE_QUORUM_LOSS and decision.incident_id:
         restore = json.dumps(dict(decision.restore_input or {}), sort_keys=True)
         backup = decision.backup_id or "NONE (no verified backup of this cluster incarnation; see above)"
-        note = _announce(
+        note = announce(
             ctx,
             decision.incident_id,
             "quorum-loss",
@@ -124,7 +124,7 @@ def act(
         )
         done += [note] if note else []
     for notification in decision.notifications:
-        note = _announce(
+        note = announce(
             ctx,
             notification.key,
             str(notification.kind),
@@ -220,7 +220,7 @@ def _repair(
             execution=outcome.execution_arn or outcome.name,
             document=document,
         )
-        note = _announce(ctx, plan.execution, "replace", subject, body, now)
+        note = announce(ctx, plan.execution, "replace", subject, body, now)
         done += [note] if note else []
     elif plan.action is RepairAction.RESUME and plan.execution is not None:
         document = json.loads(repair.attempts[-1].document)

@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -52,11 +52,13 @@ from etcdops.adapters.healthmetrics import (
 from etcdops.adapters.state import ConflictError, Lock, StateStore
 from etcdops.app.backup.catalogue import newest_verified
 from etcdops.app.health_actions import act
+from etcdops.app.member_metrics import fold_member_metrics, start_scrapes
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.backup.manifest import Manifest, cluster_id_text
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import EtcdopsError
 from etcdops.domain.health import ClusterHealth, MemberHealth, discount_alarm_reports
+from etcdops.domain.member_metrics import StarvationThresholds
 from etcdops.domain.policy import BackupRef, Decision, History, PolicyConfig, decide, update_history
 
 log = logging.getLogger("etcdops.app.healthcheck")
@@ -108,6 +110,7 @@ class HealthContext:
     instances: InstanceDirectory
     backups: BackupStore | None
     certificate_timeout: float | None = None  # default: the probe deadline
+    starvation: StarvationThresholds = field(default_factory=StarvationThresholds)
 
 
 @dataclass(frozen=True)
@@ -242,12 +245,14 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
     # invariant 10: the members come from the member list (the seeds only have to reach one of them)
     membership = read_membership(ctx.client, deadline / 2)
     urls = membership.client_urls or list(ctx.client.endpoints)
-    pool = ThreadPoolExecutor(max_workers=max(1, len(urls)), thread_name_prefix="cert")
+    pool = ThreadPoolExecutor(max_workers=max(1, 2 * len(urls)), thread_name_prefix="cert")
     try:
         collect = _served_certificates(urls, config, ctx.certificate_timeout or deadline, pool)
         remaining = max(0.05, deadline - (time.monotonic() - started))
+        scraped = start_scrapes(urls, tls_files(config), remaining, pool)
         health = discount_alarm_reports(probe_cluster(ctx.client, deadline=remaining, membership=membership))
         served = _certificate_names(collect(), health)
+        texts = scraped()
     finally:
         # a frozen member's handshake ends by its own timeout; do not wait for it here
         pool.shutdown(wait=False, cancel_futures=True)
@@ -317,9 +322,12 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
         served_certificates=served,
         newest_verified_backup_at=newest.created_at if newest else None,
     )
+    members = fold_member_metrics(ctx, health, texts, ctx.starvation, now)
+    metrics = replace(metrics, members=members.stats)
     publish_health_metrics(metrics, ctx.metrics)
 
-    actions = [*released, *act(ctx, decision, ec2_failures, now, health)]
+    starvation = [f"notified starvation: {notice}" for notice in members.notices]
+    actions = [*released, *starvation, *act(ctx, decision, ec2_failures, now, health)]
     return HealthRoundResult(cluster, trigger, None, health, decision, metrics, tuple(actions), ec2_failures)
 
 

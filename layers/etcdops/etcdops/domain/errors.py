@@ -132,6 +132,10 @@ class EtcdNoSpaceError(EtcdError):
     """The cluster has a NOSPACE alarm and refuses writes."""
 
 
+class MetricsFormatError(EtcdError):
+    """A member's /metrics answer is not Prometheus' text format (or lacks what etcd always exposes)."""
+
+
 # ---- snapshots and backups ----------------------------------------------------------------
 
 

@@ -119,6 +119,7 @@ def health_job(
                 replace=starter,
                 instances=InstanceDirectory(config, aws.ec2),
                 backups=backups,
+                starvation=settings.starvation(),
             )
             result = run_health_round(ctx, trigger, now or datetime.now(UTC))
     return result.to_dict()

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from etcdops.domain.config import describe_validation_error
 from etcdops.domain.errors import ConfigError
+from etcdops.domain.member_metrics import StarvationThresholds
 
 DEFAULT_APPROVAL_TTL_SECONDS = 3600
 """How long an approval request waits for a human unless APPROVAL_TTL_SECONDS says otherwise."""
@@ -74,6 +75,19 @@ class HealthSettings(EnvSettings):
     topic_arn: str | None = Field(default=None, alias="TOPIC_ARN")
     replace_state_machine_arn: str | None = Field(default=None, alias="REPLACE_STATE_MACHINE_ARN")
     cluster_name: str | None = Field(default=None, alias="CLUSTER_NAME")
+    # when a member counts as starved (p99 over one round, seconds): template parameters
+    wal_fsync_p99_seconds: float = Field(
+        default=StarvationThresholds.wal_fsync_p99, gt=0, alias="WAL_FSYNC_P99_SECONDS"
+    )
+    backend_commit_p99_seconds: float = Field(
+        default=StarvationThresholds.backend_commit_p99, gt=0, alias="BACKEND_COMMIT_P99_SECONDS"
+    )
+    peer_rtt_p99_seconds: float = Field(default=StarvationThresholds.peer_rtt_p99, gt=0, alias="PEER_RTT_P99_SECONDS")
+
+    def starvation(self) -> StarvationThresholds:
+        return StarvationThresholds(
+            self.wal_fsync_p99_seconds, self.backend_commit_p99_seconds, self.peer_rtt_p99_seconds
+        )
 
     @field_validator("replace_state_machine_arn")
     @classmethod

@@ -63,7 +63,7 @@ class LiveScreen:
         with client_for(config, endpoints=merge_endpoints(self.seen, config.endpoints), timeout=deadline) as client:
             health = probe_cluster(client, deadline=deadline)
         self.seen = merge_endpoints(*(m.client_urls for m in health.members if m.id)) or self.seen
-        status = health_to_dict(health)
+        status = with_space(health_to_dict(health), config.health.quota_backend_bytes)
         activity = runbook_activity(self.runbooks())
         last = self.last_round(config.name)
         parts = [render_status(config.name, status), render_runbooks(activity), render_last_round(last), self.footer]
@@ -325,10 +325,37 @@ def render_last_round(last: dict[str, Any] | None) -> str:
     lines = [f"last decision ({last.get('decided_at', '?')}, {last['trigger']['description']}): {decision['action']}"]
     lines.append(f"  reason: {decision['reason']}")
     lines += [f"  done: {action}" for action in last.get("actions", [])]
+    members = (last.get("metrics") or {}).get("Members") or {}
+    for member, values in sorted(members.items()):
+        shown = [f"{label} {1000 * values[key]:.0f} ms" for key, label in _STARVATION if key in values]
+        if shown:
+            lines.append(f"  {member}: {', '.join(shown)} (p99 since the round before)")
     return "\n".join(lines)
 
 
+_STARVATION = (("WalFsyncP99", "WAL fsync"), ("BackendCommitP99", "backend commit"), ("PeerRttP99", "peer round trip"))
+
+
 # ---- the cluster ---------------------------------------------------------------------------------
+
+
+def with_space(status: dict[str, Any], quota_bytes: int) -> dict[str, Any]:
+    """``status`` with each member's ``fragmentation`` (the share of its file not in use: what a
+    defragmentation gives back) and ``quota_used`` (its file's share of ``health.quota_backend_bytes``:
+    etcd refuses writes at 1), ratios or None where the member did not say."""
+    from etcdops.domain.maintenance import fragmented_ratio
+
+    for m in status["members"]:
+        size, used = m["db_size"], m["db_size_in_use"]
+        m["fragmentation"] = round(fragmented_ratio(size, used), 4) if size and used is not None else None
+        m["quota_used"] = round(size / quota_bytes, 4) if size is not None and quota_bytes > 0 else None
+    status["quota_backend_bytes"] = quota_bytes
+    return status
+
+
+def _percent(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{100 * ratio:.0f} %"
+
 
 
 def render_status(name: str, data: dict[str, Any]) -> str:
@@ -342,7 +369,8 @@ def render_status(name: str, data: dict[str, Any]) -> str:
         f"cluster version {data.get('cluster_version') or 'unknown'}",
         "",
         table(
-            ["NAME", "ID", "ROLE", "HEALTH", "VERSION", "DB SIZE", "IN USE", "RAFT INDEX", "TERM", "ENDPOINT", "ERROR"],
+            ["NAME", "ID", "ROLE", "HEALTH", "VERSION", "DB SIZE", "IN USE", "FRAGMENTED", "QUOTA", "RAFT INDEX",
+             "TERM", "ENDPOINT", "ERROR"],
             [
                 [
                     m["name"] or "?",
@@ -352,6 +380,8 @@ def render_status(name: str, data: dict[str, Any]) -> str:
                     m["version"],
                     human_bytes(m["db_size"]),
                     human_bytes(m["db_size_in_use"]),
+                    _percent(m.get("fragmentation")),
+                    _percent(m.get("quota_used")),
                     m["raft_index"],
                     m["raft_term"],
                     ",".join(m["client_urls"]),
