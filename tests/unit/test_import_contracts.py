@@ -61,7 +61,7 @@ def test_the_contracts_hold_on_the_tree() -> None:
     ("module", "wrong_way_import", "contract"),
     [
         # the domain reaching up into the local stack
-        ("domain/policy.py", "import etcdops_local.aws.stack", "Layers point one way"),
+        ("domain/policy/settings.py", "import etcdops_local.aws.stack", "Layers point one way"),
         # the domain doing I/O
         ("domain/health.py", "import boto3", "The domain does no I/O"),
         # a use case loading the dev cluster into every Lambda cold start
