@@ -4,6 +4,7 @@ the choice of backup and deltas of a point-in-time restore."""
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,19 +13,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from moto_dynamodb import state_table
+from test_backup_manifest import fields
+from test_cli_unit import BACKUPS, GOOD, run
 
 from etcdops.adapters.backup.crypto import KeyProvider, local_key_provider
 from etcdops.adapters.backup.store import FileStore
 from etcdops.adapters.state_delta import DeltaChainStore, DynamoDeltaChainStore, InMemoryDeltaChainStore
 from etcdops.adapters.state_dynamodb import DynamoStateStore
-from etcdops.app.backup.delta import (
-    DeltaTarget,
-    head_problem,
-    load_delta_manifest,
-    read_delta,
-    read_delta_catalogue,
-    store_delta,
-)
+from etcdops.app.backup.catalogue import load_delta_manifest, prune_deltas, read_delta_catalogue
+from etcdops.app.backup.delta import DeltaTarget, head_problem, read_delta, store_delta
 from etcdops.domain.backup.chain import (
     ChainHead,
     FullBackupRef,
@@ -36,6 +33,7 @@ from etcdops.domain.backup.chain import (
 )
 from etcdops.domain.backup.delta import DeltaEvent, decode_delta, delta_object_key, encode_delta
 from etcdops.domain.backup.errors import DeltaFormatError
+from etcdops.domain.backup.manifest import Manifest
 from etcdops.domain.errors import UsageError
 
 NOW = datetime(2026, 12, 7, 21, 0, tzinfo=UTC)
@@ -278,3 +276,32 @@ def test_retention_keeps_the_deltas_a_kept_backup_needs(tmp_path: Path, key: Key
     assert deltas_to_delete([one, two, three], []) == sorted([one.id, two.id, three.id])
     other_cluster = [FullBackupRef("20261207T201000Z-0000cc", "ff", 1, NOW, True)]
     assert deltas_to_delete([one], other_cluster) == [one.id]
+
+
+def test_retention_deletes_unneeded_deltas_and_old_delta_orphans(tmp_path: Path, key: KeyProvider) -> None:
+    store = FileStore(tmp_path)
+    one, two, three = manifests(tmp_path, key, [(11, 20), (21, 30), (31, 40)])
+    store.put_bytes("deltas/20261201T000000Z-0000ff.delta.enc", b"a lost race's object")  # an old orphan
+    store.put_bytes(f"deltas/{NOW:%Y%m%dT%H%M%SZ}-0000fe.delta.enc", b"a run writing right now")
+    kept = Manifest(**fields(id="20261207T201000Z-0000cc", cluster_id="c1", revision=25, verified=True,
+                             verified_at=NOW))  # fmt: skip
+    deleted = prune_deltas(store, [kept], NOW, timedelta(hours=1), lambda _: None)
+    assert deleted == [one.id, "20261201T000000Z-0000ff"]
+    catalogue = read_delta_catalogue(store)
+    assert [d.id for d in catalogue.deltas] == [two.id, three.id]
+    assert catalogue.orphans == [f"{NOW:%Y%m%dT%H%M%SZ}-0000fe"]  # younger than the grace period: left alone
+
+
+def test_backup_list_shows_chains_their_coverage_and_gaps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = local_key_provider(tmp_path / "backup.key", create=True)
+    one, two, three = manifests(tmp_path / "store", key, [(11, 20), (21, 30), (31, 40)])
+    FileStore(tmp_path / "store").delete(two.manifest_key)  # a deleted delta in the middle
+    config = tmp_path / "c.yaml"
+    config.write_text(GOOD + BACKUPS % (tmp_path, tmp_path))
+
+    code, out, _ = run(["--config", str(config), "backup", "list", "--json"], capsys)
+    (chain,) = json.loads(out)["chains"]
+    assert code == 0 and (chain["from_revision"], chain["to_revision"], chain["gap_at"]) == (10, 20, 21)
+    assert (chain["deltas"], chain["stray"], chain["to_time"]) == (1, [three.id], one.created_at.isoformat())
+    code, out, _ = run(["--config", str(config), "backup", "list"], capsys)
+    assert "10 .. 20" in out and "at revision 21, 1 deltas after it unusable" in out

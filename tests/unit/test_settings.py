@@ -10,6 +10,7 @@ from etcdops.domain.errors import ConfigError
 from etcdops.entrypoints.settings import (
     DEFAULT_APPROVAL_TTL_SECONDS,
     ApprovalApiSettings,
+    DeltaJobSettings,
     EnvSettings,
     FailureNoticeSettings,
     HealthSettings,
@@ -22,6 +23,7 @@ MODEL_OF_FUNCTION: dict[str, type[EnvSettings]] = {
     "HealthCheckFunction": HealthSettings,
     "BackupFunction": JobSettings,
     "BackupVerifyFunction": JobSettings,
+    "DeltaBackupFunction": DeltaJobSettings,
     "FailureNoticeFunction": FailureNoticeSettings,
     "RunbookStepFunction": RunbookSettings,
     "RequestApprovalFunction": RequestApprovalSettings,

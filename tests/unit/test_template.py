@@ -89,6 +89,7 @@ def test_health_check_may_decrypt_the_sse_kms_manifests(template: Template) -> N
 ROLE_OF = {
     "BackupFunction": "BackupFunctionRole",
     "BackupVerifyFunction": "BackupVerifyFunctionRole",
+    "DeltaBackupFunction": "DeltaBackupFunctionRole",
     "HealthCheckFunction": "HealthCheckFunctionRole",
     "RunbookStepFunction": "RunbookStepFunctionRole",
     "ApprovalFunction": "ApprovalFunctionRole",
@@ -128,7 +129,7 @@ def test_each_secret_is_readable_only_by_the_functions_that_need_it(cluster: str
     assert readers(template, secret_arn(f"etcdops/{cluster}/members/m4")) == {"RunbookStepFunctionRole"}
     for name in ("ca", "cert", "key"):  # the client TLS material of the functions that talk to etcd
         assert readers(template, secret_arn(f"etcdops/{cluster}/client/{name}")) == {
-            "BackupFunctionRole", "HealthCheckFunctionRole", "RunbookStepFunctionRole",
+            "BackupFunctionRole", "DeltaBackupFunctionRole", "HealthCheckFunctionRole", "RunbookStepFunctionRole",
         }  # fmt: skip
     # nothing of another cluster, and nothing that merely starts like the CA's name
     assert readers(template, secret_arn("etcdops/other/client/key")) == set()
@@ -149,6 +150,9 @@ def test_the_state_table_is_read_and_written_item_by_item_only(template: Templat
     table = template.attribute("StateTable", "Arn")
     roles = template.roles()
     users = {role: policy for role, policy in roles if any(a.startswith("dynamodb:") for a in policy.actions())}
+    delta = users.pop("DeltaBackupFunctionRole")  # the delta chain's head: one item, read and conditionally put
+    assert {a for a in delta.actions() if a.startswith("dynamodb:")} == {"dynamodb:GetItem", "dynamodb:PutItem"}
+    assert delta.allows("dynamodb:PutItem", table) and not delta.allows("dynamodb:PutItem", f"{table}/index/x")
     assert set(users) == {f"{f}FunctionRole" for f in ("HealthCheck", "RunbookStep", "Approval", "RequestApproval")}
     for role, policy in users.items():
         assert {a for a in policy.actions() if a.startswith("dynamodb:")} == {
@@ -160,10 +164,10 @@ def test_the_state_table_is_read_and_written_item_by_item_only(template: Templat
 def test_backups_are_written_by_backup_and_runbook_step_and_only_read_by_the_others(template: Template) -> None:
     bucket = template.attribute("BackupBucket", "Arn")
     writes = ("s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload")  # a failed upload is aborted
-    for function in ("Backup", "RunbookStep", "BackupVerify", "HealthCheck"):
+    for function in ("Backup", "DeltaBackup", "RunbookStep", "BackupVerify", "HealthCheck"):
         policy = template.role_of(f"{function}Function")
         assert policy.allows("s3:GetObject", f"{bucket}/etcd/x") and policy.allows("s3:ListBucket", bucket)
-        writer = function in ("Backup", "RunbookStep")
+        writer = function in ("Backup", "DeltaBackup", "RunbookStep")
         assert [policy.allows(a, f"{bucket}/etcd/x") for a in writes] == [writer] * 3, function
         staging = {"s3:ListBucketMultipartUploads"} if function == "RunbookStep" else set()  # restore staging only
         assert not policy.allows("s3:ListBucketMultipartUploads", bucket)
@@ -275,8 +279,10 @@ def test_a_scheduled_job_that_fails_for_good_is_said_once_by_its_on_failure_dest
     assert health["MaximumRetryAttempts"] == 1 and health["MaximumEventAgeInSeconds"] <= 300
     assert not health.get("DestinationConfig")  # its failures raise the health-check-failing alarm instead
     assert template.physical_id("FailureNoticeFunction") not in configs  # no destination of its own to loop to
+    delta = configs[template.physical_id("DeltaBackupFunction")]  # no retry: the next minute's run continues
+    assert delta["MaximumRetryAttempts"] == 0 and delta["DestinationConfig"] == {"OnFailure": {"Destination": notice}}
     invokers = {role for role, policy in template.roles() if policy.allows("lambda:InvokeFunction", notice)}
-    assert invokers == {"BackupFunctionRole", "BackupVerifyFunctionRole"}
+    assert invokers == {"BackupFunctionRole", "BackupVerifyFunctionRole", "DeltaBackupFunctionRole"}
 
 
 # ---- logs ------------------------------------------------------------------------------------------------
@@ -304,7 +310,7 @@ def test_the_approval_api_keeps_an_access_log_without_the_signed_query(template:
 
 # ---- VPC -------------------------------------------------------------------------------------------------
 
-IN_VPC = {"BackupFunction", "HealthCheckFunction", "RunbookStepFunction"}  # they talk to etcd
+IN_VPC = {"BackupFunction", "DeltaBackupFunction", "HealthCheckFunction", "RunbookStepFunction"}  # they talk to etcd
 VPC = {"SubnetIds": "subnet-1,subnet-2", "SecurityGroupIds": "sg-1", "VpcId": "vpc-1"}
 INTERFACE_ENDPOINTS = {"ssm", "secretsmanager", "kms", "sns", "ec2", "elasticloadbalancing", "states", "monitoring"}
 

@@ -136,6 +136,14 @@ class MetricsFormatError(EtcdError):
     """A member's /metrics answer is not Prometheus' text format (or lacks what etcd always exposes)."""
 
 
+class EtcdCompactedError(EtcdRequestError):
+    """The revision asked for was compacted away: its history is gone (``compact_revision`` is the oldest kept)."""
+
+    def __init__(self, message: str, endpoint: str | None = None, compact_revision: int = 0) -> None:
+        super().__init__(message, endpoint)
+        self.compact_revision = compact_revision
+
+
 # ---- snapshots and backups ----------------------------------------------------------------
 
 

@@ -14,19 +14,23 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, load_cluster_config, materialize_tls
 from etcdops.adapters.backup.target import open_backup_target
 from etcdops.adapters.etcd.connect import client_for
+from etcdops.adapters.state_delta import DynamoDeltaChainStore
+from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.backup.catalogue import read_catalogue
+from etcdops.app.backup.delta_job import run_delta_backup
 from etcdops.app.backup.job import MetricsSink, run_backup, verify_backup
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.errors import EtcdopsError
 from etcdops.domain.job_messages import job_failed
 from etcdops.entrypoints.events import FailedInvocationRecord
-from etcdops.entrypoints.settings import JobSettings
+from etcdops.entrypoints.settings import DeltaJobSettings, JobSettings
 
 COUNT, BYTES, SECONDS = "Count", "Bytes", "Seconds"
 log = logging.getLogger("etcdops.entrypoints.jobs")
@@ -88,6 +92,57 @@ def backup_job(settings: JobSettings, aws: AwsClients, metrics: MetricsSink) -> 
         "pruned": result.pruned,
         "warnings": result.warnings,
     }
+
+
+def delta_backup_job(
+    settings: DeltaJobSettings, aws: AwsClients, dynamodb: Any, metrics: MetricsSink
+) -> dict[str, Any]:
+    """DeltaBackup: the chain's next delta, or a new chain from a fresh full backup when it cannot go on
+    (a gap: logged as a warning, ``DeltaChainBroken`` 1). ``NewestDeltaAge`` is 0 once the chain covers
+    the current revision; a failed run publishes the seconds since the chain head last moved."""
+    try:
+        config = load_cluster_config(aws.ssm, settings.config_parameter, settings.cluster_name)
+    except ClusterNotConfiguredError as exc:
+        return not_configured("delta backup", exc)
+    metrics.add_dimension("cluster", config.name)
+    chains = DynamoDeltaChainStore(DynamoStateStore(settings.table_name, dynamodb))
+    try:
+        with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
+            config = materialize_tls(config, aws.secrets, Path(tls_dir))
+            store, keyring = open_backup_target(config, s3_client=aws.s3, kms_client=aws.kms)
+            with client_for(config) as client:
+                health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
+                result = run_delta_backup(config, client, health, store, keyring, chains, log=log.info)
+    except Exception:  # counted; FailureNotice says it once the invocation has failed for good
+        metrics.add_metric("DeltaBackupFailed", COUNT, 1)
+        _stale_delta_age(chains, config.name, metrics)
+        raise
+    if result.broken:
+        log.warning("delta chain of %s broken: %s", config.name, result.broken)
+    metrics.add_metric("DeltaBackupFailed", COUNT, 0)
+    metrics.add_metric("DeltaChainBroken", COUNT, 1 if result.broken else 0)
+    metrics.add_metric("DeltaBytes", BYTES, result.delta.size_stored if result.delta else 0)
+    metrics.add_metric("NewestDeltaAge", SECONDS, 0)
+    delta, backup = result.delta, result.backup
+    return {
+        "action": result.action,
+        "reason": result.reason,
+        "broken": result.broken,
+        "delta_id": delta.id if delta else None,
+        "first_revision": delta.first_revision if delta else None,
+        "last_revision": delta.last_revision if delta else None,
+        "events": delta.events if delta else 0,
+        "backup_id": backup.id if backup else None,
+    }
+
+
+def _stale_delta_age(chains: DynamoDeltaChainStore, cluster: str, metrics: MetricsSink) -> None:
+    try:
+        head = chains.load_chain_head(cluster)
+    except EtcdopsError:
+        return
+    if head is not None:
+        metrics.add_metric("NewestDeltaAge", SECONDS, (datetime.now(UTC) - head.updated_at).total_seconds())
 
 
 def verify_job(settings: JobSettings, aws: AwsClients, metrics: MetricsSink, backup_id: str | None) -> dict[str, Any]:

@@ -61,6 +61,12 @@ class JobSettings(EnvSettings):
     cluster_name: str | None = Field(default=None, alias="CLUSTER_NAME")
 
 
+class DeltaJobSettings(JobSettings):
+    """DeltaBackup: as Backup, plus the state table that holds the delta chain's head."""
+
+    table_name: str = Field(alias="TABLE_NAME")
+
+
 class FailureNoticeSettings(JobSettings):
     """FailureNotice: its whole job is to publish, so the topic is required."""
 

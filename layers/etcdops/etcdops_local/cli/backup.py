@@ -113,7 +113,14 @@ def _warn(lines: list[str]) -> None:
 
 def cmd_backup_list(args: argparse.Namespace) -> int:
     from etcdops.adapters.backup.target import open_backup_store
-    from etcdops.app.backup.catalogue import drill_results, read_catalogue, read_drills, read_volume_records
+    from etcdops.app.backup.catalogue import (
+        drill_results,
+        read_catalogue,
+        read_delta_catalogue,
+        read_drills,
+        read_volume_records,
+    )
+    from etcdops.domain.backup.chain import build_chains
 
     config = resolve_config(args)
     store = open_backup_store(config)  # a listing needs no key (a fresh stack may have none yet)
@@ -122,6 +129,8 @@ def cmd_backup_list(args: argparse.Namespace) -> int:
     manifests = list(reversed(catalogue.backups))  # newest first, as every listing
     kept = list(reversed(read_volume_records(store)))  # volume backups the compute provider keeps (EBS)
     drills = drill_results(read_drills(store))
+    deltas = read_delta_catalogue(store)
+    chains = [_chain_dict(c) for c in reversed(build_chains(deltas.deltas))]
     data = {
         "store": catalogue.uri,
         "cluster_id": live,
@@ -136,11 +145,44 @@ def cmd_backup_list(args: argparse.Namespace) -> int:
         "corrupt": [{"id": c.id, "key": c.key, "error": c.error} for c in catalogue.corrupt],
         "orphans": [{"id": o.id, "key": o.key, "created_at": o.created_at.isoformat()} for o in catalogue.orphans],
         "provider_snapshots": [{**r.model_dump(mode="json"), "incarnation": _incarnation(r, live)} for r in kept],
+        "chains": chains,
+        "delta_corrupt": deltas.corrupt,
+        "delta_orphans": deltas.orphans,
     }
     if not getattr(args, "json", False):
-        _warn(catalogue.warnings())
-    emit(args, data, lambda: _list_text(catalogue.uri, manifests, live, names, drills, kept))
+        _warn(catalogue.warnings() + [f"delta manifest {line}" for line in deltas.corrupt])
+    emit(args, data, lambda: _list_text(catalogue.uri, manifests, live, names, drills, kept) + _chains_text(chains))
     return 0
+
+
+def _chain_dict(chain: Any) -> dict[str, Any]:
+    """A delta chain as `backup list` shows it: what it covers without a gap, from and to when."""
+    return {
+        "chain": chain.chain_id,
+        "cluster_id": chain.cluster_id,
+        "from_revision": chain.base_revision,
+        "to_revision": chain.last_revision,
+        "from_time": chain.first_time.isoformat() if chain.first_time else None,
+        "to_time": chain.last_time.isoformat() if chain.last_time else None,
+        "deltas": len(chain.deltas),
+        "gap_at": chain.gap_at,
+        "stray": [d.id for d in chain.stray],
+    }
+
+
+def _chains_text(chains: list[dict[str, Any]]) -> str:
+    if not chains:
+        return "\nno delta chains"
+    rows = [
+        [
+            c["chain"], c["cluster_id"], f"{c['from_revision']} .. {c['to_revision']}",
+            (c["from_time"] or "-")[:19].replace("T", " "), (c["to_time"] or "-")[:19].replace("T", " "), c["deltas"],
+            f"at revision {c['gap_at']}, {len(c['stray'])} deltas after it unusable" if c["gap_at"] else "-",
+        ]
+        for c in chains
+    ]  # fmt: skip
+    header = ["DELTA CHAIN (FROM BACKUP)", "CLUSTER ID", "REVISIONS", "FROM", "TO", "DELTAS", "GAP"]
+    return "\n\n" + table(header, rows)
 
 
 def _drilled(record: Any) -> str:

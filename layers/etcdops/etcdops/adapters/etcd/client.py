@@ -26,9 +26,11 @@ import grpc
 
 from etcdops.adapters.etcd.pb import etcd_pb2 as pb
 from etcdops.adapters.etcd.pb import etcd_pb2_grpc as rpc
+from etcdops.domain.backup.delta import DeltaEvent, EventKind
 from etcdops.domain.errors import (
     ConfigError,
     EtcdAuthError,
+    EtcdCompactedError,
     EtcdError,
     EtcdLearnerNotReadyError,
     EtcdMemberNotFoundError,
@@ -213,6 +215,8 @@ class _Channel:
         self.cluster = rpc.ClusterStub(self.channel)
         self.maintenance = rpc.MaintenanceStub(self.channel)
         self.auth = rpc.AuthStub(self.channel)
+        self.watch = rpc.WatchStub(self.channel)
+        self.lease = rpc.LeaseStub(self.channel)
 
 
 class EtcdClient:
@@ -467,9 +471,11 @@ class EtcdClient:
         serializable: bool = False,
         keys_only: bool = False,
         count_only: bool = False,
+        revision: int = 0,
         endpoint: str | None = None,
         timeout: float | None = None,
     ) -> RangeResult:
+        """Keys at the current revision, or as they were at ``revision`` (0: current)."""
         k = _key(key)
         end = prefix_end(k) if prefix else _key(range_end) if range_end is not None else b""
         request = pb.RangeRequest(
@@ -479,6 +485,7 @@ class EtcdClient:
             serializable=serializable,
             keys_only=keys_only,
             count_only=count_only,
+            revision=revision,
         )
         resp = self._call("kv", "Range", request, endpoint, timeout)
         return RangeResult(
@@ -515,6 +522,58 @@ class EtcdClient:
 
     def compact(self, revision: int, *, physical: bool = True, timeout: float | None = None) -> None:
         self._call("kv", "Compact", pb.CompactionRequest(revision=revision, physical=physical), None, timeout)
+
+    def txn(self, events: Sequence[DeltaEvent], *, timeout: float | None = None) -> int:
+        """Apply ``events`` (puts with their value and lease, deletes of single keys) in one
+        transaction without conditions; returns its revision."""
+        ops = [
+            pb.RequestOp(request_put=pb.PutRequest(key=e.key, value=e.value, lease=e.lease))
+            if e.kind == "put"
+            else pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=e.key))
+            for e in events
+        ]
+        resp = self._call("kv", "Txn", pb.TxnRequest(success=ops), None, timeout)
+        return int(resp.header.revision)
+
+    def lease_grant(self, ttl: int, *, timeout: float | None = None) -> int:
+        """A new lease of ``ttl`` seconds; returns its id."""
+        resp = self._call("lease", "LeaseGrant", pb.LeaseGrantRequest(TTL=ttl), None, timeout)
+        if resp.error:
+            raise EtcdRequestError(f"lease grant refused: {resp.error}")
+        return int(resp.ID)
+
+    def changes(
+        self, start_revision: int, end_revision: int, *, endpoint: str | None = None, timeout: float = 60.0
+    ) -> list[DeltaEvent]:
+        """Every event of revisions ``start_revision..end_revision`` of the whole keyspace, in order,
+        read with a watch from ``start_revision`` (:class:`EtcdCompactedError` if it was compacted).
+
+        The watch ends at the first event after ``end_revision`` (dropped: the next delta holds it)
+        or, once an event of ``end_revision`` arrived, at a progress notification, which etcd sends
+        only after every event up to its header revision: no event of ``end_revision`` can follow
+        it. etcd sends the events of one revision in one response (we ask for no fragments)."""
+        target = endpoint or self.endpoints[0]
+        requests: queue.Queue[Any] = queue.Queue()
+        create = pb.WatchCreateRequest(key=b"\0", range_end=b"\0", start_revision=start_revision)
+        requests.put(pb.WatchRequest(create_request=create))
+        call = self._channel(target).watch.Watch(iter(requests.get, None), timeout=timeout)
+        events: list[DeltaEvent] = []
+        try:
+            for resp in call:
+                if resp.compact_revision or resp.canceled:
+                    raise EtcdCompactedError(
+                        f"{target}: revision {start_revision} is compacted (oldest kept: {resp.compact_revision})",
+                        target,
+                        resp.compact_revision,
+                    ) if resp.compact_revision else EtcdRequestError(f"{target}: watch canceled: {resp.cancel_reason}")
+                if _watch_done(resp, events, end_revision, requests):
+                    break
+        except grpc.RpcError as exc:
+            raise _map_rpc_error(exc, target) from exc
+        finally:
+            requests.put(None)
+            call.cancel()
+        return events
 
 
 class SnapshotStream:
@@ -630,6 +689,22 @@ class SnapshotStream:
                 while reader.is_alive():
                     with contextlib.suppress(queue.Empty):
                         pieces.get(timeout=0.1)
+
+
+def _watch_done(resp: Any, events: list[DeltaEvent], end_revision: int, requests: queue.Queue[Any]) -> bool:
+    """Take one watch response into ``events``; whether every event up to ``end_revision`` is in."""
+    reached = bool(events) and events[-1].revision >= end_revision
+    if not resp.events:
+        return reached and not resp.created  # a progress notification after the end's events
+    for event in resp.events:
+        kv = event.kv
+        if kv.mod_revision > end_revision:
+            return True
+        kind: EventKind = "del" if event.type == pb.Event.DELETE else "put"
+        events.append(DeltaEvent(kind, kv.key, kv.mod_revision, kv.value, kv.create_revision, kv.version, kv.lease))
+    if events and events[-1].revision >= end_revision:
+        requests.put(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+    return False
 
 
 def _member(m: Any) -> Member:

@@ -18,12 +18,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from etcdops.adapters.backup.store import BackupStore
 from etcdops.app.probe import probe_cluster
-from etcdops.domain.backup.errors import BackupIntegrityError, BackupNotFoundError, ManifestMismatchError
+from etcdops.domain.backup.chain import FullBackupRef, deltas_to_delete
+from etcdops.domain.backup.delta import (
+    DELTA_MANIFEST_SUFFIX,
+    DELTA_OBJECT_SUFFIX,
+    DELTA_PREFIX,
+    DeltaManifest,
+    delta_id_from_key,
+    delta_manifest_key,
+    delta_object_key,
+)
+from etcdops.domain.backup.errors import (
+    BackupIntegrityError,
+    BackupNotFoundError,
+    DeltaFormatError,
+    ManifestMismatchError,
+)
 from etcdops.domain.backup.manifest import (
     DRILL_PREFIX,
     VOLUME_PREFIX,
@@ -95,6 +110,7 @@ class RetentionOutcome:
     deleted: list[str]  # backups deleted by the policy
     orphans_removed: list[str]
     warnings: list[str]  # what the catalogue holds that is not a backup
+    deltas_deleted: list[str] = field(default_factory=list)  # deltas no kept backup needs, delta orphans
 
 
 def _top_level_ids(keys: list[str], parse: Callable[[str], str | None]) -> set[str]:
@@ -242,4 +258,65 @@ def apply_retention(
         log(f"retention: removing the orphan object {object_key(orphan_id)} (no manifest, older than the grace period)")
         store.delete(object_key(orphan_id))
     warnings = [w for w in catalogue.warnings() if not any(w.startswith(object_key(i)) for i in removed)]
-    return RetentionOutcome(plan.delete, removed, warnings)
+    kept = [m for m in catalogue.backups if m.id not in plan.delete]
+    deltas_deleted = prune_deltas(store, kept, now, policy.orphan_grace, log)
+    return RetentionOutcome(plan.delete, removed, warnings, deltas_deleted)
+
+
+# ---- deltas (issue 16) -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeltaCatalogue:
+    deltas: list[DeltaManifest]  # readable manifests, by cluster and first revision
+    corrupt: list[str] = field(default_factory=list)  # "key: why" of manifests that cannot be read
+    orphans: list[str] = field(default_factory=list)  # ids of objects without a manifest (lost races, crashes)
+
+
+def load_delta_manifest(store: BackupStore, delta_id: str) -> DeltaManifest:
+    key = delta_manifest_key(delta_id)
+    if not store.exists(key):
+        raise BackupNotFoundError(f"no delta {delta_id} in {store.uri}")
+    manifest = DeltaManifest.from_json(store.get_bytes(key), source=store.uri_for(key))
+    if manifest.id != delta_id:
+        raise DeltaFormatError(f"manifest {key} describes delta {manifest.id}, not {delta_id}")
+    return manifest
+
+
+def read_delta_catalogue(store: BackupStore) -> DeltaCatalogue:
+    """Every delta under ``deltas/`` with a readable manifest, and what else is there."""
+    keys = store.list(DELTA_PREFIX)
+    manifests = {i for k in keys if (i := delta_id_from_key(k, DELTA_MANIFEST_SUFFIX))}
+    objects = {i for k in keys if (i := delta_id_from_key(k, DELTA_OBJECT_SUFFIX))}
+    deltas, corrupt = [], []
+    for delta_id in sorted(manifests):
+        try:
+            deltas.append(load_delta_manifest(store, delta_id))
+        except UNREADABLE as exc:
+            corrupt.append(f"{delta_manifest_key(delta_id)}: {exc}")
+    deltas.sort(key=lambda m: (m.cluster_id, m.first_revision, m.id))
+    return DeltaCatalogue(deltas, corrupt, sorted(objects - manifests))
+
+
+def delete_delta(store: BackupStore, delta_id: str) -> None:
+    """The object first: a manifest without its object would be a delta that cannot be read."""
+    store.delete(delta_object_key(delta_id))
+    store.delete(delta_manifest_key(delta_id))
+
+
+def prune_deltas(
+    store: BackupStore, kept: list[Manifest], now: datetime, grace: timedelta, log: Callable[[str], None]
+) -> list[str]:
+    """Delete the deltas no kept verified backup needs (``chain.deltas_to_delete``) and delta objects
+    without a manifest older than ``grace``; the ids deleted."""
+    catalogue = read_delta_catalogue(store)
+    refs = [FullBackupRef(m.id, m.cluster_id, m.revision, m.created_at, m.verified) for m in kept if m.verified]
+    unneeded = deltas_to_delete(catalogue.deltas, refs)
+    for delta_id in unneeded:
+        log(f"retention: deleting delta {delta_id} (no kept backup needs it)")
+        delete_delta(store, delta_id)
+    orphans = plan_orphans([(i, backup_id_time(i)) for i in catalogue.orphans], now, grace)
+    for orphan_id in orphans:
+        log(f"retention: removing the orphan delta object {delta_object_key(orphan_id)}")
+        store.delete(delta_object_key(orphan_id))
+    return [*unneeded, *orphans]

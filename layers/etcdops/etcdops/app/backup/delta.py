@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from etcdops.adapters.backup.crypto import (
@@ -29,16 +29,13 @@ from etcdops.adapters.backup.crypto import (
 )
 from etcdops.adapters.backup.store import BackupStore
 from etcdops.adapters.state_delta import DeltaChainStore
+from etcdops.app.backup.catalogue import load_delta_manifest
 from etcdops.app.backup.job import CONTEXT_BACKUP_ID, CONTEXT_CLUSTER, encryption_context
 from etcdops.domain.backup.chain import ChainHead
 from etcdops.domain.backup.delta import (
-    DELTA_MANIFEST_SUFFIX,
-    DELTA_OBJECT_SUFFIX,
-    DELTA_PREFIX,
     DeltaEvent,
     DeltaManifest,
     decode_delta,
-    delta_id_from_key,
     delta_manifest_key,
     delta_object_key,
     encode_revision,
@@ -101,16 +98,6 @@ def store_delta(target: DeltaTarget, head: ChainHead, revisions: Revisions, now:
     return manifest
 
 
-def load_delta_manifest(store: BackupStore, delta_id: str) -> DeltaManifest:
-    key = delta_manifest_key(delta_id)
-    if not store.exists(key):
-        raise BackupNotFoundError(f"no delta {delta_id} in {store.uri}")
-    manifest = DeltaManifest.from_json(store.get_bytes(key), source=store.uri_for(key))
-    if manifest.id != delta_id:
-        raise DeltaFormatError(f"manifest {key} describes delta {manifest.id}, not {delta_id}")
-    return manifest
-
-
 def read_delta(
     store: BackupStore, keyring: KeyProvider, manifest: DeltaManifest, cluster: str | None = None
 ) -> list[tuple[int, list[DeltaEvent]]]:
@@ -151,34 +138,3 @@ def head_problem(store: BackupStore, keyring: KeyProvider, head: ChainHead) -> s
     except BackupIntegrityError as exc:
         return f"cannot be read ({type(exc).__name__}: {exc})"
     return None
-
-
-# ---- listing -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeltaCatalogue:
-    deltas: list[DeltaManifest]  # readable manifests, by first revision
-    corrupt: list[str] = field(default_factory=list)  # "key: why" of manifests that cannot be read
-    orphans: list[str] = field(default_factory=list)  # objects without a manifest (lost races, crashes)
-
-
-def read_delta_catalogue(store: BackupStore) -> DeltaCatalogue:
-    """Every delta under ``deltas/`` with a readable manifest, and what else is there."""
-    keys = store.list(DELTA_PREFIX)
-    manifests = {i for k in keys if (i := delta_id_from_key(k, DELTA_MANIFEST_SUFFIX))}
-    objects = {i for k in keys if (i := delta_id_from_key(k, DELTA_OBJECT_SUFFIX))}
-    deltas, corrupt = [], []
-    for delta_id in sorted(manifests):
-        try:
-            deltas.append(load_delta_manifest(store, delta_id))
-        except (BackupIntegrityError, BackupNotFoundError) as exc:
-            corrupt.append(f"{delta_manifest_key(delta_id)}: {exc}")
-    deltas.sort(key=lambda m: (m.cluster_id, m.first_revision, m.id))
-    return DeltaCatalogue(deltas, corrupt, [delta_object_key(i) for i in sorted(objects - manifests)])
-
-
-def delete_delta(store: BackupStore, delta_id: str) -> None:
-    """The object first: a manifest without its object would be a delta that cannot be read."""
-    store.delete(delta_object_key(delta_id))
-    store.delete(delta_manifest_key(delta_id))

@@ -49,6 +49,11 @@ class KVStub:
                 request_serializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.DeleteRangeRequest.SerializeToString,
                 response_deserializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.DeleteRangeResponse.FromString,
                 _registered_method=True)
+        self.Txn = channel.unary_unary(
+                '/etcdserverpb.KV/Txn',
+                request_serializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.TxnRequest.SerializeToString,
+                response_deserializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.TxnResponse.FromString,
+                _registered_method=True)
         self.Compact = channel.unary_unary(
                 '/etcdserverpb.KV/Compact',
                 request_serializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.CompactionRequest.SerializeToString,
@@ -77,6 +82,12 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Txn(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Compact(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -100,6 +111,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.DeleteRange,
                     request_deserializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.DeleteRangeRequest.FromString,
                     response_serializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.DeleteRangeResponse.SerializeToString,
+            ),
+            'Txn': grpc.unary_unary_rpc_method_handler(
+                    servicer.Txn,
+                    request_deserializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.TxnRequest.FromString,
+                    response_serializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.TxnResponse.SerializeToString,
             ),
             'Compact': grpc.unary_unary_rpc_method_handler(
                     servicer.Compact,
@@ -199,6 +215,33 @@ class KV:
             _registered_method=True)
 
     @staticmethod
+    def Txn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/etcdserverpb.KV/Txn',
+            etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.TxnRequest.SerializeToString,
+            etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.TxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Compact(request,
             target,
             options=(),
@@ -215,6 +258,150 @@ class KV:
             '/etcdserverpb.KV/Compact',
             etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.CompactionRequest.SerializeToString,
             etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.CompactionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class WatchStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Watch = channel.stream_stream(
+                '/etcdserverpb.Watch/Watch',
+                request_serializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.WatchRequest.SerializeToString,
+                response_deserializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.WatchResponse.FromString,
+                _registered_method=True)
+
+
+class WatchServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Watch(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WatchServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Watch': grpc.stream_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.WatchRequest.FromString,
+                    response_serializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.WatchResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'etcdserverpb.Watch', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('etcdserverpb.Watch', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Watch:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Watch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/etcdserverpb.Watch/Watch',
+            etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.WatchRequest.SerializeToString,
+            etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class LeaseStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.LeaseGrant = channel.unary_unary(
+                '/etcdserverpb.Lease/LeaseGrant',
+                request_serializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.LeaseGrantRequest.SerializeToString,
+                response_deserializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.LeaseGrantResponse.FromString,
+                _registered_method=True)
+
+
+class LeaseServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def LeaseGrant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LeaseServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'LeaseGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseGrant,
+                    request_deserializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.LeaseGrantRequest.FromString,
+                    response_serializer=etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.LeaseGrantResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'etcdserverpb.Lease', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('etcdserverpb.Lease', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Lease:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def LeaseGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/etcdserverpb.Lease/LeaseGrant',
+            etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.LeaseGrantRequest.SerializeToString,
+            etcdops_dot_adapters_dot_etcd_dot_pb_dot_etcd__pb2.LeaseGrantResponse.FromString,
             options,
             channel_credentials,
             insecure,

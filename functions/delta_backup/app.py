@@ -1,0 +1,33 @@
+"""DeltaBackup: on an EventBridge schedule (every minute), store the changes since the last delta as the
+chain's next delta, or start a new chain from a fresh full backup when the chain cannot go on.
+
+A failure raises (Lambda retries it, then FailureNotice says it once)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from etcdops.entrypoints.events import parse_event
+from etcdops.entrypoints.jobs import AwsClients, delta_backup_job
+from etcdops.entrypoints.observability import function_logger
+from etcdops.entrypoints.settings import DeltaJobSettings
+
+logger = function_logger("etcdops-delta-backup")
+metrics = Metrics(namespace="etcdops")
+
+
+@logger.inject_lambda_context(log_event=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    parse_event(event, EventBridgeModel)  # anything but a scheduled event is refused here
+    settings = DeltaJobSettings.from_env(os.environ)
+    session = boto3.session.Session()
+    result = delta_backup_job(settings, AwsClients.from_session(session), session.client("dynamodb"), metrics)
+    logger.info("delta backup: " + str(result.get("action", "skipped")), extra=result)
+    return result
