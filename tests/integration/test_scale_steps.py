@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 from builders import Sampler, Writer
 from etcd_versions import etcd_flavour
-from retries import with_retries
+from retries import retry, with_retries
 from test_replace_steps import context_for
 
 from etcdops.app.probe import probe_cluster
 from etcdops.app.runbook import RunbookContext, scale
-from etcdops.domain.errors import ScaleRefusedError
+from etcdops.app.runbook.members import SecondLearnerError
+from etcdops.domain.errors import EtcdUnhealthyClusterError, ScaleRefusedError
 from etcdops_local.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -108,3 +109,29 @@ def test_3_to_5_to_3_on_34_each_step_twice_with_a_writer(start_cluster: Any) -> 
     ]
     lock = ctx.state.get_lock("local")
     assert lock is None or not lock.is_active(ctx.now())
+
+    # When a learner someone else added is in the cluster (etcd says "unhealthy cluster" for a moment after
+    # a removal)
+    with cluster.client() as client:
+        stray = retry(
+            lambda: client.member_add(["https://127.0.0.1:9"], learner=True), retry_on=(EtcdUnhealthyClusterError,)
+        )
+    doc = twice(ctx, "AcquireLock", {"cluster": "local", "execution": "scale-test-learner", "size": 5})
+    # Then ScaleCluster refuses before any change, naming it, and never adds a second learner beside it
+    with pytest.raises(ScaleRefusedError, match=f"learner [^;]*{stray.id:x}[^;]* is in the cluster; promote"):
+        scale.run_step(ctx, "CheckScale", doc)
+    doc = scale.run_step(ctx, "LaunchMember", {**doc, "current": {"name": scale.member_name(ctx, doc, 4)}})
+    with pytest.raises(SecondLearnerError, match=f"learner {stray.id:x} .*never adds a second one"):
+        scale.run_step(ctx, "AddLearner", doc)
+    ctx.compute.terminate(ctx.compute.find(doc["new_member"]["name"]))  # type: ignore[arg-type]
+    # and the failure report says where the cluster is, and the lock is released
+    error = {"Error": "SecondLearnerError", "Cause": '{"errorMessage": "not adding"}'}
+    scale.run_step(ctx, "NotifyFailure", {**doc, "error": error})
+    subject, body, _ = ctx.notifier.messages[-1]  # type: ignore[attr-defined]
+    assert subject == "etcdops: ScaleCluster FAILED for local (to 5 members)"
+    assert "The cluster has 3 voters (" in body and all(f"{name} (" in body for name in names), body
+    assert f" and learner not-yet-started member {stray.id:x}" in body, body
+    assert ctx.state.get_lock("local") is None
+    with cluster.client() as client:
+        retry(lambda: client.member_remove(stray.id), retry_on=(EtcdUnhealthyClusterError,))
+    assert voters(cluster) == (names, True)

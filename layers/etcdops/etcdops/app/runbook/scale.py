@@ -41,7 +41,13 @@ from etcdops.app.runbook import (
 )
 from etcdops.app.runbook import preflight as checks
 from etcdops.domain.compute.base import PreflightPlan, check_host_name
-from etcdops.domain.errors import Backoff, EtcdLearnerNotReadyError, EtcdopsError, ScaleRefusedError
+from etcdops.domain.errors import (
+    Backoff,
+    EtcdLearnerNotReadyError,
+    EtcdMemberNotFoundError,
+    EtcdopsError,
+    ScaleRefusedError,
+)
 from etcdops.domain.scale import next_change, refusals, removal_order, size_refusal, summary
 
 LOCK_LEASE_SECONDS = 3600
@@ -208,8 +214,11 @@ def remove_member(ctx: RunbookContext, doc: Document) -> Document:
         raise ClusterNotReadyError(
             f"member {name} led; leadership moved to {moved or 'another member'}; the next try removes it"
         )
-    with ctx.client() as client:
-        client.member_remove(target)
+    try:
+        with ctx.client() as client:
+            client.member_remove(target)
+    except EtcdMemberNotFoundError:
+        pass  # removed meanwhile: an earlier try whose answer was lost, read back from a member behind
     return timed(doc, "remove_member", started)
 
 
