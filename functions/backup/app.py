@@ -9,10 +9,9 @@ from typing import Any
 
 import boto3
 from aws_lambda_powertools import Metrics
-from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.entrypoints.events import parse_event
+from etcdops.entrypoints.events import BackupEvent, parse_event
 from etcdops.entrypoints.jobs import AwsClients, backup_job
 from etcdops.entrypoints.observability import function_logger
 from etcdops.entrypoints.settings import JobSettings
@@ -25,9 +24,9 @@ metrics = Metrics(namespace="etcdops")
 @logger.inject_lambda_context(log_event=True)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    parse_event(event, EventBridgeModel)  # anything but a scheduled event is refused here
+    parsed = parse_event(event, BackupEvent)  # anything but a scheduled event is refused here
     settings = JobSettings.from_env(os.environ)
     session = boto3.session.Session()
-    result = backup_job(settings, AwsClients.from_session(session), metrics)
+    result = backup_job(settings, AwsClients.from_session(session), metrics, parsed.detail.cluster)
     logger.info("backup stored" if "backup_id" in result else "backup skipped", extra=result)
     return result

@@ -27,6 +27,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     parsed = parse_event(event, VerifyEvent)
     settings = JobSettings.from_env(os.environ)
     session = boto3.session.Session()
-    result = verify_job(settings, AwsClients.from_session(session), metrics, parsed.detail.backup_id)
+    result = verify_job(
+        settings, AwsClients.from_session(session), metrics, parsed.detail.backup_id, parsed.detail.cluster
+    )
     logger.info("backup verified" if result.get("ok") else "backup verification skipped", extra=result)
     return result

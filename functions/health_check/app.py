@@ -11,10 +11,11 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from etcdops.adapters.aws import SnsNotifier
+from etcdops.adapters.fleet_state import DynamoFleetStore
 from etcdops.adapters.healthmetrics import EmfHealthMetrics
 from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.entrypoints.events import HealthCheckEvent, parse_event
-from etcdops.entrypoints.health_check import HealthAwsClients, health_job
+from etcdops.entrypoints.health_check import HealthAwsClients, health_job, round_invoker
 from etcdops.entrypoints.health_triggers import trigger_from_event
 from etcdops.entrypoints.observability import function_logger
 from etcdops.entrypoints.settings import HealthSettings
@@ -33,8 +34,15 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     notifier = SnsNotifier(session.client("sns"), settings.topic_arn) if settings.topic_arn else None
     state = DynamoStateStore(settings.table_name, session.client("dynamodb"))
     result = health_job(
-        settings, HealthAwsClients.from_session(session), EmfHealthMetrics(metrics), notifier, state, trigger
+        settings,
+        HealthAwsClients.from_session(session),
+        EmfHealthMetrics(metrics),
+        notifier,
+        state,
+        trigger,
+        fleet_store=DynamoFleetStore(settings.table_name, session.client("dynamodb")),
+        invoke_round=round_invoker(session.client("lambda"), context.invoked_function_arn, event),
     )
-    logged = ("cluster", "trigger", "skipped", "decision", "actions", "configured")
+    logged = ("cluster", "trigger", "skipped", "decision", "actions", "configured", "fanned_out")
     logger.info("health round", extra={k: result[k] for k in logged if k in result})
     return result

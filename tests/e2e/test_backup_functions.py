@@ -101,7 +101,7 @@ def test_backup_then_verify_through_the_handlers(aws: SimpleNamespace, capsys: p
 
 
 def test_malformed_event_is_refused_and_changes_nothing(aws: SimpleNamespace) -> None:
-    with pytest.raises(InvalidEventError, match=r"^EventBridgeModel: version: Field required"):
+    with pytest.raises(InvalidEventError, match=r"^BackupEvent: version: Field required"):
         load_handler("backup").handler({"source": "aws.events"}, lambda_context())
     assert aws.s3.list_objects_v2(Bucket="backups").get("KeyCount") == 0
 

@@ -102,7 +102,7 @@ def test_a_handler_failure_comes_back_as_lambda_reports_it(aws: LocalAws) -> Non
 
     assert error == "Unhandled"
     assert payload["errorType"] == "InvalidEventError"
-    assert payload["errorMessage"].startswith("EventBridgeModel: version: Field required")
+    assert payload["errorMessage"].startswith("BackupEvent: version: Field required")
 
 
 def test_backup_function_runs_our_handler_against_a_real_cluster(aws: LocalAws, shared_cluster: LocalCluster) -> None:

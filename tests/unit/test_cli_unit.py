@@ -70,6 +70,10 @@ REQUIRED: dict[tuple[str, ...], list[str]] = {
     ("completion",): ["bash"],
     ("pki", "issue-client"): ["kube-apiserver"],
     ("pki", "list"): [],
+    ("cluster", "add"): ["c1.yaml"],
+    ("cluster", "list"): [],
+    ("cluster", "show"): ["c1"],
+    ("cluster", "remove"): ["c1"],
 }
 
 # every global option: the words that give it, the attribute it sets, the value expected

@@ -203,11 +203,17 @@ def _repair(
     )
     log.info("repair %s: %s", plan.action, plan.reason)
     done: list[str] = []
+    if plan.action in (RepairAction.START, RepairAction.RESUME) and plan.execution is not None and ctx.fleet:
+        held, notes = ctx.fleet.may_start(plan.execution, now)  # invariant 15: the fleet brake and the cap
+        if held is not None:
+            log.info("repair %s held: %s", plan.execution, held)
+            return [*notes, f"{plan.execution} held: {held}"]
+        done += notes
     if plan.action is RepairAction.START and plan.attempt is not None and plan.execution is not None:
         document = document_for(plan.attempt)
         record = RepairRecord(incident, plan.attempt, plan.execution, now, json.dumps(document, sort_keys=True))
         if not ctx.state.record_repair_attempt(cluster, record):
-            return [f"attempt {plan.attempt} of {incident} was recorded by a concurrent round"]
+            return [*done, f"attempt {plan.attempt} of {incident} was recorded by a concurrent round"]
         outcome = ctx.replace.start(plan.execution, document)
         done.append(f"started ReplaceMember {outcome.name}")  # its record says so, whoever's call made it (_resumed)
         subject, body = repair_messages.attempt_started(

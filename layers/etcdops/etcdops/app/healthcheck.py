@@ -51,6 +51,7 @@ from etcdops.adapters.healthmetrics import (
 )
 from etcdops.adapters.state import ConflictError, Lock, StateStore
 from etcdops.app.backup.catalogue import newest_verified
+from etcdops.app.fleet import FleetGate
 from etcdops.app.health_actions import act
 from etcdops.app.member_metrics import fold_member_metrics, start_scrapes
 from etcdops.app.probe import probe_cluster
@@ -111,6 +112,7 @@ class HealthContext:
     backups: BackupStore | None
     certificate_timeout: float | None = None  # default: the probe deadline
     starvation: StarvationThresholds = field(default_factory=StarvationThresholds)
+    fleet: FleetGate | None = None  # the fleet brake and repair cap (invariant 15); None: not applied
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,9 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
     if membership.members is not None and membership.client_urls != ctx.state.load_endpoints(cluster):
         ctx.state.save_endpoints(cluster, membership.client_urls, now)  # the next round's seeds
 
+    if ctx.fleet is not None:  # what this cluster saw counts towards the fleet brake (invariant 15)
+        ctx.fleet.report(cluster, saw_failure(health), now)
+
     ec2_failures: frozenset[int] = frozenset()
     if member_name is not None:
         member = _member_named(health, member_name)
@@ -329,6 +334,11 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
     starvation = [f"notified starvation: {notice}" for notice in members.notices]
     actions = [*released, *starvation, *act(ctx, decision, ec2_failures, now, health)]
     return HealthRoundResult(cluster, trigger, None, health, decision, metrics, tuple(actions), ec2_failures)
+
+
+def saw_failure(health: ClusterHealth) -> bool:
+    """What a round reports to the fleet: a member not healthy, or no quorum."""
+    return not health.has_quorum or any(not m.healthy for m in health.members)
 
 
 def log_decision(decision: Decision, trigger: Trigger) -> None:

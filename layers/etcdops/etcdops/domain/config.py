@@ -22,6 +22,16 @@ from etcdops.domain.errors import ConfigError
 
 # matched with fullmatch: "$" alone would let a trailing newline through ("local\n")
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
+NAME_RULE = "must be 1-40 lowercase letters, digits or '-', not starting or ending with '-'"
+
+
+def check_cluster_name(name: str) -> str:
+    """``name`` if it is a valid cluster name, else a one-line :class:`ConfigError` saying why."""
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"cluster name {name!r}: {NAME_RULE}")
+    return name
+
+
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
 _RATE = re.compile(r"rate\((\d+) (minute|hour|day)(s?)\)")
 _CRON = re.compile(r"cron\([^\n]+\)")
@@ -188,7 +198,7 @@ class ClusterConfig(_Model):
     @classmethod
     def _name(cls, value: str) -> str:
         if not _NAME.fullmatch(value):
-            raise ValueError("must be 1-40 lowercase letters, digits or '-', not starting or ending with '-'")
+            raise ValueError(NAME_RULE)
         return value
 
     @field_validator("endpoints")

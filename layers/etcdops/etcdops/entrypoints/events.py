@@ -24,7 +24,20 @@ def parse_event(event: Any, model: type[M]) -> M:
         raise InvalidEventError(f"{model.__name__}: {describe_validation_error(exc)}") from None
 
 
-class VerifyDetail(BaseModel):
+class ClusterDetail(BaseModel):
+    """A scheduled event's ``detail``: the cluster it is for (none: the stack's default cluster,
+    ClusterConfigParameter), as a schedule's input or the fan-out (entrypoints.health_check) sets it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    cluster: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")] | None = None
+
+
+class BackupEvent(EventBridgeModel):
+    detail: ClusterDetail
+
+
+class VerifyDetail(ClusterDetail):
     """BackupVerify's optional input: a backup id (default: the newest backup)."""
 
     backup_id: str | None = None
@@ -47,6 +60,7 @@ class VerifyEvent(EventBridgeModel):
 class ScheduledEvent(EventBridgeModel):
     source: Literal["aws.events", "aws.scheduler"]
     detail_type: Literal["Scheduled Event"] = Field(alias="detail-type")
+    detail: ClusterDetail = ClusterDetail()
 
 
 class AlarmMetric(BaseModel):

@@ -4,30 +4,39 @@ exists, a quiet "not configured yet"."""
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, load_cluster_config, materialize_tls
+from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, materialize_tls
+from etcdops.adapters.awserrors import AWS_SDK_ERRORS, aws_error
 from etcdops.adapters.backup.store import open_store
 from etcdops.adapters.etcd.connect import client_for
+from etcdops.adapters.fleet_state import FleetStore
 from etcdops.adapters.health_aws import InstanceDirectory, StepFunctionsReplaceStarter
 from etcdops.adapters.healthmetrics import HealthMetricsSink
+from etcdops.adapters.registry import ClusterConfigs
 from etcdops.adapters.state import StateStore
+from etcdops.app.fleet import FleetGate
 from etcdops.app.healthcheck import (
     HealthContext,
     HealthRoundResult,
     Trigger,
+    TriggerKind,
     round_seeds,
     run_health_round,
     trigger_skip,
 )
+from etcdops.domain.config import ClusterConfig
+from etcdops.domain.errors import EtcdopsError, NotFoundError
 from etcdops.entrypoints.settings import HealthSettings
 
-__all__ = ["NOT_CONFIGURED_INCIDENT", "HealthAwsClients", "health_job"]
+__all__ = ["NOT_CONFIGURED_INCIDENT", "HealthAwsClients", "fan_out", "health_job", "round_invoker"]
 
 log = logging.getLogger("etcdops.entrypoints.health_check")
 
@@ -76,6 +85,51 @@ def _not_configured(
     return {"cluster": cluster, "configured": False, "skipped": f"not configured yet: {exc}", "announced": announced}
 
 
+def _gate(
+    settings: HealthSettings,
+    store: FleetStore | None,
+    notifier: Notifier | None,
+    starter: StepFunctionsReplaceStarter | None,
+) -> FleetGate | None:
+    if store is None:
+        return None
+
+    def ended(execution: str) -> bool:
+        state = starter.describe(execution) if starter is not None else None
+        return state is not None and state.status.ended
+
+    return FleetGate(store, settings.fleet_limits, notifier, ended)
+
+
+def fan_out(
+    configs: ClusterConfigs, store: FleetStore | None, invoke: Callable[[str], None], now: datetime
+) -> list[str]:
+    """One asynchronous HealthCheck invocation per registered cluster (each its own round, in
+    parallel, none waiting for another); the fleet's members saved for the brake (invariant 15)."""
+    names = configs.registry.names()
+    if not names:
+        return []
+    if store is not None:
+        store.save_members(sorted({*names, *([configs.default_name] if configs.default_name else [])}), now)
+    for name in names:
+        if not configs.is_default(name):
+            invoke(name)
+    return names
+
+
+def round_invoker(lambda_client: Any, function_arn: str, event: Mapping[str, Any]) -> Callable[[str], None]:
+    """Invoke this function asynchronously with ``event`` for one named cluster (the fan-out's call)."""
+
+    def invoke(cluster: str) -> None:
+        payload = json.dumps({**event, "detail": {"cluster": cluster}}).encode()
+        try:
+            lambda_client.invoke(FunctionName=function_arn, InvocationType="Event", Payload=payload)
+        except AWS_SDK_ERRORS as exc:
+            raise aws_error(f"invoking the health round of cluster {cluster}", exc) from exc
+
+    return invoke
+
+
 def health_job(
     settings: HealthSettings,
     aws: HealthAwsClients,
@@ -84,15 +138,54 @@ def health_job(
     state_store: StateStore,
     trigger: Trigger,
     now: datetime | None = None,
+    *,
+    fleet_store: FleetStore | None = None,
+    invoke_round: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """One HealthCheck invocation; an unreadable configuration raises :class:`ConfigError`.
 
-    Before the configuration exists it does nothing but say so: in the log each time, over SNS once
-    (per incident retention), so a fresh stack is quiet until it is configured."""
+    The cluster is the one the trigger names (a schedule's input, an alarm's dimension), else the
+    stack's default cluster. A schedule that names none first fans out: one asynchronous round per
+    registered cluster (``invoke_round``). Before the default configuration exists it does nothing
+    but say so: in the log each time, over SNS once (per incident retention), so a fresh stack is
+    quiet until it is configured."""
+    now = now or datetime.now(UTC)
+    configs = ClusterConfigs(aws.ssm, settings.config_parameter, settings.cluster_name, settings.registry_path)
+    fanned: list[str] = []
+    fan_out_failed: EtcdopsError | None = None
+    if trigger.kind is TriggerKind.SCHEDULE and trigger.cluster is None and invoke_round is not None:
+        try:
+            fanned = fan_out(configs, fleet_store, invoke_round, now)
+        except EtcdopsError as exc:  # the default cluster's round still runs; the invocation fails after it
+            log.error("fan-out failed: %s", exc)
+            fan_out_failed = exc
     try:
-        config = load_cluster_config(aws.ssm, settings.config_parameter, settings.cluster_name)
+        config = configs.load(trigger.cluster)
+    except NotFoundError:  # an alarm of a cluster this deployment does not watch
+        config = configs.load(None)
     except ClusterNotConfiguredError as exc:
-        return _not_configured(settings, notifier, state_store, exc, now or datetime.now(UTC))
+        if fan_out_failed is not None:
+            raise fan_out_failed from None
+        if fanned:  # a fleet without a default cluster
+            return {"cluster": None, "configured": False, "fanned_out": fanned, "skipped": "no default cluster"}
+        return _not_configured(settings, notifier, state_store, exc, now)
+    result = _round(settings, aws, metrics, notifier, state_store, trigger, config, fleet_store, now)
+    if fan_out_failed is not None:
+        raise fan_out_failed
+    return {**result, "fanned_out": fanned} if fanned else result
+
+
+def _round(
+    settings: HealthSettings,
+    aws: HealthAwsClients,
+    metrics: HealthMetricsSink,
+    notifier: Notifier | None,
+    state_store: StateStore,
+    trigger: Trigger,
+    config: ClusterConfig,
+    fleet_store: FleetStore | None,
+    now: datetime,
+) -> dict[str, Any]:
     add_dimension = getattr(metrics, "add_dimension", None)
     if add_dimension is not None:
         add_dimension("cluster", config.name)
@@ -120,6 +213,7 @@ def health_job(
                 instances=InstanceDirectory(config, aws.ec2),
                 backups=backups,
                 starvation=settings.starvation(),
+                fleet=_gate(settings, fleet_store, notifier, starter),
             )
-            result = run_health_round(ctx, trigger, now or datetime.now(UTC))
+            result = run_health_round(ctx, trigger, now)
     return result.to_dict()

@@ -23,7 +23,9 @@ def trigger_from_event(event: HealthCheckEvent) -> Trigger:
     parsed = event.root
     if isinstance(parsed, ScheduledEvent):
         rule = parsed.resources[0].rsplit("/", 1)[-1] if parsed.resources else "schedule"
-        return Trigger(TriggerKind.SCHEDULE, f"scheduled by {rule} at {parsed.time.isoformat()}")
+        cluster = parsed.detail.cluster
+        description = f"scheduled by {rule} at {parsed.time.isoformat()}" + (f" for {cluster}" if cluster else "")
+        return Trigger(TriggerKind.SCHEDULE, description, cluster=cluster)
     if isinstance(parsed, Ec2StateChangeEvent):
         instance, state = parsed.detail.instance_id, parsed.detail.state
         description = f"EC2 reports instance {instance} {state}"

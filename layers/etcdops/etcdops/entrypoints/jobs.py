@@ -21,12 +21,14 @@ from typing import Any
 from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, load_cluster_config, materialize_tls
 from etcdops.adapters.backup.target import open_backup_target
 from etcdops.adapters.etcd.connect import client_for
+from etcdops.adapters.registry import ClusterConfigs
 from etcdops.adapters.state_delta import DynamoDeltaChainStore
 from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.backup.catalogue import read_catalogue
 from etcdops.app.backup.delta_job import run_delta_backup
 from etcdops.app.backup.job import MetricsSink, run_backup, verify_backup
 from etcdops.app.probe import probe_cluster
+from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import EtcdopsError
 from etcdops.domain.job_messages import job_failed
 from etcdops.entrypoints.events import FailedInvocationRecord
@@ -59,9 +61,18 @@ def not_configured(job: str, exc: ClusterNotConfiguredError) -> dict[str, Any]:
     return {"configured": False, "skipped": f"not configured yet: {exc}"}
 
 
-def backup_job(settings: JobSettings, aws: AwsClients, metrics: MetricsSink) -> dict[str, Any]:
+def load_job_config(settings: JobSettings, aws: AwsClients, cluster: str | None) -> ClusterConfig:
+    """The configuration of ``cluster`` (the event's; none: the stack's default cluster), validated."""
+    return ClusterConfigs(aws.ssm, settings.config_parameter, settings.cluster_name, settings.registry_path).load(
+        cluster
+    )
+
+
+def backup_job(
+    settings: JobSettings, aws: AwsClients, metrics: MetricsSink, cluster: str | None = None
+) -> dict[str, Any]:
     try:
-        config = load_cluster_config(aws.ssm, settings.config_parameter, settings.cluster_name)
+        config = load_job_config(settings, aws, cluster)
     except ClusterNotConfiguredError as exc:
         return not_configured("backup", exc)
     metrics.add_dimension("cluster", config.name)
@@ -145,12 +156,14 @@ def _stale_delta_age(chains: DynamoDeltaChainStore, cluster: str, metrics: Metri
         metrics.add_metric("NewestDeltaAge", SECONDS, (datetime.now(UTC) - head.updated_at).total_seconds())
 
 
-def verify_job(settings: JobSettings, aws: AwsClients, metrics: MetricsSink, backup_id: str | None) -> dict[str, Any]:
+def verify_job(
+    settings: JobSettings, aws: AwsClients, metrics: MetricsSink, backup_id: str | None, cluster: str | None = None
+) -> dict[str, Any]:
     """Verify ``backup_id``, or the newest backup when none is given; report what in the store is not
     a usable backup (corrupt manifests, orphan objects). The age of the newest verified backup is
     HealthCheck's metric: only it knows the live cluster incarnation (invariant 11)."""
     try:
-        config = load_cluster_config(aws.ssm, settings.config_parameter, settings.cluster_name)
+        config = load_job_config(settings, aws, cluster)
     except ClusterNotConfiguredError as exc:
         return not_configured("backup verification", exc)
     metrics.add_dimension("cluster", config.name)

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from etcdops.adapters.aws import SnsNotifier, SsmConfigParameter, load_cluster_config, materialize_tls
+from etcdops.adapters.aws import SnsNotifier, SsmConfigParameter, materialize_tls
 from etcdops.adapters.compute.factory import open_compute
 from etcdops.adapters.etcd.client import EtcdClient
 from etcdops.adapters.etcd.connect import client_for, live_client
 from etcdops.adapters.etcd.membership import ConfigStore
+from etcdops.adapters.registry import ClusterConfigs
 from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.runbook import CLEAN_UP_STEPS, RunbookContext, replace
 from etcdops.domain.backup.manifest import Manifest
@@ -42,7 +43,12 @@ class RunbookStepEvent(BaseModel):
 
 def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session: Any) -> dict[str, Any]:
     """One step, with clients from ``session`` (a boto3 session) and TLS files for this call only."""
-    config = load_cluster_config(session.client("ssm"), settings.config_parameter, settings.cluster_name)
+    # the cluster the execution is for (its input's "cluster"; none: the stack's default cluster)
+    configs = ClusterConfigs(
+        session.client("ssm"), settings.config_parameter, settings.cluster_name, settings.registry_path
+    )
+    cluster = event.document.get("cluster")
+    config = configs.load(cluster if isinstance(cluster, str) and cluster else None)
     with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
         config = materialize_tls(config, session.client("secretsmanager"), Path(tls_dir))
 
@@ -73,7 +79,7 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
 
         compute = open_compute(config, session=session, stack_name=settings.stack_name)
         notifier = SnsNotifier(session.client("sns"), settings.topic_arn)
-        stores = config_stores(config, session.client("ssm"), settings.config_parameter)
+        stores = config_stores(config, session.client("ssm"), configs.parameter_for(config.name))
         if event.runbook == "drill":
             from etcdops.app.runbook import drill
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from etcdops.domain.config import describe_validation_error
 from etcdops.domain.errors import ConfigError
+from etcdops.domain.fleet import DEFAULT_BRAKE_SHARE, DEFAULT_REPAIR_CAP, REGISTRY_PATH, FleetLimits
 from etcdops.domain.member_metrics import StarvationThresholds
 
 DEFAULT_APPROVAL_TTL_SECONDS = 3600
@@ -59,6 +60,7 @@ class JobSettings(EnvSettings):
     topic_arn: str | None = Field(default=None, alias="TOPIC_ARN")
     # the stack's ClusterName: the configuration must name this cluster
     cluster_name: str | None = Field(default=None, alias="CLUSTER_NAME")
+    registry_path: str = Field(default=REGISTRY_PATH, alias="CLUSTER_REGISTRY_PATH")
 
 
 class DeltaJobSettings(JobSettings):
@@ -95,6 +97,16 @@ class HealthSettings(EnvSettings):
             self.wal_fsync_p99_seconds, self.backend_commit_p99_seconds, self.peer_rtt_p99_seconds
         )
 
+    registry_path: str = Field(default=REGISTRY_PATH, alias="CLUSTER_REGISTRY_PATH")
+    # the fleet brake (invariant 15): the share of clusters failing at once that pauses repairs, and
+    # the most repairs running at once across the fleet
+    fleet_brake_share: float = Field(default=DEFAULT_BRAKE_SHARE, gt=0, lt=1, alias="FLEET_BRAKE_SHARE")
+    fleet_repair_cap: int = Field(default=DEFAULT_REPAIR_CAP, ge=1, alias="FLEET_REPAIR_CAP")
+
+    @property
+    def fleet_limits(self) -> FleetLimits:
+        return FleetLimits(brake_share=self.fleet_brake_share, repair_cap=self.fleet_repair_cap)
+
     @field_validator("replace_state_machine_arn")
     @classmethod
     def _is_an_arn(cls, value: str | None) -> str | None:
@@ -112,6 +124,7 @@ class RunbookSettings(EnvSettings):
     # the stack name says whose SSM documents the EC2 provider sends
     stack_name: str = Field(alias="STACK_NAME")
     cluster_name: str | None = Field(default=None, alias="CLUSTER_NAME")
+    registry_path: str = Field(default=REGISTRY_PATH, alias="CLUSTER_REGISTRY_PATH")
     # where RestoreCluster stages the plain snapshot for the hosts
     staging_bucket: str | None = Field(default=None, alias="RESTORE_STAGING_BUCKET")
 

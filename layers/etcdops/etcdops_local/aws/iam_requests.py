@@ -211,6 +211,8 @@ def _ssm(request: Request) -> Asked:
             if arn:
                 calls.append(Call.of("kms:Encrypt", arn, because=f"{action} of a SecureString under a customer key"))
         return Asked(tuple(calls))
+    if op == "GetParametersByPath":  # the path itself is the resource (a parameter hierarchy)
+        return Asked((Call.of(action, _parameter_arn(request, params.get("Path", "").rstrip("/"))),))
     if op == "GetParameters":
         calls = []
         for name in params.get("Names") or []:

@@ -290,6 +290,7 @@ def _register_more(commands: Any, common: argparse.ArgumentParser) -> None:
     from etcdops_local.cli import approval as cli_approval
     from etcdops_local.cli import backup as cli_backup
     from etcdops_local.cli import completion as cli_completion
+    from etcdops_local.cli import fleet as cli_fleet
     from etcdops_local.cli import notifications as cli_notifications
     from etcdops_local.cli import pki as cli_pki
     from etcdops_local.cli import runbook as cli_runbook
@@ -299,6 +300,7 @@ def _register_more(commands: Any, common: argparse.ArgumentParser) -> None:
     cli_backup.register(commands, common)
     cli_approval.register(commands, common)
     cli_runbook.register(commands, common)
+    cli_fleet.register(commands, common)
     cli_notifications.register(commands, common)
     cli_completion.register(commands, common)
     cli_pki.register(commands, common)

@@ -1,0 +1,97 @@
+"""A fleet from one deployment: three clusters under one stack of template.yaml. The default cluster
+(ClusterConfigParameter) and two registered ones (`etcdops cluster add`); the scheduled HealthCheck
+fans out one asynchronous round per registered cluster; a member killed in one of them is repaired by
+ReplaceMember with that cluster's configuration, and the others see no change."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from autopilot_scenarios import configure, finished, follower, healthy, wait_for
+from etcd_versions import E2E_VERSIONS, etcd_flavour
+from stack_templates import TEMPLATE
+
+from etcdops.adapters.registry import ClusterRegistry
+from etcdops.adapters.state_dynamodb import DynamoStateStore
+from etcdops_local.aws.schedule import LocalScheduler
+from etcdops_local.aws.stack import LocalAws, execution_history
+from etcdops_local.cluster import EtcdBinaries, LocalCluster
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def etcd_binaries() -> EtcdBinaries:
+    """The fleet runs once, on the newest etcd of the tier (time budget); a repair itself runs on each."""
+    return etcd_flavour(E2E_VERSIONS[-1])
+
+
+@pytest.fixture
+def small(tmp_path: Path, etcd_binaries: EtcdBinaries) -> Iterator[list[LocalCluster]]:
+    """Two one-member clusters (a fleet's bystanders: they only need to stay healthy)."""
+    made = []
+    try:
+        for name in ("c1", "c3"):
+            made.append(LocalCluster(tmp_path / name))
+            made[-1].up(1, binaries=etcd_binaries)
+        yield made
+    finally:
+        for each in made:
+            each.down()
+
+
+def members(cluster: LocalCluster) -> set[int]:
+    return {m.id for m in healthy(cluster).members}
+
+
+def test_a_member_killed_in_one_cluster_of_three_is_repaired_and_the_others_see_no_change(
+    cluster: LocalCluster, small: list[LocalCluster]
+) -> None:
+    c1, c3 = small
+    with LocalAws() as aws:
+        stack = aws.build_stack(TEMPLATE, {"ClusterName": "c1"})
+        ssm = aws.client("ssm")
+        ssm.put_parameter(
+            Name=stack.parameters["ClusterConfigParameter"], Type="SecureString", Value=configure(c1, name="c1")
+        )
+        registry = ClusterRegistry(ssm)
+        registry.add(configure(cluster, name="c2"), "c2.yaml")
+        registry.add(configure(c3, name="c3"), "c3.yaml")
+        state = DynamoStateStore(stack.table or "", aws.client("dynamodb"))
+        sfn = aws.client("stepfunctions")
+        machine = stack.state_machines["ReplaceMemberStateMachine"]
+        pilot = SimpleNamespace(sfn=sfn, machine=machine)
+        before = {"c1": members(c1), "c3": members(c3)}
+
+        with LocalScheduler.for_stack(stack, {"HealthCheckSchedule": "rate(1 second)"}):
+            # every cluster has its rounds: the default one by the schedule, the others by the fan-out
+            wait_for("every cluster's round", lambda: all(state.load_last_decision(c) for c in ("c1", "c2", "c3")))
+            victim = follower(cluster)
+            cluster.kill(victim.name)
+            ended = wait_for("ReplaceMember to finish", lambda: finished(pilot))
+        assert [e["status"] for e in ended] == ["SUCCEEDED"], [
+            (step.name, step.status, step.error, step.cause)
+            for step in execution_history(sfn, str(ended[0]["executionArn"]))
+        ]
+        run = sfn.describe_execution(executionArn=ended[0]["executionArn"])
+        assert '"cluster": "c2"' in run["input"]
+
+        # c2 is whole again, without the victim; c2's registered configuration names the new member
+        health = wait_for(
+            "3 healthy voters", lambda: (h := healthy(cluster)).has_quorum and len(h.healthy_voters) == 3 and h
+        )
+        assert victim.id not in {m.id for m in health.voters}
+        assert set(registry.load("c2").endpoints) == {m.client_urls[0] for m in health.members}
+
+        # the others saw no change: the same members, no repair, no lock, no change decided (at most a
+        # notice: these one-member clusters have no backup yet)
+        assert {"c1": members(c1), "c3": members(c3)} == before
+        for name in ("c1", "c3"):
+            assert state.load_repairs(name) == [] and state.get_lock(name) is None
+            last = state.load_last_decision(name)
+            assert last is not None and last.decision.action in ("NONE", "NOTIFY"), last
+            assert last.decision.target_member_id is None
+        assert len(sfn.list_executions(stateMachineArn=machine)["executions"]) == 1
