@@ -11,6 +11,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from etcdops.adapters.awserrors import AwsUnavailableError
 from etcdops.adapters.fleet_state import InMemoryFleetStore
 from etcdops.adapters.registry import ClusterConfigs, ClusterRegistry
 from etcdops.domain.errors import ConfigError, InvalidEventError, NotFoundError, UsageError
@@ -106,8 +107,24 @@ def test_the_fan_out_invokes_one_round_per_registered_cluster_and_saves_the_flee
         registry.add(document(name), name)
     store, invoked = InMemoryFleetStore(), []
     names = fan_out(ClusterConfigs(ssm, DEFAULT, "prod"), store, invoked.append, NOW)
-    assert names == ["c1", "c2"] and invoked == ["c1", "c2"]
+    assert names == ["c1", "c2"] and sorted(invoked) == ["c1", "c2"]
     assert store.load_members() == ["c1", "c2", "prod"]
+
+
+def test_one_invocation_that_fails_does_not_keep_the_others_from_theirs(ssm: Any) -> None:
+    registry = ClusterRegistry(ssm)
+    for name in ("c1", "c2", "c3"):
+        registry.add(document(name), name)
+    invoked: list[str] = []
+
+    def invoke(name: str) -> None:
+        if name == "c2":
+            raise AwsUnavailableError("invoking the health round of cluster c2: throttled")
+        invoked.append(name)
+
+    with pytest.raises(AwsUnavailableError, match="c2: throttled"):
+        fan_out(ClusterConfigs(ssm, DEFAULT, "prod"), InMemoryFleetStore(), invoke, NOW)
+    assert sorted(invoked) == ["c1", "c3"]
 
 
 def test_without_registered_clusters_nothing_fans_out_and_no_fleet_is_saved(ssm: Any) -> None:

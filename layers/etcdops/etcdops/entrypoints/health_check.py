@@ -8,6 +8,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +62,7 @@ class HealthAwsClients:
 
 
 NOT_CONFIGURED_INCIDENT = "not-configured-yet"
+FAN_OUT_THREADS = 16
 
 
 def _not_configured(
@@ -111,10 +113,23 @@ def fan_out(
         return []
     if store is not None:
         store.save_members(sorted({*names, *([configs.default_name] if configs.default_name else [])}), now)
-    for name in names:
-        if not configs.is_default(name):
-            invoke(name)
+    targets = [name for name in names if not configs.is_default(name)]
+    # the invocations are cheap calls (Lambda answers an Event invoke at once), made FAN_OUT_THREADS at a
+    # time so a thousand clusters are asked within about a second; every one is tried, the first error raised
+    with ThreadPoolExecutor(max_workers=max(1, min(FAN_OUT_THREADS, len(targets)))) as pool:
+        outcomes = list(pool.map(lambda name: _try(invoke, name), targets))
+    failed = [error for error in outcomes if error is not None]
+    if failed:
+        raise failed[0]
     return names
+
+
+def _try(invoke: Callable[[str], None], name: str) -> EtcdopsError | None:
+    try:
+        invoke(name)
+    except EtcdopsError as exc:
+        return exc
+    return None
 
 
 def round_invoker(lambda_client: Any, function_arn: str, event: Mapping[str, Any]) -> Callable[[str], None]:
