@@ -35,7 +35,7 @@ ERROR_MODULES: tuple[str, ...] = (
     "etcdops.adapters.aws",
     "etcdops.adapters.awserrors",
     "etcdops.adapters.state",
-    "etcdops.app.approval",
+    "etcdops.app.approval.errors",
     "etcdops.domain.compute.errors",
     "etcdops.domain.backup.errors",
     "etcdops.app.runbook",
