@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ import pytest
 from botocore.exceptions import ClientError
 from stack_templates import ROOT, TEMPLATE, template_with_extras, without_policy, write_template
 
+from etcdops.adapters.backup.store import open_store
+from etcdops.app.backup.catalogue import record_drill
+from etcdops.domain.backup.manifest import DrillRecord
 from etcdops_local.aws.iam_coverage import coverage
 from etcdops_local.aws.iam_records import RECORDS_ENV
 from etcdops_local.aws.stack import (
@@ -188,6 +192,25 @@ def test_health_check_reads_the_sse_kms_manifests_with_its_own_kms_permission(
     assert {(r.action, r.because, r.allowed) for r in reads} == {
         ("kms:Decrypt", "s3:GetObject of an SSE-KMS object", True)
     }
+
+    # issue 17: LastRestoreDrillAge comes every round, not only from drills (a drill that never runs publishes
+    # nothing): before the first good drill it counts from the oldest backup, then from the newest good drill
+    [alarm] = aws.client("cloudwatch").describe_alarms(AlarmNames=[f"{stack.stack_name}-etcd-restore-drill-too-old"])[
+        "MetricAlarms"
+    ]
+    assert alarm["MetricName"] == "LastRestoreDrillAge"
+    assert alarm["Dimensions"] == [{"Name": "cluster", "Value": "local"}]  # what HealthCheck publishes it with
+    assert alarm["Threshold"] == 8 * 86400 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert 0 <= result["metrics"]["LastRestoreDrillAge"] < alarm["Threshold"]  # the backup is minutes old
+    drilled_at = datetime.now(UTC) - timedelta(days=9)  # a drill restored a backup 9 days ago, none since
+    record = DrillRecord(
+        drill_id=f"{drilled_at:%Y%m%dT%H%M%SZ}-000001", execution="drill-1", backup_id=None, restorable=True,
+        started_at=drilled_at, finished_at=drilled_at, seconds=1.0,
+    )  # fmt: skip
+    record_drill(open_store(f"s3://{stack.bucket}/etcd/local", s3_client=aws.client("s3")), record)
+    error, stale = invoke(aws, stack, "HealthCheckFunction", event("health_schedule"))
+    assert error is None, stale
+    assert stale["metrics"]["LastRestoreDrillAge"] > alarm["Threshold"]  # the alarm's threshold is passed
 
 
 def test_without_kms_decrypt_health_check_is_refused_and_the_coverage_check_says_what_is_missing(

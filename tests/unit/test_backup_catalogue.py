@@ -23,6 +23,7 @@ from etcdops.app.backup.catalogue import (
     read_catalogue,
     read_drills,
     record_drill,
+    restore_drill_age,
 )
 from etcdops.domain.backup.errors import BackupNotFoundError
 from etcdops.domain.backup.manifest import DRILL_PREFIX, DrillRecord, Manifest, drill_key, manifest_key, object_key
@@ -103,6 +104,20 @@ def test_drill_records_are_read_kept_beside_their_backups_and_go_with_them(tmp_p
     assert not store.exists(drill_key(backup_id(NOW - timedelta(days=59), 10)))
     assert [r.backup_id for r in read_drills(store)] == [proven.id, proven.id]
     assert newest.id in [b.id for b in read_catalogue(store).backups]
+
+
+def test_the_restore_drill_age_counts_from_the_newest_good_drill_else_from_the_oldest_backup(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    assert restore_drill_age(store, NOW) is None  # no backup: nothing to have drilled
+    put_corrupt(store, NOW - timedelta(days=30), 0)  # unreadable: skipped
+    first = put_backup(store, NOW - timedelta(days=20), 1)
+    put_backup(store, NOW - timedelta(days=1), 2)
+    assert restore_drill_age(store, NOW) == timedelta(days=20).total_seconds()  # never proven: since the first
+
+    drilled(store, first, NOW - timedelta(days=10), 10, restorable=True)
+    drilled(store, first, NOW - timedelta(days=3), 11, restorable=False)  # a failed drill proves nothing
+    store.put_bytes(f"{DRILL_PREFIX}{backup_id(NOW, 12)}.json", b"{not json")
+    assert restore_drill_age(store, NOW) == (timedelta(days=10) - timedelta(seconds=9)).total_seconds()
 
 
 def test_only_a_backup_of_the_live_incarnation_counts(tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ Fragmentation              None    the largest 1 - in-use / size over the member
 ActiveAlarms               Count   active etcd alarms; also NoSpaceAlarm and CorruptAlarm
 CertificateExpiryDays      None    days until the earliest certificate a member serves expires
 NewestVerifiedBackupAge    Seconds age of the newest verified backup (absent when there is none)
+LastRestoreDrillAge        Seconds since the newest drill that restored its backup (none yet: since
+                                   the oldest backup; absent when there is no backup)
 MaxRaftIndexLag            Count   the largest raft index lag of a member behind the leader
 RaftIndexLag (per member)  Count   the leader's raft index minus the member's
 ClusterVersion             None    etcd's cluster version as major * 100 + minor (305 for 3.5)
@@ -75,6 +77,7 @@ class HealthMetrics:
     cluster_version: int | None = None
     member_versions: int | None = None
     members: Mapping[str, MemberIntervalStats] = field(default_factory=dict)  # from their own /metrics
+    last_restore_drill_age: float | None = None
 
     def _highest(self, name: str) -> float | None:
         values = [v for s in self.members.values() for n, _, v in s.points() if n == name]
@@ -104,6 +107,7 @@ class HealthMetrics:
             ("CorruptAlarm", COUNT, self.corrupt_alarms),
             ("CertificateExpiryDays", NO_UNIT, self.certificate_expiry_days),
             ("NewestVerifiedBackupAge", SECONDS, self.newest_verified_backup_age),
+            ("LastRestoreDrillAge", SECONDS, self.last_restore_drill_age),
             ("MaxRaftIndexLag", COUNT, self.max_raft_index_lag),
             ("ClusterVersion", NO_UNIT, self.cluster_version),
             ("MemberVersions", COUNT, self.member_versions),

@@ -50,7 +50,7 @@ from etcdops.adapters.healthmetrics import (
     publish_health_metrics,
 )
 from etcdops.adapters.state import ConflictError, Lock, StateStore
-from etcdops.app.backup.catalogue import newest_verified
+from etcdops.app.backup.catalogue import newest_verified, restore_drill_age
 from etcdops.app.fleet import FleetGate
 from etcdops.app.health_actions import act
 from etcdops.app.member_metrics import fold_member_metrics, start_scrapes
@@ -328,7 +328,7 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
         newest_verified_backup_at=newest.created_at if newest else None,
     )
     members = fold_member_metrics(ctx, health, texts, ctx.starvation, now)
-    metrics = replace(metrics, members=members.stats)
+    metrics = replace(metrics, members=members.stats, last_restore_drill_age=_restore_drill_age(ctx, now))
     publish_health_metrics(metrics, ctx.metrics)
 
     starvation = [f"notified starvation: {notice}" for notice in members.notices]
@@ -339,6 +339,18 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
 def saw_failure(health: ClusterHealth) -> bool:
     """What a round reports to the fleet: a member not healthy, or no quorum."""
     return not health.has_quorum or any(not m.healthy for m in health.members)
+
+
+def _restore_drill_age(ctx: HealthContext, now: datetime) -> float | None:
+    """``LastRestoreDrillAge`` every round, so its alarm can judge between the weekly drills (a drill
+    that never runs publishes nothing of its own); None when unknown (logged, the alarm keeps its state)."""
+    if ctx.backups is None:
+        return None
+    try:
+        return restore_drill_age(ctx.backups, now)
+    except EtcdopsError as exc:
+        log.error("restore drill age unknown: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 def log_decision(decision: Decision, trigger: Trigger) -> None:

@@ -16,7 +16,7 @@ RestoreCluster's default all ask it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -181,17 +181,37 @@ def newest_verified(store: BackupStore, cluster_id: str | None) -> Manifest | No
     return None
 
 
-def read_drills(store: BackupStore) -> list[DrillRecord]:
-    """Every restore drill record, oldest first; one that cannot be read is logged and skipped."""
-    records: list[DrillRecord] = []
-    for key in sorted(store.list(DRILL_PREFIX)):
-        if not key.endswith(".json") or "/" in key[len(DRILL_PREFIX) :]:
-            continue
+def _drill_records(store: BackupStore, *, newest_first: bool = False) -> Iterator[DrillRecord]:
+    """The restore drill records in the order of their ids (their times); one that cannot be read is
+    logged and skipped."""
+    keys = [k for k in store.list(DRILL_PREFIX) if k.endswith(".json") and "/" not in k[len(DRILL_PREFIX) :]]
+    for key in sorted(keys, reverse=newest_first):
         try:
-            records.append(DrillRecord.from_json(store.get_bytes(key), source=store.uri_for(key)))
+            yield DrillRecord.from_json(store.get_bytes(key), source=store.uri_for(key))
         except UNREADABLE as exc:
             log.warning("skipping drill record %s: %s", key, exc)
-    return records
+
+
+def read_drills(store: BackupStore) -> list[DrillRecord]:
+    """Every restore drill record, oldest first; one that cannot be read is logged and skipped."""
+    return list(_drill_records(store))
+
+
+def restore_drill_age(store: BackupStore, now: datetime) -> float | None:
+    """Seconds since the newest drill that restored its backup. While no drill ever did: since the
+    oldest backup in the catalogue was taken (for that long backups went unproven, so a fresh
+    catalogue gets the time a first weekly drill needs). None when the catalogue holds no backup."""
+    for record in _drill_records(store, newest_first=True):
+        if record.restorable:
+            return max(0.0, (now - record.finished_at).total_seconds())
+    for backup_id in sorted(_top_level_ids(store.list(), backup_id_from_manifest_key)):
+        try:
+            manifest = load_manifest(store, backup_id)
+        except UNREADABLE as exc:
+            log.warning("skipping backup %s: its manifest cannot be read: %s", backup_id, exc)
+            continue
+        return max(0.0, (now - manifest.created_at).total_seconds())
+    return None
 
 
 def read_volume_records(store: BackupStore) -> list[VolumeSnapshotRecord]:
