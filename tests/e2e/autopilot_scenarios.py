@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 from typing import Any
 
@@ -30,9 +30,11 @@ def running_autopilot(
     *,
     stack_name: str = DEFAULT_STACK_NAME,
     parameters: Mapping[str, str] | None = None,
+    schedules: bool = True,
     **changes: Any,
 ) -> Iterator[SimpleNamespace]:
-    """A stack of template.yaml running the autopilot for ``cluster`` (config ``changes`` applied)."""
+    """A stack of template.yaml running the autopilot for ``cluster`` (config ``changes`` applied); without
+    ``schedules`` nothing fires on its own (no health rounds): the stack only runs what the test starts."""
     document = configure(cluster, **changes)
     stack = aws.build_stack(
         TEMPLATE, {"ClusterName": cluster.config().name, **(parameters or {})}, stack_name=stack_name
@@ -57,7 +59,8 @@ def running_autopilot(
                 subjects.append(body["Subject"])
                 bodies[body["Subject"]] = body["Message"]
 
-    with LocalScheduler.for_stack(stack, {"HealthCheckSchedule": "rate(1 second)"}):
+    timer = LocalScheduler.for_stack(stack, {"HealthCheckSchedule": "rate(1 second)"}) if schedules else nullcontext()
+    with timer:
         yield SimpleNamespace(
             aws=aws,
             stack=stack,

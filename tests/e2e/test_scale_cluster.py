@@ -1,9 +1,11 @@
-"""ScaleCluster through the real state machine on a real 3-member TLS cluster of etcd 3.5.30, with the
-autopilot running beside it, a policy of ``approval: always`` (each run waits for the operator's approval),
-a writer and a sampler of the member list throughout: 3 -> 5 -> 3. In the middle 5 healthy voters, at the
-end 3, the removed members' hosts retired; never more than one learner; every acknowledged write there; the
-autopilot, which saw a 4-voter cluster twice, neither replaced anything nor warned of an even number of
-voters (the runbook held the lock).
+"""ScaleCluster through the real state machine on a real 3-member TLS cluster of etcd 3.5.30, in the stack of
+template.yaml with a policy of ``approval: always`` (each run waits for the operator's approval), a writer
+and a sampler of the member list throughout: 3 -> 5 -> 3. In the middle 5 healthy voters, at the end 3, the
+removed members' hosts retired; never more than one learner; every acknowledged write there.
+
+No health rounds run beside it (time budget): that HealthCheck neither replaces nor warns of the 4-voter
+cluster while a runbook holds the lock is the policy's (tests/unit/test_policy.py), and the autopilot's
+deference to a runbook's lock is shown with real rounds in tests/e2e/test_upgrade_cluster.py.
 
 Not parametrized by version: the same 3 -> 5 -> 3 runs step by step (each step twice) on 3.4.23 in
 tests/integration/test_scale_steps.py; here the state machine's wiring is what is under test.
@@ -17,7 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from autopilot_scenarios import executions, running_autopilot, wait_for
+from autopilot_scenarios import running_autopilot, wait_for
 from builders import Sampler, Writer
 
 from etcdops.app.approval import decide_approval
@@ -49,13 +51,13 @@ def voters(cluster: LocalCluster) -> tuple[list[str], bool]:
 
 @pytest.mark.timeout(1800)  # a hang guard only
 def test_3_to_5_to_3_through_the_state_machine_with_a_writer(start_cluster: Any, etcd3530: EtcdBinaries) -> None:
-    # Given a 3-member TLS cluster on 3.5.30, the autopilot asking for approvals, a writer and a sampler
+    # Given a 3-member TLS cluster on 3.5.30, its stack asking for approvals, a writer and a sampler
     cluster: LocalCluster = start_cluster(etcd3530)
     before, _ = voters(cluster)
     writer, sampler = Writer(cluster), Sampler(cluster)
     writer.thread.start()
     sampler.thread.start()
-    with LocalAws() as aws, running_autopilot(aws, cluster, approval="always") as pilot:
+    with LocalAws() as aws, running_autopilot(aws, cluster, approval="always", schedules=False) as pilot:
         # When ScaleCluster runs to 5 (approved)
         ended, steps = scale(pilot, 5)
 
@@ -79,9 +81,6 @@ def test_3_to_5_to_3_through_the_state_machine_with_a_writer(start_cluster: Any,
         assert {m.name for m in cluster.state().members} == set(after)
         subject = "etcdops: scaled local from 5 to 3 voting members"
         assert "removed" in wait_for("the report", lambda: pilot.inbox() and pilot.bodies.get(subject))
-        # and the autopilot replaced nothing and did not warn of the 4-voter cluster it saw on the way
-        assert executions(pilot) == []
-        assert not [s for s in pilot.inbox() if "even-voters" in s], pilot.inbox()
     sampler.finish()
     # and there never was more than one learner, and no acknowledged write was lost
     assert sampler.samples > 10 and sampler.most_learners <= 1 and sampler.voters <= {3, 4, 5}, vars(sampler)
