@@ -66,6 +66,7 @@ REQUIRED: dict[tuple[str, ...], list[str]] = {
     ("runbook", "start", "maintain"): [],
     ("runbook", "start", "drill"): [],
     ("runbook", "start", "scale"): ["--size", "5"],
+    ("runbook", "start", "rotate-certs"): [],
     ("demo",): [],
     ("completion",): ["bash"],
     ("pki", "issue-client"): ["kube-apiserver"],
@@ -482,7 +483,7 @@ def test_tables_fit_the_terminal_and_stay_whole_in_a_pipe() -> None:
         ("etcdops local down --p", "--purge"),
         ("etcdops -w ", "json table simple"),
         ("etcdops status --de", "--debug --deadline"),
-        ("etcdops runbook start r", "replace restore"),
+        ("etcdops runbook start r", "replace restore rotate-certs"),
         ("etcdops runbook start restore --mode ", "in-place new-hosts"),
         ("etcdops --config c.yaml backup ", None),  # the backup actions, then every option
     ],

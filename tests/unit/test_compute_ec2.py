@@ -384,6 +384,24 @@ def test_the_binary_swap_sends_its_document_with_the_version_and_refuses_a_versi
     assert swap["Parameters"] == {"Version": ["3.5.30"]}
 
 
+def test_renewing_a_members_certificates_issues_a_new_one_and_sends_the_host_to_fetch_it(aws: Aws) -> None:
+    compute = aws.provider()
+    host = compute.launch("m4")
+    old = pki.KeyPair(aws.member_secret("m4")["certificate"].encode(), aws.member_secret("m4")["private_key"].encode())
+
+    serial = compute.renew_certificates(host)
+
+    secret = aws.member_secret("m4")
+    new = pki.KeyPair(secret["certificate"].encode(), secret["private_key"].encode())
+    pki.verify_chain(aws.ca, new)  # from the cluster CA, with its own key
+    assert serial == f"{new.certificate.serial_number:x}" != f"{old.certificate.serial_number:x}"
+    names = pki.x509.SubjectAlternativeName
+    old_names = old.certificate.extensions.get_extension_for_class(names)
+    assert new.certificate.extensions.get_extension_for_class(names) == old_names  # the host's address among them
+    (renew,) = [c for c in aws.commands() if c["DocumentName"] == f"{STACK}-RenewCertificates"]
+    assert renew["InstanceIds"] == [host.host_id] and renew["Parameters"] == {"MemberName": ["m4"]}
+
+
 def test_document_names_come_from_the_config(aws: Aws) -> None:
     compute = aws.provider(ssm_documents={"StartEtcd": "systemd-StartEtcd"})
     host = compute.launch("m4")

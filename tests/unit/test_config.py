@@ -27,6 +27,7 @@ def test_a_valid_document_loads_with_defaults() -> None:
     assert config.health.probe_deadline_seconds == 2.0
     assert config.backup is not None and config.backup.schedule == "rate(30 minutes)"
     assert config.compute is not None and config.compute.provider == "ec2"
+    assert config.certificates.renew_days == 30
 
 
 def test_member_instances_map_names_to_instance_ids() -> None:
@@ -69,6 +70,9 @@ def test_yaml_and_json_round_trip(tmp_path: Path) -> None:
         ({"compute": {"provider": "gce"}}, "compute"),
         ({"compute": {"provider": "ec2", "launch_template": "lt", "subnets": []}}, "compute.subnets"),
         ({"colour": "blue"}, "colour"),
+        ({"certificates": {"renew_days": 0}}, "certificates.renew_days"),
+        ({"certificates": {"renew_days": 365}}, "certificates.renew_days"),  # a new certificate would be due at once
+        ({"certificates": {"renew_days": "soon"}}, "certificates.renew_days"),
     ],
 )
 def test_an_invalid_document_is_refused_naming_the_field(change: dict[str, object], field: str) -> None:

@@ -30,7 +30,7 @@ from etcdops.adapters.healthmetrics import (
 )
 from etcdops.adapters.state import StateStore
 from etcdops.adapters.state_memory import InMemoryStateStore
-from etcdops.app.health_actions import act, replace_input
+from etcdops.app.health_actions import act, renew_certificates_if_due, replace_input
 from etcdops.app.healthcheck import HealthContext, discount_alarm_reports
 from etcdops.domain.config import parse_config
 from etcdops.domain.errors import ConfigError
@@ -454,3 +454,22 @@ def test_the_local_schedule_defaults_to_ten_seconds_and_reads_the_template(tmp_p
     with pytest.raises(ConfigError, match="no HealthCheckSchedule parameter"):
         (tmp_path / "empty.yaml").write_text("Resources: {}\n")
         template_health_schedule(tmp_path / "empty.yaml")
+
+
+def test_a_certificate_within_renew_days_starts_one_rotation_a_day_of_the_members_due() -> None:
+    rotate = RecordingReplaceStarter()
+    ctx = replace(context(InMemoryStateStore(), None, None), rotate=rotate)
+    renew_days = CONFIG.certificates.renew_days
+
+    assert renew_certificates_if_due(ctx, renew_days + 0.5, NOW) == []  # not due yet
+    assert renew_certificates_if_due(ctx, None, NOW) == []  # no member's certificate was read
+    first = renew_certificates_if_due(ctx, renew_days - 0.5, NOW)
+    later = renew_certificates_if_due(ctx, renew_days - 0.6, NOW + timedelta(minutes=5))
+    next_day = renew_certificates_if_due(ctx, renew_days - 1.5, NOW + timedelta(days=1))
+
+    assert first == [f"started RotateCertificates rotate-prod-{NOW:%Y%m%d}"] and later == [] and len(next_day) == 1
+    document = rotate.started[f"rotate-prod-{NOW:%Y%m%d}"]
+    assert document["cluster"] == "prod" and document["only_expiring"] is True
+    assert f"certificates.renew_days: {renew_days}" in document["reason"]
+    # without the runbook configured, nothing is started
+    assert renew_certificates_if_due(replace(ctx, rotate=None), 1.0, NOW) == []

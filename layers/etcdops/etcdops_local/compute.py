@@ -182,6 +182,12 @@ class LocalComputeProvider(ComputeProvider):
             self.cluster.issue_member_certificate(name)
         return str(cert)
 
+    def renew_certificates(self, host: Host) -> str:
+        """A new ``pki/<name>.crt``/``.key``, written where the member reads them (the host's files)."""
+        current = self._require(host)
+        self.cluster.issue_member_certificate(current.name)
+        return f"{pki.certificate_serial(self.cluster.pki_dir / f'{current.name}.crt'):x}"
+
     def launch(self, name: str) -> Host:
         check_host_name(name)
         online_at = time.time() + self.boot_seconds if self.boot_seconds else None
@@ -238,7 +244,7 @@ class LocalComputeProvider(ComputeProvider):
         findings: list[Finding] = []
         cluster = self.cluster
         etcd_commands = [k for k in plan.documents if DOCUMENTS[k].group == "etcd"]
-        if plan.launch:
+        if plan.launch or "RenewCertificates" in plan.documents:  # both issue certificates from the CA
             try:
                 pki.check_ca(pki.load_pem(cluster.pki_dir / "ca.crt", cluster.pki_dir / "ca.key"))
             except PkiError as exc:
@@ -251,6 +257,7 @@ class LocalComputeProvider(ComputeProvider):
                     )
                 )
             findings += _writable("launch", cluster.pki_dir, "new members' certificates are written there")
+        if plan.launch:
             findings += _writable("launch", cluster.state_dir, "new members are recorded in local.json there")
         if plan.launch or etcd_commands:
             try:
@@ -297,9 +304,9 @@ class LocalComputeProvider(ComputeProvider):
         spec = action_spec(action)
         values = dict(parameters or {})
         spec.ssm_parameters(values)  # the same checks as in AWS
-        if action in ("restore-data-dir", "swap-etcd-binary"):
+        if action in ("restore-data-dir", "swap-etcd-binary", "renew-certificates"):
             targets = [self._require(h) for h in (hosts if hosts is not None else self.hosts())]
-            run = self._restore if action == "restore-data-dir" else self._swap
+            run = {"restore-data-dir": self._restore, "swap-etcd-binary": self._swap}.get(action, self._in_place)
             results = [run(host, values) for host in targets]
         else:
             targets = list(hosts) if hosts is not None else [Host("local", "localhost", "127.0.0.1", "", "", "running")]
@@ -355,6 +362,21 @@ class LocalComputeProvider(ComputeProvider):
             return HostActionResult(host.host_id, host.name, "Failed", str(exc))
         done = f"{host.name} runs etcd {version} from its next start"
         return HostActionResult(host.host_id, host.name, "Success", done)
+
+    def _in_place(self, host: Host, values: Mapping[str, str]) -> HostActionResult:
+        """RenewCertificates: a local member reads ``pki/<name>.crt``/``.key`` itself, where they are issued;
+        this checks they are there and signed by the CA."""
+        if values.get("member_name") != host.name:
+            return HostActionResult(host.host_id, host.name, "Failed", f"this host is {host.name}, not {values}")
+        pki_dir = self.cluster.pki_dir
+        try:
+            pki.verify_chain(
+                pki.load_pem(pki_dir / "ca.crt", pki_dir / "ca.key"),
+                pki.load_pem(pki_dir / f"{host.name}.crt", pki_dir / f"{host.name}.key"),
+            )
+        except PkiError as exc:
+            return HostActionResult(host.host_id, host.name, "Failed", str(exc))
+        return HostActionResult(host.host_id, host.name, "Success", f"{host.name}'s certificate is in {pki_dir}")
 
     def _hook(self, action: str, host: Host, values: Mapping[str, str]) -> HostActionResult:
         argv = self.hooks.get(action)

@@ -46,6 +46,7 @@ ERROR_MODULES: tuple[str, ...] = (
     "etcdops.app.runbook.maintain",
     "etcdops.app.runbook.drill",
     "etcdops.app.runbook.scale",
+    "etcdops.app.runbook.rotate",
     "etcdops_local.cluster",
     "etcdops_local.aws.stack",
     "etcdops_local.aws.sandbox",

@@ -38,9 +38,11 @@ __all__ = [
     "CertificateKind",
     "KeyPair",
     "certificate_expiry",
+    "certificate_serial",
     "create_ca",
     "issue_certificate",
     "load_pem",
+    "served_certificate",
     "served_certificate_expiry",
     "verify_chain",
     "write_pem",
@@ -209,6 +211,12 @@ def load_pem(cert_path: Path, key_path: Path) -> KeyPair:
     return KeyPair(cert_pem=cert_pem, key_pem=key_pem)
 
 
+def certificate_serial(cert_path: Path) -> int:
+    """The serial number of the first certificate in a PEM file."""
+    cert_path = Path(cert_path)
+    return _parse_certificate_file(cert_path, _read(cert_path)).serial_number
+
+
 def certificate_expiry(cert_path: Path) -> datetime:
     """The end of validity (aware UTC) of the first certificate in a PEM file."""
     cert_path = Path(cert_path)
@@ -261,11 +269,18 @@ def served_certificate_expiry(
     client certificate (servers requiring one otherwise log a rejected handshake). A server that
     rejects us after sending its certificate still gives an answer.
     """
+    return served_certificate(endpoint, timeout=timeout, cert=cert, key=key).not_valid_after_utc
+
+
+def served_certificate(
+    endpoint: str, *, timeout: float = 2.0, cert: Path | None = None, key: Path | None = None
+) -> x509.Certificate:
+    """The certificate a TLS endpoint presents in a fresh handshake (see :func:`served_certificate_expiry`)."""
     host, port = _host_port(endpoint)
     context = _probe_context(endpoint, cert, key)
     der = _served_certificate_der(endpoint, host, port, context, timeout)
     try:
-        return x509.load_der_x509_certificate(der).not_valid_after_utc
+        return x509.load_der_x509_certificate(der)
     except ValueError as exc:
         raise PkiError(f"{endpoint}: the served certificate cannot be parsed: {exc}") from exc
 

@@ -20,7 +20,7 @@ from etcdops.domain.repair import Attempt, AttemptStatus, RepairAction, attempt_
 if TYPE_CHECKING:
     from etcdops.app.healthcheck import HealthContext
 
-__all__ = ["act", "announce", "continue_repairs", "replace_input"]
+__all__ = ["act", "announce", "continue_repairs", "renew_certificates_if_due", "replace_input"]
 
 log = logging.getLogger("etcdops.app.healthcheck")
 
@@ -300,3 +300,24 @@ def continue_repairs(ctx: HealthContext, health: ClusterHealth, now: datetime) -
 
         done += _repair(ctx, repair.incident, member, decision, document_for, health, now)
     return done
+
+
+# ---- certificates near their expiry ---------------------------------------------------------------
+
+
+def renew_certificates_if_due(ctx: HealthContext, expiry_days: float | None, now: datetime) -> list[str]:
+    """Start RotateCertificates (the members whose certificate is due) when the earliest certificate a member
+    serves expires in fewer than ``certificates.renew_days`` days (CertificateExpiryDays). One execution per
+    cluster and day, by its name: the rounds of one day start it once, and one that failed is tried again the
+    next day (its failure was announced by the runbook)."""
+    renew_days = ctx.config.certificates.renew_days
+    if ctx.rotate is None or expiry_days is None or expiry_days >= renew_days:
+        return []
+    name = f"rotate-{ctx.config.name}-{now:%Y%m%d}"
+    document = {
+        "cluster": ctx.config.name,
+        "only_expiring": True,
+        "reason": f"a member's certificate expires in {expiry_days:.1f} days (certificates.renew_days: {renew_days})",
+    }
+    outcome = ctx.rotate.start(name, document)
+    return [f"started RotateCertificates {name}"] if outcome.started else []

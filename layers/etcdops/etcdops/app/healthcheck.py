@@ -52,7 +52,7 @@ from etcdops.adapters.healthmetrics import (
 from etcdops.adapters.state import ConflictError, Lock, StateStore
 from etcdops.app.backup.catalogue import newest_verified, restore_drill_age
 from etcdops.app.fleet import FleetGate
-from etcdops.app.health_actions import act
+from etcdops.app.health_actions import act, renew_certificates_if_due
 from etcdops.app.member_metrics import fold_member_metrics, start_scrapes
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.backup.manifest import Manifest, cluster_id_text
@@ -113,6 +113,7 @@ class HealthContext:
     certificate_timeout: float | None = None  # default: the probe deadline
     starvation: StarvationThresholds = field(default_factory=StarvationThresholds)
     fleet: FleetGate | None = None  # the fleet brake and repair cap (invariant 15); None: not applied
+    rotate: ReplaceStarter | None = None  # RotateCertificates, started near a certificate's expiry
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,7 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
 
     starvation = [f"notified starvation: {notice}" for notice in members.notices]
     actions = [*released, *starvation, *act(ctx, decision, ec2_failures, now, health)]
+    actions += renew_certificates_if_due(ctx, metrics.certificate_expiry_days, now)
     return HealthRoundResult(cluster, trigger, None, health, decision, metrics, tuple(actions), ec2_failures)
 
 

@@ -162,6 +162,14 @@ class MaintenanceConfig(_Model):
         return _check_schedule(value)
 
 
+class CertificatesConfig(_Model):
+    """The RotateCertificates runbook: when the members' certificates are renewed on their own."""
+
+    # HealthCheck starts a leaf rotation when a certificate a member serves expires in fewer days than this
+    # (CertificateExpiryDays < renew_days); member certificates are issued for 365 days
+    renew_days: Annotated[int, Field(ge=1, le=364)] = 30
+
+
 LOCAL_CONFIG_FILE = "cluster.yaml"
 """The local stack keeps its cluster configuration in this file of its state directory."""
 
@@ -191,6 +199,7 @@ class ClusterConfig(_Model):
     backup: BackupConfig | None = None
     health: HealthConfig = HealthConfig()
     maintenance: MaintenanceConfig = MaintenanceConfig()
+    certificates: CertificatesConfig = CertificatesConfig()
     approval: Literal["auto", "always"] = "auto"
     compute: LocalCompute | Ec2Compute | None = Field(default=None, discriminator="provider")
 

@@ -229,6 +229,9 @@ def _round(
                 backups=backups,
                 starvation=settings.starvation(),
                 fleet=_gate(settings, fleet_store, notifier, starter),
+                rotate=StepFunctionsReplaceStarter(aws.stepfunctions, settings.rotate_state_machine_arn)
+                if settings.rotate_state_machine_arn
+                else None,
             )
             result = run_health_round(ctx, trigger, now)
     return result.to_dict()

@@ -35,7 +35,7 @@ class RunbookStepEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    runbook: Literal["replace", "restore", "upgrade", "maintain", "drill", "scale"]
+    runbook: Literal["replace", "restore", "upgrade", "maintain", "drill", "scale", "rotate"]
     step: str
     execution: str
     document: dict[str, Any]
@@ -134,6 +134,10 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
             from etcdops.app.runbook import scale
 
             return scale.run_step(context, event.step, document)
+        if event.runbook == "rotate":
+            from etcdops.app.runbook import rotate
+
+            return rotate.run_step(context, event.step, document)
         return replace.run_step(context, event.step, document)
 
 

@@ -82,6 +82,7 @@ class HealthSettings(EnvSettings):
     table_name: str = Field(alias="TABLE_NAME")
     topic_arn: str | None = Field(default=None, alias="TOPIC_ARN")
     replace_state_machine_arn: str | None = Field(default=None, alias="REPLACE_STATE_MACHINE_ARN")
+    rotate_state_machine_arn: str | None = Field(default=None, alias="ROTATE_STATE_MACHINE_ARN")
     cluster_name: str | None = Field(default=None, alias="CLUSTER_NAME")
     # when a member counts as starved (p99 over one round, seconds): template parameters
     wal_fsync_p99_seconds: float = Field(
@@ -107,7 +108,7 @@ class HealthSettings(EnvSettings):
     def fleet_limits(self) -> FleetLimits:
         return FleetLimits(brake_share=self.fleet_brake_share, repair_cap=self.fleet_repair_cap)
 
-    @field_validator("replace_state_machine_arn")
+    @field_validator("replace_state_machine_arn", "rotate_state_machine_arn")
     @classmethod
     def _is_an_arn(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith("arn:"):

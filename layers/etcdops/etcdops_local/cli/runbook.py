@@ -22,6 +22,7 @@ RUNBOOKS = {
     "maintain": "MaintainClusterStateMachine",
     "drill": "RestoreDrillStateMachine",
     "scale": "ScaleClusterStateMachine",
+    "rotate": "RotateCertificatesStateMachine",
 }
 
 
@@ -331,6 +332,21 @@ def cmd_runbook_start_scale(args: argparse.Namespace) -> int:
     return _start(args, "scale", prepare)
 
 
+def cmd_runbook_start_rotate(args: argparse.Namespace) -> int:
+    """RotateCertificates of every member: new leaf certificates from the cluster CA, one member at a time,
+    no restart (HealthCheck starts it on its own for the members within certificates.renew_days)."""
+
+    def prepare(config: ClusterConfig) -> tuple[str, dict[str, Any]]:
+        document: dict[str, Any] = {
+            "cluster": config.name,
+            "reason": args.reason or f"requested by an operator: renew the member certificates of {config.name}",
+            "requires_approval": args.approval,
+        }
+        return f"rotate-{config.name}", document
+
+    return _start(args, "rotate", prepare)
+
+
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     runbook = commands.add_parser("runbook", help="runbook executions (Step Functions)", parents=[common])
     actions = runbook.add_subparsers(dest="runbook_command", metavar="ACTION", required=True)
@@ -378,6 +394,14 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     maintain.add_argument("--approval", action="store_true", help="wait for a human approval first")
     maintain.add_argument("--reason", help="why (goes into the notifications)")
     maintain.set_defaults(handler=cmd_runbook_start_maintain)
+    rotate = kinds.add_parser(
+        "rotate-certs",
+        help="renew every member's certificate from the cluster CA, one member at a time, no restart",
+        parents=[common],
+    )
+    rotate.add_argument("--approval", action="store_true", help="wait for a human approval first")
+    rotate.add_argument("--reason", help="why (goes into the notifications)")
+    rotate.set_defaults(handler=cmd_runbook_start_rotate)
     drill = kinds.add_parser(
         "drill",
         help="restore drill: restore the newest verified backup into a scratch member, check it, tear it down",

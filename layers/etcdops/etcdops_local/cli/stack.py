@@ -30,6 +30,7 @@ OUTPUTS = {
     "maintain": "MaintainClusterStateMachineArn",
     "drill": "RestoreDrillStateMachineArn",
     "scale": "ScaleClusterStateMachineArn",
+    "rotate": "RotateCertificatesStateMachineArn",
     "bucket": "BackupBucketName",
     "key": "BackupKeyArn",
     "topic": "NotificationTopicArn",
@@ -55,7 +56,7 @@ class DeployedStack:
     def runbooks(self) -> dict[str, str]:
         return {
             name: self.outputs[OUTPUTS[name]]
-            for name in ("replace", "restore", "upgrade", "maintain", "scale")
+            for name in ("replace", "restore", "upgrade", "maintain", "scale", "rotate")
             if self.outputs.get(OUTPUTS[name])
         }
 

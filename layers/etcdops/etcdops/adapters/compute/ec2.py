@@ -363,6 +363,19 @@ class Ec2ComputeProvider(ComputeProvider):
         host = self._host(instance) if instance else None
         return self._ensure_certificate(name, address_sans, host, instance.get("_owner", "") if instance else "")
 
+    def renew_certificates(self, host: Host) -> str:
+        """A new certificate in the member's secret, then RenewCertificates: the host fetches and writes it."""
+        instance = self._find_instance(check_host_name(host.name))
+        if instance is None:
+            raise HostNotFoundError(f"no live instance for member {host.name} of cluster {self.cluster}")
+        current = self._host(instance)
+        secret_id = self._ensure_certificate(host.name, (), current, instance.get("_owner", ""), renew=True)
+        pair, _ = self._read_member(secret_id)
+        if pair is None:
+            raise ComputeApiError(f"{secret_id}: the certificate just written cannot be read back")
+        self.run_action("renew-certificates", [current], {"member_name": host.name})
+        return f"{pair.certificate.serial_number:x}"
+
     def _ca(self) -> pki.KeyPair:
         if self._ca_pair is None:
             self._ca_pair = self.read_ca()
@@ -416,7 +429,11 @@ class Ec2ComputeProvider(ComputeProvider):
         except (ValueError, KeyError, TypeError, AttributeError):
             return None, "present"  # unreadable: it is replaced
 
-    def _ensure_certificate(self, name: str, address_sans: Sequence[str], host: Host | None, owner: str) -> str:
+    def _ensure_certificate(
+        self, name: str, address_sans: Sequence[str], host: Host | None, owner: str, *, renew: bool = False
+    ) -> str:
+        """The member's certificate, issued when missing, not good any more or lacking a name (``renew``:
+        issued in any case, with the names the old one had)."""
         secret_id = self.member_secret_id(name)
         ca = self._ca()
         current, secret_state = self._read_member(secret_id)
@@ -424,7 +441,7 @@ class Ec2ComputeProvider(ComputeProvider):
         if current is not None:
             have_ips, have_dns = _sans_of(current)
             wanted = set(ips) | set(dns)
-            if wanted <= set(have_ips) | set(have_dns) and self._still_good(ca, current):
+            if not renew and wanted <= set(have_ips) | set(have_dns) and self._still_good(ca, current):
                 ips, dns = [], []  # nothing to issue
             else:
                 ips, dns = _merge(have_ips, ips), _merge(have_dns, dns)

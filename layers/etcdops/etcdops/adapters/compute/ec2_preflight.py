@@ -50,8 +50,9 @@ _PASS_ROLE_FIX = (
 
 def preflight(provider: Ec2ComputeProvider, plan: PreflightPlan) -> list[Finding]:
     checks = _Checks(provider)
-    if plan.launch:
+    if plan.launch or "RenewCertificates" in plan.documents:  # both issue certificates from the CA
         checks.ca()
+    if plan.launch:
         template = checks.launch_template()
         subnets_ok = checks.subnets()
         if template is not None and subnets_ok:

@@ -180,6 +180,17 @@ DOCUMENTS: dict[str, DocumentSpec] = {
         ),
         DocumentSpec("StopEtcd", "Stop etcd.service (its data stays).", "etcd", 120),
         DocumentSpec(
+            "RenewCertificates",
+            "Fetch this member's certificate, key and CA again and replace the files in place (etcd loads its "
+            "certificate and key on every new TLS connection: no restart).",
+            "etcd",
+            120,
+            (
+                Parameter("member_name", "MemberName", PATTERNS["member"], required=True,
+                          description="must equal ETCDOPS_MEMBER of the host (guards against the wrong host)"),
+            ),
+        ),
+        DocumentSpec(
             "RestoreDataDir",
             "With etcd stopped: download a snapshot, check its sha256, move the data dir aside and "
             "restore the snapshot into a fresh one.",
@@ -249,6 +260,7 @@ ACTIONS: dict[str, str] = {
     "restart-control-plane": "RestartControlPlane",
     "restore-data-dir": "RestoreDataDir",
     "swap-etcd-binary": "SwapEtcdBinary",
+    "renew-certificates": "RenewCertificates",
 }
 
 
@@ -328,6 +340,13 @@ class ComputeProvider(ABC):
         address is added once the host exists. Returns where the host fetches them: a Secrets
         Manager secret id in AWS, the certificate's path locally (its key beside it, ``.key``).
         """
+
+    @abstractmethod
+    def renew_certificates(self, host: Host) -> str:
+        """Issue member ``host.name`` a new certificate from the cluster CA, however long the old one is
+        still valid, and put it on the host in place of the old one (the host action
+        ``renew-certificates``); returns the new certificate's serial number (hex). etcd serves it from
+        its next TLS handshake on, without a restart. Called again, it issues another one."""
 
     @abstractmethod
     def launch(self, name: str) -> Host:
