@@ -1,4 +1,5 @@
-"""Backup: on an EventBridge schedule, take, check, encrypt, store and catalogue one backup.
+"""Backup: on an EventBridge schedule, take, check, encrypt, store and catalogue one backup (the event's
+``detail.kind``: ``full``, the default, or ``volume``).
 
 A failure raises (Lambda retries it, then FailureNotice says it once)."""
 
@@ -24,9 +25,10 @@ metrics = Metrics(namespace="etcdops")
 @logger.inject_lambda_context(log_event=True)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    parsed = parse_event(event, BackupEvent)  # anything but a scheduled event is refused here
+    parsed = parse_event(event, BackupEvent)  # anything but an EventBridge event is refused here
     settings = JobSettings.from_env(os.environ)
     session = boto3.session.Session()
-    result = backup_job(settings, AwsClients.from_session(session), metrics, parsed.detail.cluster)
+    detail = parsed.detail
+    result = backup_job(settings, AwsClients.from_session(session), metrics, detail.cluster, kind=detail.kind)
     logger.info("backup stored" if "backup_id" in result else "backup skipped", extra=result)
     return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,7 +15,7 @@ from lambda_handlers import lambda_context, load_handler
 from moto import mock_aws
 
 from etcdops.entrypoints.events import InvalidEventError
-from etcdops_local.cluster import LocalCluster
+from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +44,28 @@ def emitted_metrics(output: str) -> dict[str, float]:
 
 @pytest.fixture
 def aws(shared_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
+    yield from emulated_aws(shared_cluster, monkeypatch)
+
+
+@pytest.fixture
+def own_cluster(start_cluster: Callable[..., LocalCluster], etcd3530: EtcdBinaries) -> LocalCluster:
+    """For a test that pauses a member (the handler's path is the same on every version; the copy itself is
+    tested on each in tests/integration/test_volume_backup.py)."""
+    return start_cluster(etcd3530)
+
+
+@pytest.fixture
+def aws_of_own_cluster(own_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
+    """Its configuration names the local compute provider."""
+    cluster = own_cluster
+    compute = cluster.config().compute
+    assert compute is not None
+    yield from emulated_aws(cluster, monkeypatch, compute=compute.model_dump(mode="json"))
+
+
+def emulated_aws(
+    shared_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, **more: Any
+) -> Iterator[SimpleNamespace]:
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -65,6 +87,7 @@ def aws(shared_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterat
             "endpoints": local.endpoints,
             "tls": arns,
             "backup": {"destination": "s3://backups/etcd/local", "encryption_key": key_arn},
+            **more,
         }
         ssm.put_parameter(Name="/etcdops/local/config", Type="SecureString", Value=json.dumps(document))
         topic = sns.create_topic(Name="etcdops")["TopicArn"]
@@ -98,6 +121,36 @@ def test_backup_then_verify_through_the_handlers(aws: SimpleNamespace, capsys: p
     # which incarnation is live (invariant 11)
     assert metrics["BackupVerifyFailed"] == 0 and "NewestVerifiedBackupAge" not in metrics
     assert aws.inbox() == []
+
+
+def test_a_volume_backup_through_the_handler_copies_a_follower_and_counts_as_its_kind(
+    aws_of_own_cluster: SimpleNamespace, own_cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = own_cluster
+    from etcdops_local.compute import register_local_provider
+
+    register_local_provider()  # as the local stack does: the Lambda layer's factory knows only ec2
+    # Given a written key, and an EventBridge event asking for a volume backup
+    with cluster.client() as client:
+        written = client.put(b"/registry/k", b"v")
+    volume_event = {**event("backup_schedule"), "detail": {"kind": "volume"}}
+    # When the Backup function runs it
+    result = load_handler("backup").handler(volume_event, lambda_context())
+    # Then a follower's copy is stored as a volume backup, counted under its own metrics, and every member runs
+    assert result["kind"] == "volume" and result["revision"] >= written
+    metrics = emitted_metrics(capsys.readouterr().out)
+    assert metrics["VolumeBackupSucceeded"] == 1 and metrics["VolumeBackupBytes"] > 0
+    assert "BackupSucceeded" not in metrics and "NewestVerifiedBackupAge" not in metrics  # not a full backup
+    manifest = json.loads(
+        aws_of_own_cluster.s3.get_object(Bucket="backups", Key=f"etcd/local/{result['backup_id']}.manifest.json")[
+            "Body"
+        ].read()
+    )
+    assert manifest["kind"] == "volume" and manifest["volume"]["provider"] == "local"
+    assert {p.state for p in cluster.ps()} == {"running"}
+    # and a kind it does not know is refused before anything is taken
+    with pytest.raises(InvalidEventError, match="kind"):
+        load_handler("backup").handler({**event("backup_schedule"), "detail": {"kind": "disk"}}, lambda_context())
 
 
 def test_malformed_event_is_refused_and_changes_nothing(aws: SimpleNamespace) -> None:

@@ -212,6 +212,26 @@ def test_hosts_are_launched_retired_and_commanded_only_with_this_clusters_tag(te
             assert not other.allowing(action, instance), (function, action)
 
 
+def test_volume_backups_snapshot_only_this_clusters_volumes_into_its_own_snapshots(template: Template) -> None:
+    role = template.role_of("BackupFunction")
+    instance = f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0"
+    volume = f"arn:aws:ec2:{REGION}:{ACCOUNT}:volume/vol-1"
+    snapshot = f"arn:aws:ec2:{REGION}::snapshot/snap-1"
+    ours = {"StringEquals": {"aws:ResourceTag/etcdops:cluster": CLUSTER}}
+    assert conditions_of(role.allowing("ec2:CreateSnapshots", instance)) == [ours]
+    assert conditions_of(role.allowing("ec2:CreateSnapshots", volume)) == [ours]
+    assert conditions_of(role.allowing("ec2:CreateSnapshots", snapshot)) == [
+        {"StringEquals": {"aws:RequestTag/etcdops:cluster": CLUSTER, "aws:RequestTag/etcdops:kind": "volume"}}
+    ]
+    assert conditions_of(role.allowing("ec2:CreateTags", snapshot)) == [
+        {"StringEquals": {"ec2:CreateAction": "CreateSnapshots"}}
+    ]
+    assert not role.allowing("ec2:CreateTags", instance) and not role.allowing("ec2:DeleteSnapshot", snapshot)
+    # no other function takes snapshots
+    for function in set(ROLE_OF) - {"BackupFunction"}:
+        assert not template.role_of(function).allowing("ec2:CreateSnapshots", instance), function
+
+
 def document_arn(name: str) -> str:
     return f"arn:aws:ssm:{REGION}:{ACCOUNT}:document/{name}"
 

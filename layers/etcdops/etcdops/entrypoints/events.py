@@ -33,8 +33,14 @@ class ClusterDetail(BaseModel):
     cluster: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")] | None = None
 
 
+class BackupDetail(ClusterDetail):
+    """Backup's optional input besides the cluster: the kind of backup (default: full)."""
+
+    kind: Literal["full", "volume"] = "full"
+
+
 class BackupEvent(EventBridgeModel):
-    detail: ClusterDetail
+    detail: BackupDetail
 
 
 class VerifyDetail(ClusterDetail):

@@ -20,6 +20,7 @@ from typing import Any
 
 from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, load_cluster_config, materialize_tls
 from etcdops.adapters.backup.target import open_backup_target
+from etcdops.adapters.compute.factory import open_compute
 from etcdops.adapters.etcd.connect import client_for
 from etcdops.adapters.registry import ClusterConfigs
 from etcdops.adapters.state_delta import DynamoDeltaChainStore
@@ -27,6 +28,7 @@ from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.backup.catalogue import read_catalogue
 from etcdops.app.backup.delta_job import run_delta_backup
 from etcdops.app.backup.job import MetricsSink, run_backup, verify_backup
+from etcdops.app.backup.volume import ProviderSnapshotResult, run_volume_backup
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import EtcdopsError
@@ -44,6 +46,7 @@ class AwsClients:
     secrets: Any
     s3: Any
     kms: Any
+    session: Any = None  # makes the compute provider's clients when a volume backup needs them
 
     @classmethod
     def from_session(cls, session: Any) -> AwsClients:
@@ -52,6 +55,7 @@ class AwsClients:
             secrets=session.client("secretsmanager"),
             s3=session.client("s3"),
             kms=session.client("kms"),
+            session=session,
         )
 
 
@@ -69,39 +73,52 @@ def load_job_config(settings: JobSettings, aws: AwsClients, cluster: str | None)
 
 
 def backup_job(
-    settings: JobSettings, aws: AwsClients, metrics: MetricsSink, cluster: str | None = None
+    settings: JobSettings, aws: AwsClients, metrics: MetricsSink, cluster: str | None = None, *, kind: str = "full"
 ) -> dict[str, Any]:
+    """One backup of ``kind``: ``full`` (a snapshot stream) or ``volume`` (a follower's data copied by the
+    compute provider while it is held still; its metrics are ``VolumeBackup*``)."""
     try:
         config = load_job_config(settings, aws, cluster)
     except ClusterNotConfiguredError as exc:
         return not_configured("backup", exc)
     metrics.add_dimension("cluster", config.name)
+    prefix = "VolumeBackup" if kind == "volume" else "Backup"
     try:
         with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
             config = materialize_tls(config, aws.secrets, Path(tls_dir))
             store, keyring = open_backup_target(config, s3_client=aws.s3, kms_client=aws.kms)
             with client_for(config) as client:
                 health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
-                result = run_backup(config, client, health, store, keyring)
+                if kind == "volume":
+                    compute = open_compute(config, session=aws.session, stack_name=settings.stack_name)
+                    taken = run_volume_backup(config, client, health, store, keyring, compute)
+                else:
+                    taken = run_backup(config, client, health, store, keyring)
     except Exception:  # every failure counts; FailureNotice says it once the invocation has failed for good
-        metrics.add_metric("BackupFailed", COUNT, 1)
+        metrics.add_metric(f"{prefix}Failed", COUNT, 1)
         raise
-    manifest = result.manifest
-    for warning in result.warnings:  # the backup is stored and verified; retention met something it skipped
+    metrics.add_metric(f"{prefix}Succeeded", COUNT, 1)
+    metrics.add_metric(f"{prefix}Failed", COUNT, 0)
+    if isinstance(taken, ProviderSnapshotResult):  # the provider keeps the data (EBS snapshots)
+        record = taken.record
+        return {"backup_id": record.id, "kind": "volume", "snapshot_ids": list(record.volume.snapshot_ids),
+                "revision_observed": record.volume.revision_observed}  # fmt: skip
+    manifest = taken.manifest
+    for warning in taken.warnings:  # the backup is stored and verified; retention met something it skipped
         log.warning("backup %s: %s", manifest.id, warning)
-    metrics.add_metric("BackupSucceeded", COUNT, 1)
-    metrics.add_metric("BackupFailed", COUNT, 0)
-    metrics.add_metric("BackupBytes", BYTES, manifest.size_stored)
-    metrics.add_metric("BackupDuration", SECONDS, result.seconds)
-    metrics.add_metric("NewestVerifiedBackupAge", SECONDS, 0)
+    metrics.add_metric(f"{prefix}Bytes", BYTES, manifest.size_stored)
+    metrics.add_metric(f"{prefix}Duration", SECONDS, taken.seconds)
+    if kind == "full":
+        metrics.add_metric("NewestVerifiedBackupAge", SECONDS, 0)
     return {
         "backup_id": manifest.id,
+        "kind": manifest.kind,
         "uri": manifest.uri,
         "revision": manifest.revision,
         "total_keys": manifest.total_keys,
         "size_stored": manifest.size_stored,
-        "pruned": result.pruned,
-        "warnings": result.warnings,
+        "pruned": taken.pruned,
+        "warnings": taken.warnings,
     }
 
 

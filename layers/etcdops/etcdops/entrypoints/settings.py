@@ -61,6 +61,8 @@ class JobSettings(EnvSettings):
     # the stack's ClusterName: the configuration must name this cluster
     cluster_name: str | None = Field(default=None, alias="CLUSTER_NAME")
     registry_path: str = Field(default=REGISTRY_PATH, alias="CLUSTER_REGISTRY_PATH")
+    # whose SSM documents the EC2 provider would send (a volume backup opens the provider)
+    stack_name: str | None = Field(default=None, alias="STACK_NAME")
 
 
 class DeltaJobSettings(JobSettings):
