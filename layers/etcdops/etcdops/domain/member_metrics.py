@@ -22,6 +22,7 @@ from typing import Any
 from etcdops.domain.errors import MetricsFormatError
 
 __all__ = [
+    "LAX_THRESHOLDS",
     "Histogram",
     "MemberIntervalStats",
     "MemberSample",
@@ -282,6 +283,10 @@ class StarvationThresholds:
     wal_fsync_p99: float = 0.010
     backend_commit_p99: float = 0.025
     peer_rtt_p99: float = 0.150
+
+
+LAX_THRESHOLDS = StarvationThresholds(wal_fsync_p99=0.5, backend_commit_p99=0.25, peer_rtt_p99=0.15)
+"""The etcd mixin's warning levels: what the local stack uses, whose disk is a laptop's shared with test runs."""
 
 
 def _seconds(value: float) -> str:
