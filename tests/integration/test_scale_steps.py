@@ -120,7 +120,11 @@ def test_3_to_5_to_3_on_34_each_step_twice_with_a_writer(start_cluster: Any) -> 
     # Then ScaleCluster refuses before any change, naming it, and never adds a second learner beside it
     with pytest.raises(ScaleRefusedError, match=f"learner [^;]*{stray.id:x}[^;]* is in the cluster; promote"):
         scale.run_step(ctx, "CheckScale", doc)
-    doc = scale.run_step(ctx, "LaunchMember", {**doc, "current": {"name": scale.member_name(ctx, doc, 4)}})
+    doc = scale.run_step(
+        ctx,
+        "LaunchMember",
+        {**doc, "current": {"kind": "add", "voters_after": 4, "name": scale.member_name(ctx, doc, 4)}},
+    )
     with pytest.raises(SecondLearnerError, match=f"learner {stray.id:x} .*never adds a second one"):
         scale.run_step(ctx, "AddLearner", doc)
     ctx.compute.terminate(ctx.compute.find(doc["new_member"]["name"]))  # type: ignore[arg-type]

@@ -173,3 +173,17 @@ def test_a_removal_refused_as_unhealthy_right_after_a_promotion_is_retried_and_a
 
     assert patience("Remove the member", "EtcdUnhealthyClusterError") >= 20
     assert patience("Promote it once caught up", "EtcdLearnerNotReadyError") >= 80
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [("size", "5", "size"), ("size", True, "size"), ("changes", [{"kind": "add"}], "voters_after")],
+)
+def test_a_scale_document_with_a_field_of_the_wrong_type_is_refused_by_name_before_anything(
+    field: str, value: object, why: str
+) -> None:
+    from etcdops.app.runbook import InvalidRunbookInputError
+
+    doc = {"cluster": "local", "execution": "scale-1", "size": 5, field: value}
+    with pytest.raises(InvalidRunbookInputError, match=f"runbook input: .*{why}"):
+        runbook.run_step(None, "AcquireLock", doc)  # type: ignore[arg-type]

@@ -165,6 +165,40 @@ class RestoreDocument(RunbookDocument):
         return value
 
 
+class ScaleChange(_Part):
+    """One membership change of ScaleCluster: under way (``current``) or finished (``changes``)."""
+
+    kind: str  # add, remove, or done (the last pick)
+    voters_after: int
+    name: str | None = None
+    id: str | None = None  # hex
+    at: str | None = None
+
+
+class ScaleMember(OldMember):
+    id: str | None = None  # hex
+
+
+class ScaleDocument(RunbookDocument):
+    """ScaleCluster: the size asked (input), then the size before, each change and the size after."""
+
+    size: int | None = None  # checked by etcdops.domain.scale.size_refusal (3, 5 or 7)
+    voters_before: int | None = None
+    members_before: list[str] | None = None
+    nothing_to_do: bool | None = None
+    approval_summary: str | None = None
+    done: bool | None = None
+    kind: str | None = None  # the next change's kind, for the state machine's choice
+    current: ScaleChange | None = None
+    changes: list[ScaleChange] | None = None
+    new_member: NewMember | None = None
+    old_member: ScaleMember | None = None
+    healthy_voters: int | None = None
+    retired: str | None = None
+    voters_after: int | None = None
+    members_after: list[str] | None = None
+
+
 def document_problem(model: type[RunbookDocument], document: Any) -> str | None:
     """What is wrong with ``document`` as a ``model``, in one line naming the field; None when nothing is."""
     if not isinstance(document, dict):

@@ -48,6 +48,7 @@ from etcdops.domain.errors import (
     EtcdopsError,
     ScaleRefusedError,
 )
+from etcdops.domain.runbook_documents import ScaleDocument
 from etcdops.domain.scale import next_change, refusals, removal_order, size_refusal, summary
 
 LOCK_LEASE_SECONDS = 3600
@@ -66,8 +67,6 @@ that error's own declaration."""
 def _size(doc: Document) -> int:
     """The target size, checked: a size etcdops does not scale to is refused in one line."""
     size = doc.get("size")
-    if isinstance(size, str) and size.strip().isdigit():
-        size = int(size)
     refusal = size_refusal(size)
     if refusal or not isinstance(size, int):
         raise ScaleRefusedError([refusal or f"size {size!r} is not a whole number"])
@@ -353,4 +352,4 @@ STEPS: dict[str, Any] = {
 
 
 def run_step(ctx: RunbookContext, step: str, doc: Document) -> Document:
-    return dispatch(STEPS, ctx, step, doc)
+    return dispatch(STEPS, ctx, step, doc, ScaleDocument)
