@@ -4,6 +4,7 @@ restored by the RestoreCluster steps; a copy killed halfway leaves the member ru
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -21,6 +22,7 @@ from etcdops.app.backup.job import verify_backup
 from etcdops.app.backup.volume import run_volume_backup
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.backup.manifest import Manifest
+from etcdops.domain.compute.errors import HostDataNotEmptyError
 from etcdops_local.cluster import EtcdBinaries, LocalCluster, LocalClusterError
 from etcdops_local.compute import LocalComputeProvider, register_local_provider
 
@@ -145,3 +147,20 @@ def test_a_copy_killed_halfway_leaves_the_member_running_and_nothing_stored(
     # and nothing was catalogued
     store, _ = open_backup_target(cluster.config())
     assert [k for k in store.list() if k.endswith((".snapshot.enc", ".manifest.json"))] == []
+
+
+def test_a_new_member_is_never_started_on_a_copy_of_another_member_s_data(
+    start_cluster: Callable[..., LocalCluster], etcd3530: EtcdBinaries
+) -> None:
+    # Given a launched host for a new member whose data directory holds a copy of m1's data (invariant 20)
+    cluster = start_cluster(etcd3530, members=1)
+    register_local_provider()
+    compute = open_compute(cluster.config())
+    host = compute.launch("m2")
+    shutil.copytree(cluster.data_dir("m1"), cluster.data_dir("m2"))
+    # When it is started as a new member of the cluster, Then that is refused and nothing runs on it
+    with pytest.raises(HostDataNotEmptyError, match="invariant 20"):
+        compute.start_etcd(host, f"m1={cluster.member('m1').peer_url},m2={host.peer_url}", "existing")
+    assert {p.name: p.state for p in cluster.ps()} == {"m1": "running", "m2": "stopped"}
+    with cluster.client() as client:
+        assert [m.name for m in client.member_list()] == ["m1"]

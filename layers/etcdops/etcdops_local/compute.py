@@ -57,6 +57,7 @@ from etcdops.domain.compute.errors import (
     ActionParameterError,
     ComputeConfigError,
     HostCommandFailedError,
+    HostDataNotEmptyError,
     HostNotFoundError,
     HostNotReadyError,
 )
@@ -197,6 +198,13 @@ class LocalComputeProvider(ComputeProvider):
     def start_etcd(self, host: Host, initial_cluster: str, initial_state: InitialState) -> None:
         current = self._require(host)
         check_initial_cluster(current, initial_cluster, initial_state)
+        data = self.cluster.data_dir(current.name)
+        if initial_state == "existing" and self.cluster.member(current.name).pid is None and (data / "member").exists():
+            raise HostDataNotEmptyError(
+                f"host {current.name} joins as a new member, but its data directory {data} already holds etcd data "
+                "it never wrote (a copy of another member's, or an older one): a new member starts empty and gets "
+                "its data from the leader (invariant 20); nothing was started"
+            )
         self.cluster.spawn_member(host.name, initial_cluster=initial_cluster, initial_state=initial_state)
 
     def stop_etcd(self, host: Host) -> None:

@@ -41,6 +41,10 @@ class HostConflictError(ComputeError):
     """More than one live host carries the same member name; a human must decide which one stays."""
 
 
+class HostDataNotEmptyError(ComputeError):
+    """A new member's host already holds etcd data it did not write: a new member starts empty (invariant 20)."""
+
+
 class HostNotReadyError(ComputeError):
     """The host exists but cannot take commands yet (booting, SSM agent not online)."""
 
