@@ -33,13 +33,11 @@ tools), or as a server (``LocalAws(server=True, state_dir=...)``: also a ``Threa
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import io
 import json
 import logging
 import os
-import re
 import secrets
 import sys
 import threading
@@ -64,23 +62,52 @@ from etcdops_local.aws import iam as localiam
 from etcdops_local.aws import iam_records
 from etcdops_local.aws import limits as locallimits
 from etcdops_local.aws import sandbox as localsandbox
+from etcdops_local.aws.errors import LocalAwsError
+from etcdops_local.aws.executions import (
+    Step,
+    execution_history,
+    execution_name,
+    start_execution,
+    wait_for_execution,
+)
+from etcdops_local.aws.templates import (
+    CODE_BUCKET,
+    DUMMY_CREDENTIALS,
+    effective_parameters,
+    function_code,
+    prepare_for_translation,
+    read_template,
+    substitute_definitions,
+    translate,
+)
+
+__all__ = [  # what moved to their own modules, still importable from here
+    "CODE_BUCKET",
+    "DUMMY_CREDENTIALS",
+    "LocalAwsError",
+    "Step",
+    "effective_parameters",
+    "execution_history",
+    "execution_name",
+    "function_code",
+    "prepare_for_translation",
+    "read_template",
+    "start_execution",
+    "substitute_definitions",
+    "translate",
+    "wait_for_execution",
+]
 
 log = logging.getLogger("etcdops_local.aws.stack")
 
 DEFAULT_REGION = "us-east-1"
 DEFAULT_STACK_NAME = "etcdops"
 ACCOUNT_ID = "123456789012"  # moto's default account
-CODE_BUCKET = "etcdops-local-code"  # holds the dummy code objects CloudFormation's Lambda needs
 STATE_FILE = "aws.json"
-DUMMY_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}  # no identity: offline only
 DEFAULT_EPHEMERAL_MB = 512  # Lambda's default EphemeralStorage
 REQUIRE_EPHEMERAL_LIMIT_ENV = "ETCDOPS_REQUIRE_EPHEMERAL_LIMIT"  # "1": a /tmp limit that cannot be enforced fails
 # Not lambda.use_docker=False: that swaps in a backend whose invoke echoes the payload, past our patch.
 SFN_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}}
-
-
-class LocalAwsError(EtcdopsError):
-    """The emulated AWS side of the local stack could not be built or reached."""
 
 
 # ---- the stack and its physical ids ------------------------------------------------------------
@@ -201,154 +228,6 @@ def local_boto3_session(state_dir: Path) -> LocalSession:
 
 def client(service: str, state_dir: Path) -> Any:
     return local_boto3_session(state_dir).client(service)
-
-
-# ---- templates ---------------------------------------------------------------------------------
-
-
-def read_template(template_path: Path) -> dict[str, Any]:
-    """The SAM template as a dict, with CloudFormation's short-form tags (``!Ref``) in long form."""
-    from samtranslator.yaml_helper import yaml_parse
-
-    try:
-        document = yaml_parse(template_path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"template: cannot read {template_path}: {exc.strerror}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("Resources"), dict):
-        raise ConfigError(f"template: {template_path} has no Resources")
-    return document
-
-
-def effective_parameters(template: Mapping[str, Any], parameters: Mapping[str, str] | None) -> dict[str, str]:
-    """Template defaults overridden by ``parameters``; an unknown parameter, or a required one
-    without a value, is refused by name (as CloudFormation refuses it)."""
-    declared = template.get("Parameters") or {}
-    values = {name: str(spec["Default"]) for name, spec in declared.items() if "Default" in spec}
-    for name, value in (parameters or {}).items():
-        if name not in declared:
-            raise ConfigError(f"parameters: {name}: not a parameter of the template")
-        values[name] = str(value)
-    missing = sorted(set(declared) - set(values))
-    if missing:
-        raise ConfigError(f"parameters: {', '.join(missing)}: the template has no default; give a value")
-    return values
-
-
-def function_code(template: Mapping[str, Any], logical_id: str, template_dir: Path) -> tuple[Path, str] | None:
-    """The local code directory and handler of a SAM function, or None when its code is not local."""
-    globals_ = ((template.get("Globals") or {}).get("Function")) or {}
-    props = template["Resources"][logical_id].get("Properties") or {}
-    code_uri = props.get("CodeUri", globals_.get("CodeUri"))
-    handler = props.get("Handler", globals_.get("Handler"))
-    if not isinstance(code_uri, str) or code_uri.startswith("s3://") or not isinstance(handler, str):
-        return None
-    return (template_dir / code_uri).resolve(), handler
-
-
-def _load_definition(path: Path) -> Any:
-    text = path.read_text()
-    if path.suffix == ".json":
-        return json.loads(text)
-    from samtranslator.yaml_helper import yaml_parse
-
-    return yaml_parse(text)
-
-
-def prepare_for_translation(template: dict[str, Any], template_dir: Path) -> dict[str, Any]:
-    """A copy of the SAM template that translates offline: dummy S3 code URIs, inlined definitions."""
-    prepared = copy.deepcopy(template)
-    globals_function = (prepared.get("Globals") or {}).get("Function") or {}
-    globals_function.pop("CodeUri", None)
-    for logical_id, resource in prepared["Resources"].items():
-        props = resource.setdefault("Properties", {})
-        if resource.get("Type") == "AWS::Serverless::Function" and props.get("PackageType") != "Image":
-            props.pop("InlineCode", None)
-            props["CodeUri"] = f"s3://{CODE_BUCKET}/{logical_id}.zip"
-        elif resource.get("Type") == "AWS::Serverless::LayerVersion":
-            props["ContentUri"] = f"s3://{CODE_BUCKET}/{logical_id}.zip"
-        elif resource.get("Type") == "AWS::Serverless::StateMachine" and isinstance(props.get("DefinitionUri"), str):
-            uri = props.pop("DefinitionUri")
-            try:
-                props["Definition"] = _load_definition(template_dir / uri)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"{logical_id}.DefinitionUri: cannot load {uri}: {exc}") from None
-    return prepared
-
-
-def translate(template: dict[str, Any], parameters: Mapping[str, str], region: str) -> dict[str, Any]:
-    """SAM -> CloudFormation, offline (no managed-policy lookups, no credentials)."""
-    from samtranslator.model.exceptions import InvalidDocumentException
-    from samtranslator.parser.parser import Parser
-    from samtranslator.translator.translator import Translator
-
-    session = boto3.session.Session(region_name=region, **DUMMY_CREDENTIALS)
-    translator = Translator({}, Parser(), boto_session=session)
-    try:
-        translated: dict[str, Any] = translator.translate(copy.deepcopy(template), dict(parameters))
-    except InvalidDocumentException as exc:
-        causes = "; ".join(str(cause) for cause in exc.causes)
-        raise ConfigError(f"template: {causes}") from None
-    finally:
-        translator.metrics.publish()  # to its dummy publisher; otherwise it warns
-    return translated
-
-
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_.:-]+)\}")
-
-
-def substitute_definitions(cfn: dict[str, Any]) -> None:
-    """Bake each state machine's DefinitionSubstitutions into its definition (moto ignores them).
-
-    SAM emits the definition as ``Fn::Join`` over the JSON's lines. The result is one ``Fn::Join``
-    whose parts are the text between placeholders and the substitutions' values (literals or
-    intrinsics that moto resolves), so ``$`` and ``$$.`` JSONPaths pass through untouched.
-    """
-    for logical_id, resource in cfn["Resources"].items():
-        if resource.get("Type") != "AWS::StepFunctions::StateMachine":
-            continue
-        props = resource.get("Properties") or {}
-        substitutions = props.pop("DefinitionSubstitutions", None) or {}
-        definition = props.get("DefinitionString")
-        if isinstance(definition, dict) and "Fn::Join" in definition:
-            separator, pieces = definition["Fn::Join"]
-            joined: list[Any] = []
-            for i, piece in enumerate(pieces):
-                if i:
-                    joined.append(separator)
-                joined.append(piece)
-        elif isinstance(definition, str):
-            joined = [definition]
-        elif "Definition" in props:
-            joined = [json.dumps(props.pop("Definition"), indent=4)]
-        else:
-            raise ConfigError(f"{logical_id}: state machine definition in an unexpected form")
-        parts: list[Any] = []
-        for piece in joined:
-            if not isinstance(piece, str):
-                parts.append(piece)
-                continue
-            position = 0
-            for match in _PLACEHOLDER.finditer(piece):
-                if match.group(1) not in substitutions:
-                    continue
-                parts.append(piece[position : match.start()])
-                value = substitutions[match.group(1)]
-                parts.append(value if isinstance(value, dict) else _literal(value))
-                position = match.end()
-            parts.append(piece[position:])
-        merged: list[Any] = []
-        for part in parts:
-            if isinstance(part, str) and merged and isinstance(merged[-1], str):
-                merged[-1] += part
-            elif part != "":
-                merged.append(part)
-        props["DefinitionString"] = {"Fn::Join": ["", merged]}
-
-
-def _literal(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 # ---- in-process Lambda ---------------------------------------------------------------------------
@@ -1300,116 +1179,6 @@ def _register_functions(
         function.handler_file()  # a malformed Handler is refused now, by name
         with _REGISTRY_LOCK:
             _REGISTRY[(stack.region, function.function_name)] = function
-
-
-# ---- Step Functions helpers -----------------------------------------------------------------------
-
-
-def execution_name(prefix: str = "run") -> str:
-    """A unique execution name (always name executions: the local emulation needs it)."""
-    return f"{prefix}-{datetime.now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"[:80]
-
-
-def start_execution(sfn: Any, state_machine_arn: str, document: Any, name: str | None = None) -> str:
-    response = sfn.start_execution(
-        stateMachineArn=state_machine_arn, name=name or execution_name(), input=json.dumps(document)
-    )
-    return str(response["executionArn"])
-
-
-def wait_for_execution(sfn: Any, execution_arn: str, timeout: float = 60.0, poll: float = 0.1) -> dict[str, Any]:
-    """Poll until the execution leaves RUNNING; its description (``status``, ``output``, ``error``...)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        described: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
-        if described["status"] != "RUNNING":
-            return described
-        if time.monotonic() > deadline:
-            raise LocalAwsError(f"execution {execution_arn} still RUNNING after {timeout:.0f} s")
-        time.sleep(poll)
-
-
-@dataclass
-class Step:
-    """One state of an execution as an operator reads it."""
-
-    name: str
-    type: str
-    status: str  # running | succeeded | failed | caught
-    started: datetime
-    ended: datetime | None = None
-    attempts: int = 0
-    error: str | None = None
-    cause: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["started"] = self.started.isoformat()
-        data["ended"] = self.ended.isoformat() if self.ended else None
-        return data
-
-
-_SCHEDULED = {"TaskScheduled", "LambdaFunctionScheduled", "ActivityScheduled"}
-_FAILED_DETAILS = (
-    "taskFailedEventDetails",
-    "lambdaFunctionFailedEventDetails",
-    "taskTimedOutEventDetails",
-    "lambdaFunctionTimedOutEventDetails",
-    "activityFailedEventDetails",
-    "taskSubmitFailedEventDetails",
-    "lambdaFunctionScheduleFailedEventDetails",
-    "lambdaFunctionStartFailedEventDetails",
-)
-_EXECUTION_END = {"ExecutionFailed", "ExecutionAborted", "ExecutionTimedOut"}
-
-
-def execution_history(sfn: Any, execution_arn: str) -> list[Step]:
-    """GetExecutionHistory as a list of steps: state name, status, start, end, attempts, last error."""
-    events: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
-    while True:
-        page = sfn.get_execution_history(**kwargs)
-        events.extend(page["events"])
-        if not page.get("nextToken"):
-            break
-        kwargs["nextToken"] = page["nextToken"]
-    steps: list[Step] = []
-    open_step: Step | None = None
-    for event in events:
-        kind: str = event["type"]
-        stamp: datetime = event["timestamp"]
-        if kind.endswith("StateEntered"):
-            if open_step is not None and open_step.status == "failed":  # a Catch moved on without an exit event
-                open_step.status, open_step.ended = "caught", stamp
-            details = event.get("stateEnteredEventDetails") or {}
-            open_step = Step(details.get("name", "?"), kind[: -len("StateEntered")], "running", stamp)
-            steps.append(open_step)
-        elif open_step is None:
-            continue
-        elif kind in _SCHEDULED:
-            open_step.attempts += 1
-            open_step.status = "running"
-        elif kind.endswith("Succeeded") and kind not in {"ExecutionSucceeded"}:
-            open_step.status = "succeeded"
-            open_step.error = open_step.cause = None
-        elif any(k in event for k in _FAILED_DETAILS):
-            details = next(event[k] for k in _FAILED_DETAILS if k in event)
-            open_step.status = "failed"
-            open_step.error, open_step.cause = details.get("error"), details.get("cause")
-        elif kind.endswith("StateExited"):
-            open_step.ended = stamp
-            if open_step.status == "failed":
-                open_step.status = "caught"  # it failed and a Catch moved on
-            elif open_step.status == "running":
-                open_step.status = "succeeded"
-            open_step = None
-        elif kind in _EXECUTION_END:
-            ending: dict[str, Any] = next((v for k, v in event.items() if k.endswith("EventDetails")), {})
-            open_step.status, open_step.ended = "failed", stamp
-            open_step.error = ending.get("error") or open_step.error
-            open_step.cause = ending.get("cause") or open_step.cause
-            open_step = None
-    return steps
 
 
 # ---- a long-running process for `etcdops local up` ---------------------------------------------------
