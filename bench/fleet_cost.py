@@ -87,13 +87,13 @@ def model(clusters: int, interval: float, round_seconds: float) -> Day:
 
 def table(days: list[Day]) -> str:
     lines = [
-        "| clusters | rounds/day | Lambda GB-s/day | fan-out A time/round | per cluster-day, A (built) | "
+        "| fleet | rounds/day | Lambda GB-s/day | fan-out A time/round | per cluster-day, A (built) | "
         "per cluster-day, B (schedules) | fleet per month, A |",
         "|---|---|---|---|---|---|---|",
     ]
     for day in days:
         lines.append(
-            f"| {day.clusters:,} | {day.rounds * day.clusters:,.0f} | {day.gb_seconds:,.0f} | "
+            f"| {day.clusters:,} clusters | {day.rounds * day.clusters:,.0f} | {day.gb_seconds:,.0f} | "
             f"{day.fan_out_a_seconds:.2f} s | ${day.per_cluster('A'):.4f} | ${day.per_cluster('B'):.4f} | "
             f"${day.per_cluster('A') * day.clusters * 30:,.2f} |"
         )

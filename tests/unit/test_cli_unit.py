@@ -89,6 +89,7 @@ GLOBALS: list[tuple[list[str], str, object]] = [
     (["--key", "k.pem"], "key", "k.pem"),
     (["--debug"], "debug", True),
     (["--stack-name", "etcdops-prod"], "stack_name", "etcdops-prod"),
+    (["--cluster", "c1"], "cluster", "c1"),
 ]
 
 

@@ -36,6 +36,7 @@ from etcdops.domain.errors import ConfigError, EtcdError, EtcdopsError, NotFound
 
 DEFAULT_STATE_DIR = Path(".etcdops")
 CLUSTER_NAME = "local"
+FLEET_DIR = "clusters"  # the local fleet's clusters (local up --clusters N), one state directory each
 ProcessState = Literal["running", "paused", "stopped"]
 
 
@@ -705,6 +706,8 @@ class LocalCluster:
         for entry in self.state_dir.iterdir():
             if entry == self.backup_dir or entry.name == "backup.key":
                 continue  # backups outlive the cluster, and are useless without their key
+            if entry.name == FLEET_DIR:
+                continue  # the fleet's clusters purge themselves, keeping their own backups
             if entry.is_dir():
                 shutil.rmtree(entry)
             else:

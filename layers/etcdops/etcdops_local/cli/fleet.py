@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from etcdops.adapters.registry import ClusterRegistry
 from etcdops.domain.config import dump_config, loads_config
-from etcdops.domain.errors import ConfigError, UsageError
+from etcdops.domain.errors import ConfigError, EtcdopsError, UsageError
 from etcdops.domain.fleet import REGISTRY_PATH
 from etcdops_local.cli.format import emit
 from etcdops_local.cli.options import AWS_OPTIONS
+
+if TYPE_CHECKING:
+    from etcdops_local.cluster import LocalCluster
 
 
 def registry_for(args: argparse.Namespace) -> tuple[ClusterRegistry, str | None]:
@@ -85,6 +88,86 @@ def cmd_cluster_remove(args: argparse.Namespace) -> int:
     emit(args, {"cluster": args.name, "removed": True},
          lambda: f"cluster {args.name} removed from the registry; its backups and state are kept")  # fmt: skip
     return 0
+
+
+# ---- the local fleet: `local up --clusters N`, `status --all` ------------------------------------------
+
+FLEET_MAX = 20
+
+
+def fleet_size(text: str) -> int:
+    """An argparse type: how many fleet clusters ``local up --clusters`` makes, 1 to 20."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of clusters, 1 to {FLEET_MAX}") from None
+    if not 1 <= value <= FLEET_MAX:
+        raise argparse.ArgumentTypeError(f"{value}: the local fleet has 1 to {FLEET_MAX} clusters")
+    return value
+
+
+def fleet_dirs(base: Path) -> list[Path]:
+    """The fleet clusters' state directories under the local stack's, by name."""
+    from etcdops_local.cluster import FLEET_DIR
+
+    root = base / FLEET_DIR
+    return sorted(p for p in root.iterdir() if (p / "cluster.yaml").exists()) if root.is_dir() else []
+
+
+def local_fleet_up(default: LocalCluster, count: int) -> list[str]:
+    """Start (or start again) one-member clusters c1..c<count> beside the stack's own, each with its own
+    state directory, TLS and backups, and register the ones not registered yet with the emulated stack."""
+    from etcdops_local.aws.stack import local_boto3_session
+    from etcdops_local.cluster import FLEET_DIR, LocalCluster
+
+    registry = ClusterRegistry(local_boto3_session(default.state_dir).client("ssm"))
+    registered = set(registry.names())
+    names = [f"c{i}" for i in range(1, count + 1)]
+    for name in names:
+        member = LocalCluster(default.state_dir / FLEET_DIR / name)
+        member.up(1, binaries=None if member.exists() else default.binaries())
+        config = member.config()
+        if config.name != name:  # a new local cluster is named "local": this one is named for the fleet
+            member.config_file.write_text(dump_config(config.model_copy(update={"name": name})))
+        if name not in registered:
+            registry.add(member.config_file.read_text(), str(member.config_file))
+    return names
+
+
+def cmd_status_all(args: argparse.Namespace) -> int:
+    """``status --all``: one line per local cluster (the stack's own and every fleet cluster)."""
+    from etcdops.adapters.etcd.connect import client_for
+    from etcdops.app.probe import probe_cluster
+    from etcdops.domain.config import load_config
+    from etcdops_local.cli.options import state_dir
+
+    base = state_dir(args)
+    rows: list[dict[str, Any]] = []
+    for directory in [base, *fleet_dirs(base)]:
+        if not (directory / "cluster.yaml").exists():
+            continue
+        config = load_config(directory / "cluster.yaml")
+        try:
+            with client_for(config, timeout=config.health.probe_deadline_seconds) as client:
+                health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
+        except EtcdopsError as exc:
+            rows.append({"cluster": config.name, "has_quorum": False, "error": str(exc)})
+            continue
+        leader = next((m.name for m in health.members if m.id == health.leader), None)
+        rows.append({"cluster": config.name, "has_quorum": health.has_quorum, "leader": leader,
+                     "healthy_voters": len(health.healthy_voters), "voters": len(health.voters)})  # fmt: skip
+    if not rows:
+        raise ConfigError(f"no local cluster in {base} (run: etcdops local up)")
+
+    def line(row: dict[str, Any]) -> str:
+        if "error" in row:
+            return f"{row['cluster']}: UNREACHABLE {row['error']}"
+        state = "healthy" if row["has_quorum"] and row["healthy_voters"] == row["voters"] else (
+            "degraded" if row["has_quorum"] else "NO QUORUM")  # fmt: skip
+        return f"{row['cluster']}: {state}, {row['healthy_voters']}/{row['voters']} voters, leader {row['leader']}"
+
+    emit(args, rows, lambda: "\n".join(line(row) for row in rows))
+    return 0 if all(row["has_quorum"] for row in rows) else 1
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:

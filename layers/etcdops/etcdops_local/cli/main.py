@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from etcdops.domain.errors import ConfigError, UsageError
 from etcdops.domain.wording import count
+from etcdops_local.cli.fleet import fleet_dirs, fleet_size
 from etcdops_local.cli.format import emit, human_bytes, table
 from etcdops_local.cli.options import (
+    FLEET_LOCAL_OPTIONS,
     LOCAL_OPTIONS,
     TESTED_ETCD_VERSIONS,
     Parser,
@@ -65,6 +67,8 @@ def cmd_local_up(args: argparse.Namespace) -> int:
 
     cluster = _local(args)
     others = [_other_etcd(directory) for directory in args.also_etcd or ()]  # checked before anything starts
+    if args.clusters and args.no_autopilot:
+        raise UsageError("--clusters: the fleet's clusters are registered with the emulated stack; drop --no-autopilot")
     existed = cluster.exists()
     started = cluster.up(
         args.members,
@@ -84,6 +88,11 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         if autopilot is None:
             autopilot = spawn_server(cluster.state_dir, DEFAULT_TEMPLATE, cluster.config_file)
             autopilot_started = True
+    fleet: list[str] = []
+    if args.clusters:
+        from etcdops_local.cli.fleet import local_fleet_up
+
+        fleet = local_fleet_up(cluster, args.clusters)
     data = {
         "started": started,
         "created": not existed,
@@ -95,6 +104,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         "quota_backend_bytes": cluster.state().quota_backend_bytes,
         "other_versions": dict(sorted(cluster.state().binaries.items())),
         "members": [asdict(p) for p in processes],
+        **({"fleet": fleet} if args.clusters else {}),
     }
     emit(args, data, lambda: up_summary(data, processes))
     return 0
@@ -115,6 +125,8 @@ def up_summary(data: dict[str, Any], processes: Sequence[Any]) -> str:
         pilot = f"autopilot (emulated AWS) {'started' if data['autopilot_started'] else 'already running'}, "
         pilot += f"pid {data['autopilot_pid']}"
     lines = [f"{what}, etcd {data['version']}, state in {data['state_dir']}; {pilot}"]
+    if data.get("fleet"):
+        lines.append(f"fleet: {', '.join(data['fleet'])} (one member each; --cluster NAME selects one, status --all)")
     for p in processes:
         if p.state == "paused":
             lines.append(f"note: {p.name} is paused (`etcdops local resume {p.name}` lets it run)")
@@ -169,9 +181,12 @@ def _local_signal(action: str) -> Handler:
 
 def cmd_local_down(args: argparse.Namespace) -> int:
     from etcdops_local.aws.stack import stop_server
+    from etcdops_local.cluster import LocalCluster
 
     cluster = _local(args)
     stop_server(cluster.state_dir)
+    for directory in fleet_dirs(cluster.state_dir):  # the fleet's clusters first (local up --clusters N)
+        LocalCluster(directory).down(purge=args.purge)
     cluster.down(purge=args.purge)
     what = "stopped and purged (backups kept)" if args.purge else "stopped"
     emit(args, {"stopped": True, "purged": args.purge}, lambda: f"local cluster {what}")
@@ -249,9 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FLAG",
         help="extra etcd flag, e.g. --etcd-arg=--snapshot-count=1000",
     )
+    up.add_argument(
+        "--clusters",
+        type=fleet_size,
+        metavar="N",
+        help="also N one-member clusters c1..cN under the same emulated stack, registered in its cluster "
+        "registry (1 to 20; select one with --cluster NAME)",
+    )
     up.set_defaults(handler=cmd_local_up, uses=LOCAL_OPTIONS)
     ps = local_cmds.add_parser("ps", help="list member processes", parents=[common])
-    ps.set_defaults(handler=cmd_local_ps, uses=LOCAL_OPTIONS)
+    ps.set_defaults(handler=cmd_local_ps, uses=FLEET_LOCAL_OPTIONS)
     for action, help_text in (
         ("kill", "SIGKILL a member, like a lost host"),
         ("pause", "SIGSTOP a member, like a hung host"),
@@ -259,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = local_cmds.add_parser(action, help=help_text, parents=[common])
         sub.add_argument("member", metavar="MEMBER")
-        sub.set_defaults(handler=_local_signal(action), uses=LOCAL_OPTIONS)
+        sub.set_defaults(handler=_local_signal(action), uses=FLEET_LOCAL_OPTIONS)
     down = local_cmds.add_parser("down", help="stop every member", parents=[common])
     down.add_argument("--purge", action="store_true", help="also delete data and certificates (backups are kept)")
     down.set_defaults(handler=cmd_local_down, uses=LOCAL_OPTIONS)
@@ -275,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gc.set_defaults(handler=cmd_local_gc, uses=LOCAL_OPTIONS)
     env = local_cmds.add_parser("env", help="print etcdctl exports for the local cluster", parents=[common])
-    env.set_defaults(handler=cmd_local_env, uses=LOCAL_OPTIONS)
+    env.set_defaults(handler=cmd_local_env, uses=FLEET_LOCAL_OPTIONS)
 
     from etcdops_local.cli import status as cli_status
 

@@ -41,6 +41,7 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "key": None,
     "debug": False,
     "stack_name": None,
+    "cluster": None,
 }
 """Every global option's destination and its value when it is not given anywhere."""
 
@@ -68,12 +69,13 @@ def global_options() -> Parser:
     add("--cert", metavar="PATH", **text, help="client certificate")
     add("--key", metavar="PATH", **text, help="client certificate's key")
     add("--stack-name", metavar="NAME", **text, help="a deployed etcdops stack (default: $ETCDOPS_STACK)")
+    add("--cluster", metavar="NAME", **text, help="one cluster of the local fleet (local up --clusters N)")
     add("--debug", **flag, help="on an unexpected error, print the traceback too")
     return common
 
 
 VALUED_OPTIONS = ("--config", "--state-dir", "-w", "--write-out", "--endpoints", "--cacert", "--cert", "--key",
-                  "--stack-name")  # fmt: skip
+                  "--stack-name", "--cluster")  # fmt: skip
 
 
 def refuse_contradictions(argv: Sequence[str]) -> None:
@@ -95,9 +97,10 @@ def refuse_contradictions(argv: Sequence[str]) -> None:
 
 # which global options a command reads besides the output ones (--json, -w, --debug): a command sets
 # ``uses`` with set_defaults; one that does not reads the cluster (resolve_config) and the AWS side
-CLUSTER_OPTIONS = frozenset({"config", "state_dir", "endpoints", "cacert", "cert", "key", "stack_name"})
+CLUSTER_OPTIONS = frozenset({"config", "state_dir", "endpoints", "cacert", "cert", "key", "stack_name", "cluster"})
 AWS_OPTIONS = frozenset({"stack_name", "state_dir"})
 LOCAL_OPTIONS = frozenset({"state_dir"})
+FLEET_LOCAL_OPTIONS = frozenset({"state_dir", "cluster"})  # a local command that can act on one fleet cluster
 NO_OPTIONS: frozenset[str] = frozenset()
 OUTPUT_OPTIONS = frozenset({"json", "write_out", "debug"})
 
@@ -176,7 +179,22 @@ def positive_days(text: str) -> float:
 
 
 def state_dir(args: argparse.Namespace) -> Path:
-    return Path(args.state_dir or os.environ.get("ETCDOPS_STATE_DIR") or ".etcdops")
+    """The local stack's state directory, or with ``--cluster NAME`` that fleet cluster's own (made by
+    ``local up --clusters N`` under ``clusters/NAME``; the default cluster's name means the stack's)."""
+    base = Path(args.state_dir or os.environ.get("ETCDOPS_STATE_DIR") or ".etcdops")
+    name = getattr(args, "cluster", None)
+    if not name:
+        return base
+    from etcdops.domain.config import check_cluster_name
+
+    check_cluster_name(name)
+    if (base / "clusters" / name).is_dir():
+        return base / "clusters" / name
+    if (base / "cluster.yaml").exists() and load_config(base / "cluster.yaml").name == name:
+        return base
+    raise ConfigError(
+        f"--cluster {name}: the local stack in {base} has no such cluster (etcdops local up --clusters N makes c1..cN)"
+    )
 
 
 def _base_config(args: argparse.Namespace) -> ClusterConfig | None:

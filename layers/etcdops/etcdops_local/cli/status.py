@@ -97,6 +97,10 @@ def env_hint(args: argparse.Namespace) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.all:
+        from etcdops_local.cli.fleet import cmd_status_all
+
+        return cmd_status_all(args)
     screen = live_screen(args)
     if args.watch:
         return watch_status(args, screen)
@@ -412,4 +416,5 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     status.add_argument(
         "--interval", type=positive_seconds, default=3.0, help="seconds between refreshes (default 3)"
     )
+    status.add_argument("--all", action="store_true", help="one line per cluster of the local stack and its fleet")
     status.set_defaults(handler=cmd_status)
