@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from etcdops.app.runbook import InvalidRunbookInputError, dispatch
-from etcdops.domain.runbook_documents import ReplaceDocument, RestoreDocument, document_problem
+from etcdops.domain.runbook_documents import ReplaceDocument, RestoreDocument, UpgradeDocument, document_problem
 
 REPLACE = {
     "cluster": "prod",
@@ -86,7 +86,54 @@ RESTORE = {
 }
 
 
-@pytest.mark.parametrize(("model", "document"), [(ReplaceDocument, REPLACE), (RestoreDocument, RESTORE)])
+UPGRADE = {
+    "cluster": "prod",
+    "execution": "upgrade-prod-3-5-30-1",
+    "version": "3.5.30",
+    "reason": "requested by an operator",
+    "requires_approval": False,
+    "lock_owner": "upgrade-prod-3-5-30-1",
+    "started_at": "2026-12-07T20:00:00+00:00",
+    "from_version": "3.5.1",
+    "path": "patch",
+    "nothing_to_do": False,
+    "members": {"m1": {"id": "8e9e05c52164694d", "before": "3.5.1"}, "m2": {"id": "91bc3c398fb3c146", "before": None}},
+    "cluster_version_before": "3.5.0",
+    "approval_summary": "Upgrade etcd cluster prod from 3.5.1 to 3.5.30 ...",
+    "backup_id": "20261207T200000Z-abcdef",
+    "backup_revision": 42,
+    "preflight": {"passed_at": "2026-12-07T20:01:00+00:00"},
+    "done": False,
+    "current": {
+        "name": "m2",
+        "id": "91bc3c398fb3c146",
+        "before": "3.5.1",
+        "was_leader": True,
+        "started_at": "2026-12-07T20:02:00+00:00",
+        "leadership_moved_to": "m1",
+        "stopped_at": "2026-12-07T20:02:01+00:00",
+    },
+    "upgraded": [
+        {
+            "name": "m1",
+            "id": "8e9e05c52164694d",
+            "before": "3.5.1",
+            "after": "3.5.30",
+            "was_leader": False,
+            "leadership_moved_to": None,
+            "seconds": 4.2,
+            "down_seconds": 1.0,
+            "cluster_version": "3.5.0",
+        }
+    ],
+    "cluster_version_after": None,
+    "timings": {"acquire_lock": 0.01},
+}
+
+
+@pytest.mark.parametrize(
+    ("model", "document"), [(ReplaceDocument, REPLACE), (RestoreDocument, RESTORE), (UpgradeDocument, UPGRADE)]
+)
 def test_what_the_steps_record_is_well_formed(model: Any, document: dict[str, Any]) -> None:
     assert document_problem(model, document) is None
 
@@ -131,6 +178,21 @@ def test_a_malformed_field_is_named_in_one_line(change: dict[str, Any], problem:
 )
 def test_a_malformed_restore_field_is_named_in_one_line(change: dict[str, Any], problem: str) -> None:
     found = document_problem(RestoreDocument, {**RESTORE, **change})
+
+    assert found is not None and found.startswith(problem) and "\n" not in found
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"version": 3.5}, "version: Input should be a valid string"),
+        ({"members": {"m1": {"before": "3.5.1"}}}, "members.m1.id: Field required"),
+        ({"current": {"name": "m2", "id": "2", "was_leader": "no"}}, "current.was_leader: Input should be a valid"),
+        ({"upgraded": {"m1": "3.5.30"}}, "upgraded: Input should be a valid list"),
+    ],
+)
+def test_a_malformed_upgrade_field_is_named_in_one_line(change: dict[str, Any], problem: str) -> None:
+    found = document_problem(UpgradeDocument, {**UPGRADE, **change})
 
     assert found is not None and found.startswith(problem) and "\n" not in found
 

@@ -199,6 +199,54 @@ class ScaleDocument(RunbookDocument):
     members_after: list[str] | None = None
 
 
+class UpgradeMember(_Part):
+    id: str  # hex
+    before: str | None = None  # the version it ran before (None: it did not say)
+
+
+class UpgradeCurrent(_Part):
+    """The member being upgraded (or rolled back) now."""
+
+    name: str
+    id: str  # hex
+    before: str | None = None
+    was_leader: bool | None = None
+    started_at: str | None = None
+    stopped_at: str | None = None
+    leadership_moved_to: str | None = None
+    rolled_back_to: str | None = None
+    seconds: float | None = None
+
+
+class UpgradedMember(_Part):
+    name: str
+    id: str
+    before: str | None = None
+    after: str | None = None
+    was_leader: bool | None = None
+    leadership_moved_to: str | None = None
+    seconds: float | None = None
+    down_seconds: float | None = None
+    cluster_version: str | None = None
+
+
+class UpgradeDocument(RunbookDocument):
+    """UpgradeCluster: the version (input; its form is checked by the path check, which names the
+    versions it knows), then the path, the members' versions, the member in progress and the report."""
+
+    version: str | None = None
+    from_version: str | None = None
+    path: str | None = None
+    nothing_to_do: bool | None = None
+    members: dict[str, UpgradeMember] | None = None  # by member name
+    cluster_version_before: str | None = None
+    cluster_version_after: str | None = None
+    approval_summary: str | None = None
+    done: bool | None = None
+    current: UpgradeCurrent | None = None
+    upgraded: list[UpgradedMember] | None = None
+
+
 def document_problem(model: type[RunbookDocument], document: Any) -> str | None:
     """What is wrong with ``document`` as a ``model``, in one line naming the field; None when nothing is."""
     if not isinstance(document, dict):

@@ -43,6 +43,7 @@ from etcdops.app.runbook import preflight as checks
 from etcdops.domain.compute.base import Host, PreflightPlan
 from etcdops.domain.errors import Backoff, EtcdopsError, UpgradeRefusedError
 from etcdops.domain.health import ClusterHealth, MemberHealth, quorum_of
+from etcdops.domain.runbook_documents import UpgradeDocument
 from etcdops.domain.upgrade import (
     EtcdVersion,
     failure_report,
@@ -414,4 +415,4 @@ STEPS: dict[str, Any] = {
 
 
 def run_step(ctx: RunbookContext, step: str, doc: Document) -> Document:
-    return dispatch(STEPS, ctx, step, doc)
+    return dispatch(STEPS, ctx, step, doc, UpgradeDocument)
