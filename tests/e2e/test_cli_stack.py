@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from stack_templates import TEMPLATE
 
-from etcdops.adapters.etcd.client import SHA256_SIZE
+from etcdops.adapters import pki
+from etcdops.adapters.etcd.client import SHA256_SIZE, EtcdClient, TlsFiles
 from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops_local.aws.stack import LocalAws, LocalStack, start_execution, wait_for_execution
 from etcdops_local.cli import main as cli
@@ -117,6 +118,43 @@ def test_runbooks_backups_and_approvals_come_from_the_stack_outputs(
     assert code == 0 and (listed[0]["runbook"], listed[0]["name"]) == ("upgrade", started["name"]), err
     code, shown, err = run(capsys, "runbook", "show", started["name"], "--json")
     assert code == 0 and shown["input"]["version"] == "3.6.0" and shown["steps"][0]["name"] == "Apply defaults", err
+
+
+def test_pki_issues_client_certificates_into_the_stacks_secrets_that_the_cluster_accepts(
+    deployed: tuple[LocalAws, LocalStack],
+    elsewhere: Path,
+    shared_cluster: LocalCluster,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    aws, stack = deployed
+    secrets = aws.client("secretsmanager")
+    # the cluster's CA where a deployed stack keeps it (README: Deploying to AWS)
+    ca = pki.load_pem(shared_cluster.pki_dir / "ca.crt", shared_cluster.pki_dir / "ca.key")
+    secrets.create_secret(
+        Name="etcdops/prod/ca",
+        SecretString=json.dumps({"certificate": ca.cert_pem.decode(), "private_key": ca.key_pem.decode()}),
+    )
+    where = ("--stack-name", stack.stack_name)
+
+    code, issued, err = run(capsys, *where, "pki", "issue-client", "kube-apiserver", "--days", "7", "--json")
+
+    assert code == 0 and issued["location"] == "etcdops/prod/clients/kube-apiserver", err
+    stored = json.loads(secrets.get_secret_value(SecretId=issued["location"])["SecretString"])
+    (elsewhere / "api.crt").write_text(stored["certificate"])
+    (elsewhere / "api.key").write_text(stored["private_key"])
+    (elsewhere / "ca.crt").write_text(stored["ca"])
+    tls = TlsFiles(ca=elsewhere / "ca.crt", cert=elsewhere / "api.crt", key=elsewhere / "api.key")
+    with EtcdClient(shared_cluster.config().endpoints, tls=tls) as client:  # client-cert-auth is on
+        client.put("/pki/from-the-stack", "yes")
+        assert client.get("/pki/from-the-stack") == b"yes"
+    code, listed, err = run(capsys, *where, "pki", "list", "--json")
+    assert code == 0 and [(c["role"], c["name"]) for c in listed] == [("ca", "ca"), ("client", "kube-apiserver")], err
+    assert listed[1]["serial"] == issued["serial"]
+    # the same name again without --force: one line, the secret unchanged
+    versions = secrets.describe_secret(SecretId=issued["location"])["VersionIdsToStages"]
+    code, _, err = run(capsys, *where, "pki", "issue-client", "kube-apiserver")
+    assert code == 2 and "already has a certificate" in err and len(err.splitlines()) == 1
+    assert secrets.describe_secret(SecretId=issued["location"])["VersionIdsToStages"] == versions
 
 
 def test_a_stack_that_does_not_exist_is_one_line(

@@ -1,8 +1,8 @@
 """``etcdops pki issue-client|list``: client certificates from the cluster CA, and every certificate.
 
-Where the certificates live follows the cluster's compute provider: the local stack's ``pki/`` folder
-(``compute.provider: local``), Secrets Manager for EC2 clusters (``--stack-name``, or a configuration
-with ``compute.provider: ec2``; the operator's own AWS credentials).
+Where the certificates live: Secrets Manager for a deployed stack (``--stack-name``) or a configuration
+with ``compute.provider: ec2`` (the operator's own AWS credentials), else the local stack's ``pki/``
+folder (``compute.provider: local``).
 """
 
 from __future__ import annotations
@@ -22,20 +22,19 @@ _WHERE = frozenset({"config", "state_dir", "stack_name"})  # where the cluster i
 def open_store(args: argparse.Namespace, config: ClusterConfig) -> Any:
     """The cluster's certificate store: files of the local stack, or Secrets Manager."""
     from etcdops.adapters.pki_store import FilePki, SecretsPki
+    from etcdops_local.cli.stack import deployed_stack
 
+    deployed = deployed_stack(args)
+    if deployed is not None or isinstance(config.compute, Ec2Compute):  # a stack keeps its CA in Secrets Manager
+        import boto3
+
+        session = deployed.session if deployed else boto3.session.Session()
+        return SecretsPki(session.client("secretsmanager"), config.name)
     if isinstance(config.compute, LocalCompute):
         from etcdops_local.cluster import LocalCluster
 
         cluster = LocalCluster(Path(config.compute.state_dir))
         return FilePki(cluster.pki_dir, [m.name for m in cluster.state().members])
-    if isinstance(config.compute, Ec2Compute):
-        import boto3
-
-        from etcdops_local.cli.stack import deployed_stack
-
-        deployed = deployed_stack(args)
-        session = deployed.session if deployed else boto3.session.Session()
-        return SecretsPki(session.client("secretsmanager"), config.name)
     raise ConfigError(
         f"cluster {config.name}: its configuration has no compute section, so etcdops does not know where its "
         "certificates live (compute.provider: local or ec2)"
