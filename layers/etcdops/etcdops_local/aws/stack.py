@@ -58,6 +58,7 @@ import boto3
 
 from etcdops.domain.errors import ConfigError, EtcdopsError, NotFoundError
 from etcdops.domain.member_metrics import LAX_THRESHOLDS
+from etcdops_local.aws import definitions as localdefinitions
 from etcdops_local.aws import iam as localiam
 from etcdops_local.aws import iam_records
 from etcdops_local.aws import limits as locallimits
@@ -568,6 +569,7 @@ class LocalAws:
             mock.start()
             self._undo.append(mock.stop)
             stepfunctions_parser_backends.reset()
+            self._undo.append(localdefinitions.install())  # each definition's grammar check once
             # CloudFormation creates state machines through this name: make them executable.
             original_backends = sfn_models.stepfunctions_backends
             executing: Any = stepfunctions_parser_backends
