@@ -165,3 +165,11 @@ def test_an_upgrade_that_succeeded_says_each_members_version_before_and_after() 
     )
     nothing = {"version": "3.5.30", "nothing_to_do": True, "upgraded": []}
     assert outcome("SUCCEEDED", nothing, []) == "succeeded: every member runs etcd 3.5.30 already; nothing was upgraded"
+
+
+def test_a_certificate_rotation_that_succeeded_says_what_each_member_serves_now() -> None:
+    done = {"rotated": [{"name": "m1", "serial_after": "1a2b"}, {"name": "m2", "serial_after": "3c4d"}]}
+
+    assert outcome("SUCCEEDED", done, []) == "succeeded: m1 now serves 1a2b, m2 now serves 3c4d"
+    nothing = {"nothing_to_do": True, "rotated": []}
+    assert outcome("SUCCEEDED", nothing, []) == "succeeded: no member certificate was due; nothing was renewed"

@@ -82,6 +82,9 @@ def outcome(
             return f"recovered: {member} answered again before anything was changed; nothing was replaced"
         if output and output.get("upgraded") is not None:  # an upgrade: each member's before and after
             return f"succeeded: {upgrade_summary(output)}"
+        if output and output.get("rotated") is not None:  # a certificate rotation: each member's new serial
+            renewed = ", ".join(f"{r['name']} now serves {r['serial_after']}" for r in output["rotated"])
+            return f"succeeded: {renewed or 'no member certificate was due; nothing was renewed'}"
         if output and output.get("changes") is not None and output.get("size") is not None:  # a size change
             return f"succeeded: {scale_outcome(output)}"
         new = (output or {}).get("new_member") or {}
