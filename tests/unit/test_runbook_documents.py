@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from etcdops.app.runbook import InvalidRunbookInputError, dispatch
-from etcdops.domain.runbook_documents import ReplaceDocument, RestoreDocument, UpgradeDocument, document_problem
+from etcdops.domain.runbook_documents import (
+    MaintainDocument,
+    ReplaceDocument,
+    RestoreDocument,
+    UpgradeDocument,
+    document_problem,
+)
 
 REPLACE = {
     "cluster": "prod",
@@ -131,8 +137,32 @@ UPGRADE = {
 }
 
 
+DEFRAGMENTED = {"name": "m1", "id": "8e9e05c52164694d", "endpoint": "https://10.0.0.1:2379", "was_leader": False,
+                "before": 900_000, "in_use_before": 300_000, "predicted": 600_000, "seconds": 0.8,
+                "defragmented_at": "2026-12-07T20:03:00+00:00", "after": 310_000, "returned": 590_000}  # fmt: skip
+MAINTAIN = {
+    "cluster": "prod",
+    "execution": "maintain-prod-1",
+    "reason": "scheduled maintenance",
+    "requires_approval": False,
+    "mode": "nospace",
+    "skipped": [],
+    "approval_summary": "Recover etcd cluster prod from NOSPACE ...",
+    "predicted": {"m1": 600_000},
+    "pause_seconds": 5,
+    "compaction": {"revision": 1000, "at_revision": 2000, "external": False, "outcome": "compacted"},
+    "done": False,
+    "first": True,
+    "current": {**DEFRAGMENTED, "leadership_moved_to": "m2"},
+    "defragmented": [DEFRAGMENTED],
+    "disarmed": ["8e9e05c52164694d"],
+    "sizes_after": ["m1 310000 bytes"],
+}
+
+
 @pytest.mark.parametrize(
-    ("model", "document"), [(ReplaceDocument, REPLACE), (RestoreDocument, RESTORE), (UpgradeDocument, UPGRADE)]
+    ("model", "document"),
+    [(ReplaceDocument, REPLACE), (RestoreDocument, RESTORE), (UpgradeDocument, UPGRADE), (MaintainDocument, MAINTAIN)],
 )
 def test_what_the_steps_record_is_well_formed(model: Any, document: dict[str, Any]) -> None:
     assert document_problem(model, document) is None
@@ -193,6 +223,21 @@ def test_a_malformed_restore_field_is_named_in_one_line(change: dict[str, Any], 
 )
 def test_a_malformed_upgrade_field_is_named_in_one_line(change: dict[str, Any], problem: str) -> None:
     found = document_problem(UpgradeDocument, {**UPGRADE, **change})
+
+    assert found is not None and found.startswith(problem) and "\n" not in found
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"predicted": {"m1": "600 kB"}}, "predicted.m1: Input should be a valid integer"),
+        ({"compaction": {"revision": "1000"}}, "compaction.revision: Input should be a valid integer"),
+        ({"defragmented": [{"name": "m1"}]}, "defragmented.0.id: Field required"),
+        ({"skipped": "not healthy"}, "skipped: Input should be a valid list"),
+    ],
+)
+def test_a_malformed_maintain_field_is_named_in_one_line(change: dict[str, Any], problem: str) -> None:
+    found = document_problem(MaintainDocument, {**MAINTAIN, **change})
 
     assert found is not None and found.startswith(problem) and "\n" not in found
 

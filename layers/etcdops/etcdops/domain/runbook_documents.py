@@ -247,6 +247,48 @@ class UpgradeDocument(RunbookDocument):
     upgraded: list[UpgradedMember] | None = None
 
 
+class MaintainMember(_Part):
+    """The member being defragmented, and once done an entry of ``defragmented``."""
+
+    name: str
+    id: str  # hex
+    endpoint: str | None = None
+    was_leader: bool | None = None
+    before: int | None = None  # db size, bytes
+    in_use_before: int | None = None
+    predicted: int | None = None  # what the rule expects back
+    leadership_moved_to: str | None = None
+    seconds: float | None = None
+    defragmented_at: str | None = None
+    after: int | None = None
+    returned: int | None = None
+
+
+class Compaction(_Part):
+    revision: int | None = None  # None: not compacted (the outcome says why)
+    at_revision: int | None = None
+    external: bool | None = None
+    outcome: str | None = None
+
+
+class MaintainDocument(RunbookDocument):
+    """MaintainCluster: routine, NOSPACE recovery or skipped (with reasons), the compaction, each member's
+    defragmentation, and the alarm disarmed."""
+
+    mode: str | None = None  # routine | nospace | skipped
+    skipped: list[str] | None = None
+    approval_summary: str | None = None
+    predicted: dict[str, int] | None = None  # member name -> bytes the rule expects back
+    pause_seconds: int | None = None
+    compaction: Compaction | None = None
+    done: bool | None = None
+    first: bool | None = None
+    current: MaintainMember | None = None
+    defragmented: list[MaintainMember] | None = None
+    disarmed: list[str] | None = None
+    sizes_after: list[str] | None = None
+
+
 def document_problem(model: type[RunbookDocument], document: Any) -> str | None:
     """What is wrong with ``document`` as a ``model``, in one line naming the field; None when nothing is."""
     if not isinstance(document, dict):

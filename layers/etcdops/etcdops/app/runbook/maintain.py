@@ -44,6 +44,7 @@ from etcdops.domain.maintenance import (
     defrag_verdict,
     disarm_verdict,
 )
+from etcdops.domain.runbook_documents import MaintainDocument
 from etcdops.domain.wording import count
 
 LOCK_LEASE_SECONDS = 3600
@@ -327,4 +328,4 @@ STEPS: dict[str, Any] = {
 
 
 def run_step(ctx: RunbookContext, step: str, doc: Document) -> Document:
-    return dispatch(STEPS, ctx, step, doc)
+    return dispatch(STEPS, ctx, step, doc, MaintainDocument)
