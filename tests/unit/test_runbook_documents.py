@@ -9,6 +9,7 @@ import pytest
 
 from etcdops.app.runbook import InvalidRunbookInputError, dispatch
 from etcdops.domain.runbook_documents import (
+    DrillDocument,
     MaintainDocument,
     ReplaceDocument,
     RestoreDocument,
@@ -140,6 +141,25 @@ UPGRADE = {
 DEFRAGMENTED = {"name": "m1", "id": "8e9e05c52164694d", "endpoint": "https://10.0.0.1:2379", "was_leader": False,
                 "before": 900_000, "in_use_before": 300_000, "predicted": 600_000, "seconds": 0.8,
                 "defragmented_at": "2026-12-07T20:03:00+00:00", "after": 310_000, "returned": 590_000}  # fmt: skip
+DRILL = {
+    "cluster": "prod",
+    "execution": "drill-prod-1",
+    "lock_owner": "drill-prod-1",
+    "started_at": "2026-12-07T20:00:00+00:00",
+    "drill_id": "20261207T200000Z-abcdef",
+    "scratch_name": "etcdops-drill-prod1abcdef",
+    "cleaned_up": {"hosts": [], "staged": []},
+    "backup_id": "20261207T190000Z-123456",
+    "backup_created_at": "2026-12-07T19:00:00+00:00",
+    "expected": {"revision": 42, "keys": 3, "sample": [["a2V5", "ab" * 32]]},
+    "scratch": {"name": "etcdops-drill-prod1abcdef", "host_id": "i-0d", "client_url": "https://10.0.0.9:2379"},
+    "scratch_restored": "2026-12-07T20:01:00+00:00",
+    "scratch_started": "2026-12-07T20:01:05+00:00",
+    "observed": {"revision": 42, "keys": 3, "sampled": 1},
+    "torn_down": {"host": "etcdops-drill-prod1abcdef", "staged": []},
+    "result": {"drill_id": "20261207T200000Z-abcdef", "restorable": True},
+    "timings": {"PickBackup": 0.4},
+}
 MAINTAIN = {
     "cluster": "prod",
     "execution": "maintain-prod-1",
@@ -162,7 +182,13 @@ MAINTAIN = {
 
 @pytest.mark.parametrize(
     ("model", "document"),
-    [(ReplaceDocument, REPLACE), (RestoreDocument, RESTORE), (UpgradeDocument, UPGRADE), (MaintainDocument, MAINTAIN)],
+    [
+        (ReplaceDocument, REPLACE),
+        (RestoreDocument, RESTORE),
+        (UpgradeDocument, UPGRADE),
+        (MaintainDocument, MAINTAIN),
+        (DrillDocument, DRILL),
+    ],
 )
 def test_what_the_steps_record_is_well_formed(model: Any, document: dict[str, Any]) -> None:
     assert document_problem(model, document) is None
@@ -240,6 +266,12 @@ def test_a_malformed_maintain_field_is_named_in_one_line(change: dict[str, Any],
     found = document_problem(MaintainDocument, {**MAINTAIN, **change})
 
     assert found is not None and found.startswith(problem) and "\n" not in found
+
+
+def test_a_malformed_drill_expectation_is_named_in_one_line() -> None:
+    found = document_problem(DrillDocument, {**DRILL, "expected": {"revision": 42, "keys": "3", "sample": []}})
+
+    assert found == "expected.keys: Input should be a valid integer"
 
 
 def test_a_restore_in_the_default_mode_needs_no_mode() -> None:

@@ -289,6 +289,38 @@ class MaintainDocument(RunbookDocument):
     sizes_after: list[str] | None = None
 
 
+class DrillExpected(_Part):
+    """What the backup holds, for the scratch member to match."""
+
+    revision: int
+    keys: int
+    sample: list[list[str]]  # [key in base64, digest of its value in hex]
+
+
+class DrillObserved(_Part):
+    revision: int
+    keys: int
+    sampled: int
+
+
+class DrillDocument(RunbookDocument):
+    """RestoreDrill: the backup (optional input), the scratch member it is restored into, what was expected
+    and observed, and the record the drill leaves."""
+
+    drill_id: str | None = None
+    scratch_name: str | None = None
+    cleaned_up: dict[str, Any] | None = None
+    backup_created_at: str | None = None
+    expected: DrillExpected | None = None
+    scratch: HostRecord | None = None
+    scratch_restored: str | None = None
+    scratch_started: str | None = None
+    observed: DrillObserved | None = None
+    torn_down: dict[str, Any] | None = None
+    teardown_error: dict[str, Any] | None = None  # a failed tear-down, caught
+    result: dict[str, Any] | None = None  # the drill record
+
+
 def document_problem(model: type[RunbookDocument], document: Any) -> str | None:
     """What is wrong with ``document`` as a ``model``, in one line naming the field; None when nothing is."""
     if not isinstance(document, dict):

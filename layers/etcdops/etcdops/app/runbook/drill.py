@@ -61,6 +61,7 @@ from etcdops.domain.backup.manifest import DrillRecord, new_backup_id
 from etcdops.domain.compute.base import ComputeProvider, Host
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import Backoff, EtcdopsError
+from etcdops.domain.runbook_documents import DrillDocument
 
 Document = dict[str, Any]
 LOCK_LEASE_SECONDS = 3600
@@ -340,7 +341,7 @@ STEPS: dict[str, Callable[[DrillContext, Document], Document]] = {
 
 def run_step(ctx: DrillContext, step: str, doc: Document) -> Document:
     started = time.monotonic()
-    out = dispatch(STEPS, ctx, step, doc)
+    out = dispatch(STEPS, ctx, step, doc, DrillDocument)
     timings = dict(out.get("timings") or {})
     timings[step] = round(time.monotonic() - started, 3)
     return {**out, "timings": timings}
