@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from etcdops_local.cluster import LocalClusterError, process_state
-from etcdops_local.compute import paused_copy
+from etcdops_local.compute import _wait_stopped, paused_copy
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_the_watchdog_continues_the_process_when_the_copier_dies(
     copier = subprocess.Popen(
         [
             sys.executable, "-c",
-            "import sys; from pathlib import Path; from etcdops_local.compute import paused_copy; "
+            "import sys; from pathlib import Path; from etcdops_local.compute import _wait_stopped, paused_copy; "
             f"paused_copy({sleeper.pid}, Path(sys.argv[1]), Path(sys.argv[2]), "
             f"command=('sh', '-c', 'echo $$ > {tmp_path / 'copy.pid'}; exec sleep 300', 'c'), max_pause=1.0)",
             str(tmp_path / "db"), str(tmp_path / "copy"),
@@ -93,3 +93,14 @@ def test_the_watchdog_continues_the_process_when_the_copier_dies(
             time.sleep(0.05)
     finally:
         os.kill(int((tmp_path / "copy.pid").read_text()), signal.SIGKILL)  # the orphaned copy
+
+
+def test_the_copy_waits_until_every_thread_has_stopped(tmp_path: Path) -> None:
+    # a thread still inside a write (D) is not stopped yet, though SIGSTOP was sent and the others stopped
+    for tid, state in (("100", "T"), ("101", "D")):
+        (tmp_path / "100" / "task" / tid).mkdir(parents=True)
+        (tmp_path / "100" / "task" / tid / "stat").write_text(f"{tid} (etcd) {state} 1 2 3")
+    with pytest.raises(TimeoutError, match="not every thread"):
+        _wait_stopped(100, time.monotonic() + 0.05, proc=tmp_path)
+    (tmp_path / "100" / "task" / "101" / "stat").write_text("101 (etcd (a name) with spaces) t 1 2 3")
+    _wait_stopped(100, time.monotonic() + 0.05, proc=tmp_path)

@@ -79,6 +79,23 @@ _WATCHDOG = (
 )
 
 
+def _wait_stopped(pid: int, deadline: float, proc: Path = Path("/proc")) -> None:
+    """Wait until every thread of ``pid`` is stopped: SIGSTOP is delivered asynchronously, and a thread
+    inside a write keeps running until the write returns; only then is the data what a crash would leave."""
+    while True:
+        states = []
+        for stat in (proc / str(pid) / "task").glob("*/stat"):
+            with contextlib.suppress(OSError):
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        if states and all(state in ("T", "t") for state in states):
+            return
+        if not states and not (proc / str(pid)).exists():
+            raise ProcessLookupError(f"process {pid} is gone")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not every thread of process {pid} stopped within the pause bound")
+        time.sleep(0.001)
+
+
 def paused_copy(
     pid: int, source: Path, target: Path, *, command: Sequence[str] = COPY_COMMAND, max_pause: float = MAX_PAUSE_SECONDS
 ) -> float:
@@ -97,6 +114,7 @@ def paused_copy(
     try:
         try:
             os.kill(pid, signal.SIGSTOP)
+            _wait_stopped(pid, started + max_pause)
             done = subprocess.run(
                 [*command, str(source), str(target)], capture_output=True, text=True, check=False, timeout=max_pause
             )
