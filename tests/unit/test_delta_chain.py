@@ -4,6 +4,7 @@ the choice of backup and deltas of a point-in-time restore."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from etcdops.adapters.state_delta import DeltaChainStore, DynamoDeltaChainStore,
 from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.backup.catalogue import load_delta_manifest, prune_deltas, read_delta_catalogue
 from etcdops.app.backup.delta import DeltaTarget, head_problem, read_delta, store_delta
+from etcdops.app.runbook import InvalidRunbookInputError, restore
 from etcdops.domain.backup.chain import (
     ChainHead,
     FullBackupRef,
@@ -35,6 +37,8 @@ from etcdops.domain.backup.delta import DeltaEvent, decode_delta, delta_object_k
 from etcdops.domain.backup.errors import DeltaFormatError
 from etcdops.domain.backup.manifest import Manifest
 from etcdops.domain.errors import UsageError
+from etcdops.domain.runbook_documents import RestoreDocument, document_problem
+from etcdops_local.cli.runbook import _point_in_time
 
 NOW = datetime(2026, 12, 7, 21, 0, tzinfo=UTC)
 BASE_ID = "20261207T200000Z-0000aa"
@@ -305,3 +309,40 @@ def test_backup_list_shows_chains_their_coverage_and_gaps(tmp_path: Path, capsys
     assert (chain["deltas"], chain["stray"], chain["to_time"]) == (1, [three.id], one.created_at.isoformat())
     code, out, _ = run(["--config", str(config), "backup", "list"], capsys)
     assert "10 .. 20" in out and "at revision 21, 1 deltas after it unusable" in out
+
+
+# ---- the point in time a restore is asked for ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ({"to_revision": 5, "latest": True}, "not --to-revision and --latest"),
+        ({"to_revision": 5, "backup": "20261207T200000Z-0000aa"}, "not --to-revision and --backup"),
+        ({"to_revision": 0}, "revisions start at 1"),
+        ({"to_time": "2026-12-07T21:00:00"}, "has no time zone"),
+        ({"to_time": "yesterday"}, "is not an ISO 8601 time"),
+    ],
+)
+def test_runbook_start_restore_refuses_a_bad_point_in_time(given: dict[str, object], says: str) -> None:
+    args = argparse.Namespace(**{"to_revision": None, "to_time": None, "latest": False, "backup": None, **given})
+    with pytest.raises(UsageError, match=says):
+        _point_in_time(args)
+
+
+def test_the_point_in_time_becomes_the_runbook_input_and_is_checked_there_again() -> None:
+    args = argparse.Namespace(to_revision=None, to_time="2026-12-07T21:00:00Z", latest=False, backup=None)
+    assert _point_in_time(args) == {"to_time": "2026-12-07T21:00:00+00:00"}
+    doc = {"cluster": "c", "execution": "e"}
+    assert restore.restore_target({**doc, "to_revision": 7}) == {"revision": 7}
+    assert restore.restore_target({**doc, "latest": True}) == {"latest": True}
+    assert restore.restore_target(doc) is None
+    with pytest.raises(InvalidRunbookInputError, match="not latest and to_revision"):
+        restore.restore_target({**doc, "to_revision": 7, "latest": True})
+    with pytest.raises(InvalidRunbookInputError, match="not to_revision and backup_id"):
+        restore.restore_target({**doc, "to_revision": 7, "backup_id": BASE_ID})
+    planned = {**doc, "latest": True, "backup_id": BASE_ID, "pitr": {"target_revision": 40}}  # ValidateBackup ran
+    assert restore.restore_target(planned) == {"revision": 40}  # a rerun keeps the target it planned
+    assert "to_time" in (document_problem(RestoreDocument, {**doc, "to_time": "2026-12-07 21:00"}) or "")
+    assert "to_revision" in (document_problem(RestoreDocument, {**doc, "to_revision": 0}) or "")
+    assert document_problem(RestoreDocument, {**doc, "to_revision": 12, "to_time": "2026-12-07T21:00:00Z"}) is None

@@ -16,6 +16,7 @@ shape. Every field is optional here: which fields a step requires is the step's 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -149,6 +150,31 @@ class RestoreDocument(RunbookDocument):
     control_plane_restarted: bool | None = None
     staging_removed: list[str] | None = None
     cleanup_error: dict[str, Any] | None = None  # a failed removal of the staged snapshot, caught
+    # a point-in-time restore (issue 16): one of these instead of backup_id, then what was planned and replayed
+    to_revision: int | None = None
+    to_time: str | None = None  # ISO 8601 with a time zone
+    latest: bool | None = None
+    pitr: dict[str, Any] | None = None
+    replayed: dict[str, Any] | None = None
+
+    @field_validator("to_revision")
+    @classmethod
+    def _to_revision(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value < 2**63:
+            raise ValueError(f"{value!r} is not a revision (a whole number from 1)")
+        return value
+
+    @field_validator("to_time")
+    @classmethod
+    def _to_time(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                moment = datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an ISO 8601 time") from None
+            if moment.tzinfo is None:
+                raise ValueError(f"{value!r} has no time zone (add Z or +00:00)")
+        return value
 
     @field_validator("mode")
     @classmethod

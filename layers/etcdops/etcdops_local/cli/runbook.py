@@ -239,6 +239,31 @@ def cmd_runbook_start(args: argparse.Namespace) -> int:
     return _start(args, "replace", prepare)
 
 
+def _point_in_time(args: argparse.Namespace) -> dict[str, Any]:
+    """--to-revision R | --to-time T | --latest as the runbook's input (checked before anything starts)."""
+    from datetime import datetime
+
+    from etcdops.domain.errors import UsageError
+
+    given = [name for name in ("to_revision", "to_time", "latest") if getattr(args, name, None)]
+    if len(given) > 1 or (given and args.backup):
+        named = [f"--{n.replace('_', '-')}" for n in given] + (["--backup"] if args.backup else [])
+        raise UsageError(f"give one of --backup, --to-revision, --to-time and --latest, not {' and '.join(named)}")
+    if args.to_revision is not None:
+        if args.to_revision < 1:
+            raise UsageError(f"--to-revision {args.to_revision}: revisions start at 1")
+        return {"to_revision": args.to_revision}
+    if args.to_time:
+        try:
+            moment = datetime.fromisoformat(args.to_time)
+        except ValueError:
+            raise UsageError(f"--to-time {args.to_time!r} is not an ISO 8601 time (2026-12-07T21:30:00Z)") from None
+        if moment.tzinfo is None:
+            raise UsageError(f"--to-time {args.to_time!r} has no time zone (add Z or +00:00)")
+        return {"to_time": moment.isoformat()}
+    return {"latest": True} if args.latest else {}
+
+
 def cmd_runbook_start_restore(args: argparse.Namespace) -> int:
     """RestoreCluster: the backup is checked by the runbook itself, and it always waits for an approval."""
     from etcdops.domain.backup.manifest import check_backup_id
@@ -247,6 +272,7 @@ def cmd_runbook_start_restore(args: argparse.Namespace) -> int:
         document: dict[str, Any] = {
             "cluster": config.name,
             "backup_id": check_backup_id(args.backup) if args.backup else None,
+            **_point_in_time(args),
             "mode": args.mode,
             "reason": args.reason or f"requested by an operator: restore {config.name}",
         }
@@ -376,6 +402,17 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         choices=("in-place", "new-hosts"),
         default="in-place",
         help="restore on the existing hosts, or launch fresh ones (when the old hosts are gone)",
+    )
+    restore.add_argument(
+        "--to-revision", metavar="R", type=int, default=None,
+        help="point in time: the newest verified backup at or before revision R, then its deltas up to R",
+    )  # fmt: skip
+    restore.add_argument(
+        "--to-time", metavar="T", default=None,
+        help="point in time: the newest revision the backups and deltas made by T (ISO 8601, with a zone) hold",
+    )  # fmt: skip
+    restore.add_argument(
+        "--latest", action="store_true", help="point in time: the newest revision the delta chain covers"
     )
     restore.add_argument("--reason", help="why (goes into the approval message and notifications)")
     restore.set_defaults(handler=cmd_runbook_start_restore)

@@ -78,6 +78,15 @@ from etcdops.adapters.etcd.membership import ConfigStore, merge_endpoints, recor
 from etcdops.adapters.state import IncidentStore, LockStore, ObservationStore
 from etcdops.app.backup.catalogue import live_cluster_id, load_manifest, newest_verified
 from etcdops.app.backup.job import CheckedSnapshot, checked_plaintext
+from etcdops.app.backup.replay import (
+    choice_of,
+    keyspace_digest,
+    live_digests,
+    pitr_record,
+    replay_deltas,
+    restore_offset,
+    target_choice,
+)
 from etcdops.app.probe import probe_cluster
 from etcdops.app.runbook import (
     ClusterNotReadyError,
@@ -212,11 +221,36 @@ def count_live_keys(snapshot: CheckedSnapshot, again: Callable[[], Iterable[byte
     ``snapshot`` was streamed to its end, so its structure was checked and its page tree is known;
     ``again`` streams the same backup once more, checked again.
     """
+    return len(live_key_digests(snapshot, again))
+
+
+def live_key_digests(snapshot: CheckedSnapshot, again: Callable[[], Iterable[bytes]]) -> dict[bytes, bytes]:
+    """The keys a client sees at the snapshot's revision, each with its value digest (as :func:`count_live_keys`)."""
     page_size = snapshot.summary.page_size if snapshot.summary else 0
     try:
-        return bbolt_keys.count_live_keys(snapshot.summarizer, page_size, again)
+        live = bbolt_keys.live_keys(snapshot.summarizer, page_size, again)
     except SnapshotIncompleteError as exc:
         raise RestoreVerificationError(str(exc)) from exc
+    return {key: digest for key, (_revision, deleted, digest) in live.last.items() if not deleted}
+
+
+def restore_target(doc: Document) -> dict[str, Any] | None:
+    """The point in time asked for (``to_revision``, ``to_time`` or ``latest``), or None: the backup alone."""
+    given = {k: doc.get(k) for k in ("to_revision", "to_time", "latest") if doc.get(k) not in (None, False, "")}
+    if not given:
+        return None
+    if doc.get("pitr"):  # planned by an earlier run of ValidateBackup (which set backup_id): the same target
+        return {"revision": int(doc["pitr"]["target_revision"])}
+    if len(given) > 1 or doc.get("backup_id"):
+        named = sorted(given) + (["backup_id"] if doc.get("backup_id") else [])
+        raise InvalidRunbookInputError(
+            f"runbook input: give one of backup_id, to_revision, to_time and latest, not {' and '.join(named)}"
+        )
+    if "to_revision" in given:
+        return {"revision": given["to_revision"]}
+    if "to_time" in given:
+        return {"time": given["to_time"]}
+    return {"latest": True}
 
 
 # ---- the steps, in runbook order --------------------------------------------------------------
@@ -225,6 +259,7 @@ def count_live_keys(snapshot: CheckedSnapshot, again: Callable[[], Iterable[byte
 def acquire_lock(ctx: RestoreContext, doc: Document) -> Document:
     _require(doc, "cluster", "execution")
     require_configured_cluster(ctx.config, doc)
+    restore_target(doc)  # one point in time at most, or a backup: refused before the lock otherwise
     # their types and ranges were checked against RestoreDocument before this step
     mode = doc.get("mode") or "in-place"
     bump = doc.get("bump_revision", DEFAULT_BUMP_REVISION)
@@ -257,7 +292,9 @@ def validate_backup(ctx: RestoreContext, doc: Document) -> Document:
     if doc["mode"] == "in-place" and not hosts:
         raise InvalidRunbookInputError("in-place restore: the cluster has no hosts; use mode new-hosts")
     live = _live_cluster_id(ctx, [h.client_url for h in hosts if h.client_url])
-    backup_id = doc.get("backup_id")
+    target = restore_target(doc)
+    choice = target_choice(store, target) if target else None  # the backup the point in time starts from
+    backup_id = choice.backup.id if choice else doc.get("backup_id")
     if not backup_id:  # the default is the newest verified backup of the live incarnation (invariant 11)
         newest = newest_verified(store, live)
         if newest is None:
@@ -270,14 +307,16 @@ def validate_backup(ctx: RestoreContext, doc: Document) -> Document:
     with _decrypting(ctx, manifest):
         for _chunk in snapshot:
             pass  # decrypted, hashed and summarized as it streams; checked against the manifest at its end
-        live_keys = count_live_keys(snapshot, lambda: _plaintext(ctx, store, keyring, manifest))
+        backup_keys = live_key_digests(snapshot, lambda: _plaintext(ctx, store, keyring, manifest))
+    pitr = pitr_record(store, keyring, choice, ctx.config.name, backup_keys) if choice else None
     out = {
         **doc,
         "backup_id": manifest.id,
         "backup_created_at": manifest.created_at.isoformat(),
         "backup_revision": manifest.revision,
         "backup_total_keys": manifest.total_keys,
-        "backup_keys": live_keys,
+        "backup_keys": len(backup_keys),
+        "pitr": pitr,
         "backup_etcd_version": manifest.etcd_version,
         "backup_cluster_id": manifest.cluster_id,
         "backup_imported_from": manifest.imported.file if manifest.imported else None,
@@ -335,6 +374,26 @@ def _incarnation_note(doc: Document) -> str:
     )
 
 
+def _lost_note(doc: Document) -> str:
+    """What the restore brings back beyond the backup (a point in time), and what is lost."""
+    pitr = doc.get("pitr")
+    if not pitr:
+        return "Everything written after the backup is lost."
+    leased = int(pitr.get("leased_puts") or 0)
+    return (
+        f"Then {pitr['revisions']} revisions ({pitr['events']} changes) of {len(pitr['deltas'])} deltas are replayed "
+        f"on it, one transaction per revision, up to revision {pitr['target_revision']} (the newest delta used was "
+        f"made {pitr.get('last_delta_at') or 'with the backup'}): the cluster will hold {pitr['expected_keys']} keys. "
+        "Everything written after that revision is lost."
+        + (
+            f" {leased} replayed writes had a lease: they are written without one (the leases are not in the "
+            "deltas), and listed when the restore ends."
+            if leased
+            else ""
+        )
+    )
+
+
 def approval_summary(doc: Document) -> str:
     """What the approver reads: the backup, what will be stopped, and what happens to revisions."""
     names = ", ".join(h["name"] for h in doc.get("old_hosts") or []) or "none"
@@ -362,7 +421,7 @@ def approval_summary(doc: Document) -> str:
         f"{where}. Will stop: the Kubernetes API servers, then etcd on {names}. The restored cluster has "
         f"{len(doc.get('old_hosts') or [])} members. Every member's data directory is "
         f"replaced by the snapshot; the old ones are kept (suffix .{doc.get('old_data_suffix')}). "
-        f"Everything written after the backup is lost.{_incarnation_note(doc)} {revision_note}"
+        f"{_lost_note(doc)}{_incarnation_note(doc)} {revision_note}"
     )
 
 
@@ -561,7 +620,17 @@ def verify_restore(ctx: RestoreContext, doc: Document) -> Document:
     low = {name: r for name, r in revisions.items() if r < backup_revision}
     if low:
         raise RestoreVerificationError(f"revisions below the backup's {backup_revision}: {low}")
-    if count != int(doc["backup_keys"]):
+    pitr = doc.get("pitr")
+    if pitr:  # the keyspace is what the backup and the chain say it was at the target, key by key
+        with ctx.client(urls) as client:
+            actual = live_digests(client)
+        if len(actual) != int(pitr["expected_keys"]) or keyspace_digest(actual) != pitr["expected_digest"]:
+            raise RestoreVerificationError(
+                f"the restored cluster holds {len(actual)} keys, the backup and its deltas {pitr['expected_keys']} at "
+                f"revision {pitr['target_revision']}, or other values: not the data of that point in time"
+            )
+        count = len(actual)
+    elif count != int(doc["backup_keys"]):
         raise RestoreVerificationError(
             f"the restored cluster holds {count} keys, the backup {doc['backup_keys']}: not the backup's data"
         )
@@ -572,6 +641,31 @@ def verify_restore(ctx: RestoreContext, doc: Document) -> Document:
         "verify_restore",
         started,
     )
+
+
+def replay(ctx: RestoreContext, doc: Document) -> Document:
+    """Point in time: the deltas after the backup, one transaction per original revision up to the
+    target, the revision checked after each (invariant 19); nothing to do for a backup alone. A rerun
+    continues where the restored cluster's revision says the last one stopped."""
+    pitr = doc.get("pitr")
+    if not pitr:
+        return doc
+    started = time.monotonic()
+    store, keyring = ctx.backup_target()
+    choice = choice_of(store, pitr)
+    with ctx.client([t["client_url"] for t in _targets(doc)]) as client:
+        current = client.range(b"\0", count_only=True).revision
+        offset = restore_offset(current, pitr, int(doc.get("bump_revision") or 0))
+        report = replay_deltas(client, store, keyring, choice, cluster=ctx.config.name, offset=offset)
+    before = doc.get("replayed") or {}  # a rerun adds what it replayed to what the run before it did
+    replayed = {
+        "revision": choice.target_revision + offset,
+        "offset": offset,
+        "revisions": int(before.get("revisions", 0)) + report.revisions,
+        "unleased": sorted({*before.get("unleased", []), *report.unleased})[:20],
+        "unleased_count": int(before.get("unleased_count", 0)) + report.unleased_count,
+    }
+    return _timed({**doc, "replayed": replayed}, "replay", started)
 
 
 def _record_membership(ctx: RestoreContext, doc: Document) -> list[str]:
@@ -610,6 +704,23 @@ def restart_control_plane(ctx: RestoreContext, doc: Document) -> Document:
     return _timed({**doc, "control_plane_restarted": True}, "restart_control_plane", started)
 
 
+def _replayed_note(doc: Document) -> str:
+    replayed, pitr = doc.get("replayed"), doc.get("pitr")
+    if not replayed or not pitr:
+        return ""
+    unleased = replayed.get("unleased") or []
+    more = int(replayed.get("unleased_count") or 0) - len(unleased)
+    return (
+        f" and its deltas at revision {pitr['target_revision']} (now {replayed['revision']}, "
+        f"{pitr['revisions']} revisions replayed)"
+        + (
+            f"; written without their lease: {', '.join(unleased)}" + (f" and {more} more" if more > 0 else "")
+            if unleased
+            else ""
+        )
+    )
+
+
 def notify_success(ctx: RestoreContext, doc: Document) -> Document:
     if not first_time(ctx, doc, "restore-succeeded"):
         return doc
@@ -626,7 +737,7 @@ def notify_success(ctx: RestoreContext, doc: Document) -> Document:
         f"etcdops: restored cluster {doc['cluster']} from backup {doc['backup_id']}",
         f"Runbook {doc['execution']} restored {doc['cluster']} ({doc['mode']}) from backup {doc['backup_id']} taken "
         f"{doc.get('backup_created_at')}.\nMembers: {', '.join(t['name'] for t in _targets(doc))}, all healthy with "
-        f"a leader; {verified.get('keys')} keys, as in the backup; {revisions}.\n"
+        f"a leader; {verified.get('keys')} keys, as in the backup{_replayed_note(doc)}; {revisions}.\n"
         f"The old data directories are kept (suffix .{doc.get('old_data_suffix')}); "
         "delete them once you are satisfied.\n"
         f"API servers started and scheduler, controller manager and kubelets restarted.\nStep durations: {timings}",
@@ -740,6 +851,7 @@ STEPS: dict[str, Callable[[RestoreContext, Document], Document]] = {
     "LaunchHosts": launch_hosts,
     "RestoreMembers": restore_members,
     "StartMembers": start_members,
+    "ReplayDeltas": replay,
     "VerifyRestore": verify_restore,
     "RepointClients": repoint_clients,
     "StartApiServers": start_api_servers,

@@ -33,6 +33,10 @@ class DeltaFormatError(BackupIntegrityError):
     """A delta's content or manifest is not what the delta format says (a corrupt or foreign object)."""
 
 
+class ReplayError(BackupIntegrityError):
+    """A restored cluster did not take a delta's revision as the chain says (another revision than expected)."""
+
+
 class ManifestInvalidError(BackupIntegrityError):
     """A manifest document is not valid; ``field`` names the first offending field."""
 
