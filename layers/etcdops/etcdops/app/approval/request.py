@@ -143,8 +143,26 @@ def request_approval(
     )
     approve_url = signer.url(base_url, request.execution, "approve", request.expires_at, request_id)
     reject_url = signer.url(base_url, request.execution, "reject", request.expires_at, request_id)
+    message = _request_message(request, approve_url, reject_url, now)
+    notifier.publish(
+        f"etcdops: approval needed: {request.runbook} on cluster {request.cluster}",
+        message,
+        {"cluster": request.cluster, "execution": request.execution, "runbook": request.runbook, "kind": "approval"},
+    )
+    return {
+        "execution": request.execution,
+        "cluster": request.cluster,
+        "runbook": request.runbook,
+        "request_id": request_id,
+        "expires_at": request.expires_at.isoformat(),
+        "published": True,
+    }
+
+
+def _request_message(request: ApprovalRequest, approve_url: str, reject_url: str, now: datetime) -> str:
+    """The approval message: what, why, until when, the two links and the commands (never the task token)."""
     minutes = max(1, round((request.expires_at - now).total_seconds() / 60))
-    message = "\n".join(
+    return "\n".join(
         [
             f"etcdops asks for your approval: {request.runbook} on etcd cluster {request.cluster}.",
             "",
@@ -167,16 +185,3 @@ def request_approval(
             'in the input of the "Wait for approval" step; this message never carries it).',
         ]
     )
-    notifier.publish(
-        f"etcdops: approval needed: {request.runbook} on cluster {request.cluster}",
-        message,
-        {"cluster": request.cluster, "execution": request.execution, "runbook": request.runbook, "kind": "approval"},
-    )
-    return {
-        "execution": request.execution,
-        "cluster": request.cluster,
-        "runbook": request.runbook,
-        "request_id": request_id,
-        "expires_at": request.expires_at.isoformat(),
-        "published": True,
-    }

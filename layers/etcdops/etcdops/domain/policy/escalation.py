@@ -41,26 +41,7 @@ def escalation(
             "no leader, and no known endpoint answered the member list (every member is down, or every "
             "stored endpoint is stale)"
         )
-    if backup is not None:
-        backup_text = (
-            f"Restore from the latest verified backup {backup.id} (created {utc(backup.created_at).isoformat()})"
-        )
-    elif history.backup_unknown is not None:
-        backup_text = (
-            f"The latest verified backup is UNKNOWN (the backup catalogue cannot be read: {history.backup_unknown}); "
-            "find it with `etcdops backup list`. Restore"
-        )
-    elif observation.cluster_id is None:
-        backup_text = (
-            "No backup can be named: no member answered, so the live cluster id is unknown and a backup counts "
-            "only for the cluster incarnation it was taken of (invariant 11); choose one with `etcdops backup "
-            "list`, which shows each backup's cluster id, and put its id in the input. Restore"
-        )
-    else:
-        backup_text = (
-            f"There is NO verified backup of this cluster incarnation (cluster id {observation.cluster_id:x}) to "
-            "restore from; backups of an earlier cluster with the same name do not count. Restore"
-        )
+    backup_text = _backup_text(observation, history)
     reason = (
         f"Quorum lost on cluster {cluster}: {why}, {len(healthy)} of {len(voters)} voting members healthy "
         f"(quorum {observation.quorum})"
@@ -79,6 +60,30 @@ def escalation(
         notifications=notifications,
         backup_id=backup_id,
         restore_input=restore_input,
+    )
+
+
+def _backup_text(observation: ClusterHealth, history: History) -> str:
+    """The escalation's sentence on what to restore from (invariant 11: only this incarnation's backups count)."""
+    backup = history.latest_backup
+    if backup is not None:
+        return (
+            f"Restore from the latest verified backup {backup.id} (created {utc(backup.created_at).isoformat()})"
+        )
+    if history.backup_unknown is not None:
+        return (
+            f"The latest verified backup is UNKNOWN (the backup catalogue cannot be read: {history.backup_unknown}); "
+            "find it with `etcdops backup list`. Restore"
+        )
+    if observation.cluster_id is None:
+        return (
+            "No backup can be named: no member answered, so the live cluster id is unknown and a backup counts "
+            "only for the cluster incarnation it was taken of (invariant 11); choose one with `etcdops backup "
+            "list`, which shows each backup's cluster id, and put its id in the input. Restore"
+        )
+    return (
+        f"There is NO verified backup of this cluster incarnation (cluster id {observation.cluster_id:x}) to "
+        "restore from; backups of an earlier cluster with the same name do not count. Restore"
     )
 
 
