@@ -218,6 +218,35 @@ def test_backup_list_reads_no_key(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert not (tmp_path / "backup.key").exists()
 
 
+def test_backup_list_shows_volume_backups_the_provider_keeps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from etcdops.adapters.backup.store import FileStore
+    from etcdops.app.backup.catalogue import record_volume
+    from etcdops.domain.backup.manifest import VolumeSnapshotRecord
+
+    # Given a store holding the record of EBS snapshots of m2's volumes
+    config = tmp_path / "c.yaml"
+    config.write_text(GOOD + BACKUPS % (tmp_path, tmp_path))
+    record = VolumeSnapshotRecord(
+        id="20261207T210000Z-0a0b0c", cluster_name="good", cluster_id="c1", member_id="2", member_name="m2",
+        etcd_version="3.5.30", created_at="2026-12-07T21:00:00Z",
+        volume={"provider": "ec2", "revision_observed": 4242, "snapshot_ids": ["snap-1", "snap-2"]},
+    )  # fmt: skip
+    record_volume(FileStore(tmp_path / "store"), record)
+
+    # When the backups are listed, Then it is a volume backup with its snapshots, its revision, never verified
+    code, out, err = run(["--config", str(config), "backup", "list"], capsys)
+    assert (code, err) == (0, ""), err
+    row = next(line.split() for line in out.splitlines() if line.startswith(record.id))
+    assert row[1:2] + row[4:5] + row[7:8] == ["volume", "4242", "snap-1,snap-2"]
+    assert "m2 (2)" in out and "- (ec2)" in out
+    code, out, _ = run(["--config", str(config), "backup", "list", "--json"], capsys)
+    listed = json.loads(out)
+    assert listed["backups"] == [] and [r["id"] for r in listed["provider_snapshots"]] == [record.id]
+    assert listed["provider_snapshots"][0]["volume"]["snapshot_ids"] == ["snap-1", "snap-2"]
+
+
 # ---- every bad input: one line on stderr, a non-zero exit, nothing changed ----------------------
 
 GOOD = "name: good\nendpoints: ['http://127.0.0.1:1']\nplaintext: true\n"
