@@ -94,7 +94,6 @@ from etcdops.app.runbook import (
     PreflightFailedError,
     RunbookError,
     caught_and_released,
-    caught_error,
     dispatch,
     execution_tail,
     first_time,
@@ -104,6 +103,15 @@ from etcdops.app.runbook import (
     stage_plaintext,
 )
 from etcdops.app.runbook import preflight as checks
+from etcdops.app.runbook.restore_report import (
+    STAGING_PREFIX,
+    approval_summary,
+    failure_report,
+    no_default_backup,
+    replayed_note,
+    staged_keys,
+    target_hosts,
+)
 from etcdops.domain.backup.errors import BackupNotFoundError, DecryptionError
 from etcdops.domain.backup.manifest import Manifest
 from etcdops.domain.compute.base import DOCUMENTS, ComputeProvider, Host, PreflightPlan
@@ -113,7 +121,6 @@ from etcdops.domain.runbook_documents import RestoreDocument
 
 LOCK_LEASE_SECONDS = 7200  # taken again (extended) once the approval arrived
 DEFAULT_BUMP_REVISION = 1_000_000_000
-STAGING_PREFIX = "restore"
 Document = dict[str, Any]
 
 
@@ -178,10 +185,6 @@ def _host_doc(host: Host) -> dict[str, str]:
     return {"name": host.name, "host_id": host.host_id, "peer_url": host.peer_url, "client_url": host.client_url}
 
 
-def _targets(doc: Document) -> list[dict[str, str]]:
-    return list(doc.get("targets") or [])
-
-
 def _live_host(ctx: RestoreContext, name: str) -> Host:
     host = ctx.compute.find(name)
     if host is None:
@@ -190,7 +193,7 @@ def _live_host(ctx: RestoreContext, name: str) -> Host:
 
 
 def _initial_cluster(doc: Document) -> str:
-    return ",".join(f"{t['name']}={t['peer_url']}" for t in _targets(doc))
+    return ",".join(f"{t['name']}={t['peer_url']}" for t in target_hosts(doc))
 
 
 def _plaintext(ctx: RestoreContext, store: BackupStore, keyring: KeyProvider, manifest: Manifest) -> CheckedSnapshot:
@@ -298,7 +301,7 @@ def validate_backup(ctx: RestoreContext, doc: Document) -> Document:
     if not backup_id:  # the default is the newest verified backup of the live incarnation (invariant 11)
         newest = newest_verified(store, live)
         if newest is None:
-            raise BackupNotFoundError(_no_default_backup(store.uri, live))
+            raise BackupNotFoundError(no_default_backup(store.uri, live))
         backup_id = newest.id
     manifest = load_manifest(store, str(backup_id))
     if not manifest.verified:
@@ -334,95 +337,6 @@ def _live_cluster_id(ctx: RestoreContext, host_urls: Sequence[str]) -> str | Non
         return None
     with ctx.client(seeds) as client:
         return live_cluster_id(client, ctx.config.health.probe_deadline_seconds)
-
-
-def _no_default_backup(uri: str, live: str | None) -> str:
-    if live is None:
-        return (
-            "no member answered, so the live cluster id is unknown and no backup counts as this cluster's "
-            "(invariant 11): name the backup to restore in the input's backup_id (`etcdops backup list` shows "
-            "each backup's cluster id)"
-        )
-    return (
-        f"no verified backup of the live cluster incarnation (cluster id {live}) in {uri}; a backup of an earlier "
-        "cluster with the same name is restored only when named in the input's backup_id (`etcdops backup list` "
-        "marks them)"
-    )
-
-
-def _incarnation_note(doc: Document) -> str:
-    """What the approver must know when the backup is not of the cluster that runs now."""
-    backup, live = doc.get("backup_cluster_id"), doc.get("live_cluster_id")
-    imported = doc.get("backup_imported_from")
-    if imported:
-        source = f"cluster id {backup}" if backup and backup != "0" else "a cluster whose id the file does not record"
-        return (
-            f" NOTE: backup {doc.get('backup_id')} was IMPORTED from the snapshot file {imported} (taken of {source}, "
-            "outside etcdops). It was named on purpose; its data replaces the live cluster's entirely."
-        )
-    if backup is None or backup == live:
-        return ""
-    if live is None:
-        return (
-            f" The live cluster id is unknown (no member answered); backup {doc.get('backup_id')} was taken of "
-            f"cluster id {backup}: make sure it is this cluster's."
-        )
-    return (
-        f" NOTE: backup {doc.get('backup_id')} was taken of ANOTHER incarnation of cluster {doc.get('cluster')} "
-        f"(cluster id {backup}; the live cluster id is {live}). It was named on purpose; its data replaces the "
-        "live cluster's entirely."
-    )
-
-
-def _lost_note(doc: Document) -> str:
-    """What the restore brings back beyond the backup (a point in time), and what is lost."""
-    pitr = doc.get("pitr")
-    if not pitr:
-        return "Everything written after the backup is lost."
-    leased = int(pitr.get("leased_puts") or 0)
-    return (
-        f"Then {pitr['revisions']} revisions ({pitr['events']} changes) of {len(pitr['deltas'])} deltas are replayed "
-        f"on it, one transaction per revision, up to revision {pitr['target_revision']} (the newest delta used was "
-        f"made {pitr.get('last_delta_at') or 'with the backup'}): the cluster will hold {pitr['expected_keys']} keys. "
-        "Everything written after that revision is lost."
-        + (
-            f" {leased} replayed writes had a lease: they are written without one (the leases are not in the "
-            "deltas), and listed when the restore ends."
-            if leased
-            else ""
-        )
-    )
-
-
-def approval_summary(doc: Document) -> str:
-    """What the approver reads: the backup, what will be stopped, and what happens to revisions."""
-    names = ", ".join(h["name"] for h in doc.get("old_hosts") or []) or "none"
-    bump = int(doc.get("bump_revision") or 0)
-    where = (
-        "on the existing hosts"
-        if doc.get("mode") == "in-place"
-        else "onto freshly launched hosts (the load balancer is repointed to them)"
-    )
-    revision_note = (
-        f"Revisions: where the hosts' etcdutl supports --bump-revision and --mark-compacted (etcd 3.6, 3.5.10+) "
-        f"the revision is raised by {bump:,} and old watches are cancelled as compacted. With older etcd "
-        f"(3.4, 3.5 before 3.5.10) the cluster restarts at revision {doc.get('backup_revision')}, lower than "
-        "clients may have seen: watchers and caches (Kubernetes informers) can miss changes until they re-list; "
-        "the runbook restarts the API servers, scheduler, controller manager and kubelets for that reason, "
-        "and other etcd clients must be restarted by hand."
-        if bump
-        else f"Revisions: not bumped (bump_revision 0): the cluster restarts at revision {doc.get('backup_revision')}; "
-        "restart every etcd client that watches."
-    )
-    return (
-        f"Restore cluster {doc.get('cluster')} from backup {doc.get('backup_id')} taken {doc.get('backup_created_at')} "
-        f"(revision {doc.get('backup_revision')}, {doc.get('backup_keys')} keys, "
-        f"etcd {doc.get('backup_etcd_version')}), "
-        f"{where}. Will stop: the Kubernetes API servers, then etcd on {names}. The restored cluster has "
-        f"{len(doc.get('old_hosts') or [])} members. Every member's data directory is "
-        f"replaced by the snapshot; the old ones are kept (suffix .{doc.get('old_data_suffix')}). "
-        f"{_lost_note(doc)}{_incarnation_note(doc)} {revision_note}"
-    )
 
 
 def preflight(ctx: RestoreContext, doc: Document) -> Document:
@@ -519,11 +433,6 @@ def _staging_store(ctx: RestoreContext) -> BackupStore:
     return ctx.staging() if ctx.staging is not None else ctx.backup_target()[0]
 
 
-def staged_keys(doc: Document) -> tuple[str, str]:
-    """The staging keys of this execution: the plain snapshot, and the preflight's write probe."""
-    return f"{STAGING_PREFIX}/{execution_tail(doc)}.snapshot", f"{STAGING_PREFIX}/{execution_tail(doc)}.preflight"
-
-
 def _stage_snapshot(ctx: RestoreContext, doc: Document) -> dict[str, str]:
     """The verified plain snapshot in the staging store for the hosts to download (once per execution).
 
@@ -561,7 +470,7 @@ def remove_staged(ctx: RestoreContext, doc: Document) -> list[str]:
 def restore_members(ctx: RestoreContext, doc: Document) -> Document:
     """Each member's data directory from the staged snapshot; the plaintext is removed once all are done."""
     started = time.monotonic()
-    targets = _targets(doc)
+    targets = target_hosts(doc)
     if not targets:
         raise InvalidRunbookInputError("restore: no target hosts recorded (StopEtcd or LaunchHosts first)")
     restored = dict(doc.get("restored") or {})
@@ -592,15 +501,15 @@ def restore_members(ctx: RestoreContext, doc: Document) -> Document:
 def start_members(ctx: RestoreContext, doc: Document) -> Document:
     started = time.monotonic()
     initial = _initial_cluster(doc)
-    for target in _targets(doc):
+    for target in target_hosts(doc):
         ctx.compute.start_etcd(_live_host(ctx, target["name"]), initial, "new")
-    return _timed({**doc, "members_started": [t["name"] for t in _targets(doc)]}, "start_members", started)
+    return _timed({**doc, "members_started": [t["name"] for t in target_hosts(doc)]}, "start_members", started)
 
 
 def verify_restore(ctx: RestoreContext, doc: Document) -> Document:
     """A leader, every member healthy, revisions not below the backup's, the backup's live key count."""
     started = time.monotonic()
-    targets = _targets(doc)
+    targets = target_hosts(doc)
     urls = [t["client_url"] for t in targets]
     with ctx.client(urls) as client:
         health = probe_cluster(client, deadline=ctx.config.health.probe_deadline_seconds)
@@ -653,7 +562,7 @@ def replay(ctx: RestoreContext, doc: Document) -> Document:
     started = time.monotonic()
     store, keyring = ctx.backup_target()
     choice = choice_of(store, pitr)
-    with ctx.client([t["client_url"] for t in _targets(doc)]) as client:
+    with ctx.client([t["client_url"] for t in target_hosts(doc)]) as client:
         current = client.range(b"\0", count_only=True).revision
         offset = restore_offset(current, pitr, int(doc.get("bump_revision") or 0))
         report = replay_deltas(client, store, keyring, choice, cluster=ctx.config.name, offset=offset)
@@ -670,7 +579,7 @@ def replay(ctx: RestoreContext, doc: Document) -> Document:
 
 def _record_membership(ctx: RestoreContext, doc: Document) -> list[str]:
     """Invariant 10: the stored configuration names the restored members (read from their member list)."""
-    urls = [t["client_url"] for t in _targets(doc)]
+    urls = [t["client_url"] for t in target_hosts(doc)]
     with ctx.client(urls) as client:
         members = client.member_list(linearizable=True)
     live = merge_endpoints(*(m.client_urls for m in members if m.started))
@@ -681,8 +590,8 @@ def repoint_clients(ctx: RestoreContext, doc: Document) -> Document:
     """Clients (the load balancer) go to the restored members only (a no-op in place), and the
     stored configuration names the restored members."""
     started = time.monotonic()
-    names = {t["name"] for t in _targets(doc)}
-    for target in _targets(doc):
+    names = {t["name"] for t in target_hosts(doc)}
+    for target in target_hosts(doc):
         ctx.compute.register_target(_live_host(ctx, target["name"]))
     for old in doc.get("old_hosts") or []:
         host = ctx.compute.find(old["name"]) if old["name"] not in names else None
@@ -704,23 +613,6 @@ def restart_control_plane(ctx: RestoreContext, doc: Document) -> Document:
     return _timed({**doc, "control_plane_restarted": True}, "restart_control_plane", started)
 
 
-def _replayed_note(doc: Document) -> str:
-    replayed, pitr = doc.get("replayed"), doc.get("pitr")
-    if not replayed or not pitr:
-        return ""
-    unleased = replayed.get("unleased") or []
-    more = int(replayed.get("unleased_count") or 0) - len(unleased)
-    return (
-        f" and its deltas at revision {pitr['target_revision']} (now {replayed['revision']}, "
-        f"{pitr['revisions']} revisions replayed)"
-        + (
-            f"; written without their lease: {', '.join(unleased)}" + (f" and {more} more" if more > 0 else "")
-            if unleased
-            else ""
-        )
-    )
-
-
 def notify_success(ctx: RestoreContext, doc: Document) -> Document:
     if not first_time(ctx, doc, "restore-succeeded"):
         return doc
@@ -736,8 +628,9 @@ def notify_success(ctx: RestoreContext, doc: Document) -> Document:
     ctx.notifier.publish(
         f"etcdops: restored cluster {doc['cluster']} from backup {doc['backup_id']}",
         f"Runbook {doc['execution']} restored {doc['cluster']} ({doc['mode']}) from backup {doc['backup_id']} taken "
-        f"{doc.get('backup_created_at')}.\nMembers: {', '.join(t['name'] for t in _targets(doc))}, all healthy with "
-        f"a leader; {verified.get('keys')} keys, as in the backup{_replayed_note(doc)}; {revisions}.\n"
+        f"{doc.get('backup_created_at')}.\nMembers: {', '.join(t['name'] for t in target_hosts(doc))}, "
+        "all healthy with "
+        f"a leader; {verified.get('keys')} keys, as in the backup{replayed_note(doc)}; {revisions}.\n"
         f"The old data directories are kept (suffix .{doc.get('old_data_suffix')}); "
         "delete them once you are satisfied.\n"
         f"API servers started and scheduler, controller manager and kubelets restarted.\nStep durations: {timings}",
@@ -751,82 +644,6 @@ def remove_staged_snapshot(ctx: RestoreContext, doc: Document) -> Document:
     if not doc.get("cluster") or not doc.get("execution"):
         return doc  # refused before anything was named, so before anything was staged
     return {**doc, "staging_removed": remove_staged(ctx, doc)}
-
-
-def failure_report(doc: Document) -> str:
-    """The exact state the cluster was left in and the manual next step, from what the steps recorded."""
-    error = doc.get("error") or {}
-    lines = [f"Runbook {doc.get('execution')} stopped: {caught_error(error)}"]
-    cleanup = doc.get("cleanup_error")
-    if cleanup:
-        lines.append(
-            f"The plain snapshot this runbook staged could NOT be removed ({caught_error(cleanup)}): delete "
-            f"{' and '.join(staged_keys(doc))} under the staging location by hand (the staging bucket's "
-            "lifecycle expires it within a day)."
-        )
-    suffix = doc.get("old_data_suffix")
-    targets = [t["name"] for t in _targets(doc)]
-    if doc.get("apiservers_started"):
-        lines.append(
-            f"The restore from {doc.get('backup_id')} was verified and the API servers run again. "
-            + (
-                "Only the final bookkeeping failed."
-                if doc.get("control_plane_restarted")
-                else "Restart kube-scheduler, kube-controller-manager and the kubelets by hand (RestartControlPlane)."
-            )
-            + f" The old data directories are kept (suffix .{suffix}); delete them once you are satisfied."
-        )
-        return "\n".join(lines)
-    if not doc.get("apiservers_stopped") and not doc.get("preflight"):
-        # before the preflight passed nothing is stopped (the first stop comes after it)
-        lines.append("Nothing was stopped or changed: etcd and the API servers run as before.")
-        if error.get("Error") == "PreflightFailedError":
-            lines.append("Fix what the preflight found, then start RestoreCluster again.")
-        return "\n".join(lines)
-    if not doc.get("apiservers_stopped"):
-        lines.append(
-            "The runbook failed while stopping the API servers: some of them may be stopped. etcd was not stopped "
-            "and no data changed. Next: start the API servers again (StartApiServer), then find the cause."
-        )
-        return "\n".join(lines)
-    if not doc.get("etcd_stopped") and not doc.get("restored"):
-        lines.append(
-            "API servers: stopped. The runbook failed while stopping etcd: some members may be stopped; no data "
-            "changed. Next: start etcd again on the stopped members (StartEtcd with existing), then the API servers."
-        )
-        return "\n".join(lines)
-    lines.append(
-        f"API servers: {'stopped' if doc.get('apiservers_stopped') else 'possibly stopped'}; "
-        f"{'started again' if doc.get('apiservers_started') else 'NOT started again'}."
-    )
-    lines.append(f"etcd stopped on: {', '.join(doc.get('etcd_stopped') or []) or 'possibly some members'}.")
-    if doc.get("launched"):
-        lines.append(f"Fresh hosts launched: {', '.join(doc['launched'])}.")
-    restored = list((doc.get("restored") or {}).keys())
-    lines.append(
-        f"Data directories restored from {doc.get('backup_id')}: {', '.join(restored) or 'none confirmed'}"
-        + ("" if doc.get("restored") else f" (a restore of {', '.join(targets)} may have been under way)")
-        + "."
-    )
-    lines.append(f"Members started: {', '.join(doc.get('members_started') or []) or 'none'}.")
-    lines.append(
-        f"Old data directories are kept, never deleted: each restored member's data directory was renamed with "
-        f"the suffix .{suffix} (AWS: <data-dir>/member.{suffix}; local stack: members/<name>/data.{suffix})."
-    )
-    if doc.get("mode") == "new-hosts":
-        lines.append(
-            "Roll back: stop etcd on the fresh hosts; the old hosts' data directories were not touched: start etcd on "
-            f"the old hosts that remain ({', '.join(doc.get('etcd_stopped') or []) or 'none'}) "
-            "and start the API servers."
-        )
-    else:
-        lines.append(
-            f"Roll back on each member: stop etcd; move the restored data directory away and the one with suffix "
-            f".{suffix} back to its place; start etcd (with the old cluster token); then start the API servers "
-            "(StartApiServer) and restart the control plane. Or fix the cause and start RestoreCluster again."
-        )
-    lines.append("Check `etcdops status` before acting.")
-    return "\n".join(lines)
 
 
 def notify_failure(ctx: RestoreContext, doc: Document) -> Document:
