@@ -3,6 +3,9 @@ the names of what it leaves behind (the staged snapshot's keys), from its docume
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from etcdops.app.runbook import Document, caught_error, execution_tail
 
 STAGING_PREFIX = "restore"
@@ -134,8 +137,15 @@ def failure_report(doc: Document) -> str:
             f"{' and '.join(staged_keys(doc))} under the staging location by hand (the staging bucket's "
             "lifecycle expires it within a day)."
         )
+    early = _stopped_early(doc, error)
+    return "\n".join(lines + (early if early is not None else _left_halfway(doc)))
+
+
+def _stopped_early(doc: Document, error: Mapping[str, Any]) -> list[str] | None:
+    """What to say when the runbook failed before any data directory could have changed (or after it all
+    worked), else None."""
     suffix = doc.get("old_data_suffix")
-    targets = [t["name"] for t in target_hosts(doc)]
+    lines: list[str] = []
     if doc.get("apiservers_started"):
         lines.append(
             f"The restore from {doc.get('backup_id')} was verified and the API servers run again. "
@@ -146,25 +156,33 @@ def failure_report(doc: Document) -> str:
             )
             + f" The old data directories are kept (suffix .{suffix}); delete them once you are satisfied."
         )
-        return "\n".join(lines)
+        return lines
     if not doc.get("apiservers_stopped") and not doc.get("preflight"):
         # before the preflight passed nothing is stopped (the first stop comes after it)
         lines.append("Nothing was stopped or changed: etcd and the API servers run as before.")
         if error.get("Error") == "PreflightFailedError":
             lines.append("Fix what the preflight found, then start RestoreCluster again.")
-        return "\n".join(lines)
+        return lines
     if not doc.get("apiservers_stopped"):
         lines.append(
             "The runbook failed while stopping the API servers: some of them may be stopped. etcd was not stopped "
             "and no data changed. Next: start the API servers again (StartApiServer), then find the cause."
         )
-        return "\n".join(lines)
+        return lines
     if not doc.get("etcd_stopped") and not doc.get("restored"):
         lines.append(
             "API servers: stopped. The runbook failed while stopping etcd: some members may be stopped; no data "
             "changed. Next: start etcd again on the stopped members (StartEtcd with existing), then the API servers."
         )
-        return "\n".join(lines)
+        return lines
+    return None
+
+
+def _left_halfway(doc: Document) -> list[str]:
+    """What was stopped, launched, restored and started, and how to roll back, once data may have changed."""
+    suffix = doc.get("old_data_suffix")
+    targets = [t["name"] for t in target_hosts(doc)]
+    lines: list[str] = []
     lines.append(
         f"API servers: {'stopped' if doc.get('apiservers_stopped') else 'possibly stopped'}; "
         f"{'started again' if doc.get('apiservers_started') else 'NOT started again'}."
@@ -196,4 +214,4 @@ def failure_report(doc: Document) -> str:
             "(StartApiServer) and restart the control plane. Or fix the cause and start RestoreCluster again."
         )
     lines.append("Check `etcdops status` before acting.")
-    return "\n".join(lines)
+    return lines
