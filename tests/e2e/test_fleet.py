@@ -10,7 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from autopilot_scenarios import configure, finished, follower, healthy, wait_for
+from autopilot_scenarios import TEST_SCHEDULES, configure, finished, follower, healthy, wait_for
 from etcd_versions import E2E_VERSIONS, etcd_flavour
 from stack_templates import TEMPLATE
 
@@ -66,7 +66,7 @@ def test_a_member_killed_in_one_cluster_of_three_is_repaired_and_the_others_see_
         pilot = SimpleNamespace(sfn=sfn, machine=machine)
         before = {"c1": members(c1), "c3": members(c3)}
 
-        with LocalScheduler.for_stack(stack, {"HealthCheckSchedule": "rate(1 second)"}):
+        with LocalScheduler.for_stack(stack, TEST_SCHEDULES):
             # every cluster has its rounds: the default one by the schedule, the others by the fan-out
             wait_for("every cluster's round", lambda: all(state.load_last_decision(c) for c in ("c1", "c2", "c3")))
             victim = follower(cluster)
