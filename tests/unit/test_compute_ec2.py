@@ -661,8 +661,9 @@ def test_a_volume_backup_on_ec2_snapshots_the_follower_s_data_volumes_together_a
 
     from etcdops.adapters.backup.crypto import local_key_provider
     from etcdops.adapters.backup.store import FileStore
-    from etcdops.app.backup.catalogue import read_catalogue, read_volume_records
+    from etcdops.app.backup.catalogue import read_catalogue, read_volume_records, record_volume
     from etcdops.app.backup.volume import ProviderSnapshotResult, run_volume_backup
+    from etcdops.domain.backup.manifest import VolumeSnapshotRecord
 
     # Given three members on EC2, m2 a follower furthest along, its instance with a data volume beside its boot volume
     compute = aws.provider()
@@ -678,6 +679,14 @@ def test_a_volume_backup_on_ec2_snapshots_the_follower_s_data_volumes_together_a
          "compute": {"provider": "ec2", "launch_template": aws.template, "subnets": aws.subnets}}
     )  # fmt: skip
     store, client = FileStore(tmp_path / "store"), _SettlingClient(revision=4242)
+    # and a volume backup of two weeks ago whose snapshot retention no longer keeps (it is not a week's newest)
+    old_snapshot = aws.ec2.create_snapshot(VolumeId=data)["SnapshotId"]
+    stale = VolumeSnapshotRecord(
+        id="20261101T000000Z-0a0a0a", cluster_name=CLUSTER, cluster_id="c1", member_id="2", member_name="m2",
+        etcd_version="3.5.30", created_at="2026-11-01T00:00:00Z",
+        volume={"provider": "ec2", "revision_observed": 7, "snapshot_ids": [old_snapshot]},
+    )  # fmt: skip
+    record_volume(store, stale)
 
     # When a volume backup runs
     result = run_volume_backup(
@@ -696,8 +705,11 @@ def test_a_volume_backup_on_ec2_snapshots_the_follower_s_data_volumes_together_a
         "etcdops:cluster": CLUSTER, "etcdops:member": "m2", "etcdops:revision": "4242", "etcdops:kind": "volume",
         "etcdops:backup-id": record.id,
     }  # fmt: skip
-    # and the catalogue records it as a volume backup the provider keeps, never as a verified full one
-    assert read_volume_records(store) == [record]
+    # and the catalogue records it as a volume backup the provider keeps, never as a verified full one,
+    # and retention deleted the stale one's snapshot, then its record
+    assert read_volume_records(store) == [record] and result.pruned == [stale.id]
+    left = {s["SnapshotId"] for s in aws.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    assert old_snapshot not in left and set(record.volume.snapshot_ids) <= left
     assert (record.member_name, record.volume.revision_observed, record.volume.provider) == ("m2", 4242, "ec2")
     assert read_catalogue(store).backups == []
 

@@ -226,7 +226,10 @@ def test_volume_backups_snapshot_only_this_clusters_volumes_into_its_own_snapsho
     assert conditions_of(role.allowing("ec2:CreateTags", snapshot)) == [
         {"StringEquals": {"ec2:CreateAction": "CreateSnapshots"}}
     ]
-    assert not role.allowing("ec2:CreateTags", instance) and not role.allowing("ec2:DeleteSnapshot", snapshot)
+    assert conditions_of(role.allowing("ec2:DeleteSnapshot", snapshot)) == [
+        {"StringEquals": {"aws:ResourceTag/etcdops:cluster": CLUSTER, "aws:ResourceTag/etcdops:kind": "volume"}}
+    ]
+    assert not role.allowing("ec2:CreateTags", instance) and not role.allowing("ec2:DeleteVolume", volume)
     # no other function takes snapshots
     for function in set(ROLE_OF) - {"BackupFunction"}:
         assert not template.role_of(function).allowing("ec2:CreateSnapshots", instance), function

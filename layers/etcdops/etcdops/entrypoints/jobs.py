@@ -102,7 +102,7 @@ def backup_job(
     if isinstance(taken, ProviderSnapshotResult):  # the provider keeps the data (EBS snapshots)
         record = taken.record
         return {"backup_id": record.id, "kind": "volume", "snapshot_ids": list(record.volume.snapshot_ids),
-                "revision_observed": record.volume.revision_observed}  # fmt: skip
+                "revision_observed": record.volume.revision_observed, "pruned": taken.pruned}  # fmt: skip
     manifest = taken.manifest
     for warning in taken.warnings:  # the backup is stored and verified; retention met something it skipped
         log.warning("backup %s: %s", manifest.id, warning)

@@ -60,13 +60,13 @@ def cmd_backup_run(args: argparse.Namespace) -> int:
 def _provider_snapshots(args: argparse.Namespace, taken: Any) -> int:
     """What a volume backup the compute provider keeps (EBS snapshots) says."""
     r = taken.record
-    data = {**r.model_dump(mode="json"), "seconds": round(taken.seconds, 3)}
+    data = {**r.model_dump(mode="json"), "seconds": round(taken.seconds, 3), "pruned": taken.pruned}
     emit(
         args,
         data,
         lambda: f"volume backup {r.id}: snapshots {', '.join(r.volume.snapshot_ids)} of {r.member_name}'s volumes, "
         f"holding every write up to revision {r.volume.revision_observed} (recorded in the catalogue; EBS completes "
-        "the snapshots in the background)",
+        "the snapshots in the background)" + (f"; pruned {len(taken.pruned)}" if taken.pruned else ""),
     )
     return 0
 

@@ -356,6 +356,16 @@ class Ec2ComputeProvider(ComputeProvider):
             )
         return VolumeCopy(snapshot_ids=ids)
 
+    def delete_volume_snapshots(self, snapshot_ids: Sequence[str]) -> None:
+        for snapshot_id in snapshot_ids:
+            try:
+                self.ec2.delete_snapshot(SnapshotId=snapshot_id)
+            except ClientError as exc:
+                if aws_error_code(exc) != "InvalidSnapshot.NotFound":  # deleted already: a retry converges
+                    raise _api_error(f"deleting snapshot {snapshot_id}", exc) from exc
+            except BotoCoreError as exc:
+                raise _api_error(f"deleting snapshot {snapshot_id}", exc) from exc
+
     # ---- certificates --------------------------------------------------------------------
 
     def issue_certificates(self, name: str, address_sans: Sequence[str] = ()) -> str:

@@ -187,7 +187,7 @@ def retain(
     """Retention after a stored, verified backup: what it removed and its warnings. It never fails the
     run that stored the backup (the next run prunes again)."""
     try:
-        outcome = apply_retention(store, _policy(config), now, live_cluster_id=cluster_id, log=log)
+        outcome = apply_retention(store, retention_policy(config), now, live_cluster_id=cluster_id, log=log)
     except BackupError as exc:
         warnings = [f"retention did not run to its end ({type(exc).__name__}: {exc}); the next run tries again"]
         outcome_pruned: list[str] = []
@@ -198,7 +198,7 @@ def retain(
     return outcome_pruned, warnings
 
 
-def _policy(config: ClusterConfig) -> RetentionPolicy:
+def retention_policy(config: ClusterConfig) -> RetentionPolicy:
     retention = config.backup.retention if config.backup else None
     if retention is None:
         return RetentionPolicy()

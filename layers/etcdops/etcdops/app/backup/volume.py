@@ -30,8 +30,8 @@ from etcdops.adapters.backup.crypto import DEFAULT_FRAME_LENGTH, KeyProvider, co
 from etcdops.adapters.backup.store import BackupStore
 from etcdops.adapters.bbolt import SnapshotSummarizer
 from etcdops.adapters.etcd.client import SHA256_SIZE, EtcdClient
-from etcdops.app.backup.catalogue import record_volume
-from etcdops.app.backup.job import BackupResult, encryption_context, retain
+from etcdops.app.backup.catalogue import read_volume_records, record_volume
+from etcdops.app.backup.job import BackupResult, encryption_context, retain, retention_policy
 from etcdops.app.snapshot import settle_member
 from etcdops.domain.backup.manifest import (
     Manifest,
@@ -41,7 +41,9 @@ from etcdops.domain.backup.manifest import (
     manifest_key,
     new_backup_id,
     object_key,
+    volume_record_key,
 )
+from etcdops.domain.backup.retention import BackupRef, RetentionPolicy, plan_retention
 from etcdops.domain.compute.base import ComputeProvider
 from etcdops.domain.compute.errors import ComputeConfigError
 from etcdops.domain.config import ClusterConfig
@@ -104,6 +106,7 @@ class ProviderSnapshotResult:
 
     record: VolumeSnapshotRecord
     seconds: float
+    pruned: list[str]  # the volume backups retention deleted (their snapshots, then their records)
 
 
 def run_volume_backup(
@@ -149,7 +152,8 @@ def run_volume_backup(
             )  # fmt: skip
             record_volume(store, record)
             log(f"snapshots {', '.join(copy.snapshot_ids)} of {member.name}'s volumes recorded as {backup_id}")
-            return ProviderSnapshotResult(record, time.monotonic() - started)
+            pruned = prune_provider_snapshots(store, compute, retention_policy(config), created_at, log)
+            return ProviderSnapshotResult(record, time.monotonic() - started, pruned)
         log(f"copied {member.name}'s database (held still {copy.paused_seconds or 0:.2f} s); storing it")
         manifest = _store_copy(config, store, keyring, Path(copy.db_file), taken, frame_length)
     pruned, warnings = retain(store, config, created_at, taken.cluster_id, log)
@@ -198,3 +202,21 @@ def _store_copy(
     )
     store.put_bytes(manifest_key(taken.backup_id), manifest.to_json())
     return manifest
+
+
+def prune_provider_snapshots(
+    store: BackupStore, compute: ComputeProvider, policy: RetentionPolicy, now: datetime, log: Callable[[str], None]
+) -> list[str]:
+    """Retention over the volume backups the provider keeps, planned as their own kind: the snapshots of
+    each one the policy no longer keeps are deleted first, then its record (a record always names
+    snapshots that exist; snapshots whose record is gone still carry their tags). Never verified by
+    etcdops, so the newest of them and each day's and week's newest are what the policy keeps."""
+    records = read_volume_records(store)
+    refs = [BackupRef(r.id, r.created_at, False, r.cluster_id, None, "volume") for r in records]
+    plan = plan_retention(refs, now, policy)
+    by_id = {r.id: r for r in records}
+    for backup_id in plan.delete:
+        log(f"retention: deleting volume backup {backup_id} ({plan.reasons[backup_id]})")
+        compute.delete_volume_snapshots(by_id[backup_id].volume.snapshot_ids)
+        store.delete(volume_record_key(backup_id))
+    return plan.delete

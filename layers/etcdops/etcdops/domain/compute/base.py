@@ -383,6 +383,10 @@ class ComputeProvider(ABC):
         tags (EC2); a copy of the database file goes below ``workdir``. Providers that cannot say so."""
         raise ComputeConfigError(f"compute: {type(self).__name__} takes no volume snapshots")
 
+    def delete_volume_snapshots(self, snapshot_ids: Sequence[str]) -> None:
+        """Delete snapshots :meth:`snapshot_volume` took (retention); one already gone counts as deleted."""
+        raise ComputeConfigError(f"compute: {type(self).__name__} keeps no volume snapshots")
+
     @abstractmethod
     def preflight(self, plan: PreflightPlan) -> list[Finding]:
         """Everything ``plan`` will need that is missing or refused, as findings; [] when it can finish.
