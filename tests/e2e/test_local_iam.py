@@ -212,6 +212,31 @@ def test_health_check_reads_the_sse_kms_manifests_with_its_own_kms_permission(
     assert error is None, stale
     assert stale["metrics"]["LastRestoreDrillAge"] > alarm["Threshold"]  # the alarm's threshold is passed
 
+    # issue 15: the second round computes from the first's member samples: leader changes over 15 minutes,
+    # each member's share of its quota and the fragmentation rule are published, and the alarms judging
+    # them (and the p99s) are deployed at the etcd mixin's levels by the template's defaults
+    members = stale["metrics"]["Members"]
+    assert members and all(0 < values["DbQuotaUsedPercent"] < 95 for values in members.values()), members
+    assert stale["metrics"]["MaxLeaderChanges15m"] >= 0 and stale["metrics"]["FragmentedMembers"] == 0
+    prefix = f"{stack.stack_name}-etcd-"
+    deployed = {
+        a["AlarmName"].removeprefix(prefix): (a["MetricName"], a["ComparisonOperator"], a["Threshold"])
+        for a in aws.client("cloudwatch").describe_alarms(AlarmNamePrefix=prefix)["MetricAlarms"]
+    }
+    assert {name: deployed[name] for name in (
+        "wal-fsync-slow", "wal-fsync-critical", "backend-commit-slow", "peer-rtt-slow", "leader-changes",
+        "db-quota-high", "db-quota-soon", "db-fragmented",
+    )} == {
+        "wal-fsync-slow": ("MaxWalFsyncP99", "GreaterThanThreshold", 0.5),
+        "wal-fsync-critical": ("MaxWalFsyncP99", "GreaterThanThreshold", 1.0),
+        "backend-commit-slow": ("MaxBackendCommitP99", "GreaterThanThreshold", 0.25),
+        "peer-rtt-slow": ("MaxPeerRttP99", "GreaterThanThreshold", 0.15),
+        "leader-changes": ("MaxLeaderChanges15m", "GreaterThanOrEqualToThreshold", 4.0),
+        "db-quota-high": ("MaxDbQuotaUsedPercent", "GreaterThanThreshold", 95.0),
+        "db-quota-soon": ("MinHoursToQuota", "LessThanThreshold", 4.0),
+        "db-fragmented": ("FragmentedMembers", "GreaterThanOrEqualToThreshold", 1.0),
+    }  # fmt: skip
+
 
 def test_without_kms_decrypt_health_check_is_refused_and_the_coverage_check_says_what_is_missing(
     aws: LocalAws, shared_cluster: LocalCluster, tmp_path: Path

@@ -488,3 +488,46 @@ def test_restore_stages_plaintext_in_an_unversioned_expiring_kms_bucket_only_run
     assert role.allows("s3:ListBucket", f"arn:aws:s3:::{bucket}")
     assert role.allows("s3:ListBucketMultipartUploads", f"arn:aws:s3:::{bucket}")  # a crashed upload's parts
     assert not role.allows("s3:PutObject", f"arn:aws:s3:::{bucket}/other/restore/x.snapshot")  # another cluster's
+
+
+def test_the_starvation_alarms_default_to_the_etcd_mixins_levels_over_10_minutes(template: Template) -> None:
+    # issue 15: WAL fsync p99 > 0.5 s warning / 1 s critical, backend commit p99 > 0.25 s, peer round trip
+    # p99 > 0.15 s, each over 10 minutes; HealthCheck's own notice defaults to the same warning levels
+    from etcdops.domain.member_metrics import StarvationThresholds
+
+    found = alarms(template)
+    expected = {
+        "WalFsyncSlowAlarm": ("MaxWalFsyncP99", 0.5),
+        "WalFsyncCriticalAlarm": ("MaxWalFsyncP99", 1.0),
+        "BackendCommitSlowAlarm": ("MaxBackendCommitP99", 0.25),
+        "PeerRttSlowAlarm": ("MaxPeerRttP99", 0.15),
+    }
+    for lid, (metric, threshold) in expected.items():
+        alarm = found[lid]
+        assert (alarm["MetricName"], float(alarm["Threshold"])) == (metric, threshold), lid
+        assert (
+            alarm["Period"] * alarm["EvaluationPeriods"] == 600
+            and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+        )
+    defaults = StarvationThresholds()
+    assert (defaults.wal_fsync_p99, defaults.backend_commit_p99, defaults.peer_rtt_p99) == (0.5, 0.25, 0.15)
+    environment = template.functions["HealthCheckFunction"]["Environment"]["Variables"]
+    assert float(environment["WAL_FSYNC_P99_SECONDS"]) == 0.5 and float(environment["PEER_RTT_P99_SECONDS"]) == 0.15
+
+
+def test_leader_changes_quota_and_fragmentation_alarm_at_the_etcd_mixins_levels(template: Template) -> None:
+    # issue 15: >= 4 leader changes in 15 min, database > 95 % of quota, predicted to reach it within 4 h,
+    # fragmented (less than half in use with > 100 MiB in use); metric names as HealthCheck publishes them
+    found = alarms(template)
+    expected = {
+        "LeaderChangesAlarm": ("MaxLeaderChanges15m", "GreaterThanOrEqualToThreshold", 4.0),
+        "DbQuotaHighAlarm": ("MaxDbQuotaUsedPercent", "GreaterThanThreshold", 95.0),
+        "DbQuotaSoonAlarm": ("MinHoursToQuota", "LessThanThreshold", 4.0),
+        "DbFragmentedAlarm": ("FragmentedMembers", "GreaterThanOrEqualToThreshold", 1.0),
+    }
+    for lid, (metric, operator, threshold) in expected.items():
+        alarm = found[lid]
+        assert (alarm["MetricName"], alarm["ComparisonOperator"], float(alarm["Threshold"])) == (
+            metric, operator, threshold,
+        ), lid  # fmt: skip
+        assert alarm["TreatMissingData"] == "notBreaching", lid

@@ -45,7 +45,6 @@ from etcdops.app.healthcheck import (
 )
 from etcdops.domain.config import ClusterConfig, load_config, write_text_atomically
 from etcdops.domain.errors import ConfigError, EtcdopsError
-from etcdops.domain.member_metrics import LAX_THRESHOLDS
 
 log = logging.getLogger("etcdops_local.health_loop")
 
@@ -159,7 +158,6 @@ class LocalHealthLoop:
                 replace=self.replace,
                 instances=InstanceDirectory(self.config),
                 backups=backups,
-                starvation=LAX_THRESHOLDS,  # as the local stack's autopilot (etcdops_local.aws.stack)
             )
             trigger = Trigger(TriggerKind.SCHEDULE, f"local timer {self.expression}")
             result = run_health_round(ctx, trigger, moment)

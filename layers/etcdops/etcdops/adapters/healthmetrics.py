@@ -29,12 +29,18 @@ MaxWalFsyncP99             Seconds the highest member's WAL fsync p99 since the 
 MaxBackendCommitP99        Seconds the highest member's backend commit p99 since the previous round
 MaxPeerRttP99              Seconds the highest member's peer round trip p99 since the previous round
 ProposalsFailed            Count   failed raft proposals since the previous round, all members
+MaxLeaderChanges15m        Count   the most leader changes a member saw in the last 15 minutes
+MaxDbQuotaUsedPercent      Percent the fullest member database as a share of that member's quota
+MinHoursToQuota            None    the soonest a member database reaches its quota at its growth
+                                   since the previous round (absent when none grows)
+FragmentedMembers          Count   members with less than half of the file in use and > 100 MiB in use
 ========================== ======= ===========================================================
 
 Per member (dimensions ``cluster`` and ``member``), from each member's own ``/metrics`` and the
 previous round's sample (:mod:`etcdops.app.member_metrics`): ``WalFsyncP99``, ``BackendCommitP99``,
-``PeerRttP99`` (Seconds), ``ProposalsFailed``, ``ProposalsPending`` (Count), ``DbGrowthPerHour``
-(Bytes); the first round after a member appears has only the gauges.
+``PeerRttP99`` (Seconds), ``ProposalsFailed``, ``ProposalsPending``, ``LeaderChanges15m`` (Count),
+``DbGrowthPerHour`` (Bytes), ``DbQuotaUsedPercent`` (Percent), ``HoursToQuota``; the first round
+after a member appears has only the gauges.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from typing import Any, Protocol
 from etcdops.domain.health import ClusterHealth
 from etcdops.domain.member_metrics import MemberIntervalStats
 
-COUNT, BYTES, SECONDS, NO_UNIT = "Count", "Bytes", "Seconds", "None"
+COUNT, BYTES, SECONDS, PERCENT, NO_UNIT = "Count", "Bytes", "Seconds", "Percent", "None"
 
 
 class HealthMetricsSink(Protocol):
@@ -83,6 +89,14 @@ class HealthMetrics:
         values = [v for s in self.members.values() for n, _, v in s.points() if n == name]
         return max(values) if values else None
 
+    def _lowest(self, name: str) -> float | None:
+        values = [v for s in self.members.values() for n, _, v in s.points() if n == name]
+        return min(values) if values else None
+
+    def _fragmented_members(self) -> int | None:
+        known = [s.fragmented for s in self.members.values() if s.fragmented is not None]
+        return sum(known) if known else None
+
     def _failed_proposals(self) -> float | None:
         values = [s.proposals_failed for s in self.members.values() if s.proposals_failed is not None]
         return sum(values) if values else None
@@ -115,6 +129,10 @@ class HealthMetrics:
             ("MaxBackendCommitP99", SECONDS, self._highest("BackendCommitP99")),
             ("MaxPeerRttP99", SECONDS, self._highest("PeerRttP99")),
             ("ProposalsFailed", COUNT, self._failed_proposals()),
+            ("MaxLeaderChanges15m", COUNT, self._highest("LeaderChanges15m")),
+            ("MaxDbQuotaUsedPercent", PERCENT, self._highest("DbQuotaUsedPercent")),
+            ("MinHoursToQuota", NO_UNIT, self._lowest("HoursToQuota")),
+            ("FragmentedMembers", COUNT, self._fragmented_members()),
         ]
         return [(name, unit, float(value)) for name, unit, value in points if value is not None]
 

@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -26,18 +26,21 @@ from etcdops.app.health_actions import announce
 from etcdops.domain.errors import EtcdopsError
 from etcdops.domain.health import ClusterHealth
 from etcdops.domain.member_metrics import (
+    LEADER_CHANGES_WINDOW,
     MemberIntervalStats,
     MemberSample,
     StarvationThresholds,
     interval_stats,
     member_sample,
+    recent_total,
     starved_resources,
+    window_text,
 )
 
 if TYPE_CHECKING:
     from etcdops.app.healthcheck import HealthContext
 
-__all__ = ["MemberMetricsRound", "fold_member_metrics", "start_scrapes"]
+__all__ = ["MemberMetricsRound", "fold_member_metrics", "last_member_points", "start_scrapes"]
 
 log = logging.getLogger("etcdops.app.member_metrics")
 
@@ -79,16 +82,37 @@ def _kept(documents: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         try:
             document = json.loads(text)
             MemberSample.from_dict(document["sample"])
+            [(datetime.fromisoformat(at), float(n)) for at, n in document.get("leader_changes", [])]
             kept[member] = document
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("the kept metrics of %s are unreadable (%s): this round is its first", member, exc)
     return kept
 
 
+def last_member_points(documents: Mapping[str, str]) -> dict[str, dict[str, float]]:
+    """What the last round published of each member (metric name -> value), from the kept documents
+    (``StateStore.load_member_metrics``); a member whose document is unreadable or older is left out."""
+    return {member: dict(document["last"]) for member, document in _kept(documents).items() if document.get("last")}
+
+
 def _interval(previous: MemberSample | None, now: datetime) -> str:
+    """The window this round's p99s are of: since the previous round's sample."""
     if previous is None:
         return "the last round"
-    return f"the last {max(0.0, (now - previous.taken_at).total_seconds()):.0f} s"
+    return window_text(max(0.0, (now - previous.taken_at).total_seconds()))
+
+
+def _with_leader_changes(
+    stats: MemberIntervalStats, before: Mapping[str, Any] | None, now: datetime
+) -> tuple[MemberIntervalStats, list[list[Any]]]:
+    """``LeaderChanges15m``: the leader changes each round saw, kept as [time, count] beside the sample
+    for LEADER_CHANGES_WINDOW, summed. A round that does not know this interval's count adds nothing."""
+    entries = [(datetime.fromisoformat(at), float(n)) for at, n in (before or {}).get("leader_changes", [])]
+    if stats.leader_changes is not None:
+        entries.append((now, stats.leader_changes))
+    kept, total = recent_total(entries, now, LEADER_CHANGES_WINDOW)
+    known = stats.leader_changes is not None or bool(kept)
+    return replace(stats, leader_changes_15m=total if known else None), [[at.isoformat(), n] for at, n in kept]
 
 
 def fold_member_metrics(
@@ -116,7 +140,7 @@ def fold_member_metrics(
             continue
         before = kept.get(member)
         previous = MemberSample.from_dict(before["sample"]) if before else None
-        stats[member] = interval_stats(previous, sample)
+        stats[member], changes = _with_leader_changes(interval_stats(previous, sample), before, now)
         was_starved: dict[str, str] = dict(before.get("starved", {})) if before else {}
         starved: dict[str, str] = {}
         for resource, what in starved_resources(stats[member], thresholds, _interval(previous, now)).items():
@@ -132,6 +156,11 @@ def fold_member_metrics(
             note = announce(ctx, incident, "starvation", subject[:100], message, now)
             if note:
                 notices.append(f"{member}: {what}")
-        kept[member] = {"sample": sample.to_dict(), "starved": starved}
+        kept[member] = {
+            "sample": sample.to_dict(),
+            "starved": starved,
+            "leader_changes": changes,
+            "last": {name: value for name, _, value in stats[member].points()},  # for etcdops status
+        }
     ctx.state.save_member_metrics(cluster, {m: json.dumps(d, sort_keys=True) for m, d in kept.items()}, now)
     return MemberMetricsRound(stats, tuple(notices))

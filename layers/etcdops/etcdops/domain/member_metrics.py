@@ -15,26 +15,31 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
 from etcdops.domain.errors import MetricsFormatError
 
 __all__ = [
-    "LAX_THRESHOLDS",
+    "LEADER_CHANGES_WINDOW",
     "Histogram",
     "MemberIntervalStats",
     "MemberSample",
     "MetricsFormatError",
     "StarvationThresholds",
     "counter_delta",
+    "database_space",
     "histogram_delta",
+    "hours_to_quota",
     "interval_stats",
+    "is_fragmented",
     "member_sample",
     "parse_exposition",
     "quantile",
+    "recent_total",
     "starved_resources",
+    "window_text",
 ]
 
 
@@ -165,6 +170,7 @@ _SCALARS = {
     "db_size": "etcd_mvcc_db_total_size_in_bytes",
     "db_in_use": "etcd_mvcc_db_total_size_in_use_in_bytes",
     "quota": "etcd_server_quota_backend_bytes",
+    "leader_changes": "etcd_server_leader_changes_seen_total",
 }
 
 
@@ -208,7 +214,8 @@ def member_sample(text: str, taken_at: datetime) -> MemberSample:
 
 @dataclass(frozen=True)
 class MemberIntervalStats:
-    """What one member did between two rounds (None: not known, e.g. nothing observed)."""
+    """What one member did between two rounds (None: not known, e.g. nothing observed), and where its
+    database stands against its own quota."""
 
     wal_fsync_p99: float | None = None
     backend_commit_p99: float | None = None
@@ -217,6 +224,11 @@ class MemberIntervalStats:
     proposals_pending: float | None = None
     db_growth_per_hour: float | None = None
     restarted: bool = False
+    leader_changes: float | None = None  # this interval's; the app sums them over LEADER_CHANGES_WINDOW
+    leader_changes_15m: float | None = None
+    quota_used_percent: float | None = None
+    hours_to_quota: float | None = None
+    fragmented: bool | None = None
 
     def points(self) -> list[tuple[str, str, float]]:
         """(metric name, unit, value) of what is known."""
@@ -227,16 +239,26 @@ class MemberIntervalStats:
             ("ProposalsFailed", "Count", self.proposals_failed),
             ("ProposalsPending", "Count", self.proposals_pending),
             ("DbGrowthPerHour", "Bytes", self.db_growth_per_hour),
+            ("LeaderChanges15m", "Count", self.leader_changes_15m),
+            ("DbQuotaUsedPercent", "Percent", self.quota_used_percent),
+            ("HoursToQuota", "None", self.hours_to_quota),
         ]
         return [(name, unit, round(value, 6)) for name, unit, value in named if value is not None]
 
 
+def _counted(key: str, previous: MemberSample, current: MemberSample, restarted: bool) -> float | None:
+    """How much the counter ``key`` grew since ``previous`` (None: not in both samples)."""
+    if key not in current.values or key not in previous.values:
+        return None
+    return counter_delta(previous.values[key], current.values[key], restarted=restarted)
+
+
 def interval_stats(previous: MemberSample | None, current: MemberSample) -> MemberIntervalStats:
-    """The member's p99s, failed proposals and database growth since ``previous`` (the last round's
-    sample; None: the first round, only the gauges are known)."""
-    pending = current.values.get("pending")
+    """The member's p99s, failed proposals, leader changes and database growth since ``previous`` (the
+    last round's sample; None: the first round, only the gauges are known)."""
+    space = database_space(current.values)
     if previous is None:
-        return MemberIntervalStats(proposals_pending=pending)
+        return MemberIntervalStats(proposals_pending=current.values.get("pending"), **space)
     start_before, start_now = previous.values.get("start"), current.values.get("start")
     restarted = start_before is not None and start_now is not None and start_now != start_before
 
@@ -248,14 +270,6 @@ def interval_stats(previous: MemberSample | None, current: MemberSample) -> Memb
             else quantile(0.99, histogram_delta(previous.histograms.get(key), now, restarted=restarted))
         )
 
-    failed = None
-    if "proposals_failed" in current.values:
-        before = previous.values.get("proposals_failed")
-        failed = (
-            counter_delta(before, current.values["proposals_failed"], restarted=restarted)
-            if before is not None
-            else None
-        )
     growth = None
     hours = (current.taken_at - previous.taken_at).total_seconds() / 3600.0
     if hours > 0 and "db_size" in current.values and "db_size" in previous.values:
@@ -264,11 +278,53 @@ def interval_stats(previous: MemberSample | None, current: MemberSample) -> Memb
         wal_fsync_p99=p99("wal_fsync"),
         backend_commit_p99=p99("backend_commit"),
         peer_rtt_p99=p99("peer_rtt"),
-        proposals_failed=failed,
-        proposals_pending=pending,
+        proposals_failed=_counted("proposals_failed", previous, current, restarted),
+        proposals_pending=current.values.get("pending"),
         db_growth_per_hour=growth,
         restarted=restarted,
+        leader_changes=_counted("leader_changes", previous, current, restarted),
+        hours_to_quota=hours_to_quota(current.values.get("db_size"), current.values.get("quota"), growth),
+        **space,
     )
+
+
+# ---- the database against its quota -----------------------------------------------------------------
+
+FRAGMENTED_IN_USE_RATIO = 0.5
+FRAGMENTED_MIN_IN_USE = 100 * 1024 * 1024
+LEADER_CHANGES_WINDOW = timedelta(minutes=15)
+
+
+def is_fragmented(db_size: float, in_use: float) -> bool:
+    """The etcd mixin's rule: less than half of the file in use, with more than 100 MiB in use
+    (below that a defragmentation gives back too little to be worth blocking the member)."""
+    return db_size > 0 and in_use / db_size < FRAGMENTED_IN_USE_RATIO and in_use > FRAGMENTED_MIN_IN_USE
+
+
+def hours_to_quota(db_size: float | None, quota: float | None, growth_per_hour: float | None) -> float | None:
+    """When the database reaches the quota at its present growth (0: it is there); None when it does not
+    grow or a number is unknown."""
+    if db_size is None or not quota or growth_per_hour is None or growth_per_hour <= 0:
+        return None
+    return max(0.0, (quota - db_size) / growth_per_hour)
+
+
+def database_space(values: Mapping[str, float]) -> dict[str, Any]:
+    """The share of its own quota a member's database takes (percent) and whether it is fragmented."""
+    size, in_use, quota = values.get("db_size"), values.get("db_in_use"), values.get("quota")
+    return {
+        "quota_used_percent": 100.0 * size / quota if size is not None and quota else None,
+        "fragmented": is_fragmented(size, in_use) if size is not None and in_use is not None else None,
+    }
+
+
+def recent_total(
+    entries: Iterable[tuple[datetime, float]], now: datetime, window: timedelta
+) -> tuple[list[tuple[datetime, float]], float]:
+    """The entries (time, amount) within ``window`` before ``now`` (later ones dropped: a clock that went
+    back) and their sum: a count over a sliding window kept as one entry per round."""
+    kept = sorted((at, amount) for at, amount in entries if now - window < at <= now)
+    return kept, sum(amount for _, amount in kept)
 
 
 # ---- starvation ----------------------------------------------------------------------------------
@@ -276,26 +332,33 @@ def interval_stats(previous: MemberSample | None, current: MemberSample) -> Memb
 
 @dataclass(frozen=True)
 class StarvationThresholds:
-    """When a member counts as starved (seconds, p99 over one round's interval). Defaults: etcd's
-    own guidance for its disk (WAL fsync p99 under 10 ms, backend commit p99 under 25 ms) and the
-    etcd mixin's peer round trip alert (p99 over 150 ms)."""
+    """When a member counts as starved (seconds, p99 over one round's interval). Defaults: the etcd
+    mixin's warning levels (WAL fsync p99 over 0.5 s, backend commit over 0.25 s, peer round trip over
+    0.15 s); etcd's own *targets* for a healthy disk are far lower (WAL fsync p99 under 10 ms, backend
+    commit under 25 ms): a disk between the two is slow, not yet starving the member."""
 
-    wal_fsync_p99: float = 0.010
-    backend_commit_p99: float = 0.025
-    peer_rtt_p99: float = 0.150
-
-
-LAX_THRESHOLDS = StarvationThresholds(wal_fsync_p99=0.5, backend_commit_p99=0.25, peer_rtt_p99=0.15)
-"""The etcd mixin's warning levels: what the local stack uses, whose disk is a laptop's shared with test runs."""
+    wal_fsync_p99: float = 0.5
+    backend_commit_p99: float = 0.25
+    peer_rtt_p99: float = 0.15
 
 
 def _seconds(value: float) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
 
 
+def window_text(seconds: float) -> str:
+    """How long a window was, as a notice says it: "60 s", "10 min", "2 h"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
+
+
 def starved_resources(stats: MemberIntervalStats, limits: StarvationThresholds, interval: str) -> dict[str, str]:
     """resource ("disk", "network") -> what shows it is starved, e.g. "disk: WAL fsync p99 1.4 s over
-    the last 60 s (threshold 10 ms)"; empty when nothing exceeds its threshold."""
+    10 min (threshold 500 ms)", ``interval`` the window the p99 is of; empty when nothing exceeds its
+    threshold."""
     found: dict[str, list[str]] = {}
     for resource, what, value, limit in (
         ("disk", "WAL fsync p99", stats.wal_fsync_p99, limits.wal_fsync_p99),

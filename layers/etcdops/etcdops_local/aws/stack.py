@@ -57,7 +57,6 @@ from typing import Any
 import boto3
 
 from etcdops.domain.errors import ConfigError, EtcdopsError, NotFoundError
-from etcdops.domain.member_metrics import LAX_THRESHOLDS
 from etcdops_local.aws import definitions as localdefinitions
 from etcdops_local.aws import iam as localiam
 from etcdops_local.aws import iam_records
@@ -1271,12 +1270,6 @@ if __name__ == "__main__":
 
 SERVER_PID_FILE = "aws.pid"
 LOCAL_SCHEDULES = {"HealthCheckSchedule": "rate(10 seconds)"}
-# a laptop's disk shared with test runs is no production disk: the etcd mixin's warning levels, not etcd's targets
-LOCAL_PARAMETERS = {
-    "WalFsyncP99ThresholdSeconds": str(LAX_THRESHOLDS.wal_fsync_p99),
-    "BackendCommitP99ThresholdSeconds": str(LAX_THRESHOLDS.backend_commit_p99),
-    "PeerRttP99ThresholdSeconds": str(LAX_THRESHOLDS.peer_rtt_p99),
-}
 
 
 def spawn_server(
@@ -1299,7 +1292,6 @@ def spawn_server(
         "--state-dir", str(state_dir), "--template", str(template_path),
         "--config", str(config_path),
         *(f"--schedule={name}={expression}" for name, expression in schedules.items()),
-        *(f"--parameter={name}={value}" for name, value in LOCAL_PARAMETERS.items()),
     ]  # fmt: skip
     with open(state_dir / "aws.log", "ab") as log_file:
         process = subprocess.Popen(

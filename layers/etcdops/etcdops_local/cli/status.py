@@ -307,8 +307,10 @@ def stack_last_round(args: argparse.Namespace, cluster: str) -> dict[str, Any] |
 def health_check_last_round(session: Any, table_name: str, cluster: str, where: str) -> dict[str, Any]:
     """The last decision HealthCheck wrote to the state table ``table_name``."""
     from etcdops.adapters.state_dynamodb import DynamoStateStore
+    from etcdops.app.member_metrics import last_member_points
 
-    last = DynamoStateStore(table_name, session.client("dynamodb")).load_last_decision(cluster)
+    store = DynamoStateStore(table_name, session.client("dynamodb"))
+    last = store.load_last_decision(cluster)
     if last is None:
         return {"decided_at": "-", "trigger": {"description": where}, "decision": None,
                 "skipped": "no health round yet", "actions": []}  # fmt: skip
@@ -317,6 +319,8 @@ def health_check_last_round(session: Any, table_name: str, cluster: str, where: 
         "trigger": {"description": f"{where} HealthCheck"},
         "decision": last.decision.to_dict(),
         "actions": [],
+        # the p99s etc. the last round published of each member, kept beside its metrics sample
+        "metrics": {"Members": last_member_points(store.load_member_metrics(cluster))},
     }
 
 
