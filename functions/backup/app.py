@@ -13,7 +13,8 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from etcdops.entrypoints.events import BackupEvent, parse_event
-from etcdops.entrypoints.jobs import AwsClients, backup_job
+from etcdops.entrypoints.fanout import self_invoker
+from etcdops.entrypoints.jobs import AwsClients, backup_job, with_fleet
 from etcdops.entrypoints.observability import function_logger
 from etcdops.entrypoints.settings import JobSettings
 
@@ -28,7 +29,11 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     parsed = parse_event(event, BackupEvent)  # anything but an EventBridge event is refused here
     settings = JobSettings.from_env(os.environ)
     session = boto3.session.Session()
-    detail = parsed.detail
-    result = backup_job(settings, AwsClients.from_session(session), metrics, detail.cluster, kind=detail.kind)
+    detail, clients = parsed.detail, AwsClients.from_session(session)
+    invoke = self_invoker(session.client("lambda"), context.invoked_function_arn, event, "backup")
+    result = with_fleet(
+        settings, clients, detail.cluster, invoke,
+        lambda: backup_job(settings, clients, metrics, detail.cluster, kind=detail.kind),
+    )  # fmt: skip
     logger.info("backup stored" if "backup_id" in result else "backup skipped", extra=result)
     return result

@@ -12,7 +12,8 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from etcdops.entrypoints.events import VerifyEvent, parse_event
-from etcdops.entrypoints.jobs import AwsClients, verify_job
+from etcdops.entrypoints.fanout import self_invoker
+from etcdops.entrypoints.jobs import AwsClients, verify_job, with_fleet
 from etcdops.entrypoints.observability import function_logger
 from etcdops.entrypoints.settings import JobSettings
 
@@ -27,8 +28,11 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     parsed = parse_event(event, VerifyEvent)
     settings = JobSettings.from_env(os.environ)
     session = boto3.session.Session()
-    result = verify_job(
-        settings, AwsClients.from_session(session), metrics, parsed.detail.backup_id, parsed.detail.cluster
-    )
+    detail, clients = parsed.detail, AwsClients.from_session(session)
+    invoke = self_invoker(session.client("lambda"), context.invoked_function_arn, event, "backup verification")
+    result = with_fleet(
+        settings, clients, detail.cluster, invoke,
+        lambda: verify_job(settings, clients, metrics, detail.backup_id, detail.cluster),
+    )  # fmt: skip
     logger.info("backup verified" if result.get("ok") else "backup verification skipped", extra=result)
     return result

@@ -5,6 +5,7 @@ ReplaceMember with that cluster's configuration, and the others see no change.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +15,7 @@ from autopilot_scenarios import TEST_SCHEDULES, configure, finished, follower, h
 from etcd_versions import E2E_VERSIONS, etcd_flavour
 from stack_templates import TEMPLATE
 
+from etcdops.adapters.backup.target import open_backup_target
 from etcdops.adapters.registry import ClusterRegistry
 from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops_local.aws.schedule import LocalScheduler
@@ -21,6 +23,7 @@ from etcdops_local.aws.stack import LocalAws, execution_history
 from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
 pytestmark = pytest.mark.e2e
+EVENTS = Path(__file__).resolve().parents[2] / "events"
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +98,11 @@ def test_a_member_killed_in_one_cluster_of_three_is_repaired_and_the_others_see_
             assert last is not None and last.decision.action in ("NONE", "NOTIFY"), last
             assert last.decision.target_member_id is None
         assert len(sfn.list_executions(stateMachineArn=machine)["executions"]) == 1
+
+        # the scheduled Backup fans out too: one backup for each registered cluster, in its own store
+        for each in (c1, c3):  # their keys, as the operator makes them (the Backup function makes none)
+            open_backup_target(each.config(), create_local_key=True)
+        assert not list(c3.backup_dir.glob("*.snapshot.enc"))
+        result = aws.invoke(stack, "BackupFunction", json.loads((EVENTS / "backup_schedule.json").read_text()))
+        assert result["fanned_out"] == ["c2", "c3"] and result["backup_id"]
+        wait_for("c3's own backup", lambda: list(c3.backup_dir.glob("*.snapshot.enc")))

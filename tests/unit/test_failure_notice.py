@@ -139,3 +139,10 @@ def test_one_attempt_is_said_in_the_singular() -> None:
 def test_a_malformed_record_is_refused_by_name_and_nothing_is_sent(event: Any, message: str) -> None:
     with pytest.raises(InvalidEventError, match=message):
         parse_event(event, FailedInvocationRecord)
+
+
+def test_a_fleet_clusters_failed_job_names_that_cluster_not_the_stacks() -> None:
+    notifier = MemoryNotifier()
+    failed = record(requestPayload={**RECORD["requestPayload"], "detail": {"cluster": "c2"}})
+    result = failure_notice_job(parse_event(failed, FailedInvocationRecord), SETTINGS, notifier)
+    assert result["cluster"] == "c2" and "c2" in notifier.messages[0][0] and "prod-eu" not in notifier.messages[0][0]

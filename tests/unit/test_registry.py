@@ -18,6 +18,8 @@ from etcdops.domain.errors import ConfigError, InvalidEventError, NotFoundError,
 from etcdops.entrypoints.events import HealthCheckEvent, parse_event
 from etcdops.entrypoints.health_check import fan_out
 from etcdops.entrypoints.health_triggers import trigger_from_event
+from etcdops.entrypoints.jobs import AwsClients, with_fleet
+from etcdops.entrypoints.settings import JobSettings
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 DEFAULT = "/etcdops/cluster/config"
@@ -152,3 +154,20 @@ def test_a_scheduled_round_names_its_cluster_from_the_input_and_none_means_the_d
     assert trigger_from_event(parse_event(scheduled({}), HealthCheckEvent)).cluster is None
     with pytest.raises(InvalidEventError, match=r"^HealthCheckEvent: aws.events.detail.cluster: String should match"):
         parse_event(scheduled({"cluster": "Not A Name"}), HealthCheckEvent)
+
+
+def test_a_scheduled_job_asks_the_same_job_of_every_registered_cluster_then_runs_its_own(ssm: Any) -> None:
+    registry = ClusterRegistry(ssm)
+    for name in ("c1", "c2"):
+        registry.add(document(name), name)
+    settings = JobSettings(config_parameter=DEFAULT, cluster_name="prod")
+    clients = AwsClients(ssm=ssm, secrets=None, s3=None, kms=None)
+    invoked: list[str] = []
+    runs: list[str] = []
+
+    result = with_fleet(settings, clients, None, invoked.append, lambda: runs.append("prod") or {"backup_id": "b"})
+    assert sorted(invoked) == ["c1", "c2"] and runs == ["prod"] and result["fanned_out"] == ["c1", "c2"]
+
+    # a job for one cluster (the fan-out's own invocation) fans out no further
+    assert with_fleet(settings, clients, "c1", invoked.append, lambda: {"backup_id": "c"}) == {"backup_id": "c"}
+    assert len(invoked) == 2

@@ -4,18 +4,15 @@ exists, a quiet "not configured yet"."""
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, materialize_tls
-from etcdops.adapters.awserrors import AWS_SDK_ERRORS, aws_error
 from etcdops.adapters.backup.store import open_store
 from etcdops.adapters.etcd.connect import client_for
 from etcdops.adapters.fleet_state import FleetStore
@@ -35,6 +32,7 @@ from etcdops.app.healthcheck import (
 )
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import EtcdopsError, NotFoundError
+from etcdops.entrypoints.fanout import Invoke, invoke_each, self_invoker
 from etcdops.entrypoints.settings import HealthSettings
 
 __all__ = ["NOT_CONFIGURED_INCIDENT", "HealthAwsClients", "fan_out", "health_job", "round_invoker"]
@@ -62,7 +60,6 @@ class HealthAwsClients:
 
 
 NOT_CONFIGURED_INCIDENT = "not-configured-yet"
-FAN_OUT_THREADS = 16
 
 
 def _not_configured(
@@ -113,36 +110,13 @@ def fan_out(
         return []
     if store is not None:
         store.save_members(sorted({*names, *([configs.default_name] if configs.default_name else [])}), now)
-    targets = [name for name in names if not configs.is_default(name)]
-    # the invocations are cheap calls (Lambda answers an Event invoke at once), made FAN_OUT_THREADS at a
-    # time so a thousand clusters are asked within about a second; every one is tried, the first error raised
-    with ThreadPoolExecutor(max_workers=max(1, min(FAN_OUT_THREADS, len(targets)))) as pool:
-        outcomes = list(pool.map(lambda name: _try(invoke, name), targets))
-    failed = [error for error in outcomes if error is not None]
-    if failed:
-        raise failed[0]
+    invoke_each([name for name in names if not configs.is_default(name)], invoke)
     return names
 
 
-def _try(invoke: Callable[[str], None], name: str) -> EtcdopsError | None:
-    try:
-        invoke(name)
-    except EtcdopsError as exc:
-        return exc
-    return None
-
-
-def round_invoker(lambda_client: Any, function_arn: str, event: Mapping[str, Any]) -> Callable[[str], None]:
+def round_invoker(lambda_client: Any, function_arn: str, event: Mapping[str, Any]) -> Invoke:
     """Invoke this function asynchronously with ``event`` for one named cluster (the fan-out's call)."""
-
-    def invoke(cluster: str) -> None:
-        payload = json.dumps({**event, "detail": {"cluster": cluster}}).encode()
-        try:
-            lambda_client.invoke(FunctionName=function_arn, InvocationType="Event", Payload=payload)
-        except AWS_SDK_ERRORS as exc:
-            raise aws_error(f"invoking the health round of cluster {cluster}", exc) from exc
-
-    return invoke
+    return self_invoker(lambda_client, function_arn, event, "health round")
 
 
 def health_job(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, load_clust
 from etcdops.adapters.backup.target import open_backup_target
 from etcdops.adapters.compute.factory import open_compute
 from etcdops.adapters.etcd.connect import client_for
-from etcdops.adapters.registry import ClusterConfigs
+from etcdops.adapters.registry import ClusterConfigs, ClusterRegistry
 from etcdops.adapters.state_delta import DynamoDeltaChainStore
 from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.backup.catalogue import read_catalogue
@@ -34,6 +35,7 @@ from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import EtcdopsError
 from etcdops.domain.job_messages import job_failed
 from etcdops.entrypoints.events import FailedInvocationRecord
+from etcdops.entrypoints.fanout import Invoke, invoke_each
 from etcdops.entrypoints.settings import DeltaJobSettings, JobSettings
 
 COUNT, BYTES, SECONDS = "Count", "Bytes", "Seconds"
@@ -209,11 +211,41 @@ def verify_job(
     }
 
 
+def with_fleet(
+    settings: JobSettings,
+    aws: AwsClients,
+    cluster: str | None,
+    invoke: Invoke | None,
+    job: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """A scheduled job that names no cluster: first the same job is invoked once per registered cluster
+    (each its own invocation, retried and reported on its own), then it runs for the default cluster. A
+    fan-out that failed fails the invocation after the default cluster's job ran."""
+    if cluster is not None or invoke is None:
+        return job()
+    failed: EtcdopsError | None = None
+    names: list[str] = []
+    try:
+        names = [n for n in ClusterRegistry(aws.ssm, settings.registry_path).names() if n != settings.cluster_name]
+        invoke_each(names, invoke)
+    except EtcdopsError as exc:
+        log.error("fan-out failed: %s", exc)
+        failed = exc
+    result = job()
+    if failed is not None:
+        raise failed
+    return {**result, "fanned_out": names} if names else result
+
+
 def failure_notice_job(record: FailedInvocationRecord, settings: JobSettings, notifier: Notifier) -> dict[str, Any]:
     """FailureNotice: one message for an invocation of Backup or BackupVerify that failed for good
-    (``record`` is Lambda's, as its OnFailure destination receives it); never a stack trace."""
+    (``record`` is Lambda's, as its OnFailure destination receives it); never a stack trace. The cluster
+    is the one the failed event named (a fleet's), else the stack's default cluster."""
     context, error = record.requestContext, record.error
-    cluster = settings.cluster_name or "unnamed"
+    payload: dict[str, Any] = record.requestPayload if isinstance(record.requestPayload, dict) else {}
+    detail = payload.get("detail")
+    named = detail.get("cluster") if isinstance(detail, dict) and isinstance(detail.get("cluster"), str) else None
+    cluster = named or settings.cluster_name or "unnamed"
     notice = job_failed(
         cluster=cluster,
         function_arn=context.functionArn,
