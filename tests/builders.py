@@ -168,13 +168,25 @@ class Writer:
         self.acked: dict[bytes, bytes] = {}
         self.failed: list[tuple[float, float]] = []
         self.stop = threading.Event()
+        self.renew = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def reload_files(self) -> None:
+        """The writer opens a new client between two writes, reading the TLS files as they are now (as a
+        client does that is given a new CA bundle or certificate); returns once it has."""
+        self.renew.set()
+        while self.renew.is_set() and self.thread.is_alive():
+            time.sleep(0.01)
 
     def run(self) -> None:
         i = 0
         client = self.cluster.client(timeout=2.0)
         try:
             while not self.stop.is_set():
+                if self.renew.is_set():
+                    client.close()
+                    client = self.cluster.client(timeout=2.0)
+                    self.renew.clear()
                 key, value = f"/writer/{i:06d}".encode(), f"v{i}".encode()
                 tried = time.monotonic()
                 try:

@@ -717,3 +717,11 @@ def test_a_volume_backup_on_ec2_snapshots_the_follower_s_data_volumes_together_a
     with pytest.raises(ComputeConfigError, match="no volume besides its boot volume"):
         compute.snapshot_volume(hosts["m3"], {}, str(tmp_path))
     assert len(read_volume_records(store)) == 1
+
+
+def test_a_ca_rotation_is_refused_on_ec2_before_anything_changes(aws: Aws) -> None:
+    compute = aws.provider()
+    for call in (compute.ca_rotation, lambda: compute.begin_ca_phase(1), lambda: compute.finish_ca_phase(1)):
+        with pytest.raises(ComputeConfigError, match="cannot rotate the cluster CA yet"):
+            call()
+    assert aws.commands() == []

@@ -64,6 +64,7 @@ from etcdops.domain.compute.errors import (
 from etcdops.domain.config import ClusterConfig, LocalCompute
 from etcdops.domain.errors import EtcdopsError, PkiError
 from etcdops.domain.findings import Check, Finding
+from etcdops_local import ca_rotation
 from etcdops_local.cluster import EtcdBinaries, LocalCluster, LocalClusterError, LocalMember
 
 LOCAL_HOST_ID_PREFIX = "local:"
@@ -206,6 +207,15 @@ class LocalComputeProvider(ComputeProvider):
         current = self._require(host)
         self.cluster.issue_member_certificate(current.name)
         return f"{pki.certificate_serial(self.cluster.pki_dir / f'{current.name}.crt'):x}"
+
+    def ca_rotation(self) -> dict[str, int]:
+        return ca_rotation.recorded(self.cluster.pki_dir)
+
+    def begin_ca_phase(self, phase: int) -> None:
+        ca_rotation.begin(self.cluster.pki_dir, phase)
+
+    def finish_ca_phase(self, phase: int) -> None:
+        ca_rotation.finish(self.cluster.pki_dir, phase)
 
     def launch(self, name: str) -> Host:
         check_host_name(name)

@@ -47,6 +47,7 @@ ERROR_MODULES: tuple[str, ...] = (
     "etcdops.app.runbook.drill",
     "etcdops.app.runbook.scale",
     "etcdops.app.runbook.rotate",
+    "etcdops.app.runbook.rotate_ca",
     "etcdops_local.cluster",
     "etcdops_local.aws.stack",
     "etcdops_local.aws.sandbox",

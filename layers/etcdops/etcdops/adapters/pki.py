@@ -194,6 +194,14 @@ def write_pem(pair: KeyPair, cert_path: Path, key_path: Path) -> None:
     _atomic_write(cert_path, pair.cert_pem, 0o644)
 
 
+def write_trusted(path: Path, cert_pems: Sequence[bytes]) -> None:
+    """A trust bundle: the CA certificates ``cert_pems`` (each checked to be a CA) in one file, replaced
+    atomically (mode 0644), as etcd's ``--trusted-ca-file`` and clients' CA file read it."""
+    for pem in cert_pems:
+        _check_is_ca(_parse_certificate_file(Path(path), pem))
+    _atomic_write(Path(path), b"".join(p if p.endswith(b"\n") else p + b"\n" for p in cert_pems), 0o644)
+
+
 def load_pem(cert_path: Path, key_path: Path) -> KeyPair:
     """Read a certificate and its key, checking both parse and belong together."""
     cert_path, key_path = Path(cert_path), Path(key_path)

@@ -363,12 +363,14 @@ def cmd_runbook_start_rotate(args: argparse.Namespace) -> int:
     no restart (HealthCheck starts it on its own for the members within certificates.renew_days)."""
 
     def prepare(config: ClusterConfig) -> tuple[str, dict[str, Any]]:
+        what = "rotate the CA" if args.ca else "renew the member certificates"
         document: dict[str, Any] = {
             "cluster": config.name,
-            "reason": args.reason or f"requested by an operator: renew the member certificates of {config.name}",
+            "reason": args.reason or f"requested by an operator: {what} of {config.name}",
             "requires_approval": args.approval,
+            "mode": "ca" if args.ca else "leaf",
         }
-        return f"rotate-{config.name}", document
+        return f"rotate-{'ca-' if args.ca else ''}{config.name}", document
 
     return _start(args, "rotate", prepare)
 
@@ -437,6 +439,11 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
     )
     rotate.add_argument("--approval", action="store_true", help="wait for a human approval first")
+    rotate.add_argument(
+        "--ca",
+        action="store_true",
+        help="rotate the cluster CA in three phases (rolling restarts; continues from the recorded phase)",
+    )
     rotate.add_argument("--reason", help="why (goes into the notifications)")
     rotate.set_defaults(handler=cmd_runbook_start_rotate)
     drill = kinds.add_parser(

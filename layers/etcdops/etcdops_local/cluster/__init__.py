@@ -82,9 +82,14 @@ class LocalCluster:
 
     @property
     def tls(self) -> TlsFiles:
-        return TlsFiles(
-            ca=self.pki_dir / "ca.crt", cert=self.pki_dir / "client.crt", key=self.pki_dir / "client.key"
-        )
+        return TlsFiles(ca=self.trusted_ca, cert=self.pki_dir / "client.crt", key=self.pki_dir / "client.key")
+
+    @property
+    def trusted_ca(self) -> Path:
+        """The CA file members and clients trust: ``pki/trusted-ca.crt`` (the CA, or during a CA rotation the
+        old and the new CA in one bundle); ``pki/ca.crt`` in a stack made before CA rotation existed."""
+        bundle = self.pki_dir / "trusted-ca.crt"
+        return bundle if bundle.exists() else self.pki_dir / "ca.crt"
 
     def exists(self) -> bool:
         return self.state_file.exists()
@@ -160,6 +165,7 @@ class LocalCluster:
     def _write_pki(self, members: Sequence[LocalMember]) -> None:
         ca = pki.create_ca("etcdops local CA")
         pki.write_pem(ca, self.pki_dir / "ca.crt", self.pki_dir / "ca.key")
+        pki.write_trusted(self.pki_dir / "trusted-ca.crt", [ca.cert_pem])
         for member in members:
             self.issue_member_certificate(member.name, ca)
         client = pki.issue_certificate(ca, "etcdops", kind="client")
@@ -211,11 +217,11 @@ class LocalCluster:
             f"--initial-cluster-token={state.token}",
             f"--cert-file={pki_dir / f'{name}.crt'}",
             f"--key-file={pki_dir / f'{name}.key'}",
-            f"--trusted-ca-file={pki_dir / 'ca.crt'}",
+            f"--trusted-ca-file={self.trusted_ca}",
             "--client-cert-auth",
             f"--peer-cert-file={pki_dir / f'{name}.crt'}",
             f"--peer-key-file={pki_dir / f'{name}.key'}",
-            f"--peer-trusted-ca-file={pki_dir / 'ca.crt'}",
+            f"--peer-trusted-ca-file={self.trusted_ca}",
             "--peer-client-cert-auth",
             "--logger=zap",
             *([f"--quota-backend-bytes={state.quota_backend_bytes}"] if state.quota_backend_bytes else []),

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.errors import EtcdopsError
 from etcdops.domain.findings import Finding, describe_findings
+from etcdops.domain.health import quorum_of
 from etcdops.domain.runbook_documents import RunbookDocument, document_problem
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from etcdops.adapters.etcd.membership import ConfigStore
     from etcdops.adapters.state import IncidentStore, LockStore, StateStore
     from etcdops.domain.backup.manifest import Manifest
-    from etcdops.domain.compute.base import ComputeProvider
+    from etcdops.domain.compute.base import ComputeProvider, Host
     from etcdops.domain.config import ClusterConfig
     from etcdops.domain.health import ClusterHealth, MemberHealth
 
@@ -122,6 +123,39 @@ def hand_leadership_on(
     with ctx.client() as client:
         client.move_leader(others[0].id)
     return others[0].name
+
+
+def stop_for_restart(
+    ctx: RunbookContext, host: Host, member_id: int, preference: Callable[[MemberHealth], object] = lambda m: m.name
+) -> None:
+    """Invariant 16: etcd on ``host`` (member ``member_id``) is stopped only while every other member is
+    healthy and a quorum remains without it, and after leadership moved away (the next try stops it)."""
+    health = probe(ctx)
+    others = [m for m in health.members if m.id != member_id]
+    sick = [m.label for m in others if not m.healthy]
+    healthy_voters = [m for m in health.healthy_voters if m.id != member_id]
+    if sick or (len(healthy_voters) < quorum_of(len(health.voters)) and len(health.voters) > 1):
+        raise ClusterNotReadyError(f"not stopping {host.name}: {', '.join(sick) or 'no quorum'} without it")
+    if hand_leadership_on(ctx, health, member_id, preference):
+        raise ClusterNotReadyError(f"member {host.name} led again; leadership moved away, stopping next try")
+    ctx.compute.stop_etcd(host)
+
+
+def start_again(ctx: RunbookContext, host: Host, *, alone: bool = False) -> None:
+    """Start etcd on ``host`` again after :func:`stop_for_restart` (its data directory decides the membership;
+    the list is for the check). The list comes from the other members; the only member of a one-member
+    cluster (``alone``) is the one stopped, so its list is the host alone."""
+    if alone:
+        initial = f"{host.name}={host.peer_url}"
+    else:
+        with ctx.client() as client:
+            members = client.member_list()
+        initial = ",".join(
+            f"{host.name if m.peer_urls[0] == host.peer_url else m.name}={m.peer_urls[0]}"
+            for m in members
+            if m.peer_urls
+        )
+    ctx.compute.start_etcd(host, initial, "existing")
 
 
 def ensure_backup(ctx: RunbookContext, doc: Document) -> Document:

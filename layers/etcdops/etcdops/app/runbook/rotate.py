@@ -35,6 +35,7 @@ from etcdops.app.runbook import (
     release_lock,
     require_configured_cluster,
     require_input,
+    rotate_ca,
     timed,
 )
 from etcdops.domain.compute.base import Host, PreflightPlan
@@ -52,6 +53,9 @@ class RotationRefusedError(RunbookError):
 _WAIT = Backoff(interval_seconds=2, max_attempts=30, rate=1.0)
 STEP_RETRY: dict[str, dict[type[EtcdopsError], Backoff]] = {
     "ConfirmServed": {ClusterNotReadyError: _WAIT},
+    "NextCaMember": {ClusterNotReadyError: _WAIT},
+    "RollMember": {ClusterNotReadyError: _WAIT},
+    "ConfirmRolled": {ClusterNotReadyError: _WAIT},
     "NextMember": {ClusterNotReadyError: _WAIT},
 }
 """A member may take a moment to serve its new certificate, and to be healthy again."""
@@ -152,7 +156,7 @@ def preflight(ctx: RunbookContext, doc: Document) -> Document:
 # ---- member by member -------------------------------------------------------------------------
 
 
-def _healthy(health: ClusterHealth, name: str) -> MemberHealth:
+def healthy_member(health: ClusterHealth, name: str) -> MemberHealth:
     member = next((m for m in health.members if m.name == name), None)
     if member is None or not member.healthy or not health.leader:
         raise ClusterNotReadyError(f"member {name} is not healthy ({member.error if member else 'not listed'})")
@@ -184,7 +188,7 @@ def confirm_served(ctx: RunbookContext, doc: Document) -> Document:
         return doc  # a retry after this step finished
     current = dict(doc["current"])
     name, serial = current["name"], current["serial_after"]
-    member = _healthy(probe(ctx), name)
+    member = healthy_member(probe(ctx), name)
     not_after = None
     for url in (*member.client_urls[:1], *member.peer_urls[:1]):
         try:
@@ -221,7 +225,10 @@ def report(doc: Document) -> str:
 def notify_success(ctx: RunbookContext, doc: Document) -> Document:
     if not first_time(ctx, doc, "rotate-succeeded"):
         return doc
-    if doc.get("nothing_to_do"):
+    if doc.get("mode") == "ca":
+        subject = f"etcdops: rotated the CA of {doc['cluster']}"
+        body = f"Runbook {doc['execution']} rotated the cluster CA, phase by phase:\n{rotate_ca.report(doc)}"
+    elif doc.get("nothing_to_do"):
         subject = f"etcdops: no certificate of {doc['cluster']} needed renewing"
         body = f"Runbook {doc['execution']} found no member certificate to renew and changed nothing."
     else:
@@ -242,7 +249,12 @@ def notify_failure(ctx: RunbookContext, doc: Document) -> Document:
         f"etcdops: RotateCertificates FAILED for {doc.get('cluster')}",
         f"Runbook {doc.get('execution')} stopped: {caught_error(error)}\n"
         "Members renewed before it stopped (the others keep their certificates, all of the same CA):\n"
-        f"{report(doc) or '  none'}",
+        f"{report(doc) or '  none'}"
+        + (
+            f"\nCA rotation phases finished (a new start continues after them):\n{rotate_ca.report(doc)}"
+            if doc.get("mode") == "ca"
+            else ""
+        ),
     )
 
 
@@ -256,6 +268,7 @@ STEPS: dict[str, Any] = {
     "ReleaseLock": release_lock,
     "NotifySuccess": notify_success,
     "NotifyFailure": notify_failure,
+    **rotate_ca.STEPS,
 }
 
 

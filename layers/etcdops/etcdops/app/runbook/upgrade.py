@@ -37,12 +37,14 @@ from etcdops.app.runbook import (
     release_lock,
     require_configured_cluster,
     require_input,
+    start_again,
+    stop_for_restart,
     timed,
 )
 from etcdops.app.runbook import preflight as checks
 from etcdops.domain.compute.base import Host, PreflightPlan
 from etcdops.domain.errors import Backoff, EtcdopsError, UpgradeRefusedError
-from etcdops.domain.health import ClusterHealth, MemberHealth, quorum_of
+from etcdops.domain.health import ClusterHealth, MemberHealth
 from etcdops.domain.runbook_documents import UpgradeDocument
 from etcdops.domain.upgrade import (
     EtcdVersion,
@@ -228,18 +230,8 @@ def move_leadership(ctx: RunbookContext, doc: Document) -> Document:
 
 
 def stop_member(ctx: RunbookContext, doc: Document) -> Document:
-    """Invariant 16: stopped only while every other member is healthy and a quorum remains without it."""
     current = dict(doc["current"])
-    member_id = int(current["id"], 16)
-    health = probe(ctx)
-    others = [m for m in health.members if m.id != member_id]
-    sick = [m.label for m in others if not m.healthy]
-    healthy_voters = [m for m in health.healthy_voters if m.id != member_id]
-    if sick or (len(healthy_voters) < quorum_of(len(health.voters)) and len(health.voters) > 1):
-        raise ClusterNotReadyError(f"not stopping {current['name']}: {', '.join(sick) or 'no quorum'} without it")
-    if hand_leadership_on(ctx, health, member_id, _upgraded_first(_target(doc))):
-        raise ClusterNotReadyError(f"member {current['name']} led again; leadership moved away, stopping next try")
-    ctx.compute.stop_etcd(_host(ctx, current["name"]))
+    stop_for_restart(ctx, _host(ctx, current["name"]), int(current["id"], 16), _upgraded_first(_target(doc)))
     current.setdefault("stopped_at", ctx.now().isoformat())
     return {**doc, "current": current}
 
@@ -251,20 +243,7 @@ def swap_binary(ctx: RunbookContext, doc: Document) -> Document:
 
 
 def _start(ctx: RunbookContext, host: Host, doc: Document) -> None:
-    """Start etcd on ``host`` again (its data directory decides the membership; the list is for the check).
-    The list comes from the other members; a one-member cluster's only member is the one stopped, so its
-    list is the host alone."""
-    if len(doc.get("members") or {}) == 1:
-        initial = f"{host.name}={host.peer_url}"
-    else:
-        with ctx.client() as client:
-            members = client.member_list()
-        initial = ",".join(
-            f"{host.name if m.peer_urls[0] == host.peer_url else m.name}={m.peer_urls[0]}"
-            for m in members
-            if m.peer_urls
-        )
-    ctx.compute.start_etcd(host, initial, "existing")
+    start_again(ctx, host, alone=len(doc.get("members") or {}) == 1)
 
 
 def start_member(ctx: RunbookContext, doc: Document) -> Document:

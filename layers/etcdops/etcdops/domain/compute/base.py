@@ -387,6 +387,21 @@ class ComputeProvider(ABC):
         """Delete snapshots :meth:`snapshot_volume` took (retention); one already gone counts as deleted."""
         raise ComputeConfigError(f"compute: {type(self).__name__} keeps no volume snapshots")
 
+    def ca_rotation(self) -> dict[str, int]:
+        """The CA rotation under way as recorded beside the CA: ``{"begun": n, "finished": m}`` (phases 1-3;
+        both 0 when none is). Providers that cannot rotate their CA say so (before anything changes)."""
+        raise ComputeConfigError(f"compute: {type(self).__name__} cannot rotate the cluster CA yet")
+
+    def begin_ca_phase(self, phase: int) -> None:
+        """Prepare CA rotation ``phase`` (1: a new CA beside the old, both trusted; 2: the new CA issues,
+        the operator's client certificate reissued; 3: only the new CA trusted) and record it begun; members
+        read the trust from their next start. Called again, it converges."""
+        raise ComputeConfigError(f"compute: {type(self).__name__} cannot rotate the cluster CA yet")
+
+    def finish_ca_phase(self, phase: int) -> None:
+        """Record CA rotation ``phase`` done on every member (after phase 3: the rotation is over)."""
+        raise ComputeConfigError(f"compute: {type(self).__name__} cannot rotate the cluster CA yet")
+
     @abstractmethod
     def preflight(self, plan: PreflightPlan) -> list[Finding]:
         """Everything ``plan`` will need that is missing or refused, as findings; [] when it can finish.

@@ -1,0 +1,97 @@
+"""RotateCertificates' CA mode step by step on a real 3-member TLS cluster of etcd 3.5.30 (client-cert-auth
+on) with a writer throughout: phase 1 (new CA beside the old, both trusted, rolling restart), phase 2 (new
+leaves and the operator's client certificate from the new CA), phase 3 (only the new CA trusted, rolling
+restart). The writer loads the files anew between the phases, as README asks of clients. After the last
+phase a client certificate of the old CA is refused and one of the new accepted; no write failed and every
+acknowledged write is there. A new start after phase 1 continues at phase 2 (the phase recorded)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from builders import Writer
+from etcd_versions import etcd_flavour
+from retries import with_retries
+from test_replace_steps import context_for
+
+from etcdops.adapters import pki
+from etcdops.adapters.etcd.client import EtcdClient, TlsFiles
+from etcdops.app.runbook import RunbookContext, rotate
+from etcdops.domain.errors import EtcdError
+from etcdops_local.cluster import LocalCluster
+
+pytestmark = pytest.mark.integration
+
+
+def step(ctx: RunbookContext, name: str, doc: dict[str, Any]) -> dict[str, Any]:
+    return with_retries(lambda: rotate.run_step(ctx, name, doc))
+
+
+def run_phase(ctx: RunbookContext, doc: dict[str, Any]) -> dict[str, Any]:
+    """One phase as the state machine runs it: begin, every member in turn (RollMember run twice: a retried
+    restart or renewal converges), finish."""
+    doc = step(ctx, "BeginCaPhase", doc)
+    while not (doc := step(ctx, "NextCaMember", doc))["members_done"]:
+        doc = step(ctx, "RollMember", step(ctx, "RollMember", doc))
+        doc = step(ctx, "ConfirmRolled", doc)
+    return step(ctx, "FinishCaPhase", doc)
+
+
+def test_ca_rotated_in_three_phases_with_a_writer(start_cluster: Any, tmp_path: Path) -> None:
+    cluster: LocalCluster = start_cluster(etcd_flavour("etcd3530"))
+    ctx = context_for(cluster)
+    old_ca = pki.load_pem(cluster.pki_dir / "ca.crt", cluster.pki_dir / "ca.key")
+    for name in ("client.crt", "client.key"):
+        shutil.copy(cluster.pki_dir / name, tmp_path / name)
+    old_client = TlsFiles(ca=cluster.trusted_ca, cert=tmp_path / "client.crt", key=tmp_path / "client.key")
+    pids = {m.name: m.pid for m in cluster.state().members}
+    writer = Writer(cluster)
+    writer.thread.start()
+
+    doc: dict[str, Any] = {"cluster": "local", "execution": "rotate-ca-test", "mode": "ca"}
+    doc = step(ctx, "CheckCa", step(ctx, "AcquireLock", doc))
+    assert doc["ca_finished"] == 0
+    doc = step(ctx, "NextCaPhase", doc)
+    assert doc["ca_phase"] == 1 and not doc["phase_requires_approval"]
+    doc = run_phase(ctx, doc)
+    assert (cluster.pki_dir / "trusted-ca.crt").read_bytes().count(b"BEGIN CERTIFICATE") == 2
+    restarted = {m.name: m.pid for m in cluster.state().members}
+    assert all(restarted[name] != pid for name, pid in pids.items())  # each member restarted (trust reloaded)
+    writer.reload_files()  # clients take the bundle between phase 1 and 3
+
+    # A new start after phase 1 continues at phase 2 (the phase is recorded beside the CA)
+    again = step(ctx, "NextCaPhase", step(ctx, "CheckCa", {k: v for k, v in doc.items() if k != "ca_finished"}))
+    assert again["ca_recorded"] == {"begun": 1, "finished": 1} and again["ca_phase"] == 2
+
+    doc = run_phase(ctx, step(ctx, "NextCaPhase", doc))
+    new_ca = pki.load_pem(cluster.pki_dir / "ca.crt", cluster.pki_dir / "ca.key")
+    assert new_ca.certificate != old_ca.certificate
+    pki.verify_chain(new_ca, pki.load_pem(cluster.pki_dir / "client.crt", cluster.pki_dir / "client.key"))
+    assert [r["name"] for r in doc["rotated"]] == ["m1", "m2", "m3"]
+    writer.reload_files()  # and their certificate of the new CA before phase 3
+    with EtcdClient([m.client_url for m in cluster.state().members], tls=old_client, timeout=3.0) as client:
+        client.put(b"/old-ca", b"still accepted before phase 3")
+
+    doc = step(ctx, "NextCaPhase", doc)
+    assert doc["ca_phase"] == 3 and "refused" in doc["approval_summary"]
+    doc = run_phase(ctx, doc)
+    assert step(ctx, "NextCaPhase", doc)["done"]
+    doc = rotate.run_step(ctx, "ReleaseLock", doc)
+    assert ctx.compute.ca_rotation() == {"begun": 0, "finished": 0}
+    assert [p["phase"] for p in doc["ca_phases"]] == [1, 2, 3]
+
+    # The old CA's client certificate is refused, the new one accepted; every served certificate is the new CA's
+    # (the server ends the TLS 1.3 session after the handshake: gRPC reports the alert as TSI_DATA_CORRUPTED)
+    refused = EtcdClient([m.client_url for m in cluster.state().members], tls=old_client, timeout=3.0)
+    with refused, pytest.raises(EtcdError, match=r"TSI_DATA_CORRUPTED|certificate|handshake"):
+        refused.put(b"/old-ca", b"refused")
+    with cluster.client() as client:
+        client.put(b"/new-ca", b"accepted")
+    for member in cluster.state().members:
+        for url in (member.client_url, member.peer_url):
+            served = pki.served_certificate(url, cert=cluster.tls.cert, key=cluster.tls.key)
+            served.verify_directly_issued_by(new_ca.certificate)
+    assert writer.acked and not writer.lost() and writer.failed == []

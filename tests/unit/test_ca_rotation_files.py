@@ -1,0 +1,72 @@
+"""The local stack's CA rotation files, phase by phase, each phase's preparation run again and after a
+crash halfway (invariant 7 and 23): pure file work in a temporary PKI directory, no etcd."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from etcdops.adapters import pki
+from etcdops.domain.errors import PkiError
+from etcdops_local import ca_rotation
+
+
+def certs(path: Path) -> int:
+    return path.read_bytes().count(b"BEGIN CERTIFICATE")
+
+
+@pytest.fixture
+def pki_dir(tmp_path: Path) -> Path:
+    ca = pki.create_ca("etcdops local CA")
+    pki.write_pem(ca, tmp_path / "ca.crt", tmp_path / "ca.key")
+    pki.write_trusted(tmp_path / "trusted-ca.crt", [ca.cert_pem])
+    pki.write_pem(pki.issue_certificate(ca, "etcdops", kind="client"), tmp_path / "client.crt", tmp_path / "client.key")
+    return tmp_path
+
+
+def test_three_phases_each_run_twice(pki_dir: Path) -> None:
+    old = (pki_dir / "ca.crt").read_bytes()
+    assert ca_rotation.recorded(pki_dir) == {"begun": 0, "finished": 0}
+    ca_rotation.begin(pki_dir, 1)
+    new = (pki_dir / "ca-next.crt").read_bytes()
+    ca_rotation.begin(pki_dir, 1)  # the same new CA, not a second one
+    assert (pki_dir / "ca-next.crt").read_bytes() == new and certs(pki_dir / "trusted-ca.crt") == 2
+    assert ca_rotation.recorded(pki_dir) == {"begun": 1, "finished": 0}
+    ca_rotation.finish(pki_dir, 1)
+    assert ca_rotation.recorded(pki_dir) == {"begun": 1, "finished": 1}
+
+    ca_rotation.begin(pki_dir, 2)
+    ca_rotation.begin(pki_dir, 2)
+    assert (pki_dir / "ca.crt").read_bytes() == new and (pki_dir / "ca-old.crt").read_bytes() == old
+    assert not (pki_dir / "ca-next.crt").exists() and certs(pki_dir / "trusted-ca.crt") == 2
+    new_ca = pki.load_pem(pki_dir / "ca.crt", pki_dir / "ca.key")
+    pki.verify_chain(new_ca, pki.load_pem(pki_dir / "client.crt", pki_dir / "client.key"))
+    ca_rotation.finish(pki_dir, 2)
+
+    ca_rotation.begin(pki_dir, 3)
+    assert (pki_dir / "trusted-ca.crt").read_bytes() == new
+    ca_rotation.finish(pki_dir, 3)
+    assert ca_rotation.recorded(pki_dir) == {"begun": 0, "finished": 0}
+    assert not (pki_dir / "ca-old.crt").exists() and not (pki_dir / "ca-old.key").exists()
+
+
+def test_a_crash_halfway_through_the_promotion_keeps_the_old_ca(pki_dir: Path) -> None:
+    old = (pki_dir / "ca.crt").read_bytes()
+    ca_rotation.begin(pki_dir, 1)
+    # the crash: ca-old not written yet, ca.crt already the new CA's, ca-next still there
+    shutil.copy(pki_dir / "ca-next.crt", pki_dir / "ca.crt")
+    ca_rotation.begin(pki_dir, 2)
+    assert not (pki_dir / "ca-old.crt").exists()  # the old CA was not saved as the new one
+    pki.check_ca(pki.load_pem(pki_dir / "ca.crt", pki_dir / "ca.key"))  # the key matches the certificate again
+    assert (pki_dir / "ca.crt").read_bytes() != old
+
+
+def test_bad_phase_and_a_stack_without_a_trust_file_change_nothing(pki_dir: Path) -> None:
+    with pytest.raises(PkiError, match="not a CA rotation phase"):
+        ca_rotation.begin(pki_dir, 4)
+    (pki_dir / "trusted-ca.crt").unlink()
+    with pytest.raises(PkiError, match="predates CA rotation"):
+        ca_rotation.begin(pki_dir, 1)
+    assert not (pki_dir / "ca-next.crt").exists() and ca_rotation.recorded(pki_dir)["begun"] == 0
