@@ -36,8 +36,23 @@ class Writer:
         self.acked: list[tuple[int, float]] = []
         self.stop = threading.Event()
         self.lease = client.lease_grant(3600)
+        self.failed: BaseException | None = None
+
+    def wait_for_more(self, writes: int) -> None:
+        """Until ``writes`` more writes were acknowledged (a writer that died fails the test here)."""
+        goal = len(self.acked) + writes
+        while len(self.acked) < goal:
+            if self.failed is not None:
+                raise self.failed
+            time.sleep(0.05)
 
     def run(self) -> None:
+        try:
+            self._write()
+        except BaseException as exc:  # said by wait_for_more, in the test's thread
+            self.failed = exc
+
+    def _write(self) -> None:
         i = 0
         while not self.stop.is_set():
             i += 1
@@ -65,9 +80,7 @@ def kill_all(cluster: LocalCluster) -> float:
 
 
 @pytest.mark.parametrize("flavour", ["etcd34", "etcd3530"])
-def test_restore_to_a_random_revision_and_to_the_latest_equals_get_rev(
-    flavour: str, start_cluster
-) -> None:  # type: ignore[no-untyped-def]
+def test_restore_to_a_random_revision_and_to_the_latest_equals_get_rev(flavour: str, start_cluster) -> None:  # type: ignore[no-untyped-def]
     binaries = etcd_flavour(flavour)
     cluster: LocalCluster = start_cluster(binaries)
     config = cluster.config()
@@ -86,9 +99,9 @@ def test_restore_to_a_random_revision_and_to_the_latest_equals_get_rev(
         thread.start()
         delta_run()  # the first run starts the chain from a full backup
         for _ in range(4):
-            time.sleep(0.3)
+            writer.wait_for_more(5)  # however slow the machine: every delta run has writes to store
             delta_run()
-        time.sleep(0.3)  # writes after the last delta: what a disaster now loses
+        writer.wait_for_more(5)  # writes after the last delta: what a disaster now loses
         writer.stop.set()
         thread.join()
         choice = point_in_time(store)
