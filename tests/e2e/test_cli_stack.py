@@ -20,6 +20,7 @@ from etcdops.adapters.etcd.client import SHA256_SIZE, EtcdClient, TlsFiles
 from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops_local.aws.stack import LocalAws, LocalStack, start_execution, wait_for_execution
 from etcdops_local.cli import main as cli
+from etcdops_local.cli.follow import EXIT_STATUS, POLL_ENV
 from etcdops_local.cluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
@@ -108,16 +109,27 @@ def test_runbooks_backups_and_approvals_come_from_the_stack_outputs(
     code, shown, err = run(capsys, "runbook", "show", "r-1", "--json")
     assert code == 0 and shown["arn"] == arn and shown["steps"], err
 
-    # UpgradeCluster is started on the stack's state machine, listed and shown the same way
-    code, started, err = run(capsys, "runbook", "start", "upgrade", "--version", "3.6.0", "--json")
-    assert code == 0 and started["input"]["version"] == "3.6.0" and started["input"]["cluster"] == "prod", err
+    # UpgradeCluster is started on the stack's state machine and followed to its end (--wait: JSON lines,
+    # the exit status by how it ended), then listed and shown the same way
+    monkeypatch.setenv(POLL_ENV, "0.2")
+    code = cli.main(["runbook", "start", "upgrade", "--version", "3.6.0", "--json", "--wait"])
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    started, ended = lines[0], lines[-1]
+    assert started["event"] == "started" and started["input"]["version"] == "3.6.0", err
+    assert started["input"]["cluster"] == "prod"
     machine = stack.state_machines["UpgradeClusterStateMachine"]
     assert started["arn"].startswith(machine.replace(":stateMachine:", ":execution:"))
-    wait_for_execution(sfn, started["arn"], timeout=600)
+    status = sfn.describe_execution(executionArn=started["arn"])["status"]
+    assert ended["event"] == "ended" and ended["status"] == status != "RUNNING", lines
+    assert code == ended["exit_status"] == EXIT_STATUS[status], err
+    entered = [e["step"] for e in lines if e["event"] == "entered"]
+    assert entered[0] == "Apply defaults"
     code, listed, err = run(capsys, "runbook", "list", "--json")
-    assert code == 0 and (listed[0]["runbook"], listed[0]["name"]) == ("upgrade", started["name"]), err
-    code, shown, err = run(capsys, "runbook", "show", started["name"], "--json")
+    assert code == 0 and (listed[0]["runbook"], listed[0]["name"]) == ("upgrade", started["execution"]), err
+    code, shown, err = run(capsys, "runbook", "show", started["execution"], "--json")
     assert code == 0 and shown["input"]["version"] == "3.6.0" and shown["steps"][0]["name"] == "Apply defaults", err
+    assert [s["name"] for s in shown["steps"]] == entered  # every step it went through was told, once
 
 
 def test_pki_issues_client_certificates_into_the_stacks_secrets_that_the_cluster_accepts(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from etcdops.domain.errors import ConfigError, NotFoundError
+from etcdops_local.cli.follow import add_wait_option
 from etcdops_local.cli.main import _state_dir, emit, table
 from etcdops_local.cli.options import AWS_OPTIONS
 from etcdops_local.cli.story import explained, message, outcome, wrapped
@@ -116,6 +118,10 @@ def cmd_runbook_show(args: argparse.Namespace) -> int:
     session, arns = operator_session(args)
     sfn = session.client("stepfunctions")
     arn = _find_execution(sfn, arns, args.execution)["executionArn"]
+    if args.follow:
+        from etcdops_local.cli.follow import follow_execution
+
+        return follow_execution(args, sfn, arn, args.execution.rsplit(":", 1)[-1])
     found = runbooks_of(args)
     data, steps = show_data(sfn, arn, found.store if found else None, lambda name: approve_command(args, name))
     emit(args, data, lambda: show_text(data, steps, terminal_width()))
@@ -148,14 +154,15 @@ def show_data(sfn: Any, arn: str, store: Any | None, approve: Any) -> tuple[dict
     return data, steps
 
 
-def approve_command(args: argparse.Namespace, name: str) -> str:
-    """The command that approves execution ``name`` where this command looked (the stack's name with it)."""
+def approve_command(args: argparse.Namespace, name: str, command: str = "approve") -> str:
+    """The command that approves execution ``name`` (or does ``command`` to it) where this command looked
+    (the stack's name with it)."""
     from etcdops_local.cli.stack import stack_name
 
     stack = stack_name(args)
     if stack:
-        return f"etcdops approve {name} --stack-name {stack}"
-    return f"etcdops approve {name}" + (f" --state-dir {args.state_dir}" if getattr(args, "state_dir", None) else "")
+        return f"etcdops {command} {name} --stack-name {stack}"
+    return f"etcdops {command} {name}" + (f" --state-dir {args.state_dir}" if getattr(args, "state_dir", None) else "")
 
 
 def terminal_width() -> int | None:
@@ -202,15 +209,24 @@ def _start(args: argparse.Namespace, runbook: str, prepare: Prepare, said: Calla
     ``prepare(config)`` gives the execution name's stem and the execution input; the execution is started
     under a unique name from that stem and ``said(name)`` is printed (``--json``: its name, ARN and input)."""
     from etcdops_local.aws.stack import execution_name, start_execution
+    from etcdops_local.cli.follow import follow_execution, poll_seconds
     from etcdops_local.cli.options import resolve_config
 
+    wait = getattr(args, "wait", False)
+    if wait:
+        poll_seconds()  # a bad knob is refused before anything starts
     session, arns = operator_session(args)
     config = resolve_config(args)
     stem, document = prepare(config)
     name = execution_name(stem)
-    arn = start_execution(session.client("stepfunctions"), _arn(args, arns, runbook), document, name=name)
-    emit(args, {"name": name, "arn": arn, "input": document}, lambda: said(name))
-    return 0
+    sfn = session.client("stepfunctions")
+    arn = start_execution(sfn, _arn(args, arns, runbook), document, name=name)
+    if not wait:
+        emit(args, {"name": name, "arn": arn, "input": document}, lambda: said(name))
+        return 0
+    started = {"execution": name, "event": "started", "arn": arn, "input": document}
+    print(json.dumps(started) if args.json else said(name))
+    return follow_execution(args, sfn, arn, name)
 
 
 def cmd_runbook_start(args: argparse.Namespace) -> int:
@@ -382,6 +398,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     listing.set_defaults(handler=cmd_runbook_list, uses=AWS_OPTIONS)
     show = actions.add_parser("show", help="one execution: status and step history", parents=[common])
     show.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")
+    show.add_argument(
+        "--follow",
+        action="store_true",
+        help="print each step as it happens until the execution ends (--json: a JSON object per line); "
+        "the exit status says how it ended; Ctrl-C stops following, not the runbook",
+    )
     show.set_defaults(handler=cmd_runbook_show, uses=AWS_OPTIONS)
     start = actions.add_parser("start", help="start a runbook by hand", parents=[common])
     kinds = start.add_subparsers(dest="runbook_kind", metavar="RUNBOOK", required=True)
@@ -462,3 +484,5 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     scale.add_argument("--approval", action="store_true", help="wait for a human approval first")
     scale.add_argument("--reason", help="why (goes into the notifications)")
     scale.set_defaults(handler=cmd_runbook_start_scale)
+    for kind in kinds.choices.values():  # every `runbook start` can follow what it started
+        add_wait_option(kind)
