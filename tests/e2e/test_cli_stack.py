@@ -95,7 +95,7 @@ def test_runbooks_backups_and_approvals_come_from_the_stack_outputs(
 
     assert run(capsys, "runbook", "list", "--json")[:2] == (0, [])
     code, text, _ = run(capsys, "backup", "list")
-    assert code == 0 and text == f"no backups in s3://{stack.bucket}/prod\n"
+    assert code == 0 and text == f"no backups in s3://{stack.bucket}/prod\nno delta chains\n"
     code, _, err = run(capsys, "approval", "show", "replace-prod-1")
     assert code == 1 and err == "etcdops: ApprovalNotFoundError: no approval request for execution replace-prod-1\n"
 
