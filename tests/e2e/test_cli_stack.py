@@ -112,7 +112,7 @@ def test_runbooks_backups_and_approvals_come_from_the_stack_outputs(
     # UpgradeCluster is started on the stack's state machine and followed to its end (--wait: JSON lines,
     # the exit status by how it ended), then listed and shown the same way
     monkeypatch.setenv(POLL_ENV, "0.2")
-    code = cli.main(["runbook", "start", "upgrade", "--version", "3.6.0", "--json", "--wait"])
+    waited = cli.main(["runbook", "start", "upgrade", "--version", "3.6.0", "--json", "--wait"])
     out, err = capsys.readouterr()
     lines = [json.loads(line) for line in out.splitlines()]
     started, ended = lines[0], lines[-1]
@@ -122,7 +122,7 @@ def test_runbooks_backups_and_approvals_come_from_the_stack_outputs(
     assert started["arn"].startswith(machine.replace(":stateMachine:", ":execution:"))
     status = sfn.describe_execution(executionArn=started["arn"])["status"]
     assert ended["event"] == "ended" and ended["status"] == status != "RUNNING", lines
-    assert code == ended["exit_status"] == EXIT_STATUS[status], err
+    assert waited == ended["exit_status"] == EXIT_STATUS[status], err
     entered = [e["step"] for e in lines if e["event"] == "entered"]
     assert entered[0] == "Apply defaults"
     code, listed, err = run(capsys, "runbook", "list", "--json")
@@ -130,6 +130,9 @@ def test_runbooks_backups_and_approvals_come_from_the_stack_outputs(
     code, shown, err = run(capsys, "runbook", "show", started["execution"], "--json")
     assert code == 0 and shown["input"]["version"] == "3.6.0" and shown["steps"][0]["name"] == "Apply defaults", err
     assert [s["name"] for s in shown["steps"]] == entered  # every step it went through was told, once
+    # followed again once it ended (runbook show --follow): the same story, the same exit status
+    assert cli.main(["runbook", "show", started["execution"], "--follow", "--json"]) == waited
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == lines[1:]
 
 
 def test_pki_issues_client_certificates_into_the_stacks_secrets_that_the_cluster_accepts(
