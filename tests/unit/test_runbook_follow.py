@@ -6,6 +6,7 @@ test_runbook_story.py) told a few events per poll, as Step Functions grows a rea
 
 from __future__ import annotations
 
+import argparse
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -168,6 +169,12 @@ def test_a_bad_poll_interval_starts_nothing_and_every_start_can_wait(
     assert poll_seconds() == 1.0
 
     parser = cli.build_parser()
-    start = parser.parse_args(["runbook", "start", "drill", "--wait"])
-    show = parser.parse_args(["runbook", "show", "x", "--follow"])
-    assert start.wait and show.follow
+    assert parser.parse_args(["runbook", "show", "x", "--follow"]).follow
+    kinds = _subcommands(_subcommands(_subcommands(parser)["runbook"])["start"])
+    assert {"replace", "restore", "upgrade", "maintain", "drill", "scale", "rotate-certs"} <= set(kinds)
+    for name, kind in kinds.items():
+        assert any(a.option_strings == ["--wait"] for a in kind._actions), f"runbook start {name} has no --wait"
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
