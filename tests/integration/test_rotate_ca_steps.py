@@ -2,12 +2,14 @@
 on) with a writer throughout: phase 1 (new CA beside the old, both trusted, rolling restart), phase 2 (new
 leaves and the operator's client certificate from the new CA), phase 3 (only the new CA trusted, rolling
 restart). The writer loads the files anew between the phases, as README asks of clients. After the last
-phase a client certificate of the old CA is refused and one of the new accepted; no write failed and every
-acknowledged write is there. A new start after phase 1 continues at phase 2 (the phase recorded)."""
+phase a client certificate of the old CA is refused and one of the new accepted; every acknowledged write
+is there, and a write fails at most while a member restarts (see the end). A new start after phase 1
+continues at phase 2 (the phase recorded)."""
 
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +32,16 @@ def step(ctx: RunbookContext, name: str, doc: dict[str, Any]) -> dict[str, Any]:
     return with_retries(lambda: rotate.run_step(ctx, name, doc))
 
 
-def run_phase(ctx: RunbookContext, doc: dict[str, Any]) -> dict[str, Any]:
+def run_phase(ctx: RunbookContext, doc: dict[str, Any], restarts: list[tuple[float, float]]) -> dict[str, Any]:
     """One phase as the state machine runs it: begin, every member in turn (RollMember run twice: a retried
-    restart or renewal converges), finish."""
+    restart or renewal converges), finish. ``restarts`` gets the time span of each restart (phases 1, 3)."""
     doc = step(ctx, "BeginCaPhase", doc)
     while not (doc := step(ctx, "NextCaMember", doc))["members_done"]:
+        started = time.monotonic()
         doc = step(ctx, "RollMember", step(ctx, "RollMember", doc))
         doc = step(ctx, "ConfirmRolled", doc)
+        if doc["ca_phase"] != 2:
+            restarts.append((started, time.monotonic()))
     return step(ctx, "FinishCaPhase", doc)
 
 
@@ -50,13 +55,14 @@ def test_ca_rotated_in_three_phases_with_a_writer(start_cluster: Any, tmp_path: 
     pids = {m.name: m.pid for m in cluster.state().members}
     writer = Writer(cluster)
     writer.thread.start()
+    restarts: list[tuple[float, float]] = []
 
     doc: dict[str, Any] = {"cluster": "local", "execution": "rotate-ca-test", "mode": "ca"}
     doc = step(ctx, "CheckCa", step(ctx, "AcquireLock", doc))
     assert doc["ca_finished"] == 0
     doc = step(ctx, "NextCaPhase", doc)
     assert doc["ca_phase"] == 1 and not doc["phase_requires_approval"]
-    doc = run_phase(ctx, doc)
+    doc = run_phase(ctx, doc, restarts)
     assert (cluster.pki_dir / "trusted-ca.crt").read_bytes().count(b"BEGIN CERTIFICATE") == 2
     restarted = {m.name: m.pid for m in cluster.state().members}
     assert all(restarted[name] != pid for name, pid in pids.items())  # each member restarted (trust reloaded)
@@ -66,7 +72,7 @@ def test_ca_rotated_in_three_phases_with_a_writer(start_cluster: Any, tmp_path: 
     again = step(ctx, "NextCaPhase", step(ctx, "CheckCa", {k: v for k, v in doc.items() if k != "ca_finished"}))
     assert again["ca_recorded"] == {"begun": 1, "finished": 1} and again["ca_phase"] == 2
 
-    doc = run_phase(ctx, step(ctx, "NextCaPhase", doc))
+    doc = run_phase(ctx, step(ctx, "NextCaPhase", doc), restarts)
     new_ca = pki.load_pem(cluster.pki_dir / "ca.crt", cluster.pki_dir / "ca.key")
     assert new_ca.certificate != old_ca.certificate
     pki.verify_chain(new_ca, pki.load_pem(cluster.pki_dir / "client.crt", cluster.pki_dir / "client.key"))
@@ -77,7 +83,7 @@ def test_ca_rotated_in_three_phases_with_a_writer(start_cluster: Any, tmp_path: 
 
     doc = step(ctx, "NextCaPhase", doc)
     assert doc["ca_phase"] == 3 and "refused" in doc["approval_summary"]
-    doc = run_phase(ctx, doc)
+    doc = run_phase(ctx, doc, restarts)
     assert step(ctx, "NextCaPhase", doc)["done"]
     doc = rotate.run_step(ctx, "ReleaseLock", doc)
     assert ctx.compute.ca_rotation() == {"begun": 0, "finished": 0}
@@ -94,4 +100,8 @@ def test_ca_rotated_in_three_phases_with_a_writer(start_cluster: Any, tmp_path: 
         for url in (member.client_url, member.peer_url):
             served = pki.served_certificate(url, cert=cluster.tls.cert, key=cluster.tls.key)
             served.verify_directly_issued_by(new_ca.certificate)
-    assert writer.acked and not writer.lost() and writer.failed == []
+    # No acknowledged write is missing, and no write failed but while a member restarted: etcd drops a
+    # proposal made while leadership is handed on before the leader's restart ("raft proposal dropped",
+    # not applied, not acknowledged; a client retries it), so a failed write outside a restart is an error
+    assert writer.acked and not writer.lost()
+    assert [f for f in writer.failed if not any(start <= f[0] <= end for start, end in restarts)] == []
