@@ -81,9 +81,12 @@ def test_the_watchdog_continues_the_process_when_the_copier_dies(
             str(tmp_path / "db"), str(tmp_path / "copy"),
         ]
     )  # fmt: skip
-    while _state(sleeper.pid) != "paused":
+    copy_pid = tmp_path / "copy.pid"
+    while not copy_pid.exists() or not copy_pid.read_text().strip():  # the copy runs: the sleeper is paused
         assert copier.poll() is None
         time.sleep(0.01)
+    orphan = int(copy_pid.read_text())
+    assert _state(sleeper.pid) == "paused"
     # When it is killed with the sleeper paused (no finally runs)
     os.kill(copier.pid, signal.SIGKILL)
     copier.wait()
@@ -92,7 +95,7 @@ def test_the_watchdog_continues_the_process_when_the_copier_dies(
         while _state(sleeper.pid) != "running":
             time.sleep(0.05)
     finally:
-        os.kill(int((tmp_path / "copy.pid").read_text()), signal.SIGKILL)  # the orphaned copy
+        os.kill(orphan, signal.SIGKILL)  # the orphaned copy
 
 
 def test_the_copy_waits_until_every_thread_has_stopped(tmp_path: Path) -> None:
