@@ -110,6 +110,28 @@ def test_user_data_is_valid_bash_and_installs_a_valid_fetcher() -> None:
     assert _FETCH_CERTS in script
 
 
+def test_the_fetcher_writes_the_trust_bundle_of_a_ca_rotation_as_it_is(tmp_path: Path) -> None:
+    """ca.crt holds every CA the member secret's ``ca`` field holds (both during a CA rotation)."""
+    import json
+
+    from etcdops.adapters import pki
+
+    bundle = "".join(pki.create_ca(f"CA {n}").cert_pem.decode() for n in (1, 2))
+    secret = {"certificate": "CERT\n", "private_key": "KEY\n", "ca": bundle, "member": "m4"}
+    fake_aws = tmp_path / "bin" / "aws"
+    fake_aws.parent.mkdir()
+    fake_aws.write_text(f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(secret)}\nEOF\n")
+    fake_aws.chmod(0o755)
+    env_file = tmp_path / "member.env"
+    env_file.write_text(f"ETCDOPS_MEMBER=m4\nETCDOPS_REGION=eu-west-1\nETCDOPS_SECRET_ID=s\nETCDOPS_PKI_DIR={tmp_path}/pki\n")
+    script = _FETCH_CERTS.replace("/etc/etcdops/member.env", str(env_file))
+    env = {"PATH": f"{fake_aws.parent}:/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", script, "5"], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "pki" / "ca.crt").read_text() == bundle
+    assert (tmp_path / "pki" / "member.key").read_text() == "KEY\n"
+
+
 def test_user_data_refuses_values_a_host_file_cannot_take() -> None:
     with pytest.raises(ActionParameterError, match="ETCDOPS_SECRET_ID"):
         user_data(BootstrapSettings("prod", "m4", "etcdops/prod/members/m4\nrm -rf /", "eu-west-1"))

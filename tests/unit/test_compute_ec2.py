@@ -719,9 +719,76 @@ def test_a_volume_backup_on_ec2_snapshots_the_follower_s_data_volumes_together_a
     assert len(read_volume_records(store)) == 1
 
 
-def test_a_ca_rotation_is_refused_on_ec2_before_anything_changes(aws: Aws) -> None:
+def _ca_secret(aws: Aws, which: str) -> dict[str, Any]:
+    return dict(json.loads(aws.secrets.get_secret_value(SecretId=f"etcdops/{CLUSTER}/{which}")["SecretString"]))
+
+
+def _certs(bundle: str) -> list[str]:
+    return [b + "-----END CERTIFICATE-----\n" for b in bundle.split("-----END CERTIFICATE-----\n") if b.strip()]
+
+
+def _sent_commands(aws: Aws) -> list[dict[str, Any]]:
+    """The SendCommand requests as sent (moto's list_commands may name every instance of a command)."""
+    sent: list[dict[str, Any]] = []
+    aws.ssm.meta.events.register("provide-client-params.ssm.SendCommand", lambda params, **_: sent.append(params))
+    return sent
+
+
+def test_a_ca_rotation_on_ec2_goes_through_the_secrets_phase_by_phase(aws: Aws) -> None:
     compute = aws.provider()
-    for call in (compute.ca_rotation, lambda: compute.begin_ca_phase(1), lambda: compute.finish_ca_phase(1)):
-        with pytest.raises(ComputeConfigError, match="cannot rotate the cluster CA yet"):
-            call()
-    assert aws.commands() == []
+    sent = _sent_commands(aws)
+    hosts = [compute.launch(name) for name in ("m1", "m2")]
+    old = aws.ca.cert_pem.decode()
+    assert compute.ca_rotation() == {"begun": 0, "finished": 0}
+
+    compute.begin_ca_phase(1)
+    new = _ca_secret(aws, "ca-next")
+    pki.check_ca(pki.KeyPair(new["certificate"].encode(), new["private_key"].encode()))
+    for name in ("m1", "m2"):  # both trusted; the leaf still of the old CA
+        assert _certs(aws.member_secret(name)["ca"]) == [old, new["certificate"]]
+        secret = aws.member_secret(name)
+        pki.verify_chain(aws.ca, pki.KeyPair(secret["certificate"].encode(), secret["private_key"].encode()))
+    assert _ca_secret(aws, "ca")["certificate"] == old
+    compute.fetch_certificates(hosts[0])
+    (fetch,) = [c for c in sent if c["DocumentName"] == f"{STACK}-RenewCertificates"]
+    assert fetch["InstanceIds"] == [hosts[0].host_id] and fetch["Parameters"] == {"MemberName": ["m1"]}
+    compute.finish_ca_phase(1)
+    assert aws.provider().ca_rotation() == {"begun": 1, "finished": 1}  # a new start reads it
+
+    compute.begin_ca_phase(2)
+    assert _ca_secret(aws, "ca")["certificate"] == new["certificate"]  # the new CA issues
+    assert _ca_secret(aws, "ca-old") == {"certificate": old, "private_key": aws.ca.key_pem.decode()}
+    compute.renew_certificates(hosts[1])
+    leaf = aws.member_secret("m2")
+    pki.verify_chain(pki.KeyPair(new["certificate"].encode(), new["private_key"].encode()),
+                     pki.KeyPair(leaf["certificate"].encode(), leaf["private_key"].encode()))  # fmt: skip
+    assert _certs(leaf["ca"]) == [old, new["certificate"]]  # still both trusted
+    compute.finish_ca_phase(2)
+
+    compute.begin_ca_phase(3)
+    assert [_certs(aws.member_secret(n)["ca"]) for n in ("m1", "m2")] == [[new["certificate"]]] * 2
+    assert compute.ca_rotation() == {"begun": 3, "finished": 2}
+    compute.finish_ca_phase(3)
+    assert compute.ca_rotation() == {"begun": 0, "finished": 0}
+    assert _ca_secret(aws, "ca") == {"certificate": new["certificate"], "private_key": new["private_key"]}
+    for which in ("ca-next", "ca-old"):
+        with pytest.raises(ClientError, match="ResourceNotFound"):
+            aws.secrets.get_secret_value(SecretId=f"etcdops/{CLUSTER}/{which}")
+
+
+def test_each_ca_rotation_phase_on_ec2_converges_when_begun_again(aws: Aws) -> None:
+    compute = aws.provider()
+    compute.launch("m1")
+    compute.begin_ca_phase(1)
+    new = _ca_secret(aws, "ca-next")
+    compute.begin_ca_phase(1)  # the same new CA, not another one
+    assert _ca_secret(aws, "ca-next") == new
+    compute.finish_ca_phase(1)
+    for _ in range(2):  # the second finds the promotion done and keeps the old CA saved
+        compute.begin_ca_phase(2)
+        assert _ca_secret(aws, "ca-old")["certificate"] == aws.ca.cert_pem.decode()
+        assert aws.provider().ca_rotation() == {"begun": 2, "finished": 1}
+    assert _ca_secret(aws, "ca")["certificate"] == new["certificate"]
+    with pytest.raises(ComputeConfigError, match="not a CA rotation phase"):
+        compute.begin_ca_phase(4)
+    assert aws.provider().ca_rotation() == {"begun": 2, "finished": 1}

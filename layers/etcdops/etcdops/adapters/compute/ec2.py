@@ -33,6 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from etcdops.adapters import pki
 from etcdops.adapters.awserrors import aws_error, aws_error_code, is_transient
+from etcdops.adapters.compute import ec2_ca
 from etcdops.adapters.compute.bootstrap import BootstrapSettings, user_data
 from etcdops.domain.compute.base import (
     DOCUMENTS,
@@ -386,6 +387,22 @@ class Ec2ComputeProvider(ComputeProvider):
         self.run_action("renew-certificates", [current], {"member_name": host.name})
         return f"{pair.certificate.serial_number:x}"
 
+    def fetch_certificates(self, host: Host) -> None:
+        """RenewCertificates: the host writes what its secret holds now (the trusted CAs included)."""
+        instance = self._find_instance(check_host_name(host.name))
+        if instance is None:
+            raise HostNotFoundError(f"no live instance for member {host.name} of cluster {self.cluster}")
+        self.run_action("renew-certificates", [self._host(instance)], {"member_name": host.name})
+
+    def ca_rotation(self) -> dict[str, int]:
+        return ec2_ca.recorded(self)
+
+    def begin_ca_phase(self, phase: int) -> None:
+        ec2_ca.begin(self, phase)
+
+    def finish_ca_phase(self, phase: int) -> None:
+        ec2_ca.finish(self, phase)
+
     def _ca(self) -> pki.KeyPair:
         if self._ca_pair is None:
             self._ca_pair = self.read_ca()
@@ -463,7 +480,7 @@ class Ec2ComputeProvider(ComputeProvider):
                 {
                     "certificate": pair.cert_pem.decode(),
                     "private_key": pair.key_pem.decode(),
-                    "ca": ca.cert_pem.decode(),
+                    "ca": ec2_ca.trusted(self),  # both CAs while a rotation trusts both
                     "member": name,
                 }
             )

@@ -100,6 +100,7 @@ def roll_member(ctx: RunbookContext, doc: Document) -> Document:
         current["serial_after"] = ctx.compute.renew_certificates(host)
         current["started_at"] = ctx.now().isoformat()
     else:
+        ctx.compute.fetch_certificates(host)  # the new trust in place before the restart loads it
         stop_for_restart(ctx, host, int(current["id"], 16))
         start_again(ctx, host, alone=len(doc.get("to_roll") or []) == 1)
     return {**doc, "current": current}

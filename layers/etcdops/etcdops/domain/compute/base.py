@@ -387,6 +387,11 @@ class ComputeProvider(ABC):
         """Delete snapshots :meth:`snapshot_volume` took (retention); one already gone counts as deleted."""
         raise ComputeConfigError(f"compute: {type(self).__name__} keeps no volume snapshots")
 
+    def fetch_certificates(self, host: Host) -> None:
+        """Have ``host`` write its certificates and trusted CAs again from where the provider keeps them
+        (before a restart that must load a new trust); hosts that read them in place need nothing."""
+        return  # the local stack's members read the trusted CA file in place
+
     def ca_rotation(self) -> dict[str, int]:
         """The CA rotation under way as recorded beside the CA: ``{"begun": n, "finished": m}`` (phases 1-3;
         both 0 when none is). Providers that cannot rotate their CA say so (before anything changes)."""
