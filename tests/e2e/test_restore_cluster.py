@@ -6,12 +6,17 @@ template gives it (a tmpfs per sandbox, as Lambda's EphemeralStorage; RunbookSte
 * a restore that fails after it staged the plain snapshot leaves none behind: the Catch path's
   "Remove the staged snapshot" deletes it (invariant 14).
 
-Both on one etcd 3.5 member (what is tested is the runbook's handling of the snapshot, not etcd's
+* a point-in-time restore (--latest): a full backup and the DeltaBackup function's deltas of the puts,
+  a delete and a transaction after it, every member killed; RestoreCluster restores the backup and
+  replays the deltas, and the cluster holds key by key what it held before the kill.
+
+All on one etcd 3.5 member (what is tested is the runbook's handling of the snapshot, not etcd's
 replication), with the autopilot running beside them as in AWS.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,12 +26,13 @@ from typing import Any
 import pytest
 from autopilot_scenarios import running_autopilot, wait_for
 from builders import binaries_with_etcdutl
-from stack_templates import TEMPLATE
+from stack_templates import ROOT, TEMPLATE
 
 from etcdops.adapters.backup.target import open_backup_target
 from etcdops.app.approval import decide_approval
 from etcdops.app.backup.job import run_backup
 from etcdops.app.probe import probe_cluster
+from etcdops.domain.backup.delta import DeltaEvent
 from etcdops.domain.backup.manifest import Manifest
 from etcdops_local.aws.stack import (
     DEFAULT_EPHEMERAL_MB,
@@ -56,11 +62,14 @@ def staged(cluster: LocalCluster) -> list[str]:
     return store.list("restore/")
 
 
-def approved_restore(pilot: SimpleNamespace, cluster: LocalCluster, backup: Manifest) -> tuple[str, dict[str, Any]]:
-    """RestoreCluster of ``backup`` in place, approved by the operator as soon as it asks, run to its end."""
+def approved_restore(
+    pilot: SimpleNamespace, cluster: LocalCluster, target: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """RestoreCluster in place to ``target`` ({"backup_id": ...} or a point in time), approved by the operator
+    as soon as it asks, run to its end."""
     machine = pilot.stack.state_machines["RestoreClusterStateMachine"]
     name = execution_name("restore")
-    document = {"cluster": cluster.config().name, "backup_id": backup.id, "mode": "in-place"}
+    document = {"cluster": cluster.config().name, **target, "mode": "in-place"}
     arn = start_execution(pilot.sfn, machine, document, name=name)
     wait_for("the approval request", lambda: pilot.state.load_approval(name), timeout=600)
     decide_approval(name, "approve", None, store=pilot.state, sfn=pilot.sfn, now=datetime.now(UTC), by="test")
@@ -108,7 +117,7 @@ def test_a_1_gib_backup_is_restored_with_runbook_steps_tmp_at_its_template_size(
 
     # When RestoreCluster restores it, approved
     with LocalAws() as aws, running_autopilot(aws, cluster) as pilot:
-        arn, ended = approved_restore(pilot, cluster, backup)
+        arn, ended = approved_restore(pilot, cluster, {"backup_id": backup.id})
         steps = steps_of(pilot, arn)
         tmp_sizes = runbook_step_tmp_sizes(aws, pilot)
 
@@ -142,7 +151,7 @@ def test_a_restore_that_fails_after_staging_the_snapshot_leaves_no_plaintext(
 
     # When RestoreCluster is approved and the host's restore fails after the snapshot was staged
     with LocalAws() as aws, running_autopilot(aws, cluster) as pilot:
-        arn, ended = approved_restore(pilot, cluster, backup)
+        arn, ended = approved_restore(pilot, cluster, {"backup_id": backup.id})
         steps = steps_of(pilot, arn)
 
     # Then the execution failed in "Restore every member's data directory", where the host was handed
@@ -156,3 +165,54 @@ def test_a_restore_that_fails_after_staging_the_snapshot_leaves_no_plaintext(
     # and the failure path removed it: nothing staged is left
     assert not Path(path).exists()
     assert staged(cluster) == []
+
+
+def run_delta_backup_function(pilot: SimpleNamespace) -> dict[str, Any]:
+    """One scheduled run of the stack's DeltaBackup function (as the local timer would start it)."""
+    event = (ROOT / "events" / "delta_backup_schedule.json").read_text()
+    response = pilot.aws.client("lambda").invoke(
+        FunctionName=pilot.stack.functions["DeltaBackupFunction"], Payload=event
+    )
+    result: dict[str, Any] = json.loads(response["Payload"].read())
+    assert response.get("FunctionError") is None, result
+    return result
+
+
+def test_a_point_in_time_restore_to_the_latest_delta_brings_back_the_keyspace_before_the_kill(
+    etcd3530: EtcdBinaries, start_cluster: Any
+) -> None:
+    cluster: LocalCluster = start_cluster(etcd3530, members=1)
+    open_backup_target(cluster.config(), create_local_key=True)  # the local stack's backup key, made once
+    with LocalAws() as aws, running_autopilot(aws, cluster, schedules=False) as pilot:
+        # Given a full backup (DeltaBackup's first run starts the chain from one), then puts, a delete and a
+        # transaction stored as deltas by two more runs of the function
+        with cluster.client() as client:
+            for i in range(10):
+                client.put(f"/pitr/{i}", f"before-{i}")
+            assert run_delta_backup_function(pilot)["action"] == "new-chain"
+            client.put("/pitr/3", "changed")
+            client.put("/pitr/new", "after the backup")
+            client.delete("/pitr/0")
+            assert run_delta_backup_function(pilot)["action"] == "delta"
+            client.txn([DeltaEvent("put", f"/pitr/txn/{j}".encode(), 0, b"one revision") for j in range(3)])
+            client.delete("/pitr/new")
+            assert run_delta_backup_function(pilot)["action"] == "delta"
+            before = {kv.key: kv.value for kv in client.range(b"\0", b"\0").kvs}
+        # and every member killed
+        for process in cluster.ps():
+            cluster.kill(process.name)
+
+        # When RestoreCluster restores the latest point in time, approved
+        arn, ended = approved_restore(pilot, cluster, {"latest": True})
+        steps = steps_of(pilot, arn)
+
+    # Then it succeeded, replaying the deltas after the backup
+    assert ended["status"] == "SUCCEEDED", steps
+    assert ("Replay the deltas up to the point in time", "succeeded", None) in steps
+    output = json.loads(ended["output"])
+    assert output["pitr"]["target_revision"] > output["backup_revision"] and output["replayed"]["revisions"] > 0
+    # and the cluster holds, key by key, what it held before the kill; nothing deleted came back
+    with cluster.client() as client:
+        after = {kv.key: kv.value for kv in client.range(b"\0", b"\0").kvs}
+    assert len(after) == len(before) == 12 and after == before
+    assert after[b"/pitr/3"] == b"changed" and b"/pitr/0" not in after and b"/pitr/new" not in after
