@@ -21,8 +21,9 @@ from etcdops.adapters.state_delta import InMemoryDeltaChainStore
 from etcdops.app.backup.delta_job import run_delta_backup
 from etcdops.app.backup.replay import point_in_time
 from etcdops.app.probe import probe_cluster
+from etcdops.app.runbook import restore
 from etcdops.app.runbook.restore import DEFAULT_BUMP_REVISION
-from etcdops.domain.backup.delta import DeltaEvent
+from etcdops.domain.backup.delta import DeltaEvent, delta_object_key
 from etcdops_local.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -142,3 +143,38 @@ def test_restore_to_a_random_revision_and_to_the_latest_equals_get_rev(flavour: 
     )
     assert len(survived) > 0
 
+
+def test_a_delta_gone_while_the_approval_waits_stops_the_restore_in_preflight_with_nothing_stopped(  # type: ignore[no-untyped-def]
+    start_cluster, etcd3530
+) -> None:
+    """Invariant 13 for a point in time: ValidateBackup read every delta; one is deleted during the approval
+    wait; the preflight reads them again and names it, before anything is stopped (the replay would
+    otherwise fail on a cluster already restored at the backup's revision)."""
+    cluster: LocalCluster = start_cluster(etcd3530, members=1)
+    config = cluster.config()
+    store, keyring = open_backup_target(config, create_local_key=True)
+    chains = InMemoryDeltaChainStore()
+    with cluster.client() as client:
+        for n in range(3):
+            client.put(f"/k/{n}", "v")
+            run_delta_backup(config, client, probe_cluster(client), store, keyring, chains)  # the first: a full one
+    ctx = context_for(cluster)
+    doc = run(ctx, ["AcquireLock", "ValidateBackup"], {**start_doc(), "latest": True})
+    first, _second = doc["pitr"]["deltas"]  # the first run's full backup, then one delta per later run
+    doc = {**doc, "approval": {"approved": True}}
+    gone = b"".join(store.open_read(delta_object_key(first)))
+    store.delete(delta_object_key(first))
+    states = {p.name: p.state for p in cluster.ps()}
+
+    with pytest.raises(restore.PreflightFailedError) as failed:
+        restore.run_step(ctx, "Preflight", doc)
+
+    ((check, subject, problem, fix),) = [(f.check, f.subject, f.problem, f.fix) for f in failed.value.findings]
+    assert (check, subject) == ("backup", f"delta {first} in {store.uri}") and "is missing" in problem
+    assert "\n" not in problem + fix and "start the restore again" in fix
+    assert {p.name: p.state for p in cluster.ps()} == states
+    with cluster.client() as client:
+        assert keyspace(client, 0) == {f"/k/{n}".encode(): b"v" for n in range(3)}
+    # the same delta back, whole: the preflight passes (the check is about the deltas, nothing else)
+    store.put_bytes(delta_object_key(first), gone)
+    assert restore.run_step(ctx, "Preflight", doc)["preflight"]["passed_at"]

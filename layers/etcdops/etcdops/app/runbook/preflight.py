@@ -48,10 +48,11 @@ def runbook_findings(
     why: str,
     staging_key: str | None = None,
     staging: Callable[[], BackupStore] | None = None,
+    deltas: Sequence[str] = (),
 ) -> list[Finding]:
     """Every finding of a runbook's preflight: its hosts (``plan``), the backup ``backup_id`` it relies on
-    (``why``), the staging object it will write (``staging_key``, if any, in ``staging``, by default the
-    backup store) and its lock."""
+    (``why``), the deltas it replays after it (a point in time), the staging object it will write
+    (``staging_key``, if any, in ``staging``, by default the backup store) and its lock."""
     findings = compute.preflight(plan)
     try:
         store, keyring = backup_target()
@@ -66,6 +67,7 @@ def runbook_findings(
         )
     else:
         findings += backup_findings(store, keyring, backup_id, cluster, why=why)
+        findings += delta_findings(store, keyring, deltas, cluster)
         if staging_key is not None:
             findings += staging_findings(staging() if staging is not None else store, staging_key)
     findings += lock_findings(state, cluster, execution, lease_seconds, now)
@@ -131,6 +133,32 @@ def backup_findings(
         else:
             fix = "choose another backup (etcdops backup list), or verify this one: etcdops backup verify ID."
         return [Finding("backup", subject, f"cannot be read, but the runbook {why}: {exc}.", fix)]
+    return []
+
+
+def delta_findings(store: BackupStore, keyring: KeyProvider, deltas: Sequence[str], cluster: str) -> list[Finding]:
+    """Every delta a point-in-time restore replays is still there and whole: read again and checked against its
+    manifest as ValidateBackup did (an approval can wait long enough for retention or a person to remove one)."""
+    from etcdops.app.backup.catalogue import load_delta_manifest
+    from etcdops.app.backup.delta import read_delta
+    from etcdops.domain.backup.errors import BackupError
+
+    for delta_id in deltas:
+        try:
+            read_delta(store, keyring, load_delta_manifest(store, delta_id), cluster)
+        except BackupError as exc:
+            if exc.retryable:
+                raise
+            subject = f"delta {delta_id} in {store.uri}"
+            return [
+                Finding(
+                    "backup",
+                    subject,
+                    f"cannot be read since the restore was validated, but the runbook replays it: {exc}.",
+                    "start the restore again: it picks a point in time whose deltas are all there "
+                    "(etcdops backup list).",
+                )
+            ]
     return []
 
 

@@ -365,6 +365,7 @@ def preflight(ctx: RestoreContext, doc: Document) -> Document:
         why="restores every member from it",
         staging_key=staged_keys(doc)[1],
         staging=ctx.staging,
+        deltas=(doc.get("pitr") or {}).get("deltas") or (),
     )
     if findings:
         raise PreflightFailedError("RestoreCluster", findings)
