@@ -330,6 +330,24 @@ def test_runbook_start_restore_refuses_a_bad_point_in_time(given: dict[str, obje
         _point_in_time(args)
 
 
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        (["--to-time", "yesterday"], "--to-time 'yesterday' is not an ISO 8601 time"),
+        (["--to-time", "2026-12-07T21:00:00"], "has no time zone"),
+        (["--to-revision", "0"], "--to-revision 0: revisions start at 1"),
+        (["--to-revision", "ten"], "--to-revision: invalid int value: 'ten'"),
+        (["--latest", "--to-revision", "3"], "not --to-revision and --latest"),
+    ],
+)
+def test_a_bad_point_in_time_is_refused_before_the_session_is_looked_up(
+    given: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # no stack in this state directory: a point in time that was checked later would say "no local stack" instead
+    code, _, err = run(["--state-dir", str(tmp_path), "runbook", "start", "restore", *given], capsys)
+    assert code == 2 and says in err and err.count("\n") == 1, err
+
+
 def test_the_point_in_time_becomes_the_runbook_input_and_is_checked_there_again() -> None:
     args = argparse.Namespace(to_revision=None, to_time="2026-12-07T21:00:00Z", latest=False, backup=None)
     assert _point_in_time(args) == {"to_time": "2026-12-07T21:00:00+00:00"}

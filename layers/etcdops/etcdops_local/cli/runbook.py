@@ -284,11 +284,13 @@ def cmd_runbook_start_restore(args: argparse.Namespace) -> int:
     """RestoreCluster: the backup is checked by the runbook itself, and it always waits for an approval."""
     from etcdops.domain.backup.manifest import check_backup_id
 
+    point = _point_in_time(args)  # checked first, before the operator's session or the configuration is looked up
+
     def prepare(config: ClusterConfig) -> tuple[str, dict[str, Any]]:
         document: dict[str, Any] = {
             "cluster": config.name,
             "backup_id": check_backup_id(args.backup) if args.backup else None,
-            **_point_in_time(args),
+            **point,
             "mode": args.mode,
             "reason": args.reason or f"requested by an operator: restore {config.name}",
         }
