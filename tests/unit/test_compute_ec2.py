@@ -792,3 +792,40 @@ def test_each_ca_rotation_phase_on_ec2_converges_when_begun_again(aws: Aws) -> N
     with pytest.raises(ComputeConfigError, match="not a CA rotation phase"):
         compute.begin_ca_phase(4)
     assert aws.provider().ca_rotation() == {"begun": 2, "finished": 1}
+
+
+def test_a_ca_rotation_on_ec2_renews_the_functions_client_tls_secrets(aws: Aws) -> None:
+    compute = aws.provider()
+    compute.launch("m1")
+    client = pki.issue_certificate(aws.ca, "etcdops", kind="client")
+    for part, pem in (("ca", aws.ca.cert_pem), ("cert", client.cert_pem), ("key", client.key_pem)):
+        aws.secrets.create_secret(Name=f"etcdops/{CLUSTER}/client/{part}", SecretString=pem.decode())
+
+    def client_secret(part: str) -> str:
+        return str(aws.secrets.get_secret_value(SecretId=f"etcdops/{CLUSTER}/client/{part}")["SecretString"])
+
+    compute.begin_ca_phase(1)
+    new = _ca_secret(aws, "ca-next")
+    assert _certs(client_secret("ca")) == [aws.ca.cert_pem.decode(), new["certificate"]]
+    assert client_secret("cert") == client.cert_pem.decode()  # phase 1 issues nothing
+    compute.finish_ca_phase(1)
+    compute.begin_ca_phase(2)
+    renewed = pki.KeyPair(client_secret("cert").encode(), client_secret("key").encode())
+    new_ca = pki.KeyPair(new["certificate"].encode(), new["private_key"].encode())
+    pki.verify_chain(new_ca, renewed)  # of the new CA, with its own key
+    compute.begin_ca_phase(2)  # again: the renewed certificate is kept
+    assert client_secret("cert") == renewed.cert_pem.decode()
+    assert _certs(client_secret("ca")) == [aws.ca.cert_pem.decode(), new["certificate"]]
+    compute.finish_ca_phase(2)
+    compute.begin_ca_phase(3)
+    assert client_secret("ca") == new["certificate"]
+
+
+def test_a_ca_rotation_on_ec2_leaves_client_tls_secrets_it_does_not_find_alone(aws: Aws) -> None:
+    compute = aws.provider()
+    compute.launch("m1")
+    for phase in (1, 2, 3):
+        compute.begin_ca_phase(phase)
+        compute.finish_ca_phase(phase)
+    names = [s["Name"] for s in aws.secrets.list_secrets()["SecretList"]]
+    assert not [n for n in names if "/client/" in n]

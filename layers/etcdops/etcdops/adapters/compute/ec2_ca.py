@@ -8,6 +8,8 @@
 - each member's secret ``ca`` field: what the member trusts (``ca.crt`` on the host): the bundle of
   both CAs in phases 1 and 2, the new CA alone from phase 3 on. Hosts fetch it (RenewCertificates)
   before their restart in phases 1 and 3.
+- the functions' client TLS secrets ``etcdops/<cluster>/client/{ca,cert,key}`` (those that exist): ``ca``
+  the same trust; ``cert``/``key`` reissued from the new CA in phase 2.
 
 Each function converges when called again after a crash at any point (invariant 7).
 """
@@ -34,16 +36,23 @@ def _api_error(what: str, exc: Exception) -> ComputeApiError:
     return make(what, exc)
 
 
-def _read(provider: Ec2ComputeProvider, secret_id: str) -> dict[str, Any] | None:
-    """The secret's JSON object; None when it does not exist (or is scheduled for deletion)."""
+def _read_text(provider: Ec2ComputeProvider, secret_id: str) -> str | None:
+    """The secret's text; None when it does not exist (or is scheduled for deletion)."""
     try:
-        text = provider.secrets.get_secret_value(SecretId=secret_id)["SecretString"]
+        return str(provider.secrets.get_secret_value(SecretId=secret_id)["SecretString"])
     except ClientError as exc:
         if aws_error_code(exc) in ("ResourceNotFoundException", "InvalidRequestException"):
             return None
         raise _api_error(f"reading {secret_id}", exc) from exc
     except BotoCoreError as exc:
         raise _api_error(f"reading {secret_id}", exc) from exc
+
+
+def _read(provider: Ec2ComputeProvider, secret_id: str) -> dict[str, Any] | None:
+    """The secret's JSON object; None when it does not exist (or is scheduled for deletion)."""
+    text = _read_text(provider, secret_id)
+    if text is None:
+        return None
     try:
         data = json.loads(text)
     except ValueError:
@@ -51,9 +60,10 @@ def _read(provider: Ec2ComputeProvider, secret_id: str) -> dict[str, Any] | None
     return data if isinstance(data, dict) else None
 
 
-def _put(provider: Ec2ComputeProvider, secret_id: str, data: dict[str, Any], description: str) -> None:
-    """Write ``data`` to the secret, creating it (or restoring one scheduled for deletion) when needed."""
-    value = json.dumps(data)
+def _put(provider: Ec2ComputeProvider, secret_id: str, data: dict[str, Any] | str, description: str) -> None:
+    """Write ``data`` (JSON, or a text as it is) to the secret, creating it (or restoring one scheduled for
+    deletion) when needed."""
+    value = data if isinstance(data, str) else json.dumps(data)
     try:
         try:
             provider.secrets.put_secret_value(SecretId=secret_id, SecretString=value)
@@ -150,6 +160,28 @@ def _write_trust(provider: Ec2ComputeProvider, pem: str) -> None:
             _put(provider, secret_id, {**data, "ca": pem}, "")
 
 
+def _client_tls(provider: Ec2ComputeProvider, phase: int, trust: str) -> None:
+    """The functions' client TLS secrets where README "Deploying to AWS" puts them
+    (``etcdops/<cluster>/client/ca``, ``cert``, ``key``, each a PEM text), those that exist: ``ca`` the
+    members' trust; in phase 2 a new client certificate of the new CA (the key first: a function reading
+    between the two writes gets a pair that does not fit and is retried; a new run converges)."""
+    ca_id, cert_id, key_id = (_id(provider, f"client/{part}") for part in ("ca", "cert", "key"))
+    if _read_text(provider, ca_id) not in (None, trust):
+        _put(provider, ca_id, trust, "")
+    cert, key = _read_text(provider, cert_id), _read_text(provider, key_id)
+    if phase != 2 or cert is None or key is None:
+        return
+    ca = provider.read_ca()
+    try:
+        pki.verify_chain(ca, pki.KeyPair(cert.encode(), key.encode()))
+        return  # already of the new CA, with its key
+    except (PkiError, ValueError):
+        pass
+    pair = pki.issue_certificate(ca, "etcdops", kind="client")
+    _put(provider, key_id, pair.key_pem.decode(), "")
+    _put(provider, cert_id, pair.cert_pem.decode(), "")
+
+
 def begin(provider: Ec2ComputeProvider, phase: int) -> None:
     """Phase 1: ``ca-next`` and the bundle in every member's secret; 2: the new CA promoted to ``ca`` (the old
     one kept as ``ca-old``); 3: the new CA alone in every member's secret. Recorded as begun."""
@@ -165,7 +197,9 @@ def begin(provider: Ec2ComputeProvider, phase: int) -> None:
         _record(provider, 2, 1, new)  # the promotion and its record in one request
     else:
         _record(provider, 3, 2)
-    _write_trust(provider, trusted(provider))
+    trust = trusted(provider)
+    _write_trust(provider, trust)
+    _client_tls(provider, phase, trust)
 
 
 def finish(provider: Ec2ComputeProvider, phase: int) -> None:
