@@ -83,3 +83,15 @@ def test_the_approval_says_when_the_backup_is_not_of_the_live_incarnation(live: 
         assert "incarnation" not in summary and "cluster id" not in summary
     else:
         assert says in summary
+
+
+@pytest.mark.parametrize(("events", "warned"), [(128, False), (129, True)])
+def test_the_approval_warns_of_a_replayed_revision_larger_than_etcds_default_max_txn_ops(
+    events: int, warned: bool
+) -> None:
+    pitr = {"revisions": 3, "events": events + 2, "deltas": ["d1"], "target_revision": 42, "expected_keys": 7}
+    doc = {**START, "backup_id": "b", "bump_revision": 0, "pitr": {**pitr, "largest": [40, events]}}
+    summary = restore.approval_summary(doc)
+    warning = f"WARNING: revision 40 has {events} changes, more than etcd's default --max-txn-ops (128)"
+    assert (warning in summary) == warned and ("--to-revision 39 instead" in summary) == warned
+    assert "up to revision 42" in summary

@@ -17,7 +17,8 @@ and the chain say it holds at the target, so a key a lease removed meanwhile sho
 
 **Limits.** A revision is one transaction: one with more events than the restored cluster's
 ``--max-txn-ops`` (etcd's default 128; e.g. a lease revoked with many keys) or above
-``--max-request-bytes`` is refused by etcd, and the replay stops there with that error.
+``--max-request-bytes`` is refused by etcd, and the replay stops there with that error. The plan
+records the largest revision (``largest``) and the approval message warns above etcd's default.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from etcdops.domain.backup.delta import DeltaEvent
 from etcdops.domain.backup.errors import ReplayError
 
 UNLEASED_SHOWN = 20
+ETCD_DEFAULT_MAX_TXN_OPS = 128  # etcd's --max-txn-ops unless a member is started with another value
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,8 @@ def pitr_record(
         "deltas": [d.id for d in choice.deltas],
         "revisions": len(applied),
         "events": sum(len(events) for _, events in applied),
+        # the largest transaction the replay writes, [revision, events] (etcd refuses more than --max-txn-ops)
+        "largest": list(max(((len(events), rev) for rev, events in applied), default=(0, 0)))[::-1],
         "leased_puts": sum(1 for _, events in applied for e in events if e.kind == "put" and e.lease),
         "last_delta_at": choice.deltas[-1].created_at.isoformat() if choice.deltas else None,
         "expected_keys": len(expected),

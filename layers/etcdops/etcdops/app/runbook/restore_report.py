@@ -53,6 +53,21 @@ def _incarnation_note(doc: Document) -> str:
     )
 
 
+def _large_transaction_note(pitr: Mapping[str, Any]) -> str:
+    """A warning when one replayed revision holds more changes than etcd's default --max-txn-ops (a lease revoked
+    with many keys is one revision): etcd refuses that transaction, and the replay stops there."""
+    from etcdops.app.backup.replay import ETCD_DEFAULT_MAX_TXN_OPS
+
+    revision, events = (pitr.get("largest") or [0, 0])[:2]
+    if int(events) <= ETCD_DEFAULT_MAX_TXN_OPS:
+        return ""
+    return (
+        f"WARNING: revision {revision} has {events} changes, more than etcd's default --max-txn-ops "
+        f"({ETCD_DEFAULT_MAX_TXN_OPS}); unless the members run with a higher --max-txn-ops the replay stops there, "
+        f"leaving the cluster before that revision: restore --to-revision {int(revision) - 1} instead. "
+    )
+
+
 def _lost_note(doc: Document) -> str:
     """What the restore brings back beyond the backup (a point in time), and what is lost."""
     pitr = doc.get("pitr")
@@ -60,7 +75,8 @@ def _lost_note(doc: Document) -> str:
         return "Everything written after the backup is lost."
     leased = int(pitr.get("leased_puts") or 0)
     return (
-        f"Then {pitr['revisions']} revisions ({pitr['events']} changes) of {len(pitr['deltas'])} deltas are replayed "
+        _large_transaction_note(pitr)
+        + f"Then {pitr['revisions']} revisions ({pitr['events']} changes) of {len(pitr['deltas'])} deltas are replayed "
         f"on it, one transaction per revision, up to revision {pitr['target_revision']} (the newest delta used was "
         f"made {pitr.get('last_delta_at') or 'with the backup'}): the cluster will hold {pitr['expected_keys']} keys. "
         "Everything written after that revision is lost."
