@@ -70,3 +70,24 @@ def test_bad_phase_and_a_stack_without_a_trust_file_change_nothing(pki_dir: Path
     with pytest.raises(PkiError, match="predates CA rotation"):
         ca_rotation.begin(pki_dir, 1)
     assert not (pki_dir / "ca-next.crt").exists() and ca_rotation.recorded(pki_dir)["begun"] == 0
+
+
+@pytest.mark.parametrize("phase", [1, 3])
+def test_a_member_rolled_in_a_trust_phase_fetches_its_certificates_before_it_is_stopped(
+    phase: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EC2 hosts hold the trust bundle in their own ca.crt: RollMember has it written before the restart."""
+    from types import SimpleNamespace
+
+    from etcdops.app.runbook import rotate_ca
+
+    calls: list[str] = []
+    host = SimpleNamespace(name="m2")
+    compute = SimpleNamespace(find=lambda name: host, fetch_certificates=lambda h: calls.append(f"fetch {h.name}"))
+    monkeypatch.setattr(rotate_ca, "stop_for_restart", lambda ctx, h, member_id: calls.append(f"stop {member_id:x}"))
+    monkeypatch.setattr(rotate_ca, "start_again", lambda ctx, h, alone: calls.append(f"start {h.name}"))
+    doc = {"ca_phase": phase, "current": {"name": "m2", "id": "2a"}, "to_roll": ["m1", "m2"]}
+
+    rotate_ca.roll_member(SimpleNamespace(compute=compute), doc)  # type: ignore[arg-type]
+
+    assert calls == ["fetch m2", "stop 2a", "start m2"]
