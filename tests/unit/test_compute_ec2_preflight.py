@@ -294,6 +294,26 @@ def test_a_missing_document_and_one_of_another_contract_are_found(account: Accou
     assert "does not exist" in findings[0].problem and "OldDataSuffix" in findings[1].problem
 
 
+def test_a_ca_rotation_stops_at_its_preflight_before_any_secret_changes(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant 13: CheckCa runs the preflight of what the phases send (RenewCertificates, StopEtcd,
+    StartEtcd on every member) before the first phase creates a CA."""
+    from types import SimpleNamespace
+
+    from etcdops.app.runbook import PreflightFailedError, rotate_ca
+
+    account.aws.ssm.delete_document(Name=f"{STACK}-RenewCertificates")
+    monkeypatch.setattr(rotate_ca, "probe", lambda ctx: None)  # the cluster's health is not the point here
+    monkeypatch.setattr(rotate_ca, "refusals", lambda health: [])
+    before = account.snapshot()
+
+    with pytest.raises(PreflightFailedError, match=f"SSM document {STACK}-RenewCertificates"):
+        rotate_ca.check_ca(SimpleNamespace(compute=account.provider()), {"cluster": CLUSTER})  # type: ignore[arg-type]
+
+    assert account.snapshot() == before
+
+
 def test_documents_named_in_the_config_are_the_ones_checked(account: Account) -> None:
     compute = account.provider(ssm_documents={"StartEtcd": "prod-StartEtcd"})
 

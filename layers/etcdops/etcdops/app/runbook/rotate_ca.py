@@ -17,12 +17,14 @@ from typing import Any
 from etcdops.app.runbook import (
     ClusterNotReadyError,
     Document,
+    PreflightFailedError,
     RunbookContext,
     RunbookError,
     probe,
     start_again,
     stop_for_restart,
 )
+from etcdops.domain.compute.base import PreflightPlan
 from etcdops.domain.upgrade import refusals
 
 PHASES = {
@@ -37,11 +39,18 @@ class CaRotationRefusedError(RunbookError):
 
 
 def check_ca(ctx: RunbookContext, doc: Document) -> Document:
-    """Every member healthy and no alarm; the phase recorded beside the CA, from which this start goes on."""
+    """Every member healthy and no alarm, the preflight passed; the phase recorded beside the CA, from which
+    this start goes on."""
     reasons = refusals(probe(ctx))
     if reasons:
         raise CaRotationRefusedError("not rotating the CA while " + "; ".join(reasons) + "; nothing was changed")
     recorded = ctx.compute.ca_rotation()
+    # invariant 13: the host commands of the phases and every member host, before the first change
+    members = tuple(sorted(h.name for h in ctx.compute.hosts()))
+    plan = PreflightPlan(documents=("RenewCertificates", "StopEtcd", "StartEtcd"), commanded=members)
+    findings = ctx.compute.preflight(plan)
+    if findings:
+        raise PreflightFailedError("RotateCertificates", findings)
     return {
         **doc,
         "ca_recorded": recorded,
