@@ -21,7 +21,7 @@ from etcdops.adapters.state_delta import InMemoryDeltaChainStore
 from etcdops.app.backup.delta_job import run_delta_backup
 from etcdops.app.backup.replay import point_in_time
 from etcdops.app.probe import probe_cluster
-from etcdops.app.runbook import restore
+from etcdops.app.runbook import PreflightFailedError, restore
 from etcdops.app.runbook.restore import DEFAULT_BUMP_REVISION
 from etcdops.domain.backup.delta import DeltaEvent, delta_object_key
 from etcdops_local.cluster import LocalCluster
@@ -166,7 +166,7 @@ def test_a_delta_gone_while_the_approval_waits_stops_the_restore_in_preflight_wi
     store.delete(delta_object_key(first))
     states = {p.name: p.state for p in cluster.ps()}
 
-    with pytest.raises(restore.PreflightFailedError) as failed:
+    with pytest.raises(PreflightFailedError) as failed:
         restore.run_step(ctx, "Preflight", doc)
 
     ((check, subject, problem, fix),) = [(f.check, f.subject, f.problem, f.fix) for f in failed.value.findings]

@@ -25,7 +25,7 @@ from etcdops.adapters.etcd.connect import live_client
 from etcdops.adapters.state_memory import InMemoryStateStore
 from etcdops.app.backup.job import ensure_fresh_backup
 from etcdops.app.probe import probe_cluster
-from etcdops.app.runbook import replace
+from etcdops.app.runbook import PreflightFailedError, replace
 from etcdops.domain.backup.manifest import Manifest, object_key
 from etcdops.domain.config import ConfigFile
 from etcdops_local.cluster import LocalCluster
@@ -246,7 +246,7 @@ def test_a_replacement_that_could_not_finish_stops_in_preflight_with_nothing_cha
 
     # When the preflight runs (and again, as a retry would)
     for _ in range(2):
-        with pytest.raises(replace.PreflightFailedError) as failed:
+        with pytest.raises(PreflightFailedError) as failed:
             replace.run_step(ctx, "Preflight", doc)
 
     # Then it lists every problem, each with its fix, and not one thing changed

@@ -28,7 +28,7 @@ from etcdops.adapters.state_memory import InMemoryStateStore
 from etcdops.app.backup.importer import import_snapshot
 from etcdops.app.backup.job import run_backup
 from etcdops.app.probe import probe_cluster
-from etcdops.app.runbook import restore
+from etcdops.app.runbook import PreflightFailedError, restore
 from etcdops.domain.backup.errors import BackupNotFoundError, DecryptionError
 from etcdops.domain.backup.manifest import Manifest, manifest_key, object_key
 from etcdops.domain.compute.base import ActionResult, Host
@@ -534,7 +534,7 @@ def test_a_restore_that_could_not_finish_stops_in_preflight_with_nothing_stopped
     doc = {**doc, "old_hosts": [*doc["old_hosts"], {**doc["old_hosts"][0], "name": "m9"}]}
     before_kv, before_states = kv(cluster), states(cluster)
 
-    with pytest.raises(restore.PreflightFailedError) as failed:
+    with pytest.raises(PreflightFailedError) as failed:
         restore.run_step(ctx, "Preflight", doc)
     restore.run_step(
         ctx, "NotifyFailure", {**doc, "error": {"Error": "PreflightFailedError", "Cause": str(failed.value)}}

@@ -209,6 +209,20 @@ def publish_failure_once(ctx: Publishing, doc: Document, kind: str, subject: str
     return doc
 
 
+def publish_success_once(ctx: Publishing, doc: Document, kind: str, subject: str, body: str) -> Document:
+    """The success message: ``subject`` and ``body`` published once per execution (``kind``, e.g.
+    ``upgrade-succeeded``); ``doc`` with the time it finished when sent now, else unchanged."""
+    if not first_time(ctx, doc, kind):
+        return doc
+    ctx.notifier.publish(subject, body, {"cluster": str(doc.get("cluster")), "kind": kind})
+    return {**doc, "finished_at": ctx.now().isoformat()}
+
+
+def durations(doc: Document) -> str:
+    """The steps' durations in ``doc``'s ``timings``, for a message: ``preflight 0.8s, ...``."""
+    return ", ".join(f"{k} {v}s" for k, v in (doc.get("timings") or {}).items())
+
+
 def caught_and_released(ctx: Locking, doc: Document) -> Mapping[str, Any]:
     """The Catch path's start in every runbook: the caught error, with our lock released unless the
     error is that another operation holds it (then it is not ours to release)."""

@@ -26,8 +26,8 @@ from etcdops.app.runbook import (
     caught_and_released,
     caught_error,
     dispatch,
-    first_time,
     publish_failure_once,
+    publish_success_once,
     release_lock,
     require_configured_cluster,
     require_input,
@@ -284,7 +284,7 @@ def report(doc: Document) -> str:
 
 
 def notify_success(ctx: RunbookContext, doc: Document) -> Document:
-    if doc.get("mode") == "skipped" or not first_time(ctx, doc, "maintain-succeeded"):
+    if doc.get("mode") == "skipped":
         return doc
     recovered = doc.get("mode") == "nospace"
     defragmented = count(len(doc.get("defragmented") or []), "member")
@@ -296,8 +296,7 @@ def notify_success(ctx: RunbookContext, doc: Document) -> Document:
     body = f"Runbook {doc['execution']} finished.\n{report(doc)}"
     if recovered:
         body += "\nAlarm disarmed; sizes: " + "; ".join(doc.get("sizes_after") or [])
-    ctx.notifier.publish(subject, body, {"cluster": doc["cluster"], "kind": "maintain-succeeded"})
-    return {**doc, "finished_at": ctx.now().isoformat()}
+    return publish_success_once(ctx, doc, "maintain-succeeded", subject, body)
 
 
 def notify_failure(ctx: RunbookContext, doc: Document) -> Document:

@@ -5,7 +5,7 @@ use: the compute provider (launch, host commands, hosts, load balancer, retiring
 :meth:`ComputeProvider.preflight`), the backup store (the backup it relies on opens with the key; a
 restore can also write its staging object), and the state table (the operation lock is still this
 runbook's, and its lease is extended). Every problem found is a :class:`~etcdops.domain.findings.Finding`;
-if there is any, the step raises :class:`~etcdops.app.runbook.replace.PreflightFailedError` listing all
+if there is any, the step raises :class:`~etcdops.app.runbook.PreflightFailedError` listing all
 of them, having changed nothing, and the runbook's failure path releases the lock and sends one
 message with the list.
 
@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from botocore.exceptions import ClientError
 
 from etcdops.adapters.state import LockLostError, LockStore
+from etcdops.app.runbook import Document, PreflightFailedError, timed
 from etcdops.domain.compute.base import ComputeProvider, PreflightPlan
 from etcdops.domain.compute.errors import HostCommandFailedError
 from etcdops.domain.errors import ConfigError
@@ -32,6 +33,60 @@ if TYPE_CHECKING:
     from etcdops.adapters.backup.store import BackupStore
 
 _DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
+
+
+class Preflighting(Protocol):
+    """Any runbook's context, as far as its preflight goes."""
+
+    @property
+    def compute(self) -> ComputeProvider: ...
+
+    @property
+    def backup_target(self) -> Callable[[], tuple[BackupStore, KeyProvider]]: ...
+
+    @property
+    def state(self) -> LockStore: ...
+
+    @property
+    def now(self) -> Callable[[], datetime]: ...
+
+
+def plan_findings(
+    ctx: Preflighting,
+    doc: Document,
+    plan: PreflightPlan,
+    *,
+    lease_seconds: float,
+    why: str,
+    staging_key: str | None = None,
+    staging: Callable[[], BackupStore] | None = None,
+    deltas: Sequence[str] = (),
+) -> list[Finding]:
+    """:func:`runbook_findings` of a runbook's context and document (its cluster, execution and the
+    backup ``backup_id`` it relies on)."""
+    return runbook_findings(
+        ctx.compute,
+        plan,
+        ctx.backup_target,
+        str(doc["backup_id"]),
+        ctx.state,
+        cluster=doc["cluster"],
+        execution=doc["execution"],
+        lease_seconds=lease_seconds,
+        now=ctx.now(),
+        why=why,
+        staging_key=staging_key,
+        staging=staging,
+        deltas=deltas,
+    )
+
+
+def passed(ctx: Preflighting, doc: Document, runbook: str, findings: list[Finding], started: float) -> Document:
+    """The end of every preflight step: :class:`PreflightFailedError` of ``runbook`` listing the
+    findings, or the document with the time it passed."""
+    if findings:
+        raise PreflightFailedError(runbook, findings)
+    return timed({**doc, "preflight": {"passed_at": ctx.now().isoformat()}}, "preflight", started)
 
 
 def runbook_findings(

@@ -17,16 +17,17 @@ from etcdops.app.runbook import (
     ClusterNotReadyError,
     Document,
     InvalidRunbookInputError,
-    PreflightFailedError,
     RunbookContext,
     caught_and_released,
     caught_error,
     caught_message,
     dispatch,
+    durations,
     ensure_backup,
     first_time,
     members,
     probe,
+    publish_success_once,
     release_lock,
     require_configured_cluster,
     timed,
@@ -34,7 +35,7 @@ from etcdops.app.runbook import (
 from etcdops.app.runbook import preflight as checks
 from etcdops.app.runbook import require_input as _require
 from etcdops.app.runbook.members import UnsafeChangeError, check_safe, record_membership_in_config
-from etcdops.domain.compute.base import PreflightPlan, check_host_name
+from etcdops.domain.compute.base import PreflightPlan, is_host_name
 from etcdops.domain.errors import Backoff, EtcdLearnerNotReadyError, EtcdopsError
 from etcdops.domain.policy import change_safety
 from etcdops.domain.runbook_documents import ReplaceDocument
@@ -123,31 +124,11 @@ def preflight(ctx: ReplaceContext, doc: Document) -> Document:
         launch=(new_member_name(doc),),
         documents=("StartEtcd",),
         repoint=True,
-        retire=(old,) if old and _host_name(old) else (),
+        retire=(old,) if old and is_host_name(old) else (),
     )
-    findings = checks.runbook_findings(
-        ctx.compute,
-        plan,
-        ctx.backup_target,
-        str(doc["backup_id"]),
-        ctx.state,
-        cluster=doc["cluster"],
-        execution=doc["execution"],
-        lease_seconds=LOCK_LEASE_SECONDS,
-        now=ctx.now(),
-        why="relies on it to undo a failed replacement",
-    )
-    if findings:
-        raise PreflightFailedError("ReplaceMember", findings)
-    return timed({**doc, "preflight": {"passed_at": ctx.now().isoformat()}}, "preflight", started)
-
-
-def _host_name(name: str) -> bool:
-    try:
-        check_host_name(name)
-    except EtcdopsError:
-        return False
-    return True
+    why = "relies on it to undo a failed replacement"
+    findings = checks.plan_findings(ctx, doc, plan, lease_seconds=LOCK_LEASE_SECONDS, why=why)
+    return checks.passed(ctx, doc, "ReplaceMember", findings, started)
 
 
 def remove_failed_member(ctx: ReplaceContext, doc: Document) -> Document:
@@ -203,8 +184,6 @@ def _finish_attempt(ctx: ReplaceContext, doc: Document, outcome: str, error: Any
 
 def notify_success(ctx: ReplaceContext, doc: Document) -> Document:
     _finish_attempt(ctx, doc, "SUCCEEDED")
-    if not first_time(ctx, doc, "replace-succeeded"):
-        return doc
     new = doc.get("new_member") or {}
     name = doc.get("member_name") or member_text(doc)
     if doc.get("recovered"):
@@ -212,16 +191,14 @@ def notify_success(ctx: ReplaceContext, doc: Document) -> Document:
         body = f"Runbook {doc['execution']} found the member healthy again and made no change."
     else:
         subject = f"etcdops: replaced member {name} of {doc['cluster']}"
-        timings = ", ".join(f"{k} {v}s" for k, v in (doc.get("timings") or {}).items())
         body = (
             f"Runbook {doc['execution']} replaced member {member_text(doc)} "
             f"with {new.get('name')} ({new.get('id')}).\nWhy: {doc.get('reason', '')}\n"
             f"Backup taken or confirmed first: {doc.get('backup_id')}\n"
             f"Stored endpoints now: {', '.join(doc.get('stored_endpoints') or []) or 'unchanged'}\n"
-            f"Step durations: {timings}"
+            f"Step durations: {durations(doc)}"
         )
-    ctx.notifier.publish(subject, body, {"cluster": doc["cluster"], "kind": "replace-succeeded"})
-    return {**doc, "finished_at": ctx.now().isoformat()}
+    return publish_success_once(ctx, doc, "replace-succeeded", subject, body)
 
 
 def notify_failure(ctx: ReplaceContext, doc: Document) -> Document:

@@ -91,18 +91,21 @@ from etcdops.app.probe import probe_cluster
 from etcdops.app.runbook import (
     ClusterNotReadyError,
     InvalidRunbookInputError,
-    PreflightFailedError,
     RunbookError,
     caught_and_released,
     dispatch,
+    durations,
     execution_tail,
     first_time,
     publish_failure_once,
+    publish_success_once,
     release_lock,
     require_configured_cluster,
     stage_plaintext,
 )
 from etcdops.app.runbook import preflight as checks
+from etcdops.app.runbook import require_input as _require
+from etcdops.app.runbook import timed as _timed
 from etcdops.app.runbook.restore_report import (
     STAGING_PREFIX,
     approval_summary,
@@ -167,18 +170,6 @@ class RestoreContext:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
-
-
-def _require(doc: Document, *fields: str) -> None:
-    missing = [f for f in fields if doc.get(f) in (None, "")]
-    if missing:
-        raise InvalidRunbookInputError(f"runbook input: missing {', '.join(missing)}")
-
-
-def _timed(doc: Document, step: str, started: float) -> Document:
-    timings = dict(doc.get("timings") or {})
-    timings[step] = round(time.monotonic() - started, 3)
-    return {**doc, "timings": timings}
 
 
 def _host_doc(host: Host) -> dict[str, str]:
@@ -352,24 +343,17 @@ def preflight(ctx: RestoreContext, doc: Document) -> Document:
         plan = PreflightPlan(
             launch=launch, documents=tuple(DOCUMENTS), commanded=present, control_plane=True, repoint=True
         )
-    findings = checks.runbook_findings(
-        ctx.compute,
+    findings = checks.plan_findings(
+        ctx,
+        doc,
         plan,
-        ctx.backup_target,
-        str(doc["backup_id"]),
-        ctx.state,
-        cluster=doc["cluster"],
-        execution=doc["execution"],
         lease_seconds=LOCK_LEASE_SECONDS,
-        now=ctx.now(),
         why="restores every member from it",
         staging_key=staged_keys(doc)[1],
         staging=ctx.staging,
         deltas=(doc.get("pitr") or {}).get("deltas") or (),
     )
-    if findings:
-        raise PreflightFailedError("RestoreCluster", findings)
-    return _timed({**doc, "preflight": {"passed_at": ctx.now().isoformat()}}, "preflight", started)
+    return checks.passed(ctx, doc, "RestoreCluster", findings, started)
 
 
 def notify_start(ctx: RestoreContext, doc: Document) -> Document:
@@ -615,10 +599,7 @@ def restart_control_plane(ctx: RestoreContext, doc: Document) -> Document:
 
 
 def notify_success(ctx: RestoreContext, doc: Document) -> Document:
-    if not first_time(ctx, doc, "restore-succeeded"):
-        return doc
     verified = doc.get("verified") or {}
-    timings = ", ".join(f"{k} {v}s" for k, v in (doc.get("timings") or {}).items())
     revisions = (
         f"revision raised to {verified.get('revision')} (bumped by {doc.get('bump_revision'):,}, "
         "old revisions marked compacted)"
@@ -626,7 +607,10 @@ def notify_success(ctx: RestoreContext, doc: Document) -> Document:
         else f"revision {verified.get('revision')} (not bumped: the hosts' etcd restore tool has no --bump-revision; "
         "restart every etcd client that watches)"
     )
-    ctx.notifier.publish(
+    return publish_success_once(
+        ctx,
+        doc,
+        "restore-succeeded",
         f"etcdops: restored cluster {doc['cluster']} from backup {doc['backup_id']}",
         f"Runbook {doc['execution']} restored {doc['cluster']} ({doc['mode']}) from backup {doc['backup_id']} taken "
         f"{doc.get('backup_created_at')}.\nMembers: {', '.join(t['name'] for t in target_hosts(doc))}, "
@@ -634,10 +618,9 @@ def notify_success(ctx: RestoreContext, doc: Document) -> Document:
         f"a leader; {verified.get('keys')} keys, as in the backup{replayed_note(doc)}; {revisions}.\n"
         f"The old data directories are kept (suffix .{doc.get('old_data_suffix')}); "
         "delete them once you are satisfied.\n"
-        f"API servers started and scheduler, controller manager and kubelets restarted.\nStep durations: {timings}",
-        {"cluster": doc["cluster"], "kind": "restore-succeeded"},
+        "API servers started and scheduler, controller manager and kubelets restarted.\n"
+        f"Step durations: {durations(doc)}",
     )
-    return {**doc, "finished_at": ctx.now().isoformat()}
 
 
 def remove_staged_snapshot(ctx: RestoreContext, doc: Document) -> Document:

@@ -22,25 +22,25 @@ from etcdops.app.runbook import (
     ClusterNotReadyError,
     Document,
     InvalidRunbookInputError,
-    PreflightFailedError,
     RunbookContext,
     caught_and_released,
     caught_error,
     dispatch,
+    durations,
     ensure_backup,
     execution_tail,
-    first_time,
     hand_leadership_on,
     members,
     probe,
     publish_failure_once,
+    publish_success_once,
     release_lock,
     require_configured_cluster,
     require_input,
     timed,
 )
 from etcdops.app.runbook import preflight as checks
-from etcdops.domain.compute.base import PreflightPlan, check_host_name
+from etcdops.domain.compute.base import PreflightPlan, check_host_name, is_host_name
 from etcdops.domain.errors import (
     Backoff,
     EtcdLearnerNotReadyError,
@@ -130,31 +130,11 @@ def preflight(ctx: RunbookContext, doc: Document) -> Document:
         launch=launch,
         documents=("StartEtcd",) if launch else (),
         repoint=True,
-        retire=tuple(name for name in leaving if _host_name(name)),
+        retire=tuple(name for name in leaving if is_host_name(name)),
     )
-    findings = checks.runbook_findings(
-        ctx.compute,
-        plan,
-        ctx.backup_target,
-        str(doc["backup_id"]),
-        ctx.state,
-        cluster=doc["cluster"],
-        execution=doc["execution"],
-        lease_seconds=LOCK_LEASE_SECONDS,
-        now=ctx.now(),
-        why="relies on it should the cluster lose its quorum while its size changes",
-    )
-    if findings:
-        raise PreflightFailedError("ScaleCluster", findings)
-    return timed({**doc, "preflight": {"passed_at": ctx.now().isoformat()}}, "preflight", started)
-
-
-def _host_name(name: str) -> bool:
-    try:
-        check_host_name(name)
-    except EtcdopsError:
-        return False
-    return True
+    why = "relies on it should the cluster lose its quorum while its size changes"
+    findings = checks.plan_findings(ctx, doc, plan, lease_seconds=LOCK_LEASE_SECONDS, why=why)
+    return checks.passed(ctx, doc, "ScaleCluster", findings, started)
 
 
 # ---- one change at a time ---------------------------------------------------------------------
@@ -274,23 +254,19 @@ def _changes_text(doc: Document) -> str:
 
 
 def notify_success(ctx: RunbookContext, doc: Document) -> Document:
-    if not first_time(ctx, doc, "scale-succeeded"):
-        return doc
     if doc.get("nothing_to_do"):
         subject = f"etcdops: {doc['cluster']} has {doc['size']} voting members already; nothing changed"
         body = f"Runbook {doc['execution']} found {doc['size']} voters and changed nothing."
     else:
         subject = f"etcdops: scaled {doc['cluster']} from {doc.get('voters_before')} to {doc['size']} voting members"
-        timings = ", ".join(f"{k} {v}s" for k, v in (doc.get("timings") or {}).items())
         body = (
             f"Runbook {doc['execution']} changed the membership one member at a time.\n"
             f"Backup taken or confirmed first: {doc.get('backup_id')}\nChanges:\n{_changes_text(doc)}\n"
             f"Members now: {', '.join(doc.get('members_after') or [])}\n"
             f"Stored endpoints now: {', '.join(doc.get('stored_endpoints') or []) or 'unchanged'}\n"
-            f"Last step durations: {timings}"
+            f"Last step durations: {durations(doc)}"
         )
-    ctx.notifier.publish(subject, body, {"cluster": doc["cluster"], "kind": "scale-succeeded"})
-    return {**doc, "finished_at": ctx.now().isoformat()}
+    return publish_success_once(ctx, doc, "scale-succeeded", subject, body)
 
 
 def _where(ctx: RunbookContext, doc: Document, error: dict[str, Any]) -> str:

@@ -23,17 +23,17 @@ from typing import Any
 from etcdops.app.runbook import (
     ClusterNotReadyError,
     Document,
-    PreflightFailedError,
     RunbookContext,
     RunbookError,
     caught_and_released,
     caught_error,
     dispatch,
+    durations,
     ensure_backup,
-    first_time,
     hand_leadership_on,
     probe,
     publish_failure_once,
+    publish_success_once,
     release_lock,
     require_configured_cluster,
     require_input,
@@ -168,23 +168,11 @@ def preflight(ctx: RunbookContext, doc: Document) -> Document:
     require_input(doc, "cluster", "execution", "backup_id", "members")
     names = sorted(doc["members"])
     plan = PreflightPlan(documents=("StopEtcd", "SwapEtcdBinary", "StartEtcd"), commanded=tuple(names))
-    findings = checks.runbook_findings(
-        ctx.compute,
-        plan,
-        ctx.backup_target,
-        str(doc["backup_id"]),
-        ctx.state,
-        cluster=doc["cluster"],
-        execution=doc["execution"],
-        lease_seconds=LOCK_LEASE_SECONDS,
-        now=ctx.now(),
-        why="relies on it should an upgraded member lose its data",
-    )
+    why = "relies on it should an upgraded member lose its data"
+    findings = checks.plan_findings(ctx, doc, plan, lease_seconds=LOCK_LEASE_SECONDS, why=why)
     old = sorted({str(m["before"]) for m in doc["members"].values()} - {str(_target(doc))})
     findings += checks.binary_findings(ctx.compute, names, [str(_target(doc)), *old])
-    if findings:
-        raise PreflightFailedError("UpgradeCluster", findings)
-    return timed({**doc, "preflight": {"passed_at": ctx.now().isoformat()}}, "preflight", started)
+    return checks.passed(ctx, doc, "UpgradeCluster", findings, started)
 
 
 # ---- member by member -------------------------------------------------------------------------
@@ -346,20 +334,16 @@ def check_cluster_version(ctx: RunbookContext, doc: Document) -> Document:
 
 
 def notify_success(ctx: RunbookContext, doc: Document) -> Document:
-    if not first_time(ctx, doc, "upgrade-succeeded"):
-        return doc
     if doc.get("nothing_to_do"):
         subject = f"etcdops: {doc['cluster']} runs etcd {doc['version']} already; nothing upgraded"
         body = f"Runbook {doc['execution']} found every member on {doc['version']} and changed nothing."
     else:
         subject = f"etcdops: upgraded {doc['cluster']} from etcd {doc.get('from_version')} to {doc['version']}"
-        timings = ", ".join(f"{k} {v}s" for k, v in (doc.get("timings") or {}).items())
         body = (
             f"Runbook {doc['execution']} upgraded every member, the leader last.\n"
-            f"Backup taken or confirmed first: {doc.get('backup_id')}\n{report(doc)}\nStep durations: {timings}"
+            f"Backup taken or confirmed first: {doc.get('backup_id')}\n{report(doc)}\nStep durations: {durations(doc)}"
         )
-    ctx.notifier.publish(subject, body, {"cluster": doc["cluster"], "kind": "upgrade-succeeded"})
-    return {**doc, "finished_at": ctx.now().isoformat()}
+    return publish_success_once(ctx, doc, "upgrade-succeeded", subject, body)
 
 
 def notify_failure(ctx: RunbookContext, doc: Document) -> Document:

@@ -297,8 +297,13 @@ def action_spec(action: str) -> DocumentSpec:
         ) from None
 
 
+def is_host_name(name: object) -> bool:
+    """Whether ``name`` can name a host (a member): 1-63 letters, digits, '.', '_' or '-'."""
+    return isinstance(name, str) and _NAME.match(name) is not None
+
+
 def check_host_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not is_host_name(name):
         raise InvalidHostNameError(
             f"member name {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting and ending "
             "with a letter or digit"
