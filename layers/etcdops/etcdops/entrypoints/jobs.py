@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, load_cluster_config, materialize_tls
 from etcdops.adapters.backup.target import open_backup_target
@@ -37,6 +38,12 @@ from etcdops.domain.job_messages import job_failed
 from etcdops.entrypoints.events import FailedInvocationRecord
 from etcdops.entrypoints.fanout import Invoke, invoke_each
 from etcdops.entrypoints.settings import DeltaJobSettings, JobSettings
+
+if TYPE_CHECKING:
+    from etcdops.adapters.backup.crypto import KeyProvider
+    from etcdops.adapters.backup.store import BackupStore
+    from etcdops.adapters.etcd.client import EtcdClient
+    from etcdops.domain.health import ClusterHealth
 
 COUNT, BYTES, SECONDS = "Count", "Bytes", "Seconds"
 log = logging.getLogger("etcdops.entrypoints.jobs")
@@ -74,6 +81,28 @@ def load_job_config(settings: JobSettings, aws: AwsClients, cluster: str | None)
     )
 
 
+class LiveCluster(NamedTuple):
+    """A cluster opened for a backup job: its configuration with the TLS files written out, a client, a
+    first probe and its backup target (in the order the ``run_*backup`` functions take them)."""
+
+    config: ClusterConfig
+    client: EtcdClient
+    health: ClusterHealth
+    store: BackupStore
+    keyring: KeyProvider
+
+
+@contextmanager
+def live_cluster(config: ClusterConfig, aws: AwsClients) -> Iterator[LiveCluster]:
+    """The cluster of ``config`` opened (:class:`LiveCluster`); its TLS files are removed on leaving."""
+    with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
+        config = materialize_tls(config, aws.secrets, Path(tls_dir))
+        store, keyring = open_backup_target(config, s3_client=aws.s3, kms_client=aws.kms)
+        with client_for(config) as client:
+            health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
+            yield LiveCluster(config, client, health, store, keyring)
+
+
 def backup_job(
     settings: JobSettings, aws: AwsClients, metrics: MetricsSink, cluster: str | None = None, *, kind: str = "full"
 ) -> dict[str, Any]:
@@ -86,16 +115,12 @@ def backup_job(
     metrics.add_dimension("cluster", config.name)
     prefix = "VolumeBackup" if kind == "volume" else "Backup"
     try:
-        with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
-            config = materialize_tls(config, aws.secrets, Path(tls_dir))
-            store, keyring = open_backup_target(config, s3_client=aws.s3, kms_client=aws.kms)
-            with client_for(config) as client:
-                health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
-                if kind == "volume":
-                    compute = open_compute(config, session=aws.session, stack_name=settings.stack_name)
-                    taken = run_volume_backup(config, client, health, store, keyring, compute)
-                else:
-                    taken = run_backup(config, client, health, store, keyring)
+        with live_cluster(config, aws) as live:
+            if kind == "volume":
+                compute = open_compute(live.config, session=aws.session, stack_name=settings.stack_name)
+                taken = run_volume_backup(*live, compute)
+            else:
+                taken = run_backup(*live)
     except Exception:  # every failure counts; FailureNotice says it once the invocation has failed for good
         metrics.add_metric(f"{prefix}Failed", COUNT, 1)
         raise
@@ -137,12 +162,8 @@ def delta_backup_job(
     metrics.add_dimension("cluster", config.name)
     chains = DynamoDeltaChainStore(DynamoStateStore(settings.table_name, dynamodb))
     try:
-        with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
-            config = materialize_tls(config, aws.secrets, Path(tls_dir))
-            store, keyring = open_backup_target(config, s3_client=aws.s3, kms_client=aws.kms)
-            with client_for(config) as client:
-                health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
-                result = run_delta_backup(config, client, health, store, keyring, chains, log=log.info)
+        with live_cluster(config, aws) as live:
+            result = run_delta_backup(*live, chains, log=log.info)
     except Exception:  # counted; FailureNotice says it once the invocation has failed for good
         metrics.add_metric("DeltaBackupFailed", COUNT, 1)
         _stale_delta_age(chains, config.name, metrics)
