@@ -829,3 +829,24 @@ def test_a_ca_rotation_on_ec2_leaves_client_tls_secrets_it_does_not_find_alone(a
         compute.finish_ca_phase(phase)
     names = [s["Name"] for s in aws.secrets.list_secrets()["SecretList"]]
     assert not [n for n in names if "/client/" in n]
+
+
+def test_a_ca_rotation_on_ec2_reads_a_pem_ca_secret_and_refuses_an_unreadable_record(aws: Aws) -> None:
+    compute = aws.provider()
+    ca_id = f"etcdops/{CLUSTER}/ca"
+    aws.secrets.put_secret_value(SecretId=ca_id, SecretString=(aws.ca.cert_pem + aws.ca.key_pem).decode())
+    assert compute.ca_rotation() == {"begun": 0, "finished": 0}  # both PEM blocks in one text: none under way
+    compute.begin_ca_phase(1)  # recorded as JSON with the same CA
+    assert _ca_secret(aws, "ca") == {
+        "certificate": aws.ca.cert_pem.decode(),
+        "private_key": aws.ca.key_pem.decode(),
+        "rotation": {"begun": 1, "finished": 0},
+    }
+    for bad in ("phase one", {"begun": "one"}):
+        value = json.dumps({**_ca_secret(aws, "ca"), "rotation": bad})
+        aws.secrets.put_secret_value(SecretId=ca_id, SecretString=value)
+        with pytest.raises(ComputeConfigError, match="unreadable CA rotation record"):
+            compute.ca_rotation()
+        with pytest.raises(ComputeConfigError, match="unreadable CA rotation record"):
+            compute.begin_ca_phase(2)  # refused, not overwritten
+        assert aws.secrets.get_secret_value(SecretId=ca_id)["SecretString"] == value

@@ -187,6 +187,7 @@ def begin(provider: Ec2ComputeProvider, phase: int) -> None:
     one kept as ``ca-old``); 3: the new CA alone in every member's secret. Recorded as begun."""
     if phase not in (1, 2, 3):
         raise ComputeConfigError(f"phase: {phase} is not a CA rotation phase (1, 2 or 3)")
+    recorded(provider)  # an unreadable record is refused, not overwritten
     if phase == 1:
         _next_ca(provider)
         _record(provider, 1, 0)
