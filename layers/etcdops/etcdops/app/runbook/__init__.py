@@ -173,6 +173,14 @@ class Locking(Protocol):
     def state(self) -> LockStore: ...
 
 
+def locked(ctx: RunbookContext, doc: Document, lease_seconds: float) -> Document:
+    """Invariant 2: the runbook's AcquireLock once its input is checked: the cluster's operation lock, the
+    same for every runbook, taken for ``lease_seconds``; ``doc`` with its owner and the start time."""
+    started = time.monotonic()
+    lock = ctx.state.acquire_lock(doc["cluster"], doc["execution"], lease_seconds, ctx.now())
+    return timed({**doc, "lock_owner": lock.owner, "started_at": ctx.now().isoformat()}, "acquire_lock", started)
+
+
 def release_lock(ctx: Locking, doc: Document) -> Document:
     if doc.get("cluster") and doc.get("execution"):
         ctx.state.release_lock(doc["cluster"], doc["execution"])

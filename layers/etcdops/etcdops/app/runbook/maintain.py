@@ -26,6 +26,7 @@ from etcdops.app.runbook import (
     caught_and_released,
     caught_error,
     dispatch,
+    locked,
     publish_failure_once,
     publish_success_once,
     release_lock,
@@ -99,9 +100,7 @@ def acquire_lock(ctx: RunbookContext, doc: Document) -> Document:
     """Invariant 2: one operation at a time, the same lock as the other runbooks."""
     require_input(doc, "cluster", "execution")
     require_configured_cluster(ctx.config, doc)
-    started = time.monotonic()
-    lock = ctx.state.acquire_lock(doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
-    return timed({**doc, "lock_owner": lock.owner, "started_at": ctx.now().isoformat()}, "acquire_lock", started)
+    return locked(ctx, doc, LOCK_LEASE_SECONDS)
 
 
 def assess(ctx: RunbookContext, doc: Document) -> Document:

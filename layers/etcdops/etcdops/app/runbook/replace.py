@@ -25,6 +25,7 @@ from etcdops.app.runbook import (
     durations,
     ensure_backup,
     first_time,
+    locked,
     members,
     probe,
     publish_success_once,
@@ -74,9 +75,7 @@ def acquire_lock(ctx: ReplaceContext, doc: Document) -> Document:
     _require(doc, "cluster", "member_id", "execution")
     require_configured_cluster(ctx.config, doc)
     _target_id(doc)
-    started = time.monotonic()
-    lock = ctx.state.acquire_lock(doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
-    return timed({**doc, "lock_owner": lock.owner, "started_at": ctx.now().isoformat()}, "acquire_lock", started)
+    return locked(ctx, doc, LOCK_LEASE_SECONDS)
 
 
 def check_member_still_failed(ctx: ReplaceContext, doc: Document) -> Document:

@@ -30,6 +30,7 @@ from etcdops.app.runbook import (
     ensure_backup,
     execution_tail,
     hand_leadership_on,
+    locked,
     members,
     probe,
     publish_failure_once,
@@ -88,10 +89,7 @@ def acquire_lock(ctx: RunbookContext, doc: Document) -> Document:
     require_input(doc, "cluster", "execution", "size")
     require_configured_cluster(ctx.config, doc)
     size = _size(doc)
-    started = time.monotonic()
-    lock = ctx.state.acquire_lock(doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
-    document = {**doc, "size": size, "lock_owner": lock.owner, "started_at": ctx.now().isoformat()}
-    return timed(document, "acquire_lock", started)
+    return locked(ctx, {**doc, "size": size}, LOCK_LEASE_SECONDS)
 
 
 def check_scale(ctx: RunbookContext, doc: Document) -> Document:

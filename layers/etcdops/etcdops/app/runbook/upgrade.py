@@ -31,6 +31,7 @@ from etcdops.app.runbook import (
     durations,
     ensure_backup,
     hand_leadership_on,
+    locked,
     probe,
     publish_failure_once,
     publish_success_once,
@@ -112,9 +113,7 @@ def acquire_lock(ctx: RunbookContext, doc: Document) -> Document:
     """Invariant 2: one operation at a time, the same lock as ReplaceMember and RestoreCluster."""
     require_input(doc, "cluster", "execution", "version")
     require_configured_cluster(ctx.config, doc)
-    started = time.monotonic()
-    lock = ctx.state.acquire_lock(doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
-    return timed({**doc, "lock_owner": lock.owner, "started_at": ctx.now().isoformat()}, "acquire_lock", started)
+    return locked(ctx, doc, LOCK_LEASE_SECONDS)
 
 
 def check_path(ctx: RunbookContext, doc: Document) -> Document:
