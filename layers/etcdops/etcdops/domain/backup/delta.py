@@ -31,7 +31,7 @@ from typing import Annotated, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from etcdops.domain.backup.errors import DeltaFormatError
-from etcdops.domain.backup.manifest import UtcDatetime, check_backup_id
+from etcdops.domain.backup.manifest import UtcDatetime, backup_id_value, check_backup_id
 from etcdops.domain.errors import UsageError
 
 DELTA_PREFIX: Final = "deltas/"
@@ -173,10 +173,7 @@ class DeltaManifest(BaseModel):
     @field_validator("id", "chain_id")
     @classmethod
     def _ids(cls, value: str) -> str:
-        try:
-            return check_backup_id(value)
-        except UsageError as exc:
-            raise ValueError(str(exc)) from None
+        return backup_id_value(value)
 
     @model_validator(mode="after")
     def _range(self) -> DeltaManifest:

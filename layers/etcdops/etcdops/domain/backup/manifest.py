@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import secrets
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -111,6 +111,32 @@ def cluster_id_text(cluster_id: int | None) -> str | None:
     return f"{cluster_id:x}" if cluster_id else None
 
 
+def backup_id_value(value: str) -> str:
+    """A model field's check of a backup id: :func:`check_backup_id`, its error as the field's."""
+    try:
+        return check_backup_id(value)
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class StoredDocument(BaseModel):
+    """A document the backup store keeps as JSON (a manifest, a volume or drill record)."""
+
+    what: ClassVar[str] = "document"  # how a parse error names it unless the caller says where it came from
+
+    def to_json(self) -> bytes:
+        """The document (UTF-8 JSON, indented for humans)."""
+        return self.model_dump_json(indent=2).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes | str, source: str | None = None) -> Self:
+        """Parse and validate; :class:`ManifestInvalidError` names the first bad field."""
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise _invalid(exc, source or cls.what) from None
+
+
 # ---- the manifest -------------------------------------------------------------------------------
 
 
@@ -146,9 +172,10 @@ class VolumeSource(BaseModel):
     snapshot_ids: tuple[str, ...] = ()  # the provider's snapshots (EC2: the EBS snapshot ids)
 
 
-class Manifest(BaseModel):
+class Manifest(StoredDocument):
     """What a backup is: where it came from, where it is, and how to check and decrypt it."""
 
+    what: ClassVar[str] = "manifest"
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
     format_version: Literal[1] = MANIFEST_FORMAT_VERSION
@@ -178,10 +205,7 @@ class Manifest(BaseModel):
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
-        try:
-            return check_backup_id(value)
-        except UsageError as exc:
-            raise ValueError(str(exc)) from None
+        return backup_id_value(value)
 
     @field_validator("cluster_id", "member_id", "sha256", mode="before")
     @classmethod
@@ -214,18 +238,6 @@ class Manifest(BaseModel):
         """A copy of this manifest recording a successful verification at ``at``."""
         return Manifest.model_validate({**self.model_dump(), "verified": True, "verified_at": at})
 
-    def to_json(self) -> bytes:
-        """The manifest document (UTF-8 JSON, indented for humans)."""
-        return self.model_dump_json(indent=2).encode() + b"\n"
-
-    @classmethod
-    def from_json(cls, data: bytes | str, source: str = "manifest") -> Manifest:
-        """Parse and validate a manifest; :class:`ManifestInvalidError` names the first bad field."""
-        try:
-            return cls.model_validate_json(data)
-        except ValidationError as exc:
-            raise _invalid(exc, source) from None
-
 
 # ---- volume snapshots a provider keeps -----------------------------------------------------------
 
@@ -238,11 +250,12 @@ def volume_record_key(backup_id: str) -> str:
     return f"{VOLUME_PREFIX}{check_backup_id(backup_id)}.json"
 
 
-class VolumeSnapshotRecord(BaseModel):
+class VolumeSnapshotRecord(StoredDocument):
     """A volume backup whose data the compute provider keeps (EC2: EBS snapshots of the member's data
     volumes, taken together): what was copied, at which observed revision, and where it is. Its bytes
     never passed through etcdops, so it carries no hash of them and is not a verified backup."""
 
+    what: ClassVar[str] = "volume record"
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
     id: str
@@ -258,26 +271,13 @@ class VolumeSnapshotRecord(BaseModel):
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
-        try:
-            return check_backup_id(value)
-        except UsageError as exc:
-            raise ValueError(str(exc)) from None
+        return backup_id_value(value)
 
     @model_validator(mode="after")
     def _has_snapshots(self) -> VolumeSnapshotRecord:
         if not self.volume.snapshot_ids:
             raise ValueError("volume.snapshot_ids: a provider-kept volume backup names its snapshots")
         return self
-
-    def to_json(self) -> bytes:
-        return self.model_dump_json(indent=2).encode() + b"\n"
-
-    @classmethod
-    def from_json(cls, data: bytes | str, source: str = "volume record") -> VolumeSnapshotRecord:
-        try:
-            return cls.model_validate_json(data)
-        except ValidationError as exc:
-            raise _invalid(exc, source) from None
 
 
 # ---- restore drill records ----------------------------------------------------------------------
@@ -291,9 +291,10 @@ def drill_key(drill_id: str) -> str:
     return f"{DRILL_PREFIX}{check_backup_id(drill_id)}.json"
 
 
-class DrillRecord(BaseModel):
+class DrillRecord(StoredDocument):
     """What one restore drill found: whether the backup restored into a scratch member, when, how long."""
 
+    what: ClassVar[str] = "drill record"
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
     drill_id: str
@@ -311,20 +312,7 @@ class DrillRecord(BaseModel):
     @field_validator("drill_id")
     @classmethod
     def _drill_id(cls, value: str) -> str:
-        try:
-            return check_backup_id(value)
-        except UsageError as exc:
-            raise ValueError(str(exc)) from None
-
-    def to_json(self) -> bytes:
-        return self.model_dump_json(indent=2).encode() + b"\n"
-
-    @classmethod
-    def from_json(cls, data: bytes | str, source: str = "drill record") -> DrillRecord:
-        try:
-            return cls.model_validate_json(data)
-        except ValidationError as exc:
-            raise _invalid(exc, source) from None
+        return backup_id_value(value)
 
 
 def _invalid(exc: ValidationError, source: str) -> ManifestInvalidError:
