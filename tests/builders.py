@@ -11,6 +11,7 @@ not set stay unknown (``None``), as they are for a member that did not answer st
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from datetime import datetime
@@ -19,6 +20,7 @@ from typing import Any
 
 from etcdops.domain.errors import EtcdNoSpaceError, EtcdopsError
 from etcdops.domain.health import Alarm, ClusterHealth, MemberHealth
+from etcdops_local.aws.stack import LocalAws, LocalStack
 from etcdops_local.cluster import SCRATCH_DIR, EtcdBinaries, LocalCluster
 
 CLUSTER_ID = 0xC1
@@ -72,6 +74,23 @@ def cluster(
         observed_at=observed_at,
         cluster_version=cluster_version,
     )
+
+
+def configured_stack(aws: LocalAws, template: Path, cluster: LocalCluster | None = None, **config: Any) -> LocalStack:
+    """The stack of ``template`` for cluster ``local``, its configuration where the template says it lives:
+    ``cluster``'s endpoints and TLS files (local paths), backups to the stack's bucket and key; ``config``
+    adds or replaces top-level keys."""
+    stack = aws.build_stack(template, {"ClusterName": "local"})
+    document: dict[str, Any] = {"name": "local"}
+    if cluster is not None:
+        tls = cluster.tls
+        document["endpoints"] = cluster.config().endpoints
+        document["tls"] = {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)}
+    document["backup"] = {"destination": f"s3://{stack.bucket}/etcd/local", "encryption_key": stack.key_arn}
+    aws.client("ssm").put_parameter(
+        Name=stack.parameters["ClusterConfigParameter"], Type="SecureString", Value=json.dumps({**document, **config})
+    )
+    return stack
 
 
 def discard(cluster: LocalCluster) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from builders import configured_stack
 from stack_templates import ROOT, TEMPLATE
 
 from etcdops.adapters.backup.store import open_store
@@ -37,17 +38,7 @@ def test_delta_backup_builds_the_chain_in_the_stack(aws: LocalAws, start_cluster
     # one version: what the function's role and wiring do does not depend on it (the integration tier runs the
     # delta runs themselves on every version)
     cluster: LocalCluster = start_cluster(etcd3530, members=1)
-    stack = aws.build_stack(TEMPLATE, {"ClusterName": "local"})
-    tls = cluster.tls
-    document = {
-        "name": "local",
-        "endpoints": cluster.config().endpoints,
-        "tls": {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)},
-        "backup": {"destination": f"s3://{stack.bucket}/etcd/local", "encryption_key": stack.key_arn},
-    }
-    aws.client("ssm").put_parameter(
-        Name=stack.parameters["ClusterConfigParameter"], Type="SecureString", Value=json.dumps(document)
-    )
+    stack = configured_stack(aws, TEMPLATE, cluster)
 
     def run() -> dict[str, Any]:
         response = aws.client("lambda").invoke(

@@ -21,6 +21,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from builders import configured_stack
 from stack_templates import ROOT, TEMPLATE, template_with_extras, without_policy, write_template
 
 from etcdops.adapters.backup.store import open_store
@@ -162,17 +163,7 @@ def test_a_state_machine_acts_with_its_own_role(aws: LocalAws, tmp_path: Path) -
 
 def backed_up_stack(aws: LocalAws, template: Path, cluster: LocalCluster) -> LocalStack:
     """The stack with the cluster's config, one backup taken and verified by the stack's own functions."""
-    stack = aws.build_stack(template, {"ClusterName": "local"})
-    tls = cluster.tls
-    document = {
-        "name": "local",
-        "endpoints": cluster.config().endpoints,
-        "tls": {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)},
-        "backup": {"destination": f"s3://{stack.bucket}/etcd/local", "encryption_key": stack.key_arn},
-    }
-    aws.client("ssm").put_parameter(
-        Name=stack.parameters["ClusterConfigParameter"], Type="SecureString", Value=json.dumps(document)
-    )
+    stack = configured_stack(aws, template, cluster)
     for function, name in (("BackupFunction", "backup_schedule"), ("BackupVerifyFunction", "backup_verify_schedule")):
         error, result = invoke(aws, stack, function, event(name))
         assert error is None, result
@@ -283,16 +274,7 @@ def test_without_kms_decrypt_health_check_is_refused_and_the_coverage_check_says
 
 def test_a_scheduled_backup_that_fails_for_good_is_said_once_by_failure_notice(aws: LocalAws) -> None:
     # Given the stack with a configuration whose members cannot be reached, and someone on the topic
-    stack = aws.build_stack(TEMPLATE, {"ClusterName": "local"})
-    document = {
-        "name": "local",
-        "endpoints": ["http://127.0.0.1:1"],
-        "plaintext": True,
-        "backup": {"destination": f"s3://{stack.bucket}/etcd/local", "encryption_key": stack.key_arn},
-    }
-    aws.client("ssm").put_parameter(
-        Name=stack.parameters["ClusterConfigParameter"], Type="SecureString", Value=json.dumps(document)
-    )
+    stack = configured_stack(aws, TEMPLATE, endpoints=["http://127.0.0.1:1"], plaintext=True)
     sqs = aws.client("sqs")
     queue = sqs.create_queue(QueueName="oncall")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import configured_stack
 from stack_templates import ROOT, TEMPLATE, template_with_extras
 
 from etcdops_local.aws.schedule import LocalScheduler
@@ -107,17 +108,7 @@ def test_a_handler_failure_comes_back_as_lambda_reports_it(aws: LocalAws) -> Non
 
 def test_backup_function_runs_our_handler_against_a_real_cluster(aws: LocalAws, shared_cluster: LocalCluster) -> None:
     # Given the stack and the cluster's configuration where the template says it lives
-    stack = aws.build_stack(TEMPLATE, {"ClusterName": "local"})
-    tls = shared_cluster.tls
-    document = {
-        "name": "local",
-        "endpoints": shared_cluster.config().endpoints,
-        "tls": {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)},  # paths: local files
-        "backup": {"destination": f"s3://{stack.bucket}/etcd/local", "encryption_key": stack.key_arn},
-    }
-    aws.client("ssm").put_parameter(
-        Name=stack.parameters["ClusterConfigParameter"], Type="SecureString", Value=json.dumps(document)
-    )
+    stack = configured_stack(aws, TEMPLATE, shared_cluster)  # TLS paths: local files
 
     # When the Backup function is invoked as EventBridge would, then BackupVerify
     error, backup = invoke(aws, stack.functions["BackupFunction"], event("backup_schedule"))
