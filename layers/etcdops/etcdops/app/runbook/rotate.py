@@ -23,21 +23,22 @@ from typing import Any
 from etcdops.app.runbook import (
     ClusterNotReadyError,
     Document,
-    PreflightFailedError,
     RunbookContext,
     RunbookError,
     caught_and_released,
     caught_error,
     dispatch,
-    first_time,
+    locked,
     probe,
     publish_failure_once,
+    publish_success_once,
     release_lock,
     require_configured_cluster,
     require_input,
     rotate_ca,
     timed,
 )
+from etcdops.app.runbook import preflight as checks
 from etcdops.domain.compute.base import Host, PreflightPlan
 from etcdops.domain.errors import Backoff, EtcdopsError
 from etcdops.domain.health import ClusterHealth, MemberHealth
@@ -93,9 +94,7 @@ def acquire_lock(ctx: RunbookContext, doc: Document) -> Document:
     """Invariant 2: one operation at a time, the same lock as every other runbook."""
     require_input(doc, "cluster", "execution")
     require_configured_cluster(ctx.config, doc)
-    started = time.monotonic()
-    lock = ctx.state.acquire_lock(doc["cluster"], doc["execution"], LOCK_LEASE_SECONDS, ctx.now())
-    return timed({**doc, "lock_owner": lock.owner, "started_at": ctx.now().isoformat()}, "acquire_lock", started)
+    return locked(ctx, doc, LOCK_LEASE_SECONDS)
 
 
 def _before(ctx: RunbookContext, member: MemberHealth) -> dict[str, Any]:
@@ -148,9 +147,7 @@ def preflight(ctx: RunbookContext, doc: Document) -> Document:
     started = time.monotonic()
     plan = PreflightPlan(documents=("RenewCertificates",), commanded=tuple(doc.get("to_rotate") or ()))
     findings = ctx.compute.preflight(plan)
-    if findings:
-        raise PreflightFailedError("RotateCertificates", findings)
-    return timed({**doc, "preflight": {"passed_at": ctx.now().isoformat()}}, "preflight", started)
+    return checks.passed(ctx, doc, "RotateCertificates", findings, started)
 
 
 # ---- member by member -------------------------------------------------------------------------
@@ -223,8 +220,6 @@ def report(doc: Document) -> str:
 
 
 def notify_success(ctx: RunbookContext, doc: Document) -> Document:
-    if not first_time(ctx, doc, "rotate-succeeded"):
-        return doc
     if doc.get("mode") == "ca":
         subject = f"etcdops: rotated the CA of {doc['cluster']}"
         body = f"Runbook {doc['execution']} rotated the cluster CA, phase by phase:\n{rotate_ca.report(doc)}"
@@ -235,8 +230,7 @@ def notify_success(ctx: RunbookContext, doc: Document) -> Document:
         rotated = len(doc.get("rotated") or [])
         subject = f"etcdops: renewed the certificates of {rotated} member(s) of {doc['cluster']}"
         body = f"Runbook {doc['execution']} renewed them one member at a time, none restarted:\n{report(doc)}"
-    ctx.notifier.publish(subject, body, {"cluster": doc["cluster"], "kind": "rotate-succeeded"})
-    return {**doc, "finished_at": ctx.now().isoformat()}
+    return publish_success_once(ctx, doc, "rotate-succeeded", subject, body)
 
 
 def notify_failure(ctx: RunbookContext, doc: Document) -> Document:
