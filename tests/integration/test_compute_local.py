@@ -179,11 +179,12 @@ def test_restore_data_dir_on_every_host_brings_back_the_snapshot(cluster: LocalC
 def test_preflight_finds_what_the_local_stack_lacks_and_changes_nothing(cluster: LocalCluster) -> None:
     """The local provider's preflight on a real stack: the CA files, the etcd binaries (run), the members,
     the hooks' programs; every finding at once."""
-    from etcdops.domain.compute.base import DOCUMENTS, PreflightPlan
+    from etcdops.app.runbook.restore import RESTORE_DOCUMENTS
+    from etcdops.domain.compute.base import PreflightPlan
     from etcdops.domain.findings import describe_findings
 
     replace = PreflightPlan(launch=("m2-r1",), documents=("StartEtcd",), repoint=True, retire=("m2",))
-    restore = PreflightPlan(documents=tuple(DOCUMENTS), commanded=("m1", "m2", "m3"), control_plane=True, repoint=True)
+    restore = PreflightPlan(documents=RESTORE_DOCUMENTS, commanded=("m1", "m2", "m3"), control_plane=True, repoint=True)
     hooks = {"stop-apiserver": ["true"], "start-apiserver": ["true"], "restart-control-plane": ["true"]}
 
     # Given a healthy stack, nothing is found
@@ -202,7 +203,7 @@ def test_preflight_finds_what_the_local_stack_lacks_and_changes_nothing(cluster:
         members_before = {p.name: p.pid for p in cluster.ps()}
         launch = compute.preflight(replace)
         restoring = compute.preflight(
-            PreflightPlan(documents=tuple(DOCUMENTS), commanded=("m1", "m9"), control_plane=True)
+            PreflightPlan(documents=RESTORE_DOCUMENTS, commanded=("m1", "m9"), control_plane=True)
         )
     finally:
         (cluster.pki_dir / "ca.key.moved").rename(cluster.pki_dir / "ca.key")

@@ -303,10 +303,12 @@ def is_fragmented(db_size: float, in_use: float) -> bool:
 
 def hours_to_quota(db_size: float | None, quota: float | None, growth_per_hour: float | None) -> float | None:
     """When the database reaches the quota at its present growth (0: it is there); None when it does not
-    grow or a number is unknown."""
+    grow, grows too little for a number of hours to be written (a metric cannot carry infinity) or a
+    number is unknown."""
     if db_size is None or not quota or growth_per_hour is None or growth_per_hour <= 0:
         return None
-    return max(0.0, (quota - db_size) / growth_per_hour)
+    hours = max(0.0, (quota - db_size) / growth_per_hour)
+    return hours if math.isfinite(hours) else None
 
 
 def database_space(values: Mapping[str, float]) -> dict[str, Any]:

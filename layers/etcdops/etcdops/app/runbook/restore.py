@@ -117,7 +117,7 @@ from etcdops.app.runbook.restore_report import (
 )
 from etcdops.domain.backup.errors import BackupNotFoundError, DecryptionError
 from etcdops.domain.backup.manifest import Manifest
-from etcdops.domain.compute.base import DOCUMENTS, ComputeProvider, Host, PreflightPlan
+from etcdops.domain.compute.base import ComputeProvider, Host, PreflightPlan
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import Backoff, EtcdopsError, SnapshotIncompleteError
 from etcdops.domain.runbook_documents import RestoreDocument
@@ -330,18 +330,24 @@ def _live_cluster_id(ctx: RestoreContext, host_urls: Sequence[str]) -> str | Non
         return live_cluster_id(client, ctx.config.health.probe_deadline_seconds)
 
 
+# the host commands a restore sends (not the upgrade's binary swap nor the certificate renewal)
+RESTORE_DOCUMENTS = (
+    "StopApiServer", "StopEtcd", "RestoreDataDir", "StartEtcd", "StartApiServer", "RestartControlPlane",
+)  # fmt: skip
+
+
 def preflight(ctx: RestoreContext, doc: Document) -> Document:
     """Invariant 13: everything the restore needs from here on is there and allowed, or nothing is stopped."""
     started = time.monotonic()
     _require(doc, "cluster", "execution", "backup_id")
     old = [h["name"] for h in doc.get("old_hosts") or []]
     if doc["mode"] == "in-place":
-        plan = PreflightPlan(documents=tuple(DOCUMENTS), commanded=tuple(old), control_plane=True, repoint=True)
+        plan = PreflightPlan(documents=RESTORE_DOCUMENTS, commanded=tuple(old), control_plane=True, repoint=True)
     else:  # the old hosts still there are stopped; fresh ones are launched and restored
         present = tuple(n for n in old if ctx.compute.find(n) is not None)
         launch = tuple(new_host_name(n, doc) for n in old)
         plan = PreflightPlan(
-            launch=launch, documents=tuple(DOCUMENTS), commanded=present, control_plane=True, repoint=True
+            launch=launch, documents=RESTORE_DOCUMENTS, commanded=present, control_plane=True, repoint=True
         )
     findings = checks.plan_findings(
         ctx,
