@@ -36,6 +36,7 @@ from etcdops_local.cluster.processes import (
     ProcessState,
     free_ports,
     process_state,
+    state_lock,
 )
 
 __all__ = [  # what moved to the package's modules, still importable from here
@@ -125,42 +126,43 @@ class LocalCluster:
         for another one is refused before anything starts."""
         if members < 1:
             raise UsageError("--members must be at least 1")
-        if self.exists():
-            state = self.state()
-            if quota_backend_bytes is not None and quota_backend_bytes != state.quota_backend_bytes:
-                made_with = state.quota_backend_bytes or "etcd's default"
-                raise UsageError(
-                    f"--quota-backend-bytes {quota_backend_bytes}: the local cluster in {self.state_dir} was made "
-                    f"with {made_with}; run etcdops local down --purge first to make it again"
-                )
-            stopped = [
-                m for m in state.members if self._state_of(m) == "stopped" and self.data_dir(m.name).is_dir()
-            ]
-            for member in stopped:
-                self._spawn(state, member, initial_state="existing")
-            if stopped:
-                state.save(self.state_file)
-                self.wait_ready(timeout)
-            return [m.name for m in stopped]
-        binaries = binaries or EtcdBinaries.locate()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        ports = free_ports(2 * members)
-        state = LocalState(
-            token=f"etcdops-{secrets.token_hex(4)}",
-            bin_dir=str(binaries.bin_dir),
-            version=binaries.version,
-            members=[LocalMember(f"m{i + 1}", ports[2 * i], ports[2 * i + 1]) for i in range(members)],
-            extra_args=list(extra_args),
-            quota_backend_bytes=quota_backend_bytes,
-        )
-        state.targets = [m.client_url for m in state.members]
-        self._write_pki(state.members)
-        self._write_config(state)
-        for member in state.members:
-            self._spawn(state, member, initial_state="new")
-        state.save(self.state_file)
-        self.wait_ready(timeout)
-        return [m.name for m in state.members]
+        with state_lock(self.state_file):
+            if self.exists():
+                state = self.state()
+                if quota_backend_bytes is not None and quota_backend_bytes != state.quota_backend_bytes:
+                    made_with = state.quota_backend_bytes or "etcd's default"
+                    raise UsageError(
+                        f"--quota-backend-bytes {quota_backend_bytes}: the local cluster in {self.state_dir} was made "
+                        f"with {made_with}; run etcdops local down --purge first to make it again"
+                    )
+                stopped = [
+                    m for m in state.members if self._state_of(m) == "stopped" and self.data_dir(m.name).is_dir()
+                ]
+                for member in stopped:
+                    self._spawn(state, member, initial_state="existing")
+                if stopped:
+                    state.save(self.state_file)
+                    self.wait_ready(timeout)
+                return [m.name for m in stopped]
+            binaries = binaries or EtcdBinaries.locate()
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            ports = free_ports(2 * members)
+            state = LocalState(
+                token=f"etcdops-{secrets.token_hex(4)}",
+                bin_dir=str(binaries.bin_dir),
+                version=binaries.version,
+                members=[LocalMember(f"m{i + 1}", ports[2 * i], ports[2 * i + 1]) for i in range(members)],
+                extra_args=list(extra_args),
+                quota_backend_bytes=quota_backend_bytes,
+            )
+            state.targets = [m.client_url for m in state.members]
+            self._write_pki(state.members)
+            self._write_config(state)
+            for member in state.members:
+                self._spawn(state, member, initial_state="new")
+            state.save(self.state_file)
+            self.wait_ready(timeout)
+            return [m.name for m in state.members]
 
     def _write_pki(self, members: Sequence[LocalMember]) -> None:
         ca = pki.create_ca("etcdops local CA")
@@ -173,9 +175,7 @@ class LocalCluster:
 
     def issue_member_certificate(self, name: str, ca: pki.KeyPair | None = None) -> None:
         ca = ca or pki.load_pem(self.pki_dir / "ca.crt", self.pki_dir / "ca.key")
-        cert = pki.issue_certificate(
-            ca, name, kind="peer", dns_names=["localhost", name], ip_addresses=["127.0.0.1"]
-        )
+        cert = pki.issue_certificate(ca, name, kind="peer", dns_names=["localhost", name], ip_addresses=["127.0.0.1"])
         pki.write_pem(cert, self.pki_dir / f"{name}.crt", self.pki_dir / f"{name}.key")
 
     def _write_config(self, state: LocalState) -> None:
@@ -250,16 +250,17 @@ class LocalCluster:
         self, name: str, *, initial_cluster: str, peer_port: int | None = None, initial_state: str = "existing"
     ) -> LocalMember:
         """Start a new member process (for replacement and scaling) on ``peer_port`` (or a free one)."""
-        state = self.state()
-        if any(m.name == name for m in state.members):
-            raise UsageError(f"member {name} already exists in the local cluster")
-        client_port, free_peer = free_ports(2)
-        member = LocalMember(name, client_port, peer_port or free_peer)
-        self.issue_member_certificate(name)
-        state.members.append(member)
-        self._spawn(state, member, initial_state=initial_state, initial_cluster=initial_cluster)
-        state.save(self.state_file)
-        return member
+        with state_lock(self.state_file):
+            state = self.state()
+            if any(m.name == name for m in state.members):
+                raise UsageError(f"member {name} already exists in the local cluster")
+            client_port, free_peer = free_ports(2)
+            member = LocalMember(name, client_port, peer_port or free_peer)
+            self.issue_member_certificate(name)
+            state.members.append(member)
+            self._spawn(state, member, initial_state=initial_state, initial_cluster=initial_cluster)
+            state.save(self.state_file)
+            return member
 
     def reserve_member(self, name: str, *, online_at: float | None = None) -> LocalMember:
         """A member record with its ports and certificate, without a process (a launched host),
@@ -268,48 +269,52 @@ class LocalCluster:
         Idempotent: an existing record (started or not) is returned as it is. Start it with
         :meth:`spawn_member` once it was added to the cluster.
         """
-        state = self.state()
-        for member in state.members:
-            if member.name == name:
-                return member
-        client_port, peer_port = free_ports(2)
-        member = LocalMember(name, client_port, peer_port, online_at=online_at)
-        if not (self.pki_dir / f"{name}.crt").exists() or not (self.pki_dir / f"{name}.key").exists():
-            self.issue_member_certificate(name)
-        self.member_dir(name).mkdir(parents=True, exist_ok=True)
-        state.members.append(member)
-        state.save(self.state_file)
-        return member
+        with state_lock(self.state_file):
+            state = self.state()
+            for member in state.members:
+                if member.name == name:
+                    return member
+            client_port, peer_port = free_ports(2)
+            member = LocalMember(name, client_port, peer_port, online_at=online_at)
+            if not (self.pki_dir / f"{name}.crt").exists() or not (self.pki_dir / f"{name}.key").exists():
+                self.issue_member_certificate(name)
+            self.member_dir(name).mkdir(parents=True, exist_ok=True)
+            state.members.append(member)
+            state.save(self.state_file)
+            return member
 
     def spawn_member(self, name: str, *, initial_cluster: str, initial_state: str = "existing") -> LocalMember:
         """Start the process of an existing member record (reserved, or stopped); a no-op if it runs."""
-        state = self.state()
-        member = next((m for m in state.members if m.name == name), None)
-        if member is None:
-            raise NotFoundError(f"no local member named {name!r}")
-        if self._state_of(member) != "stopped":
+        with state_lock(self.state_file):
+            state = self.state()
+            member = next((m for m in state.members if m.name == name), None)
+            if member is None:
+                raise NotFoundError(f"no local member named {name!r}")
+            if self._state_of(member) != "stopped":
+                return member
+            self._spawn(state, member, initial_state=initial_state, initial_cluster=initial_cluster)
+            state.save(self.state_file)
             return member
-        self._spawn(state, member, initial_state=initial_state, initial_cluster=initial_cluster)
-        state.save(self.state_file)
-        return member
 
     def swap_member_binaries(self, name: str, binaries: EtcdBinaries) -> None:
         """Run the stopped member ``name`` on ``binaries`` from its next start (as an upgrade swaps a
         host's etcd); the cluster's own binaries stay what they are."""
-        state = self.state()
-        member = next((m for m in state.members if m.name == name), None)
-        if member is None:
-            raise NotFoundError(f"no local member named {name!r}")
-        if self._state_of(member) != "stopped":
-            raise LocalClusterError(f"member {name} is running; stop it before swapping its etcd")
-        member.bin_dir = None if str(binaries.bin_dir) == state.bin_dir else str(binaries.bin_dir)
-        state.save(self.state_file)
+        with state_lock(self.state_file):
+            state = self.state()
+            member = next((m for m in state.members if m.name == name), None)
+            if member is None:
+                raise NotFoundError(f"no local member named {name!r}")
+            if self._state_of(member) != "stopped":
+                raise LocalClusterError(f"member {name} is running; stop it before swapping its etcd")
+            member.bin_dir = None if str(binaries.bin_dir) == state.bin_dir else str(binaries.bin_dir)
+            state.save(self.state_file)
 
     def add_binaries(self, binaries: EtcdBinaries) -> None:
         """Make ``binaries`` a version the members may be switched to (as an AMI carries /opt/etcd/<version>/)."""
-        state = self.state()
-        state.binaries[binaries.version] = str(binaries.bin_dir)
-        state.save(self.state_file)
+        with state_lock(self.state_file):
+            state = self.state()
+            state.binaries[binaries.version] = str(binaries.bin_dir)
+            state.save(self.state_file)
 
     def binaries_for(self, version: str) -> EtcdBinaries:
         """The binaries of etcd ``version`` this stack has (its own or one added), checked by running them;
@@ -480,14 +485,16 @@ class LocalCluster:
 
     def set_targets(self, targets: Sequence[str]) -> None:
         """Replace the "load balancer" targets (client URLs)."""
-        state = self.state()
-        state.targets = list(targets)
-        state.save(self.state_file)
+        with state_lock(self.state_file):
+            state = self.state()
+            state.targets = list(targets)
+            state.save(self.state_file)
 
     def remove_member_record(self, name: str) -> None:
-        state = self.state()
-        state.members = [m for m in state.members if m.name != name]
-        state.save(self.state_file)
+        with state_lock(self.state_file):
+            state = self.state()
+            state.members = [m for m in state.members if m.name != name]
+            state.save(self.state_file)
 
     def remove_member_files(self, name: str) -> None:
         """Delete what a retired member left: its data, log and markers. Old data a restore set aside

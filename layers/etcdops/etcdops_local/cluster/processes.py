@@ -3,8 +3,13 @@ member's process runs, is paused or is gone."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -59,9 +64,43 @@ class LocalState:
             ) from None
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
+        # a temporary file of this writer's own, so that two writers never rename each other's file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
         tmp.replace(path)
+
+
+_THREAD_LOCKS: dict[Path, threading.RLock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+_HELD = threading.local()
+
+
+@contextmanager
+def state_lock(path: Path) -> Iterator[None]:
+    """Hold the state file ``path`` for one read-modify-write: the health rounds, the runbook steps and the
+    CLI change it from several threads and processes, and an unlocked one loses another's change (a member
+    record or pid put back as it was). Re-entrant in one thread; ``flock`` on ``<path>.lock`` across processes."""
+    key = path.resolve()
+    with _THREAD_LOCKS_GUARD:
+        lock = _THREAD_LOCKS.setdefault(key, threading.RLock())
+    with lock:
+        held: dict[Path, int] = _HELD.__dict__.setdefault("depth", {})
+        if held.get(key):
+            held[key] += 1
+            try:
+                yield
+            finally:
+                held[key] -= 1
+            return
+        key.parent.mkdir(parents=True, exist_ok=True)
+        with open(key.with_name(key.name + ".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            held[key] = 1
+            try:
+                yield
+            finally:
+                held[key] = 0
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
