@@ -100,6 +100,12 @@ def timed(doc: Document, step: str, started: float) -> Document:
     return {**doc, "timings": timings}
 
 
+def asks_a_human(ctx: RunbookContext, doc: Document) -> bool:
+    """Whether a runbook started by hand waits for an approval: asked for at the start (``--approval``) or
+    the cluster's policy is ``approval: always``."""
+    return bool(doc.get("requires_approval")) or ctx.config.approval == "always"
+
+
 def probe(ctx: RunbookContext) -> ClusterHealth:
     """A fresh probe round of the live membership (every step that decides re-probes)."""
     with ctx.client() as client:

@@ -20,6 +20,7 @@ from etcdops.app.runbook import (
     PreflightFailedError,
     RunbookContext,
     RunbookError,
+    asks_a_human,
     probe,
     start_again,
     stop_for_restart,
@@ -64,7 +65,7 @@ def next_phase(ctx: RunbookContext, doc: Document) -> Document:
     phase = int(doc.get("ca_finished") or 0) + 1
     if phase > 3:
         return {**doc, "done": True, "ca_phase": None}
-    ask = bool(doc.get("requires_approval")) or ctx.config.approval == "always"
+    ask = asks_a_human(ctx, doc)
     summary = f"CA rotation of etcd cluster {doc['cluster']}, phase {phase} of 3: {PHASES[phase]}." + (
         " Every client must trust the new CA and use a certificate of it before this." if phase == 3 else ""
     )

@@ -23,6 +23,7 @@ from etcdops.app.runbook import (
     Document,
     InvalidRunbookInputError,
     RunbookContext,
+    asks_a_human,
     caught_and_released,
     caught_error,
     dispatch,
@@ -107,7 +108,7 @@ def check_scale(ctx: RunbookContext, doc: Document) -> Document:
         "voters_before": voters,
         "members_before": sorted(m.name for m in health.voters),
         "nothing_to_do": voters == size,
-        "requires_approval": bool(doc.get("requires_approval")) or ctx.config.approval == "always",
+        "requires_approval": asks_a_human(ctx, doc),
         "approval_summary": summary(doc["cluster"], voters, size),
         "changes": doc.get("changes") or [],
     }
