@@ -1,3 +1,5 @@
+# Long on purpose: one streaming reader of one file format (bbolt pages, meta, freelist, the tree
+# walk and the CRC arithmetic etcd hashes with); each part is only meaningful beside the others.
 """A streaming, pure-Python reader of etcd snapshot files.
 
 An etcd snapshot is a bbolt database file, optionally followed by a 32-byte sha256 of everything
