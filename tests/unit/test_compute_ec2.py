@@ -172,6 +172,35 @@ def test_launch_is_idempotent_and_spreads_over_subnets(aws: Aws) -> None:
     assert subnets == set(aws.subnets)
 
 
+def test_each_cluster_launches_into_its_own_subnet_with_its_own_security_groups(aws: Aws) -> None:
+    """A fleet's clusters live in different networks: a replacement (and a drill's scratch host) of
+    this cluster lands in the subnet and security groups its configuration names."""
+    groups = [
+        aws.ec2.create_security_group(GroupName=f"etcd-{CLUSTER}-{n}", Description="etcd", VpcId=aws.vpc)["GroupId"]
+        for n in ("peers", "clients")
+    ]
+    config = parse_config(
+        {
+            "name": CLUSTER,
+            "endpoints": ["https://10.0.2.10:2379"],
+            "tls": {"ca": "/ca.crt"},
+            "compute": {"provider": "ec2", "launch_template": aws.template, "subnets": [aws.subnets[1]],
+                        "security_groups": groups},
+        }
+    )  # fmt: skip
+    clients = {"ec2": aws.ec2, "elbv2": aws.elbv2, "ssm": aws.ssm, "secretsmanager": aws.secrets,
+               "cloudwatch": aws.cloudwatch}  # fmt: skip
+
+    for scratch in (False, True):
+        compute = open_compute(config, stack_name=STACK, scratch=scratch, **clients)
+        instance = aws.instance(compute.launch("m4").host_id)
+        assert instance["SubnetId"] == aws.subnets[1]
+        assert sorted(g["GroupId"] for g in instance["SecurityGroups"]) == sorted(groups)
+
+    # without security groups of its own, a cluster keeps the launch template's (none named: EC2's choice)
+    assert "SecurityGroupIds" not in aws.provider().launch_request("m5")
+
+
 def test_find_ignores_terminated_instances_and_other_clusters(aws: Aws) -> None:
     compute = aws.provider()
     _launch_plain_instance(aws, {"etcdops:cluster": "staging", "etcdops:member": "m4"})

@@ -15,7 +15,7 @@ VALID = {
     "tls": {"ca": "/etc/etcd/ca.crt", "cert": "/etc/etcd/client.crt", "key": "/etc/etcd/client.key"},
     "backup": {"destination": "s3://bucket/etcd/prod", "encryption_key": "arn:aws:kms:eu-west-1:1:key/abc"},
     "approval": "always",
-    "compute": {"provider": "ec2", "launch_template": "lt-123", "subnets": ["subnet-1"]},
+    "compute": {"provider": "ec2", "launch_template": "lt-123", "subnets": ["subnet-0123abcd"]},
 }
 
 
@@ -69,6 +69,22 @@ def test_yaml_and_json_round_trip(tmp_path: Path) -> None:
         ),
         ({"compute": {"provider": "gce"}}, "compute"),
         ({"compute": {"provider": "ec2", "launch_template": "lt", "subnets": []}}, "compute.subnets"),
+        ({"compute": {"provider": "ec2", "launch_template": "lt", "subnets": ["subnet-1"]}}, "compute.subnets"),
+        (
+            {"compute": {"provider": "ec2", "launch_template": "lt", "subnets": ["subnet-0123abcd"] * 2}},
+            "compute.subnets",
+        ),
+        (
+            {
+                "compute": {
+                    "provider": "ec2",
+                    "launch_template": "lt",
+                    "subnets": ["subnet-0123abcd"],
+                    "security_groups": ["x"],
+                }
+            },
+            "compute.security_groups",
+        ),
         ({"colour": "blue"}, "colour"),
         ({"certificates": {"renew_days": 0}}, "certificates.renew_days"),
         ({"certificates": {"renew_days": 365}}, "certificates.renew_days"),  # a new certificate would be due at once

@@ -50,7 +50,7 @@ def _config(tmp_path: Path, name: str = "prod") -> Path:
         "name": name,
         "endpoints": ["http://10.0.0.5:2379"],
         "plaintext": True,
-        "compute": {"provider": "ec2", "launch_template": "lt-1", "subnets": ["subnet-1"]},
+        "compute": {"provider": "ec2", "launch_template": "lt-1", "subnets": ["subnet-0123abcd"]},
     }
     path.write_text(yaml.safe_dump(document))
     return path

@@ -37,7 +37,7 @@ def test_a_missing_stack_name_is_named() -> None:
 @pytest.mark.parametrize(
     ("compute", "staged_in"),
     [
-        ({"provider": "ec2", "launch_template": "lt", "subnets": ["subnet-1"]}, "s3://staging/prod"),
+        ({"provider": "ec2", "launch_template": "lt", "subnets": ["subnet-0123abcd"]}, "s3://staging/prod"),
         ({"provider": "local", "state_dir": "/var/etcdops"}, None),  # local hosts read files: the backup store
     ],
 )

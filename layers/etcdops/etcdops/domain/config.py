@@ -182,12 +182,41 @@ class LocalCompute(_Model):
     boot_seconds: Annotated[float, Field(ge=0, le=600)] = 0.0
 
 
+_SUBNET_ID = re.compile(r"subnet-([0-9a-f]{8}|[0-9a-f]{17})")
+_SECURITY_GROUP_ID = re.compile(r"sg-([0-9a-f]{8}|[0-9a-f]{17})")
+
+
+def _ids(value: list[str], pattern: re.Pattern[str], kind: str) -> list[str]:
+    """``value`` if every entry is an EC2 id of ``kind`` (``subnet``, ``sg``) and none repeats."""
+    for i, item in enumerate(value):
+        if not pattern.fullmatch(item):
+            raise ValueError(f"[{i}] {item!r} is not a {kind} id ({kind}- and 8 or 17 hex digits)")
+        if item in value[:i]:
+            raise ValueError(f"[{i}] {item!r} is listed twice")
+    return value
+
+
 class Ec2Compute(_Model):
+    """Where a cluster's members live in EC2: each cluster of a fleet has its own subnets and security
+    groups (launches of replacements, new members and drill scratch hosts use them)."""
+
     provider: Literal["ec2"] = "ec2"
     launch_template: str
     subnets: list[str] = Field(min_length=1)
+    # empty: the launch template's security groups
+    security_groups: list[str] = []
     target_group_arn: str | None = None
     ssm_documents: dict[str, str] = {}
+
+    @field_validator("subnets")
+    @classmethod
+    def _subnets(cls, value: list[str]) -> list[str]:
+        return _ids(value, _SUBNET_ID, "subnet")
+
+    @field_validator("security_groups")
+    @classmethod
+    def _security_groups(cls, value: list[str]) -> list[str]:
+        return _ids(value, _SECURITY_GROUP_ID, "sg")
 
 
 class ClusterConfig(_Model):

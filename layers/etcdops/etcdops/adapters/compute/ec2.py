@@ -3,7 +3,8 @@
 - a host is the live instance tagged ``etcdops:cluster=<cluster>`` and ``etcdops:member=<name>``
   (pending, running, stopping or stopped; terminated instances are ignored);
 - ``launch`` runs one instance from the configured launch template, in the subnet with the fewest
-  of the cluster's hosts, with the bootstrap user data (:mod:`etcdops.adapters.compute.bootstrap`) and an
+  of the cluster's hosts (``compute.subnets``) and with the cluster's ``compute.security_groups`` when it
+  names any, with the bootstrap user data (:mod:`etcdops.adapters.compute.bootstrap`) and an
   idempotency token derived from cluster and name, so a retried launch never makes two;
 - certificates: the CA lives in Secrets Manager (``etcdops/<cluster>/ca``, read only by etcdops);
   each member's certificate, key and CA certificate go to ``etcdops/<cluster>/members/<name>``,
@@ -291,7 +292,7 @@ class Ec2ComputeProvider(ComputeProvider):
                 peer_port=self.peer_port,
             )
         )
-        return {
+        request: dict[str, Any] = {
             "LaunchTemplate": self._launch_template(),
             "MinCount": 1,
             "MaxCount": 1,
@@ -303,6 +304,9 @@ class Ec2ComputeProvider(ComputeProvider):
                 {"ResourceType": "volume", "Tags": tags},
             ],
         }
+        if self.settings.security_groups:  # the cluster's own; else the launch template's
+            request["SecurityGroupIds"] = list(self.settings.security_groups)
+        return request
 
     def _run_instance(self, name: str) -> dict[str, Any]:
         request = self.launch_request(name)
