@@ -26,6 +26,7 @@ __all__ = [
     "ReplaceStarter",
     "StartOutcome",
     "StepFunctionsReplaceStarter",
+    "instance_tags",
 ]
 
 CLUSTER_TAG = "etcdops:cluster"
@@ -50,25 +51,33 @@ class InstanceDirectory:
             return self._static[instance_id]
         if self.ec2 is None:
             return None
-        try:
-            response = self.ec2.describe_instances(InstanceIds=[instance_id])
-        except ClientError as exc:
-            if aws_error_code(exc).startswith("InvalidInstanceID"):
-                return None
-            raise aws_error(f"describing instance {instance_id}", exc) from exc
-        except BotoCoreError as exc:
-            raise aws_error(f"describing instance {instance_id}", exc) from exc
-        tags = {
-            tag["Key"]: tag["Value"]
-            for reservation in response.get("Reservations", [])
-            for instance in reservation.get("Instances", [])
-            for tag in instance.get("Tags", [])
-        }
-        ours = tags.get(CLUSTER_TAG) == self.config.name
+        tags = instance_tags(self.ec2, instance_id)
+        if tags is None:
+            return None
+        return (tags.get(MEMBER_TAG) or None) if self.tags_are_ours(tags) else None
+
+    def tags_are_ours(self, tags: Mapping[str, str]) -> bool:
+        """Whether an instance with ``tags`` belongs to this cluster (its name tag, or the discovery tag)."""
         discovery = self.config.discovery
         if discovery is not None and tags.get(discovery.tag_key) == discovery.tag_value:
-            ours = True
-        return (tags.get(MEMBER_TAG) or None) if ours else None
+            return True
+        return tags.get(CLUSTER_TAG) == self.config.name
+
+
+def instance_tags(ec2: Any, instance_id: str) -> dict[str, str] | None:
+    """The tags of EC2 instance ``instance_id`` (one DescribeInstances); None when EC2 knows no such instance."""
+    try:
+        response = ec2.describe_instances(InstanceIds=[instance_id])
+    except ClientError as exc:
+        if aws_error_code(exc).startswith("InvalidInstanceID"):
+            return None
+        raise aws_error(f"describing instance {instance_id}", exc) from exc
+    except BotoCoreError as exc:
+        raise aws_error(f"describing instance {instance_id}", exc) from exc
+    instances = [i for reservation in response.get("Reservations", []) for i in reservation.get("Instances", [])]
+    if not instances:
+        return None
+    return {tag["Key"]: tag["Value"] for instance in instances for tag in instance.get("Tags", [])}
 
 
 # ---- starting ReplaceMember ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from etcdops.app.healthcheck import (
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import EtcdopsError, NotFoundError
 from etcdops.entrypoints.fanout import Invoke, invoke_each, self_invoker
+from etcdops.entrypoints.health_triggers import route_instance_event
 from etcdops.entrypoints.settings import HealthSettings
 
 __all__ = ["NOT_CONFIGURED_INCIDENT", "HealthAwsClients", "fan_out", "health_job", "round_invoker"]
@@ -149,6 +150,11 @@ def health_job(
             log.error("fan-out failed: %s", exc)
             fan_out_failed = exc
     try:
+        trigger = route_instance_event(trigger, configs, aws.ec2)
+        if trigger.instance_id is not None and trigger.ignore is not None:  # an instance of no cluster of ours
+            log.info("skipped: %s", trigger.ignore)
+            trigger_seen = {"kind": str(trigger.kind), "description": trigger.description}
+            return {"cluster": None, "trigger": trigger_seen, "skipped": trigger.ignore}
         config = configs.load(trigger.cluster)
     except NotFoundError:  # an alarm of a cluster this deployment does not watch
         config = configs.load(None)

@@ -4,12 +4,20 @@ The health round (``etcdops.app.healthcheck``) takes a ``Trigger`` and never see
 schedule is a plain round; an EC2 state change of a member instance, or a status-check alarm of
 one, names the instance (a failure unless the state or the alarm says otherwise); one of our
 alarms names its cluster by the metrics' ``cluster`` dimension. What is not about a member or a
-cluster is kept with the reason it is ignored.
+cluster is kept with the reason it is ignored. In a fleet, :func:`route_instance_event` names the
+cluster an EC2 event's instance belongs to by its ``etcdops:cluster`` tag.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+from etcdops.adapters.aws import ClusterNotConfiguredError
+from etcdops.adapters.health_aws import CLUSTER_TAG, InstanceDirectory, instance_tags
+from etcdops.adapters.registry import ClusterConfigs
 from etcdops.app.healthcheck import Trigger, TriggerKind
+from etcdops.domain.errors import NotFoundError
 from etcdops.entrypoints.events import AlarmStateChangeEvent, Ec2StateChangeEvent, HealthCheckEvent, ScheduledEvent
 
 EC2_FAILED_STATES = frozenset({"stopping", "stopped", "shutting-down", "terminated"})
@@ -64,3 +72,36 @@ def _from_alarm(event: AlarmStateChangeEvent) -> Trigger:
     if len(clusters) > 1:
         return Trigger(TriggerKind.ALARM, description, ignore=f"{description}: it names several clusters {clusters}")
     return Trigger(TriggerKind.ALARM, description, cluster=clusters[0])
+
+
+def route_instance_event(trigger: Trigger, configs: ClusterConfigs, ec2: Any) -> Trigger:
+    """The trigger of an EC2 event (state change, status check) with the cluster its instance belongs
+    to: the registered cluster (or the default one) its ``etcdops:cluster`` tag names, else the default
+    cluster when its configuration lists the instance (``health.member_instances`` or its discovery tag).
+    An instance of no cluster of this deployment (another deployment's, a drill's scratch host, an
+    untagged one) gets ``ignore``: the round is skipped with one log line, after one DescribeInstances
+    and at most two configuration reads, without TLS or etcd."""
+    instance = trigger.instance_id
+    if instance is None or trigger.cluster is not None or trigger.ignore is not None:
+        return trigger
+    tags = instance_tags(ec2, instance)
+    named = (tags or {}).get(CLUSTER_TAG)
+    if named is not None:
+        try:
+            configs.load(named)
+            return dataclasses.replace(trigger, cluster=named)
+        except (NotFoundError, ClusterNotConfiguredError):
+            pass  # not a cluster of this deployment; the default's own mapping may still claim it
+    try:
+        default = configs.load(None)
+    except ClusterNotConfiguredError:
+        default = None
+    if default is not None and (
+        instance in default.health.member_instances.values()
+        or (tags is not None and InstanceDirectory(default).tags_are_ours(tags))
+    ):
+        return dataclasses.replace(trigger, cluster=default.name)
+    why = "EC2 knows no such instance" if tags is None else f"its {CLUSTER_TAG} tag is {named or 'missing'}"
+    return dataclasses.replace(
+        trigger, ignore=f"{trigger.description}: not a member of any cluster this deployment watches ({why})"
+    )
