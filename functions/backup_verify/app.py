@@ -8,18 +8,16 @@ import os
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from etcdops.entrypoints.events import VerifyEvent, parse_event
 from etcdops.entrypoints.fanout import self_invoker
 from etcdops.entrypoints.jobs import AwsClients, verify_job, with_fleet
-from etcdops.entrypoints.observability import function_logger
+from etcdops.entrypoints.observability import function_logger, function_metrics
 from etcdops.entrypoints.settings import JobSettings
 
 logger = function_logger("etcdops-backup-verify")
-# no service dimension: cluster is the only one, as in HealthCheck, so the alarms match every publisher
-metrics = Metrics(namespace="etcdops")
+metrics = function_metrics()  # its own metric set and dimensions (observability.function_metrics)
 
 
 @logger.inject_lambda_context(log_event=True)

@@ -9,17 +9,16 @@ import os
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from etcdops.entrypoints.events import parse_event
 from etcdops.entrypoints.jobs import AwsClients, delta_backup_job
-from etcdops.entrypoints.observability import function_logger
+from etcdops.entrypoints.observability import function_logger, function_metrics
 from etcdops.entrypoints.settings import DeltaJobSettings
 
 logger = function_logger("etcdops-delta-backup")
-metrics = Metrics(namespace="etcdops")
+metrics = function_metrics()  # its own metric set and dimensions (observability.function_metrics)
 
 
 @logger.inject_lambda_context(log_event=True)

@@ -7,7 +7,6 @@ import os
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from etcdops.adapters.aws import SnsNotifier
@@ -17,12 +16,11 @@ from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.entrypoints.events import HealthCheckEvent, parse_event
 from etcdops.entrypoints.health_check import HealthAwsClients, health_job, round_invoker
 from etcdops.entrypoints.health_triggers import trigger_from_event
-from etcdops.entrypoints.observability import function_logger
+from etcdops.entrypoints.observability import function_logger, function_metrics
 from etcdops.entrypoints.settings import HealthSettings
 
 logger = function_logger("etcdops-health-check")
-# no service dimension: the metrics' only dimension is cluster (plus member), which the alarms match exactly
-metrics = Metrics(namespace="etcdops")
+metrics = function_metrics()  # its own metric set and dimensions (observability.function_metrics)
 
 
 @logger.inject_lambda_context(log_event=True)

@@ -5,7 +5,11 @@ and the local loop's schedule."""
 from __future__ import annotations
 
 import json
+import runpy
+import threading
+import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -36,10 +40,12 @@ from etcdops.domain.config import parse_config
 from etcdops.domain.errors import ConfigError
 from etcdops.domain.health import Alarm
 from etcdops.domain.policy import Action, Decision, Notification, NotificationKind
+from etcdops.entrypoints.observability import function_metrics
 from etcdops.entrypoints.settings import HealthSettings
 from etcdops_local.health_loop import local_health_schedule, schedule_seconds, template_health_schedule
 
 NOW = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
 CONFIG = parse_config(
     {
@@ -178,11 +184,9 @@ def test_member_lag_is_published_per_member() -> None:
 
 
 def test_emf_output_carries_the_cluster_and_member_dimensions(capsys: pytest.CaptureFixture[str]) -> None:
-    from aws_lambda_powertools import Metrics
-
     from etcdops.adapters.healthmetrics import EmfHealthMetrics
 
-    powertools = Metrics(namespace="etcdops", service="test")
+    powertools = function_metrics()
     sink = EmfHealthMetrics(powertools)
     sink.add_dimension("cluster", "prod")
     publish_health_metrics(compute_health_metrics(cluster(member(1, "m1")), now=NOW, quota_bytes=10), sink)
@@ -195,6 +199,38 @@ def test_emf_output_carries_the_cluster_and_member_dimensions(capsys: pytest.Cap
     cluster_level = next(d for d in documents if "QuorumMargin" in d)
     assert cluster_level["cluster"] == "prod" and cluster_level["HasLeader"] == [1.0]
     assert "member" not in cluster_level
+
+
+def test_two_clusters_rounds_at_once_publish_each_under_its_own_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    """Two HealthCheck sandboxes in one process (the local stack runs the fan-out's rounds as threads): each
+    round's EMF document carries exactly its own cluster and values, and Powertools warns of nothing."""
+    from aws_lambda_powertools.warnings import PowertoolsUserWarning
+
+    from etcdops.adapters.healthmetrics import EmfHealthMetrics
+
+    sandboxes = [runpy.run_path(str(ROOT / "functions" / "health_check" / "app.py")) for _ in range(2)]
+    both_set = threading.Barrier(2)
+    rounds = {"c1": cluster(member(1, "m1", raft_index=None)),
+              "c2": cluster(*(member(i, f"m{i}", raft_index=None) for i in (1, 2, 3)))}  # fmt: skip
+
+    def one_round(sandbox: dict[str, Any], name: str) -> None:
+        sink = EmfHealthMetrics(sandbox["metrics"])
+        sink.add_dimension("cluster", name)
+        both_set.wait()  # both clusters' dimensions are set before either round publishes
+        publish_health_metrics(compute_health_metrics(rounds[name], now=NOW, quota_bytes=10), sink)
+        both_set.wait()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(one_round, sandboxes, ["c1", "c2"]))
+        for sandbox in sandboxes:
+            sandbox["metrics"].flush_metrics()
+
+    assert [str(w.message) for w in caught if issubclass(w.category, PowertoolsUserWarning)] == []
+    documents = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert sorted((d["cluster"], d["VotingMembers"]) for d in documents) == [("c1", [1.0]), ("c2", [3.0])]
+    assert all(d["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["cluster"]] for d in documents)
 
 
 # ---- alarms reported in Status.errors -------------------------------------------------------------------

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.metrics import EphemeralMetrics
 
 PACKAGE_LOGGER = "etcdops"
 
@@ -39,3 +40,20 @@ def function_logger(service: str, env: Mapping[str, str] = os.environ) -> Logger
     if in_aws_lambda(env):
         route_package_logs(logger)
     return logger
+
+
+METRICS_NAMESPACE = "etcdops"
+
+
+def function_metrics() -> EphemeralMetrics:
+    """The function's EMF metrics: an object of its own, flushed by ``@metrics.log_metrics``.
+
+    Not Powertools ``Metrics``: every ``Metrics`` object in a process shares one metric set and one set of
+    dimensions (class attributes). Where several invocations run in one process at once (the local stack
+    runs each sandbox as a thread: the fan-out's rounds for several clusters at a time), one cluster's
+    ``add_dimension("cluster", ...)`` replaced another's (Powertools warned "Dimension 'cluster' has already
+    been added") and one flush published both clusters' values under one cluster. ``EphemeralMetrics``
+    keeps them per object, and a sandbox serves one invocation at a time, as a Lambda execution environment
+    does. No service dimension: the metrics' only dimension is cluster (plus member), which the alarms match
+    exactly."""
+    return EphemeralMetrics(namespace=METRICS_NAMESPACE)
