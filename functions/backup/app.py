@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from etcdops.entrypoints.events import BackupEvent, parse_event
+from etcdops.entrypoints.events import backup_detail
 from etcdops.entrypoints.fanout import self_invoker
 from etcdops.entrypoints.jobs import AwsClients, backup_job, with_fleet
 from etcdops.entrypoints.observability import function_logger, function_metrics
@@ -24,10 +24,10 @@ metrics = function_metrics()  # its own metric set and dimensions (observability
 @logger.inject_lambda_context(log_event=True)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    parsed = parse_event(event, BackupEvent)  # anything but an EventBridge event is refused here
+    detail = backup_detail(event)  # anything but an EventBridge event or a schedule's input is refused here
     settings = JobSettings.from_env(os.environ)
     session = boto3.session.Session()
-    detail, clients = parsed.detail, AwsClients.from_session(session)
+    clients = AwsClients.from_session(session)
     invoke = self_invoker(session.client("lambda"), context.invoked_function_arn, event, "backup")
     result = with_fleet(
         settings, clients, detail.cluster, invoke,

@@ -1,5 +1,6 @@
 """RunbookStep's role, as template.yaml grants it, lets the EC2 provider run a host's whole life for its
-own cluster, and refuses it another cluster's hosts.
+own cluster, and refuses it another cluster's hosts; Backup's role snapshots and prunes only its own
+cluster's volumes.
 
 The runbooks in the other e2e tests run on local hosts (etcd needs real processes), so the EC2
 provider's writes (launch with tags and the host role, the member's certificate secret, its
@@ -94,9 +95,10 @@ def test_runbook_steps_role_runs_a_hosts_whole_life_and_no_other_clusters_host(a
     commands = aws.client("ssm").list_commands()["Commands"]
     documents = sorted(c["DocumentName"] for c in commands)
     assert documents == [f"{stack.stack_name}-StartEtcd", f"{stack.stack_name}-StopEtcd"]
-    assert aws.client("cloudwatch").describe_alarms(AlarmNamePrefix=f"{stack.stack_name}-status-check-")[
-        "MetricAlarms"
-    ] == []  # made at launch, deleted at retirement
+    assert (
+        aws.client("cloudwatch").describe_alarms(AlarmNamePrefix=f"{stack.stack_name}-status-check-")["MetricAlarms"]
+        == []
+    )  # made at launch, deleted at retirement
     assert aws.authorizer.denials == []
     decided = {(r.principal, r.action) for r in aws.authorizer.recorder.records if r.allowed}
     assert {
@@ -122,3 +124,75 @@ def test_runbook_steps_role_runs_a_hosts_whole_life_and_no_other_clusters_host(a
         session.client("ec2").terminate_instances(InstanceIds=[other])
     assert refused.value.response["Error"]["Code"] == "UnauthorizedOperation"
     assert ec2.describe_instances(InstanceIds=[other])["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
+
+
+def member_instance(aws: LocalAws, image: str, cluster: str, member: str) -> str:
+    """An instance of ``cluster`` with etcd's data on a volume of its own, both tagged as a launch tags them."""
+    tags = [{"Key": "etcdops:cluster", "Value": cluster}, {"Key": "etcdops:member", "Value": member}]
+    return str(aws.client("ec2").run_instances(
+        ImageId=image, MinCount=1, MaxCount=1,
+        BlockDeviceMappings=[{"DeviceName": "/dev/xvdb", "Ebs": {"VolumeSize": 20}}],
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}],
+    )["Instances"][0]["InstanceId"])  # fmt: skip
+
+
+def volume_backups(aws: LocalAws) -> list[str]:
+    """The snapshots tagged as volume backups (the image's own snapshot is not one)."""
+    found = aws.client("ec2").describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": "tag:etcdops:kind", "Values": ["volume"]}]
+    )
+    return [s["SnapshotId"] for s in found["Snapshots"]]
+
+
+def test_backups_role_snapshots_and_prunes_its_clusters_volumes_and_no_others(aws: LocalAws) -> None:
+    stack = aws.build_stack(TEMPLATE, {"ClusterName": CLUSTER})
+    settings, image = account_with_a_launch_template(aws, stack)
+    session = aws.function_session(stack, "BackupFunction")
+    compute = Ec2ComputeProvider(  # as the Backup function's handler opens it (its clients, its role)
+        CLUSTER, settings, stack_name=stack.stack_name, region=aws.region,
+        ec2=session.client("ec2"), elbv2=session.client("elbv2"), ssm=session.client("ssm"),
+        secretsmanager=session.client("secretsmanager"), cloudwatch=session.client("cloudwatch"), poll_seconds=0.05,
+    )  # fmt: skip
+    ec2 = aws.client("ec2")
+    member_instance(aws, image, CLUSTER, "m2")
+    host = compute.find("m2")
+    assert host is not None
+
+    # A volume backup as the Backup function takes it: its role snapshots the member's data volume into
+    # snapshots tagged as this cluster's volume backups, and retention deletes them again
+    tags = {"etcdops:kind": "volume", "etcdops:backup-id": "20261208T000000Z-abcdef", "etcdops:revision": "7"}
+    [snapshot] = compute.snapshot_volume(host, tags, "").snapshot_ids
+    made = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]
+    assert {"Key": "etcdops:cluster", "Value": CLUSTER} in made["Tags"]
+    compute.delete_volume_snapshots([snapshot])
+    assert volume_backups(aws) == []
+    assert aws.authorizer.denials == []
+    decided = {(r.principal, r.action) for r in aws.authorizer.recorder.records if r.allowed and r.modelled}
+    wanted = ("ec2:CreateSnapshots", "ec2:CreateTags", "ec2:DeleteSnapshot", "ec2:DescribeInstances")
+    assert {("BackupFunction", action) for action in wanted} <= decided
+
+    # Another cluster's member in the account: its volumes are not snapshotted, its snapshots not deleted
+    staging = member_instance(aws, image, "staging", "m2")
+    aws.authorizer.expect_denied("BackupFunction", "ec2:CreateSnapshots")
+    with pytest.raises(ClientError) as refused:
+        session.client("ec2").create_snapshots(
+            InstanceSpecification={"InstanceId": staging, "ExcludeBootVolume": True},
+            TagSpecifications=[{"ResourceType": "snapshot", "Tags": [
+                {"Key": "etcdops:cluster", "Value": CLUSTER}, {"Key": "etcdops:kind", "Value": "volume"}]}],
+        )  # fmt: skip
+    assert refused.value.response["Error"]["Code"] == "UnauthorizedOperation"
+    [theirs] = [
+        s["SnapshotId"]
+        for s in ec2.create_snapshots(InstanceSpecification={"InstanceId": staging, "ExcludeBootVolume": True})[
+            "Snapshots"
+        ]
+    ]
+    ec2.create_tags(
+        Resources=[theirs],
+        Tags=[{"Key": "etcdops:cluster", "Value": "staging"}, {"Key": "etcdops:kind", "Value": "volume"}],
+    )
+    aws.authorizer.expect_denied("BackupFunction", "ec2:DeleteSnapshot")
+    with pytest.raises(ClientError) as refused:
+        session.client("ec2").delete_snapshot(SnapshotId=theirs)
+    assert refused.value.response["Error"]["Code"] == "UnauthorizedOperation"
+    assert volume_backups(aws) == [theirs]

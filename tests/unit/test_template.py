@@ -235,6 +235,37 @@ def test_volume_backups_snapshot_only_this_clusters_volumes_into_its_own_snapsho
         assert not template.role_of(function).allowing("ec2:CreateSnapshots", instance), function
 
 
+def test_volume_backups_run_daily_through_the_backup_functions_fan_out(template: Template) -> None:
+    import json
+
+    from etcdops.domain.errors import InvalidEventError
+    from etcdops.entrypoints.events import backup_detail
+    from etcdops.entrypoints.fanout import self_invoker
+
+    rules = [
+        props for resource in template.of_type("AWS::Events::Rule").values()
+        if (props := resource["Properties"]).get("ScheduleExpression") == "cron(45 3 * * ? *)"
+    ]  # fmt: skip
+    [rule] = rules  # VolumeBackupSchedule's default: once a day
+    [target] = rule["Targets"]
+    assert target["Arn"] == template.attribute("BackupFunction", "Arn")
+    event = json.loads(target["Input"])
+    assert backup_detail(event).kind == "volume"
+    # the fan-out hands each registered cluster the same kind of backup
+    sent: list[dict[str, object]] = []
+
+    class Lambda:
+        def invoke(self, **request: object) -> None:
+            sent.append(json.loads(request["Payload"]))  # type: ignore[arg-type]
+
+    self_invoker(Lambda(), "arn:backup", event, "backup")("staging")
+    assert backup_detail(sent[0]).model_dump() == {"cluster": "staging", "kind": "volume"}
+    # a constant input of another shape or kind is refused in one line
+    for bad in ({"detail": {"kind": "disk"}}, {"detail": {}, "kind": "volume"}, {"detail": {"cluster": "Bad_Name"}}):
+        with pytest.raises(InvalidEventError, match=r"^BackupInput: "):
+            backup_detail(bad)
+
+
 def document_arn(name: str) -> str:
     return f"arn:aws:ssm:{REGION}:{ACCOUNT}:document/{name}"
 

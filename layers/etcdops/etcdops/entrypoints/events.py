@@ -43,6 +43,22 @@ class BackupEvent(EventBridgeModel):
     detail: BackupDetail
 
 
+class BackupInput(BaseModel):
+    """A schedule's constant input instead of the scheduled event (EventBridge sends ``Input`` as it is):
+    the volume-backup schedule's ``{"detail": {"kind": "volume"}}``, and what the fan-out makes of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detail: BackupDetail
+
+
+def backup_detail(event: Any) -> BackupDetail:
+    """Backup's event: an EventBridge event (a schedule's, a rule's) or a schedule's constant input."""
+    if isinstance(event, dict) and "source" not in event and "detail" in event:
+        return parse_event(event, BackupInput).detail
+    return parse_event(event, BackupEvent).detail
+
+
 class VerifyDetail(ClusterDetail):
     """BackupVerify's optional input: a backup id (default: the newest backup)."""
 

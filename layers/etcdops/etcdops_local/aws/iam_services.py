@@ -124,7 +124,6 @@ def _cloudwatch(request: Request) -> Asked:
 # ec2, elasticloadbalancing -------------------------------------------------------------------------------
 
 
-
 def _ec2(request: Request) -> Asked:
     op, params = request.operation, request.params
     action = f"ec2:{op}"
@@ -149,7 +148,114 @@ def _ec2(request: Request) -> Asked:
         return Asked(tuple(calls))
     if op == "RunInstances":
         return Asked(tuple(_run_instances(request, ec2)))
+    if op in _EBS:
+        return Asked(tuple(_EBS[op](request, ec2)))
     return Asked((Call.of(action, "*"),), modelled=False)
+
+
+def _resource_tags(ec2: Any, resource_id: str) -> dict[str, str]:
+    try:
+        return {t["key"]: t["value"] for t in ec2.describe_tags(filters={"resource-id": [resource_id]})}
+    except Exception:  # an unknown resource: EC2 refuses the request itself
+        return {}
+
+
+def _snapshot_arn(request: Request, snapshot: str) -> str:
+    return request.arn("ec2", f"snapshot/{snapshot}", account=False)  # snapshot ARNs carry no account
+
+
+def _spec_tags(params: Mapping[str, Any], kind: str) -> list[Mapping[str, str]]:
+    specs = params.get("TagSpecifications") or []
+    return [t for s in specs if s.get("ResourceType") == kind for t in s.get("Tags") or []]
+
+
+def _on_create(request: Request, kind: str, operation: str) -> list[Call]:
+    """Tags a create request puts on what it makes: ``ec2:CreateTags`` with ``ec2:CreateAction``."""
+    tags = _spec_tags(request.params, kind)
+    if not tags:
+        return []
+    context = {"ec2:CreateAction": [operation], **_request_tags_context(tags)}
+    resource = _snapshot_arn(request, "*") if kind == "snapshot" else request.arn("ec2", f"{kind}/*")
+    return [Call.of("ec2:CreateTags", resource, context, because=f"ec2:{operation} with tags")]
+
+
+def _create_snapshots(request: Request, ec2: Any) -> list[Call]:
+    """The instance, each volume it snapshots (its tags) and the new snapshots (the request's tags)."""
+    action, spec = "ec2:CreateSnapshots", request.params.get("InstanceSpecification") or {}
+    instance_id = spec.get("InstanceId", "")
+    calls = [Call.of(action, request.arn("ec2", f"instance/{instance_id}"),
+                     _tags_context("ec2", _resource_tags(ec2, instance_id)))]  # fmt: skip
+    try:
+        instance = ec2.get_instance(instance_id)
+        boot = str(spec.get("ExcludeBootVolume", False)).lower() == "true"
+        volumes = [
+            m.volume_id for d, m in instance.get_block_device_mapping if not (boot and d == instance.root_device_name)
+        ]
+    except Exception:  # an unknown instance: EC2 refuses the request itself
+        volumes = []
+    for volume in volumes:
+        calls.append(
+            Call.of(action, request.arn("ec2", f"volume/{volume}"), _tags_context("ec2", _resource_tags(ec2, volume)))
+        )
+    tags = _request_tags_context(_spec_tags(request.params, "snapshot"))
+    calls.append(Call.of(action, _snapshot_arn(request, "*"), tags))
+    return calls + _on_create(request, "snapshot", "CreateSnapshots")
+
+
+def _delete_snapshot(request: Request, ec2: Any) -> list[Call]:
+    snapshot = request.params.get("SnapshotId", "")
+    return [
+        Call.of(
+            "ec2:DeleteSnapshot", _snapshot_arn(request, snapshot), _tags_context("ec2", _resource_tags(ec2, snapshot))
+        )
+    ]
+
+
+def _create_volume(request: Request, ec2: Any) -> list[Call]:
+    """The new volume (the request's tags) and the snapshot it is made from (its tags)."""
+    calls = [Call.of("ec2:CreateVolume", request.arn("ec2", "volume/*"),
+                     _request_tags_context(_spec_tags(request.params, "volume")))]  # fmt: skip
+    snapshot = request.params.get("SnapshotId")
+    if snapshot:
+        calls.append(Call.of("ec2:CreateVolume", _snapshot_arn(request, snapshot),
+                             _tags_context("ec2", _resource_tags(ec2, snapshot))))  # fmt: skip
+    return calls + _on_create(request, "volume", "CreateVolume")
+
+
+def _volume_and_instance(request: Request, ec2: Any) -> list[Call]:
+    """AttachVolume, DetachVolume: the volume and the instance, each with its tags."""
+    action, params = f"ec2:{request.operation}", request.params
+    calls = []
+    volume = params.get("VolumeId", "")
+    calls.append(
+        Call.of(action, request.arn("ec2", f"volume/{volume}"), _tags_context("ec2", _resource_tags(ec2, volume)))
+    )
+    instance = params.get("InstanceId")
+    if instance:
+        calls.append(Call.of(action, request.arn("ec2", f"instance/{instance}"),
+                             _tags_context("ec2", _resource_tags(ec2, instance))))  # fmt: skip
+    return calls
+
+
+def _delete_volume(request: Request, ec2: Any) -> list[Call]:
+    volume = request.params.get("VolumeId", "")
+    return [
+        Call.of(
+            "ec2:DeleteVolume",
+            request.arn("ec2", f"volume/{volume}"),
+            _tags_context("ec2", _resource_tags(ec2, volume)),
+        )
+    ]
+
+
+_EBS: dict[str, Any] = {
+    "CreateSnapshots": _create_snapshots,
+    "DeleteSnapshot": _delete_snapshot,
+    "CreateVolume": _create_volume,
+    "AttachVolume": _volume_and_instance,
+    "DetachVolume": _volume_and_instance,
+    "DeleteVolume": _delete_volume,
+}
 
 
 def _run_instances(request: Request, ec2: Any) -> list[Call]:
@@ -252,5 +358,3 @@ def request_calls(request: Request) -> Asked:
         asked: Asked = resolver(request)
         return asked
     return Asked((Call.of(f"{request.prefix}:{request.operation}", "*"),), modelled=False)
-
-
