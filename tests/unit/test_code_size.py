@@ -51,8 +51,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops/entrypoints/runbook_step.py:run_runbook_step",
         "etcdops_local/aws/ec2.py:patch_compute",
         "etcdops_local/aws/schedule.py",
-        "etcdops_local/aws/stack.py",
-        "etcdops_local/aws/stack.py:_apply_skipped",
         "etcdops_local/cli/main.py:build_parser",
         "etcdops_local/cli/runbook.py",
         "etcdops_local/cli/runbook.py:register",

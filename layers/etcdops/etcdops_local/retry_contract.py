@@ -49,7 +49,7 @@ ERROR_MODULES: tuple[str, ...] = (
     "etcdops.app.runbook.rotate",
     "etcdops.app.runbook.rotate_ca",
     "etcdops_local.cluster",
-    "etcdops_local.aws.stack",
+    "etcdops_local.aws.invoke",
     "etcdops_local.aws.sandbox",
     "etcdops_local.aws.iampolicy",
     "etcdops_local.demo",

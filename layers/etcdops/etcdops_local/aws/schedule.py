@@ -399,12 +399,12 @@ def start_scheduled_execution(stack: Any, machine: str, document: Any, role: str
     """Start an execution of the stack's state machine ``machine`` as a schedule rule does: with the
     rule's role (SAM's ``<rule>Role``, whose ``states:StartExecution`` grant is checked) and a fresh
     execution name. Its ARN."""
-    from etcdops_local.aws.stack import LocalAwsError, _require_running, execution_name, start_execution
+    from etcdops_local.aws.stack import LocalAwsError, execution_name, require_running, start_execution
 
     if role is None:
         raise LocalAwsError(f"{machine}: its schedule rule has no role in the stack (SAM makes <rule>Role)")
     role_arn = role if role.startswith("arn:") else f"arn:aws:iam::{stack.account_id}:role/{role}"
-    c = _require_running().authorizer.role_credentials(role_arn, "events")
+    c = require_running().authorizer.role_credentials(role_arn, "events")
     session = boto3.session.Session(
         region_name=stack.region,
         aws_access_key_id=c.access_key_id,
