@@ -52,8 +52,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops_local/aws/ec2.py:patch_compute",
         "etcdops_local/aws/schedule.py",
         "etcdops_local/cli/main.py:build_parser",
-        "etcdops_local/cli/runbook.py",
-        "etcdops_local/cli/runbook.py:register",
         "etcdops_local/cli/status.py",
         "etcdops_local/cluster/__init__.py",
         "etcdops_local/cluster/__init__.py:LocalCluster.restore_member_data",

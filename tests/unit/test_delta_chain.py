@@ -38,7 +38,7 @@ from etcdops.domain.backup.errors import DeltaFormatError
 from etcdops.domain.backup.manifest import Manifest
 from etcdops.domain.errors import UsageError
 from etcdops.domain.runbook_documents import RestoreDocument, document_problem
-from etcdops_local.cli.runbook import _point_in_time
+from etcdops_local.cli.runbook_start import _point_in_time
 
 NOW = datetime(2026, 12, 7, 21, 0, tzinfo=UTC)
 BASE_ID = "20261207T200000Z-0000aa"
