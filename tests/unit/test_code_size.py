@@ -53,8 +53,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops_local/aws/schedule.py",
         "etcdops_local/cli/main.py:build_parser",
         "etcdops_local/cli/status.py",
-        "etcdops_local/cluster/__init__.py",
-        "etcdops_local/cluster/__init__.py:LocalCluster.restore_member_data",
         "etcdops_local/compute.py",
         "etcdops_local/demo.py:run_demo",
     }

@@ -48,7 +48,7 @@ ERROR_MODULES: tuple[str, ...] = (
     "etcdops.app.runbook.scale",
     "etcdops.app.runbook.rotate",
     "etcdops.app.runbook.rotate_ca",
-    "etcdops_local.cluster",
+    "etcdops_local.cluster.files",
     "etcdops_local.aws.invoke",
     "etcdops_local.aws.sandbox",
     "etcdops_local.aws.iampolicy",
