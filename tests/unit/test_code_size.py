@@ -36,7 +36,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops/adapters/etcd/client.py",
         "etcdops/adapters/healthmetrics.py:compute_health_metrics",
         "etcdops/adapters/pki.py",
-        "etcdops/adapters/state_dynamodb.py",
         "etcdops/app/approval/decide.py:decide_approval",
         "etcdops/app/backup/job.py",
         "etcdops/app/backup/job.py:run_backup",
