@@ -10,17 +10,18 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2Model
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.approval import LinkSigner, SigningSecretCache, handle_api_request
+from etcdops.entrypoints.aws_clients import ContainerClients
 from etcdops.entrypoints.events import parse_event
 from etcdops.entrypoints.observability import function_logger
 from etcdops.entrypoints.settings import ApprovalApiSettings
 
 logger = function_logger("etcdops-approval")
+aws_clients = ContainerClients()  # made on first use, kept for the container's life
 signing_secret = SigningSecretCache()  # filled on the first invocation, kept for the container's life
 
 
@@ -28,12 +29,11 @@ signing_secret = SigningSecretCache()  # filled on the first invocation, kept fo
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = parse_event(event, APIGatewayProxyEventV2Model)
     settings = ApprovalApiSettings.from_env(os.environ)
-    session = boto3.session.Session()
     response = handle_api_request(
         request,
-        signer=LinkSigner(signing_secret.get(session.client("secretsmanager"), settings.secret_arn)),
-        store=DynamoStateStore(settings.table_name, session.client("dynamodb")),
-        sfn=session.client("stepfunctions"),
+        signer=LinkSigner(signing_secret.get(aws_clients.client("secretsmanager"), settings.secret_arn)),
+        store=DynamoStateStore(settings.table_name, aws_clients.client("dynamodb")),
+        sfn=aws_clients.client("stepfunctions"),
         now=datetime.now(UTC),
     )
     logger.info("approval page served", extra={"route": request.routeKey, "status": response.status})

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from etcdops.entrypoints.aws_clients import ContainerClients
 from etcdops.entrypoints.events import backup_detail
 from etcdops.entrypoints.fanout import self_invoker
 from etcdops.entrypoints.jobs import AwsClients, backup_job, with_fleet
@@ -18,6 +18,7 @@ from etcdops.entrypoints.observability import function_logger, function_metrics
 from etcdops.entrypoints.settings import JobSettings
 
 logger = function_logger("etcdops-backup")
+aws_clients = ContainerClients()  # made on first use, kept for the container's life
 metrics = function_metrics()  # its own metric set and dimensions (observability.function_metrics)
 
 
@@ -26,9 +27,8 @@ metrics = function_metrics()  # its own metric set and dimensions (observability
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     detail = backup_detail(event)  # anything but an EventBridge event or a schedule's input is refused here
     settings = JobSettings.from_env(os.environ)
-    session = boto3.session.Session()
-    clients = AwsClients.from_session(session)
-    invoke = self_invoker(session.client("lambda"), context.invoked_function_arn, event, "backup")
+    clients = AwsClients.from_session(aws_clients)
+    invoke = self_invoker(aws_clients.client("lambda"), context.invoked_function_arn, event, "backup")
     result = with_fleet(
         settings, clients, detail.cluster, invoke,
         lambda: backup_job(settings, clients, metrics, detail.cluster, kind=detail.kind),

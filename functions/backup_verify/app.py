@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from etcdops.entrypoints.aws_clients import ContainerClients
 from etcdops.entrypoints.events import VerifyEvent, parse_event
 from etcdops.entrypoints.fanout import self_invoker
 from etcdops.entrypoints.jobs import AwsClients, verify_job, with_fleet
@@ -17,6 +17,7 @@ from etcdops.entrypoints.observability import function_logger, function_metrics
 from etcdops.entrypoints.settings import JobSettings
 
 logger = function_logger("etcdops-backup-verify")
+aws_clients = ContainerClients()  # made on first use, kept for the container's life
 metrics = function_metrics()  # its own metric set and dimensions (observability.function_metrics)
 
 
@@ -25,9 +26,8 @@ metrics = function_metrics()  # its own metric set and dimensions (observability
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     parsed = parse_event(event, VerifyEvent)
     settings = JobSettings.from_env(os.environ)
-    session = boto3.session.Session()
-    detail, clients = parsed.detail, AwsClients.from_session(session)
-    invoke = self_invoker(session.client("lambda"), context.invoked_function_arn, event, "backup verification")
+    detail, clients = parsed.detail, AwsClients.from_session(aws_clients)
+    invoke = self_invoker(aws_clients.client("lambda"), context.invoked_function_arn, event, "backup verification")
     result = with_fleet(
         settings, clients, detail.cluster, invoke,
         lambda: verify_job(settings, clients, metrics, detail.backup_id, detail.cluster),

@@ -8,16 +8,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import boto3
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from etcdops.entrypoints.aws_clients import ContainerClients
 from etcdops.entrypoints.events import parse_event
 from etcdops.entrypoints.jobs import AwsClients, delta_backup_job
 from etcdops.entrypoints.observability import function_logger, function_metrics
 from etcdops.entrypoints.settings import DeltaJobSettings
 
 logger = function_logger("etcdops-delta-backup")
+aws_clients = ContainerClients()  # made on first use, kept for the container's life
 metrics = function_metrics()  # its own metric set and dimensions (observability.function_metrics)
 
 
@@ -26,7 +27,6 @@ metrics = function_metrics()  # its own metric set and dimensions (observability
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     parse_event(event, EventBridgeModel)  # anything but a scheduled event is refused here
     settings = DeltaJobSettings.from_env(os.environ)
-    session = boto3.session.Session()
-    result = delta_backup_job(settings, AwsClients.from_session(session), session.client("dynamodb"), metrics)
+    result = delta_backup_job(settings, AwsClients.from_session(aws_clients), aws_clients.client("dynamodb"), metrics)
     logger.info("delta backup: " + str(result.get("action", "skipped")), extra=result)
     return result

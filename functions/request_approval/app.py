@@ -10,7 +10,6 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from etcdops.adapters.aws import SnsNotifier
@@ -22,11 +21,13 @@ from etcdops.app.approval import (
     SigningSecretCache,
     request_approval,
 )
+from etcdops.entrypoints.aws_clients import ContainerClients
 from etcdops.entrypoints.events import parse_event
 from etcdops.entrypoints.observability import function_logger
 from etcdops.entrypoints.settings import RequestApprovalSettings
 
 logger = function_logger("etcdops-request-approval")
+aws_clients = ContainerClients()  # made on first use, kept for the container's life
 signing_secret = SigningSecretCache()  # filled on the first invocation, kept for the container's life
 
 
@@ -35,14 +36,13 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     parsed = parse_event(event, ApprovalRequestEvent)
     settings = RequestApprovalSettings.from_env(os.environ)
     logger.append_keys(cluster=parsed.cluster, execution=parsed.execution, runbook=parsed.runbook)
-    session = boto3.session.Session()
     now = datetime.now(UTC)
     result = request_approval(
         ApprovalRequest.from_event(parsed, now, settings.ttl_seconds),
         parsed.task_token,
-        store=DynamoStateStore(settings.table_name, session.client("dynamodb")),
-        notifier=SnsNotifier(session.client("sns"), settings.topic_arn),
-        signer=LinkSigner(signing_secret.get(session.client("secretsmanager"), settings.secret_arn)),
+        store=DynamoStateStore(settings.table_name, aws_clients.client("dynamodb")),
+        notifier=SnsNotifier(aws_clients.client("sns"), settings.topic_arn),
+        signer=LinkSigner(signing_secret.get(aws_clients.client("secretsmanager"), settings.secret_arn)),
         base_url=settings.base_url,
         now=now,
     )

@@ -27,6 +27,7 @@ from moto import mock_aws
 
 from etcdops.adapters.state_dynamodb import DynamoStateStore, table_definition
 from etcdops.app.approval import sign_link
+from etcdops.entrypoints.aws_clients import ContainerClients
 from etcdops_local.cli import main as cli
 
 pytestmark = pytest.mark.e2e
@@ -186,15 +187,18 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
                     return described
                 time.sleep(0.1)
 
+        counting = CountingSfn(sfn)
+        api = load_handler("approval")
+        api.aws_clients = counted_clients(counting)  # the container's clients, before its first invocation
         yield SimpleNamespace(
             sfn=sfn,
-            counting=CountingSfn(sfn),
+            counting=counting,
             store=DynamoStateStore(TABLE, dynamodb),
             start=start,
             messages=messages,
             status=status,
             invocations=invocations,
-            api=load_handler("approval"),
+            api=api,
         )
         # Executions still waiting hold worker threads, and moto's StopExecution does not end a
         # task-token wait: fail each waiting task with its token so nothing outlives the test.
@@ -225,23 +229,23 @@ def wait_for_request(aws: SimpleNamespace, name: str) -> tuple[str, dict[str, An
 
 
 def call_api(aws: SimpleNamespace, url: str, method: str = "GET", form: str | None = None) -> dict[str, Any]:
-    """The Approval handler, with its Step Functions client counted."""
-    original = aws.api.boto3.session.Session
+    """The Approval handler (its Step Functions client is counted: see :func:`counted_clients`)."""
+    response: dict[str, Any] = aws.api.handler(api_event(url, method, form), lambda_context(memory_mb=256))
+    return response
 
-    class Session(original):  # type: ignore[misc, valid-type]
+
+def counted_clients(counting: CountingSfn) -> ContainerClients:
+    """The Approval container's clients, its Step Functions client wrapped in ``counting``."""
+
+    class Session(boto3.session.Session):
         def client(self, name: str, *args: Any, **kwargs: Any) -> Any:
             made = super().client(name, *args, **kwargs)
             if name == "stepfunctions":
-                aws.counting.client = made
-                return aws.counting
+                counting.client = made
+                return counting
             return made
 
-    aws.api.boto3.session.Session = Session
-    try:
-        response: dict[str, Any] = aws.api.handler(api_event(url, method, form), lambda_context(memory_mb=256))
-    finally:
-        aws.api.boto3.session.Session = original
-    return response
+    return ContainerClients(Session)
 
 
 # ---- the tests ----------------------------------------------------------------------------
