@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from etcdops.adapters import pki
+from etcdops.adapters.pki.served import served_certificate_der
 from etcdops.domain.errors import PkiError
 
 pytestmark = pytest.mark.integration
@@ -318,7 +319,7 @@ def test_etcd_tls12_refusal_still_yields_the_certificate(etcd: Etcd) -> None:
         context.wrap_socket(sock) as tls,
     ):
         tls.recv(1)
-    der = pki._served_certificate_der(etcd.endpoint, "127.0.0.1", etcd.port, context, 5.0)
+    der = served_certificate_der(etcd.endpoint, "127.0.0.1", etcd.port, context, 5.0)
     assert der == etcd.material.server.certificate.public_bytes(serialization.Encoding.DER)
 
 

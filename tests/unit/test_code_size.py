@@ -35,7 +35,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops/adapters/compute/factory.py:open_compute",
         "etcdops/adapters/etcd/client.py",
         "etcdops/adapters/healthmetrics.py:compute_health_metrics",
-        "etcdops/adapters/pki.py",
         "etcdops/app/approval/decide.py:decide_approval",
         "etcdops/app/backup/job.py",
         "etcdops/app/backup/job.py:run_backup",

@@ -11,6 +11,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from cryptography import x509
 from moto import mock_aws
 from moto_ec2 import emulated_account, register_host_image
 
@@ -227,9 +228,9 @@ def test_launch_stores_a_certificate_chaining_to_the_ca_for_the_host_only(aws: A
     pki.verify_chain(aws.ca, pair)
     assert secret["ca"] == aws.ca.cert_pem.decode() and secret["member"] == "m4"
     assert "PRIVATE KEY" not in secret["ca"]
-    san = pair.certificate.extensions.get_extension_for_class(pki.x509.SubjectAlternativeName).value
-    assert host.address in {str(ip) for ip in san.get_values_for_type(pki.x509.IPAddress)}
-    assert "m4" in san.get_values_for_type(pki.x509.DNSName)
+    san = pair.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert host.address in {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    assert "m4" in san.get_values_for_type(x509.DNSName)
     # the instance role's IAM condition matches this tag against ec2:SourceInstanceARN
     tags = {t["Key"]: t["Value"] for t in aws.secrets.describe_secret(SecretId=f"etcdops/{CLUSTER}/members/m4")["Tags"]}
     assert tags["etcdops:instance-arn"].endswith(f":instance/{host.host_id}")
@@ -248,9 +249,9 @@ def test_certificates_issued_before_launch_gain_the_address_and_keep_extra_names
     host = compute.launch("m4")
 
     pair = pki.KeyPair(aws.member_secret("m4")["certificate"].encode(), b"")
-    san = pair.certificate.extensions.get_extension_for_class(pki.x509.SubjectAlternativeName).value
-    assert {host.address, "10.9.9.9"} <= {str(ip) for ip in san.get_values_for_type(pki.x509.IPAddress)}
-    assert "etcd-m4.internal" in san.get_values_for_type(pki.x509.DNSName)
+    san = pair.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {host.address, "10.9.9.9"} <= {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    assert "etcd-m4.internal" in san.get_values_for_type(x509.DNSName)
 
 
 def test_missing_ca_secret_is_a_named_error(aws: Aws) -> None:
@@ -424,7 +425,7 @@ def test_renewing_a_members_certificates_issues_a_new_one_and_sends_the_host_to_
     new = pki.KeyPair(secret["certificate"].encode(), secret["private_key"].encode())
     pki.verify_chain(aws.ca, new)  # from the cluster CA, with its own key
     assert serial == f"{new.certificate.serial_number:x}" != f"{old.certificate.serial_number:x}"
-    names = pki.x509.SubjectAlternativeName
+    names = x509.SubjectAlternativeName
     old_names = old.certificate.extensions.get_extension_for_class(names)
     assert new.certificate.extensions.get_extension_for_class(names) == old_names  # the host's address among them
     (renew,) = [c for c in aws.commands() if c["DocumentName"] == f"{STACK}-RenewCertificates"]

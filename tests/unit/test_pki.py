@@ -17,6 +17,7 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from etcdops.adapters import pki
+from etcdops.adapters.pki.served import certificate_from_records
 from etcdops.domain.errors import PkiError
 
 SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
@@ -457,7 +458,7 @@ def test_certificate_is_found_in_handshake_records_split_anyhow(server: pki.KeyP
     messages = _handshake(2, b"\x03\x03" + bytes(34)) + _handshake(11, len(entries).to_bytes(3, "big") + entries)
     middle = len(messages) // 2
     data = _record(22, messages[:middle]) + _record(22, messages[middle:]) + _record(21, b"\x02\x2a")
-    assert pki._certificate_from_records(data) == leaf
-    assert pki._certificate_from_records(data[:-40]) is None  # truncated
-    assert pki._certificate_from_records(_record(20, b"\x01") + data) is None  # encrypted after CCS
-    assert pki._certificate_from_records(b"HTTP/1.1 400 Bad Request\r\n\r\n") is None
+    assert certificate_from_records(data) == leaf
+    assert certificate_from_records(data[:-40]) is None  # truncated
+    assert certificate_from_records(_record(20, b"\x01") + data) is None  # encrypted after CCS
+    assert certificate_from_records(b"HTTP/1.1 400 Bad Request\r\n\r\n") is None

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from etcdops.adapters import pki
+from etcdops.adapters.pki.files import atomic_write
 from etcdops.domain.errors import PkiError
 
 RECORD = "ca-rotation.json"
@@ -35,7 +36,7 @@ def recorded(pki_dir: Path) -> dict[str, int]:
 
 def _record(pki_dir: Path, begun: int, finished: int) -> None:
     data = json.dumps({"begun": begun, "finished": finished, "at": datetime.now(UTC).isoformat()}).encode()
-    pki._atomic_write(pki_dir / RECORD, data, 0o644)
+    atomic_write(pki_dir / RECORD, data, 0o644)
 
 
 def _copy(pki_dir: Path, source: str, target: str) -> None:

@@ -1,4 +1,4 @@
-"""Certificates for etcd: a small CA, server/peer/client certificates, PEM files and expiry checks.
+"""Certificates for etcd: a small CA, server/peer/client certificates and their checks.
 
 Keys are ECDSA P-256. The certificates are shaped for Go's ``crypto/tls`` (etcd) and BoringSSL
 (grpcio): subject alternative names instead of a bare common name, extended key usages that match
@@ -7,19 +7,11 @@ what each side checks, and key identifiers so chains are found quickly.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import os
-import socket
-import ssl
-import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Literal, get_args
-from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -32,20 +24,18 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from etcdops.adapters.pki.served import parse_ip
 from etcdops.domain.errors import PkiError
 
 __all__ = [
     "CertificateKind",
     "KeyPair",
-    "certificate_expiry",
-    "certificate_serial",
+    "check_ca",
+    "check_is_ca",
     "create_ca",
     "issue_certificate",
-    "load_pem",
-    "served_certificate",
-    "served_certificate_expiry",
+    "same_public_key",
     "verify_chain",
-    "write_pem",
 ]
 
 CertificateKind = Literal["server", "peer", "client"]
@@ -67,10 +57,6 @@ _ISSUER_KEY_TYPES = (
     ed25519.Ed25519PrivateKey,
     ed448.Ed448PrivateKey,
 )
-# TLS record and handshake message types used when reading a failed TLS 1.2 handshake.
-_RECORD_CHANGE_CIPHER_SPEC = 20
-_RECORD_HANDSHAKE = 22
-_HANDSHAKE_CERTIFICATE = 11
 
 
 @dataclass(frozen=True)
@@ -149,7 +135,7 @@ def issue_certificate(
 
     ca_cert = ca.certificate
     ca_key = _issuer_key(ca)
-    _check_is_ca(ca_cert)
+    check_is_ca(ca_cert)
     now = _now()
     if ca_cert.not_valid_after_utc <= now:
         raise PkiError(f"ca: the CA certificate expired on {ca_cert.not_valid_after_utc.isoformat()}")
@@ -178,59 +164,6 @@ def issue_certificate(
     return KeyPair(cert_pem=cert.public_bytes(serialization.Encoding.PEM), key_pem=_key_to_pem(key))
 
 
-# ---- files --------------------------------------------------------------------------------
-
-
-def write_pem(pair: KeyPair, cert_path: Path, key_path: Path) -> None:
-    """Write the certificate (mode 0644) and key (mode 0600), each replaced atomically.
-
-    The two files are replaced one after the other, key first; a crash in between can leave a new
-    key next to an old certificate, which :func:`load_pem` reports.
-    """
-    cert_path, key_path = Path(cert_path), Path(key_path)
-    if cert_path.resolve() == key_path.resolve():
-        raise PkiError(f"cert_path and key_path are the same file: {cert_path}")
-    _atomic_write(key_path, pair.key_pem, 0o600)
-    _atomic_write(cert_path, pair.cert_pem, 0o644)
-
-
-def write_trusted(path: Path, cert_pems: Sequence[bytes]) -> None:
-    """A trust bundle: the CA certificates ``cert_pems`` (each checked to be a CA) in one file, replaced
-    atomically (mode 0644), as etcd's ``--trusted-ca-file`` and clients' CA file read it."""
-    for pem in cert_pems:
-        _check_is_ca(_parse_certificate_file(Path(path), pem))
-    _atomic_write(Path(path), b"".join(p if p.endswith(b"\n") else p + b"\n" for p in cert_pems), 0o644)
-
-
-def load_pem(cert_path: Path, key_path: Path) -> KeyPair:
-    """Read a certificate and its key, checking both parse and belong together."""
-    cert_path, key_path = Path(cert_path), Path(key_path)
-    cert_pem = _read(cert_path)
-    key_pem = _read(key_path)
-    cert = _parse_certificate_file(cert_path, cert_pem)
-    try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except TypeError as exc:
-        raise PkiError(f"{key_path}: the private key is encrypted; an unencrypted key is needed") from exc
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise PkiError(f"{key_path}: not a PEM private key ({exc})") from exc
-    if not _same_public_key(cert.public_key(), key):
-        raise PkiError(f"{key_path}: the private key does not belong to the certificate {cert_path}")
-    return KeyPair(cert_pem=cert_pem, key_pem=key_pem)
-
-
-def certificate_serial(cert_path: Path) -> int:
-    """The serial number of the first certificate in a PEM file."""
-    cert_path = Path(cert_path)
-    return _parse_certificate_file(cert_path, _read(cert_path)).serial_number
-
-
-def certificate_expiry(cert_path: Path) -> datetime:
-    """The end of validity (aware UTC) of the first certificate in a PEM file."""
-    cert_path = Path(cert_path)
-    return _parse_certificate_file(cert_path, _read(cert_path)).not_valid_after_utc
-
-
 # ---- checks -------------------------------------------------------------------------------
 
 
@@ -238,7 +171,7 @@ def check_ca(ca: KeyPair) -> None:
     """Raise PkiError unless ``ca`` can issue certificates now: a CA certificate, valid today, and its own
     key, of a type that signs."""
     cert = ca.certificate
-    _check_is_ca(cert)
+    check_is_ca(cert)
     _issuer_key(ca)
     now = _now()
     if cert.not_valid_after_utc <= now:
@@ -250,7 +183,7 @@ def check_ca(ca: KeyPair) -> None:
 def verify_chain(ca: KeyPair, leaf: KeyPair) -> None:
     """Raise PkiError unless ``leaf`` is signed by ``ca``, both are valid now, and the leaf key fits."""
     ca_cert, leaf_cert = ca.certificate, leaf.certificate
-    _check_is_ca(ca_cert)
+    check_is_ca(ca_cert)
     try:
         leaf_cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature) as exc:
@@ -264,33 +197,8 @@ def verify_chain(ca: KeyPair, leaf: KeyPair) -> None:
             raise PkiError(f"{label} {_subject(cert)!r} expired on {cert.not_valid_after_utc.isoformat()}")
         if cert.not_valid_before_utc > now:
             raise PkiError(f"{label} {_subject(cert)!r} is not valid before {cert.not_valid_before_utc.isoformat()}")
-    if not _same_public_key(leaf_cert.public_key(), leaf.private_key):
+    if not same_public_key(leaf_cert.public_key(), leaf.private_key):
         raise PkiError(f"certificate {_subject(leaf_cert)!r}: the private key does not belong to it")
-
-
-def served_certificate_expiry(
-    endpoint: str, *, timeout: float = 2.0, cert: Path | None = None, key: Path | None = None
-) -> datetime:
-    """The end of validity of the certificate a TLS endpoint presents, without verifying it.
-
-    ``endpoint`` is ``https://host:port`` or ``host:port``. ``cert``/``key`` optionally present a
-    client certificate (servers requiring one otherwise log a rejected handshake). A server that
-    rejects us after sending its certificate still gives an answer.
-    """
-    return served_certificate(endpoint, timeout=timeout, cert=cert, key=key).not_valid_after_utc
-
-
-def served_certificate(
-    endpoint: str, *, timeout: float = 2.0, cert: Path | None = None, key: Path | None = None
-) -> x509.Certificate:
-    """The certificate a TLS endpoint presents in a fresh handshake (see :func:`served_certificate_expiry`)."""
-    host, port = _host_port(endpoint)
-    context = _probe_context(endpoint, cert, key)
-    der = _served_certificate_der(endpoint, host, port, context, timeout)
-    try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        raise PkiError(f"{endpoint}: the served certificate cannot be parsed: {exc}") from exc
 
 
 # ---- helpers: building --------------------------------------------------------------------
@@ -322,7 +230,7 @@ def _subject_alternative_names(dns_names: Sequence[str], ip_addresses: Sequence[
     for dns_name in dict.fromkeys(dns_names):
         if not isinstance(dns_name, str) or not dns_name or dns_name != dns_name.strip():
             raise PkiError(f"dns_names: {dns_name!r} is not a DNS name")
-        if _parse_ip(dns_name) is not None:
+        if parse_ip(dns_name) is not None:
             raise PkiError(f"dns_names: {dns_name!r} is an IP address; pass it in ip_addresses")
         try:
             names.append(x509.DNSName(dns_name))
@@ -330,20 +238,13 @@ def _subject_alternative_names(dns_names: Sequence[str], ip_addresses: Sequence[
             raise PkiError(f"dns_names: {dns_name!r} is not a DNS name ({exc})") from exc
     seen_ips: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
     for value in ip_addresses:
-        address = _parse_ip(str(value))
+        address = parse_ip(str(value))
         if address is None:
             raise PkiError(f"ip_addresses: {value!r} is not an IP address")
         if address not in seen_ips:
             seen_ips.add(address)
             names.append(x509.IPAddress(address))
     return names
-
-
-def _parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(value)
-    except ValueError:
-        return None
 
 
 def _key_usage(
@@ -376,7 +277,7 @@ def _issuer_key(ca: KeyPair) -> CertificateIssuerPrivateKeyTypes:
     key = ca.private_key
     if not isinstance(key, _ISSUER_KEY_TYPES):
         raise PkiError(f"ca: a {type(key).__name__} key cannot sign certificates")
-    if not _same_public_key(ca.certificate.public_key(), key):
+    if not same_public_key(ca.certificate.public_key(), key):
         raise PkiError("ca: the private key does not belong to the CA certificate")
     return key
 
@@ -387,7 +288,7 @@ def _signature_hash(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | No
     return hashes.SHA256()
 
 
-def _check_is_ca(cert: x509.Certificate) -> None:
+def check_is_ca(cert: x509.Certificate) -> None:
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
@@ -396,7 +297,7 @@ def _check_is_ca(cert: x509.Certificate) -> None:
         raise PkiError(f"ca: certificate {_subject(cert)!r} is not a CA certificate")
 
 
-def _same_public_key(public_key: PublicKeyTypes, private_key: PrivateKeyTypes) -> bool:
+def same_public_key(public_key: PublicKeyTypes, private_key: PrivateKeyTypes) -> bool:
     encoding, fmt = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     try:
         return public_key.public_bytes(encoding, fmt) == private_key.public_key().public_bytes(encoding, fmt)
@@ -412,177 +313,3 @@ def _key_to_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _subject(cert: x509.Certificate) -> str:
     return cert.subject.rfc4514_string()
-
-
-# ---- helpers: files -----------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write via a private temporary file in the same directory, fsync, chmod, then rename."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # mkstemp creates the file with mode 0600, so a key is never readable by others.
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise PkiError(f"{path}: cannot write: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise PkiError(f"{path}: cannot write: {exc.strerror or exc}") from exc
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        raise PkiError(f"{path}: file not found") from exc
-    except OSError as exc:
-        raise PkiError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-
-
-def _parse_certificate_file(path: Path, data: bytes) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError as exc:
-        raise PkiError(f"{path}: not a PEM certificate ({exc})") from exc
-
-
-# ---- helpers: reading a served certificate ------------------------------------------------
-
-
-def _host_port(endpoint: str) -> tuple[str, int]:
-    if not isinstance(endpoint, str) or not endpoint.strip():
-        raise PkiError(f"endpoint: must be a non-empty string, got {endpoint!r}")
-    parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
-    if parts.scheme not in ("", "https"):
-        raise PkiError(f"{endpoint}: not a TLS endpoint (scheme {parts.scheme!r}; expected https)")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise PkiError(f"{endpoint}: bad port ({exc})") from exc
-    if not parts.hostname or port is None:
-        raise PkiError(f"{endpoint}: expected host:port")
-    return parts.hostname, port
-
-
-def _probe_context(endpoint: str, cert: Path | None, key: Path | None) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    # We want whatever certificate the server has, even an untrusted or expired one.
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    if (cert is None) != (key is None):
-        raise PkiError(f"{endpoint}: cert and key must be given together")
-    if cert is not None and key is not None:
-        try:
-            context.load_cert_chain(certfile=cert, keyfile=key)
-        except (OSError, ssl.SSLError) as exc:
-            raise PkiError(f"{endpoint}: cannot load client certificate {cert} / key {key}: {exc}") from exc
-    return context
-
-
-def _served_certificate_der(endpoint: str, host: str, port: int, context: ssl.SSLContext, timeout: float) -> bytes:
-    """Run a TLS handshake over memory buffers, keeping the raw bytes the server sent.
-
-    If the handshake fails (a TLS 1.2 server refusing our missing client certificate fails it
-    after sending its own), the certificate is read from the plaintext handshake records.
-    """
-    deadline = time.monotonic() + timeout
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except TimeoutError as exc:
-        raise PkiError(f"{endpoint}: connection timed out after {timeout:g}s") from exc
-    except OSError as exc:
-        raise PkiError(f"{endpoint}: cannot connect: {exc.strerror or exc}") from exc
-    with sock:
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        server_hostname = None if _parse_ip(host) is not None else host
-        tls = context.wrap_bio(incoming, outgoing, server_side=False, server_hostname=server_hostname)
-        received = bytearray()
-        failure = ""
-        done = False
-        try:
-            while True:
-                try:
-                    tls.do_handshake()
-                    done = True
-                    break
-                except ssl.SSLWantReadError:
-                    pass
-                except ssl.SSLError as exc:
-                    failure = str(exc)
-                    break
-                sock.sendall(outgoing.read())
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                sock.settimeout(remaining)
-                chunk = sock.recv(65536)
-                if not chunk:
-                    failure = "the server closed the connection during the TLS handshake"
-                    break
-                received += chunk
-                incoming.write(chunk)
-        except TimeoutError as exc:
-            raise PkiError(f"{endpoint}: TLS handshake timed out after {timeout:g}s") from exc
-        except OSError as exc:
-            failure = exc.strerror or str(exc)
-        if done:
-            # Send our last handshake flight so the server sees a complete handshake.
-            with contextlib.suppress(OSError):
-                sock.sendall(outgoing.read())
-            der = tls.getpeercert(binary_form=True)
-            if der:
-                return der
-            raise PkiError(f"{endpoint}: the server presented no certificate")
-    der = _certificate_from_records(bytes(received))
-    if der is None:
-        raise PkiError(f"{endpoint}: TLS handshake failed before a certificate was received: {failure}")
-    return der
-
-
-def _certificate_from_records(data: bytes) -> bytes | None:
-    """The first certificate of a plaintext (TLS 1.2 or older) Certificate message, if present."""
-    handshake = bytearray()
-    pos = 0
-    while pos + 5 <= len(data):
-        record_type = data[pos]
-        length = int.from_bytes(data[pos + 3 : pos + 5], "big")
-        body = data[pos + 5 : pos + 5 + length]
-        pos += 5 + length
-        if record_type == _RECORD_CHANGE_CIPHER_SPEC:
-            break  # everything after this is encrypted
-        if record_type == _RECORD_HANDSHAKE:
-            handshake += body
-    pos = 0
-    while pos + 4 <= len(handshake):
-        message_type = handshake[pos]
-        length = int.from_bytes(handshake[pos + 1 : pos + 4], "big")
-        message = bytes(handshake[pos + 4 : pos + 4 + length])
-        if len(message) < length:
-            return None
-        pos += 4 + length
-        if message_type == _HANDSHAKE_CERTIFICATE:
-            # certificate_list<3 bytes length> { cert_data<3 bytes length> ... }
-            if len(message) < 6:
-                return None
-            first_length = int.from_bytes(message[3:6], "big")
-            der = message[6 : 6 + first_length]
-            return der if der and len(der) == first_length else None
-    return None
