@@ -59,7 +59,8 @@ def test_clusters_are_added_listed_shown_and_removed_under_the_stacks_registry_p
     c2 = write("c2.yaml", "name: c2\nendpoints: [http://10.0.0.2:2379]\nplaintext: true\n")
     code, out, err = run(capsys, "cluster", "add", c2)
     assert code == 0, err
-    assert out.strip() == "cluster c2 added (/fleet/clusters/c2): the next health round watches it"
+    added = "cluster c2 added (/fleet/clusters/c2) with 0 alarms and no dashboard: the next health round watches it"
+    assert out.strip() == added  # (this stack has no alarms: tests/unit/test_cluster_watch.py has the template's)
     assert deployed.get_parameter(Name="/fleet/clusters/c2", WithDecryption=True)["Parameter"]["Type"] == "SecureString"
 
     code, out, _ = run(capsys, "cluster", "list", "--json")

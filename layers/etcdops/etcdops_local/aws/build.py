@@ -173,9 +173,9 @@ _FLOATS = {"Threshold"}
 _BOOLS = {"ActionsEnabled", "ReturnData"}
 
 
-def _api_types(value: Any) -> Any:
+def api_types(value: Any) -> Any:
     if isinstance(value, list):
-        return [_api_types(v) for v in value]
+        return [api_types(v) for v in value]
     if not isinstance(value, dict):
         return value
     out: dict[str, Any] = {}
@@ -187,7 +187,7 @@ def _api_types(value: Any) -> Any:
         elif key in _BOOLS:
             out[key] = item if isinstance(item, bool) else str(item).lower() == "true"
         else:
-            out[key] = _api_types(item)
+            out[key] = api_types(item)
     return out
 
 
@@ -211,7 +211,7 @@ def _apply_skipped(stack: LocalStack, cfn: Mapping[str, Any], session: boto3.ses
         condition = resource.get("Condition")
         if condition and not resource_map.lazy_condition_map[condition]:
             continue
-        props = _api_types(clean_json(resource.get("Properties") or {}, resource_map))
+        props = api_types(clean_json(resource.get("Properties") or {}, resource_map))
         _create_skipped(stack, session, resource_map, lid, kind, props)
     _mend_documents(stack)
     for key, output in (cfn.get("Outputs") or {}).items():

@@ -1,8 +1,10 @@
 """``etcdops cluster add|list|remove|show``: the cluster registry of a deployment (the deployed stack's
 with --stack-name, else the running local stack's emulated SSM).
 
-Adding a cluster is all it takes to watch it: the next scheduled health round fans out to it.
-Removing one stops that and keeps its backups and its state.
+Adding a cluster is all it takes to watch it: its alarms and dashboard are made at once (the default
+cluster's, from the stack's own template: :mod:`etcdops_local.watch`) and the next scheduled health round
+fans out to it. Removing one deletes its alarms and dashboard, stops the rounds and keeps its backups and
+its state.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from etcdops.adapters.registry import ClusterRegistry
 from etcdops.domain.config import dump_config, loads_config
@@ -18,20 +20,31 @@ from etcdops.domain.errors import ConfigError, EtcdopsError, UsageError
 from etcdops.domain.fleet import REGISTRY_PATH
 from etcdops_local.cli.format import emit
 from etcdops_local.cli.options import AWS_OPTIONS
+from etcdops_local.watch import register_cluster, stack_view, unregister_cluster
 
 if TYPE_CHECKING:
     from etcdops_local.cluster import LocalCluster
 
 
-def registry_for(args: argparse.Namespace) -> tuple[ClusterRegistry, str | None]:
-    """The registry (and the default cluster's name): the deployed stack's, else the local stack's."""
+class Deployment(NamedTuple):
+    """The deployment a ``cluster`` command changes: its registry, default cluster, session and stack."""
+
+    registry: ClusterRegistry
+    default: str | None
+    session: Any
+    stack_name: str
+
+
+def deployment_for(args: argparse.Namespace) -> Deployment:
+    """The deployed stack's (with --stack-name), else the running local stack's."""
     from etcdops_local.cli.options import state_dir
     from etcdops_local.cli.stack import deployed_stack
 
     deployed = deployed_stack(args)
     if deployed is not None:
         path = deployed.parameters.get("ClusterRegistryPath") or REGISTRY_PATH
-        return ClusterRegistry(deployed.session.client("ssm"), path), deployed.parameters.get("ClusterName")
+        registry = ClusterRegistry(deployed.session.client("ssm"), path)
+        return Deployment(registry, deployed.parameters.get("ClusterName"), deployed.session, deployed.name)
     directory = state_dir(args)
     if not (directory / "aws.json").exists():
         raise ConfigError(
@@ -40,9 +53,16 @@ def registry_for(args: argparse.Namespace) -> tuple[ClusterRegistry, str | None]
         )
     from etcdops_local.aws.stack import load_local_stack, local_boto3_session
 
-    stack = load_local_stack(directory)
+    stack, session = load_local_stack(directory), local_boto3_session(directory)
     path = stack.parameters.get("ClusterRegistryPath") or REGISTRY_PATH
-    return ClusterRegistry(local_boto3_session(directory).client("ssm"), path), stack.parameters.get("ClusterName")
+    registry = ClusterRegistry(session.client("ssm"), path)
+    return Deployment(registry, stack.parameters.get("ClusterName"), session, stack.stack_name)
+
+
+def registry_for(args: argparse.Namespace) -> tuple[ClusterRegistry, str | None]:
+    """The registry (and the default cluster's name): the deployed stack's, else the local stack's."""
+    deployment = deployment_for(args)
+    return deployment.registry, deployment.default
 
 
 def cmd_cluster_add(args: argparse.Namespace) -> int:
@@ -51,13 +71,15 @@ def cmd_cluster_add(args: argparse.Namespace) -> int:
         text = path.read_text()
     except OSError as exc:
         raise UsageError(f"{args.file}: cannot read it: {exc.strerror or exc}") from None
-    registry, default = registry_for(args)
-    if loads_config(text, args.file).name == default:  # checked before anything is written
-        raise UsageError(f"cluster {default} is the stack's default cluster (ClusterConfigParameter) already")
-    config = registry.add(text, args.file)
+    registry, default, session, stack_name = deployment_for(args)
+    loads_config(text, args.file)  # a bad document is refused before the stack is read
+    config, watch = register_cluster(registry, session, stack_view(session, stack_name), text, args.file, default)
     parameter = registry.parameter(config.name)
-    emit(args, {"cluster": config.name, "parameter": parameter},
-         lambda: f"cluster {config.name} added ({parameter}): the next health round watches it")  # fmt: skip
+    emit(args, {"cluster": config.name, "parameter": parameter, "alarms": watch.alarm_names,
+                "dashboards": sorted(watch.dashboards)},
+         lambda: f"cluster {config.name} added ({parameter}) with {len(watch.alarms)} alarms and "
+                 f"{'dashboard ' + ', '.join(sorted(watch.dashboards)) if watch.dashboards else 'no dashboard'}: "
+                 "the next health round watches it")  # fmt: skip
     return 0
 
 
@@ -83,10 +105,11 @@ def cmd_cluster_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster_remove(args: argparse.Namespace) -> int:
-    registry, _ = registry_for(args)
-    registry.remove(args.name)
-    emit(args, {"cluster": args.name, "removed": True},
-         lambda: f"cluster {args.name} removed from the registry; its backups and state are kept")  # fmt: skip
+    registry, _, session, stack_name = deployment_for(args)
+    watch = unregister_cluster(registry, session, stack_view(session, stack_name), args.name)
+    emit(args, {"cluster": args.name, "removed": True, "alarms_deleted": watch.alarm_names},
+         lambda: f"cluster {args.name} removed from the registry with its alarms and dashboard; its backups "
+                 "and state are kept")  # fmt: skip
     return 0
 
 
@@ -117,11 +140,14 @@ def fleet_dirs(base: Path) -> list[Path]:
 def local_fleet_up(default: LocalCluster, count: int) -> list[str]:
     """Start (or start again) one-member clusters c1..c<count> beside the stack's own, each with its own
     state directory, TLS and backups, and register the ones not registered yet with the emulated stack."""
-    from etcdops_local.aws.stack import local_boto3_session
+    from etcdops_local.aws.stack import load_local_stack, local_boto3_session
     from etcdops_local.cluster import FLEET_DIR, LocalCluster
 
-    registry = ClusterRegistry(local_boto3_session(default.state_dir).client("ssm"))
+    session = local_boto3_session(default.state_dir)
+    local = load_local_stack(default.state_dir)
+    registry = ClusterRegistry(session.client("ssm"), local.parameters.get("ClusterRegistryPath") or REGISTRY_PATH)
     registered = set(registry.names())
+    stack = stack_view(session, local.stack_name) if set(f"c{i}" for i in range(1, count + 1)) - registered else None
     names = [f"c{i}" for i in range(1, count + 1)]
     for name in names:
         member = LocalCluster(default.state_dir / FLEET_DIR / name)
@@ -129,8 +155,8 @@ def local_fleet_up(default: LocalCluster, count: int) -> list[str]:
         config = member.config()
         if config.name != name:  # a new local cluster is named "local": this one is named for the fleet
             member.config_file.write_text(dump_config(config.model_copy(update={"name": name})))
-        if name not in registered:
-            registry.add(member.config_file.read_text(), str(member.config_file))
+        if name not in registered and stack is not None:  # with its alarms and dashboard, as `cluster add`
+            register_cluster(registry, session, stack, member.config_file.read_text(), str(member.config_file), None)
     return names
 
 
