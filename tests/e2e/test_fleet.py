@@ -17,6 +17,7 @@ from stack_templates import TEMPLATE
 
 from etcdops.adapters.backup.target import open_backup_target
 from etcdops.adapters.registry import ClusterRegistry
+from etcdops.adapters.state_delta import DynamoDeltaChainStore
 from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops_local.aws.schedule import LocalScheduler
 from etcdops_local.aws.stack import LocalAws, execution_history
@@ -106,3 +107,13 @@ def test_a_member_killed_in_one_cluster_of_three_is_repaired_and_the_others_see_
         result = aws.invoke(stack, "BackupFunction", json.loads((EVENTS / "backup_schedule.json").read_text()))
         assert result["fanned_out"] == ["c2", "c3"] and result["backup_id"]
         wait_for("c3's own backup", lambda: list(c3.backup_dir.glob("*.snapshot.enc")))
+
+        # and so does DeltaBackup: every registered cluster's delta chain, each head in its own partition
+        schedule = json.loads((EVENTS / "delta_backup_schedule.json").read_text())
+        delta = aws.invoke(stack, "DeltaBackupFunction", schedule)
+        assert delta["fanned_out"] == ["c2", "c3"] and delta["action"] in ("new-chain", "delta", "none")
+        chains = DynamoDeltaChainStore(state)
+        wait_for("c2's and c3's delta chains", lambda: all(chains.load_chain_head(c) for c in ("c2", "c3")))
+        for each in (c1, cluster, c3):  # each chain starts from a full backup in that cluster's own store
+            head = chains.load_chain_head(each.config().name)
+            assert head is not None and list(each.backup_dir.glob(f"{head.chain_id}*")), each.config().name

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, load_cluster_config, materialize_tls
+from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, materialize_tls
 from etcdops.adapters.backup.target import open_backup_target
 from etcdops.adapters.compute.factory import open_compute
 from etcdops.adapters.etcd.connect import client_for
@@ -150,13 +150,14 @@ def backup_job(
 
 
 def delta_backup_job(
-    settings: DeltaJobSettings, aws: AwsClients, dynamodb: Any, metrics: MetricsSink
+    settings: DeltaJobSettings, aws: AwsClients, dynamodb: Any, metrics: MetricsSink, cluster: str | None = None
 ) -> dict[str, Any]:
-    """DeltaBackup: the chain's next delta, or a new chain from a fresh full backup when it cannot go on
-    (a gap: logged as a warning, ``DeltaChainBroken`` 1). ``NewestDeltaAge`` is 0 once the chain covers
-    the current revision; a failed run publishes the seconds since the chain head last moved."""
+    """DeltaBackup of ``cluster`` (none: the stack's default cluster): the chain's next delta, or a new
+    chain from a fresh full backup when it cannot go on (a gap: logged as a warning, ``DeltaChainBroken``
+    1). ``NewestDeltaAge`` is 0 once the chain covers the current revision; a failed run publishes the
+    seconds since the chain head last moved."""
     try:
-        config = load_cluster_config(aws.ssm, settings.config_parameter, settings.cluster_name)
+        config = load_job_config(settings, aws, cluster)
     except ClusterNotConfiguredError as exc:
         return not_configured("delta backup", exc)
     metrics.add_dimension("cluster", config.name)
