@@ -33,10 +33,15 @@ from etcdops.adapters.healthmetrics import (
     version_number,
 )
 from etcdops.adapters.state import StateStore
+from etcdops.adapters.state_delta import InMemoryDeltaChainStore
 from etcdops.adapters.state_memory import InMemoryStateStore
+from etcdops.app.backup.delta import covering_chain
 from etcdops.app.health_actions import act, renew_certificates_if_due, replace_input
 from etcdops.app.healthcheck import HealthContext, discount_alarm_reports
+from etcdops.domain.backup.chain import ChainHead
+from etcdops.domain.backup.manifest import cluster_id_text
 from etcdops.domain.config import parse_config
+from etcdops.domain.decisions import DeltaChainRef
 from etcdops.domain.errors import ConfigError
 from etcdops.domain.health import Alarm
 from etcdops.domain.policy import Action, Decision, Notification, NotificationKind
@@ -346,6 +351,17 @@ def test_an_escalation_is_sent_once_with_the_backup_and_the_restore_input(store:
         'RestoreCluster input: {"backup_id": "20261125T200000Z-ab12", "cluster": "prod", "mode": "in-place"}' in message
     )
     assert cast(RecordingReplaceStarter, ctx.replace).started == {}
+
+
+def test_the_escalation_names_the_delta_chain_of_the_incarnation_that_answered() -> None:
+    chains = InMemoryDeltaChainStore()
+    head = ChainHead("prod", "b-1", cluster_id_text(7) or "", 100, 5120, "d-9", NOW - timedelta(seconds=30))
+    assert chains.move_chain_head(None, head)
+
+    assert covering_chain(chains, "prod", 7) == DeltaChainRef(head.cluster_id, 5120, head.updated_at)
+    assert covering_chain(chains, "prod", 8) is None  # a chain of another incarnation does not cover this one
+    assert covering_chain(chains, "prod", None) is not None  # nobody answered: the chain is named
+    assert covering_chain(chains, "other", 7) is None and covering_chain(None, "prod", 7) is None
 
 
 def test_each_notification_is_sent_once_per_key(store: StateStore) -> None:

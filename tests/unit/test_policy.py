@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from etcdops.domain.config import HealthConfig, parse_config
+from etcdops.domain.decisions import DeltaChainRef
 from etcdops.domain.errors import ConfigError
 from etcdops.domain.health import Alarm, ClusterHealth, MemberHealth, quorum_of
 from etcdops.domain.policy import (
@@ -226,6 +227,25 @@ def test_two_failed_of_three_is_quorum_loss() -> None:
     assert FRESH_BACKUP.id in decision.reason and "No automatic membership change" in decision.reason
     assert decision.target_member_id is None
     assert decision.incident_id is not None and EXECUTION_NAME.match(decision.incident_id)
+
+
+def test_escalation_offers_the_point_in_time_restore_when_a_delta_chain_covers_the_cluster() -> None:
+    # Given quorum lost on a cluster whose delta chain was stored 40 s ago
+    obs = cluster(member(1), member(2, healthy=False), member(3, healthy=False))
+    chain = DeltaChainRef("c1", 5120, T0 - timedelta(seconds=40))
+    confirmed = replace(history({2: CONFIRMED, 3: CONFIRMED}), delta_chain=chain)
+    # When the policy decides
+    decision = decide(obs, confirmed, CONFIG, cluster=CLUSTER, now=T0)
+    # Then the page names restore --latest (about a minute lost), and the input says latest instead of a backup
+    assert decision.action is Action.ESCALATE_QUORUM_LOSS
+    assert decision.restore_input == {"cluster": CLUSTER, "latest": True, "mode": "in-place"}
+    assert "`etcdops runbook start restore --latest`" in decision.reason
+    assert "up to revision 5120" in decision.reason and "(40 s before this round)" in decision.reason
+    assert "at most about 60 s" in decision.reason and '"latest": true' in decision.reason
+    # Without a chain the page names the full snapshot restore of the latest verified backup
+    plain = decide(obs, history({2: CONFIRMED, 3: CONFIRMED}), CONFIG, cluster=CLUSTER, now=T0)
+    assert "No delta chain covers this cluster" in plain.reason
+    assert f"`etcdops runbook start restore --backup {FRESH_BACKUP.id}`" in plain.reason
 
 
 def test_escalation_without_backup_says_so() -> None:

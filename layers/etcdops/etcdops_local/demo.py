@@ -161,6 +161,7 @@ def _restore_chapter(
         "the escalation", lambda: (d := state.load_last_decision("local")) and d.decision.restore_input and d, 120
     )
     restore_input = dict(decided.decision.restore_input or {})
+    restore_input.pop("latest", None)  # offered when a delta chain covers the cluster: the tour wants the old keys
     restore_input["backup_id"] = backup_id  # the backup taken at the start of the tour
     timeline(f"escalation names backup {decided.decision.backup_id}; starting RestoreCluster with backup {backup_id}")
     name = f"restore-demo-{backup_id[-6:]}"

@@ -50,7 +50,9 @@ from etcdops.adapters.healthmetrics import (
     publish_health_metrics,
 )
 from etcdops.adapters.state import ConflictError, Lock, StateStore
+from etcdops.adapters.state_delta import DeltaChainStore
 from etcdops.app.backup.catalogue import newest_verified, restore_drill_age
+from etcdops.app.backup.delta import covering_chain
 from etcdops.app.fleet import FleetGate
 from etcdops.app.health_actions import act, renew_certificates_if_due
 from etcdops.app.member_metrics import fold_member_metrics, start_scrapes
@@ -61,6 +63,7 @@ from etcdops.domain.errors import EtcdopsError
 from etcdops.domain.health import ClusterHealth, MemberHealth, discount_alarm_reports
 from etcdops.domain.member_metrics import StarvationThresholds
 from etcdops.domain.policy import BackupRef, Decision, History, PolicyConfig, decide, update_history
+from etcdops.domain.policy.history import quorum_lost
 
 log = logging.getLogger("etcdops.app.healthcheck")
 
@@ -114,6 +117,7 @@ class HealthContext:
     starvation: StarvationThresholds = field(default_factory=StarvationThresholds)
     fleet: FleetGate | None = None  # the fleet brake and repair cap (invariant 15); None: not applied
     rotate: ReplaceStarter | None = None  # RotateCertificates, started near a certificate's expiry
+    chains: DeltaChainStore | None = None  # the delta chain heads (read when quorum is lost: the escalation)
 
 
 @dataclass(frozen=True)
@@ -289,13 +293,14 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
             backup_unknown = f"{type(exc).__name__}: {exc}"
             log.error("newest verified backup unknown: %s", backup_unknown)
 
-    history = _fold(ctx.state, cluster, health, now, ec2_failures)
+    history, ec2 = _fold(ctx.state, cluster, health, now, ec2_failures), ec2_failures
     lock, released = release_abandoned_lock(ctx, now)
     history = replace(
         history,
         latest_backup=BackupRef(newest.id, newest.created_at) if newest else None,
         backup_unknown=backup_unknown,
         lock=lock,
+        delta_chain=covering_chain(ctx.chains, cluster, health.cluster_id) if quorum_lost(health, ec2) else None,
     )
     certificates = dict(served)
     if config.tls is not None and config.tls.cert and not config.plaintext:

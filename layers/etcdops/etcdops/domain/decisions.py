@@ -51,6 +51,16 @@ class BackupRef:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class DeltaChainRef:
+    """Where the delta chain of the observed cluster ends (read when quorum is lost): a restore ``--latest``
+    reaches ``last_revision``, stored at ``updated_at``."""
+
+    cluster_id: str
+    last_revision: int
+    updated_at: datetime
+
+
 class LockLike(Protocol):
     """What the policy needs to know about the per-cluster operation lock (``state.Lock`` fits)."""
 
@@ -70,7 +80,8 @@ class History:
     why the backup catalogue could not be read (then ``latest_backup`` is None because it is unknown,
     not because there is none); ``lock`` the cluster's operation lock as last read (an expired lease
     does not count as held); ``mixed_versions`` the streak of rounds whose members reported more
-    than one etcd server version.
+    than one etcd server version; ``delta_chain`` the cluster's delta chain when quorum is lost and one
+    covers this incarnation (the escalation then offers the point-in-time restore ``--latest``).
     Treat instances as immutable: :func:`update_history` returns a new one.
     """
 
@@ -80,6 +91,7 @@ class History:
     lock: LockLike | None = None
     backup_unknown: str | None = None
     mixed_versions: Streak | None = None
+    delta_chain: DeltaChainRef | None = None
 
 
 # ---- outputs ------------------------------------------------------------------------------
@@ -154,7 +166,7 @@ class Decision:
     requires_approval: bool = False
     notifications: tuple[Notification, ...] = ()
     backup_id: str | None = None
-    restore_input: Mapping[str, str | None] | None = None
+    restore_input: Mapping[str, str | bool | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (SNS messages, the last-decision record, ``--json`` output)."""

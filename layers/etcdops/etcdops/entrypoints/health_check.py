@@ -20,6 +20,8 @@ from etcdops.adapters.health_aws import InstanceDirectory, StepFunctionsReplaceS
 from etcdops.adapters.healthmetrics import HealthMetricsSink
 from etcdops.adapters.registry import ClusterConfigs
 from etcdops.adapters.state import StateStore
+from etcdops.adapters.state_delta import DynamoDeltaChainStore
+from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.fleet import FleetGate
 from etcdops.app.healthcheck import (
     HealthContext,
@@ -212,6 +214,7 @@ def _round(
                 rotate=StepFunctionsReplaceStarter(aws.stepfunctions, settings.rotate_state_machine_arn)
                 if settings.rotate_state_machine_arn
                 else None,
+                chains=DynamoDeltaChainStore(state_store) if isinstance(state_store, DynamoStateStore) else None,
             )
             result = run_health_round(ctx, trigger, now)
     return result.to_dict()

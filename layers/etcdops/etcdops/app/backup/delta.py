@@ -15,6 +15,7 @@ store) under ``deltas/``: ``<id>.delta.enc`` then, once the chain head moved to 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -41,9 +42,12 @@ from etcdops.domain.backup.delta import (
     encode_revision,
 )
 from etcdops.domain.backup.errors import BackupIntegrityError, BackupNotFoundError, DeltaFormatError
-from etcdops.domain.backup.manifest import new_backup_id
+from etcdops.domain.backup.manifest import cluster_id_text, new_backup_id
+from etcdops.domain.decisions import DeltaChainRef
+from etcdops.domain.errors import EtcdopsError
 
 Revisions = Sequence[tuple[int, Sequence[DeltaEvent]]]
+log = logging.getLogger("etcdops.app.backup.delta")
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,25 @@ def read_delta(
     if count != manifest.events:
         raise BackupIntegrityError(f"delta {manifest.id}: {count} events, its manifest says {manifest.events}")
     return revisions
+
+
+def covering_chain(
+    chains: DeltaChainStore | None, cluster: str, live_cluster_id: int | None
+) -> DeltaChainRef | None:
+    """The end of ``cluster``'s delta chain when it covers the incarnation that answered (any, when none
+    did), for the quorum-loss escalation's ``restore --latest``; None without one (or without ``chains``),
+    or when the state store cannot be read (the escalation then names the full backup)."""
+    if chains is None:
+        return None
+    try:
+        head = chains.load_chain_head(cluster)
+    except EtcdopsError as exc:
+        log.error("delta chain of %s unknown: %s", cluster, exc)
+        return None
+    live = cluster_id_text(live_cluster_id)
+    if head is None or (live is not None and head.cluster_id != live):
+        return None
+    return DeltaChainRef(head.cluster_id, head.last_revision, head.updated_at)
 
 
 def head_problem(store: BackupStore, keyring: KeyProvider, head: ChainHead) -> str | None:

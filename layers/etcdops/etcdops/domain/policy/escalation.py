@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from etcdops.domain.decisions import Action, Decision, History, Notification
+from etcdops.domain.decisions import Action, Decision, DeltaChainRef, History, Notification
 from etcdops.domain.health import ClusterHealth
 from etcdops.domain.policy.history import has_leader, healthy_voters
 from etcdops.domain.policy.ids import incident_id, utc
@@ -33,7 +33,12 @@ def escalation(
     mode = "new-hosts" if hosts_gone else "in-place"
     backup = history.latest_backup
     backup_id = backup.id if backup is not None else None
-    restore_input: dict[str, str | None] = {"cluster": cluster, "backup_id": backup_id, "mode": mode}
+    chain = history.delta_chain
+    restore_input: dict[str, str | bool | None] = (
+        {"cluster": cluster, "latest": True, "mode": mode}
+        if chain is not None
+        else {"cluster": cluster, "backup_id": backup_id, "mode": mode}
+    )
     why = "no leader" if not has_leader(observation) else "a leader is reported"
     down = [m.label for m in voters if m not in healthy]
     if voters and all(m.id == 0 for m in voters):
@@ -41,7 +46,8 @@ def escalation(
             "no leader, and no known endpoint answered the member list (every member is down, or every "
             "stored endpoint is stale)"
         )
-    backup_text = _backup_text(observation, history)
+    option = " --mode new-hosts" if hosts_gone else ""
+    backup_text = _delta_text(chain, now, option) if chain is not None else _backup_text(observation, history, option)
     reason = (
         f"Quorum lost on cluster {cluster}: {why}, {len(healthy)} of {len(voters)} voting members healthy "
         f"(quorum {observation.quorum})"
@@ -63,12 +69,25 @@ def escalation(
     )
 
 
-def _backup_text(observation: ClusterHealth, history: History) -> str:
+def _delta_text(chain: DeltaChainRef, now: datetime, option: str) -> str:
+    """The escalation's sentence when a delta chain covers the cluster: the point-in-time restore ``--latest``."""
+    age = max(0, round((utc(now) - utc(chain.updated_at)).total_seconds()))
+    return (
+        f"A delta chain covers this cluster (cluster id {chain.cluster_id}) up to revision {chain.last_revision}, "
+        f"stored {utc(chain.updated_at).isoformat()} ({age} s before this round): restore to it with "
+        f"`etcdops runbook start restore --latest{option}` (the newest full backup plus its deltas; on the one-minute "
+        "delta schedule at most about 60 s of writes before the loss are lost), or"
+    )
+
+
+def _backup_text(observation: ClusterHealth, history: History, option: str) -> str:
     """The escalation's sentence on what to restore from (invariant 11: only this incarnation's backups count)."""
     backup = history.latest_backup
     if backup is not None:
         return (
-            f"Restore from the latest verified backup {backup.id} (created {utc(backup.created_at).isoformat()})"
+            f"No delta chain covers this cluster: restore the full snapshot of the latest verified backup "
+            f"{backup.id} (created {utc(backup.created_at).isoformat()}; the writes after it are lost) with "
+            f"`etcdops runbook start restore --backup {backup.id}{option}`, or"
         )
     if history.backup_unknown is not None:
         return (
@@ -87,6 +106,12 @@ def _backup_text(observation: ClusterHealth, history: History) -> str:
     )
 
 
-def _json_like(data: Mapping[str, str | None]) -> str:
-    inner = ", ".join(f'"{k}": ' + ("null" if v is None else f'"{v}"') for k, v in data.items())
+def _json_like(data: Mapping[str, str | bool | None]) -> str:
+    inner = ", ".join(f'"{k}": ' + _json_value(v) for k, v in data.items())
     return "{" + inner + "}"
+
+
+def _json_value(value: str | bool | None) -> str:
+    if value is None:
+        return "null"
+    return ("true" if value else "false") if isinstance(value, bool) else f'"{value}"'
