@@ -81,7 +81,7 @@ def test_certificates_near_expiry_are_renewed_member_by_member_with_no_failed_wr
         assert order == ["Renew its certificate", "Confirm it serves the new certificate"] * 3, steps
         # and HealthCheck started it once; the next rounds see nothing due
         assert len(pilot.sfn.list_executions(stateMachineArn=machine)["executions"]) == 1
-        subject = "etcdops: renewed the certificates of 3 member(s) of local"
+        subject = "etcdops: renewed the certificates of 3 members of local"
         assert wait_for("the report", lambda: subject in pilot.inbox())
     # and no member was restarted, no write failed, no acknowledged write is missing
     assert {m.name: m.pid for m in cluster.state().members} == pids

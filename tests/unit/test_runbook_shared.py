@@ -97,3 +97,18 @@ def test_a_failure_is_published_once_however_often_the_catch_path_runs() -> None
         assert publish_failure_once(ctx, doc, "upgrade-failed", "subject", "body") == doc
 
     assert ctx.notifier.messages == [("subject", "body", {"cluster": "prod", "kind": "upgrade-failed"})]
+
+
+@pytest.mark.parametrize(("rotated", "said"), [(1, "1 member of prod"), (3, "3 members of prod")])
+def test_a_certificate_rotation_counts_its_members_in_words(rotated: int, said: str) -> None:
+    from etcdops.app.runbook.rotate import notify_success
+
+    ctx = SimpleNamespace(
+        state=InMemoryStateStore(), notifier=MemoryNotifier(), now=lambda: datetime(2026, 12, 7, tzinfo=UTC)
+    )
+    done = [{"name": f"m{i}", "serial_before": "1", "serial_after": "2", "not_after": None} for i in range(rotated)]
+
+    notify_success(ctx, {"cluster": "prod", "execution": "rotate-prod-1", "rotated": done})
+
+    ((subject, _, _),) = ctx.notifier.messages
+    assert subject == f"etcdops: renewed the certificates of {said}"

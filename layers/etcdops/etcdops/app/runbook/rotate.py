@@ -44,6 +44,7 @@ from etcdops.domain.compute.base import Host, PreflightPlan
 from etcdops.domain.errors import Backoff, EtcdopsError
 from etcdops.domain.health import ClusterHealth, MemberHealth
 from etcdops.domain.upgrade import refusals
+from etcdops.domain.wording import count
 
 LOCK_LEASE_SECONDS = 3600
 
@@ -124,7 +125,7 @@ def check_certificates(ctx: RunbookContext, doc: Document) -> Document:
         chosen = sorted(members)
     listed = ", ".join(f"{name} ({members[name]['days_left_before']} days left)" for name in chosen)
     summary = (
-        f"Renew the certificates of {len(chosen)} member(s) of etcd cluster {doc['cluster']} from its CA, one "
+        f"Renew the certificates of {count(len(chosen), 'member')} of etcd cluster {doc['cluster']} from its CA, one "
         f"member at a time: {listed or 'none'}. No member is restarted (etcd reads its certificate on every new "
         "connection)."
     )
@@ -228,8 +229,8 @@ def notify_success(ctx: RunbookContext, doc: Document) -> Document:
         subject = f"etcdops: no certificate of {doc['cluster']} needed renewing"
         body = f"Runbook {doc['execution']} found no member certificate to renew and changed nothing."
     else:
-        rotated = len(doc.get("rotated") or [])
-        subject = f"etcdops: renewed the certificates of {rotated} member(s) of {doc['cluster']}"
+        rotated = count(len(doc.get("rotated") or []), "member")
+        subject = f"etcdops: renewed the certificates of {rotated} of {doc['cluster']}"
         body = f"Runbook {doc['execution']} renewed them one member at a time, none restarted:\n{report(doc)}"
     return publish_success_once(ctx, doc, "rotate-succeeded", subject, body)
 
