@@ -91,3 +91,29 @@ def test_a_member_rolled_in_a_trust_phase_fetches_its_certificates_before_it_is_
     rotate_ca.roll_member(SimpleNamespace(compute=compute), doc)  # type: ignore[arg-type]
 
     assert calls == ["fetch m2", "stop 2a", "start m2"]
+
+
+def test_the_listing_shows_the_next_and_the_old_ca_with_the_phase(pki_dir: Path) -> None:
+    """pki list on the local stack: ca-next (phase 1), ca-old (phase 2), each CA row with the recorded phase."""
+    from etcdops.adapters.pki_store import FilePki
+
+    store = FilePki(pki_dir, [])
+    ca_rotation.begin(pki_dir, 1)
+    rows = store.certificates()
+    assert [(c.role, c.rotation) for c in rows] == [
+        ("ca", {"begun": 1, "finished": 0}), ("ca-next", {"begun": 1, "finished": 0}), ("operator", None),
+    ]  # fmt: skip
+    assert "rotation" not in rows[-1].to_json() and rows[1].to_json()["rotation"] == {"begun": 1, "finished": 0}
+    ca_rotation.finish(pki_dir, 1)
+    ca_rotation.begin(pki_dir, 2)
+    assert [(c.role, c.rotation) for c in store.certificates()][:2] == [
+        ("ca", {"begun": 2, "finished": 1}), ("ca-old", {"begun": 2, "finished": 1}),
+    ]  # fmt: skip
+    ca_rotation.finish(pki_dir, 2)
+    ca_rotation.begin(pki_dir, 3)
+    ca_rotation.finish(pki_dir, 3)
+    assert [(c.role, c.rotation) for c in store.certificates()] == [("ca", None), ("operator", None)]
+
+    (pki_dir / "ca-rotation.json").write_text('{"begun": "one"}')
+    with pytest.raises(PkiError, match="unreadable CA rotation record"):
+        store.certificates()

@@ -110,3 +110,45 @@ def test_issue_client_for_an_unknown_cluster_or_bad_input_changes_nothing(
         issue_client(store, "api", days=3651)
     with pytest.raises(PkiError, match="no CA secret"):
         SecretsPki(secrets, "nope").read_ca()
+
+
+def test_pki_list_shows_the_next_and_the_old_ca_with_the_rotation_phase(
+    secrets: Any, ca: pki.KeyPair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a CA rotation in phase 2 on EC2: the new CA promoted (its record in the CA secret), the old kept
+    new = pki.create_ca("prod CA (rotated)")
+    record = {"begun": 2, "finished": 1}
+    for which, pair in (("ca", new), ("ca-next", new), ("ca-old", ca)):
+        value = {"certificate": pair.cert_pem.decode(), "private_key": pair.key_pem.decode()}
+        if which == "ca":
+            secrets.put_secret_value(SecretId="etcdops/prod/ca", SecretString=json.dumps({**value, "rotation": record}))
+        else:
+            secrets.create_secret(Name=f"etcdops/prod/{which}", SecretString=json.dumps(value))
+    config = str(_config(tmp_path))
+
+    # Then pki list shows the three CAs, each with the phase (text and JSON)
+    code, out, err = _cli(capsys, "pki", "list", "--json", "--config", config)
+    listed = json.loads(out)
+    assert code == 0 and [(c["role"], c.get("rotation")) for c in listed] == [
+        ("ca", record), ("ca-next", record), ("ca-old", record), ("member", None),
+    ], err  # fmt: skip
+    assert listed[2]["subject"] == "CN=prod CA" and listed[0]["subject"] == "CN=prod CA (rotated)"
+    code, out, err = _cli(capsys, "pki", "list", "--config", config)
+    assert code == 0 and out.splitlines()[2].startswith("ca-next"), out
+    assert "CA rotation under way: phase 2 of 3 begun, not finished (phase 2: issue every member" in out
+    assert "etcdops runbook start rotate-certs --ca" in out
+
+    # and once the rotation ended (record removed, next and old CA deleted) neither line nor field is left
+    secrets.put_secret_value(SecretId="etcdops/prod/ca", SecretString=json.dumps(
+        {"certificate": new.cert_pem.decode(), "private_key": new.key_pem.decode()}
+    ))  # fmt: skip
+    for which in ("ca-next", "ca-old"):
+        secrets.delete_secret(SecretId=f"etcdops/prod/{which}", ForceDeleteWithoutRecovery=True)
+    code, out, err = _cli(capsys, "pki", "list", "--config", config)
+    assert code == 0 and "rotation" not in out and "ca-next" not in out, out
+    # an unreadable record is one line
+    secrets.put_secret_value(SecretId="etcdops/prod/ca", SecretString=json.dumps(
+        {"certificate": new.cert_pem.decode(), "private_key": new.key_pem.decode(), "rotation": "phase two"}
+    ))  # fmt: skip
+    code, out, err = _cli(capsys, "pki", "list", "--config", config)
+    assert (code, out) == (1, "") and "unreadable CA rotation record" in err and len(err.splitlines()) == 1

@@ -18,20 +18,15 @@ from pathlib import Path
 
 from etcdops.adapters import pki
 from etcdops.adapters.pki.files import atomic_write
+from etcdops.adapters.pki_store import ROTATION_RECORD, FilePki
 from etcdops.domain.errors import PkiError
 
-RECORD = "ca-rotation.json"
+RECORD = ROTATION_RECORD
 
 
 def recorded(pki_dir: Path) -> dict[str, int]:
     """``{"begun": n, "finished": m}`` of the rotation under way; both 0 when none is."""
-    try:
-        data = json.loads((pki_dir / RECORD).read_text())
-    except FileNotFoundError:
-        return {"begun": 0, "finished": 0}
-    except (OSError, ValueError) as exc:
-        raise PkiError(f"{pki_dir / RECORD}: unreadable CA rotation record ({exc})") from None
-    return {"begun": int(data.get("begun", 0)), "finished": int(data.get("finished", 0))}
+    return FilePki(pki_dir, []).rotation()
 
 
 def _record(pki_dir: Path, begun: int, finished: int) -> None:

@@ -4,8 +4,10 @@ Two stores hold the same things under the same roles:
 
 - :class:`FilePki`, the local stack's ``pki/`` folder: ``ca.crt``/``ca.key``, one ``<member>.crt``/``.key``
   per member (its server and peer certificate), the operator's ``client.crt`` and the client certificates
-  ``pki issue-client`` made, in ``clients/<name>.crt``/``.key`` (keys mode 0600);
-- :class:`SecretsPki`, Secrets Manager in AWS: the CA in ``etcdops/<cluster>/ca``, each member's in
+  ``pki issue-client`` made, in ``clients/<name>.crt``/``.key`` (keys mode 0600); during a CA rotation
+  ``ca-next.*``/``ca-old.*`` and the record ``ca-rotation.json``;
+- :class:`SecretsPki`, Secrets Manager in AWS: the CA in ``etcdops/<cluster>/ca`` (its ``rotation`` field the
+  record of a CA rotation under way, ``ca-next``/``ca-old`` beside it), each member's in
   ``etcdops/<cluster>/members/<name>`` (written by the EC2 provider) and each client's in
   ``etcdops/<cluster>/clients/<name>`` as ``{"certificate", "private_key", "ca", "client"}``.
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -27,7 +29,9 @@ from etcdops.adapters import pki
 from etcdops.adapters.awserrors import aws_error, aws_error_code
 from etcdops.domain.errors import PkiError
 
-Role = Literal["ca", "member", "client", "operator"]
+Role = Literal["ca", "ca-next", "ca-old", "member", "client", "operator"]
+CA_ROLES = ("ca", "ca-next", "ca-old")
+ROTATION_RECORD = "ca-rotation.json"  # the local stack's record of a CA rotation, in its pki/ folder
 
 
 @dataclass(frozen=True)
@@ -42,9 +46,31 @@ class CertificateInfo:
     not_after: str  # ISO 8601, UTC
     issuer: str
     location: str  # a file path or a Secrets Manager secret id
+    rotation: dict[str, int] | None = None  # on the CAs' rows while a CA rotation is under way: its record
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"sans": list(self.sans)}
+        data = asdict(self) | {"sans": list(self.sans)}
+        if self.rotation is None:
+            data.pop("rotation")
+        return data
+
+
+def parse_rotation(value: object) -> dict[str, int] | None:
+    """A CA rotation record (``{"begun": n, "finished": m}``; nothing: none under way) as numbers; None
+    when it cannot be read."""
+    if not value:
+        return {"begun": 0, "finished": 0}
+    try:
+        return {"begun": int(value.get("begun", 0)), "finished": int(value.get("finished", 0))}  # type: ignore[attr-defined]
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def with_rotation(found: list[CertificateInfo], record: dict[str, int]) -> list[CertificateInfo]:
+    """The CAs' rows carry the record of the rotation under way (none: unchanged)."""
+    if not record["begun"]:
+        return found
+    return [replace(c, rotation=dict(record)) if c.role in CA_ROLES else c for c in found]
 
 
 def describe(cert_pem: bytes, *, role: Role, name: str, location: str) -> CertificateInfo:
@@ -85,7 +111,7 @@ class PkiStore(Protocol):
         """Store client ``name``'s certificate and key; returns where."""
 
     def certificates(self) -> list[CertificateInfo]:
-        """Every certificate: the CA, the members', the clients'."""
+        """Every certificate: the CA (and a CA rotation's next and old CA), the members', the clients'."""
 
 
 # ---- the local stack's files ---------------------------------------------------------------
@@ -117,13 +143,29 @@ class FilePki:
         pki.write_pem(pair, cert, self.clients_dir / f"{name}.key")
         return str(cert)
 
+    def rotation(self) -> dict[str, int]:
+        """``{"begun": n, "finished": m}`` of the CA rotation under way; both 0 when none is."""
+        path = self.pki_dir / ROTATION_RECORD
+        try:
+            record = parse_rotation(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return {"begun": 0, "finished": 0}
+        except (OSError, ValueError) as exc:
+            raise PkiError(f"{path}: unreadable CA rotation record ({exc})") from None
+        if record is None:
+            raise PkiError(f"{path}: unreadable CA rotation record")
+        return record
+
     def certificates(self) -> list[CertificateInfo]:
         found = [self._file("ca", "ca", self.pki_dir / "ca.crt")]
+        for role in ("ca-next", "ca-old"):
+            if (self.pki_dir / f"{role}.crt").exists():
+                found.append(self._file(role, role, self.pki_dir / f"{role}.crt"))
         found += [self._file("member", m, self.pki_dir / f"{m}.crt") for m in self.members]
         found.append(self._file("operator", "etcdops", self.pki_dir / "client.crt"))
         if self.clients_dir.is_dir():
             found += [self._file("client", p.stem, p) for p in sorted(self.clients_dir.glob("*.crt"))]
-        return found
+        return with_rotation(found, self.rotation())
 
     @staticmethod
     def _file(role: Role, name: str, path: Path) -> CertificateInfo:
@@ -192,21 +234,45 @@ class SecretsPki:
             raise aws_error(f"writing {secret_id}", exc) from None
         return secret_id
 
+    def rotation(self) -> dict[str, int]:
+        """The record of the CA rotation under way (the CA secret's ``rotation`` field); both 0 when none is."""
+        secret_id = f"{self.prefix}ca"
+        try:
+            data = json.loads(self._text(secret_id) or "")
+        except ValueError:
+            data = {}  # one PEM text: no rotation was ever recorded in it
+        record = parse_rotation(data.get("rotation") if isinstance(data, dict) else None)
+        if record is None:
+            raise PkiError(f"{secret_id}: unreadable CA rotation record; fix or remove its rotation field")
+        return record
+
     def certificates(self) -> list[CertificateInfo]:
         ca = self.read_ca()
         found = [describe(ca.cert_pem, role="ca", name="ca", location=f"{self.prefix}ca")]
+        for role in ("ca-next", "ca-old"):
+            secret_id = f"{self.prefix}{role}"
+            pems = self._certificate(secret_id)
+            if pems is not None:
+                found.append(describe(pems[0], role=role, name=role, location=secret_id))
         for kind, role in (("members", "member"), ("clients", "client")):
             for secret_id in self._names(f"{self.prefix}{kind}/"):
-                text = self._text(secret_id)
-                if text is None:
+                pems = self._certificate(secret_id)
+                if pems is None:
                     continue  # deleted between the listing and the read
-                try:
-                    cert_pem = json.loads(text)["certificate"].encode()
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    raise PkiError(f"{secret_id}: not a certificate secret (JSON with a certificate field)") from None
                 name = secret_id.rsplit("/", 1)[1]
-                found.append(describe(cert_pem, role=role, name=name, location=secret_id))  # type: ignore[arg-type]
-        return found
+                found.append(describe(pems[0], role=role, name=name, location=secret_id))  # type: ignore[arg-type]
+        return with_rotation(found, self.rotation())
+
+    def _certificate(self, secret_id: str) -> tuple[bytes, dict[str, Any]] | None:
+        """The secret's certificate (PEM) and its JSON; None when it does not exist."""
+        text = self._text(secret_id)
+        if text is None:
+            return None
+        try:
+            data = json.loads(text)
+            return data["certificate"].encode(), data
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise PkiError(f"{secret_id}: not a certificate secret (JSON with a certificate field)") from None
 
     def _names(self, prefix: str) -> Iterator[str]:
         try:
@@ -228,5 +294,7 @@ class SecretsPki:
             raise aws_error(f"reading {secret_id}", exc) from None
         except BotoCoreError as exc:
             raise aws_error(f"reading {secret_id}", exc) from None
+
         text = value.get("SecretString")
         return text if isinstance(text, str) else None
+

@@ -65,12 +65,32 @@ def cmd_pki_list(args: argparse.Namespace) -> int:
     emit(
         args,
         [c.to_json() for c in found],
-        lambda: table(
-            ["ROLE", "NAME", "SERIAL", "SUBJECT", "SANS", "EXPIRES", "WHERE"],
-            [[c.role, c.name, c.serial, c.subject, ",".join(c.sans), c.not_after[:19], c.location] for c in found],
+        lambda: (
+            table(
+                ["ROLE", "NAME", "SERIAL", "SUBJECT", "SANS", "EXPIRES", "WHERE"],
+                [[c.role, c.name, c.serial, c.subject, ",".join(c.sans), c.not_after[:19], c.location] for c in found],
+            )
+            + rotation_line(found)
         ),
     )
     return 0
+
+
+def rotation_line(found: list[Any]) -> str:
+    """What the list says below its table while a CA rotation is under way (else nothing)."""
+    record = next((c.rotation for c in found if c.rotation), None)
+    if record is None:
+        return ""
+    from etcdops.app.runbook.rotate_ca import PHASES
+
+    begun, finished = record["begun"], record["finished"]
+    state = f"phase {begun} of 3 finished" if begun == finished else f"phase {begun} of 3 begun, not finished"
+    return (
+        f"\nCA rotation under way: {state} (phase {begun}: {PHASES[begun]}). "
+        "`etcdops runbook start rotate-certs --ca` continues it."
+        if begun in PHASES
+        else f"\nCA rotation under way: phase {begun} recorded (not a phase etcdops knows)."
+    )
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:

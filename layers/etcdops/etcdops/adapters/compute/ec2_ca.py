@@ -23,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from etcdops.adapters import pki
 from etcdops.adapters.awserrors import aws_error_code
+from etcdops.adapters.pki_store import parse_rotation
 from etcdops.domain.compute.errors import ComputeApiError, ComputeConfigError
 from etcdops.domain.errors import PkiError
 
@@ -107,13 +108,13 @@ def _ca_data(provider: Ec2ComputeProvider) -> dict[str, Any]:
 
 def recorded(provider: Ec2ComputeProvider) -> dict[str, int]:
     """``{"begun": n, "finished": m}`` from the CA secret; both 0 when no rotation is under way."""
-    rotation = _ca_data(provider).get("rotation") or {}
-    try:
-        return {"begun": int(rotation.get("begun", 0)), "finished": int(rotation.get("finished", 0))}
-    except (TypeError, ValueError, AttributeError):
+    rotation = _ca_data(provider).get("rotation")
+    record = parse_rotation(rotation)
+    if record is None:
         raise ComputeConfigError(
             f"{provider.ca_secret_id}: unreadable CA rotation record {rotation!r}; fix or remove its rotation field"
-        ) from None
+        )
+    return record
 
 
 def _record(provider: Ec2ComputeProvider, begun: int, finished: int, pair: pki.KeyPair | None = None) -> None:
