@@ -4,7 +4,8 @@ leaves and the operator's client certificate from the new CA), phase 3 (only the
 restart). The writer loads the files anew between the phases, as README asks of clients. After the last
 phase a client certificate of the old CA is refused and one of the new accepted; every acknowledged write
 is there, and a write fails at most while a member restarts (see the end). A new start after phase 1
-continues at phase 2 (the phase recorded)."""
+continues at phase 2 (the phase recorded). A client `pki issue-client` made before the rotation works
+before and after it: phase 2 reissued it from the new CA in its own files."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from test_replace_steps import context_for
 
 from etcdops.adapters import pki
 from etcdops.adapters.etcd.client import EtcdClient, TlsFiles
+from etcdops.adapters.pki_store import FilePki
+from etcdops.app.pki import issue_client
 from etcdops.app.runbook import RunbookContext, rotate
 from etcdops.domain.errors import EtcdError
 from etcdops_local.cluster import LocalCluster
@@ -52,6 +55,13 @@ def test_ca_rotated_in_three_phases_with_a_writer(start_cluster: Any, tmp_path: 
     for name in ("client.crt", "client.key"):
         shutil.copy(cluster.pki_dir / name, tmp_path / name)
     old_client = TlsFiles(ca=cluster.trusted_ca, cert=tmp_path / "client.crt", key=tmp_path / "client.key")
+    issue_client(FilePki(cluster.pki_dir, []), "kube-apiserver", days=30)
+    issued = TlsFiles(ca=cluster.trusted_ca, cert=cluster.pki_dir / "clients" / "kube-apiserver.crt",
+                      key=cluster.pki_dir / "clients" / "kube-apiserver.key")  # fmt: skip
+    endpoints = [m.client_url for m in cluster.state().members]
+    with EtcdClient(endpoints, tls=issued, timeout=3.0) as client:
+        client.put(b"/issued", b"before")
+    issued_serial = pki.certificate_serial(issued.cert)
     pids = {m.name: m.pid for m in cluster.state().members}
     writer = Writer(cluster)
     writer.thread.start()
@@ -96,6 +106,11 @@ def test_ca_rotated_in_three_phases_with_a_writer(start_cluster: Any, tmp_path: 
         refused.put(b"/old-ca", b"refused")
     with cluster.client() as client:
         client.put(b"/new-ca", b"accepted")
+    # and the issued client, reissued in place in phase 2 (a new connection reads its files), still works
+    assert pki.certificate_serial(issued.cert) != issued_serial
+    with EtcdClient([m.client_url for m in cluster.state().members], tls=issued, timeout=3.0) as client:
+        client.put(b"/issued", b"after")
+        assert client.get(b"/issued") == b"after"
     for member in cluster.state().members:
         for url in (member.client_url, member.peer_url):
             served = pki.served_certificate(url, cert=cluster.tls.cert, key=cluster.tls.key)

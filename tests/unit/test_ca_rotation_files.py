@@ -117,3 +117,41 @@ def test_the_listing_shows_the_next_and_the_old_ca_with_the_phase(pki_dir: Path)
     (pki_dir / "ca-rotation.json").write_text('{"begun": "one"}')
     with pytest.raises(PkiError, match="unreadable CA rotation record"):
         store.certificates()
+
+
+
+def test_issued_clients_are_reissued_from_the_new_ca_in_phase_2_in_place(
+    pki_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pki issue-client's clients follow the rotation: phase 2 writes a certificate of the new CA with the same
+    name and as many days into the same files (they trust trusted-ca.crt); run again, it is kept; an expired
+    one is left as it is."""
+    from datetime import UTC, datetime, timedelta
+
+    from etcdops.adapters.pki import certificates
+    from etcdops.adapters.pki_store import FilePki
+    from etcdops.app.pki import issue_client
+
+    store = FilePki(pki_dir, [])
+    issue_client(store, "kube-apiserver", days=30)
+    clients = pki_dir / "clients"
+    old = pki.load_pem(clients / "kube-apiserver.crt", clients / "kube-apiserver.key")
+    with monkeypatch.context() as then:  # a client whose certificate expired 10 days ago
+        then.setattr(certificates, "_now", lambda: datetime.now(UTC).replace(microsecond=0) - timedelta(days=40))
+        expired = pki.issue_certificate(pki.create_ca("an earlier CA"), "gone", kind="client", valid_days=30)
+    pki.write_pem(expired, clients / "gone.crt", clients / "gone.key")
+    ca_rotation.begin(pki_dir, 1)
+    assert store.clients()["kube-apiserver"][0] == old  # phase 1 issues nothing
+
+    ca_rotation.begin(pki_dir, 2)
+    new = pki.load_pem(clients / "kube-apiserver.crt", clients / "kube-apiserver.key")
+    pki.verify_chain(pki.load_pem(pki_dir / "ca.crt", pki_dir / "ca.key"), new)
+    assert new.certificate.subject == old.certificate.subject and new.key_pem != old.key_pem
+    lifetime = new.not_after - new.certificate.not_valid_before_utc
+    assert lifetime == old.not_after - old.certificate.not_valid_before_utc  # as many days as before
+    ca_rotation.begin(pki_dir, 2)  # run again: the reissued certificate is kept
+    assert store.clients()["kube-apiserver"][0] == new and store.clients()["gone"][0] == expired
+    ca_rotation.finish(pki_dir, 2)
+    ca_rotation.begin(pki_dir, 3)
+    ca_rotation.finish(pki_dir, 3)
+    assert store.clients()["kube-apiserver"][0] == new

@@ -880,3 +880,40 @@ def test_a_ca_rotation_on_ec2_reads_a_pem_ca_secret_and_refuses_an_unreadable_re
         with pytest.raises(ComputeConfigError, match="unreadable CA rotation record"):
             compute.begin_ca_phase(2)  # refused, not overwritten
         assert aws.secrets.get_secret_value(SecretId=ca_id)["SecretString"] == value
+
+
+def test_a_ca_rotation_on_ec2_keeps_the_issued_clients_working_in_their_secrets(aws: Aws) -> None:
+    """pki issue-client's secrets follow the trust of every phase, and phase 2 reissues their certificate from
+    the new CA in place; pki list shows the next and old CA with the recorded phase."""
+    from etcdops.adapters.pki_store import SecretsPki
+    from etcdops.app.pki import issue_client
+
+    compute = aws.provider()
+    compute.launch("m1")
+    store = SecretsPki(aws.secrets, CLUSTER)
+    issue_client(store, "kube-apiserver", days=90)
+    old = _ca_secret(aws, "clients/kube-apiserver")
+
+    compute.begin_ca_phase(1)
+    new_ca = _ca_secret(aws, "ca-next")
+    client = _ca_secret(aws, "clients/kube-apiserver")
+    assert _certs(client["ca"]) == [aws.ca.cert_pem.decode(), new_ca["certificate"]]  # both trusted
+    assert (client["certificate"], client["private_key"]) == (old["certificate"], old["private_key"])
+    listed = {c.role: c for c in store.certificates()}
+    assert listed["ca-next"].rotation == listed["ca"].rotation == {"begun": 1, "finished": 0}
+    compute.finish_ca_phase(1)
+
+    compute.begin_ca_phase(2)
+    reissued = _ca_secret(aws, "clients/kube-apiserver")
+    pair = pki.KeyPair(reissued["certificate"].encode(), reissued["private_key"].encode())
+    pki.verify_chain(pki.KeyPair(new_ca["certificate"].encode(), new_ca["private_key"].encode()), pair)
+    assert pair.certificate.subject.rfc4514_string() == "CN=kube-apiserver" and reissued["client"] == "kube-apiserver"
+    compute.begin_ca_phase(2)  # again: the reissued certificate is kept
+    assert _ca_secret(aws, "clients/kube-apiserver") == reissued
+    assert {c.role for c in store.certificates()} == {"ca", "ca-next", "ca-old", "member", "client"}
+    compute.finish_ca_phase(2)
+
+    compute.begin_ca_phase(3)
+    assert _ca_secret(aws, "clients/kube-apiserver") == {**reissued, "ca": new_ca["certificate"]}
+    compute.finish_ca_phase(3)
+    assert [(c.role, c.rotation) for c in store.certificates() if c.role.startswith("ca")] == [("ca", None)]

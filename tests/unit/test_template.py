@@ -104,6 +104,7 @@ STAR_ONLY = {
     "elasticloadbalancing:DescribeTargetGroups": "Describe* actions have no resource types",
     "ssm:DescribeInstanceInformation": "no resource types",
     "ssm:DescribeParameters": "no resource types (it shows metadata, never values)",
+    "secretsmanager:ListSecrets": "no resource types (it shows names and metadata, never values)",
     "ssm:ListCommands": "no resource types",
     "ssm:GetCommandInvocation": "no resource types",
     "states:SendTaskSuccess": "a task token, not an ARN, names the task",

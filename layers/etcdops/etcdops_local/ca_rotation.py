@@ -6,6 +6,7 @@
 - ``trusted-ca.crt``: what members (``--trusted-ca-file``, ``--peer-trusted-ca-file``) and the operator's
   clients trust: the old and the new CA in phases 1 and 2, the new one alone from phase 3 on.
 - ``ca-rotation.json``: the last phase begun and the last finished, so a new start resumes there.
+- ``clients/<name>.crt``/``.key`` (``pki issue-client``): reissued from the new CA in phase 2, same name.
 
 Each function converges when called again after a crash at any point (invariant 7).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from etcdops.adapters import pki
 from etcdops.adapters.pki.files import atomic_write
-from etcdops.adapters.pki_store import ROTATION_RECORD, FilePki
+from etcdops.adapters.pki_store import ROTATION_RECORD, FilePki, follow_ca_rotation
 from etcdops.domain.errors import PkiError
 
 RECORD = ROTATION_RECORD
@@ -41,7 +42,8 @@ def _copy(pki_dir: Path, source: str, target: str) -> None:
 
 def begin(pki_dir: Path, phase: int) -> None:
     """The files of ``phase`` (1: a new CA and the old+new bundle trusted; 2: the new CA issues, the operator's
-    client certificate is reissued from it; 3: only the new CA trusted); recorded as begun."""
+    client certificate and the issued clients' are reissued from it; 3: only the new CA trusted); recorded as
+    begun."""
     if not (pki_dir / "trusted-ca.crt").exists():
         raise PkiError(
             f"{pki_dir}: this local stack's members trust ca.crt itself (it predates CA rotation); "
@@ -61,6 +63,8 @@ def begin(pki_dir: Path, phase: int) -> None:
         ca = pki.load_pem(pki_dir / "ca.crt", pki_dir / "ca.key")
         client = pki.issue_certificate(ca, "etcdops", kind="client")
         pki.write_pem(client, pki_dir / "client.crt", pki_dir / "client.key")
+        # and the clients `pki issue-client` made, in place (they trust trusted-ca.crt, the bundle now)
+        follow_ca_rotation(FilePki(pki_dir, []), ca, (pki_dir / "trusted-ca.crt").read_bytes(), reissue=True)
     elif phase == 3:
         pki.write_trusted(pki_dir / "trusted-ca.crt", [pki.load_pem(pki_dir / "ca.crt", pki_dir / "ca.key").cert_pem])
     else:

@@ -11,7 +11,8 @@ Two stores hold the same things under the same roles:
   ``etcdops/<cluster>/members/<name>`` (written by the EC2 provider) and each client's in
   ``etcdops/<cluster>/clients/<name>`` as ``{"certificate", "private_key", "ca", "client"}``.
 
-:func:`describe` reads a certificate into a :class:`CertificateInfo` (serial, subject, SANs, expiry).
+:func:`describe` reads a certificate into a :class:`CertificateInfo` (serial, subject, SANs, expiry);
+:func:`follow_ca_rotation` keeps the issued clients working across a CA rotation.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from etcdops.adapters import pki
 from etcdops.adapters.awserrors import aws_error, aws_error_code
@@ -113,6 +116,10 @@ class PkiStore(Protocol):
     def certificates(self) -> list[CertificateInfo]:
         """Every certificate: the CA (and a CA rotation's next and old CA), the members', the clients'."""
 
+    def clients(self) -> dict[str, tuple[pki.KeyPair, bytes | None]]:
+        """Each client ``pki issue-client`` made: its certificate and key, and the CA it is given to trust
+        (None where the clients share one trust file)."""
+
 
 # ---- the local stack's files ---------------------------------------------------------------
 
@@ -167,6 +174,13 @@ class FilePki:
             found += [self._file("client", p.stem, p) for p in sorted(self.clients_dir.glob("*.crt"))]
         return with_rotation(found, self.rotation())
 
+    def clients(self) -> dict[str, tuple[pki.KeyPair, bytes | None]]:
+        if not self.clients_dir.is_dir():
+            return {}
+        return {  # the clients trust pki/trusted-ca.crt, which the rotation itself writes
+            p.stem: (pki.load_pem(p, p.with_suffix(".key")), None) for p in sorted(self.clients_dir.glob("*.crt"))
+        }
+
     @staticmethod
     def _file(role: Role, name: str, path: Path) -> CertificateInfo:
         try:
@@ -217,17 +231,19 @@ class SecretsPki:
             }
         )
         try:
-            try:
-                self.secrets.create_secret(
-                    Name=secret_id,
-                    SecretString=value,
-                    Description=f"etcd client certificate {name} of {self.cluster} (etcdops pki issue-client)",
-                    Tags=[{"Key": "etcdops:cluster", "Value": self.cluster}, {"Key": "etcdops:client", "Value": name}],
-                )
-            except ClientError as exc:
-                if aws_error_code(exc) != "ResourceExistsException" or not replace:
-                    raise
-                self.secrets.put_secret_value(SecretId=secret_id, SecretString=value)
+            if replace:  # an existing secret is written in place (a CA rotation may only put values)
+                try:
+                    self.secrets.put_secret_value(SecretId=secret_id, SecretString=value)
+                    return secret_id
+                except ClientError as exc:
+                    if aws_error_code(exc) != "ResourceNotFoundException":
+                        raise
+            self.secrets.create_secret(
+                Name=secret_id,
+                SecretString=value,
+                Description=f"etcd client certificate {name} of {self.cluster} (etcdops pki issue-client)",
+                Tags=[{"Key": "etcdops:cluster", "Value": self.cluster}, {"Key": "etcdops:client", "Value": name}],
+            )
         except (ClientError, BotoCoreError) as exc:
             if aws_error_code(exc) == "ResourceExistsException":
                 raise PkiError(f"client {name}: secret {secret_id} exists") from None
@@ -262,6 +278,20 @@ class SecretsPki:
                 name = secret_id.rsplit("/", 1)[1]
                 found.append(describe(pems[0], role=role, name=name, location=secret_id))  # type: ignore[arg-type]
         return with_rotation(found, self.rotation())
+
+    def clients(self) -> dict[str, tuple[pki.KeyPair, bytes | None]]:
+        found: dict[str, tuple[pki.KeyPair, bytes | None]] = {}
+        for secret_id in self._names(f"{self.prefix}clients/"):
+            pems = self._certificate(secret_id)
+            if pems is None:
+                continue
+            cert_pem, data = pems
+            key, ca = data.get("private_key"), data.get("ca")
+            if not isinstance(key, str):
+                raise PkiError(f"{secret_id}: a client secret without its private_key field")
+            trust = ca.encode() if isinstance(ca, str) else None
+            found[secret_id.rsplit("/", 1)[1]] = (pki.KeyPair(cert_pem, key.encode()), trust)
+        return found
 
     def _certificate(self, secret_id: str) -> tuple[bytes, dict[str, Any]] | None:
         """The secret's certificate (PEM) and its JSON; None when it does not exist."""
@@ -298,3 +328,36 @@ class SecretsPki:
         text = value.get("SecretString")
         return text if isinstance(text, str) else None
 
+
+# ---- across a CA rotation ------------------------------------------------------------------
+
+
+def _issued_by(ca: pki.KeyPair, pair: pki.KeyPair) -> bool:
+    try:
+        pair.certificate.verify_directly_issued_by(ca.certificate)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+def _days(pair: pki.KeyPair) -> int:
+    """The certificate's validity in whole days (at least 1): what its reissue is given again."""
+    cert = pair.certificate
+    return max(1, min((cert.not_valid_after_utc - cert.not_valid_before_utc).days, 3650))
+
+
+def follow_ca_rotation(store: PkiStore, ca: pki.KeyPair, trust_pem: bytes, *, reissue: bool) -> list[str]:
+    """The clients ``pki issue-client`` made follow a CA rotation where they are kept: each is given
+    ``trust_pem`` (what the members trust now) where a client keeps its own, and with ``reissue`` (phase 2:
+    ``ca`` issues now) a certificate of ``ca`` with the same name and as many days of validity, unless it
+    holds one already or its certificate has expired. Converges when called again; returns the names
+    reissued."""
+    reissued = []
+    for name, (pair, trust) in store.clients().items():
+        renewed = pair
+        if reissue and not _issued_by(ca, pair) and pair.not_after > datetime.now(UTC):  # an expired one stays so
+            renewed = pki.issue_certificate(ca, name, kind="client", valid_days=_days(pair))
+            reissued.append(name)
+        if renewed is not pair or trust not in (None, trust_pem):
+            store.put_client(name, renewed, trust_pem, replace=True)
+    return reissued

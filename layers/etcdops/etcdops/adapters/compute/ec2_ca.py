@@ -10,6 +10,8 @@
   before their restart in phases 1 and 3.
 - the functions' client TLS secrets ``etcdops/<cluster>/client/{ca,cert,key}`` (those that exist): ``ca``
   the same trust; ``cert``/``key`` reissued from the new CA in phase 2.
+- the clients ``pki issue-client`` made, ``etcdops/<cluster>/clients/<name>``: ``ca`` the same trust; in
+  phase 2 a certificate and key of the new CA with the same name.
 
 Each function converges when called again after a crash at any point (invariant 7).
 """
@@ -23,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from etcdops.adapters import pki
 from etcdops.adapters.awserrors import aws_error_code
-from etcdops.adapters.pki_store import parse_rotation
+from etcdops.adapters.pki_store import SecretsPki, follow_ca_rotation, parse_rotation
 from etcdops.domain.compute.errors import ComputeApiError, ComputeConfigError
 from etcdops.domain.errors import PkiError
 
@@ -202,6 +204,8 @@ def begin(provider: Ec2ComputeProvider, phase: int) -> None:
     trust = trusted(provider)
     _write_trust(provider, trust)
     _client_tls(provider, phase, trust)
+    clients = SecretsPki(provider.secrets, provider.secrets_cluster)  # those `pki issue-client` made
+    follow_ca_rotation(clients, provider.read_ca(), trust.encode(), reissue=phase == 2)
 
 
 def finish(provider: Ec2ComputeProvider, phase: int) -> None:
