@@ -95,6 +95,7 @@ def test_a_scheduled_round_records_its_decision_and_publishes_metrics(
     assert cluster_level["cluster"] == "local"
     assert cluster_level["HasLeader"] == [1.0] and cluster_level["QuorumMargin"] == [1.0]
     assert cluster_level["VotingMembers"] == [3.0] and 0 < cluster_level["CertificateExpiryDays"][0] < 3660
+    assert 3000 < cluster_level["CaCertificateExpiryDays"][0] <= 3650  # the local stack's CA, from tls.ca
     lags = [d for d in documents if "RaftIndexLag" in d]
     assert {d["member"] for d in lags} == {"m1", "m2", "m3"}
     assert all(sorted(d["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]) == ["cluster", "member"] for d in lags)

@@ -42,7 +42,7 @@ from etcdops.domain.backup.chain import ChainHead
 from etcdops.domain.backup.manifest import cluster_id_text
 from etcdops.domain.config import parse_config
 from etcdops.domain.decisions import DeltaChainRef
-from etcdops.domain.errors import ConfigError
+from etcdops.domain.errors import ConfigError, PkiError
 from etcdops.domain.health import Alarm
 from etcdops.domain.policy import Action, Decision, Notification, NotificationKind
 from etcdops.entrypoints.observability import function_metrics
@@ -136,6 +136,28 @@ def test_certificate_days_and_backup_age() -> None:
     assert metrics.newest_verified_backup_age == 5400.0
 
 
+def test_the_earliest_trusted_ca_gives_the_ca_expiry_days(tmp_path: Path) -> None:
+    """CaCertificateExpiryDays: the earliest CA of the clients' trust file (both CAs during a rotation);
+    a leaf certificate in the file is no CA and is left out."""
+    from etcdops.adapters import pki
+
+    old, new = pki.create_ca("old CA", valid_days=45), pki.create_ca("new CA")
+    leaf = pki.issue_certificate(old, "m1", kind="peer", valid_days=10)
+    (tmp_path / "trusted.crt").write_bytes(new.cert_pem + old.cert_pem + leaf.cert_pem)
+
+    trusted = pki.ca_expiries(tmp_path / "trusted.crt")
+    sink = RecordingMetrics()
+    publish_health_metrics(compute_health_metrics(cluster(member(1, "m1")), now=NOW, quota_bytes=1,
+                                                  trusted_cas=trusted), sink)  # fmt: skip
+
+    assert sorted(trusted) == [f"CN=new CA (serial {new.certificate.serial_number:x})",
+                               f"CN=old CA (serial {old.certificate.serial_number:x})"]  # fmt: skip
+    assert sink.values["CaCertificateExpiryDays"] == round((old.not_after - NOW).total_seconds() / 86400, 3)
+    with pytest.raises(PkiError, match="not a PEM certificate"):
+        (tmp_path / "bad.crt").write_text("nothing")
+        pki.ca_expiries(tmp_path / "bad.crt")
+
+
 def test_unknown_values_are_left_out_not_published_as_zero() -> None:
     health = cluster(member(1, "m1", db_size=None, db_size_in_use=None, raft_index=None, raft_term=None), leader=None)
     sink = RecordingMetrics()
@@ -147,6 +169,7 @@ def test_unknown_values_are_left_out_not_published_as_zero() -> None:
         "DbSizeQuotaRatio",
         "Fragmentation",
         "CertificateExpiryDays",
+        "CaCertificateExpiryDays",
         "NewestVerifiedBackupAge",
         "ClusterVersion",
         "MemberVersions",

@@ -822,3 +822,33 @@ def test_an_even_number_of_voters_is_noticed_once_per_set_of_voters_and_never_wh
     assert even_notices(cluster(member(1), member(2), member(3), member(4), cluster_id=None)) == []  # type: ignore[arg-type]
     assert even_notices(four, lock=FakeLock("scale-local-5", T0 + timedelta(minutes=10))) == []
     assert even_notices(four, lock=FakeLock("scale-local-5", T0 - timedelta(minutes=1))) == [key]  # expired
+
+
+def test_a_ca_near_its_end_asks_once_per_ca_for_a_ca_rotation_and_changes_nothing() -> None:
+    # Given a healthy cluster whose clients trust two CAs (a rotation under way): one ends in 50 days
+    obs = cluster(member(1), member(2), member(3))
+    old, new = "CN=etcd CA (serial 1a)", "CN=etcd CA 2 (serial 2b)"
+    cas = {old: T0 + timedelta(days=50), new: T0 + timedelta(days=3650)}
+    # When the policy decides (health.ca_warn_days: 60 by default)
+    decision = decide(obs, history(), CONFIG, cluster=CLUSTER, now=T0, ca_not_after=cas)
+    # Then one notice names the CA and the command that rotates it; nothing is started
+    assert decision.action is Action.NOTIFY
+    (notice,) = decision.notifications
+    assert notice.kind is NotificationKind.CA_EXPIRING and old in notice.message and "in 50 days" in notice.message
+    assert "etcdops runbook start rotate-certs --ca" in notice.message and EXECUTION_NAME.match(notice.key)
+    # and the next rounds carry the same key (announced once per incident), expired or not
+    later = decide(obs, history(), CONFIG, cluster=CLUSTER, now=at(3600), ca_not_after=cas)
+    assert [n.key for n in later.notifications] == [notice.key]
+    expired = decide(obs, history(), CONFIG, cluster=CLUSTER, now=T0 + timedelta(days=51), ca_not_after=cas)
+    assert [n.kind for n in expired.notifications if n.kind.startswith("ca-")] == [NotificationKind.CA_EXPIRED]
+    # a CA further away than ca_warn_days, or a smaller setting, says nothing
+    quiet = PolicyConfig(health=HealthConfig(ca_warn_days=30))
+    assert decide(obs, history(), quiet, cluster=CLUSTER, now=T0, ca_not_after=cas).notifications == ()
+    assert decide(obs, history(), CONFIG, cluster=CLUSTER, now=T0, ca_not_after={new: cas[new]}).notifications == ()
+
+
+@pytest.mark.parametrize("days", [0, 3651, "x"])
+def test_ca_warn_days_outside_its_range_is_refused_by_name(days: object) -> None:
+    with pytest.raises(ConfigError, match=r"health\.ca_warn_days"):
+        parse_config({"name": "c", "endpoints": ["http://127.0.0.1:2379"], "plaintext": True,
+                      "health": {"ca_warn_days": days}})  # fmt: skip

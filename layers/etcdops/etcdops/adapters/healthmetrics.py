@@ -18,6 +18,7 @@ DbSizeQuotaRatio           None    DbSize / the backend quota (etcd raises NOSPA
 Fragmentation              None    the largest 1 - in-use / size over the members
 ActiveAlarms               Count   active etcd alarms; also NoSpaceAlarm and CorruptAlarm
 CertificateExpiryDays      None    days until the earliest certificate a member serves expires
+CaCertificateExpiryDays    None    days until the earliest CA the clients trust (tls.ca) expires
 NewestVerifiedBackupAge    Seconds age of the newest verified backup (absent when there is none)
 LastRestoreDrillAge        Seconds since the newest drill that restored its backup (none yet: since
                                    the oldest backup; absent when there is no backup)
@@ -84,6 +85,7 @@ class HealthMetrics:
     member_versions: int | None = None
     members: Mapping[str, MemberIntervalStats] = field(default_factory=dict)  # from their own /metrics
     last_restore_drill_age: float | None = None
+    ca_certificate_expiry_days: float | None = None
 
     def _highest(self, name: str) -> float | None:
         values = [v for s in self.members.values() for n, _, v in s.points() if n == name]
@@ -120,6 +122,7 @@ class HealthMetrics:
             ("NoSpaceAlarm", COUNT, self.nospace_alarms),
             ("CorruptAlarm", COUNT, self.corrupt_alarms),
             ("CertificateExpiryDays", NO_UNIT, self.certificate_expiry_days),
+            ("CaCertificateExpiryDays", NO_UNIT, self.ca_certificate_expiry_days),
             ("NewestVerifiedBackupAge", SECONDS, self.newest_verified_backup_age),
             ("LastRestoreDrillAge", SECONDS, self.last_restore_drill_age),
             ("MaxRaftIndexLag", COUNT, self.max_raft_index_lag),
@@ -152,12 +155,14 @@ def compute_health_metrics(
     ec2_failures: Iterable[int] = (),
     served_certificates: Mapping[str, datetime] | None = None,
     newest_verified_backup_at: datetime | None = None,
+    trusted_cas: Mapping[str, datetime] | None = None,
 ) -> HealthMetrics:
     """The metrics of one round.
 
     Members named by an EC2 failure count as unhealthy (as the policy counts them).
     ``served_certificates`` maps a member to the expiry of the certificate it served;
-    ``newest_verified_backup_at`` is the creation time of the newest verified backup.
+    ``newest_verified_backup_at`` is the creation time of the newest verified backup;
+    ``trusted_cas`` maps each CA the clients trust to its expiry.
     """
     failed = frozenset(ec2_failures)
     healthy = [m for m in observation.members if m.healthy and m.id not in failed]
@@ -177,10 +182,7 @@ def compute_health_metrics(
     nospace = sum(1 for _, name in alarms if name == "NOSPACE")
     corrupt = sum(1 for _, name in alarms if name == "CORRUPT")
 
-    expiry_days = None
-    if served_certificates:
-        earliest = min(served_certificates.values())
-        expiry_days = round((earliest - now).total_seconds() / 86400.0, 3)
+    expiry_days = _days_left(served_certificates, now)
 
     backup_age = None
     if newest_verified_backup_at is not None:
@@ -206,11 +208,19 @@ def compute_health_metrics(
         corrupt_alarms=corrupt,
         active_alarms=len(alarms),
         certificate_expiry_days=expiry_days,
+        ca_certificate_expiry_days=_days_left(trusted_cas, now),
         newest_verified_backup_age=backup_age,
         raft_index_lag=lag,
         cluster_version=version_number(observation.cluster_version),
         member_versions=len(observation.member_versions) or None,
     )
+
+
+def _days_left(not_after: Mapping[str, datetime] | None, now: datetime) -> float | None:
+    """Days until the earliest of ``not_after`` (negative once past); None without any."""
+    if not not_after:
+        return None
+    return round((min(not_after.values()) - now).total_seconds() / 86400.0, 3)
 
 
 def version_number(version: str | None) -> int | None:

@@ -200,6 +200,29 @@ def _certificate_names(served: Mapping[str, datetime], health: ClusterHealth) ->
     return named
 
 
+def _own_certificates(
+    config: ClusterConfig, served: Mapping[str, datetime]
+) -> tuple[dict[str, datetime], dict[str, datetime]]:
+    """The certificates whose expiry the round watches (those the members served, and the client certificate
+    the configuration names) and the CAs the clients trust (``tls.ca``: the CA, or a rotation's bundle)."""
+    certificates, trusted_cas = dict(served), dict[str, datetime]()
+    if config.tls is None or config.plaintext:
+        return certificates, trusted_cas
+    from etcdops.adapters.pki import ca_expiries, certificate_expiry
+
+    if config.tls.cert:
+        try:
+            certificates["client certificate (tls.cert)"] = certificate_expiry(Path(config.tls.cert))
+        except EtcdopsError as exc:
+            log.warning("client certificate expiry unknown: %s", exc)
+    if config.tls.ca:
+        try:
+            trusted_cas = ca_expiries(Path(config.tls.ca))
+        except EtcdopsError as exc:
+            log.warning("CA expiry unknown: %s", exc)
+    return certificates, trusted_cas
+
+
 def _fold(state: StateStore, cluster: str, health: ClusterHealth, now: datetime, ec2: frozenset[int]) -> History:
     """Fold this round into the stored streaks with one conditional write (reload on conflict)."""
     for _ in range(_SAVE_ATTEMPTS):
@@ -302,14 +325,7 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
         lock=lock,
         delta_chain=covering_chain(ctx.chains, cluster, health.cluster_id) if quorum_lost(health, ec2) else None,
     )
-    certificates = dict(served)
-    if config.tls is not None and config.tls.cert and not config.plaintext:
-        try:
-            from etcdops.adapters.pki import certificate_expiry
-
-            certificates["client certificate (tls.cert)"] = certificate_expiry(Path(config.tls.cert))
-        except EtcdopsError as exc:
-            log.warning("client certificate expiry unknown: %s", exc)
+    certificates, trusted_cas = _own_certificates(config, served)
     decision = decide(
         health,
         history,
@@ -318,6 +334,7 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
         now=now,
         ec2_failures=ec2_failures,
         cert_not_after=certificates,
+        ca_not_after=trusted_cas,
     )
     ctx.state.save_last_decision(cluster, decision, now)
     log_decision(decision, trigger)
@@ -332,6 +349,7 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
         ec2_failures=ec2_failures,
         served_certificates=served,
         newest_verified_backup_at=newest.created_at if newest else None,
+        trusted_cas=trusted_cas,
     )
     members = fold_member_metrics(ctx, health, texts, ctx.starvation, now)
     metrics = replace(metrics, members=members.stats, last_restore_drill_age=_restore_drill_age(ctx, now))

@@ -109,6 +109,9 @@ class HealthConfig(_Model):
     failure_window_seconds: Annotated[int, Field(ge=0)] = 60
     quota_backend_bytes: Annotated[int, Field(gt=0)] = 2 * 1024**3
     certificate_warn_days: Annotated[int, Field(ge=1)] = 30
+    # a CA the clients trust (tls.ca) that expires within this many days is notified once, asking for a CA
+    # rotation (a human starts it: runbook start rotate-certs --ca); the CaExpiryDaysThreshold alarm's default
+    ca_warn_days: Annotated[int, Field(ge=1, le=3650)] = 60
     # members running different etcd versions this long (an upgrade left half done) are notified once
     mixed_versions_warn_minutes: Annotated[int, Field(ge=1, le=10080)] = 60
     # member name -> EC2 instance id, for EC2 events; members not listed are looked up by their

@@ -111,6 +111,8 @@ class NotificationKind(StrEnum):
     ALARM_OTHER = "alarm"
     CERT_EXPIRING = "cert-expiring"
     CERT_EXPIRED = "cert-expired"
+    CA_EXPIRING = "ca-expiring"
+    CA_EXPIRED = "ca-expired"
     BACKUP_MISSING = "backup-missing"
     BACKUP_STALE = "backup-stale"
     BACKUP_UNREADABLE = "backup-unreadable"

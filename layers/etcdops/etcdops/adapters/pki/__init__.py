@@ -16,6 +16,7 @@ from etcdops.adapters.pki.certificates import (
     verify_chain,
 )
 from etcdops.adapters.pki.files import (
+    ca_expiries,
     certificate_expiry,
     certificate_serial,
     load_pem,
@@ -27,6 +28,7 @@ from etcdops.adapters.pki.served import served_certificate, served_certificate_e
 __all__ = [
     "CertificateKind",
     "KeyPair",
+    "ca_expiries",
     "certificate_expiry",
     "certificate_serial",
     "check_ca",

@@ -288,12 +288,15 @@ def _signature_hash(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | No
     return hashes.SHA256()
 
 
-def check_is_ca(cert: x509.Certificate) -> None:
+def is_ca(cert: x509.Certificate) -> bool:
     try:
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
-        constraints = None
-    if constraints is None or not constraints.ca:
+        return False
+
+
+def check_is_ca(cert: x509.Certificate) -> None:
+    if not is_ca(cert):
         raise PkiError(f"ca: certificate {_subject(cert)!r} is not a CA certificate")
 
 

@@ -13,10 +13,18 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from etcdops.adapters.pki.certificates import KeyPair, check_is_ca, same_public_key
+from etcdops.adapters.pki.certificates import KeyPair, check_is_ca, is_ca, same_public_key
 from etcdops.domain.errors import PkiError
 
-__all__ = ["atomic_write", "certificate_expiry", "certificate_serial", "load_pem", "write_pem", "write_trusted"]
+__all__ = [
+    "atomic_write",
+    "ca_expiries",
+    "certificate_expiry",
+    "certificate_serial",
+    "load_pem",
+    "write_pem",
+    "write_trusted",
+]
 
 
 def write_pem(pair: KeyPair, cert_path: Path, key_path: Path) -> None:
@@ -67,6 +75,21 @@ def certificate_expiry(cert_path: Path) -> datetime:
     """The end of validity (aware UTC) of the first certificate in a PEM file."""
     cert_path = Path(cert_path)
     return _parse_certificate_file(cert_path, _read(cert_path)).not_valid_after_utc
+
+
+def ca_expiries(bundle_path: Path) -> dict[str, datetime]:
+    """Each CA certificate of a PEM file (one CA, or a bundle during a CA rotation), named by its subject
+    and serial, and its end of validity (aware UTC)."""
+    bundle_path = Path(bundle_path)
+    try:
+        certs = x509.load_pem_x509_certificates(_read(bundle_path))
+    except ValueError as exc:
+        raise PkiError(f"{bundle_path}: not a PEM certificate file ({exc})") from None
+    return {
+        f"{cert.subject.rfc4514_string()} (serial {cert.serial_number:x})": cert.not_valid_after_utc
+        for cert in certs
+        if is_ca(cert)
+    }
 
 
 def atomic_write(path: Path, data: bytes, mode: int) -> None:

@@ -139,12 +139,13 @@ def _decide_unlocked(
     now: datetime,
     ec2_failures: frozenset[int],
     cert_not_after: Mapping[str, datetime],
+    ca_not_after: Mapping[str, datetime],
 ) -> Decision:
     failed, failing = _failures(observation, history, config, now, ec2_failures)
     failed_voters = [f for f in failed if not f.member.is_learner]
     failed_learners = [f for f in failed if f.member.is_learner]
     notes = (
-        *notifications(cluster, observation, history, config, now, failed_learners, cert_not_after),
+        *notifications(cluster, observation, history, config, now, failed_learners, cert_not_after, ca_not_after),
         *mixed_versions(cluster, observation, history, config, now),
         *even_voters(cluster, observation, history, now),
     )
@@ -284,6 +285,7 @@ def decide(
     ec2_failures: frozenset[int] = frozenset(),
     lock_held: bool = False,
     cert_not_after: Mapping[str, datetime] | None = None,
+    ca_not_after: Mapping[str, datetime] | None = None,
 ) -> Decision:
     """Decide what to do about one cluster (see the module docstring for the rules).
 
@@ -291,11 +293,11 @@ def decide(
     the cluster's name (used in reasons, incident ids and the RestoreCluster input);
     ``ec2_failures`` the member ids whose instances EC2 reports stopped, terminated or impaired;
     ``lock_held`` says an operation is running even if ``history.lock`` does not show it;
-    ``cert_not_after`` maps certificate names to their expiry.
+    ``cert_not_after`` maps certificate names to their expiry, ``ca_not_after`` the CAs the clients trust.
     """
     now = utc(now)
     decision = _decide_unlocked(
-        observation, history, config, cluster, now, frozenset(ec2_failures), cert_not_after or {}
+        observation, history, config, cluster, now, frozenset(ec2_failures), cert_not_after or {}, ca_not_after or {}
     )
     locked = lock_held or lock_active(history.lock, now)
     if not locked or decision.action not in (Action.REPLACE_MEMBER, Action.ESCALATE_QUORUM_LOSS):

@@ -30,13 +30,15 @@ def notifications(
     now: datetime,
     failed_learners: list[Failure],
     cert_not_after: Mapping[str, datetime],
+    ca_not_after: Mapping[str, datetime] | None = None,
 ) -> tuple[Notification, ...]:
-    """Every notice of this round, alarms first, then sizes, failed learners, certificates, backups."""
+    """Every notice of this round, alarms first, then sizes, failed learners, certificates, CAs, backups."""
     return (
         *_alarms(cluster, observation),
         *_sizes(cluster, observation, config),
         *_learners(cluster, failed_learners),
         *_certificates(cluster, config, now, cert_not_after),
+        *ca_expiring(cluster, config, now, ca_not_after or {}),
         *_backups(cluster, observation, history, config, now),
     )
 
@@ -135,6 +137,36 @@ def _certificates(
             Notification(
                 kind,
                 f"Certificate {name} of cluster {cluster} {text}; rotate it.",
+                notification_key(cluster, kind, name),
+            )
+        )
+    return out
+
+
+def ca_expiring(
+    cluster: str, config: PolicyConfig, now: datetime, ca_not_after: Mapping[str, datetime]
+) -> list[Notification]:
+    """A CA the clients trust (named by subject and serial) that expires within ``health.ca_warn_days``, or
+    expired: once per CA (its name is the incident), asking for a CA rotation. Only a human starts one (it
+    restarts every member twice and cuts off clients that keep the old CA), so this changes nothing."""
+    out: list[Notification] = []
+    warn = timedelta(days=config.health.ca_warn_days)
+    for name in sorted(ca_not_after):
+        not_after = utc(ca_not_after[name])
+        if not_after <= now:
+            kind, text = NotificationKind.CA_EXPIRED, f"expired at {not_after.isoformat()}: no certificate it "
+            text += "issued is accepted any more"
+        elif not_after - now <= warn:
+            kind = NotificationKind.CA_EXPIRING
+            text = f"expires at {not_after.isoformat()} (in {(not_after - now).days} days)"
+        else:
+            continue
+        out.append(
+            Notification(
+                kind,
+                f"The CA {name} of cluster {cluster} {text}. Member certificates renewed from it end with it. "
+                f"Rotate the CA: etcdops runbook start rotate-certs --ca (three phases, each member restarted "
+                "in turn; clients need the new CA's bundle and certificates before phase 3).",
                 notification_key(cluster, kind, name),
             )
         )
