@@ -1,6 +1,5 @@
 """HealthCheck without a cluster: metric computations, the alarm-report rule, acting on decisions
-(one execution per incident, one message per incident), instance lookup, settings, leader changes,
-and the local loop's schedule."""
+(one execution per incident, one message per incident), instance lookup, settings, leader changes."""
 
 from __future__ import annotations
 
@@ -47,7 +46,6 @@ from etcdops.domain.health import Alarm
 from etcdops.domain.policy import Action, Decision, Notification, NotificationKind
 from etcdops.entrypoints.observability import function_metrics
 from etcdops.entrypoints.settings import HealthSettings
-from etcdops_local.health_loop import local_health_schedule, schedule_seconds, template_health_schedule
 
 NOW = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
@@ -510,25 +508,6 @@ def test_leader_changes_count_each_term_move_once(store: StateStore) -> None:
     assert store.advance_raft_term("prod", 7, NOW) == 0  # a concurrent round saw the same move
     assert store.advance_raft_term("prod", 6, NOW) == 0  # a stale member's term never counts back
     assert store.advance_raft_term("other", 9, NOW) == 0
-
-
-def test_the_local_schedule_defaults_to_ten_seconds_and_reads_the_template(tmp_path: Path) -> None:
-    template = tmp_path / "template.yaml"
-    template.write_text(
-        "Parameters:\n  HealthCheckSchedule: {Type: String, Default: rate(2 minutes)}\n"
-        "Resources:\n  T: {Type: AWS::SNS::Topic, Properties: {DisplayName: !Ref AWS::StackName}}\n"
-    )
-
-    assert local_health_schedule(template_path=template) == ("rate(10 seconds)", 10.0)
-    assert local_health_schedule(None, template) == ("rate(2 minutes)", 120.0)
-    assert local_health_schedule(0.5, template) == ("every 0.5 s", 0.5)
-    assert template_health_schedule() == "rate(1 minute)"  # the repository's template.yaml
-    assert schedule_seconds("rate(1 hour)") == 3600.0
-    with pytest.raises(ConfigError, match="rate\\(N seconds"):
-        schedule_seconds("cron(0 * * * ? *)")
-    with pytest.raises(ConfigError, match="no HealthCheckSchedule parameter"):
-        (tmp_path / "empty.yaml").write_text("Resources: {}\n")
-        template_health_schedule(tmp_path / "empty.yaml")
 
 
 def test_a_certificate_within_renew_days_starts_one_rotation_a_day_of_the_members_due() -> None:

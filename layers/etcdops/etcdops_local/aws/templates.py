@@ -17,6 +17,7 @@ from etcdops.domain.errors import ConfigError
 
 CODE_BUCKET = "etcdops-local-code"  # holds the dummy code objects CloudFormation's Lambda needs
 DUMMY_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}  # no identity: offline only
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[4] / "template.yaml"  # the repository's, in a checkout
 
 
 def read_template(template_path: Path) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     autopilot, autopilot_started = None, False
     if not args.no_autopilot:
         from etcdops_local.aws.stack import server_pid, spawn_server
-        from etcdops_local.health_loop import DEFAULT_TEMPLATE
+        from etcdops_local.aws.templates import DEFAULT_TEMPLATE
 
         autopilot = server_pid(cluster.state_dir)
         if autopilot is None:
@@ -335,9 +335,9 @@ def _register_more(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from etcdops_local.aws.templates import DEFAULT_TEMPLATE
     from etcdops_local.cluster import EtcdBinaries
     from etcdops_local.demo import run_demo
-    from etcdops_local.health_loop import DEFAULT_TEMPLATE
 
     lines: list[str] = []
     binaries = EtcdBinaries.locate(os.environ.get("ETCD_BIN_DIR"))

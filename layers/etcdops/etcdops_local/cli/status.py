@@ -261,18 +261,14 @@ def render_runbooks(activity: dict[str, Any] | None) -> str:
 
 
 def last_round(args: argparse.Namespace, cluster: str) -> dict[str, Any] | None:
-    """The last health decision: the deployed stack's, else the local autopilot's, else the local loop's."""
+    """The last health decision: the deployed stack's, else the local autopilot's (None: no autopilot here)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from etcdops_local.health_loop import read_last_round
-
-    state = _state_dir(args)
     try:
-        autopilot = stack_last_round(args, cluster) or autopilot_last_round(state, cluster)
+        return stack_last_round(args, cluster) or autopilot_last_round(_state_dir(args), cluster)
     except (ClientError, BotoCoreError) as exc:  # e.g. the local autopilot is gone: the probe still counts
         return {"decided_at": "-", "trigger": {"description": "autopilot"}, "decision": None,
                 "skipped": f"cannot read the last decision: {one_line(str(exc))}", "actions": []}  # fmt: skip
-    return autopilot or read_last_round(state)
 
 
 def autopilot_last_round(state_dir: Path, cluster: str) -> dict[str, Any] | None:
@@ -415,7 +411,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "--watch",
         action="store_true",
         help="refresh until Ctrl-C, with the runbooks now and the last health decision (the stack's or the local "
-        "one's)",
+        "autopilot's)",
     )
     status.add_argument(
         "--interval", type=positive_seconds, default=3.0, help="seconds between refreshes (default 3)"
