@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -917,3 +918,62 @@ def test_a_ca_rotation_on_ec2_keeps_the_issued_clients_working_in_their_secrets(
     assert _ca_secret(aws, "clients/kube-apiserver") == {**reissued, "ca": new_ca["certificate"]}
     compute.finish_ca_phase(3)
     assert [(c.role, c.rotation) for c in store.certificates() if c.role.startswith("ca")] == [("ca", None)]
+
+
+def test_the_ca_rotation_sends_only_documented_host_commands_with_parameters_the_contract_allows(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CA rotation's phases on EC2, through the runbook's own RollMember (probe and member list
+    stand-ins: every other member healthy, the rolled one not leading): each host command is a document of
+    docs/host-bootstrap.md (its CloudFormation block), sent to the member's own instance, with only declared
+    parameters, every required one, each value matching its allowedPattern; phases 1 and 3 have the host
+    fetch the trust bundle before etcd stops and starts again, phase 2 renews its leaf only."""
+    from contextlib import nullcontext
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from builders import cluster, member
+    from test_compute_contract import documented
+
+    from etcdops.app import runbook
+    from etcdops.app.runbook import rotate_ca
+
+    compute = aws.provider()
+    sent = _sent_commands(aws)
+    hosts = {name: compute.launch(name) for name in ("m1", "m2", "m3")}
+    ids = {"m1": 1, "m2": 2, "m3": 3}
+    listed = [SimpleNamespace(name=n, peer_urls=[h.peer_url]) for n, h in hosts.items()]
+    ctx = SimpleNamespace(
+        compute=compute,
+        client=lambda: nullcontext(SimpleNamespace(member_list=lambda: listed)),
+        now=lambda: datetime.now(UTC),
+    )
+    healthy = cluster(*(member(i, n) for n, i in ids.items()), leader=1)
+    monkeypatch.setattr(runbook, "probe", lambda ctx: healthy)
+    contract = documented()
+
+    by_phase: dict[int, list[tuple[str, str]]] = {}
+    for phase in (1, 2, 3):
+        compute.begin_ca_phase(phase)
+        start = len(sent)
+        for name in ("m2", "m3"):  # followers (the leader's hand-over is the probe's, not the host's)
+            doc = {"ca_phase": phase, "current": {"name": name, "id": f"{ids[name]:x}"}, "to_roll": list(ids)}
+            rotate_ca.roll_member(ctx, doc)  # type: ignore[arg-type]
+        by_phase[phase] = [(c["DocumentName"].removeprefix(f"{STACK}-"), c["InstanceIds"][0]) for c in sent[start:]]
+        compute.finish_ca_phase(phase)
+
+    roll = ["RenewCertificates", "StopEtcd", "StartEtcd"]
+    for phase in (1, 3):
+        assert by_phase[phase] == [(d, hosts[n].host_id) for n in ("m2", "m3") for d in roll], by_phase
+    assert by_phase[2] == [("RenewCertificates", hosts[n].host_id) for n in ("m2", "m3")]
+    for command in sent:
+        key = command["DocumentName"].removeprefix(f"{STACK}-")
+        declared = contract[key]["Properties"]["Content"].get("parameters", {})
+        given = {p: v[0] if isinstance(v, list) else v for p, v in command.get("Parameters", {}).items()}
+        assert set(given) <= set(declared), (key, given)
+        assert {p for p, d in declared.items() if "default" not in d} <= set(given), (key, given)
+        for parameter, value in given.items():
+            assert re.fullmatch(declared[parameter]["allowedPattern"], value), (key, parameter, value)
+        if key == "StartEtcd":
+            assert given["InitialClusterState"] == "existing"
+            assert f"m1={hosts['m1'].peer_url}" in given["InitialCluster"]
