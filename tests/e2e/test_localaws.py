@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ import pytest
 from builders import configured_stack
 from stack_templates import ROOT, TEMPLATE, template_with_extras
 
-from etcdops_local.aws.schedule import LocalScheduler
+from etcdops.adapters.registry import ClusterRegistry
+from etcdops_local.aws.schedule import LocalScheduler, scheduled_event
 from etcdops_local.aws.stack import (
     LocalAws,
     LocalStack,
@@ -251,19 +253,46 @@ def test_the_timer_fires_scheduled_events_one_run_at_a_time(test_stack: LocalSta
     assert [e["id"] for e in received] == [r.event["id"] for r in runs]
 
 
-def test_the_timer_starts_scheduled_state_machines_as_their_rule(aws: LocalAws, test_stack: LocalStack) -> None:
+def test_the_runbook_schedules_start_one_execution_per_cluster(aws: LocalAws, test_stack: LocalStack) -> None:
+    """MaintenanceSchedule and RestoreDrillSchedule fire ScheduledRunbooks, which starts the runbook for the
+    default cluster and each registered one, one execution name per runbook, firing and cluster; a retried
+    firing starts nothing twice, a removed cluster gets none."""
+    registry = ClusterRegistry(aws.client("ssm"), test_stack.parameters["ClusterRegistryPath"])
+    for name in ("c2", "c3"):  # nothing listens there: their executions fail at once, which is all it takes
+        registry.add(f"name: {name}\nendpoints: [http://127.0.0.1:9]\nplaintext: true\n", f"{name}.yaml")
+    sfn, machines = aws.client("stepfunctions"), test_stack.state_machines
     scheduler = LocalScheduler.for_stack(test_stack, {"MaintenanceSchedule": "rate(1 second)"})
-    assert {s.function for s in scheduler.schedules} >= {"MaintainClusterStateMachine", "RestoreDrillStateMachine"}
+    assert {s.function for s in scheduler.schedules} >= {"ScheduledRunbooksFunction"}
+    assert not {"MaintainClusterStateMachine", "RestoreDrillStateMachine"} & {s.function for s in scheduler.schedules}
+
+    def started(machine: str) -> dict[str, dict[str, Any]]:
+        listed = sfn.list_executions(stateMachineArn=machines[machine])["executions"]
+        return {e["name"]: json.loads(sfn.describe_execution(executionArn=e["executionArn"])["input"]) for e in listed}
 
     with scheduler:
-        [run, *_] = scheduler.wait_for("MaintainClusterStateMachine", 1, timeout=60)
-
+        [run, *_] = scheduler.wait_for("ScheduledRunbooksFunction", 1, timeout=120)
     assert run.ok, run.error
-    sfn = aws.client("stepfunctions")
-    started = sfn.describe_execution(executionArn=run.result)
-    assert started["stateMachineArn"] == test_stack.state_machines["MaintainClusterStateMachine"]
-    assert json.loads(started["input"]) == {"cluster": "local", "reason": "scheduled maintenance"}
-    assert not [d for d in aws.authorizer.denials if "StartExecution" in str(d)]
+    firings: dict[str, set[str]] = {}
+    for name, document in started("MaintainClusterStateMachine").items():
+        kind, at, cluster = name.split("-", 2)
+        assert (kind, document) == ("maintain", {"cluster": cluster, "reason": "scheduled maintenance"})
+        firings.setdefault(at, set()).add(cluster)
+    assert firings and all(clusters == {"local", "c2", "c3"} for clusters in firings.values()), firings
+
+    registry.remove("c3")
+    [drill] = [s for s in scheduler.schedules if s.event == "RestoreDrill"]
+    rule = test_stack.resources[drill.rule]
+    event = scheduled_event(drill, datetime(2026, 12, 13, 5, 30, tzinfo=UTC), region=test_stack.region,
+                            account=test_stack.account_id, rule_name=rule)  # fmt: skip
+    invoke = aws.client("lambda").invoke
+    for _ in range(2):  # the second is a retry of the same firing: it starts nothing more
+        answer = invoke(FunctionName=test_stack.functions["ScheduledRunbooksFunction"], Payload=json.dumps(event))
+        assert "FunctionError" not in answer, answer["Payload"].read()
+    assert started("RestoreDrillStateMachine") == {
+        "drill-20261213T0530-local": {"cluster": "local"},
+        "drill-20261213T0530-c2": {"cluster": "c2"},
+    }
+    assert not [d for d in aws.authorizer.denials if "StartExecution" in str(d) or "GetParametersByPath" in str(d)]
 
 
 # ---- another process ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from etcdops.entrypoints.settings import (
     JobSettings,
     RequestApprovalSettings,
     RunbookSettings,
+    ScheduledRunbookSettings,
 )
 
 MODEL_OF_FUNCTION: dict[str, type[EnvSettings]] = {
@@ -26,6 +27,7 @@ MODEL_OF_FUNCTION: dict[str, type[EnvSettings]] = {
     "DeltaBackupFunction": DeltaJobSettings,
     "FailureNoticeFunction": FailureNoticeSettings,
     "RunbookStepFunction": RunbookSettings,
+    "ScheduledRunbooksFunction": ScheduledRunbookSettings,
     "RequestApprovalFunction": RequestApprovalSettings,
     "ApprovalFunction": ApprovalApiSettings,
 }

@@ -161,3 +161,14 @@ class ApprovalApiSettings(EnvSettings):
 
     table_name: str = Field(alias="TABLE_NAME")
     secret_arn: str = Field(alias="APPROVAL_SECRET_ARN")
+
+
+class ScheduledRunbookSettings(EnvSettings):
+    """ScheduledRunbooks: the two rules' names and the state machines they start."""
+
+    cluster_name: str | None = Field(default=None, alias="CLUSTER_NAME")
+    registry_path: str = Field(default=REGISTRY_PATH, alias="CLUSTER_REGISTRY_PATH")
+    maintenance_rule: str = Field(alias="MAINTENANCE_RULE")
+    maintain_state_machine_arn: str = Field(alias="MAINTAIN_STATE_MACHINE_ARN")
+    restore_drill_rule: str = Field(alias="RESTORE_DRILL_RULE")
+    restore_drill_state_machine_arn: str = Field(alias="RESTORE_DRILL_STATE_MACHINE_ARN")
