@@ -109,7 +109,8 @@ def test_a_permission_the_role_lacks_fails_the_invocation_as_in_aws(aws: LocalAw
     error, payload = invoke(aws, stack, "TestFunction", {"mode": "read-parameter", "name": "/test/granted"})
 
     assert error == "Unhandled"
-    assert payload["errorType"] == "ClientError"
+    # SSM answers a JSON AccessDeniedException, which botocore raises as its modelled class of that name
+    assert payload["errorType"] == "AccessDeniedException"
     assert "AccessDenied" in payload["errorMessage"] and "ssm:GetParameter" in payload["errorMessage"]
 
 

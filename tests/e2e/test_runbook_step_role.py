@@ -61,11 +61,13 @@ def account_with_a_launch_template(aws: LocalAws, stack: LocalStack) -> tuple[Ec
     return Ec2Compute(launch_template="etcd-host", subnets=[subnet], target_group_arn=target_group), image
 
 
-def as_runbook_step(aws: LocalAws, stack: LocalStack, settings: Ec2Compute) -> Ec2ComputeProvider:
+def as_runbook_step(
+    aws: LocalAws, stack: LocalStack, settings: Ec2Compute, cluster: str = CLUSTER
+) -> Ec2ComputeProvider:
     """The provider as RunbookStep's handler makes it in Lambda: its clients carry the function's role."""
     session = aws.function_session(stack, "RunbookStepFunction")
     return Ec2ComputeProvider(
-        CLUSTER, settings, stack_name=stack.stack_name, region=aws.region,
+        cluster, settings, stack_name=stack.stack_name, region=aws.region,
         ec2=session.client("ec2"), elbv2=session.client("elbv2"), ssm=session.client("ssm"),
         secretsmanager=session.client("secretsmanager"), cloudwatch=session.client("cloudwatch"),
         poll_seconds=0.05,
@@ -196,3 +198,88 @@ def test_backups_role_snapshots_and_prunes_its_clusters_volumes_and_no_others(aw
         session.client("ec2").delete_snapshot(SnapshotId=theirs)
     assert refused.value.response["Error"]["Code"] == "UnauthorizedOperation"
     assert volume_backups(aws) == [theirs]
+
+
+def test_a_registered_clusters_secrets_and_hosts_are_the_fleets_and_a_stranger_is_refused(aws: LocalAws) -> None:
+    """A cluster registered with the stack (not its ClusterName) has its secrets and target group tagged
+    etcdops:fleet=<stack> (README: IAM for a fleet): RunbookStep runs its host's whole life and HealthCheck
+    reads its client TLS; a cluster outside the fleet (another stack's tag, or none) is refused."""
+    stack = aws.build_stack(TEMPLATE, {"ClusterName": CLUSTER})
+    settings, image = account_with_a_launch_template(aws, stack)
+    ec2, secrets = aws.client("ec2"), aws.client("secretsmanager")
+    fleet = [{"Key": "etcdops:fleet", "Value": stack.stack_name}]
+    vpc = ec2.describe_subnets(SubnetIds=settings.subnets)["Subnets"][0]["VpcId"]
+    target_group = aws.client("elbv2").create_target_group(
+        Name="c2-clients", Protocol="TCP", Port=2379, VpcId=vpc, TargetType="instance",
+        Tags=[{"Key": "etcdops:cluster", "Value": "c2"}, *fleet],
+    )["TargetGroups"][0]["TargetGroupArn"]  # fmt: skip
+    ca = pki.create_ca("c2 etcd CA")
+    pem = {"certificate": ca.cert_pem.decode(), "private_key": ca.key_pem.decode()}
+    secrets.create_secret(Name="etcdops/c2/ca", SecretString=json.dumps(pem), Tags=fleet)
+    secrets.create_secret(Name="etcdops/c2/client/ca", SecretString=pem["certificate"], Tags=fleet)
+    compute = as_runbook_step(aws, stack, settings.model_copy(update={"target_group_arn": target_group}), "c2")
+
+    # the member's secret does not exist yet: granted by its tag, AWS refuses the first read (not "not
+    # found"), and the provider creates it tagged etcdops:fleet (which tells a missing secret from a stranger's)
+    aws.authorizer.expect_denied("RunbookStepFunction", "secretsmanager:GetSecretValue")
+    host = compute.launch("m1")
+    compute.register_target(host)
+    compute.start_etcd(host, f"m1={host.peer_url}", "new")
+    compute.deregister_target(host)
+    compute.terminate(host)
+    health = aws.function_session(stack, "HealthCheckFunction").client("secretsmanager")
+    assert health.get_secret_value(SecretId="etcdops/c2/client/ca")["SecretString"] == pem["certificate"]
+    assert [(who, call.action, call.resource.rsplit(":", 1)[-1]) for who, call, _ in aws.authorizer.denials] == [
+        ("RunbookStepFunction", "secretsmanager:GetSecretValue", "etcdops/c2/members/m1")
+    ]
+    instance_arn = f"arn:aws:ec2:{aws.region}:{aws.authorizer.account_id}:instance/{host.host_id}"
+    assert secrets.describe_secret(SecretId="etcdops/c2/members/m1")["Tags"] == [
+        {"Key": "etcdops:cluster", "Value": "c2"}, *fleet, {"Key": "etcdops:member", "Value": "m1"},
+        {"Key": "etcdops:instance-arn", "Value": instance_arn},
+    ]  # fmt: skip
+    # c2 is not the stack's ClusterName: only the fleet statements (tag etcdops:fleet) can have allowed these
+    allowed = {(r.principal, r.action) for r in aws.authorizer.recorder.records if r.allowed}
+    assert {
+        ("RunbookStepFunction", "ec2:RunInstances"),
+        ("RunbookStepFunction", "secretsmanager:GetSecretValue"),
+        ("RunbookStepFunction", "secretsmanager:CreateSecret"),
+        ("RunbookStepFunction", "secretsmanager:TagResource"),
+        ("RunbookStepFunction", "elasticloadbalancing:RegisterTargets"),
+        ("RunbookStepFunction", "ssm:SendCommand"),
+        ("RunbookStepFunction", "ec2:TerminateInstances"),
+        ("HealthCheckFunction", "secretsmanager:GetSecretValue"),
+    } <= allowed
+
+    # outside the fleet: another stack's cluster c3 (its secret and host tagged with that stack), and an
+    # untagged secret of the account: refused, and nothing changed
+    other = [{"Key": "etcdops:fleet", "Value": "another-stack"}]
+    secrets.create_secret(Name="etcdops/c3/client/ca", SecretString="c3", Tags=other)
+    secrets.create_secret(Name="etcdops/c4/ca", SecretString="c4")
+    stranger = ec2.run_instances(
+        ImageId=image, MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "etcdops:cluster", "Value": "c3"}, *other]}],
+    )["Instances"][0]["InstanceId"]  # fmt: skip
+    runbook = aws.function_session(stack, "RunbookStepFunction")
+    for principal, action in (
+        ("HealthCheckFunction", "secretsmanager:GetSecretValue"),
+        ("RunbookStepFunction", "secretsmanager:GetSecretValue"),
+        ("RunbookStepFunction", "ec2:TerminateInstances"),
+        ("RunbookStepFunction", "ec2:RunInstances"),
+    ):
+        aws.authorizer.expect_denied(principal, action)
+    refusals = [
+        lambda: health.get_secret_value(SecretId="etcdops/c3/client/ca"),
+        lambda: runbook.client("secretsmanager").get_secret_value(SecretId="etcdops/c4/ca"),
+        lambda: runbook.client("ec2").terminate_instances(InstanceIds=[stranger]),
+        lambda: runbook.client("ec2").run_instances(  # a host for c3 not tagged as this fleet's
+            ImageId=image, MinCount=1, MaxCount=1, SubnetId=settings.subnets[0],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "etcdops:cluster", "Value": "c3"}]}],
+        ),
+    ]
+    for refused in refusals:
+        with pytest.raises(ClientError) as denied:
+            refused()
+        assert denied.value.response["Error"]["Code"] in ("AccessDeniedException", "UnauthorizedOperation")
+    instances = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    assert {i["InstanceId"] for i in instances if i["State"]["Name"] == "running"} == {stranger}
+

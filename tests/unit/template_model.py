@@ -206,6 +206,16 @@ class Template:
             yield role_id, self.policy(role_id)
 
 
+def _conditions_hold(conditions: Mapping[str, Mapping[str, Any]], context: Mapping[str, list[str]]) -> bool:
+    from etcdops_local.aws.iampolicy import condition_holds
+
+    return all(
+        condition_holds(operator, key, [str(v) for v in _as_list(wanted)], context)
+        for operator, keys in conditions.items()
+        for key, wanted in keys.items()
+    )
+
+
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
@@ -224,18 +234,23 @@ class Policy:
     statements: list[dict[str, Any]]
     managed: tuple[str, ...]
 
-    def allowing(self, action: str, resource: str) -> list[dict[str, Any]]:
-        """The Allow statements whose Action and Resource match (their Conditions are not evaluated)."""
+    def allowing(
+        self, action: str, resource: str, context: Mapping[str, list[str]] | None = None
+    ) -> list[dict[str, Any]]:
+        """The Allow statements whose Action and Resource match; with a request ``context`` (condition key
+        -> values, e.g. the resource's tags) only those whose Conditions hold in it, else Conditions are not
+        evaluated."""
         return [
             s
             for s in self.statements
             if s.get("Effect") == "Allow"
             and any(_matches(a, action, case=False) for a in _as_list(s.get("Action", [])))
             and any(_matches(r, resource, case=True) for r in _as_list(s.get("Resource", [])))
+            and (context is None or _conditions_hold(s.get("Condition") or {}, context))
         ]
 
-    def allows(self, action: str, resource: str) -> bool:
-        return bool(self.allowing(action, resource))
+    def allows(self, action: str, resource: str, context: Mapping[str, list[str]] | None = None) -> bool:
+        return bool(self.allowing(action, resource, context))
 
     def actions(self) -> set[str]:
         return {a for s in self.statements if s.get("Effect") == "Allow" for a in _as_list(s.get("Action", []))}

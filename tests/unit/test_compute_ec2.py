@@ -24,6 +24,7 @@ from etcdops.domain.compute.base import Host
 from etcdops.domain.compute.errors import (
     ActionParameterError,
     CertificateAuthorityError,
+    ComputeApiError,
     ComputeConfigError,
     HostCommandFailedError,
     HostCommandTimeoutError,
@@ -201,6 +202,44 @@ def test_each_cluster_launches_into_its_own_subnet_with_its_own_security_groups(
 
     # without security groups of its own, a cluster keeps the launch template's (none named: EC2's choice)
     assert "SecurityGroupIds" not in aws.provider().launch_request("m5")
+
+
+def test_what_the_provider_makes_is_tagged_with_its_cluster_and_fleet(aws: Aws) -> None:
+    host = aws.provider().launch("m4")
+    owner = {"etcdops:cluster": CLUSTER, "etcdops:fleet": STACK}
+    assert owner.items() <= {t["Key"]: t["Value"] for t in aws.instance(host.host_id)["Tags"]}.items()
+    secret = aws.secrets.describe_secret(SecretId=f"etcdops/{CLUSTER}/members/m4")
+    assert owner.items() <= {t["Key"]: t["Value"] for t in secret["Tags"]}.items()
+
+
+class DeniedReads:
+    """Secrets Manager as a registered cluster's role sees it: a read is refused for a secret without
+    this fleet's tag, and for one that does not exist (AWS cannot check a missing secret's tag)."""
+
+    def __init__(self, secrets: Any) -> None:
+        self.secrets = secrets
+
+    def get_secret_value(self, SecretId: str) -> Any:
+        if not SecretId.endswith("/ca"):
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "GetSecretValue")
+        return self.secrets.get_secret_value(SecretId=SecretId)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.secrets, name)
+
+
+def test_a_refused_read_of_a_member_secret_creates_it_or_names_a_stranger_s(aws: Aws) -> None:
+    compute = aws.provider()
+    compute.secrets = DeniedReads(aws.secrets)
+
+    compute.issue_certificates("m4")  # refused because missing: created, tagged as this fleet's
+    assert aws.member_secret("m4")["member"] == "m4"
+
+    compute.secrets.create_secret(Name=f"etcdops/{CLUSTER}/members/m5", SecretString="{}")  # someone else's
+    with pytest.raises(ComputeApiError, match=rf"^etcdops/{CLUSTER}/members/m5 exists but this function may not "
+                       rf"read it: .* must be tagged etcdops:fleet={STACK} "):  # fmt: skip
+        compute.issue_certificates("m5")
+    assert aws.secrets.get_secret_value(SecretId=f"etcdops/{CLUSTER}/members/m5")["SecretString"] == "{}"
 
 
 def test_find_ignores_terminated_instances_and_other_clusters(aws: Aws) -> None:
@@ -734,7 +773,7 @@ def test_a_volume_backup_on_ec2_snapshots_the_follower_s_data_volumes_together_a
     tags = {t["Key"]: t["Value"] for t in snapshots[0]["Tags"]}
     assert tags == {
         "etcdops:cluster": CLUSTER, "etcdops:member": "m2", "etcdops:revision": "4242", "etcdops:kind": "volume",
-        "etcdops:backup-id": record.id,
+        "etcdops:backup-id": record.id, "etcdops:fleet": STACK,
     }  # fmt: skip
     # and the catalogue records it as a volume backup the provider keeps, never as a verified full one,
     # and retention deleted the stale one's snapshot, then its record

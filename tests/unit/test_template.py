@@ -3,6 +3,7 @@ that make it deployable and least-privileged, checked offline."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -116,8 +117,12 @@ def secret_arn(name: str) -> str:
     return f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}-Xy7Zq2"
 
 
-def readers(template: Template, arn: str) -> set[str]:
-    return {role for role, policy in template.roles() if policy.allows("secretsmanager:GetSecretValue", arn)}
+def readers(template: Template, arn: str, tags: Mapping[str, str] | None = None) -> set[str]:
+    """The roles that may read secret ``arn`` when it carries ``tags`` (none: untagged)."""
+    context = {f"aws:ResourceTag/{k}": [v] for k, v in (tags or {}).items()}
+    return {
+        role for role, policy in template.roles() if policy.allows("secretsmanager:GetSecretValue", arn, context)
+    }
 
 
 @pytest.mark.parametrize("cluster", [CLUSTER, STACK], ids=["own-name", "named-like-the-stack"])
@@ -135,6 +140,18 @@ def test_each_secret_is_readable_only_by_the_functions_that_need_it(cluster: str
     # nothing of another cluster, and nothing that merely starts like the CA's name
     assert readers(template, secret_arn("etcdops/other/client/key")) == set()
     assert readers(template, secret_arn(f"etcdops/{cluster}/ca-backup")) == set()
+    # a cluster registered with this stack: its secrets tagged etcdops:fleet=<stack> (README: IAM for a fleet)
+    fleet = {"etcdops:fleet": STACK}
+    assert readers(template, secret_arn("etcdops/c2/client/key"), fleet) == {
+        "BackupFunctionRole", "HealthCheckFunctionRole", "RunbookStepFunctionRole",
+    }  # fmt: skip
+    assert readers(template, secret_arn("etcdops/c2/ca"), fleet) == {"RunbookStepFunctionRole"}
+    assert readers(template, secret_arn("etcdops/c2/members/m4"), fleet) == {"RunbookStepFunctionRole"}
+    for tags in ({"etcdops:fleet": "other-stack"}, {"etcdops:cluster": "c2"}):  # another deployment's, or none
+        for name in ("client/key", "ca", "members/m4", "ca-next"):
+            assert readers(template, secret_arn(f"etcdops/c2/{name}"), tags) == set(), (tags, name)
+    assert readers(template, secret_arn("etcdops/c2/ca-backup"), fleet) == set()
+    assert readers(template, secret_arn("other/c2/client/key"), fleet) == set()
 
 
 def test_no_star_resource_where_iam_could_scope_it(template: Template) -> None:
@@ -187,22 +204,37 @@ def test_hosts_are_launched_retired_and_commanded_only_with_this_clusters_tag(te
     ours = [CLUSTER, f"{CLUSTER}-drill"]  # the cluster's hosts and its restore drills' scratch hosts
     tag = {"StringEquals": {"aws:RequestTag/etcdops:cluster": ours}}
 
-    assert conditions_of(role.allowing("ec2:RunInstances", instance)) == [tag]
-    assert conditions_of(role.allowing("ec2:RunInstances", f"arn:aws:ec2:{REGION}:{ACCOUNT}:volume/vol-1")) == [tag]
+    # and the hosts of the clusters registered with this stack: tagged etcdops:fleet=<stack> (and a cluster)
+    fleet_tag = {
+        "StringEquals": {"aws:RequestTag/etcdops:fleet": STACK},
+        "Null": {"aws:RequestTag/etcdops:cluster": "false"},
+    }
+    fleet_host = {"StringEquals": {"aws:ResourceTag/etcdops:fleet": STACK}}
+
+    assert conditions_of(role.allowing("ec2:RunInstances", instance)) == [fleet_tag, tag]
+    assert conditions_of(role.allowing("ec2:RunInstances", f"arn:aws:ec2:{REGION}:{ACCOUNT}:volume/vol-1")) == [
+        fleet_tag, tag,
+    ]  # fmt: skip
     assert conditions_of(role.allowing("ec2:CreateTags", instance)) == [
         {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
     ]
     assert conditions_of(role.allowing("ec2:TerminateInstances", instance)) == [
-        {"StringEquals": {"aws:ResourceTag/etcdops:cluster": ours}}
-    ]
+        fleet_host, {"StringEquals": {"aws:ResourceTag/etcdops:cluster": ours}},
+    ]  # fmt: skip
     assert conditions_of(role.allowing("ssm:SendCommand", instance)) == [
+        {"StringEquals": {"ssm:resourceTag/etcdops:fleet": STACK}},
         {"StringEquals": {"ssm:resourceTag/etcdops:cluster": ours}},
         {"StringEquals": {"ssm:resourceTag/etcdops:control-plane": CLUSTER}},
     ]
     target_group = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:targetgroup/etcd/0123456789abcdef"
     assert conditions_of(role.allowing("elasticloadbalancing:RegisterTargets", target_group)) == [
-        {"StringEquals": {"aws:ResourceTag/etcdops:cluster": CLUSTER}}
-    ]
+        fleet_host, {"StringEquals": {"aws:ResourceTag/etcdops:cluster": CLUSTER}},
+    ]  # fmt: skip
+    # a host of another deployment's cluster, or one tagged with a cluster only, is neither retired nor commanded
+    for tags in ({"etcdops:cluster": "c3", "etcdops:fleet": "other-stack"}, {"etcdops:cluster": "c3"}):
+        context = {f"{p}:ResourceTag/{k}": [v] for k, v in tags.items() for p in ("aws", "ssm")}
+        assert not role.allows("ec2:TerminateInstances", instance, context), tags
+        assert not role.allows("ssm:SendCommand", instance, context), tags
     assert conditions_of(role.allowing("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/etcdops-member")) == [
         {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
     ]
@@ -219,16 +251,19 @@ def test_volume_backups_snapshot_only_this_clusters_volumes_into_its_own_snapsho
     volume = f"arn:aws:ec2:{REGION}:{ACCOUNT}:volume/vol-1"
     snapshot = f"arn:aws:ec2:{REGION}::snapshot/snap-1"
     ours = {"StringEquals": {"aws:ResourceTag/etcdops:cluster": CLUSTER}}
-    assert conditions_of(role.allowing("ec2:CreateSnapshots", instance)) == [ours]
-    assert conditions_of(role.allowing("ec2:CreateSnapshots", volume)) == [ours]
+    fleet = {"StringEquals": {"aws:ResourceTag/etcdops:fleet": STACK}}  # a registered cluster's
+    assert conditions_of(role.allowing("ec2:CreateSnapshots", instance)) == [ours, fleet]
+    assert conditions_of(role.allowing("ec2:CreateSnapshots", volume)) == [ours, fleet]
     assert conditions_of(role.allowing("ec2:CreateSnapshots", snapshot)) == [
-        {"StringEquals": {"aws:RequestTag/etcdops:cluster": CLUSTER, "aws:RequestTag/etcdops:kind": "volume"}}
+        {"StringEquals": {"aws:RequestTag/etcdops:cluster": CLUSTER, "aws:RequestTag/etcdops:kind": "volume"}},
+        {"StringEquals": {"aws:RequestTag/etcdops:fleet": STACK, "aws:RequestTag/etcdops:kind": "volume"}},
     ]
     assert conditions_of(role.allowing("ec2:CreateTags", snapshot)) == [
         {"StringEquals": {"ec2:CreateAction": "CreateSnapshots"}}
     ]
     assert conditions_of(role.allowing("ec2:DeleteSnapshot", snapshot)) == [
-        {"StringEquals": {"aws:ResourceTag/etcdops:cluster": CLUSTER, "aws:ResourceTag/etcdops:kind": "volume"}}
+        {"StringEquals": {"aws:ResourceTag/etcdops:cluster": CLUSTER, "aws:ResourceTag/etcdops:kind": "volume"}},
+        {"StringEquals": {"aws:ResourceTag/etcdops:fleet": STACK, "aws:ResourceTag/etcdops:kind": "volume"}},
     ]
     assert not role.allowing("ec2:CreateTags", instance) and not role.allowing("ec2:DeleteVolume", volume)
     # no other function takes snapshots
@@ -519,7 +554,10 @@ def test_restore_stages_plaintext_in_an_unversioned_expiring_kms_bucket_only_run
         assert role.allows(action, staged)
     assert role.allows("s3:ListBucket", f"arn:aws:s3:::{bucket}")
     assert role.allows("s3:ListBucketMultipartUploads", f"arn:aws:s3:::{bucket}")  # a crashed upload's parts
-    assert not role.allows("s3:PutObject", f"arn:aws:s3:::{bucket}/other/restore/x.snapshot")  # another cluster's
+    # any cluster of the fleet stages under its own prefix of this stack's bucket; nothing outside those prefixes
+    assert role.allows("s3:PutObject", f"arn:aws:s3:::{bucket}/c2/restore/x.snapshot")
+    assert not role.allows("s3:PutObject", f"arn:aws:s3:::{bucket}/c2/elsewhere/x.snapshot")
+    assert not role.allows("s3:PutObject", f"arn:aws:s3:::{bucket}/x.snapshot")
 
 
 def test_the_starvation_alarms_default_to_the_etcd_mixins_levels_over_10_minutes(template: Template) -> None:

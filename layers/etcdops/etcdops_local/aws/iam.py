@@ -249,16 +249,28 @@ def _authorize(authorizer: Authorizer, response: Any, iam_request_cls: type, res
     denied = authorizer.decide(access_key._owner_role_name, request)
     if denied is None:
         return
-    call = denied[0]
     if is_s3:
         iam_request._raise_access_denied()
-    if request.prefix == "ec2":  # EC2 says it its own way
-        raise _ec2_refusal(
-            f"You are not authorized to perform this operation. User: {access_key.arn} is not authorized to "
-            f"perform: {call.action} on resource: {call.resource} because no identity-based policy allows the "
-            f"{call.action} action",
+    raise _refusal(request.prefix, bool(headers.get("X-Amz-Target")), access_key.arn, denied[0])
+
+
+def _refusal(prefix: str, json_protocol: bool, user_arn: str, call: Call) -> Exception:
+    """The denial as the service says it: EC2's ``UnauthorizedOperation``, a JSON protocol service's (SSM,
+    Secrets Manager, KMS...) ``AccessDeniedException`` in JSON, else the query protocols' ``AccessDenied``."""
+    from moto.core.exceptions import AccessDeniedError, JsonRESTError
+
+    because = f"because no identity-based policy allows the {call.action} action"
+    if prefix == "ec2":
+        return _ec2_refusal(
+            f"You are not authorized to perform this operation. User: {user_arn} is not authorized to "
+            f"perform: {call.action} on resource: {call.resource} {because}",
         )
-    raise AccessDeniedError(user_arn=access_key.arn, action=f"{call.action} on resource: {call.resource}")
+    if json_protocol:
+        return JsonRESTError(
+            "AccessDeniedException",
+            f"User: {user_arn} is not authorized to perform: {call.action} on resource: {call.resource} {because}",
+        )
+    return AccessDeniedError(user_arn=user_arn, action=f"{call.action} on resource: {call.resource}")
 
 
 def _ec2_refusal(message: str) -> Exception:

@@ -71,8 +71,12 @@ CLUSTER_TAG = "etcdops:cluster"
 MEMBER_TAG = "etcdops:member"
 CONTROL_PLANE_TAG = "etcdops:control-plane"
 INSTANCE_ARN_TAG = "etcdops:instance-arn"
+#: the deployment (stack) whose fleet a resource is of: the IAM grants for registered clusters require it
+FLEET_TAG = "etcdops:fleet"
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
-SecretState = Literal["missing", "deleted", "present"]
+# "denied": not readable by this role, which for a registered cluster's secret (granted by its etcdops:fleet
+# tag) is what AWS answers for one that does not exist yet: creating it (tagged so) tells the two apart
+SecretState = Literal["missing", "deleted", "present", "denied"]
 _TERMINAL: tuple[ActionStatus, ...] = ("Success", "Failed", "Cancelled", "TimedOut")
 _IN_FLIGHT = ("Pending", "InProgress", "Delayed")
 _DENIED_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedAccess"}
@@ -156,6 +160,12 @@ class Ec2ComputeProvider(ComputeProvider):
     def status_check_alarm_name(self, instance_id: str) -> str:
         """Matched by the stack's EventBridge rule (prefix ``<stack>-status-check-``), so it triggers HealthCheck."""
         return f"{self.stack_name}-status-check-{instance_id}"
+
+    @property
+    def owner_tags(self) -> dict[str, str]:
+        """The tags of everything this provider makes: its cluster, and the deployment whose fleet it is of
+        (the IAM grants of a registered cluster's hosts, secrets and snapshots require both)."""
+        return {CLUSTER_TAG: self.cluster, FLEET_TAG: self.stack_name}
 
     def document_name(self, key: str) -> str:
         return self.settings.ssm_documents.get(key) or DOCUMENTS[key].default_name(self.stack_name)
@@ -278,7 +288,7 @@ class Ec2ComputeProvider(ComputeProvider):
     def launch_request(self, name: str) -> dict[str, Any]:
         """The RunInstances request that launches member ``name`` (the preflight dry-runs exactly this)."""
         tags = [
-            {"Key": CLUSTER_TAG, "Value": self.cluster},
+            *({"Key": k, "Value": v} for k, v in self.owner_tags.items()),
             {"Key": MEMBER_TAG, "Value": name},
             {"Key": "Name", "Value": f"etcd-{self.cluster}-{name}"},
         ]
@@ -342,7 +352,7 @@ class Ec2ComputeProvider(ComputeProvider):
         """EBS snapshots of every data volume of ``host``'s instance, taken together (``CreateSnapshots``:
         crash-consistent across the volumes), the boot volume left out, tagged with ``tags`` and the
         cluster and member tags (what the IAM conditions check). Nothing is copied below ``workdir``."""
-        snapshot_tags = {**tags, CLUSTER_TAG: self.cluster, MEMBER_TAG: host.name}
+        snapshot_tags = {**tags, **self.owner_tags, MEMBER_TAG: host.name}
         try:
             response = self.ec2.create_snapshots(
                 InstanceSpecification={"InstanceId": host.host_id, "ExcludeBootVolume": True},
@@ -451,6 +461,8 @@ class Ec2ComputeProvider(ComputeProvider):
                 return None, "missing"
             if aws_error_code(exc) == "InvalidRequestException":  # scheduled for deletion
                 return None, "deleted"
+            if aws_error_code(exc) in _DENIED_CODES:
+                return None, "denied"
             raise _api_error(f"reading {secret_id}", exc) from exc
         except BotoCoreError as exc:
             raise _api_error(f"reading {secret_id}", exc) from exc
@@ -509,18 +521,26 @@ class Ec2ComputeProvider(ComputeProvider):
 
     def _write_secret(self, secret_id: str, name: str, value: str, state: SecretState) -> None:
         try:
-            if state == "missing":
+            if state in ("missing", "denied"):
                 try:
                     self.secrets.create_secret(
                         Name=secret_id,
                         SecretString=value,
                         Description=f"etcd member {name} of {self.cluster}: certificate, key, CA (etcdops)",
-                        Tags=[{"Key": CLUSTER_TAG, "Value": self.cluster}, {"Key": MEMBER_TAG, "Value": name}],
+                        Tags=[
+                            *({"Key": k, "Value": v} for k, v in self.owner_tags.items()),
+                            {"Key": MEMBER_TAG, "Value": name},
+                        ],
                     )
                     return
                 except ClientError as exc:
                     if aws_error_code(exc) != "ResourceExistsException":
                         raise
+                    if state == "denied":
+                        raise ComputeApiError(
+                            f"{secret_id} exists but this function may not read it: a registered cluster's secrets "
+                            f"must be tagged {FLEET_TAG}={self.stack_name} (README: IAM for a fleet)"
+                        ) from None
             if state == "deleted":
                 self.secrets.restore_secret(SecretId=secret_id)  # retired with an earlier host of this name
             self.secrets.put_secret_value(SecretId=secret_id, SecretString=value)

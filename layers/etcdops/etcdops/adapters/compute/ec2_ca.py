@@ -39,12 +39,20 @@ def _api_error(what: str, exc: Exception) -> ComputeApiError:
     return make(what, exc)
 
 
+# A rotation's own secrets (ca-next, ca-old) of a registered cluster are granted by their etcdops:fleet tag,
+# so AWS refuses to read one that does not exist yet: for them a denial counts as missing, and the write
+# that follows creates the secret tagged (or fails, naming the secret, when it exists and is not ours).
+_ROTATION_SECRETS = ("/ca-next", "/ca-old")
+
+
 def _read_text(provider: Ec2ComputeProvider, secret_id: str) -> str | None:
     """The secret's text; None when it does not exist (or is scheduled for deletion)."""
     try:
         return str(provider.secrets.get_secret_value(SecretId=secret_id)["SecretString"])
     except ClientError as exc:
         if aws_error_code(exc) in ("ResourceNotFoundException", "InvalidRequestException"):
+            return None
+        if secret_id.endswith(_ROTATION_SECRETS) and _denied(exc):
             return None
         raise _api_error(f"reading {secret_id}", exc) from exc
     except BotoCoreError as exc:
@@ -75,14 +83,12 @@ def _put(provider: Ec2ComputeProvider, secret_id: str, data: dict[str, Any] | st
             code = aws_error_code(exc)
             if code == "InvalidRequestException":  # scheduled for deletion by an earlier rotation's end
                 provider.secrets.restore_secret(SecretId=secret_id)
-            elif code == "ResourceNotFoundException":
-                from etcdops.adapters.compute.ec2 import CLUSTER_TAG
-
+            elif code == "ResourceNotFoundException" or (secret_id.endswith(_ROTATION_SECRETS) and _denied(exc)):
                 provider.secrets.create_secret(
                     Name=secret_id,
                     SecretString=value,
                     Description=description,
-                    Tags=[{"Key": CLUSTER_TAG, "Value": provider.cluster}],
+                    Tags=[{"Key": k, "Value": v} for k, v in provider.owner_tags.items()],
                 )
                 return
             else:
@@ -90,6 +96,12 @@ def _put(provider: Ec2ComputeProvider, secret_id: str, data: dict[str, Any] | st
         provider.secrets.put_secret_value(SecretId=secret_id, SecretString=value)
     except (ClientError, BotoCoreError) as exc:
         raise _api_error(f"writing {secret_id}", exc) from exc
+
+
+def _denied(exc: ClientError) -> bool:
+    from etcdops.adapters.compute.ec2 import _DENIED_CODES
+
+    return aws_error_code(exc) in _DENIED_CODES
 
 
 def _id(provider: Ec2ComputeProvider, which: str) -> str:
