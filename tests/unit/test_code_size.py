@@ -50,7 +50,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops_local/aws/ec2.py:patch_compute",
         "etcdops_local/aws/schedule.py",
         "etcdops_local/cli/main.py:build_parser",
-        "etcdops_local/compute.py",
         "etcdops_local/demo.py:run_demo",
     }
 )

@@ -23,14 +23,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,8 +34,6 @@ from urllib.parse import unquote, urlsplit
 from etcdops.adapters import pki
 from etcdops.adapters.compute.factory import register_provider
 from etcdops.domain.compute.base import (
-    ACTIONS,
-    DOCUMENTS,
     ActionResult,
     ActionStatus,
     ComputeProvider,
@@ -63,77 +56,15 @@ from etcdops.domain.compute.errors import (
 )
 from etcdops.domain.config import ClusterConfig, LocalCompute
 from etcdops.domain.errors import EtcdopsError, PkiError
-from etcdops.domain.findings import Check, Finding
+from etcdops.domain.findings import Finding
 from etcdops_local import ca_rotation
-from etcdops_local.cluster import EtcdBinaries, LocalCluster, LocalClusterError, LocalMember
+from etcdops_local.cluster import LocalCluster, LocalMember
+from etcdops_local.compute.volume_copy import COPY_COMMAND, MAX_PAUSE_SECONDS, _wait_stopped, paused_copy
 
 LOCAL_HOST_ID_PREFIX = "local:"
 _HOOK_TIMEOUT = 300.0
-#: the longest a member stays SIGSTOPped for a volume copy: then the copy is given up and, should this
-#: process have died, the watchdog resumes the member anyway
-MAX_PAUSE_SECONDS = 60.0
-COPY_COMMAND = ("cp", "--")
-_WATCHDOG = (
-    "import os, signal, sys, time\n"
-    "time.sleep(float(sys.argv[2]))\n"
-    "try:\n    os.kill(int(sys.argv[1]), signal.SIGCONT)\nexcept OSError:\n    pass\n"
-)
 
-
-def _wait_stopped(pid: int, deadline: float, proc: Path = Path("/proc")) -> None:
-    """Wait until every thread of ``pid`` is stopped: SIGSTOP is delivered asynchronously, and a thread
-    inside a write keeps running until the write returns; only then is the data what a crash would leave."""
-    while True:
-        states = []
-        for stat in (proc / str(pid) / "task").glob("*/stat"):
-            with contextlib.suppress(OSError):
-                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
-        if states and all(state in ("T", "t") for state in states):
-            return
-        if not states and not (proc / str(pid)).exists():
-            raise ProcessLookupError(f"process {pid} is gone")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not every thread of process {pid} stopped within the pause bound")
-        time.sleep(0.001)
-
-
-def paused_copy(
-    pid: int, source: Path, target: Path, *, command: Sequence[str] = COPY_COMMAND, max_pause: float = MAX_PAUSE_SECONDS
-) -> float:
-    """Copy ``source`` to ``target`` (``command SOURCE TARGET``) while process ``pid`` is SIGSTOPped, so the
-    copy is what a crash at that moment would leave; returns how long the process was held.
-
-    The process is always continued: in ``finally`` when the copy ends, fails, is killed or runs over
-    ``max_pause``, and by a detached watchdog process after ``max_pause`` should this process die
-    meanwhile (it is killed once the member runs again). A failed copy leaves no ``target``.
-    """
-    watchdog = subprocess.Popen(
-        [sys.executable, "-c", _WATCHDOG, str(pid), str(max_pause)],
-        start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    started = time.monotonic()
-    try:
-        try:
-            os.kill(pid, signal.SIGSTOP)
-            _wait_stopped(pid, started + max_pause)
-            done = subprocess.run(
-                [*command, str(source), str(target)], capture_output=True, text=True, check=False, timeout=max_pause
-            )
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-            paused = time.monotonic() - started
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        target.unlink(missing_ok=True)
-        raise LocalClusterError(f"copying {source} while its member was paused failed: {exc}") from exc
-    finally:
-        watchdog.kill()
-        watchdog.wait()
-    if done.returncode != 0:
-        target.unlink(missing_ok=True)
-        why = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
-        raise LocalClusterError(f"copying {source} while its member was paused failed: {why[0]}")
-    return paused
+__all__ = ["COPY_COMMAND", "MAX_PAUSE_SECONDS", "_wait_stopped", "paused_copy"]  # in volume_copy, importable here
 
 
 class LocalComputeProvider(ComputeProvider):
@@ -277,60 +208,9 @@ class LocalComputeProvider(ComputeProvider):
     # ---- preflight -----------------------------------------------------------------------
 
     def preflight(self, plan: PreflightPlan) -> list[Finding]:
-        findings: list[Finding] = []
-        cluster = self.cluster
-        etcd_commands = [k for k in plan.documents if DOCUMENTS[k].group == "etcd"]
-        if plan.launch or "RenewCertificates" in plan.documents:  # both issue certificates from the CA
-            try:
-                pki.check_ca(pki.load_pem(cluster.pki_dir / "ca.crt", cluster.pki_dir / "ca.key"))
-            except PkiError as exc:
-                findings.append(
-                    Finding(
-                        "ca",
-                        f"CA {cluster.pki_dir / 'ca.crt'}",
-                        f"cannot issue member certificates: {str(exc).removeprefix('ca: ')}.",
-                        "restore pki/ca.crt and pki/ca.key of this local stack (or recreate it: etcdops local up).",
-                    )
-                )
-            findings += _writable("launch", cluster.pki_dir, "new members' certificates are written there")
-        if plan.launch:
-            findings += _writable("launch", cluster.state_dir, "new members are recorded in local.json there")
-        if plan.launch or etcd_commands:
-            try:
-                EtcdBinaries.locate(cluster.state().bin_dir)  # runs etcd --version
-            except EtcdopsError as exc:
-                findings.append(
-                    Finding(
-                        "host-command",
-                        f"etcd binaries of {cluster.state_dir}",
-                        f"cannot run: {exc}.",
-                        "install etcd where local.json's bin_dir points (or set ETCD_BIN_DIR and recreate the stack).",
-                    )
-                )
-        for name in plan.commanded:
-            if self.find(name) is None:
-                findings.append(
-                    Finding(
-                        "host",
-                        f"member host {name}",
-                        "has no record in the local stack, but the runbook will send it host commands.",
-                        "restore onto new hosts (mode new-hosts), or start the runbook with the current members.",
-                    )
-                )
-        for action, argv in self.hooks.items():
-            used = plan.control_plane and ACTIONS[action] in plan.documents
-            if used and argv and shutil.which(argv[0]) is None:
-                findings.append(
-                    Finding(
-                        "control-plane",
-                        f"hook {action}",
-                        f"its program {argv[0]} is not an executable file.",
-                        f"install {argv[0]}, or change the {action} hook.",
-                    )
-                )
-        if plan.repoint:
-            findings += _writable("target-group", cluster.config_file.parent, "clients are repointed in cluster.yaml")
-        return findings
+        from etcdops_local.compute.preflight import local_preflight
+
+        return local_preflight(self, plan)
 
     # ---- host actions --------------------------------------------------------------------
 
@@ -434,23 +314,6 @@ class LocalComputeProvider(ComputeProvider):
             return HostActionResult(host.host_id, host.name, "Failed", f"{argv[0]}: {exc.strerror or exc}")
         status: ActionStatus = "Success" if done.returncode == 0 else "Failed"
         return HostActionResult(host.host_id, host.name, status, (done.stdout + done.stderr).strip())
-
-
-def _writable(check: Check, directory: Path, why: str) -> list[Finding]:
-    """[] when a file can be created in ``directory`` (a real write, removed at once), else a finding."""
-    try:
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".etcdops-preflight-"):
-            pass
-    except OSError as exc:
-        return [
-            Finding(
-                check,
-                f"directory {directory}",
-                f"cannot be written ({exc.strerror or exc}), but {why}.",
-                "give the etcdops user write access to it (and free space).",
-            )
-        ]
-    return []
 
 
 def open_local_compute(config: ClusterConfig, hooks: Mapping[str, Sequence[str]] | None) -> LocalComputeProvider:
