@@ -138,6 +138,10 @@ def member_instance(aws: LocalAws, image: str, cluster: str, member: str) -> str
     )["Instances"][0]["InstanceId"])  # fmt: skip
 
 
+def made_zone(aws: LocalAws, volume: str) -> str:
+    return str(aws.client("ec2").describe_volumes(VolumeIds=[volume])["Volumes"][0]["AvailabilityZone"])
+
+
 def volume_backups(aws: LocalAws) -> list[str]:
     """The snapshots tagged as volume backups (the image's own snapshot is not one)."""
     found = aws.client("ec2").describe_snapshots(
@@ -146,7 +150,9 @@ def volume_backups(aws: LocalAws) -> list[str]:
     return [s["SnapshotId"] for s in found["Snapshots"]]
 
 
-def test_backups_role_snapshots_and_prunes_its_clusters_volumes_and_no_others(aws: LocalAws) -> None:
+def test_volume_backups_and_restores_from_them_touch_only_their_clusters_volumes_under_the_roles(
+    aws: LocalAws,
+) -> None:
     stack = aws.build_stack(TEMPLATE, {"ClusterName": CLUSTER})
     settings, image = account_with_a_launch_template(aws, stack)
     session = aws.function_session(stack, "BackupFunction")
@@ -166,12 +172,34 @@ def test_backups_role_snapshots_and_prunes_its_clusters_volumes_and_no_others(aw
     [snapshot] = compute.snapshot_volume(host, tags, "").snapshot_ids
     made = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]
     assert {"Key": "etcdops:cluster", "Value": CLUSTER} in made["Tags"]
+    # RestoreCluster from it, with RunbookStep's role: a new host gets a volume of the snapshot in its zone,
+    # attached, then detached and deleted
+    restoring = as_runbook_step(aws, stack, settings)
+    new_host = restoring.launch("m2-s1")
+    assert restoring.volume_snapshot_problem(snapshot) is None
+    uri = restoring.attach_snapshot_volume(new_host, snapshot, "restore-x1")
+    assert restoring.remove_snapshot_volumes("restore-x1") == [uri.removeprefix("ebs://")]
     compute.delete_volume_snapshots([snapshot])
     assert volume_backups(aws) == []
     assert aws.authorizer.denials == []
     decided = {(r.principal, r.action) for r in aws.authorizer.recorder.records if r.allowed and r.modelled}
     wanted = ("ec2:CreateSnapshots", "ec2:CreateTags", "ec2:DeleteSnapshot", "ec2:DescribeInstances")
     assert {("BackupFunction", action) for action in wanted} <= decided
+    restore = ("ec2:DescribeSnapshots", "ec2:CreateVolume", "ec2:CreateTags", "ec2:AttachVolume", "ec2:DetachVolume",
+               "ec2:DeleteVolume")  # fmt: skip
+    assert {("RunbookStepFunction", action) for action in restore} <= decided
+    # RunbookStep deletes no volume a restore did not make (the member's data volume), makes none of a snapshot
+    # that is no volume backup of this cluster
+    data = next(v["VolumeId"] for v in ec2.describe_volumes()["Volumes"] if v["Attachments"] and v["Size"] == 20)
+    step = aws.function_session(stack, "RunbookStepFunction").client("ec2")
+    aws.authorizer.expect_denied("RunbookStepFunction", "ec2:DeleteVolume")
+    with pytest.raises(ClientError, match="UnauthorizedOperation"):
+        step.delete_volume(VolumeId=data)
+    foreign = ec2.create_snapshot(VolumeId=data)["SnapshotId"]
+    aws.authorizer.expect_denied("RunbookStepFunction", "ec2:CreateVolume")
+    with pytest.raises(ClientError, match="UnauthorizedOperation"):
+        step.create_volume(AvailabilityZone=made_zone(aws, data), SnapshotId=foreign, TagSpecifications=[
+            {"ResourceType": "volume", "Tags": [{"Key": "etcdops:cluster", "Value": CLUSTER}]}])  # fmt: skip
 
     # Another cluster's member in the account: its volumes are not snapshotted, its snapshots not deleted
     staging = member_instance(aws, image, "staging", "m2")

@@ -124,9 +124,7 @@ def _launch_plain_instance(aws: Aws, tags: dict[str, str]) -> str:
             MinCount=1,
             MaxCount=1,
             SubnetId=aws.subnets[0],
-            TagSpecifications=[
-                {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
-            ],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
         )["Instances"][0]["InstanceId"]
     )
 
@@ -357,9 +355,7 @@ def test_retiring_a_host_deletes_its_alarm_and_leaves_the_others(aws: Aws) -> No
     assert list(aws.alarms()) == [f"{STACK}-status-check-{kept.host_id}"]
 
 
-def test_an_alarm_that_cannot_be_made_does_not_stop_the_launch(
-    aws: Aws, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_an_alarm_that_cannot_be_made_does_not_stop_the_launch(aws: Aws, caplog: pytest.LogCaptureFixture) -> None:
     class Refusing:
         def put_metric_alarm(self, **request: Any) -> None:
             message = "not authorized to perform cloudwatch:PutMetricAlarm"
@@ -760,7 +756,12 @@ def test_a_volume_backup_on_ec2_snapshots_the_follower_s_data_volumes_together_a
 
     # When a volume backup runs
     result = run_volume_backup(
-        config, client, health, store, local_key_provider(tmp_path / "k", create=True), compute  # type: ignore[arg-type]
+        config,
+        client,
+        health,
+        store,
+        local_key_provider(tmp_path / "k", create=True),
+        compute,  # type: ignore[arg-type]
     )
 
     # Then the follower was read through and made to commit before its volumes were snapshotted together,
@@ -1016,3 +1017,151 @@ def test_the_ca_rotation_sends_only_documented_host_commands_with_parameters_the
         if key == "StartEtcd":
             assert given["InitialClusterState"] == "existing"
             assert f"m1={hosts['m1'].peer_url}" in given["InitialCluster"]
+
+
+# ---- restoring a whole cluster from one member's EBS volume backup ---------------------------------
+
+
+def test_a_restore_gets_a_volume_of_the_snapshot_in_each_hosts_zone_attached_and_removes_them(aws: Aws) -> None:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+
+    from etcdops_local.aws.ec2 import strict_compute
+
+    compute = aws.provider()
+    compute.poll_seconds = 0
+    with strict_compute():
+        # Given two new hosts in two zones and a volume backup of the cluster (a snapshot tagged as one)
+        hosts = [compute.launch("m1-s1"), compute.launch("m2-s1")]
+        zones = [aws.instance(h.host_id)["Placement"]["AvailabilityZone"] for h in hosts]
+        assert zones == [f"{REGION}a", f"{REGION}b"]
+        data = aws.ec2.create_volume(Size=20, AvailabilityZone=f"{REGION}a")["VolumeId"]
+        snapshot = aws.ec2.create_snapshot(VolumeId=data)["SnapshotId"]
+        aws.ec2.create_tags(Resources=[snapshot], Tags=[{"Key": "etcdops:cluster", "Value": CLUSTER},
+                                                       {"Key": "etcdops:kind", "Value": "volume"}])  # fmt: skip
+        assert compute.volume_snapshot_problem(snapshot) is None
+
+        # When each host gets its volume (and a retry asks again for the first)
+        uris = [compute.attach_snapshot_volume(h, snapshot, "restore-x1") for h in hosts]
+        assert compute.attach_snapshot_volume(hosts[0], snapshot, "restore-x1") == uris[0]
+
+        # Then each is a new volume from the snapshot in its host's zone, attached to it and tagged for the restore
+        made = aws.ec2.describe_volumes(Filters=[{"Name": "tag:etcdops:restore", "Values": ["restore-x1"]}])["Volumes"]
+        by_id = {v["VolumeId"]: v for v in made}
+        assert sorted(uris) == sorted(f"ebs://{v}" for v in by_id) and len(made) == 2
+        for host, zone, uri in zip(hosts, zones, uris, strict=True):
+            volume = by_id[uri.removeprefix("ebs://")]
+            assert volume["SnapshotId"] == snapshot and volume["AvailabilityZone"] == zone
+            assert [a["InstanceId"] for a in volume["Attachments"]] == [host.host_id]
+            assert {"Key": "etcdops:member", "Value": host.name} in volume["Tags"]
+        # the emulator, as EC2, makes no volume of a snapshot that is not there, and never attaches a volume
+        # to an instance of another zone
+        with pytest.raises(ClientError, match=r"InvalidSnapshot\.NotFound"):
+            aws.ec2.create_volume(AvailabilityZone=zones[0], SnapshotId="snap-0123456789abcdef0")
+        with pytest.raises(ClientError, match="ZoneMismatch"):
+            aws.ec2.attach_volume(VolumeId=data, InstanceId=hosts[1].host_id, Device="/dev/sdz")
+
+        # and the clean-up (the restore's, or its Catch path's) detaches and deletes exactly those, again a no-op
+        assert sorted(compute.remove_snapshot_volumes("restore-x1")) == sorted(by_id)
+        assert compute.remove_snapshot_volumes("restore-x1") == []
+        left = {v["VolumeId"] for v in aws.ec2.describe_volumes()["Volumes"]}
+        assert data in left and not set(by_id) & left
+
+        # A snapshot that is missing, still pending or not this cluster's volume backup is refused by name
+        other = aws.ec2.create_snapshot(VolumeId=data)["SnapshotId"]
+        ec2_backends[DEFAULT_ACCOUNT_ID][REGION].snapshots[snapshot].status = "pending"
+        for snap, why in (("snap-0123456789abcdef0", "does not exist"), (snapshot, "is pending"),
+                          (other, "not a volume backup of cluster prod")):  # fmt: skip
+            assert why in (compute.volume_snapshot_problem(snap) or "")
+            with pytest.raises(ComputeConfigError, match=why):
+                compute.attach_snapshot_volume(hosts[0], snap, "restore-x2")
+        made_now = aws.ec2.describe_volumes(Filters=[{"Name": "tag:etcdops:restore", "Values": ["restore-x2"]}])
+        assert made_now["Volumes"] == []
+
+
+def test_restore_cluster_from_an_ebs_volume_backup_restores_every_new_host_from_its_own_volume(
+    aws: Aws, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from etcdops.adapters.aws import MemoryNotifier
+    from etcdops.adapters.backup.crypto import local_key_provider
+    from etcdops.adapters.backup.store import FileStore
+    from etcdops.adapters.state_memory import InMemoryStateStore
+    from etcdops.app.backup.catalogue import record_volume
+    from etcdops.app.runbook import restore
+    from etcdops.domain.backup.errors import BackupNotFoundError
+    from etcdops.domain.backup.manifest import VolumeSnapshotRecord
+
+    # Given a cluster of three hosts on EC2 and a volume backup of m2's data volume (an EBS snapshot)
+    compute = aws.provider()
+    compute.poll_seconds = 0
+    old = [compute.launch(name) for name in ("m1", "m2", "m3")]
+    zone = aws.instance(old[1].host_id)["Placement"]["AvailabilityZone"]
+    data = aws.ec2.create_volume(Size=20, AvailabilityZone=zone)["VolumeId"]
+    aws.ec2.attach_volume(VolumeId=data, InstanceId=old[1].host_id, Device="/dev/sdf")
+    tags = {"etcdops:kind": "volume", "etcdops:backup-id": "20261207T034500Z-0b0b0b", "etcdops:revision": "4242"}
+    [snapshot] = compute.snapshot_volume(old[1], tags, str(tmp_path)).snapshot_ids
+    store = FileStore(tmp_path / "store")
+    record = VolumeSnapshotRecord(
+        id="20261207T034500Z-0b0b0b", cluster_name=CLUSTER, cluster_id="c1", member_id="2", member_name="m2",
+        etcd_version="3.5.30", created_at=datetime(2026, 12, 7, 3, 45, tzinfo=UTC),
+        volume={"provider": "ec2", "revision_observed": 4242, "snapshot_ids": [snapshot]},
+    )  # fmt: skip
+    record_volume(store, record)
+    config = parse_config(
+        {"name": CLUSTER, "endpoints": ["https://10.0.1.10:2379"], "tls": {"ca": "/ca.crt"},
+         "compute": {"provider": "ec2", "launch_template": aws.template, "subnets": aws.subnets}}
+    )  # fmt: skip
+    keyring = local_key_provider(tmp_path / "k", create=True)
+    ctx = restore.RestoreContext(
+        config=config, client=None, compute=compute, state=InMemoryStateStore(),  # type: ignore[arg-type]
+        notifier=MemoryNotifier(), backup_target=lambda: (store, keyring), config_stores=[],
+    )  # fmt: skip
+    monkeypatch.setattr(restore, "_live_cluster_id", lambda ctx, urls: "c1")  # no etcd answers in this test
+
+    # When RestoreCluster is asked for it onto new hosts: its checks, then the hosts, then their data directories
+    doc = restore.acquire_lock(ctx, {"cluster": CLUSTER, "execution": "restore-x1", "backup_id": record.id,
+                                     "mode": "new-hosts"})  # fmt: skip
+    doc = restore.validate_backup(ctx, doc)
+    assert doc["volume_source"] == {"snapshot_id": snapshot, "member": "m2"} and doc["backup_revision"] == 4242
+    assert "VOLUME BACKUP" in doc["approval_summary"] and "--skip-hash-check" in doc["approval_summary"]
+    doc = restore.run_step(ctx, "LaunchHosts", doc)
+    # (a RestoreMembers that died after making its first volume leaves it to the Catch path, which removes it)
+    first = compute.find(doc["targets"][0]["name"])
+    assert first is not None
+    left = compute.attach_snapshot_volume(first, snapshot, "restore-x1").removeprefix("ebs://")
+    assert restore.run_step(ctx, "RemoveStagedSnapshot", doc)["volumes_removed"] == [left]
+    sent, created, attached = _sent_commands(aws), {}, {}
+    aws.ec2.meta.events.register(
+        "after-call.ec2.CreateVolume", lambda parsed, **_: created.update({parsed["VolumeId"]: parsed})
+    )
+    aws.ec2.meta.events.register(
+        "provide-client-params.ec2.AttachVolume", lambda params, **_: attached.update({params["VolumeId"]: params})
+    )
+    doc = restore.run_step(ctx, "RestoreMembers", doc)
+    made = {v: (c["SnapshotId"], c["AvailabilityZone"], attached[v]["InstanceId"]) for v, c in created.items()}
+
+    # Then each new host restored from a volume of the snapshot made in its own zone (sent as ebs://<volume>,
+    # without a sha256: the copy has none), and those volumes are gone again; no plaintext was staged
+    assert {c["DocumentName"] for c in sent} == {f"{STACK}-RestoreDataDir"} and len(sent) == 3
+    zones = {t["host_id"]: aws.instance(t["host_id"])["Placement"]["AvailabilityZone"] for t in doc["targets"]}
+    for command in sent:
+        [host_id] = command["InstanceIds"]
+        volume = command["Parameters"]["SnapshotUri"][0].removeprefix("ebs://")
+        assert command["Parameters"]["SnapshotSha256"] == [""]
+        assert volume in made and made[volume] == (snapshot, zones[host_id], host_id)
+    assert sorted(zones) == sorted(c["InstanceIds"][0] for c in sent)
+    assert len(doc["volumes_removed"]) == 3 and "staged" not in doc
+    assert (
+        aws.ec2.describe_volumes(Filters=[{"Name": "tag:etcdops:restore", "Values": ["restore-x1"]}])["Volumes"] == []
+    )
+    assert store.list("restore/") == []
+
+    # A volume backup whose snapshot is gone is refused before anything is stopped or launched
+    compute.delete_volume_snapshots([snapshot])
+    later = replace(ctx, state=InMemoryStateStore())  # after the first restore ended
+    again = restore.acquire_lock(later, {"cluster": CLUSTER, "execution": "restore-x2", "backup_id": record.id})
+    with pytest.raises(BackupNotFoundError, match=f"snapshot {snapshot} does not exist"):
+        restore.validate_backup(later, again)

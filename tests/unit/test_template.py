@@ -102,6 +102,8 @@ STAR_ONLY = {
     "ec2:DescribeInstances": "Describe* actions have no resource types",
     "ec2:DescribeLaunchTemplateVersions": "Describe* actions have no resource types",
     "ec2:DescribeSubnets": "Describe* actions have no resource types",
+    "ec2:DescribeSnapshots": "Describe* actions have no resource types",
+    "ec2:DescribeVolumes": "Describe* actions have no resource types",
     "elasticloadbalancing:DescribeTargetGroups": "Describe* actions have no resource types",
     "ssm:DescribeInstanceInformation": "no resource types",
     "ssm:DescribeParameters": "no resource types (it shows metadata, never values)",
@@ -300,6 +302,34 @@ def test_volume_backups_run_daily_through_the_backup_functions_fan_out(template:
     for bad in ({"detail": {"kind": "disk"}}, {"detail": {}, "kind": "volume"}, {"detail": {"cluster": "Bad_Name"}}):
         with pytest.raises(InvalidEventError, match=r"^BackupInput: "):
             backup_detail(bad)
+
+
+def test_a_restore_makes_volumes_only_of_this_clusters_volume_backups_and_deletes_only_those(
+    template: Template,
+) -> None:
+    role = template.role_of("RunbookStepFunction")
+    snapshot = f"arn:aws:ec2:{REGION}::snapshot/snap-1"
+    volume = f"arn:aws:ec2:{REGION}:{ACCOUNT}:volume/vol-1"
+    instance = f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0"
+    ours = {"aws:ResourceTag/etcdops:cluster": CLUSTER}
+    assert conditions_of(role.allowing("ec2:CreateVolume", snapshot)) == [
+        {"StringEquals": {**ours, "aws:ResourceTag/etcdops:kind": "volume"}}
+    ]
+    assert conditions_of(role.allowing("ec2:CreateVolume", volume)) == [
+        {"StringEquals": {"aws:RequestTag/etcdops:cluster": CLUSTER}}
+    ]
+    tagging = conditions_of(role.allowing("ec2:CreateTags", volume))  # only while creating (or launching)
+    assert {"StringEquals": {"ec2:CreateAction": "CreateVolume"}} in tagging
+    assert all(set(c["StringEquals"]) == {"ec2:CreateAction"} for c in tagging)
+    for action in ("ec2:AttachVolume", "ec2:DetachVolume"):
+        for resource in (volume, instance):
+            assert conditions_of(role.allowing(action, resource)) == [{"StringEquals": ours}]
+    assert conditions_of(role.allowing("ec2:DeleteVolume", volume)) == [
+        {"StringEquals": ours, "Null": {"aws:ResourceTag/etcdops:restore": "false"}}
+    ]
+    for function in set(ROLE_OF) - {"RunbookStepFunction"}:  # no other function makes or deletes volumes
+        policy = template.role_of(function)
+        assert not policy.allowing("ec2:CreateVolume", volume) and not policy.allowing("ec2:DeleteVolume", volume)
 
 
 def document_arn(name: str) -> str:

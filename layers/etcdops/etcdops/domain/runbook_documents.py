@@ -120,6 +120,13 @@ class RestoreVerified(_Part):
     revision_bumped: bool
 
 
+class VolumeSource(_Part):
+    """The EBS snapshot a restore reads (one member's data volume, as a volume backup recorded it)."""
+
+    snapshot_id: str
+    member: str | None = None
+
+
 class RestoreDocument(RunbookDocument):
     """RestoreCluster: the backup and the mode (input), then what was checked, stopped, restored, started."""
 
@@ -156,6 +163,9 @@ class RestoreDocument(RunbookDocument):
     latest: bool | None = None
     pitr: dict[str, Any] | None = None
     replayed: dict[str, Any] | None = None
+    # an EBS volume backup named as the backup (issue 17): its snapshot, restored through a volume per host
+    volume_source: VolumeSource | None = None
+    volumes_removed: list[str] | None = None
 
     @field_validator("to_revision")
     @classmethod

@@ -9,7 +9,8 @@ yes where AWS answers no:
 - a real ``RunInstances`` fails with an internal error for an unknown launch template id, accepts
   unknown AMIs, never checks ``iam:PassRole`` and drops the launch template's instance profile;
 - ``DescribeInstanceInformation`` does not exist;
-- ``SendCommand`` accepts any document name and any instance id.
+- ``SendCommand`` accepts any document name and any instance id;
+- ``AttachVolume`` attaches a volume to an instance of another availability zone.
 
 :func:`strict_compute` patches moto's response classes (process-wide, undone on exit) so that
 ``RunInstances``, dry or not, first resolves the launch template (its default version, or the one
@@ -19,7 +20,8 @@ role (``UnauthorizedOperation``), as AWS authorizes a launch; only then does ``D
 ``DryRunOperation``. A real launch keeps the template's instance profile. An instance counts as
 registered with SSM when it has an instance profile (the role that lets its agent in): ``Online``
 while running, ``ConnectionLost`` while stopped. ``SendCommand`` refuses unknown documents
-(``InvalidDocument``) and instances that are not online (``InvalidInstanceId``).
+(``InvalidDocument``) and instances that are not online (``InvalidInstanceId``); ``AttachVolume``
+refuses a volume of another zone (``InvalidVolume.ZoneMismatch``).
 
 moto is a development dependency: it is imported inside the functions, so the layer imports this
 module without it.
@@ -103,10 +105,39 @@ def patch_compute() -> Callable[[], None]:
     SimpleSystemManagerResponse.send_command = send_command  # type: ignore[method-assign]
     SimpleSystemManagerResponse.describe_instance_information = describe_instance_information  # type: ignore[attr-defined]
 
+    undo_volumes = _patch_volumes()
+
     def undo() -> None:
+        undo_volumes()
         InstanceResponse.run_instances = original_run  # type: ignore[method-assign]
         SimpleSystemManagerResponse.send_command = original_send  # type: ignore[method-assign]
         del SimpleSystemManagerResponse.describe_instance_information  # type: ignore[attr-defined]
+
+    return undo
+
+
+def _patch_volumes() -> Callable[[], None]:
+    """``AttachVolume`` refuses a volume of another zone than the instance's (moto attaches any)."""
+    from moto.ec2.exceptions import EC2ClientError
+    from moto.ec2.responses.elastic_block_store import ElasticBlockStore
+
+    original_attach = ElasticBlockStore.attach_volume
+
+    def attach_volume(self: Any) -> Any:
+        volume = self.ec2_backend.get_volume(self._get_param("VolumeId"))
+        instance = self.ec2_backend.get_instance(self._get_param("InstanceId"))
+        zone = getattr(volume.zone, "name", volume.zone)
+        if zone != getattr(instance.placement, "zone", instance.placement):
+            raise EC2ClientError(
+                "InvalidVolume.ZoneMismatch",
+                f"The volume '{volume.id}' is not in the same availability zone as instance '{instance.id}'",
+            )
+        return original_attach(self)
+
+    ElasticBlockStore.attach_volume = attach_volume  # type: ignore[method-assign]
+
+    def undo() -> None:
+        ElasticBlockStore.attach_volume = original_attach  # type: ignore[method-assign]
 
     return undo
 

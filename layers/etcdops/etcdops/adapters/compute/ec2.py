@@ -34,7 +34,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from etcdops.adapters import pki
 from etcdops.adapters.awserrors import aws_error, aws_error_code, is_transient
-from etcdops.adapters.compute import ec2_ca
+from etcdops.adapters.compute import ec2_ca, ec2_volumes
 from etcdops.adapters.compute.bootstrap import BootstrapSettings, user_data
 from etcdops.domain.compute.base import (
     DOCUMENTS,
@@ -380,6 +380,15 @@ class Ec2ComputeProvider(ComputeProvider):
                     raise _api_error(f"deleting snapshot {snapshot_id}", exc) from exc
             except BotoCoreError as exc:
                 raise _api_error(f"deleting snapshot {snapshot_id}", exc) from exc
+
+    def volume_snapshot_problem(self, snapshot_id: str) -> str | None:
+        return ec2_volumes.snapshot_problem(self, snapshot_id)
+
+    def attach_snapshot_volume(self, host: Host, snapshot_id: str, owner: str) -> str:
+        return ec2_volumes.attach_snapshot_volume(self, host, snapshot_id, owner)
+
+    def remove_snapshot_volumes(self, owner: str) -> list[str]:
+        return ec2_volumes.remove_snapshot_volumes(self, owner)
 
     # ---- certificates --------------------------------------------------------------------
 

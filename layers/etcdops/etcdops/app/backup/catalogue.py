@@ -228,6 +228,14 @@ def read_volume_records(store: BackupStore) -> list[VolumeSnapshotRecord]:
     return records
 
 
+def load_volume_record(store: BackupStore, backup_id: str) -> VolumeSnapshotRecord | None:
+    """The record of the provider-kept volume backup ``backup_id``, or None when there is none of that id."""
+    key = volume_record_key(backup_id)
+    if not store.exists(key):
+        return None
+    return VolumeSnapshotRecord.from_json(store.get_bytes(key), source=store.uri_for(key))
+
+
 def record_volume(store: BackupStore, record: VolumeSnapshotRecord) -> None:
     """Write a provider-kept volume backup's record (never overwritten)."""
     store.put_bytes(volume_record_key(record.id), record.to_json())

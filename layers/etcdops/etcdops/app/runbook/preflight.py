@@ -61,9 +61,10 @@ def plan_findings(
     staging_key: str | None = None,
     staging: Callable[[], BackupStore] | None = None,
     deltas: Sequence[str] = (),
+    check_backup: bool = True,
 ) -> list[Finding]:
     """:func:`runbook_findings` of a runbook's context and document (its cluster, execution and the
-    backup ``backup_id`` it relies on)."""
+    backup ``backup_id`` it relies on; not read when ``check_backup`` is False: a volume backup in EBS)."""
     return runbook_findings(
         ctx.compute,
         plan,
@@ -78,6 +79,7 @@ def plan_findings(
         staging_key=staging_key,
         staging=staging,
         deltas=deltas,
+        check_backup=check_backup,
     )
 
 
@@ -104,6 +106,7 @@ def runbook_findings(
     staging_key: str | None = None,
     staging: Callable[[], BackupStore] | None = None,
     deltas: Sequence[str] = (),
+    check_backup: bool = True,
 ) -> list[Finding]:
     """Every finding of a runbook's preflight: its hosts (``plan``), the backup ``backup_id`` it relies on
     (``why``), the deltas it replays after it (a point in time), the staging object it will write
@@ -121,7 +124,8 @@ def runbook_findings(
             )
         )
     else:
-        findings += backup_findings(store, keyring, backup_id, cluster, why=why)
+        if check_backup:
+            findings += backup_findings(store, keyring, backup_id, cluster, why=why)
         findings += delta_findings(store, keyring, deltas, cluster)
         if staging_key is not None:
             findings += staging_findings(staging() if staging is not None else store, staging_key)

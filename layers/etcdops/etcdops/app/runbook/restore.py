@@ -76,7 +76,7 @@ from etcdops.adapters.backup.store import BackupStore
 from etcdops.adapters.etcd.client import EtcdClient
 from etcdops.adapters.etcd.membership import ConfigStore, merge_endpoints, record_membership
 from etcdops.adapters.state import IncidentStore, LockStore, ObservationStore
-from etcdops.app.backup.catalogue import live_cluster_id, load_manifest, newest_verified
+from etcdops.app.backup.catalogue import live_cluster_id, load_manifest, load_volume_record, newest_verified
 from etcdops.app.backup.job import CheckedSnapshot, checked_plaintext
 from etcdops.app.backup.replay import (
     choice_of,
@@ -116,10 +116,11 @@ from etcdops.app.runbook.restore_report import (
     target_hosts,
 )
 from etcdops.domain.backup.errors import BackupNotFoundError, DecryptionError
-from etcdops.domain.backup.manifest import Manifest
+from etcdops.domain.backup.manifest import Manifest, VolumeSnapshotRecord
 from etcdops.domain.compute.base import ComputeProvider, Host, PreflightPlan
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import Backoff, EtcdopsError, SnapshotIncompleteError
+from etcdops.domain.findings import Finding
 from etcdops.domain.runbook_documents import RestoreDocument
 
 LOCK_LEASE_SECONDS = 7200  # taken again (extended) once the approval arrived
@@ -294,6 +295,10 @@ def validate_backup(ctx: RestoreContext, doc: Document) -> Document:
         if newest is None:
             raise BackupNotFoundError(no_default_backup(store.uri, live))
         backup_id = newest.id
+    record = load_volume_record(store, str(backup_id)) if not choice else None
+    if record is not None:  # an EBS volume backup: its snapshot, which etcdops never read
+        out = volume_source(ctx, doc, record, live, [_host_doc(h) for h in hosts])
+        return _timed({**out, "approval_summary": approval_summary(out)}, "validate_backup", started)
     manifest = load_manifest(store, str(backup_id))
     if not manifest.verified:
         raise BackupNotVerifiedError(f"backup {manifest.id} is not verified; run `etcdops backup verify {manifest.id}`")
@@ -319,6 +324,43 @@ def validate_backup(ctx: RestoreContext, doc: Document) -> Document:
         "reason": doc.get("reason") or "requested by an operator",
     }
     return _timed({**out, "approval_summary": approval_summary(out)}, "validate_backup", started)
+
+
+def volume_source(
+    ctx: RestoreContext, doc: Document, record: VolumeSnapshotRecord, live: str | None, old_hosts: list[dict[str, str]]
+) -> Document:
+    """The volume backup ``record`` as the restore's source: one snapshot of this cluster, completed. Its
+    bytes stay in EBS, so nothing about them is checked here: the approval says so, and the hosts restore
+    it with ``--skip-hash-check``; the restored cluster's revision is checked against the one observed."""
+    if record.cluster_name != ctx.config.name:
+        raise InvalidRunbookInputError(
+            f"volume backup {record.id} is of cluster {record.cluster_name!r}, not {ctx.config.name!r}"
+        )
+    snapshots = list(record.volume.snapshot_ids)
+    if len(snapshots) != 1:
+        raise InvalidRunbookInputError(
+            f"volume backup {record.id} has {len(snapshots)} snapshots ({', '.join(snapshots) or 'none'}): "
+            "RestoreCluster restores from one data volume; restore this one by hand (README: Volume backups)"
+        )
+    problem = ctx.compute.volume_snapshot_problem(snapshots[0])
+    if problem:
+        raise BackupNotFoundError(f"volume backup {record.id}: {problem}")
+    return {
+        **doc,
+        "backup_id": record.id,
+        "backup_created_at": record.created_at.isoformat(),
+        "backup_revision": record.volume.revision_observed,
+        "backup_total_keys": None,
+        "backup_keys": None,
+        "pitr": None,
+        "backup_etcd_version": record.etcd_version,
+        "backup_cluster_id": record.cluster_id,
+        "backup_imported_from": None,
+        "live_cluster_id": live,
+        "old_hosts": old_hosts,
+        "reason": doc.get("reason") or "requested by an operator",
+        "volume_source": {"snapshot_id": snapshots[0], "member": record.member_name},
+    }
 
 
 def _live_cluster_id(ctx: RestoreContext, host_urls: Sequence[str]) -> str | None:
@@ -349,16 +391,24 @@ def preflight(ctx: RestoreContext, doc: Document) -> Document:
         plan = PreflightPlan(
             launch=launch, documents=RESTORE_DOCUMENTS, commanded=present, control_plane=True, repoint=True
         )
+    volume = doc.get("volume_source")
     findings = checks.plan_findings(
         ctx,
         doc,
         plan,
         lease_seconds=LOCK_LEASE_SECONDS,
         why="restores every member from it",
-        staging_key=staged_keys(doc)[1],
+        staging_key=None if volume else staged_keys(doc)[1],
         staging=ctx.staging,
         deltas=(doc.get("pitr") or {}).get("deltas") or (),
+        check_backup=not volume,
     )
+    if volume:  # the snapshot is still there and completed (the approval may have waited an hour)
+        problem = ctx.compute.volume_snapshot_problem(volume["snapshot_id"])
+        if problem:
+            findings.append(
+                Finding("backup", f"volume backup {doc['backup_id']}", f"{problem}.", "choose another backup.")
+            )
     return checks.passed(ctx, doc, "RestoreCluster", findings, started)
 
 
@@ -466,18 +516,24 @@ def restore_members(ctx: RestoreContext, doc: Document) -> Document:
         raise InvalidRunbookInputError("restore: no target hosts recorded (StopEtcd or LaunchHosts first)")
     restored = dict(doc.get("restored") or {})
     pending = [t for t in targets if t["name"] not in restored]  # a rerun after success has none
-    if pending:
+    volume = doc.get("volume_source")
+    if pending and not volume:
         doc = {**doc, "staged": _stage_snapshot(ctx, doc)}
     for target in pending:
         host = _live_host(ctx, target["name"])
         if host.state not in ("stopped", "running", "pending"):
             raise ClusterNotReadyError(f"host {host.name} is {host.state}")
+        source = (  # a volume of the snapshot in the host's zone, attached to it; else the staged plaintext
+            (ctx.compute.attach_snapshot_volume(host, volume["snapshot_id"], doc["execution"]), "")
+            if volume
+            else (doc["staged"]["uri"], doc["staged"]["sha256"])
+        )
         ctx.compute.run_action(
             "restore-data-dir",
             [host],
             {
-                "snapshot_uri": doc["staged"]["uri"],
-                "sha256": doc["staged"]["sha256"],
+                "snapshot_uri": source[0],
+                "sha256": source[1],
                 "initial_cluster": _initial_cluster(doc),
                 "initial_cluster_token": doc["cluster_token"],
                 "bump_revision": str(int(doc.get("bump_revision") or 0)),
@@ -485,8 +541,17 @@ def restore_members(ctx: RestoreContext, doc: Document) -> Document:
             },
         )
         restored[target["name"]] = ctx.now().isoformat()
+    if volume:  # the volumes were read: detached and deleted (also by the Catch path)
+        return _timed(
+            {**doc, "restored": restored, "volumes_removed": remove_volumes(ctx, doc)}, "restore_members", started
+        )
     remove_staged(ctx, doc)  # invariant 14: the plain snapshot lives only as long as this step
     return _timed({**doc, "restored": restored}, "restore_members", started)
+
+
+def remove_volumes(ctx: RestoreContext, doc: Document) -> list[str]:
+    """The volumes this execution made of a volume backup's snapshot, detached and deleted (none otherwise)."""
+    return ctx.compute.remove_snapshot_volumes(doc["execution"]) if doc.get("volume_source") else []
 
 
 def start_members(ctx: RestoreContext, doc: Document) -> Document:
@@ -530,7 +595,7 @@ def verify_restore(ctx: RestoreContext, doc: Document) -> Document:
                 f"revision {pitr['target_revision']}, or other values: not the data of that point in time"
             )
         count = len(actual)
-    elif count != int(doc["backup_keys"]):
+    elif doc.get("backup_keys") is not None and count != int(doc["backup_keys"]):  # unknown for a volume backup
         raise RestoreVerificationError(
             f"the restored cluster holds {count} keys, the backup {doc['backup_keys']}: not the backup's data"
         )
@@ -633,7 +698,7 @@ def remove_staged_snapshot(ctx: RestoreContext, doc: Document) -> Document:
     """The Catch path's first state: no plaintext is left behind by a failed restore (invariant 14)."""
     if not doc.get("cluster") or not doc.get("execution"):
         return doc  # refused before anything was named, so before anything was staged
-    return {**doc, "staging_removed": remove_staged(ctx, doc)}
+    return {**doc, "staging_removed": remove_staged(ctx, doc), "volumes_removed": remove_volumes(ctx, doc)}
 
 
 def notify_failure(ctx: RestoreContext, doc: Document) -> Document:

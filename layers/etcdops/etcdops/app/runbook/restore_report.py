@@ -109,14 +109,27 @@ def approval_summary(doc: Document) -> str:
         else f"Revisions: not bumped (bump_revision 0): the cluster restarts at revision {doc.get('backup_revision')}; "
         "restart every etcd client that watches."
     )
+    volume = doc.get("volume_source")
+    keys = f"{doc.get('backup_keys')} keys" if not volume else "keys not counted"
     return (
         f"Restore cluster {doc.get('cluster')} from backup {doc.get('backup_id')} taken {doc.get('backup_created_at')} "
-        f"(revision {doc.get('backup_revision')}, {doc.get('backup_keys')} keys, "
-        f"etcd {doc.get('backup_etcd_version')}), "
+        f"(revision {'at least ' if volume else ''}{doc.get('backup_revision')}, {keys}, "
+        f"etcd {doc.get('backup_etcd_version')}), {_volume_note(doc)}"
         f"{where}. Will stop: the Kubernetes API servers, then etcd on {names}. The restored cluster has "
         f"{len(doc.get('old_hosts') or [])} members. Every member's data directory is "
         f"replaced by the snapshot; the old ones are kept (suffix .{doc.get('old_data_suffix')}). "
         f"{_lost_note(doc)}{_incarnation_note(doc)} {revision_note}"
+    )
+
+
+def _volume_note(doc: Document) -> str:
+    volume = doc.get("volume_source")
+    if not volume:
+        return ""
+    return (
+        f"a VOLUME BACKUP: EBS snapshot {volume['snapshot_id']} of member {volume.get('member')}'s data volume, "
+        "whose bytes etcdops never read, so nothing in it was verified beforehand; each host gets a new volume of "
+        "it in its own zone and restores its database with --skip-hash-check (a copy has no hash to check), "
     )
 
 

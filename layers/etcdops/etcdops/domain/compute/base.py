@@ -41,7 +41,7 @@ PATTERNS = {
     "initial_cluster": f"^{_MEMBER}={_URL}(?:,{_MEMBER}={_URL})*$",
     "initial_state": "^(new|existing)$",
     "token": "^[A-Za-z0-9._-]{1,64}$",
-    "snapshot_uri": "^(s3://|https://|file:///)[A-Za-z0-9._~:/?#@!*+,;=%-]+$",
+    "snapshot_uri": "^((s3://|https://|file:///)[A-Za-z0-9._~:/?#@!*+,;=%-]+|ebs://vol-[0-9a-f]{8,17})$",
     "sha256": "^([0-9a-f]{64})?$",
     "path": "^/[A-Za-z0-9._/-]*$",
     "components": "^[a-z0-9-]+(,[a-z0-9-]+)*$",
@@ -192,13 +192,15 @@ DOCUMENTS: dict[str, DocumentSpec] = {
         ),
         DocumentSpec(
             "RestoreDataDir",
-            "With etcd stopped: download a snapshot, check its sha256, move the data dir aside and "
-            "restore the snapshot into a fresh one.",
+            "With etcd stopped: download a snapshot (or copy the database off an attached EBS volume), check its "
+            "sha256, move the data dir aside and restore the snapshot into a fresh one.",
             "etcd",
             1800,
             (
                 Parameter("snapshot_uri", "SnapshotUri", PATTERNS["snapshot_uri"], required=True,
-                          description="s3:// object or presigned https:// URL of the plain snapshot file"),
+                          description="s3:// object or presigned https:// URL of the plain snapshot file, or "
+                          "ebs://<volume id> of an attached volume holding a member's data (restored without its "
+                          "hash check)"),
                 Parameter("sha256", "SnapshotSha256", PATTERNS["sha256"], default="",
                           description="the snapshot file's sha256 (hex); empty skips the check"),
                 Parameter("initial_cluster", "InitialCluster", PATTERNS["initial_cluster"], required=True),
@@ -391,6 +393,21 @@ class ComputeProvider(ABC):
     def delete_volume_snapshots(self, snapshot_ids: Sequence[str]) -> None:
         """Delete snapshots :meth:`snapshot_volume` took (retention); one already gone counts as deleted."""
         raise ComputeConfigError(f"compute: {type(self).__name__} keeps no volume snapshots")
+
+    def volume_snapshot_problem(self, snapshot_id: str) -> str | None:
+        """Why the snapshot ``snapshot_id`` cannot be restored from (missing, not completed, not this cluster's
+        volume backup), or None. Providers that keep no snapshots say so."""
+        raise ComputeConfigError(f"compute: {type(self).__name__} keeps no volume snapshots to restore from")
+
+    def attach_snapshot_volume(self, host: Host, snapshot_id: str, owner: str) -> str:
+        """A new volume made from ``snapshot_id`` where ``host`` is (its zone), tagged for ``owner`` (a
+        restore's execution) and attached to it; found again on a retry. Returns the ``SnapshotUri`` the
+        restore-data-dir action reads it by (``ebs://<volume id>``)."""
+        raise ComputeConfigError(f"compute: {type(self).__name__} keeps no volume snapshots to restore from")
+
+    def remove_snapshot_volumes(self, owner: str) -> list[str]:
+        """Detach and delete every volume :meth:`attach_snapshot_volume` made for ``owner``; the ids removed."""
+        return []  # providers that make none have none to remove
 
     def fetch_certificates(self, host: Host) -> None:
         """Have ``host`` write its certificates and trusted CAs again from where the provider keeps them
