@@ -48,7 +48,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops/domain/repair.py:decide_repair",
         "etcdops/entrypoints/runbook_step.py:run_runbook_step",
         "etcdops_local/aws/ec2.py:patch_compute",
-        "etcdops_local/aws/schedule.py",
         "etcdops_local/cli/main.py:build_parser",
         "etcdops_local/demo.py:run_demo",
     }
