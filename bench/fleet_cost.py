@@ -35,7 +35,8 @@ MEMORY_GB = 512 / 1024  # template.yaml: Globals MemorySize 512
 SECONDS_PER_DAY = 86400
 
 # per round of one cluster, from the code (app/healthcheck.py, adapters/state_dynamodb.py, fleet_state.py)
-READS_PER_ROUND = 8  # streaks, lock, endpoints, repairs (query), raft term, brake/members/slots only on repair
+READS_PER_ROUND = 9  # streaks, lock, endpoints, repairs (query), raft term, the brake (a round without a failure:
+# it may release it); members/reports/slots only before a repair
 WRITES_PER_ROUND = 5  # streaks, last decision, raft term, endpoints (when changed), fleet report
 CLUSTER_METRICS = 17  # cluster-level EMF metrics of a round (+ per-member RaftIndexLag)
 LOG_BYTES_PER_ROUND = 4000

@@ -52,6 +52,8 @@ def running_autopilot(
     bodies: dict[str, str] = {}  # the text of each message by its subject
 
     def inbox() -> list[str]:
+        """Every message sent so far, once each: a message read is deleted from the queue (else SQS hands
+        it out again after its visibility timeout, and one message would count twice)."""
         while True:
             messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
             if not messages:
@@ -60,6 +62,7 @@ def running_autopilot(
                 body = json.loads(message["Body"])
                 subjects.append(body["Subject"])
                 bodies[body["Subject"]] = body["Message"]
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
 
     # DeltaBackup (every minute in the template) is left out: its first run takes a full backup, which would
     # change what these scenarios see after a minute (tests/e2e/test_delta_backup_function.py runs it)

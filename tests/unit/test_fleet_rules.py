@@ -193,6 +193,10 @@ class Fleet:
         decision = replace(REPLACE, cluster=cluster, incident_id=f"{cluster}-replace-ab-1")
         return act(ctx, decision, frozenset(), now)
 
+    def round(self, cluster: str, failing: bool, now: datetime) -> list[str]:
+        """What a round of ``cluster`` reports to the gate (the brake's side of it)."""
+        return FleetGate(self.store, self.limits, self.notifier, self.ended).report(cluster, failing, now)
+
     def kinds(self) -> list[str]:
         return [attributes["kind"] for _, _, attributes in self.notifier.messages]
 
@@ -219,6 +223,22 @@ def test_three_of_five_failing_pause_every_repair_with_one_escalation_and_resume
     done = fleet.repair("c1", later)
     assert done[0] == "released the fleet brake" and "started ReplaceMember c1-replace-ab-1-a1" in done
     assert fleet.kinds() == [BRAKE_KIND, RELEASED_KIND, "replace"]
+
+
+def test_the_brake_is_released_by_the_rounds_of_recovered_clusters_with_no_repair_waiting() -> None:
+    fleet = Fleet(FleetLimits(brake_share=0.4))
+    for cluster in ("c1", "c2", "c3"):
+        assert fleet.round(cluster, True, NOW) == []
+    fleet.repair("c1", NOW)
+    assert fleet.kinds() == [BRAKE_KIND]
+
+    # the killed members come back: no repair asks to start, the recovered clusters' rounds release it
+    later = NOW + timedelta(seconds=20)
+    assert fleet.round("c4", False, later) == []  # still 3 of 5
+    assert fleet.round("c1", False, later) == ["released the fleet brake"]  # 2 of 5 is 40 %: not more
+    assert [fleet.round(c, False, later) for c in ("c2", "c3", "c1")] == [[], [], []]
+    assert fleet.kinds() == [BRAKE_KIND, RELEASED_KIND] and fleet.starter.started == {}
+    assert not fleet.store.load_brake().engaged
 
 
 def test_at_most_the_cap_of_repairs_run_across_the_fleet_and_a_finished_one_frees_its_slot() -> None:

@@ -3,7 +3,9 @@
 Each round reports whether it saw a failure; before a repair starts, the round asks the gate, which
 (1) decides the brake from every cluster's recent reports and changes it with a conditional write, the
 one writer of each change sending its one message, and (2) takes a repair slot under the cap with a
-conditional write, first freeing the slots of executions Step Functions reports ended. A one-cluster
+conditional write, first freeing the slots of executions Step Functions reports ended. While the brake
+is engaged, every round that saw no failure checks it too, so it is released as soon as the share falls
+back, whether or not a repair is waiting. A one-cluster
 stack has no fleet (no fan-out saved the members): its rounds never brake, and the cap still holds.
 """
 
@@ -34,8 +36,14 @@ class FleetGate:
     notifier: Notifier | None
     ended: Callable[[str], bool]  # execution name -> Step Functions reports it ended
 
-    def report(self, cluster: str, failing: bool, now: datetime) -> None:
+    def report(self, cluster: str, failing: bool, now: datetime) -> list[str]:
+        """Record what a round saw. A round that saw no failure while the brake is engaged also checks
+        whether the share fell back: the brake is released (and said so, once) by the rounds of the
+        clusters that recovered, not only when the next repair asks to start (one read otherwise)."""
         self.store.report(cluster, failing, now)
+        if failing or not self.store.load_brake().engaged:
+            return []
+        return self.check_brake(now)[1]
 
     def check_brake(self, now: datetime) -> tuple[BrakeDecision, list[str]]:
         """The brake now, and what changing it did (said by the one caller whose write changed it)."""

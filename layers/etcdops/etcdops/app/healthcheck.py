@@ -289,8 +289,9 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
     if membership.members is not None and membership.client_urls != ctx.state.load_endpoints(cluster):
         ctx.state.save_endpoints(cluster, membership.client_urls, now)  # the next round's seeds
 
+    fleet_notes: list[str] = []
     if ctx.fleet is not None:  # what this cluster saw counts towards the fleet brake (invariant 15)
-        ctx.fleet.report(cluster, saw_failure(health), now)
+        fleet_notes = ctx.fleet.report(cluster, saw_failure(health), now)
 
     ec2_failures: frozenset[int] = frozenset()
     if member_name is not None:
@@ -356,7 +357,7 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
     publish_health_metrics(metrics, ctx.metrics)
 
     starvation = [f"notified starvation: {notice}" for notice in members.notices]
-    actions = [*released, *starvation, *act(ctx, decision, ec2_failures, now, health)]
+    actions = [*released, *fleet_notes, *starvation, *act(ctx, decision, ec2_failures, now, health)]
     actions += renew_certificates_if_due(ctx, metrics.certificate_expiry_days, now)
     return HealthRoundResult(cluster, trigger, None, health, decision, metrics, tuple(actions), ec2_failures)
 
