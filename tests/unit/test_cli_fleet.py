@@ -16,12 +16,19 @@ from etcdops.domain.errors import ConfigError
 from etcdops_local.cli import main as cli
 from etcdops_local.cli.options import state_dir
 
-STACK = json.dumps(
-    {
-        "Parameters": {"ClusterName": {"Type": "String"}, "ClusterRegistryPath": {"Type": "String"}},
-        "Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
-    }
-)
+PASS = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}})
+
+
+def stack_template(maintain_arn: str) -> str:
+    """An etcdops-like stack: its default cluster prod, a registry path, and MaintainCluster among its outputs."""
+    text = {"Type": "String"}
+    return json.dumps(
+        {
+            "Parameters": {"ClusterName": text, "ClusterRegistryPath": text, "ClusterConfigParameter": text},
+            "Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
+            "Outputs": {"MaintainClusterStateMachineArn": {"Value": maintain_arn}},
+        }
+    )
 
 
 @pytest.fixture
@@ -31,12 +38,20 @@ def deployed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.chdir(tmp_path)
     with mock_aws():
+        role = "arn:aws:iam::123456789012:role/runbooks"
+        maintain = boto3.client("stepfunctions").create_state_machine(name="maintain", definition=PASS, roleArn=role)
+        boto3.client("ssm").put_parameter(
+            Name="/fleet/prod",
+            Type="SecureString",
+            Value="name: prod\nendpoints: [http://10.0.0.1:2379]\nplaintext: true\n",
+        )
         boto3.client("cloudformation").create_stack(
             StackName="fleet",
-            TemplateBody=STACK,
+            TemplateBody=stack_template(maintain["stateMachineArn"]),
             Parameters=[
                 {"ParameterKey": "ClusterName", "ParameterValue": "prod"},
                 {"ParameterKey": "ClusterRegistryPath", "ParameterValue": "/fleet/clusters"},
+                {"ParameterKey": "ClusterConfigParameter", "ParameterValue": "/fleet/prod"},
             ],
         )
         yield boto3.client("ssm")
@@ -107,3 +122,39 @@ def test_cluster_names_a_fleet_clusters_own_state_directory(tmp_path: Path) -> N
         resolved("c9")
     with pytest.raises(ConfigError, match=r"^cluster name 'A/B': must be"):
         resolved("A/B")
+
+
+def test_cluster_chooses_whose_runbook_starts_and_which_executions_are_listed_shown_and_approved(
+    deployed: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "cluster", "add", write("c2.yaml", "name: c2\nendpoints: [http://10.0.0.2:2379]\nplaintext: true\n"))
+
+    def started(*chosen: str) -> dict[str, Any]:
+        code, out, err = run(capsys, *chosen, "runbook", "start", "maintain", "--json")
+        assert code == 0, err
+        return dict(json.loads(out))
+
+    c2, prod, default = started("--cluster", "c2"), started("--cluster", "prod"), started()
+    assert (c2["input"]["cluster"], prod["input"]["cluster"], default["input"]["cluster"]) == ("c2", "prod", "prod")
+    assert c2["name"].startswith("maintain-c2-") and prod["name"].startswith("maintain-prod-")
+
+    def listed(*chosen: str) -> set[str]:
+        code, out, err = run(capsys, "runbook", "list", "--json", *chosen)
+        assert code == 0, err
+        return {e["name"] for e in json.loads(out)}
+
+    assert listed("--cluster", "c2") == {c2["name"]}
+    assert listed("--cluster", "prod") == {prod["name"], default["name"]}
+    assert listed() == {c2["name"], prod["name"], default["name"]}
+    code, out, err = run(capsys, "runbook", "show", c2["name"], "--cluster", "c2", "--json")
+    assert code == 0 and json.loads(out)["name"] == c2["name"], err
+
+    # another cluster's execution, or a cluster the stack does not watch: one line, nothing started
+    code, out, err = run(capsys, "runbook", "show", prod["name"], "--cluster", "c2")
+    assert (code, out) == (
+        1,
+        "",
+    ) and err == f"etcdops: NotFoundError: execution {prod['name']} runs on cluster prod, not c2\n"
+    code, out, err = run(capsys, "--cluster", "c9", "runbook", "start", "maintain")
+    assert (code, out) == (1, "") and err.startswith("etcdops: NotFoundError: cluster c9 is not registered")
+    assert listed() == {c2["name"], prod["name"], default["name"]}

@@ -16,9 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from etcdops.adapters.state import ApprovalStore
-from etcdops.domain.errors import ConfigError
+from etcdops.domain.errors import ConfigError, NotFoundError
 from etcdops_local.cli.main import emit
-from etcdops_local.cli.options import AWS_OPTIONS
+from etcdops_local.cli.options import AWS_OPTIONS, chosen_cluster
+
+APPROVAL_OPTIONS = AWS_OPTIONS | {"cluster"}  # --cluster NAME: refused for another cluster's execution
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ def aws_clients(args: argparse.Namespace) -> ApprovalClients:
     import boto3
 
     from etcdops.adapters.state_dynamodb import DynamoStateStore
-    from etcdops_local.cli.main import _state_dir
+    from etcdops_local.cli.options import stack_state_dir
     from etcdops_local.cli.stack import deployed_stack
 
     table = getattr(args, "table", None)
@@ -45,7 +47,7 @@ def aws_clients(args: argparse.Namespace) -> ApprovalClients:
     if deployed is not None:
         store = DynamoStateStore(table or deployed.output("table"), deployed.session.client("dynamodb"))
         return ApprovalClients(store, deployed.session.client("stepfunctions"))
-    state_dir = _state_dir(args)
+    state_dir = stack_state_dir(args)  # a fleet cluster's approvals are the one local stack's
     if (state_dir / "aws.json").exists() and not table:
         from etcdops_local.aws.stack import load_local_stack, local_boto3_session
 
@@ -71,11 +73,22 @@ def _operator() -> str:
         return "cli"
 
 
+def _check_cluster(args: argparse.Namespace, clients: ApprovalClients) -> None:
+    """With ``--cluster NAME``, an execution of another cluster is refused before anything is decided."""
+    from etcdops.app.approval import execution_name
+
+    chosen = chosen_cluster(args)
+    approval = clients.store.load_approval(execution_name(args.execution)) if chosen else None
+    if approval is not None and approval.cluster != chosen:
+        raise NotFoundError(f"execution {approval.execution} runs on cluster {approval.cluster}, not {chosen}")
+
+
 def _decide(action: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from etcdops.app.approval import decide_approval
 
         clients: ApprovalClients = args.approval_clients(args)
+        _check_cluster(args, clients)
         result = decide_approval(
             args.execution,
             "approve" if action == "approve" else "reject",
@@ -100,6 +113,7 @@ def cmd_approval_show(args: argparse.Namespace) -> int:
     from etcdops.app.approval import ApprovalNotFoundError, execution_name, send_task_commands
 
     clients: ApprovalClients = args.approval_clients(args)
+    _check_cluster(args, clients)
     name = execution_name(args.execution)
     approval = clients.store.load_approval(name)
     if approval is None:
@@ -153,12 +167,12 @@ def register(commands: Any, common: argparse.ArgumentParser, factory: ClientFact
 
     approve = commands.add_parser("approve", help="approve a runbook execution waiting for a human", parents=parents)
     approve.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")
-    approve.set_defaults(handler=_decide("approve"), approval_clients=factory, uses=AWS_OPTIONS)
+    approve.set_defaults(handler=_decide("approve"), approval_clients=factory, uses=APPROVAL_OPTIONS)
 
     reject = commands.add_parser("reject", help="reject a runbook execution waiting for a human", parents=parents)
     reject.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")
     reject.add_argument("--reason", required=True, metavar="TEXT", help="why (the runbook fails with it)")
-    reject.set_defaults(handler=_decide("reject"), approval_clients=factory, uses=AWS_OPTIONS)
+    reject.set_defaults(handler=_decide("reject"), approval_clients=factory, uses=APPROVAL_OPTIONS)
 
     approval = commands.add_parser("approval", help="approval requests", parents=parents)
     approval_cmds = approval.add_subparsers(dest="approval_command", metavar="ACTION", required=True)
@@ -166,4 +180,4 @@ def register(commands: Any, common: argparse.ArgumentParser, factory: ClientFact
         "show", help="an execution's approval request and its send-task-success command", parents=parents
     )
     show.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")
-    show.set_defaults(handler=cmd_approval_show, approval_clients=factory, uses=AWS_OPTIONS)
+    show.set_defaults(handler=cmd_approval_show, approval_clients=factory, uses=APPROVAL_OPTIONS)

@@ -37,7 +37,7 @@ class Deployment(NamedTuple):
 
 def deployment_for(args: argparse.Namespace) -> Deployment:
     """The deployed stack's (with --stack-name), else the running local stack's."""
-    from etcdops_local.cli.options import state_dir
+    from etcdops_local.cli.options import stack_state_dir
     from etcdops_local.cli.stack import deployed_stack
 
     deployed = deployed_stack(args)
@@ -45,7 +45,7 @@ def deployment_for(args: argparse.Namespace) -> Deployment:
         path = deployed.parameters.get("ClusterRegistryPath") or REGISTRY_PATH
         registry = ClusterRegistry(deployed.session.client("ssm"), path)
         return Deployment(registry, deployed.parameters.get("ClusterName"), deployed.session, deployed.name)
-    directory = state_dir(args)
+    directory = stack_state_dir(args)
     if not (directory / "aws.json").exists():
         raise ConfigError(
             f"no deployment to register clusters with: name the deployed stack with --stack-name NAME, or start "

@@ -178,10 +178,16 @@ def positive_days(text: str) -> float:
 # ---- where the cluster is -------------------------------------------------------------------
 
 
+def stack_state_dir(args: argparse.Namespace) -> Path:
+    """The local stack's own state directory (where its emulated AWS runs), whichever cluster is chosen."""
+    return Path(args.state_dir or os.environ.get("ETCDOPS_STATE_DIR") or ".etcdops")
+
+
 def state_dir(args: argparse.Namespace) -> Path:
     """The local stack's state directory, or with ``--cluster NAME`` that fleet cluster's own (made by
-    ``local up --clusters N`` under ``clusters/NAME``; the default cluster's name means the stack's)."""
-    base = Path(args.state_dir or os.environ.get("ETCDOPS_STATE_DIR") or ".etcdops")
+    ``local up --clusters N`` or ``local cluster add NAME`` under ``clusters/NAME``; the default
+    cluster's name means the stack's)."""
+    base = stack_state_dir(args)
     name = getattr(args, "cluster", None)
     if not name:
         return base
@@ -204,7 +210,7 @@ def _base_config(args: argparse.Namespace) -> ClusterConfig | None:
 
     stack = deployed_stack(args)
     if stack is not None:
-        return stack_config(stack)
+        return stack_config(stack, getattr(args, "cluster", None))
     local = state_dir(args) / "cluster.yaml"
     if local.exists():
         return load_config(local)
@@ -259,6 +265,12 @@ def resolve_config(args: argparse.Namespace) -> ClusterConfig:
         raise ConfigError(f"{source}: https endpoints need --cacert (the servers' CA)")
     document["tls"] = tls
     return _with_tls_files(args, parse_config(document, source))
+
+
+def chosen_cluster(args: argparse.Namespace) -> str | None:
+    """The cluster ``--cluster NAME`` chose, checked against the stack (a name it does not watch is one
+    line); None when no cluster was named."""
+    return resolve_config(args).name if getattr(args, "cluster", None) else None
 
 
 def _with_tls_files(args: argparse.Namespace, config: ClusterConfig) -> ClusterConfig:

@@ -8,8 +8,8 @@ import os
 from typing import Any
 
 from etcdops.domain.errors import ConfigError, NotFoundError
-from etcdops_local.cli.main import _state_dir, emit, table
-from etcdops_local.cli.options import AWS_OPTIONS
+from etcdops_local.cli.main import emit, table
+from etcdops_local.cli.options import AWS_OPTIONS, chosen_cluster, stack_state_dir
 from etcdops_local.cli.story import explained, message, outcome, wrapped
 
 RUNBOOKS = {
@@ -31,7 +31,7 @@ def operator_session(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     deployed = deployed_stack(args)
     if deployed is not None:
         return deployed.session, deployed.runbooks
-    state_dir = _state_dir(args)
+    state_dir = stack_state_dir(args)  # a fleet cluster's runbooks run in the one local stack
     if (state_dir / "aws.json").exists():
         from etcdops_local.aws.stack import load_local_stack, local_boto3_session
 
@@ -56,7 +56,7 @@ def operator_session(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
 def _arn(args: argparse.Namespace, arns: dict[str, str], runbook: str) -> str:
     if runbook not in arns:
         raise ConfigError(
-            f"no {runbook} state machine: no local stack with its autopilot in {_state_dir(args)} (start one "
+            f"no {runbook} state machine: no local stack with its autopilot in {stack_state_dir(args)} (start one "
             f"with `etcdops local up`, or pass --state-dir DIR), and no deployed stack (--stack-name NAME)"
         )
     return arns[runbook]
@@ -71,9 +71,24 @@ def _executions(sfn: Any, arns: dict[str, str]) -> list[dict[str, Any]]:
     return sorted(found, key=lambda e: e["startDate"], reverse=True)
 
 
+RUNBOOK_OPTIONS = AWS_OPTIONS | {"cluster"}  # list, show: --cluster NAME keeps to that cluster's executions
+
+
+def execution_cluster(sfn: Any, arn: str, args: argparse.Namespace) -> str | None:
+    """The cluster an execution runs against: its input's ``cluster``, else the stack's default one."""
+    from etcdops_local.cli.fleet import registry_for
+
+    named = json.loads(sfn.describe_execution(executionArn=arn).get("input") or "{}").get("cluster")
+    return str(named) if named else registry_for(args)[1]
+
+
 def cmd_runbook_list(args: argparse.Namespace) -> int:
     session, arns = operator_session(args)
-    executions = _executions(session.client("stepfunctions"), arns)
+    sfn = session.client("stepfunctions")
+    executions = _executions(sfn, arns)
+    chosen = chosen_cluster(args)
+    if chosen is not None:
+        executions = [e for e in executions if execution_cluster(sfn, e["executionArn"], args) == chosen]
     data = [
         {
             "runbook": e["runbook"],
@@ -113,6 +128,9 @@ def cmd_runbook_show(args: argparse.Namespace) -> int:
     session, arns = operator_session(args)
     sfn = session.client("stepfunctions")
     arn = _find_execution(sfn, arns, args.execution)["executionArn"]
+    chosen = chosen_cluster(args)
+    if chosen is not None and (about := execution_cluster(sfn, arn, args)) != chosen:
+        raise NotFoundError(f"execution {args.execution} runs on cluster {about}, not {chosen}")
     if args.follow:
         from etcdops_local.cli.follow import follow_execution
 
@@ -193,7 +211,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     runbook = commands.add_parser("runbook", help="runbook executions (Step Functions)", parents=[common])
     actions = runbook.add_subparsers(dest="runbook_command", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="executions of every runbook, newest first", parents=[common])
-    listing.set_defaults(handler=cmd_runbook_list, uses=AWS_OPTIONS)
+    listing.set_defaults(handler=cmd_runbook_list, uses=RUNBOOK_OPTIONS)
     show = actions.add_parser("show", help="one execution: status and step history", parents=[common])
     show.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")
     show.add_argument(
@@ -202,7 +220,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         help="print each step as it happens until the execution ends (--json: a JSON object per line); "
         "the exit status says how it ended; Ctrl-C stops following, not the runbook",
     )
-    show.set_defaults(handler=cmd_runbook_show, uses=AWS_OPTIONS)
+    show.set_defaults(handler=cmd_runbook_show, uses=RUNBOOK_OPTIONS)
     from etcdops_local.cli.runbook_start import register_start  # it imports this module
 
     register_start(actions, common)

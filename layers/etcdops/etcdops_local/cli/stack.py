@@ -93,8 +93,15 @@ def deployed_stack(args: argparse.Namespace, session: Any | None = None) -> Depl
     return stack
 
 
-def stack_config(stack: DeployedStack) -> ClusterConfig:
-    """The cluster configuration the stack watches, with its TLS secrets in files for this command."""
+def stack_config(stack: DeployedStack, cluster: str | None = None) -> ClusterConfig:
+    """The configuration of the stack's default cluster, or of ``cluster`` (``--cluster NAME``: one of
+    its registry), with its TLS secrets in files for this command."""
+    if cluster and cluster != stack.parameters.get("ClusterName"):
+        from etcdops.adapters.registry import ClusterRegistry
+        from etcdops.domain.fleet import REGISTRY_PATH
+
+        path = stack.parameters.get("ClusterRegistryPath") or REGISTRY_PATH
+        return fetch_tls_secrets(ClusterRegistry(stack.session.client("ssm"), path).load(cluster), stack.session)
     if stack.config is not None:
         return stack.config
     from etcdops.adapters.aws import load_cluster_config

@@ -26,7 +26,7 @@ from etcdops_local.cli.last_decision import (
     render_last_round,
     stack_last_round,
 )
-from etcdops_local.cli.options import one_line, positive_seconds, resolve_config
+from etcdops_local.cli.options import chosen_cluster, one_line, positive_seconds, resolve_config, stack_state_dir
 from etcdops_local.cli.options import state_dir as _state_dir
 from etcdops_local.cli.story import current_step, waiting_for_approval
 
@@ -47,6 +47,7 @@ class Runbooks:
     arns: dict[str, str]  # runbook -> state machine ARN
     store: Any | None  # a StateStore: the approval requests
     approve: Callable[[str], str] = lambda name: f"etcdops approve {name}"
+    about: Callable[[str], bool] | None = None  # --cluster NAME: whether an execution (ARN) runs on it
 
 
 @dataclass
@@ -176,14 +177,14 @@ def runbooks_of(args: argparse.Namespace) -> Runbooks | None:
     import os
 
     from etcdops.adapters.state_dynamodb import DynamoStateStore
-    from etcdops_local.cli.runbook import approve_command, operator_session
+    from etcdops_local.cli.runbook import approve_command, execution_cluster, operator_session
     from etcdops_local.cli.stack import deployed_stack
 
     try:
         session, arns = operator_session(args)
     except ConfigError:
         return None
-    stack, state = deployed_stack(args), _state_dir(args)
+    stack, state = deployed_stack(args), stack_state_dir(args)
     if stack is not None:
         table_name = stack.outputs.get("StateTableName")
     elif (state / "aws.json").exists():
@@ -193,7 +194,10 @@ def runbooks_of(args: argparse.Namespace) -> Runbooks | None:
     else:
         table_name = os.environ.get("ETCDOPS_TABLE", "").strip() or None
     store = DynamoStateStore(table_name, session.client("dynamodb")) if table_name else None
-    return Runbooks(session.client("stepfunctions"), arns, store, lambda name: approve_command(args, name))
+    sfn = session.client("stepfunctions")
+    chosen = chosen_cluster(args) if getattr(args, "cluster", None) else None
+    about = None if chosen is None else (lambda arn: execution_cluster(sfn, arn, args) == chosen)
+    return Runbooks(sfn, arns, store, lambda name: approve_command(args, name), about)
 
 
 def runbook_activity(runbooks: Runbooks | None) -> dict[str, Any] | None:
@@ -213,12 +217,17 @@ def _activity(runbooks: Runbooks) -> dict[str, Any]:
     from etcdops_local.aws.stack import execution_history
 
     sfn, newest, running = runbooks.sfn, None, []
+    about = runbooks.about or (lambda arn: True)
     for runbook, arn in runbooks.arns.items():
         for execution in sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING")["executions"]:
-            running.append(_running(runbooks, runbook, execution, execution_history(sfn, execution["executionArn"])))
-        for execution in sfn.list_executions(stateMachineArn=arn, maxResults=1)["executions"]:
+            if about(execution["executionArn"]):
+                steps = execution_history(sfn, execution["executionArn"])
+                running.append(_running(runbooks, runbook, execution, steps))
+        listed = sfn.list_executions(stateMachineArn=arn, maxResults=1 if runbooks.about is None else 100)
+        for execution in (e for e in listed["executions"] if about(e["executionArn"])):
             if newest is None or execution["startDate"] > newest[1]["startDate"]:
                 newest = (runbook, execution)
+            break  # newest first: the first of this runbook that counts
     running.sort(key=lambda r: r["started"], reverse=True)
     if newest is None:
         return {"running": running, "newest": None}
