@@ -30,6 +30,12 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path, etcd3530: EtcdBinaries) 
         status, sent, again = etcdops("status"), etcdops("notifications", "--json"), etcdops("notifications")
         replaced = [e for e in json.loads(etcdops("runbook", "list", "--json").stdout) if e["runbook"] == "replace"]
         story = etcdops("runbook", "show", replaced[0]["name"], "--json")
+        # one more cluster added (not twice), its runbooks kept apart from the others', removed again
+        added, twice = etcdops("local", "cluster", "add", "c4", "--json"), etcdops("local", "cluster", "add", "c4")
+        listed = etcdops("cluster", "list", "--json")
+        c4_runs = etcdops("runbook", "list", "--cluster", "c4", "--json")
+        elsewhere = etcdops("runbook", "show", replaced[0]["name"], "--cluster", "c4")
+        removed, after = etcdops("local", "cluster", "remove", "c4"), etcdops("cluster", "list", "--json")
     finally:
         etcdops("local", "down")
 
@@ -55,3 +61,11 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path, etcd3530: EtcdBinaries) 
                   "RestoreCluster SUCCEEDED", "restored: 3/3 voters healthy"]  # fmt: skip
     found = [next((i for i, e in enumerate(events) if e.startswith(m)), -1) for m in milestones]
     assert -1 not in found and found == sorted(found), events
+
+    assert added.returncode == 0 and json.loads(added.stdout)["members"] == 1, added.stderr
+    assert twice.returncode == 2 and twice.stderr.startswith("etcdops: cluster c4 is in the local stack already")
+    assert [row["cluster"] for row in json.loads(listed.stdout)] == ["local", "c4"]
+    assert c4_runs.returncode == 0 and json.loads(c4_runs.stdout) == [], c4_runs.stderr  # its runbooks: none
+    assert elsewhere.returncode == 1 and elsewhere.stderr.endswith("runs on cluster local, not c4\n")
+    assert removed.returncode == 0 and "backups kept" in removed.stdout, removed.stderr
+    assert [row["cluster"] for row in json.loads(after.stdout)] == ["local"]

@@ -46,6 +46,8 @@ REQUIRED: dict[tuple[str, ...], list[str]] = {
     ("local", "down"): [],
     ("local", "env"): [],
     ("local", "gc"): [],
+    ("local", "cluster", "add"): ["c7"],
+    ("local", "cluster", "remove"): ["c7"],
     ("status",): [],
     ("snapshot", "save"): ["out.db"],
     ("snapshot", "inspect"): [str(SNAPSHOT)],

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from etcdops.adapters.registry import ClusterRegistry
 from etcdops.domain.config import dump_config, loads_config
-from etcdops.domain.errors import ConfigError, EtcdopsError, UsageError
+from etcdops.domain.errors import ConfigError, NotFoundError, UsageError
 from etcdops.domain.fleet import REGISTRY_PATH
 from etcdops_local.cli.format import emit
 from etcdops_local.cli.options import AWS_OPTIONS
+from etcdops_local.cluster.fleet import fleet_cluster_up, fleet_dirs, fleet_status, fleet_status_line
 from etcdops_local.watch import register_cluster, stack_view, unregister_cluster
 
 if TYPE_CHECKING:
@@ -129,70 +130,105 @@ def fleet_size(text: str) -> int:
     return value
 
 
-def fleet_dirs(base: Path) -> list[Path]:
-    """The fleet clusters' state directories under the local stack's, by name."""
-    from etcdops_local.cluster import FLEET_DIR
-
-    root = base / FLEET_DIR
-    return sorted(p for p in root.iterdir() if (p / "cluster.yaml").exists()) if root.is_dir() else []
-
-
 def local_fleet_up(default: LocalCluster, count: int) -> list[str]:
     """Start (or start again) one-member clusters c1..c<count> beside the stack's own, each with its own
-    state directory, TLS and backups, and register the ones not registered yet with the emulated stack."""
-    from etcdops_local.aws.stack import load_local_stack, local_boto3_session
-    from etcdops_local.cluster import FLEET_DIR, LocalCluster
+    state directory, TLS and backups, and register the ones not registered yet with the emulated stack
+    (with their alarms and dashboard, as ``cluster add``)."""
+    from etcdops_local.aws.fleet import local_registry, register_local
 
-    session = local_boto3_session(default.state_dir)
-    local = load_local_stack(default.state_dir)
-    registry = ClusterRegistry(session.client("ssm"), local.parameters.get("ClusterRegistryPath") or REGISTRY_PATH)
+    registry, _ = local_registry(default)
     registered = set(registry.names())
-    stack = stack_view(session, local.stack_name) if set(f"c{i}" for i in range(1, count + 1)) - registered else None
     names = [f"c{i}" for i in range(1, count + 1)]
     for name in names:
-        member = LocalCluster(default.state_dir / FLEET_DIR / name)
-        member.up(1, binaries=None if member.exists() else default.binaries())
-        config = member.config()
-        if config.name != name:  # a new local cluster is named "local": this one is named for the fleet
-            member.config_file.write_text(dump_config(config.model_copy(update={"name": name})))
-        if name not in registered and stack is not None:  # with its alarms and dashboard, as `cluster add`
-            register_cluster(registry, session, stack, member.config_file.read_text(), str(member.config_file), None)
+        member = fleet_cluster_up(default, name, 1)
+        if name not in registered:
+            register_local(default, member)
     return names
+
+
+def _running_local_stack(args: argparse.Namespace) -> tuple[LocalCluster, list[str], str | None]:
+    """The running local stack (its own cluster), the clusters registered with it and its default
+    cluster's name; else one line."""
+    from etcdops_local.aws.fleet import local_registry
+    from etcdops_local.aws.stack import server_pid
+    from etcdops_local.cli.options import stack_state_dir
+    from etcdops_local.cluster import LocalCluster
+
+    base = stack_state_dir(args)
+    default = LocalCluster(base)
+    if not default.exists() or not (base / "aws.json").exists() or server_pid(base) is None:
+        raise ConfigError(f"no local stack runs in {base} (start one with: etcdops local up)")
+    registry, default_name = local_registry(default)
+    return default, registry.names(), default_name
+
+
+def cmd_local_cluster_add(args: argparse.Namespace) -> int:
+    """``local cluster add NAME``: one more local cluster of its own etcd processes, registered with the
+    running local stack (its alarms and dashboard made; its next health round watches it)."""
+    from etcdops.domain.config import check_cluster_name
+    from etcdops_local.aws.fleet import register_local
+
+    try:
+        name = check_cluster_name(args.name)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    default, registered, default_name = _running_local_stack(args)
+    if name == default_name or name in registered:
+        raise UsageError(f"cluster {name} is in the local stack already (etcdops cluster list shows them)")
+    cluster = fleet_cluster_up(default, name, args.members)
+    register_local(default, cluster)
+    data = {"cluster": name, "members": len(cluster.ps()), "state_dir": str(cluster.state_dir)}
+    emit(args, data, lambda: f"cluster {name} added: {data['members']} member(s) in {cluster.state_dir}, "
+         f"registered; select it with --cluster {name}")  # fmt: skip
+    return 0
+
+
+def cmd_local_cluster_remove(args: argparse.Namespace) -> int:
+    """``local cluster remove NAME``: stop watching a cluster that ``local cluster add`` or ``local up
+    --clusters`` made (its alarms and dashboard deleted), stop its members and delete its state, keeping
+    its backups."""
+    from etcdops_local.aws.fleet import deregister_local
+    from etcdops_local.cluster import FLEET_DIR, LocalCluster
+
+    default, _, default_name = _running_local_stack(args)
+    directory = default.state_dir / FLEET_DIR / args.name
+    if args.name == default_name:
+        raise UsageError(f"cluster {args.name} is the local stack's own cluster: stop it with etcdops local down")
+    if directory not in fleet_dirs(default.state_dir):
+        raise NotFoundError(f"the local stack has no cluster {args.name} (etcdops cluster list shows them)")
+    deregister_local(default, args.name)
+    LocalCluster(directory).down(purge=True)
+    emit(args, {"cluster": args.name, "removed": True},
+         lambda: f"cluster {args.name} removed: members stopped, state deleted, backups kept")  # fmt: skip
+    return 0
+
+
+def register_local_commands(local_cmds: Any, common: argparse.ArgumentParser) -> None:
+    """``local cluster add|remove NAME``: the local fleet, one cluster at a time."""
+    from etcdops_local.cli.options import LOCAL_OPTIONS, member_count
+
+    sub = local_cmds.add_parser("cluster", help="add or remove one cluster of the local fleet", parents=[common])
+    actions = sub.add_subparsers(dest="local_cluster_action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="start one more local cluster and register it", parents=[common])
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--members", type=member_count, default=1, help="its members (default 1; 3 can lose one)")
+    add.set_defaults(handler=cmd_local_cluster_add, uses=LOCAL_OPTIONS)
+    remove = actions.add_parser(
+        "remove", help="deregister a local cluster, stop it, keep its backups", parents=[common]
+    )
+    remove.add_argument("name", metavar="NAME")
+    remove.set_defaults(handler=cmd_local_cluster_remove, uses=LOCAL_OPTIONS)
 
 
 def cmd_status_all(args: argparse.Namespace) -> int:
     """``status --all``: one line per local cluster (the stack's own and every fleet cluster)."""
-    from etcdops.adapters.etcd.connect import client_for
-    from etcdops.app.probe import probe_cluster
-    from etcdops.domain.config import load_config
     from etcdops_local.cli.options import state_dir
 
     base = state_dir(args)
-    rows: list[dict[str, Any]] = []
-    for directory in [base, *fleet_dirs(base)]:
-        if not (directory / "cluster.yaml").exists():
-            continue
-        config = load_config(directory / "cluster.yaml")
-        try:
-            with client_for(config, timeout=config.health.probe_deadline_seconds) as client:
-                health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
-        except EtcdopsError as exc:
-            rows.append({"cluster": config.name, "has_quorum": False, "error": str(exc)})
-            continue
-        leader = next((m.name for m in health.members if m.id == health.leader), None)
-        rows.append({"cluster": config.name, "has_quorum": health.has_quorum, "leader": leader,
-                     "healthy_voters": len(health.healthy_voters), "voters": len(health.voters)})  # fmt: skip
+    rows = fleet_status(base)
     if not rows:
         raise ConfigError(f"no local cluster in {base} (run: etcdops local up)")
-
-    def line(row: dict[str, Any]) -> str:
-        if "error" in row:
-            return f"{row['cluster']}: UNREACHABLE {row['error']}"
-        state = "healthy" if row["has_quorum"] and row["healthy_voters"] == row["voters"] else (
-            "degraded" if row["has_quorum"] else "NO QUORUM")  # fmt: skip
-        return f"{row['cluster']}: {state}, {row['healthy_voters']}/{row['voters']} voters, leader {row['leader']}"
-
-    emit(args, rows, lambda: "\n".join(line(row) for row in rows))
+    emit(args, rows, lambda: "\n".join(fleet_status_line(row) for row in rows))
     return 0 if all(row["has_quorum"] for row in rows) else 1
 
 

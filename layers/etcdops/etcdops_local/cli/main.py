@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from etcdops.domain.errors import ConfigError, UsageError
 from etcdops.domain.wording import count
-from etcdops_local.cli.fleet import fleet_dirs, fleet_size
+from etcdops_local.cli.fleet import fleet_size
 from etcdops_local.cli.format import emit, human_bytes, table
 from etcdops_local.cli.options import (
     FLEET_LOCAL_OPTIONS,
@@ -34,6 +34,7 @@ from etcdops_local.cli.options import (
     refuse_contradictions,
 )
 from etcdops_local.cli.options import state_dir as _state_dir
+from etcdops_local.cluster.fleet import fleet_dirs
 
 if TYPE_CHECKING:
     from etcdops_local.cluster import EtcdBinaries
@@ -298,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     gc.set_defaults(handler=cmd_local_gc, uses=LOCAL_OPTIONS)
     env = local_cmds.add_parser("env", help="print etcdctl exports for the local cluster", parents=[common])
     env.set_defaults(handler=cmd_local_env, uses=FLEET_LOCAL_OPTIONS)
+    from etcdops_local.cli.fleet import register_local_commands
+
+    register_local_commands(local_cmds, common)
 
     from etcdops_local.cli import status as cli_status
 
