@@ -61,6 +61,10 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path, etcd3530: EtcdBinaries) 
                   "RestoreCluster SUCCEEDED", "restored: 3/3 voters healthy"]  # fmt: skip
     found = [next((i for i, e in enumerate(events) if e.startswith(m)), -1) for m in milestones]
     assert -1 not in found and found == sorted(found), events
+    fleet = ["a fleet: clusters c2 and c3", "status --all: c2: healthy, 1/1 voters", "killed member",
+             "c2 and c3 untouched: the same members, no runbook", "c2 and c3 leave the stack", "chapter 2"]  # fmt: skip
+    found = [next((i for i, e in enumerate(events) if e.startswith(m)), -1) for m in fleet]
+    assert -1 not in found and found == sorted(found), events
 
     assert added.returncode == 0 and json.loads(added.stdout)["members"] == 1, added.stderr
     assert twice.returncode == 2 and twice.stderr.startswith("etcdops: cluster c4 is in the local stack already")

@@ -1,10 +1,11 @@
 """``etcdops demo``: a scripted tour of the autopilot on the local stack, with a timeline.
 
-Chapter 1: healthy cluster → data written → backup → a member is killed → detected → replaced →
-healthy again, with the data checked. Chapter 2: the data is deleted by mistake and two members are
-lost → escalation naming a backup → RestoreCluster, approved → exactly the backed-up data.
-Every step uses the real pieces: etcd processes, our client, the backup job, and the autopilot
-(HealthCheck and the runbooks in the emulated AWS).
+Chapter 1, in a fleet: healthy cluster → data written → backup → two more clusters join the stack
+(``status --all``) → a member is killed → detected → replaced → healthy again, with the data checked,
+and the other clusters untouched; they leave the stack again. Chapter 2: the data is deleted by
+mistake and two members are lost → escalation naming a backup → RestoreCluster, approved → exactly
+the backed-up data. Every step uses the real pieces: etcd processes, our client, the backup job, and
+the autopilot (HealthCheck and the runbooks in the emulated AWS).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from typing import Any
 
 from etcdops.adapters.backup.target import open_backup_target
 from etcdops.adapters.etcd.client import EtcdClient
+from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.backup.job import run_backup
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.errors import EtcdopsError
 from etcdops.domain.health import ClusterHealth
+from etcdops_local.aws.fleet import local_registry, register_local, remove_local
 from etcdops_local.aws.stack import load_local_stack, local_boto3_session, server_pid, spawn_server
 from etcdops_local.cluster import EtcdBinaries, LocalCluster
+from etcdops_local.cluster.fleet import fleet_cluster_up, fleet_dirs, fleet_status, fleet_status_line
 
 
 class DemoError(EtcdopsError):
@@ -94,6 +98,7 @@ def run_demo(
         backup = run_backup(config, client, probe_cluster(client), store, keyring).manifest
     timeline(f"backup {backup.id}: revision {backup.revision}, encrypted in {store.uri}")
 
+    fleet = _fleet_joins(cluster, timeline)
     before = {m.id for m in health.voters}
     victim = next(m for m in health.members if m.id != health.leader)
     cluster.kill(victim.name)
@@ -133,8 +138,54 @@ def run_demo(
     if lost:
         raise DemoError(f"demo: {len(lost)} keys lost, e.g. {lost[0]!r}")
     timeline(f"all {len(written)} keys read back; the story: etcdops runbook show {run['name']}")
+    _fleet_untouched(cluster, timeline, fleet)
     _restore_chapter(cluster, timeline, backup.id, written, timeout)
     return timeline
+
+
+FLEET = ("c2", "c3")
+"""The clusters that join the demo's stack (one member each: the 2-core machine's share)."""
+
+
+def _state_table(cluster: LocalCluster) -> DynamoStateStore:
+    session = local_boto3_session(cluster.state_dir)
+    return DynamoStateStore(load_local_stack(cluster.state_dir).table or "", session.client("dynamodb"))
+
+
+def _fleet_joins(cluster: LocalCluster, timeline: Timeline) -> dict[str, set[int]]:
+    """Two more clusters join the stack, as ``etcdops local cluster add`` adds them; every cluster on one
+    line, as ``etcdops status --all`` prints them; their members."""
+    registry, _ = local_registry(cluster)
+    joined = {name: fleet_cluster_up(cluster, name, 1) for name in FLEET}
+    for name in sorted(set(FLEET) - set(registry.names())):
+        register_local(cluster, joined[name])  # with its alarms and dashboard, as `etcdops cluster add`
+    timeline(f"a fleet: clusters {' and '.join(FLEET)} (one member each) join the stack (etcdops local cluster add)")
+    _status_all(cluster, timeline)
+    return {name: {m.id for m in _probe(each).members} for name, each in joined.items()}
+
+
+def _status_all(cluster: LocalCluster, timeline: Timeline) -> None:
+    for row in fleet_status(cluster.state_dir):
+        timeline(f"status --all: {fleet_status_line(row)}")
+
+
+def _fleet_untouched(cluster: LocalCluster, timeline: Timeline, before: dict[str, set[int]]) -> None:
+    """The other clusters were watched all along (health rounds of their own), kept their members and had
+    no repair; then they leave the stack (as ``etcdops local cluster remove`` removes them), so that
+    chapter 2 runs on the stack's own cluster alone."""
+    after = {d.name: {m.id for m in _probe(LocalCluster(d)).members} for d in fleet_dirs(cluster.state_dir)}
+    if {name: after.get(name) for name in before} != before:
+        raise DemoError(f"demo: the other clusters' members changed: {before} became {after}")
+    state = _state_table(cluster)
+    _wait("the fleet's health rounds", lambda: all(state.load_last_decision(name) for name in before), 60)
+    repaired = [name for name in before if state.load_repairs(name)]
+    if repaired:
+        raise DemoError(f"demo: the autopilot repaired {', '.join(repaired)}, which lost nothing")
+    _status_all(cluster, timeline)
+    timeline(f"{' and '.join(FLEET)} untouched: the same members, no runbook of their own")
+    for name in FLEET:
+        remove_local(cluster, name)
+    timeline(f"{' and '.join(FLEET)} leave the stack (etcdops local cluster remove): stopped, backups kept")
 
 
 def _restore_chapter(
@@ -142,7 +193,6 @@ def _restore_chapter(
 ) -> None:
     """Disaster: the data is damaged and two of three members are lost; the restore the escalation
     names, approved by the operator, brings back exactly the backed-up data."""
-    from etcdops.adapters.state_dynamodb import DynamoStateStore
     from etcdops.app.approval import decide_approval
 
     with cluster.client() as client:

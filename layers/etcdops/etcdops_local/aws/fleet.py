@@ -7,10 +7,10 @@ from __future__ import annotations
 from etcdops.adapters.registry import ClusterRegistry
 from etcdops.domain.fleet import REGISTRY_PATH
 from etcdops_local.aws.stack import load_local_stack, local_boto3_session
-from etcdops_local.cluster import LocalCluster
+from etcdops_local.cluster import FLEET_DIR, LocalCluster
 from etcdops_local.watch import register_cluster, stack_view, unregister_cluster
 
-__all__ = ["deregister_local", "local_registry", "register_local"]
+__all__ = ["deregister_local", "local_registry", "register_local", "remove_local"]
 
 
 def local_registry(default: LocalCluster) -> tuple[ClusterRegistry, str | None]:
@@ -40,3 +40,10 @@ def deregister_local(default: LocalCluster, name: str) -> None:
     stack = load_local_stack(default.state_dir)
     session = local_boto3_session(default.state_dir)
     unregister_cluster(registry, session, stack_view(session, stack.stack_name), name)
+
+
+def remove_local(default: LocalCluster, name: str) -> None:
+    """The fleet cluster ``name`` leaves the local stack of ``default``: deregistered, its members stopped,
+    its state deleted but its backups."""
+    deregister_local(default, name)
+    LocalCluster(default.state_dir / FLEET_DIR / name).down(purge=True)

@@ -187,8 +187,8 @@ def cmd_local_cluster_remove(args: argparse.Namespace) -> int:
     """``local cluster remove NAME``: stop watching a cluster that ``local cluster add`` or ``local up
     --clusters`` made (its alarms and dashboard deleted), stop its members and delete its state, keeping
     its backups."""
-    from etcdops_local.aws.fleet import deregister_local
-    from etcdops_local.cluster import FLEET_DIR, LocalCluster
+    from etcdops_local.aws.fleet import remove_local
+    from etcdops_local.cluster import FLEET_DIR
 
     default, _, default_name = _running_local_stack(args)
     directory = default.state_dir / FLEET_DIR / args.name
@@ -196,8 +196,7 @@ def cmd_local_cluster_remove(args: argparse.Namespace) -> int:
         raise UsageError(f"cluster {args.name} is the local stack's own cluster: stop it with etcdops local down")
     if directory not in fleet_dirs(default.state_dir):
         raise NotFoundError(f"the local stack has no cluster {args.name} (etcdops cluster list shows them)")
-    deregister_local(default, args.name)
-    LocalCluster(directory).down(purge=True)
+    remove_local(default, args.name)
     emit(args, {"cluster": args.name, "removed": True},
          lambda: f"cluster {args.name} removed: members stopped, state deleted, backups kept")  # fmt: skip
     return 0
