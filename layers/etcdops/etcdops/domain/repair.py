@@ -118,11 +118,7 @@ def decide_repair(
     ``escalated`` says the human escalation was sent already. Call it only while the repair is still
     needed (the member is still failed, or it was removed and the cluster is still short of it).
     """
-    if max_attempts < 1:
-        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
-    ordered = sorted(attempts, key=lambda a: a.number)
-    if [a.number for a in ordered] != list(range(1, len(ordered) + 1)):
-        raise ValueError(f"attempts of {incident} are not numbered 1..{len(ordered)}: {[a.number for a in ordered]}")
+    ordered = _numbered(incident, attempts, max_attempts)
     if escalated:
         return RepairPlan(
             RepairAction.DONE,
@@ -130,10 +126,32 @@ def decide_repair(
             "the autopilot starts no further attempt for it.",
         )
     if not ordered:
-        return RepairPlan(
-            RepairAction.START, f"First repair attempt of {incident}.", 1, attempt_execution(incident, 1)
-        )
+        return RepairPlan(RepairAction.START, f"First repair attempt of {incident}.", 1, attempt_execution(incident, 1))
     last = ordered[-1]
+    unfinished = _while_unfinished(incident, last)
+    if unfinished is not None:
+        return unfinished
+    if len(ordered) >= max_attempts:
+        return RepairPlan(
+            RepairAction.ESCALATE,
+            f"All {len(ordered)} repair attempts of {incident} ended without repairing it "
+            f"(health.max_repair_attempts is {max_attempts}); a human must act.",
+        )
+    return _next_attempt(incident, last, now=now, max_attempts=max_attempts, backoff_seconds=backoff_seconds)
+
+
+def _numbered(incident: str, attempts: Sequence[Attempt], max_attempts: int) -> list[Attempt]:
+    """``attempts`` in order, checked to be numbered 1, 2, ...; ValueError otherwise."""
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    ordered = sorted(attempts, key=lambda a: a.number)
+    if [a.number for a in ordered] != list(range(1, len(ordered) + 1)):
+        raise ValueError(f"attempts of {incident} are not numbered 1..{len(ordered)}: {[a.number for a in ordered]}")
+    return ordered
+
+
+def _while_unfinished(incident: str, last: Attempt) -> RepairPlan | None:
+    """The plan while the last attempt has not ended, or ended by a human's rejection; None otherwise."""
     if last.status is AttemptStatus.NOT_STARTED:
         return RepairPlan(
             RepairAction.RESUME,
@@ -155,12 +173,13 @@ def decide_repair(
             f"A human rejected attempt {last.number} of {incident} ({last.execution}); "
             "the autopilot starts no further attempt for it.",
         )
-    if len(ordered) >= max_attempts:
-        return RepairPlan(
-            RepairAction.ESCALATE,
-            f"All {len(ordered)} repair attempts of {incident} ended without repairing it "
-            f"(health.max_repair_attempts is {max_attempts}); a human must act.",
-        )
+    return None
+
+
+def _next_attempt(
+    incident: str, last: Attempt, *, now: datetime, max_attempts: int, backoff_seconds: float
+) -> RepairPlan:
+    """The attempt after ``last`` (which ended without repairing): after its backoff, then started."""
     not_before = (last.ended_at or last.started_at) + backoff_after(last.number, backoff_seconds)
     number = last.number + 1
     if now < not_before:

@@ -167,21 +167,7 @@ def _plan_kind(
     drilled = [b for b in verified if b.restorable]
     drilled_anchor = drilled[-1] if drilled else None
 
-    today = now.astimezone(UTC).date()
-    this_week = _week_start(today)
-    days = _representatives(ordered, _utc_day)
-    weeks = _representatives(ordered, _utc_week)
-    daily = {
-        rep.id: bucket
-        for bucket, rep in days.items()
-        if isinstance(bucket, date) and 0 <= (today - bucket).days < policy.daily_days
-    }
-    weekly = {
-        rep.id: bucket
-        for bucket, rep in weeks.items()
-        if isinstance(bucket, date) and 0 <= (this_week - bucket).days // 7 < policy.weekly_weeks
-    }
-
+    daily, weekly = _calendar_keepers(ordered, now, policy)
     keep: list[str] = []
     delete: list[str] = []
     reasons: dict[str, str] = {}
@@ -216,6 +202,28 @@ def _plan_kind(
             )
         reasons[backup.id] = reason
     return RetentionPlan(keep=keep, delete=delete, reasons=reasons)
+
+
+def _calendar_keepers(
+    ordered: Sequence[BackupRef], now: datetime, policy: RetentionPolicy
+) -> tuple[dict[str, date], dict[str, date]]:
+    """(backup id -> its UTC day, backup id -> its week's Monday) of the newest backup of each of the last
+    ``daily_days`` days and ``weekly_weeks`` weeks."""
+    today = now.astimezone(UTC).date()
+    this_week = _week_start(today)
+    days = _representatives(ordered, _utc_day)
+    weeks = _representatives(ordered, _utc_week)
+    daily = {
+        rep.id: bucket
+        for bucket, rep in days.items()
+        if isinstance(bucket, date) and 0 <= (today - bucket).days < policy.daily_days
+    }
+    weekly = {
+        rep.id: bucket
+        for bucket, rep in weeks.items()
+        if isinstance(bucket, date) and 0 <= (this_week - bucket).days // 7 < policy.weekly_weeks
+    }
+    return daily, weekly
 
 
 def _of(backup: BackupRef) -> str:
