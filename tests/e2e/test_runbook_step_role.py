@@ -176,12 +176,12 @@ def test_volume_backups_and_restores_from_them_touch_only_their_clusters_volumes
     # attached, then detached and deleted
     restoring = as_runbook_step(aws, stack, settings)
     new_host = restoring.launch("m2-s1")
-    assert restoring.volume_snapshot_problem(snapshot) is None
+    assert restoring.volume_snapshot_problem(snapshot) is None  # its dry run of CreateVolume passes the role
     uri = restoring.attach_snapshot_volume(new_host, snapshot, "restore-x1")
     assert restoring.remove_snapshot_volumes("restore-x1") == [uri.removeprefix("ebs://")]
+    assert aws.authorizer.denials == []
     compute.delete_volume_snapshots([snapshot])
     assert volume_backups(aws) == []
-    assert aws.authorizer.denials == []
     decided = {(r.principal, r.action) for r in aws.authorizer.recorder.records if r.allowed and r.modelled}
     wanted = ("ec2:CreateSnapshots", "ec2:CreateTags", "ec2:DeleteSnapshot", "ec2:DescribeInstances")
     assert {("BackupFunction", action) for action in wanted} <= decided
@@ -300,7 +300,10 @@ def test_a_registered_clusters_secrets_and_hosts_are_the_fleets_and_a_stranger_i
         lambda: runbook.client("secretsmanager").get_secret_value(SecretId="etcdops/c4/ca"),
         lambda: runbook.client("ec2").terminate_instances(InstanceIds=[stranger]),
         lambda: runbook.client("ec2").run_instances(  # a host for c3 not tagged as this fleet's
-            ImageId=image, MinCount=1, MaxCount=1, SubnetId=settings.subnets[0],
+            ImageId=image,
+            MinCount=1,
+            MaxCount=1,
+            SubnetId=settings.subnets[0],
             TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "etcdops:cluster", "Value": "c3"}]}],
         ),
     ]
@@ -310,4 +313,3 @@ def test_a_registered_clusters_secrets_and_hosts_are_the_fleets_and_a_stranger_i
         assert denied.value.response["Error"]["Code"] in ("AccessDeniedException", "UnauthorizedOperation")
     instances = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
     assert {i["InstanceId"] for i in instances if i["State"]["Name"] == "running"} == {stranger}
-

@@ -1078,6 +1078,18 @@ def test_a_restore_gets_a_volume_of_the_snapshot_in_each_hosts_zone_attached_and
         made_now = aws.ec2.describe_volumes(Filters=[{"Name": "tag:etcdops:restore", "Values": ["restore-x2"]}])
         assert made_now["Volumes"] == []
 
+        # A role that may not make the volume is found out by the check's dry run, before anything is stopped
+        ec2_backends[DEFAULT_ACCOUNT_ID][REGION].snapshots[snapshot].status = "completed"
+        dry_runs: list[bool] = []
+
+        def refused(params: dict[str, Any], **_: Any) -> None:
+            dry_runs.append(params.get("DryRun", False))
+            raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "no"}}, "CreateVolume")
+
+        aws.ec2.meta.events.register("provide-client-params.ec2.CreateVolume", refused)
+        assert "ec2:CreateVolume refused: UnauthorizedOperation" in (compute.volume_snapshot_problem(snapshot) or "")
+        assert dry_runs == [True]
+
 
 def test_restore_cluster_from_an_ebs_volume_backup_restores_every_new_host_from_its_own_volume(
     aws: Aws, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
@@ -1135,7 +1147,8 @@ def test_restore_cluster_from_an_ebs_volume_backup_restores_every_new_host_from_
     assert restore.run_step(ctx, "RemoveStagedSnapshot", doc)["volumes_removed"] == [left]
     sent, created, attached = _sent_commands(aws), {}, {}
     aws.ec2.meta.events.register(
-        "after-call.ec2.CreateVolume", lambda parsed, **_: created.update({parsed["VolumeId"]: parsed})
+        "after-call.ec2.CreateVolume",
+        lambda parsed, **_: "VolumeId" in parsed and created.update({parsed["VolumeId"]: parsed}),
     )
     aws.ec2.meta.events.register(
         "provide-client-params.ec2.AttachVolume", lambda params, **_: attached.update({params["VolumeId"]: params})

@@ -55,6 +55,31 @@ def snapshot_problem(provider: Ec2ComputeProvider, snapshot_id: str) -> str | No
         progress = snapshot.get("Progress") or "?"
         state = snapshot.get("State")
         return f"snapshot {snapshot_id} is {state} ({progress}), not completed: wait for it or choose another"
+    return _volume_refused(provider, snapshot_id)
+
+
+def _volume_refused(provider: Ec2ComputeProvider, snapshot_id: str) -> str | None:
+    """A ``DryRun`` of the ``CreateVolume`` a restore sends (in the first subnet's zone, with its tags):
+    why EC2 would refuse it, or None (invariant 13: proven before anything is stopped)."""
+    try:
+        subnet = provider.ec2.describe_subnets(SubnetIds=list(provider.settings.subnets[:1]))["Subnets"][0]
+        provider.ec2.create_volume(
+            DryRun=True, AvailabilityZone=subnet["AvailabilityZone"], SnapshotId=snapshot_id, VolumeType="gp3",
+            TagSpecifications=[{"ResourceType": "volume", "Tags": [
+                {"Key": "etcdops:cluster", "Value": provider.cluster}, {"Key": RESTORE_TAG, "Value": "preflight"}]}],
+        )  # fmt: skip
+    except ClientError as exc:
+        code = aws_error_code(exc)
+        if code == "DryRunOperation":
+            return None
+        if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException"):
+            return (
+                f"a volume of snapshot {snapshot_id} may not be made (ec2:CreateVolume refused: {code}); allow the "
+                "RunbookStep role the restore statements of template.yaml"
+            )
+        raise _api_error(f"checking a volume of {snapshot_id} (dry run)", exc) from exc
+    except (BotoCoreError, IndexError, KeyError) as exc:
+        raise _api_error(f"checking a volume of {snapshot_id} (dry run)", exc) from exc
     return None
 
 
