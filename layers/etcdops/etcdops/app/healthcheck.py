@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from etcdops.adapters.aws import Notifier
@@ -55,6 +53,7 @@ from etcdops.app.backup.catalogue import newest_verified, restore_drill_age
 from etcdops.app.backup.delta import covering_chain
 from etcdops.app.fleet import FleetGate
 from etcdops.app.health_actions import act, renew_certificates_if_due
+from etcdops.app.health_certificates import certificate_names, own_certificates, served_certificates
 from etcdops.app.member_metrics import fold_member_metrics, start_scrapes
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.backup.manifest import Manifest, cluster_id_text
@@ -163,66 +162,6 @@ def trigger_skip(trigger: Trigger, config: ClusterConfig) -> str | None:
 # ---- observation --------------------------------------------------------------------------------------
 
 
-def _served_certificates(
-    endpoints: Sequence[str], config: ClusterConfig, timeout: float, pool: ThreadPoolExecutor
-) -> Callable[[], dict[str, datetime]]:
-    """Start reading each endpoint's served certificate; the returned function collects what
-    arrived within ``timeout`` of the start (a frozen member is left out, never waited for)."""
-    tls = tls_files(config)
-    if tls is None:
-        return dict
-    from etcdops.adapters.pki import served_certificate_expiry
-
-    futures = {
-        pool.submit(served_certificate_expiry, endpoint, timeout=timeout, cert=tls.cert, key=tls.key): endpoint
-        for endpoint in endpoints
-    }
-
-    def collect() -> dict[str, datetime]:
-        done, _ = wait(futures, timeout=timeout + 0.25)
-        found: dict[str, datetime] = {}
-        for future in done:
-            try:
-                found[futures[future]] = future.result()
-            except (EtcdopsError, OSError) as exc:
-                log.info("certificate of %s not read: %s", futures[future], exc)
-        return found
-
-    return collect
-
-
-def _certificate_names(served: Mapping[str, datetime], health: ClusterHealth) -> dict[str, datetime]:
-    by_url = {url: m for m in health.members for url in m.client_urls}
-    named: dict[str, datetime] = {}
-    for endpoint, not_after in served.items():
-        member = by_url.get(endpoint)
-        named[f"{member.name} ({endpoint})" if member and member.name else endpoint] = not_after
-    return named
-
-
-def _own_certificates(
-    config: ClusterConfig, served: Mapping[str, datetime]
-) -> tuple[dict[str, datetime], dict[str, datetime]]:
-    """The certificates whose expiry the round watches (those the members served, and the client certificate
-    the configuration names) and the CAs the clients trust (``tls.ca``: the CA, or a rotation's bundle)."""
-    certificates, trusted_cas = dict(served), dict[str, datetime]()
-    if config.tls is None or config.plaintext:
-        return certificates, trusted_cas
-    from etcdops.adapters.pki import ca_expiries, certificate_expiry
-
-    if config.tls.cert:
-        try:
-            certificates["client certificate (tls.cert)"] = certificate_expiry(Path(config.tls.cert))
-        except EtcdopsError as exc:
-            log.warning("client certificate expiry unknown: %s", exc)
-    if config.tls.ca:
-        try:
-            trusted_cas = ca_expiries(Path(config.tls.ca))
-        except EtcdopsError as exc:
-            log.warning("CA expiry unknown: %s", exc)
-    return certificates, trusted_cas
-
-
 def _fold(state: StateStore, cluster: str, health: ClusterHealth, now: datetime, ec2: frozenset[int]) -> History:
     """Fold this round into the stored streaks with one conditional write (reload on conflict)."""
     for _ in range(_SAVE_ATTEMPTS):
@@ -277,11 +216,11 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
     urls = membership.client_urls or list(ctx.client.endpoints)
     pool = ThreadPoolExecutor(max_workers=max(1, 2 * len(urls)), thread_name_prefix="cert")
     try:
-        collect = _served_certificates(urls, config, ctx.certificate_timeout or deadline, pool)
+        collect = served_certificates(urls, config, ctx.certificate_timeout or deadline, pool)
         remaining = max(0.05, deadline - (time.monotonic() - started))
         scraped = start_scrapes(urls, tls_files(config), remaining, pool)
         health = discount_alarm_reports(probe_cluster(ctx.client, deadline=remaining, membership=membership))
-        served = _certificate_names(collect(), health)
+        served = certificate_names(collect(), health)
         texts = scraped()
     finally:
         # a frozen member's handshake ends by its own timeout; do not wait for it here
@@ -326,7 +265,7 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
         lock=lock,
         delta_chain=covering_chain(ctx.chains, cluster, health.cluster_id) if quorum_lost(health, ec2) else None,
     )
-    certificates, trusted_cas = _own_certificates(config, served)
+    certificates, trusted_cas = own_certificates(config, served)
     decision = decide(
         health,
         history,
