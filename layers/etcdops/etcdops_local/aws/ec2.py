@@ -75,35 +75,9 @@ def patch_compute() -> Callable[[], None]:
             raise SSMException("InvalidInstanceId", f"Instances {offline} not in a valid state for account")
         return original_send(self)
 
-    def describe_instance_information(self: Any) -> Any:
-        from moto.core.responses import ActionResult
-
-        wanted: set[str] | None = None
-        for entry in self._get_param("Filters", []) or []:
-            if entry.get("Key") == "InstanceIds":
-                wanted = set(entry.get("Values") or [])
-        for entry in self._get_param("InstanceInformationFilterList", []) or []:
-            if entry.get("key") == "InstanceIds":
-                wanted = set(entry.get("valueSet") or [])
-        now = datetime.now(UTC)
-        listed = [
-            {
-                "InstanceId": instance_id,
-                "PingStatus": ping,
-                "LastPingDateTime": now,
-                "PlatformType": "Linux",
-                "ResourceType": "EC2Instance",
-                "AgentVersion": "3.3.0.0",
-                "IsLatestVersion": True,
-            }
-            for instance_id, ping in sorted(_ping_status(self.current_account, self.region).items())
-            if wanted is None or instance_id in wanted
-        ]
-        return ActionResult({"InstanceInformationList": listed})
-
     InstanceResponse.run_instances = run_instances  # type: ignore[method-assign]
     SimpleSystemManagerResponse.send_command = send_command  # type: ignore[method-assign]
-    SimpleSystemManagerResponse.describe_instance_information = describe_instance_information  # type: ignore[attr-defined]
+    SimpleSystemManagerResponse.describe_instance_information = _describe_instance_information  # type: ignore[attr-defined]
 
     undo_volumes = _patch_volumes()
 
@@ -114,6 +88,34 @@ def patch_compute() -> Callable[[], None]:
         del SimpleSystemManagerResponse.describe_instance_information  # type: ignore[attr-defined]
 
     return undo
+
+
+def _describe_instance_information(self: Any) -> Any:
+    """SSM's DescribeInstanceInformation (moto has none): the instances' agents as :func:`_ping_status` has them."""
+    from moto.core.responses import ActionResult
+
+    wanted: set[str] | None = None
+    for entry in self._get_param("Filters", []) or []:
+        if entry.get("Key") == "InstanceIds":
+            wanted = set(entry.get("Values") or [])
+    for entry in self._get_param("InstanceInformationFilterList", []) or []:
+        if entry.get("key") == "InstanceIds":
+            wanted = set(entry.get("valueSet") or [])
+    now = datetime.now(UTC)
+    listed = [
+        {
+            "InstanceId": instance_id,
+            "PingStatus": ping,
+            "LastPingDateTime": now,
+            "PlatformType": "Linux",
+            "ResourceType": "EC2Instance",
+            "AgentVersion": "3.3.0.0",
+            "IsLatestVersion": True,
+        }
+        for instance_id, ping in sorted(_ping_status(self.current_account, self.region).items())
+        if wanted is None or instance_id in wanted
+    ]
+    return ActionResult({"InstanceInformationList": listed})
 
 
 def _patch_volumes() -> Callable[[], None]:
