@@ -5,15 +5,16 @@ Starts ``--clusters`` one-member TLS clusters (c1 is the stack's default cluster
 registered in its cluster registry), builds template.yaml in the emulated AWS with HealthCheck on a
 ``--interval`` timer (failure threshold K=3 over 2 s), then measures
 
-* a round over all: from the moment the timer fires to the moment every cluster's round decided
-  (each round saves its decision), for ``--rounds`` rounds;
+* a round over all: how far apart every cluster's decision of one round lies (each round saves its
+  decision with its time), for ``--rounds`` rounds after a first (cold) one, and the emulator
+  process's CPU per cluster round over them (every function runs in this one process);
 * detection: the last-registered cluster's only member is killed; the time until that cluster's round
   decides the quorum loss (a one-member cluster cannot lose a member and keep quorum, so the decision
   is ESCALATE_QUORUM_LOSS; a 3-member cluster's REPLACE_MEMBER is decided after the same K rounds).
 
 The goal (issue 13): detection no slower than with one cluster, <= K x interval + 10 s.
 
-    python bench/bench_fleet.py [--clusters 20] [--interval 5] [--rounds 3]
+    python -u bench/bench_fleet.py [--clusters 20] [--interval 5] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from etcdops_local.cluster import LocalCluster
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "template.yaml"
 K = 3
+POLL_SECONDS = 0.5
 
 
 def document(cluster: LocalCluster, name: str) -> str:
@@ -43,6 +45,13 @@ def document(cluster: LocalCluster, name: str) -> str:
 def decided_at(state: DynamoStateStore, name: str) -> float | None:
     last = state.load_last_decision(name)
     return last.decided_at.timestamp() if last else None
+
+
+def wait_round(state: DynamoStateStore, names: list[str]) -> None:
+    """Until every cluster decided once more (polled slowly: see run)."""
+    before = {name: decided_at(state, name) for name in names}
+    while any(decided_at(state, n) == before[n] for n in names):
+        time.sleep(POLL_SECONDS)
 
 
 def main() -> None:
@@ -76,26 +85,34 @@ def run(args: argparse.Namespace, clusters: dict[str, LocalCluster]) -> None:
         for name in names[1:]:
             registry.add(document(clusters[name], name), name)
         state = DynamoStateStore(stack.table or "", aws.client("dynamodb"))
-        with LocalScheduler.for_stack(stack, {"HealthCheckSchedule": f"rate({args.interval} seconds)"}):
+        # DeltaBackup (every minute in the template) is left out, as the e2e tests leave it out
+        schedules = {"HealthCheckSchedule": f"rate({args.interval} seconds)", "DeltaBackupSchedule": "rate(1 day)"}
+        with LocalScheduler.for_stack(stack, schedules):
+            wait_round(state, names)  # the first round: every function's cold start, not counted
             spans = []
+            cpu, wall = time.process_time(), time.monotonic()
             for _ in range(args.rounds):
-                before = {name: decided_at(state, name) for name in names}
-                while any(decided_at(state, n) == before[n] for n in names):
-                    time.sleep(0.05)
+                # the decisions carry their own time: polled slowly, so that the bench's own reads (in the
+                # emulator's process, like every round) do not slow the rounds it measures
+                wait_round(state, names)
                 stamps = [decided_at(state, n) or 0.0 for n in names]
                 spans.append(max(stamps) - min(stamps))  # the spread of one round's decisions across the fleet
+            rounds = args.rounds * len(names)
+            used = (time.process_time() - cpu) / rounds
+            measured = time.monotonic() - wall
             print(f"a round over all {len(names)} clusters: decisions spread over "
-                  + ", ".join(f"{s:.2f} s" for s in spans) + f" (interval {args.interval} s)")  # fmt: skip
+                  + ", ".join(f"{s:.2f} s" for s in spans) + f" (interval {args.interval} s); the emulator's "
+                  f"process used {used:.2f} CPU-s per cluster round ({measured:.0f} s measured)")  # fmt: skip
             last = names[-1]
             victim = clusters[last]
-            killed = time.monotonic()
+            killed = time.time()
             victim.kill("m1")
             while True:
                 decision = state.load_last_decision(last)
                 if decision is not None and str(decision.decision.action) == "ESCALATE_QUORUM_LOSS":
                     break
-                time.sleep(0.1)
-            detection = time.monotonic() - killed
+                time.sleep(POLL_SECONDS)
+            detection = decision.decided_at.timestamp() - killed
             goal = K * args.interval + 10
             print(f"failure in the last-registered cluster {last} decided after {detection:.1f} s "
                   f"(goal <= K x interval + 10 s = {goal} s): {'met' if detection <= goal else 'MISSED'}")  # fmt: skip
