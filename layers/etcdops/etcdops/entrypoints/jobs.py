@@ -28,6 +28,7 @@ from etcdops.adapters.registry import ClusterConfigs, ClusterRegistry
 from etcdops.adapters.state_delta import DynamoDeltaChainStore
 from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.backup.catalogue import read_catalogue
+from etcdops.app.backup.delta import chain_warnings, verify_delta_chains
 from etcdops.app.backup.delta_job import run_delta_backup
 from etcdops.app.backup.job import MetricsSink, run_backup, verify_backup
 from etcdops.app.backup.volume import ProviderSnapshotResult, run_volume_backup
@@ -200,9 +201,11 @@ def _stale_delta_age(chains: DynamoDeltaChainStore, cluster: str, metrics: Metri
 def verify_job(
     settings: JobSettings, aws: AwsClients, metrics: MetricsSink, backup_id: str | None, cluster: str | None = None
 ) -> dict[str, Any]:
-    """Verify ``backup_id``, or the newest backup when none is given; report what in the store is not
-    a usable backup (corrupt manifests, orphan objects). The age of the newest verified backup is
-    HealthCheck's metric: only it knows the live cluster incarnation (invariant 11)."""
+    """Verify ``backup_id``, or the newest backup when none is given, and every delta chain of the store
+    (:func:`verify_delta_chains`: a broken chain is a warning and counts in ``DeltaChainBroken``, the
+    backup's verification stands); report what in the store is not a usable backup (corrupt manifests,
+    orphan objects). The age of the newest verified backup is HealthCheck's metric: only it knows the
+    live cluster incarnation (invariant 11)."""
     try:
         config = load_job_config(settings, aws, cluster)
     except ClusterNotConfiguredError as exc:
@@ -216,11 +219,14 @@ def verify_job(
                 raise EtcdopsError(f"no backups in {store.uri} to verify")
             backup_id = catalogue.backups[-1].id
         result = verify_backup(store, keyring, backup_id, cluster=config.name)
+        chains = verify_delta_chains(store, keyring, config.name)
     except Exception:  # every failure counts; FailureNotice says it once the invocation has failed for good
         metrics.add_metric("BackupVerifyFailed", COUNT, 1)
         raise
     metrics.add_metric("BackupVerifyFailed", COUNT, 0)
-    warnings = catalogue.warnings()
+    broken = [c for c in chains if c.broken]
+    metrics.add_metric("DeltaChainBroken", COUNT, len(broken))
+    warnings = catalogue.warnings() + chain_warnings(broken)
     for warning in warnings:
         log.warning("%s", warning)
     return {
@@ -229,6 +235,7 @@ def verify_job(
         "revision": result.summary.revision,
         "total_keys": result.summary.total_keys,
         "seconds": round(result.seconds, 3),
+        "delta_chains": [c.to_dict() for c in chains],
         "warnings": warnings,
     }
 

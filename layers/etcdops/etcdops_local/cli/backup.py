@@ -130,7 +130,7 @@ def cmd_backup_list(args: argparse.Namespace) -> int:
     kept = list(reversed(read_volume_records(store)))  # volume backups the compute provider keeps (EBS)
     drills = drill_results(read_drills(store))
     deltas = read_delta_catalogue(store)
-    chains = [_chain_dict(c) for c in reversed(build_chains(deltas.deltas))]
+    chains = [_chain_dict(c, deltas.missing) for c in reversed(build_chains(deltas.deltas))]
     data = {
         "store": catalogue.uri,
         "cluster_id": live,
@@ -150,13 +150,17 @@ def cmd_backup_list(args: argparse.Namespace) -> int:
         "delta_orphans": deltas.orphans,
     }
     if not getattr(args, "json", False):
-        _warn(catalogue.warnings() + [f"delta manifest {line}" for line in deltas.corrupt])
+        broken = [f"delta chain {c['chain']} is broken: {p}" for c in chains for p in c["problems"]]
+        _warn(catalogue.warnings() + [f"delta manifest {line}" for line in deltas.corrupt] + broken)
     emit(args, data, lambda: _list_text(catalogue.uri, manifests, live, names, drills, kept) + _chains_text(chains))
     return 0
 
 
-def _chain_dict(chain: Any) -> dict[str, Any]:
-    """A delta chain as `backup list` shows it: what it covers without a gap, from and to when."""
+def _chain_dict(chain: Any, missing: list[str]) -> dict[str, Any]:
+    """A delta chain as `backup list` shows it: what it covers without a gap, from and to when, and what
+    breaks it by its manifests and the objects listed (`backup verify` also reads every delta back)."""
+    from etcdops.domain.backup.chain import chain_breaks
+
     return {
         "chain": chain.chain_id,
         "cluster_id": chain.cluster_id,
@@ -167,6 +171,7 @@ def _chain_dict(chain: Any) -> dict[str, Any]:
         "deltas": len(chain.deltas),
         "gap_at": chain.gap_at,
         "stray": [d.id for d in chain.stray],
+        "problems": chain_breaks(chain, missing),
     }
 
 
@@ -177,7 +182,8 @@ def _chains_text(chains: list[dict[str, Any]]) -> str:
         [
             c["chain"], c["cluster_id"], f"{c['from_revision']} .. {c['to_revision']}",
             (c["from_time"] or "-")[:19].replace("T", " "), (c["to_time"] or "-")[:19].replace("T", " "), c["deltas"],
-            f"at revision {c['gap_at']}, {len(c['stray'])} deltas after it unusable" if c["gap_at"] else "-",
+            f"at revision {c['gap_at']}, {len(c['stray'])} deltas after it unusable" if c["gap_at"]
+            else ("BROKEN (see the warnings)" if c["problems"] else "-"),
         ]
         for c in chains
     ]  # fmt: skip
@@ -256,6 +262,7 @@ def _verify_dict(result: Any) -> dict[str, Any]:
 
 def cmd_backup_verify(args: argparse.Namespace) -> int:
     from etcdops.adapters.backup.target import open_backup_target
+    from etcdops.app.backup.delta import chain_warnings, verify_delta_chains
     from etcdops.app.backup.job import verify_backup
     from etcdops.app.snapshot import TerminalProgress
 
@@ -264,13 +271,17 @@ def cmd_backup_verify(args: argparse.Namespace) -> int:
     progress = TerminalProgress(sys.stderr, f"verify {args.id}")
     result = verify_backup(store, keyring, args.id, cluster=config.name, progress=progress)
     progress.done()
-    data = _verify_dict(result)
-    _warn(_store_warnings(store))
+    chains = verify_delta_chains(store, keyring, config.name)  # every delta read back and checked too
+    broken = [c for c in chains if c.broken]
+    data = {**_verify_dict(result), "delta_chains": [c.to_dict() for c in chains]}
+    _warn(_store_warnings(store) + chain_warnings(broken))
+    deltas = sum(c.deltas for c in chains)
     emit(
         args,
         data,
         lambda: f"backup {args.id} verified: decrypts, sha256 matches, revision {data['revision']}, "
-        f"{data['total_keys']} keys, hash {data['hash']:x}",
+        f"{data['total_keys']} keys, hash {data['hash']:x}; delta chains: {len(chains)} ({deltas} deltas read "
+        f"back), " + (f"{len(broken)} BROKEN (see the warnings)" if broken else "none broken"),
     )
     return 0
 
@@ -350,7 +361,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     listing.set_defaults(handler=cmd_backup_list)
     verify = actions.add_parser(
-        "verify", help="fetch, decrypt, hash and inspect a backup; compare with its manifest", parents=[common]
+        "verify",
+        help="fetch, decrypt, hash and inspect a backup; compare with its manifest; read every delta chain back",
+        parents=[common],
     )
     verify.add_argument("id", metavar="ID")
     verify.set_defaults(handler=cmd_backup_verify)

@@ -299,6 +299,7 @@ class DeltaCatalogue:
     deltas: list[DeltaManifest]  # readable manifests, by cluster and first revision
     corrupt: list[str] = field(default_factory=list)  # "key: why" of manifests that cannot be read
     orphans: list[str] = field(default_factory=list)  # ids of objects without a manifest (lost races, crashes)
+    missing: list[str] = field(default_factory=list)  # ids of manifests without their object (a deleted delta)
 
 
 def load_delta_manifest(store: BackupStore, delta_id: str) -> DeltaManifest:
@@ -323,7 +324,7 @@ def read_delta_catalogue(store: BackupStore) -> DeltaCatalogue:
         except UNREADABLE as exc:
             corrupt.append(f"{delta_manifest_key(delta_id)}: {exc}")
     deltas.sort(key=lambda m: (m.cluster_id, m.first_revision, m.id))
-    return DeltaCatalogue(deltas, corrupt, sorted(objects - manifests))
+    return DeltaCatalogue(deltas, corrupt, sorted(objects - manifests), sorted(manifests - objects))
 
 
 def delete_delta(store: BackupStore, delta_id: str) -> None:

@@ -7,7 +7,7 @@ the cluster's revision, and pass them in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -114,6 +114,29 @@ def build_chains(manifests: Iterable[DeltaManifest]) -> list[Chain]:
             Chain(chain_id, members[0].cluster_id, members[0].base_revision, tuple(linked), tuple(stray), gap_at)
         )
     return chains
+
+
+def chain_breaks(chain: Chain, missing_objects: Collection[str] = ()) -> list[str]:
+    """What breaks ``chain`` by its manifests alone, or nothing: a gap (a deleted or never stored delta),
+    deltas overlapping it, a delta of another cluster id, a manifest whose object is gone
+    (``missing_objects``: ids of manifests without an object). A point-in-time restore cannot go past
+    the first break."""
+    problems = []
+    if chain.gap_at is not None:
+        problems.append(
+            f"revision {chain.gap_at} is in no delta (a delta deleted or never stored): the chain ends at "
+            f"{chain.last_revision}, {len(chain.stray)} deltas after the gap cannot be replayed"
+        )
+    elif chain.stray:
+        problems.append(f"{len(chain.stray)} deltas overlap the chain: {', '.join(d.id for d in chain.stray)}")
+    everything = (*chain.deltas, *chain.stray)
+    for delta in everything:
+        if delta.cluster_id != chain.cluster_id:
+            problems.append(f"delta {delta.id} is of cluster id {delta.cluster_id}, the chain of {chain.cluster_id}")
+    gone = sorted({d.id for d in everything} & set(missing_objects))
+    if gone:
+        problems.append(f"the objects of {len(gone)} deltas are missing: {', '.join(gone)}")
+    return problems
 
 
 # ---- point-in-time restore ------------------------------------------------------------------------
