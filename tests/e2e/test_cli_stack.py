@@ -17,6 +17,7 @@ from stack_templates import TEMPLATE
 
 from etcdops.adapters import pki
 from etcdops.adapters.etcd.client import SHA256_SIZE, EtcdClient, TlsFiles
+from etcdops.adapters.state_delta import DynamoDeltaChainStore
 from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops_local.aws.stack import LocalAws, LocalStack, start_execution, wait_for_execution
 from etcdops_local.cli import main as cli
@@ -234,6 +235,31 @@ def test_backups_and_snapshots_use_the_stack_bucket_key_and_tls_secrets(
     (elsewhere / "cut.db").write_bytes((elsewhere / "saved.db").read_bytes()[:-1])
     code, _, err = run(capsys, "backup", "import", "cut.db")
     assert code == 1 and "leaves no sha256 trailer" in err and err.count("\n") == 1, err
+
+
+def test_a_delta_backup_by_hand_continues_the_stack_chain_and_verify_reads_it_back(
+    deployed: tuple[LocalAws, LocalStack],
+    elsewhere: Path,
+    shared_cluster: LocalCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    aws, stack = deployed
+    monkeypatch.setenv("ETCDOPS_STACK", stack.stack_name)
+    code, first, err = run(capsys, "backup", "run", "--kind", "delta", "--json")
+    assert code == 0 and first["action"] == "new-chain" and first["backup_id"], err
+    with shared_cluster.client() as client:
+        client.put("/delta-by-hand", "1")
+    code, second, err = run(capsys, "backup", "run", "--kind", "delta", "--json")
+    assert code == 0 and second["action"] == "delta" and second["events"] >= 1, err
+    code, text, err = run(capsys, "backup", "run", "--kind", "delta")
+    assert code == 0 and text.startswith("nothing to store: no write since revision"), err
+    head = DynamoDeltaChainStore(DynamoStateStore(stack.table or "", aws.client("dynamodb"))).load_chain_head("prod")
+    assert head is not None and (head.last_delta, head.chain_id) == (second["delta_id"], first["backup_id"])
+
+    code, verified, err = run(capsys, "backup", "verify", first["backup_id"], "--json")
+    (chain,) = [c for c in verified["delta_chains"] if c["chain"] == first["backup_id"]]
+    assert code == 0 and (chain["broken"], chain["deltas"], chain["to_revision"]) == (False, 1, second["last_revision"])
 
 
 def test_status_shows_the_last_decision_of_the_stack_health_check(

@@ -120,6 +120,19 @@ def test_local_up_is_idempotent_and_status_reports_failures(
     gc = as_json(run(cwd, "local", "gc", "--json"))
     assert gc["removed"] == [] and gc["state_dir_bytes"] > 0  # no restore ran: nothing set aside
 
+    if etcd_binaries.version == etcd_flavour(E2E_VERSIONS[-1]).version:  # the wiring is the same on every version
+        # delta runs by hand, the chain head in the local stack's state table (the autopilot's own runs may store
+        # a range first: then a run by hand stores nothing and says so); a write, then a run: a delta holds it
+        first = as_json(run(cwd, "backup", "run", "--kind", "delta", "--json"))
+        assert first["action"] in ("new-chain", "delta", "none", "lost-race") and first["broken"] is None, first
+        with LocalCluster(cwd / ".etcdops").client() as client:
+            written = client.put("/by-hand", "1")
+        again = as_json(run(cwd, "backup", "run", "--kind", "delta", "--json"))
+        assert again["action"] in ("delta", "none", "lost-race") and again["broken"] is None, again
+        listed = as_json(run(cwd, "backup", "list", "--json"))
+        (chain,) = listed["chains"]
+        assert chain["cluster_id"] == listed["cluster_id"] and not chain["problems"] and chain["to_revision"] >= written
+
     status = as_json(run(cwd, "status", "--json"))
     assert status["has_quorum"] and status["leader"]
     assert {"cluster_id", "leader", "has_quorum", "members", "alarms"} <= status.keys()
@@ -351,6 +364,10 @@ def test_backup_commands_round_trip(stack: tuple[Path, dict[str, str]], run: Cli
     assert Path(fetched["path"]).stat().st_size == made["size_plain"]
     code, err = run.on_a_full_disk(cwd, "backup", "fetch", made["id"], "full.db")
     assert code == 1 and "No space left on device" in err and not list(cwd.glob("*full.db*"))
+
+    no_table = run(cwd, "backup", "run", "--kind", "delta", check=False)  # no autopilot: no state table
+    assert no_table.returncode == 1 and no_table.stderr.count("\n") == 1 and "ETCDOPS_TABLE" in no_table.stderr
+    assert not (LocalCluster(cwd / ".etcdops").backup_dir / "deltas").exists()  # nothing was stored
 
     unknown = run(cwd, "backup", "verify", "20200101T000000Z-abcdef", check=False)
     assert unknown.returncode == 1 and "BackupNotFoundError" in unknown.stderr

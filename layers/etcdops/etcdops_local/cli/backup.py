@@ -25,6 +25,10 @@ def cmd_backup_run(args: argparse.Namespace) -> int:
     from etcdops.app.probe import probe_cluster
     from etcdops.app.snapshot import TerminalProgress
 
+    if args.kind == "delta":
+        from etcdops_local.cli.backup_delta import cmd_backup_delta
+
+        return cmd_backup_delta(args)
     config = resolve_config(args)
     # a local key file is created on first use; a KMS key must already exist
     store, keyring = open_backup_target(config, create_local_key=True)
@@ -348,10 +352,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--kind",
-        choices=("full", "volume"),
+        choices=("full", "volume", "delta"),
         default="full",
         help="full: an etcd snapshot streamed from a member (default); volume: a crash-consistent copy of one "
-        "healthy follower's data taken while it is held still (locally SIGSTOPped for the copy)",
+        "healthy follower's data taken while it is held still (locally SIGSTOPped for the copy); delta: one "
+        "delta run as DeltaBackup's (the changes since the delta chain's last revision; the chain head is in "
+        "the state table)",
     )
     run.set_defaults(handler=cmd_backup_run)
     listing = actions.add_parser(
