@@ -6,7 +6,9 @@ returned before the disaster, for a random R and for the newest revision the cha
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
 import threading
 import time
 
@@ -178,3 +180,45 @@ def test_a_delta_gone_while_the_approval_waits_stops_the_restore_in_preflight_wi
     # the same delta back, whole: the preflight passes (the check is about the deltas, nothing else)
     store.put_bytes(delta_object_key(first), gone)
     assert restore.run_step(ctx, "Preflight", doc)["preflight"]["passed_at"]
+
+def test_a_revision_of_200_changes_is_replayed_as_one_transaction_with_max_txn_ops_raised(  # type: ignore[no-untyped-def]
+    start_cluster, etcd3530
+) -> None:
+    """One revision of 200 changes inside the chain: a transaction of 200 puts (its member started once with
+    --max-txn-ops=1000, a flag of that start only) and a lease revoked with 200 keys (one revision of 200
+    deletes, which a cluster at etcd's default limit makes too). The restored members start with
+    --max-txn-ops raised to 200 and replay each as one transaction; the keyspace equals `get --rev`."""
+    cluster: LocalCluster = start_cluster(etcd3530, members=1)
+    config = cluster.config()
+    store, keyring = open_backup_target(config, create_local_key=True)
+    ctx = context_for(cluster)
+    (host,) = ctx.compute.hosts()
+    ctx.compute.stop_etcd(host)
+    ctx.compute.start_etcd(host, f"{host.name}={host.peer_url}", "new", {"max-txn-ops": 1000})
+    cluster.wait_ready(timeout=120.0)
+    chains = InMemoryDeltaChainStore()
+    with client_for(config, endpoints=[host.client_url]) as client:
+        client.put("/before", "b")
+        run_delta_backup(config, client, probe_cluster(client), store, keyring, chains)  # the chain's full backup
+        txn = client.txn([DeltaEvent("put", f"/txn/{n:03d}".encode(), 0, b"t") for n in range(200)])
+        lease = client.lease_grant(3600)
+        for n in range(2):  # 200 keys on one lease, in two transactions of 100
+            client.txn([DeltaEvent("put", f"/l/{n}{k:02d}".encode(), 0, b"l", lease=lease) for k in range(100)])
+        etcdctl = [str(cluster.binaries().etcdctl), "lease", "revoke", f"{lease:x}"]
+        subprocess.run(etcdctl, env={**os.environ, **cluster.env()}, check=True, capture_output=True)
+        revoked = client.range(b"\0", count_only=True).revision
+        client.put("/after", "a")
+        run_delta_backup(config, client, probe_cluster(client), store, keyring, chains)
+        target = client.range(b"\0", count_only=True).revision
+        before = keyspace(client, target)
+    assert revoked == txn + 3 and len(keyspace(client, revoked - 1)) - len(keyspace(client, revoked)) == 200
+    kill_all(cluster)
+
+    at = IN_PLACE.index("VerifyRestore")
+    steps = [*IN_PLACE[:at], "ReplayDeltas", *IN_PLACE[at:]]
+    doc = run(ctx, steps, {**start_doc(), "execution": "pitr-200", "latest": True})
+    assert doc["pitr"]["largest"][1] == 200 and doc["start_flags"] == ["--max-txn-ops=200"]
+    assert "--max-txn-ops=200 so that" in doc["approval_summary"]
+    with client_for(config, endpoints=[t["client_url"] for t in doc["targets"]]) as client:
+        assert keyspace(client, 0) == before
+        assert client.range(b"\0", count_only=True).revision == target + doc["replayed"]["offset"]

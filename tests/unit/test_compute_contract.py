@@ -36,6 +36,7 @@ SAMPLES = {
     "RestartKubelet": "true",
     "Version": "3.5.30",
     "CheckOnly": "false",
+    "ExtraFlags": "--max-txn-ops=200",
 }
 
 
@@ -93,6 +94,28 @@ def test_documented_scripts_are_valid_bash(key: str) -> None:
     script = re.sub(r"\{\{ (\w+) \}\}", lambda m: SAMPLES[m.group(1)], "\n".join(step["inputs"]["runCommand"]))
     checked = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stderr
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+@pytest.mark.parametrize(
+    ("flags", "written"),
+    [
+        ("", []),
+        ("--max-txn-ops=200 --max-request-bytes=2097152", ["ETCD_MAX_TXN_OPS=200", "ETCD_MAX_REQUEST_BYTES=2097152"]),
+    ],
+)
+def test_start_etcd_writes_this_starts_flags_into_etcd_env(tmp_path: Path, flags: str, written: list[str]) -> None:
+    """StartEtcd's loop over ExtraFlags, run as the host runs it: each flag becomes the ETCD_* variable etcd reads."""
+    (step,) = documented()["StartEtcd"]["Properties"]["Content"]["mainSteps"]
+    script = "\n".join(step["inputs"]["runCommand"])
+    loop = script[script.index("for flag in {{ ExtraFlags }}") : script.index("done\n") + len("done")]
+    env = tmp_path / "etcd.env.tmp"
+    env.write_text("ETCD_NAME=m4\n")
+    snippet = loop.replace("{{ ExtraFlags }}", flags).replace("/etc/etcdops/etcd.env.tmp", str(env))
+    ran = subprocess.run(["bash", "-c", "set -euo pipefail\n" + snippet], capture_output=True, text=True, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert env.read_text().splitlines() == ["ETCD_NAME=m4", *written]
+    assert re.fullmatch(DOCUMENTS["StartEtcd"].parameters[-1].pattern, flags)
 
 
 def test_every_action_has_a_document() -> None:

@@ -434,6 +434,19 @@ def test_start_and_stop_etcd_send_the_documents_with_their_parameters(aws: Aws) 
     assert stop["DocumentName"] == f"{STACK}-StopEtcd" and stop["Parameters"] == {}
 
 
+def test_a_start_with_flags_sends_them_and_refuses_any_other_flag(aws: Aws) -> None:
+    compute = aws.provider()
+    host = compute.launch("m4")
+
+    compute.start_etcd(host, f"m4={host.peer_url}", "new", {"max-txn-ops": 200})
+    for bad, says in (({"data-dir": 1}, "only max-txn-ops, max-request-bytes"), ({"max-txn-ops": 0}, "not a whole")):
+        with pytest.raises(ActionParameterError, match=says):
+            compute.start_etcd(host, f"m4={host.peer_url}", "new", bad)
+
+    (start,) = aws.commands()  # the refused ones sent nothing
+    assert start["Parameters"]["ExtraFlags"] == ["--max-txn-ops=200"]
+
+
 def test_the_binary_swap_sends_its_document_with_the_version_and_refuses_a_version_that_is_none(aws: Aws) -> None:
     compute = aws.provider()
     host = compute.launch("m4")

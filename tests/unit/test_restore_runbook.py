@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from etcdops.app.backup.replay import replay_start_flags
 from etcdops.app.runbook import restore
 from etcdops.entrypoints.runbook_step import RunbookStepEvent
 
@@ -85,13 +86,14 @@ def test_the_approval_says_when_the_backup_is_not_of_the_live_incarnation(live: 
         assert says in summary
 
 
-@pytest.mark.parametrize(("events", "warned"), [(128, False), (129, True)])
-def test_the_approval_warns_of_a_replayed_revision_larger_than_etcds_default_max_txn_ops(
-    events: int, warned: bool
+@pytest.mark.parametrize(("events", "raised"), [(128, False), (129, True)])
+def test_a_replayed_revision_larger_than_etcds_default_max_txn_ops_raises_it_for_the_start(
+    events: int, raised: bool
 ) -> None:
     pitr = {"revisions": 3, "events": events + 2, "deltas": ["d1"], "target_revision": 42, "expected_keys": 7}
     doc = {**START, "backup_id": "b", "bump_revision": 0, "pitr": {**pitr, "largest": [40, events]}}
     summary = restore.approval_summary(doc)
-    warning = f"WARNING: revision 40 has {events} changes, more than etcd's default --max-txn-ops (128)"
-    assert (warning in summary) == warned and ("--to-revision 39 instead" in summary) == warned
+    note = f"revision 40 has {events} changes, more than etcd's default --max-txn-ops (128): the restored members "
+    assert (note in summary) == raised and (f"--max-txn-ops={events} so that" in summary) == raised
     assert "up to revision 42" in summary
+    assert replay_start_flags(doc["pitr"]) == ({"max-txn-ops": events} if raised else {})

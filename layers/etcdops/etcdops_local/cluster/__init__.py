@@ -163,11 +163,12 @@ class LocalCluster(MemberRestore, ProcessControl):
         *,
         initial_state: str,
         initial_cluster: str | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
         if initial_cluster is None:
             initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in state.members)
         self.member_dir(member.name).mkdir(parents=True, exist_ok=True)
-        command = self._command(state, member, initial_cluster, initial_state)
+        command = [*self._command(state, member, initial_cluster, initial_state), *extra]
         with open(self.member_dir(member.name) / "etcd.log", "ab") as log:
             process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
@@ -211,8 +212,11 @@ class LocalCluster(MemberRestore, ProcessControl):
             state.save(self.state_file)
             return member
 
-    def spawn_member(self, name: str, *, initial_cluster: str, initial_state: str = "existing") -> LocalMember:
-        """Start the process of an existing member record (reserved, or stopped); a no-op if it runs."""
+    def spawn_member(
+        self, name: str, *, initial_cluster: str, initial_state: str = "existing", extra: Sequence[str] = ()
+    ) -> LocalMember:
+        """Start the process of an existing member record (reserved, or stopped); a no-op if it runs.
+        ``extra`` etcd flags come after the stack's own, for this start only (not recorded)."""
         with state_lock(self.state_file):
             state = self.state()
             member = next((m for m in state.members if m.name == name), None)
@@ -220,7 +224,7 @@ class LocalCluster(MemberRestore, ProcessControl):
                 raise NotFoundError(f"no local member named {name!r}")
             if self._state_of(member) != "stopped":
                 return member
-            self._spawn(state, member, initial_state=initial_state, initial_cluster=initial_cluster)
+            self._spawn(state, member, initial_state=initial_state, initial_cluster=initial_cluster, extra=extra)
             state.save(self.state_file)
             return member
 

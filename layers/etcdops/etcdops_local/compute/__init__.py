@@ -45,6 +45,7 @@ from etcdops.domain.compute.base import (
     action_spec,
     check_host_name,
     check_initial_cluster,
+    start_flags,
 )
 from etcdops.domain.compute.errors import (
     ActionParameterError,
@@ -154,8 +155,11 @@ class LocalComputeProvider(ComputeProvider):
         member = self.cluster.reserve_member(name, online_at=online_at)
         return self._host(member)
 
-    def start_etcd(self, host: Host, initial_cluster: str, initial_state: InitialState) -> None:
+    def start_etcd(
+        self, host: Host, initial_cluster: str, initial_state: InitialState, flags: Mapping[str, int] | None = None
+    ) -> None:
         current = self._require(host)
+        extra = start_flags(flags)  # after the stack's own flags: these win, for this start only
         check_initial_cluster(current, initial_cluster, initial_state)
         data = self.cluster.data_dir(current.name)
         if initial_state == "existing" and self.cluster.member(current.name).pid is None and (data / "member").exists():
@@ -164,7 +168,7 @@ class LocalComputeProvider(ComputeProvider):
                 "it never wrote (a copy of another member's, or an older one): a new member starts empty and gets "
                 "its data from the leader (invariant 20); nothing was started"
             )
-        self.cluster.spawn_member(host.name, initial_cluster=initial_cluster, initial_state=initial_state)
+        self.cluster.spawn_member(host.name, initial_cluster=initial_cluster, initial_state=initial_state, extra=extra)
 
     def stop_etcd(self, host: Host) -> None:
         self.cluster.stop_member(self._require(host).name)

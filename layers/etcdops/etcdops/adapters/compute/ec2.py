@@ -49,6 +49,7 @@ from etcdops.domain.compute.base import (
     action_spec,
     check_host_name,
     check_initial_cluster,
+    start_flags,
 )
 from etcdops.domain.compute.errors import (
     ActionParameterError,
@@ -606,8 +607,11 @@ class Ec2ComputeProvider(ComputeProvider):
 
     # ---- commands ------------------------------------------------------------------------
 
-    def start_etcd(self, host: Host, initial_cluster: str, initial_state: InitialState) -> None:
+    def start_etcd(
+        self, host: Host, initial_cluster: str, initial_state: InitialState, flags: Mapping[str, int] | None = None
+    ) -> None:
         check_initial_cluster(host, initial_cluster, initial_state)
+        extra = start_flags(flags)  # StartEtcd writes them into etcd.env as ETCD_* variables
         parameters = DOCUMENTS["StartEtcd"].ssm_parameters(
             {
                 "member_name": host.name,
@@ -615,6 +619,7 @@ class Ec2ComputeProvider(ComputeProvider):
                 "client_url": host.client_url,
                 "initial_cluster": initial_cluster,
                 "initial_state": initial_state,
+                **({"extra_flags": " ".join(extra)} if extra else {}),
             }
         )
         self._command("StartEtcd", [host], parameters)

@@ -15,10 +15,13 @@ is unknown or expired during the replay. Keys in the backup keep the leases the 
 restores them with a fresh TTL). Verification compares the keyspace key by key with what the backup
 and the chain say it holds at the target, so a key a lease removed meanwhile shows as a difference.
 
-**Limits.** A revision is one transaction: one with more events than the restored cluster's
-``--max-txn-ops`` (etcd's default 128; e.g. a lease revoked with many keys) or above
-``--max-request-bytes`` is refused by etcd, and the replay stops there with that error. The plan
-records the largest revision (``largest``) and the approval message warns above etcd's default.
+**Limits.** A revision is one transaction, and etcd refuses a transaction with more operations than
+``--max-txn-ops`` (default 128; a lease revoked with many keys is one revision of that many deletes).
+The plan records the largest revision (``largest``); when it holds more than etcd's default, the
+restore starts the restored members with ``--max-txn-ops`` raised to its count for this start
+(:func:`replay_start_flags`), and the raised limit stays until each member's next start (the
+approval and success messages say so). A revision above ``--max-request-bytes`` (1.5 MiB) still
+stops the replay there with etcd's error.
 """
 
 from __future__ import annotations
@@ -200,6 +203,13 @@ def pitr_record(
         "expected_keys": len(expected),
         "expected_digest": keyspace_digest(expected),
     }
+
+
+def replay_start_flags(pitr: Mapping[str, Any] | None) -> dict[str, int]:
+    """The etcd flags the restored members start with so that the replay can write its largest revision
+    as one transaction: ``{"max-txn-ops": N}`` when that revision holds N > 128 changes, else none."""
+    events = int(((pitr or {}).get("largest") or [0, 0])[1])
+    return {"max-txn-ops": events} if events > ETCD_DEFAULT_MAX_TXN_OPS else {}
 
 
 def choice_of(store: BackupStore, pitr: Mapping[str, Any]) -> PointInTime:

@@ -84,6 +84,7 @@ from etcdops.app.backup.replay import (
     live_digests,
     pitr_record,
     replay_deltas,
+    replay_start_flags,
     restore_offset,
     target_choice,
 )
@@ -117,7 +118,7 @@ from etcdops.app.runbook.restore_report import (
 )
 from etcdops.domain.backup.errors import BackupNotFoundError, DecryptionError
 from etcdops.domain.backup.manifest import Manifest, VolumeSnapshotRecord
-from etcdops.domain.compute.base import ComputeProvider, Host, PreflightPlan
+from etcdops.domain.compute.base import ComputeProvider, Host, PreflightPlan, start_flags
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import Backoff, EtcdopsError, SnapshotIncompleteError
 from etcdops.domain.findings import Finding
@@ -555,11 +556,15 @@ def remove_volumes(ctx: RestoreContext, doc: Document) -> list[str]:
 
 
 def start_members(ctx: RestoreContext, doc: Document) -> Document:
+    """Start every restored member; for a replay whose largest revision holds more changes than etcd's
+    default --max-txn-ops, with --max-txn-ops raised to that count (:func:`replay_start_flags`)."""
     started = time.monotonic()
     initial = _initial_cluster(doc)
+    flags = replay_start_flags(doc.get("pitr"))
     for target in target_hosts(doc):
-        ctx.compute.start_etcd(_live_host(ctx, target["name"]), initial, "new")
-    return _timed({**doc, "members_started": [t["name"] for t in target_hosts(doc)]}, "start_members", started)
+        ctx.compute.start_etcd(_live_host(ctx, target["name"]), initial, "new", flags or None)
+    done = {"members_started": [t["name"] for t in target_hosts(doc)], "start_flags": start_flags(flags)}
+    return _timed({**doc, **done}, "start_members", started)
 
 
 def verify_restore(ctx: RestoreContext, doc: Document) -> Document:

@@ -54,17 +54,18 @@ def _incarnation_note(doc: Document) -> str:
 
 
 def _large_transaction_note(pitr: Mapping[str, Any]) -> str:
-    """A warning when one replayed revision holds more changes than etcd's default --max-txn-ops (a lease revoked
-    with many keys is one revision): etcd refuses that transaction, and the replay stops there."""
-    from etcdops.app.backup.replay import ETCD_DEFAULT_MAX_TXN_OPS
+    """When one replayed revision holds more changes than etcd's default --max-txn-ops (a lease revoked with
+    many keys is one revision): the members start with the limit raised for the replay, and keep it."""
+    from etcdops.app.backup.replay import ETCD_DEFAULT_MAX_TXN_OPS, replay_start_flags
 
-    revision, events = (pitr.get("largest") or [0, 0])[:2]
-    if int(events) <= ETCD_DEFAULT_MAX_TXN_OPS:
+    flags = replay_start_flags(pitr)
+    if not flags:
         return ""
+    revision = (pitr.get("largest") or [0, 0])[0]
     return (
-        f"WARNING: revision {revision} has {events} changes, more than etcd's default --max-txn-ops "
-        f"({ETCD_DEFAULT_MAX_TXN_OPS}); unless the members run with a higher --max-txn-ops the replay stops there, "
-        f"leaving the cluster before that revision: restore --to-revision {int(revision) - 1} instead. "
+        f"NOTE: revision {revision} has {flags['max-txn-ops']} changes, more than etcd's default --max-txn-ops "
+        f"({ETCD_DEFAULT_MAX_TXN_OPS}): the restored members start with --max-txn-ops={flags['max-txn-ops']} so that "
+        "it is replayed as one transaction, and keep that limit until each one's next start. "
     )
 
 
@@ -142,7 +143,7 @@ def replayed_note(doc: Document) -> str:
     replayed, pitr = doc.get("replayed"), doc.get("pitr")
     if not replayed or not pitr:
         return ""
-    unleased = replayed.get("unleased") or []
+    unleased, raised = replayed.get("unleased") or [], doc.get("start_flags") or []
     more = int(replayed.get("unleased_count") or 0) - len(unleased)
     return (
         f" and its deltas at revision {pitr['target_revision']} (now {replayed['revision']}, "
@@ -152,6 +153,7 @@ def replayed_note(doc: Document) -> str:
             if unleased
             else ""
         )
+        + (f"; the members run with {' '.join(raised)} until their next start" if raised else "")
     )
 
 

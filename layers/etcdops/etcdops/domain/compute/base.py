@@ -35,6 +35,11 @@ HostGroup = Literal["etcd", "control-plane"]
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 _URL = r"https://[A-Za-z0-9.:\[\]-]+:[0-9]{1,5}"
 _MEMBER = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
+#: etcd flags one start of a member may add to its configured ones (whole numbers): the limits a
+#: point-in-time restore's replay may need raised (one revision is one transaction). Nothing else, so
+#: a start can never change where the data is, the URLs or the TLS settings.
+START_FLAGS = ("max-txn-ops", "max-request-bytes")
+_START_FLAG = rf"--(?:{'|'.join(START_FLAGS)})=[1-9][0-9]{{0,9}}"
 PATTERNS = {
     "member": f"^{_MEMBER}$",
     "url": f"^{_URL}$",
@@ -47,6 +52,7 @@ PATTERNS = {
     "components": "^[a-z0-9-]+(,[a-z0-9-]+)*$",
     "bool": "^(true|false)$",
     "version": "^[0-9]{1,4}\\.[0-9]{1,4}\\.[0-9]{1,4}$",
+    "etcd_flags": f"^$|^{_START_FLAG}(?: {_START_FLAG})*$",
 }
 
 
@@ -176,6 +182,9 @@ DOCUMENTS: dict[str, DocumentSpec] = {
                 Parameter("initial_state", "InitialClusterState", PATTERNS["initial_state"], required=True),
                 Parameter("initial_cluster_token", "InitialClusterToken", PATTERNS["token"],
                           default="etcd-cluster"),
+                Parameter("extra_flags", "ExtraFlags", PATTERNS["etcd_flags"], default="",
+                          description="etcd flags for this start only (--max-txn-ops=N, --max-request-bytes=N), "
+                          "written to etcd.env as ETCD_* variables"),
             ),
         ),
         DocumentSpec("StopEtcd", "Stop etcd.service (its data stays).", "etcd", 120),
@@ -313,6 +322,20 @@ def check_host_name(name: str) -> str:
     return name
 
 
+def start_flags(flags: Mapping[str, int] | None) -> list[str]:
+    """``flags`` (``{"max-txn-ops": 512}``) as etcd command-line flags, in a fixed order; a one-line
+    :class:`ActionParameterError` for a flag not in :data:`START_FLAGS` or a value that is not a
+    positive whole number."""
+    out = []
+    for name, value in sorted((flags or {}).items()):
+        if name not in START_FLAGS:
+            raise ActionParameterError(f"start flag {name!r}: only {', '.join(START_FLAGS)} may be given for one start")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 10**10:
+            raise ActionParameterError(f"start flag {name}: {value!r} is not a whole number from 1 to 9999999999")
+        out.append(f"--{name}={value}")
+    return out
+
+
 def check_initial_cluster(host: Host, initial_cluster: str, initial_state: str) -> None:
     """The checks etcd would make at start-up, made before anything is sent to the host."""
     if initial_state not in ("new", "existing"):
@@ -363,10 +386,14 @@ class ComputeProvider(ABC):
         """
 
     @abstractmethod
-    def start_etcd(self, host: Host, initial_cluster: str, initial_state: InitialState) -> None:
+    def start_etcd(
+        self, host: Host, initial_cluster: str, initial_state: InitialState, flags: Mapping[str, int] | None = None
+    ) -> None:
         """Start etcd on ``host`` with ``--initial-cluster`` and ``--initial-cluster-state``.
 
         A no-op when it already runs. ``initial_cluster`` must contain ``host.name=host.peer_url``.
+        ``flags`` are etcd flags for this start only, on top of the configured ones (:func:`start_flags`:
+        :data:`START_FLAGS` only); the next start without them runs on the configured flags again.
         """
 
     @abstractmethod
