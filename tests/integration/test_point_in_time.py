@@ -1,8 +1,8 @@
-"""Point-in-time restore on a real 3-member TLS cluster (etcd 3.4.23 and 3.5.30): with a writer running
+"""Point-in-time restore on a real 3-member TLS cluster (etcd 3.4.23, 3.5.1 and 3.5.30): with a writer running
 (puts, deletes, transactions, keys with leases) delta runs build a chain; every member is killed; the
 cluster restored from the full backup with the deltas replayed holds, key by key, what `get --rev R`
 returned before the disaster, for a random R and for the newest revision the chain covers (--latest).
-3.5.30's restore bumps the revision (the replay's offset); 3.4's does not."""
+3.5.30's restore bumps the revision (the replay's offset); 3.4's and 3.5.1's (etcdutl before 3.5.10) do not."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def kill_all(cluster: LocalCluster) -> float:
     return time.time()
 
 
-@pytest.mark.parametrize("flavour", ["etcd34", "etcd3530"])
+@pytest.mark.parametrize("flavour", ["etcd34", "etcd351", "etcd3530"])
 def test_restore_to_a_random_revision_and_to_the_latest_equals_get_rev(flavour: str, start_cluster) -> None:  # type: ignore[no-untyped-def]
     binaries = etcd_flavour(flavour)
     cluster: LocalCluster = start_cluster(binaries)
@@ -180,6 +180,7 @@ def test_a_delta_gone_while_the_approval_waits_stops_the_restore_in_preflight_wi
     # the same delta back, whole: the preflight passes (the check is about the deltas, nothing else)
     store.put_bytes(delta_object_key(first), gone)
     assert restore.run_step(ctx, "Preflight", doc)["preflight"]["passed_at"]
+
 
 def test_a_revision_of_200_changes_is_replayed_as_one_transaction_with_max_txn_ops_raised(  # type: ignore[no-untyped-def]
     start_cluster, etcd3530
