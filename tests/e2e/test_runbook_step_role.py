@@ -19,8 +19,14 @@ import pytest
 from botocore.exceptions import ClientError
 
 from etcdops.adapters import pki
+from etcdops.adapters.aws import cluster_session, materialize_tls
+from etcdops.adapters.awserrors import AwsError
 from etcdops.adapters.compute.ec2 import Ec2ComputeProvider
-from etcdops.domain.config import Ec2Compute
+from etcdops.adapters.registry import ClusterRegistry
+from etcdops.domain.config import ClusterConfig, Ec2Compute, parse_config
+from etcdops.entrypoints.health_check import HealthAwsClients
+from etcdops.entrypoints.runbook_step import RunbookStepEvent, run_runbook_step
+from etcdops.entrypoints.settings import RunbookSettings
 from etcdops_local.aws.stack import LocalAws, LocalStack
 
 pytestmark = pytest.mark.e2e
@@ -313,3 +319,67 @@ def test_a_registered_clusters_secrets_and_hosts_are_the_fleets_and_a_stranger_i
         assert denied.value.response["Error"]["Code"] in ("AccessDeniedException", "UnauthorizedOperation")
     instances = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
     assert {i["InstanceId"] for i in instances if i["State"]["Name"] == "running"} == {stranger}
+
+
+def test_a_cluster_with_a_role_of_its_own_is_reached_through_it_and_a_role_outside_the_stacks_pattern_is_refused(
+    aws: LocalAws, tmp_path: Path
+) -> None:
+    """aws.role_arn (README: A fleet from one deployment, Cross-account clusters): the functions assume
+    the cluster's role for its Secrets Manager and EC2 calls, under a session naming function and cluster;
+    a role outside the stack's ClusterRoleArns is refused by STS in one line, before anything of the
+    cluster is touched."""
+    account = aws.authorizer.account_id
+    stack = aws.build_stack(
+        TEMPLATE, {"ClusterName": CLUSTER, "ClusterRoleArns": f"arn:aws:iam::{account}:role/etcdops-cluster-*"}
+    )
+    iam, secrets = aws.client("iam"), aws.client("secretsmanager")
+    trust = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"}, "Action": "sts:AssumeRole",
+         "Condition": {"StringEquals": {"sts:ExternalId": "fleet-7"}}},
+    ]}  # fmt: skip
+    roles = {
+        name: iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        for name in ("etcdops-cluster-c2", "admin-c3")
+    }
+    iam.put_role_policy(
+        RoleName="etcdops-cluster-c2", PolicyName="c2",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+             "Resource": f"arn:aws:secretsmanager:{aws.region}:{account}:secret:etcdops/c2/*"},
+        ]}),
+    )  # fmt: skip
+    ca = secrets.create_secret(Name="etcdops/c2/client/ca", SecretString="c2 CA")["ARN"]  # no fleet tag: the role's
+
+    def config(name: str, role: str) -> ClusterConfig:
+        return parse_config({"name": name, "endpoints": ["https://10.0.2.10:2379"], "tls": {"ca": ca},
+                             "aws": {"role_arn": role, "external_id": "fleet-7"}})  # fmt: skip
+
+    health = aws.function_session(stack, "HealthCheckFunction")
+    c2 = HealthAwsClients.from_session(health).for_cluster(config("c2", roles["etcdops-cluster-c2"]))
+    materialized = materialize_tls(config("c2", roles["etcdops-cluster-c2"]), c2.secrets, tmp_path)
+    assert materialized.tls is not None and Path(materialized.tls.ca).read_text() == "c2 CA"
+    caller = cluster_session(health, config("c2", roles["etcdops-cluster-c2"]), "HealthCheck").client("sts")
+    assert caller.get_caller_identity()["Arn"].endswith(":assumed-role/etcdops-cluster-c2/etcdops-HealthCheck-c2")
+    with pytest.raises(ClientError):  # the stack's own role may not read it (no etcdops:fleet tag)
+        aws.authorizer.expect_denied("HealthCheckFunction", "secretsmanager:GetSecretValue")
+        health.client("secretsmanager").get_secret_value(SecretId=ca)
+
+    # a role the stack may not assume: RunbookStep stops at once, in one line, having touched nothing
+    ClusterRegistry(aws.client("ssm")).add(json.dumps(
+        {"name": "c3", "endpoints": ["https://10.0.3.10:2379"], "tls": {"ca": ca},
+         "compute": {"provider": "ec2", "launch_template": "etcd-host", "subnets": ["subnet-0123abcd"]},
+         "aws": {"role_arn": roles["admin-c3"]}}), "c3.json")  # fmt: skip
+    settings = RunbookSettings.from_env({"CLUSTER_CONFIG_PARAMETER": "/etcdops/cluster/config", "TABLE_NAME": "t",
+                                         "TOPIC_ARN": "arn:aws:sns:x", "STACK_NAME": stack.stack_name})  # fmt: skip
+    event = RunbookStepEvent(runbook="replace", step="LaunchReplacement", execution="e1",
+                             document={"cluster": "c3", "member_name": "m1"})  # fmt: skip
+    aws.authorizer.expect_denied("RunbookStepFunction", "sts:AssumeRole")
+    with pytest.raises(AwsError) as refused:
+        run_runbook_step(event, settings, aws.function_session(stack, "RunbookStepFunction"))
+    message = str(refused.value)
+    assert message.startswith(f"cluster c3: assuming aws.role_arn {roles['admin-c3']}: AccessDenied"), message
+    assert "\n" not in message and "sts:AssumeRole" in message
+    records = [r for r in aws.authorizer.recorder.records if r.principal == "RunbookStepFunction"]
+    # its configuration read, the assume refused: no secret, host, state item or message touched
+    assert {r.action for r in records} == {"ssm:GetParameter", "sts:AssumeRole"}
+    assert records[-1].action == "sts:AssumeRole" and not records[-1].allowed

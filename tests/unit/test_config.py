@@ -85,6 +85,10 @@ def test_yaml_and_json_round_trip(tmp_path: Path) -> None:
             },
             "compute.security_groups",
         ),
+        ({"aws": {"role_arn": "arn:aws:iam::123:role/x"}}, "aws.role_arn"),  # not a 12-digit account
+        ({"aws": {"role_arn": "arn:aws:iam::123456789012:user/x"}}, "aws.role_arn"),
+        ({"aws": {"role_arn": "arn:aws:iam::123456789012:role/x", "external_id": "a b"}}, "aws.external_id"),
+        ({"aws": {"role_arn": "arn:aws:iam::123456789012:role/x", "session": "y"}}, "aws.session"),
         ({"colour": "blue"}, "colour"),
         ({"certificates": {"renew_days": 0}}, "certificates.renew_days"),
         ({"certificates": {"renew_days": 365}}, "certificates.renew_days"),  # a new certificate would be due at once

@@ -631,3 +631,20 @@ def test_leader_changes_quota_and_fragmentation_alarm_at_the_etcd_mixins_levels(
             metric, operator, threshold,
         ), lid  # fmt: skip
         assert alarm["TreatMissingData"] == "notBreaching", lid
+
+
+def test_cluster_roles_are_assumed_only_as_the_parameter_names_them() -> None:
+    """A cluster's aws.role_arn: the four functions that reach a cluster may assume exactly the roles
+    ClusterRoleArns names (wildcards as written); without the parameter nobody may assume anything."""
+    functions = {"BackupFunction", "DeltaBackupFunction", "HealthCheckFunction", "RunbookStepFunction"}
+    for role_lid, policy in Template().roles():
+        assert not policy.allows("sts:AssumeRole", "arn:aws:iam::222233334444:role/etcdops-cluster-c2"), role_lid
+    pattern = "arn:aws:iam::222233334444:role/etcdops-cluster-*"
+    template = Template({"ClusterRoleArns": pattern})
+    for lid in ROLE_OF:
+        role = template.role_of(lid)
+        assert role.allows("sts:AssumeRole", "arn:aws:iam::222233334444:role/etcdops-cluster-c2") == (
+            lid in functions
+        ), lid
+        assert not role.allows("sts:AssumeRole", "arn:aws:iam::222233334444:role/admin"), lid
+        assert not role.allows("sts:AssumeRole", "arn:aws:iam::999999999999:role/etcdops-cluster-c2"), lid

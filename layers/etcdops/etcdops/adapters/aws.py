@@ -124,6 +124,47 @@ def materialize_tls(config: ClusterConfig, secrets: Any, directory: Path) -> Clu
     return config.model_copy(update={"tls": config.tls.model_copy(update=resolved)})
 
 
+ASSUMED_SESSION_SECONDS = 3600
+"""How long assumed credentials last: longer than any invocation (RunbookStep's limit is 900 s)."""
+
+
+def role_session_name(function: str, cluster: str) -> str:
+    """The STS session name of ``function`` acting for ``cluster`` (what CloudTrail in the cluster's
+    account shows): ``etcdops-<function>-<cluster>``, at most the 64 characters STS takes."""
+    return f"etcdops-{function}-{cluster}"[:64]
+
+
+def cluster_session(session: Any, config: ClusterConfig, function: str) -> Any:
+    """The boto3 session for ``config``'s EC2, SSM and Secrets Manager calls: ``session`` itself, or with
+    ``aws.role_arn`` in the configuration a session of that role (one STS AssumeRole, with the
+    configured external id). A refused or failed assume is one line naming the cluster and the role
+    (:class:`~etcdops.adapters.awserrors.AwsError`, retryable when the failure is transient), raised before
+    any of the cluster's resources is touched."""
+    access = config.aws
+    if access is None:
+        return session
+    request: dict[str, Any] = {
+        "RoleArn": access.role_arn,
+        "RoleSessionName": role_session_name(function, config.name),
+        "DurationSeconds": ASSUMED_SESSION_SECONDS,
+    }
+    if access.external_id is not None:
+        request["ExternalId"] = access.external_id
+    sts = session.client("sts")
+    try:
+        credentials = sts.assume_role(**request)["Credentials"]
+    except (ClientError, BotoCoreError) as exc:
+        raise aws_error(f"cluster {config.name}: assuming aws.role_arn {access.role_arn}", exc) from exc
+    import boto3
+
+    return boto3.session.Session(
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+        region_name=sts.meta.region_name,
+    )
+
+
 class Notifier:
     """Publishes operator messages; :class:`SnsNotifier` in AWS, a list in the local stack."""
 

@@ -16,8 +16,10 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from etcdops.domain.config_aws import AwsAccess, Ec2Compute
+from etcdops.domain.config_aws import ConfigModel as _Model
 from etcdops.domain.errors import ConfigError
 
 # matched with fullmatch: "$" alone would let a trailing newline through ("local\n")
@@ -37,8 +39,6 @@ _RATE = re.compile(r"rate\((\d+) (minute|hour|day)(s?)\)")
 _CRON = re.compile(r"cron\([^\n]+\)")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TlsConfig(_Model):
@@ -185,43 +185,6 @@ class LocalCompute(_Model):
     boot_seconds: Annotated[float, Field(ge=0, le=600)] = 0.0
 
 
-_SUBNET_ID = re.compile(r"subnet-([0-9a-f]{8}|[0-9a-f]{17})")
-_SECURITY_GROUP_ID = re.compile(r"sg-([0-9a-f]{8}|[0-9a-f]{17})")
-
-
-def _ids(value: list[str], pattern: re.Pattern[str], kind: str) -> list[str]:
-    """``value`` if every entry is an EC2 id of ``kind`` (``subnet``, ``sg``) and none repeats."""
-    for i, item in enumerate(value):
-        if not pattern.fullmatch(item):
-            raise ValueError(f"[{i}] {item!r} is not a {kind} id ({kind}- and 8 or 17 hex digits)")
-        if item in value[:i]:
-            raise ValueError(f"[{i}] {item!r} is listed twice")
-    return value
-
-
-class Ec2Compute(_Model):
-    """Where a cluster's members live in EC2: each cluster of a fleet has its own subnets and security
-    groups (launches of replacements, new members and drill scratch hosts use them)."""
-
-    provider: Literal["ec2"] = "ec2"
-    launch_template: str
-    subnets: list[str] = Field(min_length=1)
-    # empty: the launch template's security groups
-    security_groups: list[str] = []
-    target_group_arn: str | None = None
-    ssm_documents: dict[str, str] = {}
-
-    @field_validator("subnets")
-    @classmethod
-    def _subnets(cls, value: list[str]) -> list[str]:
-        return _ids(value, _SUBNET_ID, "subnet")
-
-    @field_validator("security_groups")
-    @classmethod
-    def _security_groups(cls, value: list[str]) -> list[str]:
-        return _ids(value, _SECURITY_GROUP_ID, "sg")
-
-
 class ClusterConfig(_Model):
     name: str
     endpoints: list[str] = []
@@ -234,6 +197,7 @@ class ClusterConfig(_Model):
     certificates: CertificatesConfig = CertificatesConfig()
     approval: Literal["auto", "always"] = "auto"
     compute: LocalCompute | Ec2Compute | None = Field(default=None, discriminator="provider")
+    aws: AwsAccess | None = None
 
     @field_validator("name")
     @classmethod

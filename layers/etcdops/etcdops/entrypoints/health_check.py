@@ -4,6 +4,7 @@ exists, a quiet "not configured yet"."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
@@ -12,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, materialize_tls
+from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, cluster_session, materialize_tls
 from etcdops.adapters.backup.store import open_store
 from etcdops.adapters.etcd.connect import client_for
 from etcdops.adapters.fleet_state import FleetStore
@@ -50,6 +51,7 @@ class HealthAwsClients:
     s3: Any
     ec2: Any
     stepfunctions: Any
+    session: Any = None  # makes a cluster's clients when its configuration names aws.role_arn
 
     @classmethod
     def from_session(cls, session: Any) -> HealthAwsClients:
@@ -59,7 +61,15 @@ class HealthAwsClients:
             s3=session.client("s3"),
             ec2=session.client("ec2"),
             stepfunctions=session.client("stepfunctions"),
+            session=session,
         )
+
+    def for_cluster(self, config: ClusterConfig) -> HealthAwsClients:
+        """These clients with the cluster's Secrets Manager and EC2 (its aws.role_arn's, when it names one)."""
+        if config.aws is None or self.session is None:
+            return self
+        cluster = cluster_session(self.session, config, "HealthCheck")
+        return dataclasses.replace(self, secrets=cluster.client("secretsmanager"), ec2=cluster.client("ec2"))
 
 
 NOT_CONFIGURED_INCIDENT = "not-configured-yet"
@@ -196,6 +206,7 @@ def _round(
         else None
     )
     backups = open_store(config.backup.destination, s3_client=aws.s3) if config.backup else None
+    aws = aws.for_cluster(config)
     with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
         config = materialize_tls(config, aws.secrets, Path(tls_dir))
         deadline = config.health.probe_deadline_seconds

@@ -11,6 +11,7 @@ Before the configuration exists (a stack deployed, not configured yet) a job doe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, materialize_tls
+from etcdops.adapters.aws import ClusterNotConfiguredError, Notifier, cluster_session, materialize_tls
 from etcdops.adapters.backup.target import open_backup_target
 from etcdops.adapters.compute.factory import open_compute
 from etcdops.adapters.etcd.connect import client_for
@@ -57,6 +58,14 @@ class AwsClients:
     s3: Any
     kms: Any
     session: Any = None  # makes the compute provider's clients when a volume backup needs them
+
+    def for_cluster(self, config: ClusterConfig, function: str) -> AwsClients:
+        """These clients with the cluster's Secrets Manager and compute session (its aws.role_arn's, when it
+        names one); SSM (the registry), S3 and KMS stay the stack's."""
+        if config.aws is None or self.session is None:
+            return self
+        cluster = cluster_session(self.session, config, function)
+        return dataclasses.replace(self, secrets=cluster.client("secretsmanager"), session=cluster)
 
     @classmethod
     def from_session(cls, session: Any) -> AwsClients:
@@ -95,7 +104,8 @@ class LiveCluster(NamedTuple):
 
 @contextmanager
 def live_cluster(config: ClusterConfig, aws: AwsClients) -> Iterator[LiveCluster]:
-    """The cluster of ``config`` opened (:class:`LiveCluster`); its TLS files are removed on leaving."""
+    """The cluster of ``config`` opened (:class:`LiveCluster`); its TLS files are removed on leaving.
+    ``aws`` are the clients for the cluster (:meth:`AwsClients.for_cluster`)."""
     with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
         config = materialize_tls(config, aws.secrets, Path(tls_dir))
         store, keyring = open_backup_target(config, s3_client=aws.s3, kms_client=aws.kms)
@@ -116,6 +126,7 @@ def backup_job(
     metrics.add_dimension("cluster", config.name)
     prefix = "VolumeBackup" if kind == "volume" else "Backup"
     try:
+        aws = aws.for_cluster(config, "Backup")
         with live_cluster(config, aws) as live:
             if kind == "volume":
                 compute = open_compute(live.config, session=aws.session, stack_name=settings.stack_name)
@@ -164,6 +175,7 @@ def delta_backup_job(
     metrics.add_dimension("cluster", config.name)
     chains = DynamoDeltaChainStore(DynamoStateStore(settings.table_name, dynamodb))
     try:
+        aws = aws.for_cluster(config, "DeltaBackup")
         with live_cluster(config, aws) as live:
             result = run_delta_backup(*live, chains, log=log.info)
     except Exception:  # counted; FailureNotice says it once the invocation has failed for good

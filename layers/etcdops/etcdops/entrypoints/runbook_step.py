@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from etcdops.adapters.aws import SnsNotifier, SsmConfigParameter, materialize_tls
+from etcdops.adapters.aws import SnsNotifier, SsmConfigParameter, cluster_session, materialize_tls
 from etcdops.adapters.compute.factory import open_compute
 from etcdops.adapters.etcd.client import EtcdClient
 from etcdops.adapters.etcd.connect import client_for, live_client
@@ -49,8 +49,11 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
     )
     cluster = event.document.get("cluster")
     config = configs.load(cluster if isinstance(cluster, str) and cluster else None)
+    # the cluster's EC2, SSM and Secrets Manager (its aws.role_arn's, when it names one); the stack's own
+    # resources (state, topic, configuration, backups) with the function's role
+    cluster_aws = cluster_session(session, config, "RunbookStep")
     with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
-        config = materialize_tls(config, session.client("secretsmanager"), Path(tls_dir))
+        config = materialize_tls(config, cluster_aws.client("secretsmanager"), Path(tls_dir))
 
         document = {**event.document, "execution": event.execution}
         if event.step not in CLEAN_UP_STEPS:  # failure paths run
@@ -77,7 +80,7 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
             with client() as etcd:
                 return ensure_fresh_backup(config, etcd, store, keyring, max_age)
 
-        compute = open_compute(config, session=session, stack_name=settings.stack_name)
+        compute = open_compute(config, session=cluster_aws, stack_name=settings.stack_name)
         notifier = SnsNotifier(session.client("sns"), settings.topic_arn)
         stores = config_stores(config, session.client("ssm"), configs.parameter_for(config.name))
         if event.runbook == "drill":
@@ -86,7 +89,7 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
             drill_context = drill.DrillContext(
                 config=config,
                 client=lambda endpoints: client_for(config, endpoints=list(endpoints)),
-                scratch=lambda: open_compute(config, session=session, stack_name=settings.stack_name, scratch=True),
+                scratch=lambda: open_compute(config, session=cluster_aws, stack_name=settings.stack_name, scratch=True),
                 state=state,
                 notifier=notifier,
                 backup_target=backup_target,

@@ -334,6 +334,17 @@ def _elbv2(request: Request) -> Asked:
     return Asked((Call.of(action, "*"),), modelled=False)
 
 
+# sts ---------------------------------------------------------------------------------------------------
+
+
+def _sts(request: Request) -> Asked:
+    """AssumeRole is authorized on the role it names (the caller's side; the emulator does not check the
+    role's trust policy)."""
+    if request.operation == "AssumeRole":
+        return Asked((Call.of("sts:AssumeRole", str(request.params.get("RoleArn", ""))),))
+    return Asked((Call.of(f"sts:{request.operation}", "*"),), modelled=False)
+
+
 _RESOLVERS: dict[str, Any] = {
     "s3": _s3,
     "kms": _kms,
@@ -346,6 +357,7 @@ _RESOLVERS: dict[str, Any] = {
     "ec2": _ec2,
     "elasticloadbalancing": _elbv2,
     "cloudwatch": _cloudwatch,
+    "sts": _sts,
 }
 
 
