@@ -122,6 +122,10 @@ def test_add_makes_the_default_clusters_alarms_and_dashboard_and_remove_deletes_
     assert "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:fleet-etcd-c2-no-leader" in listed
     assert "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:fleet-health-check-failing" in listed
 
+    deployed.delete_alarms(AlarmNames=["fleet-etcd-c2-no-leader"])  # lost, or older than the stack's template
+    assert sorted(run(capsys, "cluster", "watch", "c2")[1]["alarms"]) == sorted(made)
+    assert "fleet-etcd-c2-no-leader" in alarms(deployed)
+
     removed = run(capsys, "cluster", "remove", "c2")[1]
     assert sorted(removed["alarms_deleted"]) == sorted(made)
     left = alarms(deployed)
@@ -139,7 +143,8 @@ def test_a_refused_registration_makes_no_alarm(deployed: Any, capsys: pytest.Cap
         assert cli.main(["--stack-name", "fleet", "cluster", "add", document]) != 0
         err = capsys.readouterr().err  # (moto's CloudFormation logs the alarms it does not create itself)
         assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("etcdops: cluster")
-    assert cli.main(["--stack-name", "fleet", "cluster", "remove", "c9"]) != 0
+    for action in ("remove", "watch"):
+        assert cli.main(["--stack-name", "fleet", "cluster", action, "c9"]) != 0
     assert len(alarms(deployed)) == count
 
 

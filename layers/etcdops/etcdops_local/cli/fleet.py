@@ -21,7 +21,7 @@ from etcdops.domain.fleet import REGISTRY_PATH
 from etcdops_local.cli.format import emit
 from etcdops_local.cli.options import AWS_OPTIONS
 from etcdops_local.cluster.fleet import fleet_cluster_up, fleet_dirs, fleet_status, fleet_status_line
-from etcdops_local.watch import register_cluster, stack_view, unregister_cluster
+from etcdops_local.watch import cluster_watch, put_watch, register_cluster, stack_view, unregister_cluster
 
 if TYPE_CHECKING:
     from etcdops_local.cluster import LocalCluster
@@ -111,6 +111,20 @@ def cmd_cluster_remove(args: argparse.Namespace) -> int:
     emit(args, {"cluster": args.name, "removed": True, "alarms_deleted": watch.alarm_names},
          lambda: f"cluster {args.name} removed from the registry with its alarms and dashboard; its backups "
                  "and state are kept")  # fmt: skip
+    return 0
+
+
+def cmd_cluster_watch(args: argparse.Namespace) -> int:
+    """Make a registered cluster's alarms and dashboard again from the stack's template as deployed now
+    (after a stack update changed them, or for a cluster registered before clusters had their own)."""
+    registry, _, session, stack_name = deployment_for(args)
+    if args.name not in registry.names():
+        raise NotFoundError(f"cluster {args.name} is not registered (etcdops cluster list shows those that are)")
+    watch = cluster_watch(stack_view(session, stack_name), args.name)
+    put_watch(session.client("cloudwatch"), watch)
+    emit(args, {"cluster": args.name, "alarms": watch.alarm_names, "dashboards": sorted(watch.dashboards)},
+         lambda: f"cluster {args.name}: {len(watch.alarms)} alarms and its dashboard made from the stack's "
+                 "template")  # fmt: skip
     return 0
 
 
@@ -242,6 +256,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     for action, handler, help_text in (
         ("show", cmd_cluster_show, "a registered cluster's configuration"),
         ("remove", cmd_cluster_remove, "stop watching a cluster (its backups are kept)"),
+        ("watch", cmd_cluster_watch, "make a registered cluster's alarms and dashboard again from the stack"),
     ):
         one = actions.add_parser(action, help=help_text, parents=[common])
         one.add_argument("name", metavar="NAME")
