@@ -141,7 +141,7 @@ def test_alarms_of_other_clusters_and_events_of_strangers_are_skipped(aws: Simpl
     ]
 
     assert "cluster 'prod'" in skipped[0]["skipped"]
-    assert "is not a member of cluster local" in skipped[1]["skipped"]
+    assert "not a member of any cluster this deployment watches" in skipped[1]["skipped"]
     assert all(r["decision"] is None and r["actions"] == [] for r in skipped)
     assert aws.items() == [] and aws.inbox() == []
     assert aws.sfn.list_executions(stateMachineArn=aws.machine)["executions"] == []

@@ -119,5 +119,7 @@ def test_health_check_runs_only_the_instances_cluster_and_skips_a_stranger_cheap
         "trigger": {"kind": "ec2-state-change", "description": f"EC2 reports instance {stranger} stopped"},
         "skipped": f"EC2 reports instance {stranger} stopped: not a member of any cluster this deployment watches "
         "(its etcdops:cluster tag is staging)",
+        "decision": None,
+        "actions": [],
     }
     assert [r.getMessage() for r in caplog.records] == [f"skipped: {result['skipped']}"]

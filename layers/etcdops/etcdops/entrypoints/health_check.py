@@ -166,7 +166,8 @@ def health_job(
         if trigger.instance_id is not None and trigger.ignore is not None:  # an instance of no cluster of ours
             log.info("skipped: %s", trigger.ignore)
             trigger_seen = {"kind": str(trigger.kind), "description": trigger.description}
-            return {"cluster": None, "trigger": trigger_seen, "skipped": trigger.ignore}
+            skipped = {"skipped": trigger.ignore, "decision": None, "actions": []}
+            return {"cluster": None, "trigger": trigger_seen, **skipped}
         config = configs.load(trigger.cluster)
     except NotFoundError:  # an alarm of a cluster this deployment does not watch
         config = configs.load(None)

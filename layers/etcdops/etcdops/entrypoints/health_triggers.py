@@ -95,6 +95,8 @@ def route_instance_event(trigger: Trigger, configs: ClusterConfigs, ec2: Any) ->
     try:
         default = configs.load(None)
     except ClusterNotConfiguredError:
+        if not configs.registry.names():
+            return trigger  # a fresh stack: its round says "not configured yet", as for every trigger
         default = None
     if default is not None and (
         instance in default.health.member_instances.values()
