@@ -13,6 +13,8 @@ from etcdops.domain.runbook_documents import (
     MaintainDocument,
     ReplaceDocument,
     RestoreDocument,
+    RotateDocument,
+    ScaleDocument,
     UpgradeDocument,
     document_problem,
 )
@@ -194,8 +196,52 @@ def test_what_the_steps_record_is_well_formed(model: Any, document: dict[str, An
     assert document_problem(model, document) is None
 
 
-def test_which_fields_a_step_requires_is_the_steps_own_check() -> None:
+def test_the_runbook_model_requires_nothing_a_step_requires_what_it_needs() -> None:
     assert document_problem(ReplaceDocument, {}) is None and document_problem(RestoreDocument, {}) is None
+    # a step that needs nothing of its own still needs the cluster and the execution
+    assert document_problem(ReplaceDocument.for_step("NotifyStart"), {}) == "missing cluster, execution"
+
+
+@pytest.mark.parametrize(
+    ("model", "step", "document", "problem"),
+    [
+        (ReplaceDocument, "AcquireLock", {**REPLACE, "member_id": None}, "missing member_id"),
+        (ReplaceDocument, "AcquireLock", {k: v for k, v in REPLACE.items() if k != "member_id"}, "missing member_id"),
+        (ReplaceDocument, "RemoveFailedMember", {**REPLACE, "member_id": None}, "missing member_id"),
+        (ReplaceDocument, "Preflight", {**REPLACE, "backup_id": None, "cluster": ""}, "missing cluster, backup_id"),
+        (RestoreDocument, "Preflight", {**RESTORE, "backup_id": None}, "missing backup_id"),
+        (RestoreDocument, "AcquireLock", {**RESTORE, "execution": None}, "missing execution"),
+        (UpgradeDocument, "AcquireLock", {**UPGRADE, "version": ""}, "missing version"),
+        (UpgradeDocument, "Preflight", {**UPGRADE, "members": None}, "missing members"),
+        (ScaleDocument, "AcquireLock", {"cluster": "prod", "execution": "scale-1"}, "missing size"),
+        (RotateDocument, "AcquireLock", {"cluster": "prod"}, "missing execution"),
+    ],
+)
+def test_a_field_a_step_needs_is_refused_by_name_when_missing(
+    model: Any, step: str, document: dict[str, Any], problem: str
+) -> None:
+    assert document_problem(model.for_step(step), document) == problem
+
+
+def test_a_missing_field_stops_the_step_before_it_runs_in_one_line() -> None:
+    ran: list[str] = []
+    steps = {"AcquireLock": lambda ctx, doc: ran.append("AcquireLock") or doc}
+
+    with pytest.raises(InvalidRunbookInputError) as raised:
+        dispatch(steps, None, "AcquireLock", {**REPLACE, "member_id": None}, ReplaceDocument)
+
+    assert str(raised.value) == "runbook input: missing member_id" and ran == []
+    assert dispatch(steps, None, "AcquireLock", REPLACE, ReplaceDocument) is REPLACE and ran == ["AcquireLock"]
+
+
+@pytest.mark.parametrize(
+    ("model", "document"),
+    [(ReplaceDocument, REPLACE), (RestoreDocument, RESTORE), (UpgradeDocument, UPGRADE), (DrillDocument, DRILL)],
+)
+def test_a_well_formed_document_satisfies_every_step_of_its_runbook(model: Any, document: dict[str, Any]) -> None:
+    filled = {k: ("b-1" if v is None else v) for k, v in document.items()}  # what later steps have recorded
+    for step in model.STEP_NEEDS:
+        assert document_problem(model.for_step(step), filled) is None, step
 
 
 @pytest.mark.parametrize(

@@ -9,19 +9,24 @@ anything is done, and a step never works on a field of the wrong type.
 The models describe the document; they do not reshape it. Checking is strict (no ``"1"`` for ``1``, no
 ``"yes"`` for ``true``) and keeps fields it does not know (what the state machine adds, e.g. the approval's
 answer), and the step goes on with the document as it came, so the JSON every state passes on keeps its
-shape. Every field is optional here: which fields a step requires is the step's own check
-(``require_input``), as what an earlier step must have recorded depends on where the execution is.
+shape. Every field is optional in the runbook's model, as what an earlier step must have recorded
+depends on where the execution is; each model's ``STEP_NEEDS`` names the fields a step cannot do
+without (and every step needs ``cluster`` and ``execution``), and :meth:`RunbookDocument.for_step` is
+the model with those required: present, not null, not empty (:mod:`.runbook_checks`). A missing one
+is refused in one line ("missing member_id") before the step does anything.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
-from etcdops.domain.config import describe_validation_error
+from etcdops.domain.runbook_checks import document_problem as document_problem  # checked here, named here
+from etcdops.domain.runbook_checks import requiring
 
 _HEX_ID = re.compile(r"[0-9a-fA-F]{1,16}")
 
@@ -61,6 +66,14 @@ class RunbookDocument(_Part):
     stored_endpoints: list[str] | None = None
     error: dict[str, Any] | None = None  # the Catch path's {"Error", "Cause"}
 
+    EVERY_STEP_NEEDS: ClassVar[tuple[str, ...]] = ("cluster", "execution")
+    STEP_NEEDS: ClassVar[Mapping[str, tuple[str, ...]]] = {}  # step -> the fields it cannot do without
+
+    @classmethod
+    def for_step(cls, step: str) -> type[RunbookDocument]:
+        """This model with the fields ``step`` needs required (present, not null, not empty)."""
+        return requiring(cls, tuple(dict.fromkeys((*cls.EVERY_STEP_NEEDS, *cls.STEP_NEEDS.get(step, ())))))
+
     @field_validator("approval_timeout_seconds")
     @classmethod
     def _not_negative(cls, value: int | None) -> int | None:
@@ -96,6 +109,13 @@ class ReplaceDocument(RunbookDocument):
     new_member: NewMember | None = None
     healthy_voters: int | None = None
     retired: str | None = None
+
+    STEP_NEEDS: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "AcquireLock": ("member_id",),
+        "CheckMemberStillFailed": ("member_id",),
+        "Preflight": ("backup_id",),
+        "RemoveFailedMember": ("member_id",),
+    }
 
     @field_validator("member_id")
     @classmethod
@@ -167,6 +187,8 @@ class RestoreDocument(RunbookDocument):
     volume_source: VolumeSource | None = None
     volumes_removed: list[str] | None = None
 
+    STEP_NEEDS: ClassVar[Mapping[str, tuple[str, ...]]] = {"Preflight": ("backup_id",)}
+
     @field_validator("to_revision")
     @classmethod
     def _to_revision(cls, value: int | None) -> int | None:
@@ -234,6 +256,12 @@ class ScaleDocument(RunbookDocument):
     voters_after: int | None = None
     members_after: list[str] | None = None
 
+    STEP_NEEDS: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "AcquireLock": ("size",),
+        "Preflight": ("backup_id",),
+        "NotifySuccess": ("size",),
+    }
+
 
 class UpgradeMember(_Part):
     id: str  # hex
@@ -281,6 +309,12 @@ class UpgradeDocument(RunbookDocument):
     done: bool | None = None
     current: UpgradeCurrent | None = None
     upgraded: list[UpgradedMember] | None = None
+
+    STEP_NEEDS: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "AcquireLock": ("version",),
+        "Preflight": ("backup_id", "members"),
+        "NotifySuccess": ("version",),
+    }
 
 
 class MaintainMember(_Part):
@@ -357,14 +391,5 @@ class DrillDocument(RunbookDocument):
     result: dict[str, Any] | None = None  # the drill record
 
 
-def document_problem(model: type[RunbookDocument], document: Any) -> str | None:
-    """What is wrong with ``document`` as a ``model``, in one line naming the field; None when nothing is."""
-    if not isinstance(document, dict):
-        return f"the document is a {type(document).__name__}, not a JSON object"
-    try:
-        model.model_validate(document)
-    except ValidationError as exc:
-        return describe_validation_error(exc)
-    except RecursionError:
-        return "nested too deeply to be a runbook document"
-    return None
+class RotateDocument(RunbookDocument):
+    """RotateCertificates: what every runbook's document holds (its own records are read defensively)."""

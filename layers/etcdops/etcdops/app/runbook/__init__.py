@@ -78,13 +78,6 @@ class PreflightFailedError(RunbookError):
         )
 
 
-def require_input(doc: Document, *fields: str) -> None:
-    """Every one of ``fields`` is in the execution's document, else InvalidRunbookInputError naming them."""
-    missing = [f for f in fields if doc.get(f) in (None, "")]
-    if missing:
-        raise InvalidRunbookInputError(f"runbook input: missing {', '.join(missing)}")
-
-
 def require_configured_cluster(config: ClusterConfig, doc: Document) -> None:
     """The input's ``cluster`` must be the cluster this stack runs (before any lock is taken)."""
     if doc.get("cluster") != config.name:
@@ -260,13 +253,14 @@ def dispatch(
 ) -> Document:
     """Run the step the state machine named (an unknown name is bad input, said in one line), on a
     document checked against the runbook's ``model`` first (except in the clean-up steps): a field of the
-    wrong type is refused by name, before the step does anything. The step gets the document as it came."""
+    wrong type, or one the step needs missing (``model.STEP_NEEDS``), is refused by name, before the step
+    does anything. The step gets the document as it came."""
     try:
         function = steps[step]
     except KeyError:
         raise InvalidRunbookInputError(f"unknown runbook step {step!r}") from None
     if model is not None and step not in CLEAN_UP_STEPS:
-        problem = document_problem(model, doc)
+        problem = document_problem(model.for_step(step), doc)
         if problem is not None:
             raise InvalidRunbookInputError(f"runbook input: {problem}")
     return function(ctx, doc)

@@ -32,7 +32,6 @@ from etcdops.app.runbook import (
     publish_success_once,
     release_lock,
     require_configured_cluster,
-    require_input,
     timed,
 )
 from etcdops.app.runbook import probe as probe_round
@@ -99,7 +98,6 @@ def _rule(ctx: RunbookContext) -> DefragRule:
 
 def acquire_lock(ctx: RunbookContext, doc: Document) -> Document:
     """Invariant 2: one operation at a time, the same lock as the other runbooks."""
-    require_input(doc, "cluster", "execution")
     require_configured_cluster(ctx.config, doc)
     return locked(ctx, doc, LOCK_LEASE_SECONDS)
 

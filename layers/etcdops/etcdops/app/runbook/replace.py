@@ -34,7 +34,6 @@ from etcdops.app.runbook import (
     timed,
 )
 from etcdops.app.runbook import preflight as checks
-from etcdops.app.runbook import require_input as _require
 from etcdops.app.runbook.members import UnsafeChangeError, check_safe, record_membership_in_config
 from etcdops.domain.compute.base import PreflightPlan, is_host_name
 from etcdops.domain.errors import Backoff, EtcdLearnerNotReadyError, EtcdopsError
@@ -72,7 +71,6 @@ def _target_id(doc: Document) -> int:
 
 
 def acquire_lock(ctx: ReplaceContext, doc: Document) -> Document:
-    _require(doc, "cluster", "member_id", "execution")
     require_configured_cluster(ctx.config, doc)
     _target_id(doc)
     return locked(ctx, doc, LOCK_LEASE_SECONDS)
@@ -117,7 +115,6 @@ def preflight(ctx: ReplaceContext, doc: Document) -> Document:
     hour) and the backup it checks is the one this runbook relies on.
     """
     started = time.monotonic()
-    _require(doc, "cluster", "execution", "backup_id")
     old = str(doc.get("member_name") or "")
     plan = PreflightPlan(
         launch=(new_member_name(doc),),

@@ -105,7 +105,6 @@ from etcdops.app.runbook import (
     stage_plaintext,
 )
 from etcdops.app.runbook import preflight as checks
-from etcdops.app.runbook import require_input as _require
 from etcdops.app.runbook import timed as _timed
 from etcdops.app.runbook.restore_report import (
     STAGING_PREFIX,
@@ -253,7 +252,6 @@ def restore_target(doc: Document) -> dict[str, Any] | None:
 
 
 def acquire_lock(ctx: RestoreContext, doc: Document) -> Document:
-    _require(doc, "cluster", "execution")
     require_configured_cluster(ctx.config, doc)
     restore_target(doc)  # one point in time at most, or a backup: refused before the lock otherwise
     # their types and ranges were checked against RestoreDocument before this step
@@ -382,7 +380,6 @@ RESTORE_DOCUMENTS = (
 def preflight(ctx: RestoreContext, doc: Document) -> Document:
     """Invariant 13: everything the restore needs from here on is there and allowed, or nothing is stopped."""
     started = time.monotonic()
-    _require(doc, "cluster", "execution", "backup_id")
     old = [h["name"] for h in doc.get("old_hosts") or []]
     if doc["mode"] == "in-place":
         plan = PreflightPlan(documents=RESTORE_DOCUMENTS, commanded=tuple(old), control_plane=True, repoint=True)

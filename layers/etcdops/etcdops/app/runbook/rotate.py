@@ -35,7 +35,6 @@ from etcdops.app.runbook import (
     publish_success_once,
     release_lock,
     require_configured_cluster,
-    require_input,
     rotate_ca,
     timed,
 )
@@ -43,6 +42,7 @@ from etcdops.app.runbook import preflight as checks
 from etcdops.domain.compute.base import Host, PreflightPlan
 from etcdops.domain.errors import Backoff, EtcdopsError
 from etcdops.domain.health import ClusterHealth, MemberHealth
+from etcdops.domain.runbook_documents import RotateDocument
 from etcdops.domain.upgrade import refusals
 from etcdops.domain.wording import count
 
@@ -94,7 +94,6 @@ def _days_left(not_after: datetime, now: datetime) -> float:
 
 def acquire_lock(ctx: RunbookContext, doc: Document) -> Document:
     """Invariant 2: one operation at a time, the same lock as every other runbook."""
-    require_input(doc, "cluster", "execution")
     require_configured_cluster(ctx.config, doc)
     return locked(ctx, doc, LOCK_LEASE_SECONDS)
 
@@ -269,4 +268,4 @@ STEPS: dict[str, Any] = {
 
 
 def run_step(ctx: RunbookContext, step: str, doc: Document) -> Document:
-    return dispatch(STEPS, ctx, step, doc)
+    return dispatch(STEPS, ctx, step, doc, RotateDocument)

@@ -38,7 +38,6 @@ from etcdops.app.runbook import (
     publish_success_once,
     release_lock,
     require_configured_cluster,
-    require_input,
     timed,
 )
 from etcdops.app.runbook import preflight as checks
@@ -87,7 +86,6 @@ def member_name(ctx: RunbookContext, doc: Document, voters: int) -> str:
 def acquire_lock(ctx: RunbookContext, doc: Document) -> Document:
     """Invariant 2: one operation at a time, the same lock as every runbook. A size etcdops does not scale
     to is refused before the lock is taken."""
-    require_input(doc, "cluster", "execution", "size")
     require_configured_cluster(ctx.config, doc)
     size = _size(doc)
     return locked(ctx, {**doc, "size": size}, LOCK_LEASE_SECONDS)
@@ -119,7 +117,6 @@ def preflight(ctx: RunbookContext, doc: Document) -> Document:
     """Invariant 13: the hosts it will launch (certificates, launch, start etcd) or retire, the load balancer,
     the backup and the lock, all before the first change."""
     started = time.monotonic()
-    require_input(doc, "cluster", "execution", "backup_id")
     size = _size(doc)
     health = probe(ctx)
     voters = len(health.voters)

@@ -38,7 +38,6 @@ from etcdops.app.runbook import (
     publish_success_once,
     release_lock,
     require_configured_cluster,
-    require_input,
     start_again,
     stop_for_restart,
     timed,
@@ -112,7 +111,6 @@ def _seconds_since(ctx: RunbookContext, stamp: str | None) -> float | None:
 
 def acquire_lock(ctx: RunbookContext, doc: Document) -> Document:
     """Invariant 2: one operation at a time, the same lock as ReplaceMember and RestoreCluster."""
-    require_input(doc, "cluster", "execution", "version")
     require_configured_cluster(ctx.config, doc)
     return locked(ctx, doc, LOCK_LEASE_SECONDS)
 
@@ -165,7 +163,6 @@ def preflight(ctx: RunbookContext, doc: Document) -> Document:
     """Invariant 13: the host commands, every member host, the binaries of the new and the old version
     on each, the backup and the lock, all before the first member is stopped."""
     started = time.monotonic()
-    require_input(doc, "cluster", "execution", "backup_id", "members")
     names = sorted(doc["members"])
     plan = PreflightPlan(documents=("StopEtcd", "SwapEtcdBinary", "StartEtcd"), commanded=tuple(names))
     why = "relies on it should an upgraded member lose its data"
