@@ -34,7 +34,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops/adapters/compute/ec2.py",
         "etcdops/adapters/compute/factory.py:open_compute",
         "etcdops/adapters/etcd/client.py",
-        "etcdops/adapters/healthmetrics.py:compute_health_metrics",
         "etcdops/app/approval/decide.py:decide_approval",
         "etcdops/app/backup/job.py",
         "etcdops/app/backup/job.py:run_backup",

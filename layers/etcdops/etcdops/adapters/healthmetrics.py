@@ -172,11 +172,6 @@ def compute_health_metrics(
 
     sizes = [m.db_size for m in observation.members if m.db_size is not None]
     db_size = max(sizes) if sizes else None
-    fragmentation = [
-        1.0 - m.db_size_in_use / m.db_size
-        for m in observation.members
-        if m.db_size and m.db_size_in_use is not None and m.db_size_in_use <= m.db_size
-    ]
 
     alarms = {(a.member_id, a.alarm.upper()) for a in observation.alarms}
     nospace = sum(1 for _, name in alarms if name == "NOSPACE")
@@ -188,13 +183,6 @@ def compute_health_metrics(
     if newest_verified_backup_at is not None:
         backup_age = max(0.0, (now - newest_verified_backup_at).total_seconds())
 
-    lag: dict[str, int] = {}
-    leader = observation.member(observation.leader) if observation.leader else None
-    if leader is not None and leader.raft_index is not None:
-        for member in observation.members:
-            if member.raft_index is not None:
-                lag[member.name or f"{member.id:x}"] = max(0, leader.raft_index - member.raft_index)
-
     return HealthMetrics(
         has_leader=has_leader,
         healthy_members=len(healthy),
@@ -203,17 +191,38 @@ def compute_health_metrics(
         leader_changes=max(0, leader_changes),
         db_size=db_size,
         db_size_quota_ratio=round(db_size / quota_bytes, 4) if db_size is not None else None,
-        fragmentation=round(max(fragmentation), 4) if fragmentation else None,
+        fragmentation=_fragmentation(observation),
         nospace_alarms=nospace,
         corrupt_alarms=corrupt,
         active_alarms=len(alarms),
         certificate_expiry_days=expiry_days,
         ca_certificate_expiry_days=_days_left(trusted_cas, now),
         newest_verified_backup_age=backup_age,
-        raft_index_lag=lag,
+        raft_index_lag=_raft_index_lag(observation),
         cluster_version=version_number(observation.cluster_version),
         member_versions=len(observation.member_versions) or None,
     )
+
+
+def _fragmentation(observation: ClusterHealth) -> float | None:
+    """The largest share of a member's database file not in use (None when no member said both sizes)."""
+    shares = [
+        1.0 - m.db_size_in_use / m.db_size
+        for m in observation.members
+        if m.db_size and m.db_size_in_use is not None and m.db_size_in_use <= m.db_size
+    ]
+    return round(max(shares), 4) if shares else None
+
+
+def _raft_index_lag(observation: ClusterHealth) -> dict[str, int]:
+    """How far each member's raft index is behind the leader's (empty without a leader that said its index)."""
+    lag: dict[str, int] = {}
+    leader = observation.member(observation.leader) if observation.leader else None
+    if leader is not None and leader.raft_index is not None:
+        for member in observation.members:
+            if member.raft_index is not None:
+                lag[member.name or f"{member.id:x}"] = max(0, leader.raft_index - member.raft_index)
+    return lag
 
 
 def _days_left(not_after: Mapping[str, datetime] | None, now: datetime) -> float | None:
