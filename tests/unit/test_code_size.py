@@ -43,7 +43,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops/app/probe.py:probe_cluster",
         "etcdops/app/runbook/restore.py",
         "etcdops/domain/compute/base.py",
-        "etcdops/entrypoints/runbook_step.py:run_runbook_step",
         "etcdops_local/cli/main.py:build_parser",
         "etcdops_local/demo.py:run_demo",
     }

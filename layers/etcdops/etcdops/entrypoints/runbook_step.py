@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
+from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,6 +27,9 @@ from etcdops.entrypoints.settings import RunbookSettings
 if TYPE_CHECKING:
     from etcdops.adapters.backup.crypto import KeyProvider
     from etcdops.adapters.backup.store import BackupStore
+    from etcdops.app.runbook.drill import DrillContext
+    from etcdops.app.runbook.restore import RestoreContext
+    from etcdops.domain.compute.base import ComputeProvider
 
 # The backup modules (the AWS Encryption SDK among them) are imported when a step needs them:
 # most steps do not, and a cold start pays for every import (the budget is 500 ms per handler).
@@ -54,94 +59,114 @@ def run_runbook_step(event: RunbookStepEvent, settings: RunbookSettings, session
     cluster_aws = cluster_session(session, config, "RunbookStep")
     with tempfile.TemporaryDirectory(prefix="etcdops-tls-") as tls_dir:
         config = materialize_tls(config, cluster_aws.client("secretsmanager"), Path(tls_dir))
-
         document = {**event.document, "execution": event.execution}
         if event.step not in CLEAN_UP_STEPS:  # failure paths run
             replace.require_configured_cluster(config, document)
-        # what every runbook's context holds, built once here
-        state = DynamoStateStore(settings.table_name, session.client("dynamodb"))
-        seeds = state.load_endpoints(config.name)  # the members the last health round saw
-
-        def client() -> EtcdClient:
-            return live_client(config, seeds=seeds)
-
-        def backup_target() -> tuple[BackupStore, KeyProvider]:
-            from etcdops.adapters.backup.target import open_backup_target
-
-            # a local key file is made on first use (the local stack); a KMS key must already exist
-            return open_backup_target(
-                config, s3_client=session.client("s3"), kms_client=session.client("kms"), create_local_key=True
-            )
-
-        def ensure_backup(max_age: timedelta) -> Manifest:
-            from etcdops.app.backup.job import ensure_fresh_backup
-
-            store, keyring = backup_target()
-            with client() as etcd:
-                return ensure_fresh_backup(config, etcd, store, keyring, max_age)
-
-        compute = open_compute(config, session=cluster_aws, stack_name=settings.stack_name)
-        notifier = SnsNotifier(session.client("sns"), settings.topic_arn)
-        stores = config_stores(config, session.client("ssm"), configs.parameter_for(config.name))
+        wiring = _Wiring.build(config, settings, session, cluster_aws, configs)
         if event.runbook == "drill":
             from etcdops.app.runbook import drill
 
-            drill_context = drill.DrillContext(
-                config=config,
-                client=lambda endpoints: client_for(config, endpoints=list(endpoints)),
-                scratch=lambda: open_compute(config, session=cluster_aws, stack_name=settings.stack_name, scratch=True),
-                state=state,
-                notifier=notifier,
-                backup_target=backup_target,
-                staging=staging_store(config, settings, session),
-                metrics=emf_metric(config.name),
-            )
-            return drill.run_step(drill_context, event.step, document)
+            return drill.run_step(wiring.drill_context(), event.step, document)
         if event.runbook == "restore":
             from etcdops.app.runbook import restore
 
-            def client_at(endpoints: Sequence[str]) -> EtcdClient:
-                return client_for(config, endpoints=list(endpoints))
+            return restore.run_step(wiring.restore_context(), event.step, document)
+        # the other runbooks share one context; each module is imported when its runbook runs
+        runbook = replace if event.runbook == "replace" else import_module(f"etcdops.app.runbook.{event.runbook}")
+        result: dict[str, Any] = runbook.run_step(wiring.context(), event.step, document)
+        return result
 
-            restore_context = restore.RestoreContext(
-                config=config,
-                client=client_at,
-                compute=compute,
-                state=state,
-                notifier=notifier,
-                backup_target=backup_target,
-                config_stores=stores,
-                staging=staging_store(config, settings, session),
-            )
-            return restore.run_step(restore_context, event.step, document)
 
-        context = RunbookContext(
-            config=config,
-            client=client,
-            compute=compute,
-            state=state,
-            notifier=notifier,
-            ensure_backup=ensure_backup,
-            backup_target=backup_target,
-            config_stores=stores,
+@dataclass(frozen=True)
+class _Wiring:
+    """What every runbook's context holds, built once per step: the state, the compute provider, the
+    notifier, where the configuration lives, and the etcd clients and backup target made on demand."""
+
+    config: ClusterConfig
+    settings: RunbookSettings
+    session: Any
+    cluster_aws: Any  # the cluster's own AWS (its aws.role_arn's when it names one)
+    state: DynamoStateStore
+    seeds: list[str]  # the members the last health round saw
+    compute: ComputeProvider
+    notifier: SnsNotifier
+    stores: list[ConfigStore]
+
+    @classmethod
+    def build(
+        cls, config: ClusterConfig, settings: RunbookSettings, session: Any, cluster_aws: Any, configs: ClusterConfigs
+    ) -> _Wiring:
+        state = DynamoStateStore(settings.table_name, session.client("dynamodb"))
+        seeds = state.load_endpoints(config.name)
+        compute = open_compute(config, session=cluster_aws, stack_name=settings.stack_name)
+        notifier = SnsNotifier(session.client("sns"), settings.topic_arn)
+        stores = config_stores(config, session.client("ssm"), configs.parameter_for(config.name))
+        return cls(config, settings, session, cluster_aws, state, seeds, compute, notifier, stores)
+
+    def client(self) -> EtcdClient:
+        return live_client(self.config, seeds=self.seeds)
+
+    def client_at(self, endpoints: Sequence[str]) -> EtcdClient:
+        return client_for(self.config, endpoints=list(endpoints))
+
+    def backup_target(self) -> tuple[BackupStore, KeyProvider]:
+        from etcdops.adapters.backup.target import open_backup_target
+
+        # a local key file is made on first use (the local stack); a KMS key must already exist
+        return open_backup_target(
+            self.config,
+            s3_client=self.session.client("s3"),
+            kms_client=self.session.client("kms"),
+            create_local_key=True,
         )
-        if event.runbook == "upgrade":
-            from etcdops.app.runbook import upgrade
 
-            return upgrade.run_step(context, event.step, document)
-        if event.runbook == "maintain":
-            from etcdops.app.runbook import maintain
+    def ensure_backup(self, max_age: timedelta) -> Manifest:
+        from etcdops.app.backup.job import ensure_fresh_backup
 
-            return maintain.run_step(context, event.step, document)
-        if event.runbook == "scale":
-            from etcdops.app.runbook import scale
+        store, keyring = self.backup_target()
+        with self.client() as etcd:
+            return ensure_fresh_backup(self.config, etcd, store, keyring, max_age)
 
-            return scale.run_step(context, event.step, document)
-        if event.runbook == "rotate":
-            from etcdops.app.runbook import rotate
+    def context(self) -> RunbookContext:
+        return RunbookContext(
+            config=self.config,
+            client=self.client,
+            compute=self.compute,
+            state=self.state,
+            notifier=self.notifier,
+            ensure_backup=self.ensure_backup,
+            backup_target=self.backup_target,
+            config_stores=self.stores,
+        )
 
-            return rotate.run_step(context, event.step, document)
-        return replace.run_step(context, event.step, document)
+    def restore_context(self) -> RestoreContext:
+        from etcdops.app.runbook.restore import RestoreContext
+
+        return RestoreContext(
+            config=self.config,
+            client=self.client_at,
+            compute=self.compute,
+            state=self.state,
+            notifier=self.notifier,
+            backup_target=self.backup_target,
+            config_stores=self.stores,
+            staging=staging_store(self.config, self.settings, self.session),
+        )
+
+    def drill_context(self) -> DrillContext:
+        from etcdops.app.runbook.drill import DrillContext
+
+        config, settings, session, cluster_aws = self.config, self.settings, self.session, self.cluster_aws
+        return DrillContext(
+            config=config,
+            client=self.client_at,
+            scratch=lambda: open_compute(config, session=cluster_aws, stack_name=settings.stack_name, scratch=True),
+            state=self.state,
+            notifier=self.notifier,
+            backup_target=self.backup_target,
+            staging=staging_store(config, settings, session),
+            metrics=emf_metric(config.name),
+        )
 
 
 def emf_metric(cluster: str) -> Callable[[str, str, float], None]:
