@@ -20,7 +20,8 @@ One round (:func:`run_health_round`) is the same in AWS and in the local stack:
    Escalations and notifications are published once per incident
    (``IncidentStore.record_incident``), not once per round.
 
-Acting on the decision is :mod:`etcdops.app.health_actions`; the EC2 and Step Functions calls are
+Observing (step 2) is :mod:`etcdops.app.health_observation`; acting on the decision is
+:mod:`etcdops.app.health_actions`; the EC2 and Step Functions calls are
 :mod:`etcdops.adapters.health_aws`; the Lambda wiring is :mod:`etcdops.entrypoints.health_check`.
 Nothing here reads the environment or creates a client.
 """
@@ -28,8 +29,7 @@ Nothing here reads the environment or creates a client.
 from __future__ import annotations
 
 import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -38,8 +38,7 @@ from typing import Any
 from etcdops.adapters.aws import Notifier
 from etcdops.adapters.backup.store import BackupStore
 from etcdops.adapters.etcd.client import EtcdClient
-from etcdops.adapters.etcd.connect import tls_files
-from etcdops.adapters.etcd.membership import merge_endpoints, read_membership
+from etcdops.adapters.etcd.membership import merge_endpoints
 from etcdops.adapters.health_aws import CLUSTER_TAG, MEMBER_TAG, InstanceDirectory, ReplaceStarter
 from etcdops.adapters.healthmetrics import (
     HealthMetrics,
@@ -53,9 +52,9 @@ from etcdops.app.backup.catalogue import newest_verified, restore_drill_age
 from etcdops.app.backup.delta import covering_chain
 from etcdops.app.fleet import FleetGate
 from etcdops.app.health_actions import act, renew_certificates_if_due
-from etcdops.app.health_certificates import certificate_names, own_certificates, served_certificates
-from etcdops.app.member_metrics import fold_member_metrics, start_scrapes
-from etcdops.app.probe import probe_cluster
+from etcdops.app.health_certificates import own_certificates
+from etcdops.app.health_observation import Observation, observe
+from etcdops.app.member_metrics import fold_member_metrics
 from etcdops.domain.backup.manifest import Manifest, cluster_id_text
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import EtcdopsError
@@ -191,43 +190,14 @@ def _member_named(health: ClusterHealth, name: str) -> MemberHealth | None:
 
 
 def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> HealthRoundResult:
-    config = ctx.config
-    cluster = config.name
-    skip = trigger_skip(trigger, config)
-    if skip is not None:
-        log.info("skipped: %s", skip)
-        return HealthRoundResult(cluster, trigger, skipped=skip)
+    cluster = ctx.config.name
+    skip = trigger_skip(trigger, ctx.config)
+    member_name = None if skip is not None else _trigger_member(ctx, trigger)
+    if skip is not None or member_name == "":
+        return _skipped(cluster, trigger, skip or _not_a_member(trigger, cluster))
 
-    member_name: str | None = None
-    if trigger.instance_id is not None:
-        member_name = ctx.instances.member_of(trigger.instance_id)
-        if member_name is None:
-            skip = (
-                f"{trigger.description}: the instance is not a member of cluster {cluster} "
-                f"(not in health.member_instances, no {CLUSTER_TAG}={cluster} and {MEMBER_TAG} tags)"
-            )
-            log.info("skipped: %s", skip)
-            return HealthRoundResult(cluster, trigger, skipped=skip)
-
-    deadline = config.health.probe_deadline_seconds
-    started = time.monotonic()
-    # invariant 10: the members come from the member list (the seeds only have to reach one of them)
-    membership = read_membership(ctx.client, deadline / 2)
-    urls = membership.client_urls or list(ctx.client.endpoints)
-    pool = ThreadPoolExecutor(max_workers=max(1, 2 * len(urls)), thread_name_prefix="cert")
-    try:
-        collect = served_certificates(urls, config, ctx.certificate_timeout or deadline, pool)
-        remaining = max(0.05, deadline - (time.monotonic() - started))
-        scraped = start_scrapes(urls, tls_files(config), remaining, pool)
-        health = discount_alarm_reports(probe_cluster(ctx.client, deadline=remaining, membership=membership))
-        served = certificate_names(collect(), health)
-        texts = scraped()
-    finally:
-        # a frozen member's handshake ends by its own timeout; do not wait for it here
-        pool.shutdown(wait=False, cancel_futures=True)
-    if membership.members is not None and membership.client_urls != ctx.state.load_endpoints(cluster):
-        ctx.state.save_endpoints(cluster, membership.client_urls, now)  # the next round's seeds
-
+    observed = observe(ctx.client, ctx.config, ctx.state, ctx.certificate_timeout, now)
+    health = observed.health
     fleet_notes: list[str] = []
     if ctx.fleet is not None:  # what this cluster saw counts towards the fleet brake (invariant 15)
         fleet_notes = ctx.fleet.report(cluster, saw_failure(health), now)
@@ -236,27 +206,66 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
     if member_name is not None:
         member = _member_named(health, member_name)
         if member is None:
-            skip = (
-                f"{trigger.description}: it maps to member {member_name}, which is not in the membership of {cluster}"
-            )
-            log.info("skipped: %s", skip)
-            return HealthRoundResult(cluster, trigger, skipped=skip, health=health)
+            why = f"{trigger.description}: it maps to member {member_name}, which is not in the membership of {cluster}"
+            return _skipped(cluster, trigger, why, health)
         if trigger.instance_failed:
             ec2_failures = frozenset({member.id})
 
-    newest: Manifest | None = None
-    backup_unknown: str | None = None
-    if ctx.backups is not None:
-        try:
-            # invariant 11: only a backup of the incarnation that answered counts (none when nobody did)
-            newest = newest_verified(ctx.backups, cluster_id_text(health.cluster_id))
-        except EtcdopsError as exc:
-            # the catalogue must not stop failure detection; the policy says it is unreadable (once, by SNS),
-            # and the age metric is left out rather than reported as "no backup"
-            backup_unknown = f"{type(exc).__name__}: {exc}"
-            log.error("newest verified backup unknown: %s", backup_unknown)
+    newest, backup_unknown = _newest_backup(ctx, health)
+    decision, released, trusted_cas = _decide(ctx, trigger, observed, ec2_failures, newest, backup_unknown, now)
+    metrics, notices = _publish(ctx, observed, ec2_failures, newest, trusted_cas, now)
+    starvation = [f"notified starvation: {notice}" for notice in notices]
+    actions = [*released, *fleet_notes, *starvation, *act(ctx, decision, ec2_failures, now, health)]
+    actions += renew_certificates_if_due(ctx, metrics.certificate_expiry_days, now)
+    return HealthRoundResult(cluster, trigger, None, health, decision, metrics, tuple(actions), ec2_failures)
 
-    history, ec2 = _fold(ctx.state, cluster, health, now, ec2_failures), ec2_failures
+
+def _skipped(cluster: str, trigger: Trigger, why: str, health: ClusterHealth | None = None) -> HealthRoundResult:
+    log.info("skipped: %s", why)
+    return HealthRoundResult(cluster, trigger, skipped=why, health=health)
+
+
+def _trigger_member(ctx: HealthContext, trigger: Trigger) -> str | None:
+    """The member an EC2 event's instance is ("" when it is none of this cluster's; None: no instance)."""
+    if trigger.instance_id is None:
+        return None
+    return ctx.instances.member_of(trigger.instance_id) or ""
+
+
+def _not_a_member(trigger: Trigger, cluster: str) -> str:
+    return (
+        f"{trigger.description}: the instance is not a member of cluster {cluster} "
+        f"(not in health.member_instances, no {CLUSTER_TAG}={cluster} and {MEMBER_TAG} tags)"
+    )
+
+
+def _newest_backup(ctx: HealthContext, health: ClusterHealth) -> tuple[Manifest | None, str | None]:
+    """The newest verified backup of the incarnation that answered (invariant 11; none when nobody did),
+    or why it is unknown: the catalogue must not stop failure detection; the policy says it is
+    unreadable (once, by SNS), and the age metric is left out rather than reported as "no backup"."""
+    if ctx.backups is None:
+        return None, None
+    try:
+        return newest_verified(ctx.backups, cluster_id_text(health.cluster_id)), None
+    except EtcdopsError as exc:
+        backup_unknown = f"{type(exc).__name__}: {exc}"
+        log.error("newest verified backup unknown: %s", backup_unknown)
+        return None, backup_unknown
+
+
+def _decide(
+    ctx: HealthContext,
+    trigger: Trigger,
+    observed: Observation,
+    ec2: frozenset[int],
+    newest: Manifest | None,
+    backup_unknown: str | None,
+    now: datetime,
+) -> tuple[Decision, list[str], dict[str, datetime]]:
+    """The round folded into the streaks, an abandoned lock released, the policy's decision (saved and
+    logged): the decision, what was released, and the CAs the clients trust (with their ends)."""
+    cluster, health = ctx.config.name, observed.health
+    history = _fold(ctx.state, cluster, health, now, ec2)
     lock, released = release_abandoned_lock(ctx, now)
     history = replace(
         history,
@@ -265,40 +274,48 @@ def run_health_round(ctx: HealthContext, trigger: Trigger, now: datetime) -> Hea
         lock=lock,
         delta_chain=covering_chain(ctx.chains, cluster, health.cluster_id) if quorum_lost(health, ec2) else None,
     )
-    certificates, trusted_cas = own_certificates(config, served)
+    certificates, trusted_cas = own_certificates(ctx.config, observed.served)
     decision = decide(
         health,
         history,
-        PolicyConfig.from_cluster_config(config),
+        PolicyConfig.from_cluster_config(ctx.config),
         cluster=cluster,
         now=now,
-        ec2_failures=ec2_failures,
+        ec2_failures=ec2,
         cert_not_after=certificates,
         ca_not_after=trusted_cas,
     )
     ctx.state.save_last_decision(cluster, decision, now)
     log_decision(decision, trigger)
+    return decision, released, trusted_cas
 
+
+def _publish(
+    ctx: HealthContext,
+    observed: Observation,
+    ec2: frozenset[int],
+    newest: Manifest | None,
+    trusted_cas: Mapping[str, datetime],
+    now: datetime,
+) -> tuple[HealthMetrics, tuple[str, ...]]:
+    """The round's metrics, published; and the starvation notices the members' metrics gave."""
+    health = observed.health
     terms = [m.raft_term for m in health.members if m.raft_term is not None]
-    leader_changes = ctx.state.advance_raft_term(cluster, max(terms), now) if terms else 0
+    leader_changes = ctx.state.advance_raft_term(ctx.config.name, max(terms), now) if terms else 0
     metrics = compute_health_metrics(
         health,
         now=now,
-        quota_bytes=config.health.quota_backend_bytes,
+        quota_bytes=ctx.config.health.quota_backend_bytes,
         leader_changes=leader_changes,
-        ec2_failures=ec2_failures,
-        served_certificates=served,
+        ec2_failures=ec2,
+        served_certificates=observed.served,
         newest_verified_backup_at=newest.created_at if newest else None,
         trusted_cas=trusted_cas,
     )
-    members = fold_member_metrics(ctx, health, texts, ctx.starvation, now)
+    members = fold_member_metrics(ctx, health, observed.texts, ctx.starvation, now)
     metrics = replace(metrics, members=members.stats, last_restore_drill_age=_restore_drill_age(ctx, now))
     publish_health_metrics(metrics, ctx.metrics)
-
-    starvation = [f"notified starvation: {notice}" for notice in members.notices]
-    actions = [*released, *fleet_notes, *starvation, *act(ctx, decision, ec2_failures, now, health)]
-    actions += renew_certificates_if_due(ctx, metrics.certificate_expiry_days, now)
-    return HealthRoundResult(cluster, trigger, None, health, decision, metrics, tuple(actions), ec2_failures)
+    return metrics, tuple(members.notices)
 
 
 def saw_failure(health: ClusterHealth) -> bool:
