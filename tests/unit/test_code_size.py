@@ -32,7 +32,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops/adapters/backup/crypto.py",
         "etcdops/adapters/backup/store.py",
         "etcdops/adapters/compute/ec2.py",
-        "etcdops/adapters/compute/factory.py:open_compute",
         "etcdops/adapters/etcd/client.py",
         "etcdops/app/approval/decide.py:decide_approval",
         "etcdops/app/backup/job.py",

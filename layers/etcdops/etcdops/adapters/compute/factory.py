@@ -68,18 +68,7 @@ def open_compute(
     """
     compute = config.compute
     if compute is not None and not isinstance(compute, Ec2Compute):
-        opener = _REGISTERED.get(compute.provider)
-        if opener is None:
-            known = ", ".join(["ec2", *sorted(_REGISTERED)])
-            raise ComputeConfigError(
-                f"compute: provider {compute.provider!r} is not available here (this process knows: {known})"
-            )
-        if scratch:
-            scratch_opener = _SCRATCH.get(compute.provider)
-            if scratch_opener is None:
-                raise ComputeConfigError(f"compute: provider {compute.provider!r} has no scratch pool for drills")
-            return scratch_opener(config)
-        return opener(config, local_hooks)
+        return _open_registered(config, compute.provider, local_hooks, scratch)
     if isinstance(compute, Ec2Compute):
         given = {"ec2": ec2, "elbv2": elbv2, "ssm": ssm, "secretsmanager": secretsmanager, "cloudwatch": cloudwatch}
         clients: dict[str, Any] = {
@@ -104,3 +93,18 @@ def open_compute(
         )
     raise ComputeConfigError("compute: not configured (provider: ec2 or local)")
 
+
+def _open_registered(
+    config: ClusterConfig, provider: str, local_hooks: Mapping[str, Sequence[str]] | None, scratch: bool
+) -> ComputeProvider:
+    """A provider registered by name (the local stack's), or its scratch pool."""
+    opener = _REGISTERED.get(provider)
+    if opener is None:
+        known = ", ".join(["ec2", *sorted(_REGISTERED)])
+        raise ComputeConfigError(f"compute: provider {provider!r} is not available here (this process knows: {known})")
+    if scratch:
+        scratch_opener = _SCRATCH.get(provider)
+        if scratch_opener is None:
+            raise ComputeConfigError(f"compute: provider {provider!r} has no scratch pool for drills")
+        return scratch_opener(config)
+    return opener(config, local_hooks)
