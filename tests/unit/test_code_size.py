@@ -42,7 +42,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops/app/runbook/restore.py",
         "etcdops/domain/compute/base.py",
         "etcdops_local/cli/main.py:build_parser",
-        "etcdops_local/demo.py:run_demo",
     }
 )
 

@@ -99,6 +99,22 @@ def run_demo(
     timeline(f"backup {backup.id}: revision {backup.revision}, encrypted in {store.uri}")
 
     fleet = _fleet_joins(cluster, timeline)
+    run_name = _kill_and_replace(cluster, timeline, health, timeout)
+
+    with cluster.client() as client:
+        stored = {kv.key: kv.value for kv in client.range(b"/demo/", prefix=True).kvs}
+    lost = [k for k, v in written.items() if stored.get(k) != v]
+    if lost:
+        raise DemoError(f"demo: {len(lost)} keys lost, e.g. {lost[0]!r}")
+    timeline(f"all {len(written)} keys read back; the story: etcdops runbook show {run_name}")
+    _fleet_untouched(cluster, timeline, fleet)
+    _restore_chapter(cluster, timeline, backup.id, written, timeout)
+    return timeline
+
+
+def _kill_and_replace(cluster: LocalCluster, timeline: Timeline, health: ClusterHealth, timeout: float) -> str:
+    """A follower killed like a lost host, the autopilot's ReplaceMember seen through to 3 healthy voters
+    again; the execution's name."""
     before = {m.id for m in health.voters}
     victim = next(m for m in health.members if m.id != health.leader)
     cluster.kill(victim.name)
@@ -131,16 +147,7 @@ def run_demo(
     )
     new = next(m for m in health.voters if m.id not in before)
     timeline(f"healthy again: {_summary(health)}; {victim.name} replaced by {new.name} ({new.id:x})")
-
-    with cluster.client() as client:
-        stored = {kv.key: kv.value for kv in client.range(b"/demo/", prefix=True).kvs}
-    lost = [k for k, v in written.items() if stored.get(k) != v]
-    if lost:
-        raise DemoError(f"demo: {len(lost)} keys lost, e.g. {lost[0]!r}")
-    timeline(f"all {len(written)} keys read back; the story: etcdops runbook show {run['name']}")
-    _fleet_untouched(cluster, timeline, fleet)
-    _restore_chapter(cluster, timeline, backup.id, written, timeout)
-    return timeline
+    return str(run["name"])
 
 
 FLEET = ("c2", "c3")
