@@ -41,7 +41,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops/app/probe.py:probe_cluster",
         "etcdops/app/runbook/restore.py",
         "etcdops/domain/compute/base.py",
-        "etcdops_local/cli/main.py:build_parser",
     }
 )
 
