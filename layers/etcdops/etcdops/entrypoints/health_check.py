@@ -166,7 +166,7 @@ def health_job(
         if trigger.instance_id is not None and trigger.ignore is not None:  # an instance of no cluster of ours
             log.info("skipped: %s", trigger.ignore)
             trigger_seen = {"kind": str(trigger.kind), "description": trigger.description}
-            skipped = {"skipped": trigger.ignore, "decision": None, "actions": []}
+            skipped: dict[str, Any] = {"skipped": trigger.ignore, "decision": None, "actions": []}
             return {"cluster": None, "trigger": trigger_seen, **skipped}
         config = configs.load(trigger.cluster)
     except NotFoundError:  # an alarm of a cluster this deployment does not watch
