@@ -33,7 +33,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops/adapters/backup/store.py",
         "etcdops/adapters/compute/ec2.py",
         "etcdops/adapters/etcd/client.py",
-        "etcdops/app/approval/decide.py:decide_approval",
         "etcdops/app/backup/job.py",
         "etcdops/app/backup/job.py:run_backup",
         "etcdops/app/health_actions.py:act",

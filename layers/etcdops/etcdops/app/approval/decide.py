@@ -9,7 +9,7 @@ from typing import Any, Final
 from botocore.exceptions import BotoCoreError, ClientError
 
 from etcdops.adapters.awserrors import AwsUnavailableError, aws_error_code
-from etcdops.adapters.state import ApprovalStore, utc
+from etcdops.adapters.state import Approval, ApprovalStore, utc
 from etcdops.app.approval.errors import (
     ACTIONS,
     REJECTED_ERROR,
@@ -25,6 +25,22 @@ from etcdops.app.approval.request import execution_name
 
 _TOKEN_GONE: Final = frozenset({"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"})
 _MAX_CAUSE: Final = 32768
+
+
+def _pending(store: ApprovalStore, name: str, request_id: str | None, now: datetime) -> Approval:
+    """The request of execution ``name`` still waiting for a decision (and the one the link names)."""
+    approval = store.load_approval(name)
+    if approval is None:
+        raise ApprovalNotFoundError(f"no approval request for execution {name}")
+    if request_id is not None and approval.request_id != request_id:
+        raise InvalidLinkError(f"the link belongs to an earlier approval request of execution {name}")
+    if approval.decision is not None:
+        raise AlreadyDecidedError(approval)
+    if approval.is_expired(now):
+        raise ApprovalExpiredError(
+            f"the approval request of execution {name} expired at {approval.expires_at.isoformat()}"
+        )
+    return approval
 
 
 def decide_approval(
@@ -48,17 +64,7 @@ def decide_approval(
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
     name = execution_name(execution)
-    approval = store.load_approval(name)
-    if approval is None:
-        raise ApprovalNotFoundError(f"no approval request for execution {name}")
-    if request_id is not None and approval.request_id != request_id:
-        raise InvalidLinkError(f"the link belongs to an earlier approval request of execution {name}")
-    if approval.decision is not None:
-        raise AlreadyDecidedError(approval)
-    if approval.is_expired(now):
-        raise ApprovalExpiredError(
-            f"the approval request of execution {name} expired at {approval.expires_at.isoformat()}"
-        )
+    approval = _pending(store, name, request_id, now)
     if action == "reject":
         reason = (reason or "").strip() or f"rejected by {by}"
     if not store.consume_approval(name, approval.request_id, action, by, reason, now):
