@@ -155,6 +155,8 @@ def test_pki_issues_client_certificates_into_the_stacks_secrets_that_the_cluster
     code, issued, err = run(capsys, *where, "pki", "issue-client", "kube-apiserver", "--days", "7", "--json")
 
     assert code == 0 and issued["location"] == "etcdops/prod/clients/kube-apiserver", err
+    tags = {t["Key"]: t["Value"] for t in secrets.describe_secret(SecretId=issued["location"])["Tags"]}
+    assert tags["etcdops:fleet"] == stack.stack_name  # the stack's grants on its fleet's issued clients need it
     stored = json.loads(secrets.get_secret_value(SecretId=issued["location"])["SecretString"])
     (elsewhere / "api.crt").write_text(stored["certificate"])
     (elsewhere / "api.key").write_text(stored["private_key"])

@@ -22,7 +22,9 @@ from etcdops.adapters import pki
 from etcdops.adapters.aws import cluster_session, materialize_tls
 from etcdops.adapters.awserrors import AwsError
 from etcdops.adapters.compute.ec2 import Ec2ComputeProvider
+from etcdops.adapters.pki_store import SecretsPki, follow_ca_rotation
 from etcdops.adapters.registry import ClusterRegistry
+from etcdops.app.pki import issue_client
 from etcdops.domain.config import ClusterConfig, Ec2Compute, parse_config
 from etcdops.entrypoints.health_check import HealthAwsClients
 from etcdops.entrypoints.runbook_step import RunbookStepEvent, run_runbook_step
@@ -284,19 +286,32 @@ def test_a_registered_clusters_secrets_and_hosts_are_the_fleets_and_a_stranger_i
         ("HealthCheckFunction", "secretsmanager:GetSecretValue"),
     } <= allowed
 
-    # outside the fleet: another stack's cluster c3 (its secret and host tagged with that stack), and an
+    # the clients `pki issue-client --stack-name` made for c2 carry the fleet's tag: c2's CA rotation
+    # (RunbookStep, ec2_ca) finds, reads and renews them with the new CA
+    issue_client(SecretsPki(secrets, "c2", fleet=stack.stack_name), "api")
+    runbook = aws.function_session(stack, "RunbookStepFunction")
+    rotated = pki.create_ca("c2 etcd CA (rotated)")
+    assert follow_ca_rotation(
+        SecretsPki(runbook.client("secretsmanager"), "c2"), rotated, rotated.cert_pem, reissue=True
+    ) == ["api"]
+    renewed = json.loads(secrets.get_secret_value(SecretId="etcdops/c2/clients/api")["SecretString"])
+    pki.verify_chain(rotated, pki.KeyPair(renewed["certificate"].encode(), renewed["private_key"].encode()))
+    assert renewed["ca"] == rotated.cert_pem.decode()
+
+    # outside the fleet: another stack's cluster c3 (its secrets and host tagged with that stack), and an
     # untagged secret of the account: refused, and nothing changed
     other = [{"Key": "etcdops:fleet", "Value": "another-stack"}]
     secrets.create_secret(Name="etcdops/c3/client/ca", SecretString="c3", Tags=other)
+    secrets.create_secret(Name="etcdops/c3/clients/api", SecretString="c3 client", Tags=other)
     secrets.create_secret(Name="etcdops/c4/ca", SecretString="c4")
     stranger = ec2.run_instances(
         ImageId=image, MinCount=1, MaxCount=1,
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "etcdops:cluster", "Value": "c3"}, *other]}],
     )["Instances"][0]["InstanceId"]  # fmt: skip
-    runbook = aws.function_session(stack, "RunbookStepFunction")
     for principal, action in (
         ("HealthCheckFunction", "secretsmanager:GetSecretValue"),
         ("RunbookStepFunction", "secretsmanager:GetSecretValue"),
+        ("RunbookStepFunction", "secretsmanager:PutSecretValue"),
         ("RunbookStepFunction", "ec2:TerminateInstances"),
         ("RunbookStepFunction", "ec2:RunInstances"),
     ):
@@ -304,6 +319,7 @@ def test_a_registered_clusters_secrets_and_hosts_are_the_fleets_and_a_stranger_i
     refusals = [
         lambda: health.get_secret_value(SecretId="etcdops/c3/client/ca"),
         lambda: runbook.client("secretsmanager").get_secret_value(SecretId="etcdops/c4/ca"),
+        lambda: runbook.client("secretsmanager").put_secret_value(SecretId="etcdops/c3/clients/api", SecretString="x"),
         lambda: runbook.client("ec2").terminate_instances(InstanceIds=[stranger]),
         lambda: runbook.client("ec2").run_instances(  # a host for c3 not tagged as this fleet's
             ImageId=image,
@@ -319,6 +335,7 @@ def test_a_registered_clusters_secrets_and_hosts_are_the_fleets_and_a_stranger_i
         assert denied.value.response["Error"]["Code"] in ("AccessDeniedException", "UnauthorizedOperation")
     instances = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
     assert {i["InstanceId"] for i in instances if i["State"]["Name"] == "running"} == {stranger}
+    assert secrets.get_secret_value(SecretId="etcdops/c3/clients/api")["SecretString"] == "c3 client"
 
 
 def test_a_cluster_with_a_role_of_its_own_is_reached_through_it_and_a_role_outside_the_stacks_pattern_is_refused(

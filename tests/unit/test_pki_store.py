@@ -96,6 +96,20 @@ def test_issue_client_stores_certificate_key_and_ca_in_its_own_secret(
     assert code == 0 and json.loads(out)["serial"] != issued["serial"]
 
 
+def test_a_client_issued_for_a_stacks_fleet_carries_its_fleet_tag(secrets: Any) -> None:
+    # `pki issue-client --stack-name S`: the grants of S on a registered cluster's issued clients need the tag
+    def tags(secret_id: str) -> dict[str, str]:
+        return {t["Key"]: t["Value"] for t in secrets.describe_secret(SecretId=secret_id)["Tags"]}
+
+    made = issue_client(SecretsPki(secrets, "prod", fleet="etcdops-prod"), "api").location
+    assert tags(made) == {"etcdops:cluster": "prod", "etcdops:client": "api", "etcdops:fleet": "etcdops-prod"}
+    # one issued before (no fleet known) gets the tag when replaced for the stack
+    old = issue_client(SecretsPki(secrets, "prod"), "scheduler").location
+    assert "etcdops:fleet" not in tags(old)
+    issue_client(SecretsPki(secrets, "prod", fleet="etcdops-prod"), "scheduler", force=True)
+    assert tags(old)["etcdops:fleet"] == "etcdops-prod"
+
+
 def test_issue_client_for_an_unknown_cluster_or_bad_input_changes_nothing(
     secrets: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -119,12 +119,12 @@ def secret_arn(name: str) -> str:
     return f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}-Xy7Zq2"
 
 
-def readers(template: Template, arn: str, tags: Mapping[str, str] | None = None) -> set[str]:
-    """The roles that may read secret ``arn`` when it carries ``tags`` (none: untagged)."""
+def readers(
+    template: Template, arn: str, tags: Mapping[str, str] | None = None, action: str = "secretsmanager:GetSecretValue"
+) -> set[str]:
+    """The roles that may read secret ``arn`` (or do ``action`` on it) when it carries ``tags`` (none: untagged)."""
     context = {f"aws:ResourceTag/{k}": [v] for k, v in (tags or {}).items()}
-    return {
-        role for role, policy in template.roles() if policy.allows("secretsmanager:GetSecretValue", arn, context)
-    }
+    return {role for role, policy in template.roles() if policy.allows(action, arn, context)}
 
 
 @pytest.mark.parametrize("cluster", [CLUSTER, STACK], ids=["own-name", "named-like-the-stack"])
@@ -154,6 +154,24 @@ def test_each_secret_is_readable_only_by_the_functions_that_need_it(cluster: str
             assert readers(template, secret_arn(f"etcdops/c2/{name}"), tags) == set(), (tags, name)
     assert readers(template, secret_arn("etcdops/c2/ca-backup"), fleet) == set()
     assert readers(template, secret_arn("other/c2/client/key"), fleet) == set()
+
+
+def test_issued_clients_are_renewed_only_by_runbook_step_of_this_cluster_or_this_fleet() -> None:
+    # the clients `pki issue-client` made (etcdops/<cluster>/clients/<name>), which a CA rotation renews
+    template = Template({"ClusterName": CLUSTER})
+
+    def may(action: str, name: str, tags: Mapping[str, str] | None = None) -> set[str]:
+        return readers(template, secret_arn(name), tags, action)
+
+    fleet = {"etcdops:fleet": STACK, "etcdops:cluster": "c2", "etcdops:client": "api"}  # pki issue-client --stack-name
+    for action in ("secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"):
+        assert may(action, f"etcdops/{CLUSTER}/clients/api") == {"RunbookStepFunctionRole"}, action
+        assert may(action, "etcdops/c2/clients/api", fleet) == {"RunbookStepFunctionRole"}, action
+        for tags in ({**fleet, "etcdops:fleet": "other-stack"}, {"etcdops:cluster": "c2"}, None):
+            assert may(action, "etcdops/c2/clients/api", tags) == set(), (action, tags)
+    # a rotation renews what exists: it neither creates, retags nor deletes an issued client
+    for action in ("CreateSecret", "TagResource", "DeleteSecret"):
+        assert may(f"secretsmanager:{action}", "etcdops/c2/clients/api", fleet) == set(), action
 
 
 def test_no_star_resource_where_iam_could_scope_it(template: Template) -> None:

@@ -194,11 +194,16 @@ class FilePki:
 
 
 class SecretsPki:
-    """Cluster ``cluster``'s certificates in Secrets Manager (``secrets``: a secretsmanager client)."""
+    """Cluster ``cluster``'s certificates in Secrets Manager (``secrets``: a secretsmanager client).
 
-    def __init__(self, secrets: Any, cluster: str) -> None:
+    ``fleet``: the deployment (stack) whose fleet the cluster is of, when known (``pki issue-client
+    --stack-name``): the client secrets it writes carry ``etcdops:fleet=<fleet>``, which the stack's grants
+    on a registered cluster's issued clients require (README: IAM for a fleet)."""
+
+    def __init__(self, secrets: Any, cluster: str, fleet: str | None = None) -> None:
         self.secrets = secrets
         self.cluster = cluster
+        self.fleet = fleet
 
     @property
     def prefix(self) -> str:
@@ -230,10 +235,15 @@ class SecretsPki:
                 "client": name,
             }
         )
+        tags = [{"Key": "etcdops:cluster", "Value": self.cluster}, {"Key": "etcdops:client", "Value": name}]
+        if self.fleet:
+            tags.append({"Key": "etcdops:fleet", "Value": self.fleet})
         try:
             if replace:  # an existing secret is written in place (a CA rotation may only put values)
                 try:
                     self.secrets.put_secret_value(SecretId=secret_id, SecretString=value)
+                    if self.fleet:  # one issued before it knew its fleet gets the tag (never a rotation's put)
+                        self.secrets.tag_resource(SecretId=secret_id, Tags=tags)
                     return secret_id
                 except ClientError as exc:
                     if aws_error_code(exc) != "ResourceNotFoundException":
@@ -242,7 +252,7 @@ class SecretsPki:
                 Name=secret_id,
                 SecretString=value,
                 Description=f"etcd client certificate {name} of {self.cluster} (etcdops pki issue-client)",
-                Tags=[{"Key": "etcdops:cluster", "Value": self.cluster}, {"Key": "etcdops:client", "Value": name}],
+                Tags=tags,
             )
         except (ClientError, BotoCoreError) as exc:
             if aws_error_code(exc) == "ResourceExistsException":
@@ -306,9 +316,7 @@ class SecretsPki:
 
     def _names(self, prefix: str) -> Iterator[str]:
         try:
-            pages = self.secrets.get_paginator("list_secrets").paginate(
-                Filters=[{"Key": "name", "Values": [prefix]}]
-            )
+            pages = self.secrets.get_paginator("list_secrets").paginate(Filters=[{"Key": "name", "Values": [prefix]}])
             names = sorted(s["Name"] for page in pages for s in page["SecretList"] if s["Name"].startswith(prefix))
         except (ClientError, BotoCoreError) as exc:
             raise aws_error(f"listing secrets {prefix}*", exc) from None

@@ -28,8 +28,8 @@ def open_store(args: argparse.Namespace, config: ClusterConfig) -> Any:
     if deployed is not None or isinstance(config.compute, Ec2Compute):  # a stack keeps its CA in Secrets Manager
         import boto3
 
-        session = deployed.session if deployed else boto3.session.Session()
-        return SecretsPki(session.client("secretsmanager"), config.name)
+        session = deployed.session if deployed else boto3.session.Session()  # its clients: of the stack's fleet
+        return SecretsPki(session.client("secretsmanager"), config.name, fleet=deployed.name if deployed else None)
     if isinstance(config.compute, LocalCompute):
         from etcdops_local.cluster import LocalCluster
 
@@ -51,8 +51,10 @@ def cmd_pki_issue_client(args: argparse.Namespace) -> int:
     emit(
         args,
         info.to_json(),
-        lambda: f"issued client certificate {info.name} (serial {info.serial}, until {info.not_after[:10]}) "
-        f"from the CA of {config.name}: {info.location}",
+        lambda: (
+            f"issued client certificate {info.name} (serial {info.serial}, until {info.not_after[:10]}) "
+            f"from the CA of {config.name}: {info.location}"
+        ),
     )
     return 0
 
