@@ -37,7 +37,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops/app/backup/job.py:run_backup",
         "etcdops/app/health_actions.py:act",
         "etcdops/app/health_actions.py:_repair",
-        "etcdops/app/probe.py:probe_cluster",
         "etcdops/app/runbook/restore.py",
         "etcdops/domain/compute/base.py",
     }

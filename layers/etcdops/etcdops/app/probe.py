@@ -46,21 +46,7 @@ def probe_cluster(
     known = membership.members is not None
     errors = [] if known else [f"member list via {e}: {error}" for e, error in membership.failures.items()]
     if membership.members is None:
-        unreachable = tuple(
-            MemberHealth(
-                id=0,
-                name="",
-                client_urls=(endpoint,),
-                peer_urls=(),
-                is_learner=False,
-                healthy=False,
-                error=membership.failures.get(endpoint, "unreachable"),
-            )
-            for endpoint in client.endpoints
-        )
-        return ClusterHealth(
-            cluster_id=None, leader=None, members=unreachable, observed_at=observed_at, errors=tuple(errors)
-        )
+        return _nobody_answered(client, membership, observed_at, errors)
     members = list(membership.members)
 
     pool = ThreadPoolExecutor(max_workers=max(1, len(members) + 2), thread_name_prefix="probe")
@@ -88,6 +74,38 @@ def probe_cluster(
         # grpc calls carry their own deadlines; do not wait for stragglers here
         pool.shutdown(wait=False, cancel_futures=True)
 
+    return _cluster_health(results, alarms, observed_at, errors, cluster_version)
+
+
+def _nobody_answered(
+    client: EtcdClient, membership: Membership, observed_at: datetime, errors: list[str]
+) -> ClusterHealth:
+    """Each seed as an unreachable, unknown member (id 0) named by its endpoint."""
+    unreachable = tuple(
+        MemberHealth(
+            id=0,
+            name="",
+            client_urls=(endpoint,),
+            peer_urls=(),
+            is_learner=False,
+            healthy=False,
+            error=membership.failures.get(endpoint, "unreachable"),
+        )
+        for endpoint in client.endpoints
+    )
+    return ClusterHealth(
+        cluster_id=None, leader=None, members=unreachable, observed_at=observed_at, errors=tuple(errors)
+    )
+
+
+def _cluster_health(
+    results: list[tuple[MemberHealth, int | None]],
+    alarms: tuple[Alarm, ...],
+    observed_at: datetime,
+    errors: list[str],
+    cluster_version: str | None,
+) -> ClusterHealth:
+    """The members' probes as one observation: the leader and cluster id most healthy members name."""
     healthy_leaders = Counter(m.leader for m in (r[0] for r in results) if m.healthy and m.leader)
     leader = healthy_leaders.most_common(1)[0][0] if healthy_leaders else None
     cluster_ids = Counter(cid for _, cid in results if cid)
