@@ -238,8 +238,8 @@ def test_volume_backups_and_restores_from_them_touch_only_their_clusters_volumes
 
 def test_a_registered_clusters_secrets_and_hosts_are_the_fleets_and_a_stranger_is_refused(aws: LocalAws) -> None:
     """A cluster registered with the stack (not its ClusterName) has its secrets and target group tagged
-    etcdops:fleet=<stack> (README: IAM for a fleet): RunbookStep runs its host's whole life and HealthCheck
-    reads its client TLS; a cluster outside the fleet (another stack's tag, or none) is refused."""
+    etcdops:fleet=<stack> (README: IAM for a fleet): RunbookStep runs its host's whole life, HealthCheck
+    and DeltaBackup read its client TLS; a cluster outside the fleet (another stack's tag, or none) is refused."""
     stack = aws.build_stack(TEMPLATE, {"ClusterName": CLUSTER})
     settings, image = account_with_a_launch_template(aws, stack)
     ec2, secrets = aws.client("ec2"), aws.client("secretsmanager")
@@ -264,7 +264,9 @@ def test_a_registered_clusters_secrets_and_hosts_are_the_fleets_and_a_stranger_i
     compute.deregister_target(host)
     compute.terminate(host)
     health = aws.function_session(stack, "HealthCheckFunction").client("secretsmanager")
-    assert health.get_secret_value(SecretId="etcdops/c2/client/ca")["SecretString"] == pem["certificate"]
+    delta = aws.function_session(stack, "DeltaBackupFunction").client("secretsmanager")  # its fan-out's runs
+    for reader in (health, delta):
+        assert reader.get_secret_value(SecretId="etcdops/c2/client/ca")["SecretString"] == pem["certificate"]
     assert [(who, call.action, call.resource.rsplit(":", 1)[-1]) for who, call, _ in aws.authorizer.denials] == [
         ("RunbookStepFunction", "secretsmanager:GetSecretValue", "etcdops/c2/members/m1")
     ]
@@ -284,6 +286,7 @@ def test_a_registered_clusters_secrets_and_hosts_are_the_fleets_and_a_stranger_i
         ("RunbookStepFunction", "ssm:SendCommand"),
         ("RunbookStepFunction", "ec2:TerminateInstances"),
         ("HealthCheckFunction", "secretsmanager:GetSecretValue"),
+        ("DeltaBackupFunction", "secretsmanager:GetSecretValue"),
     } <= allowed
 
     # the clients `pki issue-client --stack-name` made for c2 carry the fleet's tag: c2's CA rotation
@@ -310,6 +313,7 @@ def test_a_registered_clusters_secrets_and_hosts_are_the_fleets_and_a_stranger_i
     )["Instances"][0]["InstanceId"]  # fmt: skip
     for principal, action in (
         ("HealthCheckFunction", "secretsmanager:GetSecretValue"),
+        ("DeltaBackupFunction", "secretsmanager:GetSecretValue"),
         ("RunbookStepFunction", "secretsmanager:GetSecretValue"),
         ("RunbookStepFunction", "secretsmanager:PutSecretValue"),
         ("RunbookStepFunction", "ec2:TerminateInstances"),
@@ -318,6 +322,7 @@ def test_a_registered_clusters_secrets_and_hosts_are_the_fleets_and_a_stranger_i
         aws.authorizer.expect_denied(principal, action)
     refusals = [
         lambda: health.get_secret_value(SecretId="etcdops/c3/client/ca"),
+        lambda: delta.get_secret_value(SecretId="etcdops/c3/client/ca"),
         lambda: runbook.client("secretsmanager").get_secret_value(SecretId="etcdops/c4/ca"),
         lambda: runbook.client("secretsmanager").put_secret_value(SecretId="etcdops/c3/clients/api", SecretString="x"),
         lambda: runbook.client("ec2").terminate_instances(InstanceIds=[stranger]),

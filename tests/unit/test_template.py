@@ -145,7 +145,7 @@ def test_each_secret_is_readable_only_by_the_functions_that_need_it(cluster: str
     # a cluster registered with this stack: its secrets tagged etcdops:fleet=<stack> (README: IAM for a fleet)
     fleet = {"etcdops:fleet": STACK}
     assert readers(template, secret_arn("etcdops/c2/client/key"), fleet) == {
-        "BackupFunctionRole", "HealthCheckFunctionRole", "RunbookStepFunctionRole",
+        "BackupFunctionRole", "DeltaBackupFunctionRole", "HealthCheckFunctionRole", "RunbookStepFunctionRole",
     }  # fmt: skip
     assert readers(template, secret_arn("etcdops/c2/ca"), fleet) == {"RunbookStepFunctionRole"}
     assert readers(template, secret_arn("etcdops/c2/members/m4"), fleet) == {"RunbookStepFunctionRole"}
