@@ -35,8 +35,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops/adapters/etcd/client.py",
         "etcdops/app/backup/job.py",
         "etcdops/app/backup/job.py:run_backup",
-        "etcdops/app/health_actions.py:act",
-        "etcdops/app/health_actions.py:_repair",
         "etcdops/app/runbook/restore.py",
         "etcdops/domain/compute/base.py",
     }

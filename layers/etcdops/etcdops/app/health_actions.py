@@ -15,7 +15,7 @@ from etcdops.adapters.state import Repair, RepairRecord
 from etcdops.domain import repair_messages
 from etcdops.domain.health import ClusterHealth
 from etcdops.domain.policy import Action, Decision
-from etcdops.domain.repair import Attempt, AttemptStatus, RepairAction, attempt_execution, decide_repair
+from etcdops.domain.repair import Attempt, AttemptStatus, RepairAction, RepairPlan, attempt_execution, decide_repair
 
 if TYPE_CHECKING:
     from etcdops.app.healthcheck import HealthContext
@@ -77,36 +77,8 @@ def act(
     """Carry out ``decision``; the list says what was done this time."""
     cluster = decision.cluster
     done: list[str] = []
-    health_settings = ctx.config.health
     if decision.action is Action.REPLACE_MEMBER and decision.incident_id:
-        member = decision.target_member_name or decision.target_member_label or f"{decision.target_member_id:x}"
-        if ctx.replace is None:
-            document = replace_input(decision, ec2_failures)
-            name = attempt_execution(decision.incident_id, 1)
-            note = announce(
-                ctx,
-                decision.incident_id,
-                "replace-needed",
-                f"etcdops: member {member} of {cluster} must be replaced (no runbook configured)",
-                f"{decision.reason}\n\nREPLACE_STATE_MACHINE_ARN is not set, so nothing was started. "
-                f"Start ReplaceMember by hand with the execution name {name} and this input:\n"
-                f"{json.dumps(document, indent=2, sort_keys=True)}\n",
-                now,
-            )
-            done += [note] if note else []
-        else:
-            voters = len(health.voters) if health is not None else None
-
-            def document_for(number: int) -> dict[str, Any]:
-                return replace_input(
-                    decision,
-                    ec2_failures,
-                    attempt=number,
-                    max_attempts=health_settings.max_repair_attempts,
-                    original_voters=voters,
-                )
-
-            done += _repair(ctx, decision.incident_id, member, decision, document_for, health, now)
+        done += _replace(ctx, decision, decision.incident_id, ec2_failures, health, now)
     elif decision.action in (Action.NONE, Action.NOTIFY) and ctx.replace is not None and health is not None:
         done += continue_repairs(ctx, health, now)
     elif decision.action is Action.ESCALATE_QUORUM_LOSS and decision.incident_id:
@@ -134,6 +106,40 @@ def act(
         )
         done += [note] if note else []
     return done
+
+
+def _replace(
+    ctx: HealthContext,
+    decision: Decision,
+    incident: str,
+    ec2_failures: frozenset[int],
+    health: ClusterHealth | None,
+    now: datetime,
+) -> list[str]:
+    """A REPLACE_MEMBER decision: repair through ReplaceMember, or, with no runbook configured, tell
+    a human how to start it by hand."""
+    member = decision.target_member_name or decision.target_member_label or f"{decision.target_member_id:x}"
+    if ctx.replace is None:
+        document = replace_input(decision, ec2_failures)
+        name = attempt_execution(incident, 1)
+        note = announce(
+            ctx,
+            incident,
+            "replace-needed",
+            f"etcdops: member {member} of {decision.cluster} must be replaced (no runbook configured)",
+            f"{decision.reason}\n\nREPLACE_STATE_MACHINE_ARN is not set, so nothing was started. "
+            f"Start ReplaceMember by hand with the execution name {name} and this input:\n"
+            f"{json.dumps(document, indent=2, sort_keys=True)}\n",
+            now,
+        )
+        return [note] if note else []
+    voters = len(health.voters) if health is not None else None
+    max_attempts = ctx.config.health.max_repair_attempts
+
+    def document_for(number: int) -> dict[str, Any]:
+        return replace_input(decision, ec2_failures, attempt=number, max_attempts=max_attempts, original_voters=voters)
+
+    return _repair(ctx, incident, member, decision, document_for, health, now)
 
 
 # ---- repair attempts (invariant 12) ----------------------------------------------------------------
@@ -210,42 +216,72 @@ def _repair(
             return [*notes, f"{plan.execution} held: {held}"]
         done += notes
     if plan.action is RepairAction.START and plan.attempt is not None and plan.execution is not None:
-        document = document_for(plan.attempt)
-        record = RepairRecord(incident, plan.attempt, plan.execution, now, json.dumps(document, sort_keys=True))
-        if not ctx.state.record_repair_attempt(cluster, record):
-            return [*done, f"attempt {plan.attempt} of {incident} was recorded by a concurrent round"]
-        outcome = ctx.replace.start(plan.execution, document)
-        done.append(f"started ReplaceMember {outcome.name}")  # its record says so, whoever's call made it (_resumed)
-        subject, body = repair_messages.attempt_started(
-            cluster,
-            member,
-            plan.attempt,
-            settings.max_repair_attempts,
-            approval=decision.requires_approval,
-            why=plan.reason if plan.attempt > 1 else decision.reason,
-            execution=outcome.execution_arn or outcome.name,
-            document=document,
-        )
-        note = announce(ctx, plan.execution, "replace", subject, body, now)
-        done += [note] if note else []
+        done += _start_attempt(ctx, incident, member, decision, document_for(plan.attempt), plan, now)
     elif plan.action is RepairAction.RESUME and plan.execution is not None:
         document = json.loads(repair.attempts[-1].document)
         done.append(_resumed(ctx.replace.start(plan.execution, document)))
     elif plan.action is RepairAction.ESCALATE:
-        if ctx.state.escalate_repair(cluster, incident, now):
-            ref = decision.target_member_name or (f"{decision.target_member_id:x}" if decision.target_member_id else "")
-            subject, body = repair_messages.escalation(
-                cluster, member, ref or member, incident, attempts, health, decision.reason
-            )
-            if ctx.notifier is None:
-                log.warning("no notification topic configured; not sending: %s", subject)
-            else:
-                attributes = {"cluster": cluster, "kind": "repair-escalated", "incident": incident}
-                ctx.notifier.publish(subject, body, attributes)
-            done.append(f"escalated the repair of {incident} after {len(attempts)} attempts")
+        done += _escalate(ctx, incident, member, decision, attempts, health, now)
     elif plan.action is RepairAction.WAIT:
         done.append(plan.reason)
     return done
+
+
+def _start_attempt(
+    ctx: HealthContext,
+    incident: str,
+    member: str,
+    decision: Decision,
+    document: dict[str, Any],
+    plan: RepairPlan,
+    now: datetime,
+) -> list[str]:
+    """Record attempt ``plan.attempt`` (a conditional write), and only if this round recorded it,
+    start it and announce it."""
+    assert ctx.replace is not None and plan.attempt is not None and plan.execution is not None
+    cluster = ctx.config.name
+    record = RepairRecord(incident, plan.attempt, plan.execution, now, json.dumps(document, sort_keys=True))
+    if not ctx.state.record_repair_attempt(cluster, record):
+        return [f"attempt {plan.attempt} of {incident} was recorded by a concurrent round"]
+    outcome = ctx.replace.start(plan.execution, document)
+    done = [f"started ReplaceMember {outcome.name}"]  # its record says so, whoever's call made it (_resumed)
+    subject, body = repair_messages.attempt_started(
+        cluster,
+        member,
+        plan.attempt,
+        ctx.config.health.max_repair_attempts,
+        approval=decision.requires_approval,
+        why=plan.reason if plan.attempt > 1 else decision.reason,
+        execution=outcome.execution_arn or outcome.name,
+        document=document,
+    )
+    note = announce(ctx, plan.execution, "replace", subject, body, now)
+    return done + ([note] if note else [])
+
+
+def _escalate(
+    ctx: HealthContext,
+    incident: str,
+    member: str,
+    decision: Decision,
+    attempts: list[Attempt],
+    health: ClusterHealth | None,
+    now: datetime,
+) -> list[str]:
+    """Escalate the repair of ``incident`` to a human, once (the conditional write says who)."""
+    cluster = ctx.config.name
+    if not ctx.state.escalate_repair(cluster, incident, now):
+        return []
+    ref = decision.target_member_name or (f"{decision.target_member_id:x}" if decision.target_member_id else "")
+    subject, body = repair_messages.escalation(
+        cluster, member, ref or member, incident, attempts, health, decision.reason
+    )
+    if ctx.notifier is None:
+        log.warning("no notification topic configured; not sending: %s", subject)
+    else:
+        attributes = {"cluster": cluster, "kind": "repair-escalated", "incident": incident}
+        ctx.notifier.publish(subject, body, attributes)
+    return [f"escalated the repair of {incident} after {len(attempts)} attempts"]
 
 
 def _resumed(outcome: StartOutcome) -> str:
