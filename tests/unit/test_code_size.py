@@ -31,7 +31,6 @@ NOT_YET_SPLIT = frozenset(
     {
         "etcdops/adapters/backup/crypto.py",
         "etcdops/adapters/backup/store.py",
-        "etcdops/adapters/compute/ec2.py",
         "etcdops/adapters/etcd/client.py",
         "etcdops/app/backup/job.py",
         "etcdops/app/backup/job.py:run_backup",
