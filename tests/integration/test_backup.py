@@ -19,7 +19,8 @@ from etcdops.adapters.backup.crypto import local_key_provider
 from etcdops.adapters.backup.store import FileStore, open_store
 from etcdops.adapters.backup.target import open_backup_target
 from etcdops.app.backup.catalogue import list_backups, newest_verified, read_catalogue
-from etcdops.app.backup.job import fetch_backup, run_backup, verify_backup
+from etcdops.app.backup.job import run_backup
+from etcdops.app.backup.verify import fetch_backup, verify_backup
 from etcdops.app.probe import probe_cluster
 from etcdops.app.snapshot import save_snapshot
 from etcdops.domain.backup.errors import BackupIntegrityError, BackupNotFoundError, DecryptionError, StoreFullError

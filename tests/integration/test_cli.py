@@ -352,7 +352,7 @@ def test_backup_commands_round_trip(stack: tuple[Path, dict[str, str]], run: Cli
     assert verified["ok"] and verified["revision"] == made["revision"]
     # verify reports its progress up to the whole snapshot
     from etcdops.adapters.backup.target import open_backup_target
-    from etcdops.app.backup.job import verify_backup
+    from etcdops.app.backup.verify import verify_backup
     from etcdops.domain.config import load_config
 
     seen: list[tuple[int, int | None]] = []

@@ -18,7 +18,7 @@ from etcdops.adapters.backup.target import open_backup_target
 from etcdops.adapters.compute.factory import open_compute
 from etcdops.adapters.etcd.connect import client_for
 from etcdops.app.backup.catalogue import list_backups, newest_verified
-from etcdops.app.backup.job import verify_backup
+from etcdops.app.backup.verify import verify_backup
 from etcdops.app.backup.volume import run_volume_backup
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.backup.manifest import Manifest

@@ -18,7 +18,7 @@ from etcdops.adapters.backup.store import FileStore
 from etcdops.app.backup import importer
 from etcdops.app.backup.catalogue import newest_verified, read_catalogue
 from etcdops.app.backup.importer import import_snapshot
-from etcdops.app.backup.job import fetch_backup, verify_backup
+from etcdops.app.backup.verify import fetch_backup, verify_backup
 from etcdops.domain.backup.errors import BackupIntegrityError
 from etcdops.domain.config import parse_config
 from etcdops.domain.errors import SnapshotIntegrityError, UsageError

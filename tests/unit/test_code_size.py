@@ -32,8 +32,6 @@ NOT_YET_SPLIT = frozenset(
         "etcdops/adapters/backup/crypto.py",
         "etcdops/adapters/backup/store.py",
         "etcdops/adapters/etcd/client.py",
-        "etcdops/app/backup/job.py",
-        "etcdops/app/backup/job.py:run_backup",
         "etcdops/app/runbook/restore.py",
         "etcdops/domain/compute/base.py",
     }

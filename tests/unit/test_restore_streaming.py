@@ -18,7 +18,7 @@ from etcdops.adapters.backup.store import MIN_PART_SIZE, S3Store
 from etcdops.adapters.bbolt import summarize_bytes
 from etcdops.adapters.bbolt_keys import leaf_elements
 from etcdops.adapters.etcd.pb import etcd_pb2 as pb
-from etcdops.app.backup.job import CheckedSnapshot
+from etcdops.app.backup.verify import CheckedSnapshot
 from etcdops.app.runbook import restore
 from etcdops.domain.backup.errors import BackupIntegrityError
 from etcdops.domain.backup.manifest import Manifest

@@ -31,7 +31,8 @@ from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.backup.catalogue import read_catalogue
 from etcdops.app.backup.delta import chain_warnings, verify_delta_chains
 from etcdops.app.backup.delta_job import run_delta_backup
-from etcdops.app.backup.job import MetricsSink, run_backup, verify_backup
+from etcdops.app.backup.job import MetricsSink, run_backup
+from etcdops.app.backup.verify import verify_backup
 from etcdops.app.backup.volume import ProviderSnapshotResult, run_volume_backup
 from etcdops.app.probe import probe_cluster
 from etcdops.domain.config import ClusterConfig

@@ -267,7 +267,7 @@ def _verify_dict(result: Any) -> dict[str, Any]:
 def cmd_backup_verify(args: argparse.Namespace) -> int:
     from etcdops.adapters.backup.target import open_backup_target
     from etcdops.app.backup.delta import chain_warnings, verify_delta_chains
-    from etcdops.app.backup.job import verify_backup
+    from etcdops.app.backup.verify import verify_backup
     from etcdops.app.snapshot import TerminalProgress
 
     config = resolve_config(args)
@@ -303,7 +303,7 @@ def _store_warnings(store: Any) -> list[str]:
 
 def cmd_backup_fetch(args: argparse.Namespace) -> int:
     from etcdops.adapters.backup.target import open_backup_target
-    from etcdops.app.backup.job import fetch_backup
+    from etcdops.app.backup.verify import fetch_backup
     from etcdops.app.snapshot import TerminalProgress
 
     config = resolve_config(args)

@@ -7,7 +7,7 @@ and the RestoreCluster runbook restores it like any other backup.
 
 The file is read twice, never changed: a first pass checks it (the sha256 trailer must be there and
 match, and the database must pass our bbolt reader's structural check) before anything is written;
-a second pass encrypts it into the store while :class:`~etcdops.app.backup.job.CheckedSnapshot`
+a second pass encrypts it into the store while :class:`~etcdops.app.backup.verify.CheckedSnapshot`
 compares it once more with what the first pass found, so a file that changed in between fails the
 upload and leaves nothing behind. The manifest is written last; a file that fails any check leaves
 nothing in the store.
@@ -32,7 +32,8 @@ from pathlib import Path
 from etcdops.adapters.backup.crypto import DEFAULT_FRAME_LENGTH, KeyProvider, compress_stream, encrypt_stream
 from etcdops.adapters.backup.store import BackupStore
 from etcdops.adapters.bbolt import SHA256_TRAILER, SnapshotSummary, inspect_file
-from etcdops.app.backup.job import CheckedSnapshot, encryption_context
+from etcdops.app.backup.job import encryption_context
+from etcdops.app.backup.verify import CheckedSnapshot
 from etcdops.domain.backup.manifest import ImportedFrom, Manifest, manifest_key, new_backup_id, object_key
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import SnapshotIntegrityError, UsageError

@@ -1,4 +1,5 @@
-"""The backup job and the catalogue: run, list, verify, fetch, prune.
+"""The backup job: take, check, encrypt and store one backup, then apply retention (verify and
+fetch live in :mod:`etcdops.app.backup.verify`).
 
 One pass over the snapshot stream, in constant memory::
 
@@ -12,28 +13,22 @@ the snapshot object is never overwritten, and a failed check removes the object 
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Protocol
 
 from etcdops.adapters.backup.crypto import (
     DEFAULT_FRAME_LENGTH,
     KeyProvider,
-    check_header,
     compress_stream,
-    decompress_stream,
-    decrypt_stream,
     encrypt_stream,
 )
 from etcdops.adapters.backup.store import BackupStore
-from etcdops.adapters.bbolt import SnapshotSummarizer, SnapshotSummary
+from etcdops.adapters.bbolt import SnapshotSummarizer
 from etcdops.adapters.etcd.client import SHA256_SIZE, EtcdClient, SnapshotStream
-from etcdops.app.backup.catalogue import apply_retention, load_manifest, newest_verified
+from etcdops.app.backup.catalogue import apply_retention, newest_verified
 from etcdops.app.probe import probe_cluster
 from etcdops.app.snapshot import (
     Progress,
@@ -42,7 +37,7 @@ from etcdops.app.snapshot import (
     snapshot_sources,
     with_snapshot_stream,
 )
-from etcdops.domain.backup.errors import BackupError, BackupIntegrityError, BackupNotFoundError, ManifestMismatchError
+from etcdops.domain.backup.errors import BackupError
 from etcdops.domain.backup.manifest import Manifest, cluster_id_text, manifest_key, new_backup_id, object_key
 from etcdops.domain.backup.retention import RetentionPolicy
 from etcdops.domain.config import ClusterConfig
@@ -70,14 +65,6 @@ class BackupResult:
     seconds: float
     pruned: list[str]  # backups retention deleted, then orphan objects it removed
     warnings: list[str] = field(default_factory=list)  # what retention met and skipped or could not do
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    manifest: Manifest
-    summary: SnapshotSummary
-    sha256: str
-    seconds: float
 
 
 def encryption_context(cluster: str, cluster_id: str, backup_id: str, revision_floor: int) -> dict[str, str]:
@@ -132,23 +119,8 @@ def run_backup(
     context = encryption_context(config.name, cluster_id, backup_id, revision_floor)
     key = object_key(backup_id)
 
-    def consume(
-        chunks: Iterator[bytes], stream: SnapshotStream, source: SnapshotSource
-    ) -> tuple[_Tap, int, SnapshotSource, str]:
-        tap = _Tap(progress, source.db_size)
-        plain: Iterable[bytes] = tap.plaintext(chunks, stream)
-        if compression == "zstd":
-            plain = compress_stream(plain)
-        stored = store.put_stream(key, encrypt_stream(plain, keyring, context, frame_length))
-        assert stream.sha256 is not None  # set once the stream ended with a matching trailer
-        return tap, stored, source, stream.sha256.hex()
-
-    (tap, stored, source, sha256), attempts = with_snapshot_stream(
-        client,
-        snapshot_sources(health),
-        consume,
-        idle_timeout=config.health.probe_deadline_seconds,  # a frozen member is left for the next one
-        log=log,
+    (tap, stored, source, sha256), attempts = _take(
+        config, client, health, store, keyring, key, context, compression, frame_length, progress, log
     )
     try:
         summary = tap.summarizer.finish()
@@ -181,6 +153,42 @@ def run_backup(
     return BackupResult(manifest, attempts, time.monotonic() - started, pruned, warnings)
 
 
+def _take(
+    config: ClusterConfig,
+    client: EtcdClient,
+    health: ClusterHealth,
+    store: BackupStore,
+    keyring: KeyProvider,
+    key: str,
+    context: dict[str, str],
+    compression: str,
+    frame_length: int,
+    progress: Progress | None,
+    log: Callable[[str], None],
+) -> tuple[tuple[_Tap, int, SnapshotSource, str], int]:
+    """Stream a snapshot from the first member that gives one whole into the store at ``key``
+    (summarized, compressed, encrypted on the way); what it stored and the attempts it took."""
+
+    def consume(
+        chunks: Iterator[bytes], stream: SnapshotStream, source: SnapshotSource
+    ) -> tuple[_Tap, int, SnapshotSource, str]:
+        tap = _Tap(progress, source.db_size)
+        plain: Iterable[bytes] = tap.plaintext(chunks, stream)
+        if compression == "zstd":
+            plain = compress_stream(plain)
+        stored = store.put_stream(key, encrypt_stream(plain, keyring, context, frame_length))
+        assert stream.sha256 is not None  # set once the stream ended with a matching trailer
+        return tap, stored, source, stream.sha256.hex()
+
+    return with_snapshot_stream(
+        client,
+        snapshot_sources(health),
+        consume,
+        idle_timeout=config.health.probe_deadline_seconds,  # a frozen member is left for the next one
+        log=log,
+    )
+
+
 def retain(
     store: BackupStore, config: ClusterConfig, now: datetime, cluster_id: str, log: Callable[[str], None]
 ) -> tuple[list[str], list[str]]:
@@ -209,176 +217,6 @@ def retention_policy(config: ClusterConfig) -> RetentionPolicy:
         min_age=timedelta(minutes=retention.min_age_minutes),
         orphan_grace=timedelta(hours=retention.orphan_grace_hours),
     )
-
-
-# ---- verify and fetch -----------------------------------------------------------------------
-
-
-def _ciphertext(store: BackupStore, manifest: Manifest, cluster: str | None) -> tuple[Iterator[bytes], dict[str, str]]:
-    """The encrypted object's chunks and the encryption context it must carry."""
-    key = object_key(manifest.id)
-    if not store.exists(key):
-        raise BackupNotFoundError(f"backup {manifest.id}: its snapshot object {store.uri_for(key)} is missing")
-    expected = {CONTEXT_BACKUP_ID: manifest.id, CONTEXT_CLUSTER: cluster or manifest.cluster_name}
-    return store.open_read(key), expected
-
-
-def _plaintext(store: BackupStore, keyring: KeyProvider, manifest: Manifest, cluster: str | None) -> Iterator[bytes]:
-    chunks, expected = _ciphertext(store, manifest, cluster)
-    plain = decrypt_stream(chunks, keyring, expected)
-    return decompress_stream(plain) if manifest.compression == "zstd" else plain
-
-
-def check_readable(store: BackupStore, keyring: KeyProvider, backup_id: str, *, cluster: str | None = None) -> Manifest:
-    """The backup's manifest, once its object was found and its header opened with ``keyring`` (no
-    content decrypted): what a runbook that will need the backup checks first."""
-    manifest = load_manifest(store, backup_id)
-    chunks, expected = _ciphertext(store, manifest, cluster)
-    try:
-        check_header(chunks, keyring, expected)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()  # the rest of the object is not read
-    return manifest
-
-
-class CheckedSnapshot:
-    """A decrypted snapshot (db + sha256 trailer) as a stream that is checked as it flows past.
-
-    Iterating yields every chunk unchanged while hashing and summarizing it; when the stream ends, the
-    size, the trailer, the sha256, the bbolt structure, revision, hash and key count are compared
-    with the manifest, and the last ``next`` raises :class:`BackupIntegrityError` or
-    :class:`ManifestMismatchError` instead of ending. A consumer that writes the chunks somewhere
-    (a staging upload) therefore fails, and discards what it wrote, unless all of it matched. After
-    the end, :attr:`summary`, :attr:`digest` and :attr:`summarizer` (the database's page tree) are set.
-    Nothing is held but the summarizer's per-page summaries and one chunk.
-    """
-
-    def __init__(self, chunks: Iterable[bytes], manifest: Manifest) -> None:
-        self.manifest = manifest
-        self.summarizer = SnapshotSummarizer()
-        self.summary: SnapshotSummary | None = None
-        self.digest: str | None = None
-        self._chunks = chunks
-
-    def __iter__(self) -> Iterator[bytes]:
-        manifest, summarizer = self.manifest, self.summarizer
-        sha = hashlib.sha256()
-        held = b""
-        total = 0
-        for chunk in self._chunks:
-            total += len(chunk)
-            data = held + chunk if held else chunk
-            body, held = data[:-SHA256_SIZE], data[-SHA256_SIZE:]
-            if body:
-                sha.update(body)
-                summarizer.update(body)
-            yield chunk
-        digest = sha.hexdigest()
-        problems = []
-        if total != manifest.size_plain:
-            problems.append(f"size {total} != manifest {manifest.size_plain}")
-        if held.hex() != digest:
-            problems.append("the snapshot's sha256 trailer does not match its content")
-        if digest != manifest.sha256:
-            problems.append(f"sha256 {digest} != manifest {manifest.sha256}")
-        if problems:
-            raise BackupIntegrityError(f"backup {manifest.id}: " + "; ".join(problems))
-        try:
-            summary = summarizer.finish()
-        except SnapshotIntegrityError as exc:
-            raise BackupIntegrityError(f"backup {manifest.id}: {exc}") from exc
-        mismatched = [
-            f"{name} {actual} != manifest {expected}"
-            for name, actual, expected in (
-                ("revision", summary.revision, manifest.revision),
-                ("hash", summary.hash, manifest.snapshot_hash),
-                ("total_keys", summary.total_keys, manifest.total_keys),
-            )
-            if actual != expected
-        ]
-        if mismatched:
-            raise ManifestMismatchError(f"backup {manifest.id}: " + "; ".join(mismatched))
-        self.summary, self.digest = summary, digest
-
-
-def checked_plaintext(
-    store: BackupStore, keyring: KeyProvider, manifest: Manifest, *, cluster: str | None = None
-) -> CheckedSnapshot:
-    """The backup decrypted as a :class:`CheckedSnapshot` stream (nothing is read before iterating)."""
-    return CheckedSnapshot(_plaintext(store, keyring, manifest, cluster), manifest)
-
-
-def _checked(
-    chunks: Iterable[bytes], manifest: Manifest, sink: Callable[[bytes], None] | None = None
-) -> tuple[SnapshotSummary, str]:
-    """Hash and summarize a decrypted snapshot (db + trailer); compare everything with the manifest."""
-    checked = CheckedSnapshot(chunks, manifest)
-    for chunk in checked:
-        if sink:
-            sink(chunk)
-    assert checked.summary is not None and checked.digest is not None  # set when the stream ended checked
-    return checked.summary, checked.digest
-
-
-def verify_backup(
-    store: BackupStore,
-    keyring: KeyProvider,
-    backup_id: str,
-    *,
-    cluster: str | None = None,
-    progress: Progress | None = None,
-) -> VerifyResult:
-    """Fetch, decrypt, hash and inspect a backup and compare all of it with its manifest."""
-    started = time.monotonic()
-    manifest = load_manifest(store, backup_id)
-    checked = 0
-
-    def count(chunk: bytes) -> None:
-        nonlocal checked
-        checked += len(chunk)
-        if progress:
-            progress(checked, manifest.size_plain)
-
-    summary, digest = _checked(_plaintext(store, keyring, manifest, cluster), manifest, count if progress else None)
-    return VerifyResult(manifest, summary, digest, time.monotonic() - started)
-
-
-def fetch_backup(
-    store: BackupStore,
-    keyring: KeyProvider,
-    backup_id: str,
-    path: Path,
-    *,
-    cluster: str | None = None,
-    progress: Progress | None = None,
-) -> VerifyResult:
-    """Write the decrypted snapshot to ``path``, only if all of it verifies (else nothing is left)."""
-    started = time.monotonic()
-    manifest = load_manifest(store, backup_id)
-    path = path.absolute()
-    tmp = path.with_name(f".{path.name}.part")
-    written = 0
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-
-            def sink(chunk: bytes) -> None:
-                nonlocal written
-                out.write(chunk)
-                written += len(chunk)
-                if progress:
-                    progress(written, manifest.size_plain)
-
-            summary, digest = _checked(_plaintext(store, keyring, manifest, cluster), manifest, sink)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return VerifyResult(manifest, summary, digest, time.monotonic() - started)
 
 
 def ensure_fresh_backup(

@@ -45,7 +45,7 @@ from etcdops.adapters.compute.factory import SCRATCH_SUFFIX
 from etcdops.adapters.etcd.client import EtcdClient
 from etcdops.adapters.state import StateStore
 from etcdops.app.backup.catalogue import list_backups, load_manifest, read_drills, record_drill
-from etcdops.app.backup.job import checked_plaintext
+from etcdops.app.backup.verify import checked_plaintext
 from etcdops.app.runbook import (
     ClusterNotReadyError,
     InvalidRunbookInputError,

@@ -166,7 +166,7 @@ def backup_findings(
     store: BackupStore, keyring: KeyProvider, backup_id: str, cluster: str, *, why: str
 ) -> list[Finding]:
     """The backup ``backup_id`` is there and its header opens with ``keyring`` (no content is decrypted)."""
-    from etcdops.app.backup.job import check_readable
+    from etcdops.app.backup.verify import check_readable
     from etcdops.domain.backup.errors import (
         BackupError,
         BackupNotFoundError,

@@ -77,7 +77,6 @@ from etcdops.adapters.etcd.client import EtcdClient
 from etcdops.adapters.etcd.membership import ConfigStore, merge_endpoints, record_membership
 from etcdops.adapters.state import IncidentStore, LockStore, ObservationStore
 from etcdops.app.backup.catalogue import live_cluster_id, load_manifest, load_volume_record, newest_verified
-from etcdops.app.backup.job import CheckedSnapshot, checked_plaintext
 from etcdops.app.backup.replay import (
     choice_of,
     keyspace_digest,
@@ -88,6 +87,7 @@ from etcdops.app.backup.replay import (
     restore_offset,
     target_choice,
 )
+from etcdops.app.backup.verify import CheckedSnapshot, checked_plaintext
 from etcdops.app.probe import probe_cluster
 from etcdops.app.runbook import (
     ClusterNotReadyError,
