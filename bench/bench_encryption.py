@@ -36,8 +36,8 @@ from etcdops.adapters.backup.crypto import (
     decompress_stream,
     decrypt_stream,
     encrypt_stream,
-    local_key_provider,
 )
+from etcdops.adapters.backup.keys import local_key_provider
 
 MiB = 1024 * 1024
 DEFAULT_FRAMES = (4 * 1024, 64 * 1024, 1024 * 1024, 4 * 1024 * 1024)

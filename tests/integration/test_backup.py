@@ -15,7 +15,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from etcdops.adapters.backup.crypto import local_key_provider
+from etcdops.adapters.backup.keys import local_key_provider
 from etcdops.adapters.backup.store import FileStore, open_store
 from etcdops.adapters.backup.target import open_backup_target
 from etcdops.app.backup.catalogue import list_backups, newest_verified, read_catalogue

@@ -20,10 +20,8 @@ from etcdops.adapters.backup.crypto import (
     decompress_stream,
     decrypt_stream,
     encrypt_stream,
-    kms_key_provider,
-    local_key_provider,
-    open_key_provider,
 )
+from etcdops.adapters.backup.keys import kms_key_provider, local_key_provider, open_key_provider
 from etcdops.domain.backup.errors import BackupIntegrityError, BackupStoreError, DecryptionError
 from etcdops.domain.errors import ConfigError, UsageError
 

@@ -15,14 +15,8 @@ import pytest
 from moto import mock_aws
 
 from etcdops.adapters.backup import store as store_module
-from etcdops.adapters.backup.crypto import (
-    KeyProvider,
-    decrypt_stream,
-    encrypt_stream,
-    kms_key_provider,
-    local_key_provider,
-    open_key_provider,
-)
+from etcdops.adapters.backup.crypto import KeyProvider, decrypt_stream, encrypt_stream
+from etcdops.adapters.backup.keys import kms_key_provider, local_key_provider, open_key_provider
 from etcdops.adapters.backup.store import MIN_PART_SIZE, BackupStore, FileStore, S3Store, open_store
 from etcdops.domain.backup.errors import (
     BackupExistsError,

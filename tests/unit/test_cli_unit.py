@@ -14,7 +14,7 @@ from pathlib import Path
 import builders
 import pytest
 
-from etcdops.adapters.backup.crypto import open_key_provider
+from etcdops.adapters.backup.keys import open_key_provider
 from etcdops.domain.config import parse_config
 from etcdops.domain.errors import UsageError
 from etcdops.domain.health import ClusterHealth

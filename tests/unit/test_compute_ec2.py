@@ -738,7 +738,7 @@ def test_a_volume_backup_on_ec2_snapshots_the_follower_s_data_volumes_together_a
 ) -> None:
     from builders import cluster, member
 
-    from etcdops.adapters.backup.crypto import local_key_provider
+    from etcdops.adapters.backup.keys import local_key_provider
     from etcdops.adapters.backup.store import FileStore
     from etcdops.app.backup.catalogue import read_catalogue, read_volume_records, record_volume
     from etcdops.app.backup.volume import ProviderSnapshotResult, run_volume_backup
@@ -1111,7 +1111,7 @@ def test_restore_cluster_from_an_ebs_volume_backup_restores_every_new_host_from_
     from datetime import UTC, datetime
 
     from etcdops.adapters.aws import MemoryNotifier
-    from etcdops.adapters.backup.crypto import local_key_provider
+    from etcdops.adapters.backup.keys import local_key_provider
     from etcdops.adapters.backup.store import FileStore
     from etcdops.adapters.state_memory import InMemoryStateStore
     from etcdops.app.backup.catalogue import record_volume

@@ -17,7 +17,8 @@ from moto_dynamodb import state_table
 from test_backup_manifest import fields
 from test_cli_unit import BACKUPS, GOOD, run
 
-from etcdops.adapters.backup.crypto import KeyProvider, local_key_provider
+from etcdops.adapters.backup.crypto import KeyProvider
+from etcdops.adapters.backup.keys import local_key_provider
 from etcdops.adapters.backup.store import FileStore
 from etcdops.adapters.state_delta import DeltaChainStore, DynamoDeltaChainStore, InMemoryDeltaChainStore
 from etcdops.adapters.state_dynamodb import DynamoStateStore

@@ -11,7 +11,8 @@ import pytest
 from test_cli_unit import BACKUPS, GOOD, run
 from test_delta_chain import manifests
 
-from etcdops.adapters.backup.crypto import KeyProvider, local_key_provider
+from etcdops.adapters.backup.crypto import KeyProvider
+from etcdops.adapters.backup.keys import local_key_provider
 from etcdops.adapters.backup.store import FileStore
 from etcdops.app.backup.delta import chain_warnings, verify_delta_chains
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from etcdops.adapters.backup.crypto import KeyProvider, open_key_provider
+from etcdops.adapters.backup.crypto import KeyProvider
+from etcdops.adapters.backup.keys import open_key_provider
 from etcdops.adapters.backup.store import BackupStore, open_store
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import ConfigError
