@@ -78,13 +78,10 @@ from etcdops.adapters.etcd.membership import ConfigStore, merge_endpoints, recor
 from etcdops.adapters.state import IncidentStore, LockStore, ObservationStore
 from etcdops.app.backup.catalogue import live_cluster_id, load_manifest, load_volume_record, newest_verified
 from etcdops.app.backup.replay import (
-    choice_of,
     keyspace_digest,
     live_digests,
     pitr_record,
-    replay_deltas,
     replay_start_flags,
-    restore_offset,
     target_choice,
 )
 from etcdops.app.backup.verify import CheckedSnapshot, checked_plaintext
@@ -115,8 +112,9 @@ from etcdops.app.runbook.restore_report import (
     staged_keys,
     target_hosts,
 )
+from etcdops.app.runbook.restore_sources import replay, volume_source
 from etcdops.domain.backup.errors import BackupNotFoundError, DecryptionError
-from etcdops.domain.backup.manifest import Manifest, VolumeSnapshotRecord
+from etcdops.domain.backup.manifest import Manifest
 from etcdops.domain.compute.base import ComputeProvider, Host, PreflightPlan, start_flags
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import Backoff, EtcdopsError, SnapshotIncompleteError
@@ -323,43 +321,6 @@ def validate_backup(ctx: RestoreContext, doc: Document) -> Document:
         "reason": doc.get("reason") or "requested by an operator",
     }
     return _timed({**out, "approval_summary": approval_summary(out)}, "validate_backup", started)
-
-
-def volume_source(
-    ctx: RestoreContext, doc: Document, record: VolumeSnapshotRecord, live: str | None, old_hosts: list[dict[str, str]]
-) -> Document:
-    """The volume backup ``record`` as the restore's source: one snapshot of this cluster, completed. Its
-    bytes stay in EBS, so nothing about them is checked here: the approval says so, and the hosts restore
-    it with ``--skip-hash-check``; the restored cluster's revision is checked against the one observed."""
-    if record.cluster_name != ctx.config.name:
-        raise InvalidRunbookInputError(
-            f"volume backup {record.id} is of cluster {record.cluster_name!r}, not {ctx.config.name!r}"
-        )
-    snapshots = list(record.volume.snapshot_ids)
-    if len(snapshots) != 1:
-        raise InvalidRunbookInputError(
-            f"volume backup {record.id} has {len(snapshots)} snapshots ({', '.join(snapshots) or 'none'}): "
-            "RestoreCluster restores from one data volume; restore this one by hand (README: Volume backups)"
-        )
-    problem = ctx.compute.volume_snapshot_problem(snapshots[0])
-    if problem:
-        raise BackupNotFoundError(f"volume backup {record.id}: {problem}")
-    return {
-        **doc,
-        "backup_id": record.id,
-        "backup_created_at": record.created_at.isoformat(),
-        "backup_revision": record.volume.revision_observed,
-        "backup_total_keys": None,
-        "backup_keys": None,
-        "pitr": None,
-        "backup_etcd_version": record.etcd_version,
-        "backup_cluster_id": record.cluster_id,
-        "backup_imported_from": None,
-        "live_cluster_id": live,
-        "old_hosts": old_hosts,
-        "reason": doc.get("reason") or "requested by an operator",
-        "volume_source": {"snapshot_id": snapshots[0], "member": record.member_name},
-    }
 
 
 def _live_cluster_id(ctx: RestoreContext, host_urls: Sequence[str]) -> str | None:
@@ -608,31 +569,6 @@ def verify_restore(ctx: RestoreContext, doc: Document) -> Document:
         "verify_restore",
         started,
     )
-
-
-def replay(ctx: RestoreContext, doc: Document) -> Document:
-    """Point in time: the deltas after the backup, one transaction per original revision up to the
-    target, the revision checked after each (invariant 19); nothing to do for a backup alone. A rerun
-    continues where the restored cluster's revision says the last one stopped."""
-    pitr = doc.get("pitr")
-    if not pitr:
-        return doc
-    started = time.monotonic()
-    store, keyring = ctx.backup_target()
-    choice = choice_of(store, pitr)
-    with ctx.client([t["client_url"] for t in target_hosts(doc)]) as client:
-        current = client.range(b"\0", count_only=True).revision
-        offset = restore_offset(current, pitr, int(doc.get("bump_revision") or 0))
-        report = replay_deltas(client, store, keyring, choice, cluster=ctx.config.name, offset=offset)
-    before = doc.get("replayed") or {}  # a rerun adds what it replayed to what the run before it did
-    replayed = {
-        "revision": choice.target_revision + offset,
-        "offset": offset,
-        "revisions": int(before.get("revisions", 0)) + report.revisions,
-        "unleased": sorted({*before.get("unleased", []), *report.unleased})[:20],
-        "unleased_count": int(before.get("unleased_count", 0)) + report.unleased_count,
-    }
-    return _timed({**doc, "replayed": replayed}, "replay", started)
 
 
 def _record_membership(ctx: RestoreContext, doc: Document) -> list[str]:
