@@ -29,7 +29,6 @@ MARKER = re.compile(r"^\s*(#\s*)?Long on purpose:\s*\S.{10,}")
 # paths under layers/etcdops; a function is "path:Qualified.name".
 NOT_YET_SPLIT = frozenset(
     {
-        "etcdops/adapters/etcd/client.py",
         "etcdops/app/runbook/restore.py",
         "etcdops/domain/compute/base.py",
     }

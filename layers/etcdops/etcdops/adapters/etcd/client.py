@@ -1,148 +1,62 @@
 """A small synchronous etcd v3 client over gRPC, with mTLS and a deadline on every call.
 
-Results are plain dataclasses; protobuf messages never leave this module. gRPC failures are mapped
-to the named errors of :mod:`etcdops.domain.errors` in exactly one place (:func:`_map_rpc_error`).
+Results are plain dataclasses (:mod:`.results`); protobuf messages never leave this package. gRPC
+failures are mapped to the named errors of :mod:`etcdops.domain.errors` in exactly one place
+(:func:`.channel._map_rpc_error`). Its parts: the channels and TLS in :mod:`.channel`, the snapshot
+stream in :mod:`.snapshot_stream`, reading revisions with a watch in :mod:`.watch`, the cluster
+version over HTTP in :mod:`.http_version`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import http.client
-import json
-import queue
 import secrets
-import ssl
 import threading
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
 
+from etcdops.adapters.etcd import http_version, watch
+from etcdops.adapters.etcd.channel import TlsFiles, _Channel, _map_rpc_error, _target
 from etcdops.adapters.etcd.pb import etcd_pb2 as pb
-from etcdops.adapters.etcd.pb import etcd_pb2_grpc as rpc
-from etcdops.domain.backup.delta import DeltaEvent, EventKind
+from etcdops.adapters.etcd.results import HashKV, KeyValue, Member, RangeResult, Status, _member
+from etcdops.adapters.etcd.snapshot_stream import SHA256_SIZE, SNAPSHOT_IDLE_TIMEOUT, SnapshotStream
+from etcdops.domain.backup.delta import DeltaEvent
 from etcdops.domain.errors import (
     ConfigError,
     EtcdAuthError,
-    EtcdCompactedError,
     EtcdError,
-    EtcdLearnerNotReadyError,
-    EtcdMemberNotFoundError,
-    EtcdNoSpaceError,
     EtcdPreconditionError,
     EtcdRequestError,
     EtcdTimeoutError,
     EtcdUnavailableError,
     EtcdUnhealthyClusterError,
-    SnapshotIntegrityError,
-    SnapshotStreamError,
 )
 from etcdops.domain.health import Alarm
 
 DEFAULT_TIMEOUT = 5.0
 SNAPSHOT_TIMEOUT = 3600.0
-#: A snapshot stream that brings no message for this long is abandoned (a frozen or overloaded
-#: member); callers with a configuration pass its probe deadline instead.
-SNAPSHOT_IDLE_TIMEOUT = 10.0
-#: HTTP/2 keepalive on every channel: a ping after this much silence on a call...
-KEEPALIVE_TIME_MS = 10_000  # etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time)
-#: ...that must be answered within this, else the connection is closed and its calls fail.
-KEEPALIVE_TIMEOUT_MS = 5_000
-SHA256_SIZE = 32
-_MAX_MESSAGE = 256 * 1024 * 1024
 _ALARM_NAMES = {pb.NOSPACE: "NOSPACE", pb.CORRUPT: "CORRUPT"}
 _ALARM_TYPES = {name: value for value, name in _ALARM_NAMES.items()}
 
 T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """Client TLS material: the CA that signed the servers, and our client certificate and key."""
-
-    ca: Path
-    cert: Path | None = None
-    key: Path | None = None
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        try:
-            ca = self.ca.read_bytes()
-            cert = self.cert.read_bytes() if self.cert else None
-            key = self.key.read_bytes() if self.key else None
-        except OSError as exc:
-            raise ConfigError(f"tls: cannot read {exc.filename}: {exc.strerror}") from exc
-        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-
-
-@dataclass(frozen=True)
-class Member:
-    id: int
-    name: str
-    peer_urls: tuple[str, ...]
-    client_urls: tuple[str, ...]
-    is_learner: bool
-
-    @property
-    def started(self) -> bool:
-        """A member added but not yet started has no name and no client URLs."""
-        return bool(self.name) and bool(self.client_urls)
-
-
-@dataclass(frozen=True)
-class Status:
-    endpoint: str
-    cluster_id: int
-    member_id: int
-    leader: int
-    version: str
-    db_size: int
-    db_size_in_use: int
-    raft_index: int
-    raft_term: int
-    raft_applied_index: int
-    revision: int
-    is_learner: bool
-    errors: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class KeyValue:
-    key: bytes
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    version: int
-
-
-@dataclass(frozen=True)
-class RangeResult:
-    kvs: tuple[KeyValue, ...]
-    count: int
-    more: bool
-    revision: int
-
-
-@dataclass(frozen=True)
-class HashKV:
-    hash: int
-    compact_revision: int
-    revision: int
-    member_id: int
-
-
-def _target(endpoint: str) -> str:
-    """``https://host:port`` (or a bare ``host:port``) to the gRPC target ``host:port``."""
-    parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
-    if not parts.hostname or not parts.port:
-        raise ConfigError(f"endpoints: {endpoint!r} is not a host:port or https://host:port URL")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{host}:{parts.port}"
+# what the client's callers import from here
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "SHA256_SIZE",
+    "SNAPSHOT_IDLE_TIMEOUT",
+    "EtcdClient",
+    "HashKV",
+    "KeyValue",
+    "Member",
+    "RangeResult",
+    "SnapshotStream",
+    "Status",
+    "TlsFiles",
+]
 
 
 def _key(key: str | bytes) -> bytes:
@@ -157,66 +71,6 @@ def prefix_end(prefix: bytes) -> bytes:
             end[i] += 1
             return bytes(end[: i + 1])
     return b"\0"  # every key
-
-
-def _map_rpc_error(exc: grpc.RpcError, endpoint: str) -> EtcdError:
-    """The one place where gRPC status codes (and etcd's fixed error texts) become named errors."""
-    code = exc.code() if hasattr(exc, "code") else None
-    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
-    message = f"{endpoint}: {details}"
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return EtcdTimeoutError(f"{endpoint}: deadline exceeded", endpoint)
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-        return EtcdAuthError(message, endpoint)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        lowered = details.lower()
-        if "handshake" in lowered or "certificate" in lowered or "ssl" in lowered:
-            return EtcdAuthError(f"{endpoint}: TLS handshake failed ({details})", endpoint)
-        if "unhealthy cluster" in lowered:
-            return EtcdUnhealthyClusterError(message, endpoint)
-        if "connection refused" in lowered:
-            return EtcdUnavailableError(f"{endpoint}: connection refused", endpoint)
-        return EtcdUnavailableError(message, endpoint)
-    if code == grpc.StatusCode.NOT_FOUND:
-        return EtcdMemberNotFoundError(message, endpoint)
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
-        if "in sync" in details or "not ready" in details:
-            return EtcdLearnerNotReadyError(message, endpoint)
-        return EtcdPreconditionError(message, endpoint)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return EtcdNoSpaceError(message, endpoint)
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
-        return EtcdRequestError(message, endpoint)
-    return EtcdError(message, endpoint)
-
-
-class _Channel:
-    def __init__(self, endpoint: str, credentials: grpc.ChannelCredentials | None) -> None:
-        self.endpoint = endpoint
-        options = [
-            ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ("grpc.max_send_message_length", _MAX_MESSAGE),
-            # fail fast on a dead peer instead of waiting for exponential reconnect backoff
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-            # a peer that stops answering (SIGSTOP, a dead host behind a live route) is noticed on
-            # an open call even when no data flows our way: a server stream sends us nothing to ack
-            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-            ("grpc.keepalive_permit_without_calls", 0),
-            ("grpc.http2.max_pings_without_data", 0),
-        ]
-        target = _target(endpoint)
-        if credentials is None:
-            self.channel = grpc.insecure_channel(target, options=options)
-        else:
-            self.channel = grpc.secure_channel(target, credentials, options=options)
-        self.kv = rpc.KVStub(self.channel)
-        self.cluster = rpc.ClusterStub(self.channel)
-        self.maintenance = rpc.MaintenanceStub(self.channel)
-        self.auth = rpc.AuthStub(self.channel)
-        self.watch = rpc.WatchStub(self.channel)
-        self.lease = rpc.LeaseStub(self.channel)
 
 
 class EtcdClient:
@@ -319,47 +173,7 @@ class EtcdClient:
         """The cluster version as ``endpoint`` knows it (``etcdcluster`` of etcd's HTTP ``/version``,
         e.g. ``3.5.0``: the lowest major.minor of the members, decided by the leader). The v3 gRPC API
         does not carry it; the member serves ``/version`` on its client port with the same TLS."""
-        parts = urlsplit(endpoint)
-        host, port = parts.hostname or "", parts.port or 2379
-        wait = timeout if timeout is not None else self.timeout
-        ends = time.monotonic() + wait
-        connection: http.client.HTTPConnection | None = None
-
-        def within_deadline(conn: http.client.HTTPConnection) -> None:
-            # a socket timeout bounds each read; the deadline bounds the whole exchange
-            left = ends - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("deadline exceeded")
-            if conn.sock is not None:
-                conn.sock.settimeout(left)
-
-        try:
-            if self._tls is None:
-                connection = http.client.HTTPConnection(host, port, timeout=wait)
-            else:
-                context = ssl.create_default_context(cafile=str(self._tls.ca))
-                if self._tls.cert:
-                    context.load_cert_chain(str(self._tls.cert), str(self._tls.key) if self._tls.key else None)
-                connection = http.client.HTTPSConnection(host, port, timeout=wait, context=context)
-            connection.connect()  # TCP and the TLS handshake, each read under the socket timeout
-            within_deadline(connection)
-            connection.request("GET", "/version")
-            within_deadline(connection)
-            response = connection.getresponse()
-            within_deadline(connection)
-            body = response.read(64 * 1024)
-        except (OSError, http.client.HTTPException) as exc:
-            raise EtcdUnavailableError(f"{endpoint}: /version: {exc}") from exc
-        finally:
-            if connection is not None:
-                connection.close()
-        try:
-            version = json.loads(body)["etcdcluster"] if response.status == 200 else None
-        except (ValueError, KeyError, TypeError):
-            version = None
-        if not isinstance(version, str) or not version or version == "not_decided":
-            raise EtcdRequestError(f"{endpoint}: /version gave no cluster version (HTTP {response.status})")
-        return version
+        return http_version.cluster_version(endpoint, self._tls, timeout if timeout is not None else self.timeout)
 
     def alarms(self, endpoint: str | None = None, *, timeout: float | None = None) -> list[Alarm]:
         request = pb.AlarmRequest(action=pb.AlarmRequest.GET)
@@ -553,165 +367,4 @@ class EtcdClient:
         only after every event up to its header revision: no event of ``end_revision`` can follow
         it. etcd sends the events of one revision in one response (we ask for no fragments)."""
         target = endpoint or self.endpoints[0]
-        requests: queue.Queue[Any] = queue.Queue()
-        create = pb.WatchCreateRequest(key=b"\0", range_end=b"\0", start_revision=start_revision)
-        requests.put(pb.WatchRequest(create_request=create))
-        call = self._channel(target).watch.Watch(iter(requests.get, None), timeout=timeout)
-        events: list[DeltaEvent] = []
-        try:
-            for resp in call:
-                if resp.compact_revision or resp.canceled:
-                    raise EtcdCompactedError(
-                        f"{target}: revision {start_revision} is compacted (oldest kept: {resp.compact_revision})",
-                        target,
-                        resp.compact_revision,
-                    ) if resp.compact_revision else EtcdRequestError(f"{target}: watch canceled: {resp.cancel_reason}")
-                if _watch_done(resp, events, end_revision, requests):
-                    break
-        except grpc.RpcError as exc:
-            raise _map_rpc_error(exc, target) from exc
-        finally:
-            requests.put(None)
-            call.cancel()
-        return events
-
-
-class SnapshotStream:
-    """A snapshot being received: iterate :meth:`chunks`; the sha256 is checked at the end.
-
-    A reader thread pulls etcd's small (32 KiB) messages off the wire and joins them into
-    ``chunk_size`` pieces in a bounded queue, so receiving overlaps with whatever the consumer
-    does with a piece (hashing, encrypting, writing) while memory stays within
-    ``(prefetch + 2) * chunk_size``.
-
-    Idle deadline: when the consumer waits for data and the reader has made no progress (no
-    message received, no piece handed over) for ``idle_timeout`` seconds, the call is cancelled
-    and :class:`SnapshotStreamError` is raised, so a frozen member is abandoned instead of holding
-    the backup until the stream's total timeout. A slow consumer never trips it: while the queue
-    is full the consumer does not wait, and each piece it takes lets the reader progress again.
-    """
-
-    _POLL = 0.1  # seconds between two looks at the reader's progress while waiting for data
-
-    def __init__(
-        self,
-        call: Any,
-        endpoint: str,
-        *,
-        chunk_size: int = 1 << 20,
-        prefetch: int = 8,
-        idle_timeout: float = SNAPSHOT_IDLE_TIMEOUT,
-    ) -> None:
-        if idle_timeout <= 0:
-            raise ConfigError(f"snapshot idle timeout must be positive, not {idle_timeout}")
-        self._call = call
-        self.endpoint = endpoint
-        self.chunk_size = chunk_size
-        self.prefetch = prefetch
-        self.idle_timeout = idle_timeout
-        self.sha256: bytes | None = None
-        self.db_bytes = 0
-        self._progress_at = time.monotonic()  # written by the reader thread, read by the consumer
-
-    def cancel(self) -> None:
-        self._call.cancel()
-
-    def _read(self, out: queue.Queue[tuple[str, Any]]) -> None:
-        buffer = bytearray()
-        try:
-            for response in self._call:  # etcd sends no response header on this stream
-                self._progress_at = time.monotonic()
-                buffer += response.blob
-                if len(buffer) >= self.chunk_size + SHA256_SIZE:
-                    # keep the last 32 bytes back: at the end of the stream they are the trailer
-                    with memoryview(buffer) as view:
-                        piece = bytes(view[:-SHA256_SIZE])
-                    del buffer[:-SHA256_SIZE]
-                    out.put(("data", piece))
-                    self._progress_at = time.monotonic()
-            out.put(("end", bytes(buffer)))
-        except grpc.RpcError as exc:
-            out.put(("error", exc))
-        except BaseException as exc:  # a reader must always say how it ended
-            out.put(("error", exc))
-
-    def _next(self, pieces: queue.Queue[tuple[str, Any]]) -> tuple[str, Any]:
-        """The reader's next item, or :class:`SnapshotStreamError` once it made no progress for too long."""
-        while True:
-            try:
-                return pieces.get(timeout=self._POLL)
-            except queue.Empty:
-                silent = time.monotonic() - self._progress_at
-                if silent > self.idle_timeout:
-                    self._call.cancel()
-                    raise SnapshotStreamError(
-                        f"snapshot stream from {self.endpoint} stalled: no data for {silent:.1f}s "
-                        f"(idle deadline {self.idle_timeout:g}s; the member may be frozen or overloaded)"
-                    ) from None
-
-    def chunks(self) -> Iterator[bytes]:
-        digest = hashlib.sha256()
-        pieces: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=self.prefetch)
-        self._progress_at = time.monotonic()
-        reader = threading.Thread(target=self._read, args=(pieces,), name="snapshot-reader", daemon=True)
-        reader.start()
-        try:
-            while True:
-                kind, value = self._next(pieces)
-                if kind == "error":
-                    if isinstance(value, grpc.RpcError):
-                        error = _map_rpc_error(value, self.endpoint)
-                        raise SnapshotStreamError(f"snapshot stream from {self.endpoint} broke off: {error}") from value
-                    raise value
-                if kind == "end":
-                    tail: bytes = value
-                    break
-                digest.update(value)
-                self.db_bytes += len(value)
-                yield value
-            body, held = tail[:-SHA256_SIZE], tail[-SHA256_SIZE:]
-            if len(held) != SHA256_SIZE:
-                raise SnapshotIntegrityError(f"snapshot from {self.endpoint} ended without its sha256 trailer")
-            if body:
-                digest.update(body)
-                self.db_bytes += len(body)
-            if digest.digest() != held:
-                raise SnapshotIntegrityError(
-                    f"snapshot from {self.endpoint} does not match its sha256 trailer "
-                    f"({digest.hexdigest()} != {held.hex()})"
-                )
-            if body:
-                yield body
-            self.sha256 = held
-        finally:
-            if reader.is_alive():
-                self._call.cancel()  # the consumer stopped early: end the stream, unblock the reader
-                while reader.is_alive():
-                    with contextlib.suppress(queue.Empty):
-                        pieces.get(timeout=0.1)
-
-
-def _watch_done(resp: Any, events: list[DeltaEvent], end_revision: int, requests: queue.Queue[Any]) -> bool:
-    """Take one watch response into ``events``; whether every event up to ``end_revision`` is in."""
-    reached = bool(events) and events[-1].revision >= end_revision
-    if not resp.events:
-        return reached and not resp.created  # a progress notification after the end's events
-    for event in resp.events:
-        kv = event.kv
-        if kv.mod_revision > end_revision:
-            return True
-        kind: EventKind = "del" if event.type == pb.Event.DELETE else "put"
-        events.append(DeltaEvent(kind, kv.key, kv.mod_revision, kv.value, kv.create_revision, kv.version, kv.lease))
-    if events and events[-1].revision >= end_revision:
-        requests.put(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
-    return False
-
-
-def _member(m: Any) -> Member:
-    return Member(
-        id=m.ID,
-        name=m.name,
-        peer_urls=tuple(m.peerURLs),
-        client_urls=tuple(m.clientURLs),
-        is_learner=m.isLearner,
-    )
+        return watch.changes(self._channel(target).watch, target, start_revision, end_revision, timeout)
