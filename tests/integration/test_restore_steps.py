@@ -28,7 +28,7 @@ from etcdops.adapters.state_memory import InMemoryStateStore
 from etcdops.app.backup.importer import import_snapshot
 from etcdops.app.backup.job import run_backup
 from etcdops.app.probe import probe_cluster
-from etcdops.app.runbook import PreflightFailedError, restore
+from etcdops.app.runbook import PreflightFailedError, restore, restore_validate
 from etcdops.domain.backup.errors import BackupNotFoundError, DecryptionError
 from etcdops.domain.backup.manifest import Manifest, manifest_key, object_key
 from etcdops.domain.compute.base import ActionResult, Host
@@ -282,7 +282,7 @@ def test_bad_backups_are_refused_before_anything_is_stopped(cluster: LocalCluste
     unverified = take_backup(cluster)
     path = Path(store.uri_for(manifest_key(unverified.id)).removeprefix("file://"))
     path.write_text(json.dumps({**json.loads(path.read_text()), "verified": False, "verified_at": None}))
-    refuse(ctx, {**start_doc(backup_id=unverified.id), "execution": "r3"}, restore.BackupNotVerifiedError)
+    refuse(ctx, {**start_doc(backup_id=unverified.id), "execution": "r3"}, restore_validate.BackupNotVerifiedError)
     # a tampered backup (one flipped byte in the encrypted object)
     tampered = take_backup(cluster)
     blob = Path(store.uri_for(object_key(tampered.id)).removeprefix("file://"))

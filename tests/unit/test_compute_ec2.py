@@ -1115,7 +1115,7 @@ def test_restore_cluster_from_an_ebs_volume_backup_restores_every_new_host_from_
     from etcdops.adapters.backup.store import FileStore
     from etcdops.adapters.state_memory import InMemoryStateStore
     from etcdops.app.backup.catalogue import record_volume
-    from etcdops.app.runbook import restore
+    from etcdops.app.runbook import restore, restore_validate
     from etcdops.domain.backup.errors import BackupNotFoundError
     from etcdops.domain.backup.manifest import VolumeSnapshotRecord
 
@@ -1144,7 +1144,7 @@ def test_restore_cluster_from_an_ebs_volume_backup_restores_every_new_host_from_
         config=config, client=None, compute=compute, state=InMemoryStateStore(),  # type: ignore[arg-type]
         notifier=MemoryNotifier(), backup_target=lambda: (store, keyring), config_stores=[],
     )  # fmt: skip
-    monkeypatch.setattr(restore, "_live_cluster_id", lambda ctx, urls: "c1")  # no etcd answers in this test
+    monkeypatch.setattr(restore_validate, "_live_cluster_id", lambda ctx, urls: "c1")  # no etcd answers in this test
 
     # When RestoreCluster is asked for it onto new hosts: its checks, then the hosts, then their data directories
     doc = restore.acquire_lock(ctx, {"cluster": CLUSTER, "execution": "restore-x1", "backup_id": record.id,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from etcdops.app.backup.replay import replay_start_flags
-from etcdops.app.runbook import restore
+from etcdops.app.runbook import restore, restore_report
 from etcdops.entrypoints.runbook_step import RunbookStepEvent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ def test_the_failure_message_says_where_the_cluster_was_left(recorded: dict[str,
 )
 def test_the_approval_says_when_the_backup_is_not_of_the_live_incarnation(live: str | None, says: str | None) -> None:
     doc = {**START, "backup_id": "b", "backup_cluster_id": "c1", "live_cluster_id": live, "bump_revision": 0}
-    summary = restore.approval_summary(doc)
+    summary = restore_report.approval_summary(doc)
     if says is None:
         assert "incarnation" not in summary and "cluster id" not in summary
     else:
@@ -92,7 +92,7 @@ def test_a_replayed_revision_larger_than_etcds_default_max_txn_ops_raises_it_for
 ) -> None:
     pitr = {"revisions": 3, "events": events + 2, "deltas": ["d1"], "target_revision": 42, "expected_keys": 7}
     doc = {**START, "backup_id": "b", "bump_revision": 0, "pitr": {**pitr, "largest": [40, events]}}
-    summary = restore.approval_summary(doc)
+    summary = restore_report.approval_summary(doc)
     note = f"revision 40 has {events} changes, more than etcd's default --max-txn-ops (128): the restored members "
     assert (note in summary) == raised and (f"--max-txn-ops={events} so that" in summary) == raised
     assert "up to revision 42" in summary

@@ -19,7 +19,7 @@ from etcdops.adapters.bbolt import summarize_bytes
 from etcdops.adapters.bbolt_keys import leaf_elements
 from etcdops.adapters.etcd.pb import etcd_pb2 as pb
 from etcdops.app.backup.verify import CheckedSnapshot
-from etcdops.app.runbook import restore
+from etcdops.app.runbook import restore, restore_validate
 from etcdops.domain.backup.errors import BackupIntegrityError
 from etcdops.domain.backup.manifest import Manifest
 
@@ -84,7 +84,10 @@ def test_live_keys_counted_over_two_streamed_passes_equal_a_replay_in_key_order(
     snapshot = CheckedSnapshot(chunked(data, first), manifest_for(data))
     assert b"".join(snapshot) == data  # the stream hands every byte on, checked at its end
 
-    count = restore.count_live_keys(snapshot, lambda: CheckedSnapshot(chunked(data, second), manifest_for(data)))
+    def again() -> CheckedSnapshot:
+        return CheckedSnapshot(chunked(data, second), manifest_for(data))
+
+    count = restore_validate.count_live_keys(snapshot, again)
 
     assert count == replayed_in_key_order(data, snapshot) > 0
 
@@ -98,7 +101,7 @@ def test_a_second_pass_that_differs_from_the_first_fails_its_checks() -> None:
     tampered[len(data) // 2] ^= 0x01
 
     with pytest.raises(BackupIntegrityError, match="sha256"):
-        restore.count_live_keys(snapshot, lambda: CheckedSnapshot([bytes(tampered)], manifest_for(data)))
+        restore_validate.count_live_keys(snapshot, lambda: CheckedSnapshot([bytes(tampered)], manifest_for(data)))
 
 
 @mock_aws
