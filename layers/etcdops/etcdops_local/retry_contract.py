@@ -42,6 +42,7 @@ ERROR_MODULES: tuple[str, ...] = (
     "etcdops.app.runbook.members",
     "etcdops.app.runbook.replace",
     "etcdops.app.runbook.restore",
+    "etcdops.app.runbook.restore_validate",
     "etcdops.app.runbook.upgrade",
     "etcdops.app.runbook.maintain",
     "etcdops.app.runbook.drill",
