@@ -30,7 +30,6 @@ MARKER = re.compile(r"^\s*(#\s*)?Long on purpose:\s*\S.{10,}")
 NOT_YET_SPLIT = frozenset(
     {
         "etcdops/app/runbook/restore.py",
-        "etcdops/domain/compute/base.py",
     }
 )
 
