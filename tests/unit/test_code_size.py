@@ -25,13 +25,10 @@ MODULE_LIMIT = 400
 FUNCTION_LIMIT = 60
 MARKER = re.compile(r"^\s*(#\s*)?Long on purpose:\s*\S.{10,}")
 
-# Temporary: over the limit, no reason, to be split (engineers i12-local and i12-layer). Keys are
-# paths under layers/etcdops; a function is "path:Qualified.name".
-NOT_YET_SPLIT = frozenset(
-    {
-        "etcdops/app/runbook/restore.py",
-    }
-)
+# Over the limit, no reason, to be split: empty since every module and function was split. It stays so a
+# split that cannot land at once has a visible place (keys: paths under layers/etcdops; a function is
+# "path:Qualified.name"), and the test fails on any entry that is no longer over the limit.
+NOT_YET_SPLIT: frozenset[str] = frozenset()
 
 
 def _modules() -> Iterator[Path]:

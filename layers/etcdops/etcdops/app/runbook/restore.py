@@ -72,48 +72,39 @@ from etcdops.adapters.aws import Notifier
 from etcdops.adapters.backup.crypto import KeyProvider
 from etcdops.adapters.backup.store import BackupStore
 from etcdops.adapters.etcd.client import EtcdClient
-from etcdops.adapters.etcd.membership import ConfigStore, merge_endpoints, record_membership
+from etcdops.adapters.etcd.membership import ConfigStore
 from etcdops.adapters.state import IncidentStore, LockStore, ObservationStore
-from etcdops.app.backup.catalogue import load_manifest
 from etcdops.app.backup.replay import (
-    keyspace_digest,
-    live_digests,
     replay_start_flags,
 )
-from etcdops.app.probe import probe_cluster
 from etcdops.app.runbook import (
     ClusterNotReadyError,
     InvalidRunbookInputError,
     caught_and_released,
     dispatch,
-    durations,
     execution_tail,
     first_time,
     publish_failure_once,
-    publish_success_once,
     release_lock,
     require_configured_cluster,
-    stage_plaintext,
 )
 from etcdops.app.runbook import preflight as checks
 from etcdops.app.runbook import timed as _timed
+from etcdops.app.runbook.restore_finish import notify_success, repoint_clients, verify_restore
 from etcdops.app.runbook.restore_report import (
-    STAGING_PREFIX,
     failure_report,
-    replayed_note,
     staged_keys,
     target_hosts,
 )
 from etcdops.app.runbook.restore_sources import replay
+from etcdops.app.runbook.restore_staging import _stage_snapshot, remove_staged, remove_staged_snapshot, remove_volumes
 from etcdops.app.runbook.restore_validate import (
-    RestoreVerificationError,
-    _decrypting,
     _host_doc,
-    _plaintext,
+    _live_host,
     restore_target,
     validate_backup,
 )
-from etcdops.domain.compute.base import ComputeProvider, Host, PreflightPlan, start_flags
+from etcdops.domain.compute.base import ComputeProvider, PreflightPlan, start_flags
 from etcdops.domain.config import ClusterConfig
 from etcdops.domain.errors import Backoff, EtcdopsError
 from etcdops.domain.findings import Finding
@@ -159,13 +150,6 @@ class RestoreContext:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
-
-
-def _live_host(ctx: RestoreContext, name: str) -> Host:
-    host = ctx.compute.find(name)
-    if host is None:
-        raise ClusterNotReadyError(f"host {name} is not there (yet)")
-    return host
 
 
 def _initial_cluster(doc: Document) -> str:
@@ -299,44 +283,6 @@ def launch_hosts(ctx: RestoreContext, doc: Document) -> Document:
     return _timed({**doc, "targets": targets, "launched": [t["name"] for t in targets]}, "launch_hosts", started)
 
 
-def _staging_store(ctx: RestoreContext) -> BackupStore:
-    return ctx.staging() if ctx.staging is not None else ctx.backup_target()[0]
-
-
-def _stage_snapshot(ctx: RestoreContext, doc: Document) -> dict[str, str]:
-    """The verified plain snapshot in the staging store for the hosts to download (once per execution).
-
-    Streamed: decrypted, hashed and checked against the manifest while it is uploaded (multipart),
-    so no copy is held locally; a check failing at the end aborts the upload and nothing is staged.
-    We hold the cluster lock, so what other executions left under the prefix (a crash halfway) is
-    theirs and no longer needed: it is removed first.
-    """
-    store, keyring = ctx.backup_target()
-    staging = _staging_store(ctx)
-    key = staged_keys(doc)[0]
-    staged = doc.get("staged") or {}
-    if staged.get("key") == key and staging.exists(key):
-        return dict(staged)
-    staging.abort_uploads(f"{STAGING_PREFIX}/")  # parts of uploads whose writer died
-    for leftover in staging.list(f"{STAGING_PREFIX}/"):
-        if leftover.endswith((".snapshot", ".preflight")):
-            staging.delete(leftover)  # ours from an earlier try (its sha256 unrecorded), or another execution's
-    manifest = load_manifest(store, doc["backup_id"])
-    with _decrypting(ctx, manifest):
-        return stage_plaintext(staging, key, _plaintext(ctx, store, keyring, manifest))
-
-
-def remove_staged(ctx: RestoreContext, doc: Document) -> list[str]:
-    """Delete what this execution staged (also what a crashed try may have left); the keys removed."""
-    staging = _staging_store(ctx)
-    removed = staging.abort_uploads(staged_keys(doc)[0])  # an upload cut off by a crash holds parts
-    for key in staged_keys(doc):
-        if staging.exists(key):
-            staging.delete(key)
-            removed.append(key)
-    return removed
-
-
 def restore_members(ctx: RestoreContext, doc: Document) -> Document:
     """Each member's data directory from the staged snapshot; the plaintext is removed once all are done."""
     started = time.monotonic()
@@ -378,11 +324,6 @@ def restore_members(ctx: RestoreContext, doc: Document) -> Document:
     return _timed({**doc, "restored": restored}, "restore_members", started)
 
 
-def remove_volumes(ctx: RestoreContext, doc: Document) -> list[str]:
-    """The volumes this execution made of a volume backup's snapshot, detached and deleted (none otherwise)."""
-    return ctx.compute.remove_snapshot_volumes(doc["execution"]) if doc.get("volume_source") else []
-
-
 def start_members(ctx: RestoreContext, doc: Document) -> Document:
     """Start every restored member; for a replay whose largest revision holds more changes than etcd's
     default --max-txn-ops, with --max-txn-ops raised to that count (:func:`replay_start_flags`)."""
@@ -395,76 +336,6 @@ def start_members(ctx: RestoreContext, doc: Document) -> Document:
     return _timed({**doc, **done}, "start_members", started)
 
 
-def verify_restore(ctx: RestoreContext, doc: Document) -> Document:
-    """A leader, every member healthy, revisions not below the backup's, the backup's live key count."""
-    started = time.monotonic()
-    targets = target_hosts(doc)
-    urls = [t["client_url"] for t in targets]
-    with ctx.client(urls) as client:
-        health = probe_cluster(client, deadline=ctx.config.health.probe_deadline_seconds)
-        healthy = {m.name for m in health.healthy_voters}
-        if health.leader is None or not health.has_quorum or {t["name"] for t in targets} - healthy:
-            raise ClusterNotReadyError(
-                f"restored cluster not healthy yet: {len(healthy)}/{len(targets)} members healthy, "
-                f"leader {'yes' if health.leader else 'no'}"
-            )
-        if len(health.members) != len(targets):
-            raise RestoreVerificationError(
-                f"the restored cluster has {len(health.members)} members, expected {len(targets)}"
-            )
-        revisions = {t["name"]: client.status(t["client_url"]).revision for t in targets}
-        count = client.range(b"\0", b"\0", count_only=True).count
-    backup_revision = int(doc["backup_revision"])
-    low = {name: r for name, r in revisions.items() if r < backup_revision}
-    if low:
-        raise RestoreVerificationError(f"revisions below the backup's {backup_revision}: {low}")
-    pitr = doc.get("pitr")
-    if pitr:  # the keyspace is what the backup and the chain say it was at the target, key by key
-        with ctx.client(urls) as client:
-            actual = live_digests(client)
-        if len(actual) != int(pitr["expected_keys"]) or keyspace_digest(actual) != pitr["expected_digest"]:
-            raise RestoreVerificationError(
-                f"the restored cluster holds {len(actual)} keys, the backup and its deltas {pitr['expected_keys']} at "
-                f"revision {pitr['target_revision']}, or other values: not the data of that point in time"
-            )
-        count = len(actual)
-    elif doc.get("backup_keys") is not None and count != int(doc["backup_keys"]):  # unknown for a volume backup
-        raise RestoreVerificationError(
-            f"the restored cluster holds {count} keys, the backup {doc['backup_keys']}: not the backup's data"
-        )
-    bump = int(doc.get("bump_revision") or 0)
-    bumped = bump > 0 and min(revisions.values()) >= backup_revision + bump
-    return _timed(
-        {**doc, "verified": {"revision": max(revisions.values()), "keys": count, "revision_bumped": bumped}},
-        "verify_restore",
-        started,
-    )
-
-
-def _record_membership(ctx: RestoreContext, doc: Document) -> list[str]:
-    """Invariant 10: the stored configuration names the restored members (read from their member list)."""
-    urls = [t["client_url"] for t in target_hosts(doc)]
-    with ctx.client(urls) as client:
-        members = client.member_list(linearizable=True)
-    live = merge_endpoints(*(m.client_urls for m in members if m.started))
-    return record_membership(ctx.config_stores, live).endpoints
-
-
-def repoint_clients(ctx: RestoreContext, doc: Document) -> Document:
-    """Clients (the load balancer) go to the restored members only (a no-op in place), and the
-    stored configuration names the restored members."""
-    started = time.monotonic()
-    names = {t["name"] for t in target_hosts(doc)}
-    for target in target_hosts(doc):
-        ctx.compute.register_target(_live_host(ctx, target["name"]))
-    for old in doc.get("old_hosts") or []:
-        host = ctx.compute.find(old["name"]) if old["name"] not in names else None
-        if host is not None:
-            ctx.compute.deregister_target(host)
-    endpoints = _record_membership(ctx, doc)
-    return _timed({**doc, "repointed": True, "stored_endpoints": endpoints}, "repoint_clients", started)
-
-
 def start_api_servers(ctx: RestoreContext, doc: Document) -> Document:
     started = time.monotonic()
     ctx.compute.run_action("start-apiserver")
@@ -475,38 +346,6 @@ def restart_control_plane(ctx: RestoreContext, doc: Document) -> Document:
     started = time.monotonic()
     ctx.compute.run_action("restart-control-plane")
     return _timed({**doc, "control_plane_restarted": True}, "restart_control_plane", started)
-
-
-def notify_success(ctx: RestoreContext, doc: Document) -> Document:
-    verified = doc.get("verified") or {}
-    revisions = (
-        f"revision raised to {verified.get('revision')} (bumped by {doc.get('bump_revision'):,}, "
-        "old revisions marked compacted)"
-        if verified.get("revision_bumped")
-        else f"revision {verified.get('revision')} (not bumped: the hosts' etcd restore tool has no --bump-revision; "
-        "restart every etcd client that watches)"
-    )
-    return publish_success_once(
-        ctx,
-        doc,
-        "restore-succeeded",
-        f"etcdops: restored cluster {doc['cluster']} from backup {doc['backup_id']}",
-        f"Runbook {doc['execution']} restored {doc['cluster']} ({doc['mode']}) from backup {doc['backup_id']} taken "
-        f"{doc.get('backup_created_at')}.\nMembers: {', '.join(t['name'] for t in target_hosts(doc))}, "
-        "all healthy with "
-        f"a leader; {verified.get('keys')} keys, as in the backup{replayed_note(doc)}; {revisions}.\n"
-        f"The old data directories are kept (suffix .{doc.get('old_data_suffix')}); "
-        "delete them once you are satisfied.\n"
-        "API servers started and scheduler, controller manager and kubelets restarted.\n"
-        f"Step durations: {durations(doc)}",
-    )
-
-
-def remove_staged_snapshot(ctx: RestoreContext, doc: Document) -> Document:
-    """The Catch path's first state: no plaintext is left behind by a failed restore (invariant 14)."""
-    if not doc.get("cluster") or not doc.get("execution"):
-        return doc  # refused before anything was named, so before anything was staged
-    return {**doc, "staging_removed": remove_staged(ctx, doc), "volumes_removed": remove_volumes(ctx, doc)}
 
 
 def notify_failure(ctx: RestoreContext, doc: Document) -> Document:

@@ -19,7 +19,7 @@ from etcdops.adapters.etcd.membership import merge_endpoints
 from etcdops.app.backup.catalogue import live_cluster_id, load_manifest, load_volume_record, newest_verified
 from etcdops.app.backup.replay import pitr_record, target_choice
 from etcdops.app.backup.verify import CheckedSnapshot, checked_plaintext
-from etcdops.app.runbook import InvalidRunbookInputError, RunbookError
+from etcdops.app.runbook import ClusterNotReadyError, InvalidRunbookInputError, RunbookError
 from etcdops.app.runbook import timed as _timed
 from etcdops.app.runbook.restore_report import approval_summary, no_default_backup
 from etcdops.app.runbook.restore_sources import volume_source
@@ -42,6 +42,13 @@ class RestoreVerificationError(RunbookError):
 
 def _host_doc(host: Host) -> dict[str, str]:
     return {"name": host.name, "host_id": host.host_id, "peer_url": host.peer_url, "client_url": host.client_url}
+
+
+def _live_host(ctx: RestoreContext, name: str) -> Host:
+    host = ctx.compute.find(name)
+    if host is None:
+        raise ClusterNotReadyError(f"host {name} is not there (yet)")
+    return host
 
 
 def _plaintext(ctx: RestoreContext, store: BackupStore, keyring: KeyProvider, manifest: Manifest) -> CheckedSnapshot:
