@@ -233,11 +233,7 @@ class LocalComputeProvider(ComputeProvider):
             results = [self._hook(action, host, values) for host in targets]
         result = ActionResult(action, None, tuple(results))
         if not result.ok:
-            failed = "; ".join(
-                f"{h.name}: {(h.output.strip().splitlines() or [h.status])[-1]}"
-                for h in result.hosts
-                if h.status != "Success"
-            )
+            failed = "; ".join(f"{h.name}: {h.last_line(h.status)}" for h in result.failed)
             raise HostCommandFailedError(f"{action} failed on {failed}", result)
         return result
 

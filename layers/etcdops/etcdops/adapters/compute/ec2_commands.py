@@ -128,11 +128,7 @@ class Ec2Commands:
             self._sleep(self.poll_seconds)
         outcome = ActionResult(action or key, command_id, tuple(results[i] for i in ids))
         if not outcome.ok:
-            failed = "; ".join(
-                f"{h.name or h.host_id} {h.status}: {(h.output.strip().splitlines() or ['no output'])[-1]}"
-                for h in outcome.hosts
-                if h.status != "Success"
-            )
+            failed = "; ".join(f"{h.name or h.host_id} {h.status}: {h.last_line('no output')}" for h in outcome.failed)
             raise HostCommandFailedError(f"{document} (command {command_id}) failed: {failed}", outcome)
         return outcome
 

@@ -256,9 +256,7 @@ def binary_findings(compute: ComputeProvider, names: Sequence[str], versions: Se
         try:
             compute.run_action("swap-etcd-binary", hosts, {"version": version, "check_only": "true"})
         except HostCommandFailedError as exc:
-            failed = [
-                (h.name, h.output.strip()) for h in (exc.result.hosts if exc.result else ()) if h.status != "Success"
-            ]
+            failed = [(h.name, h.output.strip()) for h in (exc.result.failed if exc.result else ())]
             for name, output in failed or [("the member hosts", str(exc))]:
                 findings.append(
                     Finding(

@@ -81,6 +81,10 @@ class HostActionResult:
     status: ActionStatus
     output: str = ""
 
+    def last_line(self, default: str) -> str:
+        """The last line the host wrote (``default`` when it wrote none): on a failure, what went wrong."""
+        return (self.output.strip().splitlines() or [default])[-1]
+
 
 @dataclass(frozen=True)
 class ActionResult:
@@ -92,7 +96,12 @@ class ActionResult:
 
     @property
     def ok(self) -> bool:
-        return all(h.status == "Success" for h in self.hosts)
+        return not self.failed
+
+    @property
+    def failed(self) -> tuple[HostActionResult, ...]:
+        """The hosts on which the action did not succeed, in order."""
+        return tuple(h for h in self.hosts if h.status != "Success")
 
 
 @dataclass(frozen=True)
