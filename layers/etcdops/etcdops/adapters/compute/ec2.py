@@ -34,7 +34,6 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from etcdops.adapters import pki
-from etcdops.adapters.awserrors import aws_error_code
 from etcdops.adapters.compute import ec2_ca, ec2_volumes
 from etcdops.adapters.compute.ec2_certificates import CA_SECRET_FIX, Ec2Certificates, parse_ca
 from etcdops.adapters.compute.ec2_commands import Ec2Commands
@@ -48,6 +47,7 @@ from etcdops.adapters.compute.ec2_common import (
     _api_error,
     _partition,
     _tags,
+    gone_already_if,
 )
 from etcdops.adapters.compute.ec2_launching import Ec2Launching
 from etcdops.domain.compute.base import (
@@ -217,13 +217,8 @@ class Ec2ComputeProvider(Ec2Launching, Ec2Certificates, Ec2Commands, ComputeProv
 
     def delete_volume_snapshots(self, snapshot_ids: Sequence[str]) -> None:
         for snapshot_id in snapshot_ids:
-            try:
+            with gone_already_if("InvalidSnapshot.NotFound", f"deleting snapshot {snapshot_id}"):
                 self.ec2.delete_snapshot(SnapshotId=snapshot_id)
-            except ClientError as exc:
-                if aws_error_code(exc) != "InvalidSnapshot.NotFound":  # deleted already: a retry converges
-                    raise _api_error(f"deleting snapshot {snapshot_id}", exc) from exc
-            except BotoCoreError as exc:
-                raise _api_error(f"deleting snapshot {snapshot_id}", exc) from exc
 
     def volume_snapshot_problem(self, snapshot_id: str) -> str | None:
         return ec2_volumes.snapshot_problem(self, snapshot_id)
@@ -268,13 +263,9 @@ class Ec2ComputeProvider(Ec2Launching, Ec2Certificates, Ec2Commands, ComputeProv
         request = self._targets(host)
         if request is None:
             return
-        try:
+        # InvalidTarget: not registered, or the instance is gone: nothing to do
+        with gone_already_if("InvalidTarget", f"deregistering {host.host_id}"):
             self.elbv2.deregister_targets(**request)
-        except ClientError as exc:
-            if aws_error_code(exc) != "InvalidTarget":  # not registered, or the instance is gone: nothing to do
-                raise _api_error(f"deregistering {host.host_id}", exc) from exc
-        except BotoCoreError as exc:
-            raise _api_error(f"deregistering {host.host_id}", exc) from exc
 
     # ---- preflight -----------------------------------------------------------------------
 

@@ -3,10 +3,13 @@ translation of a failed AWS call into the provider's errors."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Literal
 
-from etcdops.adapters.awserrors import aws_error
+from botocore.exceptions import BotoCoreError, ClientError
+
+from etcdops.adapters.awserrors import aws_error, aws_error_code
 from etcdops.domain.compute.errors import ComputeApiError, ComputeApiUnavailableError
 
 CLUSTER_TAG = "etcdops:cluster"
@@ -25,6 +28,19 @@ _DENIED_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation
 def _api_error(what: str, exc: Exception) -> ComputeApiError:
     """The compute provider's error for a failed AWS call (etcdops.adapters.awserrors decides which)."""
     return aws_error(what, exc, refused=ComputeApiError, unavailable=ComputeApiUnavailableError)
+
+
+@contextmanager
+def gone_already_if(code: str, what: str) -> Iterator[None]:
+    """Around the AWS calls that remove something: the error ``code`` says it is gone already (a retry
+    converges), so it passes; any other failure raises the provider's error about ``what``."""
+    try:
+        yield
+    except ClientError as exc:
+        if aws_error_code(exc) != code:
+            raise _api_error(what, exc) from exc
+    except BotoCoreError as exc:
+        raise _api_error(what, exc) from exc
 
 
 def _tags(resource: Mapping[str, Any]) -> dict[str, str]:

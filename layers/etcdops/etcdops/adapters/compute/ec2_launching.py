@@ -13,7 +13,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from etcdops.adapters.awserrors import aws_error_code
 from etcdops.adapters.compute.bootstrap import BootstrapSettings, user_data
-from etcdops.adapters.compute.ec2_common import MEMBER_TAG, _api_error
+from etcdops.adapters.compute.ec2_common import MEMBER_TAG, _api_error, gone_already_if
 from etcdops.domain.compute.base import Host, check_host_name
 from etcdops.domain.compute.errors import HostNotReadyError
 from etcdops.domain.config import Ec2Compute
@@ -162,13 +162,8 @@ class Ec2Launching:
     def terminate(self, host: Host) -> None:
         found = self._cluster_instances({"Name": "instance-id", "Values": [host.host_id]})
         if found:
-            try:
+            with gone_already_if("InvalidInstanceID.NotFound", f"terminating {host.host_id}"):
                 self.ec2.terminate_instances(InstanceIds=[host.host_id])
-            except ClientError as exc:
-                if aws_error_code(exc) != "InvalidInstanceID.NotFound":
-                    raise _api_error(f"terminating {host.host_id}", exc) from exc
-            except BotoCoreError as exc:
-                raise _api_error(f"terminating {host.host_id}", exc) from exc
         self._delete_status_check_alarm(host.host_id)
         if host.name and self._find_instance(host.name) is None:
             self._delete_member_secret(host.name)

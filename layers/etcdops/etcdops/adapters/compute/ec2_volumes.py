@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from etcdops.adapters.awserrors import aws_error_code
+from etcdops.adapters.compute.ec2_common import gone_already_if
 from etcdops.domain.compute.base import Host
 from etcdops.domain.compute.errors import ComputeApiError, ComputeConfigError, HostCommandTimeoutError
 
@@ -168,17 +169,12 @@ def remove_snapshot_volumes(provider: Ec2ComputeProvider, owner: str) -> list[st
     removed = []
     for volume in _volumes(provider, {"Name": f"tag:{RESTORE_TAG}", "Values": [owner]}):
         volume_id = str(volume["VolumeId"])
-        try:
+        with gone_already_if("InvalidVolume.NotFound", f"removing restore volume {volume_id}"):
             for attachment in volume.get("Attachments", []):
                 if attachment.get("State") in ("attaching", "attached"):
                     provider.ec2.detach_volume(VolumeId=volume_id, InstanceId=attachment["InstanceId"])
             _wait(provider, f"detaching volume {volume_id}", _free_check(provider, volume_id))
             provider.ec2.delete_volume(VolumeId=volume_id)
-        except ClientError as exc:
-            if aws_error_code(exc) != "InvalidVolume.NotFound":  # gone already: a retry converges
-                raise _api_error(f"removing restore volume {volume_id}", exc) from exc
-        except BotoCoreError as exc:
-            raise _api_error(f"removing restore volume {volume_id}", exc) from exc
         removed.append(volume_id)
     return removed
 
