@@ -86,6 +86,13 @@ class DocumentSpec:
         return out
 
 
+# the parameters more than one host command takes
+_MEMBER_NAME = Parameter(
+    "member_name", "MemberName", PATTERNS["member"], required=True,
+    description="must equal ETCDOPS_MEMBER of the host (guards against the wrong host)",
+)
+_INITIAL_CLUSTER = Parameter("initial_cluster", "InitialCluster", PATTERNS["initial_cluster"], required=True)
+_CLUSTER_TOKEN = Parameter("initial_cluster_token", "InitialClusterToken", PATTERNS["token"], default="etcd-cluster")
 _MANIFESTS = Parameter(
     "manifest_dir", "ManifestDir", PATTERNS["path"], default="/etc/kubernetes/manifests",
     description="kubelet's static pod directory",
@@ -104,14 +111,12 @@ DOCUMENTS: dict[str, DocumentSpec] = {
             "etcd",
             300,
             (
-                Parameter("member_name", "MemberName", PATTERNS["member"], required=True,
-                          description="must equal ETCDOPS_MEMBER of the host (guards against the wrong host)"),
+                _MEMBER_NAME,
                 Parameter("peer_url", "PeerUrl", PATTERNS["url"], required=True),
                 Parameter("client_url", "ClientUrl", PATTERNS["url"], required=True),
-                Parameter("initial_cluster", "InitialCluster", PATTERNS["initial_cluster"], required=True),
+                _INITIAL_CLUSTER,
                 Parameter("initial_state", "InitialClusterState", PATTERNS["initial_state"], required=True),
-                Parameter("initial_cluster_token", "InitialClusterToken", PATTERNS["token"],
-                          default="etcd-cluster"),
+                _CLUSTER_TOKEN,
                 Parameter("extra_flags", "ExtraFlags", PATTERNS["etcd_flags"], default="",
                           description="etcd flags for this start only (--max-txn-ops=N, --max-request-bytes=N), "
                           "written to etcd.env as ETCD_* variables"),
@@ -124,10 +129,7 @@ DOCUMENTS: dict[str, DocumentSpec] = {
             "certificate and key on every new TLS connection: no restart).",
             "etcd",
             120,
-            (
-                Parameter("member_name", "MemberName", PATTERNS["member"], required=True,
-                          description="must equal ETCDOPS_MEMBER of the host (guards against the wrong host)"),
-            ),
+            (_MEMBER_NAME,),
         ),
         DocumentSpec(
             "RestoreDataDir",
@@ -142,9 +144,8 @@ DOCUMENTS: dict[str, DocumentSpec] = {
                           "hash check)"),
                 Parameter("sha256", "SnapshotSha256", PATTERNS["sha256"], default="",
                           description="the snapshot file's sha256 (hex); empty skips the check"),
-                Parameter("initial_cluster", "InitialCluster", PATTERNS["initial_cluster"], required=True),
-                Parameter("initial_cluster_token", "InitialClusterToken", PATTERNS["token"],
-                          default="etcd-cluster"),
+                _INITIAL_CLUSTER,
+                _CLUSTER_TOKEN,
                 Parameter("bump_revision", "BumpRevision", "^[0-9]{1,12}$", default="0",
                           description="add --bump-revision N --mark-compacted where the host's tool has both"),
                 Parameter("old_data_suffix", "OldDataSuffix", "^([A-Za-z0-9._-]{1,64})?$", default="",

@@ -3,7 +3,7 @@ backups and mixed versions, each under a key that makes it once per incident."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -116,27 +116,30 @@ def _learners(cluster: str, failed_learners: list[Failure]) -> list[Notification
     return out
 
 
+def _expiring(
+    not_after_by_name: Mapping[str, datetime], now: datetime, warn_days: int
+) -> Iterator[tuple[str, bool, str]]:
+    """Each name whose end of validity is within ``warn_days`` or past, in name order: the name, whether
+    it has expired, and when ("expired at T" or "expires at T (in N days)")."""
+    warn = timedelta(days=warn_days)
+    for name in sorted(not_after_by_name):
+        not_after = utc(not_after_by_name[name])
+        if not_after <= now:
+            yield name, True, f"expired at {not_after.isoformat()}"
+        elif not_after - now <= warn:
+            yield name, False, f"expires at {not_after.isoformat()} (in {(not_after - now).days} days)"
+
+
 def _certificates(
     cluster: str, config: PolicyConfig, now: datetime, cert_not_after: Mapping[str, datetime]
 ) -> list[Notification]:
     out: list[Notification] = []
-    warn = timedelta(days=config.health.certificate_warn_days)
-    for name in sorted(cert_not_after):
-        not_after = utc(cert_not_after[name])
-        if not_after <= now:
-            kind, text = NotificationKind.CERT_EXPIRED, f"expired at {not_after.isoformat()}"
-        elif not_after - now <= warn:
-            days = (not_after - now).days
-            kind, text = (
-                NotificationKind.CERT_EXPIRING,
-                f"expires at {not_after.isoformat()} (in {days} days)",
-            )
-        else:
-            continue
+    for name, expired, when in _expiring(cert_not_after, now, config.health.certificate_warn_days):
+        kind = NotificationKind.CERT_EXPIRED if expired else NotificationKind.CERT_EXPIRING
         out.append(
             Notification(
                 kind,
-                f"Certificate {name} of cluster {cluster} {text}; rotate it.",
+                f"Certificate {name} of cluster {cluster} {when}; rotate it.",
                 notification_key(cluster, kind, name),
             )
         )
@@ -150,17 +153,9 @@ def ca_expiring(
     expired: once per CA (its name is the incident), asking for a CA rotation. Only a human starts one (it
     restarts every member twice and cuts off clients that keep the old CA), so this changes nothing."""
     out: list[Notification] = []
-    warn = timedelta(days=config.health.ca_warn_days)
-    for name in sorted(ca_not_after):
-        not_after = utc(ca_not_after[name])
-        if not_after <= now:
-            kind, text = NotificationKind.CA_EXPIRED, f"expired at {not_after.isoformat()}: no certificate it "
-            text += "issued is accepted any more"
-        elif not_after - now <= warn:
-            kind = NotificationKind.CA_EXPIRING
-            text = f"expires at {not_after.isoformat()} (in {(not_after - now).days} days)"
-        else:
-            continue
+    for name, expired, when in _expiring(ca_not_after, now, config.health.ca_warn_days):
+        kind = NotificationKind.CA_EXPIRED if expired else NotificationKind.CA_EXPIRING
+        text = f"{when}: no certificate it issued is accepted any more" if expired else when
         out.append(
             Notification(
                 kind,
