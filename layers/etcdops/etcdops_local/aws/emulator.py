@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +43,11 @@ def _patch_state_machine_clients(authorizer: localiam.Authorizer) -> Any:
     from moto.stepfunctions.parser.asl.utils import boto_client
 
     original = boto_client.boto_client_for
+    # Executions run their tasks in threads of their own: clients are made from one session of ours under a
+    # lock (making clients through one session from several threads at once can fail; boto3's default
+    # session is also the tests' and the CLI's)
+    session = boto3.session.Session()
+    lock = threading.Lock()
 
     def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
         role = getattr(state_credentials, "role_arn", None)
@@ -58,7 +64,8 @@ def _patch_state_machine_clients(authorizer: localiam.Authorizer) -> Any:
             connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
             read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
         )
-        return boto3.client(service, region_name=region, config=config, **keys)
+        with lock:
+            return session.client(service, region_name=region, config=config, **keys)
 
     patched = [boto_client] + [
         module
