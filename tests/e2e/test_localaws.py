@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -210,6 +211,25 @@ def test_an_uncaught_error_fails_the_execution_with_its_name(aws: LocalAws, test
     [step] = execution_history(aws.client("stepfunctions"), arn)
     assert (step.status, step.error, step.attempts) == ("failed", "BrokenError", 1)
     assert step.ended is not None and step.ended >= step.started
+
+
+def test_an_emulator_fault_in_a_task_is_states_runtime_with_its_traceback_logged(
+    aws: LocalAws, test_stack: LocalStack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given an invocation that fails inside the emulator itself, not in the handler
+    def fault(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("injected emulator fault")
+
+    monkeypatch.setattr("etcdops_local.aws.invoke.run_handler", fault)
+    described, arn = run(aws, test_stack, "ok")
+
+    # Then the task ends as Step Functions ends one it cannot run, and the log says where it failed
+    assert described["status"] == "FAILED" and described["error"] == "States.Runtime"
+    [step] = execution_history(aws.client("stepfunctions"), arn)
+    assert (step.status, step.error) == ("failed", "States.Runtime") and "injected emulator fault" in (step.cause or "")
+    [record] = [r for r in caplog.records if "failed in the emulator" in r.getMessage()]
+    assert "'Call the function'" in record.getMessage() and record.exc_info is not None
+    assert "in fault" in "".join(traceback.format_exception(*record.exc_info))  # where it was raised
 
 
 def test_stopping_the_local_aws_aborts_running_executions(aws: LocalAws, test_stack: LocalStack) -> None:

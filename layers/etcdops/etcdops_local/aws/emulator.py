@@ -82,6 +82,25 @@ def _patch_state_machine_clients(authorizer: localiam.Authorizer) -> Any:
     return undo
 
 
+def _log_interpreter_faults() -> Any:
+    """A task that fails with neither a service's nor a function's error ends as ``States.Runtime`` with only
+    the exception's text as its cause (a fault of the emulator, never a path of ours): log its traceback too,
+    so a test that meets one says where. Returns the undo."""
+    from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import FailureEventException
+    from moto.stepfunctions.parser.asl.component.state.exec.execute_state import ExecutionState
+
+    original = ExecutionState._from_error
+
+    def _from_error(state: Any, env: Any, ex: Exception) -> Any:
+        if not isinstance(ex, FailureEventException):
+            name = getattr(state, "name", "?")
+            log.error("state %r failed in the emulator: %s: %s", name, type(ex).__name__, ex, exc_info=ex)
+        return original(state, env, ex)
+
+    ExecutionState._from_error = _from_error  # type: ignore[method-assign,assignment]
+    return lambda: setattr(ExecutionState, "_from_error", original)
+
+
 class LocalAws:
     """moto with Step Functions execution and our handlers in-process; optionally a server for others.
 
@@ -149,6 +168,7 @@ class LocalAws:
             original_invoke = LambdaFunction.invoke
             LambdaFunction.invoke = _patched_invoke(original_invoke)  # type: ignore[method-assign]
             self._undo.append(lambda: setattr(LambdaFunction, "invoke", original_invoke))
+            self._undo.append(_log_interpreter_faults())
             self._start_sandboxes()
             self._undo.append(locallimits.install())
             self._set_env("AWS_DEFAULT_REGION", self.region)
