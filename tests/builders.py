@@ -11,9 +11,11 @@ not set stay unknown (``None``), as they are for a member that did not answer st
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import threading
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -157,20 +159,44 @@ QUOTA = 512 * 1024
 """The backend quota of the maintenance tests' small clusters (``local up --quota-backend-bytes``)."""
 
 
-def fill_to_nospace(cluster: LocalCluster) -> tuple[dict[bytes, bytes], tuple[bytes, bytes]]:
-    """Overwrite 8 keys with 8 KiB values until a cluster made with a ``QUOTA`` backend quota refuses with
-    NOSPACE (history that compaction can free): the acknowledged last values, and the refused write (etcd
-    may have applied it all the same: its apply-time quota check answers NOSPACE after applying the put)."""
+NOSPACE_PATIENCE = 120.0
+"""Seconds :func:`write_until_nospace` waits for etcd to see its size over the quota: a hang guard only (it does
+at its next backend commit, within 100 ms on a quiet machine)."""
+
+
+def write_until_nospace(
+    cluster: LocalCluster, writes: Iterable[tuple[bytes, bytes]], quota: int
+) -> tuple[dict[bytes, bytes], tuple[bytes, bytes]]:
+    """Makes the ``writes`` until etcd refuses one with NOSPACE: the acknowledged last values, and the refused
+    write (etcd may have applied it all the same: its apply-time quota check answers NOSPACE after applying
+    the put). etcd judges a write by its database's size at its last backend commit (every ~100 ms), so how
+    many writes a fast burst gets in past the quota depends on the machine; once the quota's worth is
+    written, this waits until the member written to reports a size over the quota, and then the next write
+    must be refused."""
     acked: dict[bytes, bytes] = {}
+    written, over = 0, False
     with cluster.client() as client:
-        for i in range(10 * QUOTA // 8192):
-            key, value = f"/fill/{i % 8}".encode(), (f"{i:06d}" * 1366).encode()[:8192]
+        for key, value in writes:
             try:
                 client.put(key, value)
             except EtcdNoSpaceError:
                 return acked, (key, value)
+            assert not over, f"etcd took a write with its size over its {quota}-byte quota: is the quota applied?"
             acked[key] = value
-    raise AssertionError("etcd took 10x its quota without NOSPACE")
+            written += len(key) + len(value)
+            if written > quota:
+                give_up = time.monotonic() + NOSPACE_PATIENCE
+                while not (over := client.status().db_size >= quota) and time.monotonic() < give_up:
+                    time.sleep(0.05)
+                assert over, f"etcd's database stayed under its {quota}-byte quota after {written} bytes written"
+    raise AssertionError("the writes ran out before etcd refused one")
+
+
+def fill_to_nospace(cluster: LocalCluster) -> tuple[dict[bytes, bytes], tuple[bytes, bytes]]:
+    """Overwrites 8 keys with 8 KiB values until a cluster made with a ``QUOTA`` backend quota refuses with
+    NOSPACE (history that compaction can free), by :func:`write_until_nospace`."""
+    overwrites = ((f"/fill/{i % 8}".encode(), (f"{i:06d}" * 1366).encode()[:8192]) for i in itertools.count())
+    return write_until_nospace(cluster, overwrites, QUOTA)
 
 
 def none_lost(stored: dict[bytes, bytes], acked: dict[bytes, bytes], refused: tuple[bytes, bytes]) -> bool:

@@ -10,12 +10,13 @@ cover the third version), the leader last. What the version does not change is t
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from builders import QUOTA, Writer, discard, fill_to_nospace, none_lost
+from builders import QUOTA, Writer, discard, fill_to_nospace, none_lost, write_until_nospace
 from etcd_versions import etcd_flavour
 from retries import with_retries
 from test_replace_steps import context_for
@@ -23,7 +24,6 @@ from test_replace_steps import context_for
 from etcdops.adapters.state import LockHeldError
 from etcdops.app.probe import probe_cluster
 from etcdops.app.runbook import RunbookContext, maintain
-from etcdops.domain.errors import EtcdNoSpaceError
 from etcdops.domain.health import discount_alarm_reports
 from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
@@ -115,12 +115,7 @@ def test_nospace_recovered_each_step_twice(small_cluster: LocalCluster) -> None:
 def test_nospace_not_cleared_escalates_with_the_numbers(small_cluster: LocalCluster) -> None:
     cluster = small_cluster
     # Given a cluster out of space with live data only (distinct keys: nothing for compaction to free)
-    with cluster.client() as client:
-        for i in range(10 * QUOTA // 8192):
-            try:
-                client.put(f"/live/{i}", b"x" * 8192)
-            except EtcdNoSpaceError:
-                break
+    write_until_nospace(cluster, ((f"/live/{i}".encode(), b"x" * 8192) for i in itertools.count()), QUOTA)
     ctx = maintenance_context(cluster, retention_revisions=8, pause_between_members_seconds=0)
     # When MaintainCluster runs, Then Disarm refuses with each member's numbers and the alarm stays
     doc = {"cluster": "local", "execution": "maintain-nospace-2"}
