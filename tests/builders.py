@@ -247,6 +247,17 @@ class Writer:
         finally:
             client.close()
 
+    def failed_outside(self, spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+        """The failed writes that were not in flight during any of ``spans`` (``time.monotonic()`` start and
+        end): a write tried just before a span began is still in flight when a restart or a leadership move
+        in it drops the proposal, however fast or slow the machine."""
+        spans = list(spans)
+        return [
+            (tried, ended)
+            for tried, ended in self.failed
+            if not any(tried <= end and ended >= start for start, end in spans)
+        ]
+
     def lost(self) -> dict[bytes, bytes]:
         """Stops writing; the acknowledged writes the cluster does not have (empty: none lost)."""
         self.stop.set()

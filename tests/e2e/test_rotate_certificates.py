@@ -220,4 +220,4 @@ def test_the_ca_is_rotated_through_the_state_machine_with_approvals_and_a_writer
     # proposal made while leadership is handed on before a leader's restart: not applied, not acknowledged)
     assert writer.acked and not writer.lost()
     spans = restart_windows(history)
-    assert [f for f in writer.failed if not any(start <= f[0] <= end for start, end in spans)] == []
+    assert writer.failed_outside(spans) == []

@@ -161,8 +161,7 @@ def test_fragmented_cluster_defragmented_with_a_writer_leader_last(start_cluster
         assert d["predicted"] > 1024 * 1024 and d["returned"] >= 0.8 * d["predicted"], d
     # and no acknowledged write was lost, and no write failed outside a member's pause
     assert writer.acked and not writer.lost()
-    outside = [f for f in writer.failed if not any(start - 2.5 <= f[0] <= end for start, end in windows)]
-    assert outside == []
+    assert writer.failed_outside(windows) == []
 
     # When it runs again, Then the rule finds nothing worth defragmenting, and says why
     again = run_maintain(ctx, {"cluster": "local", "execution": "maintain-defrag-2"}, [])

@@ -119,4 +119,4 @@ def test_ca_rotated_in_three_phases_with_a_writer(start_cluster: Any, tmp_path: 
     # proposal made while leadership is handed on before the leader's restart ("raft proposal dropped",
     # not applied, not acknowledged; a client retries it), so a failed write outside a restart is an error
     assert writer.acked and not writer.lost()
-    assert [f for f in writer.failed if not any(start <= f[0] <= end for start, end in restarts)] == []
+    assert writer.failed_outside(restarts) == []
