@@ -95,6 +95,26 @@ def configured_stack(aws: LocalAws, template: Path, cluster: LocalCluster | None
     return stack
 
 
+def trust_policy(principal: dict[str, str], **condition: Any) -> str:
+    """A role's trust policy (the AssumeRolePolicyDocument AWS requires of every role) letting ``principal``
+    (``{"Service": "ec2.amazonaws.com"}``, ``{"AWS": account}``) assume it when every ``condition`` holds
+    (``StringEquals={"sts:ExternalId": "fleet-7"}``)."""
+    statement: dict[str, Any] = {"Effect": "Allow", "Principal": principal, "Action": "sts:AssumeRole"}
+    if condition:
+        statement["Condition"] = condition
+    return json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+
+
+def host_instance_profile(iam: Any, profile: str, role: str | None = None) -> str:
+    """The instance profile ``profile`` of an etcd host's role (``role``, else the profile's name), a role
+    EC2 may assume (what an instance profile's role must trust to give its instances credentials)."""
+    role = role or profile
+    iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust_policy({"Service": "ec2.amazonaws.com"}))
+    iam.create_instance_profile(InstanceProfileName=profile)
+    iam.add_role_to_instance_profile(InstanceProfileName=profile, RoleName=role)
+    return profile
+
+
 def discard(cluster: LocalCluster) -> None:
     """End every member process of a test's cluster (and of its restore-drill scratch stack) with SIGKILL.
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import boto3
 import moto.awslambda.models
 import pytest
+from builders import trust_policy
 from lambda_handlers import lambda_context, load_handler
 from moto import mock_aws
 
@@ -138,7 +139,8 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
             return json.dumps(request_handler(event, lambda_context(memory_mb=256))).encode()
 
         monkeypatch.setattr(moto.awslambda.models.LambdaFunction, "invoke", invoke)
-        role = iam.create_role(RoleName="etcdops", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        trust = trust_policy({"Service": "lambda.amazonaws.com"})
+        role = iam.create_role(RoleName="etcdops", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
         code = io.BytesIO()
         with zipfile.ZipFile(code, "w") as archive:
             archive.writestr("app.py", "def handler(event, context):\n    return {}\n")

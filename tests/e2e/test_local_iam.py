@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from builders import configured_stack
+from builders import configured_stack, trust_policy
 from stack_templates import ROOT, TEMPLATE, template_with_extras, without_policy, write_template
 
 from etcdops.adapters.backup.store import open_store
@@ -33,6 +33,7 @@ from etcdops_local.aws.stack import (
     ACCOUNT_ID,
     InvocationError,
     LocalAws,
+    LocalAwsError,
     LocalStack,
     invoke_async,
     start_execution,
@@ -97,6 +98,67 @@ def test_the_harness_is_an_administrator_and_a_client_without_keys_is_nobody(aws
         boto3.session.Session(region_name=aws.region).client("sts").get_caller_identity()
 
     assert refused.value.response["Error"]["Code"] == "InvalidClientTokenId"
+
+
+# ---- whom a role trusts -------------------------------------------------------------------------------------
+
+
+def test_role_credentials_go_only_to_whom_the_roles_trust_policy_trusts(aws: LocalAws) -> None:
+    """A service gets a role's credentials only when the role trusts that service (Lambda's and Step
+    Functions' refusals); an sts:AssumeRole the caller's policy allows is still refused, as STS refuses
+    it, unless the target role's trust policy trusts the caller with every condition (sts:ExternalId)."""
+    iam, account = aws.client("iam"), aws.authorizer.account_id
+
+    def role(name: str, principal: dict[str, str], *denied: dict[str, Any], **condition: Any) -> str:
+        trust = json.loads(trust_policy(principal, **condition))
+        trust["Statement"] += [{"Effect": "Deny", "Principal": p, "Action": "sts:AssumeRole"} for p in denied]
+        arn: str = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        return arn
+
+    caller = role("etcdops-fn", {"Service": "lambda.amazonaws.com"})
+    anything = {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}
+    iam.put_role_policy(RoleName="etcdops-fn", PolicyName="assume",
+                        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [anything]}))  # fmt: skip
+    host = role("etcdops-host", {"Service": "ec2.amazonaws.com"})
+    with pytest.raises(LocalAwsError, match="etcdops-host: InvalidParameterValueException: The role defined for "):
+        aws.authorizer.role_credentials(host, "fn", "lambda.amazonaws.com")
+    with pytest.raises(LocalAwsError, match=r"Neither the global service principal states\.amazonaws\.com, nor the"):
+        aws.authorizer.role_credentials(caller, "machine", "states.amazonaws.com")
+    c = aws.authorizer.role_credentials(caller, "fn", "lambda.amazonaws.com")
+    sts = boto3.session.Session(region_name=aws.region, aws_access_key_id=c.access_key_id,
+                                aws_secret_access_key=c.secret_access_key, aws_session_token=c.session_token,
+                                ).client("sts")  # fmt: skip
+    session = f"arn:aws:sts::{account}:assumed-role/etcdops-fn/fn"
+    c2 = role("etcdops-cluster-c2", {"AWS": account}, StringEquals={"sts:ExternalId": "fleet-7"})
+    c3 = role("etcdops-cluster-c3", {"AWS": "arn:aws:iam::222233334444:root"})
+    c4 = role("etcdops-cluster-c4", {"AWS": caller}, {"AWS": session})
+    c5 = role("etcdops-cluster-c5", {"AWS": caller})
+    assumed = sts.assume_role(RoleArn=c2, RoleSessionName="c2", ExternalId="fleet-7")["AssumedRoleUser"]["Arn"]
+    assert assumed == f"arn:aws:sts::{account}:assumed-role/etcdops-cluster-c2/c2"
+    assert sts.assume_role(RoleArn=c5, RoleSessionName="c2")["AssumedRoleUser"]["Arn"].endswith("-c5/c2")
+    nowhere = f"arn:aws:iam::{account}:role/etcdops-cluster-c6"
+    for arn, external_id in ((c2, "fleet-8"), (c2, None), (c3, None), (c4, None), (nowhere, None)):
+        with pytest.raises(ClientError) as refused:
+            sts.assume_role(RoleArn=arn, RoleSessionName="c2", **({"ExternalId": external_id} if external_id else {}))
+        assert refused.value.response["Error"] == {
+            "Type": "Sender", "Code": "AccessDenied",
+            "Message": f"User: {session} is not authorized to perform: sts:AssumeRole on resource: {arn}",
+        }  # fmt: skip
+    with pytest.raises(ClientError, match="AccessDenied"):  # the harness (an administrator) is no exception
+        aws.client("sts").assume_role(RoleArn=c3, RoleSessionName="c2")
+    denials = [(who.rsplit("/", 1)[-1], call.resource.rsplit("/", 1)[-1], reason.split(" (")[0])
+               for who, call, reason in aws.authorizer.denials]  # fmt: skip
+    assert denials == [
+        ("lambda.amazonaws.com", "etcdops-host", "its trust policy does not allow lambda.amazonaws.com to assume it"),
+        ("states.amazonaws.com", "etcdops-fn", "its trust policy does not allow states.amazonaws.com to assume it"),
+        ("fn", "etcdops-cluster-c2", f"its trust policy does not allow {session} to assume it"),
+        ("fn", "etcdops-cluster-c2", f"its trust policy does not allow {session} to assume it"),
+        ("fn", "etcdops-cluster-c3", f"its trust policy does not allow {session} to assume it"),
+        ("fn", "etcdops-cluster-c4", f"its trust policy denies {session} explicitly"),
+        ("fn", "etcdops-cluster-c6", "no such role"),
+        ("etcdops-local-admin", "etcdops-cluster-c3",
+         f"its trust policy does not allow arn:aws:iam::{account}:user/etcdops-local-admin to assume it"),
+    ]
 
 
 # ---- what a role may do --------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from builders import host_instance_profile
 
 from etcdops.adapters.state_dynamodb import DynamoStateStore
 from etcdops.app.approval import decide_approval
@@ -38,9 +39,7 @@ def account(cluster: LocalCluster) -> Iterator[SimpleNamespace]:
         ec2, iam = aws.client("ec2"), aws.client("iam")
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
-        iam.create_role(RoleName="etcdops-host", AssumeRolePolicyDocument=json.dumps({"Statement": []}))
-        iam.create_instance_profile(InstanceProfileName="etcdops-host")
-        iam.add_role_to_instance_profile(InstanceProfileName="etcdops-host", RoleName="etcdops-host")
+        host_instance_profile(iam, "etcdops-host")
         target_group = aws.client("elbv2").create_target_group(
             Name="etcd-clients", Protocol="TCP", Port=2379, VpcId=vpc, TargetType="instance"
         )["TargetGroups"][0]["TargetGroupArn"]
@@ -169,9 +168,7 @@ def test_a_replacement_whose_launch_would_fail_stops_in_preflight_with_the_clust
     # When the template gets a real AMI but an instance profile whose role is outside RunbookStep's
     # iam:PassRole scope (role/etcdops-*): the emulated IAM refuses the dry run as AWS would
     image = account.ec2.register_image(Name="etcd-host", RootDeviceName="/dev/xvda", VirtualizationType="hvm")
-    account.iam.create_role(RoleName="etcd-host", AssumeRolePolicyDocument=json.dumps({"Statement": []}))
-    account.iam.create_instance_profile(InstanceProfileName="etcd-host")
-    account.iam.add_role_to_instance_profile(InstanceProfileName="etcd-host", RoleName="etcd-host")
+    host_instance_profile(account.iam, "etcd-host")
     account.ec2.delete_launch_template(LaunchTemplateName="etcd-host")
     account.ec2.create_launch_template(
         LaunchTemplateName="etcd-host",

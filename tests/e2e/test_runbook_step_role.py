@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
+from builders import host_instance_profile, trust_policy
 
 from etcdops.adapters import pki
 from etcdops.adapters.aws import cluster_session, materialize_tls
@@ -50,9 +51,7 @@ def account_with_a_launch_template(aws: LocalAws, stack: LocalStack) -> tuple[Ec
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
     image = ec2.register_image(Name="etcd-host", RootDeviceName="/dev/xvda", VirtualizationType="hvm")["ImageId"]
-    iam.create_role(RoleName="etcdops-local-host", AssumeRolePolicyDocument=json.dumps({"Statement": []}))
-    iam.create_instance_profile(InstanceProfileName="etcd-host")
-    iam.add_role_to_instance_profile(InstanceProfileName="etcd-host", RoleName="etcdops-local-host")
+    host_instance_profile(iam, "etcd-host", "etcdops-local-host")
     ec2.create_launch_template(
         LaunchTemplateName="etcd-host",
         LaunchTemplateData={"ImageId": image, "InstanceType": "t4g.small", "IamInstanceProfile": {"Name": "etcd-host"}},
@@ -348,19 +347,17 @@ def test_a_cluster_with_a_role_of_its_own_is_reached_through_it_and_a_role_outsi
 ) -> None:
     """aws.role_arn (README: A fleet from one deployment, Cross-account clusters): the functions assume
     the cluster's role for its Secrets Manager and EC2 calls, under a session naming function and cluster;
-    a role outside the stack's ClusterRoleArns is refused by STS in one line, before anything of the
-    cluster is touched."""
+    a role outside the stack's ClusterRoleArns, or one whose trust policy does not trust the function's
+    role with the configured external id, is refused by STS in one line, before anything of the cluster
+    is touched."""
     account = aws.authorizer.account_id
     stack = aws.build_stack(
         TEMPLATE, {"ClusterName": CLUSTER, "ClusterRoleArns": f"arn:aws:iam::{account}:role/etcdops-cluster-*"}
     )
     iam, secrets = aws.client("iam"), aws.client("secretsmanager")
-    trust = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"}, "Action": "sts:AssumeRole",
-         "Condition": {"StringEquals": {"sts:ExternalId": "fleet-7"}}},
-    ]}  # fmt: skip
+    trust = trust_policy({"AWS": f"arn:aws:iam::{account}:root"}, StringEquals={"sts:ExternalId": "fleet-7"})
     roles = {
-        name: iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        name: iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)["Role"]["Arn"]
         for name in ("etcdops-cluster-c2", "admin-c3")
     }
     iam.put_role_policy(
@@ -386,22 +383,35 @@ def test_a_cluster_with_a_role_of_its_own_is_reached_through_it_and_a_role_outsi
         aws.authorizer.expect_denied("HealthCheckFunction", "secretsmanager:GetSecretValue")
         health.client("secretsmanager").get_secret_value(SecretId=ca)
 
-    # a role the stack may not assume: RunbookStep stops at once, in one line, having touched nothing
-    ClusterRegistry(aws.client("ssm")).add(json.dumps(
-        {"name": "c3", "endpoints": ["https://10.0.3.10:2379"], "tls": {"ca": ca},
-         "compute": {"provider": "ec2", "launch_template": "etcd-host", "subnets": ["subnet-0123abcd"]},
-         "aws": {"role_arn": roles["admin-c3"]}}), "c3.json")  # fmt: skip
+    # a role the stack may not assume (outside its pattern), or may but whose trust policy does not trust it
+    # (another account trusted, the external id wrong): RunbookStep stops at once, in one line, having
+    # touched nothing of the cluster
+    untrusting = trust_policy({"AWS": "arn:aws:iam::222233334444:root"}, StringEquals={"sts:ExternalId": "fleet-7"})
+    roles["etcdops-cluster-c4"] = iam.create_role(RoleName="etcdops-cluster-c4",
+                                                  AssumeRolePolicyDocument=untrusting)["Role"]["Arn"]  # fmt: skip
     settings = RunbookSettings.from_env({"CLUSTER_CONFIG_PARAMETER": "/etcdops/cluster/config", "TABLE_NAME": "t",
                                          "TOPIC_ARN": "arn:aws:sns:x", "STACK_NAME": stack.stack_name})  # fmt: skip
-    event = RunbookStepEvent(runbook="replace", step="LaunchReplacement", execution="e1",
-                             document={"cluster": "c3", "member_name": "m1"})  # fmt: skip
     aws.authorizer.expect_denied("RunbookStepFunction", "sts:AssumeRole")
-    with pytest.raises(AwsError) as refused:
-        run_runbook_step(event, settings, aws.function_session(stack, "RunbookStepFunction"))
-    message = str(refused.value)
-    assert message.startswith(f"cluster c3: assuming aws.role_arn {roles['admin-c3']}: AccessDenied"), message
-    assert "\n" not in message and "sts:AssumeRole" in message
+    refusals = [("c3", "admin-c3", None, "RunbookStepFunction"), ("c4", "etcdops-cluster-c4", "fleet-7", "trust"),
+                ("c5", "etcdops-cluster-c2", "fleet-8", "trust")]  # fmt: skip
+    for name, role, external_id, refused_by in refusals:
+        access = {"role_arn": roles[role], **({"external_id": external_id} if external_id else {})}
+        ClusterRegistry(aws.client("ssm")).add(json.dumps(
+            {"name": name, "endpoints": ["https://10.0.3.10:2379"], "tls": {"ca": ca},
+             "compute": {"provider": "ec2", "launch_template": "etcd-host", "subnets": ["subnet-0123abcd"]},
+             "aws": access}), f"{name}.json")  # fmt: skip
+        event = RunbookStepEvent(runbook="replace", step="LaunchReplacement", execution="e1",
+                                 document={"cluster": name, "member_name": "m1"})  # fmt: skip
+        denials = len(aws.authorizer.denials)
+        with pytest.raises(AwsError) as refused:
+            run_runbook_step(event, settings, aws.function_session(stack, "RunbookStepFunction"))
+        message = str(refused.value)
+        assert message.startswith(f"cluster {name}: assuming aws.role_arn {roles[role]}: AccessDenied"), message
+        assert "\n" not in message and "sts:AssumeRole" in message
+        (who, call, reason), = aws.authorizer.denials[denials:]  # the assume, refused by whom the case says
+        assert call.resource == roles[role] and (reason.startswith("its trust policy") == (refused_by == "trust"))
+        assert who.startswith(f"arn:aws:sts::{account}:assumed-role/" if refused_by == "trust" else refused_by)
     records = [r for r in aws.authorizer.recorder.records if r.principal == "RunbookStepFunction"]
-    # its configuration read, the assume refused: no secret, host, state item or message touched
+    # its configuration read, each assume refused: no secret, host, state item or message touched
     assert {r.action for r in records} == {"ssm:GetParameter", "sts:AssumeRole"}
-    assert records[-1].action == "sts:AssumeRole" and not records[-1].allowed
+    assert {r.allowed for r in records if r.action == "sts:AssumeRole"} == {True, False}  # its grant's side: both

@@ -3,12 +3,12 @@ cluster; a refusal is one line naming both, raised before anything of the cluste
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from builders import trust_policy
 from moto import mock_aws
 
 from etcdops.adapters.aws import cluster_session, role_session_name
@@ -78,7 +78,8 @@ def test_against_the_emulated_sts_the_clients_act_as_the_assumed_role(monkeypatc
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
         session = boto3.session.Session(region_name="eu-west-1")
-        session.client("iam").create_role(RoleName="etcdops-cluster-c2", AssumeRolePolicyDocument=json.dumps({}))
+        trust = trust_policy({"AWS": "123456789012"})
+        session.client("iam").create_role(RoleName="etcdops-cluster-c2", AssumeRolePolicyDocument=trust)
         health = HealthAwsClients.from_session(session).for_cluster(config(role_arn=ROLE))
         assumed = cluster_session(session, config(role_arn=ROLE), "HealthCheck").client("sts")
         arn = assumed.get_caller_identity()["Arn"]

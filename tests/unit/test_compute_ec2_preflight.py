@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from builders import host_instance_profile
 from moto.core.authorization import enable_iam_authentication
 from test_compute_ec2 import CLUSTER, REGION, STACK, Aws, aws, ca  # noqa: F401 - the account fixtures
 
@@ -39,11 +40,7 @@ class Account:
         return self.aws.provider(**{"launch_template": self.template, **settings})
 
     def role(self, name: str) -> str:
-        iam = boto3.client("iam", region_name=REGION)
-        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))
-        iam.create_instance_profile(InstanceProfileName=name)
-        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
-        return name
+        return host_instance_profile(boto3.client("iam", region_name=REGION), name)
 
     def launch_template(self, name: str, **data: Any) -> str:
         return str(

@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from builders import host_instance_profile
 from moto import mock_aws
 from moto.core.authorization import enable_iam_authentication
 from moto_ec2 import emulated_account, register_host_image
@@ -32,10 +33,7 @@ class Ec2:
     subnet: str
 
     def profile(self, name: str) -> str:
-        self.iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps({"Statement": []}))
-        self.iam.create_instance_profile(InstanceProfileName=name)
-        self.iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
-        return name
+        return host_instance_profile(self.iam, name)
 
     def template(self, name: str, **data: Any) -> dict[str, str]:
         self.ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={"ImageId": self.image, **data})

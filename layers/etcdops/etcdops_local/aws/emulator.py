@@ -23,6 +23,7 @@ from etcdops_local.aws import sandbox as localsandbox
 from etcdops_local.aws.errors import LocalAwsError
 from etcdops_local.aws.executions import wait_for_execution
 from etcdops_local.aws.functions import _REGISTRY, _REGISTRY_LOCK
+from etcdops_local.aws.iamtrust import LAMBDA, STATES
 from etcdops_local.aws.invoke import _patched_invoke, invoke_local
 from etcdops_local.aws.stack_record import ACCOUNT_ID, DEFAULT_REGION, DEFAULT_STACK_NAME, STATE_FILE, LocalStack
 from etcdops_local.aws.templates import DUMMY_CREDENTIALS
@@ -53,7 +54,7 @@ def _patch_state_machine_clients(authorizer: localiam.Authorizer) -> Any:
         role = getattr(state_credentials, "role_arn", None)
         keys: dict[str, Any] = {"aws_access_key_id": "ak", "aws_secret_access_key": "sk"}
         if role:
-            c = authorizer.role_credentials(role, "states")
+            c = authorizer.role_credentials(role, "states", STATES)
             keys = {"aws_access_key_id": c.access_key_id, "aws_secret_access_key": c.secret_access_key,
                     "aws_session_token": c.session_token}  # fmt: skip
         if not botocore_stubber.enabled:
@@ -294,7 +295,8 @@ class LocalAws:
         role = stack.roles.get(logical_id)
         if role is None:
             raise NotFoundError(f"stack {stack.stack_name} has no function or state machine {logical_id}")
-        c = self.authorizer.role_credentials(role, stack.functions.get(logical_id, logical_id))
+        service = STATES if logical_id in stack.state_machines else LAMBDA
+        c = self.authorizer.role_credentials(role, stack.functions.get(logical_id, logical_id), service)
         return boto3.session.Session(
             region_name=self.region,
             aws_access_key_id=c.access_key_id,

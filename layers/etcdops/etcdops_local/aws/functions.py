@@ -26,6 +26,7 @@ from typing import Any
 
 from etcdops.domain.errors import ConfigError
 from etcdops_local.aws import sandbox as localsandbox
+from etcdops_local.aws.iamtrust import LAMBDA
 from etcdops_local.aws.stack_record import LocalStack
 from etcdops_local.aws.templates import function_code
 
@@ -200,7 +201,7 @@ def _role_credentials(moto_function: Any, function: LocalFunction) -> localsandb
     role = getattr(moto_function, "role", None)
     if running is None or not running.enforce_iam or not role:
         return None
-    return running.authorizer.role_credentials(role, function.function_name)
+    return running.authorizer.role_credentials(role, function.function_name, LAMBDA)
 
 
 def run_handler(function: LocalFunction, moto_function: Any, event: Any) -> tuple[Any, bool]:

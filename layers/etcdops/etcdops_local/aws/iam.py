@@ -9,6 +9,10 @@ While a :class:`LocalAws` runs, this module takes over the authorization step of
   (:mod:`etcdops_local.aws.sandbox` binds them to the invocation), and a state machine's own calls (its
   ``lambda:invoke`` tasks) act with the state machine's role. Requests with any other key fail as in
   AWS (``InvalidClientTokenId``).
+* **Whom a role trusts.** Role credentials go only to whom the role's trust policy trusts
+  (:mod:`etcdops_local.aws.iamtrust`): :meth:`Authorizer.role_credentials` to the service
+  (``lambda.amazonaws.com``...) with the service's refusal otherwise, and an ``sts:AssumeRole`` request
+  to a caller both its own policies and the role's trust policy allow (``sts:ExternalId`` included).
 * **What.** :func:`~etcdops_local.aws.iam_services.request_calls` turns a request into the
   authorizations AWS makes for it: the
   action on the resource ARN it names, with the condition keys AWS would supply (resource tags,
@@ -38,6 +42,7 @@ import logging
 import threading
 from typing import Any
 
+from etcdops_local.aws.errors import LocalAwsError
 from etcdops_local.aws.iam_records import Principal, Recorder
 from etcdops_local.aws.iam_requests import Request, _backend
 from etcdops_local.aws.iam_services import request_calls
@@ -49,6 +54,7 @@ from etcdops_local.aws.iampolicy import (
     fingerprint,
     read_policy,
 )
+from etcdops_local.aws.iamtrust import ASSUME_ROLE, Assumer, TrustDecision, assume_role_context, decide_trust, refusal
 from etcdops_local.aws.sandbox import Credentials
 
 log = logging.getLogger("etcdops_local.aws.iam")
@@ -86,9 +92,15 @@ class Authorizer:
         self.admin = Credentials(key.access_key_id, key.secret_access_key)
         return self.admin
 
-    def role_credentials(self, role_arn: str, session_name: str) -> Credentials:
-        """Credentials of a session of ``role_arn`` (one per role, kept for the local AWS's life, as a
-        warm Lambda sandbox keeps its own)."""
+    def role_credentials(self, role_arn: str, session_name: str, service: str) -> Credentials:
+        """Credentials of a session of ``role_arn`` as ``service`` (``lambda.amazonaws.com``...) gets them:
+        only when the role's trust policy lets the service assume it, else :class:`LocalAwsError` with the
+        service's refusal. One session per role, kept for the local AWS's life, as a warm Lambda sandbox
+        keeps its own (the trust policy is asked every time)."""
+        decision = self.trust(role_arn, Assumer.of_service(service))
+        if not decision.allowed:
+            self.deny(service, Call.of(ASSUME_ROLE, role_arn), decision.reason)
+            raise LocalAwsError(f"{role_arn}: {refusal(service)} ({decision.reason})")
         with self._lock:
             cached = self._role_credentials.get(role_arn)
             if cached is not None:
@@ -105,6 +117,21 @@ class Authorizer:
             credentials = Credentials(assumed.access_key_id, assumed.secret_access_key, assumed.session_token)
             self._role_credentials[role_arn] = credentials
             return credentials
+
+    def trust(self, role_arn: str, assumer: Assumer, context: dict[str, list[str]] | None = None) -> TrustDecision:
+        """The trust policy of ``role_arn`` (in the account its ARN names) on ``assumer`` assuming it."""
+        account = role_arn.split(":")[4] if role_arn.count(":") >= 5 else ""
+        try:
+            role = _backend("iam", account, "aws").get_role_by_arn(role_arn)
+        except Exception:  # no such role (or not an ARN): STS refuses as it refuses an untrusting role
+            return TrustDecision(False, "no such role")
+        return decide_trust(role.name, role.assume_role_policy_document, assumer, context)
+
+    def deny(self, who: str, call: Call, reason: str) -> None:
+        """Keep a denial (newest last) and log it."""
+        with self._lock:
+            self.denials.append((who, call, reason))
+        log.info("denied: %s: %s on %s: %s", who, call.action, call.resource, reason)
 
     def register(self, principal: Principal) -> None:
         with self._lock:
@@ -150,10 +177,7 @@ class Authorizer:
                 self.recorder.add(principal, call, decision, asked.modelled, digest, expected)
             if not decision.allowed and denied is None:
                 denied = (call, decision)
-                who = principal.logical_id if principal else role_name
-                with self._lock:
-                    self.denials.append((who, call, decision.reason))
-                log.info("denied: %s: %s on %s: %s", who, call.action, call.resource, decision.reason)
+                self.deny(principal.logical_id if principal else role_name, call, decision.reason)
         return denied
 
 
@@ -225,10 +249,14 @@ def _authorize(authorizer: Authorizer, response: Any, iam_request_cls: type, res
     )
     _check_signature(iam_request, response.raw_body)
     access_key = iam_request._access_key
+    assume = not is_s3 and iam_request._service == "sts" and operation == "AssumeRole"
     if not isinstance(access_key, AssumedRoleAccessKey):
-        if getattr(access_key, "_owner_user_name", None) == ADMIN_USER:
-            return
-        iam_request.check_action_permitted(resource)  # another IAM user: moto's own check
+        user = getattr(access_key, "_owner_user_name", None)
+        if user != ADMIN_USER:
+            iam_request.check_action_permitted(resource)  # another IAM user: moto's own check
+        if assume:
+            caller = f"arn:aws:iam::{response.current_account}:user/{user}"
+            _check_trust(authorizer, response, Assumer.of_arns(response.current_account, caller))
         return
     signing_name = iam_request._service
     request = Request(
@@ -248,10 +276,28 @@ def _authorize(authorizer: Authorizer, response: Any, iam_request_cls: type, res
             request.bucket, request.key = bucket, (key if "/" in bucket_and_key else None)
     denied = authorizer.decide(access_key._owner_role_name, request)
     if denied is None:
+        if assume:  # the caller's side allows it: now the role's side, its trust policy
+            role = _backend("iam", access_key.account_id, "aws").get_role(access_key._owner_role_name).arn
+            _check_trust(authorizer, response, Assumer.of_arns(request.account, role, access_key.arn))
         return
     if is_s3:
         iam_request._raise_access_denied()
     raise _refusal(request.prefix, bool(headers.get("X-Amz-Target")), access_key.arn, denied[0])
+
+
+def _check_trust(authorizer: Authorizer, response: Any, assumer: Assumer) -> None:
+    """An ``sts:AssumeRole`` the caller's policies allow is decided by the named role's trust policy, with
+    the request's condition keys; refused as STS refuses it (``AccessDenied``, the same words as a caller
+    whose own policies do not allow it)."""
+    from moto.core.exceptions import AccessDeniedError
+
+    params = _params(response, "AssumeRole")
+    role_arn = str(params.get("RoleArn", ""))
+    decision = authorizer.trust(role_arn, assumer, assume_role_context(assumer, params))
+    if decision.allowed:
+        return
+    authorizer.deny(str(assumer), Call.of(ASSUME_ROLE, role_arn), decision.reason)
+    raise AccessDeniedError(user_arn=str(assumer), action=f"{ASSUME_ROLE} on resource: {role_arn}")
 
 
 def _refusal(prefix: str, json_protocol: bool, user_arn: str, call: Call) -> Exception:

@@ -338,8 +338,8 @@ def _elbv2(request: Request) -> Asked:
 
 
 def _sts(request: Request) -> Asked:
-    """AssumeRole is authorized on the role it names (the caller's side; the emulator does not check the
-    role's trust policy)."""
+    """AssumeRole is authorized on the role it names (the caller's side; the role's side, its trust
+    policy, is decided after it: :func:`etcdops_local.aws.iam._check_trust`)."""
     if request.operation == "AssumeRole":
         return Asked((Call.of("sts:AssumeRole", str(request.params.get("RoleArn", ""))),))
     return Asked((Call.of(f"sts:{request.operation}", "*"),), modelled=False)

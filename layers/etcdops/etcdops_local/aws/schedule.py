@@ -29,6 +29,7 @@ from typing import Any
 import boto3
 
 from etcdops.domain.errors import ConfigError
+from etcdops_local.aws.iamtrust import EVENTS
 from etcdops_local.aws.schedule_expressions import Cron, Rate, Timing, parse_schedule
 
 __all__ = ["Cron", "Rate", "Timing", "parse_schedule"]  # in schedule_expressions, importable here
@@ -291,7 +292,7 @@ def start_scheduled_execution(stack: Any, machine: str, document: Any, role: str
     if role is None:
         raise LocalAwsError(f"{machine}: its schedule rule has no role in the stack (SAM makes <rule>Role)")
     role_arn = role if role.startswith("arn:") else f"arn:aws:iam::{stack.account_id}:role/{role}"
-    c = require_running().authorizer.role_credentials(role_arn, "events")
+    c = require_running().authorizer.role_credentials(role_arn, "events", EVENTS)
     session = boto3.session.Session(
         region_name=stack.region,
         aws_access_key_id=c.access_key_id,
