@@ -133,6 +133,10 @@ def test_local_up_is_idempotent_and_status_reports_failures(
         listed = as_json(run(cwd, "backup", "list", "--json"))
         (chain,) = listed["chains"]
         assert chain["cluster_id"] == listed["cluster_id"] and not chain["problems"] and chain["to_revision"] >= written
+        # a new chain by hand (the remedy for a break inside the chain): from a fresh full backup, nothing broken
+        asked = as_json(run(cwd, "backup", "run", "--kind", "delta", "--new-chain", "--json"))
+        assert asked["action"] in ("new-chain", "lost-race") and asked["broken"] is None and asked["backup_id"], asked
+        assert asked["action"] == "lost-race" or "asked for by hand" in asked["reason"]
 
     status = as_json(run(cwd, "status", "--json"))
     assert status["has_quorum"] and status["leader"]

@@ -297,6 +297,7 @@ BAD_INPUTS: list[tuple[list[str], int, str]] = [
     (["backup", "fetch", "20200101T000000Z-abcdef", "", "--config", "good.yaml"], 2, "empty file name"),
     (["backup", "fetch", "20200101T000000Z-abcdef", "f.db", "--config", "good.yaml"], 1, "BackupNotFoundError"),
     (["backup", "verify", "nope", "--config", "good.yaml"], 2, "not a backup id"),
+    (["backup", "run", "--new-chain", "--config", "good.yaml"], 2, "only with --kind delta"),
     (["backup", "import", "missing.db", "--config", "good.yaml"], 2, "no such file"),
     (["backup", "import", "dir", "--config", "good.yaml"], 2, "is a directory"),
     (["backup", "import", "good.yaml", "--config", "good.yaml"], 1, "leaves no sha256 trailer"),

@@ -121,6 +121,13 @@ def test_plans() -> None:
     assert (step.action, step.first, step.last) == ("delta", 41, 45)
     assert "behind the chain" in plan_delta_run(head(40), "c1", 30).reason
     assert "is missing" in plan_delta_run(head(40, last_delta="x"), "c1", 45, "is missing").reason
+    # a new chain asked for by hand (`backup run --kind delta --new-chain`) ends a chain that could go on;
+    # a chain that cannot (another incarnation, its head's delta unreadable) is broken whoever asks
+    asked = plan_delta_run(head(40), "c1", 45, None, "by hand")
+    assert (asked.action, asked.reason, asked.asked) == ("new-chain", "by hand", True)
+    assert plan_delta_run(head(40), "c1", 40, None, "by hand").asked  # even with no write since
+    assert not plan_delta_run(head(40, last_delta="x"), "c1", 45, "is missing", "by hand").asked
+    assert not plan_delta_run(head(40), "c2", 45, None, "by hand").asked
 
 
 # ---- storing: the conditional head move ------------------------------------------------------------

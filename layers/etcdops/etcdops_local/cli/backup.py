@@ -29,6 +29,10 @@ def cmd_backup_run(args: argparse.Namespace) -> int:
         from etcdops_local.cli.backup_delta import cmd_backup_delta
 
         return cmd_backup_delta(args)
+    if args.new_chain:
+        from etcdops.domain.errors import UsageError
+
+        raise UsageError("--new-chain starts a new delta chain: only with --kind delta")
     config = resolve_config(args)
     # a local key file is created on first use; a KMS key must already exist
     store, keyring = open_backup_target(config, create_local_key=True)
@@ -265,40 +269,9 @@ def _verify_dict(result: Any) -> dict[str, Any]:
 
 
 def cmd_backup_verify(args: argparse.Namespace) -> int:
-    from etcdops.adapters.backup.target import open_backup_target
-    from etcdops.app.backup.delta import chain_warnings, verify_delta_chains
-    from etcdops.app.backup.verify import verify_backup
-    from etcdops.app.snapshot import TerminalProgress
+    from etcdops_local.cli.backup_verify import cmd_backup_verify as verify
 
-    config = resolve_config(args)
-    store, keyring = open_backup_target(config)
-    progress = TerminalProgress(sys.stderr, f"verify {args.id}")
-    result = verify_backup(store, keyring, args.id, cluster=config.name, progress=progress)
-    progress.done()
-    chains = verify_delta_chains(store, keyring, config.name)  # every delta read back and checked too
-    broken = [c for c in chains if c.broken]
-    data = {**_verify_dict(result), "delta_chains": [c.to_dict() for c in chains]}
-    _warn(_store_warnings(store) + chain_warnings(broken))
-    deltas = sum(c.deltas for c in chains)
-    emit(
-        args,
-        data,
-        lambda: f"backup {args.id} verified: decrypts, sha256 matches, revision {data['revision']}, "
-        f"{data['total_keys']} keys, hash {data['hash']:x}; delta chains: {len(chains)} ({deltas} deltas read "
-        f"back), " + (f"{len(broken)} BROKEN (see the warnings)" if broken else "none broken"),
-    )
-    return 0
-
-
-def _store_warnings(store: Any) -> list[str]:
-    """What else the store holds that is not a usable backup (said after a verification)."""
-    from etcdops.app.backup.catalogue import read_catalogue
-    from etcdops.domain.errors import EtcdopsError
-
-    try:
-        return read_catalogue(store).warnings()
-    except EtcdopsError as exc:
-        return [f"the rest of the catalogue could not be read: {exc}"]
+    return verify(args)
 
 
 def cmd_backup_fetch(args: argparse.Namespace) -> int:
@@ -358,6 +331,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "healthy follower's data taken while it is held still (locally SIGSTOPped for the copy); delta: one "
         "delta run as DeltaBackup's (the changes since the delta chain's last revision; the chain head is in "
         "the state table)",
+    )
+    run.add_argument(
+        "--new-chain",
+        action="store_true",
+        help="with --kind delta: end the delta chain where it is and start a new one from a fresh full backup "
+        "(after `backup verify` found the current chain broken: its later deltas cannot be replayed)",
     )
     run.set_defaults(handler=cmd_backup_run)
     listing = actions.add_parser(

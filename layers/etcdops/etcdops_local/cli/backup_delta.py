@@ -14,6 +14,9 @@ from etcdops.domain.errors import ConfigError
 from etcdops_local.cli.main import emit, human_bytes
 from etcdops_local.cli.options import resolve_config, state_dir
 
+#: The reason a new chain asked for by hand gives (``backup run --kind delta --new-chain``).
+NEW_CHAIN_ASKED = "asked for by hand (backup run --kind delta --new-chain); the chain before it ends where it is"
+
 
 def chain_store(args: argparse.Namespace) -> Any:
     """The delta chain heads of the state table this command works on (a one-line ConfigError without one)."""
@@ -57,7 +60,8 @@ def cmd_backup_delta(args: argparse.Namespace) -> int:
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     with client_for(config) as client:
         health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
-        result = run_delta_backup(config, client, health, store, keyring, chains, log=say)
+        asked = NEW_CHAIN_ASKED if args.new_chain else None
+        result = run_delta_backup(config, client, health, store, keyring, chains, new_chain=asked, log=say)
     delta, backup = result.delta, result.backup
     data = {
         "action": result.action,

@@ -61,9 +61,11 @@ def run_delta_backup(
     chains: DeltaChainStore,
     *,
     now: datetime | None = None,
+    new_chain: str | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> DeltaRunResult:
-    """Store the next delta of ``config``'s chain, or start a new chain from a fresh full backup."""
+    """Store the next delta of ``config``'s chain, or start a new chain from a fresh full backup (also
+    when ``new_chain`` says why someone asks for one: the old chain ends where it is, not broken)."""
     moment = now or datetime.now(UTC)
     live = cluster_id_text(health.cluster_id)
     if live is None:
@@ -71,7 +73,7 @@ def run_delta_backup(
     head = chains.load_chain_head(config.name)
     problem = head_problem(store, keyring, head) if head is not None and head.cluster_id == live else None
     current = client.range(b"\0", count_only=True).revision
-    plan = plan_delta_run(head, live, current, problem)
+    plan = plan_delta_run(head, live, current, problem, new_chain)
     target = DeltaTarget(store, keyring, chains, config.name, config.backup.compression if config.backup else "none")
     if plan.action == "none":
         return DeltaRunResult("none", plan.reason, head=head)
@@ -81,7 +83,7 @@ def run_delta_backup(
         if result is not None:
             return result
         plan = DeltaPlan("new-chain", _compacted_reason(head))
-    broken = plan.reason if head is not None else None
+    broken = plan.reason if head is not None and not plan.asked else None
     if broken:
         log(f"warning: the delta chain of {config.name} ends at revision {head.last_revision if head else 0}: {broken}")
     backup = run_backup(config, client, health, store, keyring, now=moment, log=log).manifest

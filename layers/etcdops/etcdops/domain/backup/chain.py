@@ -37,14 +37,20 @@ class DeltaPlan:
     reason: str
     first: int = 0
     last: int = 0
+    asked: bool = False  # a new chain someone asked for (not a break of the chain)
 
 
 def plan_delta_run(
-    head: ChainHead | None, live_cluster_id: str, current_revision: int, head_problem: str | None = None
+    head: ChainHead | None,
+    live_cluster_id: str,
+    current_revision: int,
+    head_problem: str | None = None,
+    new_chain: str | None = None,
 ) -> DeltaPlan:
     """The next step of the chain of a cluster whose members answer with ``live_cluster_id`` at
     ``current_revision``. ``head_problem`` says why the head's delta cannot be read (missing,
-    corrupt), if it cannot: the chain is broken then and starts again."""
+    corrupt), if it cannot: the chain is broken then and starts again. ``new_chain``: why someone asks
+    for a new chain although this one could go on (a break inside it that only a verification sees)."""
     if head is None:
         return DeltaPlan("new-chain", "no delta chain yet")
     if head.cluster_id != live_cluster_id:
@@ -53,6 +59,8 @@ def plan_delta_run(
         )
     if head_problem is not None:
         return DeltaPlan("new-chain", f"the chain's newest delta {head.last_delta} {head_problem}")
+    if new_chain is not None:
+        return DeltaPlan("new-chain", new_chain, asked=True)
     if current_revision < head.last_revision:
         return DeltaPlan(
             "new-chain",
