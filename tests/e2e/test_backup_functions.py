@@ -120,6 +120,7 @@ def test_backup_then_verify_through_the_handlers(aws: SimpleNamespace, capsys: p
     # the age is HealthCheck's metric: the verification does not talk to the cluster, so it cannot know
     # which incarnation is live (invariant 11)
     assert metrics["BackupVerifyFailed"] == 0 and "NewestVerifiedBackupAge" not in metrics
+    assert metrics["DeltaChainBroken"] == 0 and verified["delta_chains"] == []  # what delta-chain-broken watches
     assert aws.inbox() == []
 
 

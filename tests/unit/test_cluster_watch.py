@@ -110,7 +110,11 @@ def test_add_makes_the_default_clusters_alarms_and_dashboard_and_remove_deletes_
         alarm = made[f"fleet-etcd-c2-{suffix}"]
         assert {k: alarm.get(k) for k in compared} == {k: default.get(k) for k in compared}, suffix
         assert alarm["Dimensions"] == [{"Name": "cluster", "Value": "c2"}]
-        assert alarm["AlarmActions"] == alarm["OKActions"] == [topic]
+        assert alarm["AlarmActions"] == [topic]
+        assert alarm["OKActions"] == ([topic] if default.get("OKActions") else []), suffix  # as the template says
+    # the delta chain's breaks are events: the registered cluster's alarm says each one, and no OK after it
+    assert made["fleet-etcd-c2-delta-chain-broken"]["MetricName"] == "DeltaChainBroken"
+    assert made["fleet-etcd-c2-delta-chain-broken"]["OKActions"] == [] and made["fleet-etcd-c2-no-leader"]["OKActions"]
     assert made["fleet-etcd-c2-wal-fsync-slow"]["Threshold"] == 0.25  # the stack's parameter value, not the default
 
     assert added["dashboards"] == ["fleet-etcd-c2"]
