@@ -1,6 +1,7 @@
 """`backup verify` and BackupVerify read every delta chain back: a good chain passes; a deleted delta in the
 middle, a delta whose object is gone and a tampered delta are each reported as a break of their chain (and
-`backup list` shows the breaks its listing can see)."""
+`backup list` shows the breaks its listing can see); `backup verify` then fails (exit status 1) after
+printing its result."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_cli_unit import BACKUPS, GOOD, run
+from test_cli_unit import BACKUPS, GOOD, SNAPSHOT, run
 from test_delta_chain import manifests
 
 from etcdops.adapters.backup.crypto import KeyProvider
@@ -72,3 +73,38 @@ def test_backup_list_shows_a_broken_chain(tmp_path: Path, capsys: pytest.Capture
     assert code == 0 and chain["problems"] == [f"the objects of 1 deltas are missing: {two.id}"]
     code, out, err = run(["--config", str(config), "backup", "list"], capsys)
     assert "BROKEN (see the warnings)" in out and f"is broken: the objects of 1 deltas are missing: {two.id}" in err
+
+
+def test_backup_verify_fails_when_a_delta_chain_is_broken(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a store with a full backup (an imported snapshot) and a chain of three deltas of cluster prod
+    config = tmp_path / "c.yaml"
+    config.write_text(GOOD.replace("name: good", "name: prod") + BACKUPS % (tmp_path, tmp_path))
+    code, out, _ = run(["--config", str(config), "--json", "backup", "import", str(SNAPSHOT)], capsys)
+    assert code == 0
+    backup_id = json.loads(out)["id"]
+    key = local_key_provider(tmp_path / "backup.key")
+    one, two, _ = manifests(tmp_path / "store", key, [(11, 20), (21, 30), (31, 40)])
+    verify = ["--config", str(config), "backup", "verify", backup_id]
+
+    # When the chain is whole, verify succeeds and says so
+    code, out, err = run([*verify, "--json"], capsys)
+    (chain,) = json.loads(out)["delta_chains"]
+    assert code == 0 and err == "" and (chain["broken"], chain["deltas"]) == (False, 3), err
+    assert json.loads(out)["delta_chains_broken"] == 0
+
+    # When a delta in the middle is deleted (object and manifest), verify still prints its result, but fails
+    store = FileStore(tmp_path / "store")
+    store.delete(two.object_key)
+    store.delete(two.manifest_key)
+    code, out, err = run([*verify, "--json"], capsys)
+    data = json.loads(out)
+    (chain,) = data["delta_chains"]
+    assert code == 1 and data["ok"] and data["delta_chains_broken"] == 1
+    assert (chain["chain"], chain["broken"], chain["to_revision"]) == (one.chain_id, True, 20)
+    assert chain["problems"][0].startswith("revision 21 is in no delta")
+    *warnings, reason = err.splitlines()
+    assert warnings and all(w.startswith(f"warning: delta chain {one.chain_id} ") for w in warnings)
+    assert reason.startswith(f"etcdops: backup {backup_id} verified, but 1 of 1 delta chains are broken ")
+    assert f"({one.chain_id}): a point-in-time restore cannot replay past a break" in reason
+    code, out, err = run(verify, capsys)  # the text says it too
+    assert code == 1 and "1 BROKEN" in out and err.splitlines()[-1] == reason

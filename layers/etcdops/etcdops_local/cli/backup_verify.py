@@ -1,5 +1,6 @@
 """``etcdops backup verify ID``: the backup read back and checked against its manifest, then every delta
-chain of the store (:func:`verify_delta_chains`)."""
+chain of the store (:func:`verify_delta_chains`). A broken chain leaves the backup verified, but the
+command fails (exit status 1) after its output: a point-in-time restore cannot replay past the break."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from etcdops_local.cli.backup import _verify_dict, _warn
 from etcdops_local.cli.main import emit
-from etcdops_local.cli.options import resolve_config
+from etcdops_local.cli.options import print_error, resolve_config
 
 
 def cmd_backup_verify(args: argparse.Namespace) -> int:
@@ -25,7 +26,7 @@ def cmd_backup_verify(args: argparse.Namespace) -> int:
     progress.done()
     chains = verify_delta_chains(store, keyring, config.name)  # every delta read back and checked too
     broken = [c for c in chains if c.broken]
-    data = {**_verify_dict(result), "delta_chains": [c.to_dict() for c in chains]}
+    data = {**_verify_dict(result), "delta_chains": [c.to_dict() for c in chains], "delta_chains_broken": len(broken)}
     _warn(_store_warnings(store) + chain_warnings(broken))
     deltas = sum(c.deltas for c in chains)
     emit(
@@ -35,7 +36,15 @@ def cmd_backup_verify(args: argparse.Namespace) -> int:
         f"{data['total_keys']} keys, hash {data['hash']:x}; delta chains: {len(chains)} ({deltas} deltas read "
         f"back), " + (f"{len(broken)} BROKEN (see the warnings)" if broken else "none broken"),
     )
-    return 0
+    if not broken:
+        return 0
+    # the backup stands, but point-in-time restore does not reach past a break: a failure a script must see
+    print_error(
+        f"backup {args.id} verified, but {len(broken)} of {len(chains)} delta chains are broken "
+        f"({', '.join(c.chain_id for c in broken)}): a point-in-time restore cannot replay past a break; see the "
+        "warnings (a broken current chain: backup run --kind delta --new-chain)"
+    )
+    return 1
 
 
 def _store_warnings(store: Any) -> list[str]:

@@ -324,7 +324,7 @@ def print_error(message: str) -> None:
 
 EXIT_CODES = {
     0: "success (status: the cluster has quorum)",
-    1: "the command failed (status: no quorum); one line on stderr says why",
+    1: "the command failed (status: no quorum; backup verify: a delta chain is broken); one line on stderr says why",
     2: "bad usage: an unknown option, a missing or malformed argument",
     3: "runbook start --wait / runbook show --follow: the execution FAILED (a rejection included)",
     4: "runbook start --wait / runbook show --follow: the execution TIMED_OUT",
