@@ -262,3 +262,57 @@ def test_an_unexpected_failure_is_counted_and_mailed_once_without_its_stack_trac
     [body] = aws.inbox(bodies=True)
     assert "after 2 attempts:\nKeyError: 'manifest'" in body
     assert "File " not in body and "Traceback" not in body and "app.py" not in body
+
+
+
+@pytest.fixture
+def aws_of_one_member(
+    start_cluster: Callable[..., LocalCluster], etcd3530: EtcdBinaries, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SimpleNamespace]:
+    """A one-member cluster of its own (it is written to) and the state table that holds the delta chain's head;
+    one version: the handlers' path is the same on every one."""
+    from etcdops.adapters.state_dynamodb import table_definition
+
+    cluster = start_cluster(etcd3530, members=1)
+    for aws in emulated_aws(cluster, monkeypatch):
+        boto3.client("dynamodb", region_name=REGION).create_table(**table_definition("etcdops-state"))
+        monkeypatch.setenv("TABLE_NAME", "etcdops-state")
+        aws.cluster = cluster
+        yield aws
+
+
+def test_a_delta_chain_broken_in_the_middle_is_seen_by_backup_verify_not_by_the_delta_runs(
+    aws_of_one_member: SimpleNamespace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    aws, delta_backup = aws_of_one_member, load_handler("delta_backup")  # one container for every run
+
+    def delta() -> tuple[dict[str, Any], dict[str, float]]:
+        result = delta_backup.handler(event("delta_backup_schedule"), lambda_context())
+        return result, emitted_metrics(capsys.readouterr().out)
+
+    # Given a chain of two deltas, each run publishing DeltaChainBroken 0
+    started, metrics = delta()
+    assert (started["action"], started["broken"], metrics["DeltaChainBroken"]) == ("new-chain", None, 0)
+    stored = []
+    with aws.cluster.client() as client:
+        for n in range(3):
+            client.put(f"/chain/{n}", "x")
+            if n < 2:
+                stored.append(delta())
+        assert [(r["action"], m["DeltaChainBroken"]) for r, m in stored] == [("delta", 0), ("delta", 0)]
+
+        # When the first delta is deleted (object and manifest): a gap in the middle of the chain
+        first = stored[0][0]["delta_id"]
+        for suffix in ("enc", "json"):
+            aws.s3.delete_object(Bucket="backups", Key=f"etcd/local/deltas/{first}.delta.{suffix}")
+
+        # Then the next delta run goes on (it reads back the newest delta only) and reports nothing
+        after, metrics = delta()
+    assert (after["action"], after["broken"], metrics["DeltaChainBroken"]) == ("delta", None, 0)
+    # but BackupVerify finds the break and publishes DeltaChainBroken 1, the delta-chain-broken alarm's datapoint
+    verified = load_handler("backup_verify").handler(event("backup_verify_schedule"), lambda_context())
+    metrics = emitted_metrics(capsys.readouterr().out)
+    (chain,) = verified["delta_chains"]
+    assert metrics["DeltaChainBroken"] == 1 and metrics["BackupVerifyFailed"] == 0 and verified["ok"]
+    assert chain["broken"] and chain["chain"] == started["backup_id"]
+    assert any(w.startswith(f"delta chain {started['backup_id']} ") for w in verified["warnings"])
