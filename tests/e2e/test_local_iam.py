@@ -161,6 +161,25 @@ def test_role_credentials_go_only_to_whom_the_roles_trust_policy_trusts(aws: Loc
     ]
 
 
+def test_a_function_whose_role_does_not_trust_lambda_fails_the_stack_as_in_aws(aws: LocalAws, tmp_path: Path) -> None:
+    template = tmp_path / "template.yaml"
+    template.write_text(json.dumps({  # JSON is YAML; one function, its role trusting EC2 instead of Lambda
+        "Transform": "AWS::Serverless-2016-10-31",
+        "Resources": {"HealthCheckFunction": {"Type": "AWS::Serverless::Function", "Properties": {
+            "CodeUri": str(ROOT / "functions" / "health_check"), "Handler": "app.handler", "Runtime": "python3.12",
+            "AssumeRolePolicyDocument": json.loads(trust_policy({"Service": "ec2.amazonaws.com"}))}}},
+    }))  # fmt: skip
+
+    with pytest.raises(LocalAwsError) as refused:
+        aws.build_stack(template)
+
+    assert str(refused.value).startswith(
+        "stack etcdops: HealthCheckFunction: InvalidParameterValueException: The role defined for the function "
+        "cannot be assumed by Lambda. (arn:aws:iam::"
+    ), refused.value
+    assert str(refused.value).endswith("its trust policy does not allow lambda.amazonaws.com to assume it)")
+
+
 # ---- what a role may do --------------------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from etcdops_local.aws import iam_records
 from etcdops_local.aws.emulator import require_running
 from etcdops_local.aws.errors import LocalAwsError
 from etcdops_local.aws.functions import register_functions
+from etcdops_local.aws.iamtrust import LAMBDA, STATES, Assumer, refusal
 from etcdops_local.aws.stack_record import ACCOUNT_ID, DEFAULT_REGION, DEFAULT_STACK_NAME, LocalStack
 from etcdops_local.aws.templates import (
     CODE_BUCKET,
@@ -56,11 +57,22 @@ def build_stack(
         # moto warns about each type it cannot create; _apply_skipped creates or lists them instead
         warnings.filterwarnings("ignore", message=r"Tried to parse .* but it's not supported")
         stack = _create(running.session(), cfn, template_path, values, parameters, region, stack_name)
+    _check_service_trust(running.authorizer, stack)
     register_functions(stack, sam, template_path.parent, cfn, running.sandbox_root)
     stack.credentials = running.admin_credentials
     for lid, role in stack.roles.items():
         running.authorizer.register(iam_records.principal_for(stack, lid, role))
     return stack
+
+
+def _check_service_trust(authorizer: Any, stack: LocalStack) -> None:
+    """Each function's role must let Lambda assume it, each state machine's Step Functions: else the
+    service refuses CreateFunction or CreateStateMachine and CloudFormation fails the stack, in its words."""
+    for lid, role in stack.roles.items():
+        service = STATES if lid in stack.state_machines else LAMBDA
+        decision = authorizer.trust(role, Assumer.of_service(service))
+        if not decision.allowed:
+            raise LocalAwsError(f"stack {stack.stack_name}: {lid}: {refusal(service)} ({role}: {decision.reason})")
 
 
 def _create(
