@@ -49,6 +49,17 @@ def _start(args: argparse.Namespace, runbook: str, prepare: Prepare, said: Calla
     return follow_execution(args, sfn, arn, name)
 
 
+def _operator_input(args: argparse.Namespace, config: ClusterConfig, asked: str, **fields: Any) -> dict[str, Any]:
+    """The input of a runbook an operator starts by hand: the cluster, the runbook's own ``fields``, why
+    (--reason, or what was ``asked``) and whether it waits for an approval first (--approval)."""
+    return {
+        "cluster": config.name,
+        **fields,
+        "reason": args.reason or f"requested by an operator: {asked}",
+        "requires_approval": args.approval,
+    }
+
+
 def cmd_runbook_start(args: argparse.Namespace) -> int:
     """ReplaceMember of the member named or numbered by --member (found by a probe of the live cluster)."""
 
@@ -62,14 +73,14 @@ def cmd_runbook_start(args: argparse.Namespace) -> int:
         member = next((m for m in health.members if args.member in (m.name, f"{m.id:x}")), None)
         if member is None:
             raise NotFoundError(f"no member {args.member!r} in cluster {config.name}")
-        document = {
-            "cluster": config.name,
-            "member_id": f"{member.id:x}",
-            "member_name": member.name,
-            "incident_id": execution_name(f"{config.name}-manual"),
-            "reason": args.reason or f"requested by an operator: replace {member.name}",
-            "requires_approval": args.approval,
-        }
+        document = _operator_input(
+            args,
+            config,
+            f"replace {member.name}",
+            member_id=f"{member.id:x}",
+            member_name=member.name,
+            incident_id=execution_name(f"{config.name}-manual"),
+        )
         return f"replace-{config.name}-{member.name}", document
 
     return _start(args, "replace", prepare)
@@ -132,12 +143,7 @@ def cmd_runbook_start_upgrade(args: argparse.Namespace) -> int:
         raise UsageError(f"--version: {args.version!r} is not an etcd version (MAJOR.MINOR.PATCH, e.g. 3.5.30)")
 
     def prepare(config: ClusterConfig) -> tuple[str, dict[str, Any]]:
-        document: dict[str, Any] = {
-            "cluster": config.name,
-            "version": str(version),
-            "reason": args.reason or f"requested by an operator: upgrade {config.name} to etcd {version}",
-            "requires_approval": args.approval,
-        }
+        document = _operator_input(args, config, f"upgrade {config.name} to etcd {version}", version=str(version))
         return f"upgrade-{config.name}-{str(version).replace('.', '-')}", document
 
     return _start(args, "upgrade", prepare)
@@ -164,12 +170,7 @@ def cmd_runbook_start_maintain(args: argparse.Namespace) -> int:
     recovery; it skips a cluster that is not fully healthy or whose lock another runbook holds."""
 
     def prepare(config: ClusterConfig) -> tuple[str, dict[str, Any]]:
-        document: dict[str, Any] = {
-            "cluster": config.name,
-            "reason": args.reason or f"requested by an operator: maintain {config.name}",
-            "requires_approval": args.approval,
-        }
-        return f"maintain-{config.name}", document
+        return f"maintain-{config.name}", _operator_input(args, config, f"maintain {config.name}")
 
     return _start(args, "maintain", prepare)
 
@@ -185,12 +186,7 @@ def cmd_runbook_start_scale(args: argparse.Namespace) -> int:
         raise UsageError(f"--size: {refusal}")
 
     def prepare(config: ClusterConfig) -> tuple[str, dict[str, Any]]:
-        document: dict[str, Any] = {
-            "cluster": config.name,
-            "size": args.size,
-            "reason": args.reason or f"requested by an operator: scale {config.name} to {args.size} members",
-            "requires_approval": args.approval,
-        }
+        document = _operator_input(args, config, f"scale {config.name} to {args.size} members", size=args.size)
         return f"scale-{config.name}-{args.size}", document
 
     return _start(args, "scale", prepare)
@@ -202,109 +198,129 @@ def cmd_runbook_start_rotate(args: argparse.Namespace) -> int:
 
     def prepare(config: ClusterConfig) -> tuple[str, dict[str, Any]]:
         what = "rotate the CA" if args.ca else "renew the member certificates"
-        document: dict[str, Any] = {
-            "cluster": config.name,
-            "reason": args.reason or f"requested by an operator: {what} of {config.name}",
-            "requires_approval": args.approval,
-            "mode": "ca" if args.ca else "leaf",
-        }
+        document = {**_operator_input(args, config, f"{what} of {config.name}"), "mode": "ca" if args.ca else "leaf"}
         return f"rotate-{'ca-' if args.ca else ''}{config.name}", document
 
     return _start(args, "rotate", prepare)
 
 
+#: a runbook's own options, as ``add_argument`` takes them
+Option = tuple[str, dict[str, Any]]
+_APPROVAL: Option = ("--approval", {"action": "store_true", "help": "wait for a human approval first"})
+_REASON: Option = ("--reason", {"help": "why (goes into the notifications)"})
+
+#: ``runbook start RUNBOOK``: each runbook's sub-command, its help, what starts it and its options, in order
+RUNBOOK_KINDS: tuple[tuple[str, str, Callable[[argparse.Namespace], int], tuple[Option, ...]], ...] = (
+    (
+        "replace",
+        "replace a member (safety checks still apply)",
+        cmd_runbook_start,
+        (("--member", {"required": True, "help": "member name or hex id"}), _APPROVAL, _REASON),
+    ),
+    (
+        "restore",
+        "restore the whole cluster from a backup (always waits for an approval)",
+        cmd_runbook_start_restore,
+        (
+            (
+                "--backup",
+                {
+                    "metavar": "ID",
+                    "help": "backup id (default: the newest verified backup of the live cluster incarnation; "
+                    "a backup of an earlier incarnation must be named)",
+                },
+            ),
+            (
+                "--mode",
+                {
+                    "choices": ("in-place", "new-hosts"),
+                    "default": "in-place",
+                    "help": "restore on the existing hosts, or launch fresh ones (when the old hosts are gone)",
+                },
+            ),
+            (
+                "--to-revision",
+                {
+                    "metavar": "R",
+                    "type": int,
+                    "default": None,
+                    "help": "point in time: the newest verified backup at or before revision R, then its deltas up "
+                    "to R",
+                },
+            ),
+            (
+                "--to-time",
+                {
+                    "metavar": "T",
+                    "default": None,
+                    "help": "point in time: the newest revision the backups and deltas made by T (ISO 8601, with a "
+                    "zone) hold",
+                },
+            ),
+            ("--latest", {"action": "store_true", "help": "point in time: the newest revision the delta chain covers"}),
+            ("--reason", {"help": "why (goes into the approval message and notifications)"}),
+        ),
+    ),
+    (
+        "upgrade",
+        "upgrade etcd member by member, the leader last (rolls a failed member back)",
+        cmd_runbook_start_upgrade,
+        (
+            ("--version", {"required": True, "metavar": "V", "help": "the etcd version to run, e.g. 3.5.30"}),
+            _APPROVAL,
+            _REASON,
+        ),
+    ),
+    (
+        "maintain",
+        "compact, defragment by rule one member at a time (the leader last), recover from NOSPACE",
+        cmd_runbook_start_maintain,
+        (_APPROVAL, _REASON),
+    ),
+    (
+        "rotate-certs",
+        "renew every member's certificate from the cluster CA, one member at a time, no restart",
+        cmd_runbook_start_rotate,
+        (
+            _APPROVAL,
+            (
+                "--ca",
+                {
+                    "action": "store_true",
+                    "help": "rotate the cluster CA in three phases (rolling restarts; continues from the recorded "
+                    "phase)",
+                },
+            ),
+            _REASON,
+        ),
+    ),
+    (
+        "drill",
+        "restore drill: restore the newest verified backup into a scratch member, check it, tear it down",
+        cmd_runbook_start_drill,
+        (("--backup", {"metavar": "ID", "help": "backup id (default: the newest verified backup)"}),),
+    ),
+    (
+        "scale",
+        "grow or shrink the cluster to 3, 5 or 7 voting members, one member at a time",
+        cmd_runbook_start_scale,
+        (
+            ("--size", {"required": True, "type": int, "metavar": "N", "help": "voting members wanted: 3, 5 or 7"}),
+            _APPROVAL,
+            _REASON,
+        ),
+    ),
+)
+
+
 def register_start(actions: Any, common: argparse.ArgumentParser) -> None:
-    """``runbook start`` and one sub-command per runbook, each of which can follow what it started (--wait)."""
+    """``runbook start`` and one sub-command per runbook (:data:`RUNBOOK_KINDS`), each of which can follow
+    what it started (--wait)."""
     start = actions.add_parser("start", help="start a runbook by hand", parents=[common])
     kinds = start.add_subparsers(dest="runbook_kind", metavar="RUNBOOK", required=True)
-    _add_replace_and_restore(kinds, common)
-    _add_upgrade_maintain_rotate(kinds, common)
-    _add_drill_and_scale(kinds, common)
-    for kind in kinds.choices.values():  # every `runbook start` can follow what it started
-        add_wait_option(kind)
-
-
-def _add_replace_and_restore(kinds: Any, common: argparse.ArgumentParser) -> None:
-    replace = kinds.add_parser("replace", help="replace a member (safety checks still apply)", parents=[common])
-    replace.add_argument("--member", required=True, help="member name or hex id")
-    replace.add_argument("--approval", action="store_true", help="wait for a human approval first")
-    replace.add_argument("--reason", help="why (goes into the notifications)")
-    replace.set_defaults(handler=cmd_runbook_start)
-    restore = kinds.add_parser(
-        "restore", help="restore the whole cluster from a backup (always waits for an approval)", parents=[common]
-    )
-    restore.add_argument(
-        "--backup",
-        metavar="ID",
-        help="backup id (default: the newest verified backup of the live cluster incarnation; "
-        "a backup of an earlier incarnation must be named)",
-    )
-    restore.add_argument(
-        "--mode",
-        choices=("in-place", "new-hosts"),
-        default="in-place",
-        help="restore on the existing hosts, or launch fresh ones (when the old hosts are gone)",
-    )
-    restore.add_argument(
-        "--to-revision", metavar="R", type=int, default=None,
-        help="point in time: the newest verified backup at or before revision R, then its deltas up to R",
-    )  # fmt: skip
-    restore.add_argument(
-        "--to-time", metavar="T", default=None,
-        help="point in time: the newest revision the backups and deltas made by T (ISO 8601, with a zone) hold",
-    )  # fmt: skip
-    restore.add_argument(
-        "--latest", action="store_true", help="point in time: the newest revision the delta chain covers"
-    )
-    restore.add_argument("--reason", help="why (goes into the approval message and notifications)")
-    restore.set_defaults(handler=cmd_runbook_start_restore)
-
-
-def _add_upgrade_maintain_rotate(kinds: Any, common: argparse.ArgumentParser) -> None:
-    upgrade = kinds.add_parser(
-        "upgrade", help="upgrade etcd member by member, the leader last (rolls a failed member back)", parents=[common]
-    )
-    upgrade.add_argument("--version", required=True, metavar="V", help="the etcd version to run, e.g. 3.5.30")
-    upgrade.add_argument("--approval", action="store_true", help="wait for a human approval first")
-    upgrade.add_argument("--reason", help="why (goes into the notifications)")
-    upgrade.set_defaults(handler=cmd_runbook_start_upgrade)
-    maintain = kinds.add_parser(
-        "maintain",
-        help="compact, defragment by rule one member at a time (the leader last), recover from NOSPACE",
-        parents=[common],
-    )
-    maintain.add_argument("--approval", action="store_true", help="wait for a human approval first")
-    maintain.add_argument("--reason", help="why (goes into the notifications)")
-    maintain.set_defaults(handler=cmd_runbook_start_maintain)
-    rotate = kinds.add_parser(
-        "rotate-certs",
-        help="renew every member's certificate from the cluster CA, one member at a time, no restart",
-        parents=[common],
-    )
-    rotate.add_argument("--approval", action="store_true", help="wait for a human approval first")
-    rotate.add_argument(
-        "--ca",
-        action="store_true",
-        help="rotate the cluster CA in three phases (rolling restarts; continues from the recorded phase)",
-    )
-    rotate.add_argument("--reason", help="why (goes into the notifications)")
-    rotate.set_defaults(handler=cmd_runbook_start_rotate)
-
-
-def _add_drill_and_scale(kinds: Any, common: argparse.ArgumentParser) -> None:
-    drill = kinds.add_parser(
-        "drill",
-        help="restore drill: restore the newest verified backup into a scratch member, check it, tear it down",
-        parents=[common],
-    )
-    drill.add_argument("--backup", metavar="ID", help="backup id (default: the newest verified backup)")
-    drill.set_defaults(handler=cmd_runbook_start_drill)
-    scale = kinds.add_parser(
-        "scale",
-        help="grow or shrink the cluster to 3, 5 or 7 voting members, one member at a time",
-        parents=[common],
-    )
-    scale.add_argument("--size", required=True, type=int, metavar="N", help="voting members wanted: 3, 5 or 7")
-    scale.add_argument("--approval", action="store_true", help="wait for a human approval first")
-    scale.add_argument("--reason", help="why (goes into the notifications)")
-    scale.set_defaults(handler=cmd_runbook_start_scale)
+    for name, help_text, handler, options in RUNBOOK_KINDS:
+        kind = kinds.add_parser(name, help=help_text, parents=[common])
+        for flag, settings in options:
+            kind.add_argument(flag, **settings)
+        kind.set_defaults(handler=handler)
+        add_wait_option(kind)  # every `runbook start` can follow what it started
