@@ -189,17 +189,7 @@ def delta_backup_job(
     metrics.add_metric("DeltaChainBroken", COUNT, 1 if result.broken else 0)
     metrics.add_metric("DeltaBytes", BYTES, result.delta.size_stored if result.delta else 0)
     metrics.add_metric("NewestDeltaAge", SECONDS, 0)
-    delta, backup = result.delta, result.backup
-    return {
-        "action": result.action,
-        "reason": result.reason,
-        "broken": result.broken,
-        "delta_id": delta.id if delta else None,
-        "first_revision": delta.first_revision if delta else None,
-        "last_revision": delta.last_revision if delta else None,
-        "events": delta.events if delta else 0,
-        "backup_id": backup.id if backup else None,
-    }
+    return result.summary()
 
 
 def _stale_delta_age(chains: DynamoDeltaChainStore, cluster: str, metrics: MetricsSink) -> None:

@@ -62,20 +62,7 @@ def cmd_backup_delta(args: argparse.Namespace) -> int:
         health = probe_cluster(client, deadline=config.health.probe_deadline_seconds)
         asked = NEW_CHAIN_ASKED if args.new_chain else None
         result = run_delta_backup(config, client, health, store, keyring, chains, new_chain=asked, log=say)
-    delta, backup = result.delta, result.backup
-    data = {
-        "action": result.action,
-        "reason": result.reason,
-        "broken": result.broken,
-        "delta_id": delta.id if delta else None,
-        "first_revision": delta.first_revision if delta else None,
-        "last_revision": delta.last_revision if delta else None,
-        "events": delta.events if delta else 0,
-        "size_stored": delta.size_stored if delta else 0,
-        "backup_id": backup.id if backup else None,
-        "warnings": result.warnings,
-    }
-    emit(args, data, lambda: _text(result))
+    emit(args, result.summary(), lambda: _text(result))
     return 0
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from etcdops.adapters.backup.crypto import KeyProvider
 from etcdops.adapters.backup.store import BackupStore
@@ -44,6 +44,22 @@ class DeltaRunResult:
     broken: str | None = None
     head: ChainHead | None = None
     warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """What the run did, as a document (the CLI's --json, the DeltaBackup function's result)."""
+        delta, backup = self.delta, self.backup
+        return {
+            "action": self.action,
+            "reason": self.reason,
+            "broken": self.broken,
+            "delta_id": delta.id if delta else None,
+            "first_revision": delta.first_revision if delta else None,
+            "last_revision": delta.last_revision if delta else None,
+            "events": delta.events if delta else 0,
+            "size_stored": delta.size_stored if delta else 0,
+            "backup_id": backup.id if backup else None,
+            "warnings": self.warnings,
+        }
 
 
 def _base_revision(backup: Manifest) -> int:
