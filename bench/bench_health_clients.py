@@ -32,6 +32,9 @@ from etcdops.adapters.state_dynamodb import table_definition
 from etcdops_local.cluster import EtcdBinaries, LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the configuration set up as the e2e tests of the handler set it up
+from builders import operator_config  # noqa: E402
+
 REGION = "us-east-1"
 
 
@@ -48,14 +51,7 @@ def prepare(cluster: LocalCluster) -> None:
     ssm, secrets, sns, dynamodb = (
         boto3.client(n, region_name=REGION) for n in ("ssm", "secretsmanager", "sns", "dynamodb")
     )
-    tls = cluster.tls
-    arns = {
-        field: secrets.create_secret(Name=f"etcdops/bench/{field}", SecretString=path.read_text())["ARN"]
-        for field, path in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key))
-        if path
-    }
-    document = {"name": "bench", "endpoints": cluster.config().endpoints, "tls": arns}
-    ssm.put_parameter(Name="/etcdops/bench/config", Type="SecureString", Value=json.dumps(document))
+    operator_config(ssm, secrets, cluster, "bench", "/etcdops/bench/config")
     dynamodb.create_table(**table_definition("etcdops-state"))
     os.environ.update(
         CLUSTER_CONFIG_PARAMETER="/etcdops/bench/config",

@@ -115,6 +115,23 @@ def host_instance_profile(iam: Any, profile: str, role: str | None = None) -> st
     return profile
 
 
+def operator_config(
+    ssm: Any, secrets: Any, cluster: LocalCluster, name: str, parameter: str, *, secrets_at: str = "", **more: Any
+) -> dict[str, Any]:
+    """Cluster ``name``'s configuration as an operator deploys it: ``cluster``'s TLS files as secrets
+    ``<secrets_at>/ca|cert|key`` (by default ``etcdops/<name>``), the document that names them and the
+    cluster's endpoints (``more`` adds top-level keys) in the SecureString parameter ``parameter``."""
+    prefix, tls = secrets_at or f"etcdops/{name}", cluster.tls
+    arns = {
+        field: secrets.create_secret(Name=f"{prefix}/{field}", SecretString=path.read_text())["ARN"]
+        for field, path in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key))
+        if path
+    }
+    document = {"name": name, "endpoints": cluster.config().endpoints, "tls": arns, **more}
+    ssm.put_parameter(Name=parameter, Type="SecureString", Value=json.dumps(document))
+    return document
+
+
 def discard(cluster: LocalCluster) -> None:
     """End every member process of a test's cluster (and of its restore-drill scratch stack) with SIGKILL.
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
+from builders import operator_config
 from lambda_handlers import lambda_context, load_handler
 from moto import mock_aws
 
@@ -75,21 +76,8 @@ def emulated_aws(
         )
         s3.create_bucket(Bucket="backups")
         key_arn = kms.create_key()["KeyMetadata"]["Arn"]
-        tls = shared_cluster.tls
-        arns = {
-            field: secrets.create_secret(Name=f"etcdops/local/{field}", SecretString=path.read_text())["ARN"]
-            for field, path in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key))
-            if path
-        }
-        local = shared_cluster.config()
-        document = {
-            "name": "local",
-            "endpoints": local.endpoints,
-            "tls": arns,
-            "backup": {"destination": "s3://backups/etcd/local", "encryption_key": key_arn},
-            **more,
-        }
-        ssm.put_parameter(Name="/etcdops/local/config", Type="SecureString", Value=json.dumps(document))
+        backup = {"destination": "s3://backups/etcd/local", "encryption_key": key_arn}
+        operator_config(ssm, secrets, shared_cluster, "local", "/etcdops/local/config", backup=backup, **more)
         topic = sns.create_topic(Name="etcdops")["TopicArn"]
         queue = sqs.create_queue(QueueName="inbox")["QueueUrl"]
         queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]

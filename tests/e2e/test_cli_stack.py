@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import operator_config
 from stack_templates import TEMPLATE
 
 from etcdops.adapters import pki
@@ -32,21 +33,13 @@ def deployed(shared_cluster: LocalCluster) -> Iterator[tuple[LocalAws, LocalStac
     with LocalAws() as aws:
         stack = aws.build_stack(TEMPLATE, {"ClusterName": "prod"})
         # as an operator deploys it: TLS material in Secrets Manager, the configuration in SSM
-        secrets = aws.client("secretsmanager")
+        ssm, secrets = aws.client("ssm"), aws.client("secretsmanager")
         tls = shared_cluster.tls
-        assert tls.cert is not None and tls.key is not None
-        arns = {
-            field: secrets.create_secret(Name=f"etcdops/prod/client/{field}", SecretString=path.read_text())["ARN"]
-            for field, path in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key))
-        }
-        document = {
-            "name": "prod",
-            "endpoints": shared_cluster.config().endpoints,
-            "tls": arns,
-            "backup": {"destination": f"s3://{stack.bucket}/prod", "encryption_key": stack.key_arn},
-        }
+        assert tls.ca is not None and tls.cert is not None and tls.key is not None
         parameter = stack.parameters.get("ClusterConfigParameter", "/etcdops/cluster/config")
-        aws.client("ssm").put_parameter(Name=parameter, Value=json.dumps(document), Type="SecureString")
+        backup = {"destination": f"s3://{stack.bucket}/prod", "encryption_key": stack.key_arn}
+        client_secrets = "etcdops/prod/client"
+        operator_config(ssm, secrets, shared_cluster, "prod", parameter, secrets_at=client_secrets, backup=backup)
         yield aws, stack
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
+from builders import operator_config
 from lambda_handlers import lambda_context, load_handler
 from moto import mock_aws
 
@@ -43,14 +44,7 @@ def aws(shared_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterat
             boto3.client(n, region_name=REGION)
             for n in ("ssm", "secretsmanager", "sns", "sqs", "dynamodb", "stepfunctions")
         )
-        tls = shared_cluster.tls
-        arns = {
-            field: secrets.create_secret(Name=f"etcdops/local/{field}", SecretString=path.read_text())["ARN"]
-            for field, path in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key))
-            if path
-        }
-        document = {"name": "local", "endpoints": shared_cluster.config().endpoints, "tls": arns}
-        ssm.put_parameter(Name="/etcdops/local/config", Type="SecureString", Value=json.dumps(document))
+        operator_config(ssm, secrets, shared_cluster, "local", "/etcdops/local/config")
         dynamodb.create_table(**table_definition("etcdops-state"))
         dynamodb.update_time_to_live(
             TableName="etcdops-state", TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE}
