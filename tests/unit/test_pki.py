@@ -51,25 +51,34 @@ def mode_of(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def sign_by_hand(ca: pki.KeyPair, *, not_before: datetime, not_after: datetime, ca_flag: bool = False) -> pki.KeyPair:
-    """A leaf with arbitrary dates, which issue_certificate would never make."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    ca_key = ca.private_key
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+def sign_by_hand(
+    ca: pki.KeyPair | None,
+    *,
+    not_before: datetime,
+    not_after: datetime,
+    ca_flag: bool = False,
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
+    name: str = "by hand",
+    key_format: serialization.PrivateFormat = serialization.PrivateFormat.PKCS8,
+) -> pki.KeyPair:
+    """A certificate with arbitrary dates or key, which issue_certificate and create_ca would never make:
+    issued by ``ca`` (None: self-signed), for ``key`` (by default a new P-256 key)."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    signer = key if ca is None else ca.private_key
+    assert isinstance(signer, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "by hand")]))
-        .issuer_name(ca.certificate.subject)
+        .subject_name(subject)
+        .issuer_name(subject if ca is None else ca.certificate.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=ca_flag, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
+        .sign(signer, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, key_format, serialization.NoEncryption())
     return pki.KeyPair(cert.public_bytes(serialization.Encoding.PEM), key_pem)
 
 
@@ -215,27 +224,18 @@ def test_rfc5280_verifier_accepts_client_only_as_client(ca: pki.KeyPair) -> None
         server_verifier.verify(client.certificate, [])
 
 
-def test_an_rsa_ca_can_issue(tmp_path: Path) -> None:
+def test_an_rsa_ca_can_issue() -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "legacy RSA CA")])
     now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=100))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+    rsa_ca = sign_by_hand(
+        None,
+        key=key,
+        name="legacy RSA CA",
+        ca_flag=True,
+        not_before=now - timedelta(days=1),
+        not_after=now + timedelta(days=100),
+        key_format=serialization.PrivateFormat.TraditionalOpenSSL,
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    rsa_ca = pki.KeyPair(cert.public_bytes(serialization.Encoding.PEM), key_pem)
     leaf = pki.issue_certificate(rsa_ca, "m", kind="server", dns_names=["localhost"])
     pki.verify_chain(rsa_ca, leaf)
     aki = extension(leaf.certificate, x509.AuthorityKeyIdentifier).value
