@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 import traceback
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -230,6 +231,54 @@ def test_an_emulator_fault_in_a_task_is_states_runtime_with_its_traceback_logged
     [record] = [r for r in caplog.records if "failed in the emulator" in r.getMessage()]
     assert "'Call the function'" in record.getMessage() and record.exc_info is not None
     assert "in fault" in "".join(traceback.format_exception(*record.exc_info))  # where it was raised
+
+
+def test_invocations_and_executions_at_once_meet_no_emulator_fault(
+    aws: LocalAws, test_stack: LocalStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given 8 threads that each invoke the function and start executions at once (as the timer, several
+    # executions' tasks and the harness do), while another thread walks the process environment as botocore
+    # does for every client it makes (an invocation that wrote its variables there failed such walks)
+    function, machine = test_stack.functions["TestFunction"], test_stack.state_machines["TestMachine"]
+    threads, rounds = 8, 3
+    start, done = threading.Barrier(threads + 1), threading.Event()
+    faults: list[str] = []
+    answers: list[tuple[str | None, Any]] = []
+    started: list[str] = []
+
+    def worker(i: int) -> None:
+        lam, sfn = aws.client("lambda"), aws.client("stepfunctions")
+        start.wait()
+        for r in range(rounds):
+            started.append(start_execution(sfn, machine, {"mode": "ok"}, name=f"at-once-{i}-{r}"))
+            response = lam.invoke(FunctionName=function, Payload=json.dumps({"mode": "ok"}))
+            answers.append((response.get("FunctionError"), json.loads(response["Payload"].read())))
+
+    def walker() -> None:
+        start.wait()
+        while not done.is_set():
+            try:
+                urllib.request.getproxies()
+                dict(os.environ)
+            except Exception as exc:  # what a walk met, said by the assertion below
+                faults.append(f"{type(exc).__name__}: {exc}")
+
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    walking = threading.Thread(target=walker)
+    for thread in [*workers, walking]:
+        thread.start()
+    for thread in workers:
+        thread.join(timeout=600)
+    ended = [wait_for_execution(aws.client("stepfunctions"), arn, timeout=600) for arn in started]
+    done.set()
+    walking.join(timeout=60)
+
+    # Then every invocation and execution succeeded, and nothing failed inside the emulator or beside it
+    assert len(answers) == len(ended) == threads * rounds
+    assert all(error is None and payload["env"]["ATTEMPTS_DIR"] for error, payload in answers), answers
+    assert [e["status"] for e in ended] == ["SUCCEEDED"] * len(ended), [e.get("cause") for e in ended]
+    assert faults == [] and "ATTEMPTS_DIR" not in os.environ
+    assert [r.getMessage() for r in caplog.records if "failed in the emulator" in r.getMessage()] == []
 
 
 def test_stopping_the_local_aws_aborts_running_executions(aws: LocalAws, test_stack: LocalStack) -> None:

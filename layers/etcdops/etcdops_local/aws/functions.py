@@ -1,8 +1,9 @@
 """In-process Lambda: a stack function's handler loaded from the working tree and run as Lambda runs it.
 
 Each invocation gets a sandbox (a warm loaded copy of the handler module, or a cold new one) that
-acts with the function's role and has its own /tmp (a tmpfs of the function's EphemeralStorage where
-the process may mount one), with the function's environment applied for the length of the call.
+acts with the function's role, sees the function's environment variables (``os.environ`` in the
+sandbox's threads: :mod:`etcdops_local.aws.sandbox`) and has its own /tmp (a tmpfs of the function's
+EphemeralStorage where the process may mount one).
 """
 
 from __future__ import annotations
@@ -93,9 +94,11 @@ class LocalFunction:
         return directory
 
     @contextmanager
-    def sandbox(self, credentials: localsandbox.Credentials | None = None) -> Iterator[ModuleType]:
+    def sandbox(
+        self, credentials: localsandbox.Credentials | None = None, environment: Mapping[str, str] | None = None
+    ) -> Iterator[ModuleType]:
         """A loaded copy of the handler module, with its own /tmp, that no other invocation is using (a
-        warm sandbox, or a new one), bound to this thread with ``credentials`` for the block."""
+        warm sandbox, or a new one), bound to this thread with ``credentials`` and ``environment`` for the block."""
         with self._lock:
             idle = self._idle.pop() if self._idle else None
             if idle is None:
@@ -103,7 +106,8 @@ class LocalFunction:
                 index = self._created
         tmp = idle[1] if idle is not None else self._new_tmp(index)
         try:
-            with localsandbox.bound(localsandbox.Sandbox(self.function_name, credentials, tmp)):
+            bound = localsandbox.Sandbox(self.function_name, credentials, tmp, dict(environment or {}))
+            with localsandbox.bound(bound):
                 if idle is None:
                     idle = (self._new_sandbox(index), tmp)  # a cold start: the init code runs in the sandbox too
                 yield idle[0]
@@ -139,50 +143,6 @@ class LambdaContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
-class _Environment:
-    """Applies functions' environment variables to ``os.environ`` for the length of an invocation.
-
-    Invocations run in threads of one process, so variables are shared: a variable set by one
-    running invocation is reference-counted, and an invocation that needs a different value for it
-    waits until the others are done (in practice every function has the same Globals).
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._active: dict[str, tuple[str, int, str | None]] = {}  # name -> (value, users, saved)
-
-    def _conflicts(self, variables: Mapping[str, str]) -> bool:
-        return any(k in self._active and self._active[k][0] != v for k, v in variables.items())
-
-    @contextmanager
-    def applied(self, variables: Mapping[str, str]) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._conflicts(variables))
-            for name, value in variables.items():
-                if name in self._active:
-                    current, users, saved = self._active[name]
-                    self._active[name] = (current, users + 1, saved)
-                else:
-                    self._active[name] = (value, 1, os.environ.get(name))
-                    os.environ[name] = value
-        try:
-            yield
-        finally:
-            with self._cond:
-                for name in variables:
-                    value, users, saved = self._active[name]
-                    if users > 1:
-                        self._active[name] = (value, users - 1, saved)
-                        continue
-                    del self._active[name]
-                    if saved is None:
-                        os.environ.pop(name, None)
-                    else:
-                        os.environ[name] = saved
-                self._cond.notify_all()
-
-
-_ENVIRONMENT = _Environment()
 _REGISTRY: dict[tuple[str, str], LocalFunction] = {}  # (region, function name) -> function
 _REGISTRY_LOCK = threading.Lock()
 
@@ -208,18 +168,18 @@ def run_handler(function: LocalFunction, moto_function: Any, event: Any) -> tupl
     """Run the handler as Lambda would, in a sandbox acting with the function's role and its own /tmp:
     (result, False), or (Lambda's error document, True)."""
     request_id = str(uuid.uuid4())
-    with _ENVIRONMENT.applied(_function_environment(function, moto_function)):
-        try:
-            with function.sandbox(_role_credentials(moto_function, function)) as module:
-                _, attribute = function.handler_file()
-                handler = getattr(module, attribute, None)
-                if not callable(handler):
-                    raise ConfigError(f"{function.logical_id}.Handler: {function.handler} is not a function")
-                result = handler(event, LambdaContext(function, request_id))
-            json.dumps(result)
-        except Exception as exc:  # the invocation fails, as in Lambda; the caller sees the error
-            log.info("%s failed: %s: %s", function.function_name, type(exc).__name__, exc)
-            return _error_document(exc, request_id), True
+    try:
+        environment = _function_environment(function, moto_function)
+        with function.sandbox(_role_credentials(moto_function, function), environment) as module:
+            _, attribute = function.handler_file()
+            handler = getattr(module, attribute, None)
+            if not callable(handler):
+                raise ConfigError(f"{function.logical_id}.Handler: {function.handler} is not a function")
+            result = handler(event, LambdaContext(function, request_id))
+        json.dumps(result)
+    except Exception as exc:  # the invocation fails, as in Lambda; the caller sees the error
+        log.info("%s failed: %s: %s", function.function_name, type(exc).__name__, exc)
+        return _error_document(exc, request_id), True
     return result, False
 
 

@@ -1,12 +1,18 @@
 """What a Lambda sandbox gives the code in it, for handlers that run as threads of one process.
 
-In Lambda each function runs in its own sandbox: its role's credentials in its environment, its own
-``/tmp`` of the configured ephemeral storage size. The local stack runs every handler in threads of
-one process, so both are kept per thread here instead of in process-wide state:
+In Lambda each function runs in its own sandbox: its role's credentials and its variables in its
+environment, its own ``/tmp`` of the configured ephemeral storage size. The local stack runs every
+handler in threads of one process, so all three are kept per thread here instead of in process-wide state:
 
 * :class:`Sandbox` is bound to the invoking thread for the length of an invocation (:func:`bound`),
   and every thread that thread starts inherits it (the handler's worker pools and readers), so the
   code a handler runs, wherever it runs, acts as the function.
+* ``os.environ`` read in a sandbox shows the function's variables over the process's; other threads
+  see the process's own. Nothing is written to the process environment per invocation: invocations
+  run beside other threads (the Step Functions interpreter's, the timer's, other invocations'), and
+  stdlib code that walks ``os.environ`` (``urllib.request.getproxies``, which botocore calls for every
+  client it makes) fails with ``KeyError`` when another thread removes a variable mid-walk. A
+  handler's own write to ``os.environ`` goes to the process environment (none of ours writes).
 * boto3 sessions created without explicit keys get the bound sandbox's credentials: a credential
   provider that botocore asks first (:func:`install`). Outside a sandbox the ordinary chain applies.
 * ``tempfile`` (``gettempdir``, ``mkstemp``, ``TemporaryDirectory``...) answers with the bound
@@ -23,8 +29,8 @@ import os
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,7 @@ class Sandbox:
     function: str  # the function's name
     credentials: Credentials | None
     tmp_dir: Path | None
+    environment: Mapping[str, str] = field(default_factory=dict)  # the function's variables
 
 
 _LOCAL = threading.local()
@@ -72,7 +79,7 @@ def bound(sandbox: Sandbox) -> Iterator[Sandbox]:
         _LOCAL.sandbox = outer
 
 
-# ---- installation: threads inherit, botocore asks us first, tempfile answers per sandbox ------------
+# ---- installation: threads inherit, botocore asks us first, tempfile and os.environ answer per sandbox ---
 
 
 _installed: list[Callable[[], None]] = []
@@ -84,7 +91,7 @@ def install() -> Callable[[], None]:
     with _install_lock:
         if _installed:
             return lambda: None
-        _installed.extend([_patch_threads(), _patch_botocore(), _patch_tempfile()])
+        _installed.extend([_patch_threads(), _patch_botocore(), _patch_tempfile(), _patch_environ()])
 
     def undo() -> None:
         with _install_lock:
@@ -154,6 +161,39 @@ def _patch_tempfile() -> Callable[[], None]:
 
     tempfile._gettempdir = gettempdir  # type: ignore[attr-defined]
     return lambda: setattr(tempfile, "_gettempdir", original)
+
+
+def _patch_environ() -> Callable[[], None]:
+    environ = os.environ
+    original = type(environ)
+
+    class SandboxEnviron(original):  # type: ignore[valid-type,misc]
+        """``os.environ``: in a sandbox its function's variables over the process's (``get``, ``in``,
+        ``items``, ``copy`` and ``**`` all go through these three)."""
+
+        def __getitem__(self, key: str) -> str:
+            sandbox = current()
+            if sandbox is not None and key in sandbox.environment:
+                return sandbox.environment[key]
+            value: str = super().__getitem__(key)
+            return value
+
+        def __iter__(self) -> Iterator[str]:
+            keys = list(super().__iter__())
+            sandbox = current()
+            if sandbox is not None:
+                own = set(keys)
+                keys.extend(k for k in sandbox.environment if k not in own)
+            return iter(keys)
+
+        def __len__(self) -> int:
+            return sum(1 for _ in self)
+
+        def copy(self) -> dict[str, str]:
+            return dict(self)
+
+    environ.__class__ = SandboxEnviron
+    return lambda: setattr(environ, "__class__", original)
 
 
 # ---- a sized /tmp ------------------------------------------------------------------------------------
