@@ -13,7 +13,7 @@ import pytest
 from samtranslator.yaml_helper import yaml_parse
 
 from etcdops.adapters.compute.bootstrap import _FETCH_CERTS, BootstrapSettings, user_data
-from etcdops.domain.compute.base import ACTIONS, DOCUMENTS, DocumentSpec
+from etcdops.domain.compute.base import ACTIONS, DOCUMENTS, ActionResult, DocumentSpec, HostActionResult
 from etcdops.domain.compute.errors import ActionParameterError, ComputeConfigError, HostCommandFailedError
 from etcdops_local.cluster import LocalCluster
 from etcdops_local.compute import LocalComputeProvider
@@ -178,12 +178,29 @@ def test_local_hooks_fail_by_name(tmp_path: Path) -> None:
     failing = LocalComputeProvider(
         LocalCluster(tmp_path), hooks={"restart-control-plane": [sys.executable, "-c", "raise SystemExit('no')"]}
     )
-    with pytest.raises(HostCommandFailedError, match="no") as failed:
+    with pytest.raises(HostCommandFailedError) as failed:
         failing.run_action("restart-control-plane")
+    assert str(failed.value) == "restart-control-plane failed on localhost: no"  # the host, its last line
     assert failed.value.result is not None and failed.value.result.hosts[0].status == "Failed"
 
     with pytest.raises(ComputeConfigError, match="restore-data-dir"):
         LocalComputeProvider(LocalCluster(tmp_path), hooks={"restore-data-dir": ["true"]})
+
+
+def test_an_action_result_names_the_hosts_that_failed_and_the_last_line_each_wrote() -> None:
+    result = ActionResult(
+        "stop-etcd",
+        "c-1",
+        (
+            HostActionResult("i-1", "m1", "Success", "stopped\n"),
+            HostActionResult("i-2", "m2", "Failed", "stopping\nunit etcd.service not loaded\n\n"),
+            HostActionResult("i-3", "m3", "TimedOut"),
+        ),
+    )
+
+    assert not result.ok and [h.host_id for h in result.failed] == ["i-2", "i-3"]
+    assert [h.last_line("none") for h in result.failed] == ["unit etcd.service not loaded", "none"]
+    assert ActionResult("stop-etcd", None, result.hosts[:1]).ok
 
 
 def test_template_defines_exactly_the_documented_ssm_documents() -> None:

@@ -596,10 +596,12 @@ def test_a_failed_command_raises_with_every_hosts_result(aws: Aws) -> None:
     clock = FakeClock()
     compute, host = _scripted(aws, ScriptedSsm(["Pending", "InProgress", "Failed"]), clock)
 
-    with pytest.raises(HostCommandFailedError, match=r"etcd\.service failed") as failed:
+    with pytest.raises(HostCommandFailedError) as failed:
         compute.stop_etcd(host)
 
     assert failed.value.result is not None and failed.value.result.hosts[0].status == "Failed"
+    command = failed.value.result.command_id
+    assert str(failed.value) == f"{STACK}-StopEtcd (command {command}) failed: m4 Failed: etcd.service failed"
     assert clock.now == 10.0  # polled three times, slept twice
 
 
