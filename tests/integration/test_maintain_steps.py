@@ -141,6 +141,13 @@ def test_fragmented_cluster_defragmented_with_a_writer_leader_last(start_cluster
             client.put(f"/bulk/{i}", b"b" * 8192)
         client.delete("/bulk/", prefix=True)
         client.compact(client.status().revision)
+        # etcd counts the pages compaction freed only once later backend commits have released them: write
+        # until every member reports its file mostly free (how soon is the machine's speed, not the runbook's)
+        give_up, urls = time.monotonic() + 60, [m.client_url for m in cluster.state().members]  # a hang guard only
+        while not all(s.db_size_in_use < 0.5 * s.db_size for s in map(client.status, urls)):
+            assert time.monotonic() < give_up, "the members never reported the compacted pages free"
+            client.put("/settle", "x")
+            time.sleep(0.05)
         leader = probe_cluster(client).leader
     ctx = maintenance_context(
         cluster, defrag_min_db_bytes=1024 * 1024, retention_revisions=100, pause_between_members_seconds=0
