@@ -161,6 +161,21 @@ def test_role_credentials_go_only_to_whom_the_roles_trust_policy_trusts(aws: Loc
     ]
 
 
+def test_a_role_without_a_readable_trust_policy_is_not_created(aws: LocalAws) -> None:
+    iam = aws.client("iam")
+    no_principal = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole"}]}
+    for document, says in (("{}", "needs a Statement"), (json.dumps({"Statement": []}), "needs a Statement"),
+                           (json.dumps(no_principal), "exactly one of Principal and NotPrincipal")):  # fmt: skip
+        with pytest.raises(ClientError) as refused:
+            iam.create_role(RoleName="etcdops-host", AssumeRolePolicyDocument=document)
+        assert refused.value.response["Error"]["Code"] == "MalformedPolicyDocument"
+        assert says in refused.value.response["Error"]["Message"]
+    assert iam.list_roles()["Roles"] == []
+    # an operator AWS knows though the local evaluator does not: stored (an assume would then be refused)
+    dated = trust_policy({"Service": "ec2.amazonaws.com"}, DateLessThan={"aws:CurrentTime": "2030-01-01T00:00:00Z"})
+    assert iam.create_role(RoleName="etcdops-host", AssumeRolePolicyDocument=dated)["Role"]["RoleName"]
+
+
 def test_a_function_whose_role_does_not_trust_lambda_fails_the_stack_as_in_aws(aws: LocalAws, tmp_path: Path) -> None:
     template = tmp_path / "template.yaml"
     template.write_text(json.dumps({  # JSON is YAML; one function, its role trusting EC2 instead of Lambda

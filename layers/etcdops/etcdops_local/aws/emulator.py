@@ -23,7 +23,7 @@ from etcdops_local.aws import sandbox as localsandbox
 from etcdops_local.aws.errors import LocalAwsError
 from etcdops_local.aws.executions import wait_for_execution
 from etcdops_local.aws.functions import _REGISTRY, _REGISTRY_LOCK
-from etcdops_local.aws.iamtrust import LAMBDA, STATES
+from etcdops_local.aws.iamtrust import LAMBDA, STATES, install_create_role_check
 from etcdops_local.aws.invoke import _patched_invoke, invoke_local
 from etcdops_local.aws.stack_record import ACCOUNT_ID, DEFAULT_REGION, DEFAULT_STACK_NAME, STATE_FILE, LocalStack
 from etcdops_local.aws.templates import DUMMY_CREDENTIALS
@@ -166,6 +166,7 @@ class LocalAws:
             register_local_provider()  # RunbookStep opens compute.provider: local through the factory
 
             self._undo.append(patch_compute())  # launches and host commands refused where AWS refuses them
+            self._undo.append(install_create_role_check())  # a role's trust policy as AWS reads it
             original_invoke = LambdaFunction.invoke
             LambdaFunction.invoke = _patched_invoke(original_invoke)  # type: ignore[method-assign]
             self._undo.append(lambda: setattr(LambdaFunction, "invoke", original_invoke))

@@ -18,7 +18,7 @@ service's name). Conditions are the identity evaluator's (:func:`etcdops_local.a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,8 +77,11 @@ class _Statement:
     label: str
 
 
-def read_trust_policy(name: str, document: Mapping[str, Any] | str) -> tuple[_Statement, ...]:
-    """The statements of a trust policy; a malformed one raises :class:`PolicyError` naming the place."""
+def read_trust_policy(
+    name: str, document: Mapping[str, Any] | str, *, evaluable: bool = True
+) -> tuple[_Statement, ...]:
+    """The statements of a trust policy; a malformed one raises :class:`PolicyError` naming the place, as
+    does (with ``evaluable``) a condition operator this evaluator does not know."""
     if isinstance(document, str):
         try:
             document = json.loads(document)
@@ -89,10 +92,10 @@ def read_trust_policy(name: str, document: Mapping[str, Any] | str) -> tuple[_St
         raw = [raw]
     if not isinstance(raw, list) or not raw:
         raise PolicyError(f"{name}: a trust policy needs a Statement (a non-empty list or an object)")
-    return tuple(_statement(item, f"{name}[{index}]") for index, item in enumerate(raw))
+    return tuple(_statement(item, f"{name}[{index}]", evaluable) for index, item in enumerate(raw))
 
 
-def _statement(item: Any, where: str) -> _Statement:
+def _statement(item: Any, where: str, evaluable: bool) -> _Statement:
     if not isinstance(item, dict):
         raise PolicyError(f"{where}: a statement must be an object")
     if item.get("Effect") not in ("Allow", "Deny"):
@@ -107,7 +110,8 @@ def _statement(item: Any, where: str) -> _Statement:
     for operator, block in (item.get("Condition") or {}).items():
         if not isinstance(block, dict):
             raise PolicyError(f"{where}: Condition {operator} must map keys to values")
-        _operator(operator, where)  # an unknown operator is refused when the policy is read
+        if evaluable:  # an operator the evaluator does not know is refused when the policy is read
+            _operator(operator, where)
         for key, values in block.items():
             conditions.append((operator, key.lower(), _strings(values, f"{where} {operator} {key}")))
     sid = item.get("Sid")
@@ -194,3 +198,22 @@ def assume_role_context(assumer: Assumer, params: Mapping[str, Any]) -> dict[str
 def refusal(service: str) -> str:
     """What ``service`` says when a role's trust policy does not let it assume the role."""
     return _SERVICE_REFUSALS.get(service, f"AccessDenied: {service} may not assume the role.")
+
+
+def install_create_role_check() -> Callable[[], None]:
+    """CreateRole refuses a trust policy AWS refuses (``MalformedPolicyDocument``: no statement, no
+    principal, a Resource...), which moto would store as given. Returns the undo."""
+    from moto.iam.exceptions import MalformedPolicyDocument
+    from moto.iam.models import IAMBackend
+
+    original = IAMBackend.create_role
+
+    def create_role(self: Any, role_name: str, assume_role_policy_document: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            read_trust_policy(role_name, assume_role_policy_document, evaluable=False)  # AWS knows more operators
+        except PolicyError as exc:
+            raise MalformedPolicyDocument(str(exc)) from exc
+        return original(self, role_name, assume_role_policy_document, *args, **kwargs)
+
+    IAMBackend.create_role = create_role  # type: ignore[method-assign]
+    return lambda: setattr(IAMBackend, "create_role", original)
