@@ -138,6 +138,21 @@ def test_local_up_is_idempotent_and_status_reports_failures(
         assert asked["action"] in ("new-chain", "lost-race") and asked["broken"] is None and asked["backup_id"], asked
         assert asked["action"] == "lost-race" or "asked for by hand" in asked["reason"]
 
+        # a registered cluster of the local fleet: `--cluster c1` runs its delta, on its chain in its own store
+        run(cwd, "local", "up", "--clusters", "1", env=env)
+        ran = as_json(run(cwd, "backup", "run", "--kind", "delta", "--cluster", "c1", "--json"))
+        assert ran["action"] in ("new-chain", "delta", "none", "lost-race") and ran["broken"] is None, ran
+        with LocalCluster(cwd / ".etcdops" / "clusters" / "c1").client() as client:
+            in_c1 = client.put("/c1-by-hand", "1")
+        ran = as_json(run(cwd, "backup", "run", "--kind", "delta", "--cluster", "c1", "--json"))
+        assert ran["action"] in ("delta", "none", "lost-race") and ran["broken"] is None, ran
+        c1 = as_json(run(cwd, "backup", "list", "--cluster", "c1", "--json"))
+        (c1_chain,) = c1["chains"]
+        assert c1_chain["cluster_id"] == c1["cluster_id"] != listed["cluster_id"] and not c1_chain["problems"]
+        assert c1_chain["to_revision"] >= in_c1
+        # the stack's own cluster: its chain alone in its store, none of c1's
+        assert [c["chain"] for c in as_json(run(cwd, "backup", "list", "--json"))["chains"]] == [chain["chain"]]
+
     status = as_json(run(cwd, "status", "--json"))
     assert status["has_quorum"] and status["leader"]
     assert {"cluster_id", "leader", "has_quorum", "members", "alarms"} <= status.keys()

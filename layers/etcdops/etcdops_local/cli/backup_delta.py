@@ -12,14 +12,15 @@ from typing import Any
 
 from etcdops.domain.errors import ConfigError
 from etcdops_local.cli.main import emit, human_bytes
-from etcdops_local.cli.options import resolve_config, state_dir
+from etcdops_local.cli.options import resolve_config, stack_state_dir
 
 #: The reason a new chain asked for by hand gives (``backup run --kind delta --new-chain``).
 NEW_CHAIN_ASKED = "asked for by hand (backup run --kind delta --new-chain); the chain before it ends where it is"
 
 
 def chain_store(args: argparse.Namespace) -> Any:
-    """The delta chain heads of the state table this command works on (a one-line ConfigError without one)."""
+    """The delta chain heads of the state table this command works on (a one-line ConfigError without one):
+    with ``--cluster NAME`` on the local fleet, still the local stack's table (the heads are keyed by cluster)."""
     import boto3
 
     from etcdops.adapters.state_delta import DynamoDeltaChainStore
@@ -30,7 +31,7 @@ def chain_store(args: argparse.Namespace) -> Any:
     if deployed is not None:
         table = DynamoStateStore(deployed.output("table"), deployed.session.client("dynamodb"))
         return DynamoDeltaChainStore(table)
-    local = state_dir(args)
+    local = stack_state_dir(args)  # the stack's own directory: a fleet cluster's (clusters/NAME) has no aws.json
     if (local / "aws.json").exists():
         from etcdops_local.aws.stack import load_local_stack, local_boto3_session
 
