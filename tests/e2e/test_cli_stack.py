@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from builders import operator_config
 from stack_templates import TEMPLATE
 
@@ -174,6 +175,40 @@ def test_a_stack_that_does_not_exist_is_one_line(
     code, _, err = run(capsys, "--stack-name", "nope", "runbook", "list")
 
     assert code == 1 and err == "etcdops: NotFoundError: --stack-name: no stack nope in us-east-1\n"
+
+
+def test_cluster_add_refuses_a_tls_secret_the_functions_could_not_read_and_takes_it_once_tagged(
+    deployed: tuple[LocalAws, LocalStack], elsewhere: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the operator registers with their own credentials; the tag decides what the functions' roles may read
+    aws, stack = deployed
+    secrets, ssm = aws.client("secretsmanager"), aws.client("ssm")
+    arn = secrets.create_secret(Name="etcdops/c2/client/ca", SecretString="pem")["ARN"]
+    (elsewhere / "c2.yaml").write_text(f"name: c2\nendpoints: [https://127.0.0.1:2379]\ntls: {{ca: '{arn}'}}\n")
+    registry = stack.parameters.get("ClusterRegistryPath") or "/etcdops/clusters"
+    health_check = aws.function_session(stack, "HealthCheckFunction").client("secretsmanager")
+    aws.authorizer.expect_denied("HealthCheckFunction", "secretsmanager:GetSecretValue")
+    with pytest.raises(ClientError, match="AccessDenied"):
+        health_check.get_secret_value(SecretId=arn)  # what every round of c2 would meet
+
+    code, out, err = run(capsys, "--stack-name", stack.stack_name, "cluster", "add", "c2.yaml")
+    assert (code, out, err.count("\n")) == (1, "", 1)
+    assert err.startswith("etcdops: ConfigError: nothing registered: cluster c2: ") and err.endswith(
+        f"tag them with: aws secretsmanager tag-resource --region {aws.region} --secret-id etcdops/c2/client/ca "
+        f"--tags Key=etcdops:fleet,Value={stack.stack_name}\n"
+    ), err
+    assert ssm.get_parameters_by_path(Path=registry)["Parameters"] == []
+    alarms = aws.client("cloudwatch").describe_alarms(AlarmNamePrefix=f"{stack.stack_name}-etcd-c2-")
+    assert alarms["MetricAlarms"] == []
+
+    secrets.tag_resource(SecretId=arn, Tags=[{"Key": "etcdops:fleet", "Value": stack.stack_name}])
+    try:
+        code, out, err = run(capsys, "--stack-name", stack.stack_name, "cluster", "add", "c2.yaml")
+        assert code == 0 and out.startswith("cluster c2 added"), err
+        assert health_check.get_secret_value(SecretId=arn)["SecretString"] == "pem"
+    finally:
+        run(capsys, "--stack-name", stack.stack_name, "cluster", "remove", "c2")
+        secrets.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
 
 
 def database_sha256(path: Path) -> str:

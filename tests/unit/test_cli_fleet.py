@@ -158,3 +158,36 @@ def test_cluster_chooses_whose_runbook_starts_and_which_executions_are_listed_sh
     code, out, err = run(capsys, "--cluster", "c9", "runbook", "start", "maintain")
     assert (code, out) == (1, "") and err.startswith("etcdops: NotFoundError: cluster c9 is not registered")
     assert listed() == {c2["name"], prod["name"], default["name"]}
+
+
+def test_a_cluster_whose_tls_secret_lacks_the_fleet_tag_is_refused_until_tagged_and_checked_again_later(
+    deployed: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secrets = boto3.client("secretsmanager")
+    arn = secrets.create_secret(Name="etcdops/c2/client/ca", SecretString="pem")["ARN"]
+    c2 = write("c2.yaml", f"name: c2\nendpoints: [https://10.0.0.2:2379]\ntls: {{ca: '{arn}'}}\n")
+
+    code, out, err = run(capsys, "cluster", "add", c2)
+    assert (code, out, err.count("\n")) == (1, "", 1)
+    assert err.startswith(
+        "etcdops: ConfigError: nothing registered: cluster c2: the stack fleet reaches a registered cluster's "
+        "resources only through the tag etcdops:fleet=fleet (README: IAM for a fleet), which 1 lack: secret "
+        "etcdops/c2/client/ca (tls.ca); tag them with: aws secretsmanager tag-resource --region us-east-1 "
+        "--secret-id etcdops/c2/client/ca --tags Key=etcdops:fleet,Value=fleet\n"
+    ), err
+    assert deployed.get_parameters_by_path(Path="/fleet/clusters")["Parameters"] == []
+
+    secrets.tag_resource(SecretId=arn, Tags=[{"Key": "etcdops:fleet", "Value": "fleet"}])
+    assert run(capsys, "cluster", "add", c2)[0] == 0
+    code, out, err = run(capsys, "cluster", "check", "c2")
+    assert (code, out) == (
+        0,
+        "cluster c2: every AWS resource the stack acts on carries etcdops:fleet=fleet (1): secret "
+        "etcdops/c2/client/ca (tls.ca)\n",
+    ), err
+    # the tag taken away after registration: `cluster check` says so (the registration stays)
+    secrets.untag_resource(SecretId=arn, TagKeys=["etcdops:fleet"])
+    code, out, err = run(capsys, "cluster", "check", "c2")
+    assert code == 1 and out == "" and "which 1 lack: secret etcdops/c2/client/ca (tls.ca)" in err
+    code, out, err = run(capsys, "cluster", "check", "prod", "--json")
+    assert code == 0 and json.loads(out)["default"] is True, err

@@ -78,6 +78,7 @@ REQUIRED: dict[tuple[str, ...], list[str]] = {
     ("cluster", "show"): ["c1"],
     ("cluster", "remove"): ["c1"],
     ("cluster", "watch"): ["c1"],
+    ("cluster", "check"): ["c1"],
 }
 
 # every global option: the words that give it, the attribute it sets, the value expected

@@ -156,6 +156,22 @@ def test_each_secret_is_readable_only_by_the_functions_that_need_it(cluster: str
     assert readers(template, secret_arn("other/c2/client/key"), fleet) == set()
 
 
+def test_cluster_add_asks_the_fleet_tag_of_exactly_the_secrets_a_fleet_grant_reaches(template: Template) -> None:
+    # etcdops.domain.fleet_tags mirrors the Fleet* statements: what it asks to be tagged, a role reads once tagged
+    from etcdops.domain.fleet_tags import StackScope, fleet_secret, tls_secret_problem
+
+    fleet, scope = {"etcdops:fleet": STACK}, StackScope(STACK, REGION, ACCOUNT)
+    names = ("client/ca", "client/key", "ca", "ca-next", "ca-old", "members/m4", "clients/api", "ca-backup", "notes/x")
+    for name in names:
+        arn = secret_arn(f"etcdops/c2/{name}")
+        assert fleet_secret(arn) == bool(readers(template, arn, fleet)), name
+        # a tls entry: every function that talks to etcd must read it (HealthCheck among them)
+        readable = "HealthCheckFunctionRole" in readers(template, arn, fleet)
+        assert (tls_secret_problem("tls.ca", arn, scope) is None) == readable, name
+    elsewhere = f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:etcdops/c2/client/ca-Xy7Zq2"
+    assert not readers(template, elsewhere, fleet) and tls_secret_problem("tls.ca", elsewhere, scope)
+
+
 def test_issued_clients_are_renewed_only_by_runbook_step_of_this_cluster_or_this_fleet() -> None:
     # the clients `pki issue-client` made (etcdops/<cluster>/clients/<name>), which a CA rotation renews
     template = Template({"ClusterName": CLUSTER})

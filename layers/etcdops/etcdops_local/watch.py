@@ -24,9 +24,11 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from etcdops.adapters.awserrors import aws_error
+from etcdops.adapters.fleet_tags import read_fleet_access
 from etcdops.adapters.registry import ClusterRegistry
 from etcdops.domain.config import ClusterConfig, check_cluster_name, loads_config
 from etcdops.domain.errors import ConfigError, NotFoundError, UsageError
+from etcdops.domain.fleet_tags import StackScope, refusal
 
 __all__ = ["ClusterWatch", "StackView", "cluster_watch", "register_cluster", "stack_view", "unregister_cluster"]
 
@@ -50,6 +52,11 @@ class StackView:
         pseudo = {"AWS::StackName": self.name, "AWS::Region": self.region, "AWS::Partition": self.partition,
                   "AWS::AccountId": self.account, "AWS::URLSuffix": "amazonaws.com"}  # fmt: skip
         return {**pseudo, **self.resources, **self.parameters, "ClusterName": cluster}
+
+    @property
+    def scope(self) -> StackScope:
+        """Whose ``etcdops:fleet`` tag a registered cluster's resources carry, and where the grants apply."""
+        return StackScope(self.name, self.region, self.account, self.partition)
 
 
 @dataclass(frozen=True)
@@ -178,13 +185,18 @@ def delete_watch(cloudwatch: Any, watch: ClusterWatch) -> None:
 def register_cluster(
     registry: ClusterRegistry, session: Any, stack: StackView, text: str, source: str, default: str | None
 ) -> tuple[ClusterConfig, ClusterWatch]:
-    """Validate ``text``, create the cluster's alarms and dashboard, then register it (nothing is written
-    for a bad document, the default cluster's name or a name registered already)."""
+    """Validate ``text``, check that the stack can reach the cluster's AWS resources (their
+    ``etcdops:fleet`` tag), create the cluster's alarms and dashboard, then register it (nothing is
+    written for a bad document, the default cluster's name, a name registered already or an untagged
+    resource)."""
     config = loads_config(text, source)
     if config.name == default:
         raise UsageError(f"cluster {default} is the stack's default cluster (ClusterConfigParameter) already")
     if config.name in registry.names():
         raise UsageError(f"cluster {config.name} is registered already (etcdops cluster remove {config.name} first)")
+    refused = refusal(config.name, read_fleet_access(session, config, stack.scope), stack.scope)
+    if refused:
+        raise ConfigError(f"nothing registered: {refused}")
     watch = cluster_watch(stack, config.name)
     put_watch(session.client("cloudwatch"), watch)
     return registry.add(text, source), watch

@@ -31,6 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from etcdops.adapters import pki
 from etcdops.adapters.awserrors import aws_error, aws_error_code
 from etcdops.domain.errors import PkiError
+from etcdops.domain.fleet_tags import FLEET_TAG
 
 Role = Literal["ca", "ca-next", "ca-old", "member", "client", "operator"]
 CA_ROLES = ("ca", "ca-next", "ca-old")
@@ -237,7 +238,7 @@ class SecretsPki:
         )
         tags = [{"Key": "etcdops:cluster", "Value": self.cluster}, {"Key": "etcdops:client", "Value": name}]
         if self.fleet:
-            tags.append({"Key": "etcdops:fleet", "Value": self.fleet})
+            tags.append({"Key": FLEET_TAG, "Value": self.fleet})
         try:
             if replace:  # an existing secret is written in place (a CA rotation may only put values)
                 try:

@@ -128,6 +128,32 @@ def cmd_cluster_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster_check(args: argparse.Namespace) -> int:
+    """Whether the stack still reaches a registered cluster's AWS resources: each must carry
+    ``etcdops:fleet=<stack>`` (a host or secret made by hand after ``cluster add`` may lack it)."""
+    from etcdops.adapters.fleet_tags import read_fleet_access
+    from etcdops.domain.fleet_tags import FLEET_TAG, refusal
+
+    registry, default, session, stack_name = deployment_for(args)
+    if args.name == default:
+        note = f"cluster {default} is the stack's default cluster: its grants name it (ClusterName), no tag is needed"
+        emit(args, {"cluster": default, "default": True, "resources": [], "note": note}, lambda: note)
+        return 0
+    config = registry.load(args.name)
+    scope = stack_view(session, stack_name).scope
+    access = read_fleet_access(session, config, scope)
+    refused = refusal(config.name, access, scope)
+    if refused:
+        raise ConfigError(refused)
+    found = [{"kind": r.kind, "id": r.ident, "what": r.why} for r in access.resources]
+    note = access.skipped or (
+        f"cluster {config.name}: every AWS resource the stack acts on carries {FLEET_TAG}={scope.stack} "
+        f"({len(found)}): " + ", ".join(r.describe() for r in access.resources)
+    )
+    emit(args, {"cluster": config.name, "default": False, "resources": found, "note": note}, lambda: note)
+    return 0
+
+
 # ---- the local fleet: `local up --clusters N`, `status --all` ------------------------------------------
 
 FLEET_MAX = 20
@@ -257,6 +283,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         ("show", cmd_cluster_show, "a registered cluster's configuration"),
         ("remove", cmd_cluster_remove, "stop watching a cluster (its backups are kept)"),
         ("watch", cmd_cluster_watch, "make a registered cluster's alarms and dashboard again from the stack"),
+        ("check", cmd_cluster_check, "whether the stack reaches a registered cluster's AWS resources (their tags)"),
     ):
         one = actions.add_parser(action, help=help_text, parents=[common])
         one.add_argument("name", metavar="NAME")

@@ -11,13 +11,22 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from etcdops.adapters.awserrors import aws_error, aws_error_code
 from etcdops.domain.compute.errors import ComputeApiError, ComputeApiUnavailableError
+from etcdops.domain.fleet_tags import FLEET_TAG  # the deployment (stack) whose fleet a resource is of
+
+__all__ = [
+    "CLUSTER_TAG",
+    "CONTROL_PLANE_TAG",
+    "FLEET_TAG",
+    "INSTANCE_ARN_TAG",
+    "LIVE_STATES",
+    "MEMBER_TAG",
+    "SecretState",
+]
 
 CLUSTER_TAG = "etcdops:cluster"
 MEMBER_TAG = "etcdops:member"
 CONTROL_PLANE_TAG = "etcdops:control-plane"
 INSTANCE_ARN_TAG = "etcdops:instance-arn"
-#: the deployment (stack) whose fleet a resource is of: the IAM grants for registered clusters require it
-FLEET_TAG = "etcdops:fleet"
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
 # "denied": not readable by this role, which for a registered cluster's secret (granted by its etcdops:fleet
 # tag) is what AWS answers for one that does not exist yet: creating it (tagged so) tells the two apart
