@@ -17,7 +17,7 @@ import boto3
 from etcdops.domain.errors import ConfigError, NotFoundError
 from etcdops_local.aws import definitions as localdefinitions
 from etcdops_local.aws import iam as localiam
-from etcdops_local.aws import iam_records
+from etcdops_local.aws import iam_records, threadsafe
 from etcdops_local.aws import limits as locallimits
 from etcdops_local.aws import sandbox as localsandbox
 from etcdops_local.aws.errors import LocalAwsError
@@ -153,6 +153,7 @@ class LocalAws:
             mock = mock_aws(config=SFN_CONFIG)
             mock.start()
             self._undo.append(mock.stop)
+            self._undo.append(threadsafe.install())  # requests from many threads, each served whole
             stepfunctions_parser_backends.reset()
             self._undo.append(localdefinitions.install())  # each definition's grammar check once
             # CloudFormation creates state machines through this name: make them executable.

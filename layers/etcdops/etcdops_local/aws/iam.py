@@ -155,9 +155,10 @@ class Authorizer:
         """The role's inline and attached policies as stored in the emulated IAM."""
         iam = _backend("iam", self.account_id, "aws")
         role = iam.get_role(role_name)
-        policies = [_policy(f"{name}", document) for name, document in role.policies.items()]
-        for attached in role.managed_policies.values():
-            version = next(v for v in attached.versions if v.is_default)
+        # copies taken at once: a stack built meanwhile puts policies from another thread
+        policies = [_policy(f"{name}", document) for name, document in list(role.policies.items())]
+        for attached in list(role.managed_policies.values()):
+            version = next(v for v in list(attached.versions) if v.is_default)
             policies.append(_policy(attached.name, version.document))
         return policies
 
