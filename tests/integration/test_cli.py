@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import write_until_nospace
 from etcd_versions import E2E_VERSIONS, etcd_flavour
 
 from etcdops.adapters import pki
@@ -268,18 +269,6 @@ def test_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
     assert unknown.returncode == 1 and "no local cluster" in unknown.stderr
 
 
-def fill_until_refused(client: Any, count: int, first: int = 0) -> Exception | None:
-    """Puts ``count`` values of 16 KiB; etcd's NOSPACE refusal, if one came (and then no more puts)."""
-    from etcdops.domain.errors import EtcdNoSpaceError
-
-    for i in range(first, first + count):
-        try:
-            client.put(f"fill/{i}", b"x" * 16384)
-        except EtcdNoSpaceError as exc:
-            return exc
-    return None
-
-
 def test_local_up_quota_backend_bytes_starts_members_with_that_quota(
     stack: tuple[Path, dict[str, str]], run: Cli
 ) -> None:
@@ -305,17 +294,10 @@ def test_local_up_quota_backend_bytes_starts_members_with_that_quota(
     assert up["quota_backend_bytes"] == quota
     cluster = LocalCluster(cwd / ".etcdops")
     assert cluster.config().health.quota_backend_bytes == quota  # HealthCheck and maintenance judge by it
-    # When it is filled with twice its quota in 16 KiB values, etcd refuses a write with NOSPACE: at once, or
-    # (etcd judges a write by its database's size at its last backend commit, every ~100 ms, so a fast burst
-    # may pass the quota first) the first write after a commit has seen the size over the quota
+    # When it is filled with 16 KiB values, etcd refuses a write with NOSPACE (builders.write_until_nospace:
+    # once the quota's worth is written and etcd sees its size over the quota, the next write must be refused)
+    write_until_nospace(cluster, ((f"fill/{i}".encode(), b"x" * 16384) for i in itertools.count()), quota)
     with cluster.client() as client:
-        refused = fill_until_refused(client, count=2 * quota // 16384)
-        if refused is None:
-            deadline = time.monotonic() + 120  # a hang guard only
-            while client.status().db_size < quota and time.monotonic() < deadline:
-                time.sleep(0.1)
-            refused = fill_until_refused(client, count=1, first=2 * quota // 16384)
-        assert refused is not None, "etcd took a write past its quota: it did not run with --quota-backend-bytes"
         assert [a.alarm for a in client.alarms()] == ["NOSPACE"]
     # Asking the existing cluster for another quota is refused in one line, and nothing is restarted
     pids = [m["pid"] for m in as_json(run(cwd, "local", "ps", "--json"))]
