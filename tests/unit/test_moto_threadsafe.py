@@ -1,7 +1,8 @@
 """moto's backends serving requests from several threads at once, as the local stack serves them
 (:mod:`etcdops_local.aws.threadsafe`): a listing beside an addition of a new key is answered whole,
 never ``RuntimeError: dictionary changed size during iteration`` (a DynamoDB Query beside a PutItem,
-SSM GetParametersByPath beside a PutParameter, an IAM role lookup beside a CreateRole)."""
+SSM GetParametersByPath beside a PutParameter, an IAM role lookup beside a CreateRole, SNS's
+subscriptions of a topic beside a Subscribe)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def session(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.session.Session]:
 
 @pytest.mark.usefixtures("switching_often")
 def test_listings_beside_additions_of_new_keys_are_answered_whole(session: boto3.session.Session) -> None:
-    ddb, ssm, iam = session.client("dynamodb"), session.client("ssm"), session.client("iam")
+    ddb, ssm, iam, sns = (session.client(service) for service in ("dynamodb", "ssm", "iam", "sns"))
+    topic = sns.create_topic(Name="notices")["TopicArn"]
     keys = [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}]
     types = [{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}]
     ddb.create_table(TableName="t", KeySchema=keys, AttributeDefinitions=types, BillingMode="PAY_PER_REQUEST")
@@ -61,12 +63,13 @@ def test_listings_beside_additions_of_new_keys_are_answered_whole(session: boto3
     reads = 0
 
     def adder() -> None:  # new keys, as a runbook's lock, `cluster add` and a second stack add them
-        writers = session.client("dynamodb"), session.client("ssm"), session.client("iam")
+        writers = [session.client(service) for service in ("dynamodb", "ssm", "iam", "sns")]
         try:
             for i in range(additions):
                 writers[0].put_item(TableName="t", Item={"pk": {"S": f"new-{i}"}, "sk": {"S": "s"}})
                 writers[1].put_parameter(Name=f"/registry/new-{i}", Value="v", Type="String")
                 writers[2].create_role(RoleName=f"role-{i}", AssumeRolePolicyDocument=TRUST)
+                writers[3].subscribe(TopicArn=topic, Protocol="email", Endpoint=f"operator-{i}@example.com")
         finally:
             done.set()
 
@@ -83,8 +86,10 @@ def test_listings_beside_additions_of_new_keys_are_answered_whole(session: boto3
                                ExpressionAttributeValues={":p": {"S": "old-1"}}))  # fmt: skip
         read(lambda: ssm.get_parameters_by_path(Path="/registry", MaxResults=10))
         read(lambda: iam.get_role(RoleName="reader"))
+        read(lambda: sns.list_subscriptions_by_topic(TopicArn=topic))
         reads += 1
     adding.join(timeout=120)
 
     assert met == [] and reads > 0
     assert ddb.scan(TableName="t", Select="COUNT")["Count"] == 50 + additions
+    assert len(sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]) == additions

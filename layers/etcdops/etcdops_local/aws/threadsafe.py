@@ -12,11 +12,13 @@ handlers' own threads, the harness. Met so far, all on paths of ours:
 * SSM: ``GetParametersByPath`` or ``DescribeParameters`` beside a ``PutParameter`` of a new name (the
   cluster registry read by HealthCheck beside ``cluster add``);
 * IAM: moto looks up the role of every request made with a role's session by walking all roles,
-  beside a ``CreateRole`` (a second stack built while the first one runs).
+  beside a ``CreateRole`` (a second stack built while the first one runs);
+* SNS: a ``Publish`` walks the topic's subscriptions beside a ``Subscribe`` (a second stack's inbox).
 
 Each operation of these is made atomic with one lock per service: DynamoDB's and IAM's whole
 backends, SSM's parameter operations only (its ``SendCommand`` runs host commands, which may take
-long and call back). None of the locked operations calls another service or runs a handler.
+long and call back), SNS's subscription table only (a publish delivers, maybe to a function). None
+of the locked operations calls another service or runs a handler.
 """
 
 from __future__ import annotations
@@ -41,11 +43,21 @@ SSM_PARAMETER_OPERATIONS = (
     "unlabel_parameter_version",
 )
 
+SNS_SUBSCRIPTION_OPERATIONS = (
+    "subscribe",
+    "unsubscribe",
+    "_get_topic_subscriptions",  # what Publish and ListSubscriptionsByTopic walk
+    "list_subscriptions",
+    "list_subscriptions_by_topic",
+    "delete_topic_subscriptions",
+)
+
 # (module, backend class, the operations made atomic: None for every public method the class defines)
 SERIALIZED: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("moto.dynamodb.models", "DynamoDBBackend", None),
     ("moto.iam.models", "IAMBackend", None),
     ("moto.ssm.models", "SimpleSystemManagerBackend", SSM_PARAMETER_OPERATIONS),
+    ("moto.sns.models", "SNSBackend", SNS_SUBSCRIPTION_OPERATIONS),
 )
 
 
