@@ -88,17 +88,14 @@ class Decision:
 
 
 @dataclass(frozen=True)
-class Statement:
-    """One statement of a policy, read once."""
+class Rule:
+    """What every policy statement says, an identity policy's or a trust policy's: its effect, the actions
+    it is about and the conditions under which it applies."""
 
     effect: str
     actions: tuple[str, ...]
     not_actions: bool
-    resources: tuple[str, ...]
-    not_resources: bool
     conditions: tuple[tuple[str, str, tuple[str, ...]], ...]  # (operator, key, values)
-    sid: str | None = None
-    index: int = 0
 
     def action_match(self, action: str) -> str | None:
         """The Action entry matching ``action`` (or "NotAction"), else None."""
@@ -106,12 +103,48 @@ class Statement:
             return None if any(_matches(p, action, fold=True) for p in self.actions) else "NotAction"
         return next((p for p in self.actions if _matches(p, action, fold=True)), None)
 
+    def conditions_hold(self, context: Mapping[str, Sequence[str]]) -> bool:
+        return all(condition_holds(op, key, values, context) for op, key, values in self.conditions)
+
+
+def rule_fields(item: Any, where: str, *, evaluable: bool = True) -> dict[str, Any]:
+    """The :class:`Rule` fields of one statement (a malformed one raises :class:`PolicyError` naming
+    ``where``); with ``evaluable`` a condition operator this evaluator does not know is refused too."""
+    if not isinstance(item, dict):
+        raise PolicyError(f"{where}: a statement must be an object")
+    effect = item.get("Effect")
+    if effect not in ("Allow", "Deny"):
+        raise PolicyError(f"{where}: Effect must be Allow or Deny, got {effect!r}")
+    if ("Action" in item) == ("NotAction" in item):
+        raise PolicyError(f"{where}: exactly one of Action and NotAction")
+    conditions = []
+    for operator, block in (item.get("Condition") or {}).items():
+        if not isinstance(block, dict):
+            raise PolicyError(f"{where}: Condition {operator} must map keys to values")
+        if evaluable:  # unknown operators are refused when the policy is read
+            _operator(operator, where)
+        for key, values in block.items():
+            conditions.append((operator, key.lower(), _strings(values, f"{where} {operator} {key}")))
+    return {
+        "effect": effect,
+        "actions": _strings(item.get("Action", item.get("NotAction")), f"{where} Action"),
+        "not_actions": "NotAction" in item,
+        "conditions": tuple(conditions),
+    }
+
+
+@dataclass(frozen=True)
+class Statement(Rule):
+    """One statement of an identity policy, read once."""
+
+    resources: tuple[str, ...] = ()
+    not_resources: bool = False
+    sid: str | None = None
+    index: int = 0
+
     def resource_matches(self, resource: str) -> bool:
         hit = any(_matches(p, resource, fold=False) for p in self.resources)
         return not hit if self.not_resources else hit
-
-    def conditions_hold(self, context: Mapping[str, Sequence[str]]) -> bool:
-        return all(condition_holds(op, key, values, context) for op, key, values in self.conditions)
 
 
 @dataclass(frozen=True)
@@ -142,30 +175,14 @@ def read_policy(name: str, document: Mapping[str, Any]) -> Policy:
     statements = []
     for index, item in enumerate(raw):
         where = f"{name}[{index}]"
-        if not isinstance(item, dict):
-            raise PolicyError(f"{where}: a statement must be an object")
-        effect = item.get("Effect")
-        if effect not in ("Allow", "Deny"):
-            raise PolicyError(f"{where}: Effect must be Allow or Deny, got {effect!r}")
-        if ("Action" in item) == ("NotAction" in item):
-            raise PolicyError(f"{where}: exactly one of Action and NotAction")
+        rule = rule_fields(item, where)
         if ("Resource" in item) == ("NotResource" in item):
             raise PolicyError(f"{where}: exactly one of Resource and NotResource")
-        conditions = []
-        for operator, block in (item.get("Condition") or {}).items():
-            if not isinstance(block, dict):
-                raise PolicyError(f"{where}: Condition {operator} must map keys to values")
-            _operator(operator, where)  # unknown operators are refused when the policy is read
-            for key, values in block.items():
-                conditions.append((operator, key.lower(), _strings(values, f"{where} {operator} {key}")))
         statements.append(
             Statement(
-                effect=effect,
-                actions=_strings(item.get("Action", item.get("NotAction")), f"{where} Action"),
-                not_actions="NotAction" in item,
+                **rule,
                 resources=_strings(item.get("Resource", item.get("NotResource")), f"{where} Resource"),
                 not_resources="NotResource" in item,
-                conditions=tuple(conditions),
                 sid=item.get("Sid"),
                 index=index,
             )

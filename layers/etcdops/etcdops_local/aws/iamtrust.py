@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from etcdops_local.aws.iampolicy import PolicyError, _matches, _operator, _strings, condition_holds
+from etcdops_local.aws.iampolicy import PolicyError, Rule, _strings, rule_fields
 
 ASSUME_ROLE = "sts:AssumeRole"
 LAMBDA, STATES, EVENTS = "lambda.amazonaws.com", "states.amazonaws.com", "events.amazonaws.com"
@@ -67,14 +67,10 @@ class TrustDecision:
 
 
 @dataclass(frozen=True)
-class _Statement:
-    effect: str
-    actions: tuple[str, ...]
-    not_actions: bool
-    principals: tuple[tuple[str, str], ...]  # (kind: "*", AWS, Service, Federated..., value)
-    not_principals: bool
-    conditions: tuple[tuple[str, str, tuple[str, ...]], ...]
-    label: str
+class _Statement(Rule):
+    principals: tuple[tuple[str, str], ...] = ()  # (kind: "*", AWS, Service, Federated..., value)
+    not_principals: bool = False
+    label: str = ""
 
 
 def read_trust_policy(
@@ -96,32 +92,16 @@ def read_trust_policy(
 
 
 def _statement(item: Any, where: str, evaluable: bool) -> _Statement:
-    if not isinstance(item, dict):
-        raise PolicyError(f"{where}: a statement must be an object")
-    if item.get("Effect") not in ("Allow", "Deny"):
-        raise PolicyError(f"{where}: Effect must be Allow or Deny, got {item.get('Effect')!r}")
-    if ("Action" in item) == ("NotAction" in item):
-        raise PolicyError(f"{where}: exactly one of Action and NotAction")
+    rule = rule_fields(item, where, evaluable=evaluable)
     if ("Principal" in item) == ("NotPrincipal" in item):
         raise PolicyError(f"{where}: exactly one of Principal and NotPrincipal")
     if "Resource" in item or "NotResource" in item:
         raise PolicyError(f"{where}: a trust policy has no Resource (the role is the resource)")
-    conditions = []
-    for operator, block in (item.get("Condition") or {}).items():
-        if not isinstance(block, dict):
-            raise PolicyError(f"{where}: Condition {operator} must map keys to values")
-        if evaluable:  # an operator the evaluator does not know is refused when the policy is read
-            _operator(operator, where)
-        for key, values in block.items():
-            conditions.append((operator, key.lower(), _strings(values, f"{where} {operator} {key}")))
     sid = item.get("Sid")
     return _Statement(
-        effect=item["Effect"],
-        actions=_strings(item.get("Action", item.get("NotAction")), f"{where} Action"),
-        not_actions="NotAction" in item,
+        **rule,
         principals=_principals(item.get("Principal", item.get("NotPrincipal")), where),
         not_principals="NotPrincipal" in item,
-        conditions=tuple(conditions),
         label=where + (f" ({sid})" if sid else ""),
     )
 
@@ -163,13 +143,12 @@ def decide_trust(
     values = {k.lower(): tuple(v) for k, v in (context or {}).items()}
     allowed: list[tuple[_Statement, str]] = []
     for statement in statements:
-        hit = any(_matches(p, ASSUME_ROLE, fold=True) for p in statement.actions)
-        if hit == statement.not_actions:
+        if statement.action_match(ASSUME_ROLE) is None:
             continue
         how = _named(statement.principals, assumer)
         if statement.not_principals:
             how = None if how else "account"
-        if how is None or not all(condition_holds(op, key, want, values) for op, key, want in statement.conditions):
+        if how is None or not statement.conditions_hold(values):
             continue
         if statement.effect == "Deny":
             return TrustDecision(False, f"its trust policy denies {assumer} explicitly ({statement.label})")
