@@ -22,7 +22,7 @@ from etcdops_local.aws import iam_records
 from etcdops_local.aws.emulator import require_running
 from etcdops_local.aws.errors import LocalAwsError
 from etcdops_local.aws.functions import register_functions
-from etcdops_local.aws.iamtrust import LAMBDA, STATES, Assumer, refusal
+from etcdops_local.aws.iamtrust import Assumer, refusal, role_service
 from etcdops_local.aws.stack_record import ACCOUNT_ID, DEFAULT_REGION, DEFAULT_STACK_NAME, LocalStack
 from etcdops_local.aws.templates import (
     CODE_BUCKET,
@@ -69,7 +69,7 @@ def _check_service_trust(authorizer: Any, stack: LocalStack) -> None:
     """Each function's role must let Lambda assume it, each state machine's Step Functions: else the
     service refuses CreateFunction or CreateStateMachine and CloudFormation fails the stack, in its words."""
     for lid, role in stack.roles.items():
-        service = STATES if lid in stack.state_machines else LAMBDA
+        service = role_service(stack.state_machines, lid)
         decision = authorizer.trust(role, Assumer.of_service(service))
         if not decision.allowed:
             raise LocalAwsError(f"stack {stack.stack_name}: {lid}: {refusal(service)} ({role}: {decision.reason})")

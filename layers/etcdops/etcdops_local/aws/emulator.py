@@ -23,7 +23,7 @@ from etcdops_local.aws import sandbox as localsandbox
 from etcdops_local.aws.errors import LocalAwsError
 from etcdops_local.aws.executions import wait_for_execution
 from etcdops_local.aws.functions import _REGISTRY, _REGISTRY_LOCK
-from etcdops_local.aws.iamtrust import LAMBDA, STATES, install_create_role_check
+from etcdops_local.aws.iamtrust import STATES, install_create_role_check, role_service
 from etcdops_local.aws.invoke import _patched_invoke, invoke_local
 from etcdops_local.aws.stack_record import ACCOUNT_ID, DEFAULT_REGION, DEFAULT_STACK_NAME, STATE_FILE, LocalStack
 from etcdops_local.aws.templates import DUMMY_CREDENTIALS
@@ -297,7 +297,7 @@ class LocalAws:
         role = stack.roles.get(logical_id)
         if role is None:
             raise NotFoundError(f"stack {stack.stack_name} has no function or state machine {logical_id}")
-        service = STATES if logical_id in stack.state_machines else LAMBDA
+        service = role_service(stack.state_machines, logical_id)
         c = self.authorizer.role_credentials(role, stack.functions.get(logical_id, logical_id), service)
         return boto3.session.Session(
             region_name=self.region,

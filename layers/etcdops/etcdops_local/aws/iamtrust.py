@@ -18,7 +18,7 @@ service's name). Conditions are the identity evaluator's (:func:`etcdops_local.a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +172,11 @@ def assume_role_context(assumer: Assumer, params: Mapping[str, Any]) -> dict[str
     if params.get("ExternalId") is not None:
         context["sts:ExternalId"] = [str(params["ExternalId"])]
     return context
+
+
+def role_service(state_machines: Container[str], logical_id: str) -> str:
+    """The service that assumes the role of a stack's function or state machine ``logical_id``."""
+    return STATES if logical_id in state_machines else LAMBDA
 
 
 def refusal(service: str) -> str:
