@@ -15,6 +15,7 @@ decides, and the tag plays no part.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -91,6 +92,19 @@ class _Reader:
         except BotoCoreError as exc:
             raise aws_error(f"cluster {self.cluster}: reading the tags of {what}", exc) from exc
 
+    def listed(
+        self, what: str, service: str, operation: str, items: Callable[[dict[str, Any]], Iterable[Any]], **params: Any
+    ) -> list[dict[str, Any]]:
+        """Every item of a paginated listing (``items`` picks them from a page), read as :meth:`call` reads."""
+        found: list[dict[str, Any]] = []
+
+        def listing() -> None:
+            for page in self.client(service).get_paginator(operation).paginate(**params):
+                found.extend(items(page))
+
+        self.call(what, listing)
+        return found
+
     def add(self, kind: Any, ident: str, why: str, tags: dict[str, str]) -> None:
         if all((r.kind, r.ident) != (kind, ident) for r in self.access.resources):
             self.access.resources.append(FleetResource(kind, ident, why, tags))
@@ -114,14 +128,13 @@ class _Reader:
         """The secrets named ``etcdops/<cluster>/...`` that a Fleet grant reaches (its CA, member
         certificates, a CA rotation's, issued clients, client TLS)."""
         prefix = f"etcdops/{self.cluster}/"
-        pages = self.client("secretsmanager").get_paginator("list_secrets")
-        found: list[dict[str, Any]] = []
-
-        def listing() -> None:
-            for page in pages.paginate(Filters=[{"Key": "name", "Values": [prefix]}]):
-                found.extend(page.get("SecretList", []))
-
-        self.call(f"the secrets {prefix}*", lambda: listing())
+        found = self.listed(
+            f"the secrets {prefix}*",
+            "secretsmanager",
+            "list_secrets",
+            lambda page: page.get("SecretList", []),
+            Filters=[{"Key": "name", "Values": [prefix]}],
+        )
         for secret in sorted(found, key=lambda s: str(s["Name"])):
             name = str(secret["Name"])
             if name.startswith(prefix) and fleet_secret(str(secret["ARN"])):
@@ -132,13 +145,13 @@ class _Reader:
             {"Name": "instance-state-name", "Values": list(LIVE_STATES)},
             {"Name": f"tag:{tag}", "Values": [self.cluster]},
         ]
-        found: list[dict[str, Any]] = []
-
-        def listing() -> None:
-            for page in self.client("ec2").get_paginator("describe_instances").paginate(Filters=filters):
-                found.extend(i for r in page.get("Reservations", []) for i in r.get("Instances", []))
-
-        self.call(f"the instances tagged {tag}={self.cluster}", lambda: listing())
+        found = self.listed(
+            f"the instances tagged {tag}={self.cluster}",
+            "ec2",
+            "describe_instances",
+            lambda page: (i for r in page.get("Reservations", []) for i in r.get("Instances", [])),
+            Filters=filters,
+        )
         return sorted(found, key=lambda i: str(i["InstanceId"]))
 
     def hosts(self) -> None:
@@ -165,14 +178,14 @@ class _Reader:
             {"Name": f"tag:{CLUSTER_TAG}", "Values": [self.cluster]},
             {"Name": "tag:etcdops:kind", "Values": ["volume"]},
         ]
-        found: list[dict[str, Any]] = []
-
-        def listing() -> None:
-            pages = self.client("ec2").get_paginator("describe_snapshots").paginate(OwnerIds=["self"], Filters=filters)
-            for page in pages:
-                found.extend(page.get("Snapshots", []))
-
-        self.call("its volume-backup snapshots", lambda: listing())
+        found = self.listed(
+            "its volume-backup snapshots",
+            "ec2",
+            "describe_snapshots",
+            lambda page: page.get("Snapshots", []),
+            OwnerIds=["self"],
+            Filters=filters,
+        )
         for snapshot in sorted(found, key=lambda s: str(s["SnapshotId"])):
             self.add("snapshot", snapshot["SnapshotId"], "volume backup", _tags(snapshot))
 
